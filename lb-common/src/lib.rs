@@ -1,0 +1,254 @@
+//! Every BPF map key and value type, map name and limit that lb's kernel side
+//! (`lb-ebpf`) and user side (`lb-user`) share. Each type is `#[repr(C)]`, `Copy`,
+//! has explicit padding and a size assertion, and names the byte order of its
+//! fields (`_be`: network byte order, as the field sits in the packet).
+#![no_std]
+
+use core::mem::size_of;
+
+/// IP protocol numbers lb balances.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+// ---- map names (the ELF symbol names; also the pin file names on bpffs) ----
+pub const MAP_SERVICES: &str = "LB_SERVICES";
+pub const MAP_BACKENDS: &str = "LB_BACKENDS";
+pub const MAP_CONNTRACK: &str = "LB_CT";
+pub const MAP_IFACES: &str = "LB_IFACES";
+pub const MAP_STATS: &str = "LB_STATS";
+pub const MAP_SVC_STATS: &str = "LB_SVC_STATS";
+pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
+
+/// Every map lb pins, so the agent can adopt or remove them as a set.
+pub const ALL_MAPS: [&str; 7] = [
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_CONNTRACK,
+    MAP_IFACES,
+    MAP_STATS,
+    MAP_SVC_STATS,
+    MAP_BACKEND_STATS,
+];
+
+// ---- program names (the ELF function names) ----
+pub const PROG_XDP: &str = "lb_xdp";
+pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
+
+// ---- limits ----
+/// Frontends: (address, port, protocol) triples lb answers on.
+pub const MAX_SERVICES: u32 = 65_536;
+/// Service ports (one id per `spec.ports[]` entry of a service); also the size of
+/// the per-service counter array.
+pub const MAX_SERVICE_IDS: u32 = 65_536;
+/// (service id, slot) -> backend entries over all services.
+pub const MAX_BACKEND_SLOTS: u32 = 262_144;
+/// Distinct backends (address, port, protocol); also the size of the per-backend
+/// counter array.
+pub const MAX_BACKEND_IDS: u32 = 262_144;
+/// Conntrack entries (two per flow: original and reply direction).
+pub const MAX_CONNTRACK: u32 = 262_144;
+/// Interfaces lb is attached to.
+pub const MAX_IFACES: u32 = 4_096;
+
+/// Service ids and backend ids start at 1; 0 means "none".
+pub const ID_NONE: u32 = 0;
+
+// ---- services ----
+
+/// Key of [`MAP_SERVICES`]: a frontend lb answers on. A ClusterIP port, a
+/// NodePort on one node address, a LoadBalancer address: each is one key.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<ServiceKey>() == 8);
+
+/// The frontend is a ClusterIP: only served for traffic entering from a pod
+/// interface (or the node itself), never from an external interface.
+pub const SVC_F_INTERNAL: u32 = 1 << 0;
+
+/// Value of [`MAP_SERVICES`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    /// Id of the service port; keys [`MAP_BACKENDS`] and [`MAP_SVC_STATS`].
+    pub svc_id: u32,
+    /// Backends live in slots `0..backend_count` of [`MAP_BACKENDS`].
+    pub backend_count: u32,
+    /// `SVC_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ServiceValue>() == 16);
+
+/// Key of [`MAP_BACKENDS`]: slot `slot` of service port `svc_id`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub svc_id: u32,
+    pub slot: u32,
+}
+const _: () = assert!(size_of::<BackendKey>() == 8);
+
+/// Value of [`MAP_BACKENDS`]: where a new flow to the service goes.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub addr_be: u32,
+    pub port_be: u16,
+    /// `PROTO_*` of the service port (backend ids are per address, port and protocol).
+    pub proto: u8,
+    pub _pad: u8,
+    /// Keys [`MAP_BACKEND_STATS`]; stable for the backend's life.
+    pub backend_id: u32,
+}
+const _: () = assert!(size_of::<Backend>() == 12);
+
+// ---- conntrack ----
+
+/// Key of [`MAP_CONNTRACK`]: a packet's 5-tuple as it arrives.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 16);
+
+/// The entry is for the original direction (client -> service).
+pub const CT_DIR_ORIGINAL: u8 = 0;
+/// The entry is for the reply direction (backend -> client).
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// TCP state bits kept in [`CtValue::tcp_flags`].
+pub const CT_TCP_SEEN_FIN: u8 = 1 << 0;
+pub const CT_TCP_SEEN_RST: u8 = 1 << 1;
+
+/// Value of [`MAP_CONNTRACK`]: the tuple a matching packet is rewritten to.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns()` of the last packet seen.
+    pub last_seen_ns: u64,
+    pub nat_saddr_be: u32,
+    pub nat_daddr_be: u32,
+    pub nat_sport_be: u16,
+    pub nat_dport_be: u16,
+    pub svc_id: u32,
+    pub backend_id: u32,
+    /// `CT_DIR_*`.
+    pub direction: u8,
+    /// `CT_TCP_*` bits.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<CtValue>() == 32);
+
+// ---- interfaces ----
+
+/// An interface facing the outside (uplink): NodePort and LoadBalancer are served,
+/// ClusterIPs are not.
+pub const IFACE_EXTERNAL: u32 = 1;
+/// An interface behind which pods live: every frontend is served.
+pub const IFACE_POD: u32 = 2;
+
+/// Value of [`MAP_IFACES`] (key: ifindex as `u32`).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IfaceValue {
+    /// `IFACE_*`.
+    pub role: u32,
+}
+const _: () = assert!(size_of::<IfaceValue>() == 4);
+
+// ---- counters ----
+
+/// Value of [`MAP_STATS`], [`MAP_SVC_STATS`] and [`MAP_BACKEND_STATS`] (per CPU).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counters>() == 16);
+
+/// Why a packet got the verdict it got; indexes [`MAP_STATS`]. Every verdict of
+/// every program is counted under exactly one reason.
+pub mod reason {
+    /// XDP: not IPv4 (ARP, IPv6, ...): passed.
+    pub const PASS_NOT_IPV4: u32 = 0;
+    /// XDP/TC: IPv4 but not TCP or UDP: passed.
+    pub const PASS_NOT_L4: u32 = 1;
+    /// A non-first fragment: no L4 header to match, passed.
+    pub const PASS_FRAGMENT: u32 = 2;
+    /// Headers shorter than they claim: passed to the kernel unchanged.
+    pub const PASS_MALFORMED: u32 = 3;
+    /// No conntrack entry and no service: not our traffic, passed.
+    pub const PASS_NO_SERVICE: u32 = 4;
+    /// A ClusterIP frontend reached from an external interface: not served.
+    pub const PASS_INTERNAL_ONLY: u32 = 5;
+    /// A service with no backends: passed (the kernel answers).
+    pub const PASS_NO_BACKEND: u32 = 6;
+    /// New flow: backend chosen, conntrack created, packet translated.
+    pub const NAT_NEW_FLOW: u32 = 7;
+    /// Established flow, original direction: translated.
+    pub const NAT_ESTABLISHED: u32 = 8;
+    /// Reply direction: translated back to the service address.
+    pub const NAT_REPLY: u32 = 9;
+    /// Conntrack insert failed: passed untranslated.
+    pub const PASS_CT_FULL: u32 = 10;
+    /// Backend slot missing (map being updated): passed.
+    pub const PASS_NO_SLOT: u32 = 11;
+    /// A reply seen at an ingress hook: left for the egress hook to translate.
+    pub const PASS_REPLY_INGRESS: u32 = 12;
+    /// An original-direction packet seen at the egress hook (already translated at
+    /// ingress): left alone.
+    pub const PASS_ORIGINAL_EGRESS: u32 = 13;
+    pub const COUNT: u32 = 14;
+
+    /// Names for people, indexed by reason.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass_not_ipv4",
+        "pass_not_l4",
+        "pass_fragment",
+        "pass_malformed",
+        "pass_no_service",
+        "pass_internal_only",
+        "pass_no_backend",
+        "nat_new_flow",
+        "nat_established",
+        "nat_reply",
+        "pass_ct_full",
+        "pass_no_slot",
+        "pass_reply_ingress",
+        "pass_original_egress",
+    ];
+}
+
+/// Idle timeouts after which a conntrack entry no longer holds a flow.
+pub const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
+pub const CT_TIMEOUT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+pub const CT_TIMEOUT_UDP_NS: u64 = 60 * 1_000_000_000;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type is #[repr(C)], Copy, made only of integers, with explicit
+    // padding, so any bit pattern is valid and no byte is uninitialised.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for IfaceValue {}
+    unsafe impl aya::Pod for Counters {}
+}

@@ -1,0 +1,146 @@
+//! Flow tracking: each translated flow has two entries in `LB_CT`, one keyed by the
+//! original tuple (client -> service) and one by the reply tuple (backend -> client),
+//! each holding the tuple its packets are rewritten to.
+
+use lb_common::{
+    Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_TCP_SEEN_FIN, CT_TCP_SEEN_RST,
+    CT_TIMEOUT_TCP_CLOSING_NS, CT_TIMEOUT_TCP_NS, CT_TIMEOUT_UDP_NS, CtValue, FlowKey, PROTO_TCP,
+};
+
+use crate::{
+    maps::LB_CT,
+    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+/// How often (at most) a hit refreshes `last_seen_ns`, to keep writes off the hot path.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+/// The tuple a packet of the flow is rewritten to.
+#[inline(always)]
+pub fn nat_tuple(ct: &CtValue, proto: u8) -> FlowKey {
+    FlowKey {
+        saddr_be: ct.nat_saddr_be,
+        daddr_be: ct.nat_daddr_be,
+        sport_be: ct.nat_sport_be,
+        dport_be: ct.nat_dport_be,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The key of the entry for the other direction of a flow whose packets are
+/// rewritten to `nat`.
+#[inline(always)]
+fn peer_key(nat: &FlowKey) -> FlowKey {
+    FlowKey {
+        saddr_be: nat.daddr_be,
+        daddr_be: nat.saddr_be,
+        sport_be: nat.dport_be,
+        dport_be: nat.sport_be,
+        proto: nat.proto,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn closing_bits(tcp_flags: u8) -> u8 {
+    let mut bits = 0;
+    if tcp_flags & TCP_FIN != 0 {
+        bits |= CT_TCP_SEEN_FIN;
+    }
+    if tcp_flags & TCP_RST != 0 {
+        bits |= CT_TCP_SEEN_RST;
+    }
+    bits
+}
+
+#[inline(always)]
+fn expired(ct: &CtValue, proto: u8, now: u64) -> bool {
+    let timeout = if proto != PROTO_TCP {
+        CT_TIMEOUT_UDP_NS
+    } else if ct.tcp_flags != 0 {
+        CT_TIMEOUT_TCP_CLOSING_NS
+    } else {
+        CT_TIMEOUT_TCP_NS
+    };
+    now.wrapping_sub(ct.last_seen_ns) > timeout
+}
+
+/// The live entry for this packet's tuple, refreshed; `None` when there is none, it
+/// has expired, or a new TCP connection (a bare SYN) reuses the tuple of a closing one.
+#[inline(always)]
+pub fn lookup(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
+    let ct = LB_CT.get_ptr_mut(key)?;
+    // SAFETY: the pointer came from a successful lookup; entries are plain data and a
+    // torn read at worst refreshes an entry one second early or late.
+    let entry = unsafe { &mut *ct };
+    if expired(entry, key.proto, now) {
+        return None;
+    }
+    let bare_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if key.proto == PROTO_TCP && bare_syn && entry.tcp_flags != 0 {
+        return None;
+    }
+    let closing = if key.proto == PROTO_TCP {
+        closing_bits(tcp_flags)
+    } else {
+        0
+    };
+    if closing & !entry.tcp_flags != 0 {
+        entry.tcp_flags |= closing;
+        entry.last_seen_ns = now;
+        // The other direction closes with this one.
+        let peer = peer_key(&nat_tuple(entry, key.proto));
+        if let Some(other) = LB_CT.get_ptr_mut(&peer) {
+            // SAFETY: as above.
+            unsafe {
+                (*other).tcp_flags |= closing;
+                (*other).last_seen_ns = now;
+            }
+        }
+    } else if now.wrapping_sub(entry.last_seen_ns) >= REFRESH_NS {
+        entry.last_seen_ns = now;
+    }
+    Some(*entry)
+}
+
+/// Records a new flow from `key` (client -> frontend) to `backend`, both directions,
+/// and returns the tuple the packet is rewritten to.
+#[inline(always)]
+pub fn create(
+    key: &FlowKey,
+    svc_id: u32,
+    backend: &Backend,
+    tcp_flags: u8,
+    now: u64,
+) -> Result<FlowKey, i32> {
+    let closing = if key.proto == PROTO_TCP {
+        closing_bits(tcp_flags)
+    } else {
+        0
+    };
+    let original = CtValue {
+        last_seen_ns: now,
+        nat_saddr_be: key.saddr_be,
+        nat_daddr_be: backend.addr_be,
+        nat_sport_be: key.sport_be,
+        nat_dport_be: backend.port_be,
+        svc_id,
+        backend_id: backend.backend_id,
+        direction: CT_DIR_ORIGINAL,
+        tcp_flags: closing,
+        _pad: [0; 2],
+    };
+    let nat = nat_tuple(&original, key.proto);
+    let reply = CtValue {
+        nat_saddr_be: key.daddr_be,
+        nat_daddr_be: key.saddr_be,
+        nat_sport_be: key.dport_be,
+        nat_dport_be: key.sport_be,
+        direction: CT_DIR_REPLY,
+        ..original
+    };
+    LB_CT.insert(&peer_key(&nat), &reply, 0)?;
+    LB_CT.insert(key, &original, 0)?;
+    Ok(nat)
+}

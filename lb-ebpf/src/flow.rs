@@ -1,0 +1,68 @@
+//! What happens to one packet: conntrack state first, then service and backend.
+//! Decides only; `nat` carries the decision out.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{CT_DIR_REPLY, FlowKey, reason};
+
+use crate::{conntrack, lb, parse::Packet};
+
+pub enum Verdict {
+    /// Leave the packet as it is; counted under the reason.
+    Pass(u32),
+    /// Rewrite the packet's tuple to `to`.
+    Nat {
+        to: FlowKey,
+        svc_id: u32,
+        backend_id: u32,
+        reason: u32,
+    },
+}
+
+/// Where a program runs. Ingress hooks (XDP, TC ingress) translate the original
+/// direction and start flows; the egress hook translates replies, after the kernel
+/// has routed them (a reply rewritten before routing would carry the node's own
+/// address as its source and be dropped as a martian).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Ingress,
+    Egress,
+}
+
+#[inline(always)]
+pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
+    // SAFETY: a helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(ct) = conntrack::lookup(&p.key, p.tcp_flags, now) {
+        let reply = ct.direction == CT_DIR_REPLY;
+        return match (hook, reply) {
+            (Hook::Ingress, false) | (Hook::Egress, true) => Verdict::Nat {
+                to: conntrack::nat_tuple(&ct, p.key.proto),
+                svc_id: ct.svc_id,
+                backend_id: ct.backend_id,
+                reason: if reply {
+                    reason::NAT_REPLY
+                } else {
+                    reason::NAT_ESTABLISHED
+                },
+            },
+            (Hook::Ingress, true) => Verdict::Pass(reason::PASS_REPLY_INGRESS),
+            (Hook::Egress, false) => Verdict::Pass(reason::PASS_ORIGINAL_EGRESS),
+        };
+    }
+    if hook == Hook::Egress {
+        return Verdict::Pass(reason::PASS_NO_SERVICE);
+    }
+    let sel = match lb::select(&p.key, ifindex) {
+        Ok(sel) => sel,
+        Err(reason) => return Verdict::Pass(reason),
+    };
+    match conntrack::create(&p.key, sel.svc_id, &sel.backend, p.tcp_flags, now) {
+        Ok(to) => Verdict::Nat {
+            to,
+            svc_id: sel.svc_id,
+            backend_id: sel.backend.backend_id,
+            reason: reason::NAT_NEW_FLOW,
+        },
+        Err(_) => Verdict::Pass(reason::PASS_CT_FULL),
+    }
+}

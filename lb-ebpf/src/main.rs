@@ -1,0 +1,103 @@
+//! lb's programs. Entry points only: parse, decide, rewrite, count, return the verdict.
+//!
+//! - `lb_xdp` (XDP, external interfaces): starts and continues flows to NodePort and
+//!   LoadBalancer frontends arriving from outside the node.
+//! - `lb_tc_ingress` (TC ingress, pod interfaces): the same for traffic from pods
+//!   (ClusterIP); TC because pod traffic carries partial checksums XDP cannot fix.
+//! - `lb_tc_egress` (TC egress, every lb interface): translates replies back to the
+//!   service address after the kernel has routed them, so a rewritten source that is
+//!   the node's own address never meets the ingress martian-source check.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod csum;
+mod flow;
+mod lb;
+mod maps;
+mod nat;
+mod parse;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use flow::{Hook, Verdict};
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let p = match parse::parse(ctx.data(), ctx.data_end()) {
+        Ok(p) => p,
+        Err(reason) => {
+            stats::verdict(reason, 0);
+            return xdp_action::XDP_PASS;
+        }
+    };
+    match flow::decide(&p, ctx.ingress_ifindex() as u32, Hook::Ingress) {
+        Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
+        Verdict::Nat {
+            to,
+            svc_id,
+            backend_id,
+            reason,
+        } => match nat::rewrite_xdp(&ctx, &p, &to) {
+            Ok(()) => {
+                stats::verdict(reason, p.ip_len);
+                stats::service(svc_id, backend_id, p.ip_len);
+            }
+            Err(reason) => stats::verdict(reason, p.ip_len),
+        },
+    }
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
+    tc(&ctx, Hook::Ingress)
+}
+
+#[classifier]
+pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    tc(&ctx, Hook::Egress)
+}
+
+#[inline(always)]
+fn tc(ctx: &TcContext, hook: Hook) -> i32 {
+    let p = match parse::parse(ctx.data(), ctx.data_end()) {
+        Ok(p) => p,
+        Err(reason) => {
+            stats::verdict(reason, 0);
+            return TC_ACT_UNSPEC;
+        }
+    };
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match flow::decide(&p, ifindex, hook) {
+        Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
+        Verdict::Nat {
+            to,
+            svc_id,
+            backend_id,
+            reason,
+        } => match nat::rewrite_tc(ctx, &p, &to) {
+            Ok(()) => {
+                stats::verdict(reason, p.ip_len);
+                stats::service(svc_id, backend_id, p.ip_len);
+            }
+            Err(reason) => stats::verdict(reason, p.ip_len),
+        },
+    }
+    TC_ACT_UNSPEC
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,35 @@
+//! Every map of the kernel side, in one place. Types, names and sizes come from
+//! `lb-common`; the agent pins them by name so they outlive it.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, BackendKey, Counters, CtValue, FlowKey, IfaceValue, MAX_BACKEND_IDS,
+    MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_IFACES, MAX_SERVICE_IDS, MAX_SERVICES, ServiceKey,
+    ServiceValue, reason,
+};
+
+#[map]
+pub static LB_SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+pub static LB_BACKENDS: HashMap<BackendKey, Backend> =
+    HashMap::with_max_entries(MAX_BACKEND_SLOTS, 0);
+
+#[map]
+pub static LB_CT: LruHashMap<FlowKey, CtValue> = LruHashMap::with_max_entries(MAX_CONNTRACK, 0);
+
+#[map]
+pub static LB_IFACES: HashMap<u32, IfaceValue> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+#[map]
+pub static LB_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(reason::COUNT, 0);
+
+#[map]
+pub static LB_SVC_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICE_IDS, 0);
+
+#[map]
+pub static LB_BE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKEND_IDS, 0);

@@ -1,0 +1,129 @@
+//! Address and port rewrite with checksum update. Never reads maps: it is handed
+//! the packet and the tuple to rewrite it to.
+//!
+//! XDP sees frames as they came off the wire (complete checksums), so it updates
+//! them by hand. TC sees socket buffers whose L4 checksum may be CHECKSUM_PARTIAL
+//! (only the pseudo-header sum, from a local or veth sender): only the kernel's
+//! `bpf_l4_csum_replace` knows which, so TC uses it.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{FlowKey, PROTO_UDP, reason};
+use network_types::ip::Ipv4Hdr;
+
+use crate::{
+    csum::Csum,
+    parse::{IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, Packet, ptr_at},
+};
+
+/// Rewrites an XDP frame from `p.key` to `to`; `Err(reason)` if the frame no
+/// longer holds the headers `p` describes.
+#[inline(always)]
+pub fn rewrite_xdp(ctx: &XdpContext, p: &Packet, to: &FlowKey) -> Result<(), u32> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let ip: *mut Ipv4Hdr = ptr_at(data, data_end, p.l3_off).ok_or(reason::PASS_MALFORMED)?;
+    let ports: *mut [u16; 2] = ptr_at(data, data_end, p.l4_off).ok_or(reason::PASS_MALFORMED)?;
+    let l4_check: *mut u16 =
+        ptr_at(data, data_end, p.l4_check_off()).ok_or(reason::PASS_MALFORMED)?;
+    let from = &p.key;
+    // SAFETY: every pointer was bounds-checked against data_end just above, and
+    // nothing has changed the packet's size since.
+    unsafe {
+        let mut ip_sum = Csum::start(u16::from_ne_bytes((*ip).check));
+        let old_l4 = *l4_check;
+        let mut l4_sum = Csum::start(old_l4);
+        if from.saddr_be != to.saddr_be {
+            (*ip).src_addr = to.saddr_be.to_ne_bytes();
+            ip_sum.replace32(from.saddr_be, to.saddr_be);
+            l4_sum.replace32(from.saddr_be, to.saddr_be);
+        }
+        if from.daddr_be != to.daddr_be {
+            (*ip).dst_addr = to.daddr_be.to_ne_bytes();
+            ip_sum.replace32(from.daddr_be, to.daddr_be);
+            l4_sum.replace32(from.daddr_be, to.daddr_be);
+        }
+        if from.sport_be != to.sport_be {
+            (*ports)[0] = to.sport_be;
+            l4_sum.replace16(from.sport_be, to.sport_be);
+        }
+        if from.dport_be != to.dport_be {
+            (*ports)[1] = to.dport_be;
+            l4_sum.replace16(from.dport_be, to.dport_be);
+        }
+        (*ip).check = ip_sum.finish().to_ne_bytes();
+        // A UDP checksum of 0 means "none" and stays so; a computed 0 is sent as 0xffff.
+        if from.proto == PROTO_UDP {
+            if old_l4 != 0 {
+                let sum = l4_sum.finish();
+                *l4_check = if sum == 0 { 0xffff } else { sum };
+            }
+        } else {
+            *l4_check = l4_sum.finish();
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites a socket buffer from `p.key` to `to` through the kernel's store and
+/// checksum helpers.
+#[inline(always)]
+pub fn rewrite_tc(ctx: &TcContext, p: &Packet, to: &FlowKey) -> Result<(), u32> {
+    let from = &p.key;
+    let ip_check = p.l3_off + IP_CHECK_OFF;
+    let l4_check = p.l4_check_off();
+    let udp_flag = if from.proto == PROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
+    let err = |_| reason::PASS_MALFORMED;
+    if from.saddr_be != to.saddr_be {
+        ctx.store(p.l3_off + IP_SADDR_OFF, &to.saddr_be, 0)
+            .map_err(err)?;
+        ctx.l3_csum_replace(ip_check, from.saddr_be as u64, to.saddr_be as u64, 4)
+            .map_err(err)?;
+        ctx.l4_csum_replace(
+            l4_check,
+            from.saddr_be as u64,
+            to.saddr_be as u64,
+            BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
+        )
+        .map_err(err)?;
+    }
+    if from.daddr_be != to.daddr_be {
+        ctx.store(p.l3_off + IP_DADDR_OFF, &to.daddr_be, 0)
+            .map_err(err)?;
+        ctx.l3_csum_replace(ip_check, from.daddr_be as u64, to.daddr_be as u64, 4)
+            .map_err(err)?;
+        ctx.l4_csum_replace(
+            l4_check,
+            from.daddr_be as u64,
+            to.daddr_be as u64,
+            BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
+        )
+        .map_err(err)?;
+    }
+    if from.sport_be != to.sport_be {
+        ctx.store(p.l4_off, &to.sport_be, 0).map_err(err)?;
+        ctx.l4_csum_replace(
+            l4_check,
+            from.sport_be as u64,
+            to.sport_be as u64,
+            udp_flag | 2,
+        )
+        .map_err(err)?;
+    }
+    if from.dport_be != to.dport_be {
+        ctx.store(p.l4_off + 2, &to.dport_be, 0).map_err(err)?;
+        ctx.l4_csum_replace(
+            l4_check,
+            from.dport_be as u64,
+            to.dport_be as u64,
+            udp_flag | 2,
+        )
+        .map_err(err)?;
+    }
+    Ok(())
+}

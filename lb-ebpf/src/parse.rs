@@ -1,0 +1,131 @@
+//! Bounds-checked header access: the only module that turns packet offsets into
+//! pointers. Everything else works on [`Packet`] (offsets and the 5-tuple).
+
+use core::mem::size_of;
+
+use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, reason};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+
+/// EtherType of IPv4 as it sits in the frame (network byte order).
+const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+/// More-fragments flag and fragment offset mask of `Ipv4Hdr::frags` (host order).
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS_OFF: usize = 13;
+/// Offsets of the checksum fields in their headers.
+pub const IP_CHECK_OFF: usize = 10;
+pub const IP_SADDR_OFF: usize = 12;
+pub const IP_DADDR_OFF: usize = 16;
+pub const TCP_CHECK_OFF: usize = 16;
+pub const UDP_CHECK_OFF: usize = 6;
+
+/// A parsed IPv4 TCP or UDP packet: where its headers are and its 5-tuple as it
+/// arrived.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    pub l3_off: usize,
+    pub l4_off: usize,
+    pub key: FlowKey,
+    /// The TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
+    /// IPv4 total length, for byte counters.
+    pub ip_len: u16,
+}
+
+impl Packet {
+    /// Offset of the L4 checksum field.
+    #[inline(always)]
+    pub fn l4_check_off(&self) -> usize {
+        if self.key.proto == PROTO_TCP {
+            self.l4_off + TCP_CHECK_OFF
+        } else {
+            self.l4_off + UDP_CHECK_OFF
+        }
+    }
+}
+
+/// A pointer to a `T` at `off` bytes into the packet, if the packet holds it whole.
+#[inline(always)]
+pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
+    let start = data.checked_add(off)?;
+    if start + size_of::<T>() > data_end {
+        return None;
+    }
+    Some(start as *mut T)
+}
+
+/// Parses an Ethernet frame into a [`Packet`], or says (as a `reason`) why the
+/// packet is not one lb translates.
+#[inline(always)]
+pub fn parse(data: usize, data_end: usize) -> Result<Packet, u32> {
+    let eth: *const EthHdr = ptr_at(data, data_end, 0).ok_or(reason::PASS_MALFORMED)?;
+    // SAFETY: ptr_at checked that the whole header lies inside the packet.
+    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
+        return Err(reason::PASS_NOT_IPV4);
+    }
+    let l3_off = EthHdr::LEN;
+    let ip: *const Ipv4Hdr = ptr_at(data, data_end, l3_off).ok_or(reason::PASS_MALFORMED)?;
+    // SAFETY: as above.
+    let ip = unsafe { *ip };
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+        return Err(reason::PASS_MALFORMED);
+    }
+    let ip_len = u16::from_be_bytes(ip.tot_len);
+    if (ip_len as usize) < ihl {
+        return Err(reason::PASS_MALFORMED);
+    }
+    let frags = u16::from_be_bytes(ip.frags);
+    let proto = ip.proto;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err(reason::PASS_NOT_L4);
+    }
+    // Fragments carry no (or only part of the) L4 header in all but the first;
+    // translating the first alone would split the datagram: leave them all to the kernel.
+    if frags & (IP_MF | IP_OFFSET_MASK) != 0 {
+        return Err(reason::PASS_FRAGMENT);
+    }
+    let l4_off = l3_off + ihl;
+    let (sport_be, dport_be, tcp_flags) = if proto == PROTO_TCP {
+        let tcp: *const TcpHdr = ptr_at(data, data_end, l4_off).ok_or(reason::PASS_MALFORMED)?;
+        // SAFETY: ptr_at checked the whole TCP header; the flags byte lies inside it
+        // (read through the same pointer, so the verifier sees the same bounds).
+        unsafe {
+            (
+                u16::from_ne_bytes((*tcp).source),
+                u16::from_ne_bytes((*tcp).dest),
+                *(tcp as *const u8).add(TCP_FLAGS_OFF),
+            )
+        }
+    } else {
+        let udp: *const UdpHdr = ptr_at(data, data_end, l4_off).ok_or(reason::PASS_MALFORMED)?;
+        // SAFETY: checked by ptr_at.
+        unsafe {
+            (
+                u16::from_ne_bytes((*udp).src),
+                u16::from_ne_bytes((*udp).dst),
+                0,
+            )
+        }
+    };
+    Ok(Packet {
+        l3_off,
+        l4_off,
+        key: FlowKey {
+            saddr_be: u32::from_ne_bytes(ip.src_addr),
+            daddr_be: u32::from_ne_bytes(ip.dst_addr),
+            sport_be,
+            dport_be,
+            proto,
+            _pad: [0; 3],
+        },
+        tcp_flags,
+        ip_len,
+    })
+}

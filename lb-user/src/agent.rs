@@ -1,0 +1,221 @@
+//! The agent: loads and attaches the data plane, then keeps the maps equal to what
+//! the store says, in one direction: store -> model -> desired entries -> diff ->
+//! map writes. It also follows the routes to pods, attaching to each interface behind
+//! which pods live as it appears.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use notify::Watcher as _;
+use tokio::{signal::unix::SignalKind, sync::mpsc};
+use tracing::{info, warn};
+
+use crate::{
+    desired::{self, Entries, Node},
+    loader::Dataplane,
+    model::pod_ip,
+    netif::{self, Routes},
+    store::Store,
+    sync,
+};
+
+/// Default root of the bpffs lb pins its maps under (`ROOT/lb/NODE-NAME/`).
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// How often routes (new pod interfaces) and the store are looked at without an event.
+const RESYNC: Duration = Duration::from_secs(1);
+
+pub struct AgentOptions {
+    pub ifaces: Vec<String>,
+    pub node_ips: Vec<Ipv4Addr>,
+    pub node_name: String,
+    pub store: PathBuf,
+    pub bpffs: PathBuf,
+}
+
+/// Where the agent for `node_name` pins its maps.
+pub fn pin_dir(bpffs: &Path, node_name: &str) -> PathBuf {
+    bpffs.join("lb").join(node_name)
+}
+
+/// Mounts a bpffs at `dir` unless one is there.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let fs = nix::sys::statfs::statfs(dir).with_context(|| format!("statfs {}", dir.display()))?;
+    if fs.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting a bpffs at {}", dir.display()))?;
+    info!(dir = %dir.display(), "mounted bpffs");
+    Ok(())
+}
+
+struct Agent {
+    dp: Dataplane,
+    store: Store,
+    node: Node,
+    /// What the maps hold (read at start, then kept in step with every write).
+    actual: Entries,
+    /// The store file as last read: (modified, length), to skip unchanged states.
+    seen: Option<(std::time::SystemTime, u64)>,
+}
+
+pub async fn run(opts: AgentOptions) -> Result<()> {
+    if opts.ifaces.is_empty() {
+        bail!(
+            "--iface: at least one external interface is required (the node's uplink, e.g. eth0)"
+        );
+    }
+    ensure_bpffs(&opts.bpffs)?;
+    let pins = pin_dir(&opts.bpffs, &opts.node_name);
+    let mut dp = Dataplane::load(Some(&pins))?;
+    let mut addrs = opts.node_ips.clone();
+    for iface in &opts.ifaces {
+        dp.attach_external(iface)?;
+        if opts.node_ips.is_empty() {
+            addrs.extend(netif::ipv4_addrs(iface));
+        }
+    }
+    if addrs.is_empty() {
+        bail!(
+            "no node address: the interfaces {:?} have no IPv4 address and no --node-ip was given",
+            opts.ifaces
+        );
+    }
+    let actual = dp.maps.read_entries()?;
+    info!(node = %opts.node_name, addrs = ?addrs, pins = %pins.display(), adopted_frontends = actual.services.len(),
+        adopted_slots = actual.backends.len(), "agent started");
+    let mut agent = Agent {
+        dp,
+        store: Store::new(&opts.store),
+        node: Node {
+            name: opts.node_name.clone(),
+            addrs,
+        },
+        actual,
+        seen: None,
+    };
+
+    // Store events wake the loop at once; the tick catches what events miss.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    std::fs::create_dir_all(&opts.store)
+        .with_context(|| format!("creating store {}", opts.store.display()))?;
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok() {
+            let _ = tx.send(());
+        }
+    })
+    .context("starting the store watcher")?;
+    watcher
+        .watch(&opts.store, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching store {}", opts.store.display()))?;
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(RESYNC);
+    agent.reconcile(true)?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            Some(()) = rx.recv() => agent.reconcile(false)?,
+            _ = tick.tick() => agent.reconcile(true)?,
+        }
+    }
+    info!("agent stopping: programs detached, maps stay pinned");
+    Ok(())
+}
+
+impl Agent {
+    /// Brings the maps in line with the store. `routes`: also look for new pod interfaces.
+    fn reconcile(&mut self, routes: bool) -> Result<()> {
+        let stamp = std::fs::metadata(self.store.state_path())
+            .ok()
+            .map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len()));
+        let changed = stamp != self.seen || self.seen.is_none();
+        if !changed && !routes {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let state = self.store.load()?;
+        if routes {
+            self.follow_pod_interfaces(&state);
+        }
+        if !changed {
+            return Ok(());
+        }
+        self.seen = stamp;
+        let plans = desired::plan(&state, &self.node);
+        let want = desired::entries(&plans, &self.actual)?;
+        let ops = sync::diff(&self.actual, &want);
+        if let Err(e) = self.dp.maps.write(&ops) {
+            // Some writes may have landed: start the next round from what the maps hold.
+            self.actual = self.dp.maps.read_entries()?;
+            self.seen = None;
+            return Err(e.into());
+        }
+        sync::apply(&mut self.actual, &ops);
+        let endpoints: usize = plans.iter().map(|p| p.endpoints.len()).sum();
+        info!(
+            revision = state.revision,
+            services = state.services.len(),
+            service_ports = plans.len(),
+            endpoints,
+            writes = ops.len(),
+            took_us = started.elapsed().as_micros() as u64,
+            "reconciled"
+        );
+        Ok(())
+    }
+
+    /// Attaches to every interface the kernel routes a pod address to (pods are
+    /// found by their declared address), and forgets attached ones that are gone.
+    fn follow_pod_interfaces(&mut self, state: &crate::store::State) {
+        let routes = match Routes::read() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot read /proc/net/route");
+                return;
+            }
+        };
+        let gone: Vec<String> = self
+            .dp
+            .attached()
+            .iter()
+            .filter(|(name, a)| {
+                nix::net::if_::if_nametoindex(name.as_str()).ok() != Some(a.ifindex)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            if let Err(e) = self.dp.forget(&name) {
+                warn!(iface = %name, error = %e, "forgetting interface");
+            }
+        }
+        let wanted: BTreeSet<&str> = state
+            .pods
+            .values()
+            .filter_map(pod_ip)
+            .filter_map(|ip| routes.iface_for(ip))
+            .collect();
+        for iface in wanted {
+            if iface == "lo" || self.dp.attached().contains_key(iface) {
+                continue;
+            }
+            if let Err(e) = self.dp.attach_pod_iface(iface) {
+                warn!(iface, error = %e, "cannot attach to pod interface");
+            }
+        }
+    }
+}

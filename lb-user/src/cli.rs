@@ -1,0 +1,134 @@
+//! The `lb` command line: kubectl's verbs and flags for the objects lb serves, and
+//! the agent.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{agent::DEFAULT_BPFFS, store::DEFAULT_STORE_DIR};
+
+#[derive(Parser)]
+#[command(
+    name = "lb",
+    version,
+    about = "An eBPF/XDP load balancer for Kubernetes Services",
+    after_help = "Examples:\n  lb agent --iface eth0                 # serve this node\n  lb apply -f svc.yaml                  # create or update objects\n  lb get svc                            # list services like kubectl\n  lb describe svc node-port-service     # ports, endpoints, live counters"
+)]
+pub struct Cli {
+    /// The embedded store's directory, shared by the agent and the CLI.
+    #[arg(long, global = true, env = "LB_STORE", default_value = DEFAULT_STORE_DIR)]
+    pub store: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Load and attach the data plane and keep it in step with the store.
+    #[command(after_help = "Example:\n  lb agent --iface eth0 --node-ip 192.168.1.2")]
+    Agent(AgentArgs),
+    /// Create or update objects from manifests (all or nothing per invocation).
+    #[command(after_help = "Examples:\n  lb apply -f svc.yaml\n  cat pod.yaml | lb apply -f -")]
+    Apply(ApplyArgs),
+    /// Create objects from manifests; an existing object is an error.
+    Create(ApplyArgs),
+    /// List objects.
+    #[command(
+        after_help = "Examples:\n  lb get svc\n  lb get pods -A -o wide\n  lb get svc my-svc -o yaml"
+    )]
+    Get(GetArgs),
+    /// Show one service in detail, with live counters from the agent's maps.
+    Describe(DescribeArgs),
+    /// Delete objects by name or by the manifests that made them.
+    #[command(after_help = "Examples:\n  lb delete svc my-svc\n  lb delete -f svc.yaml")]
+    Delete(DeleteArgs),
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// External interface(s) (the node's uplink); repeat for several.
+    #[arg(long = "iface", required = true)]
+    pub ifaces: Vec<String>,
+    /// Address(es) NodePorts answer on (default: the IPv4 addresses of the interfaces).
+    #[arg(long = "node-ip")]
+    pub node_ips: Vec<Ipv4Addr>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// bpffs root; maps are pinned under ROOT/lb/NODE-NAME (mounted if needed).
+    #[arg(long, env = "LB_BPFFS", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+}
+
+#[derive(Args)]
+pub struct Allocation {
+    /// The range ClusterIPs are allocated from.
+    #[arg(long, env = "LB_SERVICE_CIDR", default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
+    /// The range nodePorts are allocated from.
+    #[arg(long, env = "LB_NODE_PORT_RANGE", default_value = "30000-32767")]
+    pub node_port_range: String,
+}
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// Manifest file(s) or directories; `-` reads standard input.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+    #[command(flatten)]
+    pub alloc: Allocation,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Wide,
+    Yaml,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Resource {
+    #[value(alias = "services", alias = "service")]
+    Svc,
+    #[value(alias = "pod", alias = "po")]
+    Pods,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    pub resource: Resource,
+    /// Only this object.
+    pub name: Option<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    #[arg(short = 'o', long)]
+    pub output: Option<Output>,
+}
+
+#[derive(Args)]
+pub struct DescribeArgs {
+    pub resource: Resource,
+    pub name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// bpffs root the agent pins under (for live counters).
+    #[arg(long, env = "LB_BPFFS", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// The node whose agent's counters to show (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    /// Manifests whose objects to delete.
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<String>,
+    pub resource: Option<Resource>,
+    pub names: Vec<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}

@@ -1,0 +1,326 @@
+//! From the model to the map entries we want. Pure: no maps, no files, no clock.
+//!
+//! Two steps: [`plan`] turns services and pods into service ports with their
+//! frontends and endpoints (Kubernetes semantics); [`entries`] turns those into
+//! `LB_SERVICES` / `LB_BACKENDS` entries, keeping the ids and slots the maps already
+//! hold so that a change touches only the entries it must.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use lb_common::{
+    Backend, BackendKey, ID_NONE, MAX_BACKEND_IDS, MAX_SERVICE_IDS, PROTO_TCP, PROTO_UDP,
+    SVC_F_INTERNAL, ServiceKey, ServiceValue,
+};
+
+use crate::{
+    model::{
+        CLUSTER_IP_NONE, ObjectKey, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER, TYPE_NODE_PORT, pod_ip,
+        pod_ready, resolve_target_port, selects, service_type,
+    },
+    store::State,
+};
+
+/// The node an agent serves: its name and the addresses NodePorts answer on.
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    pub name: String,
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+/// One `spec.ports[]` entry of a service as lb balances it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortPlan {
+    pub service: ObjectKey,
+    /// The port's name, or its number when unnamed.
+    pub port: String,
+    pub proto: u8,
+    /// Where the service answers: (frontend, `SVC_F_*` flags).
+    pub frontends: Vec<(ServiceKey, u32)>,
+    /// Ready endpoints (address, target port), sorted, without duplicates.
+    pub endpoints: Vec<(Ipv4Addr, u16)>,
+}
+
+fn proto_number(protocol: &str) -> Option<u8> {
+    match protocol {
+        "TCP" => Some(PROTO_TCP),
+        "UDP" => Some(PROTO_UDP),
+        _ => None,
+    }
+}
+
+pub fn frontend(addr: Ipv4Addr, port: u16, proto: u8) -> ServiceKey {
+    ServiceKey {
+        addr_be: u32::from(addr).to_be(),
+        port_be: port.to_be(),
+        proto,
+        _pad: 0,
+    }
+}
+
+/// Pods by namespace and label pair, so a selector looks at candidates only.
+struct PodIndex<'a> {
+    by_label: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Pod>>,
+}
+
+impl<'a> PodIndex<'a> {
+    fn new(pods: impl Iterator<Item = &'a Pod>) -> Self {
+        let mut by_label: HashMap<_, Vec<&Pod>> = HashMap::new();
+        for pod in pods {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            for (k, v) in pod.metadata.labels.iter().flatten() {
+                by_label
+                    .entry((ns, k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(pod);
+            }
+        }
+        PodIndex { by_label }
+    }
+
+    /// Ready pods of `ns` that the selector selects.
+    fn selected(&self, ns: &str, selector: Option<&BTreeMap<String, String>>) -> Vec<&'a Pod> {
+        let Some((k, v)) = selector.and_then(|s| s.iter().next()) else {
+            return Vec::new();
+        };
+        self.by_label
+            .get(&(ns, k.as_str(), v.as_str()))
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|p| selects(selector, p.metadata.labels.as_ref()) && pod_ready(p))
+            .collect()
+    }
+}
+
+/// Every service port lb balances on `node`, with its frontends and endpoints.
+/// Headless and ExternalName services get none (they are DNS-only in Kubernetes).
+pub fn plan(state: &State, node: &Node) -> Vec<PortPlan> {
+    let index = PodIndex::new(state.pods.values());
+    state
+        .services
+        .values()
+        .flat_map(|svc| plan_service(svc, &index, node))
+        .collect()
+}
+
+fn plan_service(svc: &Service, pods: &PodIndex<'_>, node: &Node) -> Vec<PortPlan> {
+    let Some(spec) = &svc.spec else {
+        return Vec::new();
+    };
+    let ty = service_type(svc);
+    let Some(cluster_ip) = spec
+        .cluster_ip
+        .as_deref()
+        .filter(|ip| *ip != CLUSTER_IP_NONE)
+    else {
+        return Vec::new();
+    };
+    let (Ok(cluster_ip), false) = (cluster_ip.parse::<Ipv4Addr>(), ty == TYPE_EXTERNAL_NAME) else {
+        return Vec::new();
+    };
+    let key = ObjectKey::of(&svc.metadata);
+    let selected = pods.selected(&key.namespace, spec.selector.as_ref());
+    let external = ty == TYPE_NODE_PORT || ty == TYPE_LOAD_BALANCER;
+    let mut plans = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        let protocol = p.protocol.as_deref().unwrap_or("TCP");
+        let (Some(proto), Ok(port)) = (proto_number(protocol), u16::try_from(p.port)) else {
+            continue;
+        };
+        let mut frontends = vec![(frontend(cluster_ip, port, proto), SVC_F_INTERNAL)];
+        if external && let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()) {
+            frontends.extend(node.addrs.iter().map(|a| (frontend(*a, np, proto), 0)));
+        }
+        let target = p
+            .target_port
+            .clone()
+            .unwrap_or(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p.port));
+        let endpoints: BTreeSet<(Ipv4Addr, u16)> = selected
+            .iter()
+            .filter_map(|pod| Some((pod_ip(pod)?, resolve_target_port(pod, &target, protocol)?)))
+            .collect();
+        plans.push(PortPlan {
+            service: key.clone(),
+            port: p
+                .name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| p.port.to_string()),
+            proto,
+            frontends,
+            endpoints: endpoints.into_iter().collect(),
+        });
+    }
+    plans
+}
+
+/// The contents of `LB_SERVICES` and `LB_BACKENDS`: what we want, or what the
+/// maps hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entries {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub backends: BTreeMap<BackendKey, Backend>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DesiredError {
+    #[error("more than {limit} {what}: lb's maps hold no more (lb-common limits)")]
+    TooMany { what: &'static str, limit: u32 },
+}
+
+/// Hands out the lowest id not in use.
+struct Ids {
+    used: BTreeSet<u32>,
+    next: u32,
+    limit: u32,
+    what: &'static str,
+}
+
+impl Ids {
+    fn new(used: BTreeSet<u32>, limit: u32, what: &'static str) -> Self {
+        Ids {
+            used,
+            next: ID_NONE + 1,
+            limit,
+            what,
+        }
+    }
+    fn take(&mut self) -> Result<u32, DesiredError> {
+        while self.used.contains(&self.next) {
+            self.next += 1;
+        }
+        if self.next >= self.limit {
+            return Err(DesiredError::TooMany {
+                what: self.what,
+                limit: self.limit - 1,
+            });
+        }
+        self.used.insert(self.next);
+        Ok(self.next)
+    }
+}
+
+/// The entries for `plans`, reusing from `actual` each service port's id (found by
+/// any of its frontends), each backend's id (by address, port and protocol) and each
+/// backend's slot, so unchanged services produce identical entries.
+pub fn entries(plans: &[PortPlan], actual: &Entries) -> Result<Entries, DesiredError> {
+    let mut out = Entries::default();
+
+    // Service ids: keep the id a frontend already has, once per id.
+    let mut claimed = BTreeSet::new();
+    let kept: Vec<Option<u32>> = plans
+        .iter()
+        .map(|plan| {
+            plan.frontends
+                .iter()
+                .filter_map(|(k, _)| actual.services.get(k).map(|v| v.svc_id))
+                .find(|id| claimed.insert(*id))
+        })
+        .collect();
+    let mut svc_ids = Ids::new(claimed, MAX_SERVICE_IDS, "service ports");
+
+    // Backend ids: by (address, port, protocol), shared by every service using it.
+    let mut backend_ids: HashMap<(u32, u16, u8), u32> = actual
+        .backends
+        .values()
+        .map(|b| ((b.addr_be, b.port_be, b.proto), b.backend_id))
+        .collect();
+    let mut be_ids = Ids::new(
+        backend_ids.values().copied().collect(),
+        MAX_BACKEND_IDS,
+        "backends",
+    );
+
+    for (plan, kept) in plans.iter().zip(kept) {
+        let svc_id = match kept {
+            Some(id) => id,
+            None => svc_ids.take()?,
+        };
+        let mut backends = Vec::with_capacity(plan.endpoints.len());
+        for (addr, port) in &plan.endpoints {
+            let (addr_be, port_be) = (u32::from(*addr).to_be(), port.to_be());
+            let id = match backend_ids.get(&(addr_be, port_be, plan.proto)) {
+                Some(id) => *id,
+                None => {
+                    let id = be_ids.take()?;
+                    backend_ids.insert((addr_be, port_be, plan.proto), id);
+                    id
+                }
+            };
+            backends.push(Backend {
+                addr_be,
+                port_be,
+                proto: plan.proto,
+                _pad: 0,
+                backend_id: id,
+            });
+        }
+        for (slot, backend) in assign_slots(svc_id, backends, actual)
+            .into_iter()
+            .enumerate()
+        {
+            out.backends.insert(
+                BackendKey {
+                    svc_id,
+                    slot: slot as u32,
+                },
+                backend,
+            );
+        }
+        for (key, flags) in &plan.frontends {
+            out.services.insert(
+                *key,
+                ServiceValue {
+                    svc_id,
+                    backend_count: plan.endpoints.len() as u32,
+                    flags: *flags,
+                    _pad: 0,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Orders `backends` into slots: a backend keeps the slot it has in `actual` when that
+/// slot still exists; the others fill the remaining slots in order.
+fn assign_slots(svc_id: u32, backends: Vec<Backend>, actual: &Entries) -> Vec<Backend> {
+    let n = backends.len();
+    let mut slots: Vec<Option<Backend>> = vec![None; n];
+    let mut placed = vec![false; n];
+    let range = BackendKey { svc_id, slot: 0 }..=BackendKey {
+        svc_id,
+        slot: u32::MAX,
+    };
+    for (k, old) in actual.backends.range(range) {
+        let slot = k.slot as usize;
+        if slot >= n {
+            continue;
+        }
+        if let Some(i) = backends.iter().position(|b| b.backend_id == old.backend_id) {
+            if !placed[i] && slots[slot].is_none() {
+                slots[slot] = Some(backends[i]);
+                placed[i] = true;
+            }
+        }
+    }
+    let mut rest = backends
+        .iter()
+        .zip(&placed)
+        .filter(|(_, p)| !**p)
+        .map(|(b, _)| *b);
+    slots
+        .into_iter()
+        .map(|s| {
+            s.or_else(|| rest.next())
+                .expect("as many slots as backends")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

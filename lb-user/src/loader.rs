@@ -1,0 +1,211 @@
+//! Loading lb's eBPF object, pinning its maps, and attaching its programs to
+//! interfaces: XDP + TC egress on external interfaces, TC ingress + egress on the
+//! interfaces behind which pods live.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+};
+use lb_common::{ALL_MAPS, IFACE_EXTERNAL, IFACE_POD, PROG_TC_EGRESS, PROG_XDP};
+use tracing::{info, warn};
+
+use crate::maps::{Maps, MapsError};
+
+/// The eBPF object built by build.rs (lb-ebpf for bpfel).
+pub static EBPF_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+pub const PROG_TC_INGRESS: &str = "lb_tc_ingress";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading lb's eBPF object (maps pinned under {pins}): {error}")]
+    Load { pins: String, error: aya::EbpfError },
+    #[error("program {program}: {action}: {error}")]
+    Program {
+        program: &'static str,
+        action: String,
+        error: aya::programs::ProgramError,
+    },
+    #[error("interface {iface}: {error}")]
+    Interface { iface: String, error: String },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("bpffs {dir}: {error}")]
+    Bpffs { dir: PathBuf, error: std::io::Error },
+}
+
+/// Loads the object. With `pins`, every map is pinned there by name and adopted if
+/// already pinned (entries survive agent restarts); without, maps are private (tests).
+pub fn load(pins: Option<&Path>) -> Result<Ebpf, LoadError> {
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, PathBuf)> = pins
+        .map(|d| ALL_MAPS.iter().map(|m| (*m, d.join(m))).collect())
+        .unwrap_or_default();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
+        pins: pins
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "nowhere".into()),
+        error,
+    })
+}
+
+/// How the XDP program ended up attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpAttach {
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub ifindex: u32,
+    pub role: u32,
+    pub xdp: Option<XdpAttach>,
+}
+
+/// The loaded object, its maps, and where its programs are attached. Dropping it
+/// detaches every program (maps stay pinned).
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pub maps: Maps,
+    attached: BTreeMap<String, Attachment>,
+}
+
+impl Dataplane {
+    pub fn load(pins: Option<&Path>) -> Result<Self, LoadError> {
+        if let Some(dir) = pins {
+            std::fs::create_dir_all(dir).map_err(|error| LoadError::Bpffs {
+                dir: dir.to_path_buf(),
+                error,
+            })?;
+        }
+        let mut ebpf = load(pins)?;
+        let maps = Maps::take(&mut ebpf)?;
+        {
+            let xdp: &mut Xdp = program(&mut ebpf, PROG_XDP)?;
+            xdp.load().map_err(prog_err(PROG_XDP, "loading"))?;
+        }
+        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+            let p: &mut SchedClassifier = program(&mut ebpf, name)?;
+            p.load().map_err(prog_err(name, "loading"))?;
+        }
+        Ok(Dataplane {
+            ebpf,
+            maps,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    pub fn attached(&self) -> &BTreeMap<String, Attachment> {
+        &self.attached
+    }
+
+    /// External interface (uplink): XDP (native where the driver has it, generic
+    /// otherwise) for new and established flows, TC egress for replies.
+    pub fn attach_external(&mut self, iface: &str) -> Result<XdpAttach, LoadError> {
+        let ifindex = ifindex(iface)?;
+        let xdp: &mut Xdp = program(&mut self.ebpf, PROG_XDP)?;
+        let mode = match xdp.attach(iface, XdpMode::Driver) {
+            Ok(_) => XdpAttach::Native,
+            Err(e) => {
+                warn!(iface, error = %e, "native XDP not available, using generic (skb) mode");
+                xdp.attach(iface, XdpMode::Skb)
+                    .map_err(prog_err(PROG_XDP, format!("attaching to {iface}")))?;
+                XdpAttach::Generic
+            }
+        };
+        self.attach_tc(iface, PROG_TC_EGRESS, TcAttachType::Egress)?;
+        self.maps.set_iface(ifindex, IFACE_EXTERNAL)?;
+        info!(iface, ifindex, xdp = ?mode, "attached to external interface");
+        self.attached.insert(
+            iface.to_string(),
+            Attachment {
+                ifindex,
+                role: IFACE_EXTERNAL,
+                xdp: Some(mode),
+            },
+        );
+        Ok(mode)
+    }
+
+    /// Interface behind which pods live: TC ingress starts flows from pods (ClusterIP),
+    /// TC egress translates replies going to pods.
+    pub fn attach_pod_iface(&mut self, iface: &str) -> Result<(), LoadError> {
+        let ifindex = ifindex(iface)?;
+        self.attach_tc(iface, PROG_TC_INGRESS, TcAttachType::Ingress)?;
+        self.attach_tc(iface, PROG_TC_EGRESS, TcAttachType::Egress)?;
+        self.maps.set_iface(ifindex, IFACE_POD)?;
+        info!(iface, ifindex, "attached to pod interface");
+        self.attached.insert(
+            iface.to_string(),
+            Attachment {
+                ifindex,
+                role: IFACE_POD,
+                xdp: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets an interface that is gone (its programs went with it).
+    pub fn forget(&mut self, iface: &str) -> Result<(), LoadError> {
+        if let Some(a) = self.attached.remove(iface) {
+            self.maps.remove_iface(a.ifindex)?;
+            info!(iface, "interface gone");
+        }
+        Ok(())
+    }
+
+    fn attach_tc(
+        &mut self,
+        iface: &str,
+        name: &'static str,
+        ty: TcAttachType,
+    ) -> Result<(), LoadError> {
+        // TCX links need no qdisc; older kernels need clsact (already there is fine).
+        let _ = tc::qdisc_add_clsact(iface);
+        let p: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        p.attach(iface, ty)
+            .map_err(prog_err(name, format!("attaching to {iface} ({ty:?})")))?;
+        Ok(())
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| LoadError::Program {
+        program: name,
+        action: "finding".into(),
+        error: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    p.try_into().map_err(prog_err(name, "typing"))
+}
+
+fn prog_err(
+    program: &'static str,
+    action: impl Into<String>,
+) -> impl FnOnce(aya::programs::ProgramError) -> LoadError {
+    let action = action.into();
+    move |error| LoadError::Program {
+        program,
+        action,
+        error,
+    }
+}
+
+pub fn ifindex(iface: &str) -> Result<u32, LoadError> {
+    nix::net::if_::if_nametoindex(iface).map_err(|e| LoadError::Interface {
+        iface: iface.to_string(),
+        error: e.to_string(),
+    })
+}

@@ -1,0 +1,179 @@
+//! The only user of `aya::maps`: typed reads and writes of lb's maps, whether the
+//! agent loaded them or a CLI command opened them from their pins.
+
+use std::path::Path;
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use lb_common::{
+    Backend, BackendKey, Counters, IfaceValue, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_IFACES,
+    MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, ServiceKey, ServiceValue, reason,
+};
+
+use crate::{desired::Entries, sync::Op};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {map}: not in the eBPF object")]
+    Missing { map: &'static str },
+    #[error("map {map}: {action}: {error}")]
+    Aya {
+        map: &'static str,
+        action: &'static str,
+        error: aya::maps::MapError,
+    },
+}
+
+fn aya_err(
+    map: &'static str,
+    action: &'static str,
+) -> impl FnOnce(aya::maps::MapError) -> MapsError {
+    move |error| MapsError::Aya { map, action, error }
+}
+
+pub struct Maps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, BackendKey, Backend>,
+    ifaces: HashMap<MapData, u32, IfaceValue>,
+    stats: PerCpuArray<MapData, Counters>,
+    svc_stats: PerCpuArray<MapData, Counters>,
+    backend_stats: PerCpuArray<MapData, Counters>,
+}
+
+/// A counter summed over CPUs.
+pub fn sum(values: &[Counters]) -> Counters {
+    values.iter().fold(Counters::default(), |a, c| Counters {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+    })
+}
+
+impl Maps {
+    /// Takes lb's maps out of a loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing { map: name });
+        Self::from_maps(
+            take(MAP_SERVICES)?,
+            take(MAP_BACKENDS)?,
+            take(MAP_IFACES)?,
+            take(MAP_STATS)?,
+            take(MAP_SVC_STATS)?,
+            take(MAP_BACKEND_STATS)?,
+        )
+    }
+
+    /// Opens lb's maps from their pins in `dir` (as the agent left them).
+    pub fn open_pinned(dir: &Path) -> Result<Self, MapsError> {
+        let open = |name: &'static str| {
+            MapData::from_pin(dir.join(name))
+                .and_then(Map::from_map_data)
+                .map_err(aya_err(name, "opening the pin"))
+        };
+        Self::from_maps(
+            open(MAP_SERVICES)?,
+            open(MAP_BACKENDS)?,
+            open(MAP_IFACES)?,
+            open(MAP_STATS)?,
+            open(MAP_SVC_STATS)?,
+            open(MAP_BACKEND_STATS)?,
+        )
+    }
+
+    fn from_maps(
+        services: Map,
+        backends: Map,
+        ifaces: Map,
+        stats: Map,
+        svc_stats: Map,
+        backend_stats: Map,
+    ) -> Result<Self, MapsError> {
+        Ok(Maps {
+            services: HashMap::try_from(services).map_err(aya_err(MAP_SERVICES, "typing"))?,
+            backends: HashMap::try_from(backends).map_err(aya_err(MAP_BACKENDS, "typing"))?,
+            ifaces: HashMap::try_from(ifaces).map_err(aya_err(MAP_IFACES, "typing"))?,
+            stats: PerCpuArray::try_from(stats).map_err(aya_err(MAP_STATS, "typing"))?,
+            svc_stats: PerCpuArray::try_from(svc_stats)
+                .map_err(aya_err(MAP_SVC_STATS, "typing"))?,
+            backend_stats: PerCpuArray::try_from(backend_stats)
+                .map_err(aya_err(MAP_BACKEND_STATS, "typing"))?,
+        })
+    }
+
+    /// Everything `LB_SERVICES` and `LB_BACKENDS` hold.
+    pub fn read_entries(&self) -> Result<Entries, MapsError> {
+        let mut e = Entries::default();
+        for item in self.services.iter() {
+            let (k, v) = item.map_err(aya_err(MAP_SERVICES, "reading"))?;
+            e.services.insert(k, v);
+        }
+        for item in self.backends.iter() {
+            let (k, v) = item.map_err(aya_err(MAP_BACKENDS, "reading"))?;
+            e.backends.insert(k, v);
+        }
+        Ok(e)
+    }
+
+    /// Carries out `ops` in order. A delete of an entry already gone is not an error.
+    pub fn write(&mut self, ops: &[Op]) -> Result<(), MapsError> {
+        for op in ops {
+            match op {
+                Op::PutBackend(k, v) => self
+                    .backends
+                    .insert(k, v, 0)
+                    .map_err(aya_err(MAP_BACKENDS, "inserting"))?,
+                Op::PutService(k, v) => self
+                    .services
+                    .insert(k, v, 0)
+                    .map_err(aya_err(MAP_SERVICES, "inserting"))?,
+                Op::DeleteService(k) => ignore_missing(self.services.remove(k))
+                    .map_err(aya_err(MAP_SERVICES, "removing"))?,
+                Op::DeleteBackend(k) => ignore_missing(self.backends.remove(k))
+                    .map_err(aya_err(MAP_BACKENDS, "removing"))?,
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_iface(&mut self, ifindex: u32, role: u32) -> Result<(), MapsError> {
+        self.ifaces
+            .insert(ifindex, IfaceValue { role }, 0)
+            .map_err(aya_err(MAP_IFACES, "inserting"))
+    }
+
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        ignore_missing(self.ifaces.remove(&ifindex)).map_err(aya_err(MAP_IFACES, "removing"))
+    }
+
+    /// Verdict counters, indexed by `lb_common::reason`.
+    pub fn verdicts(&self) -> Result<Vec<Counters>, MapsError> {
+        (0..reason::COUNT)
+            .map(|i| {
+                self.stats
+                    .get(&i, 0)
+                    .map(|v| sum(&v))
+                    .map_err(aya_err(MAP_STATS, "reading"))
+            })
+            .collect()
+    }
+
+    pub fn service_counters(&self, svc_id: u32) -> Result<Counters, MapsError> {
+        self.svc_stats
+            .get(&svc_id, 0)
+            .map(|v| sum(&v))
+            .map_err(aya_err(MAP_SVC_STATS, "reading"))
+    }
+
+    pub fn backend_counters(&self, backend_id: u32) -> Result<Counters, MapsError> {
+        self.backend_stats
+            .get(&backend_id, 0)
+            .map(|v| sum(&v))
+            .map_err(aya_err(MAP_BACKEND_STATS, "reading"))
+    }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        r => r,
+    }
+}

@@ -1,0 +1,387 @@
+//! The objects lb serves, as Kubernetes defines them (k8s-openapi types): reading
+//! manifests, defaults and validation with the API server's field paths and words.
+
+mod validate;
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use k8s_openapi::{
+    api::core::v1::{Pod, Service},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use serde_json::Value;
+
+pub use validate::{FieldError, validate_pod, validate_service};
+
+/// Namespace of objects that name none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// A manifest object lb knows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Service(Box<Service>),
+    Pod(Box<Pod>),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Service(_) => "Service",
+            Object::Pod(_) => "Pod",
+        }
+    }
+
+    /// kubectl's resource word for messages (`service/NAME created`).
+    pub fn resource(&self) -> &'static str {
+        match self {
+            Object::Service(_) => "service",
+            Object::Pod(_) => "pod",
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let meta = match self {
+            Object::Service(s) => &s.metadata,
+            Object::Pod(p) => &p.metadata,
+        };
+        ObjectKey::of(meta)
+    }
+}
+
+/// namespace/name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ObjectKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        ObjectKey {
+            namespace: meta
+                .namespace
+                .clone()
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One object read from a manifest, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub file: String,
+    /// 1-based position in the source.
+    pub index: usize,
+    pub object: Object,
+}
+
+/// Why a manifest could not be read or an object is not valid. Every variant names
+/// the file and the document; invalid objects also name the object and the fields.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{file}: cannot read: {error}")]
+    Read { file: String, error: std::io::Error },
+    #[error("{file}: not valid YAML or JSON: {error}")]
+    Syntax { file: String, error: String },
+    #[error("{file} (document {index}): {error}")]
+    Document {
+        file: String,
+        index: usize,
+        error: String,
+    },
+    #[error("{file} (document {index}): The {kind} \"{name}\" is invalid: {}", join(.errors))]
+    Invalid {
+        file: String,
+        index: usize,
+        kind: &'static str,
+        name: String,
+        errors: Vec<FieldError>,
+    },
+}
+
+fn join(errors: &[FieldError]) -> String {
+    let parts: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    if parts.len() == 1 {
+        parts[0].clone()
+    } else {
+        format!("[{}]", parts.join(", "))
+    }
+}
+
+/// Reads every object of a manifest text: multi-document YAML, a JSON object, or a
+/// `kind: List` of either. Objects get their defaults; each is validated alone
+/// (checks that need the store, such as a taken nodePort, come when it is applied).
+pub fn parse_manifest(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
+    let trimmed = text.trim_start();
+    let values: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        let v: Value = serde_json::from_str(text).map_err(|e| ManifestError::Syntax {
+            file: source.to_string(),
+            error: e.to_string(),
+        })?;
+        match v {
+            Value::Array(items) => items,
+            v => vec![v],
+        }
+    } else {
+        serde_saphyr::from_multiple::<Value>(text).map_err(|e| ManifestError::Syntax {
+            file: source.to_string(),
+            error: e.to_string(),
+        })?
+    };
+    let mut docs = Vec::new();
+    let mut index = 0;
+    for value in values {
+        if value.is_null() {
+            continue; // an empty document (a trailing `---`)
+        }
+        let items = if value.get("kind").and_then(Value::as_str) == Some("List") {
+            value
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            vec![value]
+        };
+        for item in items {
+            index += 1;
+            docs.push(parse_object(source, index, item)?);
+        }
+    }
+    Ok(docs)
+}
+
+fn parse_object(source: &str, index: usize, value: Value) -> Result<Document, ManifestError> {
+    let doc_err = |error: String| ManifestError::Document {
+        file: source.to_string(),
+        index,
+        error,
+    };
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let object = match (api_version, kind) {
+        ("v1", "Service") => {
+            // The API server's own words for a port without `port`, before serde says
+            // "missing field".
+            let mut missing = Vec::new();
+            if let Some(ports) = value.pointer("/spec/ports").and_then(Value::as_array) {
+                for (i, p) in ports.iter().enumerate() {
+                    if p.get("port").is_none() {
+                        missing.push(FieldError::required(format!("spec.ports[{i}].port")));
+                    }
+                }
+            }
+            if !missing.is_empty() {
+                return Err(ManifestError::Invalid {
+                    file: source.into(),
+                    index,
+                    kind: "Service",
+                    name,
+                    errors: missing,
+                });
+            }
+            let svc: Service = typed(value).map_err(doc_err)?;
+            Object::Service(Box::new(default_service(svc)))
+        }
+        ("v1", "Pod") => {
+            let pod: Pod = typed(value).map_err(doc_err)?;
+            Object::Pod(Box::new(default_pod(pod)))
+        }
+        ("", _) | (_, "") => {
+            return Err(doc_err(
+                "apiVersion and kind are required (lb reads v1 Service and v1 Pod)".into(),
+            ));
+        }
+        (v, k) => {
+            return Err(doc_err(format!(
+                "no kind \"{k}\" is registered for version \"{v}\" (lb reads v1 Service and v1 Pod)"
+            )));
+        }
+    };
+    let errors = match &object {
+        Object::Service(s) => validate_service(s),
+        Object::Pod(p) => validate_pod(p),
+    };
+    if !errors.is_empty() {
+        return Err(ManifestError::Invalid {
+            file: source.into(),
+            index,
+            kind: object.kind(),
+            name,
+            errors,
+        });
+    }
+    Ok(Document {
+        file: source.to_string(),
+        index,
+        object,
+    })
+}
+
+/// Deserializes with the path of the field that failed (`spec.ports[0].port: ...`).
+fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
+}
+
+pub const TYPE_CLUSTER_IP: &str = "ClusterIP";
+pub const TYPE_NODE_PORT: &str = "NodePort";
+pub const TYPE_LOAD_BALANCER: &str = "LoadBalancer";
+pub const TYPE_EXTERNAL_NAME: &str = "ExternalName";
+pub const CLUSTER_IP_NONE: &str = "None";
+
+/// The API server's defaults: type ClusterIP, protocol TCP, targetPort = port,
+/// sessionAffinity None, traffic policies Cluster, namespace default.
+pub fn default_service(mut svc: Service) -> Service {
+    svc.metadata
+        .namespace
+        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
+    let spec = svc.spec.get_or_insert_with(Default::default);
+    let ty = spec
+        .type_
+        .get_or_insert_with(|| TYPE_CLUSTER_IP.to_string())
+        .clone();
+    spec.session_affinity
+        .get_or_insert_with(|| "None".to_string());
+    if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let cfg = spec
+            .session_affinity_config
+            .get_or_insert_with(Default::default);
+        let client = cfg.client_ip.get_or_insert_with(Default::default);
+        client.timeout_seconds.get_or_insert(10_800);
+    }
+    if ty != TYPE_EXTERNAL_NAME {
+        spec.internal_traffic_policy
+            .get_or_insert_with(|| "Cluster".to_string());
+        spec.ip_families
+            .get_or_insert_with(|| vec!["IPv4".to_string()]);
+        spec.ip_family_policy
+            .get_or_insert_with(|| "SingleStack".to_string());
+    }
+    if ty == TYPE_NODE_PORT || ty == TYPE_LOAD_BALANCER {
+        spec.external_traffic_policy
+            .get_or_insert_with(|| "Cluster".to_string());
+    }
+    for port in spec.ports.iter_mut().flatten() {
+        port.protocol.get_or_insert_with(|| "TCP".to_string());
+        if port.target_port.is_none() {
+            port.target_port = Some(IntOrString::Int(port.port));
+        }
+    }
+    svc
+}
+
+pub fn default_pod(mut pod: Pod) -> Pod {
+    pod.metadata
+        .namespace
+        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
+    if let Some(spec) = pod.spec.as_mut() {
+        for c in &mut spec.containers {
+            for p in c.ports.iter_mut().flatten() {
+                p.protocol.get_or_insert_with(|| "TCP".to_string());
+            }
+        }
+    }
+    pod
+}
+
+/// The service's type after defaulting.
+pub fn service_type(svc: &Service) -> &str {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        .unwrap_or(TYPE_CLUSTER_IP)
+}
+
+/// Whether the pod is an endpoint candidate: it has an address, is not finishing, and
+/// (if it says) is Ready. lb runs no containers, so a pod that declares no conditions
+/// counts as ready.
+pub fn pod_ready(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else {
+        return false;
+    };
+    if pod_ip(pod).is_none() {
+        return false;
+    }
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+        || pod.metadata.deletion_timestamp.is_some()
+    {
+        return false;
+    }
+    match status
+        .conditions
+        .as_ref()
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+    {
+        Some(c) => c.status == "True",
+        None => true,
+    }
+}
+
+pub fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
+    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
+/// Whether the service's selector selects these labels (every pair present and equal;
+/// an empty or missing selector selects no pod: such services take manual endpoints).
+pub fn selects(
+    selector: Option<&BTreeMap<String, String>>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
+        return false;
+    };
+    let empty = BTreeMap::new();
+    let labels = labels.unwrap_or(&empty);
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The port a pod serves `target_port` on for `protocol`: a number as is, a name
+/// through the pod's container ports.
+pub fn resolve_target_port(pod: &Pod, target_port: &IntOrString, protocol: &str) -> Option<u16> {
+    match target_port {
+        IntOrString::Int(n) => u16::try_from(*n).ok().filter(|p| *p != 0),
+        IntOrString::String(name) => pod
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| {
+                p.name.as_deref() == Some(name.as_str())
+                    && p.protocol.as_deref().unwrap_or("TCP") == protocol
+            })
+            .and_then(|p| u16::try_from(p.container_port).ok()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

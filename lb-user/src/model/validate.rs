@@ -1,0 +1,376 @@
+//! Validation of single objects, with the API server's field paths and messages
+//! (`spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive`).
+
+use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
+
+use k8s_openapi::{
+    api::core::v1::{Pod, Service},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use super::{
+    CLUSTER_IP_NONE, TYPE_CLUSTER_IP, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER, TYPE_NODE_PORT,
+};
+
+/// One invalid field, worded as the API server words it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub kind: FieldErrorKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldErrorKind {
+    Required,
+    Invalid {
+        value: String,
+        detail: String,
+    },
+    NotSupported {
+        value: String,
+        supported: Vec<&'static str>,
+    },
+    Duplicate {
+        value: String,
+    },
+    Forbidden {
+        detail: String,
+    },
+}
+
+impl FieldError {
+    pub fn required(field: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Required,
+        }
+    }
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl fmt::Display,
+        detail: impl Into<String>,
+    ) -> Self {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Invalid {
+                value: value.to_string(),
+                detail: detail.into(),
+            },
+        }
+    }
+    pub fn not_supported(
+        field: impl Into<String>,
+        value: &str,
+        supported: &[&'static str],
+    ) -> Self {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::NotSupported {
+                value: value.to_string(),
+                supported: supported.to_vec(),
+            },
+        }
+    }
+    pub fn duplicate(field: impl Into<String>, value: impl fmt::Display) -> Self {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Duplicate {
+                value: value.to_string(),
+            },
+        }
+    }
+    pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Forbidden {
+                detail: detail.into(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            FieldErrorKind::Required => write!(f, "{}: Required value", self.field),
+            FieldErrorKind::Invalid { value, detail } => {
+                write!(f, "{}: Invalid value: {value}: {detail}", self.field)
+            }
+            FieldErrorKind::NotSupported { value, supported } => {
+                let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
+                write!(
+                    f,
+                    "{}: Unsupported value: \"{value}\": supported values: {}",
+                    self.field,
+                    list.join(", ")
+                )
+            }
+            FieldErrorKind::Duplicate { value } => {
+                write!(f, "{}: Duplicate value: {value}", self.field)
+            }
+            FieldErrorKind::Forbidden { detail } => {
+                write!(f, "{}: Forbidden: {detail}", self.field)
+            }
+        }
+    }
+}
+
+const SERVICE_TYPES: &[&str] = &[
+    TYPE_CLUSTER_IP,
+    TYPE_EXTERNAL_NAME,
+    TYPE_LOAD_BALANCER,
+    TYPE_NODE_PORT,
+];
+/// SCTP is valid Kubernetes but lb's data plane does not balance it (and this kernel
+/// has no SCTP): refused rather than silently not served.
+const PROTOCOLS: &[&str] = &["TCP", "UDP"];
+const AFFINITIES: &[&str] = &["ClientIP", "None"];
+const TRAFFIC_POLICIES: &[&str] = &["Cluster", "Local"];
+const DNS1035_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+
+fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns1035_label(s: &str) -> bool {
+    is_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// IANA service names, as container port names and named targetPorts must be.
+fn is_port_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+fn port_in_range(field: String, port: i32, errors: &mut Vec<FieldError>) {
+    if !(1..=65535).contains(&port) {
+        errors.push(FieldError::invalid(
+            field,
+            port,
+            "must be between 1 and 65535, inclusive",
+        ));
+    }
+}
+
+fn validate_meta_name(name: Option<&str>, dns1035: bool, errors: &mut Vec<FieldError>) {
+    match name {
+        None | Some("") => errors.push(FieldError::required("metadata.name")),
+        Some(n) if dns1035 && !is_dns1035_label(n) => errors.push(FieldError::invalid(
+            "metadata.name",
+            format!("\"{n}\""),
+            DNS1035_MSG,
+        )),
+        Some(n) if !dns1035 && !is_dns1123_subdomain(n) => errors.push(FieldError::invalid(
+            "metadata.name",
+            format!("\"{n}\""),
+            DNS1123_SUBDOMAIN_MSG,
+        )),
+        _ => {}
+    }
+}
+
+fn validate_namespace(ns: Option<&str>, errors: &mut Vec<FieldError>) {
+    if let Some(ns) = ns
+        && !is_dns1123_label(ns)
+    {
+        errors.push(FieldError::invalid(
+            "metadata.namespace",
+            format!("\"{ns}\""),
+            DNS1123_LABEL_MSG,
+        ));
+    }
+}
+
+/// Everything that can be checked on the service alone (after defaulting). The
+/// nodePort range, the service CIDR and values taken by other services are checked by
+/// the store, which knows them.
+pub fn validate_service(svc: &Service) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    validate_meta_name(svc.metadata.name.as_deref(), true, &mut errors);
+    validate_namespace(svc.metadata.namespace.as_deref(), &mut errors);
+    let Some(spec) = &svc.spec else {
+        errors.push(FieldError::required("spec"));
+        return errors;
+    };
+    let ty = spec.type_.as_deref().unwrap_or(TYPE_CLUSTER_IP);
+    if !SERVICE_TYPES.contains(&ty) {
+        errors.push(FieldError::not_supported("spec.type", ty, SERVICE_TYPES));
+    }
+    let headless = spec.cluster_ip.as_deref() == Some(CLUSTER_IP_NONE);
+    if let Some(ip) = spec.cluster_ip.as_deref()
+        && !headless
+        && !ip.is_empty()
+        && ip.parse::<Ipv4Addr>().is_err()
+    {
+        errors.push(FieldError::invalid(
+            "spec.clusterIPs[0]",
+            ip,
+            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        ));
+    }
+    if headless && (ty == TYPE_NODE_PORT || ty == TYPE_LOAD_BALANCER) {
+        errors.push(FieldError::invalid(
+            "spec.clusterIPs[0]",
+            "\"None\"",
+            format!("may not be set to 'None' for {ty} services"),
+        ));
+    }
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    if ports.is_empty() && ty != TYPE_EXTERNAL_NAME && !headless {
+        errors.push(FieldError::required("spec.ports"));
+    }
+    let mut names = BTreeSet::new();
+    let mut port_protos = BTreeSet::new();
+    let mut node_ports = BTreeSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let f = |field: &str| format!("spec.ports[{i}].{field}");
+        match p.name.as_deref() {
+            None | Some("") if ports.len() > 1 => errors.push(FieldError::required(f("name"))),
+            None | Some("") => {}
+            Some(name) => {
+                if !is_dns1123_label(name) {
+                    errors.push(FieldError::invalid(
+                        f("name"),
+                        format!("\"{name}\""),
+                        DNS1123_LABEL_MSG,
+                    ));
+                }
+                if !names.insert(name) {
+                    errors.push(FieldError::duplicate(f("name"), format!("\"{name}\"")));
+                }
+            }
+        }
+        port_in_range(f("port"), p.port, &mut errors);
+        let proto = p.protocol.as_deref().unwrap_or("TCP");
+        if !PROTOCOLS.contains(&proto) {
+            errors.push(FieldError::not_supported(f("protocol"), proto, PROTOCOLS));
+        }
+        if !port_protos.insert((p.port, proto)) {
+            errors.push(FieldError::duplicate(
+                format!("spec.ports[{i}]"),
+                format!("{{\"port\":{},\"protocol\":\"{proto}\"}}", p.port),
+            ));
+        }
+        match &p.target_port {
+            Some(IntOrString::Int(n)) => port_in_range(f("targetPort"), *n, &mut errors),
+            Some(IntOrString::String(s)) if !is_port_name(s) => errors.push(FieldError::invalid(
+                f("targetPort"),
+                format!("\"{s}\""),
+                "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-), at least one letter, and at most 15 characters",
+            )),
+            _ => {}
+        }
+        if let Some(np) = p.node_port {
+            if ty != TYPE_NODE_PORT && ty != TYPE_LOAD_BALANCER {
+                errors.push(FieldError::forbidden(
+                    f("nodePort"),
+                    format!("may not be used when `type` is '{ty}'"),
+                ));
+            } else if !node_ports.insert((np, proto)) {
+                errors.push(FieldError::duplicate(f("nodePort"), np));
+            }
+        }
+    }
+    if let Some(a) = spec.session_affinity.as_deref() {
+        if !AFFINITIES.contains(&a) {
+            errors.push(FieldError::not_supported(
+                "spec.sessionAffinity",
+                a,
+                AFFINITIES,
+            ));
+        }
+        let timeout = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds);
+        if let Some(t) = timeout {
+            if a != "ClientIP" {
+                errors.push(FieldError::invalid(
+                    "spec.sessionAffinityConfig",
+                    "{}",
+                    "must not be set when session affinity is None",
+                ));
+            } else if !(1..=86_400).contains(&t) {
+                errors.push(FieldError::invalid(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    t,
+                    "must be greater than 0 and less than 86400",
+                ));
+            }
+        }
+    }
+    for (field, value) in [
+        (
+            "spec.externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        ),
+        (
+            "spec.internalTrafficPolicy",
+            spec.internal_traffic_policy.as_deref(),
+        ),
+    ] {
+        if let Some(v) = value
+            && !TRAFFIC_POLICIES.contains(&v)
+        {
+            errors.push(FieldError::not_supported(field, v, TRAFFIC_POLICIES));
+        }
+    }
+    if spec.external_traffic_policy.is_some() && ty != TYPE_NODE_PORT && ty != TYPE_LOAD_BALANCER {
+        errors.push(FieldError::invalid(
+            "spec.externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref().unwrap_or_default(),
+            "may only be set for externally-accessible services",
+        ));
+    }
+    errors
+}
+
+pub fn validate_pod(pod: &Pod) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    validate_meta_name(pod.metadata.name.as_deref(), false, &mut errors);
+    validate_namespace(pod.metadata.namespace.as_deref(), &mut errors);
+    if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
+        && ip.parse::<Ipv4Addr>().is_err()
+    {
+        errors.push(FieldError::invalid(
+            "status.podIP",
+            format!("\"{ip}\""),
+            "must be a valid IPv4 address",
+        ));
+    }
+    if let Some(spec) = &pod.spec {
+        let mut names = BTreeSet::new();
+        for (ci, c) in spec.containers.iter().enumerate() {
+            for (pi, p) in c.ports.iter().flatten().enumerate() {
+                let f = |field: &str| format!("spec.containers[{ci}].ports[{pi}].{field}");
+                port_in_range(f("containerPort"), p.container_port, &mut errors);
+                if let Some(name) = p.name.as_deref() {
+                    if !is_port_name(name) {
+                        errors.push(FieldError::invalid(f("name"), format!("\"{name}\""), "must be an IANA_SVC_NAME (at most 15 characters, lower case alphanumeric and '-', at least one letter)"));
+                    } else if !names.insert(name) {
+                        errors.push(FieldError::duplicate(f("name"), format!("\"{name}\"")));
+                    }
+                }
+            }
+        }
+    }
+    errors
+}

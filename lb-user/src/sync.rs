@@ -1,0 +1,153 @@
+//! The difference between the entries the maps hold and the entries we want, as an
+//! ordered list of writes that never lets the kernel see a frontend pointing at a
+//! slot that is not there: new slots before the counts that reach them, counts
+//! lowered before the slots beyond them go.
+
+use lb_common::{Backend, BackendKey, ServiceKey, ServiceValue};
+
+use crate::desired::Entries;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(BackendKey, Backend),
+    PutService(ServiceKey, ServiceValue),
+    DeleteService(ServiceKey),
+    DeleteBackend(BackendKey),
+}
+
+/// The writes that turn `actual` into `desired`, in a safe order; empty when they
+/// are equal.
+pub fn diff(actual: &Entries, desired: &Entries) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for (k, v) in &desired.backends {
+        if actual.backends.get(k) != Some(v) {
+            ops.push(Op::PutBackend(*k, *v));
+        }
+    }
+    for (k, v) in &desired.services {
+        if actual.services.get(k) != Some(v) {
+            ops.push(Op::PutService(*k, *v));
+        }
+    }
+    for k in actual.services.keys() {
+        if !desired.services.contains_key(k) {
+            ops.push(Op::DeleteService(*k));
+        }
+    }
+    for k in actual.backends.keys() {
+        if !desired.backends.contains_key(k) {
+            ops.push(Op::DeleteBackend(*k));
+        }
+    }
+    ops
+}
+
+/// What `ops` do to `entries` (the agent's record of the maps after writing them).
+pub fn apply(entries: &mut Entries, ops: &[Op]) {
+    for op in ops {
+        match *op {
+            Op::PutBackend(k, v) => {
+                entries.backends.insert(k, v);
+            }
+            Op::PutService(k, v) => {
+                entries.services.insert(k, v);
+            }
+            Op::DeleteService(k) => {
+                entries.services.remove(&k);
+            }
+            Op::DeleteBackend(k) => {
+                entries.backends.remove(&k);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(id: u32, count: u32) -> ServiceValue {
+        ServiceValue {
+            svc_id: id,
+            backend_count: count,
+            flags: 0,
+            _pad: 0,
+        }
+    }
+    fn be(id: u32) -> Backend {
+        Backend {
+            addr_be: id,
+            port_be: 80,
+            proto: 6,
+            _pad: 0,
+            backend_id: id,
+        }
+    }
+    fn fk(port: u16) -> ServiceKey {
+        ServiceKey {
+            addr_be: 1,
+            port_be: port,
+            proto: 6,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn equal_entries_need_no_writes() {
+        let mut e = Entries::default();
+        e.services.insert(fk(80), svc(1, 1));
+        e.backends.insert(BackendKey { svc_id: 1, slot: 0 }, be(1));
+        assert!(diff(&e, &e).is_empty());
+    }
+
+    #[test]
+    fn growing_writes_slots_before_the_count_and_shrinking_after() {
+        let mut small = Entries::default();
+        small.services.insert(fk(80), svc(1, 1));
+        small
+            .backends
+            .insert(BackendKey { svc_id: 1, slot: 0 }, be(1));
+        let mut big = small.clone();
+        big.services.insert(fk(80), svc(1, 2));
+        big.backends
+            .insert(BackendKey { svc_id: 1, slot: 1 }, be(2));
+
+        let grow = diff(&small, &big);
+        assert_eq!(
+            grow,
+            vec![
+                Op::PutBackend(BackendKey { svc_id: 1, slot: 1 }, be(2)),
+                Op::PutService(fk(80), svc(1, 2))
+            ]
+        );
+        let shrink = diff(&big, &small);
+        assert_eq!(
+            shrink,
+            vec![
+                Op::PutService(fk(80), svc(1, 1)),
+                Op::DeleteBackend(BackendKey { svc_id: 1, slot: 1 })
+            ]
+        );
+        let mut e = small.clone();
+        apply(&mut e, &grow);
+        assert_eq!(e, big);
+        apply(&mut e, &shrink);
+        assert_eq!(e, small);
+    }
+
+    #[test]
+    fn removing_a_service_deletes_its_frontend_before_its_slots() {
+        let mut one = Entries::default();
+        one.services.insert(fk(80), svc(1, 1));
+        one.backends
+            .insert(BackendKey { svc_id: 1, slot: 0 }, be(1));
+        let ops = diff(&one, &Entries::default());
+        assert_eq!(
+            ops,
+            vec![
+                Op::DeleteService(fk(80)),
+                Op::DeleteBackend(BackendKey { svc_id: 1, slot: 0 })
+            ]
+        );
+    }
+}

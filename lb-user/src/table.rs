@@ -1,0 +1,262 @@
+//! kubectl-style output: the same columns, words and spacing as `kubectl get`.
+
+use comfy_table::{CellAlignment, ColumnConstraint, Table, presets::NOTHING};
+use k8s_openapi::{
+    api::core::v1::{Pod, Service},
+    jiff::Timestamp,
+};
+
+use crate::model::{TYPE_LOAD_BALANCER, TYPE_NODE_PORT, pod_ready, service_type};
+
+/// Columns separated by three spaces, left-aligned, no borders (kubectl's tabwriter).
+fn render(header: Vec<String>, rows: Vec<Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(header);
+    t.add_rows(rows);
+    let n = t.column_count();
+    for (i, col) in t.column_iter_mut().enumerate() {
+        col.set_padding((0, if i + 1 == n { 0 } else { 3 }));
+        col.set_cell_alignment(CellAlignment::Left);
+        col.set_constraint(ColumnConstraint::ContentWidth);
+    }
+    let mut out = String::new();
+    for line in t.lines() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// kubectl's `HumanDuration`: 45s, 5m30s, 12m, 3h, 2d5h, 400d, 2y30d.
+pub fn human_duration(secs: i64) -> String {
+    if secs < 0 {
+        return "<invalid>".into();
+    }
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86_400);
+    if secs < 120 {
+        format!("{secs}s")
+    } else if m < 10 {
+        let s = secs % 60;
+        if s == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{s}s")
+        }
+    } else if m < 180 {
+        format!("{m}m")
+    } else if h < 8 {
+        let mm = m % 60;
+        if mm == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{mm}m")
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 192 {
+        let hh = h % 24;
+        if hh == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{hh}h")
+        }
+    } else if d < 365 * 2 {
+        format!("{d}d")
+    } else {
+        let (y, dd) = (d / 365, d % 365);
+        if y < 8 && dd != 0 {
+            format!("{y}y{dd}d")
+        } else {
+            format!("{y}y")
+        }
+    }
+}
+
+fn age(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    now: Timestamp,
+) -> String {
+    match &meta.creation_timestamp {
+        Some(t) => human_duration(now.duration_since(t.0).as_secs()),
+        None => "<unknown>".into(),
+    }
+}
+
+/// PORT(S): `80/TCP`, `80:30008/TCP`, comma-separated.
+pub fn ports_column(svc: &Service) -> String {
+    let ports: Vec<String> = svc
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .map(|p| {
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            match p.node_port {
+                Some(np) => format!("{}:{np}/{proto}", p.port),
+                None => format!("{}/{proto}", p.port),
+            }
+        })
+        .collect();
+    if ports.is_empty() {
+        "<none>".into()
+    } else {
+        ports.join(",")
+    }
+}
+
+fn external_ip(svc: &Service) -> String {
+    let spec = svc.spec.as_ref();
+    let mut ips: Vec<String> = spec
+        .and_then(|s| s.external_ips.clone())
+        .unwrap_or_default();
+    if service_type(svc) == TYPE_LOAD_BALANCER {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref());
+        ips.extend(ingress.into_iter().flatten().filter_map(|i| i.ip.clone()));
+        if ips.is_empty() {
+            return "<pending>".into();
+        }
+    }
+    if ips.is_empty() {
+        "<none>".into()
+    } else {
+        ips.join(",")
+    }
+}
+
+fn selector(svc: &Service) -> String {
+    match svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .filter(|s| !s.is_empty())
+    {
+        Some(sel) => sel
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        None => "<none>".into(),
+    }
+}
+
+/// `kubectl get svc` (`wide` adds SELECTOR; `all_namespaces` adds NAMESPACE first).
+pub fn services(svcs: &[&Service], now: Timestamp, wide: bool, all_namespaces: bool) -> String {
+    let mut header = vec![
+        "NAME",
+        "TYPE",
+        "CLUSTER-IP",
+        "EXTERNAL-IP",
+        "PORT(S)",
+        "AGE",
+    ];
+    if wide {
+        header.push("SELECTOR");
+    }
+    if all_namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    let rows = svcs
+        .iter()
+        .map(|svc| {
+            let mut row = vec![
+                svc.metadata.name.clone().unwrap_or_default(),
+                service_type(svc).to_string(),
+                svc.spec
+                    .as_ref()
+                    .and_then(|s| s.cluster_ip.clone())
+                    .unwrap_or_else(|| "<none>".into()),
+                external_ip(svc),
+                ports_column(svc),
+                age(&svc.metadata, now),
+            ];
+            if wide {
+                row.push(selector(svc));
+            }
+            if all_namespaces {
+                row.insert(0, svc.metadata.namespace.clone().unwrap_or_default());
+            }
+            row
+        })
+        .collect();
+    render(header.into_iter().map(String::from).collect(), rows)
+}
+
+/// `kubectl get pods` (lb runs no containers: READY is 1/1 for a ready pod).
+pub fn pods(pods: &[&Pod], now: Timestamp, wide: bool, all_namespaces: bool) -> String {
+    let mut header = vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"];
+    if wide {
+        header.extend(["IP", "NODE"]);
+    }
+    if all_namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    let rows = pods
+        .iter()
+        .map(|pod| {
+            let ready = pod_ready(pod);
+            let status = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_else(|| "Running".into());
+            let mut row = vec![
+                pod.metadata.name.clone().unwrap_or_default(),
+                if ready { "1/1".into() } else { "0/1".into() },
+                status,
+                "0".into(),
+                age(&pod.metadata, now),
+            ];
+            if wide {
+                row.push(
+                    pod.status
+                        .as_ref()
+                        .and_then(|s| s.pod_ip.clone())
+                        .unwrap_or_else(|| "<none>".into()),
+                );
+                row.push(
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.clone())
+                        .unwrap_or_else(|| "<none>".into()),
+                );
+            }
+            if all_namespaces {
+                row.insert(0, pod.metadata.namespace.clone().unwrap_or_default());
+            }
+            row
+        })
+        .collect();
+    render(header.into_iter().map(String::from).collect(), rows)
+}
+
+/// Whether a service is reachable from outside the cluster through node ports.
+pub fn has_node_ports(svc: &Service) -> bool {
+    matches!(service_type(svc), TYPE_NODE_PORT | TYPE_LOAD_BALANCER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubectl() {
+        for (secs, want) in [
+            (12, "12s"),
+            (119, "119s"),
+            (330, "5m30s"),
+            (600, "10m"),
+            (3 * 3600, "3h"),
+            (3 * 3600 + 60 * 5, "3h5m"),
+            (30 * 3600, "30h"),
+            (12 * 86_400, "12d"),
+            (3 * 86_400 + 5 * 3600, "3d5h"),
+            (800 * 86_400, "2y70d"),
+        ] {
+            assert_eq!(human_duration(secs), want, "{secs}s");
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! A stand-in for a pod's container: answers HTTP on TCP ports with a fixed text
+//! (`Hello World!` by default, as in the seeds) and UDP datagrams with the text
+//! followed by what was received. Runs until killed.
+//!
+//! podserver [--text TEXT] [--tcp PORT]... [--udp PORT]...
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, UdpSocket},
+    thread,
+};
+
+fn main() {
+    let mut text = "Hello World!".to_string();
+    let (mut tcp, mut udp) = (Vec::new(), Vec::new());
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let v = args.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--text" => text = v,
+            "--tcp" => tcp.push(v.parse::<u16>().expect("--tcp PORT")),
+            "--udp" => udp.push(v.parse::<u16>().expect("--udp PORT")),
+            _ => panic!("unknown argument {a}"),
+        }
+    }
+    let mut threads = Vec::new();
+    for port in tcp {
+        let text = text.clone();
+        let l = TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("tcp {port}: {e}"));
+        threads.push(thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let text = text.clone();
+                thread::spawn(move || serve_http(conn, &text));
+            }
+        }));
+    }
+    for port in udp {
+        let text = text.clone();
+        let s = UdpSocket::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("udp {port}: {e}"));
+        threads.push(thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, peer)) = s.recv_from(&mut buf) {
+                let mut reply = format!("{text}\n").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = s.send_to(&reply, peer);
+            }
+        }));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// Reads a request head (or whatever comes first) and answers with the text.
+/// A request for `/stream` gets an endless body instead, one line at a time, so
+/// tests can hold a connection open while things change around it.
+fn serve_http(mut conn: std::net::TcpStream, text: &str) {
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") && got.len() < 65536 {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    if got.starts_with(b"GET /stream") {
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
+        for i in 0u64.. {
+            if conn.write_all(format!("{text} {i}\n").as_bytes()).is_err() {
+                return;
+            }
+            thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let body = format!("{text}\n");
+    let _ = conn.write_all(
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n{body}", body.len())
+            .as_bytes(),
+    );
+}

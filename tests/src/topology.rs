@@ -1,0 +1,293 @@
+//! The topology guard: namespaces, veths, processes, a private bpffs and a scratch
+//! directory, all removed when the guard is dropped.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace made by a [`Topology`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+pub struct Topology {
+    prefix: String,
+    dir: PathBuf,
+    namespaces: Vec<Netns>,
+    children: Vec<(String, Child)>,
+    mounts: Vec<PathBuf>,
+}
+
+fn check(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+impl Topology {
+    /// A new, empty topology; `tag` makes its namespace names readable
+    /// (`lb<pid>-<n>-<tag>-<name>`).
+    pub fn new(tag: &str) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("lb{}-{n}-{tag}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Topology {
+            prefix,
+            dir,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            mounts: Vec::new(),
+        })
+    }
+
+    /// Scratch directory (store, logs, bpffs), removed on drop.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A new namespace with loopback up.
+    pub fn netns(&mut self, short: &str) -> Result<Netns> {
+        let ns = Netns {
+            name: format!("{}-{short}", self.prefix),
+        };
+        check(Command::new("ip").args(["netns", "add", &ns.name]))?;
+        self.namespaces.push(ns.clone());
+        self.ip(&ns, &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A veth pair created directly inside the two namespaces (never in the root
+    /// namespace), both ends up.
+    pub fn link(&mut self, a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+        check(Command::new("ip").args([
+            "link", "add", "name", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if,
+            "netns", &b.name,
+        ]))?;
+        self.ip(a, &["link", "set", a_if, "up"])?;
+        self.ip(b, &["link", "set", b_if, "up"])?;
+        Ok(())
+    }
+
+    /// `ip -n NS ARGS`.
+    pub fn ip(&self, ns: &Netns, args: &[&str]) -> Result<()> {
+        self.guard_ns(ns)?;
+        check(Command::new("ip").arg("-n").arg(&ns.name).args(args)).map(|_| ())
+    }
+
+    fn guard_ns(&self, ns: &Netns) -> Result<()> {
+        if !self.namespaces.contains(ns) {
+            bail!("namespace {} was not made by this topology", ns.name);
+        }
+        Ok(())
+    }
+
+    /// A command inside the namespace (nsenter keeps our mounts, bpffs included).
+    pub fn cmd(&self, ns: &Netns, argv: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", ns.path())).arg("--").args(argv);
+        c
+    }
+
+    /// Runs a command inside the namespace and returns its output, whatever its status.
+    pub fn run(&self, ns: &Netns, argv: &[&str]) -> Result<Output> {
+        self.guard_ns(ns)?;
+        self.cmd(ns, argv)
+            .output()
+            .with_context(|| format!("running {argv:?} in {}", ns.name))
+    }
+
+    /// Like [`run`](Self::run), failing unless the command succeeds.
+    pub fn sh(&self, ns: &Netns, argv: &[&str]) -> Result<String> {
+        self.guard_ns(ns)?;
+        let out = check(&mut self.cmd(ns, argv))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn sysctl(&self, ns: &Netns, key: &str, value: &str) -> Result<()> {
+        self.sh(ns, &["sysctl", "-q", "-w", &format!("{key}={value}")])
+            .map(|_| ())
+    }
+
+    /// Starts a long-running process inside the namespace; its output goes to
+    /// `DIR/LABEL.log`. It is stopped (by PID) on drop.
+    pub fn spawn(
+        &mut self,
+        ns: &Netns,
+        label: &str,
+        argv: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<u32> {
+        self.guard_ns(ns)?;
+        let log = fs::File::create(self.dir.join(format!("{label}.log")))?;
+        let mut cmd = self.cmd(ns, argv);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {argv:?} in {}", ns.name))?;
+        let pid = child.id();
+        self.children.push((label.to_string(), child));
+        Ok(pid)
+    }
+
+    /// Stops the process started as `label` (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(&mut self, label: &str) {
+        if let Some(i) = self.children.iter().position(|(l, _)| l == label) {
+            let (_, child) = self.children.remove(i);
+            terminate(child);
+        }
+    }
+
+    /// Whether the process started as `label` is still running.
+    pub fn running(&mut self, label: &str) -> bool {
+        self.children
+            .iter_mut()
+            .find(|(l, _)| l == label)
+            .is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// What the process started as `label` wrote.
+    pub fn log(&self, label: &str) -> String {
+        fs::read_to_string(self.dir.join(format!("{label}.log"))).unwrap_or_default()
+    }
+
+    /// A private bpffs mounted in the scratch directory (unmounted on drop).
+    pub fn bpffs(&mut self) -> Result<PathBuf> {
+        let dir = self.dir.join("bpffs");
+        fs::create_dir_all(&dir)?;
+        check(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir))?;
+        self.mounts.push(dir.clone());
+        Ok(dir)
+    }
+
+    /// Retries `probe` every 100 ms until it returns `Some` or `timeout` passes.
+    pub fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = probe() {
+                return Some(v);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn terminate(mut child: Child) {
+    // SAFETY: kill(2) on the PID of a child we spawned and have not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for (_, child) in self.children.drain(..).rev() {
+            terminate(child);
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = Command::new("ip").args(["netns", "del", &ns.name]).status();
+        }
+        for m in self.mounts.drain(..) {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+        if std::env::var_os("LB_KEEP_TEST_DIR").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The seeds' network: a laptop (192.168.1.10) and a node (192.168.1.2) on one LAN,
+/// pods in 10.244.0.0/16 behind the node, each on its own veth (as Cilium's and the
+/// ptp CNI plugin's pods are).
+pub mod seeds {
+    use super::*;
+
+    pub const LAPTOP_IP: &str = "192.168.1.10";
+    pub const NODE_IP: &str = "192.168.1.2";
+    pub const POD_IP: &str = "10.244.0.2";
+    /// The address pods use as their gateway (on every host-side pod veth).
+    pub const POD_GATEWAY: &str = "10.244.0.1";
+
+    pub struct Seeds {
+        pub laptop: Netns,
+        pub node: Netns,
+    }
+
+    /// Laptop and node joined by a veth "wire". The laptop end has transmit checksum
+    /// offload off, so frames carry complete checksums, as frames off a real wire do.
+    pub fn lan(t: &mut Topology) -> Result<Seeds> {
+        let laptop = t.netns("laptop")?;
+        let node = t.netns("node")?;
+        t.link(&laptop, "eth0", &node, "eth0")?;
+        t.ip(
+            &laptop,
+            &["addr", "add", &format!("{LAPTOP_IP}/24"), "dev", "eth0"],
+        )?;
+        t.ip(
+            &node,
+            &["addr", "add", &format!("{NODE_IP}/24"), "dev", "eth0"],
+        )?;
+        t.sh(&laptop, &["ethtool", "-K", "eth0", "tx", "off"])?;
+        t.sysctl(&node, "net.ipv4.ip_forward", "1")?;
+        Ok(Seeds { laptop, node })
+    }
+
+    /// A pod namespace `short` with address `ip`, its veth's host side named
+    /// `host_if` in the node, a /32 route to it, and a default route back via the node.
+    pub fn pod(
+        t: &mut Topology,
+        node: &Netns,
+        short: &str,
+        host_if: &str,
+        ip: &str,
+    ) -> Result<Netns> {
+        let pod = t.netns(short)?;
+        t.link(&pod, "eth0", node, host_if)?;
+        t.ip(&pod, &["addr", "add", &format!("{ip}/16"), "dev", "eth0"])?;
+        t.ip(&pod, &["route", "add", "default", "via", POD_GATEWAY])?;
+        t.ip(
+            node,
+            &["addr", "add", &format!("{POD_GATEWAY}/32"), "dev", host_if],
+        )?;
+        t.ip(node, &["route", "add", &format!("{ip}/32"), "dev", host_if])?;
+        Ok(pod)
+    }
+}

@@ -1,0 +1,136 @@
+//! Installs what building and testing lb needs, when it is missing: Debian packages,
+//! the nightly toolchain's rust-src, and bpf-linker. Idempotent: when everything is
+//! there it only looks (a second or two).
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+
+/// bpf-linker links the eBPF crate; built against LLVM 22 to match nightly's LLVM.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Needed only to build bpf-linker.
+const LINKER_BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "clang-22",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "libxml2-dev",
+];
+/// Needed to run lb and its tests: namespaces and links (iproute2), the seeds' curl,
+/// offload settings for veth "wires" (ethtool), and the comparators the tests and
+/// benchmarks inspect (iptables, nftables).
+const RUNTIME_PACKAGES: &[&str] = &["iproute2", "curl", "ethtool", "iptables", "nftables"];
+
+pub fn setup() -> Result<()> {
+    let mut apt = Apt::default();
+    apt.ensure(RUNTIME_PACKAGES)?;
+    ensure_nightly_rust_src()?;
+    if !bpf_linker_ok() {
+        apt.ensure(LINKER_BUILD_PACKAGES)?;
+        eprintln!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION} (about a minute)");
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX))
+        .context("cargo install bpf-linker")?;
+        if !bpf_linker_ok() {
+            bail!(
+                "bpf-linker {BPF_LINKER_VERSION} installed but not found on PATH (is ~/.cargo/bin on PATH?)"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
+        .unwrap_or(false)
+}
+
+fn ensure_nightly_rust_src() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("running rustup (lb's eBPF side is built with `rustup run nightly`)")?;
+    if !installed.status.success() {
+        eprintln!("xtask setup: installing the nightly toolchain");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    if !String::from_utf8_lossy(&installed.stdout).contains("rust-src") {
+        eprintln!("xtask setup: adding rust-src to nightly");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// apt-get with one `apt-get update` at most per run.
+#[derive(Default)]
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn ensure(&mut self, packages: &[&str]) -> Result<()> {
+        let missing: Vec<&str> = packages
+            .iter()
+            .copied()
+            .filter(|p| !dpkg_installed(p))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        eprintln!("xtask setup: apt-get install {}", missing.join(" "));
+        if !self.updated {
+            run(Command::new("apt-get")
+                .args(["update", "-q"])
+                .stdout(Stdio::null()))?;
+            self.updated = true;
+        }
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null()))
+    }
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
