@@ -32,6 +32,7 @@ pub const ALL_MAPS: [&str; 7] = [
 
 // ---- program names (the ELF function names) ----
 pub const PROG_XDP: &str = "lb_xdp";
+pub const PROG_TC_INGRESS: &str = "lb_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
 
 // ---- limits ----

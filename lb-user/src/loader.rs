@@ -11,15 +11,13 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
-use lb_common::{ALL_MAPS, IFACE_EXTERNAL, IFACE_POD, PROG_TC_EGRESS, PROG_XDP};
+use lb_common::{ALL_MAPS, IFACE_EXTERNAL, IFACE_POD, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
 use tracing::{info, warn};
 
 use crate::maps::{Maps, MapsError};
 
 /// The eBPF object built by build.rs (lb-ebpf for bpfel).
 pub static EBPF_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
-
-pub const PROG_TC_INGRESS: &str = "lb_tc_ingress";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -102,6 +100,16 @@ impl Dataplane {
             maps,
             attached: BTreeMap::new(),
         })
+    }
+
+    /// The XDP program (loaded; for BPF_PROG_RUN).
+    pub fn xdp(&mut self) -> Result<&mut Xdp, LoadError> {
+        program(&mut self.ebpf, PROG_XDP)
+    }
+
+    /// A TC program by name (loaded; for BPF_PROG_RUN).
+    pub fn tc(&mut self, name: &'static str) -> Result<&mut SchedClassifier, LoadError> {
+        program(&mut self.ebpf, name)
     }
 
     pub fn attached(&self) -> &BTreeMap<String, Attachment> {

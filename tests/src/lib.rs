@@ -6,6 +6,8 @@
 //! created; links are created directly inside those namespaces (never in the root
 //! namespace); only processes it started are signalled, by PID.
 
+pub mod lbctl;
+pub mod packet;
 pub mod topology;
 
 pub use topology::{Netns, Topology, seeds};

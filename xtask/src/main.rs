@@ -6,6 +6,7 @@
 //!   `-- ARGS`, runs `lb ARGS`.
 //! - `test`: unit, BPF_PROG_RUN and veth-namespace tests.
 
+mod demo;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -49,7 +50,13 @@ fn main() -> Result<()> {
         Cmd::Build => build().map(|_| ()),
         Cmd::Run { args } => {
             let lb = build()?;
-            run(Command::new(lb).args(args))
+            if args.is_empty() {
+                // SAFETY: set before any thread is started.
+                unsafe { std::env::set_var("LB_BIN", &lb) };
+                demo::run(&workspace_root())
+            } else {
+                run(Command::new(lb).args(args))
+            }
         }
         Cmd::Test { filter } => test(filter),
     }
@@ -76,7 +83,7 @@ fn test(filter: Option<String>) -> Result<()> {
     let lb = build()?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
-        .args(["test", "--release", "--workspace"])
+        .args(["test", "--release", "--workspace", "--exclude", "lb-ebpf"])
         .env("LB_BIN", &lb);
     if let Some(f) = filter {
         cmd.arg(f);

@@ -1,0 +1,125 @@
+//! Running lb as a person would: the `lb` binary's CLI against a store, and its agent
+//! inside a node namespace.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::topology::{Netns, Topology};
+
+/// Where the release binaries are: `LB_BIN` (set by `cargo xtask test`) or
+/// `target/release/lb` of this workspace.
+pub fn lb_bin() -> PathBuf {
+    let bin = std::env::var_os("LB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb"));
+    assert!(
+        bin.exists(),
+        "{} not found: run the tests through `cargo xtask test` (it builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// The pod stand-in, built beside `lb`.
+pub fn podserver_bin() -> PathBuf {
+    lb_bin().with_file_name("podserver")
+}
+
+/// One lb installation: a store and a bpffs, inside a topology's scratch directory.
+pub struct Lb {
+    pub store: PathBuf,
+    pub bpffs: PathBuf,
+}
+
+impl Lb {
+    pub fn new(t: &mut Topology) -> Result<Self> {
+        Ok(Lb {
+            store: t.dir().join("store"),
+            bpffs: t.bpffs()?,
+        })
+    }
+
+    /// `lb ARGS` against this store (the CLI needs no namespace).
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        Command::new(lb_bin())
+            .arg("--store")
+            .arg(&self.store)
+            .args(args)
+            .output()
+            .context("running lb")
+    }
+
+    /// `lb ARGS`, failing unless it succeeds; returns standard output.
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            bail!(
+                "lb {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `lb apply -f -` with `manifest` on standard input.
+    pub fn apply(&self, manifest: &str) -> Result<String> {
+        let path = self
+            .store
+            .with_file_name(format!("manifest-{}.yaml", std::process::id()));
+        std::fs::write(&path, manifest)?;
+        self.ok(&["apply", "-f", path.to_str().unwrap_or_default()])
+    }
+
+    /// Starts `lb agent` in `node` (label `agent-NODE_NAME`) and waits until it has
+    /// pinned its maps and reconciled once.
+    pub fn start_agent(
+        &self,
+        t: &mut Topology,
+        node: &Netns,
+        node_name: &str,
+        ifaces: &[&str],
+    ) -> Result<()> {
+        let bin = lb_bin();
+        let mut argv: Vec<String> = vec![
+            bin.display().to_string(),
+            "--store".into(),
+            self.store.display().to_string(),
+            "agent".into(),
+            "--node-name".into(),
+            node_name.into(),
+            "--bpffs".into(),
+            self.bpffs.display().to_string(),
+        ];
+        for i in ifaces {
+            argv.extend(["--iface".to_string(), i.to_string()]);
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let label = format!("agent-{node_name}");
+        t.spawn(node, &label, &argv, &[("LB_LOG", "info")])?;
+        let up = Topology::wait_for(Duration::from_secs(20), || {
+            t.log(&label).contains("reconciled").then_some(())
+        });
+        if up.is_none() {
+            bail!("agent {node_name} did not come up:\n{}", t.log(&label));
+        }
+        Ok(())
+    }
+
+    /// Where the agent for `node_name` pins its maps.
+    pub fn pins(&self, node_name: &str) -> PathBuf {
+        self.bpffs.join("lb").join(node_name)
+    }
+}
+
+/// `curl` from a namespace; Some(body) on success.
+pub fn curl(t: &Topology, ns: &Netns, url: &str) -> Option<String> {
+    let out = t.run(ns, &["curl", "-s", "-m", "2", url]).ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}

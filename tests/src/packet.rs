@@ -1,0 +1,194 @@
+//! Builds Ethernet/IPv4/TCP|UDP frames with checksums computed from scratch (not
+//! incrementally), so a frame the data plane rewrote can be compared byte for byte
+//! with the frame built directly with the rewritten addresses.
+
+use std::net::Ipv4Addr;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+#[derive(Debug, Clone)]
+pub struct Pkt {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub payload: Vec<u8>,
+    /// IPv4 options (a multiple of 4 bytes).
+    pub ip_options: Vec<u8>,
+    /// IPv4 flags and fragment offset field (host order).
+    pub frag: u16,
+    /// UDP only: send checksum 0 ("none").
+    pub udp_no_checksum: bool,
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("an IPv4 address")
+}
+
+impl Pkt {
+    pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Self {
+        Pkt {
+            src: ip(src),
+            dst: ip(dst),
+            sport,
+            dport,
+            proto: PROTO_TCP,
+            tcp_flags: flags,
+            payload: Vec::new(),
+            ip_options: Vec::new(),
+            frag: 0x4000, // DF
+            udp_no_checksum: false,
+        }
+    }
+
+    pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Self {
+        Pkt {
+            proto: PROTO_UDP,
+            tcp_flags: 0,
+            payload: b"ping".to_vec(),
+            ..Pkt::tcp(src, sport, dst, dport, 0)
+        }
+    }
+
+    pub fn payload(mut self, p: &[u8]) -> Self {
+        self.payload = p.to_vec();
+        self
+    }
+
+    /// The same packet with other addresses and ports (what NAT should produce).
+    pub fn rewritten(&self, src: &str, sport: u16, dst: &str, dport: u16) -> Self {
+        Pkt {
+            src: ip(src),
+            dst: ip(dst),
+            sport,
+            dport,
+            ..self.clone()
+        }
+    }
+
+    fn l4(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        l4.extend_from_slice(&self.sport.to_be_bytes());
+        l4.extend_from_slice(&self.dport.to_be_bytes());
+        match self.proto {
+            PROTO_TCP => {
+                l4.extend_from_slice(&1000u32.to_be_bytes()); // seq
+                l4.extend_from_slice(
+                    &(if self.tcp_flags & TCP_ACK != 0 {
+                        2000u32
+                    } else {
+                        0
+                    })
+                    .to_be_bytes(),
+                );
+                l4.push(5 << 4); // data offset
+                l4.push(self.tcp_flags);
+                l4.extend_from_slice(&64240u16.to_be_bytes()); // window
+                l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+            }
+            _ => {
+                l4.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+                l4.extend_from_slice(&[0, 0]);
+            }
+        }
+        l4.extend_from_slice(&self.payload);
+        let sum = checksum(&[
+            &pseudo_header(self.src, self.dst, self.proto, l4.len()),
+            &l4,
+        ]);
+        let at = if self.proto == PROTO_TCP { 16 } else { 6 };
+        let sum = if self.proto == PROTO_UDP && self.udp_no_checksum {
+            0
+        } else if self.proto == PROTO_UDP && sum == 0 {
+            0xffff
+        } else {
+            sum
+        };
+        l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+        l4
+    }
+
+    /// The whole Ethernet frame.
+    pub fn build(&self) -> Vec<u8> {
+        let l4 = self.l4();
+        let ihl = 5 + self.ip_options.len() / 4;
+        let mut iph = vec![(4 << 4) | ihl as u8, 0];
+        iph.extend_from_slice(&((ihl * 4 + l4.len()) as u16).to_be_bytes());
+        iph.extend_from_slice(&0x1234u16.to_be_bytes());
+        iph.extend_from_slice(&self.frag.to_be_bytes());
+        iph.extend_from_slice(&[64, self.proto, 0, 0]);
+        iph.extend_from_slice(&self.src.octets());
+        iph.extend_from_slice(&self.dst.octets());
+        iph.extend_from_slice(&self.ip_options);
+        let sum = checksum(&[&iph]);
+        iph[10..12].copy_from_slice(&sum.to_be_bytes());
+        let mut frame = eth(0x0800);
+        frame.extend_from_slice(&iph);
+        frame.extend_from_slice(&l4);
+        frame
+    }
+}
+
+/// An Ethernet header with the given EtherType.
+pub fn eth(ethertype: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&[0, proto]);
+    p.extend_from_slice(&(len as u16).to_be_bytes());
+    p
+}
+
+/// The Internet checksum of the concatenated parts.
+pub fn checksum(parts: &[&[u8]]) -> u16 {
+    let bytes: Vec<u8> = parts.concat();
+    let mut sum: u32 = 0;
+    for chunk in bytes.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += word as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Checks the IPv4 header checksum and the TCP/UDP checksum of a frame; `Err` says which fails.
+pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
+    let ip = &frame[14..];
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    if checksum(&[&ip[..ihl]]) != 0 {
+        return Err("IPv4 header checksum".into());
+    }
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let l4 = &ip[ihl..total];
+    let proto = ip[9];
+    if proto == PROTO_UDP && l4[6] == 0 && l4[7] == 0 {
+        return Ok(()); // no checksum
+    }
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    if checksum(&[&pseudo_header(src, dst, proto, l4.len()), l4]) != 0 {
+        return Err(format!("L4 (protocol {proto}) checksum"));
+    }
+    Ok(())
+}

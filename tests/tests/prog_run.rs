@@ -1,0 +1,417 @@
+//! BPF_PROG_RUN tests of lb's programs on crafted frames: rows of (what, program,
+//! frame in, expected verdict reason, expected frame out). Output frames are compared
+//! byte for byte with frames built from scratch, so every checksum is checked.
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb_common::{IFACE_POD, PROG_TC_EGRESS, PROG_TC_INGRESS, SVC_F_INTERNAL, reason};
+use lb_tests::packet::{self, PROTO_ICMP, Pkt, TCP_ACK, TCP_PSH, TCP_SYN, verify_checksums};
+use lb_user::{
+    desired::{Entries, frontend},
+    loader::Dataplane,
+    sync,
+};
+
+const XDP_PASS: u32 = 2;
+/// TC_ACT_UNSPEC as the kernel reports it back (-1).
+const TC_UNSPEC: u32 = u32::MAX;
+
+const CLIENT: &str = "192.168.1.10";
+const NODE: &str = "192.168.1.2";
+const POD: &str = "10.244.0.2";
+const CLUSTER_IP: &str = "10.96.0.10";
+const NODE_PORT: u16 = 30008;
+
+#[derive(Clone, Copy, Debug)]
+enum Prog {
+    Xdp,
+    TcIngress,
+    TcEgress,
+}
+
+/// A data plane with private (unpinned) maps holding: NodePort 30008/TCP and
+/// ClusterIP 10.96.0.10:80/TCP -> 10.244.0.2:80; UDP 53 on the ClusterIP ->
+/// 10.244.0.2:5353; NodePort 30009/TCP with no endpoints.
+fn dataplane() -> Dataplane {
+    lb_tests::require_root();
+    let mut dp = Dataplane::load(None).expect("load lb's eBPF object");
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let backend = |port: u16, proto: u8, id: u32| lb_common::Backend {
+        addr_be: u32::from(ip(POD)).to_be(),
+        port_be: port.to_be(),
+        proto,
+        _pad: 0,
+        backend_id: id,
+    };
+    let svc = |id, count, flags| lb_common::ServiceValue {
+        svc_id: id,
+        backend_count: count,
+        flags,
+        _pad: 0,
+    };
+    let mut want = Entries::default();
+    want.services
+        .insert(frontend(ip(NODE), NODE_PORT, 6), svc(1, 1, 0));
+    want.services
+        .insert(frontend(ip(CLUSTER_IP), 80, 6), svc(1, 1, SVC_F_INTERNAL));
+    want.services
+        .insert(frontend(ip(CLUSTER_IP), 53, 17), svc(2, 1, SVC_F_INTERNAL));
+    want.services
+        .insert(frontend(ip(NODE), 30009, 6), svc(3, 0, 0));
+    want.backends.insert(
+        lb_common::BackendKey { svc_id: 1, slot: 0 },
+        backend(80, 6, 1),
+    );
+    want.backends.insert(
+        lb_common::BackendKey { svc_id: 2, slot: 0 },
+        backend(5353, 17, 2),
+    );
+    dp.maps
+        .write(&sync::diff(&Entries::default(), &want))
+        .expect("fill maps");
+    dp
+}
+
+/// Runs one frame through a program; returns (return value, output frame, the one
+/// verdict reason whose counter moved).
+fn run(dp: &mut Dataplane, prog: Prog, frame: &[u8]) -> (u32, Vec<u8>, u32) {
+    let before = dp.maps.verdicts().unwrap();
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
+    let res = match prog {
+        Prog::Xdp => dp.xdp().unwrap().test_run(opts),
+        Prog::TcIngress => dp.tc(PROG_TC_INGRESS).unwrap().test_run(opts),
+        Prog::TcEgress => dp.tc(PROG_TC_EGRESS).unwrap().test_run(opts),
+    }
+    .expect("BPF_PROG_RUN");
+    out.truncate(res.data_size_out as usize);
+    let after = dp.maps.verdicts().unwrap();
+    let moved: Vec<u32> = (0..reason::COUNT)
+        .filter(|i| after[*i as usize].packets != before[*i as usize].packets)
+        .collect();
+    assert_eq!(
+        moved.len(),
+        1,
+        "exactly one verdict counter moves per packet, moved: {moved:?}"
+    );
+    (res.return_value, out, moved[0])
+}
+
+struct Row {
+    what: &'static str,
+    prog: Prog,
+    input: Vec<u8>,
+    reason: u32,
+    /// None: the frame must come out unchanged.
+    output: Option<Vec<u8>>,
+}
+
+fn check(dp: &mut Dataplane, rows: Vec<Row>) {
+    for row in rows {
+        let (ret, out, moved) = run(dp, row.prog, &row.input);
+        let want_ret = if matches!(row.prog, Prog::Xdp) {
+            XDP_PASS
+        } else {
+            TC_UNSPEC
+        };
+        assert_eq!(ret, want_ret, "{}: return value", row.what);
+        assert_eq!(
+            reason::NAMES[moved as usize],
+            reason::NAMES[row.reason as usize],
+            "{}: verdict reason",
+            row.what
+        );
+        let want = row.output.unwrap_or_else(|| row.input.clone());
+        assert_eq!(out, want, "{}: output frame", row.what);
+    }
+}
+
+#[test]
+fn nodeport_flow_both_directions() {
+    let mut dp = dataplane();
+    let syn = Pkt::tcp(CLIENT, 40000, NODE, NODE_PORT, TCP_SYN);
+    let data = Pkt::tcp(CLIENT, 40000, NODE, NODE_PORT, TCP_ACK | TCP_PSH)
+        .payload(b"GET / HTTP/1.1\r\n\r\n");
+    let reply = Pkt::tcp(POD, 80, CLIENT, 40000, TCP_SYN | TCP_ACK);
+    check(
+        &mut dp,
+        vec![
+            Row {
+                what: "SYN to NodePort: new flow, DNAT to the pod",
+                prog: Prog::Xdp,
+                input: syn.build(),
+                reason: reason::NAT_NEW_FLOW,
+                output: Some(syn.rewritten(CLIENT, 40000, POD, 80).build()),
+            },
+            Row {
+                what: "data on the same flow: established, same pod",
+                prog: Prog::Xdp,
+                input: data.build(),
+                reason: reason::NAT_ESTABLISHED,
+                output: Some(data.rewritten(CLIENT, 40000, POD, 80).build()),
+            },
+            Row {
+                what: "reply from the pod at ingress: left for egress",
+                prog: Prog::TcIngress,
+                input: reply.build(),
+                reason: reason::PASS_REPLY_INGRESS,
+                output: None,
+            },
+            Row {
+                what: "reply from the pod at egress: source back to NODE:30008",
+                prog: Prog::TcEgress,
+                input: reply.build(),
+                reason: reason::NAT_REPLY,
+                output: Some(reply.rewritten(NODE, NODE_PORT, CLIENT, 40000).build()),
+            },
+            Row {
+                what: "translated original direction seen at egress: untouched",
+                prog: Prog::TcEgress,
+                input: syn.rewritten(CLIENT, 40000, POD, 80).build(),
+                reason: reason::PASS_NO_SERVICE,
+                output: None,
+            },
+        ],
+    );
+}
+
+#[test]
+fn what_is_not_service_traffic_passes_untouched() {
+    let mut dp = dataplane();
+    let mut arp = packet::eth(0x0806);
+    arp.extend_from_slice(&[0u8; 28]);
+    let mut ipv6 = packet::eth(0x86dd);
+    ipv6.extend_from_slice(&[0x60; 40]);
+    let mut icmp = Pkt::tcp(CLIENT, 0, NODE, 0, 0);
+    icmp.proto = PROTO_ICMP;
+    let rows = vec![
+        Row {
+            what: "ARP",
+            prog: Prog::Xdp,
+            input: arp,
+            reason: reason::PASS_NOT_IPV4,
+            output: None,
+        },
+        Row {
+            what: "IPv6",
+            prog: Prog::Xdp,
+            input: ipv6,
+            reason: reason::PASS_NOT_IPV4,
+            output: None,
+        },
+        Row {
+            what: "ICMP",
+            prog: Prog::Xdp,
+            input: icmp.build(),
+            reason: reason::PASS_NOT_L4,
+            output: None,
+        },
+        Row {
+            what: "TCP to a port no service has",
+            prog: Prog::Xdp,
+            input: Pkt::tcp(CLIENT, 40000, NODE, 22, TCP_SYN).build(),
+            reason: reason::PASS_NO_SERVICE,
+            output: None,
+        },
+        Row {
+            what: "TCP between other hosts",
+            prog: Prog::TcIngress,
+            input: Pkt::tcp("10.244.0.3", 5555, "10.244.0.9", 80, TCP_SYN).build(),
+            reason: reason::PASS_NO_SERVICE,
+            output: None,
+        },
+        Row {
+            what: "UDP to the NodePort number (the service is TCP only)",
+            prog: Prog::Xdp,
+            input: Pkt::udp(CLIENT, 40000, NODE, NODE_PORT).build(),
+            reason: reason::PASS_NO_SERVICE,
+            output: None,
+        },
+        Row {
+            what: "ClusterIP from an external interface: not served",
+            prog: Prog::Xdp,
+            input: Pkt::tcp(CLIENT, 40000, CLUSTER_IP, 80, TCP_SYN).build(),
+            reason: reason::PASS_INTERNAL_ONLY,
+            output: None,
+        },
+        Row {
+            what: "service without endpoints: left to the kernel",
+            prog: Prog::Xdp,
+            input: Pkt::tcp(CLIENT, 40000, NODE, 30009, TCP_SYN).build(),
+            reason: reason::PASS_NO_BACKEND,
+            output: None,
+        },
+    ];
+    check(&mut dp, rows);
+}
+
+#[test]
+fn malformed_and_truncated_frames_pass_untouched() {
+    let mut dp = dataplane();
+    let syn = Pkt::tcp(CLIENT, 40000, NODE, NODE_PORT, TCP_SYN).build();
+    let mut only_eth = packet::eth(0x0800);
+    only_eth.extend_from_slice(&[0x45, 0, 0]); // 3 bytes of IPv4 header
+    let mut short_ihl = syn.clone();
+    short_ihl[14] = 0x44; // IHL 4 (16 bytes): below the minimum
+    let mut not_v4 = syn.clone();
+    not_v4[14] = 0x65; // version 6 in an IPv4 frame
+    let mut later_fragment = Pkt::tcp(CLIENT, 40000, NODE, NODE_PORT, TCP_ACK);
+    later_fragment.frag = 185; // offset 1480
+    let mut first_fragment = Pkt::tcp(CLIENT, 40000, NODE, NODE_PORT, TCP_ACK);
+    first_fragment.frag = 0x2000; // MF
+    let mut huge_ihl = syn.clone();
+    huge_ihl[14] = 0x4f; // 60-byte header: the TCP header would lie beyond the frame
+    let rows = vec![
+        Row {
+            what: "IPv4 header cut short",
+            prog: Prog::Xdp,
+            input: only_eth,
+            reason: reason::PASS_MALFORMED,
+            output: None,
+        },
+        Row {
+            what: "TCP header cut short",
+            prog: Prog::Xdp,
+            input: syn[..14 + 20 + 10].to_vec(),
+            reason: reason::PASS_MALFORMED,
+            output: None,
+        },
+        Row {
+            what: "IHL below 5",
+            prog: Prog::Xdp,
+            input: short_ihl,
+            reason: reason::PASS_MALFORMED,
+            output: None,
+        },
+        Row {
+            what: "IP version not 4",
+            prog: Prog::Xdp,
+            input: not_v4,
+            reason: reason::PASS_MALFORMED,
+            output: None,
+        },
+        Row {
+            what: "IHL past the frame",
+            prog: Prog::Xdp,
+            input: huge_ihl,
+            reason: reason::PASS_MALFORMED,
+            output: None,
+        },
+        Row {
+            what: "later fragment (no L4 header)",
+            prog: Prog::Xdp,
+            input: later_fragment.build(),
+            reason: reason::PASS_FRAGMENT,
+            output: None,
+        },
+        Row {
+            what: "first fragment",
+            prog: Prog::Xdp,
+            input: first_fragment.build(),
+            reason: reason::PASS_FRAGMENT,
+            output: None,
+        },
+        Row {
+            what: "TCP header cut short at TC",
+            prog: Prog::TcIngress,
+            input: syn[..14 + 20 + 10].to_vec(),
+            reason: reason::PASS_MALFORMED,
+            output: None,
+        },
+    ];
+    check(&mut dp, rows);
+}
+
+#[test]
+fn ip_options_udp_checksums_and_clusterip_from_pods() {
+    let mut dp = dataplane();
+    let mut opts = Pkt::tcp(CLIENT, 40001, NODE, NODE_PORT, TCP_SYN);
+    opts.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    let udp = Pkt::udp("10.244.0.3", 5000, CLUSTER_IP, 53);
+    let mut udp_none = Pkt::udp("10.244.0.3", 5001, CLUSTER_IP, 53);
+    udp_none.udp_no_checksum = true;
+    let tcp = Pkt::tcp("10.244.0.3", 41000, CLUSTER_IP, 80, TCP_SYN);
+    // Pods live behind the interface BPF_PROG_RUN reports (loopback, ifindex 1).
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let rows = vec![
+        Row {
+            what: "IPv4 options: L4 found past them, translated",
+            prog: Prog::Xdp,
+            input: opts.build(),
+            reason: reason::NAT_NEW_FLOW,
+            output: Some(opts.rewritten(CLIENT, 40001, POD, 80).build()),
+        },
+        Row {
+            what: "UDP to a ClusterIP from a pod: translated, checksum updated",
+            prog: Prog::TcIngress,
+            input: udp.build(),
+            reason: reason::NAT_NEW_FLOW,
+            output: Some(udp.rewritten("10.244.0.3", 5000, POD, 5353).build()),
+        },
+        Row {
+            what: "UDP with checksum 0: translated, checksum stays 0",
+            prog: Prog::TcIngress,
+            input: udp_none.build(),
+            reason: reason::NAT_NEW_FLOW,
+            output: Some(udp_none.rewritten("10.244.0.3", 5001, POD, 5353).build()),
+        },
+        Row {
+            what: "UDP with checksum 0 through XDP: stays 0",
+            prog: Prog::Xdp,
+            input: udp_none.build(),
+            reason: reason::NAT_ESTABLISHED,
+            output: Some(udp_none.rewritten("10.244.0.3", 5001, POD, 5353).build()),
+        },
+        Row {
+            what: "TCP to a ClusterIP from a pod interface",
+            prog: Prog::TcIngress,
+            input: tcp.build(),
+            reason: reason::NAT_NEW_FLOW,
+            output: Some(tcp.rewritten("10.244.0.3", 41000, POD, 80).build()),
+        },
+        Row {
+            what: "UDP reply at egress: source back to the ClusterIP",
+            prog: Prog::TcEgress,
+            input: Pkt::udp(POD, 5353, "10.244.0.3", 5000).build(),
+            reason: reason::NAT_REPLY,
+            output: Some(Pkt::udp(CLUSTER_IP, 53, "10.244.0.3", 5000).build()),
+        },
+    ];
+    for r in &rows {
+        if let Some(o) = &r.output {
+            verify_checksums(o)
+                .unwrap_or_else(|e| panic!("{}: the expected frame itself is wrong: {e}", r.what));
+        }
+    }
+    check(&mut dp, rows);
+}
+
+#[test]
+fn per_service_and_per_backend_counters_count_translated_packets() {
+    let mut dp = dataplane();
+    let before = (
+        dp.maps.service_counters(1).unwrap(),
+        dp.maps.backend_counters(1).unwrap(),
+    );
+    for port in 0..3u16 {
+        let f = Pkt::tcp(CLIENT, 42000 + port, NODE, NODE_PORT, TCP_SYN).build();
+        let (_, _, r) = run(&mut dp, Prog::Xdp, &f);
+        assert_eq!(r, reason::NAT_NEW_FLOW);
+    }
+    let after = (
+        dp.maps.service_counters(1).unwrap(),
+        dp.maps.backend_counters(1).unwrap(),
+    );
+    assert_eq!(after.0.packets - before.0.packets, 3);
+    assert_eq!(after.1.packets - before.1.packets, 3);
+    assert_eq!(
+        after.0.bytes - before.0.bytes,
+        3 * 40,
+        "IPv4 bytes of three bare SYNs"
+    );
+}

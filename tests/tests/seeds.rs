@@ -1,0 +1,167 @@
+//! The seeds' scenario end to end, in veth namespaces: a laptop reaches a pod through
+//! a node's NodePort, with lb's agent running inside the node.
+
+use std::time::Duration;
+
+use lb_common::PROTO_TCP;
+use lb_tests::{
+    Netns, Topology,
+    lbctl::{Lb, curl, podserver_bin},
+    require_root,
+    seeds::{self, NODE_IP, POD_IP},
+};
+use lb_user::{desired::frontend, maps::Maps};
+
+const SEEDS_SERVICE: &str = include_str!("../../examples/node-port-service.yaml");
+const SEEDS_POD: &str = include_str!("../../examples/myapp-pod.yaml");
+
+struct Scenario {
+    t: Topology,
+    laptop: Netns,
+    node: Netns,
+    lb: Lb,
+}
+
+/// Laptop, node and one pod serving `Hello World!` on port 80; `manifests` applied;
+/// the agent running in the node.
+fn scenario(tag: &str, manifests: &str) -> Scenario {
+    require_root();
+    let mut t = Topology::new(tag).unwrap();
+    let s = seeds::lan(&mut t).unwrap();
+    let pod = seeds::pod(&mut t, &s.node, "pod", "lxc1", POD_IP).unwrap();
+    let server = podserver_bin().display().to_string();
+    t.spawn(&pod, "pod", &[&server, "--tcp", "80"], &[])
+        .unwrap();
+    let lb = Lb::new(&mut t).unwrap();
+    lb.apply(manifests).unwrap();
+    lb.start_agent(&mut t, &s.node, "node1", &["eth0"]).unwrap();
+    Scenario {
+        t,
+        laptop: s.laptop,
+        node: s.node,
+        lb,
+    }
+}
+
+fn fetch(s: &Scenario, url: &str) -> String {
+    Topology::wait_for(Duration::from_secs(10), || curl(&s.t, &s.laptop, url)).unwrap_or_else(
+        || {
+            panic!(
+                "{url} never answered from the laptop; agent log:\n{}",
+                s.t.log("agent-node1")
+            )
+        },
+    )
+}
+
+#[test]
+fn laptop_curls_the_nodeport_and_gets_hello_world() {
+    let s = scenario("seeds", &format!("{SEEDS_SERVICE}---\n{SEEDS_POD}"));
+    let body = fetch(&s, &format!("http://{NODE_IP}:30008"));
+    assert_eq!(body, "Hello World!\n");
+
+    // The program's per-service and per-backend counters moved.
+    let maps = Maps::open_pinned(&s.lb.pins("node1")).expect("the agent's pinned maps");
+    let entries = maps.read_entries().unwrap();
+    let fe = frontend(NODE_IP.parse().unwrap(), 30008, PROTO_TCP);
+    let svc = entries
+        .services
+        .get(&fe)
+        .expect("a frontend for 192.168.1.2:30008/TCP");
+    let c = maps.service_counters(svc.svc_id).unwrap();
+    assert!(
+        c.packets >= 3 && c.bytes > 0,
+        "service counters after one HTTP exchange: {c:?}"
+    );
+    let slot = entries
+        .backends
+        .get(&lb_common::BackendKey {
+            svc_id: svc.svc_id,
+            slot: 0,
+        })
+        .expect("one backend slot");
+    assert_eq!(
+        std::net::Ipv4Addr::from(u32::from_be(slot.addr_be)).to_string(),
+        POD_IP
+    );
+    assert_eq!(u16::from_be(slot.port_be), 80);
+    let b = maps.backend_counters(slot.backend_id).unwrap();
+    assert!(b.packets >= 3, "backend counters: {b:?}");
+
+    // The node's kernel did no NAT: no iptables or nftables rules exist. (nft first:
+    // listing through iptables-nft creates empty built-in chains.)
+    let nft = s.t.sh(&s.node, &["nft", "list", "ruleset"]).unwrap();
+    assert!(
+        nft.trim().is_empty(),
+        "nftables ruleset in the node:\n{nft}"
+    );
+    let ipt = s.t.sh(&s.node, &["iptables", "-t", "nat", "-S"]).unwrap();
+    let rules: Vec<&str> = ipt.lines().filter(|l| !l.starts_with("-P ")).collect();
+    assert!(
+        rules.is_empty(),
+        "iptables nat rules in the node: {rules:?}"
+    );
+
+    // Traffic that is not for a service is untouched: the node still reaches the pod
+    // directly, and the pod's address is not reachable from the laptop (no route).
+    assert_eq!(
+        curl(&s.t, &s.node, &format!("http://{POD_IP}")).as_deref(),
+        Some("Hello World!\n")
+    );
+    assert_eq!(curl(&s.t, &s.laptop, &format!("http://{POD_IP}")), None);
+}
+
+#[test]
+fn unset_node_port_is_allocated_in_range_and_shown_by_get_svc() {
+    let svc = SEEDS_SERVICE
+        .replace("      nodePort: 30008\n", "")
+        .replace("node-port-service", "auto-port");
+    assert!(!svc.contains("nodePort:"));
+    let s = scenario("autoport", &format!("{svc}---\n{SEEDS_POD}"));
+    let table = s.lb.ok(&["get", "svc"]).unwrap();
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .expect("one service row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[0..2], ["auto-port", "NodePort"]);
+    assert!(
+        row[2].starts_with("10."),
+        "cluster IP from 10.96.0.0/12: {}",
+        row[2]
+    );
+    assert_eq!(row[3], "<none>");
+    let port: u16 = row[4]
+        .strip_prefix("80:")
+        .and_then(|r| r.strip_suffix("/TCP"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("PORT(S) should read 80:3xxxx/TCP, got {}", row[4]));
+    assert!((30000..=32767).contains(&port), "allocated nodePort {port}");
+    // The allocated port serves, and re-applying keeps it.
+    assert_eq!(
+        fetch(&s, &format!("http://{NODE_IP}:{port}")),
+        "Hello World!\n"
+    );
+    assert_eq!(
+        s.lb.apply(&svc).unwrap().trim(),
+        "service/auto-port unchanged"
+    );
+    assert!(
+        s.lb.ok(&["get", "svc"])
+            .unwrap()
+            .contains(&format!("80:{port}/TCP"))
+    );
+}
