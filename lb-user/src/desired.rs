@@ -301,11 +301,12 @@ fn assign_slots(svc_id: u32, backends: Vec<Backend>, actual: &Entries) -> Vec<Ba
         if slot >= n {
             continue;
         }
-        if let Some(i) = backends.iter().position(|b| b.backend_id == old.backend_id) {
-            if !placed[i] && slots[slot].is_none() {
-                slots[slot] = Some(backends[i]);
-                placed[i] = true;
-            }
+        if let Some(i) = backends.iter().position(|b| b.backend_id == old.backend_id)
+            && !placed[i]
+            && slots[slot].is_none()
+        {
+            slots[slot] = Some(backends[i]);
+            placed[i] = true;
         }
     }
     let mut rest = backends

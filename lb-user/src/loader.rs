@@ -22,7 +22,10 @@ pub static EBPF_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("loading lb's eBPF object (maps pinned under {pins}): {error}")]
-    Load { pins: String, error: aya::EbpfError },
+    Load {
+        pins: String,
+        error: Box<aya::EbpfError>,
+    },
     #[error("program {program}: {action}: {error}")]
     Program {
         program: &'static str,
@@ -51,7 +54,7 @@ pub fn load(pins: Option<&Path>) -> Result<Ebpf, LoadError> {
         pins: pins
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "nowhere".into()),
-        error,
+        error: Box::new(error),
     })
 }
 

@@ -41,7 +41,7 @@ impl Routes {
                 up.then(|| (dest, mask, iface.to_string()))
             })
             .collect();
-        routes.sort_by(|a, b| b.1.count_ones().cmp(&a.1.count_ones()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.1.count_ones()));
         Routes { routes }
     }
 

@@ -53,7 +53,7 @@ pub enum StoreError {
         index: usize,
         kind: &'static str,
         name: String,
-        error: FieldError,
+        error: Box<FieldError>,
     },
     #[error("{kind} \"{name}\" not found in namespace \"{namespace}\"")]
     NotFound {
@@ -287,7 +287,7 @@ fn apply_one(
                 index: doc.index,
                 kind: "Service",
                 name: doc.object.key().name,
-                error,
+                error: Box::new(error),
             };
             allocate(state, &mut svc, old.as_ref(), alloc).map_err(|e| match e {
                 AllocError::Field(f) => invalid(f),
@@ -533,3 +533,6 @@ fn random_cluster_ip(state: &State, alloc: &Allocation) -> Result<Ipv4Addr, Stor
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,203 @@
+use super::*;
+use crate::{
+    model::parse_manifest,
+    store::{Allocation, Mode, Store},
+};
 
+fn state(yaml: &str) -> State {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("lb-desired-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::new(&dir);
+    store
+        .apply(
+            &parse_manifest("t.yaml", yaml).unwrap(),
+            &Allocation::default(),
+            Mode::Apply,
+        )
+        .unwrap();
+    let s = store.load().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    s
+}
+
+fn pod(name: &str, ip: &str, labels: &str, ports: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {labels}\nspec:\n  containers:\n  - name: c\n    ports: {ports}\nstatus:\n  podIP: {ip}\n---\n"
+    )
+}
+
+const NODE: &str = "192.168.1.2";
+
+fn node() -> Node {
+    Node {
+        name: "n1".into(),
+        addrs: vec![NODE.parse().unwrap()],
+    }
+}
+
+#[test]
+fn nodeport_has_a_cluster_frontend_and_one_per_node_address() {
+    let s = state(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  selector: {{app: web}}\n  ports:\n  - {{port: 80, targetPort: 8080, nodePort: 30008}}\n---\n{}{}{}",
+        pod("a", "10.244.0.2", "{app: web}", "[]"),
+        pod("b", "10.244.0.3", "{app: web}", "[]"),
+        pod("other", "10.244.0.4", "{app: db}", "[]"),
+    ));
+    let plans = plan(&s, &node());
+    assert_eq!(plans.len(), 1);
+    let p = &plans[0];
+    let cluster_ip: Ipv4Addr = s.services["default/web"]
+        .spec
+        .as_ref()
+        .unwrap()
+        .cluster_ip
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        p.frontends,
+        vec![
+            (frontend(cluster_ip, 80, PROTO_TCP), SVC_F_INTERNAL),
+            (frontend(NODE.parse().unwrap(), 30008, PROTO_TCP), 0)
+        ]
+    );
+    assert_eq!(
+        p.endpoints,
+        vec![
+            ("10.244.0.2".parse().unwrap(), 8080),
+            ("10.244.0.3".parse().unwrap(), 8080)
+        ]
+    );
+}
+
+#[test]
+fn named_target_ports_resolve_per_pod_and_several_ports_are_separate() {
+    let s = state(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {{app: web}}\n  ports:\n  - {{name: http, port: 80, targetPort: web}}\n  - {{name: dns, port: 53, protocol: UDP}}\n---\n{}{}",
+        pod(
+            "a",
+            "10.244.0.2",
+            "{app: web}",
+            "[{name: web, containerPort: 8080}]"
+        ),
+        pod(
+            "b",
+            "10.244.0.3",
+            "{app: web}",
+            "[{name: web, containerPort: 9090}]"
+        ),
+    ));
+    let plans = plan(&s, &node());
+    assert_eq!(plans.len(), 2);
+    assert_eq!(
+        plans[0].endpoints,
+        vec![
+            ("10.244.0.2".parse().unwrap(), 8080),
+            ("10.244.0.3".parse().unwrap(), 9090)
+        ]
+    );
+    assert_eq!(plans[1].proto, PROTO_UDP);
+    assert_eq!(plans[1].endpoints.len(), 2);
+    assert_eq!(
+        plans[1].frontends.len(),
+        1,
+        "a ClusterIP service has no node frontends"
+    );
+}
+
+#[test]
+fn headless_services_and_other_namespaces_are_not_balanced() {
+    let s = state(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: h\nspec:\n  clusterIP: None\n  selector: {{app: web}}\n  ports:\n  - {{port: 80}}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: w\n  namespace: prod\nspec:\n  selector: {{app: web}}\n  ports:\n  - {{port: 80}}\n---\n{}",
+        pod("a", "10.244.0.2", "{app: web}", "[]"),
+    ));
+    let plans = plan(&s, &node());
+    assert_eq!(plans.len(), 1, "headless gets no frontend");
+    assert!(
+        plans[0].endpoints.is_empty(),
+        "a pod in another namespace is not an endpoint"
+    );
+}
+
+fn plan_with(endpoints: &[(u8, u16)]) -> PortPlan {
+    PortPlan {
+        service: ObjectKey::new("default", "s"),
+        port: "80".into(),
+        proto: PROTO_TCP,
+        frontends: vec![(
+            frontend("10.96.0.10".parse().unwrap(), 80, PROTO_TCP),
+            SVC_F_INTERNAL,
+        )],
+        endpoints: endpoints
+            .iter()
+            .map(|(last, port)| (Ipv4Addr::new(10, 244, 0, *last), *port))
+            .collect(),
+    }
+}
+
+#[test]
+fn ids_and_slots_stay_put_so_a_change_touches_only_what_it_must() {
+    let first = entries(
+        &[plan_with(&[(2, 80), (3, 80), (4, 80)])],
+        &Entries::default(),
+    )
+    .unwrap();
+    assert_eq!(first.services.values().next().unwrap().backend_count, 3);
+    // Same input, built on what the maps hold: identical, so no writes.
+    assert_eq!(
+        entries(&[plan_with(&[(2, 80), (3, 80), (4, 80)])], &first).unwrap(),
+        first
+    );
+    // Remove the middle endpoint: slot 0 keeps .2, the last one moves into the hole
+    // only if needed; ids of survivors are unchanged.
+    let second = entries(&[plan_with(&[(2, 80), (4, 80)])], &first).unwrap();
+    let ids = |e: &Entries| {
+        e.backends
+            .values()
+            .map(|b| (b.addr_be, b.backend_id))
+            .collect::<BTreeMap<_, _>>()
+    };
+    for (addr, id) in ids(&second) {
+        assert_eq!(ids(&first)[&addr], id, "a surviving backend keeps its id");
+    }
+    assert_eq!(
+        second.backends[&BackendKey { svc_id: 1, slot: 0 }],
+        first.backends[&BackendKey { svc_id: 1, slot: 0 }]
+    );
+    let ops = crate::sync::diff(&first, &second);
+    assert!(
+        ops.len() <= 3,
+        "one count, at most one moved slot, one removed slot: {ops:?}"
+    );
+    // Add one back: a new id, not one in use.
+    let third = entries(&[plan_with(&[(2, 80), (4, 80), (9, 80)])], &second).unwrap();
+    let new_id = third
+        .backends
+        .values()
+        .find(|b| b.addr_be == u32::from(Ipv4Addr::new(10, 244, 0, 9)).to_be())
+        .unwrap()
+        .backend_id;
+    assert!(!ids(&second).values().any(|id| *id == new_id));
+}
+
+#[test]
+fn a_new_service_does_not_take_an_existing_services_id() {
+    let a = plan_with(&[(2, 80)]);
+    let mut b = plan_with(&[(3, 80)]);
+    b.service = ObjectKey::new("default", "b");
+    b.frontends = vec![(
+        frontend("10.96.0.11".parse().unwrap(), 80, PROTO_TCP),
+        SVC_F_INTERNAL,
+    )];
+    let only_b = entries(std::slice::from_ref(&b), &Entries::default()).unwrap();
+    let both = entries(&[a, b.clone()], &only_b).unwrap();
+    let id_of = |e: &Entries, p: &PortPlan| e.services[&p.frontends[0].0].svc_id;
+    assert_eq!(
+        id_of(&both, &b),
+        id_of(&only_b, &b),
+        "b keeps its id when a appears before it"
+    );
+}

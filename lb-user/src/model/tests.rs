@@ -1,1 +1,238 @@
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::*;
+
+const SEEDS: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: node-port-service
+spec:
+  type: NodePort
+  ports:
+      # pod port
+    - targetPort: 80
+      # service port on pod-side
+      port: 80
+      # service
+      nodePort: 30008
+  selector:
+    app: myapp
+    type: front-end
+";
+
+fn one_service(yaml: &str) -> Service {
+    let docs = parse_manifest("t.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+    match &docs[0].object {
+        Object::Service(s) => (**s).clone(),
+        o => panic!("not a service: {o:?}"),
+    }
+}
+
+fn error(yaml: &str) -> String {
+    parse_manifest("svc.yaml", yaml)
+        .expect_err("should be invalid")
+        .to_string()
+}
+
+#[test]
+fn the_seeds_manifest_reads_as_written() {
+    let svc = one_service(SEEDS);
+    let spec = svc.spec.unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+    let p = &spec.ports.unwrap()[0];
+    assert_eq!(
+        (p.port, p.node_port, p.target_port.clone()),
+        (80, Some(30008), Some(IntOrString::Int(80)))
+    );
+    assert_eq!(
+        spec.selector.unwrap().get("type").map(String::as_str),
+        Some("front-end")
+    );
+    assert_eq!(svc.metadata.namespace.as_deref(), Some("default"));
+}
+
+#[test]
+fn port_is_the_only_required_port_field() {
+    let svc = one_service(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: backend}\nspec:\n  ports:\n  - port: 8080\n",
+    );
+    let spec = svc.spec.unwrap();
+    assert_eq!(
+        spec.type_.as_deref(),
+        Some("ClusterIP"),
+        "type defaults to ClusterIP"
+    );
+    assert_eq!(spec.session_affinity.as_deref(), Some("None"));
+    let p = &spec.ports.unwrap()[0];
+    assert_eq!(p.protocol.as_deref(), Some("TCP"));
+    assert_eq!(
+        p.target_port,
+        Some(IntOrString::Int(8080)),
+        "targetPort defaults to port"
+    );
+    assert_eq!(p.node_port, None);
+}
+
+#[test]
+fn json_lists_and_multi_document_yaml() {
+    let json = r#"{"apiVersion":"v1","kind":"List","items":[
+        {"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":80}]}},
+        {"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{"app":"a"}},"spec":{"containers":[{"name":"c"}]},"status":{"podIP":"10.244.0.9"}}]}"#;
+    let docs = parse_manifest("l.json", json).unwrap();
+    assert_eq!(
+        docs.iter().map(|d| d.object.kind()).collect::<Vec<_>>(),
+        ["Service", "Pod"]
+    );
+    let yaml = format!(
+        "{SEEDS}---\n{}\n---\n",
+        SEEDS.replace("node-port-service", "two")
+    );
+    let docs = parse_manifest("m.yaml", &yaml).unwrap();
+    assert_eq!(docs.len(), 2);
+    assert_eq!(docs[1].index, 2);
+}
+
+#[test]
+fn validation_errors_read_like_the_api_server() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "spec:\n  ports:\n  - targetPort: 80\n",
+            "svc.yaml (document 1): The Service \"s\" is invalid: spec.ports[0].port: Required value",
+        ),
+        (
+            "spec:\n  ports:\n  - port: 70000\n",
+            "spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive",
+        ),
+        (
+            "spec:\n  type: Fancy\n  ports:\n  - port: 80\n",
+            "spec.type: Unsupported value: \"Fancy\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"",
+        ),
+        (
+            "spec:\n  ports:\n  - port: 80\n    protocol: SCTP\n",
+            "spec.ports[0].protocol: Unsupported value: \"SCTP\": supported values: \"TCP\", \"UDP\"",
+        ),
+        (
+            "spec:\n  ports:\n  - port: 80\n  - port: 81\n",
+            "spec.ports[1].name: Required value",
+        ),
+        (
+            "spec:\n  ports:\n  - {name: web, port: 80}\n  - {name: web, port: 81}\n",
+            "spec.ports[1].name: Duplicate value: \"web\"",
+        ),
+        (
+            "spec:\n  ports:\n  - port: 80\n    nodePort: 30001\n",
+            "spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'",
+        ),
+        (
+            "spec:\n  type: NodePort\n  ports:\n  - {name: a, port: 80, nodePort: 30001}\n  - {name: b, port: 81, nodePort: 30001}\n",
+            "spec.ports[1].nodePort: Duplicate value: 30001",
+        ),
+        (
+            "spec:\n  ports:\n  - port: 80\n  clusterIP: 10.96.0.300\n",
+            "spec.clusterIPs[0]: Invalid value: 10.96.0.300: must be a valid IP address",
+        ),
+        (
+            "spec:\n  ports:\n  - port: 80\n    targetPort: Not_A_Name\n",
+            "spec.ports[0].targetPort: Invalid value: \"Not_A_Name\"",
+        ),
+        (
+            "spec:\n  sessionAffinity: Sticky\n  ports:\n  - port: 80\n",
+            "spec.sessionAffinity: Unsupported value: \"Sticky\"",
+        ),
+        ("spec:\n  ports: []\n", "spec.ports: Required value"),
+    ];
+    for (spec, want) in cases {
+        let yaml = format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n{spec}");
+        let got = error(&yaml);
+        assert!(
+            got.contains(want),
+            "for\n{spec}\nwant {want:?}\ngot  {got:?}"
+        );
+    }
+    let bad_name = error(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: My_Svc\nspec:\n  ports:\n  - port: 80\n",
+    );
+    assert!(
+        bad_name.contains("metadata.name: Invalid value: \"My_Svc\": a DNS-1035 label"),
+        "{bad_name}"
+    );
+    let bad_kind = error("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\n");
+    assert!(
+        bad_kind.contains("no kind \"Deployment\" is registered for version \"apps/v1\""),
+        "{bad_kind}"
+    );
+    let bad_type = error(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports:\n  - port: eighty\n",
+    );
+    assert!(
+        bad_type.contains("spec.ports[0].port"),
+        "the field path is named: {bad_type}"
+    );
+}
+
+#[test]
+fn selectors_readiness_and_named_ports() {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "labels": {"app": "web", "tier": "front"}},
+        "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}, {"name": "dns", "containerPort": 5353, "protocol": "UDP"}]}]},
+        "status": {"podIP": "10.244.0.5"}
+    }))
+    .unwrap();
+    let pod = default_pod(pod);
+    let sel = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert!(selects(
+        Some(&sel(&[("app", "web")])),
+        pod.metadata.labels.as_ref()
+    ));
+    assert!(selects(
+        Some(&sel(&[("app", "web"), ("tier", "front")])),
+        pod.metadata.labels.as_ref()
+    ));
+    assert!(!selects(
+        Some(&sel(&[("app", "web"), ("tier", "back")])),
+        pod.metadata.labels.as_ref()
+    ));
+    assert!(
+        !selects(Some(&sel(&[])), pod.metadata.labels.as_ref()),
+        "an empty selector selects nothing"
+    );
+    assert!(
+        pod_ready(&pod),
+        "a declared pod without conditions is ready"
+    );
+    assert_eq!(
+        resolve_target_port(&pod, &IntOrString::String("http".into()), "TCP"),
+        Some(8080)
+    );
+    assert_eq!(
+        resolve_target_port(&pod, &IntOrString::String("dns".into()), "UDP"),
+        Some(5353)
+    );
+    assert_eq!(
+        resolve_target_port(&pod, &IntOrString::String("dns".into()), "TCP"),
+        None,
+        "protocol must match"
+    );
+    assert_eq!(
+        resolve_target_port(&pod, &IntOrString::Int(9000), "TCP"),
+        Some(9000)
+    );
+
+    let mut not_ready = pod.clone();
+    not_ready.status.as_mut().unwrap().conditions =
+        Some(vec![k8s_openapi::api::core::v1::PodCondition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            ..Default::default()
+        }]);
+    assert!(!pod_ready(&not_ready));
+    let mut no_ip = pod.clone();
+    no_ip.status.as_mut().unwrap().pod_ip = None;
+    assert!(!pod_ready(&no_ip));
+}

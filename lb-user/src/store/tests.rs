@@ -1,0 +1,217 @@
+use super::*;
+use crate::model::parse_manifest;
+
+fn tmp_store(tag: &str) -> Store {
+    let dir = std::env::temp_dir().join(format!("lb-store-test-{}-{tag}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    Store::new(dir)
+}
+
+fn docs(yaml: &str) -> Vec<Document> {
+    parse_manifest("t.yaml", yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn svc(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: NodePort\n  ports:\n  - port: 80\n{extra}---\n"
+    )
+}
+
+fn node_ports(state: &State) -> Vec<i32> {
+    state
+        .services
+        .values()
+        .flat_map(|s| s.spec.iter().flat_map(|sp| sp.ports.iter().flatten()))
+        .filter_map(|p| p.node_port)
+        .collect()
+}
+
+#[test]
+fn allocates_in_range_and_keeps_values_across_reapply() {
+    let store = tmp_store("alloc");
+    let alloc = Allocation::default();
+    let out = store
+        .apply(&docs(&svc("a", "")), &alloc, Mode::Apply)
+        .unwrap();
+    assert_eq!(out, vec![Outcome::Created]);
+    let first = store.load().unwrap();
+    let a = &first.services["default/a"];
+    let ip: Ipv4Addr = a
+        .spec
+        .as_ref()
+        .unwrap()
+        .cluster_ip
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        alloc.cidr_contains(ip) && ip != Ipv4Addr::new(10, 96, 0, 1),
+        "{ip}"
+    );
+    let np = node_ports(&first)[0];
+    assert!((30000..=32767).contains(&np));
+    assert!(a.metadata.creation_timestamp.is_some() && a.metadata.uid.is_some());
+
+    // Re-applying the same manifest changes nothing, even the allocations.
+    let out = store
+        .apply(&docs(&svc("a", "")), &alloc, Mode::Apply)
+        .unwrap();
+    assert_eq!(out, vec![Outcome::Unchanged]);
+    assert_eq!(store.load().unwrap(), first);
+    // A changed manifest keeps the clusterIP and the nodePort.
+    let out = store
+        .apply(
+            &docs(&svc("a", "  selector:\n    app: x\n")),
+            &alloc,
+            Mode::Apply,
+        )
+        .unwrap();
+    assert_eq!(out, vec![Outcome::Configured]);
+    let second = store.load().unwrap();
+    assert_eq!(
+        second.services["default/a"]
+            .spec
+            .as_ref()
+            .unwrap()
+            .cluster_ip,
+        a.spec.as_ref().unwrap().cluster_ip
+    );
+    assert_eq!(node_ports(&second), vec![np]);
+    assert_eq!(second.revision, first.revision + 1);
+}
+
+#[test]
+fn never_hands_out_a_value_twice() {
+    let store = tmp_store("unique");
+    // A range of 5 ports: 5 services fit, the 6th does not.
+    let alloc = Allocation {
+        node_ports: 30000..=30004,
+        ..Allocation::default()
+    };
+    let all: String = (0..5).map(|i| svc(&format!("s{i}"), "")).collect();
+    store.apply(&docs(&all), &alloc, Mode::Apply).unwrap();
+    let mut ports = node_ports(&store.load().unwrap());
+    ports.sort();
+    assert_eq!(ports, vec![30000, 30001, 30002, 30003, 30004]);
+    let err = store
+        .apply(&docs(&svc("s5", "")), &alloc, Mode::Apply)
+        .unwrap_err();
+    assert!(err.to_string().contains("no free nodePort"), "{err}");
+}
+
+#[test]
+fn requested_values_are_honoured_or_refused_and_a_bad_object_applies_nothing() {
+    let store = tmp_store("requested");
+    let alloc = Allocation::default();
+    store
+        .apply(
+            &docs(&svc("a", "    nodePort: 30008\n  clusterIP: 10.96.0.50\n")),
+            &alloc,
+            Mode::Apply,
+        )
+        .unwrap();
+    let before = store.load().unwrap();
+    assert_eq!(node_ports(&before), vec![30008]);
+
+    let cases = [
+        (
+            svc("b", "    nodePort: 30008\n"),
+            "spec.ports[0].nodePort: Invalid value: 30008: provided port is already allocated",
+        ),
+        (
+            svc("b", "    nodePort: 40000\n"),
+            "spec.ports[0].nodePort: Invalid value: 40000: provided port is not in the valid range. The range of valid ports is 30000-32767",
+        ),
+        (
+            svc("b", "  clusterIP: 10.96.0.50\n"),
+            "spec.clusterIPs[0]: Invalid value: 10.96.0.50: failed to allocate IP 10.96.0.50: provided IP is already allocated",
+        ),
+        (
+            svc("b", "  clusterIP: 192.168.5.5\n"),
+            "is not in the valid range. The range of valid IPs is 10.96.0.0/12",
+        ),
+        (
+            svc("a", "  clusterIP: 10.96.0.51\n"),
+            "may not change once set",
+        ),
+    ];
+    for (yaml, want) in cases {
+        // The bad object comes second: the good first one must not be applied either.
+        let batch = format!("{}{yaml}", svc("good", ""));
+        let err = store
+            .apply(&docs(&batch), &alloc, Mode::Apply)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "want {want:?}\ngot  {err:?}");
+        assert!(
+            err.starts_with("t.yaml (document 2): The Service"),
+            "names file, document and object: {err}"
+        );
+        assert_eq!(
+            store.load().unwrap(),
+            before,
+            "nothing applied after: {want}"
+        );
+    }
+    let err = store
+        .apply(&docs(&svc("a", "")), &alloc, Mode::Create)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "t.yaml (document 1): Service \"a\" already exists");
+}
+
+#[test]
+fn concurrent_writers_never_allocate_the_same_port() {
+    let store_dir = tmp_store("concurrent").dir().to_path_buf();
+    let alloc = Allocation {
+        node_ports: 30000..=30039,
+        ..Allocation::default()
+    };
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let dir = store_dir.clone();
+            let alloc = alloc.clone();
+            std::thread::spawn(move || {
+                let store = Store::new(dir);
+                for i in 0..5 {
+                    store
+                        .apply(&docs(&svc(&format!("t{t}-{i}"), "")), &alloc, Mode::Apply)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let state = Store::new(store_dir).load().unwrap();
+    let mut ports = node_ports(&state);
+    assert_eq!(ports.len(), 40);
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 40, "every port distinct");
+}
+
+#[test]
+fn delete_removes_and_names_what_is_missing() {
+    let store = tmp_store("delete");
+    store
+        .apply(&docs(&svc("a", "")), &Allocation::default(), Mode::Apply)
+        .unwrap();
+    let err = store
+        .delete(&[
+            ("Service", ObjectKey::new("default", "a")),
+            ("Service", ObjectKey::new("default", "zz")),
+        ])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Service \"zz\" not found in namespace \"default\""
+    );
+    assert_eq!(store.load().unwrap().services.len(), 1, "all or nothing");
+    store
+        .delete(&[("Service", ObjectKey::new("default", "a"))])
+        .unwrap();
+    assert!(store.load().unwrap().services.is_empty());
+}
