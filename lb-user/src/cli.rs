@@ -39,6 +39,8 @@ pub enum Command {
     Get(GetArgs),
     /// Show one service in detail, with live counters from the agent's maps.
     Describe(DescribeArgs),
+    /// Show the data plane's verdict counters (every packet, by reason) for a node.
+    Stats(StatsArgs),
     /// Delete objects by name or by the manifests that made them.
     #[command(after_help = "Examples:\n  lb delete svc my-svc\n  lb delete -f svc.yaml")]
     Delete(DeleteArgs),
@@ -115,6 +117,16 @@ pub struct DescribeArgs {
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
     /// bpffs root the agent pins under (for live counters).
+    #[arg(long, env = "LB_BPFFS", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// The node whose agent's counters to show (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    /// bpffs root the agent pins under.
     #[arg(long, env = "LB_BPFFS", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
     /// The node whose agent's counters to show (default: the host name).

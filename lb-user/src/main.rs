@@ -23,6 +23,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -51,6 +52,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Get(g) => get(&store, &g),
         Command::Describe(d) => describe(&store, &d),
         Command::Delete(d) => delete(&store, &d),
+        Command::Stats(a) => stats(&a),
     }
 }
 
@@ -339,6 +341,33 @@ fn describe(store: &Store, d: &cli::DescribeArgs) -> Result<()> {
             d.bpffs.display()
         );
     }
+    Ok(())
+}
+
+fn stats(a: &cli::StatsArgs) -> Result<()> {
+    let node = a.node_name.clone().unwrap_or_else(hostname);
+    let dir = agent::pin_dir(&a.bpffs, &node);
+    let maps = Maps::open_pinned(&dir)
+        .with_context(|| format!("no agent maps for node {node} under {}", dir.display()))?;
+    let rows: Vec<Vec<String>> = maps
+        .verdicts()?
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            vec![
+                lb_common::reason::NAMES[i].to_string(),
+                c.packets.to_string(),
+                c.bytes.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            vec!["REASON".into(), "PACKETS".into(), "BYTES".into()],
+            rows
+        )
+    );
     Ok(())
 }
 

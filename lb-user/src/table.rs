@@ -9,7 +9,7 @@ use k8s_openapi::{
 use crate::model::{TYPE_LOAD_BALANCER, TYPE_NODE_PORT, pod_ready, service_type};
 
 /// Columns separated by three spaces, left-aligned, no borders (kubectl's tabwriter).
-fn render(header: Vec<String>, rows: Vec<Vec<String>>) -> String {
+pub fn render(header: Vec<String>, rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_preset(NOTHING);
     t.set_header(header);

@@ -110,6 +110,27 @@ impl Lb {
         Ok(())
     }
 
+    /// What to print when a test fails: the agent's log and its verdict counters.
+    pub fn diagnostics(&self, t: &Topology, node_name: &str) -> String {
+        let stats = self
+            .cli(&[
+                "stats",
+                "--bpffs",
+                &self.bpffs.display().to_string(),
+                "--node-name",
+                node_name,
+            ])
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr)
+            })
+            .unwrap_or_default();
+        format!(
+            "agent log:\n{}\nverdicts:\n{stats}",
+            t.log(&format!("agent-{node_name}"))
+        )
+    }
+
     /// Where the agent for `node_name` pins its maps.
     pub fn pins(&self, node_name: &str) -> PathBuf {
         self.bpffs.join("lb").join(node_name)

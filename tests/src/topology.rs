@@ -219,6 +219,15 @@ fn terminate(mut child: Child) {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        // LB_TEST_PAUSE=SECONDS keeps a topology up that long before tearing it down,
+        // to look at a failing test from another shell.
+        if let Some(secs) = std::env::var("LB_TEST_PAUSE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            eprintln!("LB_TEST_PAUSE: keeping {}* for {secs} s", self.prefix);
+            thread::sleep(Duration::from_secs(secs));
+        }
         for (_, child) in self.children.drain(..).rev() {
             terminate(child);
         }
@@ -281,8 +290,17 @@ pub mod seeds {
     ) -> Result<Netns> {
         let pod = t.netns(short)?;
         t.link(&pod, "eth0", node, host_if)?;
-        t.ip(&pod, &["addr", "add", &format!("{ip}/16"), "dev", "eth0"])?;
-        t.ip(&pod, &["route", "add", "default", "via", POD_GATEWAY])?;
+        // As with the ptp CNI plugin, the pod's address is a /32: everything, other
+        // pods included, goes through the node.
+        t.ip(&pod, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        t.ip(
+            &pod,
+            &["route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link"],
+        )?;
+        t.ip(
+            &pod,
+            &["route", "add", "default", "via", POD_GATEWAY, "dev", "eth0"],
+        )?;
         t.ip(
             node,
             &["addr", "add", &format!("{POD_GATEWAY}/32"), "dev", host_if],

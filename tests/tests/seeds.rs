@@ -165,3 +165,51 @@ fn unset_node_port_is_allocated_in_range_and_shown_by_get_svc() {
             .contains(&format!("80:{port}/TCP"))
     );
 }
+
+#[test]
+fn a_pod_added_after_the_agent_started_reaches_a_cluster_ip() {
+    require_root();
+    let mut t = Topology::new("newpod").unwrap();
+    let s = seeds::lan(&mut t).unwrap();
+    let backend = seeds::pod(&mut t, &s.node, "web", "lxc1", POD_IP).unwrap();
+    let server = podserver_bin().display().to_string();
+    t.spawn(
+        &backend,
+        "web",
+        &[&server, "--tcp", "8080", "--text", "from web"],
+        &[],
+    )
+    .unwrap();
+    let lb = Lb::new(&mut t).unwrap();
+    lb.apply(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.80\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: 8080\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels:\n    app: web\nspec:\n  containers:\n  - name: c\nstatus:\n  podIP: 10.244.0.2\n",
+    )
+    .unwrap();
+    lb.start_agent(&mut t, &s.node, "node1", &["eth0"]).unwrap();
+
+    // A client pod appears after the agent: its veth gets lb's TC programs by itself.
+    let client = seeds::pod(&mut t, &s.node, "client", "lxc2", "10.244.0.3").unwrap();
+    lb.apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\nspec:\n  containers:\n  - name: c\nstatus:\n  podIP: 10.244.0.3\n")
+        .unwrap();
+    let body = Topology::wait_for(Duration::from_secs(10), || {
+        curl(&t, &client, "http://10.96.0.80")
+    });
+    assert_eq!(
+        body.as_deref(),
+        Some("from web\n"),
+        "{}",
+        lb.diagnostics(&t, "node1")
+    );
+    assert!(
+        t.log("agent-node1")
+            .contains("attached to pod interface iface=\"lxc2\""),
+        "{}",
+        t.log("agent-node1")
+    );
+    // A ClusterIP is not served to the outside: the laptop has no answer from it even
+    // when it routes the address to the node.
+    t.ip(&s.laptop, &["route", "add", "10.96.0.0/12", "via", NODE_IP])
+        .unwrap();
+    assert_eq!(curl(&t, &s.laptop, "http://10.96.0.80"), None);
+}
