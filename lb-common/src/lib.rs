@@ -32,6 +32,8 @@ pub const ALL_MAPS: [&str; 7] = [
 
 // ---- program names (the ELF function names) ----
 pub const PROG_XDP: &str = "lb_xdp";
+/// Parse-and-pass only: the benchmarks' baseline, never attached.
+pub const PROG_XDP_BASELINE: &str = "lb_xdp_baseline";
 pub const PROG_TC_INGRESS: &str = "lb_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
 

@@ -53,6 +53,17 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The benchmarks' baseline: the same parsing and counting as `lb_xdp`, no lookups,
+/// no rewrite. Never attached.
+#[xdp]
+pub fn lb_xdp_baseline(ctx: XdpContext) -> u32 {
+    match parse::parse(ctx.data(), ctx.data_end()) {
+        Ok(p) => stats::verdict(lb_common::reason::PASS_NO_SERVICE, p.ip_len),
+        Err(reason) => stats::verdict(reason, 0),
+    }
+    xdp_action::XDP_PASS
+}
+
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
     tc(&ctx, Hook::Ingress)

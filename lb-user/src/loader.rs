@@ -110,6 +110,16 @@ impl Dataplane {
         program(&mut self.ebpf, PROG_XDP)
     }
 
+    /// The parse-and-pass baseline program, loaded on first use (for benchmarks).
+    pub fn xdp_baseline(&mut self) -> Result<&mut Xdp, LoadError> {
+        let p: &mut Xdp = program(&mut self.ebpf, lb_common::PROG_XDP_BASELINE)?;
+        if p.fd().is_err() {
+            p.load()
+                .map_err(prog_err(lb_common::PROG_XDP_BASELINE, "loading"))?;
+        }
+        Ok(p)
+    }
+
     /// A TC program by name (loaded; for BPF_PROG_RUN).
     pub fn tc(&mut self, name: &'static str) -> Result<&mut SchedClassifier, LoadError> {
         program(&mut self.ebpf, name)

@@ -35,6 +35,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (so far: the XDP hot path under BPF_PROG_RUN, against a
+    /// parse-and-pass baseline measured in the same run).
+    Bench,
     /// Run every test: unit, BPF_PROG_RUN and veth-namespace integration tests.
     Test {
         /// Only tests whose name contains this.
@@ -59,6 +62,15 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Test { filter } => test(filter),
+        Cmd::Bench => run(Command::new("cargo").current_dir(workspace_root()).args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "lb-tests",
+            "--example",
+            "hotpath",
+        ])),
     }
 }
 
