@@ -18,7 +18,7 @@ use lb_common::{
 
 use crate::{
     model::{
-        CLUSTER_IP_NONE, ObjectKey, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER, TYPE_NODE_PORT, pod_ip,
+        ObjectKey, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER, TYPE_NODE_PORT, cluster_ip, pod_ip,
         pod_ready, resolve_target_port, selects, service_type,
     },
     store::State,
@@ -112,14 +112,7 @@ fn plan_service(svc: &Service, pods: &PodIndex<'_>, node: &Node) -> Vec<PortPlan
         return Vec::new();
     };
     let ty = service_type(svc);
-    let Some(cluster_ip) = spec
-        .cluster_ip
-        .as_deref()
-        .filter(|ip| *ip != CLUSTER_IP_NONE)
-    else {
-        return Vec::new();
-    };
-    let (Ok(cluster_ip), false) = (cluster_ip.parse::<Ipv4Addr>(), ty == TYPE_EXTERNAL_NAME) else {
+    let (Some(cluster_ip), false) = (cluster_ip(svc), ty == TYPE_EXTERNAL_NAME) else {
         return Vec::new();
     };
     let key = ObjectKey::of(&svc.metadata);

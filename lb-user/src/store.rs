@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     CLUSTER_IP_NONE, Document, FieldError, Object, ObjectKey, TYPE_EXTERNAL_NAME,
-    TYPE_LOAD_BALANCER, TYPE_NODE_PORT, service_type,
+    TYPE_LOAD_BALANCER, TYPE_NODE_PORT, cluster_ip, service_type,
 };
 
 pub const DEFAULT_STORE_DIR: &str = "/var/lib/lb";
@@ -479,11 +479,7 @@ fn allocate(
 }
 
 fn used_cluster_ips(state: &State) -> BTreeSet<Ipv4Addr> {
-    state
-        .services
-        .values()
-        .filter_map(|s| s.spec.as_ref()?.cluster_ip.as_deref()?.parse().ok())
-        .collect()
+    state.services.values().filter_map(cluster_ip).collect()
 }
 
 fn used_node_ports(state: &State) -> BTreeSet<u16> {

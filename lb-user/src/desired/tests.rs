@@ -48,15 +48,7 @@ fn nodeport_has_a_cluster_frontend_and_one_per_node_address() {
     let plans = plan(&s, &node());
     assert_eq!(plans.len(), 1);
     let p = &plans[0];
-    let cluster_ip: Ipv4Addr = s.services["default/web"]
-        .spec
-        .as_ref()
-        .unwrap()
-        .cluster_ip
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let cluster_ip = crate::model::cluster_ip(&s.services["default/web"]).unwrap();
     assert_eq!(
         p.frontends,
         vec![

@@ -346,6 +346,11 @@ pub fn pod_ready(pod: &Pod) -> bool {
     }
 }
 
+/// The service's ClusterIP, when it has one (none for headless or ExternalName).
+pub fn cluster_ip(svc: &Service) -> Option<Ipv4Addr> {
+    svc.spec.as_ref()?.cluster_ip.as_deref()?.parse().ok()
+}
+
 pub fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
     pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
 }

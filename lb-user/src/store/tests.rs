@@ -36,15 +36,7 @@ fn allocates_in_range_and_keeps_values_across_reapply() {
     assert_eq!(out, vec![Outcome::Created]);
     let first = store.load().unwrap();
     let a = &first.services["default/a"];
-    let ip: Ipv4Addr = a
-        .spec
-        .as_ref()
-        .unwrap()
-        .cluster_ip
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ip = crate::model::cluster_ip(a).unwrap();
     assert!(
         alloc.cidr_contains(ip) && ip != Ipv4Addr::new(10, 96, 0, 1),
         "{ip}"
