@@ -1,0 +1,112 @@
+//! A test client, run inside a namespace. Every loop is bounded in count and time.
+//!
+//! lbclient tcp ADDR:PORT COUNT      COUNT new connections, one HTTP GET each; prints
+//!                                   each answer's first body line, or `ERR <error>`
+//! lbclient udp ADDR:PORT COUNT      COUNT datagrams from COUNT new sockets; prints each
+//!                                   answer's first line, or `ERR <error>`
+//! lbclient stream ADDR:PORT SECS    one connection, GET /stream, prints every line it
+//!                                   reads for SECS seconds, then `END <lines>` or `ERR`
+//! lbclient connect ADDR:PORT        one connect; prints `OK` or `ERR <kind> <ms>`
+//!                                   (`ERR ConnectionRefused 3` for a RST after 3 ms)
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mode, addr) = (args.first().map(String::as_str), args.get(1));
+    let addr: SocketAddr = addr.and_then(|a| a.parse().ok()).unwrap_or_else(|| usage());
+    let n: u64 = args
+        .get(2)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1)
+        .min(100_000);
+    match mode {
+        Some("tcp") => (0..n).for_each(|_| {
+            println!(
+                "{}",
+                http_get(addr, "/").unwrap_or_else(|e| format!("ERR {e}"))
+            )
+        }),
+        Some("udp") => {
+            (0..n).for_each(|i| println!("{}", udp(addr, i).unwrap_or_else(|e| format!("ERR {e}"))))
+        }
+        Some("stream") => stream(addr, Duration::from_secs(n.min(600))),
+        Some("connect") => {
+            let start = Instant::now();
+            match TcpStream::connect_timeout(&addr, TIMEOUT) {
+                Ok(_) => println!("OK"),
+                Err(e) => println!("ERR {:?} {}", e.kind(), start.elapsed().as_millis()),
+            }
+        }
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: lbclient tcp|udp|stream|connect ADDR:PORT [COUNT|SECS]");
+    std::process::exit(2)
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let text = body.split("\r\n\r\n").nth(1).unwrap_or("");
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+fn udp(addr: SocketAddr, i: u64) -> std::io::Result<String> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.send_to(format!("ping {i}").as_bytes(), addr)?;
+    let mut buf = [0u8; 2048];
+    let (n, _) = s.recv_from(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string())
+}
+
+fn stream(addr: SocketAddr, secs: Duration) {
+    let run = || -> std::io::Result<u64> {
+        let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.write_all(b"GET /stream HTTP/1.1\r\nHost: lb\r\n\r\n")?;
+        let mut r = BufReader::new(s);
+        let start = Instant::now();
+        let mut lines = 0;
+        let mut line = String::new();
+        let mut in_body = false;
+        while start.elapsed() < secs {
+            line.clear();
+            if r.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed",
+                ));
+            }
+            if !in_body {
+                in_body = line == "\r\n";
+                continue;
+            }
+            print!("{line}");
+            lines += 1;
+        }
+        Ok(lines)
+    };
+    match run() {
+        Ok(lines) => println!("END {lines}"),
+        Err(e) => println!("ERR {e}"),
+    }
+}

@@ -1,0 +1,243 @@
+//! Data-plane behaviour on one node, with real traffic through veth namespaces: a
+//! laptop, a node running the agent, three backend pods and a client pod.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use lb_tests::{
+    Netns, Topology,
+    lbctl::{Lb, podserver_bin},
+    require_root,
+    seeds::{self, NODE_IP},
+};
+
+const CLIENT_IP: &str = "10.244.0.100";
+
+struct Cluster {
+    t: Topology,
+    laptop: Netns,
+    client: Netns,
+    lb: Lb,
+}
+
+/// A pod manifest: labels `app=APP`, container ports (name, number, protocol).
+fn pod_yaml(name: &str, ip: &str, app: &str, ports: &[(&str, u16, &str)]) -> String {
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|(n, p, proto)| format!("{{name: {n}, containerPort: {p}, protocol: {proto}}}"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {app}}}\nspec:\n  containers:\n  - name: c\n    ports: [{}]\nstatus:\n  podIP: {ip}\n---\n",
+        ports.join(", ")
+    )
+}
+
+/// Laptop, node, the client pod and `backends` pods 10.244.0.(2+i) each running
+/// `podserver ARGS --text pod-i`; `manifests` applied; the agent started.
+fn cluster(tag: &str, backends: &[&[&str]], manifests: &str) -> Cluster {
+    require_root();
+    let mut t = Topology::new(tag).unwrap();
+    let s = seeds::lan(&mut t).unwrap();
+    let server = podserver_bin().display().to_string();
+    for (i, args) in backends.iter().enumerate() {
+        let ip = format!("10.244.0.{}", 2 + i);
+        let pod = seeds::pod(&mut t, &s.node, &format!("pod{i}"), &format!("lxc{i}"), &ip).unwrap();
+        let text = format!("pod-{i}");
+        let mut argv = vec![server.as_str(), "--text", &text];
+        argv.extend_from_slice(args);
+        t.spawn(&pod, &format!("pod{i}"), &argv, &[]).unwrap();
+    }
+    let client = seeds::pod(&mut t, &s.node, "client", "lxcc", CLIENT_IP).unwrap();
+    let lb = Lb::new(&mut t).unwrap();
+    lb.apply(&format!(
+        "{manifests}{}",
+        pod_yaml("client", CLIENT_IP, "client", &[])
+    ))
+    .unwrap();
+    lb.start_agent(&mut t, &s.node, "node1", &["eth0"]).unwrap();
+    Cluster {
+        t,
+        laptop: s.laptop,
+        client,
+        lb,
+    }
+}
+
+fn lbclient(c: &Cluster, ns: &Netns, args: &[&str]) -> Vec<String> {
+    let bin = podserver_bin()
+        .with_file_name("lbclient")
+        .display()
+        .to_string();
+    let mut argv = vec![bin.as_str()];
+    argv.extend_from_slice(args);
+    let out = c.t.run(ns, &argv).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Answers counted by text; panics with diagnostics if any failed.
+fn tally(c: &Cluster, answers: &[String]) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for a in answers {
+        assert!(
+            !a.starts_with("ERR"),
+            "a request failed: {a}\n{}",
+            c.lb.diagnostics(&c.t, "node1")
+        );
+        *by.entry(a.split_whitespace().next().unwrap_or("").to_string())
+            .or_insert(0) += 1;
+    }
+    by
+}
+
+/// Waits until a first request through `addr` succeeds (the agent has caught up).
+fn ready(c: &Cluster, ns: &Netns, mode: &str, addr: &str) {
+    let ok = Topology::wait_for(Duration::from_secs(10), || {
+        lbclient(c, ns, &[mode, addr, "1"])
+            .first()
+            .filter(|a| !a.starts_with("ERR"))
+            .cloned()
+    });
+    assert!(
+        ok.is_some(),
+        "{addr} never answered\n{}",
+        c.lb.diagnostics(&c.t, "node1")
+    );
+}
+
+const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.80\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080}\n---\n";
+
+#[test]
+fn cluster_ip_spreads_new_connections_and_keeps_each_flow_on_its_pod() {
+    let pods: String = (0..3)
+        .map(|i| {
+            pod_yaml(
+                &format!("web{i}"),
+                &format!("10.244.0.{}", 2 + i),
+                "web",
+                &[],
+            )
+        })
+        .collect();
+    let tcp: &[&str] = &["--tcp", "8080"];
+    let c = cluster("spread", &[tcp, tcp, tcp], &format!("{WEB}{pods}"));
+    ready(&c, &c.client, "tcp", "10.96.0.80:80");
+
+    // A long-lived connection streams while 300 others come and go.
+    let bin = podserver_bin()
+        .with_file_name("lbclient")
+        .display()
+        .to_string();
+    let mut t = c.t;
+    t.spawn(
+        &c.client,
+        "stream",
+        &[&bin, "stream", "10.96.0.80:80", "6"],
+        &[],
+    )
+    .unwrap();
+    let c = Cluster { t, ..c };
+    let answers = lbclient(&c, &c.client, &["tcp", "10.96.0.80:80", "300"]);
+    assert_eq!(answers.len(), 300);
+    let by_pod = tally(&c, &answers);
+    assert_eq!(by_pod.len(), 3, "every pod answers: {by_pod:?}");
+    for (pod, n) in &by_pod {
+        assert!(*n >= 60, "{pod} served {n} of 300 (< 20%): {by_pod:?}");
+    }
+
+    let mut t = c.t;
+    let log = Topology::wait_for(Duration::from_secs(10), || {
+        let log = t.log("stream");
+        (log.contains("END") || log.contains("ERR")).then_some(log)
+    })
+    .expect("the stream client finishes");
+    t.stop("stream");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines.last().unwrap().starts_with("END"),
+        "the stream broke: {:?}",
+        lines.last()
+    );
+    let data = &lines[..lines.len() - 1];
+    assert!(
+        data.len() >= 50,
+        "the stream kept flowing: {} lines",
+        data.len()
+    );
+    let pod = data[0].split_whitespace().next().unwrap();
+    for (i, l) in data.iter().enumerate() {
+        let mut w = l.split_whitespace();
+        assert_eq!(
+            w.next(),
+            Some(pod),
+            "every packet of the flow went to one pod"
+        );
+        assert_eq!(
+            w.next().and_then(|n| n.parse::<usize>().ok()),
+            Some(i),
+            "no line lost or repeated"
+        );
+    }
+}
+
+#[test]
+fn udp_echo_through_a_cluster_ip_and_a_node_port() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: dns\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.53\n  selector: {app: dns}\n  ports:\n  - {name: dns, port: 53, targetPort: 5353, protocol: UDP, nodePort: 30053}\n---\n";
+    let pods: String = (0..2)
+        .map(|i| {
+            pod_yaml(
+                &format!("dns{i}"),
+                &format!("10.244.0.{}", 2 + i),
+                "dns",
+                &[],
+            )
+        })
+        .collect();
+    let udp: &[&str] = &["--udp", "5353"];
+    let c = cluster("udp", &[udp, udp], &format!("{svc}{pods}"));
+    ready(&c, &c.client, "udp", "10.96.0.53:53");
+    let from_pod = tally(
+        &c,
+        &lbclient(&c, &c.client, &["udp", "10.96.0.53:53", "40"]),
+    );
+    assert_eq!(
+        from_pod.len(),
+        2,
+        "both pods echo through the ClusterIP: {from_pod:?}"
+    );
+    let nodeport = format!("{NODE_IP}:30053");
+    ready(&c, &c.laptop, "udp", &nodeport);
+    let from_laptop = tally(&c, &lbclient(&c, &c.laptop, &["udp", &nodeport, "40"]));
+    assert_eq!(from_laptop.values().sum::<usize>(), 40);
+    assert_eq!(
+        from_laptop.len(),
+        2,
+        "both pods echo through the NodePort: {from_laptop:?}"
+    );
+}
+
+#[test]
+fn a_named_target_port_resolves_per_pod() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.81\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: http}\n---\n";
+    let pods = format!(
+        "{}{}",
+        pod_yaml("web0", "10.244.0.2", "web", &[("http", 8080, "TCP")]),
+        pod_yaml("web1", "10.244.0.3", "web", &[("http", 9090, "TCP")])
+    );
+    let c = cluster(
+        "named",
+        &[&["--tcp", "8080"], &["--tcp", "9090"]],
+        &format!("{svc}{pods}"),
+    );
+    ready(&c, &c.client, "tcp", "10.96.0.81:80");
+    let by_pod = tally(
+        &c,
+        &lbclient(&c, &c.client, &["tcp", "10.96.0.81:80", "40"]),
+    );
+    assert_eq!(
+        by_pod.keys().collect::<Vec<_>>(),
+        ["pod-0", "pod-1"],
+        "both ports answer: {by_pod:?}"
+    );
+}
