@@ -18,9 +18,10 @@ pub const MAP_IFACES: &str = "LB_IFACES";
 pub const MAP_STATS: &str = "LB_STATS";
 pub const MAP_SVC_STATS: &str = "LB_SVC_STATS";
 pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
+pub const MAP_AFFINITY: &str = "LB_AFFINITY";
 
 /// Every map lb pins, so the agent can adopt or remove them as a set.
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 8] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -28,6 +29,7 @@ pub const ALL_MAPS: [&str; 7] = [
     MAP_STATS,
     MAP_SVC_STATS,
     MAP_BACKEND_STATS,
+    MAP_AFFINITY,
 ];
 
 // ---- program names (the ELF function names) ----
@@ -50,6 +52,8 @@ pub const MAX_BACKEND_SLOTS: u32 = 262_144;
 pub const MAX_BACKEND_IDS: u32 = 262_144;
 /// Conntrack entries (two per flow: original and reply direction).
 pub const MAX_CONNTRACK: u32 = 262_144;
+/// Remembered (client, service port) -> backend choices for `sessionAffinity: ClientIP`.
+pub const MAX_AFFINITY: u32 = 262_144;
 /// Interfaces lb is attached to.
 pub const MAX_IFACES: u32 = 4_096;
 
@@ -73,6 +77,9 @@ const _: () = assert!(size_of::<ServiceKey>() == 8);
 /// The frontend is a ClusterIP: only served for traffic entering from a pod
 /// interface (or the node itself), never from an external interface.
 pub const SVC_F_INTERNAL: u32 = 1 << 0;
+/// `sessionAffinity: ClientIP`: a client's new flows go to the backend its last flow
+/// went to, while that was less than `affinity_timeout_s` ago.
+pub const SVC_F_AFFINITY: u32 = 1 << 1;
 
 /// Value of [`MAP_SERVICES`].
 #[repr(C)]
@@ -84,7 +91,8 @@ pub struct ServiceValue {
     pub backend_count: u32,
     /// `SVC_F_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// With `SVC_F_AFFINITY`: `sessionAffinityConfig.clientIP.timeoutSeconds`.
+    pub affinity_timeout_s: u32,
 }
 const _: () = assert!(size_of::<ServiceValue>() == 16);
 
@@ -110,6 +118,28 @@ pub struct Backend {
     pub backend_id: u32,
 }
 const _: () = assert!(size_of::<Backend>() == 12);
+
+// ---- session affinity ----
+
+/// Key of [`MAP_AFFINITY`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client_addr_be: u32,
+    pub svc_id: u32,
+}
+const _: () = assert!(size_of::<AffinityKey>() == 8);
+
+/// Value of [`MAP_AFFINITY`]: the slot and backend a client's last new flow went to.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    pub last_used_ns: u64,
+    pub slot: u32,
+    /// The slot still holds this backend, or the choice is void.
+    pub backend_id: u32,
+}
+const _: () = assert!(size_of::<AffinityValue>() == 16);
 
 // ---- conntrack ----
 
@@ -253,5 +283,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for IfaceValue {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for Counters {}
 }

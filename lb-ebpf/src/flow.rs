@@ -52,7 +52,7 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
     if hook == Hook::Egress {
         return Verdict::Pass(reason::PASS_NO_SERVICE);
     }
-    let sel = match lb::select(&p.key, ifindex) {
+    let sel = match lb::select(&p.key, ifindex, now) {
         Ok(sel) => sel,
         Err(reason) => return Verdict::Pass(reason),
     };

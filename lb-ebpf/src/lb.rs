@@ -1,9 +1,13 @@
-//! Service lookup and backend selection. Reads maps, never writes the packet.
+//! Service lookup and backend selection. Reads maps (and remembers affinity choices),
+//! never writes the packet.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use lb_common::{Backend, BackendKey, FlowKey, IFACE_POD, SVC_F_INTERNAL, ServiceKey, reason};
+use lb_common::{
+    AffinityKey, AffinityValue, Backend, BackendKey, FlowKey, IFACE_POD, SVC_F_AFFINITY,
+    SVC_F_INTERNAL, ServiceKey, ServiceValue, reason,
+};
 
-use crate::maps::{LB_BACKENDS, LB_IFACES, LB_SERVICES};
+use crate::maps::{LB_AFFINITY, LB_BACKENDS, LB_IFACES, LB_SERVICES};
 
 pub struct Selection {
     pub svc_id: u32,
@@ -13,7 +17,7 @@ pub struct Selection {
 /// The frontend this packet is addressed to and the backend a new flow goes to, or
 /// the reason (a `lb_common::reason`) there is none.
 #[inline(always)]
-pub fn select(key: &FlowKey, ifindex: u32) -> Result<Selection, u32> {
+pub fn select(key: &FlowKey, ifindex: u32, now: u64) -> Result<Selection, u32> {
     let frontend = ServiceKey {
         addr_be: key.daddr_be,
         port_be: key.dport_be,
@@ -30,20 +34,63 @@ pub fn select(key: &FlowKey, ifindex: u32) -> Result<Selection, u32> {
     if svc.backend_count == 0 {
         return Err(reason::PASS_NO_BACKEND);
     }
-    // SAFETY: a helper with no preconditions.
-    let slot = unsafe { bpf_get_prandom_u32() } % svc.backend_count;
-    let slot_key = BackendKey {
-        svc_id: svc.svc_id,
-        slot,
+    let backend = if svc.flags & SVC_F_AFFINITY != 0 {
+        sticky(key.saddr_be, &svc, now)?
+    } else {
+        random(&svc)?.1
     };
-    // SAFETY: as above.
-    let backend = unsafe { LB_BACKENDS.get(&slot_key) }
-        .copied()
-        .ok_or(reason::PASS_NO_SLOT)?;
     Ok(Selection {
         svc_id: svc.svc_id,
         backend,
     })
+}
+
+/// A slot chosen uniformly at random, and its backend.
+#[inline(always)]
+fn random(svc: &ServiceValue) -> Result<(u32, Backend), u32> {
+    // SAFETY: a helper with no preconditions.
+    let slot = unsafe { bpf_get_prandom_u32() } % svc.backend_count;
+    Ok((slot, slot_backend(svc.svc_id, slot)?))
+}
+
+#[inline(always)]
+fn slot_backend(svc_id: u32, slot: u32) -> Result<Backend, u32> {
+    // SAFETY: backend values are only replaced whole by the agent; a copy is taken.
+    unsafe { LB_BACKENDS.get(&BackendKey { svc_id, slot }) }
+        .copied()
+        .ok_or(reason::PASS_NO_SLOT)
+}
+
+/// ClientIP affinity: the backend this client's last new flow went to, if that was
+/// within the timeout and its slot still holds it; otherwise a random one, remembered.
+#[inline(always)]
+fn sticky(client: u32, svc: &ServiceValue, now: u64) -> Result<Backend, u32> {
+    let key = AffinityKey {
+        client_addr_be: client,
+        svc_id: svc.svc_id,
+    };
+    let timeout_ns = svc.affinity_timeout_s as u64 * 1_000_000_000;
+    if let Some(a) = LB_AFFINITY.get_ptr_mut(&key) {
+        // SAFETY: the pointer came from a successful lookup; the entry is plain data.
+        let a = unsafe { &mut *a };
+        if now.wrapping_sub(a.last_used_ns) <= timeout_ns && a.slot < svc.backend_count {
+            if let Ok(b) = slot_backend(svc.svc_id, a.slot) {
+                if b.backend_id == a.backend_id {
+                    a.last_used_ns = now;
+                    return Ok(b);
+                }
+            }
+        }
+    }
+    let (slot, backend) = random(svc)?;
+    let remembered = AffinityValue {
+        last_used_ns: now,
+        slot,
+        backend_id: backend.backend_id,
+    };
+    // A full map only costs stickiness, never the flow.
+    let _ = LB_AFFINITY.insert(&key, &remembered, 0);
+    Ok(backend)
 }
 
 /// Whether the packet entered through an interface behind which pods live.

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendKey, Counters, CtValue, FlowKey, IfaceValue, MAX_BACKEND_IDS,
-    MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_IFACES, MAX_SERVICE_IDS, MAX_SERVICES, ServiceKey,
-    ServiceValue, reason,
+    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, FlowKey, IfaceValue,
+    MAX_AFFINITY, MAX_BACKEND_IDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_IFACES, MAX_SERVICE_IDS,
+    MAX_SERVICES, ServiceKey, ServiceValue, reason,
 };
 
 #[map]
@@ -33,3 +33,7 @@ pub static LB_SVC_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(M
 
 #[map]
 pub static LB_BE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKEND_IDS, 0);
+
+#[map]
+pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(MAX_AFFINITY, 0);

@@ -13,7 +13,7 @@ use std::{
 use k8s_openapi::api::core::v1::{Pod, Service};
 use lb_common::{
     Backend, BackendKey, ID_NONE, MAX_BACKEND_IDS, MAX_SERVICE_IDS, PROTO_TCP, PROTO_UDP,
-    SVC_F_INTERNAL, ServiceKey, ServiceValue,
+    SVC_F_AFFINITY, SVC_F_INTERNAL, ServiceKey, ServiceValue,
 };
 
 use crate::{
@@ -42,6 +42,8 @@ pub struct PortPlan {
     pub frontends: Vec<(ServiceKey, u32)>,
     /// Ready endpoints (address, target port), sorted, without duplicates.
     pub endpoints: Vec<(Ipv4Addr, u16)>,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 for no affinity.
+    pub affinity_timeout_s: u32,
 }
 
 fn proto_number(protocol: &str) -> Option<u8> {
@@ -118,6 +120,18 @@ fn plan_service(svc: &Service, pods: &PodIndex<'_>, node: &Node) -> Vec<PortPlan
     let key = ObjectKey::of(&svc.metadata);
     let selected = pods.selected(&key.namespace, spec.selector.as_ref());
     let external = ty == TYPE_NODE_PORT || ty == TYPE_LOAD_BALANCER;
+    let affinity_timeout_s = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let timeout = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds);
+        timeout
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(10_800)
+    } else {
+        0
+    };
     let mut plans = Vec::new();
     for p in spec.ports.iter().flatten() {
         let protocol = p.protocol.as_deref().unwrap_or("TCP");
@@ -146,6 +160,7 @@ fn plan_service(svc: &Service, pods: &PodIndex<'_>, node: &Node) -> Vec<PortPlan
             proto,
             frontends,
             endpoints: endpoints.into_iter().collect(),
+            affinity_timeout_s,
         });
     }
     plans
@@ -270,8 +285,13 @@ pub fn entries(plans: &[PortPlan], actual: &Entries) -> Result<Entries, DesiredE
                 ServiceValue {
                     svc_id,
                     backend_count: plan.endpoints.len() as u32,
-                    flags: *flags,
-                    _pad: 0,
+                    flags: *flags
+                        | if plan.affinity_timeout_s > 0 {
+                            SVC_F_AFFINITY
+                        } else {
+                            0
+                        },
+                    affinity_timeout_s: plan.affinity_timeout_s,
                 },
             );
         }

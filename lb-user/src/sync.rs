@@ -71,7 +71,7 @@ mod tests {
             svc_id: id,
             backend_count: count,
             flags: 0,
-            _pad: 0,
+            affinity_timeout_s: 0,
         }
     }
     fn be(id: u32) -> Backend {

@@ -49,7 +49,7 @@ fn fill(dp: &mut Dataplane, n: u32) {
                 svc_id: id,
                 backend_count: 10,
                 flags: 0,
-                _pad: 0,
+                affinity_timeout_s: 0,
             },
         );
         for slot in 0..10u32 {

@@ -241,3 +241,23 @@ fn a_named_target_port_resolves_per_pod() {
         "both ports answer: {by_pod:?}"
     );
 }
+
+#[test]
+fn client_ip_affinity_holds_and_moves_after_its_timeout() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: sticky\nspec:\n  clusterIP: 10.96.0.82\n  selector: {app: web}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 1\n  ports:\n  - {port: 80, targetPort: 8080}\n---\n";
+    let pods: String = (0..3).map(|i| pod_yaml(&format!("web{i}"), &format!("10.244.0.{}", 2 + i), "web", &[])).collect();
+    let tcp: &[&str] = &["--tcp", "8080"];
+    let c = cluster("affinity", &[tcp, tcp, tcp], &format!("{svc}{pods}"));
+    ready(&c, &c.client, "tcp", "10.96.0.82:80");
+    let by_pod = tally(&c, &lbclient(&c, &c.client, &["tcp", "10.96.0.82:80", "50"]));
+    assert_eq!(by_pod.len(), 1, "50 connections from one client all reach one pod: {by_pod:?}");
+    let first = by_pod.keys().next().unwrap().clone();
+    // After the timeout the choice is made afresh: within 12 tries (each 1/3 likely
+    // to stay) some connection lands elsewhere.
+    let moved = (0..12).any(|_| {
+        std::thread::sleep(Duration::from_millis(1300));
+        let a = lbclient(&c, &c.client, &["tcp", "10.96.0.82:80", "1"]);
+        tally(&c, &a).keys().next() != Some(&first)
+    });
+    assert!(moved, "affinity never expired\n{}", c.lb.diagnostics(&c.t, "node1"));
+}

@@ -48,7 +48,7 @@ fn dataplane() -> Dataplane {
         svc_id: id,
         backend_count: count,
         flags,
-        _pad: 0,
+        affinity_timeout_s: 0,
     };
     let mut want = Entries::default();
     want.services

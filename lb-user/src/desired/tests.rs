@@ -127,6 +127,7 @@ fn plan_with(endpoints: &[(u8, u16)]) -> PortPlan {
             .iter()
             .map(|(last, port)| (Ipv4Addr::new(10, 244, 0, *last), *port))
             .collect(),
+        affinity_timeout_s: 0,
     }
 }
 
