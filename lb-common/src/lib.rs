@@ -245,7 +245,10 @@ pub mod reason {
     /// An original-direction packet seen at the egress hook (already translated at
     /// ingress): left alone.
     pub const PASS_ORIGINAL_EGRESS: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// A service with no endpoints, reached from a pod: answered with ICMP port
+    /// unreachable from the service address (kube-proxy's REJECT).
+    pub const REJECT_NO_BACKEND: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Names for people, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -263,6 +266,7 @@ pub mod reason {
         "pass_no_slot",
         "pass_reply_ingress",
         "pass_original_egress",
+        "reject_no_backend",
     ];
 }
 

@@ -9,6 +9,8 @@ use crate::{conntrack, lb, parse::Packet};
 pub enum Verdict {
     /// Leave the packet as it is; counted under the reason.
     Pass(u32),
+    /// A service without endpoints: answer "port unreachable" where the hook can.
+    Reject,
     /// Rewrite the packet's tuple to `to`.
     Nat {
         to: FlowKey,
@@ -54,6 +56,7 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
     }
     let sel = match lb::select(&p.key, ifindex, now) {
         Ok(sel) => sel,
+        Err(reason::PASS_NO_BACKEND) => return Verdict::Reject,
         Err(reason) => return Verdict::Pass(reason),
     };
     match conntrack::create(&p.key, sel.svc_id, &sel.backend, p.tcp_flags, now) {

@@ -17,6 +17,7 @@ mod lb;
 mod maps;
 mod nat;
 mod parse;
+mod reject;
 mod stats;
 
 use aya_ebpf::{
@@ -25,6 +26,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use flow::{Hook, Verdict};
+use lb_common::reason;
 
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
@@ -37,6 +39,8 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     };
     match flow::decide(&p, ctx.ingress_ifindex() as u32, Hook::Ingress) {
         Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
+        // NodePorts live on the node's own addresses: its kernel answers (RST, ICMP).
+        Verdict::Reject => stats::verdict(reason::PASS_NO_BACKEND, p.ip_len),
         Verdict::Nat {
             to,
             svc_id,
@@ -87,6 +91,13 @@ fn tc(ctx: &TcContext, hook: Hook) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     match flow::decide(&p, ifindex, hook) {
         Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
+        Verdict::Reject => match reject::port_unreachable(ctx, &p) {
+            Ok(verdict) => {
+                stats::verdict(reason::REJECT_NO_BACKEND, p.ip_len);
+                return verdict;
+            }
+            Err(()) => stats::verdict(reason::PASS_NO_BACKEND, p.ip_len),
+        },
         Verdict::Nat {
             to,
             svc_id,

@@ -192,3 +192,26 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The ICMP port-unreachable answer to `frame` (as kube-proxy's REJECT sends it):
+/// MACs swapped, from the original destination to the original source, quoting the
+/// original IPv4 header and 8 bytes of its payload.
+pub fn port_unreachable(frame: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&frame[6..12]);
+    out.extend_from_slice(&frame[0..6]);
+    out.extend_from_slice(&0x0800u16.to_be_bytes());
+    let quote = &frame[14..14 + 28];
+    let mut ip = vec![0x45, 0xc0, 0, 56, 0, 0, 0, 0, 64, PROTO_ICMP, 0, 0];
+    ip.extend_from_slice(&frame[14 + 16..14 + 20]);
+    ip.extend_from_slice(&frame[14 + 12..14 + 16]);
+    let sum = checksum(&[&ip]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quote);
+    let sum = checksum(&[&icmp]);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    out.extend_from_slice(&ip);
+    out.extend_from_slice(&icmp);
+    out
+}

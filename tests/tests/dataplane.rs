@@ -245,12 +245,28 @@ fn a_named_target_port_resolves_per_pod() {
 #[test]
 fn client_ip_affinity_holds_and_moves_after_its_timeout() {
     let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: sticky\nspec:\n  clusterIP: 10.96.0.82\n  selector: {app: web}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 1\n  ports:\n  - {port: 80, targetPort: 8080}\n---\n";
-    let pods: String = (0..3).map(|i| pod_yaml(&format!("web{i}"), &format!("10.244.0.{}", 2 + i), "web", &[])).collect();
+    let pods: String = (0..3)
+        .map(|i| {
+            pod_yaml(
+                &format!("web{i}"),
+                &format!("10.244.0.{}", 2 + i),
+                "web",
+                &[],
+            )
+        })
+        .collect();
     let tcp: &[&str] = &["--tcp", "8080"];
     let c = cluster("affinity", &[tcp, tcp, tcp], &format!("{svc}{pods}"));
     ready(&c, &c.client, "tcp", "10.96.0.82:80");
-    let by_pod = tally(&c, &lbclient(&c, &c.client, &["tcp", "10.96.0.82:80", "50"]));
-    assert_eq!(by_pod.len(), 1, "50 connections from one client all reach one pod: {by_pod:?}");
+    let by_pod = tally(
+        &c,
+        &lbclient(&c, &c.client, &["tcp", "10.96.0.82:80", "50"]),
+    );
+    assert_eq!(
+        by_pod.len(),
+        1,
+        "50 connections from one client all reach one pod: {by_pod:?}"
+    );
     let first = by_pod.keys().next().unwrap().clone();
     // After the timeout the choice is made afresh: within 12 tries (each 1/3 likely
     // to stay) some connection lands elsewhere.
@@ -259,5 +275,34 @@ fn client_ip_affinity_holds_and_moves_after_its_timeout() {
         let a = lbclient(&c, &c.client, &["tcp", "10.96.0.82:80", "1"]);
         tally(&c, &a).keys().next() != Some(&first)
     });
-    assert!(moved, "affinity never expired\n{}", c.lb.diagnostics(&c.t, "node1"));
+    assert!(
+        moved,
+        "affinity never expired\n{}",
+        c.lb.diagnostics(&c.t, "node1")
+    );
+}
+
+#[test]
+fn a_service_without_endpoints_refuses_at_once() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: empty\nspec:\n  clusterIP: 10.96.0.83\n  selector: {app: nobody}\n  ports:\n  - {name: web, port: 80}\n  - {name: dns, port: 53, protocol: UDP}\n---\n";
+    let c = cluster("noep", &[], svc);
+    let answer = Topology::wait_for(Duration::from_secs(10), || {
+        lbclient(&c, &c.client, &["connect", "10.96.0.83:80"])
+            .first()
+            .filter(|a| a.contains("ConnectionRefused"))
+            .cloned()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "connect was never refused\n{}",
+            c.lb.diagnostics(&c.t, "node1")
+        )
+    });
+    let ms: u64 = answer.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(ms < 1000, "refused after {ms} ms");
+    let udp = lbclient(&c, &c.client, &["udp", "10.96.0.83:53", "1"]);
+    assert!(
+        udp[0].contains("Connection refused"),
+        "UDP gets port unreachable: {udp:?}"
+    );
 }

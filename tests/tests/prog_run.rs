@@ -16,6 +16,7 @@ use lb_user::{
 const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC as the kernel reports it back (-1).
 const TC_UNSPEC: u32 = u32::MAX;
+const TC_ACT_REDIRECT: u32 = 7;
 
 const CLIENT: &str = "192.168.1.10";
 const NODE: &str = "192.168.1.2";
@@ -32,7 +33,7 @@ enum Prog {
 
 /// A data plane with private (unpinned) maps holding: NodePort 30008/TCP and
 /// ClusterIP 10.96.0.10:80/TCP -> 10.244.0.2:80; UDP 53 on the ClusterIP ->
-/// 10.244.0.2:5353; NodePort 30009/TCP with no endpoints.
+/// 10.244.0.2:5353; NodePort 30009 (TCP and UDP) with no endpoints.
 fn dataplane() -> Dataplane {
     lb_tests::require_root();
     let mut dp = Dataplane::load(None).expect("load lb's eBPF object");
@@ -59,6 +60,8 @@ fn dataplane() -> Dataplane {
         .insert(frontend(ip(CLUSTER_IP), 53, 17), svc(2, 1, SVC_F_INTERNAL));
     want.services
         .insert(frontend(ip(NODE), 30009, 6), svc(3, 0, 0));
+    want.services
+        .insert(frontend(ip(NODE), 30009, 17), svc(3, 0, 0));
     want.backends.insert(
         lb_common::BackendKey { svc_id: 1, slot: 0 },
         backend(80, 6, 1),
@@ -114,10 +117,10 @@ struct Row {
 fn check(dp: &mut Dataplane, rows: Vec<Row>) {
     for row in rows {
         let (ret, out, moved) = run(dp, row.prog, &row.input);
-        let want_ret = if matches!(row.prog, Prog::Xdp) {
-            XDP_PASS
-        } else {
-            TC_UNSPEC
+        let want_ret = match (row.prog, row.reason) {
+            (Prog::Xdp, _) => XDP_PASS,
+            (_, reason::REJECT_NO_BACKEND) => TC_ACT_REDIRECT,
+            _ => TC_UNSPEC,
         };
         assert_eq!(ret, want_ret, "{}: return value", row.what);
         assert_eq!(
@@ -413,5 +416,38 @@ fn per_service_and_per_backend_counters_count_translated_packets() {
         after.0.bytes - before.0.bytes,
         3 * 40,
         "IPv4 bytes of three bare SYNs"
+    );
+}
+
+#[test]
+fn a_service_without_endpoints_answers_port_unreachable_to_pods() {
+    let mut dp = dataplane();
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let syn = Pkt::tcp("10.244.0.3", 41000, NODE, 30009, TCP_SYN).build();
+    let udp = Pkt::udp("10.244.0.3", 41000, NODE, 30009).build();
+    let answer = packet::port_unreachable(&syn);
+    assert_eq!(
+        packet::checksum(&[&answer[14..34]]),
+        0,
+        "the expected answer itself is well formed"
+    );
+    check(
+        &mut dp,
+        vec![
+            Row {
+                what: "TCP SYN from a pod: ICMP port unreachable from the service address",
+                prog: Prog::TcIngress,
+                input: syn,
+                reason: reason::REJECT_NO_BACKEND,
+                output: Some(answer),
+            },
+            Row {
+                what: "UDP from a pod: the same answer",
+                prog: Prog::TcIngress,
+                input: udp.clone(),
+                reason: reason::REJECT_NO_BACKEND,
+                output: Some(packet::port_unreachable(&udp)),
+            },
+        ],
     );
 }

@@ -68,9 +68,11 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
 fn udp(addr: SocketAddr, i: u64) -> std::io::Result<String> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
     s.set_read_timeout(Some(TIMEOUT))?;
-    s.send_to(format!("ping {i}").as_bytes(), addr)?;
+    // Connected, as resolvers are: the kernel then reports ICMP errors to the socket.
+    s.connect(addr)?;
+    s.send(format!("ping {i}").as_bytes())?;
     let mut buf = [0u8; 2048];
-    let (n, _) = s.recv_from(&mut buf)?;
+    let n = s.recv(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..n])
         .lines()
         .next()
