@@ -161,6 +161,14 @@ pub const CT_DIR_ORIGINAL: u8 = 0;
 /// The entry is for the reply direction (backend -> client).
 pub const CT_DIR_REPLY: u8 = 1;
 
+/// The flow is a pod reaching itself through a service (hairpin): both directions
+/// are translated at the pod's interface and sent straight back to it.
+pub const CT_F_HAIRPIN: u8 = 1 << 0;
+/// The source a hairpin flow's packets carry towards the pod, so that the pod does not
+/// see (and drop) a packet from its own address. Link-local, never routed (as Cilium's
+/// IPV4_LOOPBACK).
+pub const HAIRPIN_SNAT_ADDR: [u8; 4] = [169, 254, 42, 1];
+
 /// TCP state bits kept in [`CtValue::tcp_flags`].
 pub const CT_TCP_SEEN_FIN: u8 = 1 << 0;
 pub const CT_TCP_SEEN_RST: u8 = 1 << 1;
@@ -181,7 +189,9 @@ pub struct CtValue {
     pub direction: u8,
     /// `CT_TCP_*` bits.
     pub tcp_flags: u8,
-    pub _pad: [u8; 2],
+    /// `CT_F_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(size_of::<CtValue>() == 32);
 

@@ -3,8 +3,9 @@
 //! each holding the tuple its packets are rewritten to.
 
 use lb_common::{
-    Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_TCP_SEEN_FIN, CT_TCP_SEEN_RST,
-    CT_TIMEOUT_TCP_CLOSING_NS, CT_TIMEOUT_TCP_NS, CT_TIMEOUT_UDP_NS, CtValue, FlowKey, PROTO_TCP,
+    Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_HAIRPIN, CT_TCP_SEEN_FIN, CT_TCP_SEEN_RST,
+    CT_TIMEOUT_TCP_CLOSING_NS, CT_TIMEOUT_TCP_NS, CT_TIMEOUT_UDP_NS, CtValue, FlowKey,
+    HAIRPIN_SNAT_ADDR, PROTO_TCP,
 };
 
 use crate::{
@@ -113,15 +114,21 @@ pub fn create(
     backend: &Backend,
     tcp_flags: u8,
     now: u64,
-) -> Result<FlowKey, i32> {
+) -> Result<(FlowKey, bool), i32> {
     let closing = if key.proto == PROTO_TCP {
         closing_bits(tcp_flags)
     } else {
         0
     };
+    // A pod that lands on itself gets its packets from the hairpin address instead.
+    let hairpin = backend.addr_be == key.saddr_be;
     let original = CtValue {
         last_seen_ns: now,
-        nat_saddr_be: key.saddr_be,
+        nat_saddr_be: if hairpin {
+            u32::from_ne_bytes(HAIRPIN_SNAT_ADDR)
+        } else {
+            key.saddr_be
+        },
         nat_daddr_be: backend.addr_be,
         nat_sport_be: key.sport_be,
         nat_dport_be: backend.port_be,
@@ -129,7 +136,8 @@ pub fn create(
         backend_id: backend.backend_id,
         direction: CT_DIR_ORIGINAL,
         tcp_flags: closing,
-        _pad: [0; 2],
+        flags: if hairpin { CT_F_HAIRPIN } else { 0 },
+        _pad: 0,
     };
     let nat = nat_tuple(&original, key.proto);
     let reply = CtValue {
@@ -142,5 +150,5 @@ pub fn create(
     };
     LB_CT.insert(&peer_key(&nat), &reply, 0)?;
     LB_CT.insert(key, &original, 0)?;
-    Ok(nat)
+    Ok((nat, hairpin))
 }

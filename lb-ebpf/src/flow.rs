@@ -2,7 +2,7 @@
 //! Decides only; `nat` carries the decision out.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{CT_DIR_REPLY, FlowKey, reason};
+use lb_common::{CT_DIR_REPLY, CT_F_HAIRPIN, FlowKey, reason};
 
 use crate::{conntrack, lb, parse::Packet};
 
@@ -17,13 +17,16 @@ pub enum Verdict {
         svc_id: u32,
         backend_id: u32,
         reason: u32,
+        /// Send it straight back out the interface it came in on (hairpin).
+        back: bool,
     },
 }
 
 /// Where a program runs. Ingress hooks (XDP, TC ingress) translate the original
 /// direction and start flows; the egress hook translates replies, after the kernel
 /// has routed them (a reply rewritten before routing would carry the node's own
-/// address as its source and be dropped as a martian).
+/// address as its source and be dropped as a martian). Hairpin flows are the
+/// exception: both directions are translated at the pod's ingress and sent back.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Ingress,
@@ -36,19 +39,27 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(ct) = conntrack::lookup(&p.key, p.tcp_flags, now) {
         let reply = ct.direction == CT_DIR_REPLY;
-        return match (hook, reply) {
-            (Hook::Ingress, false) | (Hook::Egress, true) => Verdict::Nat {
-                to: conntrack::nat_tuple(&ct, p.key.proto),
-                svc_id: ct.svc_id,
-                backend_id: ct.backend_id,
-                reason: if reply {
-                    reason::NAT_REPLY
-                } else {
-                    reason::NAT_ESTABLISHED
-                },
+        let hairpin = ct.flags & CT_F_HAIRPIN != 0;
+        let translate = match hook {
+            Hook::Ingress => !reply || hairpin,
+            Hook::Egress => reply && !hairpin,
+        };
+        if !translate {
+            return Verdict::Pass(match hook {
+                Hook::Ingress => reason::PASS_REPLY_INGRESS,
+                Hook::Egress => reason::PASS_ORIGINAL_EGRESS,
+            });
+        }
+        return Verdict::Nat {
+            to: conntrack::nat_tuple(&ct, p.key.proto),
+            svc_id: ct.svc_id,
+            backend_id: ct.backend_id,
+            reason: if reply {
+                reason::NAT_REPLY
+            } else {
+                reason::NAT_ESTABLISHED
             },
-            (Hook::Ingress, true) => Verdict::Pass(reason::PASS_REPLY_INGRESS),
-            (Hook::Egress, false) => Verdict::Pass(reason::PASS_ORIGINAL_EGRESS),
+            back: hairpin,
         };
     }
     if hook == Hook::Egress {
@@ -60,11 +71,12 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
         Err(reason) => return Verdict::Pass(reason),
     };
     match conntrack::create(&p.key, sel.svc_id, &sel.backend, p.tcp_flags, now) {
-        Ok(to) => Verdict::Nat {
+        Ok((to, hairpin)) => Verdict::Nat {
             to,
             svc_id: sel.svc_id,
             backend_id: sel.backend.backend_id,
             reason: reason::NAT_NEW_FLOW,
+            back: hairpin,
         },
         Err(_) => Verdict::Pass(reason::PASS_CT_FULL),
     }

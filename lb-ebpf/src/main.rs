@@ -41,11 +41,13 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
         // NodePorts live on the node's own addresses: its kernel answers (RST, ICMP).
         Verdict::Reject => stats::verdict(reason::PASS_NO_BACKEND, p.ip_len),
+        // Hairpin (`back`) needs a pod as the client: only TC ingress sees those.
         Verdict::Nat {
             to,
             svc_id,
             backend_id,
             reason,
+            ..
         } => match nat::rewrite_xdp(&ctx, &p, &to) {
             Ok(()) => {
                 stats::verdict(reason, p.ip_len);
@@ -103,10 +105,17 @@ fn tc(ctx: &TcContext, hook: Hook) -> i32 {
             svc_id,
             backend_id,
             reason,
+            back,
         } => match nat::rewrite_tc(ctx, &p, &to) {
             Ok(()) => {
                 stats::verdict(reason, p.ip_len);
                 stats::service(svc_id, backend_id, p.ip_len);
+                if back {
+                    match nat::send_back_tc(ctx, ifindex) {
+                        Ok(verdict) => return verdict,
+                        Err(reason) => stats::verdict(reason, p.ip_len),
+                    }
+                }
             }
             Err(reason) => stats::verdict(reason, p.ip_len),
         },

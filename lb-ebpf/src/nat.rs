@@ -8,6 +8,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_redirect,
     programs::{TcContext, XdpContext},
 };
 use lb_common::{FlowKey, PROTO_UDP, reason};
@@ -126,4 +127,18 @@ pub fn rewrite_tc(ctx: &TcContext, p: &Packet, to: &FlowKey) -> Result<(), u32> 
         .map_err(err)?;
     }
     Ok(())
+}
+
+/// Swaps the frame's Ethernet addresses and sends it back out of `ifindex`, the
+/// interface it came in on (hairpin: the pod talks to itself through a service).
+#[inline(always)]
+pub fn send_back_tc(ctx: &TcContext, ifindex: u32) -> Result<i32, u32> {
+    let macs: [u8; 12] = ctx.load(0).map_err(|_| reason::PASS_MALFORMED)?;
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &swapped, 0)
+        .map_err(|_| reason::PASS_MALFORMED)?;
+    // SAFETY: a helper taking plain values.
+    Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }

@@ -306,3 +306,23 @@ fn a_service_without_endpoints_refuses_at_once() {
         "UDP gets port unreachable: {udp:?}"
     );
 }
+
+#[test]
+fn a_pod_reaching_its_own_service_gets_its_answer() {
+    // The only endpoint of the service is the client itself (hairpin), over TCP and UDP.
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: self\nspec:\n  clusterIP: 10.96.0.84\n  selector: {app: self}\n  ports:\n  - {name: web, port: 80, targetPort: 8080}\n  - {name: dns, port: 53, targetPort: 5353, protocol: UDP}\n---\n";
+    let me = pod_yaml("web0", "10.244.0.2", "self", &[]);
+    let c = cluster(
+        "hairpin",
+        &[&["--tcp", "8080", "--udp", "5353"]],
+        &format!("{svc}{me}"),
+    );
+    let pod = Netns {
+        name: c.client.name.replace("-client", "-pod0"),
+    };
+    ready(&c, &pod, "tcp", "10.96.0.84:80");
+    let by_pod = tally(&c, &lbclient(&c, &pod, &["tcp", "10.96.0.84:80", "20"]));
+    assert_eq!(by_pod.get("pod-0"), Some(&20), "{by_pod:?}");
+    let by_pod = tally(&c, &lbclient(&c, &pod, &["udp", "10.96.0.84:53", "5"]));
+    assert_eq!(by_pod.get("pod-0"), Some(&5), "{by_pod:?}");
+}
