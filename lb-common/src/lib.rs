@@ -19,9 +19,10 @@ pub const MAP_STATS: &str = "LB_STATS";
 pub const MAP_SVC_STATS: &str = "LB_SVC_STATS";
 pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
 pub const MAP_AFFINITY: &str = "LB_AFFINITY";
+pub const MAP_SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
 
 /// Every map lb pins, so the agent can adopt or remove them as a set.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -30,6 +31,7 @@ pub const ALL_MAPS: [&str; 8] = [
     MAP_SVC_STATS,
     MAP_BACKEND_STATS,
     MAP_AFFINITY,
+    MAP_SOCK_REVNAT,
 ];
 
 // ---- program names (the ELF function names) ----
@@ -38,6 +40,14 @@ pub const PROG_XDP: &str = "lb_xdp";
 pub const PROG_XDP_BASELINE: &str = "lb_xdp_baseline";
 pub const PROG_TC_INGRESS: &str = "lb_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
+/// Socket-level balancing for the node's own processes (cgroup/connect4, sendmsg4,
+/// recvmsg4).
+pub const PROG_CONNECT4: &str = "lb_connect4";
+pub const PROG_SENDMSG4: &str = "lb_sendmsg4";
+pub const PROG_RECVMSG4: &str = "lb_recvmsg4";
+/// Global set at load time: the cookie of the network namespace the agent serves; the
+/// socket programs leave sockets of every other namespace alone.
+pub const GLOBAL_NETNS_COOKIE: &str = "NETNS_COOKIE";
 
 // ---- limits ----
 /// Frontends: (address, port, protocol) triples lb answers on.
@@ -54,6 +64,8 @@ pub const MAX_BACKEND_IDS: u32 = 262_144;
 pub const MAX_CONNTRACK: u32 = 262_144;
 /// Remembered (client, service port) -> backend choices for `sessionAffinity: ClientIP`.
 pub const MAX_AFFINITY: u32 = 262_144;
+/// UDP sockets of the node's own processes talking to a service through a backend.
+pub const MAX_SOCK_REVNAT: u32 = 65_536;
 /// Interfaces lb is attached to.
 pub const MAX_IFACES: u32 = 4_096;
 
@@ -140,6 +152,29 @@ pub struct AffinityValue {
     pub backend_id: u32,
 }
 const _: () = assert!(size_of::<AffinityValue>() == 16);
+
+// ---- socket-level balancing ----
+
+/// Key of [`MAP_SOCK_REVNAT`]: a socket and the backend it was sent to.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub backend_addr_be: u32,
+    pub backend_port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<SockRevKey>() == 16);
+
+/// Value of [`MAP_SOCK_REVNAT`]: the service address the socket asked for.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevValue {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<SockRevValue>() == 8);
 
 // ---- conntrack ----
 
@@ -258,7 +293,9 @@ pub mod reason {
     /// A service with no endpoints, reached from a pod: answered with ICMP port
     /// unreachable from the service address (kube-proxy's REJECT).
     pub const REJECT_NO_BACKEND: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// A node process's connect() or sendmsg() to a service, sent to a backend directly.
+    pub const SOCK_TRANSLATED: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     /// Names for people, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -277,6 +314,7 @@ pub mod reason {
         "pass_reply_ingress",
         "pass_original_egress",
         "reject_no_backend",
+        "sock_translated",
     ];
 }
 
@@ -298,6 +336,8 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for IfaceValue {}
     unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for SockRevValue {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for Counters {}
 }

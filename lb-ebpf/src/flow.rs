@@ -65,7 +65,7 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
     if hook == Hook::Egress {
         return Verdict::Pass(reason::PASS_NO_SERVICE);
     }
-    let sel = match lb::select(&p.key, ifindex, now) {
+    let sel = match lb::select(&p.key, lb::Origin::Iface(ifindex), now) {
         Ok(sel) => sel,
         Err(reason::PASS_NO_BACKEND) => return Verdict::Reject,
         Err(reason) => return Verdict::Pass(reason),

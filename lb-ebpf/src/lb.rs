@@ -9,6 +9,15 @@ use lb_common::{
 
 use crate::maps::{LB_AFFINITY, LB_BACKENDS, LB_IFACES, LB_SERVICES};
 
+/// Where a new flow comes from, for frontends only served inside the cluster.
+#[derive(Clone, Copy)]
+pub enum Origin {
+    /// A packet that entered through this interface.
+    Iface(u32),
+    /// A socket of one of the node's own processes.
+    Host,
+}
+
 pub struct Selection {
     pub svc_id: u32,
     pub backend: Backend,
@@ -17,7 +26,7 @@ pub struct Selection {
 /// The frontend this packet is addressed to and the backend a new flow goes to, or
 /// the reason (a `lb_common::reason`) there is none.
 #[inline(always)]
-pub fn select(key: &FlowKey, ifindex: u32, now: u64) -> Result<Selection, u32> {
+pub fn select(key: &FlowKey, origin: Origin, now: u64) -> Result<Selection, u32> {
     let frontend = ServiceKey {
         addr_be: key.daddr_be,
         port_be: key.dport_be,
@@ -28,7 +37,11 @@ pub fn select(key: &FlowKey, ifindex: u32, now: u64) -> Result<Selection, u32> {
     let svc = unsafe { LB_SERVICES.get(&frontend) }
         .copied()
         .ok_or(reason::PASS_NO_SERVICE)?;
-    if svc.flags & SVC_F_INTERNAL != 0 && !from_pod(ifindex) {
+    let inside = match origin {
+        Origin::Host => true,
+        Origin::Iface(ifindex) => svc.flags & SVC_F_INTERNAL == 0 || from_pod(ifindex),
+    };
+    if !inside {
         return Err(reason::PASS_INTERNAL_ONLY);
     }
     if svc.backend_count == 0 {

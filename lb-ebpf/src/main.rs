@@ -7,6 +7,8 @@
 //! - `lb_tc_egress` (TC egress, every lb interface): translates replies back to the
 //!   service address after the kernel has routed them, so a rewritten source that is
 //!   the node's own address never meets the ingress martian-source check.
+//! - `lb_connect4`, `lb_sendmsg4`, `lb_recvmsg4` (cgroup): the node's own processes,
+//!   whose packets pass no ingress hook, are sent to a backend at the socket.
 #![no_std]
 #![no_main]
 
@@ -18,12 +20,13 @@ mod maps;
 mod nat;
 mod parse;
 mod reject;
+mod sock;
 mod stats;
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use flow::{Hook, Verdict};
 use lb_common::reason;
@@ -121,6 +124,23 @@ fn tc(ctx: &TcContext, hook: Hook) -> i32 {
         },
     }
     TC_ACT_UNSPEC
+}
+
+/// The node's own processes: socket-level balancing (see `sock`).
+#[cgroup_sock_addr(connect4)]
+pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::restore(&ctx);
+    1
 }
 
 #[cfg(not(test))]

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, FlowKey, IfaceValue,
     MAX_AFFINITY, MAX_BACKEND_IDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_IFACES, MAX_SERVICE_IDS,
-    MAX_SERVICES, ServiceKey, ServiceValue, reason,
+    MAX_SERVICES, MAX_SOCK_REVNAT, ServiceKey, ServiceValue, SockRevKey, SockRevValue, reason,
 };
 
 #[map]
@@ -37,3 +37,7 @@ pub static LB_BE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MA
 #[map]
 pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(MAX_AFFINITY, 0);
+
+#[map]
+pub static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::with_max_entries(MAX_SOCK_REVNAT, 0);

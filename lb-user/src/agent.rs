@@ -36,6 +36,8 @@ pub struct AgentOptions {
     pub node_name: String,
     pub store: PathBuf,
     pub bpffs: PathBuf,
+    /// cgroup v2 directory for socket-level balancing (None: the cgroup2 root).
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Where the agent for `node_name` pins its maps.
@@ -87,6 +89,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         if opts.node_ips.is_empty() {
             addrs.extend(netif::ipv4_addrs(iface));
         }
+    }
+    let cgroup = opts.cgroup.clone().or_else(crate::loader::cgroup2_root);
+    match &cgroup {
+        Some(dir) => dp.attach_cgroup(dir)?,
+        None => warn!("no cgroup v2 mount: the node's own processes will not reach ClusterIPs"),
     }
     if addrs.is_empty() {
         bail!(

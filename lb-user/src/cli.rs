@@ -60,6 +60,10 @@ pub struct AgentArgs {
     /// bpffs root; maps are pinned under ROOT/lb/NODE-NAME (mounted if needed).
     #[arg(long, env = "LB_BPFFS", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
+    /// cgroup v2 directory whose processes get socket-level balancing (default: the
+    /// cgroup2 root, i.e. every process of this network namespace).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -9,9 +9,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
-use lb_common::{ALL_MAPS, IFACE_EXTERNAL, IFACE_POD, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
+use lb_common::{
+    ALL_MAPS, GLOBAL_NETNS_COOKIE, IFACE_EXTERNAL, IFACE_POD, PROG_CONNECT4, PROG_RECVMSG4,
+    PROG_SENDMSG4, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
+};
 use tracing::{info, warn};
 
 use crate::maps::{Maps, MapsError};
@@ -26,10 +29,11 @@ pub enum LoadError {
         pins: String,
         error: Box<aya::EbpfError>,
     },
-    #[error("program {program}: {action}: {error}")]
+    #[error("program {program}: {action}")]
     Program {
         program: &'static str,
         action: String,
+        #[source]
         error: aya::programs::ProgramError,
     },
     #[error("interface {iface}: {error}")]
@@ -50,11 +54,50 @@ pub fn load(pins: Option<&Path>) -> Result<Ebpf, LoadError> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
+    // The socket programs act only on sockets of the namespace we were loaded in.
+    let cookie = netns_cookie().map_err(|error| LoadError::Interface {
+        iface: "netns".into(),
+        error: error.to_string(),
+    })?;
+    loader.override_global(GLOBAL_NETNS_COOKIE, &cookie, true);
     loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
         pins: pins
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "nowhere".into()),
         error: Box::new(error),
+    })
+}
+
+const SOCK_PROGRAMS: [&str; 3] = [PROG_CONNECT4, PROG_SENDMSG4, PROG_RECVMSG4];
+
+/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE).
+pub fn netns_cookie() -> std::io::Result<u64> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")
+        .or_else(|_| std::net::UdpSocket::bind("127.0.0.1:0"))?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, a u64 we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// The cgroup v2 mount (the root cgroup), from /proc/mounts.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
     })
 }
 
@@ -96,6 +139,10 @@ impl Dataplane {
         }
         for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
             let p: &mut SchedClassifier = program(&mut ebpf, name)?;
+            p.load().map_err(prog_err(name, "loading"))?;
+        }
+        for name in SOCK_PROGRAMS {
+            let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             p.load().map_err(prog_err(name, "loading"))?;
         }
         Ok(Dataplane {
@@ -173,6 +220,25 @@ impl Dataplane {
                 xdp: None,
             },
         );
+        Ok(())
+    }
+
+    /// Socket-level balancing for the node's own processes: the cgroup programs on
+    /// `cgroup` (a cgroup v2 directory; the root covers every process). They act only
+    /// on sockets of this network namespace, so agents of several namespaces coexist.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), LoadError> {
+        let dir = std::fs::File::open(cgroup).map_err(|error| LoadError::Bpffs {
+            dir: cgroup.to_path_buf(),
+            error,
+        })?;
+        for name in SOCK_PROGRAMS {
+            let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            p.attach(&dir, CgroupAttachMode::Single).map_err(prog_err(
+                name,
+                format!("attaching to cgroup {}", cgroup.display()),
+            ))?;
+        }
+        info!(cgroup = %cgroup.display(), "attached socket-level balancing for node processes");
         Ok(())
     }
 

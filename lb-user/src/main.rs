@@ -41,6 +41,7 @@ fn run(cli: Cli) -> Result<()> {
                 node_name: a.node_name.unwrap_or_else(hostname),
                 store: cli.store,
                 bpffs: a.bpffs,
+                cgroup: a.cgroup,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -326,3 +326,103 @@ fn a_pod_reaching_its_own_service_gets_its_answer() {
     let by_pod = tally(&c, &lbclient(&c, &pod, &["udp", "10.96.0.84:53", "5"]));
     assert_eq!(by_pod.get("pod-0"), Some(&5), "{by_pod:?}");
 }
+
+#[test]
+fn a_process_on_the_node_reaches_a_cluster_ip() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.85\n  selector: {app: web}\n  ports:\n  - {name: web, port: 80, targetPort: 8080}\n  - {name: dns, port: 53, targetPort: 5353, protocol: UDP}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: empty\nspec:\n  clusterIP: 10.96.0.86\n  selector: {app: nobody}\n  ports:\n  - {port: 80}\n---\n";
+    let pods: String = (0..2)
+        .map(|i| {
+            pod_yaml(
+                &format!("web{i}"),
+                &format!("10.244.0.{}", 2 + i),
+                "web",
+                &[],
+            )
+        })
+        .collect();
+    let both: &[&str] = &["--tcp", "8080", "--udp", "5353"];
+    let c = cluster("hostproc", &[both, both], &format!("{svc}{pods}"));
+    let node = Netns {
+        name: c.client.name.replace("-client", "-node"),
+    };
+    ready(&c, &node, "tcp", "10.96.0.85:80");
+    let tcp = tally(&c, &lbclient(&c, &node, &["tcp", "10.96.0.85:80", "40"]));
+    assert_eq!(tcp.len(), 2, "both pods answer the node's process: {tcp:?}");
+    let udp = tally(&c, &lbclient(&c, &node, &["udp", "10.96.0.85:53", "20"]));
+    assert_eq!(udp.values().sum::<usize>(), 20, "{udp:?}");
+    // Unconnected sockets: answers appear to come from the service address itself
+    // (lbclient prints `ERR from ...` otherwise).
+    let sendto = tally(&c, &lbclient(&c, &node, &["sendto", "10.96.0.85:53", "20"]));
+    assert_eq!(sendto.values().sum::<usize>(), 20, "{sendto:?}");
+    // A service without endpoints refuses the node's process at once, too.
+    let refused = lbclient(&c, &node, &["connect", "10.96.0.86:80"]);
+    let ms: u64 = refused[0]
+        .strip_prefix("ERR ConnectionRefused ")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("not refused: {refused:?}"));
+    assert!(ms < 1000, "refused after {ms} ms");
+    // Processes of other namespaces are left alone: the laptop has no route to it.
+    assert!(lbclient(&c, &c.laptop, &["connect", "10.96.0.85:80"])[0].starts_with("ERR"));
+}
+
+#[test]
+fn traffic_that_is_not_for_a_service_is_untouched() {
+    let mut c = cluster(
+        "plain",
+        &[&["--tcp", "8080"]],
+        &format!("{WEB}{}", pod_yaml("web0", "10.244.0.2", "web", &[])),
+    );
+    let node = Netns {
+        name: c.client.name.replace("-client", "-node"),
+    };
+    let server = podserver_bin().display().to_string();
+    c.t.spawn(
+        &node,
+        "nodesrv",
+        &[&server, "--text", "node", "--tcp", "9000"],
+        &[],
+    )
+    .unwrap();
+    ready(&c, &c.client, "tcp", "10.96.0.80:80");
+    let first_word_and_ip = |answer: &str| -> (String, String) {
+        let mut f = answer.split_whitespace();
+        let text = f.next().unwrap_or("").to_string();
+        let ip = f
+            .next()
+            .and_then(|p| p.rsplit_once(':'))
+            .map(|(ip, _)| ip.to_string());
+        (text, ip.unwrap_or_else(|| panic!("no peer in {answer:?}")))
+    };
+    // Pod to pod, straight to the pod's address: the server sees the client pod.
+    let direct = lbclient(&c, &c.client, &["peer", "10.244.0.2:8080", "5"]);
+    for a in &direct {
+        assert_eq!(
+            first_word_and_ip(a),
+            ("pod-0".into(), CLIENT_IP.into()),
+            "{direct:?}"
+        );
+    }
+    // Through the ClusterIP the pod also sees the client's own address (no SNAT).
+    let via = lbclient(&c, &c.client, &["peer", "10.96.0.80:80", "5"]);
+    for a in &via {
+        assert_eq!(
+            first_word_and_ip(a),
+            ("pod-0".into(), CLIENT_IP.into()),
+            "{via:?}"
+        );
+    }
+    // The laptop to a port of the node that is no service: the node's own server
+    // answers and sees the laptop.
+    let ok = Topology::wait_for(Duration::from_secs(5), || {
+        let a = lbclient(&c, &c.laptop, &["peer", "192.168.1.2:9000", "5"]);
+        a.iter().all(|a| !a.starts_with("ERR")).then_some(a)
+    })
+    .expect("the node's own server never answered the laptop");
+    for a in &ok {
+        assert_eq!(
+            first_word_and_ip(a),
+            ("node".into(), "192.168.1.10".into()),
+            "{ok:?}"
+        );
+    }
+}

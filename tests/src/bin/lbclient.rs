@@ -2,8 +2,12 @@
 //!
 //! lbclient tcp ADDR:PORT COUNT      COUNT new connections, one HTTP GET each; prints
 //!                                   each answer's first body line, or `ERR <error>`
+//! lbclient peer ADDR:PORT COUNT     as tcp, GET /peer: the answer names the address
+//!                                   the server saw the connection come from
 //! lbclient udp ADDR:PORT COUNT      COUNT datagrams from COUNT new sockets; prints each
 //!                                   answer's first line, or `ERR <error>`
+//! lbclient sendto ADDR:PORT COUNT   as udp, from unconnected sockets (sendto/recvfrom);
+//!                                   an answer from any other address prints `ERR from X`
 //! lbclient stream ADDR:PORT SECS    one connection, GET /stream, prints every line it
 //!                                   reads for SECS seconds, then `END <lines>` or `ERR`
 //! lbclient connect ADDR:PORT        one connect; prints `OK` or `ERR <kind> <ms>`
@@ -33,9 +37,17 @@ fn main() {
                 http_get(addr, "/").unwrap_or_else(|e| format!("ERR {e}"))
             )
         }),
+        Some("peer") => (0..n).for_each(|_| {
+            println!(
+                "{}",
+                http_get(addr, "/peer").unwrap_or_else(|e| format!("ERR {e}"))
+            )
+        }),
         Some("udp") => {
             (0..n).for_each(|i| println!("{}", udp(addr, i).unwrap_or_else(|e| format!("ERR {e}"))))
         }
+        Some("sendto") => (0..n)
+            .for_each(|i| println!("{}", sendto(addr, i).unwrap_or_else(|e| format!("ERR {e}")))),
         Some("stream") => stream(addr, Duration::from_secs(n.min(600))),
         Some("connect") => {
             let start = Instant::now();
@@ -49,7 +61,7 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: lbclient tcp|udp|stream|connect ADDR:PORT [COUNT|SECS]");
+    eprintln!("usage: lbclient tcp|peer|udp|sendto|stream|connect ADDR:PORT [COUNT|SECS]");
     std::process::exit(2)
 }
 
@@ -73,6 +85,22 @@ fn udp(addr: SocketAddr, i: u64) -> std::io::Result<String> {
     s.send(format!("ping {i}").as_bytes())?;
     let mut buf = [0u8; 2048];
     let n = s.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string())
+}
+
+fn sendto(addr: SocketAddr, i: u64) -> std::io::Result<String> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.send_to(format!("ping {i}").as_bytes(), addr)?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = s.recv_from(&mut buf)?;
+    if from != addr {
+        return Ok(format!("ERR from {from}"));
+    }
     Ok(String::from_utf8_lossy(&buf[..n])
         .lines()
         .next()

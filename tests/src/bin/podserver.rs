@@ -53,7 +53,8 @@ fn main() {
 
 /// Reads a request head (or whatever comes first) and answers with the text.
 /// A request for `/stream` gets an endless body instead, one line at a time, so
-/// tests can hold a connection open while things change around it.
+/// tests can hold a connection open while things change around it; `/peer` adds the
+/// client's address to the text.
 fn serve_http(mut conn: std::net::TcpStream, text: &str) {
     let mut buf = [0u8; 4096];
     let mut got = Vec::new();
@@ -72,7 +73,12 @@ fn serve_http(mut conn: std::net::TcpStream, text: &str) {
             thread::sleep(std::time::Duration::from_millis(50));
         }
     }
-    let body = format!("{text}\n");
+    // `/peer`: the text and the address the connection came from, so tests can see
+    // whether a source was rewritten on the way.
+    let body = match (got.starts_with(b"GET /peer"), conn.peer_addr()) {
+        (true, Ok(peer)) => format!("{text} {peer}\n"),
+        _ => format!("{text}\n"),
+    };
     let _ = conn.write_all(
         format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n{body}", body.len())
             .as_bytes(),
