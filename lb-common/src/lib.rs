@@ -20,9 +20,10 @@ pub const MAP_SVC_STATS: &str = "LB_SVC_STATS";
 pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
 pub const MAP_AFFINITY: &str = "LB_AFFINITY";
 pub const MAP_SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
+pub const MAP_PORTS: &str = "LB_PORTS";
 
 /// Every map lb pins, so the agent can adopt or remove them as a set.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -32,6 +33,7 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_BACKEND_STATS,
     MAP_AFFINITY,
     MAP_SOCK_REVNAT,
+    MAP_PORTS,
 ];
 
 // ---- program names (the ELF function names) ----
@@ -146,7 +148,8 @@ const _: () = assert!(size_of::<AffinityKey>() == 8);
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityValue {
-    pub last_used_ns: u64,
+    /// The clock (`GLOBAL_CLOCK_HZ`) when the client last started a flow.
+    pub last_used: u64,
     pub slot: u32,
     /// The slot still holds this backend, or the choice is void.
     pub backend_id: u32,
@@ -212,8 +215,8 @@ pub const CT_TCP_SEEN_RST: u8 = 1 << 1;
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtValue {
-    /// `bpf_ktime_get_ns()` of the last packet seen.
-    pub last_seen_ns: u64,
+    /// The clock (`GLOBAL_CLOCK_HZ`) at the last packet seen.
+    pub last_seen: u64,
     pub nat_saddr_be: u32,
     pub nat_daddr_be: u32,
     pub nat_sport_be: u16,
@@ -229,6 +232,19 @@ pub struct CtValue {
     pub _pad: u8,
 }
 const _: () = assert!(size_of::<CtValue>() == 32);
+
+// ---- frontend ports ----
+
+/// `LB_PORTS` is a bitmap of every port some frontend listens on (any address, any
+/// protocol): word `port / 64`, bit `port % 64`. Ingress hooks look there first, so
+/// traffic to no frontend port costs one array read instead of hash lookups.
+pub const PORT_WORDS: u32 = 65_536 / 64;
+
+/// The word of `LB_PORTS` and the bit within it for `port` (host byte order).
+#[inline(always)]
+pub const fn port_bit(port: u16) -> (u32, u64) {
+    ((port / 64) as u32, 1u64 << (port % 64))
+}
 
 // ---- interfaces ----
 
@@ -318,10 +334,16 @@ pub mod reason {
     ];
 }
 
-/// Idle timeouts after which a conntrack entry no longer holds a flow.
-pub const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
-pub const CT_TIMEOUT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
-pub const CT_TIMEOUT_UDP_NS: u64 = 60 * 1_000_000_000;
+/// Idle timeouts (seconds) after which a conntrack entry no longer holds a flow.
+pub const CT_TIMEOUT_TCP_S: u64 = 6 * 3600;
+pub const CT_TIMEOUT_TCP_CLOSING_S: u64 = 10;
+pub const CT_TIMEOUT_UDP_S: u64 = 60;
+
+/// The kernel side's clock: ticks per second of `bpf_jiffies64()` (the kernel's HZ,
+/// measured by the agent), or 0 when unknown, and the kernel side then counts
+/// nanoseconds of `bpf_ktime_get_coarse_ns()`. Jiffies cost nothing to read; the
+/// coarse clock costs ~15 ns a packet.
+pub const GLOBAL_CLOCK_HZ: &str = "CLOCK_HZ";
 
 #[cfg(feature = "user")]
 mod pod {

@@ -4,17 +4,19 @@
 
 use lb_common::{
     Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_HAIRPIN, CT_TCP_SEEN_FIN, CT_TCP_SEEN_RST,
-    CT_TIMEOUT_TCP_CLOSING_NS, CT_TIMEOUT_TCP_NS, CT_TIMEOUT_UDP_NS, CtValue, FlowKey,
+    CT_TIMEOUT_TCP_CLOSING_S, CT_TIMEOUT_TCP_S, CT_TIMEOUT_UDP_S, CtValue, FlowKey,
     HAIRPIN_SNAT_ADDR, PROTO_TCP,
 };
 
 use crate::{
+    clock,
     maps::LB_CT,
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
-/// How often (at most) a hit refreshes `last_seen_ns`, to keep writes off the hot path.
-const REFRESH_NS: u64 = 1_000_000_000;
+/// How often (at most, seconds) a hit refreshes `last_seen`, to keep writes off the
+/// hot path.
+const REFRESH_S: u64 = 1;
 
 /// The tuple a packet of the flow is rewritten to.
 #[inline(always)]
@@ -58,13 +60,13 @@ fn closing_bits(tcp_flags: u8) -> u8 {
 #[inline(always)]
 fn expired(ct: &CtValue, proto: u8, now: u64) -> bool {
     let timeout = if proto != PROTO_TCP {
-        CT_TIMEOUT_UDP_NS
+        CT_TIMEOUT_UDP_S
     } else if ct.tcp_flags != 0 {
-        CT_TIMEOUT_TCP_CLOSING_NS
+        CT_TIMEOUT_TCP_CLOSING_S
     } else {
-        CT_TIMEOUT_TCP_NS
+        CT_TIMEOUT_TCP_S
     };
-    now.wrapping_sub(ct.last_seen_ns) > timeout
+    now.wrapping_sub(ct.last_seen) > clock::secs(timeout)
 }
 
 /// The live entry for this packet's tuple, refreshed; `None` when there is none, it
@@ -89,18 +91,18 @@ pub fn lookup(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
     };
     if closing & !entry.tcp_flags != 0 {
         entry.tcp_flags |= closing;
-        entry.last_seen_ns = now;
+        entry.last_seen = now;
         // The other direction closes with this one.
         let peer = peer_key(&nat_tuple(entry, key.proto));
         if let Some(other) = LB_CT.get_ptr_mut(&peer) {
             // SAFETY: as above.
             unsafe {
                 (*other).tcp_flags |= closing;
-                (*other).last_seen_ns = now;
+                (*other).last_seen = now;
             }
         }
-    } else if now.wrapping_sub(entry.last_seen_ns) >= REFRESH_NS {
-        entry.last_seen_ns = now;
+    } else if now.wrapping_sub(entry.last_seen) >= clock::secs(REFRESH_S) {
+        entry.last_seen = now;
     }
     Some(*entry)
 }
@@ -123,7 +125,7 @@ pub fn create(
     // A pod that lands on itself gets its packets from the hairpin address instead.
     let hairpin = backend.addr_be == key.saddr_be;
     let original = CtValue {
-        last_seen_ns: now,
+        last_seen: now,
         nat_saddr_be: if hairpin {
             u32::from_ne_bytes(HAIRPIN_SNAT_ADDR)
         } else {

@@ -1,10 +1,9 @@
 //! What happens to one packet: conntrack state first, then service and backend.
 //! Decides only; `nat` carries the decision out.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{CT_DIR_REPLY, CT_F_HAIRPIN, FlowKey, reason};
+use lb_common::{CT_DIR_REPLY, CT_F_HAIRPIN, FlowKey, HAIRPIN_SNAT_ADDR, reason};
 
-use crate::{conntrack, lb, parse::Packet};
+use crate::{clock, conntrack, lb, parse::Packet};
 
 pub enum Verdict {
     /// Leave the packet as it is; counted under the reason.
@@ -35,8 +34,15 @@ pub enum Hook {
 
 #[inline(always)]
 pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
-    // SAFETY: a helper with no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // At ingress only packets to a frontend (new or established) and hairpin replies
+    // are translated; everything else leaves after one array read.
+    if hook == Hook::Ingress
+        && !lb::frontend_port(p.key.dport_be)
+        && p.key.daddr_be != u32::from_ne_bytes(HAIRPIN_SNAT_ADDR)
+    {
+        return Verdict::Pass(reason::PASS_NO_SERVICE);
+    }
+    let now = clock::now();
     if let Some(ct) = conntrack::lookup(&p.key, p.tcp_flags, now) {
         let reply = ct.direction == CT_DIR_REPLY;
         let hairpin = ct.flags & CT_F_HAIRPIN != 0;

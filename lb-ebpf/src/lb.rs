@@ -4,10 +4,19 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, FlowKey, IFACE_POD, SVC_F_AFFINITY,
-    SVC_F_INTERNAL, ServiceKey, ServiceValue, reason,
+    SVC_F_INTERNAL, ServiceKey, ServiceValue, port_bit, reason,
 };
 
-use crate::maps::{LB_AFFINITY, LB_BACKENDS, LB_IFACES, LB_SERVICES};
+use crate::clock;
+use crate::maps::{LB_AFFINITY, LB_BACKENDS, LB_IFACES, LB_PORTS, LB_SERVICES};
+
+/// Whether some frontend listens on this port (network byte order): one array read,
+/// so traffic for no service leaves after it.
+#[inline(always)]
+pub fn frontend_port(port_be: u16) -> bool {
+    let (word, bit) = port_bit(u16::from_be(port_be));
+    LB_PORTS.get(word).is_some_and(|w| *w & bit != 0)
+}
 
 /// Where a new flow comes from, for frontends only served inside the cluster.
 #[derive(Clone, Copy)]
@@ -82,14 +91,14 @@ fn sticky(client: u32, svc: &ServiceValue, now: u64) -> Result<Backend, u32> {
         client_addr_be: client,
         svc_id: svc.svc_id,
     };
-    let timeout_ns = svc.affinity_timeout_s as u64 * 1_000_000_000;
+    let timeout = clock::secs(svc.affinity_timeout_s as u64);
     if let Some(a) = LB_AFFINITY.get_ptr_mut(&key) {
         // SAFETY: the pointer came from a successful lookup; the entry is plain data.
         let a = unsafe { &mut *a };
-        if now.wrapping_sub(a.last_used_ns) <= timeout_ns && a.slot < svc.backend_count {
+        if now.wrapping_sub(a.last_used) <= timeout && a.slot < svc.backend_count {
             if let Ok(b) = slot_backend(svc.svc_id, a.slot) {
                 if b.backend_id == a.backend_id {
-                    a.last_used_ns = now;
+                    a.last_used = now;
                     return Ok(b);
                 }
             }
@@ -97,7 +106,7 @@ fn sticky(client: u32, svc: &ServiceValue, now: u64) -> Result<Backend, u32> {
     }
     let (slot, backend) = random(svc)?;
     let remembered = AffinityValue {
-        last_used_ns: now,
+        last_used: now,
         slot,
         backend_id: backend.backend_id,
     };

@@ -12,6 +12,7 @@
 #![no_std]
 #![no_main]
 
+mod clock;
 mod conntrack;
 mod csum;
 mod flow;

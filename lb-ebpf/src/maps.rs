@@ -3,12 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, FlowKey, IfaceValue,
     MAX_AFFINITY, MAX_BACKEND_IDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_IFACES, MAX_SERVICE_IDS,
-    MAX_SERVICES, MAX_SOCK_REVNAT, ServiceKey, ServiceValue, SockRevKey, SockRevValue, reason,
+    MAX_SERVICES, MAX_SOCK_REVNAT, PORT_WORDS, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
+    reason,
 };
 
 #[map]
@@ -41,3 +42,7 @@ pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map]
 pub static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
     LruHashMap::with_max_entries(MAX_SOCK_REVNAT, 0);
+
+/// Bitmap of frontend ports (see `lb_common::PORT_WORDS`).
+#[map]
+pub static LB_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);

@@ -7,12 +7,13 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
 use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, SockRevKey, SockRevValue, reason};
 
 use crate::{
+    clock,
     lb::{self, Origin},
     maps::LB_SOCK_REVNAT,
     stats,
@@ -49,7 +50,7 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel's bpf_sock_addr for this call; these fields are readable.
     let (addr_be, port_be, proto) =
         unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP || !lb::frontend_port(port_be) {
         return 1;
     }
     let key = FlowKey {
@@ -60,8 +61,7 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         proto,
         _pad: [0; 3],
     };
-    // SAFETY: a helper with no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     let sel = match lb::select(&key, Origin::Host, now) {
         Ok(sel) => sel,
         Err(reason::PASS_NO_BACKEND) => {

@@ -103,7 +103,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     }
     let actual = dp.maps.read_entries()?;
     info!(node = %opts.node_name, addrs = ?addrs, pins = %pins.display(), adopted_frontends = actual.services.len(),
-        adopted_slots = actual.backends.len(), "agent started");
+        adopted_slots = actual.backends.len(),
+        clock = %crate::loader::kernel_hz().map_or("coarse ns".to_string(), |hz| format!("jiffies, HZ={hz}")),
+        "agent started");
     let mut agent = Agent {
         dp,
         store: Store::new(&opts.store),

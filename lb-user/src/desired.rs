@@ -13,7 +13,7 @@ use std::{
 use k8s_openapi::api::core::v1::{Pod, Service};
 use lb_common::{
     Backend, BackendKey, ID_NONE, MAX_BACKEND_IDS, MAX_SERVICE_IDS, PROTO_TCP, PROTO_UDP,
-    SVC_F_AFFINITY, SVC_F_INTERNAL, ServiceKey, ServiceValue,
+    SVC_F_AFFINITY, SVC_F_INTERNAL, ServiceKey, ServiceValue, port_bit,
 };
 
 use crate::{
@@ -166,12 +166,25 @@ fn plan_service(svc: &Service, pods: &PodIndex<'_>, node: &Node) -> Vec<PortPlan
     plans
 }
 
-/// The contents of `LB_SERVICES` and `LB_BACKENDS`: what we want, or what the
-/// maps hold.
+/// The contents of `LB_SERVICES`, `LB_BACKENDS` and `LB_PORTS`: what we want, or
+/// what the maps hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entries {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<BackendKey, Backend>,
+    /// The non-zero words of the frontend-port bitmap (`lb_common::port_bit`).
+    pub ports: BTreeMap<u32, u64>,
+}
+
+impl Entries {
+    /// Sets `ports` from `services`: the bitmap always follows the frontends.
+    pub fn index_ports(&mut self) {
+        self.ports.clear();
+        for k in self.services.keys() {
+            let (word, bit) = port_bit(u16::from_be(k.port_be));
+            *self.ports.entry(word).or_insert(0) |= bit;
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -296,6 +309,7 @@ pub fn entries(plans: &[PortPlan], actual: &Entries) -> Result<Entries, DesiredE
             );
         }
     }
+    out.index_ports();
     Ok(out)
 }
 

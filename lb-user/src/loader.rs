@@ -12,8 +12,8 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
 use lb_common::{
-    ALL_MAPS, GLOBAL_NETNS_COOKIE, IFACE_EXTERNAL, IFACE_POD, PROG_CONNECT4, PROG_RECVMSG4,
-    PROG_SENDMSG4, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
+    ALL_MAPS, GLOBAL_CLOCK_HZ, GLOBAL_NETNS_COOKIE, IFACE_EXTERNAL, IFACE_POD, PROG_CONNECT4,
+    PROG_RECVMSG4, PROG_SENDMSG4, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
 };
 use tracing::{info, warn};
 
@@ -60,6 +60,8 @@ pub fn load(pins: Option<&Path>) -> Result<Ebpf, LoadError> {
         error: error.to_string(),
     })?;
     loader.override_global(GLOBAL_NETNS_COOKIE, &cookie, true);
+    let hz = kernel_hz().unwrap_or(0);
+    loader.override_global(GLOBAL_CLOCK_HZ, &hz, true);
     loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
         pins: pins
             .map(|p| p.display().to_string())
@@ -90,6 +92,49 @@ pub fn netns_cookie() -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+/// The kernel's HZ (jiffies per second), so the kernel side can use `bpf_jiffies64`,
+/// the cheapest clock there is; `None` when it cannot be told (the kernel side then
+/// uses the coarse nanosecond clock). Measured once per process, as Cilium does:
+/// jiffies from /proc/timer_list beside CLOCK_MONOTONIC. On 64-bit kernels jiffies
+/// start at 2^32 - 300*HZ, so one sample at uptime t gives HZ = (j - 2^32) / (t - 300);
+/// near t = 300 s two samples 200 ms apart give it instead.
+pub fn kernel_hz() -> Option<u64> {
+    static HZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        let (j0, t0) = jiffies_and_uptime()?;
+        let estimate = if (t0 - 300.0).abs() >= 60.0 {
+            (j0 as f64 - 4_294_967_296.0) / (t0 - 300.0)
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let (j1, t1) = jiffies_and_uptime()?;
+            (j1 - j0) as f64 / (t1 - t0)
+        };
+        [100u64, 250, 300, 1000]
+            .into_iter()
+            .find(|hz| (estimate / *hz as f64 - 1.0).abs() < 0.05)
+    })
+}
+
+/// Jiffies (from /proc/timer_list, root only) and CLOCK_MONOTONIC in seconds.
+fn jiffies_and_uptime() -> Option<(u64, f64)> {
+    let list = std::fs::read_to_string("/proc/timer_list").ok()?;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return None;
+    }
+    let jiffies = list
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("jiffies:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((jiffies, ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9))
 }
 
 /// The cgroup v2 mount (the root cgroup), from /proc/mounts.

@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    Backend, BackendKey, Counters, IfaceValue, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_IFACES,
-    MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, ServiceKey, ServiceValue, reason,
+    Backend, BackendKey, Counters, CtValue, FlowKey, IfaceValue, MAP_BACKEND_STATS, MAP_BACKENDS,
+    MAP_CONNTRACK, MAP_IFACES, MAP_PORTS, MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, PORT_WORDS,
+    ServiceKey, ServiceValue, reason,
 };
 
 use crate::{desired::Entries, sync::Op};
@@ -34,6 +35,8 @@ pub struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, BackendKey, Backend>,
     ifaces: HashMap<MapData, u32, IfaceValue>,
+    conntrack: HashMap<MapData, FlowKey, CtValue>,
+    ports: Array<MapData, u64>,
     stats: PerCpuArray<MapData, Counters>,
     svc_stats: PerCpuArray<MapData, Counters>,
     backend_stats: PerCpuArray<MapData, Counters>,
@@ -50,56 +53,41 @@ pub fn sum(values: &[Counters]) -> Counters {
 impl Maps {
     /// Takes lb's maps out of a loaded object.
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
-        let mut take =
-            |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing { map: name });
-        Self::from_maps(
-            take(MAP_SERVICES)?,
-            take(MAP_BACKENDS)?,
-            take(MAP_IFACES)?,
-            take(MAP_STATS)?,
-            take(MAP_SVC_STATS)?,
-            take(MAP_BACKEND_STATS)?,
-        )
+        Self::from_maps(|name| ebpf.take_map(name).ok_or(MapsError::Missing { map: name }))
     }
 
     /// Opens lb's maps from their pins in `dir` (as the agent left them).
     pub fn open_pinned(dir: &Path) -> Result<Self, MapsError> {
-        let open = |name: &'static str| {
+        Self::from_maps(|name| {
             MapData::from_pin(dir.join(name))
                 .and_then(Map::from_map_data)
                 .map_err(aya_err(name, "opening the pin"))
-        };
-        Self::from_maps(
-            open(MAP_SERVICES)?,
-            open(MAP_BACKENDS)?,
-            open(MAP_IFACES)?,
-            open(MAP_STATS)?,
-            open(MAP_SVC_STATS)?,
-            open(MAP_BACKEND_STATS)?,
-        )
-    }
-
-    fn from_maps(
-        services: Map,
-        backends: Map,
-        ifaces: Map,
-        stats: Map,
-        svc_stats: Map,
-        backend_stats: Map,
-    ) -> Result<Self, MapsError> {
-        Ok(Maps {
-            services: HashMap::try_from(services).map_err(aya_err(MAP_SERVICES, "typing"))?,
-            backends: HashMap::try_from(backends).map_err(aya_err(MAP_BACKENDS, "typing"))?,
-            ifaces: HashMap::try_from(ifaces).map_err(aya_err(MAP_IFACES, "typing"))?,
-            stats: PerCpuArray::try_from(stats).map_err(aya_err(MAP_STATS, "typing"))?,
-            svc_stats: PerCpuArray::try_from(svc_stats)
-                .map_err(aya_err(MAP_SVC_STATS, "typing"))?,
-            backend_stats: PerCpuArray::try_from(backend_stats)
-                .map_err(aya_err(MAP_BACKEND_STATS, "typing"))?,
         })
     }
 
-    /// Everything `LB_SERVICES` and `LB_BACKENDS` hold.
+    /// Each map from `get(name)`, typed.
+    fn from_maps(
+        mut get: impl FnMut(&'static str) -> Result<Map, MapsError>,
+    ) -> Result<Self, MapsError> {
+        fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+            get: &mut impl FnMut(&'static str) -> Result<Map, MapsError>,
+            name: &'static str,
+        ) -> Result<T, MapsError> {
+            T::try_from(get(name)?).map_err(aya_err(name, "typing"))
+        }
+        Ok(Maps {
+            services: typed(&mut get, MAP_SERVICES)?,
+            backends: typed(&mut get, MAP_BACKENDS)?,
+            ifaces: typed(&mut get, MAP_IFACES)?,
+            conntrack: typed(&mut get, MAP_CONNTRACK)?,
+            ports: typed(&mut get, MAP_PORTS)?,
+            stats: typed(&mut get, MAP_STATS)?,
+            svc_stats: typed(&mut get, MAP_SVC_STATS)?,
+            backend_stats: typed(&mut get, MAP_BACKEND_STATS)?,
+        })
+    }
+
+    /// Everything `LB_SERVICES`, `LB_BACKENDS` and `LB_PORTS` hold.
     pub fn read_entries(&self) -> Result<Entries, MapsError> {
         let mut e = Entries::default();
         for item in self.services.iter() {
@@ -109,6 +97,15 @@ impl Maps {
         for item in self.backends.iter() {
             let (k, v) = item.map_err(aya_err(MAP_BACKENDS, "reading"))?;
             e.backends.insert(k, v);
+        }
+        for w in 0..PORT_WORDS {
+            let bits = self
+                .ports
+                .get(&w, 0)
+                .map_err(aya_err(MAP_PORTS, "reading"))?;
+            if bits != 0 {
+                e.ports.insert(w, bits);
+            }
         }
         Ok(e)
     }
@@ -129,6 +126,10 @@ impl Maps {
                     .map_err(aya_err(MAP_SERVICES, "removing"))?,
                 Op::DeleteBackend(k) => ignore_missing(self.backends.remove(k))
                     .map_err(aya_err(MAP_BACKENDS, "removing"))?,
+                Op::PutPorts(w, bits) => self
+                    .ports
+                    .set(*w, bits, 0)
+                    .map_err(aya_err(MAP_PORTS, "writing"))?,
             }
         }
         Ok(())
@@ -142,6 +143,24 @@ impl Maps {
 
     pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), MapsError> {
         ignore_missing(self.ifaces.remove(&ifindex)).map_err(aya_err(MAP_IFACES, "removing"))
+    }
+
+    /// Every conntrack entry (both directions of each flow).
+    pub fn conntrack(&self) -> Result<Vec<(FlowKey, CtValue)>, MapsError> {
+        self.conntrack
+            .iter()
+            .map(|i| i.map_err(aya_err(MAP_CONNTRACK, "reading")))
+            .collect()
+    }
+
+    pub fn put_conntrack(&mut self, key: &FlowKey, value: &CtValue) -> Result<(), MapsError> {
+        self.conntrack
+            .insert(key, value, 0)
+            .map_err(aya_err(MAP_CONNTRACK, "inserting"))
+    }
+
+    pub fn remove_conntrack(&mut self, key: &FlowKey) -> Result<(), MapsError> {
+        ignore_missing(self.conntrack.remove(key)).map_err(aya_err(MAP_CONNTRACK, "removing"))
     }
 
     /// Verdict counters, indexed by `lb_common::reason`.

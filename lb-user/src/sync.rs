@@ -13,12 +13,31 @@ pub enum Op {
     PutService(ServiceKey, ServiceValue),
     DeleteService(ServiceKey),
     DeleteBackend(BackendKey),
+    /// One word of the frontend-port bitmap (0 clears it).
+    PutPorts(u32, u64),
 }
 
 /// The writes that turn `actual` into `desired`, in a safe order; empty when they
 /// are equal.
 pub fn diff(actual: &Entries, desired: &Entries) -> Vec<Op> {
     let mut ops = Vec::new();
+    // Port bits a new frontend needs go in first (as the union of old and new, so no
+    // frontend that still exists loses its bit); the final words after the deletes.
+    let words: std::collections::BTreeSet<u32> = actual
+        .ports
+        .keys()
+        .chain(desired.ports.keys())
+        .copied()
+        .collect();
+    let word = |e: &Entries, w: u32| e.ports.get(&w).copied().unwrap_or(0);
+    let mut interim = Vec::new();
+    for &w in &words {
+        let (a, d) = (word(actual, w), word(desired, w));
+        if d & !a != 0 {
+            ops.push(Op::PutPorts(w, a | d));
+        }
+        interim.push((w, if d & !a != 0 { a | d } else { a }, d));
+    }
     for (k, v) in &desired.backends {
         if actual.backends.get(k) != Some(v) {
             ops.push(Op::PutBackend(*k, *v));
@@ -39,6 +58,11 @@ pub fn diff(actual: &Entries, desired: &Entries) -> Vec<Op> {
             ops.push(Op::DeleteBackend(*k));
         }
     }
+    for (w, written, d) in interim {
+        if written != d {
+            ops.push(Op::PutPorts(w, d));
+        }
+    }
     ops
 }
 
@@ -57,6 +81,12 @@ pub fn apply(entries: &mut Entries, ops: &[Op]) {
             }
             Op::DeleteBackend(k) => {
                 entries.backends.remove(&k);
+            }
+            Op::PutPorts(w, 0) => {
+                entries.ports.remove(&w);
+            }
+            Op::PutPorts(w, bits) => {
+                entries.ports.insert(w, bits);
             }
         }
     }
@@ -133,6 +163,38 @@ mod tests {
         assert_eq!(e, big);
         apply(&mut e, &shrink);
         assert_eq!(e, small);
+    }
+
+    #[test]
+    fn port_bits_are_set_before_a_frontend_and_cleared_after_it() {
+        let with = |port: u16| {
+            let mut e = Entries::default();
+            e.services.insert(fk(port.to_be()), svc(1, 1));
+            e.backends.insert(BackendKey { svc_id: 1, slot: 0 }, be(1));
+            e.index_ports();
+            e
+        };
+        // 80 and 81 share bitmap word 1 (ports 64..127).
+        let (bit80, bit81) = (1u64 << (80 % 64), 1u64 << (81 % 64));
+        let (old, new) = (with(80), with(81));
+        let ops = diff(&old, &new);
+        assert_eq!(
+            ops,
+            vec![
+                Op::PutPorts(1, bit80 | bit81),
+                Op::PutService(fk(81u16.to_be()), svc(1, 1)),
+                Op::DeleteService(fk(80u16.to_be())),
+                Op::PutPorts(1, bit81),
+            ]
+        );
+        let mut e = old.clone();
+        apply(&mut e, &ops);
+        assert_eq!(e, new);
+        // Removing the last frontend of a word clears it after the frontend is gone.
+        let gone = diff(&new, &Entries::default());
+        assert_eq!(gone.last(), Some(&Op::PutPorts(1, 0)));
+        apply(&mut e, &gone);
+        assert_eq!(e, Entries::default());
     }
 
     #[test]

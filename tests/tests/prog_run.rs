@@ -70,6 +70,7 @@ fn dataplane() -> Dataplane {
         lb_common::BackendKey { svc_id: 2, slot: 0 },
         backend(5353, 17, 2),
     );
+    want.index_ports();
     dp.maps
         .write(&sync::diff(&Entries::default(), &want))
         .expect("fill maps");
@@ -141,6 +142,8 @@ fn nodeport_flow_both_directions() {
     let data = Pkt::tcp(CLIENT, 40000, NODE, NODE_PORT, TCP_ACK | TCP_PSH)
         .payload(b"GET / HTTP/1.1\r\n\r\n");
     let reply = Pkt::tcp(POD, 80, CLIENT, 40000, TCP_SYN | TCP_ACK);
+    let odd_syn = Pkt::tcp(CLIENT, NODE_PORT, NODE, NODE_PORT, TCP_SYN);
+    let odd_reply = Pkt::tcp(POD, 80, CLIENT, NODE_PORT, TCP_SYN | TCP_ACK);
     check(
         &mut dp,
         vec![
@@ -159,9 +162,23 @@ fn nodeport_flow_both_directions() {
                 output: Some(data.rewritten(CLIENT, 40000, POD, 80).build()),
             },
             Row {
-                what: "reply from the pod at ingress: left for egress",
+                what: "reply from the pod at ingress: to no frontend port, passed at once",
                 prog: Prog::TcIngress,
                 input: reply.build(),
+                reason: reason::PASS_NO_SERVICE,
+                output: None,
+            },
+            Row {
+                what: "a client whose own port is a frontend port: new flow",
+                prog: Prog::Xdp,
+                input: odd_syn.build(),
+                reason: reason::NAT_NEW_FLOW,
+                output: Some(odd_syn.rewritten(CLIENT, NODE_PORT, POD, 80).build()),
+            },
+            Row {
+                what: "its reply at ingress passes the port filter, is found, left for egress",
+                prog: Prog::TcIngress,
+                input: odd_reply.build(),
                 reason: reason::PASS_REPLY_INGRESS,
                 output: None,
             },

@@ -1,0 +1,40 @@
+//! The kernel side's clock: jiffies when the agent told us the kernel's HZ (free to
+//! read), the coarse monotonic clock in nanoseconds otherwise. Timestamps in maps
+//! are in this clock's ticks; timeouts are given in seconds and scaled here.
+
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+
+/// Set by the agent at load time (`lb_common::GLOBAL_CLOCK_HZ`); read-only data, so
+/// the verifier knows it and keeps only one of the branches below.
+#[unsafe(no_mangle)]
+static CLOCK_HZ: u64 = 0;
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn hz() -> u64 {
+    // SAFETY: a plain read of a global the loader set.
+    unsafe { core::ptr::read_volatile(&CLOCK_HZ) }
+}
+
+/// Now, in ticks.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helpers with no preconditions.
+    unsafe {
+        if hz() == 0 {
+            bpf_ktime_get_coarse_ns()
+        } else {
+            bpf_jiffies64()
+        }
+    }
+}
+
+/// `secs` seconds, in ticks.
+#[inline(always)]
+pub fn secs(secs: u64) -> u64 {
+    match hz() {
+        0 => secs * NS_PER_SEC,
+        hz => secs * hz,
+    }
+}
