@@ -142,7 +142,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             _ = tick.tick() => agent.reconcile(true)?,
         }
     }
-    info!("agent stopping: programs detached, maps stay pinned");
+    info!(pins = %pins.display(), "agent stopping: programs stay attached and maps pinned, so forwarding goes on (`lb reset` removes them)");
     Ok(())
 }
 
@@ -168,6 +168,9 @@ impl Agent {
         let plans = desired::plan(&state, &self.node);
         let want = desired::entries(&plans, &self.actual)?;
         let ops = sync::diff(&self.actual, &want);
+        let backend_ids =
+            |e: &Entries| -> BTreeSet<u32> { e.backends.values().map(|b| b.backend_id).collect() };
+        let before = backend_ids(&self.actual);
         if let Err(e) = self.dp.maps.write(&ops) {
             // Some writes may have landed: start the next round from what the maps hold.
             self.actual = self.dp.maps.read_entries()?;
@@ -175,6 +178,17 @@ impl Agent {
             return Err(e.into());
         }
         sync::apply(&mut self.actual, &ops);
+        // Flows to endpoints that are gone end: their conntrack entries go, so the
+        // client's next packet is a new flow to a live endpoint, which resets it.
+        let gone: BTreeSet<u32> = before
+            .difference(&backend_ids(&self.actual))
+            .copied()
+            .collect();
+        let flows_ended = if gone.is_empty() {
+            0
+        } else {
+            self.dp.maps.end_flows_to(&gone)?
+        };
         let endpoints: usize = plans.iter().map(|p| p.endpoints.len()).sum();
         info!(
             revision = state.revision,
@@ -182,6 +196,7 @@ impl Agent {
             service_ports = plans.len(),
             endpoints,
             writes = ops.len(),
+            flows_ended,
             took_us = started.elapsed().as_micros() as u64,
             "reconciled"
         );

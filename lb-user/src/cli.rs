@@ -44,6 +44,13 @@ pub enum Command {
     /// Delete objects by name or by the manifests that made them.
     #[command(after_help = "Examples:\n  lb delete svc my-svc\n  lb delete -f svc.yaml")]
     Delete(DeleteArgs),
+    /// List the flows the data plane tracks (both directions of each), as
+    /// `conntrack -L` does.
+    Conntrack(StatsArgs),
+    /// Remove a node's data plane: detach every program and drop its maps (conntrack
+    /// included). A stopped agent leaves the data plane forwarding; this ends it.
+    #[command(after_help = "Example:\n  lb reset --node-name node1")]
+    Reset(StatsArgs),
 }
 
 #[derive(Args)]

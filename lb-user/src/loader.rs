@@ -1,6 +1,11 @@
 //! Loading lb's eBPF object, pinning its maps, and attaching its programs to
 //! interfaces: XDP + TC egress on external interfaces, TC ingress + egress on the
-//! interfaces behind which pods live.
+//! interfaces behind which pods live, and the socket programs on a cgroup.
+//!
+//! With pins (the agent), every attachment is a bpf_link pinned under
+//! `PINS/links/`, so the programs keep forwarding while no agent runs; a new agent
+//! swaps its programs into those links atomically (`bpf_link_update`) instead of
+//! attaching twice. `lb reset` removes the pins, which detaches everything.
 
 use std::{
     collections::BTreeMap,
@@ -9,7 +14,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        xdp::XdpLink,
+    },
 };
 use lb_common::{
     ALL_MAPS, GLOBAL_CLOCK_HZ, GLOBAL_NETNS_COOKIE, IFACE_EXTERNAL, IFACE_POD, PROG_CONNECT4,
@@ -42,6 +52,8 @@ pub enum LoadError {
     Maps(#[from] MapsError),
     #[error("bpffs {dir}: {error}")]
     Bpffs { dir: PathBuf, error: std::io::Error },
+    #[error("link for {what}: {error}")]
+    Link { what: String, error: String },
 }
 
 /// Loads the object. With `pins`, every map is pinned there by name and adopted if
@@ -153,6 +165,24 @@ pub enum XdpAttach {
     Generic,
 }
 
+impl XdpAttach {
+    fn pin_name(self, iface: &str) -> String {
+        match self {
+            XdpAttach::Native => format!("xdp-native@{iface}"),
+            XdpAttach::Generic => format!("xdp-generic@{iface}"),
+        }
+    }
+}
+
+/// How an attachment came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link.
+    New,
+    /// A link a previous agent pinned, now running this agent's program.
+    Adopted,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
     pub ifindex: u32,
@@ -161,11 +191,14 @@ pub struct Attachment {
 }
 
 /// The loaded object, its maps, and where its programs are attached. Dropping it
-/// detaches every program (maps stay pinned).
+/// detaches the programs only where nothing is pinned (tests); pinned links and maps
+/// stay, and keep forwarding.
 pub struct Dataplane {
     ebpf: Ebpf,
     pub maps: Maps,
     attached: BTreeMap<String, Attachment>,
+    /// Where links are pinned (`PINS/links`); None: links die with the process.
+    links: Option<PathBuf>,
 }
 
 impl Dataplane {
@@ -190,10 +223,18 @@ impl Dataplane {
             let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             p.load().map_err(prog_err(name, "loading"))?;
         }
+        let links = pins.map(|p| p.join("links"));
+        if let Some(dir) = &links {
+            std::fs::create_dir_all(dir).map_err(|error| LoadError::Bpffs {
+                dir: dir.clone(),
+                error,
+            })?;
+        }
         Ok(Dataplane {
             ebpf,
             maps,
             attached: BTreeMap::new(),
+            links,
         })
     }
 
@@ -225,16 +266,7 @@ impl Dataplane {
     /// otherwise) for new and established flows, TC egress for replies.
     pub fn attach_external(&mut self, iface: &str) -> Result<XdpAttach, LoadError> {
         let ifindex = ifindex(iface)?;
-        let xdp: &mut Xdp = program(&mut self.ebpf, PROG_XDP)?;
-        let mode = match xdp.attach(iface, XdpMode::Driver) {
-            Ok(_) => XdpAttach::Native,
-            Err(e) => {
-                warn!(iface, error = %e, "native XDP not available, using generic (skb) mode");
-                xdp.attach(iface, XdpMode::Skb)
-                    .map_err(prog_err(PROG_XDP, format!("attaching to {iface}")))?;
-                XdpAttach::Generic
-            }
-        };
+        let mode = self.attach_xdp(iface)?;
         self.attach_tc(iface, PROG_TC_EGRESS, TcAttachType::Egress)?;
         self.maps.set_iface(ifindex, IFACE_EXTERNAL)?;
         info!(iface, ifindex, xdp = ?mode, "attached to external interface");
@@ -253,10 +285,10 @@ impl Dataplane {
     /// TC egress translates replies going to pods.
     pub fn attach_pod_iface(&mut self, iface: &str) -> Result<(), LoadError> {
         let ifindex = ifindex(iface)?;
-        self.attach_tc(iface, PROG_TC_INGRESS, TcAttachType::Ingress)?;
+        let how = self.attach_tc(iface, PROG_TC_INGRESS, TcAttachType::Ingress)?;
         self.attach_tc(iface, PROG_TC_EGRESS, TcAttachType::Egress)?;
         self.maps.set_iface(ifindex, IFACE_POD)?;
-        info!(iface, ifindex, "attached to pod interface");
+        info!(iface, ifindex, link = ?how, "attached to pod interface");
         self.attached.insert(
             iface.to_string(),
             Attachment {
@@ -278,10 +310,23 @@ impl Dataplane {
         })?;
         for name in SOCK_PROGRAMS {
             let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            p.attach(&dir, CgroupAttachMode::Single).map_err(prog_err(
+            let id = p.attach(&dir, CgroupAttachMode::Single).map_err(prog_err(
                 name,
                 format!("attaching to cgroup {}", cgroup.display()),
             ))?;
+            // A previous agent's link (if any) runs beside this one until its pin is
+            // replaced: running both is harmless, as the second sees a backend
+            // address, no frontend.
+            if let Some(dir) = &self.links {
+                let pin = dir.join(name);
+                let link = p.take_link(id).map_err(prog_err(name, "taking the link"))?;
+                let fd = FdLink::try_from(link).map_err(|e| LoadError::Link {
+                    what: format!("{name} on {}", cgroup.display()),
+                    error: e.to_string(),
+                })?;
+                let _ = std::fs::remove_file(&pin);
+                pin_link(fd, &pin)?;
+            }
         }
         info!(cgroup = %cgroup.display(), "attached socket-level balancing for node processes");
         Ok(())
@@ -289,6 +334,14 @@ impl Dataplane {
 
     /// Forgets an interface that is gone (its programs went with it).
     pub fn forget(&mut self, iface: &str) -> Result<(), LoadError> {
+        if let Some(dir) = &self.links {
+            for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+                let _ = std::fs::remove_file(dir.join(format!("{name}@{iface}")));
+            }
+            for mode in [XdpAttach::Native, XdpAttach::Generic] {
+                let _ = std::fs::remove_file(dir.join(mode.pin_name(iface)));
+            }
+        }
         if let Some(a) = self.attached.remove(iface) {
             self.maps.remove_iface(a.ifindex)?;
             info!(iface, "interface gone");
@@ -296,19 +349,108 @@ impl Dataplane {
         Ok(())
     }
 
+    /// XDP on `iface`: into the pinned link if there is a live one, else a new link
+    /// (native where the driver has it, generic otherwise), pinned.
+    fn attach_xdp(&mut self, iface: &str) -> Result<XdpAttach, LoadError> {
+        let links = self.links.clone();
+        let xdp: &mut Xdp = program(&mut self.ebpf, PROG_XDP)?;
+        for mode in [XdpAttach::Native, XdpAttach::Generic] {
+            let Some(pin) = links.as_ref().map(|d| d.join(mode.pin_name(iface))) else {
+                break;
+            };
+            if let Some(fd) = pinned(&pin) {
+                let swapped = XdpLink::try_from(fd)
+                    .map_err(|e| e.to_string())
+                    .and_then(|link| xdp.attach_to_link(link).map_err(|e| e.to_string()));
+                match swapped {
+                    Ok(_) => {
+                        info!(iface, xdp = ?mode, "XDP: swapped into the pinned link");
+                        return Ok(mode);
+                    }
+                    Err(error) => {
+                        warn!(iface, %error, pin = %pin.display(), "stale XDP link pin, attaching anew");
+                        let _ = std::fs::remove_file(&pin);
+                    }
+                }
+            }
+        }
+        let (id, mode) = match xdp.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, XdpAttach::Native),
+            Err(e) => {
+                warn!(iface, error = %e, "native XDP not available, using generic (skb) mode");
+                let id = xdp
+                    .attach(iface, XdpMode::Skb)
+                    .map_err(prog_err(PROG_XDP, format!("attaching to {iface}")))?;
+                (id, XdpAttach::Generic)
+            }
+        };
+        if let Some(dir) = &links {
+            let link = xdp
+                .take_link(id)
+                .map_err(prog_err(PROG_XDP, "taking the link"))?;
+            let fd = FdLink::try_from(link).map_err(|e| LoadError::Link {
+                what: format!("XDP on {iface}"),
+                error: e.to_string(),
+            })?;
+            pin_link(fd, &dir.join(mode.pin_name(iface)))?;
+        }
+        Ok(mode)
+    }
+
     fn attach_tc(
         &mut self,
         iface: &str,
         name: &'static str,
         ty: TcAttachType,
-    ) -> Result<(), LoadError> {
+    ) -> Result<Attached, LoadError> {
+        let pin = self
+            .links
+            .as_ref()
+            .map(|d| d.join(format!("{name}@{iface}")));
+        let p: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        if let Some(fd) = pin.as_deref().and_then(pinned) {
+            let swapped = SchedClassifierLink::try_from(fd)
+                .map_err(|e| e.to_string())
+                .and_then(|link| p.attach_to_link(link).map_err(|e| e.to_string()));
+            match swapped {
+                Ok(_) => return Ok(Attached::Adopted),
+                Err(error) => {
+                    let pin = pin.as_deref().unwrap_or(Path::new(""));
+                    warn!(iface, program = name, %error, pin = %pin.display(), "stale TC link pin, attaching anew");
+                    let _ = std::fs::remove_file(pin);
+                }
+            }
+        }
         // TCX links need no qdisc; older kernels need clsact (already there is fine).
         let _ = tc::qdisc_add_clsact(iface);
-        let p: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-        p.attach(iface, ty)
+        let id = p
+            .attach(iface, ty)
             .map_err(prog_err(name, format!("attaching to {iface} ({ty:?})")))?;
-        Ok(())
+        if let Some(pin) = pin {
+            let link = p.take_link(id).map_err(prog_err(name, "taking the link"))?;
+            let fd = FdLink::try_from(link).map_err(|e| LoadError::Link {
+                what: format!("{name} on {iface} (TCX needs Linux 6.6)"),
+                error: e.to_string(),
+            })?;
+            pin_link(fd, &pin)?;
+        }
+        Ok(Attached::New)
     }
+}
+
+/// The link pinned at `pin`, if there is one.
+fn pinned(pin: &Path) -> Option<FdLink> {
+    pin.exists()
+        .then(|| PinnedLink::from_pin(pin).ok())
+        .flatten()
+        .map(FdLink::from)
+}
+
+fn pin_link(fd: FdLink, pin: &Path) -> Result<(), LoadError> {
+    fd.pin(pin).map(drop).map_err(|e| LoadError::Link {
+        what: format!("pinning {}", pin.display()),
+        error: e.to_string(),
+    })
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>

@@ -54,7 +54,97 @@ fn run(cli: Cli) -> Result<()> {
         Command::Describe(d) => describe(&store, &d),
         Command::Delete(d) => delete(&store, &d),
         Command::Stats(a) => stats(&a),
+        Command::Reset(a) => reset(&a),
+        Command::Conntrack(a) => conntrack(&a),
     }
+}
+
+fn conntrack(a: &cli::StatsArgs) -> Result<()> {
+    use lb_common::{CT_DIR_REPLY, CT_F_HAIRPIN, CT_TCP_SEEN_FIN, CT_TCP_SEEN_RST, PROTO_TCP};
+    let node = a.node_name.clone().unwrap_or_else(hostname);
+    let dir = agent::pin_dir(&a.bpffs, &node);
+    let maps = Maps::open_pinned(&dir)
+        .with_context(|| format!("no agent maps for node {node} under {}", dir.display()))?;
+    let ep = |addr: u32, port: u16| {
+        format!(
+            "{}:{}",
+            std::net::Ipv4Addr::from(u32::from_be(addr)),
+            u16::from_be(port)
+        )
+    };
+    let mut flows = maps.conntrack()?;
+    flows.sort_by_key(|(k, v)| (v.svc_id, v.backend_id, k.sport_be, v.direction));
+    let rows: Vec<Vec<String>> = flows
+        .iter()
+        .map(|(k, v)| {
+            let mut state = Vec::new();
+            if v.tcp_flags & CT_TCP_SEEN_FIN != 0 {
+                state.push("FIN");
+            }
+            if v.tcp_flags & CT_TCP_SEEN_RST != 0 {
+                state.push("RST");
+            }
+            if v.flags & CT_F_HAIRPIN != 0 {
+                state.push("HAIRPIN");
+            }
+            vec![
+                if k.proto == PROTO_TCP { "tcp" } else { "udp" }.to_string(),
+                if v.direction == CT_DIR_REPLY {
+                    "reply"
+                } else {
+                    "original"
+                }
+                .to_string(),
+                ep(k.saddr_be, k.sport_be),
+                ep(k.daddr_be, k.dport_be),
+                ep(v.nat_saddr_be, v.nat_sport_be),
+                ep(v.nat_daddr_be, v.nat_dport_be),
+                v.svc_id.to_string(),
+                v.backend_id.to_string(),
+                if state.is_empty() {
+                    "-".into()
+                } else {
+                    state.join(",")
+                },
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            [
+                "PROTO",
+                "DIR",
+                "SOURCE",
+                "DESTINATION",
+                "NEW-SOURCE",
+                "NEW-DESTINATION",
+                "SVC-ID",
+                "BACKEND-ID",
+                "STATE",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows
+        )
+    );
+    Ok(())
+}
+
+fn reset(a: &cli::StatsArgs) -> Result<()> {
+    let node = a.node_name.clone().unwrap_or_else(hostname);
+    let dir = agent::pin_dir(&a.bpffs, &node);
+    if !dir.exists() {
+        println!(
+            "no data plane pinned for node {node} under {}",
+            dir.display()
+        );
+        return Ok(());
+    }
+    // Links and maps live as long as their pins (no agent holds them once stopped).
+    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    println!("data plane of node {node} removed ({})", dir.display());
+    Ok(())
 }
 
 fn hostname() -> String {

@@ -147,8 +147,10 @@ impl Maps {
 
     /// Every conntrack entry (both directions of each flow).
     pub fn conntrack(&self) -> Result<Vec<(FlowKey, CtValue)>, MapsError> {
+        // An LRU entry may go between finding its key and reading it: skip it.
         self.conntrack
             .iter()
+            .filter(|i| !matches!(i, Err(aya::maps::MapError::KeyNotFound)))
             .map(|i| i.map_err(aya_err(MAP_CONNTRACK, "reading")))
             .collect()
     }
@@ -157,6 +159,24 @@ impl Maps {
         self.conntrack
             .insert(key, value, 0)
             .map_err(aya_err(MAP_CONNTRACK, "inserting"))
+    }
+
+    /// Removes every conntrack entry (both directions) of flows to these backends;
+    /// returns how many entries went.
+    pub fn end_flows_to(
+        &mut self,
+        backend_ids: &std::collections::BTreeSet<u32>,
+    ) -> Result<usize, MapsError> {
+        let doomed: Vec<FlowKey> = self
+            .conntrack()?
+            .into_iter()
+            .filter(|(_, v)| backend_ids.contains(&v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &doomed {
+            self.remove_conntrack(k)?;
+        }
+        Ok(doomed.len())
     }
 
     pub fn remove_conntrack(&mut self, key: &FlowKey) -> Result<(), MapsError> {

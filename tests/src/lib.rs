@@ -6,6 +6,7 @@
 //! created; links are created directly inside those namespaces (never in the root
 //! namespace); only processes it started are signalled, by PID.
 
+pub mod cluster;
 pub mod lbctl;
 pub mod packet;
 pub mod topology;

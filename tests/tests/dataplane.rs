@@ -1,110 +1,14 @@
 //! Data-plane behaviour on one node, with real traffic through veth namespaces: a
 //! laptop, a node running the agent, three backend pods and a client pod.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use lb_tests::{
     Netns, Topology,
-    lbctl::{Lb, podserver_bin},
-    require_root,
-    seeds::{self, NODE_IP},
+    cluster::{CLIENT_IP, Cluster, cluster, lbclient, pod_yaml, ready, tally},
+    lbctl::podserver_bin,
+    seeds::NODE_IP,
 };
-
-const CLIENT_IP: &str = "10.244.0.100";
-
-struct Cluster {
-    t: Topology,
-    laptop: Netns,
-    client: Netns,
-    lb: Lb,
-}
-
-/// A pod manifest: labels `app=APP`, container ports (name, number, protocol).
-fn pod_yaml(name: &str, ip: &str, app: &str, ports: &[(&str, u16, &str)]) -> String {
-    let ports: Vec<String> = ports
-        .iter()
-        .map(|(n, p, proto)| format!("{{name: {n}, containerPort: {p}, protocol: {proto}}}"))
-        .collect();
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {app}}}\nspec:\n  containers:\n  - name: c\n    ports: [{}]\nstatus:\n  podIP: {ip}\n---\n",
-        ports.join(", ")
-    )
-}
-
-/// Laptop, node, the client pod and `backends` pods 10.244.0.(2+i) each running
-/// `podserver ARGS --text pod-i`; `manifests` applied; the agent started.
-fn cluster(tag: &str, backends: &[&[&str]], manifests: &str) -> Cluster {
-    require_root();
-    let mut t = Topology::new(tag).unwrap();
-    let s = seeds::lan(&mut t).unwrap();
-    let server = podserver_bin().display().to_string();
-    for (i, args) in backends.iter().enumerate() {
-        let ip = format!("10.244.0.{}", 2 + i);
-        let pod = seeds::pod(&mut t, &s.node, &format!("pod{i}"), &format!("lxc{i}"), &ip).unwrap();
-        let text = format!("pod-{i}");
-        let mut argv = vec![server.as_str(), "--text", &text];
-        argv.extend_from_slice(args);
-        t.spawn(&pod, &format!("pod{i}"), &argv, &[]).unwrap();
-    }
-    let client = seeds::pod(&mut t, &s.node, "client", "lxcc", CLIENT_IP).unwrap();
-    let lb = Lb::new(&mut t).unwrap();
-    lb.apply(&format!(
-        "{manifests}{}",
-        pod_yaml("client", CLIENT_IP, "client", &[])
-    ))
-    .unwrap();
-    lb.start_agent(&mut t, &s.node, "node1", &["eth0"]).unwrap();
-    Cluster {
-        t,
-        laptop: s.laptop,
-        client,
-        lb,
-    }
-}
-
-fn lbclient(c: &Cluster, ns: &Netns, args: &[&str]) -> Vec<String> {
-    let bin = podserver_bin()
-        .with_file_name("lbclient")
-        .display()
-        .to_string();
-    let mut argv = vec![bin.as_str()];
-    argv.extend_from_slice(args);
-    let out = c.t.run(ns, &argv).unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
-/// Answers counted by text; panics with diagnostics if any failed.
-fn tally(c: &Cluster, answers: &[String]) -> BTreeMap<String, usize> {
-    let mut by = BTreeMap::new();
-    for a in answers {
-        assert!(
-            !a.starts_with("ERR"),
-            "a request failed: {a}\n{}",
-            c.lb.diagnostics(&c.t, "node1")
-        );
-        *by.entry(a.split_whitespace().next().unwrap_or("").to_string())
-            .or_insert(0) += 1;
-    }
-    by
-}
-
-/// Waits until a first request through `addr` succeeds (the agent has caught up).
-fn ready(c: &Cluster, ns: &Netns, mode: &str, addr: &str) {
-    let ok = Topology::wait_for(Duration::from_secs(10), || {
-        lbclient(c, ns, &[mode, addr, "1"])
-            .first()
-            .filter(|a| !a.starts_with("ERR"))
-            .cloned()
-    });
-    assert!(
-        ok.is_some(),
-        "{addr} never answered\n{}",
-        c.lb.diagnostics(&c.t, "node1")
-    );
-}
 
 const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.80\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080}\n---\n";
 
@@ -342,20 +246,20 @@ fn a_process_on_the_node_reaches_a_cluster_ip() {
         .collect();
     let both: &[&str] = &["--tcp", "8080", "--udp", "5353"];
     let c = cluster("hostproc", &[both, both], &format!("{svc}{pods}"));
-    let node = Netns {
-        name: c.client.name.replace("-client", "-node"),
-    };
-    ready(&c, &node, "tcp", "10.96.0.85:80");
-    let tcp = tally(&c, &lbclient(&c, &node, &["tcp", "10.96.0.85:80", "40"]));
+    ready(&c, &c.node, "tcp", "10.96.0.85:80");
+    let tcp = tally(&c, &lbclient(&c, &c.node, &["tcp", "10.96.0.85:80", "40"]));
     assert_eq!(tcp.len(), 2, "both pods answer the node's process: {tcp:?}");
-    let udp = tally(&c, &lbclient(&c, &node, &["udp", "10.96.0.85:53", "20"]));
+    let udp = tally(&c, &lbclient(&c, &c.node, &["udp", "10.96.0.85:53", "20"]));
     assert_eq!(udp.values().sum::<usize>(), 20, "{udp:?}");
     // Unconnected sockets: answers appear to come from the service address itself
     // (lbclient prints `ERR from ...` otherwise).
-    let sendto = tally(&c, &lbclient(&c, &node, &["sendto", "10.96.0.85:53", "20"]));
+    let sendto = tally(
+        &c,
+        &lbclient(&c, &c.node, &["sendto", "10.96.0.85:53", "20"]),
+    );
     assert_eq!(sendto.values().sum::<usize>(), 20, "{sendto:?}");
     // A service without endpoints refuses the node's process at once, too.
-    let refused = lbclient(&c, &node, &["connect", "10.96.0.86:80"]);
+    let refused = lbclient(&c, &c.node, &["connect", "10.96.0.86:80"]);
     let ms: u64 = refused[0]
         .strip_prefix("ERR ConnectionRefused ")
         .and_then(|ms| ms.parse().ok())
@@ -372,12 +276,9 @@ fn traffic_that_is_not_for_a_service_is_untouched() {
         &[&["--tcp", "8080"]],
         &format!("{WEB}{}", pod_yaml("web0", "10.244.0.2", "web", &[])),
     );
-    let node = Netns {
-        name: c.client.name.replace("-client", "-node"),
-    };
     let server = podserver_bin().display().to_string();
     c.t.spawn(
-        &node,
+        &c.node,
         "nodesrv",
         &[&server, "--text", "node", "--tcp", "9000"],
         &[],

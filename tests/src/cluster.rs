@@ -1,0 +1,109 @@
+//! A one-node cluster for end-to-end tests: the seeds' laptop and node, backend pods
+//! running `podserver`, a client pod, manifests applied and the agent started; and
+//! the client-side helpers the tests share.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use crate::{
+    Netns, Topology,
+    lbctl::{Lb, podserver_bin},
+    require_root, seeds,
+};
+
+pub const CLIENT_IP: &str = "10.244.0.100";
+
+pub struct Cluster {
+    pub t: Topology,
+    pub laptop: Netns,
+    pub node: Netns,
+    pub client: Netns,
+    pub lb: Lb,
+}
+
+/// A pod manifest: labels `app=APP`, container ports (name, number, protocol).
+pub fn pod_yaml(name: &str, ip: &str, app: &str, ports: &[(&str, u16, &str)]) -> String {
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|(n, p, proto)| format!("{{name: {n}, containerPort: {p}, protocol: {proto}}}"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {app}}}\nspec:\n  containers:\n  - name: c\n    ports: [{}]\nstatus:\n  podIP: {ip}\n---\n",
+        ports.join(", ")
+    )
+}
+
+/// Laptop, node, the client pod and `backends` pods 10.244.0.(2+i) each running
+/// `podserver ARGS --text pod-i`; `manifests` applied; the agent started.
+pub fn cluster(tag: &str, backends: &[&[&str]], manifests: &str) -> Cluster {
+    require_root();
+    let mut t = Topology::new(tag).unwrap();
+    let s = seeds::lan(&mut t).unwrap();
+    let server = podserver_bin().display().to_string();
+    for (i, args) in backends.iter().enumerate() {
+        let ip = format!("10.244.0.{}", 2 + i);
+        let pod = seeds::pod(&mut t, &s.node, &format!("pod{i}"), &format!("lxc{i}"), &ip).unwrap();
+        let text = format!("pod-{i}");
+        let mut argv = vec![server.as_str(), "--text", &text];
+        argv.extend_from_slice(args);
+        t.spawn(&pod, &format!("pod{i}"), &argv, &[]).unwrap();
+    }
+    let client = seeds::pod(&mut t, &s.node, "client", "lxcc", CLIENT_IP).unwrap();
+    let lb = Lb::new(&mut t).unwrap();
+    lb.apply(&format!(
+        "{manifests}{}",
+        pod_yaml("client", CLIENT_IP, "client", &[])
+    ))
+    .unwrap();
+    lb.start_agent(&mut t, &s.node, "node1", &["eth0"]).unwrap();
+    Cluster {
+        t,
+        laptop: s.laptop,
+        node: s.node,
+        client,
+        lb,
+    }
+}
+
+pub fn lbclient(c: &Cluster, ns: &Netns, args: &[&str]) -> Vec<String> {
+    let bin = podserver_bin()
+        .with_file_name("lbclient")
+        .display()
+        .to_string();
+    let mut argv = vec![bin.as_str()];
+    argv.extend_from_slice(args);
+    let out = c.t.run(ns, &argv).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Answers counted by text; panics with diagnostics if any failed.
+pub fn tally(c: &Cluster, answers: &[String]) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for a in answers {
+        assert!(
+            !a.starts_with("ERR"),
+            "a request failed: {a}\n{}",
+            c.lb.diagnostics(&c.t, "node1")
+        );
+        *by.entry(a.split_whitespace().next().unwrap_or("").to_string())
+            .or_insert(0) += 1;
+    }
+    by
+}
+
+/// Waits until a first request through `addr` succeeds (the agent has caught up).
+pub fn ready(c: &Cluster, ns: &Netns, mode: &str, addr: &str) {
+    let ok = Topology::wait_for(Duration::from_secs(10), || {
+        lbclient(c, ns, &[mode, addr, "1"])
+            .first()
+            .filter(|a| !a.starts_with("ERR"))
+            .cloned()
+    });
+    assert!(
+        ok.is_some(),
+        "{addr} never answered\n{}",
+        c.lb.diagnostics(&c.t, "node1")
+    );
+}

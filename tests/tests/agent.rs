@@ -1,0 +1,201 @@
+//! The agent as a control plane, with real traffic: restarts that break nothing,
+//! endpoint changes under live connections.
+
+use std::time::Duration;
+
+use lb_tests::{
+    Netns, Topology,
+    cluster::{CLIENT_IP, Cluster, cluster, lbclient, pod_yaml, ready, tally},
+    lbctl::podserver_bin,
+};
+
+/// ClusterIP 10.96.0.80:80 and NodePort 30080 for the same `app: web` pods.
+const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.80\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080, nodePort: 30080}\n---\n";
+
+fn pods(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            pod_yaml(
+                &format!("web{i}"),
+                &format!("10.244.0.{}", 2 + i),
+                "web",
+                &[],
+            )
+        })
+        .collect()
+}
+
+/// Starts `lbclient stream ADDR SECS` in `ns` under `label`.
+fn start_stream(c: &mut Cluster, ns: &Netns, label: &str, addr: &str, secs: u32) {
+    let bin = podserver_bin()
+        .with_file_name("lbclient")
+        .display()
+        .to_string();
+    let ns = ns.clone();
+    c.t.spawn(&ns, label, &[&bin, "stream", addr, &secs.to_string()], &[])
+        .unwrap();
+}
+
+/// Waits for the stream under `label` to end; asserts it ended normally with every
+/// line from one pod, numbered without a gap. Returns (pod, lines).
+fn finished_stream(c: &mut Cluster, label: &str) -> (String, usize) {
+    let log = Topology::wait_for(Duration::from_secs(30), || {
+        let log = c.t.log(label);
+        (log.contains("END") || log.contains("ERR")).then_some(log)
+    })
+    .unwrap_or_else(|| panic!("stream {label} never ended: {}", c.t.log(label)));
+    c.t.stop(label);
+    let lines: Vec<&str> = log.lines().collect();
+    let last = lines.last().copied().unwrap_or("");
+    assert!(
+        last.starts_with("END"),
+        "stream {label} broke: {last}\n{}",
+        c.lb.diagnostics(&c.t, "node1")
+    );
+    let data = &lines[..lines.len() - 1];
+    assert!(!data.is_empty(), "stream {label} carried nothing");
+    let pod = data[0].split_whitespace().next().unwrap().to_string();
+    for (i, l) in data.iter().enumerate() {
+        let mut w = l.split_whitespace();
+        assert_eq!(
+            w.next(),
+            Some(pod.as_str()),
+            "{label}: one pod for the whole flow"
+        );
+        assert_eq!(
+            w.next().and_then(|n| n.parse::<usize>().ok()),
+            Some(i),
+            "{label}: no line lost or repeated"
+        );
+    }
+    (pod, data.len())
+}
+
+#[test]
+fn a_restarted_agent_breaks_no_stream() {
+    let tcp: &[&str] = &["--tcp", "8080"];
+    let mut c = cluster("restart", &[tcp, tcp], &format!("{WEB}{}", pods(2)));
+    ready(&c, &c.client, "tcp", "10.96.0.80:80");
+    ready(&c, &c.laptop, "tcp", "192.168.1.2:30080");
+    let (laptop, client) = (c.laptop.clone(), c.client.clone());
+    start_stream(&mut c, &laptop, "via-nodeport", "192.168.1.2:30080", 8);
+    start_stream(&mut c, &client, "via-clusterip", "10.96.0.80:80", 8);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Stop the agent: the pinned programs and maps go on forwarding without it,
+    // for the streams and for new connections alike.
+    c.t.stop("agent-node1");
+    let stopped = c.t.log("agent-node1");
+    assert!(stopped.contains("programs stay attached"), "{stopped}");
+    let while_down = lbclient(&c, &c.client, &["tcp", "10.96.0.80:80", "10"]);
+    assert_eq!(tally(&c, &while_down).values().sum::<usize>(), 10);
+    let while_down = lbclient(&c, &c.laptop, &["tcp", "192.168.1.2:30080", "10"]);
+    assert_eq!(tally(&c, &while_down).values().sum::<usize>(), 10);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // A new agent adopts the pinned links and maps.
+    let node = c.node.clone();
+    c.lb.start_agent(&mut c.t, &node, "node1", &["eth0"])
+        .unwrap();
+    let log = c.t.log("agent-node1");
+    assert!(log.contains("swapped into the pinned link"), "{log}");
+    assert!(
+        log.contains("link=Adopted"),
+        "pod interfaces adopted: {log}"
+    );
+    assert!(
+        log.contains("adopted_frontends=") && !log.contains("adopted_frontends=0"),
+        "the maps were adopted: {log}"
+    );
+    assert!(log.contains("flows_ended=0"), "no flow was ended: {log}");
+
+    let (_, n1) = finished_stream(&mut c, "via-nodeport");
+    let (_, n2) = finished_stream(&mut c, "via-clusterip");
+    // 8 s at one line per 50 ms: a stall of a second or more would show.
+    assert!(
+        n1 >= 120 && n2 >= 120,
+        "streams kept flowing: {n1}, {n2} lines"
+    );
+    let after = lbclient(&c, &c.client, &["tcp", "10.96.0.80:80", "20"]);
+    assert_eq!(tally(&c, &after).values().sum::<usize>(), 20);
+}
+
+#[test]
+fn endpoints_change_under_a_live_stream() {
+    let tcp: &[&str] = &["--tcp", "8080"];
+    // Three pod namespaces; web2 is declared only later.
+    let mut c = cluster("epchange", &[tcp, tcp, tcp], &format!("{WEB}{}", pods(2)));
+    ready(&c, &c.client, "tcp", "10.96.0.80:80");
+    let client = c.client.clone();
+    // Two streams, so one of them lands on the pod that stays (web0 or web1);
+    // retried until both pods carry one.
+    let mut streams = Vec::new();
+    for attempt in 0..20 {
+        let label = format!("stream{attempt}");
+        start_stream(&mut c, &client, &label, "10.96.0.80:80", 6);
+        let pod = Topology::wait_for(Duration::from_secs(5), || {
+            c.t.log(&label).split_whitespace().next().map(String::from)
+        })
+        .expect("stream started");
+        if streams.iter().any(|(_, p): &(String, String)| *p == pod) {
+            c.t.stop(&label);
+            continue;
+        }
+        streams.push((label, pod));
+        if streams.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(streams.len(), 2, "both pods carry a stream: {streams:?}");
+    let (survivor, removed) = if streams[0].1 == "pod-0" {
+        (streams[0].0.clone(), streams[1].0.clone())
+    } else {
+        (streams[1].0.clone(), streams[0].0.clone())
+    };
+
+    // web1 leaves, web2 arrives, in one apply.
+    c.lb.ok(&["delete", "pod", "web1"]).unwrap();
+    c.lb.apply(&pod_yaml("web2", "10.244.0.4", "web", &[]))
+        .unwrap();
+    let moved = Topology::wait_for(Duration::from_secs(10), || {
+        let answers = lbclient(&c, &c.client, &["tcp", "10.96.0.80:80", "30"]);
+        let by = tally(&c, &answers);
+        (!by.contains_key("pod-1") && by.contains_key("pod-2")).then_some(by)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "new connections never moved\n{}",
+            c.lb.diagnostics(&c.t, "node1")
+        )
+    });
+    assert_eq!(moved.values().sum::<usize>(), 30, "{moved:?}");
+
+    // The flows to web1 are no longer tracked: nothing is translated to it.
+    let ct =
+        c.lb.ok(&[
+            "conntrack",
+            "--bpffs",
+            &c.lb.bpffs.display().to_string(),
+            "--node-name",
+            "node1",
+        ])
+        .unwrap();
+    assert!(
+        !ct.contains("10.244.0.3:8080"),
+        "flows to the removed pod remain:\n{ct}"
+    );
+    assert!(
+        ct.contains(&format!("{CLIENT_IP}:")),
+        "the client's flows are listed:\n{ct}"
+    );
+    assert!(
+        c.t.log("agent-node1").contains("flows_ended="),
+        "the agent ended the removed pod's flows"
+    );
+
+    // The stream to the pod that stayed never noticed.
+    let (pod, lines) = finished_stream(&mut c, &survivor);
+    assert_eq!(pod, "pod-0");
+    assert!(lines >= 90, "{lines} lines");
+    c.t.stop(&removed);
+}
