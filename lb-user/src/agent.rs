@@ -227,10 +227,18 @@ impl Agent {
                 warn!(iface = %name, error = %e, "forgetting interface");
             }
         }
+        // Pods, and the endpoints of services without a selector.
+        let slice_addrs = state
+            .endpoint_slices
+            .values()
+            .filter(|s| s.address_type == "IPv4")
+            .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.iter()))
+            .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok());
         let wanted: BTreeSet<&str> = state
             .pods
             .values()
             .filter_map(pod_ip)
+            .chain(slice_addrs)
             .filter_map(|ip| routes.iface_for(ip))
             .collect();
         for iface in wanted {

@@ -105,6 +105,8 @@ pub enum Resource {
     Svc,
     #[value(alias = "pod", alias = "po")]
     Pods,
+    #[value(alias = "endpointslice", alias = "endpointslice.discovery.k8s.io")]
+    Endpointslices,
 }
 
 #[derive(Args)]

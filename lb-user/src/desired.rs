@@ -10,7 +10,10 @@ use std::{
     net::Ipv4Addr,
 };
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use lb_common::{
     Backend, BackendKey, ID_NONE, MAX_BACKEND_IDS, MAX_SERVICE_IDS, PROTO_TCP, PROTO_UDP,
     SVC_F_AFFINITY, SVC_F_INTERNAL, ServiceKey, ServiceValue, port_bit,
@@ -19,7 +22,7 @@ use lb_common::{
 use crate::{
     model::{
         ObjectKey, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER, TYPE_NODE_PORT, cluster_ip, pod_ip,
-        pod_ready, resolve_target_port, selects, service_type,
+        pod_ready, resolve_target_port, selects, service_type, slice_service,
     },
     store::State,
 };
@@ -98,18 +101,86 @@ impl<'a> PodIndex<'a> {
     }
 }
 
+/// EndpointSlices by the (namespace, service name) they belong to.
+type SliceIndex<'a> = HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
+
+fn slice_index<'a>(slices: impl Iterator<Item = &'a EndpointSlice>) -> SliceIndex<'a> {
+    let mut index: SliceIndex<'a> = HashMap::new();
+    for slice in slices {
+        if let Some(svc) = slice_service(slice) {
+            let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+            index.entry((ns, svc)).or_default().push(slice);
+        }
+    }
+    index
+}
+
+/// The endpoints a service port without a selector takes from its EndpointSlices:
+/// the IPv4 addresses of the slice port with the same name and protocol. Ready
+/// endpoints serve; when none is ready, serving endpoints that are terminating do
+/// (as kube-proxy does). Conditions left unset count as ready and serving.
+fn slice_endpoints(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    protocol: &str,
+) -> BTreeSet<(Ipv4Addr, u16)> {
+    let (mut ready, mut terminating) = (BTreeSet::new(), BTreeSet::new());
+    for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+        let Some(port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| {
+                p.name.as_deref().unwrap_or("") == port_name
+                    && p.protocol.as_deref().unwrap_or("TCP") == protocol
+            })
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let c = ep.conditions.as_ref();
+            let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
+            let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            let into = if is_ready && !is_terminating {
+                &mut ready
+            } else if serving && is_terminating {
+                &mut terminating
+            } else {
+                continue;
+            };
+            into.extend(
+                ep.addresses
+                    .iter()
+                    .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+                    .map(|a| (a, port)),
+            );
+        }
+    }
+    if ready.is_empty() { terminating } else { ready }
+}
+
 /// Every service port lb balances on `node`, with its frontends and endpoints.
 /// Headless and ExternalName services get none (they are DNS-only in Kubernetes).
 pub fn plan(state: &State, node: &Node) -> Vec<PortPlan> {
-    let index = PodIndex::new(state.pods.values());
+    let pods = PodIndex::new(state.pods.values());
+    let slices = slice_index(state.endpoint_slices.values());
     state
         .services
         .values()
-        .flat_map(|svc| plan_service(svc, &index, node))
+        .flat_map(|svc| plan_service(svc, &pods, &slices, node))
         .collect()
 }
 
-fn plan_service(svc: &Service, pods: &PodIndex<'_>, node: &Node) -> Vec<PortPlan> {
+fn plan_service(
+    svc: &Service,
+    pods: &PodIndex<'_>,
+    slices: &SliceIndex<'_>,
+    node: &Node,
+) -> Vec<PortPlan> {
     let Some(spec) = &svc.spec else {
         return Vec::new();
     };
@@ -119,6 +190,7 @@ fn plan_service(svc: &Service, pods: &PodIndex<'_>, node: &Node) -> Vec<PortPlan
     };
     let key = ObjectKey::of(&svc.metadata);
     let selected = pods.selected(&key.namespace, spec.selector.as_ref());
+    let has_selector = spec.selector.as_ref().is_some_and(|s| !s.is_empty());
     let external = ty == TYPE_NODE_PORT || ty == TYPE_LOAD_BALANCER;
     let affinity_timeout_s = if spec.session_affinity.as_deref() == Some("ClientIP") {
         let timeout = spec
@@ -146,10 +218,21 @@ fn plan_service(svc: &Service, pods: &PodIndex<'_>, node: &Node) -> Vec<PortPlan
             .target_port
             .clone()
             .unwrap_or(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p.port));
-        let endpoints: BTreeSet<(Ipv4Addr, u16)> = selected
-            .iter()
-            .filter_map(|pod| Some((pod_ip(pod)?, resolve_target_port(pod, &target, protocol)?)))
-            .collect();
+        // With a selector, the pods it selects; without, the service's EndpointSlices.
+        let endpoints: BTreeSet<(Ipv4Addr, u16)> = if has_selector {
+            selected
+                .iter()
+                .filter_map(|pod| {
+                    Some((pod_ip(pod)?, resolve_target_port(pod, &target, protocol)?))
+                })
+                .collect()
+        } else {
+            let own = slices
+                .get(&(key.namespace.as_str(), key.name.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            slice_endpoints(own, p.name.as_deref().unwrap_or(""), protocol)
+        };
         plans.push(PortPlan {
             service: key.clone(),
             port: p

@@ -284,6 +284,19 @@ fn get(store: &Store, g: &cli::GetArgs) -> Result<()> {
             };
             (text, items.len(), "pods")
         }
+        Resource::Endpointslices => {
+            let items: Vec<_> = state
+                .endpoint_slices
+                .values()
+                .filter(|e| in_scope(&e.metadata))
+                .collect();
+            let text = match g.output {
+                Some(Output::Yaml) => serde_saphyr::to_string(&items)?,
+                Some(Output::Json) => serde_json::to_string_pretty(&items)? + "\n",
+                _ => table::endpoint_slices(&items, now, g.all_namespaces),
+            };
+            (text, items.len(), "endpointslices.discovery.k8s.io")
+        }
     };
     if count == 0 {
         if let Some(name) = &g.name {
@@ -479,6 +492,7 @@ fn delete(store: &Store, d: &cli::DeleteArgs) -> Result<()> {
             let (kind, word) = match resource {
                 Resource::Svc => ("Service", "service"),
                 Resource::Pods => ("Pod", "pod"),
+                Resource::Endpointslices => ("EndpointSlice", "endpointslice.discovery.k8s.io"),
             };
             targets.push((kind, ObjectKey::new(&d.namespace, name), word));
         }

@@ -17,7 +17,10 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::{Pod, Service},
+    api::{
+        core::v1::{Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
@@ -107,6 +110,8 @@ pub struct State {
     pub revision: u64,
     pub services: BTreeMap<String, Service>,
     pub pods: BTreeMap<String, Pod>,
+    #[serde(default)]
+    pub endpoint_slices: BTreeMap<String, EndpointSlice>,
 }
 
 /// What `apply` did to one object, in kubectl's words.
@@ -242,6 +247,7 @@ impl Store {
                 let map_key = key.to_string();
                 let removed = match *kind {
                     "Service" => state.services.remove(&map_key).is_some(),
+                    "EndpointSlice" => state.endpoint_slices.remove(&map_key).is_some(),
                     _ => state.pods.remove(&map_key).is_some(),
                 };
                 if !removed {
@@ -269,6 +275,7 @@ fn apply_one(
     let exists = match &doc.object {
         Object::Service(_) => state.services.contains_key(&key),
         Object::Pod(_) => state.pods.contains_key(&key),
+        Object::EndpointSlice(_) => state.endpoint_slices.contains_key(&key),
     };
     if exists && mode == Mode::Create {
         return Err(StoreError::AlreadyExists {
@@ -301,6 +308,13 @@ fn apply_one(
             let old = state.pods.remove(&key);
             let (pod, outcome) = stamp((**pod).clone(), old, now, revision, |p| &mut p.metadata);
             state.pods.insert(key, pod);
+            Ok(outcome)
+        }
+        Object::EndpointSlice(slice) => {
+            let old = state.endpoint_slices.remove(&key);
+            let (slice, outcome) =
+                stamp((**slice).clone(), old, now, revision, |e| &mut e.metadata);
+            state.endpoint_slices.insert(key, slice);
             Ok(outcome)
         }
     }

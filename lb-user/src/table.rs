@@ -2,7 +2,10 @@
 
 use comfy_table::{CellAlignment, ColumnConstraint, Table, presets::NOTHING};
 use k8s_openapi::{
-    api::core::v1::{Pod, Service},
+    api::{
+        core::v1::{Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
     jiff::Timestamp,
 };
 
@@ -226,6 +229,52 @@ pub fn pods(pods: &[&Pod], now: Timestamp, wide: bool, all_namespaces: bool) -> 
             }
             if all_namespaces {
                 row.insert(0, pod.metadata.namespace.clone().unwrap_or_default());
+            }
+            row
+        })
+        .collect();
+    render(header.into_iter().map(String::from).collect(), rows)
+}
+
+/// kubectl's EndpointSlice table: `NAME ADDRESSTYPE PORTS ENDPOINTS AGE`, with at
+/// most three endpoints shown (`a,b,c + 2 more...`).
+pub fn endpoint_slices(slices: &[&EndpointSlice], now: Timestamp, all_namespaces: bool) -> String {
+    let mut header = vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"];
+    if all_namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    let rows = slices
+        .iter()
+        .map(|s| {
+            let ports: Vec<String> = s
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| p.port.map_or("<unset>".into(), |p| p.to_string()))
+                .collect();
+            let addrs: Vec<&str> = s
+                .endpoints
+                .iter()
+                .flat_map(|e| e.addresses.iter().map(String::as_str))
+                .collect();
+            let endpoints = match addrs.len() {
+                0 => "<none>".to_string(),
+                1..=3 => addrs.join(","),
+                n => format!("{} + {} more...", addrs[..3].join(","), n - 3),
+            };
+            let mut row = vec![
+                s.metadata.name.clone().unwrap_or_default(),
+                s.address_type.clone(),
+                if ports.is_empty() {
+                    "<unset>".into()
+                } else {
+                    ports.join(",")
+                },
+                endpoints,
+                age(&s.metadata, now),
+            ];
+            if all_namespaces {
+                row.insert(0, s.metadata.namespace.clone().unwrap_or_default());
             }
             row
         })

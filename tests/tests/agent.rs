@@ -199,3 +199,69 @@ fn endpoints_change_under_a_live_stream() {
     assert!(lines >= 90, "{lines} lines");
     c.t.stop(&removed);
 }
+
+/// A selectorless service and its EndpointSlice (as written by hand or by another
+/// controller): ready endpoints serve; a not-ready one stops; when none is ready,
+/// serving-and-terminating ones do.
+#[test]
+fn a_service_without_selector_follows_its_endpoint_slices() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\nspec:\n  clusterIP: 10.96.0.90\n  ports:\n  - {name: web, port: 80}\n---\n";
+    let slice = |conds: [&str; 2]| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: ext-1\n  labels: {{kubernetes.io/service-name: ext}}\naddressType: IPv4\nports:\n- {{name: web, port: 8080, protocol: TCP}}\nendpoints:\n- addresses: [10.244.0.2]\n  conditions: {}\n- addresses: [10.244.0.3]\n  conditions: {}\n---\n",
+            conds[0], conds[1]
+        )
+    };
+    let up = "{ready: true}";
+    let tcp: &[&str] = &["--tcp", "8080"];
+    let c = cluster("slices", &[tcp, tcp], &format!("{svc}{}", slice([up, up])));
+    ready(&c, &c.client, "tcp", "10.96.0.90:80");
+    let by = tally(
+        &c,
+        &lbclient(&c, &c.client, &["tcp", "10.96.0.90:80", "60"]),
+    );
+    assert_eq!(by.len(), 2, "both endpoints serve: {by:?}");
+
+    // pod-1 no longer ready: only pod-0 serves.
+    c.lb.apply(&slice([up, "{ready: false, serving: false}"]))
+        .unwrap();
+    let only = Topology::wait_for(Duration::from_secs(10), || {
+        let by = tally(
+            &c,
+            &lbclient(&c, &c.client, &["tcp", "10.96.0.90:80", "30"]),
+        );
+        (by.len() == 1).then_some(by)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the not-ready endpoint kept serving\n{}",
+            c.lb.diagnostics(&c.t, "node1")
+        )
+    });
+    assert_eq!(only.get("pod-0"), Some(&30), "{only:?}");
+
+    // None ready, pod-1 still serving while it terminates: it takes the traffic.
+    c.lb.apply(&slice([
+        "{ready: false, serving: false}",
+        "{ready: false, serving: true, terminating: true}",
+    ]))
+    .unwrap();
+    let fallback = Topology::wait_for(Duration::from_secs(10), || {
+        let by = tally(
+            &c,
+            &lbclient(&c, &c.client, &["tcp", "10.96.0.90:80", "30"]),
+        );
+        (by.get("pod-1") == Some(&30)).then_some(by)
+    });
+    assert!(
+        fallback.is_some(),
+        "terminating endpoints serve when none is ready\n{}",
+        c.lb.diagnostics(&c.t, "node1")
+    );
+    let table = c.lb.ok(&["get", "endpointslices"]).unwrap();
+    assert!(
+        table.starts_with("NAME    ADDRESSTYPE   PORTS   ENDPOINTS")
+            && table.contains("ext-1   IPv4          8080    10.244.0.2,10.244.0.3"),
+        "{table}"
+    );
+}

@@ -194,3 +194,47 @@ fn a_new_service_does_not_take_an_existing_services_id() {
         "b keeps its id when a appears before it"
     );
 }
+
+#[test]
+fn services_without_selector_take_ready_endpoints_from_their_slices() {
+    let slice = |name: &str, svc: &str, eps: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/service-name: {svc}}}\naddressType: IPv4\nports:\n- {{name: web, port: 8080}}\n- {{name: dns, port: 5353, protocol: UDP}}\nendpoints:\n{eps}---\n"
+        )
+    };
+    let s = state(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\nspec:\n  clusterIP: 10.96.0.90\n  ports:\n  - {{name: web, port: 80}}\n  - {{name: dns, port: 53, protocol: UDP}}\n---\n{}{}{}",
+        // Two slices of one service, and a slice of another service.
+        slice(
+            "ext-1",
+            "ext",
+            "- addresses: [10.244.0.2]\n- addresses: [10.244.0.3]\n  conditions: {ready: false}\n"
+        ),
+        slice("ext-2", "ext", "- addresses: [10.244.0.4]\n  conditions: {ready: true}\n"),
+        slice("other-1", "other", "- addresses: [10.244.0.9]\n"),
+    ));
+    let plans = plan(&s, &node());
+    let eps = |port: &str| -> Vec<(Ipv4Addr, u16)> {
+        plans
+            .iter()
+            .find(|p| p.port == port)
+            .unwrap()
+            .endpoints
+            .clone()
+    };
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    assert_eq!(eps("web"), vec![(ip("10.244.0.2"), 8080), (ip("10.244.0.4"), 8080)]);
+    assert_eq!(eps("dns"), vec![(ip("10.244.0.2"), 5353), (ip("10.244.0.4"), 5353)]);
+
+    // None ready: serving endpoints that terminate take over; others never serve.
+    let s = state(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\nspec:\n  clusterIP: 10.96.0.90\n  ports:\n  - {{name: web, port: 80}}\n---\n{}",
+        slice(
+            "ext-1",
+            "ext",
+            "- addresses: [10.244.0.2]\n  conditions: {ready: false, serving: true, terminating: true}\n- addresses: [10.244.0.3]\n  conditions: {ready: false, serving: false, terminating: true}\n"
+        ),
+    ));
+    let plans = plan(&s, &node());
+    assert_eq!(plans[0].endpoints, vec![(ip("10.244.0.2"), 8080)]);
+}

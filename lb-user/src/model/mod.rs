@@ -6,12 +6,18 @@ mod validate;
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use k8s_openapi::{
-    api::core::v1::{Pod, Service},
+    api::{
+        core::v1::{Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use serde_json::Value;
 
-pub use validate::{FieldError, validate_pod, validate_service};
+pub use validate::{FieldError, validate_endpoint_slice, validate_pod, validate_service};
+
+/// What `lb apply` reads, for messages.
+const KNOWN_KINDS: &str = "lb reads v1 Service, v1 Pod and discovery.k8s.io/v1 EndpointSlice";
 
 /// Namespace of objects that name none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -21,13 +27,18 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub enum Object {
     Service(Box<Service>),
     Pod(Box<Pod>),
+    EndpointSlice(Box<EndpointSlice>),
 }
+
+/// The label that ties an EndpointSlice to its service.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 
 impl Object {
     pub fn kind(&self) -> &'static str {
         match self {
             Object::Service(_) => "Service",
             Object::Pod(_) => "Pod",
+            Object::EndpointSlice(_) => "EndpointSlice",
         }
     }
 
@@ -36,6 +47,7 @@ impl Object {
         match self {
             Object::Service(_) => "service",
             Object::Pod(_) => "pod",
+            Object::EndpointSlice(_) => "endpointslice.discovery.k8s.io",
         }
     }
 
@@ -43,6 +55,7 @@ impl Object {
         let meta = match self {
             Object::Service(s) => &s.metadata,
             Object::Pod(p) => &p.metadata,
+            Object::EndpointSlice(e) => &e.metadata,
         };
         ObjectKey::of(meta)
     }
@@ -209,20 +222,25 @@ fn parse_object(source: &str, index: usize, value: Value) -> Result<Document, Ma
             let pod: Pod = typed(value).map_err(doc_err)?;
             Object::Pod(Box::new(default_pod(pod)))
         }
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            let slice: EndpointSlice = typed(value).map_err(doc_err)?;
+            Object::EndpointSlice(Box::new(default_endpoint_slice(slice)))
+        }
         ("", _) | (_, "") => {
-            return Err(doc_err(
-                "apiVersion and kind are required (lb reads v1 Service and v1 Pod)".into(),
-            ));
+            return Err(doc_err(format!(
+                "apiVersion and kind are required ({KNOWN_KINDS})"
+            )));
         }
         (v, k) => {
             return Err(doc_err(format!(
-                "no kind \"{k}\" is registered for version \"{v}\" (lb reads v1 Service and v1 Pod)"
+                "no kind \"{k}\" is registered for version \"{v}\" ({KNOWN_KINDS})"
             )));
         }
     };
     let errors = match &object {
         Object::Service(s) => validate_service(s),
         Object::Pod(p) => validate_pod(p),
+        Object::EndpointSlice(e) => validate_endpoint_slice(e),
     };
     if !errors.is_empty() {
         return Err(ManifestError::Invalid {
@@ -311,6 +329,28 @@ pub fn default_pod(mut pod: Pod) -> Pod {
         }
     }
     pod
+}
+
+/// The API server's defaults for an EndpointSlice: namespace, port protocol TCP.
+pub fn default_endpoint_slice(mut slice: EndpointSlice) -> EndpointSlice {
+    slice
+        .metadata
+        .namespace
+        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
+    for p in slice.ports.iter_mut().flatten() {
+        p.protocol.get_or_insert_with(|| "TCP".to_string());
+    }
+    slice
+}
+
+/// The service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
+pub fn slice_service(slice: &EndpointSlice) -> Option<&str> {
+    slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_SERVICE_NAME)
+        .map(String::as_str)
 }
 
 /// The service's type after defaulting.

@@ -236,3 +236,55 @@ fn selectors_readiness_and_named_ports() {
     no_ip.status.as_mut().unwrap().pod_ip = None;
     assert!(!pod_ready(&no_ip));
 }
+
+#[test]
+fn endpoint_slices_are_read_and_validated_like_the_api_server() {
+    let ok = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: ext-1\n  labels: {kubernetes.io/service-name: ext}\naddressType: IPv4\nports:\n- {name: web, port: 8080}\nendpoints:\n- addresses: [10.244.0.2]\n";
+    let docs = parse_manifest("eps.yaml", ok).unwrap();
+    let Object::EndpointSlice(slice) = &docs[0].object else {
+        panic!("not a slice")
+    };
+    assert_eq!(slice_service(slice), Some("ext"));
+    assert_eq!(slice.metadata.namespace.as_deref(), Some("default"));
+    assert_eq!(
+        slice.ports.as_ref().unwrap()[0].protocol.as_deref(),
+        Some("TCP"),
+        "protocol defaults to TCP"
+    );
+    let cases: &[(&str, &str)] = &[
+        (
+            "addressType: IPv5\nendpoints: []\n",
+            "addressType: Unsupported value: \"IPv5\": supported values: \"FQDN\", \"IPv4\", \"IPv6\"",
+        ),
+        (
+            "addressType: IPv4\nendpoints:\n- addresses: [10.244.0.300]\n",
+            "endpoints[0].addresses[0]: Invalid value: \"10.244.0.300\": must be a valid IPv4 address",
+        ),
+        (
+            "addressType: IPv4\nendpoints:\n- addresses: []\n",
+            "endpoints[0].addresses: Invalid value: 0: must have at least 1 and at most 100 addresses",
+        ),
+        (
+            "addressType: IPv4\nendpoints: []\nports:\n- {name: web, port: 70000}\n",
+            "ports[0].port: Invalid value: 70000: must be between 0 and 65535, inclusive",
+        ),
+        (
+            "addressType: IPv4\nendpoints: []\nports:\n- {name: web, port: 80}\n- {name: web, port: 81}\n",
+            "ports[1].name: Duplicate value: \"web\"",
+        ),
+        (
+            "addressType: IPv4\nendpoints: []\nports:\n- {name: web, port: 80, protocol: ICMP}\n",
+            "ports[0].protocol: Unsupported value: \"ICMP\"",
+        ),
+    ];
+    for (body, want) in cases {
+        let yaml = format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: e\n{body}"
+        );
+        let got = error(&yaml);
+        assert!(
+            got.contains(want) && got.contains("The EndpointSlice \"e\" is invalid"),
+            "for\n{body}\nwant {want:?}\ngot  {got:?}"
+        );
+    }
+}

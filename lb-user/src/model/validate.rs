@@ -4,7 +4,10 @@
 use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
 
 use k8s_openapi::{
-    api::core::v1::{Pod, Service},
+    api::{
+        core::v1::{Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
@@ -370,6 +373,86 @@ pub fn validate_pod(pod: &Pod) -> Vec<FieldError> {
                     }
                 }
             }
+        }
+    }
+    errors
+}
+
+/// An EndpointSlice as the API server checks it. lb balances `IPv4` slices; `IPv6`
+/// and `FQDN` ones are valid and kept, but serve nothing here (as in an IPv4-only
+/// cluster).
+pub fn validate_endpoint_slice(slice: &EndpointSlice) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    validate_meta_name(slice.metadata.name.as_deref(), false, &mut errors);
+    validate_namespace(slice.metadata.namespace.as_deref(), &mut errors);
+    let ty = slice.address_type.as_str();
+    if ty.is_empty() {
+        errors.push(FieldError::required("addressType"));
+    } else if !["IPv4", "IPv6", "FQDN"].contains(&ty) {
+        errors.push(FieldError::not_supported(
+            "addressType",
+            ty,
+            &["FQDN", "IPv4", "IPv6"],
+        ));
+    }
+    if slice.endpoints.len() > 1000 {
+        errors.push(FieldError::invalid(
+            "endpoints",
+            slice.endpoints.len(),
+            "must have at most 1000 items",
+        ));
+    }
+    for (i, ep) in slice.endpoints.iter().enumerate() {
+        if ep.addresses.is_empty() || ep.addresses.len() > 100 {
+            errors.push(FieldError::invalid(
+                format!("endpoints[{i}].addresses"),
+                ep.addresses.len(),
+                "must have at least 1 and at most 100 addresses",
+            ));
+        }
+        for (j, a) in ep.addresses.iter().enumerate() {
+            if ty == "IPv4" && a.parse::<Ipv4Addr>().is_err() {
+                errors.push(FieldError::invalid(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    format!("\"{a}\""),
+                    "must be a valid IPv4 address",
+                ));
+            }
+        }
+    }
+    let mut names = BTreeSet::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        if let Some(port) = p.port
+            && !(0..=65535).contains(&port)
+        {
+            errors.push(FieldError::invalid(
+                format!("ports[{i}].port"),
+                port,
+                "must be between 0 and 65535, inclusive",
+            ));
+        }
+        let name = p.name.as_deref().unwrap_or("");
+        if !name.is_empty() && !is_dns1123_label(name) {
+            errors.push(FieldError::invalid(
+                format!("ports[{i}].name"),
+                format!("\"{name}\""),
+                DNS1123_LABEL_MSG,
+            ));
+        }
+        if !names.insert(name) {
+            errors.push(FieldError::duplicate(
+                format!("ports[{i}].name"),
+                format!("\"{name}\""),
+            ));
+        }
+        if let Some(proto) = p.protocol.as_deref()
+            && !["TCP", "UDP", "SCTP"].contains(&proto)
+        {
+            errors.push(FieldError::not_supported(
+                format!("ports[{i}].protocol"),
+                proto,
+                &["SCTP", "TCP", "UDP"],
+            ));
         }
     }
     errors
