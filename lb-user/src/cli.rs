@@ -44,6 +44,17 @@ pub enum Command {
     /// Delete objects by name or by the manifests that made them.
     #[command(after_help = "Examples:\n  lb delete svc my-svc\n  lb delete -f svc.yaml")]
     Delete(DeleteArgs),
+    /// Make a service for a pod (its labels become the selector) or for a service's
+    /// selector, as `kubectl expose` does.
+    #[command(
+        after_help = "Examples:\n  lb expose pod hello --name=hello-svc --port=8080 --target-port=80 --type=NodePort\n  lb expose svc web --name=web-np --type=NodePort"
+    )]
+    Expose(ExposeArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  source <(lb completion bash)\n  lb completion zsh > \"${fpath[1]}/_lb\""
+    )]
+    Completion { shell: clap_complete::Shell },
     /// List the flows the data plane tracks (both directions of each), as
     /// `conntrack -L` does.
     Conntrack(StatsArgs),
@@ -156,4 +167,38 @@ pub struct DeleteArgs {
     pub names: Vec<String>,
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExposeResource {
+    #[value(alias = "pods", alias = "po")]
+    Pod,
+    #[value(alias = "svc", alias = "services")]
+    Service,
+}
+
+#[derive(Args)]
+pub struct ExposeArgs {
+    pub resource: ExposeResource,
+    /// The pod or service to expose.
+    pub name: String,
+    /// The new service's name (default: the exposed object's name).
+    #[arg(long = "name")]
+    pub service_name: Option<String>,
+    /// The service port (default: the pod's first container port, or the service's
+    /// first port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The port (number or name) on the pods (default: the service port).
+    #[arg(long)]
+    pub target_port: Option<String>,
+    #[arg(long, default_value = "TCP")]
+    pub protocol: String,
+    /// ClusterIP, NodePort or LoadBalancer.
+    #[arg(long = "type")]
+    pub service_type: Option<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub alloc: Allocation,
 }

@@ -56,7 +56,94 @@ fn run(cli: Cli) -> Result<()> {
         Command::Stats(a) => stats(&a),
         Command::Reset(a) => reset(&a),
         Command::Conntrack(a) => conntrack(&a),
+        Command::Expose(e) => expose(&store, &e),
+        Command::Completion { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "lb", &mut std::io::stdout());
+            Ok(())
+        }
     }
+}
+
+/// `kubectl expose`: a Service selecting the pod's labels (or the service's selector),
+/// written as a manifest and applied like any other, so defaults, validation and
+/// allocation are the same.
+fn expose(store: &Store, e: &cli::ExposeArgs) -> Result<()> {
+    use std::collections::BTreeMap;
+    let state = store.load()?;
+    let key = ObjectKey::new(&e.namespace, &e.name).to_string();
+    let (selector, default_port): (BTreeMap<String, String>, Option<i32>) = match e.resource {
+        cli::ExposeResource::Pod => {
+            let pod = state
+                .pods
+                .get(&key)
+                .ok_or_else(|| anyhow!("pods \"{}\" not found", e.name))?;
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            if labels.is_empty() {
+                bail!(
+                    "couldn't retrieve selectors via --selector flag or introspection: the pod has no labels"
+                );
+            }
+            let port = pod
+                .spec
+                .iter()
+                .flat_map(|s| s.containers.iter())
+                .flat_map(|c| c.ports.iter().flatten())
+                .map(|p| p.container_port)
+                .next();
+            (labels, port)
+        }
+        cli::ExposeResource::Service => {
+            let svc = state
+                .services
+                .get(&key)
+                .ok_or_else(|| anyhow!("services \"{}\" not found", e.name))?;
+            let spec = svc.spec.as_ref();
+            let selector = spec.and_then(|s| s.selector.clone()).unwrap_or_default();
+            if selector.is_empty() {
+                bail!(
+                    "couldn't retrieve selectors via --selector flag or introspection: service {} has no selector",
+                    e.name
+                );
+            }
+            let port = spec
+                .and_then(|s| s.ports.as_ref())
+                .and_then(|p| p.first())
+                .map(|p| p.port);
+            (selector, port)
+        }
+    };
+    let port = e
+        .port
+        .map(i32::from)
+        .or(default_port)
+        .ok_or_else(|| anyhow!("couldn't find port via --port flag or introspection"))?;
+    let target_port = match &e.target_port {
+        Some(t) => match t.parse::<i32>() {
+            Ok(n) => serde_json::json!(n),
+            Err(_) => serde_json::json!(t),
+        },
+        None => serde_json::json!(port),
+    };
+    let name = e.service_name.clone().unwrap_or_else(|| e.name.clone());
+    let mut spec = serde_json::json!({
+        "selector": selector,
+        "ports": [{"port": port, "targetPort": target_port, "protocol": e.protocol}],
+    });
+    if let Some(ty) = &e.service_type {
+        spec["type"] = serde_json::json!(ty);
+    }
+    let manifest = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": e.namespace},
+        "spec": spec,
+    });
+    let docs = parse_manifest("lb expose", &manifest.to_string())?;
+    let alloc = parse_allocation(&e.alloc)?;
+    store.apply(&docs, &alloc, Mode::Create)?;
+    println!("service/{name} exposed");
+    Ok(())
 }
 
 fn conntrack(a: &cli::StatsArgs) -> Result<()> {

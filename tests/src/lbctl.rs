@@ -44,6 +44,14 @@ impl Lb {
         })
     }
 
+    /// A store alone, in `dir` (for CLI tests; no bpffs, no agent).
+    pub fn store_only(dir: PathBuf) -> Self {
+        Lb {
+            bpffs: dir.join("no-bpffs"),
+            store: dir,
+        }
+    }
+
     /// `lb ARGS` against this store (the CLI needs no namespace).
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
         Command::new(lb_bin())

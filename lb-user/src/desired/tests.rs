@@ -210,7 +210,11 @@ fn services_without_selector_take_ready_endpoints_from_their_slices() {
             "ext",
             "- addresses: [10.244.0.2]\n- addresses: [10.244.0.3]\n  conditions: {ready: false}\n"
         ),
-        slice("ext-2", "ext", "- addresses: [10.244.0.4]\n  conditions: {ready: true}\n"),
+        slice(
+            "ext-2",
+            "ext",
+            "- addresses: [10.244.0.4]\n  conditions: {ready: true}\n"
+        ),
         slice("other-1", "other", "- addresses: [10.244.0.9]\n"),
     ));
     let plans = plan(&s, &node());
@@ -223,8 +227,14 @@ fn services_without_selector_take_ready_endpoints_from_their_slices() {
             .clone()
     };
     let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-    assert_eq!(eps("web"), vec![(ip("10.244.0.2"), 8080), (ip("10.244.0.4"), 8080)]);
-    assert_eq!(eps("dns"), vec![(ip("10.244.0.2"), 5353), (ip("10.244.0.4"), 5353)]);
+    assert_eq!(
+        eps("web"),
+        vec![(ip("10.244.0.2"), 8080), (ip("10.244.0.4"), 8080)]
+    );
+    assert_eq!(
+        eps("dns"),
+        vec![(ip("10.244.0.2"), 5353), (ip("10.244.0.4"), 5353)]
+    );
 
     // None ready: serving endpoints that terminate take over; others never serve.
     let s = state(&format!(

@@ -1,0 +1,135 @@
+//! The CLI as a person uses it, against a store of its own: kubectl's words and
+//! tables, expose, completions, and manifests applied all or nothing.
+
+use lb_tests::lbctl::Lb;
+
+/// A store in a fresh temporary directory, removed on drop.
+struct Scratch(Lb);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lb-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(Lb::store_only(dir))
+    }
+    fn err(&self, args: &[&str]) -> String {
+        let out = self.0.cli(args).unwrap();
+        assert!(!out.status.success(), "lb {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0.store);
+    }
+}
+
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hello\n  labels: {app: hello}\nspec:\n  containers:\n  - name: web\n    ports: [{containerPort: 80}]\nstatus:\n  podIP: 10.244.0.2\n";
+
+#[test]
+fn expose_makes_a_service_from_a_pods_labels() {
+    let s = Scratch::new("expose");
+    s.0.apply(POD).unwrap();
+    let out =
+        s.0.ok(&[
+            "expose",
+            "pod",
+            "hello",
+            "--name=hello-svc",
+            "--port=8080",
+            "--target-port=80",
+            "--type=NodePort",
+        ])
+        .unwrap();
+    assert_eq!(out, "service/hello-svc exposed\n");
+    let table = s.0.ok(&["get", "svc"]).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(row[..2], ["hello-svc", "NodePort"]);
+    assert!(row[2].starts_with("10."), "{table}");
+    assert_eq!(row[3], "<none>");
+    let np: u16 = row[4]
+        .strip_prefix("8080:")
+        .and_then(|r| r.strip_suffix("/TCP"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("8080:NODEPORT/TCP expected: {table}"));
+    assert!((30000..=32767).contains(&np));
+    // The selector is the pod's labels, the target port the one asked for.
+    let yaml = s.0.ok(&["get", "svc", "hello-svc", "-o", "json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&yaml).unwrap();
+    assert_eq!(v[0]["spec"]["selector"]["app"], "hello");
+    assert_eq!(v[0]["spec"]["ports"][0]["targetPort"], 80);
+    // Exposing again under the same name is refused, as kubectl does.
+    let again = s.err(&["expose", "pod", "hello", "--name=hello-svc", "--port=8080"]);
+    assert!(again.contains("already exists"), "{again}");
+    // Without --port, the pod's container port.
+    s.0.ok(&["expose", "pod", "hello", "--name=plain"]).unwrap();
+    let plain = s.0.ok(&["get", "svc", "plain"]).unwrap();
+    assert!(
+        plain.contains("ClusterIP") && plain.contains("80/TCP"),
+        "{plain}"
+    );
+    let missing = s.err(&["expose", "pod", "nobody", "--port=80"]);
+    assert!(missing.contains("pods \"nobody\" not found"), "{missing}");
+}
+
+#[test]
+fn completions_and_help_come_from_the_same_definition() {
+    let s = Scratch::new("complete");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = s.0.ok(&["completion", shell]).unwrap();
+        assert!(
+            script.contains("expose") && script.contains("conntrack"),
+            "{shell} completion names the subcommands"
+        );
+        if shell != "fish" {
+            assert!(script.contains("endpointslices"), "{shell}: resources too");
+        }
+    }
+    let help = s.0.ok(&["expose", "--help"]).unwrap();
+    assert!(
+        help.contains("Examples:") && help.contains("--target-port"),
+        "{help}"
+    );
+}
+
+#[test]
+fn a_bad_document_applies_nothing_and_names_file_document_object_field() {
+    let s = Scratch::new("atomic");
+    let good = "apiVersion: v1\nkind: Service\nmetadata:\n  name: good\nspec:\n  type: NodePort\n  ports:\n  - {port: 80, nodePort: 30100}\n---\n";
+    let bad = "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  type: NodePort\n  ports:\n  - {port: 80, nodePort: 40000}\n";
+    let file = s.0.store.join("two.yaml");
+    std::fs::write(&file, format!("{good}{bad}")).unwrap();
+    let err = s.err(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        err.contains("two.yaml (document 2): The Service \"bad\" is invalid: spec.ports[0].nodePort: Invalid value: 40000: provided port is not in the valid range. The range of valid ports is 30000-32767"),
+        "{err}"
+    );
+    let none = s.0.cli(&["get", "svc"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("No resources found"),
+        "the good document was not applied either"
+    );
+    // A nodePort another service holds is refused, naming both.
+    s.0.apply(good).unwrap();
+    let taken = good.replace("name: good", "name: other");
+    std::fs::write(&file, taken).unwrap();
+    let err = s.err(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        err.contains("The Service \"other\" is invalid: spec.ports[0].nodePort: Invalid value: 30100: provided port is already allocated"),
+        "{err}"
+    );
+}
