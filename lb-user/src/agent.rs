@@ -72,6 +72,9 @@ struct Agent {
     actual: Entries,
     /// The store file as last read: (modified, length), to skip unchanged states.
     seen: Option<(std::time::SystemTime, u64)>,
+    /// The store's state as last read (the tick follows routes with it, re-reading
+    /// the store only when it changed).
+    state: crate::store::State,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
@@ -115,6 +118,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         },
         actual,
         seen: None,
+        state: Default::default(),
     };
 
     // Store events wake the loop at once; the tick catches what events miss.
@@ -156,18 +160,21 @@ impl Agent {
         if !changed && !routes {
             return Ok(());
         }
-        let started = Instant::now();
-        let state = self.store.load()?;
-        if routes {
-            self.follow_pod_interfaces(&state);
-        }
         if !changed {
+            let state = std::mem::take(&mut self.state);
+            self.follow_pod_interfaces(&state);
+            self.state = state;
             return Ok(());
         }
+        let started = Instant::now();
+        let state = self.store.load()?;
+        let loaded = started.elapsed();
+        self.follow_pod_interfaces(&state);
         self.seen = stamp;
         let plans = desired::plan(&state, &self.node);
         let want = desired::entries(&plans, &self.actual)?;
         let ops = sync::diff(&self.actual, &want);
+        let planned = started.elapsed();
         let backend_ids =
             |e: &Entries| -> BTreeSet<u32> { e.backends.values().map(|b| b.backend_id).collect() };
         let before = backend_ids(&self.actual);
@@ -197,9 +204,12 @@ impl Agent {
             endpoints,
             writes = ops.len(),
             flows_ended,
+            load_us = loaded.as_micros() as u64,
+            plan_us = (planned - loaded).as_micros() as u64,
             took_us = started.elapsed().as_micros() as u64,
             "reconciled"
         );
+        self.state = state;
         Ok(())
     }
 

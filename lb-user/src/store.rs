@@ -234,8 +234,11 @@ impl Store {
         self.update(|state| {
             let now = Timestamp::now();
             let revision = state.revision + 1;
+            // What is taken, kept up to date as each document is applied: scanning every
+            // service for each document would make a 10,000-service apply quadratic.
+            let mut taken = Taken::of(state);
             docs.iter()
-                .map(|doc| apply_one(state, doc, alloc, mode, now, revision))
+                .map(|doc| apply_one(state, &mut taken, doc, alloc, mode, now, revision))
                 .collect()
         })
     }
@@ -265,6 +268,7 @@ impl Store {
 
 fn apply_one(
     state: &mut State,
+    taken: &mut Taken,
     doc: &Document,
     alloc: &Allocation,
     mode: Mode,
@@ -296,10 +300,20 @@ fn apply_one(
                 name: doc.object.key().name,
                 error: Box::new(error),
             };
-            allocate(state, &mut svc, old.as_ref(), alloc).map_err(|e| match e {
+            if let Some(old) = &old {
+                taken.release(old);
+            }
+            let allocated = allocate(taken, &mut svc, old.as_ref(), alloc);
+            if allocated.is_err()
+                && let Some(old) = &old
+            {
+                taken.hold(old);
+            }
+            allocated.map_err(|e| match e {
                 AllocError::Field(f) => invalid(f),
                 AllocError::Store(s) => s,
             })?;
+            taken.hold(&svc);
             let (svc, outcome) = stamp(svc, old, now, revision, |s| &mut s.metadata);
             state.services.insert(key, svc);
             Ok(outcome)
@@ -376,7 +390,7 @@ impl From<FieldError> for AllocError {
 /// the stored object's values on re-apply, fresh random ones otherwise. `state` no
 /// longer holds the service being applied.
 fn allocate(
-    state: &State,
+    taken: &Taken,
     svc: &mut Service,
     old: Option<&Service>,
     alloc: &Allocation,
@@ -412,7 +426,7 @@ fn allocate(
                     )
                     .into());
                 }
-                if used_cluster_ips(state).contains(&ip) {
+                if taken.ips.contains(&ip) {
                     return Err(FieldError::invalid(
                         "spec.clusterIPs[0]",
                         &req,
@@ -423,7 +437,7 @@ fn allocate(
                 req
             }
             (None, Some(old)) => old,
-            (None, None) => random_cluster_ip(state, alloc)
+            (None, None) => random_cluster_ip(&taken.ips, alloc)
                 .map_err(AllocError::Store)?
                 .to_string(),
         };
@@ -433,7 +447,7 @@ fn allocate(
 
     // nodePorts: for NodePort and LoadBalancer services, each port has one.
     if ty == TYPE_NODE_PORT || ty == TYPE_LOAD_BALANCER {
-        let mut used = used_node_ports(state);
+        let mut used = taken.node_ports.clone();
         let old_ports = old_spec.and_then(|s| s.ports.clone()).unwrap_or_default();
         let ports = spec.ports.get_or_insert_with(Vec::new);
         // Requested ones first, so a random pick never takes a value asked for later.
@@ -492,17 +506,42 @@ fn allocate(
     Ok(())
 }
 
-fn used_cluster_ips(state: &State) -> BTreeSet<Ipv4Addr> {
-    state.services.values().filter_map(cluster_ip).collect()
+/// The clusterIPs and nodePorts services hold.
+struct Taken {
+    ips: BTreeSet<Ipv4Addr>,
+    node_ports: BTreeSet<u16>,
 }
 
-fn used_node_ports(state: &State) -> BTreeSet<u16> {
-    state
-        .services
-        .values()
-        .flat_map(|s| s.spec.iter().flat_map(|sp| sp.ports.iter().flatten()))
-        .filter_map(|p| p.node_port.and_then(|n| u16::try_from(n).ok()))
-        .collect()
+impl Taken {
+    fn of(state: &State) -> Self {
+        let mut t = Taken {
+            ips: BTreeSet::new(),
+            node_ports: BTreeSet::new(),
+        };
+        state.services.values().for_each(|s| t.hold(s));
+        t
+    }
+
+    fn node_ports_of(svc: &Service) -> impl Iterator<Item = u16> + '_ {
+        svc.spec
+            .iter()
+            .flat_map(|sp| sp.ports.iter().flatten())
+            .filter_map(|p| p.node_port.and_then(|n| u16::try_from(n).ok()))
+    }
+
+    fn hold(&mut self, svc: &Service) {
+        self.ips.extend(cluster_ip(svc));
+        self.node_ports.extend(Self::node_ports_of(svc));
+    }
+
+    fn release(&mut self, svc: &Service) {
+        if let Some(ip) = cluster_ip(svc) {
+            self.ips.remove(&ip);
+        }
+        for p in Self::node_ports_of(svc) {
+            self.node_ports.remove(&p);
+        }
+    }
 }
 
 fn random_free(range: &RangeInclusive<u16>, used: &BTreeSet<u16>) -> Option<u16> {
@@ -522,11 +561,13 @@ fn random_free(range: &RangeInclusive<u16>, used: &BTreeSet<u16>) -> Option<u16>
 /// A random free address of the service CIDR, never its network address, its
 /// broadcast address or its first host (kept for the `kubernetes` service, as the API
 /// server does).
-fn random_cluster_ip(state: &State, alloc: &Allocation) -> Result<Ipv4Addr, StoreError> {
+fn random_cluster_ip(
+    used: &BTreeSet<Ipv4Addr>,
+    alloc: &Allocation,
+) -> Result<Ipv4Addr, StoreError> {
     let (net, len) = alloc.service_cidr;
     let host_bits = 32 - len as u32;
     let size: u64 = 1u64 << host_bits;
-    let used = used_cluster_ips(state);
     if size < 4 || used.len() as u64 >= size - 3 {
         return Err(StoreError::Exhausted {
             what: "ClusterIP",

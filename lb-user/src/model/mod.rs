@@ -150,9 +150,20 @@ pub fn parse_manifest(source: &str, text: &str) -> Result<Vec<Document>, Manifes
             v => vec![v],
         }
     } else {
-        serde_saphyr::from_multiple::<Value>(text).map_err(|e| ManifestError::Syntax {
-            file: source.to_string(),
-            error: e.to_string(),
+        // serde-saphyr's default budget (1,024 documents, 250k nodes) guards services
+        // against hostile input; a manifest of 10,000 services is ordinary here.
+        let options = serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_documents: 1_000_000,
+                max_nodes: 50_000_000,
+                max_events: 200_000_000,
+            },
+        };
+        serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|e| {
+            ManifestError::Syntax {
+                file: source.to_string(),
+                error: e.to_string(),
+            }
         })?
     };
     let mut docs = Vec::new();
