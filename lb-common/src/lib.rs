@@ -94,6 +94,11 @@ pub const SVC_F_INTERNAL: u32 = 1 << 0;
 /// `sessionAffinity: ClientIP`: a client's new flows go to the backend its last flow
 /// went to, while that was less than `affinity_timeout_s` ago.
 pub const SVC_F_AFFINITY: u32 = 1 << 1;
+/// `externalTrafficPolicy: Local` on an external frontend (NodePort, LoadBalancer):
+/// only this node's endpoints are its backends, the client's address reaches them
+/// unchanged, and with no local endpoint the packet is dropped (as kube-proxy and
+/// Cilium do), so that an external load balancer's health check fails over.
+pub const SVC_F_EXTERNAL_LOCAL: u32 = 1 << 2;
 
 /// Value of [`MAP_SERVICES`].
 #[repr(C)]
@@ -127,11 +132,16 @@ pub struct Backend {
     pub port_be: u16,
     /// `PROTO_*` of the service port (backend ids are per address, port and protocol).
     pub proto: u8,
-    pub _pad: u8,
+    /// `BE_F_*` bits.
+    pub flags: u8,
     /// Keys [`MAP_BACKEND_STATS`]; stable for the backend's life.
     pub backend_id: u32,
 }
 const _: () = assert!(size_of::<Backend>() == 12);
+
+/// The backend lives on another node: traffic from outside the cluster reaches it
+/// with the node's own address as source (SNAT), so that its replies come back here.
+pub const BE_F_REMOTE: u8 = 1 << 0;
 
 // ---- session affinity ----
 
@@ -206,6 +216,20 @@ pub const CT_F_HAIRPIN: u8 = 1 << 0;
 /// see (and drop) a packet from its own address. Link-local, never routed (as Cilium's
 /// IPV4_LOOPBACK).
 pub const HAIRPIN_SNAT_ADDR: [u8; 4] = [169, 254, 42, 1];
+/// The flow goes to a backend on another node with the node's address as source
+/// (SNAT): its replies arrive addressed to the node itself, so they are translated at
+/// ingress and sent on to the client by a FIB lookup and redirect.
+pub const CT_F_SNAT: u8 = 1 << 1;
+/// The source ports SNAT hands out: above the kernel's default ephemeral range
+/// (32768-60999), so they never meet the node's own connections.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
+
+/// Globals the agent sets at load time: the address SNAT uses (network byte order)
+/// and whether XDP forwards by `bpf_fib_lookup` + redirect (1) or leaves forwarding to
+/// the kernel's stack (0).
+pub const GLOBAL_SNAT_ADDR: &str = "SNAT_ADDR";
+pub const GLOBAL_FIB_REDIRECT: &str = "FIB_REDIRECT";
 
 /// TCP state bits kept in [`CtValue::tcp_flags`].
 pub const CT_TCP_SEEN_FIN: u8 = 1 << 0;
@@ -311,7 +335,20 @@ pub mod reason {
     pub const REJECT_NO_BACKEND: u32 = 14;
     /// A node process's connect() or sendmsg() to a service, sent to a backend directly.
     pub const SOCK_TRANSLATED: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// `externalTrafficPolicy: Local` and no endpoint on this node: dropped.
+    pub const DROP_NO_LOCAL_BACKEND: u32 = 16;
+    /// Every SNAT port tried for a new flow to a remote backend was taken: passed.
+    pub const PASS_SNAT_EXHAUSTED: u32 = 17;
+    /// Counted besides the verdict: a packet of an SNAT flow sent on by XDP after a
+    /// `bpf_fib_lookup` (XDP_REDIRECT).
+    pub const FWD_XDP_REDIRECT: u32 = 18;
+    /// Counted besides the verdict: a packet of an SNAT flow sent on by TC with
+    /// `bpf_redirect_neigh` (XDP had no full FIB answer, e.g. no neighbour entry yet,
+    /// or XDP forwarding is off).
+    pub const FWD_TC_NEIGH: u32 = 19;
+    /// A packet of an SNAT flow the FIB has no route for: passed untranslated.
+    pub const PASS_NO_ROUTE: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     /// Names for people, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -331,6 +368,11 @@ pub mod reason {
         "pass_original_egress",
         "reject_no_backend",
         "sock_translated",
+        "drop_no_local_backend",
+        "pass_snat_exhausted",
+        "fwd_xdp_redirect",
+        "fwd_tc_neigh",
+        "pass_no_route",
     ];
 }
 

@@ -2,10 +2,11 @@
 //! original tuple (client -> service) and one by the reply tuple (backend -> client),
 //! each holding the tuple its packets are rewritten to.
 
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
-    Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_HAIRPIN, CT_TCP_SEEN_FIN, CT_TCP_SEEN_RST,
-    CT_TIMEOUT_TCP_CLOSING_S, CT_TIMEOUT_TCP_S, CT_TIMEOUT_UDP_S, CtValue, FlowKey,
-    HAIRPIN_SNAT_ADDR, PROTO_TCP,
+    Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_SNAT, CT_TCP_SEEN_FIN,
+    CT_TCP_SEEN_RST, CT_TIMEOUT_TCP_CLOSING_S, CT_TIMEOUT_TCP_S, CT_TIMEOUT_UDP_S, CtValue,
+    FlowKey, HAIRPIN_SNAT_ADDR, PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, reason,
 };
 
 use crate::{
@@ -107,8 +108,22 @@ pub fn lookup(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
     Some(*entry)
 }
 
+/// How a new flow's source is rewritten.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Snat {
+    /// The client's own address (pods and local backends see the real client).
+    None,
+    /// To this node address and a free port of `SNAT_PORT_MIN..=SNAT_PORT_MAX`: the
+    /// backend is on another node and must answer through this one.
+    Node(u32),
+}
+
+/// How many SNAT ports a new flow tries before giving up.
+const SNAT_TRIES: u32 = 8;
+
 /// Records a new flow from `key` (client -> frontend) to `backend`, both directions,
-/// and returns the tuple the packet is rewritten to.
+/// and returns the tuple the packet is rewritten to and the flow's `CT_F_*` flags;
+/// `Err(reason)` when it cannot.
 #[inline(always)]
 pub fn create(
     key: &FlowKey,
@@ -116,7 +131,8 @@ pub fn create(
     backend: &Backend,
     tcp_flags: u8,
     now: u64,
-) -> Result<(FlowKey, bool), i32> {
+    snat: Snat,
+) -> Result<(FlowKey, u8), u32> {
     let closing = if key.proto == PROTO_TCP {
         closing_bits(tcp_flags)
     } else {
@@ -124,21 +140,26 @@ pub fn create(
     };
     // A pod that lands on itself gets its packets from the hairpin address instead.
     let hairpin = backend.addr_be == key.saddr_be;
+    let (nat_saddr_be, nat_sport_be, flags) = match snat {
+        _ if hairpin => (
+            u32::from_ne_bytes(HAIRPIN_SNAT_ADDR),
+            key.sport_be,
+            CT_F_HAIRPIN,
+        ),
+        Snat::None => (key.saddr_be, key.sport_be, 0),
+        Snat::Node(addr) => (addr, free_snat_port(addr, backend, key.proto)?, CT_F_SNAT),
+    };
     let original = CtValue {
         last_seen: now,
-        nat_saddr_be: if hairpin {
-            u32::from_ne_bytes(HAIRPIN_SNAT_ADDR)
-        } else {
-            key.saddr_be
-        },
+        nat_saddr_be,
         nat_daddr_be: backend.addr_be,
-        nat_sport_be: key.sport_be,
+        nat_sport_be,
         nat_dport_be: backend.port_be,
         svc_id,
         backend_id: backend.backend_id,
         direction: CT_DIR_ORIGINAL,
         tcp_flags: closing,
-        flags: if hairpin { CT_F_HAIRPIN } else { 0 },
+        flags,
         _pad: 0,
     };
     let nat = nat_tuple(&original, key.proto);
@@ -150,7 +171,34 @@ pub fn create(
         direction: CT_DIR_REPLY,
         ..original
     };
-    LB_CT.insert(&peer_key(&nat), &reply, 0)?;
-    LB_CT.insert(key, &original, 0)?;
-    Ok((nat, hairpin))
+    let full = |_| reason::PASS_CT_FULL;
+    LB_CT.insert(&peer_key(&nat), &reply, 0).map_err(full)?;
+    LB_CT.insert(key, &original, 0).map_err(full)?;
+    Ok((nat, flags))
+}
+
+/// A source port (network byte order) no live flow from `addr` to `backend` uses:
+/// random tries in the SNAT range, each checked against the reply entry it would
+/// need.
+#[inline(always)]
+fn free_snat_port(addr: u32, backend: &Backend, proto: u8) -> Result<u16, u32> {
+    const RANGE: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+    // SAFETY: a helper with no preconditions.
+    let start = unsafe { bpf_get_prandom_u32() };
+    for i in 0..SNAT_TRIES {
+        let port = SNAT_PORT_MIN + (start.wrapping_add(i.wrapping_mul(7919)) % RANGE) as u16;
+        let reply_key = FlowKey {
+            saddr_be: backend.addr_be,
+            daddr_be: addr,
+            sport_be: backend.port_be,
+            dport_be: port.to_be(),
+            proto,
+            _pad: [0; 3],
+        };
+        // SAFETY: only the presence of an entry is read.
+        if unsafe { LB_CT.get(&reply_key) }.is_none() {
+            return Ok(port.to_be());
+        }
+    }
+    Err(reason::PASS_SNAT_EXHAUSTED)
 }

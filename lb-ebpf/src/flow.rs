@@ -1,31 +1,57 @@
 //! What happens to one packet: conntrack state first, then service and backend.
 //! Decides only; `nat` carries the decision out.
 
-use lb_common::{CT_DIR_REPLY, CT_F_HAIRPIN, FlowKey, HAIRPIN_SNAT_ADDR, reason};
+use lb_common::{
+    BE_F_REMOTE, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_SNAT, FlowKey, HAIRPIN_SNAT_ADDR, reason,
+};
 
-use crate::{clock, conntrack, lb, parse::Packet};
+use crate::{
+    clock,
+    conntrack::{self, Snat},
+    lb,
+    parse::Packet,
+};
+
+/// Set by the agent at load time (`lb_common::GLOBAL_SNAT_ADDR`): the node address
+/// flows to remote backends leave with.
+#[unsafe(no_mangle)]
+static SNAT_ADDR: u32 = 0;
 
 pub enum Verdict {
     /// Leave the packet as it is; counted under the reason.
     Pass(u32),
+    /// Drop it; counted under the reason.
+    Drop(u32),
     /// A service without endpoints: answer "port unreachable" where the hook can.
     Reject,
-    /// Rewrite the packet's tuple to `to`.
+    /// Rewrite the packet's tuple to `to`, then send it on as `forward` says.
     Nat {
         to: FlowKey,
         svc_id: u32,
         backend_id: u32,
         reason: u32,
-        /// Send it straight back out the interface it came in on (hairpin).
-        back: bool,
+        forward: Forward,
     },
+}
+
+/// Where a translated packet goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// On through the kernel's stack, which routes it.
+    Stack,
+    /// Straight back out the interface it came in on (hairpin, at TC).
+    Back,
+    /// Out where a FIB lookup says, redirected by the program: packets of SNAT flows,
+    /// whose replies carry the node's own address as destination (the stack would
+    /// take them for itself) and whose originals may leave at XDP speed.
+    Fib,
 }
 
 /// Where a program runs. Ingress hooks (XDP, TC ingress) translate the original
 /// direction and start flows; the egress hook translates replies, after the kernel
 /// has routed them (a reply rewritten before routing would carry the node's own
-/// address as its source and be dropped as a martian). Hairpin flows are the
-/// exception: both directions are translated at the pod's ingress and sent back.
+/// address as its source and be dropped as a martian). Hairpin and SNAT flows are
+/// the exceptions: both directions are translated at ingress and redirected.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Ingress,
@@ -34,8 +60,9 @@ pub enum Hook {
 
 #[inline(always)]
 pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
-    // At ingress only packets to a frontend (new or established) and hairpin replies
-    // are translated; everything else leaves after one array read.
+    // At ingress only packets to a frontend port (new or established flows, and the
+    // replies of SNAT flows, whose ports are marked too) and hairpin replies are
+    // translated; everything else leaves after one array read.
     if hook == Hook::Ingress
         && !lb::frontend_port(p.key.dport_be)
         && p.key.daddr_be != u32::from_ne_bytes(HAIRPIN_SNAT_ADDR)
@@ -46,9 +73,10 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
     if let Some(ct) = conntrack::lookup(&p.key, p.tcp_flags, now) {
         let reply = ct.direction == CT_DIR_REPLY;
         let hairpin = ct.flags & CT_F_HAIRPIN != 0;
+        let snat = ct.flags & CT_F_SNAT != 0;
         let translate = match hook {
-            Hook::Ingress => !reply || hairpin,
-            Hook::Egress => reply && !hairpin,
+            Hook::Ingress => !reply || hairpin || snat,
+            Hook::Egress => reply && !hairpin && !snat,
         };
         if !translate {
             return Verdict::Pass(match hook {
@@ -65,7 +93,7 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
             } else {
                 reason::NAT_ESTABLISHED
             },
-            back: hairpin,
+            forward: forward(ct.flags),
         };
     }
     if hook == Hook::Egress {
@@ -74,16 +102,39 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
     let sel = match lb::select(&p.key, lb::Origin::Iface(ifindex), now) {
         Ok(sel) => sel,
         Err(reason::PASS_NO_BACKEND) => return Verdict::Reject,
+        Err(reason::DROP_NO_LOCAL_BACKEND) => {
+            return Verdict::Drop(reason::DROP_NO_LOCAL_BACKEND);
+        }
         Err(reason) => return Verdict::Pass(reason),
     };
-    match conntrack::create(&p.key, sel.svc_id, &sel.backend, p.tcp_flags, now) {
-        Ok((to, hairpin)) => Verdict::Nat {
+    // Clients outside the cluster reach a remote backend through this node (SNAT);
+    // pods' addresses route between nodes, so theirs stay.
+    // SAFETY: a plain read of a global the loader set.
+    let node_addr = unsafe { core::ptr::read_volatile(&SNAT_ADDR) };
+    let snat = if sel.backend.flags & BE_F_REMOTE != 0 && node_addr != 0 && !lb::from_pod(ifindex) {
+        Snat::Node(node_addr)
+    } else {
+        Snat::None
+    };
+    match conntrack::create(&p.key, sel.svc_id, &sel.backend, p.tcp_flags, now, snat) {
+        Ok((to, flags)) => Verdict::Nat {
             to,
             svc_id: sel.svc_id,
             backend_id: sel.backend.backend_id,
             reason: reason::NAT_NEW_FLOW,
-            back: hairpin,
+            forward: forward(flags),
         },
-        Err(_) => Verdict::Pass(reason::PASS_CT_FULL),
+        Err(reason) => Verdict::Pass(reason),
+    }
+}
+
+#[inline(always)]
+fn forward(ct_flags: u8) -> Forward {
+    if ct_flags & CT_F_HAIRPIN != 0 {
+        Forward::Back
+    } else if ct_flags & CT_F_SNAT != 0 {
+        Forward::Fib
+    } else {
+        Forward::Stack
     }
 }

@@ -4,7 +4,7 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, FlowKey, IFACE_POD, SVC_F_AFFINITY,
-    SVC_F_INTERNAL, ServiceKey, ServiceValue, port_bit, reason,
+    SVC_F_EXTERNAL_LOCAL, SVC_F_INTERNAL, ServiceKey, ServiceValue, port_bit, reason,
 };
 
 use crate::clock;
@@ -54,7 +54,11 @@ pub fn select(key: &FlowKey, origin: Origin, now: u64) -> Result<Selection, u32>
         return Err(reason::PASS_INTERNAL_ONLY);
     }
     if svc.backend_count == 0 {
-        return Err(reason::PASS_NO_BACKEND);
+        return Err(if svc.flags & SVC_F_EXTERNAL_LOCAL != 0 {
+            reason::DROP_NO_LOCAL_BACKEND
+        } else {
+            reason::PASS_NO_BACKEND
+        });
     }
     let backend = if svc.flags & SVC_F_AFFINITY != 0 {
         sticky(key.saddr_be, &svc, now)?
@@ -117,7 +121,7 @@ fn sticky(client: u32, svc: &ServiceValue, now: u64) -> Result<Backend, u32> {
 
 /// Whether the packet entered through an interface behind which pods live.
 #[inline(always)]
-fn from_pod(ifindex: u32) -> bool {
+pub fn from_pod(ifindex: u32) -> bool {
     // SAFETY: as above.
     matches!(unsafe { LB_IFACES.get(&ifindex) }, Some(v) if v.role == IFACE_POD)
 }

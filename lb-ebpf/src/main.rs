@@ -16,6 +16,7 @@ mod clock;
 mod conntrack;
 mod csum;
 mod flow;
+mod fwd;
 mod lb;
 mod maps;
 mod nat;
@@ -25,11 +26,11 @@ mod sock;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_UNSPEC, xdp_action},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use flow::{Hook, Verdict};
+use flow::{Forward, Hook, Verdict};
 use lb_common::reason;
 
 #[xdp]
@@ -41,24 +42,48 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             return xdp_action::XDP_PASS;
         }
     };
-    match flow::decide(&p, ctx.ingress_ifindex() as u32, Hook::Ingress) {
+    let ingress = ctx.ingress_ifindex() as u32;
+    match flow::decide(&p, ingress, Hook::Ingress) {
         Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
+        Verdict::Drop(reason) => {
+            stats::verdict(reason, p.ip_len);
+            return xdp_action::XDP_DROP;
+        }
         // NodePorts live on the node's own addresses: its kernel answers (RST, ICMP).
         Verdict::Reject => stats::verdict(reason::PASS_NO_BACKEND, p.ip_len),
-        // Hairpin (`back`) needs a pod as the client: only TC ingress sees those.
+        // Hairpin (`Back`) needs a pod as the client: only TC ingress sees those.
         Verdict::Nat {
             to,
             svc_id,
             backend_id,
             reason,
-            ..
-        } => match nat::rewrite_xdp(&ctx, &p, &to) {
-            Ok(()) => {
-                stats::verdict(reason, p.ip_len);
-                stats::service(svc_id, backend_id, p.ip_len);
+            forward,
+        } => {
+            // SNAT flows leave by the FIB. Rewritten, their packets carry the node's own
+            // address (as source, or as the reply's former destination), which the
+            // stack would drop as a martian: without a full FIB answer here (no
+            // neighbour entry yet, or XDP forwarding off) they go on untouched, and
+            // TC ingress, whose bpf_redirect_neigh resolves the neighbour, finishes them.
+            let route = if forward == Forward::Fib && fwd::xdp_enabled() {
+                fwd::lookup_xdp(&ctx, &to, ingress, p.ip_len)
+            } else {
+                None
+            };
+            if forward == Forward::Fib && route.is_none() {
+                return xdp_action::XDP_PASS;
             }
-            Err(reason) => stats::verdict(reason, p.ip_len),
-        },
+            match nat::rewrite_xdp(&ctx, &p, &to) {
+                Ok(()) => {
+                    stats::verdict(reason, p.ip_len);
+                    stats::service(svc_id, backend_id, p.ip_len);
+                    if let Some(action) = route.and_then(|r| fwd::send_xdp(&ctx, &r)) {
+                        stats::verdict(reason::FWD_XDP_REDIRECT, p.ip_len);
+                        return action;
+                    }
+                }
+                Err(reason) => stats::verdict(reason, p.ip_len),
+            }
+        }
     }
     xdp_action::XDP_PASS
 }
@@ -104,25 +129,45 @@ fn tc(ctx: &TcContext, hook: Hook) -> i32 {
             }
             Err(()) => stats::verdict(reason::PASS_NO_BACKEND, p.ip_len),
         },
+        Verdict::Drop(reason) => {
+            stats::verdict(reason, p.ip_len);
+            return TC_ACT_SHOT;
+        }
         Verdict::Nat {
             to,
             svc_id,
             backend_id,
             reason,
-            back,
-        } => match nat::rewrite_tc(ctx, &p, &to) {
-            Ok(()) => {
-                stats::verdict(reason, p.ip_len);
-                stats::service(svc_id, backend_id, p.ip_len);
-                if back {
-                    match nat::send_back_tc(ctx, ifindex) {
-                        Ok(verdict) => return verdict,
-                        Err(reason) => stats::verdict(reason, p.ip_len),
+            forward,
+        } => {
+            // SNAT flows: find the way out first; a reply with none is left alone.
+            let out = match forward {
+                Forward::Fib => fwd::lookup_tc(ctx, &to, ifindex, p.ip_len),
+                _ => None,
+            };
+            if forward == Forward::Fib && out.is_none() {
+                stats::verdict(reason::PASS_NO_ROUTE, p.ip_len);
+                return TC_ACT_UNSPEC;
+            }
+            match nat::rewrite_tc(ctx, &p, &to) {
+                Ok(()) => {
+                    stats::verdict(reason, p.ip_len);
+                    stats::service(svc_id, backend_id, p.ip_len);
+                    match (forward, out) {
+                        (Forward::Back, _) => match nat::send_back_tc(ctx, ifindex) {
+                            Ok(verdict) => return verdict,
+                            Err(reason) => stats::verdict(reason, p.ip_len),
+                        },
+                        (Forward::Fib, Some(oif)) => {
+                            stats::verdict(reason::FWD_TC_NEIGH, p.ip_len);
+                            return fwd::send_tc(oif);
+                        }
+                        _ => {}
                     }
                 }
+                Err(reason) => stats::verdict(reason, p.ip_len),
             }
-            Err(reason) => stats::verdict(reason, p.ip_len),
-        },
+        }
     }
     TC_ACT_UNSPEC
 }

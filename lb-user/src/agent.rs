@@ -38,6 +38,8 @@ pub struct AgentOptions {
     pub bpffs: PathBuf,
     /// cgroup v2 directory for socket-level balancing (None: the cgroup2 root).
     pub cgroup: Option<PathBuf>,
+    /// XDP forwards flows to other nodes itself (false: the kernel's stack does).
+    pub fib_redirect: bool,
 }
 
 /// Where the agent for `node_name` pins its maps.
@@ -85,13 +87,19 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     }
     ensure_bpffs(&opts.bpffs)?;
     let pins = pin_dir(&opts.bpffs, &opts.node_name);
-    let mut dp = Dataplane::load(Some(&pins))?;
     let mut addrs = opts.node_ips.clone();
-    for iface in &opts.ifaces {
-        dp.attach_external(iface)?;
-        if opts.node_ips.is_empty() {
+    if addrs.is_empty() {
+        for iface in &opts.ifaces {
             addrs.extend(netif::ipv4_addrs(iface));
         }
+    }
+    let cfg = crate::loader::LoadConfig {
+        snat_addr: addrs.first().copied(),
+        fib_redirect: opts.fib_redirect,
+    };
+    let mut dp = Dataplane::load_with(Some(&pins), &cfg)?;
+    for iface in &opts.ifaces {
+        dp.attach_external(iface)?;
     }
     let cgroup = opts.cgroup.clone().or_else(crate::loader::cgroup2_root);
     match &cgroup {

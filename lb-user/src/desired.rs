@@ -15,8 +15,9 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 use lb_common::{
-    Backend, BackendKey, ID_NONE, MAX_BACKEND_IDS, MAX_SERVICE_IDS, PROTO_TCP, PROTO_UDP,
-    SVC_F_AFFINITY, SVC_F_INTERNAL, ServiceKey, ServiceValue, port_bit,
+    BE_F_REMOTE, Backend, BackendKey, ID_NONE, MAX_BACKEND_IDS, MAX_SERVICE_IDS, PROTO_TCP,
+    PROTO_UDP, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_AFFINITY, SVC_F_EXTERNAL_LOCAL, SVC_F_INTERNAL,
+    ServiceKey, ServiceValue, port_bit,
 };
 
 use crate::{
@@ -34,6 +35,14 @@ pub struct Node {
     pub addrs: Vec<Ipv4Addr>,
 }
 
+impl Node {
+    /// Whether an endpoint on `node_name` is on this node. One that names no node is
+    /// taken as local (a single-node store need not say where its pods run).
+    pub fn hosts(&self, node_name: Option<&str>) -> bool {
+        node_name.is_none_or(|n| n.is_empty() || n == self.name)
+    }
+}
+
 /// One `spec.ports[]` entry of a service as lb balances it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortPlan {
@@ -45,6 +54,8 @@ pub struct PortPlan {
     pub frontends: Vec<(ServiceKey, u32)>,
     /// Ready endpoints (address, target port), sorted, without duplicates.
     pub endpoints: Vec<(Ipv4Addr, u16)>,
+    /// Those of `endpoints`' addresses that live on another node.
+    pub remote: BTreeSet<Ipv4Addr>,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 for no affinity.
     pub affinity_timeout_s: u32,
 }
@@ -123,8 +134,9 @@ fn slice_endpoints(
     slices: &[&EndpointSlice],
     port_name: &str,
     protocol: &str,
-) -> BTreeSet<(Ipv4Addr, u16)> {
-    let (mut ready, mut terminating) = (BTreeSet::new(), BTreeSet::new());
+    node: &Node,
+) -> BTreeMap<(Ipv4Addr, u16), bool> {
+    let (mut ready, mut terminating) = (BTreeMap::new(), BTreeMap::new());
     for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
         let Some(port) = slice
             .ports
@@ -152,11 +164,12 @@ fn slice_endpoints(
             } else {
                 continue;
             };
+            let local = node.hosts(ep.node_name.as_deref());
             into.extend(
                 ep.addresses
                     .iter()
                     .filter_map(|a| a.parse::<Ipv4Addr>().ok())
-                    .map(|a| (a, port)),
+                    .map(|a| ((a, port), local)),
             );
         }
     }
@@ -204,26 +217,60 @@ fn plan_service(
     } else {
         0
     };
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    // LoadBalancer addresses and external IPs answer on the service port itself.
+    let lb_addrs: Vec<Ipv4Addr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .cloned()
+        .chain(
+            svc.status
+                .iter()
+                .flat_map(|s| s.load_balancer.iter())
+                .flat_map(|lb| lb.ingress.iter().flatten())
+                .filter_map(|i| i.ip.clone()),
+        )
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let mut plans = Vec::new();
     for p in spec.ports.iter().flatten() {
         let protocol = p.protocol.as_deref().unwrap_or("TCP");
         let (Some(proto), Ok(port)) = (proto_number(protocol), u16::try_from(p.port)) else {
             continue;
         };
-        let mut frontends = vec![(frontend(cluster_ip, port, proto), SVC_F_INTERNAL)];
+        let ext_flags = if external_local {
+            SVC_F_EXTERNAL_LOCAL
+        } else {
+            0
+        };
+        let mut ext_frontends: Vec<(ServiceKey, u32)> = lb_addrs
+            .iter()
+            .map(|a| (frontend(*a, port, proto), ext_flags))
+            .collect();
         if external && let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()) {
-            frontends.extend(node.addrs.iter().map(|a| (frontend(*a, np, proto), 0)));
+            ext_frontends.extend(
+                node.addrs
+                    .iter()
+                    .map(|a| (frontend(*a, np, proto), ext_flags)),
+            );
         }
         let target = p
             .target_port
             .clone()
             .unwrap_or(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p.port));
         // With a selector, the pods it selects; without, the service's EndpointSlices.
-        let endpoints: BTreeSet<(Ipv4Addr, u16)> = if has_selector {
+        // Each with whether it lives on this node.
+        let endpoints: BTreeMap<(Ipv4Addr, u16), bool> = if has_selector {
             selected
                 .iter()
                 .filter_map(|pod| {
-                    Some((pod_ip(pod)?, resolve_target_port(pod, &target, protocol)?))
+                    let local = node.hosts(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()));
+                    Some((
+                        (pod_ip(pod)?, resolve_target_port(pod, &target, protocol)?),
+                        local,
+                    ))
                 })
                 .collect()
         } else {
@@ -231,20 +278,55 @@ fn plan_service(
                 .get(&(key.namespace.as_str(), key.name.as_str()))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            slice_endpoints(own, p.name.as_deref().unwrap_or(""), protocol)
+            slice_endpoints(own, p.name.as_deref().unwrap_or(""), protocol, node)
         };
-        plans.push(PortPlan {
-            service: key.clone(),
-            port: p
-                .name
-                .clone()
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| p.port.to_string()),
-            proto,
-            frontends,
-            endpoints: endpoints.into_iter().collect(),
-            affinity_timeout_s,
-        });
+        let all: Vec<(Ipv4Addr, u16)> = endpoints.keys().copied().collect();
+        let local: Vec<(Ipv4Addr, u16)> = endpoints
+            .iter()
+            .filter(|(_, local)| **local)
+            .map(|(e, _)| *e)
+            .collect();
+        let remote: BTreeSet<Ipv4Addr> = endpoints
+            .iter()
+            .filter(|(_, local)| !**local)
+            .map(|((a, _), _)| *a)
+            .collect();
+        let internal_eps = if internal_local {
+            local.clone()
+        } else {
+            all.clone()
+        };
+        let external_eps = if external_local { local } else { all };
+        let name = p
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| p.port.to_string());
+        let cluster = (frontend(cluster_ip, port, proto), SVC_F_INTERNAL);
+        let make =
+            |port: String, frontends: Vec<(ServiceKey, u32)>, eps: Vec<(Ipv4Addr, u16)>| PortPlan {
+                service: key.clone(),
+                port,
+                proto,
+                frontends,
+                endpoints: eps,
+                remote: remote.clone(),
+                affinity_timeout_s,
+            };
+        // One set of backends serves every frontend unless a traffic policy makes the
+        // external ones see other endpoints than the ClusterIP.
+        if ext_frontends.is_empty() || internal_eps == external_eps {
+            let mut frontends = vec![cluster];
+            frontends.extend(ext_frontends);
+            plans.push(make(name, frontends, internal_eps));
+        } else {
+            plans.push(make(name.clone(), vec![cluster], internal_eps));
+            plans.push(make(
+                format!("{name} (external)"),
+                ext_frontends,
+                external_eps,
+            ));
+        }
     }
     plans
 }
@@ -260,11 +342,22 @@ pub struct Entries {
 }
 
 impl Entries {
-    /// Sets `ports` from `services`: the bitmap always follows the frontends.
+    /// Sets `ports` from `services`: the bitmap always follows the frontends. The SNAT
+    /// range is marked too (when any frontend exists), so the replies of SNAT flows
+    /// pass the filter.
     pub fn index_ports(&mut self) {
         self.ports.clear();
-        for k in self.services.keys() {
-            let (word, bit) = port_bit(u16::from_be(k.port_be));
+        let snat = (!self.services.is_empty())
+            .then_some(SNAT_PORT_MIN..=SNAT_PORT_MAX)
+            .into_iter()
+            .flatten();
+        for port in self
+            .services
+            .keys()
+            .map(|k| u16::from_be(k.port_be))
+            .chain(snat)
+        {
+            let (word, bit) = port_bit(port);
             *self.ports.entry(word).or_insert(0) |= bit;
         }
     }
@@ -359,7 +452,11 @@ pub fn entries(plans: &[PortPlan], actual: &Entries) -> Result<Entries, DesiredE
                 addr_be,
                 port_be,
                 proto: plan.proto,
-                _pad: 0,
+                flags: if plan.remote.contains(addr) {
+                    BE_F_REMOTE
+                } else {
+                    0
+                },
                 backend_id: id,
             });
         }

@@ -22,8 +22,9 @@ use aya::{
     },
 };
 use lb_common::{
-    ALL_MAPS, GLOBAL_CLOCK_HZ, GLOBAL_NETNS_COOKIE, IFACE_EXTERNAL, IFACE_POD, PROG_CONNECT4,
-    PROG_RECVMSG4, PROG_SENDMSG4, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
+    ALL_MAPS, GLOBAL_CLOCK_HZ, GLOBAL_FIB_REDIRECT, GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR,
+    IFACE_EXTERNAL, IFACE_POD, PROG_CONNECT4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, PROG_XDP,
 };
 use tracing::{info, warn};
 
@@ -58,7 +59,27 @@ pub enum LoadError {
 
 /// Loads the object. With `pins`, every map is pinned there by name and adopted if
 /// already pinned (entries survive agent restarts); without, maps are private (tests).
-pub fn load(pins: Option<&Path>) -> Result<Ebpf, LoadError> {
+/// What the kernel side is told at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadConfig {
+    /// The node address flows to backends on other nodes leave with (SNAT); None
+    /// turns SNAT off (single node, tests).
+    pub snat_addr: Option<std::net::Ipv4Addr>,
+    /// XDP forwards SNAT flows itself (`bpf_fib_lookup` + redirect); false leaves
+    /// the original direction to the kernel's stack (for comparison).
+    pub fib_redirect: bool,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            snat_addr: None,
+            fib_redirect: true,
+        }
+    }
+}
+
+pub fn load(pins: Option<&Path>, cfg: &LoadConfig) -> Result<Ebpf, LoadError> {
     let mut loader = EbpfLoader::new();
     let paths: Vec<(&str, PathBuf)> = pins
         .map(|d| ALL_MAPS.iter().map(|m| (*m, d.join(m))).collect())
@@ -74,6 +95,10 @@ pub fn load(pins: Option<&Path>) -> Result<Ebpf, LoadError> {
     loader.override_global(GLOBAL_NETNS_COOKIE, &cookie, true);
     let hz = kernel_hz().unwrap_or(0);
     loader.override_global(GLOBAL_CLOCK_HZ, &hz, true);
+    let snat = cfg.snat_addr.map_or(0, |a| u32::from(a).to_be());
+    loader.override_global(GLOBAL_SNAT_ADDR, &snat, true);
+    let fib = u32::from(cfg.fib_redirect);
+    loader.override_global(GLOBAL_FIB_REDIRECT, &fib, true);
     loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
         pins: pins
             .map(|p| p.display().to_string())
@@ -203,13 +228,17 @@ pub struct Dataplane {
 
 impl Dataplane {
     pub fn load(pins: Option<&Path>) -> Result<Self, LoadError> {
+        Self::load_with(pins, &LoadConfig::default())
+    }
+
+    pub fn load_with(pins: Option<&Path>, cfg: &LoadConfig) -> Result<Self, LoadError> {
         if let Some(dir) = pins {
             std::fs::create_dir_all(dir).map_err(|error| LoadError::Bpffs {
                 dir: dir.to_path_buf(),
                 error,
             })?;
         }
-        let mut ebpf = load(pins)?;
+        let mut ebpf = load(pins, cfg)?;
         let maps = Maps::take(&mut ebpf)?;
         {
             let xdp: &mut Xdp = program(&mut ebpf, PROG_XDP)?;
@@ -267,6 +296,9 @@ impl Dataplane {
     pub fn attach_external(&mut self, iface: &str) -> Result<XdpAttach, LoadError> {
         let ifindex = ifindex(iface)?;
         let mode = self.attach_xdp(iface)?;
+        // TC ingress finishes what XDP leaves (SNAT replies whose neighbour XDP could
+        // not resolve); TC egress translates replies leaving for outside clients.
+        self.attach_tc(iface, PROG_TC_INGRESS, TcAttachType::Ingress)?;
         self.attach_tc(iface, PROG_TC_EGRESS, TcAttachType::Egress)?;
         self.maps.set_iface(ifindex, IFACE_EXTERNAL)?;
         info!(iface, ifindex, xdp = ?mode, "attached to external interface");

@@ -42,6 +42,7 @@ fn run(cli: Cli) -> Result<()> {
                 store: cli.store,
                 bpffs: a.bpffs,
                 cgroup: a.cgroup,
+                fib_redirect: !a.no_xdp_redirect,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -95,6 +95,7 @@ pub fn apply(entries: &mut Entries, ops: &[Op]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lb_common::port_bit;
 
     fn svc(id: u32, count: u32) -> ServiceValue {
         ServiceValue {
@@ -109,7 +110,7 @@ mod tests {
             addr_be: id,
             port_be: 80,
             proto: 6,
-            _pad: 0,
+            flags: 0,
             backend_id: id,
         }
     }
@@ -192,7 +193,16 @@ mod tests {
         assert_eq!(e, new);
         // Removing the last frontend of a word clears it after the frontend is gone.
         let gone = diff(&new, &Entries::default());
-        assert_eq!(gone.last(), Some(&Op::PutPorts(1, 0)));
+        let delete = gone
+            .iter()
+            .position(|o| matches!(o, Op::DeleteService(_)))
+            .unwrap();
+        let clear = gone.iter().position(|o| *o == Op::PutPorts(1, 0)).unwrap();
+        assert!(delete < clear, "{gone:?}");
+        // The SNAT range is marked while any frontend exists, and cleared with the last.
+        let (snat_word, _) = port_bit(lb_common::SNAT_PORT_MIN);
+        assert!(new.ports.contains_key(&snat_word));
+        assert!(gone.contains(&Op::PutPorts(snat_word, 0)), "{gone:?}");
         apply(&mut e, &gone);
         assert_eq!(e, Entries::default());
     }

@@ -63,7 +63,7 @@ fn fill(dp: &mut Dataplane, n: u32) {
                     addr_be: u32::from(addr).to_be(),
                     port_be: (8000 + slot as u16).to_be(),
                     proto: PROTO_TCP,
-                    _pad: 0,
+                    flags: 0,
                     backend_id: id * 10 + slot,
                 },
             );

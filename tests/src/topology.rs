@@ -288,6 +288,18 @@ pub mod seeds {
         host_if: &str,
         ip: &str,
     ) -> Result<Netns> {
+        pod_via(t, node, short, host_if, ip, POD_GATEWAY)
+    }
+
+    /// [`pod`] with the gateway address of the node's pod network (`10.244.N.1`).
+    pub fn pod_via(
+        t: &mut Topology,
+        node: &Netns,
+        short: &str,
+        host_if: &str,
+        ip: &str,
+        gateway: &str,
+    ) -> Result<Netns> {
         let pod = t.netns(short)?;
         t.link(&pod, "eth0", node, host_if)?;
         // As with the ptp CNI plugin, the pod's address is a /32: everything, other
@@ -295,17 +307,108 @@ pub mod seeds {
         t.ip(&pod, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
         t.ip(
             &pod,
-            &["route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link"],
+            &["route", "add", gateway, "dev", "eth0", "scope", "link"],
         )?;
         t.ip(
             &pod,
-            &["route", "add", "default", "via", POD_GATEWAY, "dev", "eth0"],
+            &["route", "add", "default", "via", gateway, "dev", "eth0"],
         )?;
         t.ip(
             node,
-            &["addr", "add", &format!("{POD_GATEWAY}/32"), "dev", host_if],
+            &["addr", "add", &format!("{gateway}/32"), "dev", host_if],
         )?;
         t.ip(node, &["route", "add", &format!("{ip}/32"), "dev", host_if])?;
         Ok(pod)
+    }
+}
+
+/// Several nodes on one LAN: a bridge in a namespace of its own joins the laptop
+/// (192.168.1.10) and nodes 192.168.1.2, .3, ...; node N's pods live in
+/// 10.244.N.0/24 behind it, and every node routes the other nodes' pod networks to
+/// them (as a flat, routed CNI does).
+pub mod multinode {
+    use super::*;
+
+    pub struct Lan {
+        pub laptop: Netns,
+        pub nodes: Vec<Netns>,
+        /// `pods[n][i]`: pod i of node n, address 10.244.n.(2+i).
+        pub pods: Vec<Vec<Netns>>,
+    }
+
+    pub fn node_ip(n: usize) -> String {
+        format!("192.168.1.{}", 2 + n)
+    }
+
+    pub fn pod_ip(n: usize, i: usize) -> String {
+        format!("10.244.{n}.{}", 2 + i)
+    }
+
+    pub fn lan(t: &mut Topology, nodes: usize, pods_per_node: usize) -> Result<Lan> {
+        let lan = t.netns("lan")?;
+        t.ip(&lan, &["link", "add", "br0", "type", "bridge"])?;
+        t.ip(&lan, &["link", "set", "br0", "up"])?;
+        let laptop = t.netns("laptop")?;
+        t.link(&laptop, "eth0", &lan, "p-laptop")?;
+        t.ip(&lan, &["link", "set", "p-laptop", "master", "br0"])?;
+        t.ip(
+            &laptop,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", seeds::LAPTOP_IP),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        t.sh(&laptop, &["ethtool", "-K", "eth0", "tx", "off"])?;
+        let mut node_ns = Vec::new();
+        let mut pods = Vec::new();
+        for n in 0..nodes {
+            let node = t.netns(&format!("node{}", n + 1))?;
+            let port = format!("p-node{}", n + 1);
+            t.link(&node, "eth0", &lan, &port)?;
+            t.ip(&lan, &["link", "set", &port, "master", "br0"])?;
+            // NAPI on the bridge side, so frames a node's XDP sends back out (XDP_TX)
+            // are taken in by the peer.
+            t.sh(&lan, &["ethtool", "-K", &port, "gro", "on"])?;
+            t.sh(&node, &["ethtool", "-K", "eth0", "tx", "off"])?;
+            t.ip(
+                &node,
+                &["addr", "add", &format!("{}/24", node_ip(n)), "dev", "eth0"],
+            )?;
+            t.sysctl(&node, "net.ipv4.ip_forward", "1")?;
+            for m in (0..nodes).filter(|m| *m != n) {
+                t.ip(
+                    &node,
+                    &[
+                        "route",
+                        "add",
+                        &format!("10.244.{m}.0/24"),
+                        "via",
+                        &node_ip(m),
+                    ],
+                )?;
+            }
+            let gateway = format!("10.244.{n}.1");
+            let mut mine = Vec::new();
+            for i in 0..pods_per_node {
+                mine.push(seeds::pod_via(
+                    t,
+                    &node,
+                    &format!("n{}p{i}", n + 1),
+                    &format!("lxc{i}"),
+                    &pod_ip(n, i),
+                    &gateway,
+                )?);
+            }
+            pods.push(mine);
+            node_ns.push(node);
+        }
+        Ok(Lan {
+            laptop,
+            nodes: node_ns,
+            pods,
+        })
     }
 }

@@ -42,7 +42,7 @@ fn dataplane() -> Dataplane {
         addr_be: u32::from(ip(POD)).to_be(),
         port_be: port.to_be(),
         proto,
-        _pad: 0,
+        flags: 0,
         backend_id: id,
     };
     let svc = |id, count, flags| lb_common::ServiceValue {

@@ -127,6 +127,7 @@ fn plan_with(endpoints: &[(u8, u16)]) -> PortPlan {
             .iter()
             .map(|(last, port)| (Ipv4Addr::new(10, 244, 0, *last), *port))
             .collect(),
+        remote: BTreeSet::new(),
         affinity_timeout_s: 0,
     }
 }
@@ -247,4 +248,64 @@ fn services_without_selector_take_ready_endpoints_from_their_slices() {
     ));
     let plans = plan(&s, &node());
     assert_eq!(plans[0].endpoints, vec![(ip("10.244.0.2"), 8080)]);
+}
+
+#[test]
+fn traffic_policies_and_remote_endpoints() {
+    let pod_on = |name: &str, ip: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: web}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c}}]\nstatus:\n  podIP: {ip}\n---\n"
+        )
+    };
+    let pods = format!(
+        "{}{}",
+        pod_on("a", "10.244.0.2", "n1"),
+        pod_on("b", "10.244.1.2", "n2")
+    );
+    let svc = |policies: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.80\n{policies}  selector: {{app: web}}\n  ports:\n  - {{port: 80, nodePort: 30080}}\n---\n{pods}"
+        )
+    };
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    // Cluster policies: one plan for every frontend; the pod on n2 is remote.
+    let plans = plan(&state(&svc("")), &node());
+    assert_eq!(plans.len(), 1);
+    assert_eq!(plans[0].frontends.len(), 2);
+    assert_eq!(plans[0].endpoints.len(), 2);
+    assert_eq!(plans[0].remote, BTreeSet::from([ip("10.244.1.2")]));
+    let e = entries(&plans, &Entries::default()).unwrap();
+    let remote_flags: Vec<u8> = e.backends.values().map(|b| b.flags & BE_F_REMOTE).collect();
+    assert_eq!(
+        remote_flags,
+        vec![0, BE_F_REMOTE],
+        "only the pod on n2 is remote"
+    );
+
+    // externalTrafficPolicy: Local: the NodePort has only the local pod, flagged.
+    let plans = plan(&state(&svc("  externalTrafficPolicy: Local\n")), &node());
+    assert_eq!(plans.len(), 2, "{plans:#?}");
+    let ext = plans
+        .iter()
+        .find(|p| p.port.ends_with("(external)"))
+        .unwrap();
+    assert_eq!(ext.endpoints, vec![(ip("10.244.0.2"), 80)]);
+    assert!(
+        ext.frontends
+            .iter()
+            .all(|(_, f)| *f == SVC_F_EXTERNAL_LOCAL)
+    );
+    let int = plans
+        .iter()
+        .find(|p| !p.port.ends_with("(external)"))
+        .unwrap();
+    assert_eq!(int.endpoints.len(), 2, "the ClusterIP still reaches both");
+
+    // internalTrafficPolicy: Local: the ClusterIP has only the local pod.
+    let plans = plan(&state(&svc("  internalTrafficPolicy: Local\n")), &node());
+    let int = plans
+        .iter()
+        .find(|p| !p.port.ends_with("(external)"))
+        .unwrap();
+    assert_eq!(int.endpoints, vec![(ip("10.244.0.2"), 80)]);
 }

@@ -1,0 +1,102 @@
+//! Forwarding a translated packet without the kernel's stack: a FIB lookup for the
+//! tuple it now carries, then XDP_REDIRECT (XDP) or bpf_redirect_neigh (TC).
+//! Used for SNAT flows, whose replies the stack would take for itself, and for their
+//! original packets towards another node.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_SHOT, bpf_fib_lookup},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::FlowKey;
+
+use crate::parse::ptr_at;
+
+/// Set by the agent at load time (`lb_common::GLOBAL_FIB_REDIRECT`): 1 lets XDP send
+/// packets on itself; 0 leaves forwarding to the kernel's stack (for comparison).
+#[unsafe(no_mangle)]
+static FIB_REDIRECT: u32 = 1;
+
+const AF_INET: u8 = 2;
+
+/// Whether XDP may redirect by itself.
+#[inline(always)]
+pub fn xdp_enabled() -> bool {
+    // SAFETY: a plain read of a global the loader set.
+    unsafe { core::ptr::read_volatile(&FIB_REDIRECT) != 0 }
+}
+
+/// Where the FIB sends `to`: the egress interface and the MACs to write.
+pub struct Route {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+#[inline(always)]
+fn params(to: &FlowKey, ifindex: u32, tot_len: u16) -> bpf_fib_lookup {
+    // SAFETY: plain data; all-zero is a valid (empty) request.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = to.proto;
+    p.sport = to.sport_be;
+    p.dport = to.dport_be;
+    // Host byte order: the kernel compares it with the MTU.
+    p.__bindgen_anon_1.tot_len = tot_len;
+    p.ifindex = ifindex;
+    p.__bindgen_anon_3.ipv4_src = to.saddr_be;
+    p.__bindgen_anon_4.ipv4_dst = to.daddr_be;
+    p
+}
+
+/// The route for `to` from an XDP program, complete with the neighbour's MAC; None
+/// when the FIB has no full answer (no route, or no neighbour entry yet).
+#[inline(always)]
+pub fn lookup_xdp(ctx: &XdpContext, to: &FlowKey, ifindex: u32, tot_len: u16) -> Option<Route> {
+    let mut p = params(to, ifindex, tot_len);
+    // SAFETY: the program's context and a request of the size given.
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
+    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(Route {
+        ifindex: p.ifindex,
+        smac: p.smac,
+        dmac: p.dmac,
+    })
+}
+
+/// Writes the route's MACs and redirects the frame to the route's interface. Also
+/// when that is the interface it came in on: XDP_TX would be cheaper on a NIC, but a
+/// veth only wakes its peer for XDP_TX frames when the peer runs an XDP program of
+/// its own, while a redirect's flush always does.
+#[inline(always)]
+pub fn send_xdp(ctx: &XdpContext, route: &Route) -> Option<u32> {
+    let macs: *mut [u8; 12] = ptr_at(ctx.data(), ctx.data_end(), 0)?;
+    let mut both = [0u8; 12];
+    both[..6].copy_from_slice(&route.dmac);
+    both[6..].copy_from_slice(&route.smac);
+    // SAFETY: bounds-checked just above; a plain store of 12 bytes.
+    unsafe { macs.write_unaligned(both) };
+    // SAFETY: a helper taking plain values.
+    Some(unsafe { bpf_redirect(route.ifindex, 0) } as u32)
+}
+
+/// From TC: the egress interface for `to` (the neighbour may still be unknown:
+/// bpf_redirect_neigh resolves it), or None when there is no route.
+#[inline(always)]
+pub fn lookup_tc(ctx: &TcContext, to: &FlowKey, ifindex: u32, tot_len: u16) -> Option<u32> {
+    let mut p = params(to, ifindex, tot_len);
+    // SAFETY: the program's context and a request of the size given.
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
+    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64)
+        .then_some(p.ifindex)
+}
+
+/// Sends the socket buffer out `ifindex`, the kernel filling in the neighbour.
+#[inline(always)]
+pub fn send_tc(ifindex: u32) -> i32 {
+    // SAFETY: a helper taking plain values; no neighbour parameters.
+    let rc = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
+    if rc < 0 { TC_ACT_SHOT } else { rc as i32 }
+}

@@ -1,0 +1,207 @@
+//! Several nodes, one LAN, one store: NodePort on every node's address reaching pods
+//! on any node, traffic policies, ClusterIP across nodes.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use lb_tests::{
+    Netns, Topology,
+    lbctl::{Lb, podserver_bin},
+    require_root,
+    topology::multinode::{self, Lan, node_ip, pod_ip},
+};
+
+struct Cluster {
+    t: Topology,
+    lan: Lan,
+    lb: Lb,
+}
+
+/// `nodes` nodes with `pods` pods each, every pod running `podserver --tcp 8080`
+/// answering `nNpI`; the pods in `declared` ((node, pod) pairs) are in the store with
+/// `app: web` and their nodeName; `manifests` applied; an agent on every node.
+fn cluster(
+    tag: &str,
+    nodes: usize,
+    pods: usize,
+    declared: &[(usize, usize)],
+    manifests: &str,
+) -> Cluster {
+    require_root();
+    let mut t = Topology::new(tag).unwrap();
+    let lan = multinode::lan(&mut t, nodes, pods).unwrap();
+    let server = podserver_bin().display().to_string();
+    for (n, node_pods) in lan.pods.iter().enumerate() {
+        for (i, pod) in node_pods.iter().enumerate() {
+            let text = format!("n{}p{i}", n + 1);
+            t.spawn(
+                pod,
+                &text.clone(),
+                &[&server, "--text", &text, "--tcp", "8080"],
+                &[],
+            )
+            .unwrap();
+        }
+    }
+    let lb = Lb::new(&mut t).unwrap();
+    let pod_manifests: String = declared
+        .iter()
+        .map(|(n, i)| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: n{}p{i}\n  labels: {{app: web}}\nspec:\n  nodeName: node{}\n  containers: [{{name: c}}]\nstatus:\n  podIP: {}\n---\n",
+                n + 1,
+                n + 1,
+                pod_ip(*n, *i)
+            )
+        })
+        .collect();
+    lb.apply(&format!("{manifests}{pod_manifests}")).unwrap();
+    for (n, node) in lan.nodes.clone().iter().enumerate() {
+        lb.start_agent(&mut t, node, &format!("node{}", n + 1), &["eth0"])
+            .unwrap();
+    }
+    Cluster { t, lan, lb }
+}
+
+fn lbclient(c: &Cluster, ns: &Netns, args: &[&str]) -> Vec<String> {
+    let bin = podserver_bin()
+        .with_file_name("lbclient")
+        .display()
+        .to_string();
+    let mut argv = vec![bin.as_str()];
+    argv.extend_from_slice(args);
+    let out = c.t.run(ns, &argv).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn diagnostics(c: &Cluster) -> String {
+    (1..=c.lan.nodes.len())
+        .map(|n| c.lb.diagnostics(&c.t, &format!("node{n}")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Answers counted by pod; panics (with every node's log and counters) on a failure.
+fn tally(c: &Cluster, answers: &[String]) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for a in answers {
+        assert!(
+            !a.starts_with("ERR"),
+            "a request failed: {a}\n{}",
+            diagnostics(c)
+        );
+        *by.entry(a.split_whitespace().next().unwrap_or("").to_string())
+            .or_insert(0) += 1;
+    }
+    by
+}
+
+fn ready(c: &Cluster, ns: &Netns, addr: &str) {
+    let ok = Topology::wait_for(Duration::from_secs(10), || {
+        lbclient(c, ns, &["tcp", addr, "1"])
+            .first()
+            .filter(|a| !a.starts_with("ERR"))
+            .cloned()
+    });
+    assert!(ok.is_some(), "{addr} never answered\n{}", diagnostics(c));
+}
+
+fn verdict(c: &Cluster, node: usize, reason: &str) -> u64 {
+    let out =
+        c.lb.ok(&[
+            "stats",
+            "--bpffs",
+            &c.lb.bpffs.display().to_string(),
+            "--node-name",
+            &format!("node{}", node + 1),
+        ])
+        .unwrap();
+    out.lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(reason)).then(|| f.next().and_then(|n| n.parse().ok()))?
+        })
+        .unwrap_or_else(|| panic!("no {reason} in\n{out}"))
+}
+
+const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.80\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080, nodePort: 30080}\n---\n";
+
+#[test]
+fn node_port_answers_on_every_node_and_reaches_pods_on_any_node() {
+    let all: Vec<(usize, usize)> = (0..3).flat_map(|n| (0..2).map(move |i| (n, i))).collect();
+    let c = cluster("3nodes", 3, 2, &all, WEB);
+    let mut seen = BTreeMap::new();
+    for n in 0..3 {
+        let addr = format!("{}:30080", node_ip(n));
+        ready(&c, &c.lan.laptop, &addr);
+        let by = tally(&c, &lbclient(&c, &c.lan.laptop, &["tcp", &addr, "60"]));
+        assert_eq!(by.values().sum::<usize>(), 60, "node {}: {by:?}", n + 1);
+        assert!(
+            by.keys().any(|p| !p.starts_with(&format!("n{}", n + 1))),
+            "node {} sent some to other nodes' pods: {by:?}",
+            n + 1
+        );
+        for (pod, k) in by {
+            *seen.entry(pod).or_insert(0) += k;
+        }
+    }
+    assert_eq!(seen.len(), 6, "every pod answered some: {seen:?}");
+    // Remote pods were reached through XDP's FIB lookup and redirect.
+    let redirected: u64 = (0..3).map(|n| verdict(&c, n, "fwd_xdp_redirect")).sum();
+    assert!(
+        redirected > 0,
+        "no packet was redirected by XDP\n{}",
+        diagnostics(&c)
+    );
+
+    // ClusterIP from a pod on node 1 to pods on every node.
+    let client = c.lan.pods[0][0].clone();
+    let by = tally(&c, &lbclient(&c, &client, &["tcp", "10.96.0.80:80", "60"]));
+    assert!(
+        by.keys().any(|p| p.starts_with("n2")) && by.keys().any(|p| p.starts_with("n3")),
+        "a pod on node 1 reaches pods on nodes 2 and 3: {by:?}"
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address_and_only_local_pods_serve() {
+    let svc = WEB.replace(
+        "  type: NodePort\n",
+        "  type: NodePort\n  externalTrafficPolicy: Local\n",
+    );
+    // Pods on nodes 1 and 2 only; node 3 has none.
+    let c = cluster("etplocal", 3, 1, &[(0, 0), (1, 0)], &svc);
+    for n in 0..2 {
+        let addr = format!("{}:30080", node_ip(n));
+        ready(&c, &c.lan.laptop, &addr);
+        let answers = lbclient(&c, &c.lan.laptop, &["peer", &addr, "20"]);
+        for a in &answers {
+            let mut w = a.split_whitespace();
+            assert_eq!(
+                w.next(),
+                Some(format!("n{}p0", n + 1).as_str()),
+                "only the local pod: {answers:?}"
+            );
+            let peer = w.next().unwrap_or("");
+            assert!(
+                peer.starts_with("192.168.1.10:"),
+                "the pod sees the laptop's own address, not a node's: {a}"
+            );
+        }
+    }
+    // Node 3 has no local endpoint: it does not serve the port (packets are dropped,
+    // as kube-proxy does, so a load balancer's health check moves away).
+    let before = verdict(&c, 2, "drop_no_local_backend");
+    let node3 = lbclient(
+        &c,
+        &c.lan.laptop,
+        &["connect", &format!("{}:30080", node_ip(2))],
+    );
+    assert!(
+        node3[0].starts_with("ERR TimedOut") || node3[0].starts_with("ERR WouldBlock"),
+        "node 3 must not answer: {node3:?}"
+    );
+    assert!(verdict(&c, 2, "drop_no_local_backend") > before);
+}
