@@ -16,6 +16,7 @@ use tokio::{signal::unix::SignalKind, sync::mpsc};
 use tracing::{info, warn};
 
 use crate::{
+    announce::Announcer,
     desired::{self, Entries, Node},
     loader::Dataplane,
     model::pod_ip,
@@ -40,6 +41,8 @@ pub struct AgentOptions {
     pub cgroup: Option<PathBuf>,
     /// XDP forwards flows to other nodes itself (false: the kernel's stack does).
     pub fib_redirect: bool,
+    /// Address pools LoadBalancer services get their address from (network, prefix).
+    pub lb_pools: Vec<(Ipv4Addr, u8)>,
 }
 
 /// Where the agent for `node_name` pins its maps.
@@ -77,6 +80,8 @@ struct Agent {
     /// The store's state as last read (the tick follows routes with it, re-reading
     /// the store only when it changed).
     state: crate::store::State,
+    announcer: Announcer,
+    lb_pools: Vec<(Ipv4Addr, u8)>,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
@@ -127,6 +132,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         actual,
         seen: None,
         state: Default::default(),
+        announcer: Announcer::new(&opts.store, &opts.node_name, &opts.ifaces[0]),
+        lb_pools: opts.lb_pools.clone(),
     };
 
     // Store events wake the loop at once; the tick catches what events miss.
@@ -151,9 +158,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             Some(()) = rx.recv() => agent.reconcile(false)?,
-            _ = tick.tick() => agent.reconcile(true)?,
+            _ = tick.tick() => {
+                agent.reconcile(true)?;
+                agent.announce();
+            }
         }
     }
+    agent.announcer.withdraw();
     info!(pins = %pins.display(), "agent stopping: programs stay attached and maps pinned, so forwarding goes on (`lb reset` removes them)");
     Ok(())
 }
@@ -161,6 +172,27 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 impl Agent {
     /// Brings the maps in line with the store. `routes`: also look for new pod interfaces.
     fn reconcile(&mut self, routes: bool) -> Result<()> {
+        if !self.lb_pools.is_empty() {
+            for (svc, ip) in self.store.assign_load_balancer_ips(&self.lb_pools)? {
+                info!(service = %svc, %ip, "assigned LoadBalancer address");
+            }
+        }
+        self.sync_maps(routes)
+    }
+
+    /// Heartbeat and LoadBalancer announcements: once per tick (never on store events,
+    /// which heartbeats of other agents may cause).
+    fn announce(&mut self) {
+        let lb_ips = self
+            .state
+            .services
+            .values()
+            .flat_map(crate::store::lb_ingress_ips)
+            .collect();
+        self.announcer.sync(&lb_ips);
+    }
+
+    fn sync_maps(&mut self, routes: bool) -> Result<()> {
         let stamp = std::fs::metadata(self.store.state_path())
             .ok()
             .map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len()));

@@ -86,6 +86,17 @@ pub struct AgentArgs {
     /// of XDP's own FIB lookup and redirect (slower; for comparison).
     #[arg(long)]
     pub no_xdp_redirect: bool,
+    /// Addresses LoadBalancer services are given (CIDR; repeat for several). One node
+    /// answers ARP for each address; another takes over when its agent stops.
+    #[arg(long = "lb-pool", value_parser = parse_cidr)]
+    pub lb_pools: Vec<(Ipv4Addr, u8)>,
+}
+
+/// `A.B.C.D/N`.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    s.split_once('/')
+        .and_then(|(a, l)| Some((a.parse().ok()?, l.parse::<u8>().ok().filter(|l| *l <= 32)?)))
+        .ok_or_else(|| format!("{s}: want an IPv4 CIDR such as 192.168.1.240/28"))
 }
 
 #[derive(Args)]

@@ -4,6 +4,7 @@
 //! programs and `agent` driving the loop.
 
 pub mod agent;
+pub mod announce;
 pub mod cli;
 pub mod desired;
 pub mod loader;

@@ -43,6 +43,7 @@ fn run(cli: Cli) -> Result<()> {
                 bpffs: a.bpffs,
                 cgroup: a.cgroup,
                 fib_redirect: !a.no_xdp_redirect,
+                lb_pools: a.lb_pools,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -18,7 +18,7 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{Pod, Service},
+        core::v1::{LoadBalancerIngress, LoadBalancerStatus, Pod, Service, ServiceStatus},
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -243,6 +243,60 @@ impl Store {
         })
     }
 
+    /// Gives every LoadBalancer service without an address one from `pools`
+    /// (`spec.loadBalancerIP` when it names a free address of a pool), written to
+    /// `status.loadBalancer.ingress` as a cloud controller would; services no longer of
+    /// that type lose theirs. Returns what was assigned (service, address).
+    pub fn assign_load_balancer_ips(
+        &self,
+        pools: &[(Ipv4Addr, u8)],
+    ) -> Result<Vec<(String, Ipv4Addr)>, StoreError> {
+        self.update(|state| {
+            let mut taken: BTreeSet<Ipv4Addr> = state
+                .services
+                .values()
+                .flat_map(|s| lb_ingress_ips(s).into_iter().chain(external_ips(s)))
+                .collect();
+            let mut assigned = Vec::new();
+            for (key, svc) in state.services.iter_mut() {
+                let is_lb = service_type(svc) == TYPE_LOAD_BALANCER;
+                let has = !lb_ingress_ips(svc).is_empty();
+                if !is_lb && has {
+                    svc.status = None;
+                    continue;
+                }
+                if !is_lb || has || pools.is_empty() {
+                    continue;
+                }
+                let requested = svc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.load_balancer_ip.as_deref())
+                    .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+                let ip = match requested {
+                    Some(ip) => (in_pools(pools, ip) && !taken.contains(&ip)).then_some(ip),
+                    None => pool_addrs(pools).find(|ip| !taken.contains(ip)),
+                };
+                let Some(ip) = ip else {
+                    continue; // stays <pending>
+                };
+                taken.insert(ip);
+                svc.status = Some(ServiceStatus {
+                    load_balancer: Some(LoadBalancerStatus {
+                        ingress: Some(vec![LoadBalancerIngress {
+                            ip: Some(ip.to_string()),
+                            ip_mode: Some("VIP".into()),
+                            ..Default::default()
+                        }]),
+                    }),
+                    ..Default::default()
+                });
+                assigned.push((key.clone(), ip));
+            }
+            Ok(assigned)
+        })
+    }
+
     /// Deletes the named objects; all must exist (or none is deleted).
     pub fn delete(&self, targets: &[(&'static str, ObjectKey)]) -> Result<(), StoreError> {
         self.update(|state| {
@@ -293,6 +347,10 @@ fn apply_one(
         Object::Service(svc) => {
             let old = state.services.remove(&key);
             let mut svc = (**svc).clone();
+            // Status is the cluster's to write (the agents assign LoadBalancer
+            // addresses), never the manifest's: as with the API server's status
+            // subresource, apply keeps what is there.
+            svc.status = old.as_ref().and_then(|o| o.status.clone());
             let invalid = |error: FieldError| StoreError::Invalid {
                 file: doc.file.clone(),
                 index: doc.index,
@@ -504,6 +562,40 @@ fn allocate(
         }
     }
     Ok(())
+}
+
+/// `status.loadBalancer.ingress` addresses.
+pub fn lb_ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
+    svc.status
+        .iter()
+        .flat_map(|s| s.load_balancer.iter())
+        .flat_map(|l| l.ingress.iter().flatten())
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect()
+}
+
+fn external_ips(svc: &Service) -> Vec<Ipv4Addr> {
+    svc.spec
+        .iter()
+        .flat_map(|s| s.external_ips.iter().flatten())
+        .filter_map(|ip| ip.parse().ok())
+        .collect()
+}
+
+fn in_pools(pools: &[(Ipv4Addr, u8)], ip: Ipv4Addr) -> bool {
+    pool_addrs(pools).any(|a| a == ip)
+}
+
+/// Every usable address of the pools, in order (a pool's network and broadcast
+/// addresses are skipped unless it is a /31 or /32).
+fn pool_addrs(pools: &[(Ipv4Addr, u8)]) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    pools.iter().flat_map(|(net, len)| {
+        let host_bits = 32 - u32::from(*len).min(32);
+        let size = 1u64 << host_bits;
+        let base = u64::from(u32::from(*net) & !((size - 1) as u32));
+        let (lo, hi) = if size <= 2 { (0, size) } else { (1, size - 1) };
+        (lo..hi).map(move |i| Ipv4Addr::from((base + i) as u32))
+    })
 }
 
 /// The clusterIPs and nodePorts services hold.

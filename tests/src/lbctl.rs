@@ -92,6 +92,18 @@ impl Lb {
         node_name: &str,
         ifaces: &[&str],
     ) -> Result<()> {
+        self.start_agent_with(t, node, node_name, ifaces, &[])
+    }
+
+    /// [`start_agent`](Self::start_agent) with more `lb agent` arguments.
+    pub fn start_agent_with(
+        &self,
+        t: &mut Topology,
+        node: &Netns,
+        node_name: &str,
+        ifaces: &[&str],
+        extra: &[&str],
+    ) -> Result<()> {
         let bin = lb_bin();
         let mut argv: Vec<String> = vec![
             bin.display().to_string(),
@@ -106,6 +118,7 @@ impl Lb {
         for i in ifaces {
             argv.extend(["--iface".to_string(), i.to_string()]);
         }
+        argv.extend(extra.iter().map(|a| a.to_string()));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let label = format!("agent-{node_name}");
         t.spawn(node, &label, &argv, &[("LB_LOG", "info")])?;

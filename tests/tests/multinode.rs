@@ -26,6 +26,18 @@ fn cluster(
     declared: &[(usize, usize)],
     manifests: &str,
 ) -> Cluster {
+    cluster_with(tag, nodes, pods, declared, manifests, &[])
+}
+
+/// [`cluster`] with more `lb agent` arguments for every agent.
+fn cluster_with(
+    tag: &str,
+    nodes: usize,
+    pods: usize,
+    declared: &[(usize, usize)],
+    manifests: &str,
+    agent_args: &[&str],
+) -> Cluster {
     require_root();
     let mut t = Topology::new(tag).unwrap();
     let lan = multinode::lan(&mut t, nodes, pods).unwrap();
@@ -56,8 +68,14 @@ fn cluster(
         .collect();
     lb.apply(&format!("{manifests}{pod_manifests}")).unwrap();
     for (n, node) in lan.nodes.clone().iter().enumerate() {
-        lb.start_agent(&mut t, node, &format!("node{}", n + 1), &["eth0"])
-            .unwrap();
+        lb.start_agent_with(
+            &mut t,
+            node,
+            &format!("node{}", n + 1),
+            &["eth0"],
+            agent_args,
+        )
+        .unwrap();
     }
     Cluster { t, lan, lb }
 }
@@ -204,4 +222,97 @@ fn external_traffic_policy_local_keeps_the_client_address_and_only_local_pods_se
         "node 3 must not answer: {node3:?}"
     );
     assert!(verdict(&c, 2, "drop_no_local_backend") > before);
+}
+
+/// Which nodes carry `ip` on their uplink (announce it).
+fn announcers(c: &Cluster, ip: &str) -> Vec<usize> {
+    (0..c.lan.nodes.len())
+        .filter(|n| {
+            c.t.sh(
+                &c.lan.nodes[*n],
+                &["ip", "-4", "addr", "show", "dev", "eth0"],
+            )
+            .unwrap()
+            .contains(&format!("inet {ip}/32"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_load_balancer_address_moves_to_another_node_when_its_agent_stops() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: front\nspec:\n  type: LoadBalancer\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080}\n---\n";
+    let all: Vec<(usize, usize)> = (0..3).map(|n| (n, 0)).collect();
+    let mut c = cluster_with(
+        "lbfail",
+        3,
+        1,
+        &all,
+        svc,
+        &["--lb-pool", "192.168.1.240/29"],
+    );
+    // The first usable address of the pool, shown as kubectl shows it, with a nodePort.
+    let lb_ip = "192.168.1.241";
+    let shown = Topology::wait_for(Duration::from_secs(10), || {
+        let table = c.lb.ok(&["get", "svc", "front"]).ok()?;
+        table.contains(lb_ip).then_some(table)
+    })
+    .unwrap_or_else(|| panic!("no address assigned\n{}", diagnostics(&c)));
+    let row: Vec<&str> = shown.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[1], "LoadBalancer");
+    assert_eq!(row[3], lb_ip);
+    assert!(
+        row[4].starts_with("80:3") && row[4].ends_with("/TCP"),
+        "{shown}"
+    );
+    let json = c.lb.ok(&["get", "svc", "front", "-o", "json"]).unwrap();
+    assert!(
+        json.contains(&format!("\"ip\": \"{lb_ip}\"")),
+        "status.loadBalancer.ingress: {json}"
+    );
+
+    let addr = format!("{lb_ip}:80");
+    ready(&c, &c.lan.laptop, &addr);
+    let owner = Topology::wait_for(Duration::from_secs(5), || {
+        let a = announcers(&c, lb_ip);
+        (a.len() == 1).then(|| a[0])
+    })
+    .unwrap_or_else(|| panic!("exactly one node announces {lb_ip}\n{}", diagnostics(&c)));
+    let by = tally(&c, &lbclient(&c, &c.lan.laptop, &["tcp", &addr, "30"]));
+    assert_eq!(
+        by.len(),
+        3,
+        "pods on every node answer through the address: {by:?}"
+    );
+
+    // The announcing agent stops: another node takes the address and the laptop gets
+    // through it again within 10 s.
+    c.t.stop(&format!("agent-node{}", owner + 1));
+    let started = std::time::Instant::now();
+    let next = Topology::wait_for(Duration::from_secs(10), || {
+        let a = announcers(&c, lb_ip);
+        (a.len() == 1 && a[0] != owner).then(|| a[0])
+    })
+    .unwrap_or_else(|| panic!("no other node took {lb_ip} over\n{}", diagnostics(&c)));
+    // Through the new node: its counters take every new connection. (The stopped
+    // node's pinned data plane still forwards what reaches it, so nothing breaks
+    // while the laptop's ARP cache moves.)
+    let through_next = Topology::wait_for(Duration::from_secs(10), || {
+        let before = verdict(&c, next, "nat_new_flow");
+        let a = lbclient(&c, &c.lan.laptop, &["tcp", &addr, "5"]);
+        (a.iter().all(|a| !a.starts_with("ERR")) && verdict(&c, next, "nat_new_flow") >= before + 5)
+            .then_some(a)
+    });
+    assert!(
+        through_next.is_some(),
+        "the laptop never got through node {}\n{}",
+        next + 1,
+        diagnostics(&c)
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "failover took {took:?}");
+    eprintln!(
+        "LoadBalancer failover: node {} -> node {} in {took:?}",
+        owner + 1,
+        next + 1
+    );
 }

@@ -1,0 +1,243 @@
+//! LoadBalancer addresses on the LAN, as MetalLB's layer-2 mode does: for each
+//! address one live node answers ARP (the address is put on its uplink, so the
+//! kernel answers) and says so at once with gratuitous ARP; when that node's agent
+//! stops, the next node in line takes the address over within a tick or two.
+//!
+//! Agents know each other through heartbeat files in the shared store directory
+//! (`STORE/nodes/NODE`, touched every tick, removed on a clean stop). The node for
+//! an address is the live node with the highest hash of (node, address), so every
+//! agent comes to the same answer, and addresses spread over the nodes.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, SystemTime},
+};
+
+use tracing::{info, warn};
+
+/// A node whose heartbeat is older than this is taken as gone.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
+
+pub struct Announcer {
+    dir: PathBuf,
+    node: String,
+    iface: String,
+    held: BTreeSet<Ipv4Addr>,
+}
+
+/// FNV-1a with murmur3's final mix: stable across processes and versions (std's
+/// hasher is neither), and every input bit reaches the high bits that decide.
+fn score(node: &str, ip: Ipv4Addr) -> u64 {
+    let mut h = node
+        .bytes()
+        .chain([0])
+        .chain(ip.octets())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The node that announces `ip` among `alive`.
+pub fn owner(alive: &[String], ip: Ipv4Addr) -> Option<&str> {
+    alive
+        .iter()
+        .max_by_key(|n| (score(n, ip), n.as_str()))
+        .map(String::as_str)
+}
+
+impl Announcer {
+    pub fn new(store: &std::path::Path, node: &str, iface: &str) -> Self {
+        Announcer {
+            dir: store.join("nodes"),
+            node: node.to_string(),
+            iface: iface.to_string(),
+            held: BTreeSet::new(),
+        }
+    }
+
+    fn heartbeat(&self) {
+        let _ = fs::create_dir_all(&self.dir);
+        if let Err(e) = fs::write(self.dir.join(&self.node), b"") {
+            warn!(error = %e, "cannot write the heartbeat");
+        }
+    }
+
+    /// Nodes with a fresh heartbeat (this one included).
+    fn alive(&self) -> Vec<String> {
+        let now = SystemTime::now();
+        let mut nodes: Vec<String> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| now.duration_since(t).unwrap_or_default() < HEARTBEAT_TTL)
+            })
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        if !nodes.contains(&self.node) {
+            nodes.push(self.node.clone());
+        }
+        nodes
+    }
+
+    /// Beats, then takes the addresses this node should announce and lets go of the
+    /// others.
+    pub fn sync(&mut self, addrs: &BTreeSet<Ipv4Addr>) {
+        self.heartbeat();
+        let alive = self.alive();
+        let mine: BTreeSet<Ipv4Addr> = addrs
+            .iter()
+            .copied()
+            .filter(|ip| owner(&alive, *ip) == Some(self.node.as_str()))
+            .collect();
+        for ip in mine.difference(&self.held.clone()) {
+            if ip_addr("add", *ip, &self.iface) {
+                info!(%ip, iface = %self.iface, "announcing LoadBalancer address");
+                gratuitous_arp(&self.iface, *ip);
+                self.held.insert(*ip);
+            }
+        }
+        for ip in self.held.clone().difference(&mine) {
+            ip_addr("del", *ip, &self.iface);
+            info!(%ip, "no longer announcing LoadBalancer address");
+            self.held.remove(ip);
+        }
+    }
+
+    /// On a clean stop: every address let go, the heartbeat removed, so another node
+    /// takes over at its next tick.
+    pub fn withdraw(&mut self) {
+        for ip in std::mem::take(&mut self.held) {
+            ip_addr("del", ip, &self.iface);
+        }
+        let _ = fs::remove_file(self.dir.join(&self.node));
+    }
+}
+
+fn ip_addr(verb: &str, ip: Ipv4Addr, iface: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["addr", verb, &format!("{ip}/32"), "dev", iface])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => true,
+        Ok(o) if verb == "add" && String::from_utf8_lossy(&o.stderr).contains("File exists") => {
+            true
+        }
+        Ok(o) => {
+            warn!(%ip, iface, verb, error = %String::from_utf8_lossy(&o.stderr).trim(), "ip addr");
+            false
+        }
+        Err(e) => {
+            warn!(%ip, iface, verb, error = %e, "running ip");
+            false
+        }
+    }
+}
+
+/// The MAC address of `iface` in this network namespace.
+fn mac_of(iface: &str) -> Option<[u8; 6]> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter(|a| a.interface_name == iface)
+        .find_map(|a| a.address?.as_link_addr()?.addr())
+}
+
+/// A broadcast ARP frame about `ip` being at `mac`, in the two forms Linux takes as
+/// gratuitous (and so lets override a cached entry at once): a request with sender
+/// and target address both `ip`, and a reply whose target MAC is the sender's.
+fn garp_frame(mac: [u8; 6], ip: Ipv4Addr, reply: bool) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(42);
+    frame.extend([0xff; 6]);
+    frame.extend(mac);
+    frame.extend([0x08, 0x06]); // ARP
+    frame.extend([
+        0x00,
+        0x01,
+        0x08,
+        0x00,
+        6,
+        4,
+        0x00,
+        if reply { 2 } else { 1 },
+    ]);
+    frame.extend(mac);
+    frame.extend(ip.octets());
+    frame.extend(if reply { mac } else { [0; 6] });
+    frame.extend(ip.octets());
+    frame
+}
+
+/// Tells the LAN that `ip` is at this interface's MAC now, so neighbours' caches
+/// move at once.
+fn gratuitous_arp(iface: &str, ip: Ipv4Addr) {
+    let (Some(mac), Ok(ifindex)) = (mac_of(iface), crate::loader::ifindex(iface)) else {
+        warn!(iface, "no MAC or index for gratuitous ARP");
+        return;
+    };
+    // SAFETY: a raw packet socket we own and close; the address structure is fully
+    // initialised and its size passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            warn!(error = %std::io::Error::last_os_error(), "packet socket for gratuitous ARP");
+            return;
+        }
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = 0x0806u16.to_be();
+        sll.sll_ifindex = ifindex as i32;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        for reply in [false, true] {
+            let frame = garp_frame(mac, ip, reply);
+            libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+        }
+        libc::close(fd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_agent_picks_the_same_owner_and_addresses_spread() {
+        let nodes: Vec<String> = (1..=3).map(|n| format!("node{n}")).collect();
+        let ips: Vec<Ipv4Addr> = (1..=30)
+            .map(|i| Ipv4Addr::new(192, 168, 1, 200 + i))
+            .collect();
+        let owners: BTreeSet<&str> = ips.iter().filter_map(|ip| owner(&nodes, *ip)).collect();
+        assert_eq!(owners.len(), 3, "30 addresses land on every node");
+        // Order of discovery does not matter.
+        let mut reversed = nodes.clone();
+        reversed.reverse();
+        for ip in &ips {
+            assert_eq!(owner(&nodes, *ip), owner(&reversed, *ip));
+        }
+        // A node leaving moves only its own addresses.
+        let without: Vec<String> = nodes.iter().filter(|n| *n != "node2").cloned().collect();
+        for ip in &ips {
+            if owner(&nodes, *ip) != Some("node2") {
+                assert_eq!(owner(&nodes, *ip), owner(&without, *ip));
+            }
+        }
+    }
+}
