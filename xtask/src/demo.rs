@@ -1,7 +1,9 @@
-//! `cargo xtask run` with no arguments: the seeds' scenario, live. A laptop
-//! (192.168.1.10) and a node (192.168.1.2) on one LAN, a pod (10.244.0.2) serving
-//! `Hello World!` behind the node, lb's agent in the node, `examples/` applied. Runs
-//! until Ctrl-C, then removes everything it made (also on error).
+//! `cargo xtask run` with no arguments: the seeds' scenario, live, on two nodes. A
+//! laptop (192.168.1.10) and nodes 192.168.1.2 and 192.168.1.3 on one LAN (a
+//! bridge), a pod serving `Hello World!` behind each node (10.244.0.2 on node1, the
+//! seeds' pod; 10.244.1.2 on node2), lb's agent in each node, `examples/` applied:
+//! the seeds' NodePort service and a LoadBalancer service. Runs until Ctrl-C, then
+//! removes everything it made (also on error).
 
 use std::{
     path::Path,
@@ -14,8 +16,10 @@ use anyhow::{Context as _, Result, bail};
 use lb_tests::{
     Topology,
     lbctl::{Lb, curl, podserver_bin},
-    seeds::{self, NODE_IP, POD_IP},
+    topology::multinode::{self, node_ip},
 };
+
+const LB_POOL: &str = "192.168.1.240/29";
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -33,10 +37,17 @@ pub fn run(root: &Path) -> Result<()> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let mut t = Topology::new("demo")?;
-    let s = seeds::lan(&mut t)?;
-    let pod = seeds::pod(&mut t, &s.node, "pod", "lxc1", POD_IP)?;
+    let lan = multinode::lan(&mut t, 2, 1)?;
     let server = podserver_bin().display().to_string();
-    t.spawn(&pod, "pod", &[&server, "--tcp", "80", "--udp", "80"], &[])?;
+    for (n, pods) in lan.pods.iter().enumerate() {
+        let label = format!("pod-node{}", n + 1);
+        t.spawn(
+            &pods[0],
+            &label,
+            &[&server, "--tcp", "80", "--udp", "80"],
+            &[],
+        )?;
+    }
     let lb = Lb::new(&mut t)?;
     let examples = root.join("examples");
     println!("$ lb apply -f examples/");
@@ -44,36 +55,66 @@ pub fn run(root: &Path) -> Result<()> {
         "{}",
         lb.ok(&["apply", "-f", examples.to_str().context("path")?])?
     );
-    lb.start_agent(&mut t, &s.node, "node1", &["eth0"])?;
+    for (n, node) in lan.nodes.iter().enumerate() {
+        lb.start_agent_with(
+            &mut t,
+            node,
+            &format!("node{}", n + 1),
+            &["eth0"],
+            &["--lb-pool", LB_POOL],
+        )?;
+    }
+    // The agents give the LoadBalancer service its address within a tick.
+    let lb_ip = Topology::wait_for(Duration::from_secs(10), || {
+        let json = lb
+            .ok(&["get", "svc", "load-balancer-service", "-o", "json"])
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+        v[0]["status"]["loadBalancer"]["ingress"][0]["ip"]
+            .as_str()
+            .map(String::from)
+    })
+    .context("the LoadBalancer service got no address")?;
     println!("\n$ lb get svc");
     print!("{}", lb.ok(&["get", "svc"])?);
-    let url = format!("http://{NODE_IP}:30008");
-    println!(
-        "\n$ curl {url}        # from the laptop ({})",
-        s.laptop.name
-    );
-    match Topology::wait_for(Duration::from_secs(10), || curl(&t, &s.laptop, &url)) {
-        Some(body) => print!("{body}"),
-        None => bail!(
-            "the laptop got no answer from {url}; agent log:\n{}",
-            t.log("agent-node1")
-        ),
+    let urls = [
+        format!("http://{}:30008", node_ip(0)),
+        format!("http://{}:30008", node_ip(1)),
+        format!("http://{lb_ip}"),
+    ];
+    for url in &urls {
+        println!(
+            "\n$ curl {url}        # from the laptop ({})",
+            lan.laptop.name
+        );
+        match Topology::wait_for(Duration::from_secs(10), || curl(&t, &lan.laptop, url)) {
+            Some(body) => print!("{body}"),
+            None => bail!(
+                "the laptop got no answer from {url}; agent logs:\n{}\n{}",
+                t.log("agent-node1"),
+                t.log("agent-node2")
+            ),
+        }
     }
     let store = lb.store.display();
     println!(
-        "\nlb is serving. Try, in another shell:\n  \
+        "\nlb is serving (NodePort 30008 on both nodes, LoadBalancer {lb_ip}). Try, in another shell:\n  \
          ip netns exec {laptop} curl {url}\n  \
          LB_STORE={store} {lb} get svc -o wide\n  \
-         LB_STORE={store} {lb} describe svc node-port-service --bpffs {bpffs} --node-name node1\n\
-         Agent log: {log}\nCtrl-C stops the demo and removes its namespaces.",
-        laptop = s.laptop.name,
+         LB_STORE={store} {lb} describe svc node-port-service --bpffs {bpffs} --node-name node1\n  \
+         {lb} conntrack --bpffs {bpffs} --node-name node1\n\
+         Agent logs: {log}\nCtrl-C stops the demo and removes its namespaces.",
+        laptop = lan.laptop.name,
+        url = urls[1],
         lb = lb_tests::lbctl::lb_bin().display(),
         bpffs = lb.bpffs.display(),
         log = t.dir().join("agent-node1.log").display(),
     );
     while !STOP.load(Ordering::SeqCst) {
-        if !t.running("agent-node1") {
-            bail!("the agent stopped:\n{}", t.log("agent-node1"));
+        for agent in ["agent-node1", "agent-node2"] {
+            if !t.running(agent) {
+                bail!("{agent} stopped:\n{}", t.log(agent));
+            }
         }
         thread::sleep(Duration::from_millis(200));
     }
