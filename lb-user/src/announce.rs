@@ -21,12 +21,18 @@ use tracing::{info, warn};
 
 /// A node whose heartbeat is older than this is taken as gone.
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
+/// How long a starting agent only beats before it claims addresses: by then every
+/// other agent has seen it and let go of what is now its own, so two nodes never
+/// answer for one address (a moment with none is harmless: neighbours keep their
+/// cache, and the previous node's pinned data plane still forwards).
+pub const CLAIM_AFTER: Duration = Duration::from_secs(2);
 
 pub struct Announcer {
     dir: PathBuf,
     node: String,
     iface: String,
     held: BTreeSet<Ipv4Addr>,
+    since: std::time::Instant,
 }
 
 /// FNV-1a with murmur3's final mix: stable across processes and versions (std's
@@ -61,6 +67,7 @@ impl Announcer {
             node: node.to_string(),
             iface: iface.to_string(),
             held: BTreeSet::new(),
+            since: std::time::Instant::now(),
         }
     }
 
@@ -101,7 +108,8 @@ impl Announcer {
             .copied()
             .filter(|ip| owner(&alive, *ip) == Some(self.node.as_str()))
             .collect();
-        for ip in mine.difference(&self.held.clone()) {
+        let may_claim = self.since.elapsed() >= CLAIM_AFTER;
+        for ip in mine.difference(&self.held.clone()).filter(|_| may_claim) {
             if ip_addr("add", *ip, &self.iface) {
                 info!(%ip, iface = %self.iface, "announcing LoadBalancer address");
                 gratuitous_arp(&self.iface, *ip);
