@@ -36,10 +36,27 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_PORTS,
 ];
 
+/// Settings of the benchmark-only programs, never pinned: `LB_BENCH[i]`.
+pub const MAP_BENCH: &str = "LB_BENCH";
+pub const BENCH_SETTINGS: u32 = 2;
+/// `lb_bench_gen`: 1 gives every packet a new source port (a new flow).
+pub const BENCH_NEW_FLOWS: u32 = 0;
+/// `lb_bench_redirect`: where frames go.
+pub const BENCH_REDIRECT_IFINDEX: u32 = 1;
+/// `LB_BENCH_FRAME[0]`: the generator's Ethernet + IPv4 + UDP headers.
+pub const MAP_BENCH_FRAME: &str = "LB_BENCH_FRAME";
+pub const BENCH_HDR_LEN: usize = 42;
+/// `LB_BENCH_SINK[0]` (per CPU): frames the sink counted.
+pub const MAP_BENCH_SINK: &str = "LB_BENCH_SINK";
+
 // ---- program names (the ELF function names) ----
 pub const PROG_XDP: &str = "lb_xdp";
 /// Parse-and-pass only: the benchmarks' baseline, never attached.
 pub const PROG_XDP_BASELINE: &str = "lb_xdp_baseline";
+/// Benchmarks only: live-frames generator and plain redirect hop.
+pub const PROG_BENCH_GEN: &str = "lb_bench_gen";
+pub const PROG_BENCH_REDIRECT: &str = "lb_bench_redirect";
+pub const PROG_BENCH_SINK: &str = "lb_bench_sink";
 pub const PROG_TC_INGRESS: &str = "lb_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
 /// Socket-level balancing for the node's own processes (cgroup/connect4, sendmsg4,
@@ -58,10 +75,10 @@ pub const MAX_SERVICES: u32 = 65_536;
 /// the per-service counter array.
 pub const MAX_SERVICE_IDS: u32 = 65_536;
 /// (service id, slot) -> backend entries over all services.
-pub const MAX_BACKEND_SLOTS: u32 = 262_144;
+pub const MAX_BACKEND_SLOTS: u32 = 524_288;
 /// Distinct backends (address, port, protocol); also the size of the per-backend
 /// counter array.
-pub const MAX_BACKEND_IDS: u32 = 262_144;
+pub const MAX_BACKEND_IDS: u32 = 524_288;
 /// Conntrack entries (two per flow: original and reply direction).
 pub const MAX_CONNTRACK: u32 = 262_144;
 /// Remembered (client, service port) -> backend choices for `sessionAffinity: ClientIP`.

@@ -12,6 +12,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod clock;
 mod conntrack;
 mod csum;
@@ -59,13 +60,19 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             reason,
             forward,
         } => {
-            // SNAT flows leave by the FIB. Rewritten, their packets carry the node's own
-            // address (as source, or as the reply's former destination), which the
-            // stack would drop as a martian: without a full FIB answer here (no
+            // Translated packets leave by the FIB when it has a full answer (route and
+            // neighbour): redirected here, they skip the stack, as Cilium's and
+            // Katran's do. Not towards a pod's veth, though: its peer takes XDP frames
+            // only if it runs an XDP program itself (or has GRO on), which is the
+            // pod's business; those, and plain DNAT flows without a full answer, go
+            // on through the stack once rewritten. SNAT flows cannot: rewritten, their packets carry the node's
+            // own address (as source, or as the reply's former destination), which
+            // the stack would drop as a martian; without a full FIB answer here (no
             // neighbour entry yet, or XDP forwarding off) they go on untouched, and
             // TC ingress, whose bpf_redirect_neigh resolves the neighbour, finishes them.
-            let route = if forward == Forward::Fib && fwd::xdp_enabled() {
+            let route = if forward != Forward::Back && fwd::xdp_enabled() {
                 fwd::lookup_xdp(&ctx, &to, ingress, p.ip_len)
+                    .filter(|r| forward == Forward::Fib || !lb::from_pod(r.ifindex))
             } else {
                 None
             };
@@ -97,6 +104,24 @@ pub fn lb_xdp_baseline(ctx: XdpContext) -> u32 {
         Err(reason) => stats::verdict(reason, 0),
     }
     xdp_action::XDP_PASS
+}
+
+/// Benchmarks only: the live-frames traffic generator (see `bench`).
+#[xdp]
+pub fn lb_bench_gen(ctx: XdpContext) -> u32 {
+    bench::generate(&ctx)
+}
+
+/// Benchmarks only: a plain redirect hop, the ceiling lb is compared with.
+#[xdp]
+pub fn lb_bench_redirect(_ctx: XdpContext) -> u32 {
+    bench::redirect()
+}
+
+/// Benchmarks only: the pod's counting sink.
+#[xdp]
+pub fn lb_bench_sink(ctx: XdpContext) -> u32 {
+    bench::sink(&ctx)
 }
 
 #[classifier]

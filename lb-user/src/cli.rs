@@ -82,8 +82,8 @@ pub struct AgentArgs {
     /// cgroup2 root, i.e. every process of this network namespace).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
-    /// Forward flows to backends on other nodes through the kernel's stack instead
-    /// of XDP's own FIB lookup and redirect (slower; for comparison).
+    /// Forward translated packets through the kernel's stack instead of XDP's own
+    /// FIB lookup and redirect (slower; for comparison and troubleshooting).
     #[arg(long)]
     pub no_xdp_redirect: bool,
     /// Addresses LoadBalancer services are given (CIDR; repeat for several). One node

@@ -4,6 +4,8 @@
 //! x 10 endpoints. Median of 5 runs of REPEAT packets each. Run as root:
 //! `cargo xtask bench` (or `cargo run --release -p lb-tests --example hotpath`).
 
+mod report;
+
 use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
@@ -14,21 +16,23 @@ use lb_common::{
 use lb_tests::packet::{Pkt, TCP_ACK, TCP_SYN};
 use lb_user::{
     desired::{Entries, frontend},
-    loader::Dataplane,
+    loader::{Dataplane, LoadConfig},
     sync,
 };
+
+use crate::report::{Chart, Table};
 
 const REPEAT: u32 = 1_000_000;
 const RUNS: usize = 5;
 
-fn ns_per_packet(prog: &Xdp, frame: &[u8]) -> f64 {
+fn ns_per_packet(prog: &Xdp, frame: &[u8], repeat: u32) -> f64 {
     let mut samples: Vec<f64> = (0..RUNS)
         .map(|_| {
             let mut out = vec![0u8; frame.len() + 64];
             let opts = TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
-                repeat: REPEAT,
+                repeat,
                 ..Default::default()
             };
             prog.test_run(opts)
@@ -145,13 +149,58 @@ fn mirror_flow(dp: &mut Dataplane, client_port: u16, service_port: u16) {
 
 const NEW_FLOWS: u16 = 5_000;
 
+/// ns per established-flow packet: the flow is created by one SYN, mirrored (see
+/// [`mirror_flow`]), then `ack` repeated; every repeat must count as established.
+fn established_ns(dp: &mut Dataplane, syn: &[u8], ack: &[u8], port: u16, repeat: u32) -> f64 {
+    let mut out = vec![0u8; syn.len() + 64];
+    dp.xdp()
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(syn),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .unwrap();
+    mirror_flow(dp, 40000, port);
+    let before = dp.maps.verdicts().unwrap()[reason::NAT_ESTABLISHED as usize].packets;
+    let ns = ns_per_packet(dp.xdp().unwrap(), ack, repeat);
+    let counted = dp.maps.verdicts().unwrap()[reason::NAT_ESTABLISHED as usize].packets;
+    // Every repeat must have been an established-flow packet, or the figure
+    // measures something else.
+    assert!(
+        counted - before >= u64::from(repeat) * RUNS as u64,
+        "only {} of {} repeats were established-flow packets",
+        counted - before,
+        u64::from(repeat) * RUNS as u64
+    );
+    ns
+}
+
 fn main() {
     assert!(lb_tests::is_root(), "run as root (BPF_PROG_RUN)");
-    println!(
-        "| services x 10 endpoints | baseline parse+pass (ns) | lb non-service (ns) | lb established flow (ns) | established / baseline | baseline, single runs (ns) | lb new flow, single runs (ns) | new flow / baseline |"
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (sizes, repeat, new_flows): (&[u32], u32, u16) = if quick {
+        (&[1, 100], 10_000, 200)
+    } else {
+        (&[1, 1_000, 10_000], REPEAT, NEW_FLOWS)
+    };
+    let mut table = Table::new(
+        "Hot path under BPF_PROG_RUN, ns per packet (median of 5 runs)",
+        &[
+            "services x 10 endpoints",
+            "baseline parse+pass (ns)",
+            "lb non-service (ns)",
+            "lb established, translation only (ns)",
+            "translation only / baseline",
+            "lb established + FIB lookup (ns)",
+            "with FIB / baseline",
+            "baseline, single runs (ns)",
+            "lb new flow, single runs (ns)",
+            "new flow / baseline",
+        ],
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for n in [1u32, 1_000, 10_000] {
+    let mut chart = Chart::new("Hot path under BPF_PROG_RUN (ns per packet)", "ns");
+    for &n in sizes {
         let mut dp = Dataplane::load(None).expect("load");
         fill(&mut dp, n);
         let port = 30000 + (n - 1) as u16; // the last service inserted
@@ -162,31 +211,48 @@ fn main() {
         let other = Pkt::tcp("192.168.1.10", 40000, "192.168.1.2", 22, TCP_ACK)
             .payload(&[0u8; 64])
             .build();
-        let syns: Vec<Vec<u8>> = (0..NEW_FLOWS)
+        let syns: Vec<Vec<u8>> = (0..new_flows)
             .map(|i| Pkt::tcp("192.168.1.10", 50000 + i, "192.168.1.2", port, TCP_SYN).build())
             .collect();
-        let baseline = ns_per_packet(dp.xdp_baseline().unwrap(), &ack);
+        let baseline = ns_per_packet(dp.xdp_baseline().unwrap(), &ack, repeat);
         let baseline_single = ns_single(dp.xdp_baseline().unwrap(), &syns);
         let xdp = dp.xdp().unwrap();
-        let non_service = ns_per_packet(xdp, &other);
+        let non_service = ns_per_packet(xdp, &other, repeat);
         let new_flow = ns_single(xdp, &syns);
-        // Create the flow once; every repeat after that is an established packet.
-        let mut out = vec![0u8; syn.len() + 64];
-        xdp.test_run(TestRunOptions {
-            data_in: Some(&syn),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .unwrap();
-        mirror_flow(&mut dp, 40000, port);
-        let before = dp.maps.verdicts().unwrap()[reason::NAT_ESTABLISHED as usize].packets;
-        let established = ns_per_packet(dp.xdp().unwrap(), &ack);
-        let counted = dp.maps.verdicts().unwrap()[reason::NAT_ESTABLISHED as usize].packets;
-        let _ = counted - before;
-        println!(
-            "| {n} | {baseline:.1} | {non_service:.1} | {established:.1} | {:.2}x | {baseline_single:.0} | {new_flow:.0} | {:.2}x |",
-            established / baseline,
-            new_flow / baseline_single
-        );
+        let established = established_ns(&mut dp, &syn, &ack, port, repeat);
+        // The same without XDP's own forwarding (`lb agent --no-xdp-redirect`):
+        // translation alone, the packet then passed to the kernel.
+        let mut plain = Dataplane::load_with(
+            None,
+            &LoadConfig {
+                fib_redirect: false,
+                ..LoadConfig::default()
+            },
+        )
+        .expect("load");
+        fill(&mut plain, n);
+        let translate_only = established_ns(&mut plain, &syn, &ack, port, repeat);
+        table.row(vec![
+            n.to_string(),
+            format!("{baseline:.1}"),
+            format!("{non_service:.1}"),
+            format!("{translate_only:.1}"),
+            format!("{:.2}x", translate_only / baseline),
+            format!("{established:.1}"),
+            format!("{:.2}x", established / baseline),
+            format!("{baseline_single:.0}"),
+            format!("{new_flow:.0}"),
+            format!("{:.2}x", new_flow / baseline_single),
+        ]);
+        let g = format!("{n} svc");
+        chart.bar(&g, "baseline parse+pass", baseline);
+        chart.bar(&g, "lb non-service", non_service);
+        chart.bar(&g, "lb established, translation only", translate_only);
+        chart.bar(&g, "lb established + FIB lookup", established);
+        chart.bar(&g, "baseline, single run", baseline_single);
+        chart.bar(&g, "lb new flow, single run", new_flow);
     }
+    let md = table.markdown();
+    println!("{md}");
+    report::save("hotpath", &md, &chart).expect("writing the report");
 }

@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod lbctl;
 pub mod packet;
+pub mod scale;
 pub mod topology;
 
 pub use topology::{Netns, Topology, seeds};

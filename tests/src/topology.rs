@@ -330,6 +330,8 @@ pub mod multinode {
     use super::*;
 
     pub struct Lan {
+        /// The bridge's namespace.
+        pub lan: Netns,
         pub laptop: Netns,
         pub nodes: Vec<Netns>,
         /// `pods[n][i]`: pod i of node n, address 10.244.n.(2+i).
@@ -406,6 +408,7 @@ pub mod multinode {
             node_ns.push(node);
         }
         Ok(Lan {
+            lan,
             laptop,
             nodes: node_ns,
             pods,

@@ -35,9 +35,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (so far: the XDP hot path under BPF_PROG_RUN, against a
-    /// parse-and-pass baseline measured in the same run).
-    Bench,
+    /// Benchmarks, each against baselines measured in the same run: the XDP hot
+    /// path under BPF_PROG_RUN, live packets through veth namespaces (vs a plain
+    /// redirect hop, iptables and nftables), and the control plane (vs
+    /// iptables-restore and nft -f). Tables and SVG charts land in target/bench/;
+    /// a full run also copies the tables into the README.
+    Bench {
+        /// A short smoke run (small sizes, short windows); the README is left alone.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run every test: unit, BPF_PROG_RUN and veth-namespace integration tests.
     Test {
         /// Only tests whose name contains this.
@@ -62,16 +69,83 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Test { filter } => test(filter),
-        Cmd::Bench => run(Command::new("cargo").current_dir(workspace_root()).args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "lb-tests",
-            "--example",
-            "hotpath",
-        ])),
+        Cmd::Bench { quick } => bench(quick),
     }
+}
+
+const BENCHES: [&str; 3] = ["hotpath", "livebench", "cpbench"];
+
+fn bench(quick: bool) -> Result<()> {
+    let root = workspace_root();
+    let lb = build()?;
+    for name in BENCHES {
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(&root)
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "lb-tests",
+                "--example",
+                name,
+            ])
+            .env("LB_BIN", &lb);
+        if quick {
+            cmd.args(["--", "--quick"]);
+        }
+        run(&mut cmd)?;
+    }
+    if !quick {
+        readme_performance(&root)?;
+    }
+    Ok(())
+}
+
+/// Replaces the README's measured tables (between the bench markers) with this
+/// run's, headed by the date and the machine.
+fn readme_performance(root: &std::path::Path) -> Result<()> {
+    const START: &str = "<!-- bench:start -->";
+    const END: &str = "<!-- bench:end -->";
+    let readme = root.join("README.md");
+    let text = std::fs::read_to_string(&readme).context("reading README.md")?;
+    let (Some(a), Some(b)) = (text.find(START), text.find(END)) else {
+        anyhow::bail!("README.md has no {START} ... {END} section");
+    };
+    let out = |argv: &[&str]| -> String {
+        Command::new(argv[0])
+            .args(&argv[1..])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown CPU")
+        .trim()
+        .to_string();
+    let mut body = format!(
+        "{START}
+Measured {} on {} CPUs ({cpu}), kernel {}, by `cargo xtask bench`.
+
+",
+        out(&["date", "-u", "+%Y-%m-%d"]),
+        out(&["nproc"]),
+        out(&["uname", "-r"]),
+    );
+    for name in ["hotpath", "live", "controlplane"] {
+        let md = std::fs::read_to_string(root.join(format!("target/bench/{name}.md")))
+            .with_context(|| format!("reading target/bench/{name}.md"))?;
+        body.push_str(&md);
+        body.push('\n');
+    }
+    let new = format!("{}{body}{}", &text[..a], &text[b..]);
+    std::fs::write(&readme, new).context("writing README.md")?;
+    println!("README.md performance section updated");
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {
@@ -97,8 +171,14 @@ fn test(filter: Option<String>) -> Result<()> {
     cmd.current_dir(&root)
         .args(["test", "--release", "--workspace", "--exclude", "lb-ebpf"])
         .env("LB_BIN", &lb);
+    let smoke = filter.is_none();
     if let Some(f) = filter {
         cmd.arg(f);
     }
-    run(&mut cmd)
+    run(&mut cmd)?;
+    // The benchmarks must keep working too: a short run, no timing asserted.
+    if smoke {
+        bench(true)?;
+    }
+    Ok(())
 }

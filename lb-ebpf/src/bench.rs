@@ -1,0 +1,92 @@
+//! Programs for `cargo xtask bench` only, never attached by the agent: a traffic
+//! generator for BPF_PROG_RUN's live-frames mode, a plain redirect hop (the ceiling
+//! lb is compared with) and a counting sink for the pod. Settings live in
+//! `LB_BENCH`, the frame template in `LB_BENCH_FRAME`, the count in `LB_BENCH_SINK`.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_get_prandom_u32, bpf_redirect},
+    programs::XdpContext,
+};
+use lb_common::{BENCH_HDR_LEN, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX, PROTO_UDP};
+
+use crate::{
+    csum::Csum,
+    maps::{LB_BENCH, LB_BENCH_FRAME, LB_BENCH_SINK},
+    parse::{IP_CHECK_OFF, IP_SADDR_OFF, ptr_at},
+};
+
+const ETH_LEN: usize = 14;
+/// Offset of the UDP source port in the template (Ethernet + 20-byte IPv4).
+const UDP_SPORT_OFF: usize = ETH_LEN + 20;
+
+#[inline(always)]
+fn setting(index: u32) -> u32 {
+    LB_BENCH.get(index).copied().unwrap_or(0)
+}
+
+/// Live-frames generator. Pages are recycled without being re-initialised and the
+/// hops downstream rewrite them, so every frame gets the template's headers anew.
+/// With `BENCH_NEW_FLOWS` every frame is a new flow: a random source port and a
+/// random last byte of the source address (the IPv4 checksum is updated; the UDP
+/// checksum is 0, so it stays valid). The frame then leaves through its interface.
+#[inline(always)]
+pub fn generate(ctx: &XdpContext) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let (Some(hdr), Some(tmpl)) = (
+        ptr_at::<[u8; BENCH_HDR_LEN]>(data, end, 0),
+        LB_BENCH_FRAME.get_ptr(0),
+    ) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: both bounds-checked above; they do not overlap (packet vs map).
+    unsafe { hdr.write_unaligned(tmpl.read_unaligned()) };
+    if setting(BENCH_NEW_FLOWS) != 0 {
+        let (Some(sport), Some(saddr_lo), Some(check)) = (
+            ptr_at::<[u8; 2]>(data, end, UDP_SPORT_OFF),
+            ptr_at::<[u8; 2]>(data, end, ETH_LEN + IP_SADDR_OFF + 2),
+            ptr_at::<[u8; 2]>(data, end, ETH_LEN + IP_CHECK_OFF),
+        ) else {
+            return xdp_action::XDP_ABORTED;
+        };
+        // SAFETY: a helper with no preconditions.
+        let r = unsafe { bpf_get_prandom_u32() };
+        let port = 1024 + ((r & 0xffff) % 64_000) as u16;
+        let host = 11 + ((r >> 16) % 240) as u8;
+        // SAFETY: all three bounds-checked just above.
+        unsafe {
+            sport.write_unaligned(port.to_be_bytes());
+            let old = saddr_lo.read_unaligned();
+            let new = [old[0], host];
+            saddr_lo.write_unaligned(new);
+            let mut c = Csum::start(u16::from_ne_bytes(check.read_unaligned()));
+            c.replace16(u16::from_ne_bytes(old), u16::from_ne_bytes(new));
+            check.write_unaligned(c.finish().to_ne_bytes());
+        }
+    }
+    xdp_action::XDP_TX
+}
+
+/// The ceiling: every frame redirected to `BENCH_REDIRECT_IFINDEX` untouched.
+#[inline(always)]
+pub fn redirect() -> u32 {
+    // SAFETY: a helper taking plain values.
+    unsafe { bpf_redirect(setting(BENCH_REDIRECT_IFINDEX), 0) as u32 }
+}
+
+/// The pod's sink: counts and drops IPv4 UDP frames; passes everything else (ARP).
+#[inline(always)]
+pub fn sink(ctx: &XdpContext) -> u32 {
+    let Some(proto) = ptr_at::<u8>(ctx.data(), ctx.data_end(), ETH_LEN + 9) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: bounds-checked above.
+    if unsafe { *proto } != PROTO_UDP {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(n) = LB_BENCH_SINK.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, ours alone while this program runs.
+        unsafe { *n += 1 };
+    }
+    xdp_action::XDP_DROP
+}

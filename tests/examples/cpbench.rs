@@ -1,0 +1,214 @@
+//! Control plane: from `lb apply` of N services x 10 endpoints until the agent's maps
+//! hold them all, beside `iptables-restore` and `nft -f` of the rule sets kube-proxy
+//! writes for the same services (each in a namespace of its own); and one endpoint
+//! change at 10,000 services for each. Run as root: `cargo xtask bench`
+//! (`--quick` for a smoke run).
+
+mod report;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use lb_tests::{Netns, Topology, lbctl::Lb, scale};
+
+use crate::report::{Chart, Table};
+
+/// Lines of the agent's log that report a reconcile.
+fn reconciles(t: &Topology) -> Vec<String> {
+    t.log("agent-node1")
+        .lines()
+        .filter(|l| l.contains("reconciled"))
+        .map(String::from)
+        .collect()
+}
+
+fn field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!("{name}="))? + name.len() + 1;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Waits for a reconcile line after the first `seen` that satisfies `ok`.
+fn wait_reconcile(t: &Topology, seen: usize, ok: impl Fn(&str) -> bool) -> Result<String> {
+    let start = Instant::now();
+    loop {
+        if let Some(l) = reconciles(t).into_iter().skip(seen).find(|l| ok(l)) {
+            return Ok(l);
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            bail!("the agent never reconciled:\n{}", t.log("agent-node1"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+struct LbTimes {
+    apply: Duration,
+    agent_reconcile_us: u64,
+    change: Duration,
+    change_reconcile_us: u64,
+}
+
+/// The agent in a namespace of its own (one veth to attach to); `n` services
+/// applied, then one endpoint change.
+fn lb(n: usize) -> Result<LbTimes> {
+    let mut t = Topology::new("cp")?;
+    let node = t.netns("node")?;
+    t.ip(
+        &node,
+        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+    )?;
+    t.ip(&node, &["addr", "add", "192.0.2.1/24", "dev", "d0"])?;
+    t.ip(&node, &["link", "set", "d0", "up"])?;
+    t.ip(&node, &["link", "set", "d1", "up"])?;
+    let lb = Lb::new(&mut t)?;
+    lb.start_agent(&mut t, &node, "node1", &["d0"])?;
+    let manifests = scale::lb_manifests(n);
+    let seen = reconciles(&t).len();
+    let start = Instant::now();
+    lb.apply(&manifests)?;
+    let want = format!("services={n} ");
+    let line = wait_reconcile(&t, seen, |l| l.contains(&want))?;
+    let apply = start.elapsed();
+    let agent_reconcile_us = field(&line, "took_us").unwrap_or(0);
+    let seen = reconciles(&t).len();
+    let change = scale::lb_endpoint_change(n);
+    let start = Instant::now();
+    lb.apply(&change)?;
+    let line = wait_reconcile(&t, seen, |l| field(l, "writes").unwrap_or(0) > 0)?;
+    let change_t = start.elapsed();
+    Ok(LbTimes {
+        apply,
+        agent_reconcile_us,
+        change: change_t,
+        change_reconcile_us: field(&line, "took_us").unwrap_or(0),
+    })
+}
+
+/// `argv` run in `ns` with `file`, timed.
+fn timed(t: &Topology, ns: &Netns, argv: &[&str], file: &str) -> Result<Duration> {
+    let mut a: Vec<&str> = argv.to_vec();
+    a.push(file);
+    let start = Instant::now();
+    t.sh(ns, &a)?;
+    Ok(start.elapsed())
+}
+
+/// Full load of `rules`, then the change `change`, in a fresh namespace.
+fn kernel_rules(
+    argv_full: &[&str],
+    argv_change: &[&str],
+    rules: String,
+    change: String,
+) -> Result<(Duration, Duration)> {
+    let mut t = Topology::new("cpk")?;
+    let ns = t.netns("node")?;
+    let full = t.dir().join("full.rules");
+    let one = t.dir().join("change.rules");
+    std::fs::write(&full, rules)?;
+    std::fs::write(&one, change)?;
+    let load = timed(&t, &ns, argv_full, full.to_str().unwrap_or_default())?;
+    let change = timed(&t, &ns, argv_change, one.to_str().unwrap_or_default())?;
+    Ok((load, change))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+fn main() -> Result<()> {
+    assert!(lb_tests::is_root(), "run as root (namespaces, eBPF)");
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes: &[usize] = if quick {
+        &[100, 1_000]
+    } else {
+        &[1_000, 10_000, 30_000]
+    };
+    // nft -f of kube-proxy's table grows faster than linearly here (about 70 s at
+    // 10,000 services on this kernel), so it stops at 10,000.
+    let nft_max = 10_000;
+    let mut table = Table::new(
+        "Control plane: N services x 10 endpoints until the data plane holds them (ms), and one endpoint change",
+        &[
+            "services",
+            "contender",
+            "full load (ms)",
+            "one endpoint change (ms)",
+            "full load: this / lb",
+            "lb agent's own reconcile (ms): full / change",
+        ],
+    );
+    let mut chart = Chart::new("Control plane: full load (s)", "s");
+    for &n in sizes {
+        let l = lb(n).with_context(|| format!("lb at {n}"))?;
+        eprintln!(
+            "{n:>6} services  lb: apply->maps {:?} (agent {} us), one change {:?} (agent {} us)",
+            l.apply, l.agent_reconcile_us, l.change, l.change_reconcile_us
+        );
+        table.row(vec![
+            n.to_string(),
+            "lb (`lb apply` -> agent -> maps)".into(),
+            ms(l.apply),
+            ms(l.change),
+            "1.00x".into(),
+            format!(
+                "{:.1} / {:.1}",
+                l.agent_reconcile_us as f64 / 1e3,
+                l.change_reconcile_us as f64 / 1e3
+            ),
+        ]);
+        chart.bar(&format!("{n} svc"), "lb", l.apply.as_secs_f64());
+        let (ipt, ipt_change) = kernel_rules(
+            &["iptables-restore"],
+            &["iptables-restore", "--noflush"],
+            scale::iptables_rules(n),
+            scale::iptables_endpoint_change(n),
+        )
+        .with_context(|| format!("iptables at {n}"))?;
+        eprintln!("{n:>6} services  iptables-restore {ipt:?}, one change {ipt_change:?}");
+        table.row(vec![
+            n.to_string(),
+            "iptables-restore (kube-proxy rules)".into(),
+            ms(ipt),
+            ms(ipt_change),
+            format!("{:.2}x", ipt.as_secs_f64() / l.apply.as_secs_f64()),
+            String::new(),
+        ]);
+        chart.bar(&format!("{n} svc"), "iptables-restore", ipt.as_secs_f64());
+        if n <= nft_max {
+            let (nft, nft_change) = kernel_rules(
+                &["nft", "-f"],
+                &["nft", "-f"],
+                scale::nft_rules(n),
+                scale::nft_endpoint_change(n),
+            )
+            .with_context(|| format!("nft at {n}"))?;
+            eprintln!("{n:>6} services  nft -f {nft:?}, one change {nft_change:?}");
+            table.row(vec![
+                n.to_string(),
+                "nft -f (kube-proxy nftables rules)".into(),
+                ms(nft),
+                ms(nft_change),
+                format!("{:.2}x", nft.as_secs_f64() / l.apply.as_secs_f64()),
+                String::new(),
+            ]);
+            chart.bar(&format!("{n} svc"), "nft -f", nft.as_secs_f64());
+        } else {
+            table.row(vec![
+                n.to_string(),
+                "nft -f (kube-proxy nftables rules)".into(),
+                "not run (superlinear: ~70 s at 10,000)".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+    }
+    let md = table.markdown();
+    println!("{md}");
+    report::save("controlplane", &md, &chart)?;
+    Ok(())
+}

@@ -1,0 +1,505 @@
+//! Live packets through veth namespaces: packets per second delivered to a pod for
+//! (a) a plain XDP_REDIRECT hop, the ceiling on this machine; (b) lb NodePort;
+//! (c) kube-proxy's iptables DNAT rules; (d) kube-proxy's nftables rules; for one
+//! established flow and for new flows (every packet a new source address and port),
+//! at 1, 1,000 and 10,000 services x 10 endpoints. And, across two nodes, lb
+//! forwarding NodePort traffic to a remote pod by XDP_REDIRECT vs the kernel-stack
+//! fallback (`--no-xdp-redirect`).
+//!
+//! The traffic is made by BPF_PROG_RUN in live-frames mode (`lb_bench_gen`, run in
+//! the laptop namespace: it sends each frame out of the laptop's eth0); the pod
+//! counts what arrives with an XDP sink (`lb_bench_sink`). Every window is bounded
+//! in time. Run as root: `cargo xtask bench` (`--quick` for a smoke run).
+
+mod report;
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
+use lb_common::{
+    BENCH_HDR_LEN, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX, PROG_BENCH_GEN, PROG_BENCH_REDIRECT,
+    PROG_BENCH_SINK, reason,
+};
+use lb_tests::{
+    Netns, Topology,
+    lbctl::Lb,
+    packet::Pkt,
+    scale::{self, MEASURED_NODE_PORT},
+    seeds,
+    topology::multinode,
+};
+use lb_user::{loader::Dataplane, maps::Maps};
+
+use crate::report::{Chart, Table};
+
+/// The calling thread inside another network namespace until dropped.
+struct InNetns(File);
+
+fn enter(ns: &Netns) -> Result<InNetns> {
+    let home = File::open("/proc/thread-self/ns/net").context("own netns")?;
+    let target = File::open(ns.path()).with_context(|| ns.path())?;
+    // SAFETY: setns(2) on valid descriptors; only this thread moves.
+    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {}: {}", ns.name, std::io::Error::last_os_error());
+    }
+    Ok(InNetns(home))
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        // SAFETY: as above; back to the namespace we came from.
+        unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+fn ifindex(ns: &Netns, iface: &str) -> Result<u32> {
+    let _in = enter(ns)?;
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: a valid C string.
+    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if i == 0 {
+        bail!("no {iface} in {}", ns.name);
+    }
+    Ok(i)
+}
+
+fn mac(t: &Topology, ns: &Netns, iface: &str) -> Result<[u8; 6]> {
+    let out = t.sh(ns, &["ip", "-br", "link", "show", "dev", iface])?;
+    let text = out
+        .split_whitespace()
+        .nth(2)
+        .context("ip -br link: no address")?;
+    let mut m = [0u8; 6];
+    for (b, part) in m.iter_mut().zip(text.split(':')) {
+        *b = u8::from_str_radix(part, 16)?;
+    }
+    Ok(m)
+}
+
+#[derive(Clone, Copy)]
+struct Window {
+    /// Generator-side frames per `BPF_PROG_RUN` call.
+    chunk: u32,
+    /// How long frames are sent for in one measurement.
+    duration: Duration,
+}
+
+/// The generator (in `laptop`) and the sink (on `pod`'s eth0).
+struct Traffic {
+    dp: Dataplane,
+    laptop: Netns,
+    laptop_ifindex: u32,
+}
+
+impl Traffic {
+    /// Loads the bench programs; the sink goes on the pod's eth0, the header
+    /// template is a UDP frame from the laptop to `dst`:NodePort via `dst_mac`.
+    fn new(t: &Topology, laptop: &Netns, pod: &Netns, dst: &str, dst_mac: [u8; 6]) -> Result<Self> {
+        let mut dp = Dataplane::load(None)?;
+        {
+            let _in = enter(pod)?;
+            dp.attach_bench(PROG_BENCH_SINK, "eth0")?;
+        }
+        let mut frame = Pkt::udp(seeds::LAPTOP_IP, 40000, dst, MEASURED_NODE_PORT)
+            .payload(&[0u8; 18])
+            .clone();
+        frame.udp_no_checksum = true;
+        let mut frame = frame.build();
+        frame[0..6].copy_from_slice(&dst_mac);
+        frame[6..12].copy_from_slice(&mac(t, laptop, "eth0")?);
+        let mut hdr = [0u8; BENCH_HDR_LEN];
+        hdr.copy_from_slice(&frame[..BENCH_HDR_LEN]);
+        dp.set_bench_frame(hdr)?;
+        dp.bench_program(PROG_BENCH_GEN)?;
+        Ok(Traffic {
+            dp,
+            laptop: laptop.clone(),
+            laptop_ifindex: ifindex(laptop, "eth0")?,
+        })
+    }
+
+    fn send(&mut self, frames: u32, chunk: u32) -> Result<()> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let frame = [0u8; 64]; // headers come from the template; 64-byte frames
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&self.laptop_ifindex.to_ne_bytes());
+        let _in = enter(&self.laptop)?;
+        let prog = self.dp.bench_program(PROG_BENCH_GEN)?;
+        let mut left = frames;
+        while left > 0 {
+            let n = left.min(chunk);
+            prog.test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ctx_in: Some(&ctx),
+                repeat: n,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..Default::default()
+            })
+            .context("BPF_PROG_RUN live frames")?;
+            left -= n;
+        }
+        Ok(())
+    }
+
+    /// Sends for `w.duration`; returns (frames sent per second, frames the pod got
+    /// per second).
+    fn measure(&mut self, new_flows: bool, w: Window) -> Result<(f64, f64)> {
+        self.dp.set_bench(BENCH_NEW_FLOWS, u32::from(new_flows))?;
+        // Warm up: the first packets resolve whatever is lazy (flows, neighbours).
+        self.send(w.chunk, w.chunk)?;
+        thread::sleep(Duration::from_millis(100));
+        let before = self.dp.bench_sink_count()?;
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < w.duration {
+            self.send(w.chunk, w.chunk)?;
+            sent += u64::from(w.chunk);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        thread::sleep(Duration::from_millis(100)); // what is still in flight
+        let got = self.dp.bench_sink_count()? - before;
+        Ok((sent as f64 / secs, got as f64 / secs))
+    }
+}
+
+/// The measurement is only worth reporting if lb took the path it is labelled
+/// with: the agent's verdict counter for it covers (nearly) every delivered packet.
+fn expect_path(t: &Topology, node: &str, path: &[u32], delivered: u64) -> Result<()> {
+    let pins = t.dir().join("bpffs/lb").join(node);
+    let verdicts = Maps::open_pinned(&pins)?.verdicts()?;
+    let taken: u64 = path.iter().map(|r| verdicts[*r as usize].packets).sum();
+    if (taken as f64) < 0.95 * delivered as f64 {
+        let names: Vec<&str> = path.iter().map(|r| reason::NAMES[*r as usize]).collect();
+        bail!(
+            "{names:?} counted {taken} packets, the pod got {delivered}: lb did not take the path measured"
+        );
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Contender {
+    Ceiling,
+    Lb,
+    Iptables,
+    Nftables,
+}
+
+impl Contender {
+    fn label(self) -> &'static str {
+        match self {
+            Contender::Ceiling => "XDP_REDIRECT hop (ceiling)",
+            Contender::Lb => "lb NodePort",
+            Contender::Iptables => "iptables (kube-proxy)",
+            Contender::Nftables => "nftables (kube-proxy)",
+        }
+    }
+}
+
+/// Laptop, node and one pod holding the measured service's 10 endpoint addresses;
+/// the contender installed on the node for `services` services. Returns the pps
+/// (sent, delivered) for established and new flows.
+fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]> {
+    let mut t = Topology::new("bench")?;
+    let s = seeds::lan(&mut t)?;
+    let pod = seeds::pod(&mut t, &s.node, "pod", "lxc0", seeds::POD_IP)?;
+    let pod_mac = mac(&t, &pod, "eth0")?;
+    let pod_mac_s: Vec<String> = pod_mac.iter().map(|b| format!("{b:02x}")).collect();
+    for a in scale::measured_endpoints() {
+        let a = a.to_string();
+        if a != seeds::POD_IP {
+            t.ip(&pod, &["addr", "add", &format!("{a}/32"), "dev", "eth0"])?;
+            t.ip(
+                &s.node,
+                &["route", "add", &format!("{a}/32"), "dev", "lxc0"],
+            )?;
+        }
+        t.ip(
+            &s.node,
+            &[
+                "neigh",
+                "replace",
+                &a,
+                "lladdr",
+                &pod_mac_s.join(":"),
+                "dev",
+                "lxc0",
+                "nud",
+                "permanent",
+            ],
+        )?;
+    }
+    // NAPI on the node's eth0 even with no XDP program on it (the kernel-stack
+    // contenders), so frames the laptop's XDP sends are taken in.
+    t.sh(&s.node, &["ethtool", "-K", "eth0", "gro", "on"])?;
+    let mut traffic = Traffic::new(
+        &t,
+        &s.laptop,
+        &pod,
+        seeds::NODE_IP,
+        mac(&t, &s.node, "eth0")?,
+    )?;
+    let dir = t.dir().to_path_buf();
+    match c {
+        Contender::Ceiling => {
+            let lxc0 = ifindex(&s.node, "lxc0")?;
+            traffic.dp.set_bench(BENCH_REDIRECT_IFINDEX, lxc0)?;
+            let _in = enter(&s.node)?;
+            traffic.dp.attach_bench(PROG_BENCH_REDIRECT, "eth0")?;
+        }
+        Contender::Lb => {
+            let lb = Lb::new(&mut t)?;
+            // The pod is declared, so the agent knows lxc0 as a pod's interface.
+            lb.apply(&format!(
+                "{}apiVersion: v1\nkind: Pod\nmetadata:\n  name: sink\nspec:\n  nodeName: node1\n  containers: [{{name: c}}]\nstatus:\n  podIP: {}\n",
+                scale::lb_manifests(services),
+                seeds::POD_IP
+            ))?;
+            lb.start_agent(&mut t, &s.node, "node1", &["eth0"])?;
+            let want = format!("services={services} ");
+            let up = Topology::wait_for(Duration::from_secs(60), || {
+                t.log("agent-node1").contains(&want).then_some(())
+            });
+            if up.is_none() {
+                bail!("agent never reconciled {services} services");
+            }
+        }
+        Contender::Iptables => {
+            let f = dir.join("rules.ipt");
+            std::fs::write(&f, scale::iptables_rules(services))?;
+            t.sh(
+                &s.node,
+                &["iptables-restore", f.to_str().unwrap_or_default()],
+            )?;
+        }
+        Contender::Nftables => {
+            let f = dir.join("rules.nft");
+            std::fs::write(&f, scale::nft_rules(services))?;
+            t.sh(&s.node, &["nft", "-f", f.to_str().unwrap_or_default()])?;
+        }
+    }
+    let established = traffic.measure(false, w)?;
+    let new = traffic.measure(true, w)?;
+    if c == Contender::Lb {
+        let delivered = traffic.dp.bench_sink_count()?;
+        // XDP translates, the kernel routes to the pod's veth.
+        expect_path(
+            &t,
+            "node1",
+            &[reason::NAT_NEW_FLOW, reason::NAT_ESTABLISHED],
+            delivered,
+        )?;
+    }
+    drop(traffic);
+    Ok([established, new])
+}
+
+/// Two nodes and the laptop on a bridge; the service's one endpoint is a pod on
+/// node 2; traffic goes to node 1's NodePort, node 1 runs the agent (`args`).
+/// Returns (sent, delivered) pps for one established flow.
+fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
+    let mut t = Topology::new("benchr")?;
+    let lan = multinode::lan(&mut t, 2, 1)?;
+    let (node1, node2) = (lan.nodes[0].clone(), lan.nodes[1].clone());
+    let lan_ns = lan.lan.clone();
+    t.sh(&lan_ns, &["ethtool", "-K", "p-laptop", "gro", "on"])?;
+    // The bridge knows where the nodes are (nothing has spoken yet) and every
+    // neighbour is known, so the path is steady from the first frame.
+    let fmt = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
+    for (n, node) in [&node1, &node2].into_iter().enumerate() {
+        let m = fmt(mac(&t, node, "eth0")?);
+        t.sh(
+            &lan_ns,
+            &[
+                "bridge",
+                "fdb",
+                "replace",
+                &m,
+                "dev",
+                &format!("p-node{}", n + 1),
+                "master",
+                "static",
+            ],
+        )?;
+    }
+    let node2_mac = fmt(mac(&t, &node2, "eth0")?);
+    t.ip(
+        &node1,
+        &[
+            "neigh",
+            "replace",
+            &multinode::node_ip(1),
+            "lladdr",
+            &node2_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )?;
+    let pod = lan.pods[1][0].clone();
+    let pod_mac = fmt(mac(&t, &pod, "eth0")?);
+    t.ip(
+        &node2,
+        &[
+            "neigh",
+            "replace",
+            &multinode::pod_ip(1, 0),
+            "lladdr",
+            &pod_mac,
+            "dev",
+            "lxc0",
+            "nud",
+            "permanent",
+        ],
+    )?;
+    let mut traffic = Traffic::new(
+        &t,
+        &lan.laptop,
+        &pod,
+        &multinode::node_ip(0),
+        mac(&t, &node1, "eth0")?,
+    )?;
+    let lb = Lb::new(&mut t)?;
+    lb.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  selector: {{app: web}}\n  ports:\n  - {{port: 80, protocol: UDP, targetPort: 8080, nodePort: {MEASURED_NODE_PORT}}}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: n2p0\n  labels: {{app: web}}\nspec:\n  nodeName: node2\n  containers: [{{name: c}}]\nstatus:\n  podIP: {}\n",
+        multinode::pod_ip(1, 0)
+    ))?;
+    lb.start_agent_with(&mut t, &node1, "node1", &["eth0"], agent_args)?;
+    let r = traffic.measure(false, w)?;
+    let delivered = traffic.dp.bench_sink_count()?;
+    expect_path(&t, "node1", &[path], delivered)?;
+    drop(traffic);
+    Ok(r)
+}
+
+fn main() -> Result<()> {
+    assert!(lb_tests::is_root(), "run as root (namespaces, eBPF)");
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (sizes, w): (&[usize], Window) = if quick {
+        (
+            &[1, 100],
+            Window {
+                chunk: 10_000,
+                duration: Duration::from_millis(200),
+            },
+        )
+    } else {
+        (
+            &[1, 1_000, 10_000],
+            Window {
+                chunk: 50_000,
+                duration: Duration::from_secs(2),
+            },
+        )
+    };
+    let contenders = [
+        Contender::Ceiling,
+        Contender::Lb,
+        Contender::Iptables,
+        Contender::Nftables,
+    ];
+    let mut table = Table::new(
+        "Live packets: UDP through a node to a pod, 64-byte frames, delivered packets per second",
+        &[
+            "services x 10 endpoints",
+            "contender",
+            "established flow (pps)",
+            "new flows (pps)",
+            "established: lb / this",
+            "new flows: lb / this",
+            "established: ns/packet above ceiling",
+            "new flows: ns/packet above ceiling",
+        ],
+    );
+    let mut chart = Chart::new("Live packets, delivered (Mpps)", "Mpps");
+    for &n in sizes {
+        let mut results = Vec::new();
+        for c in contenders {
+            let r = one_node(c, n, w).with_context(|| format!("{c:?} at {n} services"))?;
+            eprintln!(
+                "{n:>6} services  {:<28} established {:>10.0} pps (sent {:>10.0})  new {:>10.0} pps (sent {:>10.0})",
+                c.label(),
+                r[0].1,
+                r[0].0,
+                r[1].1,
+                r[1].0
+            );
+            results.push((c, r));
+        }
+        let lb = results
+            .iter()
+            .find(|(c, _)| *c == Contender::Lb)
+            .map(|(_, r)| *r)
+            .context("lb result")?;
+        let ceiling = results
+            .iter()
+            .find(|(c, _)| *c == Contender::Ceiling)
+            .map(|(_, r)| *r)
+            .context("ceiling result")?;
+        // Every packet's path includes the generator, two veth hops and the sink;
+        // what a contender adds is its time per packet minus the ceiling's.
+        let above = |pps: f64, ceil: f64| 1e9 / pps - 1e9 / ceil;
+        for (c, r) in &results {
+            table.row(vec![
+                n.to_string(),
+                c.label().to_string(),
+                format!("{:.0}", r[0].1),
+                format!("{:.0}", r[1].1),
+                format!("{:.2}x", lb[0].1 / r[0].1),
+                format!("{:.2}x", lb[1].1 / r[1].1),
+                format!("{:.0}", above(r[0].1, ceiling[0].1)),
+                format!("{:.0}", above(r[1].1, ceiling[1].1)),
+            ]);
+            chart.bar(
+                &format!("{n} svc"),
+                &format!("{}, established", c.label()),
+                r[0].1 / 1e6,
+            );
+            chart.bar(
+                &format!("{n} svc"),
+                &format!("{}, new flows", c.label()),
+                r[1].1 / 1e6,
+            );
+        }
+    }
+    let mut rtable = Table::new(
+        "Remote pod: NodePort on node 1, the endpoint on node 2, one established flow",
+        &[
+            "node 1 forwards by",
+            "delivered (pps)",
+            "sent (pps)",
+            "XDP_REDIRECT / this",
+        ],
+    );
+    let xdp = remote(&[], reason::FWD_XDP_REDIRECT, w).context("remote, XDP_REDIRECT")?;
+    let stack =
+        remote(&["--no-xdp-redirect"], reason::FWD_TC_NEIGH, w).context("remote, fallback")?;
+    for (label, r) in [
+        ("bpf_fib_lookup + XDP_REDIRECT", xdp),
+        (
+            "kernel-stack fallback (--no-xdp-redirect: TC + bpf_redirect_neigh)",
+            stack,
+        ),
+    ] {
+        rtable.row(vec![
+            label.to_string(),
+            format!("{:.0}", r.1),
+            format!("{:.0}", r.0),
+            format!("{:.2}x", xdp.1 / r.1),
+        ]);
+        chart.bar("remote pod", label, r.1 / 1e6);
+    }
+    let md = format!("{}\n{}", table.markdown(), rtable.markdown());
+    println!("{md}");
+    report::save("live", &md, &chart)?;
+    Ok(())
+}
