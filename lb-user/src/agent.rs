@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::{
     announce::Announcer,
     desired::{self, Entries, Node},
+    kube_source::KubeSource,
     loader::Dataplane,
     model::pod_ip,
     netif::{self, Routes},
@@ -43,6 +44,10 @@ pub struct AgentOptions {
     pub fib_redirect: bool,
     /// Address pools LoadBalancer services get their address from (network, prefix).
     pub lb_pools: Vec<(Ipv4Addr, u8)>,
+    /// Kubernetes mode: the API server to follow (None: the embedded store).
+    pub kube: Option<kube::Config>,
+    /// Pod networks: interfaces routing into them are pods' (`--cluster-cidr`).
+    pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
 }
 
 /// Where the agent for `node_name` pins its maps.
@@ -82,6 +87,9 @@ struct Agent {
     state: crate::store::State,
     announcer: Announcer,
     lb_pools: Vec<(Ipv4Addr, u8)>,
+    /// Kubernetes mode's source (None: the embedded store is the source).
+    kube: Option<KubeSource>,
+    cluster_cidrs: Vec<(Ipv4Addr, u8)>,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
@@ -122,6 +130,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         adopted_slots = actual.backends.len(),
         clock = %crate::loader::kernel_hz().map_or("coarse ns".to_string(), |hz| format!("jiffies, HZ={hz}")),
         "agent started");
+    // Store events (or, in Kubernetes mode, watch events) wake the loop at once;
+    // the tick catches what events miss.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let kube = match opts.kube.clone() {
+        Some(cfg) => Some(KubeSource::start(cfg, tx.clone()).await?),
+        None => None,
+    };
     let mut agent = Agent {
         dp,
         store: Store::new(&opts.store),
@@ -134,10 +149,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         state: Default::default(),
         announcer: Announcer::new(&opts.store, &opts.node_name, &opts.ifaces[0]),
         lb_pools: opts.lb_pools.clone(),
+        kube,
+        cluster_cidrs: opts.cluster_cidrs.clone(),
     };
-
-    // Store events wake the loop at once; the tick catches what events miss.
-    let (tx, mut rx) = mpsc::unbounded_channel();
     std::fs::create_dir_all(&opts.store)
         .with_context(|| format!("creating store {}", opts.store.display()))?;
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -172,7 +186,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 impl Agent {
     /// Brings the maps in line with the store. `routes`: also look for new pod interfaces.
     fn reconcile(&mut self, routes: bool) -> Result<()> {
-        if !self.lb_pools.is_empty() {
+        if !self.lb_pools.is_empty() && self.kube.is_none() {
             for (svc, ip) in self.store.assign_load_balancer_ips(&self.lb_pools)? {
                 info!(service = %svc, %ip, "assigned LoadBalancer address");
             }
@@ -193,6 +207,23 @@ impl Agent {
     }
 
     fn sync_maps(&mut self, routes: bool) -> Result<()> {
+        if let Some(kube) = &self.kube {
+            let Some(state) = kube.changed() else {
+                if routes {
+                    let state = std::mem::take(&mut self.state);
+                    self.follow_pod_interfaces(&state);
+                    self.state = state;
+                }
+                return Ok(());
+            };
+            for a in kube.node_addrs(&self.node.name) {
+                if !self.node.addrs.contains(&a) {
+                    info!(addr = %a, "node address from the API");
+                    self.node.addrs.push(a);
+                }
+            }
+            return self.apply_state(state, Instant::now());
+        }
         let stamp = std::fs::metadata(self.store.state_path())
             .ok()
             .map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len()));
@@ -208,9 +239,15 @@ impl Agent {
         }
         let started = Instant::now();
         let state = self.store.load()?;
+        self.seen = stamp;
+        self.apply_state(state, started)
+    }
+
+    /// Plans `state`, writes the difference to the maps, ends flows to endpoints
+    /// that are gone (`started`: when reading the source began).
+    fn apply_state(&mut self, state: crate::store::State, started: Instant) -> Result<()> {
         let loaded = started.elapsed();
         self.follow_pod_interfaces(&state);
-        self.seen = stamp;
         let plans = desired::plan(&state, &self.node);
         let want = desired::entries(&plans, &self.actual)?;
         let ops = sync::diff(&self.actual, &want);
@@ -222,6 +259,9 @@ impl Agent {
             // Some writes may have landed: start the next round from what the maps hold.
             self.actual = self.dp.maps.read_entries()?;
             self.seen = None;
+            if let Some(k) = &self.kube {
+                k.mark_dirty();
+            }
             return Err(e.into());
         }
         sync::apply(&mut self.actual, &ops);
@@ -284,12 +324,21 @@ impl Agent {
             .filter(|s| s.address_type == "IPv4")
             .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.iter()))
             .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok());
+        let mut cidrs = self.cluster_cidrs.clone();
+        if let Some(k) = &self.kube {
+            cidrs.extend(k.pod_cidrs(&self.node.name));
+        }
         let wanted: BTreeSet<&str> = state
             .pods
             .values()
             .filter_map(pod_ip)
             .chain(slice_addrs)
             .filter_map(|ip| routes.iface_for(ip))
+            .chain(
+                cidrs
+                    .iter()
+                    .flat_map(|(net, p)| routes.ifaces_within(*net, *p)),
+            )
             .collect();
         for iface in wanted {
             if iface == "lo" || self.dp.attached().contains_key(iface) {

@@ -90,6 +90,17 @@ pub struct AgentArgs {
     /// answers ARP for each address; another takes over when its agent stops.
     #[arg(long = "lb-pool", value_parser = parse_cidr)]
     pub lb_pools: Vec<(Ipv4Addr, u8)>,
+    /// Kubernetes mode: follow this cluster's Services, EndpointSlices and Nodes
+    /// (kube-rs watchers) instead of the embedded store. Without it, an agent
+    /// running in a pod uses its service account; elsewhere, the embedded store.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The pods' network (CIDR; repeat for several), as kube-proxy's
+    /// --cluster-cidr: every interface with a route into it is a pod's, so its pods
+    /// reach ClusterIPs even when no object names them. In Kubernetes mode the
+    /// node's spec.podCIDRs count too.
+    #[arg(long = "cluster-cidr", value_parser = parse_cidr)]
+    pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
 }
 
 /// `A.B.C.D/N`.

@@ -184,7 +184,7 @@ pub fn plan(state: &State, node: &Node) -> Vec<PortPlan> {
     state
         .services
         .values()
-        .flat_map(|svc| plan_service(svc, &pods, &slices, node))
+        .flat_map(|svc| plan_service(svc, &pods, &slices, node, state.endpoints_from_slices))
         .collect()
 }
 
@@ -193,6 +193,7 @@ fn plan_service(
     pods: &PodIndex<'_>,
     slices: &SliceIndex<'_>,
     node: &Node,
+    endpoints_from_slices: bool,
 ) -> Vec<PortPlan> {
     let Some(spec) = &svc.spec else {
         return Vec::new();
@@ -203,7 +204,8 @@ fn plan_service(
     };
     let key = ObjectKey::of(&svc.metadata);
     let selected = pods.selected(&key.namespace, spec.selector.as_ref());
-    let has_selector = spec.selector.as_ref().is_some_and(|s| !s.is_empty());
+    let has_selector =
+        !endpoints_from_slices && spec.selector.as_ref().is_some_and(|s| !s.is_empty());
     let external = ty == TYPE_NODE_PORT || ty == TYPE_LOAD_BALANCER;
     let affinity_timeout_s = if spec.session_affinity.as_deref() == Some("ClientIP") {
         let timeout = spec

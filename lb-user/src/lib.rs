@@ -7,6 +7,7 @@ pub mod agent;
 pub mod announce;
 pub mod cli;
 pub mod desired;
+pub mod kube_source;
 pub mod loader;
 pub mod maps;
 pub mod model;

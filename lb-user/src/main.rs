@@ -44,11 +44,16 @@ fn run(cli: Cli) -> Result<()> {
                 cgroup: a.cgroup,
                 fib_redirect: !a.no_xdp_redirect,
                 lb_pools: a.lb_pools,
+                cluster_cidrs: a.cluster_cidrs,
+                kube: None,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(agent::run(opts))
+                .block_on(async move {
+                    let kube = lb_user::kube_source::config(a.kubeconfig.as_deref()).await?;
+                    agent::run(AgentOptions { kube, ..opts }).await
+                })
         }
         Command::Apply(a) => apply(&store, &a, Mode::Apply),
         Command::Create(a) => apply(&store, &a, Mode::Create),

@@ -53,6 +53,23 @@ impl Routes {
             .find(|(dest, mask, _)| a & mask == *dest & mask)
             .map(|(_, _, i)| i.as_str())
     }
+
+    /// Interfaces with a route to (part of) `net`/`prefix`: where a pod network's
+    /// pods are.
+    pub fn ifaces_within(&self, net: Ipv4Addr, prefix: u8) -> Vec<&str> {
+        let m = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(prefix))
+        };
+        self.routes
+            .iter()
+            .filter(|(dest, mask, _)| {
+                mask.count_ones() >= u32::from(prefix) && dest & m == u32::from(net) & m
+            })
+            .map(|(_, _, i)| i.as_str())
+            .collect()
+    }
 }
 
 #[cfg(test)]

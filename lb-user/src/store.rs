@@ -112,6 +112,11 @@ pub struct State {
     pub pods: BTreeMap<String, Pod>,
     #[serde(default)]
     pub endpoint_slices: BTreeMap<String, EndpointSlice>,
+    /// Every service takes its endpoints from its EndpointSlices, selector or not
+    /// (Kubernetes mode: the cluster's EndpointSlice controller made them). The
+    /// embedded store has no such controller: selectors select its pods.
+    #[serde(skip)]
+    pub endpoints_from_slices: bool,
 }
 
 /// What `apply` did to one object, in kubectl's words.

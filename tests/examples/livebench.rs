@@ -14,8 +14,6 @@
 mod report;
 
 use std::{
-    fs::File,
-    os::fd::AsRawFd,
     thread,
     time::{Duration, Instant},
 };
@@ -32,30 +30,15 @@ use lb_tests::{
     packet::Pkt,
     scale::{self, MEASURED_NODE_PORT},
     seeds,
+    topology::InNetns,
     topology::multinode,
 };
 use lb_user::{loader::Dataplane, maps::Maps};
 
 use crate::report::{Chart, Table};
 
-/// The calling thread inside another network namespace until dropped.
-struct InNetns(File);
-
 fn enter(ns: &Netns) -> Result<InNetns> {
-    let home = File::open("/proc/thread-self/ns/net").context("own netns")?;
-    let target = File::open(ns.path()).with_context(|| ns.path())?;
-    // SAFETY: setns(2) on valid descriptors; only this thread moves.
-    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns {}: {}", ns.name, std::io::Error::last_os_error());
-    }
-    Ok(InNetns(home))
-}
-
-impl Drop for InNetns {
-    fn drop(&mut self) {
-        // SAFETY: as above; back to the namespace we came from.
-        unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) };
-    }
+    InNetns::enter(ns)
 }
 
 fn ifindex(ns: &Netns, iface: &str) -> Result<u32> {

@@ -35,6 +35,24 @@ pub fn pod_yaml(name: &str, ip: &str, app: &str, ports: &[(&str, u16, &str)]) ->
 /// Laptop, node, the client pod and `backends` pods 10.244.0.(2+i) each running
 /// `podserver ARGS --text pod-i`; `manifests` applied; the agent started.
 pub fn cluster(tag: &str, backends: &[&[&str]], manifests: &str) -> Cluster {
+    cluster_with(tag, backends, |_, _, lb| {
+        lb.apply(&format!(
+            "{manifests}{}",
+            pod_yaml("client", CLIENT_IP, "client", &[])
+        ))
+        .unwrap();
+        Vec::new()
+    })
+}
+
+/// [`cluster`] where `source` tells the agent about the cluster: it gets the
+/// topology, the node and the lb installation, and returns more `lb agent`
+/// arguments (e.g. `--kubeconfig` for an API server it started).
+pub fn cluster_with(
+    tag: &str,
+    backends: &[&[&str]],
+    source: impl FnOnce(&mut Topology, &Netns, &Lb) -> Vec<String>,
+) -> Cluster {
     require_root();
     let mut t = Topology::new(tag).unwrap();
     let s = seeds::lan(&mut t).unwrap();
@@ -49,12 +67,10 @@ pub fn cluster(tag: &str, backends: &[&[&str]], manifests: &str) -> Cluster {
     }
     let client = seeds::pod(&mut t, &s.node, "client", "lxcc", CLIENT_IP).unwrap();
     let lb = Lb::new(&mut t).unwrap();
-    lb.apply(&format!(
-        "{manifests}{}",
-        pod_yaml("client", CLIENT_IP, "client", &[])
-    ))
-    .unwrap();
-    lb.start_agent(&mut t, &s.node, "node1", &["eth0"]).unwrap();
+    let args = source(&mut t, &s.node, &lb);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lb.start_agent_with(&mut t, &s.node, "node1", &["eth0"], &args)
+        .unwrap();
     Cluster {
         t,
         laptop: s.laptop,

@@ -26,6 +26,31 @@ impl Netns {
     }
 }
 
+/// The calling thread inside another network namespace until dropped (sockets
+/// made meanwhile stay in that namespace).
+pub struct InNetns(fs::File);
+
+impl InNetns {
+    pub fn enter(ns: &Netns) -> Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        let home = fs::File::open("/proc/thread-self/ns/net").context("own netns")?;
+        let target = fs::File::open(ns.path()).with_context(|| ns.path())?;
+        // SAFETY: setns(2) on valid descriptors; only this thread moves.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {}: {}", ns.name, std::io::Error::last_os_error());
+        }
+        Ok(InNetns(home))
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: as above; back to the namespace we came from.
+        unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
 pub struct Topology {
     prefix: String,
     dir: PathBuf,

@@ -1,0 +1,269 @@
+//! Kubernetes mode: the agent follows an API server (a fake one speaking the real
+//! list/watch wire format, see `fakeapi`) instead of the embedded store. The same
+//! end-to-end NodePort and ClusterIP test runs in both modes, on the same objects
+//! (built as k8s-openapi types: what `lb apply` reads is what the API serves).
+
+mod fakeapi;
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use fakeapi::FakeApi;
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+use lb_common::PROTO_TCP;
+use lb_tests::{
+    Topology,
+    cluster::{Cluster, cluster_with, lbclient, tally},
+    seeds::NODE_IP,
+};
+use lb_user::{desired::frontend, maps::Maps};
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// `lb apply` into the embedded store.
+    Store,
+    /// An API server, `lb agent --kubeconfig`.
+    Kube,
+}
+
+fn service(name: &str, cluster_ip: &str, node_port: Option<i32>) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some(
+                if node_port.is_some() {
+                    "NodePort"
+                } else {
+                    "ClusterIP"
+                }
+                .into(),
+            ),
+            cluster_ip: Some(cluster_ip.into()),
+            cluster_ips: Some(vec![cluster_ip.into()]),
+            ports: Some(vec![ServicePort {
+                port: 80,
+                target_port: Some(IntOrString::Int(8080)),
+                node_port,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The service's EndpointSlice: `ready` addresses, then `not_ready` ones.
+fn slice(svc: &str, ready: &[&str], not_ready: &[&str]) -> EndpointSlice {
+    let ep = |a: &&str, ready: bool| Endpoint {
+        addresses: vec![a.to_string()],
+        conditions: Some(k8s_openapi::api::discovery::v1::EndpointConditions {
+            ready: Some(ready),
+            serving: Some(ready),
+            terminating: Some(false),
+        }),
+        node_name: Some("node1".into()),
+        ..Default::default()
+    };
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(format!("{svc}-1")),
+            namespace: Some("default".into()),
+            labels: Some([("kubernetes.io/service-name".to_string(), svc.to_string())].into()),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: ready
+            .iter()
+            .map(|a| ep(a, true))
+            .chain(not_ready.iter().map(|a| ep(a, false)))
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    }
+}
+
+fn node_object() -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some("node1".into()),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+            pod_cidr: Some("10.244.0.0/24".into()),
+            pod_cidrs: Some(vec!["10.244.0.0/24".into()]),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            addresses: Some(vec![NodeAddress {
+                address: NODE_IP.into(),
+                type_: "InternalIP".into(),
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn value<T: serde::Serialize>(o: &T) -> Value {
+    serde_json::to_value(o).expect("serialisable")
+}
+
+const POD0: &str = "10.244.0.2";
+const POD1: &str = "10.244.0.3";
+const WEB_IP: &str = "10.96.0.90";
+
+/// Two pods serving TCP 8080 behind service `web` (NodePort 30090), told to the
+/// agent in `mode`. Returns the cluster and, in Kubernetes mode, the API server.
+fn web_cluster(tag: &str, mode: Mode) -> (Cluster, Option<FakeApi>) {
+    let objects = vec![
+        value(&service("web", WEB_IP, Some(30090))),
+        value(&slice("web", &[POD0, POD1], &[])),
+    ];
+    let tcp: &[&str] = &["--tcp", "8080"];
+    let mut api = None;
+    let c = cluster_with(tag, &[tcp, tcp], |t, node, lb| match mode {
+        Mode::Store => {
+            // JSON documents are YAML documents: one file for `lb apply -f`.
+            let docs: Vec<String> = objects.iter().map(Value::to_string).collect();
+            lb.apply(&format!("---\n{}", docs.join("\n---\n"))).unwrap();
+            // The client pod is in no object: the pod network says where pods are
+            // (in Kubernetes mode, the Node's podCIDR does).
+            vec!["--cluster-cidr".into(), "10.244.0.0/16".into()]
+        }
+        Mode::Kube => {
+            let server = FakeApi::start(node);
+            server.put(value(&node_object()));
+            for o in &objects {
+                server.put(o.clone());
+            }
+            let path = t.dir().join("kubeconfig");
+            std::fs::write(&path, server.kubeconfig()).unwrap();
+            api = Some(server);
+            vec!["--kubeconfig".into(), path.display().to_string()]
+        }
+    });
+    (c, api)
+}
+
+/// Waits until `n` TCP requests to `addr` from the laptop (or the client pod) all
+/// succeed and are answered by exactly the pods in `want`.
+fn answered_by(c: &Cluster, from_laptop: bool, addr: &str, want: &[&str]) {
+    let ns = if from_laptop { &c.laptop } else { &c.client };
+    let mut last = Default::default();
+    let ok = Topology::wait_for(Duration::from_secs(60), || {
+        let answers = lbclient(c, ns, &["tcp", addr, "30"]);
+        if answers.len() != 30 || answers.iter().any(|a| a.starts_with("ERR")) {
+            return None;
+        }
+        last = tally(c, &answers);
+        let pods: Vec<&str> = last.keys().map(String::as_str).collect();
+        (pods == want).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "{addr}: wanted answers from {want:?}, last got {last:?}\n{}",
+        c.lb.diagnostics(&c.t, "node1")
+    );
+}
+
+fn nodeport_and_cluster_ip(mode: Mode) {
+    let (c, _api) = web_cluster(&format!("{mode:?}").to_lowercase(), mode);
+    answered_by(&c, true, &format!("{NODE_IP}:30090"), &["pod-0", "pod-1"]);
+    answered_by(&c, false, &format!("{WEB_IP}:80"), &["pod-0", "pod-1"]);
+}
+
+#[test]
+fn nodeport_and_cluster_ip_from_the_embedded_store() {
+    nodeport_and_cluster_ip(Mode::Store);
+}
+
+#[test]
+fn nodeport_and_cluster_ip_from_the_kubernetes_api() {
+    nodeport_and_cluster_ip(Mode::Kube);
+}
+
+/// The maps' frontends for `ip`:80/TCP, as the agent pinned them.
+fn has_frontend(c: &Cluster, ip: &str) -> bool {
+    let maps = Maps::open_pinned(&c.lb.pins("node1")).expect("pinned maps");
+    let key = frontend(ip.parse::<Ipv4Addr>().unwrap(), 80, PROTO_TCP);
+    maps.read_entries()
+        .expect("read maps")
+        .services
+        .contains_key(&key)
+}
+
+#[test]
+fn kubernetes_mode_follows_changes_survives_an_outage_and_relists_after_410() {
+    let (c, api) = web_cluster("kube", Mode::Kube);
+    let api = api.unwrap();
+    answered_by(&c, false, &format!("{WEB_IP}:80"), &["pod-0", "pod-1"]);
+
+    // Scale-down: pod-1's endpoint goes unready; it no longer gets traffic.
+    api.put(value(&slice("web", &[POD0], &[POD1])));
+    answered_by(&c, false, &format!("{WEB_IP}:80"), &["pod-0"]);
+
+    // An API outage of 10 s: the maps keep serving the last known state.
+    api.set_down(true);
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let answers = lbclient(&c, &c.laptop, &["tcp", &format!("{NODE_IP}:30090"), "5"]);
+        let by_pod = tally(&c, &answers);
+        assert_eq!(
+            by_pod.get("pod-0"),
+            Some(&5),
+            "traffic during the outage: {by_pod:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    api.set_down(false);
+    // Back: the watchers reconnect and changes flow again (scale-up).
+    api.put(value(&slice("web", &[POD0, POD1], &[])));
+    answered_by(&c, false, &format!("{WEB_IP}:80"), &["pod-0", "pod-1"]);
+
+    // 410 Gone: a service and its slice go, another comes, and no watcher hears of
+    // it; history is compacted, so the watchers must relist. The relist converges
+    // with no stale entry.
+    api.put(value(&service("old", "10.96.0.91", None)));
+    api.put(value(&slice("old", &[POD0], &[])));
+    Topology::wait_for(Duration::from_secs(30), || {
+        has_frontend(&c, "10.96.0.91").then_some(())
+    })
+    .expect("service old in the maps");
+    api.delete_unannounced(value(&service("old", "10.96.0.91", None)));
+    api.delete_unannounced(value(&slice("old", &[POD0], &[])));
+    api.put_unannounced(value(&service("fresh", "10.96.0.92", None)));
+    api.put_unannounced(value(&slice("fresh", &[POD1], &[])));
+    api.compact();
+    let converged = Topology::wait_for(Duration::from_secs(60), || {
+        (!has_frontend(&c, "10.96.0.91") && has_frontend(&c, "10.96.0.92")).then_some(())
+    });
+    assert!(
+        converged.is_some(),
+        "after 410 the maps still hold old or miss fresh\n{}",
+        c.lb.diagnostics(&c.t, "node1")
+    );
+    answered_by(&c, false, "10.96.0.92:80", &["pod-1"]);
+    // A deletion the watchers do hear of.
+    api.delete(value(&service("fresh", "10.96.0.92", None)));
+    let gone = Topology::wait_for(Duration::from_secs(30), || {
+        (!has_frontend(&c, "10.96.0.92")).then_some(())
+    });
+    assert!(gone.is_some(), "service fresh deleted, still in the maps");
+    assert!(
+        c.t.log("agent-node1").contains("watch failed"),
+        "the agent logged the outage"
+    );
+}
