@@ -210,9 +210,7 @@ impl Agent {
         if let Some(kube) = &self.kube {
             let Some(state) = kube.changed() else {
                 if routes {
-                    let state = std::mem::take(&mut self.state);
-                    self.follow_pod_interfaces(&state);
-                    self.state = state;
+                    self.follow_known_pod_interfaces();
                 }
                 return Ok(());
             };
@@ -232,15 +230,20 @@ impl Agent {
             return Ok(());
         }
         if !changed {
-            let state = std::mem::take(&mut self.state);
-            self.follow_pod_interfaces(&state);
-            self.state = state;
+            self.follow_known_pod_interfaces();
             return Ok(());
         }
         let started = Instant::now();
         let state = self.store.load()?;
         self.seen = stamp;
         self.apply_state(state, started)
+    }
+
+    /// Follows the routes to pods with the state as last read (nothing new to plan).
+    fn follow_known_pod_interfaces(&mut self) {
+        let state = std::mem::take(&mut self.state);
+        self.follow_pod_interfaces(&state);
+        self.state = state;
     }
 
     /// Plans `state`, writes the difference to the maps, ends flows to endpoints

@@ -196,12 +196,18 @@ impl KubeSource {
         }
     }
 
-    /// This node's pod networks (spec.podCIDRs, else spec.podCIDR), IPv4 ones.
-    pub fn pod_cidrs(&self, name: &str) -> Vec<(Ipv4Addr, u8)> {
+    /// The Node object named `name`, if the API has it.
+    fn node(&self, name: &str) -> Option<Arc<KubeNode>> {
         self.nodes
             .state()
-            .iter()
-            .filter(|n| n.metadata.name.as_deref() == Some(name))
+            .into_iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+    }
+
+    /// This node's pod networks (spec.podCIDRs, else spec.podCIDR), IPv4 ones.
+    pub fn pod_cidrs(&self, name: &str) -> Vec<(Ipv4Addr, u8)> {
+        self.node(name)
+            .into_iter()
             .filter_map(|n| n.spec.clone())
             .flat_map(|s| {
                 s.pod_cidrs
@@ -215,10 +221,8 @@ impl KubeSource {
 
     /// This node's addresses as the API reports them (InternalIP, ExternalIP).
     pub fn node_addrs(&self, name: &str) -> Vec<Ipv4Addr> {
-        self.nodes
-            .state()
-            .iter()
-            .filter(|n| n.metadata.name.as_deref() == Some(name))
+        self.node(name)
+            .into_iter()
             .flat_map(|n| {
                 n.status
                     .iter()

@@ -115,6 +115,19 @@ fn kernel_rules(
     Ok((load, change))
 }
 
+/// A kernel rule-set contender: how to load its full rule set and one change.
+struct KernelRules {
+    short: &'static str,
+    label: &'static str,
+    full: &'static [&'static str],
+    change: &'static [&'static str],
+    rules: fn(usize) -> String,
+    one: fn(usize) -> String,
+    /// Largest size run.
+    max: usize,
+    why_max: &'static str,
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
 }
@@ -127,9 +140,30 @@ fn main() -> Result<()> {
     } else {
         &[1_000, 10_000, 30_000]
     };
-    // nft -f of kube-proxy's table grows faster than linearly here (about 70 s at
-    // 10,000 services on this kernel), so it stops at 10,000.
-    let nft_max = 10_000;
+    let kernel = [
+        KernelRules {
+            short: "iptables-restore",
+            label: "iptables-restore (kube-proxy rules)",
+            full: &["iptables-restore"],
+            change: &["iptables-restore", "--noflush"],
+            rules: scale::iptables_rules,
+            one: scale::iptables_endpoint_change,
+            max: usize::MAX,
+            why_max: "",
+        },
+        // nft -f of kube-proxy's table grows faster than linearly here (about 70 s
+        // at 10,000 services on this kernel), so it stops at 10,000.
+        KernelRules {
+            short: "nft -f",
+            label: "nft -f (kube-proxy nftables rules)",
+            full: &["nft", "-f"],
+            change: &["nft", "-f"],
+            rules: scale::nft_rules,
+            one: scale::nft_endpoint_change,
+            max: 10_000,
+            why_max: "superlinear: ~70 s at 10,000",
+        },
+    ];
     let mut table = Table::new(
         "Control plane: N services x 10 endpoints until the data plane holds them (ms), and one endpoint change",
         &[
@@ -161,50 +195,33 @@ fn main() -> Result<()> {
             ),
         ]);
         chart.bar(&format!("{n} svc"), "lb", l.apply.as_secs_f64());
-        let (ipt, ipt_change) = kernel_rules(
-            &["iptables-restore"],
-            &["iptables-restore", "--noflush"],
-            scale::iptables_rules(n),
-            scale::iptables_endpoint_change(n),
-        )
-        .with_context(|| format!("iptables at {n}"))?;
-        eprintln!("{n:>6} services  iptables-restore {ipt:?}, one change {ipt_change:?}");
-        table.row(vec![
-            n.to_string(),
-            "iptables-restore (kube-proxy rules)".into(),
-            ms(ipt),
-            ms(ipt_change),
-            format!("{:.2}x", ipt.as_secs_f64() / l.apply.as_secs_f64()),
-            String::new(),
-        ]);
-        chart.bar(&format!("{n} svc"), "iptables-restore", ipt.as_secs_f64());
-        if n <= nft_max {
-            let (nft, nft_change) = kernel_rules(
-                &["nft", "-f"],
-                &["nft", "-f"],
-                scale::nft_rules(n),
-                scale::nft_endpoint_change(n),
-            )
-            .with_context(|| format!("nft at {n}"))?;
-            eprintln!("{n:>6} services  nft -f {nft:?}, one change {nft_change:?}");
+        for k in &kernel {
+            if n > k.max {
+                table.row(vec![
+                    n.to_string(),
+                    k.label.into(),
+                    format!("not run ({})", k.why_max),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]);
+                continue;
+            }
+            let (load, change) = kernel_rules(k.full, k.change, (k.rules)(n), (k.one)(n))
+                .with_context(|| format!("{} at {n}", k.short))?;
+            eprintln!(
+                "{n:>6} services  {} {load:?}, one change {change:?}",
+                k.short
+            );
             table.row(vec![
                 n.to_string(),
-                "nft -f (kube-proxy nftables rules)".into(),
-                ms(nft),
-                ms(nft_change),
-                format!("{:.2}x", nft.as_secs_f64() / l.apply.as_secs_f64()),
+                k.label.into(),
+                ms(load),
+                ms(change),
+                format!("{:.2}x", load.as_secs_f64() / l.apply.as_secs_f64()),
                 String::new(),
             ]);
-            chart.bar(&format!("{n} svc"), "nft -f", nft.as_secs_f64());
-        } else {
-            table.row(vec![
-                n.to_string(),
-                "nft -f (kube-proxy nftables rules)".into(),
-                "not run (superlinear: ~70 s at 10,000)".into(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ]);
+            chart.bar(&format!("{n} svc"), k.short, load.as_secs_f64());
         }
     }
     let md = table.markdown();

@@ -25,22 +25,23 @@ use crate::report::{Chart, Table};
 const REPEAT: u32 = 1_000_000;
 const RUNS: usize = 5;
 
+/// The kernel's own ns per run of `frame`, repeated `repeat` times.
+fn run_ns(prog: &Xdp, frame: &[u8], repeat: u32) -> f64 {
+    let mut out = vec![0u8; frame.len() + 64];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..Default::default()
+    };
+    prog.test_run(opts)
+        .expect("BPF_PROG_RUN")
+        .duration
+        .as_nanos() as f64
+}
+
 fn ns_per_packet(prog: &Xdp, frame: &[u8], repeat: u32) -> f64 {
-    let mut samples: Vec<f64> = (0..RUNS)
-        .map(|_| {
-            let mut out = vec![0u8; frame.len() + 64];
-            let opts = TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat,
-                ..Default::default()
-            };
-            prog.test_run(opts)
-                .expect("BPF_PROG_RUN")
-                .duration
-                .as_nanos() as f64
-        })
-        .collect();
+    let mut samples: Vec<f64> = (0..RUNS).map(|_| run_ns(prog, frame, repeat)).collect();
     samples.sort_by(f64::total_cmp);
     samples[RUNS / 2]
 }
@@ -81,22 +82,7 @@ fn fill(dp: &mut Dataplane, n: u32) {
 
 /// Median of the kernel's own duration of single runs (`repeat: 1`), one per frame.
 fn ns_single(prog: &Xdp, frames: &[Vec<u8>]) -> f64 {
-    let mut samples: Vec<f64> = frames
-        .iter()
-        .map(|frame| {
-            let mut out = vec![0u8; frame.len() + 64];
-            let opts = TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat: 1,
-                ..Default::default()
-            };
-            prog.test_run(opts)
-                .expect("BPF_PROG_RUN")
-                .duration
-                .as_nanos() as f64
-        })
-        .collect();
+    let mut samples: Vec<f64> = frames.iter().map(|frame| run_ns(prog, frame, 1)).collect();
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
 }

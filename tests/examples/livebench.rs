@@ -37,12 +37,8 @@ use lb_user::{loader::Dataplane, maps::Maps};
 
 use crate::report::{Chart, Table};
 
-fn enter(ns: &Netns) -> Result<InNetns> {
-    InNetns::enter(ns)
-}
-
 fn ifindex(ns: &Netns, iface: &str) -> Result<u32> {
-    let _in = enter(ns)?;
+    let _in = InNetns::enter(ns)?;
     let name = std::ffi::CString::new(iface)?;
     // SAFETY: a valid C string.
     let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -50,6 +46,10 @@ fn ifindex(ns: &Netns, iface: &str) -> Result<u32> {
         bail!("no {iface} in {}", ns.name);
     }
     Ok(i)
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
 }
 
 fn mac(t: &Topology, ns: &Netns, iface: &str) -> Result<[u8; 6]> {
@@ -86,7 +86,7 @@ impl Traffic {
     fn new(t: &Topology, laptop: &Netns, pod: &Netns, dst: &str, dst_mac: [u8; 6]) -> Result<Self> {
         let mut dp = Dataplane::load(None)?;
         {
-            let _in = enter(pod)?;
+            let _in = InNetns::enter(pod)?;
             dp.attach_bench(PROG_BENCH_SINK, "eth0")?;
         }
         let mut frame = Pkt::udp(seeds::LAPTOP_IP, 40000, dst, MEASURED_NODE_PORT)
@@ -114,7 +114,7 @@ impl Traffic {
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&self.laptop_ifindex.to_ne_bytes());
-        let _in = enter(&self.laptop)?;
+        let _in = InNetns::enter(&self.laptop)?;
         let prog = self.dp.bench_program(PROG_BENCH_GEN)?;
         let mut left = frames;
         while left > 0 {
@@ -195,7 +195,6 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
     let s = seeds::lan(&mut t)?;
     let pod = seeds::pod(&mut t, &s.node, "pod", "lxc0", seeds::POD_IP)?;
     let pod_mac = mac(&t, &pod, "eth0")?;
-    let pod_mac_s: Vec<String> = pod_mac.iter().map(|b| format!("{b:02x}")).collect();
     for a in scale::measured_endpoints() {
         let a = a.to_string();
         if a != seeds::POD_IP {
@@ -212,7 +211,7 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
                 "replace",
                 &a,
                 "lladdr",
-                &pod_mac_s.join(":"),
+                &mac_text(pod_mac),
                 "dev",
                 "lxc0",
                 "nud",
@@ -235,7 +234,7 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
         Contender::Ceiling => {
             let lxc0 = ifindex(&s.node, "lxc0")?;
             traffic.dp.set_bench(BENCH_REDIRECT_IFINDEX, lxc0)?;
-            let _in = enter(&s.node)?;
+            let _in = InNetns::enter(&s.node)?;
             traffic.dp.attach_bench(PROG_BENCH_REDIRECT, "eth0")?;
         }
         Contender::Lb => {
@@ -296,9 +295,8 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
     t.sh(&lan_ns, &["ethtool", "-K", "p-laptop", "gro", "on"])?;
     // The bridge knows where the nodes are (nothing has spoken yet) and every
     // neighbour is known, so the path is steady from the first frame.
-    let fmt = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
     for (n, node) in [&node1, &node2].into_iter().enumerate() {
-        let m = fmt(mac(&t, node, "eth0")?);
+        let m = mac_text(mac(&t, node, "eth0")?);
         t.sh(
             &lan_ns,
             &[
@@ -313,7 +311,7 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
             ],
         )?;
     }
-    let node2_mac = fmt(mac(&t, &node2, "eth0")?);
+    let node2_mac = mac_text(mac(&t, &node2, "eth0")?);
     t.ip(
         &node1,
         &[
@@ -329,7 +327,7 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
         ],
     )?;
     let pod = lan.pods[1][0].clone();
-    let pod_mac = fmt(mac(&t, &pod, "eth0")?);
+    let pod_mac = mac_text(mac(&t, &pod, "eth0")?);
     t.ip(
         &node2,
         &[

@@ -81,13 +81,18 @@ pub fn cluster_with(
 }
 
 pub fn lbclient(c: &Cluster, ns: &Netns, args: &[&str]) -> Vec<String> {
+    lbclient_in(&c.t, ns, args)
+}
+
+/// `lbclient ARGS` in `ns` of any topology; its output lines.
+pub fn lbclient_in(t: &Topology, ns: &Netns, args: &[&str]) -> Vec<String> {
     let bin = podserver_bin()
         .with_file_name("lbclient")
         .display()
         .to_string();
     let mut argv = vec![bin.as_str()];
     argv.extend_from_slice(args);
-    let out = c.t.run(ns, &argv).unwrap();
+    let out = t.run(ns, &argv).unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(String::from)

@@ -81,17 +81,7 @@ fn cluster_with(
 }
 
 fn lbclient(c: &Cluster, ns: &Netns, args: &[&str]) -> Vec<String> {
-    let bin = podserver_bin()
-        .with_file_name("lbclient")
-        .display()
-        .to_string();
-    let mut argv = vec![bin.as_str()];
-    argv.extend_from_slice(args);
-    let out = c.t.run(ns, &argv).unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect()
+    lb_tests::cluster::lbclient_in(&c.t, ns, args)
 }
 
 fn diagnostics(c: &Cluster) -> String {
