@@ -17,13 +17,13 @@ use tracing::{info, warn};
 
 use crate::{
     announce::Announcer,
-    desired::{self, Entries, Node},
+    desired::{self, Node},
     kube_source::KubeSource,
+    ledger::Ledger,
     loader::Dataplane,
-    model::pod_ip,
+    model::{ObjectKey, pod_ip},
     netif::{self, Routes},
-    store::Store,
-    sync,
+    store::{Change, State, Store},
 };
 
 /// Default root of the bpffs lb pins its maps under (`ROOT/lb/NODE-NAME/`).
@@ -79,12 +79,13 @@ struct Agent {
     store: Store,
     node: Node,
     /// What the maps hold (read at start, then kept in step with every write).
-    actual: Entries,
-    /// The store file as last read: (modified, length), to skip unchanged states.
-    seen: Option<(std::time::SystemTime, u64)>,
-    /// The store's state as last read (the tick follows routes with it, re-reading
-    /// the store only when it changed).
-    state: crate::store::State,
+    ledger: Ledger,
+    /// The store revision `state` is at (None: read it whole).
+    seen: Option<u64>,
+    /// The source's state as last read, kept in step with its changes.
+    state: State,
+    /// Plan every service next time (start, node addresses, a failed write).
+    plan_all: bool,
     announcer: Announcer,
     lb_pools: Vec<(Ipv4Addr, u8)>,
     /// Kubernetes mode's source (None: the embedded store is the source).
@@ -144,9 +145,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             name: opts.node_name.clone(),
             addrs,
         },
-        actual,
+        ledger: Ledger::new(actual),
         seen: None,
         state: Default::default(),
+        plan_all: true,
         announcer: Announcer::new(&opts.store, &opts.node_name, &opts.ifaces[0]),
         lb_pools: opts.lb_pools.clone(),
         kube,
@@ -154,8 +156,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     };
     std::fs::create_dir_all(&opts.store)
         .with_context(|| format!("creating store {}", opts.store.display()))?;
+    // Writers touch the store's commit marker after each commit; the database's own
+    // files change many times within a transaction, before it is visible.
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
+        if ev.is_ok_and(|ev| ev.paths.iter().any(|p| crate::store::is_commit_marker(p))) {
             let _ = tx.send(());
         }
     })
@@ -186,12 +190,23 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 impl Agent {
     /// Brings the maps in line with the store. `routes`: also look for new pod interfaces.
     fn reconcile(&mut self, routes: bool) -> Result<()> {
-        if !self.lb_pools.is_empty() && self.kube.is_none() {
+        if !self.lb_pools.is_empty() && self.kube.is_none() && self.lb_addresses_due() {
             for (svc, ip) in self.store.assign_load_balancer_ips(&self.lb_pools)? {
                 info!(service = %svc, %ip, "assigned LoadBalancer address");
             }
         }
         self.sync_maps(routes)
+    }
+
+    /// Whether a LoadBalancer service waits for an address, or another kind holds one
+    /// (as the state was last read; a new one is seen when the store changes).
+    fn lb_addresses_due(&self) -> bool {
+        self.seen.is_none()
+            || self.state.services.values().any(|s| {
+                let is_lb = crate::model::service_type(s) == crate::model::TYPE_LOAD_BALANCER;
+                let has_address = !crate::store::lb_ingress_ips(s).is_empty();
+                is_lb != has_address
+            })
     }
 
     /// Heartbeat and LoadBalancer announcements: once per tick (never on store events,
@@ -207,6 +222,7 @@ impl Agent {
     }
 
     fn sync_maps(&mut self, routes: bool) -> Result<()> {
+        let started = Instant::now();
         if let Some(kube) = &self.kube {
             let Some(state) = kube.changed() else {
                 if routes {
@@ -218,73 +234,99 @@ impl Agent {
                 if !self.node.addrs.contains(&a) {
                     info!(addr = %a, "node address from the API");
                     self.node.addrs.push(a);
+                    self.plan_all = true;
                 }
             }
-            return self.apply_state(state, Instant::now());
+            self.state.revision = state.revision;
+            self.state.endpoints_from_slices = state.endpoints_from_slices;
+            let changes = self.state.changes_to(state);
+            return self.take_changes(changes, started);
         }
-        let stamp = std::fs::metadata(self.store.state_path())
-            .ok()
-            .map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len()));
-        let changed = stamp != self.seen || self.seen.is_none();
-        if !changed && !routes {
+        let revision = self.store.revision()?;
+        if self.seen == Some(revision) {
+            if routes {
+                self.follow_known_pod_interfaces();
+            }
             return Ok(());
         }
-        if !changed {
-            self.follow_known_pod_interfaces();
-            return Ok(());
-        }
-        let started = Instant::now();
-        let state = self.store.load()?;
-        self.seen = stamp;
-        self.apply_state(state, started)
+        let Some(seen) = self.seen else {
+            self.state = self.store.load()?;
+            self.seen = Some(self.state.revision);
+            self.plan_all = true;
+            return self.apply_changes(&[], BTreeSet::new(), started);
+        };
+        let read = self.store.changes_since(seen)?;
+        self.state.revision = read.revision;
+        self.seen = Some(read.revision);
+        self.take_changes(read.changes, started)
+    }
+
+    /// Takes `changes` into the state and brings the maps in line with them.
+    fn take_changes(&mut self, changes: Vec<Change>, started: Instant) -> Result<()> {
+        let (named, services) = desired::take_changes(&mut self.state, changes);
+        self.apply_changes(&named, services, started)
     }
 
     /// Follows the routes to pods with the state as last read (nothing new to plan).
     fn follow_known_pod_interfaces(&mut self) {
-        let state = std::mem::take(&mut self.state);
-        self.follow_pod_interfaces(&state);
-        self.state = state;
+        let addrs: Vec<Ipv4Addr> = pod_addrs(
+            self.state.pods.values(),
+            self.state.endpoint_slices.values(),
+        )
+        .collect();
+        self.follow_pod_interfaces(addrs.into_iter());
     }
 
-    /// Plans `state`, writes the difference to the maps, ends flows to endpoints
-    /// that are gone (`started`: when reading the source began).
-    fn apply_state(&mut self, state: crate::store::State, started: Instant) -> Result<()> {
+    /// Re-plans `services` (every service when a full plan is due), writes the
+    /// difference to the maps and ends flows to endpoints that are gone (`started`:
+    /// when reading the source began).
+    fn apply_changes(
+        &mut self,
+        changed: &[(&'static str, String)],
+        services: BTreeSet<ObjectKey>,
+        started: Instant,
+    ) -> Result<()> {
         let loaded = started.elapsed();
-        self.follow_pod_interfaces(&state);
-        let plans = desired::plan(&state, &self.node);
-        let want = desired::entries(&plans, &self.actual)?;
-        let ops = sync::diff(&self.actual, &want);
+        if self.plan_all {
+            self.follow_known_pod_interfaces();
+        } else {
+            let pods = changed.iter().filter_map(|(_, k)| self.state.pods.get(k));
+            let slices = changed
+                .iter()
+                .filter_map(|(_, k)| self.state.endpoint_slices.get(k));
+            let addrs: Vec<Ipv4Addr> = pod_addrs(pods, slices).collect();
+            self.follow_pod_interfaces(addrs.into_iter());
+        }
+        let plan = self
+            .ledger
+            .plan(&self.state, &self.node, &services, self.plan_all)?;
+        let ops = plan.ops;
         let planned = started.elapsed();
-        let backend_ids =
-            |e: &Entries| -> BTreeSet<u32> { e.backends.values().map(|b| b.backend_id).collect() };
-        let before = backend_ids(&self.actual);
         if let Err(e) = self.dp.maps.write(&ops) {
             // Some writes may have landed: start the next round from what the maps hold.
-            self.actual = self.dp.maps.read_entries()?;
-            self.seen = None;
+            self.ledger.reset(self.dp.maps.read_entries()?);
+            self.plan_all = true;
             if let Some(k) = &self.kube {
                 k.mark_dirty();
             }
             return Err(e.into());
         }
-        sync::apply(&mut self.actual, &ops);
+        self.plan_all = false;
         // Flows to endpoints that are gone end: their conntrack entries go, so the
         // client's next packet is a new flow to a live endpoint, which resets it.
-        let gone: BTreeSet<u32> = before
-            .difference(&backend_ids(&self.actual))
-            .copied()
-            .collect();
+        let gone = self.ledger.apply(&ops);
         let flows_ended = if gone.is_empty() {
             0
         } else {
             self.dp.maps.end_flows_to(&gone)?
         };
-        let endpoints: usize = plans.iter().map(|p| p.endpoints.len()).sum();
         info!(
-            revision = state.revision,
-            services = state.services.len(),
-            service_ports = plans.len(),
-            endpoints,
+            revision = self.state.revision,
+            services = self.state.services.len(),
+            planned = plan.services,
+            full = plan.full,
+            frontends = self.ledger.entries.services.len(),
+            backends = self.ledger.entries.backends.len(),
             writes = ops.len(),
             flows_ended,
             load_us = loaded.as_micros() as u64,
@@ -292,13 +334,12 @@ impl Agent {
             took_us = started.elapsed().as_micros() as u64,
             "reconciled"
         );
-        self.state = state;
         Ok(())
     }
 
     /// Attaches to every interface the kernel routes a pod address to (pods are
     /// found by their declared address), and forgets attached ones that are gone.
-    fn follow_pod_interfaces(&mut self, state: &crate::store::State) {
+    fn follow_pod_interfaces(&mut self, addrs: impl Iterator<Item = Ipv4Addr>) {
         let routes = match Routes::read() {
             Ok(r) => r,
             Err(e) => {
@@ -320,22 +361,11 @@ impl Agent {
                 warn!(iface = %name, error = %e, "forgetting interface");
             }
         }
-        // Pods, and the endpoints of services without a selector.
-        let slice_addrs = state
-            .endpoint_slices
-            .values()
-            .filter(|s| s.address_type == "IPv4")
-            .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.iter()))
-            .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok());
         let mut cidrs = self.cluster_cidrs.clone();
         if let Some(k) = &self.kube {
             cidrs.extend(k.pod_cidrs(&self.node.name));
         }
-        let wanted: BTreeSet<&str> = state
-            .pods
-            .values()
-            .filter_map(pod_ip)
-            .chain(slice_addrs)
+        let wanted: BTreeSet<&str> = addrs
             .filter_map(|ip| routes.iface_for(ip))
             .chain(
                 cidrs
@@ -352,4 +382,16 @@ impl Agent {
             }
         }
     }
+}
+
+/// Where pods are: their addresses, and the endpoints of services without a selector.
+fn pod_addrs<'a>(
+    pods: impl Iterator<Item = &'a k8s_openapi::api::core::v1::Pod> + 'a,
+    slices: impl Iterator<Item = &'a k8s_openapi::api::discovery::v1::EndpointSlice> + 'a,
+) -> impl Iterator<Item = Ipv4Addr> + 'a {
+    let slice_addrs = slices
+        .filter(|s| s.address_type == "IPv4")
+        .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.iter()))
+        .filter_map(|a| a.parse::<Ipv4Addr>().ok());
+    pods.filter_map(pod_ip).chain(slice_addrs)
 }

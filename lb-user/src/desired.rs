@@ -25,7 +25,7 @@ use crate::{
         ObjectKey, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER, TYPE_NODE_PORT, cluster_ip, pod_ip,
         pod_ready, resolve_target_port, selects, service_type, slice_service,
     },
-    store::State,
+    store::{Change, KIND_ENDPOINT_SLICE, KIND_SERVICE, State},
 };
 
 /// The node an agent serves: its name and the addresses NodePorts answer on.
@@ -186,6 +186,80 @@ pub fn plan(state: &State, node: &Node) -> Vec<PortPlan> {
         .values()
         .flat_map(|svc| plan_service(svc, &pods, &slices, node, state.endpoints_from_slices))
         .collect()
+}
+
+/// [`plan`] for the services named in `only` (those gone plan to nothing).
+pub fn plan_services(state: &State, node: &Node, only: &BTreeSet<ObjectKey>) -> Vec<PortPlan> {
+    let namespaces: BTreeSet<&str> = only.iter().map(|k| k.namespace.as_str()).collect();
+    let in_scope = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        namespaces.contains(meta.namespace.as_deref().unwrap_or("default"))
+    };
+    let pods = PodIndex::new(state.pods.values().filter(|p| in_scope(&p.metadata)));
+    let wanted: std::collections::HashSet<(&str, &str)> = only
+        .iter()
+        .map(|k| (k.namespace.as_str(), k.name.as_str()))
+        .collect();
+    let slices = slice_index(state.endpoint_slices.values().filter(|s| {
+        slice_service(s).is_some_and(|svc| {
+            wanted.contains(&(s.metadata.namespace.as_deref().unwrap_or("default"), svc))
+        })
+    }));
+    only.iter()
+        .filter_map(|k| state.services.get(&k.to_string()))
+        .flat_map(|svc| plan_service(svc, &pods, &slices, node, state.endpoints_from_slices))
+        .collect()
+}
+
+/// Takes `changes` into `state`; returns what they named (kind, key) and the
+/// services to re-plan for them (affected before or after).
+pub fn take_changes(
+    state: &mut State,
+    changes: Vec<Change>,
+) -> (Vec<(&'static str, String)>, BTreeSet<ObjectKey>) {
+    let named: Vec<(&'static str, String)> =
+        changes.iter().map(|c| (c.kind, c.key.clone())).collect();
+    let mut services = affected(state, &named);
+    state.apply_changes(changes);
+    services.extend(affected(state, &named));
+    (named, services)
+}
+
+/// The services whose entries `changes` can change, as `state` sees them: a changed
+/// service; the service a changed EndpointSlice belongs to; the services whose
+/// selector selects a changed pod. Asked of the state before the changes and after
+/// them, the union is what to re-plan.
+pub fn affected(state: &State, changes: &[(&'static str, String)]) -> BTreeSet<ObjectKey> {
+    let mut out = BTreeSet::new();
+    let mut pods: Vec<&Pod> = Vec::new();
+    for (kind, key) in changes {
+        match *kind {
+            KIND_SERVICE => {
+                let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+                out.insert(ObjectKey::new(ns, name));
+            }
+            KIND_ENDPOINT_SLICE => {
+                out.extend(state.endpoint_slices.get(key).and_then(|s| {
+                    slice_service(s).map(|svc| {
+                        ObjectKey::new(s.metadata.namespace.as_deref().unwrap_or("default"), svc)
+                    })
+                }));
+            }
+            _ => pods.extend(state.pods.get(key)),
+        }
+    }
+    if !pods.is_empty() {
+        for svc in state.services.values() {
+            let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+            let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
+            if pods.iter().any(|p| {
+                p.metadata.namespace.as_deref().unwrap_or("default") == ns
+                    && selects(selector, p.metadata.labels.as_ref())
+            }) {
+                out.insert(ObjectKey::of(&svc.metadata));
+            }
+        }
+    }
+    out
 }
 
 fn plan_service(
@@ -403,15 +477,67 @@ impl Ids {
     }
 }
 
+/// Where new ids come from: the whole plan's own allocator, or the agent's ledger
+/// when only some services are re-planned.
+pub(crate) trait IdSource {
+    /// The id of backend (address, port, protocol): its current one, or a new one.
+    fn backend_id(&mut self, key: (u32, u16, u8)) -> Result<u32, DesiredError>;
+    /// A service-port id no frontend uses.
+    fn new_service_id(&mut self) -> Result<u32, DesiredError>;
+}
+
+struct PlanIds {
+    backend_ids: HashMap<(u32, u16, u8), u32>,
+    backends: Ids,
+    services: Ids,
+}
+
+impl IdSource for PlanIds {
+    fn backend_id(&mut self, key: (u32, u16, u8)) -> Result<u32, DesiredError> {
+        if let Some(id) = self.backend_ids.get(&key) {
+            return Ok(*id);
+        }
+        let id = self.backends.take()?;
+        self.backend_ids.insert(key, id);
+        Ok(id)
+    }
+    fn new_service_id(&mut self) -> Result<u32, DesiredError> {
+        self.services.take()
+    }
+}
+
 /// The entries for `plans`, reusing from `actual` each service port's id (found by
 /// any of its frontends), each backend's id (by address, port and protocol) and each
 /// backend's slot, so unchanged services produce identical entries.
 pub fn entries(plans: &[PortPlan], actual: &Entries) -> Result<Entries, DesiredError> {
-    let mut out = Entries::default();
+    let (kept, claimed) = kept_service_ids(plans, actual);
+    let backend_ids: HashMap<(u32, u16, u8), u32> = actual
+        .backends
+        .values()
+        .map(|b| ((b.addr_be, b.port_be, b.proto), b.backend_id))
+        .collect();
+    let mut ids = PlanIds {
+        backends: Ids::new(
+            backend_ids.values().copied().collect(),
+            MAX_BACKEND_IDS,
+            "backends",
+        ),
+        backend_ids,
+        services: Ids::new(claimed, MAX_SERVICE_IDS, "service ports"),
+    };
+    let mut out = build(plans, &kept, actual, &mut ids)?;
+    out.index_ports();
+    Ok(out)
+}
 
-    // Service ids: keep the id a frontend already has, once per id.
+/// The id each plan keeps: the one a frontend of it already has in `actual`, once
+/// per id; and every id so kept.
+pub(crate) fn kept_service_ids(
+    plans: &[PortPlan],
+    actual: &Entries,
+) -> (Vec<Option<u32>>, BTreeSet<u32>) {
     let mut claimed = BTreeSet::new();
-    let kept: Vec<Option<u32>> = plans
+    let kept = plans
         .iter()
         .map(|plan| {
             plan.frontends
@@ -420,36 +546,26 @@ pub fn entries(plans: &[PortPlan], actual: &Entries) -> Result<Entries, DesiredE
                 .find(|id| claimed.insert(*id))
         })
         .collect();
-    let mut svc_ids = Ids::new(claimed, MAX_SERVICE_IDS, "service ports");
+    (kept, claimed)
+}
 
-    // Backend ids: by (address, port, protocol), shared by every service using it.
-    let mut backend_ids: HashMap<(u32, u16, u8), u32> = actual
-        .backends
-        .values()
-        .map(|b| ((b.addr_be, b.port_be, b.proto), b.backend_id))
-        .collect();
-    let mut be_ids = Ids::new(
-        backend_ids.values().copied().collect(),
-        MAX_BACKEND_IDS,
-        "backends",
-    );
-
+/// The frontends and slots of `plans` (no port bitmap): `kept` ids from
+/// [`kept_service_ids`], slots from `actual`, new ids from `ids`.
+pub(crate) fn build(
+    plans: &[PortPlan],
+    kept: &[Option<u32>],
+    actual: &Entries,
+    ids: &mut dyn IdSource,
+) -> Result<Entries, DesiredError> {
+    let mut out = Entries::default();
     for (plan, kept) in plans.iter().zip(kept) {
         let svc_id = match kept {
-            Some(id) => id,
-            None => svc_ids.take()?,
+            Some(id) => *id,
+            None => ids.new_service_id()?,
         };
         let mut backends = Vec::with_capacity(plan.endpoints.len());
         for (addr, port) in &plan.endpoints {
             let (addr_be, port_be) = (u32::from(*addr).to_be(), port.to_be());
-            let id = match backend_ids.get(&(addr_be, port_be, plan.proto)) {
-                Some(id) => *id,
-                None => {
-                    let id = be_ids.take()?;
-                    backend_ids.insert((addr_be, port_be, plan.proto), id);
-                    id
-                }
-            };
             backends.push(Backend {
                 addr_be,
                 port_be,
@@ -459,7 +575,7 @@ pub fn entries(plans: &[PortPlan], actual: &Entries) -> Result<Entries, DesiredE
                 } else {
                     0
                 },
-                backend_id: id,
+                backend_id: ids.backend_id((addr_be, port_be, plan.proto))?,
             });
         }
         for (slot, backend) in assign_slots(svc_id, backends, actual)
@@ -491,7 +607,6 @@ pub fn entries(plans: &[PortPlan], actual: &Entries) -> Result<Entries, DesiredE
             );
         }
     }
-    out.index_ports();
     Ok(out)
 }
 

@@ -8,6 +8,7 @@ pub mod announce;
 pub mod cli;
 pub mod desired;
 pub mod kube_source;
+pub mod ledger;
 pub mod loader;
 pub mod maps;
 pub mod model;

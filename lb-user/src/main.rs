@@ -359,7 +359,7 @@ fn get(store: &Store, g: &cli::GetArgs) -> Result<()> {
                 .filter(|s| in_scope(&s.metadata))
                 .collect();
             let text = match g.output {
-                Some(Output::Yaml) => serde_saphyr::to_string(&items)?,
+                Some(Output::Yaml) => serde_yaml_ng::to_string(&items)?,
                 Some(Output::Json) => serde_json::to_string_pretty(&items)? + "\n",
                 _ => table::services(&items, now, wide, g.all_namespaces),
             };
@@ -372,7 +372,7 @@ fn get(store: &Store, g: &cli::GetArgs) -> Result<()> {
                 .filter(|p| in_scope(&p.metadata))
                 .collect();
             let text = match g.output {
-                Some(Output::Yaml) => serde_saphyr::to_string(&items)?,
+                Some(Output::Yaml) => serde_yaml_ng::to_string(&items)?,
                 Some(Output::Json) => serde_json::to_string_pretty(&items)? + "\n",
                 _ => table::pods(&items, now, wide, g.all_namespaces),
             };
@@ -385,7 +385,7 @@ fn get(store: &Store, g: &cli::GetArgs) -> Result<()> {
                 .filter(|e| in_scope(&e.metadata))
                 .collect();
             let text = match g.output {
-                Some(Output::Yaml) => serde_saphyr::to_string(&items)?,
+                Some(Output::Yaml) => serde_yaml_ng::to_string(&items)?,
                 Some(Output::Json) => serde_json::to_string_pretty(&items)? + "\n",
                 _ => table::endpoint_slices(&items, now, g.all_namespaces),
             };

@@ -1,19 +1,21 @@
-//! The embedded store: the objects lb serves, in one JSON file under a directory
-//! (default `/var/lib/lb`), shared by every agent and CLI on the machine.
+//! The embedded store: the objects lb serves, in one SQLite database under a
+//! directory (default `/var/lib/lb`), shared by every agent and CLI on the machine.
 //!
-//! Writers take an exclusive `flock` on `DIR/lock`, read, change a copy, write
-//! `state.json.tmp`, fsync and rename it over `state.json`: a reader sees the old
-//! state or the new one, never a mix, and two `lb apply` never hand out one value.
-//! Allocation (clusterIP, nodePort) happens here, under that lock.
+//! One row per object (`kind`, `namespace/name`) with its JSON and the revision that
+//! last wrote it; a deleted object leaves a row without JSON (a tombstone), so that
+//! "what changed after revision R" is one indexed query: the agent follows the store
+//! with it instead of re-reading everything. Writers run in one immediate (write-
+//! locked) transaction: they read what they need, change a copy, and commit every
+//! changed row or none; two `lb apply` never hand out one value. Allocation
+//! (clusterIP, nodePort) happens inside that transaction.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs::{self, File},
-    io::Write as _,
+    fs,
     net::Ipv4Addr,
     ops::RangeInclusive,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use k8s_openapi::{
@@ -25,6 +27,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use rand::Rng as _;
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
@@ -33,8 +36,25 @@ use crate::model::{
 };
 
 pub const DEFAULT_STORE_DIR: &str = "/var/lib/lb";
-const STATE_FILE: &str = "state.json";
-const LOCK_FILE: &str = "lock";
+const DB_FILE: &str = "store.db";
+/// Rewritten after every commit (`REVISION UNIX_NS`), for watchers.
+const COMMIT_MARKER: &str = "revision";
+/// How long a writer waits for another one to commit.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL,
+    key  TEXT NOT NULL,
+    rev  INTEGER NOT NULL,
+    body TEXT,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_by_rev ON objects (rev);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+pub const KIND_SERVICE: &str = "Service";
+pub const KIND_POD: &str = "Pod";
+pub const KIND_ENDPOINT_SLICE: &str = "EndpointSlice";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,10 +64,17 @@ pub enum StoreError {
         action: &'static str,
         error: std::io::Error,
     },
-    #[error("store {dir}: {file} is corrupt: {error}")]
+    #[error("store {dir}: {action}: {error}")]
+    Db {
+        dir: PathBuf,
+        action: &'static str,
+        error: rusqlite::Error,
+    },
+    #[error("store {dir}: {kind} \"{key}\" is corrupt: {error}")]
     Corrupt {
         dir: PathBuf,
-        file: &'static str,
+        kind: String,
+        key: String,
         error: String,
     },
     #[error("{file} (document {index}): The {kind} \"{name}\" is invalid: {error}")]
@@ -73,6 +100,11 @@ pub enum StoreError {
     },
     #[error("no free {what} left in {range}")]
     Exhausted { what: &'static str, range: String },
+}
+
+/// Whether `path` is a store's commit marker (a change to it means a new revision).
+pub fn is_commit_marker(path: &Path) -> bool {
+    path.file_name() == Some(std::ffi::OsStr::new(COMMIT_MARKER))
 }
 
 /// What the API server would be configured with: where ClusterIPs and nodePorts come from.
@@ -119,6 +151,109 @@ pub struct State {
     pub endpoints_from_slices: bool,
 }
 
+/// One object as the store holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    Service(Box<Service>),
+    Pod(Box<Pod>),
+    EndpointSlice(Box<EndpointSlice>),
+}
+
+/// An object written (Some) or deleted (None) after a revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub kind: &'static str,
+    pub key: String,
+    pub object: Option<Stored>,
+}
+
+/// What changed after a revision, up to `revision`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    pub revision: u64,
+    pub changes: Vec<Change>,
+}
+
+impl State {
+    /// Writes or removes `change`'s object.
+    pub fn apply_change(&mut self, change: Change) {
+        let key = change.key;
+        match (change.object, change.kind) {
+            (Some(Stored::Service(o)), _) => drop(self.services.insert(key, *o)),
+            (Some(Stored::Pod(o)), _) => drop(self.pods.insert(key, *o)),
+            (Some(Stored::EndpointSlice(o)), _) => drop(self.endpoint_slices.insert(key, *o)),
+            (None, KIND_SERVICE) => drop(self.services.remove(&key)),
+            (None, KIND_POD) => drop(self.pods.remove(&key)),
+            (None, _) => drop(self.endpoint_slices.remove(&key)),
+        }
+    }
+
+    /// Applies `changes`, returning what each named (kind, key).
+    pub fn apply_changes(&mut self, changes: Vec<Change>) -> Vec<(&'static str, String)> {
+        changes
+            .into_iter()
+            .map(|c| {
+                let named = (c.kind, c.key.clone());
+                self.apply_change(c);
+                named
+            })
+            .collect()
+    }
+
+    /// The objects that differ between `self` and `after`, as changes.
+    pub fn changes_to(&self, after: State) -> Vec<Change> {
+        fn kind<T: PartialEq>(
+            out: &mut Vec<Change>,
+            kind: &'static str,
+            before: &BTreeMap<String, T>,
+            after: BTreeMap<String, T>,
+            wrap: fn(Box<T>) -> Stored,
+        ) {
+            for k in before.keys().filter(|k| !after.contains_key(*k)) {
+                out.push(Change {
+                    kind,
+                    key: k.clone(),
+                    object: None,
+                });
+            }
+            for (k, v) in after {
+                if before.get(&k) != Some(&v) {
+                    out.push(Change {
+                        kind,
+                        key: k,
+                        object: Some(wrap(Box::new(v))),
+                    });
+                }
+            }
+        }
+        let mut out = Vec::new();
+        kind(
+            &mut out,
+            KIND_SERVICE,
+            &self.services,
+            after.services,
+            Stored::Service,
+        );
+        kind(&mut out, KIND_POD, &self.pods, after.pods, Stored::Pod);
+        kind(
+            &mut out,
+            KIND_ENDPOINT_SLICE,
+            &self.endpoint_slices,
+            after.endpoint_slices,
+            Stored::EndpointSlice,
+        );
+        out
+    }
+}
+
+/// What a write needs to read first: every service (allocation looks at them all),
+/// and the objects it names.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub all_services: bool,
+    pub objects: Vec<(&'static str, String)>,
+}
+
 /// What `apply` did to one object, in kubectl's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -148,19 +283,26 @@ pub enum Mode {
 
 pub struct Store {
     dir: PathBuf,
+    /// The connection reads go through, kept open: a long-lived reader (the agent)
+    /// also keeps SQLite from checkpointing and removing the log as each `lb apply`
+    /// closes, which would make readers wait.
+    reader: std::cell::RefCell<Option<Connection>>,
 }
 
 impl Store {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Store { dir: dir.into() }
+        Store {
+            dir: dir.into(),
+            reader: Default::default(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    pub fn state_path(&self) -> PathBuf {
-        self.dir.join(STATE_FILE)
+    fn db_path(&self) -> PathBuf {
+        self.dir.join(DB_FILE)
     }
 
     fn io(&self, action: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -171,61 +313,250 @@ impl Store {
         }
     }
 
-    /// The current state (empty if nothing was ever written). Lock-free: the file is
-    /// only ever replaced whole.
-    pub fn load(&self) -> Result<State, StoreError> {
-        match fs::read(self.state_path()) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                dir: self.dir.clone(),
-                file: STATE_FILE,
-                error: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(self.io("reading state.json")(e)),
+    fn db(&self, action: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |error| StoreError::Db {
+            dir: self.dir.clone(),
+            action,
+            error,
         }
     }
 
-    /// Runs `change` on a copy of the state under the store's lock and writes the
-    /// result if it succeeds and changed something. An error leaves the store as it was.
+    /// The database, created with its schema if missing. `None` when it does not
+    /// exist and `create` is false (a store nothing was ever written to).
+    fn open(&self, create: bool) -> Result<Option<Connection>, StoreError> {
+        if !create && !self.db_path().exists() {
+            return Ok(None);
+        }
+        fs::create_dir_all(&self.dir).map_err(self.io("creating the directory"))?;
+        let conn = Connection::open(self.db_path()).map_err(self.db("opening store.db"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(self.db("setting the busy timeout"))?;
+        if !create {
+            // A reader never writes (not even the schema), so it never waits for a
+            // writer; a database whose schema is not there yet is empty.
+            let ready: bool = conn
+                .query_row(
+                    "SELECT count(*) = 2 FROM sqlite_master WHERE name IN ('objects', 'meta')",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(self.db("opening store.db"))?;
+            return Ok(ready.then_some(conn));
+        }
+        // WAL: readers (agents, `lb get`) never wait for a writer; FULL: a commit is
+        // on disk when `lb apply` returns.
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
+            .map_err(self.db("enabling WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(self.db("setting synchronous"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(self.db("creating the schema"))?;
+        Ok(Some(conn))
+    }
+
+    /// `read` in a read transaction on the reader connection (None: no store yet).
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let mut reader = self.reader.borrow_mut();
+        if reader.is_none() {
+            *reader = self.open(false)?;
+        }
+        let Some(conn) = reader.as_mut() else {
+            return Ok(None);
+        };
+        let tx = conn.transaction().map_err(self.db("reading"))?;
+        read(&tx).map(Some)
+    }
+
+    /// The current state (empty if nothing was ever written).
+    pub fn load(&self) -> Result<State, StoreError> {
+        Ok(self.read(|tx| self.load_in(tx))?.unwrap_or_default())
+    }
+
+    fn load_in(&self, tx: &Connection) -> Result<State, StoreError> {
+        let mut state = State {
+            revision: revision(tx).map_err(self.db("reading the revision"))?,
+            ..Default::default()
+        };
+        let rows = self.rows(
+            tx,
+            "SELECT kind, key, body FROM objects WHERE body IS NOT NULL",
+            [],
+        )?;
+        state.apply_changes(self.decode(rows)?);
+        Ok(state)
+    }
+
+    /// The revision of the last write (0: none).
+    pub fn revision(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .read(|tx| revision(tx).map_err(self.db("reading the revision")))?
+            .unwrap_or(0))
+    }
+
+    /// Every object written or deleted after revision `after`, and the revision
+    /// they bring the store to.
+    pub fn changes_since(&self, after: u64) -> Result<Changes, StoreError> {
+        let read = self.read(|tx| {
+            let revision = revision(tx).map_err(self.db("reading the revision"))?;
+            let rows = self.rows(
+                tx,
+                "SELECT kind, key, body FROM objects WHERE rev > ?1",
+                [after as i64],
+            )?;
+            Ok((revision, rows))
+        })?;
+        let Some((revision, rows)) = read else {
+            return Ok(Changes::default());
+        };
+        Ok(Changes {
+            revision,
+            changes: self.decode(rows)?,
+        })
+    }
+
+    fn rows(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<(String, String, Option<String>)>, StoreError> {
+        let mut stmt = conn.prepare_cached(sql).map_err(self.db("reading"))?;
+        let rows = stmt
+            .query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(self.db("reading"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.db("reading"))?;
+        Ok(rows)
+    }
+
+    /// Rows to changes, the JSON parsed on every core.
+    fn decode(
+        &self,
+        rows: Vec<(String, String, Option<String>)>,
+    ) -> Result<Vec<Change>, StoreError> {
+        let dir = &self.dir;
+        crate::model::in_parallel(rows, |(kind, key, body)| {
+            let corrupt = |error: String| StoreError::Corrupt {
+                dir: dir.clone(),
+                kind: kind.clone(),
+                key: key.clone(),
+                error,
+            };
+            let kind: &'static str = match kind.as_str() {
+                KIND_SERVICE => KIND_SERVICE,
+                KIND_POD => KIND_POD,
+                KIND_ENDPOINT_SLICE => KIND_ENDPOINT_SLICE,
+                other => return Err(corrupt(format!("unknown kind {other}"))),
+            };
+            let object = match body {
+                None => None,
+                Some(b) => Some(
+                    match kind {
+                        KIND_SERVICE => serde_json::from_str(&b).map(Stored::Service),
+                        KIND_POD => serde_json::from_str(&b).map(Stored::Pod),
+                        _ => serde_json::from_str(&b).map(Stored::EndpointSlice),
+                    }
+                    .map_err(|e| corrupt(e.to_string()))?,
+                ),
+            };
+            Ok(Change { kind, key, object })
+        })
+        .into_iter()
+        .collect()
+    }
+
+    /// What `scope` names, read inside the writer's transaction.
+    fn read_scope(&self, conn: &Connection, scope: &Scope) -> Result<State, StoreError> {
+        let mut rows = Vec::new();
+        if scope.all_services {
+            rows.extend(self.rows(
+                conn,
+                "SELECT kind, key, body FROM objects WHERE kind = ?1 AND body IS NOT NULL",
+                [KIND_SERVICE],
+            )?);
+        }
+        for (kind, key) in &scope.objects {
+            if scope.all_services && *kind == KIND_SERVICE {
+                continue;
+            }
+            rows.extend(self.rows(
+                conn,
+                "SELECT kind, key, body FROM objects WHERE kind = ?1 AND key = ?2 AND body IS NOT NULL",
+                params![kind, key],
+            )?);
+        }
+        let mut state = State {
+            revision: revision(conn).map_err(self.db("reading the revision"))?,
+            ..Default::default()
+        };
+        state.apply_changes(self.decode(rows)?);
+        Ok(state)
+    }
+
+    /// Runs `change` on what `scope` names, in one write transaction, and commits the
+    /// objects it changed (under a new revision) if it succeeds. An error leaves the
+    /// store as it was. `change` may only touch what `scope` names.
     pub fn update<T, E: From<StoreError>>(
         &self,
+        scope: &Scope,
         change: impl FnOnce(&mut State) -> Result<T, E>,
     ) -> Result<T, E> {
-        fs::create_dir_all(&self.dir).map_err(self.io("creating the directory"))?;
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join(LOCK_FILE))
-            .map_err(self.io("opening the lock file"))?;
-        // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(self.io("locking")(std::io::Error::last_os_error()).into());
-        }
-        let before = self.load()?;
+        let mut conn = self.open(true)?.expect("created");
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db("locking"))?;
+        let before = self.read_scope(&tx, scope)?;
         let mut state = before.clone();
         let out = change(&mut state)?;
-        if state != before {
-            state.revision = before.revision + 1;
-            self.write(&state)?;
+        let changes = before.changes_to(state);
+        if !changes.is_empty() {
+            let rev = before.revision + 1;
+            let bodies = crate::model::in_parallel(changes, |c| {
+                let body = match &c.object {
+                    None => Ok(None),
+                    Some(Stored::Service(o)) => serde_json::to_string(o).map(Some),
+                    Some(Stored::Pod(o)) => serde_json::to_string(o).map(Some),
+                    Some(Stored::EndpointSlice(o)) => serde_json::to_string(o).map(Some),
+                };
+                (c.kind, c.key, body)
+            });
+            {
+                let mut put = tx
+                    .prepare_cached(
+                        "INSERT INTO objects (kind, key, rev, body) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (kind, key) DO UPDATE SET rev = ?3, body = ?4",
+                    )
+                    .map_err(self.db("writing"))?;
+                for (kind, key, body) in bodies {
+                    let body = body.map_err(|e| StoreError::Corrupt {
+                        dir: self.dir.clone(),
+                        kind: kind.to_string(),
+                        key: key.clone(),
+                        error: e.to_string(),
+                    })?;
+                    put.execute(params![kind, key, rev as i64, body])
+                        .map_err(self.db("writing"))?;
+                }
+                tx.execute(
+                    "INSERT INTO meta (name, value) VALUES ('revision', ?1)
+                     ON CONFLICT (name) DO UPDATE SET value = ?1",
+                    [rev as i64],
+                )
+                .map_err(self.db("writing the revision"))?;
+            }
+            tx.commit().map_err(self.db("committing"))?;
+            // Wakes the agents watching the directory (best effort: they also look
+            // every second). Says which revision committed when (Unix ns).
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            let _ = fs::write(self.dir.join(COMMIT_MARKER), format!("{rev} {at}\n"));
         }
-        drop(lock);
         Ok(out)
-    }
-
-    fn write(&self, state: &State) -> Result<(), StoreError> {
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::Corrupt {
-            dir: self.dir.clone(),
-            file: STATE_FILE,
-            error: e.to_string(),
-        })?;
-        let mut f = File::create(&tmp).map_err(self.io("writing state.json.tmp"))?;
-        f.write_all(&bytes)
-            .map_err(self.io("writing state.json.tmp"))?;
-        f.sync_all().map_err(self.io("syncing state.json.tmp"))?;
-        fs::rename(&tmp, self.state_path()).map_err(self.io("renaming state.json.tmp"))?;
-        Ok(())
     }
 
     /// Applies every document or none: the first object that cannot be stored (a taken
@@ -236,7 +567,14 @@ impl Store {
         alloc: &Allocation,
         mode: Mode,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.update(|state| {
+        let scope = Scope {
+            all_services: docs.iter().any(|d| matches!(d.object, Object::Service(_))),
+            objects: docs
+                .iter()
+                .map(|d| (d.object.kind(), d.object.key().to_string()))
+                .collect(),
+        };
+        self.update(&scope, |state| {
             let now = Timestamp::now();
             let revision = state.revision + 1;
             // What is taken, kept up to date as each document is applied: scanning every
@@ -256,7 +594,11 @@ impl Store {
         &self,
         pools: &[(Ipv4Addr, u8)],
     ) -> Result<Vec<(String, Ipv4Addr)>, StoreError> {
-        self.update(|state| {
+        let scope = Scope {
+            all_services: true,
+            objects: Vec::new(),
+        };
+        self.update(&scope, |state| {
             let mut taken: BTreeSet<Ipv4Addr> = state
                 .services
                 .values()
@@ -304,7 +646,14 @@ impl Store {
 
     /// Deletes the named objects; all must exist (or none is deleted).
     pub fn delete(&self, targets: &[(&'static str, ObjectKey)]) -> Result<(), StoreError> {
-        self.update(|state| {
+        let scope = Scope {
+            all_services: false,
+            objects: targets
+                .iter()
+                .map(|(k, key)| (*k, key.to_string()))
+                .collect(),
+        };
+        self.update(&scope, |state| {
             for (kind, key) in targets {
                 let map_key = key.to_string();
                 let removed = match *kind {
@@ -323,6 +672,15 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// The store's revision (0 before the first write).
+fn revision(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .optional()
+    .map(|v| v.unwrap_or(0) as u64)
 }
 
 fn apply_one(

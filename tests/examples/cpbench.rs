@@ -2,11 +2,11 @@
 //! hold them all, beside `iptables-restore` and `nft -f` of the rule sets kube-proxy
 //! writes for the same services (each in a namespace of its own); and one endpoint
 //! change at 10,000 services for each. Run as root: `cargo xtask bench`
-//! (`--quick` for a smoke run).
+//! (`--quick` for a smoke run; `--sizes=10000 --lb-only` to measure lb alone).
 
 mod report;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 use lb_tests::{Netns, Topology, lbctl::Lb, scale};
@@ -50,6 +50,18 @@ struct LbTimes {
     agent_reconcile_us: u64,
     change: Duration,
     change_reconcile_us: u64,
+    /// From the store's commit of the change to the agent's report that the maps
+    /// hold it.
+    commit_to_maps: Duration,
+}
+
+/// When the agent wrote `line` (its timestamp).
+fn logged_at(line: &str) -> Result<SystemTime> {
+    let ts = line.split_whitespace().next().unwrap_or_default();
+    let t: jiff::Timestamp = ts
+        .parse()
+        .with_context(|| format!("no timestamp in {line}"))?;
+    Ok(SystemTime::from(t))
 }
 
 /// The agent in a namespace of its own (one veth to attach to); `n` services
@@ -73,6 +85,7 @@ fn lb(n: usize) -> Result<LbTimes> {
     let want = format!("services={n} ");
     let line = wait_reconcile(&t, seen, |l| l.contains(&want))?;
     let apply = start.elapsed();
+    eprintln!("agent: {line}");
     let agent_reconcile_us = field(&line, "took_us").unwrap_or(0);
     let seen = reconciles(&t).len();
     let change = scale::lb_endpoint_change(n);
@@ -80,11 +93,23 @@ fn lb(n: usize) -> Result<LbTimes> {
     lb.apply(&change)?;
     let line = wait_reconcile(&t, seen, |l| field(l, "writes").unwrap_or(0) > 0)?;
     let change_t = start.elapsed();
+    eprintln!("agent: {line}");
+    // The store's commit marker: `REVISION UNIX_NS`, written as the commit returns.
+    let marker = std::fs::read_to_string(lb.store.join("revision"))?;
+    let ns: u64 = marker
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("commit marker {marker:?}"))?;
+    let committed = SystemTime::UNIX_EPOCH + Duration::from_nanos(ns);
     Ok(LbTimes {
         apply,
         agent_reconcile_us,
         change: change_t,
         change_reconcile_us: field(&line, "took_us").unwrap_or(0),
+        commit_to_maps: logged_at(&line)?
+            .duration_since(committed)
+            .unwrap_or_default(),
     })
 }
 
@@ -135,11 +160,14 @@ fn ms(d: Duration) -> String {
 fn main() -> Result<()> {
     assert!(lb_tests::is_root(), "run as root (namespaces, eBPF)");
     let quick = std::env::args().any(|a| a == "--quick");
-    let sizes: &[usize] = if quick {
-        &[100, 1_000]
-    } else {
-        &[1_000, 10_000, 30_000]
-    };
+    // `--sizes=N,M`: only these sizes; `--lb-only`: no kernel contenders (for work on lb).
+    let sizes: Vec<usize> =
+        match std::env::args().find_map(|a| a.strip_prefix("--sizes=").map(String::from)) {
+            Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            None if quick => vec![100, 1_000],
+            None => vec![1_000, 10_000, 30_000],
+        };
+    let lb_only = std::env::args().any(|a| a == "--lb-only");
     let kernel = [
         KernelRules {
             short: "iptables-restore",
@@ -172,15 +200,15 @@ fn main() -> Result<()> {
             "full load (ms)",
             "one endpoint change (ms)",
             "full load: this / lb",
-            "lb agent's own reconcile (ms): full / change",
+            "lb: agent's reconcile full / change; store commit -> maps (ms)",
         ],
     );
     let mut chart = Chart::new("Control plane: full load (s)", "s");
-    for &n in sizes {
+    for &n in &sizes {
         let l = lb(n).with_context(|| format!("lb at {n}"))?;
         eprintln!(
-            "{n:>6} services  lb: apply->maps {:?} (agent {} us), one change {:?} (agent {} us)",
-            l.apply, l.agent_reconcile_us, l.change, l.change_reconcile_us
+            "{n:>6} services  lb: apply->maps {:?} (agent {} us), one change {:?} (agent {} us, commit->maps {:?})",
+            l.apply, l.agent_reconcile_us, l.change, l.change_reconcile_us, l.commit_to_maps
         );
         table.row(vec![
             n.to_string(),
@@ -189,13 +217,14 @@ fn main() -> Result<()> {
             ms(l.change),
             "1.00x".into(),
             format!(
-                "{:.1} / {:.1}",
+                "{:.1} / {:.1}; {:.1}",
                 l.agent_reconcile_us as f64 / 1e3,
-                l.change_reconcile_us as f64 / 1e3
+                l.change_reconcile_us as f64 / 1e3,
+                l.commit_to_maps.as_secs_f64() * 1e3
             ),
         ]);
         chart.bar(&format!("{n} svc"), "lb", l.apply.as_secs_f64());
-        for k in &kernel {
+        for k in kernel.iter().filter(|_| !lb_only) {
             if n > k.max {
                 table.row(vec![
                     n.to_string(),

@@ -74,13 +74,18 @@ impl Lb {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `lb apply -f -` with `manifest` on standard input.
+    /// `lb apply -f FILE` with `manifest` written to a file of its own.
     pub fn apply(&self, manifest: &str) -> Result<String> {
+        // One file per call: tests of one process apply in parallel.
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self
             .store
-            .with_file_name(format!("manifest-{}.yaml", std::process::id()));
+            .with_file_name(format!("manifest-{}-{n}.yaml", std::process::id()));
         std::fs::write(&path, manifest)?;
-        self.ok(&["apply", "-f", path.to_str().unwrap_or_default()])
+        let out = self.ok(&["apply", "-f", path.to_str().unwrap_or_default()]);
+        let _ = std::fs::remove_file(&path);
+        out
     }
 
     /// Starts `lb agent` in `node` (label `agent-NODE_NAME`) and waits until it has

@@ -12,6 +12,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
+use serde::Deserialize as _;
 use serde_json::Value;
 
 pub use validate::{FieldError, validate_endpoint_slice, validate_pod, validate_service};
@@ -138,55 +139,131 @@ fn join(errors: &[FieldError]) -> String {
 /// Reads every object of a manifest text: multi-document YAML, a JSON object, or a
 /// `kind: List` of either. Objects get their defaults; each is validated alone
 /// (checks that need the store, such as a taken nodePort, come when it is applied).
+/// Documents are parsed on every core: a manifest of 10,000 services is ordinary.
 pub fn parse_manifest(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
+    let syntax = |error: String| ManifestError::Syntax {
+        file: source.to_string(),
+        error,
+    };
     let trimmed = text.trim_start();
     let values: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        let v: Value = serde_json::from_str(text).map_err(|e| ManifestError::Syntax {
-            file: source.to_string(),
-            error: e.to_string(),
-        })?;
+        let v: Value = serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?;
         match v {
             Value::Array(items) => items,
             v => vec![v],
         }
     } else {
-        // serde-saphyr's default budget (1,024 documents, 250k nodes) guards services
-        // against hostile input; a manifest of 10,000 services is ordinary here.
-        let options = serde_saphyr::options! {
-            budget: serde_saphyr::budget! {
-                max_documents: 1_000_000,
-                max_nodes: 50_000_000,
-                max_events: 200_000_000,
-            },
-        };
-        serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|e| {
-            ManifestError::Syntax {
-                file: source.to_string(),
-                error: e.to_string(),
+        let chunks = yaml_documents(text);
+        let parsed = in_parallel(chunks, |(line, doc)| {
+            let mut values = Vec::new();
+            for d in serde_yaml_ng::Deserializer::from_str(doc) {
+                values.push(Value::deserialize(d).map_err(|e| yaml_error(e, line))?);
             }
-        })?
+            Ok::<_, String>(values)
+        });
+        let mut values = Vec::new();
+        for p in parsed {
+            values.extend(p.map_err(syntax)?);
+        }
+        values
     };
-    let mut docs = Vec::new();
-    let mut index = 0;
+    let mut items = Vec::new();
     for value in values {
         if value.is_null() {
             continue; // an empty document (a trailing `---`)
         }
-        let items = if value.get("kind").and_then(Value::as_str) == Some("List") {
-            value
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
+        if value.get("kind").and_then(Value::as_str) == Some("List") {
+            items.extend(
+                value
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
         } else {
-            vec![value]
-        };
-        for item in items {
-            index += 1;
-            docs.push(parse_object(source, index, item)?);
+            items.push(value);
         }
     }
-    Ok(docs)
+    let numbered: Vec<(usize, Value)> = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (i + 1, v))
+        .collect();
+    in_parallel(numbered, |(index, value)| {
+        parse_object(source, index, value)
+    })
+    .into_iter()
+    .collect()
+}
+
+/// The documents of a YAML stream with the line each starts on, split at the
+/// document markers (`---` at the start of a line, which YAML forbids inside any
+/// content), so that they can be parsed apart. A stream with directives (`%YAML`)
+/// stays whole.
+fn yaml_documents(text: &str) -> Vec<(usize, &str)> {
+    let is_marker = |l: &str| l == "---" || l.starts_with("--- ") || l.starts_with("---\t");
+    if text.lines().any(|l| l.starts_with('%')) {
+        return vec![(1, text)];
+    }
+    let mut docs = Vec::new();
+    let (mut start, mut start_line, mut offset) = (0, 1, 0);
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        if is_marker(line.trim_end_matches(['\n', '\r'])) && offset > start {
+            docs.push((start_line, &text[start..offset]));
+            (start, start_line) = (offset, n + 1);
+        }
+        offset += line.len();
+    }
+    docs.push((start_line, &text[start..]));
+    docs
+}
+
+/// A YAML error with its line in the whole file (`first_line`: where its document starts).
+fn yaml_error(e: serde_yaml_ng::Error, first_line: usize) -> String {
+    match e.location() {
+        Some(l) => {
+            let text = e.to_string();
+            // serde_yaml_ng ends its message with " at line L column C": say the file's line.
+            let text = text
+                .rsplit_once(" at line ")
+                .map_or(text.as_str(), |(head, _)| head);
+            format!(
+                "line {} column {}: {text}",
+                first_line + l.line() - 1,
+                l.column()
+            )
+        }
+        None => e.to_string(),
+    }
+}
+
+/// `f` over `items` on every core, results in order.
+pub fn in_parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || items.len() < 64 {
+        return items.into_iter().map(&f).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    let mut chunks = Vec::new();
+    let mut items = items.into_iter();
+    loop {
+        let chunk: Vec<T> = items.by_ref().take(per).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| s.spawn(move || chunk.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a parser thread panicked"))
+            .collect()
+    })
 }
 
 fn parse_object(source: &str, index: usize, value: Value) -> Result<Document, ManifestError> {
