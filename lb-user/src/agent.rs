@@ -86,6 +86,9 @@ struct Agent {
     state: State,
     /// Plan every service next time (start, node addresses, a failed write).
     plan_all: bool,
+    /// The routes pods were last followed with (the tick skips the walk over every
+    /// endpoint while they stay the same).
+    known_routes: Option<Routes>,
     announcer: Announcer,
     lb_pools: Vec<(Ipv4Addr, u8)>,
     /// Kubernetes mode's source (None: the embedded store is the source).
@@ -149,6 +152,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         seen: None,
         state: Default::default(),
         plan_all: true,
+        known_routes: None,
         announcer: Announcer::new(&opts.store, &opts.node_name, &opts.ifaces[0]),
         lb_pools: opts.lb_pools.clone(),
         kube,
@@ -190,23 +194,26 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 impl Agent {
     /// Brings the maps in line with the store. `routes`: also look for new pod interfaces.
     fn reconcile(&mut self, routes: bool) -> Result<()> {
+        self.sync_maps(routes)?;
         if !self.lb_pools.is_empty() && self.kube.is_none() && self.lb_addresses_due() {
-            for (svc, ip) in self.store.assign_load_balancer_ips(&self.lb_pools)? {
+            let assigned = self.store.assign_load_balancer_ips(&self.lb_pools)?;
+            for (svc, ip) in &assigned {
                 info!(service = %svc, %ip, "assigned LoadBalancer address");
             }
+            if !assigned.is_empty() {
+                self.sync_maps(false)?;
+            }
         }
-        self.sync_maps(routes)
+        Ok(())
     }
 
-    /// Whether a LoadBalancer service waits for an address, or another kind holds one
-    /// (as the state was last read; a new one is seen when the store changes).
+    /// Whether a LoadBalancer service waits for an address, or another kind holds one.
     fn lb_addresses_due(&self) -> bool {
-        self.seen.is_none()
-            || self.state.services.values().any(|s| {
-                let is_lb = crate::model::service_type(s) == crate::model::TYPE_LOAD_BALANCER;
-                let has_address = !crate::store::lb_ingress_ips(s).is_empty();
-                is_lb != has_address
-            })
+        self.state.services.values().any(|s| {
+            let is_lb = crate::model::service_type(s) == crate::model::TYPE_LOAD_BALANCER;
+            let has_address = !crate::store::lb_ingress_ips(s).is_empty();
+            is_lb != has_address
+        })
     }
 
     /// Heartbeat and LoadBalancer announcements: once per tick (never on store events,
@@ -226,7 +233,7 @@ impl Agent {
         if let Some(kube) = &self.kube {
             let Some(state) = kube.changed() else {
                 if routes {
-                    self.follow_known_pod_interfaces();
+                    self.follow_known_pod_interfaces(false);
                 }
                 return Ok(());
             };
@@ -245,7 +252,7 @@ impl Agent {
         let revision = self.store.revision()?;
         if self.seen == Some(revision) {
             if routes {
-                self.follow_known_pod_interfaces();
+                self.follow_known_pod_interfaces(false);
             }
             return Ok(());
         }
@@ -267,14 +274,20 @@ impl Agent {
         self.apply_changes(&named, services, started)
     }
 
-    /// Follows the routes to pods with the state as last read (nothing new to plan).
-    fn follow_known_pod_interfaces(&mut self) {
+    /// Follows the routes to every pod of the state as last read: when the routes
+    /// changed since the last time, or `force`d (the state changed whole).
+    fn follow_known_pod_interfaces(&mut self, force: bool) {
+        let routes = Routes::read().ok();
+        if !force && routes.is_some() && routes == self.known_routes {
+            return;
+        }
         let addrs: Vec<Ipv4Addr> = pod_addrs(
             self.state.pods.values(),
             self.state.endpoint_slices.values(),
         )
         .collect();
         self.follow_pod_interfaces(addrs.into_iter());
+        self.known_routes = routes;
     }
 
     /// Re-plans `services` (every service when a full plan is due), writes the
@@ -288,7 +301,7 @@ impl Agent {
     ) -> Result<()> {
         let loaded = started.elapsed();
         if self.plan_all {
-            self.follow_known_pod_interfaces();
+            self.follow_known_pod_interfaces(true);
         } else {
             let pods = changed.iter().filter_map(|(_, k)| self.state.pods.get(k));
             let slices = changed

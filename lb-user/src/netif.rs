@@ -15,7 +15,7 @@ pub fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
 }
 
 /// The main IPv4 routing table (`/proc/net/route` of this network namespace).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Routes {
     /// (destination, prefix length, interface), longest prefix first.
     routes: Vec<(u32, u32, String)>,
