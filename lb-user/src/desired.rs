@@ -445,35 +445,68 @@ pub enum DesiredError {
     TooMany { what: &'static str, limit: u32 },
 }
 
-/// Hands out the lowest id not in use.
-struct Ids {
-    used: BTreeSet<u32>,
-    next: u32,
+/// The ids not in use, found without looking at the ones that are: every id from
+/// `high` up, and the freed ones below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdPool {
+    free: BTreeSet<u32>,
+    high: u32,
     limit: u32,
     what: &'static str,
 }
 
-impl Ids {
-    fn new(used: BTreeSet<u32>, limit: u32, what: &'static str) -> Self {
-        Ids {
-            used,
-            next: ID_NONE + 1,
+impl IdPool {
+    pub(crate) fn new(limit: u32, what: &'static str) -> Self {
+        IdPool {
+            free: BTreeSet::new(),
+            high: ID_NONE + 1,
             limit,
             what,
         }
     }
-    fn take(&mut self) -> Result<u32, DesiredError> {
-        while self.used.contains(&self.next) {
-            self.next += 1;
+
+    /// A pool in which `used` are taken.
+    pub(crate) fn with_used(
+        used: impl IntoIterator<Item = u32>,
+        limit: u32,
+        what: &'static str,
+    ) -> Self {
+        let mut pool = IdPool::new(limit, what);
+        used.into_iter().for_each(|id| pool.mark_used(id));
+        pool
+    }
+
+    /// The lowest free id.
+    pub(crate) fn take(&mut self) -> Result<u32, DesiredError> {
+        if let Some(id) = self.free.pop_first() {
+            return Ok(id);
         }
-        if self.next >= self.limit {
+        if self.high >= self.limit {
             return Err(DesiredError::TooMany {
                 what: self.what,
                 limit: self.limit - 1,
             });
         }
-        self.used.insert(self.next);
-        Ok(self.next)
+        self.high += 1;
+        Ok(self.high - 1)
+    }
+
+    pub(crate) fn mark_used(&mut self, id: u32) {
+        if id >= self.high {
+            self.free.extend(self.high..id);
+            self.high = id + 1;
+        } else {
+            self.free.remove(&id);
+        }
+    }
+
+    pub(crate) fn release(&mut self, id: u32) {
+        if id < self.high {
+            self.free.insert(id);
+        }
+        while self.high > ID_NONE + 1 && self.free.remove(&(self.high - 1)) {
+            self.high -= 1;
+        }
     }
 }
 
@@ -488,8 +521,8 @@ pub(crate) trait IdSource {
 
 struct PlanIds {
     backend_ids: HashMap<(u32, u16, u8), u32>,
-    backends: Ids,
-    services: Ids,
+    backends: IdPool,
+    services: IdPool,
 }
 
 impl IdSource for PlanIds {
@@ -517,13 +550,9 @@ pub fn entries(plans: &[PortPlan], actual: &Entries) -> Result<Entries, DesiredE
         .map(|b| ((b.addr_be, b.port_be, b.proto), b.backend_id))
         .collect();
     let mut ids = PlanIds {
-        backends: Ids::new(
-            backend_ids.values().copied().collect(),
-            MAX_BACKEND_IDS,
-            "backends",
-        ),
+        backends: IdPool::with_used(backend_ids.values().copied(), MAX_BACKEND_IDS, "backends"),
         backend_ids,
-        services: Ids::new(claimed, MAX_SERVICE_IDS, "service ports"),
+        services: IdPool::with_used(claimed, MAX_SERVICE_IDS, "service ports"),
     };
     let mut out = build(plans, &kept, actual, &mut ids)?;
     out.index_ports();

@@ -10,11 +10,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
-    ID_NONE, MAX_BACKEND_IDS, MAX_SERVICE_IDS, SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceKey, port_bit,
+    MAX_BACKEND_IDS, MAX_SERVICE_IDS, SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceKey, port_bit,
 };
 
 use crate::{
-    desired::{self, DesiredError, Entries, IdSource, Node, PortPlan},
+    desired::{self, DesiredError, Entries, IdPool, IdSource, Node, PortPlan},
     model::ObjectKey,
     store::State,
     sync::Op,
@@ -45,60 +45,6 @@ pub struct Ledger {
     service_refs: HashMap<u32, u32>,
     backend_ids: IdPool,
     service_ids: IdPool,
-}
-
-/// The ids not in use, found without looking at the ones that are: every id from
-/// `high` up, and the freed ones below it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct IdPool {
-    free: BTreeSet<u32>,
-    high: u32,
-    limit: u32,
-    what: &'static str,
-}
-
-impl IdPool {
-    fn new(limit: u32, what: &'static str) -> Self {
-        IdPool {
-            free: BTreeSet::new(),
-            high: ID_NONE + 1,
-            limit,
-            what,
-        }
-    }
-
-    /// The lowest free id.
-    fn take(&mut self) -> Result<u32, DesiredError> {
-        if let Some(id) = self.free.pop_first() {
-            return Ok(id);
-        }
-        if self.high >= self.limit {
-            return Err(DesiredError::TooMany {
-                what: self.what,
-                limit: self.limit - 1,
-            });
-        }
-        self.high += 1;
-        Ok(self.high - 1)
-    }
-
-    fn mark_used(&mut self, id: u32) {
-        if id >= self.high {
-            self.free.extend(self.high..id);
-            self.high = id + 1;
-        } else {
-            self.free.remove(&id);
-        }
-    }
-
-    fn release(&mut self, id: u32) {
-        if id < self.high {
-            self.free.insert(id);
-        }
-        while self.high > ID_NONE + 1 && self.free.remove(&(self.high - 1)) {
-            self.high -= 1;
-        }
-    }
 }
 
 impl Default for Ledger {

@@ -376,15 +376,24 @@ impl Store {
     }
 
     fn load_in(&self, tx: &Connection) -> Result<State, StoreError> {
-        let mut state = State {
-            revision: revision(tx).map_err(self.db("reading the revision"))?,
-            ..Default::default()
-        };
         let rows = self.rows(
             tx,
             "SELECT kind, key, body FROM objects WHERE body IS NOT NULL",
             [],
         )?;
+        self.state_of(tx, rows)
+    }
+
+    /// The state `rows` (read on `conn`) make, at the store's revision.
+    fn state_of(
+        &self,
+        conn: &Connection,
+        rows: Vec<(String, String, Option<String>)>,
+    ) -> Result<State, StoreError> {
+        let mut state = State {
+            revision: revision(conn).map_err(self.db("reading the revision"))?,
+            ..Default::default()
+        };
         state.apply_changes(self.decode(rows)?);
         Ok(state)
     }
@@ -488,12 +497,7 @@ impl Store {
                 params![kind, key],
             )?);
         }
-        let mut state = State {
-            revision: revision(conn).map_err(self.db("reading the revision"))?,
-            ..Default::default()
-        };
-        state.apply_changes(self.decode(rows)?);
-        Ok(state)
+        self.state_of(conn, rows)
     }
 
     /// Runs `change` on what `scope` names, in one write transaction, and commits the
