@@ -3,6 +3,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
+// The CLI and the agent build and drop hundreds of thousands of small objects per
+// 10,000-service apply (parsed manifests, JSON rows, map entries); mimalloc's
+// thread-local free lists make that markedly cheaper than glibc's malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Parser as _;
 use k8s_openapi::jiff::Timestamp;
