@@ -21,9 +21,10 @@ pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
 pub const MAP_AFFINITY: &str = "LB_AFFINITY";
 pub const MAP_SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
 pub const MAP_PORTS: &str = "LB_PORTS";
+pub const MAP_FRAGS: &str = "LB_FRAGS";
 
 /// Every map lb pins, so the agent can adopt or remove them as a set.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -34,6 +35,7 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_AFFINITY,
     MAP_SOCK_REVNAT,
     MAP_PORTS,
+    MAP_FRAGS,
 ];
 
 /// Settings of the benchmark-only programs, never pinned: `LB_BENCH[i]`.
@@ -85,6 +87,8 @@ pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 262_144;
 /// UDP sockets of the node's own processes talking to a service through a backend.
 pub const MAX_SOCK_REVNAT: u32 = 65_536;
+/// IPv4 datagrams in flight as fragments whose ports lb remembers.
+pub const MAX_FRAGS: u32 = 16_384;
 /// Interfaces lb is attached to.
 pub const MAX_IFACES: u32 = 4_096;
 
@@ -206,6 +210,31 @@ pub struct SockRevValue {
 }
 const _: () = assert!(size_of::<SockRevValue>() == 8);
 
+// ---- fragments ----
+
+/// Key of [`MAP_FRAGS`]: one fragmented IPv4 datagram (RFC 791: source,
+/// destination, protocol and identification name it), as its fragments arrive.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub id_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<FragKey>() == 12);
+
+/// Value of [`MAP_FRAGS`]: the datagram's ports, from its first fragment (the only
+/// one that carries the L4 header), so later fragments find the flow too.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragValue {
+    pub sport_be: u16,
+    pub dport_be: u16,
+}
+const _: () = assert!(size_of::<FragValue>() == 4);
+
 // ---- conntrack ----
 
 /// Key of [`MAP_CONNTRACK`]: a packet's 5-tuple as it arrives.
@@ -322,7 +351,9 @@ pub mod reason {
     pub const PASS_NOT_IPV4: u32 = 0;
     /// XDP/TC: IPv4 but not TCP or UDP: passed.
     pub const PASS_NOT_L4: u32 = 1;
-    /// A non-first fragment: no L4 header to match, passed.
+    /// A later fragment (no L4 header) of a datagram whose first fragment lb has not
+    /// seen (lost, reordered, or not to a service) or whose flow has no conntrack
+    /// entry: passed unchanged. Later fragments never start a flow.
     pub const PASS_FRAGMENT: u32 = 2;
     /// Headers shorter than they claim: passed to the kernel unchanged.
     pub const PASS_MALFORMED: u32 = 3;
@@ -365,7 +396,11 @@ pub mod reason {
     pub const FWD_TC_NEIGH: u32 = 19;
     /// A packet of an SNAT flow the FIB has no route for: passed untranslated.
     pub const PASS_NO_ROUTE: u32 = 20;
-    pub const COUNT: u32 = 21;
+    /// A packet lb would forward itself (redirect, hairpin) arrived with TTL 1 or 0:
+    /// dropped, as a router drops it (XDP leaves such packets of plain DNAT flows to
+    /// the kernel, which also sends ICMP time exceeded).
+    pub const DROP_TTL_EXCEEDED: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     /// Names for people, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -390,6 +425,7 @@ pub mod reason {
         "fwd_xdp_redirect",
         "fwd_tc_neigh",
         "pass_no_route",
+        "drop_ttl_exceeded",
     ];
 }
 
@@ -421,4 +457,6 @@ mod pod {
     unsafe impl aya::Pod for SockRevValue {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
 }

@@ -9,7 +9,7 @@ use crate::{
     clock,
     conntrack::{self, Snat},
     lb,
-    parse::Packet,
+    parse::{Frag, Packet},
 };
 
 /// Set by the agent at load time (`lb_common::GLOBAL_SNAT_ADDR`): the node address
@@ -98,6 +98,10 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
     }
     if hook == Hook::Egress {
         return Verdict::Pass(reason::PASS_NO_SERVICE);
+    }
+    // A flow starts with a whole packet or a first fragment, never a later one.
+    if p.frag == Frag::Later {
+        return Verdict::Pass(reason::PASS_FRAGMENT);
     }
     let sel = match lb::select(&p.key, lb::Origin::Iface(ifindex), now) {
         Ok(sel) => sel,

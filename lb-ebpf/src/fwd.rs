@@ -29,11 +29,27 @@ pub fn xdp_enabled() -> bool {
     unsafe { core::ptr::read_volatile(&FIB_REDIRECT) != 0 }
 }
 
-/// Where the FIB sends `to`: the egress interface and the MACs to write.
+/// Where the FIB sends `to`: the egress interface and the MACs to write. A plain
+/// struct, never an `Option`: ifindex 0 is "no route" (an `Option`'s undefined
+/// payload may be spilled to the stack, which the verifier refuses to read back).
+#[derive(Clone, Copy)]
 pub struct Route {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
+}
+
+impl Route {
+    pub const NONE: Route = Route {
+        ifindex: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+
+    #[inline(always)]
+    pub fn found(&self) -> bool {
+        self.ifindex != 0
+    }
 }
 
 #[inline(always)]
@@ -52,18 +68,21 @@ fn params(to: &FlowKey, ifindex: u32, tot_len: u16) -> bpf_fib_lookup {
     p
 }
 
-/// The route for `to` from an XDP program, complete with the neighbour's MAC; None
-/// when the FIB has no full answer (no route, or no neighbour entry yet).
+/// The route for `to` from an XDP program, complete with the neighbour's MAC;
+/// `Route::NONE` when the FIB has no full answer (no route, or no neighbour entry yet).
 #[inline(always)]
-pub fn lookup_xdp(ctx: &XdpContext, to: &FlowKey, ifindex: u32, tot_len: u16) -> Option<Route> {
+pub fn lookup_xdp(ctx: &XdpContext, to: &FlowKey, ifindex: u32, tot_len: u16) -> Route {
     let mut p = params(to, ifindex, tot_len);
     // SAFETY: the program's context and a request of the size given.
     let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
-    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(Route {
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Route::NONE;
+    }
+    Route {
         ifindex: p.ifindex,
         smac: p.smac,
         dmac: p.dmac,
-    })
+    }
 }
 
 /// Writes the route's MACs and redirects the frame to the route's interface. Also

@@ -17,6 +17,7 @@ mod clock;
 mod conntrack;
 mod csum;
 mod flow;
+mod frag;
 mod fwd;
 mod lb;
 mod maps;
@@ -36,13 +37,17 @@ use lb_common::reason;
 
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    let p = match parse::parse(ctx.data(), ctx.data_end()) {
+    let mut p = match parse::parse(ctx.data(), ctx.data_end()) {
         Ok(p) => p,
         Err(reason) => {
             stats::verdict(reason, 0);
             return xdp_action::XDP_PASS;
         }
     };
+    if let Err(reason) = frag::resolve(&mut p) {
+        stats::verdict(reason, p.ip_len);
+        return xdp_action::XDP_PASS;
+    }
     let ingress = ctx.ingress_ifindex() as u32;
     match flow::decide(&p, ingress, Hook::Ingress) {
         Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
@@ -70,20 +75,25 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             // the stack would drop as a martian; without a full FIB answer here (no
             // neighbour entry yet, or XDP forwarding off) they go on untouched, and
             // TC ingress, whose bpf_redirect_neigh resolves the neighbour, finishes them.
-            let route = if forward != Forward::Back && fwd::xdp_enabled() {
-                fwd::lookup_xdp(&ctx, &to, ingress, p.ip_len)
-                    .filter(|r| forward == Forward::Fib || !lb::from_pod(r.ifindex))
-            } else {
-                None
-            };
-            if forward == Forward::Fib && route.is_none() {
+            // A packet on its last hop (TTL 1) is not forwarded here: the stack
+            // routes it and answers "time exceeded" (DNAT flows), or TC drops it.
+            let mut route = fwd::Route::NONE;
+            if forward != Forward::Back && fwd::xdp_enabled() && p.ttl > 1 {
+                let r = fwd::lookup_xdp(&ctx, &to, ingress, p.ip_len);
+                if r.found() && (forward == Forward::Fib || !lb::from_pod(r.ifindex)) {
+                    route = r;
+                }
+            }
+            if forward == Forward::Fib && !route.found() {
                 return xdp_action::XDP_PASS;
             }
-            match nat::rewrite_xdp(&ctx, &p, &to) {
+            match nat::rewrite_xdp(&ctx, &p, &to, route.found()) {
                 Ok(()) => {
                     stats::verdict(reason, p.ip_len);
                     stats::service(svc_id, backend_id, p.ip_len);
-                    if let Some(action) = route.and_then(|r| fwd::send_xdp(&ctx, &r)) {
+                    if route.found()
+                        && let Some(action) = fwd::send_xdp(&ctx, &route)
+                    {
                         stats::verdict(reason::FWD_XDP_REDIRECT, p.ip_len);
                         return action;
                     }
@@ -136,13 +146,17 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn tc(ctx: &TcContext, hook: Hook) -> i32 {
-    let p = match parse::parse(ctx.data(), ctx.data_end()) {
+    let mut p = match parse::parse(ctx.data(), ctx.data_end()) {
         Ok(p) => p,
         Err(reason) => {
             stats::verdict(reason, 0);
             return TC_ACT_UNSPEC;
         }
     };
+    if let Err(reason) = frag::resolve(&mut p) {
+        stats::verdict(reason, p.ip_len);
+        return TC_ACT_UNSPEC;
+    }
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     match flow::decide(&p, ifindex, hook) {
@@ -174,7 +188,13 @@ fn tc(ctx: &TcContext, hook: Hook) -> i32 {
                 stats::verdict(reason::PASS_NO_ROUTE, p.ip_len);
                 return TC_ACT_UNSPEC;
             }
-            match nat::rewrite_tc(ctx, &p, &to) {
+            // Sent on by the program, as by a router: one hop less, none left at 1.
+            let hop = forward != Forward::Stack;
+            if hop && p.ttl <= 1 {
+                stats::verdict(reason::DROP_TTL_EXCEEDED, p.ip_len);
+                return TC_ACT_SHOT;
+            }
+            match nat::rewrite_tc(ctx, &p, &to, hop) {
                 Ok(()) => {
                     stats::verdict(reason, p.ip_len);
                     stats::service(svc_id, backend_id, p.ip_len);

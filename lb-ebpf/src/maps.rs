@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, FlowKey, IfaceValue,
-    MAX_AFFINITY, MAX_BACKEND_IDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_IFACES, MAX_SERVICE_IDS,
-    MAX_SERVICES, MAX_SOCK_REVNAT, PORT_WORDS, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
-    reason,
+    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, FlowKey, FragKey,
+    FragValue, IfaceValue, MAX_AFFINITY, MAX_BACKEND_IDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK,
+    MAX_FRAGS, MAX_IFACES, MAX_SERVICE_IDS, MAX_SERVICES, MAX_SOCK_REVNAT, PORT_WORDS, ServiceKey,
+    ServiceValue, SockRevKey, SockRevValue, reason,
 };
 
 #[map]
@@ -42,6 +42,10 @@ pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map]
 pub static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
     LruHashMap::with_max_entries(MAX_SOCK_REVNAT, 0);
+
+/// Ports of fragmented datagrams, from their first fragments (see `frag`).
+#[map]
+pub static LB_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
 
 /// Bitmap of frontend ports (see `lb_common::PORT_WORDS`).
 #[map]

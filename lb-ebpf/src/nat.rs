@@ -16,33 +16,67 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     csum::Csum,
-    parse::{IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, Packet, ptr_at},
+    parse::{Frag, IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IP_TTL_OFF, Packet, ptr_at},
 };
 
-/// Rewrites an XDP frame from `p.key` to `to`; `Err(reason)` if the frame no
-/// longer holds the headers `p` describes.
+/// The TTL/protocol word of the IPv4 header before and after a TTL decrement, as
+/// the checksum sees it.
 #[inline(always)]
-pub fn rewrite_xdp(ctx: &XdpContext, p: &Packet, to: &FlowKey) -> Result<(), u32> {
+fn ttl_words(ttl: u8, proto: u8) -> (u16, u16) {
+    (
+        u16::from_ne_bytes([ttl, proto]),
+        u16::from_ne_bytes([ttl.wrapping_sub(1), proto]),
+    )
+}
+
+/// Rewrites an XDP frame from `p.key` to `to`, and lowers its TTL if `hop` (the
+/// program forwards it itself, as a router would); `Err(reason)` if the frame no
+/// longer holds the headers `p` describes. A later fragment has no L4 header: only
+/// its addresses change (the first fragment's L4 checksum covers the datagram).
+#[inline(always)]
+pub fn rewrite_xdp(ctx: &XdpContext, p: &Packet, to: &FlowKey, hop: bool) -> Result<(), u32> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let ip: *mut Ipv4Hdr = ptr_at(data, data_end, p.l3_off).ok_or(reason::PASS_MALFORMED)?;
-    let ports: *mut [u16; 2] = ptr_at(data, data_end, p.l4_off).ok_or(reason::PASS_MALFORMED)?;
-    let l4_check: *mut u16 =
-        ptr_at(data, data_end, p.l4_check_off()).ok_or(reason::PASS_MALFORMED)?;
     let from = &p.key;
+    let l4 = if p.frag == Frag::Later {
+        None
+    } else {
+        let ports: *mut [u16; 2] =
+            ptr_at(data, data_end, p.l4_off).ok_or(reason::PASS_MALFORMED)?;
+        let l4_check: *mut u16 =
+            ptr_at(data, data_end, p.l4_check_off()).ok_or(reason::PASS_MALFORMED)?;
+        Some((ports, l4_check))
+    };
     // SAFETY: every pointer was bounds-checked against data_end just above, and
     // nothing has changed the packet's size since.
     unsafe {
         let mut ip_sum = Csum::start(u16::from_ne_bytes((*ip).check));
-        let old_l4 = *l4_check;
-        let mut l4_sum = Csum::start(old_l4);
         if from.saddr_be != to.saddr_be {
             (*ip).src_addr = to.saddr_be.to_ne_bytes();
             ip_sum.replace32(from.saddr_be, to.saddr_be);
-            l4_sum.replace32(from.saddr_be, to.saddr_be);
         }
         if from.daddr_be != to.daddr_be {
             (*ip).dst_addr = to.daddr_be.to_ne_bytes();
             ip_sum.replace32(from.daddr_be, to.daddr_be);
+        }
+        if hop {
+            let (old, new) = ttl_words((*ip).ttl, (*ip).proto);
+            (*ip).ttl = (*ip).ttl.wrapping_sub(1);
+            ip_sum.replace16(old, new);
+        }
+        (*ip).check = ip_sum.finish().to_ne_bytes();
+    }
+    let Some((ports, l4_check)) = l4 else {
+        return Ok(());
+    };
+    // SAFETY: as above.
+    unsafe {
+        let old_l4 = *l4_check;
+        let mut l4_sum = Csum::start(old_l4);
+        if from.saddr_be != to.saddr_be {
+            l4_sum.replace32(from.saddr_be, to.saddr_be);
+        }
+        if from.daddr_be != to.daddr_be {
             l4_sum.replace32(from.daddr_be, to.daddr_be);
         }
         if from.sport_be != to.sport_be {
@@ -53,7 +87,6 @@ pub fn rewrite_xdp(ctx: &XdpContext, p: &Packet, to: &FlowKey) -> Result<(), u32
             (*ports)[1] = to.dport_be;
             l4_sum.replace16(from.dport_be, to.dport_be);
         }
-        (*ip).check = ip_sum.finish().to_ne_bytes();
         // A UDP checksum of 0 means "none" and stays so; a computed 0 is sent as 0xffff.
         if from.proto == PROTO_UDP {
             if old_l4 != 0 {
@@ -68,43 +101,59 @@ pub fn rewrite_xdp(ctx: &XdpContext, p: &Packet, to: &FlowKey) -> Result<(), u32
 }
 
 /// Rewrites a socket buffer from `p.key` to `to` through the kernel's store and
-/// checksum helpers.
+/// checksum helpers, lowering the TTL if `hop` (as `rewrite_xdp`; later fragments
+/// likewise get their IPv4 header rewritten only).
 #[inline(always)]
-pub fn rewrite_tc(ctx: &TcContext, p: &Packet, to: &FlowKey) -> Result<(), u32> {
+pub fn rewrite_tc(ctx: &TcContext, p: &Packet, to: &FlowKey, hop: bool) -> Result<(), u32> {
     let from = &p.key;
     let ip_check = p.l3_off + IP_CHECK_OFF;
     let l4_check = p.l4_check_off();
+    let l4 = p.frag != Frag::Later;
     let udp_flag = if from.proto == PROTO_UDP {
         BPF_F_MARK_MANGLED_0 as u64
     } else {
         0
     };
     let err = |_| reason::PASS_MALFORMED;
+    if hop {
+        let (old, new) = ttl_words(p.ttl, from.proto);
+        ctx.store(p.l3_off + IP_TTL_OFF, &p.ttl.wrapping_sub(1), 0)
+            .map_err(err)?;
+        ctx.l3_csum_replace(ip_check, old as u64, new as u64, 2)
+            .map_err(err)?;
+    }
     if from.saddr_be != to.saddr_be {
         ctx.store(p.l3_off + IP_SADDR_OFF, &to.saddr_be, 0)
             .map_err(err)?;
         ctx.l3_csum_replace(ip_check, from.saddr_be as u64, to.saddr_be as u64, 4)
             .map_err(err)?;
-        ctx.l4_csum_replace(
-            l4_check,
-            from.saddr_be as u64,
-            to.saddr_be as u64,
-            BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
-        )
-        .map_err(err)?;
+        if l4 {
+            ctx.l4_csum_replace(
+                l4_check,
+                from.saddr_be as u64,
+                to.saddr_be as u64,
+                BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
+            )
+            .map_err(err)?;
+        }
     }
     if from.daddr_be != to.daddr_be {
         ctx.store(p.l3_off + IP_DADDR_OFF, &to.daddr_be, 0)
             .map_err(err)?;
         ctx.l3_csum_replace(ip_check, from.daddr_be as u64, to.daddr_be as u64, 4)
             .map_err(err)?;
-        ctx.l4_csum_replace(
-            l4_check,
-            from.daddr_be as u64,
-            to.daddr_be as u64,
-            BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
-        )
-        .map_err(err)?;
+        if l4 {
+            ctx.l4_csum_replace(
+                l4_check,
+                from.daddr_be as u64,
+                to.daddr_be as u64,
+                BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
+            )
+            .map_err(err)?;
+        }
+    }
+    if !l4 {
+        return Ok(());
     }
     if from.sport_be != to.sport_be {
         ctx.store(p.l4_off, &to.sport_be, 0).map_err(err)?;

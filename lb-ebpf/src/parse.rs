@@ -19,11 +19,24 @@ pub const TCP_ACK: u8 = 0x10;
 /// Offset of the flags byte in the TCP header.
 const TCP_FLAGS_OFF: usize = 13;
 /// Offsets of the checksum fields in their headers.
+pub const IP_TTL_OFF: usize = 8;
 pub const IP_CHECK_OFF: usize = 10;
 pub const IP_SADDR_OFF: usize = 12;
 pub const IP_DADDR_OFF: usize = 16;
 pub const TCP_CHECK_OFF: usize = 16;
 pub const UDP_CHECK_OFF: usize = 6;
+
+/// Where a packet stands in its datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// Not fragmented.
+    Whole,
+    /// The first fragment (offset 0, more to come): it carries the L4 header.
+    First,
+    /// A later fragment: no L4 header; `key`'s ports are 0 until `frag::resolve`
+    /// fills them in from the first fragment, and only the IPv4 header may be rewritten.
+    Later,
+}
 
 /// A parsed IPv4 TCP or UDP packet: where its headers are and its 5-tuple as it
 /// arrived.
@@ -32,10 +45,15 @@ pub struct Packet {
     pub l3_off: usize,
     pub l4_off: usize,
     pub key: FlowKey,
-    /// The TCP flags byte (0 for UDP).
+    /// The TCP flags byte (0 for UDP and later fragments).
     pub tcp_flags: u8,
     /// IPv4 total length, for byte counters.
     pub ip_len: u16,
+    pub ttl: u8,
+    pub frag: Frag,
+    /// IPv4 identification (network order): with the addresses and protocol it names
+    /// the datagram a fragment belongs to.
+    pub ip_id_be: u16,
 }
 
 impl Packet {
@@ -86,13 +104,19 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, u32> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(reason::PASS_NOT_L4);
     }
-    // Fragments carry no (or only part of the) L4 header in all but the first;
-    // translating the first alone would split the datagram: leave them all to the kernel.
-    if frags & (IP_MF | IP_OFFSET_MASK) != 0 {
-        return Err(reason::PASS_FRAGMENT);
-    }
+    // Only the first fragment of a datagram carries the L4 header (and must carry it
+    // whole here); later ones get their ports from it (`frag::resolve`).
+    let frag = if frags & IP_OFFSET_MASK != 0 {
+        Frag::Later
+    } else if frags & IP_MF != 0 {
+        Frag::First
+    } else {
+        Frag::Whole
+    };
     let l4_off = l3_off + ihl;
-    let (sport_be, dport_be, tcp_flags) = if proto == PROTO_TCP {
+    let (sport_be, dport_be, tcp_flags) = if frag == Frag::Later {
+        (0, 0, 0)
+    } else if proto == PROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(data, data_end, l4_off).ok_or(reason::PASS_MALFORMED)?;
         // SAFETY: ptr_at checked the whole TCP header; the flags byte lies inside it
         // (read through the same pointer, so the verifier sees the same bounds).
@@ -127,5 +151,8 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, u32> {
         },
         tcp_flags,
         ip_len,
+        ttl: ip.ttl,
+        frag,
+        ip_id_be: u16::from_ne_bytes(ip.id),
     })
 }

@@ -28,6 +28,9 @@ pub struct Pkt {
     pub frag: u16,
     /// UDP only: send checksum 0 ("none").
     pub udp_no_checksum: bool,
+    pub ttl: u8,
+    /// IPv4 identification.
+    pub id: u16,
 }
 
 fn ip(s: &str) -> Ipv4Addr {
@@ -47,6 +50,8 @@ impl Pkt {
             ip_options: Vec::new(),
             frag: 0x4000, // DF
             udp_no_checksum: false,
+            ttl: 64,
+            id: 0x1234,
         }
     }
 
@@ -119,13 +124,34 @@ impl Pkt {
 
     /// The whole Ethernet frame.
     pub fn build(&self) -> Vec<u8> {
+        self.frame(self.frag, &self.l4())
+    }
+
+    /// The datagram as two IPv4 fragments, the first carrying `first_len` bytes
+    /// (a multiple of 8) of the L4 header and payload, the second the rest; the L4
+    /// checksum covers the whole datagram, as a sender's stack computes it.
+    pub fn fragments(&self, first_len: usize) -> [Vec<u8>; 2] {
+        assert_eq!(first_len % 8, 0, "fragment offsets are in units of 8 bytes");
         let l4 = self.l4();
+        assert!(
+            first_len < l4.len(),
+            "the datagram must be longer than the first fragment"
+        );
+        const MF: u16 = 0x2000;
+        [
+            self.frame(MF, &l4[..first_len]),
+            self.frame((first_len / 8) as u16, &l4[first_len..]),
+        ]
+    }
+
+    /// A frame of this packet's headers with flags/offset `frag` around `l4`.
+    fn frame(&self, frag: u16, l4: &[u8]) -> Vec<u8> {
         let ihl = 5 + self.ip_options.len() / 4;
         let mut iph = vec![(4 << 4) | ihl as u8, 0];
         iph.extend_from_slice(&((ihl * 4 + l4.len()) as u16).to_be_bytes());
-        iph.extend_from_slice(&0x1234u16.to_be_bytes());
-        iph.extend_from_slice(&self.frag.to_be_bytes());
-        iph.extend_from_slice(&[64, self.proto, 0, 0]);
+        iph.extend_from_slice(&self.id.to_be_bytes());
+        iph.extend_from_slice(&frag.to_be_bytes());
+        iph.extend_from_slice(&[self.ttl, self.proto, 0, 0]);
         iph.extend_from_slice(&self.src.octets());
         iph.extend_from_slice(&self.dst.octets());
         iph.extend_from_slice(&self.ip_options);
@@ -133,7 +159,7 @@ impl Pkt {
         iph[10..12].copy_from_slice(&sum.to_be_bytes());
         let mut frame = eth(0x0800);
         frame.extend_from_slice(&iph);
-        frame.extend_from_slice(&l4);
+        frame.extend_from_slice(l4);
         frame
     }
 }

@@ -119,6 +119,16 @@ fn udp_echo_through_a_cluster_ip_and_a_node_port() {
         2,
         "both pods echo through the NodePort: {from_laptop:?}"
     );
+    // 4,000-byte datagrams travel as IPv4 fragments both ways: later fragments
+    // follow the flow of their first (lb's fragment map), so echoes come back whole.
+    for (from, to) in [(&c.laptop, nodeport.as_str()), (&c.client, "10.96.0.53:53")] {
+        let big = tally(&c, &lbclient(&c, from, &["bigudp", to, "10"]));
+        assert_eq!(
+            big.values().sum::<usize>(),
+            10,
+            "fragmented datagrams to {to} echo whole: {big:?}"
+        );
+    }
 }
 
 #[test]

@@ -23,6 +23,10 @@ const NODE: &str = "192.168.1.2";
 const POD: &str = "10.244.0.2";
 const CLUSTER_IP: &str = "10.96.0.10";
 const NODE_PORT: u16 = 30008;
+/// A UDP NodePort to the ClusterIP's UDP 53 backend (10.244.0.2:5353).
+const UDP_NODE_PORT: u16 = 30010;
+const HAIRPIN: &str = "169.254.42.1";
+const TC_ACT_SHOT: u32 = 2;
 
 #[derive(Clone, Copy, Debug)]
 enum Prog {
@@ -32,8 +36,9 @@ enum Prog {
 }
 
 /// A data plane with private (unpinned) maps holding: NodePort 30008/TCP and
-/// ClusterIP 10.96.0.10:80/TCP -> 10.244.0.2:80; UDP 53 on the ClusterIP ->
-/// 10.244.0.2:5353; NodePort 30009 (TCP and UDP) with no endpoints.
+/// ClusterIP 10.96.0.10:80/TCP -> 10.244.0.2:80; UDP 53 on the ClusterIP and
+/// NodePort 30010/UDP -> 10.244.0.2:5353; NodePort 30009 (TCP and UDP) with no
+/// endpoints.
 fn dataplane() -> Dataplane {
     lb_tests::require_root();
     let mut dp = Dataplane::load(None).expect("load lb's eBPF object");
@@ -58,6 +63,8 @@ fn dataplane() -> Dataplane {
         .insert(frontend(ip(CLUSTER_IP), 80, 6), svc(1, 1, SVC_F_INTERNAL));
     want.services
         .insert(frontend(ip(CLUSTER_IP), 53, 17), svc(2, 1, SVC_F_INTERNAL));
+    want.services
+        .insert(frontend(ip(NODE), UDP_NODE_PORT, 17), svc(2, 1, 0));
     want.services
         .insert(frontend(ip(NODE), 30009, 6), svc(3, 0, 0));
     want.services
@@ -282,8 +289,7 @@ fn malformed_and_truncated_frames_pass_untouched() {
     not_v4[14] = 0x65; // version 6 in an IPv4 frame
     let mut later_fragment = Pkt::tcp(CLIENT, 40000, NODE, NODE_PORT, TCP_ACK);
     later_fragment.frag = 185; // offset 1480
-    let mut first_fragment = Pkt::tcp(CLIENT, 40000, NODE, NODE_PORT, TCP_ACK);
-    first_fragment.frag = 0x2000; // MF
+    later_fragment.id = 0x0bad;
     let mut huge_ihl = syn.clone();
     huge_ihl[14] = 0x4f; // 60-byte header: the TCP header would lie beyond the frame
     let rows = vec![
@@ -323,16 +329,9 @@ fn malformed_and_truncated_frames_pass_untouched() {
             output: None,
         },
         Row {
-            what: "later fragment (no L4 header)",
+            what: "later fragment whose first was never seen",
             prog: Prog::Xdp,
             input: later_fragment.build(),
-            reason: reason::PASS_FRAGMENT,
-            output: None,
-        },
-        Row {
-            what: "first fragment",
-            prog: Prog::Xdp,
-            input: first_fragment.build(),
             reason: reason::PASS_FRAGMENT,
             output: None,
         },
@@ -466,5 +465,172 @@ fn a_service_without_endpoints_answers_port_unreachable_to_pods() {
                 output: Some(packet::port_unreachable(&udp)),
             },
         ],
+    );
+}
+
+#[test]
+fn fragments_follow_the_flow_of_their_first_fragment() {
+    let mut dp = dataplane();
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let payload: Vec<u8> = (0..1200u32).map(|i| (i * 7) as u8).collect();
+    // A 1,208-byte UDP datagram to a NodePort, sent as 1,008 + 200 bytes.
+    let mut to_np = Pkt::udp(CLIENT, 40100, NODE, UDP_NODE_PORT).payload(&payload);
+    to_np.id = 0x1001;
+    let [first, later] = to_np.fragments(1008);
+    let [first_out, later_out] = to_np.rewritten(CLIENT, 40100, POD, 5353).fragments(1008);
+    // The answer, fragmented too, back to the service address at egress.
+    let mut reply = Pkt::udp(POD, 5353, CLIENT, 40100).payload(&payload);
+    reply.id = 0x2002;
+    let [r_first, r_later] = reply.fragments(504);
+    let [r_first_out, r_later_out] = reply
+        .rewritten(NODE, UDP_NODE_PORT, CLIENT, 40100)
+        .fragments(504);
+    // TCP from a pod to a ClusterIP (TC ingress), 20-byte header + 580 bytes.
+    let mut tcp =
+        Pkt::tcp("10.244.0.3", 41500, CLUSTER_IP, 80, TCP_ACK | TCP_PSH).payload(&payload[..580]);
+    tcp.id = 0x3003;
+    let [t_first, t_later] = tcp.fragments(200);
+    let [t_first_out, t_later_out] = tcp.rewritten("10.244.0.3", 41500, POD, 80).fragments(200);
+    // A datagram whose first fragment started no flow (no endpoints), one to no
+    // service, and a later fragment whose first never came.
+    let mut no_ep = Pkt::udp(CLIENT, 40200, NODE, 30009).payload(&payload);
+    no_ep.id = 0x4004;
+    let [ne_first, ne_later] = no_ep.fragments(1008);
+    let mut other = Pkt::udp(CLIENT, 40300, NODE, 9999).payload(&payload);
+    other.id = 0x5005;
+    let [o_first, o_later] = other.fragments(1008);
+    let mut orphan = Pkt::udp(CLIENT, 40100, NODE, UDP_NODE_PORT).payload(&payload);
+    orphan.id = 0x6006;
+    let [_, orphan_later] = orphan.fragments(1008);
+    let rows = vec![
+        Row {
+            what: "first fragment to a NodePort: new flow, ports and L4 checksum rewritten",
+            prog: Prog::Xdp,
+            input: first,
+            reason: reason::NAT_NEW_FLOW,
+            output: Some(first_out),
+        },
+        Row {
+            what: "its later fragment: the same flow, addresses rewritten",
+            prog: Prog::Xdp,
+            input: later,
+            reason: reason::NAT_ESTABLISHED,
+            output: Some(later_out),
+        },
+        Row {
+            what: "first fragment of the reply at egress: back to the NodePort",
+            prog: Prog::TcEgress,
+            input: r_first,
+            reason: reason::NAT_REPLY,
+            output: Some(r_first_out),
+        },
+        Row {
+            what: "later fragment of the reply at egress",
+            prog: Prog::TcEgress,
+            input: r_later,
+            reason: reason::NAT_REPLY,
+            output: Some(r_later_out),
+        },
+        Row {
+            what: "TCP first fragment from a pod to a ClusterIP (TC)",
+            prog: Prog::TcIngress,
+            input: t_first,
+            reason: reason::NAT_NEW_FLOW,
+            output: Some(t_first_out),
+        },
+        Row {
+            what: "TCP later fragment (TC): addresses only",
+            prog: Prog::TcIngress,
+            input: t_later,
+            reason: reason::NAT_ESTABLISHED,
+            output: Some(t_later_out),
+        },
+        Row {
+            what: "first fragment to a service without endpoints: left to the kernel",
+            prog: Prog::Xdp,
+            input: ne_first,
+            reason: reason::PASS_NO_BACKEND,
+            output: None,
+        },
+        Row {
+            what: "its later fragment never starts a flow",
+            prog: Prog::Xdp,
+            input: ne_later,
+            reason: reason::PASS_FRAGMENT,
+            output: None,
+        },
+        Row {
+            what: "first fragment to no service",
+            prog: Prog::Xdp,
+            input: o_first,
+            reason: reason::PASS_NO_SERVICE,
+            output: None,
+        },
+        Row {
+            what: "its later fragment: no service either",
+            prog: Prog::Xdp,
+            input: o_later,
+            reason: reason::PASS_NO_SERVICE,
+            output: None,
+        },
+        Row {
+            what: "a later fragment before (or without) its first: passed unchanged",
+            prog: Prog::Xdp,
+            input: orphan_later,
+            reason: reason::PASS_FRAGMENT,
+            output: None,
+        },
+    ];
+    // Expected frames are built from scratch: the first fragment's L4 checksum is
+    // computed over the whole rewritten datagram, so an incremental update that
+    // missed the ports or the pseudo-header would not match.
+    check(&mut dp, rows);
+}
+
+#[test]
+fn packets_lb_forwards_itself_lose_one_ttl() {
+    let mut dp = dataplane();
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    // The pod reaches itself through its ClusterIP: hairpin, sent straight back.
+    let hairpin = Pkt::tcp(POD, 42000, CLUSTER_IP, 80, TCP_SYN);
+    let (ret, out, moved) = run(&mut dp, Prog::TcIngress, &hairpin.build());
+    let mut want = hairpin.rewritten(HAIRPIN, 42000, POD, 80);
+    want.ttl = 63;
+    let mut want = want.build();
+    // Sent back where it came from: the frame's MACs swapped.
+    let macs: Vec<u8> = want[6..12].iter().chain(&want[..6]).copied().collect();
+    want[..12].copy_from_slice(&macs);
+    assert_eq!(
+        (ret, reason::NAMES[moved as usize]),
+        (TC_ACT_REDIRECT, "nat_new_flow")
+    );
+    assert_eq!(
+        out, want,
+        "hairpin: translated, TTL 64 -> 63, checksum updated"
+    );
+    verify_checksums(&out).unwrap();
+
+    // With no hop left it is dropped, as a router would.
+    let mut last_hop = Pkt::tcp(POD, 42001, CLUSTER_IP, 80, TCP_SYN);
+    last_hop.ttl = 1;
+    let (ret, _, moved) = run(&mut dp, Prog::TcIngress, &last_hop.build());
+    assert_eq!(
+        (ret, reason::NAMES[moved as usize]),
+        (TC_ACT_SHOT, "drop_ttl_exceeded")
+    );
+
+    // A DNAT flow left to the kernel's stack keeps its TTL: the stack routes it
+    // (and lowers the TTL, or answers "time exceeded" itself).
+    let mut dnat = Pkt::tcp(CLIENT, 42002, NODE, NODE_PORT, TCP_SYN);
+    dnat.ttl = 1;
+    check(
+        &mut dp,
+        vec![Row {
+            what: "NodePort at XDP with TTL 1: translated for the stack, TTL untouched",
+            prog: Prog::Xdp,
+            input: dnat.build(),
+            reason: reason::NAT_NEW_FLOW,
+            output: Some(dnat.rewritten(CLIENT, 42002, POD, 80).build()),
+        }],
     );
 }

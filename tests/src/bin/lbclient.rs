@@ -6,6 +6,10 @@
 //!                                   the server saw the connection come from
 //! lbclient udp ADDR:PORT COUNT      COUNT datagrams from COUNT new sockets; prints each
 //!                                   answer's first line, or `ERR <error>`
+//! lbclient bigudp ADDR:PORT COUNT   as udp with 4,000-byte datagrams (IPv4 fragments
+//!                                   on a 1,500-byte MTU, both ways); prints the
+//!                                   answer's first line if the echo came back whole,
+//!                                   else `ERR <what>`
 //! lbclient sendto ADDR:PORT COUNT   as udp, from unconnected sockets (sendto/recvfrom);
 //!                                   an answer from any other address prints `ERR from X`
 //! lbclient stream ADDR:PORT SECS    one connection, GET /stream, prints every line it
@@ -46,6 +50,12 @@ fn main() {
         Some("udp") => {
             (0..n).for_each(|i| println!("{}", udp(addr, i).unwrap_or_else(|e| format!("ERR {e}"))))
         }
+        Some("bigudp") => (0..n).for_each(|i| {
+            println!(
+                "{}",
+                big_udp(addr, i).unwrap_or_else(|e| format!("ERR {e}"))
+            )
+        }),
         Some("sendto") => (0..n)
             .for_each(|i| println!("{}", sendto(addr, i).unwrap_or_else(|e| format!("ERR {e}")))),
         Some("stream") => stream(addr, Duration::from_secs(n.min(600))),
@@ -90,6 +100,28 @@ fn udp(addr: SocketAddr, i: u64) -> std::io::Result<String> {
         .next()
         .unwrap_or("")
         .to_string())
+}
+
+fn big_udp(addr: SocketAddr, i: u64) -> std::io::Result<String> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.connect(addr)?;
+    let sent: Vec<u8> = (0..4000u64).map(|b| (b * 31 + i) as u8).collect();
+    s.send(&sent)?;
+    let mut buf = vec![0u8; 65536];
+    let n = s.recv(&mut buf)?;
+    // The server answers "TEXT\n" followed by what it received.
+    let got = &buf[..n];
+    let Some(nl) = got.iter().position(|b| *b == b'\n') else {
+        return Ok("ERR no text line".into());
+    };
+    if got[nl + 1..] != sent[..] {
+        return Ok(format!(
+            "ERR echo of {} bytes, not the 4000 sent",
+            n - nl - 1
+        ));
+    }
+    Ok(String::from_utf8_lossy(&got[..nl]).to_string())
 }
 
 fn sendto(addr: SocketAddr, i: u64) -> std::io::Result<String> {

@@ -38,7 +38,7 @@ fn main() {
         let text = text.clone();
         let s = UdpSocket::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("udp {port}: {e}"));
         threads.push(thread::spawn(move || {
-            let mut buf = [0u8; 2048];
+            let mut buf = vec![0u8; 65536];
             while let Ok((n, peer)) = s.recv_from(&mut buf) {
                 let mut reply = format!("{text}\n").into_bytes();
                 reply.extend_from_slice(&buf[..n]);
