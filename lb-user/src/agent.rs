@@ -257,15 +257,27 @@ impl Agent {
             return Ok(());
         }
         let Some(seen) = self.seen else {
-            self.state = self.store.load()?;
-            self.seen = Some(self.state.revision);
-            self.plan_all = true;
-            return self.apply_changes(&[], BTreeSet::new(), started);
+            return self.load_whole(started);
         };
-        let read = self.store.changes_since(seen)?;
+        let Some(read) = self.store.changes_since(seen)? else {
+            info!(
+                seen,
+                revision, "deletions since our revision were pruned: reading the store whole"
+            );
+            return self.load_whole(started);
+        };
         self.state.revision = read.revision;
         self.seen = Some(read.revision);
         self.take_changes(read.changes, started)
+    }
+
+    /// Reads the store whole and plans every service (at start, or when the store
+    /// no longer has the changes since what was last read).
+    fn load_whole(&mut self, started: Instant) -> Result<()> {
+        self.state = self.store.load()?;
+        self.seen = Some(self.state.revision);
+        self.plan_all = true;
+        self.apply_changes(&[], BTreeSet::new(), started)
     }
 
     /// Takes `changes` into the state and brings the maps in line with them.

@@ -8,6 +8,11 @@
 //! locked) transaction: they read what they need, change a copy, and commit every
 //! changed row or none; two `lb apply` never hand out one value. Allocation
 //! (clusterIP, nodePort) happens inside that transaction.
+//!
+//! Tombstones are kept for the last [`TOMBSTONE_REVISIONS`] revisions, then pruned
+//! (`meta.pruned` says through which revision): a reader that last saw a revision
+//! older than that gets no change list (`changes_since` is `None`) and reads the
+//! store whole, as the agent does at start.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -39,6 +44,10 @@ pub const DEFAULT_STORE_DIR: &str = "/var/lib/lb";
 const DB_FILE: &str = "store.db";
 /// Rewritten after every commit (`REVISION UNIX_NS`), for watchers.
 const COMMIT_MARKER: &str = "revision";
+/// Deletions are remembered (as tombstones) for this many revisions.
+pub const TOMBSTONE_REVISIONS: u64 = 10_000;
+/// Writers prune tombstones every this many revisions.
+const PRUNE_EVERY: u64 = 256;
 /// How long a writer waits for another one to commit.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
 const SCHEMA: &str = "
@@ -287,6 +296,7 @@ pub struct Store {
     /// also keeps SQLite from checkpointing and removing the log as each `lb apply`
     /// closes, which would make readers wait.
     reader: std::cell::RefCell<Option<Connection>>,
+    tombstone_revisions: u64,
 }
 
 impl Store {
@@ -294,7 +304,14 @@ impl Store {
         Store {
             dir: dir.into(),
             reader: Default::default(),
+            tombstone_revisions: TOMBSTONE_REVISIONS,
         }
+    }
+
+    /// The same store, remembering deletions for `revisions` revisions (tests).
+    pub fn with_tombstone_revisions(mut self, revisions: u64) -> Self {
+        self.tombstone_revisions = revisions;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -406,24 +423,31 @@ impl Store {
     }
 
     /// Every object written or deleted after revision `after`, and the revision
-    /// they bring the store to.
-    pub fn changes_since(&self, after: u64) -> Result<Changes, StoreError> {
+    /// they bring the store to; `None` when deletions after `after` may have been
+    /// pruned already (the reader must `load` the store whole).
+    pub fn changes_since(&self, after: u64) -> Result<Option<Changes>, StoreError> {
         let read = self.read(|tx| {
+            if after < meta(tx, "pruned").map_err(self.db("reading the revision"))? {
+                return Ok(None);
+            }
             let revision = revision(tx).map_err(self.db("reading the revision"))?;
             let rows = self.rows(
                 tx,
                 "SELECT kind, key, body FROM objects WHERE rev > ?1",
                 [after as i64],
             )?;
-            Ok((revision, rows))
+            Ok(Some((revision, rows)))
         })?;
-        let Some((revision, rows)) = read else {
-            return Ok(Changes::default());
+        let Some(read) = read else {
+            return Ok(Some(Changes::default()));
         };
-        Ok(Changes {
+        let Some((revision, rows)) = read else {
+            return Ok(None);
+        };
+        Ok(Some(Changes {
             revision,
             changes: self.decode(rows)?,
-        })
+        }))
     }
 
     fn rows(
@@ -550,6 +574,9 @@ impl Store {
                     [rev as i64],
                 )
                 .map_err(self.db("writing the revision"))?;
+                if rev.is_multiple_of(PRUNE_EVERY) && rev > self.tombstone_revisions {
+                    self.prune(&tx, rev - self.tombstone_revisions)?;
+                }
             }
             tx.commit().map_err(self.db("committing"))?;
             // Wakes the agents watching the directory (best effort: they also look
@@ -561,6 +588,23 @@ impl Store {
             let _ = fs::write(self.dir.join(COMMIT_MARKER), format!("{rev} {at}\n"));
         }
         Ok(out)
+    }
+
+    /// Removes the tombstones of revisions up to `through`, inside the writer's
+    /// transaction, and records that readers behind it must read the store whole.
+    fn prune(&self, tx: &Connection, through: u64) -> Result<(), StoreError> {
+        tx.execute(
+            "DELETE FROM objects WHERE rev <= ?1 AND body IS NULL",
+            [through as i64],
+        )
+        .map_err(self.db("pruning deletions"))?;
+        tx.execute(
+            "INSERT INTO meta (name, value) VALUES ('pruned', ?1)
+             ON CONFLICT (name) DO UPDATE SET value = ?1",
+            [through as i64],
+        )
+        .map_err(self.db("pruning deletions"))?;
+        Ok(())
     }
 
     /// Applies every document or none: the first object that cannot be stored (a taken
@@ -680,7 +724,12 @@ impl Store {
 
 /// The store's revision (0 before the first write).
 fn revision(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| {
+    meta(conn, "revision")
+}
+
+/// A `meta` value (0 when unset).
+fn meta(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
         r.get::<_, i64>(0)
     })
     .optional()

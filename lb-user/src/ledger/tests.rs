@@ -54,7 +54,11 @@ impl Follower {
     /// is what a full plan of the whole state wants and that the ledger's indexes are
     /// those of its entries. Returns the plan and the backends gone.
     fn follow(&mut self) -> (Plan, BTreeSet<u32>) {
-        let read = self.store.changes_since(self.state.revision).unwrap();
+        let read = self
+            .store
+            .changes_since(self.state.revision)
+            .unwrap()
+            .expect("no deletions pruned in these tests");
         let (_, services) = desired::take_changes(&mut self.state, read.changes);
         self.state.revision = read.revision;
         let plan = self

@@ -207,3 +207,63 @@ fn delete_removes_and_names_what_is_missing() {
         .unwrap();
     assert!(store.load().unwrap().services.is_empty());
 }
+
+#[test]
+fn deletions_are_pruned_after_a_window_and_old_readers_must_reload() {
+    let store = tmp_store("prune").with_tombstone_revisions(100);
+    let alloc = Allocation::default();
+    store
+        .apply(&docs(&svc("keep", "")), &alloc, Mode::Apply)
+        .unwrap();
+    store
+        .apply(&docs(&svc("gone", "")), &alloc, Mode::Apply)
+        .unwrap();
+    let before_delete = store.revision().unwrap();
+    store
+        .delete(&[("Service", ObjectKey::new("default", "gone"))])
+        .unwrap();
+    // A reader close behind sees the deletion as a change without an object.
+    let read = store.changes_since(before_delete).unwrap().unwrap();
+    assert!(
+        read.changes
+            .iter()
+            .any(|c| c.key == "default/gone" && c.object.is_none()),
+        "the deletion is in the change list"
+    );
+    let tombstones = |s: &Store| {
+        s.read(|tx| {
+            tx.query_row("SELECT COUNT(*) FROM objects WHERE body IS NULL", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(s.db("counting"))
+        })
+        .unwrap()
+        .unwrap()
+    };
+    assert_eq!(tombstones(&store), 1);
+    // Writes until a prune has passed the deletion's revision (window 100, every 256).
+    let mut i = 0;
+    while store.revision().unwrap() < 2 * PRUNE_EVERY {
+        let label = format!("  labels: {{n: \"{i}\"}}\n");
+        let doc = svc("keep", "").replace("  name: keep\n", &format!("  name: keep\n{label}"));
+        store.apply(&docs(&doc), &alloc, Mode::Apply).unwrap();
+        i += 1;
+    }
+    assert_eq!(tombstones(&store), 0, "the tombstone is pruned");
+    assert!(
+        store.changes_since(before_delete).unwrap().is_none(),
+        "a reader from before the prune must read the store whole"
+    );
+    let now = store.revision().unwrap();
+    assert!(
+        store.changes_since(now - 10).unwrap().is_some(),
+        "a recent reader still follows changes"
+    );
+    let state = store.load().unwrap();
+    assert_eq!(
+        state.services.len(),
+        1,
+        "the whole read has only what exists"
+    );
+    let _ = fs::remove_dir_all(store.dir());
+}
