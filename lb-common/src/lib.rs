@@ -271,11 +271,14 @@ pub const CT_F_SNAT: u8 = 1 << 1;
 pub const SNAT_PORT_MIN: u16 = 61_000;
 pub const SNAT_PORT_MAX: u16 = 65_535;
 
-/// Globals the agent sets at load time: the address SNAT uses (network byte order)
-/// and whether XDP forwards by `bpf_fib_lookup` + redirect (1) or leaves forwarding to
-/// the kernel's stack (0).
+/// Globals the agent sets at load time: the address SNAT uses (network byte order);
+/// whether XDP forwards by `bpf_fib_lookup` + redirect (1) or leaves forwarding to
+/// the kernel's stack (0); and whether that redirect may also go into pods' veths (1:
+/// `lb agent --xdp-to-pods`, for pods whose veth peer takes XDP frames) or stops at
+/// the node's own interfaces (0).
 pub const GLOBAL_SNAT_ADDR: &str = "SNAT_ADDR";
 pub const GLOBAL_FIB_REDIRECT: &str = "FIB_REDIRECT";
+pub const GLOBAL_XDP_TO_PODS: &str = "XDP_TO_PODS";
 
 /// TCP state bits kept in [`CtValue::tcp_flags`].
 pub const CT_TCP_SEEN_FIN: u8 = 1 << 0;

@@ -20,6 +20,12 @@ use crate::parse::ptr_at;
 #[unsafe(no_mangle)]
 static FIB_REDIRECT: u32 = 1;
 
+/// Set by the agent at load time (`lb_common::GLOBAL_XDP_TO_PODS`): 1 lets XDP
+/// redirect into pods' veths too (their peers take XDP frames: an XDP program or GRO
+/// on in the pod); 0 leaves packets to local pods to the stack.
+#[unsafe(no_mangle)]
+static XDP_TO_PODS: u32 = 0;
+
 const AF_INET: u8 = 2;
 
 /// Whether XDP may redirect by itself.
@@ -27,6 +33,13 @@ const AF_INET: u8 = 2;
 pub fn xdp_enabled() -> bool {
     // SAFETY: a plain read of a global the loader set.
     unsafe { core::ptr::read_volatile(&FIB_REDIRECT) != 0 }
+}
+
+/// Whether XDP may redirect into pods' veths.
+#[inline(always)]
+pub fn xdp_to_pods() -> bool {
+    // SAFETY: a plain read of a global the loader set.
+    unsafe { core::ptr::read_volatile(&XDP_TO_PODS) != 0 }
 }
 
 /// Where the FIB sends `to`: the egress interface and the MACs to write. A plain

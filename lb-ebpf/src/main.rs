@@ -67,9 +67,9 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         } => {
             // Translated packets leave by the FIB when it has a full answer (route and
             // neighbour): redirected here, they skip the stack, as Cilium's and
-            // Katran's do. Not towards a pod's veth, though: its peer takes XDP frames
-            // only if it runs an XDP program itself (or has GRO on), which is the
-            // pod's business; those, and plain DNAT flows without a full answer, go
+            // Katran's do. Not towards a pod's veth, though, unless the agent was told
+            // its peers take XDP frames (`--xdp-to-pods`: the pod runs an XDP program
+            // or has GRO on, which is the pod's business); those, and plain DNAT flows without a full answer, go
             // on through the stack once rewritten. SNAT flows cannot: rewritten, their packets carry the node's
             // own address (as source, or as the reply's former destination), which
             // the stack would drop as a martian; without a full FIB answer here (no
@@ -80,7 +80,9 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             let mut route = fwd::Route::NONE;
             if forward != Forward::Back && fwd::xdp_enabled() && p.ttl > 1 {
                 let r = fwd::lookup_xdp(&ctx, &to, ingress, p.ip_len);
-                if r.found() && (forward == Forward::Fib || !lb::from_pod(r.ifindex)) {
+                if r.found()
+                    && (forward == Forward::Fib || fwd::xdp_to_pods() || !lb::from_pod(r.ifindex))
+                {
                     route = r;
                 }
             }

@@ -86,6 +86,12 @@ pub struct AgentArgs {
     /// FIB lookup and redirect (slower; for comparison and troubleshooting).
     #[arg(long)]
     pub no_xdp_redirect: bool,
+    /// Let XDP redirect translated packets into local pods' veths too, skipping the
+    /// kernel's stack. Only when every pod's veth peer takes XDP frames: it runs an
+    /// XDP program, or has GRO on (`ethtool -K eth0 gro on` in the pod), which gives
+    /// a veth NAPI; otherwise the kernel drops those frames.
+    #[arg(long, conflicts_with = "no_xdp_redirect")]
+    pub xdp_to_pods: bool,
     /// Addresses LoadBalancer services are given (CIDR; repeat for several). One node
     /// answers ARP for each address; another takes over when its agent stops.
     #[arg(long = "lb-pool", value_parser = parse_cidr)]

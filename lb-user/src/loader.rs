@@ -23,8 +23,8 @@ use aya::{
 };
 use lb_common::{
     ALL_MAPS, GLOBAL_CLOCK_HZ, GLOBAL_FIB_REDIRECT, GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR,
-    IFACE_EXTERNAL, IFACE_POD, PROG_CONNECT4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, PROG_XDP,
+    GLOBAL_XDP_TO_PODS, IFACE_EXTERNAL, IFACE_POD, PROG_CONNECT4, PROG_RECVMSG4, PROG_SENDMSG4,
+    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
 };
 use tracing::{info, warn};
 
@@ -68,6 +68,8 @@ pub struct LoadConfig {
     /// XDP forwards translated packets itself (`bpf_fib_lookup` + redirect); false
     /// leaves them to the kernel's stack (for comparison).
     pub fib_redirect: bool,
+    /// That redirect may also go into pods' veths (`--xdp-to-pods`).
+    pub xdp_to_pods: bool,
 }
 
 impl Default for LoadConfig {
@@ -75,6 +77,7 @@ impl Default for LoadConfig {
         LoadConfig {
             snat_addr: None,
             fib_redirect: true,
+            xdp_to_pods: false,
         }
     }
 }
@@ -99,6 +102,8 @@ pub fn load(pins: Option<&Path>, cfg: &LoadConfig) -> Result<Ebpf, LoadError> {
     loader.override_global(GLOBAL_SNAT_ADDR, &snat, true);
     let fib = u32::from(cfg.fib_redirect);
     loader.override_global(GLOBAL_FIB_REDIRECT, &fib, true);
+    let to_pods = u32::from(cfg.xdp_to_pods);
+    loader.override_global(GLOBAL_XDP_TO_PODS, &to_pods, true);
     loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
         pins: pins
             .map(|p| p.display().to_string())

@@ -1,6 +1,8 @@
 //! Live packets through veth namespaces: packets per second delivered to a pod for
-//! (a) a plain XDP_REDIRECT hop, the ceiling on this machine; (b) lb NodePort;
-//! (c) kube-proxy's iptables DNAT rules; (d) kube-proxy's nftables rules; for one
+//! (a) a plain XDP_REDIRECT hop, the ceiling on this machine; (b) lb NodePort, as
+//! by default (XDP translates, the kernel's stack delivers to the pod's veth) and
+//! with `--xdp-to-pods` (XDP redirects into the veth: the pod here runs XDP, as the
+//! ceiling needs too); (c) kube-proxy's iptables DNAT rules; (d) kube-proxy's nftables rules; for one
 //! established flow and for new flows (every packet a new source address and port),
 //! at 1, 1,000 and 10,000 services x 10 endpoints. And, across two nodes, lb
 //! forwarding NodePort traffic to a remote pod by XDP_REDIRECT vs the kernel-stack
@@ -172,6 +174,7 @@ fn expect_path(t: &Topology, node: &str, path: &[u32], delivered: u64) -> Result
 enum Contender {
     Ceiling,
     Lb,
+    LbXdpToPods,
     Iptables,
     Nftables,
 }
@@ -181,6 +184,7 @@ impl Contender {
         match self {
             Contender::Ceiling => "XDP_REDIRECT hop (ceiling)",
             Contender::Lb => "lb NodePort",
+            Contender::LbXdpToPods => "lb NodePort, --xdp-to-pods",
             Contender::Iptables => "iptables (kube-proxy)",
             Contender::Nftables => "nftables (kube-proxy)",
         }
@@ -237,7 +241,7 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
             let _in = InNetns::enter(&s.node)?;
             traffic.dp.attach_bench(PROG_BENCH_REDIRECT, "eth0")?;
         }
-        Contender::Lb => {
+        Contender::Lb | Contender::LbXdpToPods => {
             let lb = Lb::new(&mut t)?;
             // The pod is declared, so the agent knows lxc0 as a pod's interface.
             lb.apply(&format!(
@@ -245,7 +249,12 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
                 scale::lb_manifests(services),
                 seeds::POD_IP
             ))?;
-            lb.start_agent(&mut t, &s.node, "node1", &["eth0"])?;
+            let extra: &[&str] = if c == Contender::LbXdpToPods {
+                &["--xdp-to-pods"]
+            } else {
+                &[]
+            };
+            lb.start_agent_with(&mut t, &s.node, "node1", &["eth0"], extra)?;
             let want = format!("services={services} ");
             let up = Topology::wait_for(Duration::from_secs(60), || {
                 t.log("agent-node1").contains(&want).then_some(())
@@ -270,15 +279,18 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
     }
     let established = traffic.measure(false, w)?;
     let new = traffic.measure(true, w)?;
-    if c == Contender::Lb {
-        let delivered = traffic.dp.bench_sink_count()?;
+    let delivered = traffic.dp.bench_sink_count()?;
+    match c {
         // XDP translates, the kernel routes to the pod's veth.
-        expect_path(
+        Contender::Lb => expect_path(
             &t,
             "node1",
             &[reason::NAT_NEW_FLOW, reason::NAT_ESTABLISHED],
             delivered,
-        )?;
+        )?,
+        // XDP translates and redirects into the pod's veth.
+        Contender::LbXdpToPods => expect_path(&t, "node1", &[reason::FWD_XDP_REDIRECT], delivered)?,
+        _ => {}
     }
     drop(traffic);
     Ok([established, new])
@@ -385,6 +397,7 @@ fn main() -> Result<()> {
     let contenders = [
         Contender::Ceiling,
         Contender::Lb,
+        Contender::LbXdpToPods,
         Contender::Iptables,
         Contender::Nftables,
     ];
@@ -395,6 +408,8 @@ fn main() -> Result<()> {
             "contender",
             "established flow (pps)",
             "new flows (pps)",
+            "established: this / ceiling",
+            "new flows: this / ceiling",
             "established: lb / this",
             "new flows: lb / this",
             "established: ns/packet above ceiling",
@@ -435,6 +450,8 @@ fn main() -> Result<()> {
                 c.label().to_string(),
                 format!("{:.0}", r[0].1),
                 format!("{:.0}", r[1].1),
+                format!("{:.2}x", r[0].1 / ceiling[0].1),
+                format!("{:.2}x", r[1].1 / ceiling[1].1),
                 format!("{:.2}x", lb[0].1 / r[0].1),
                 format!("{:.2}x", lb[1].1 / r[1].1),
                 format!("{:.0}", above(r[0].1, ceiling[0].1)),

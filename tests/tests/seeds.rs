@@ -25,16 +25,28 @@ struct Scenario {
 /// Laptop, node and one pod serving `Hello World!` on port 80; `manifests` applied;
 /// the agent running in the node.
 fn scenario(tag: &str, manifests: &str) -> Scenario {
+    scenario_with(tag, manifests, &[], |_, _| {})
+}
+
+/// [`scenario`] with more `lb agent` arguments and the pod set up by `pod_setup`.
+fn scenario_with(
+    tag: &str,
+    manifests: &str,
+    agent_args: &[&str],
+    pod_setup: impl FnOnce(&Topology, &Netns),
+) -> Scenario {
     require_root();
     let mut t = Topology::new(tag).unwrap();
     let s = seeds::lan(&mut t).unwrap();
     let pod = seeds::pod(&mut t, &s.node, "pod", "lxc1", POD_IP).unwrap();
+    pod_setup(&t, &pod);
     let server = podserver_bin().display().to_string();
     t.spawn(&pod, "pod", &[&server, "--tcp", "80"], &[])
         .unwrap();
     let lb = Lb::new(&mut t).unwrap();
     lb.apply(manifests).unwrap();
-    lb.start_agent(&mut t, &s.node, "node1", &["eth0"]).unwrap();
+    lb.start_agent_with(&mut t, &s.node, "node1", &["eth0"], agent_args)
+        .unwrap();
     Scenario {
         t,
         laptop: s.laptop,
@@ -109,6 +121,33 @@ fn laptop_curls_the_nodeport_and_gets_hello_world() {
         Some("Hello World!\n")
     );
     assert_eq!(curl(&s.t, &s.laptop, &format!("http://{POD_IP}")), None);
+}
+
+#[test]
+fn with_xdp_to_pods_the_nodeport_reaches_the_pod_by_xdp_redirect() {
+    // The pod's end of its veth has GRO on, which gives the veth NAPI: it then takes
+    // frames XDP redirects into it (what `--xdp-to-pods` requires of every pod).
+    let s = scenario_with(
+        "seedsx",
+        &format!("{SEEDS_SERVICE}---\n{SEEDS_POD}"),
+        &["--xdp-to-pods"],
+        |t, pod| {
+            t.sh(pod, &["ethtool", "-K", "eth0", "gro", "on"]).unwrap();
+        },
+    );
+    let url = format!("http://{NODE_IP}:30008");
+    // The first packets find no neighbour entry for the pod yet and go through the
+    // stack (which resolves it); later ones are redirected at XDP.
+    for _ in 0..5 {
+        assert_eq!(fetch(&s, &url), "Hello World!\n");
+    }
+    let maps = Maps::open_pinned(&s.lb.pins("node1")).expect("the agent's pinned maps");
+    let redirected = maps.verdicts().unwrap()[lb_common::reason::FWD_XDP_REDIRECT as usize];
+    assert!(
+        redirected.packets >= 10,
+        "packets to the local pod were redirected at XDP: {redirected:?}\n{}",
+        s.lb.diagnostics(&s.t, "node1")
+    );
 }
 
 #[test]
