@@ -59,6 +59,9 @@ pub const PROG_XDP_BASELINE: &str = "lb_xdp_baseline";
 pub const PROG_BENCH_GEN: &str = "lb_bench_gen";
 pub const PROG_BENCH_REDIRECT: &str = "lb_bench_redirect";
 pub const PROG_BENCH_SINK: &str = "lb_bench_sink";
+/// Benchmarks only: the baseline plus one conntrack lookup, the floor of any
+/// established-flow path that keeps its flows in a BPF hash map.
+pub const PROG_BENCH_CT_FLOOR: &str = "lb_bench_ct_floor";
 pub const PROG_TC_INGRESS: &str = "lb_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
 /// Socket-level balancing for the node's own processes (cgroup/connect4, sendmsg4,

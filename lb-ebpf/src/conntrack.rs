@@ -108,6 +108,14 @@ pub fn lookup(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
     Some(*entry)
 }
 
+/// Whether the tuple has an entry (no expiry check, no refresh): the benchmarks'
+/// conntrack floor.
+#[inline(always)]
+pub fn peek(key: &FlowKey) -> bool {
+    // SAFETY: only whether the lookup found something is used.
+    unsafe { LB_CT.get(key).is_some() }
+}
+
 /// How a new flow's source is rewritten.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Snat {

@@ -118,6 +118,28 @@ pub fn lb_xdp_baseline(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Benchmarks only: the baseline plus one conntrack lookup (read, not refreshed),
+/// the floor of an established-flow packet: what lb does beyond it is the rewrite,
+/// the refresh and the per-service counters.
+#[xdp]
+pub fn lb_bench_ct_floor(ctx: XdpContext) -> u32 {
+    match parse::parse(ctx.data(), ctx.data_end()) {
+        Ok(p) => {
+            let found = conntrack::peek(&p.key);
+            stats::verdict(
+                if found {
+                    lb_common::reason::NAT_ESTABLISHED
+                } else {
+                    lb_common::reason::PASS_NO_SERVICE
+                },
+                p.ip_len,
+            )
+        }
+        Err(reason) => stats::verdict(reason, 0),
+    }
+    xdp_action::XDP_PASS
+}
+
 /// Benchmarks only: the live-frames traffic generator (see `bench`).
 #[xdp]
 pub fn lb_bench_gen(ctx: XdpContext) -> u32 {

@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use lb_common::{
-    Backend, BackendKey, CT_DIR_ORIGINAL, CtValue, FlowKey, PROTO_TCP, ServiceValue, port_bit,
-    reason,
+    Backend, BackendKey, CT_DIR_ORIGINAL, CtValue, FlowKey, PROG_BENCH_CT_FLOOR, PROTO_TCP,
+    ServiceValue, port_bit, reason,
 };
 use lb_tests::packet::{Pkt, TCP_ACK, TCP_SYN};
 use lb_user::{
@@ -175,6 +175,8 @@ fn main() {
         &[
             "services x 10 endpoints",
             "baseline parse+pass (ns)",
+            "floor: baseline + one conntrack lookup (ns)",
+            "floor / baseline",
             "lb non-service (ns)",
             "lb established, translation only (ns)",
             "translation only / baseline",
@@ -218,9 +220,24 @@ fn main() {
         .expect("load");
         fill(&mut plain, n);
         let translate_only = established_ns(&mut plain, &syn, &ack, port, repeat);
+        // The floor of any conntrack kept in a BPF hash map: parse, one lookup that
+        // finds the flow (checked by its counter), count, pass.
+        let before = plain.maps.verdicts().unwrap()[reason::NAT_ESTABLISHED as usize].packets;
+        let floor = ns_per_packet(
+            plain.bench_program(PROG_BENCH_CT_FLOOR).unwrap(),
+            &ack,
+            repeat,
+        );
+        let found = plain.maps.verdicts().unwrap()[reason::NAT_ESTABLISHED as usize].packets;
+        assert!(
+            found - before >= u64::from(repeat) * RUNS as u64,
+            "the floor program must find the flow on every repeat"
+        );
         table.row(vec![
             n.to_string(),
             format!("{baseline:.1}"),
+            format!("{floor:.1}"),
+            format!("{:.2}x", floor / baseline),
             format!("{non_service:.1}"),
             format!("{translate_only:.1}"),
             format!("{:.2}x", translate_only / baseline),
@@ -232,6 +249,7 @@ fn main() {
         ]);
         let g = format!("{n} svc");
         chart.bar(&g, "baseline parse+pass", baseline);
+        chart.bar(&g, "floor: + one conntrack lookup", floor);
         chart.bar(&g, "lb non-service", non_service);
         chart.bar(&g, "lb established, translation only", translate_only);
         chart.bar(&g, "lb established + FIB lookup", established);
