@@ -13,6 +13,7 @@ pub mod loader;
 pub mod maps;
 pub mod model;
 pub mod netif;
+pub mod par;
 pub mod store;
 pub mod sync;
 pub mod table;

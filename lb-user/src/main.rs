@@ -162,10 +162,7 @@ fn expose(store: &Store, e: &cli::ExposeArgs) -> Result<()> {
 
 fn conntrack(a: &cli::StatsArgs) -> Result<()> {
     use lb_common::{CT_DIR_REPLY, CT_F_HAIRPIN, CT_TCP_SEEN_FIN, CT_TCP_SEEN_RST, PROTO_TCP};
-    let node = a.node_name.clone().unwrap_or_else(hostname);
-    let dir = agent::pin_dir(&a.bpffs, &node);
-    let maps = Maps::open_pinned(&dir)
-        .with_context(|| format!("no agent maps for node {node} under {}", dir.display()))?;
+    let maps = node_maps(a)?;
     let ep = |addr: u32, port: u16| {
         format!(
             "{}:{}",
@@ -230,6 +227,14 @@ fn conntrack(a: &cli::StatsArgs) -> Result<()> {
         )
     );
     Ok(())
+}
+
+/// The maps the agent of `--node-name` (default: this host) pinned under `--bpffs`.
+fn node_maps(a: &cli::StatsArgs) -> Result<Maps> {
+    let node = a.node_name.clone().unwrap_or_else(hostname);
+    let dir = agent::pin_dir(&a.bpffs, &node);
+    Maps::open_pinned(&dir)
+        .with_context(|| format!("no agent maps for node {node} under {}", dir.display()))
 }
 
 fn reset(a: &cli::StatsArgs) -> Result<()> {
@@ -550,10 +555,7 @@ fn describe(store: &Store, d: &cli::DescribeArgs) -> Result<()> {
 }
 
 fn stats(a: &cli::StatsArgs) -> Result<()> {
-    let node = a.node_name.clone().unwrap_or_else(hostname);
-    let dir = agent::pin_dir(&a.bpffs, &node);
-    let maps = Maps::open_pinned(&dir)
-        .with_context(|| format!("no agent maps for node {node} under {}", dir.display()))?;
+    let maps = node_maps(a)?;
     let rows: Vec<Vec<String>> = maps
         .verdicts()?
         .iter()

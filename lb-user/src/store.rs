@@ -471,7 +471,7 @@ impl Store {
         rows: Vec<(String, String, Option<String>)>,
     ) -> Result<Vec<Change>, StoreError> {
         let dir = &self.dir;
-        crate::model::in_parallel(rows, |(kind, key, body)| {
+        crate::par::in_parallel(rows, |(kind, key, body)| {
             let corrupt = |error: String| StoreError::Corrupt {
                 dir: dir.clone(),
                 kind: kind.clone(),
@@ -542,7 +542,7 @@ impl Store {
         let changes = before.changes_to(state);
         if !changes.is_empty() {
             let rev = before.revision + 1;
-            let bodies = crate::model::in_parallel(changes, |c| {
+            let bodies = crate::par::in_parallel(changes, |c| {
                 let body = match &c.object {
                     None => Ok(None),
                     Some(Stored::Service(o)) => serde_json::to_string(o).map(Some),

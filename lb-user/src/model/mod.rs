@@ -154,7 +154,7 @@ pub fn parse_manifest(source: &str, text: &str) -> Result<Vec<Document>, Manifes
         }
     } else {
         let chunks = yaml_documents(text);
-        let parsed = in_parallel(chunks, |(line, doc)| {
+        let parsed = crate::par::in_parallel(chunks, |(line, doc)| {
             let mut values = Vec::new();
             for d in serde_yaml_ng::Deserializer::from_str(doc) {
                 values.push(Value::deserialize(d).map_err(|e| yaml_error(e, line))?);
@@ -189,7 +189,7 @@ pub fn parse_manifest(source: &str, text: &str) -> Result<Vec<Document>, Manifes
         .enumerate()
         .map(|(i, v)| (i + 1, v))
         .collect();
-    in_parallel(numbered, |(index, value)| {
+    crate::par::in_parallel(numbered, |(index, value)| {
         parse_object(source, index, value)
     })
     .into_iter()
@@ -235,35 +235,6 @@ fn yaml_error(e: serde_yaml_ng::Error, first_line: usize) -> String {
         }
         None => e.to_string(),
     }
-}
-
-/// `f` over `items` on every core, results in order.
-pub fn in_parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads < 2 || items.len() < 64 {
-        return items.into_iter().map(&f).collect();
-    }
-    let per = items.len().div_ceil(threads);
-    let mut chunks = Vec::new();
-    let mut items = items.into_iter();
-    loop {
-        let chunk: Vec<T> = items.by_ref().take(per).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        chunks.push(chunk);
-    }
-    let f = &f;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| s.spawn(move || chunk.into_iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("a parser thread panicked"))
-            .collect()
-    })
 }
 
 fn parse_object(source: &str, index: usize, value: Value) -> Result<Document, ManifestError> {
