@@ -95,7 +95,7 @@ pub fn lookup(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
         entry.last_seen = now;
         // The other direction closes with this one.
         let peer = peer_key(&nat_tuple(entry, key.proto));
-        if let Some(other) = LB_CT.get_ptr_mut(&peer) {
+        if let Some(other) = LB_CT.get_ptr_mut(peer) {
             // SAFETY: as above.
             unsafe {
                 (*other).tcp_flags |= closing;
@@ -180,8 +180,8 @@ pub fn create(
         ..original
     };
     let full = |_| reason::PASS_CT_FULL;
-    LB_CT.insert(&peer_key(&nat), &reply, 0).map_err(full)?;
-    LB_CT.insert(key, &original, 0).map_err(full)?;
+    LB_CT.insert(peer_key(&nat), reply, 0).map_err(full)?;
+    LB_CT.insert(key, original, 0).map_err(full)?;
     Ok((nat, flags))
 }
 
@@ -204,7 +204,7 @@ fn free_snat_port(addr: u32, backend: &Backend, proto: u8) -> Result<u16, u32> {
             _pad: [0; 3],
         };
         // SAFETY: only the presence of an entry is read.
-        if unsafe { LB_CT.get(&reply_key) }.is_none() {
+        if unsafe { LB_CT.get(reply_key) }.is_none() {
             return Ok(port.to_be());
         }
     }

@@ -33,11 +33,11 @@ pub fn resolve(p: &mut Packet) -> Result<(), u32> {
         };
         // Best effort: a full (LRU) map forgets the oldest datagram, whose later
         // fragments then pass unchanged.
-        let _ = LB_FRAGS.insert(&key, &ports, 0);
+        let _ = LB_FRAGS.insert(key, ports, 0);
         return Ok(());
     }
     // SAFETY: the value is read at once, not kept across helper calls.
-    match unsafe { LB_FRAGS.get(&key) } {
+    match unsafe { LB_FRAGS.get(key) } {
         Some(ports) => {
             p.key.sport_be = ports.sport_be;
             p.key.dport_be = ports.dport_be;

@@ -43,7 +43,7 @@ pub fn select(key: &FlowKey, origin: Origin, now: u64) -> Result<Selection, u32>
         _pad: 0,
     };
     // SAFETY: service values are only replaced whole by the agent; a copy is taken.
-    let svc = unsafe { LB_SERVICES.get(&frontend) }
+    let svc = unsafe { LB_SERVICES.get(frontend) }
         .copied()
         .ok_or(reason::PASS_NO_SERVICE)?;
     let inside = match origin {
@@ -82,7 +82,7 @@ fn random(svc: &ServiceValue) -> Result<(u32, Backend), u32> {
 #[inline(always)]
 fn slot_backend(svc_id: u32, slot: u32) -> Result<Backend, u32> {
     // SAFETY: backend values are only replaced whole by the agent; a copy is taken.
-    unsafe { LB_BACKENDS.get(&BackendKey { svc_id, slot }) }
+    unsafe { LB_BACKENDS.get(BackendKey { svc_id, slot }) }
         .copied()
         .ok_or(reason::PASS_NO_SLOT)
 }
@@ -96,16 +96,16 @@ fn sticky(client: u32, svc: &ServiceValue, now: u64) -> Result<Backend, u32> {
         svc_id: svc.svc_id,
     };
     let timeout = clock::secs(svc.affinity_timeout_s as u64);
-    if let Some(a) = LB_AFFINITY.get_ptr_mut(&key) {
+    if let Some(a) = LB_AFFINITY.get_ptr_mut(key) {
         // SAFETY: the pointer came from a successful lookup; the entry is plain data.
         let a = unsafe { &mut *a };
-        if now.wrapping_sub(a.last_used) <= timeout && a.slot < svc.backend_count {
-            if let Ok(b) = slot_backend(svc.svc_id, a.slot) {
-                if b.backend_id == a.backend_id {
-                    a.last_used = now;
-                    return Ok(b);
-                }
-            }
+        if now.wrapping_sub(a.last_used) <= timeout
+            && a.slot < svc.backend_count
+            && let Ok(b) = slot_backend(svc.svc_id, a.slot)
+            && b.backend_id == a.backend_id
+        {
+            a.last_used = now;
+            return Ok(b);
         }
     }
     let (slot, backend) = random(svc)?;
@@ -115,7 +115,7 @@ fn sticky(client: u32, svc: &ServiceValue, now: u64) -> Result<Backend, u32> {
         backend_id: backend.backend_id,
     };
     // A full map only costs stickiness, never the flow.
-    let _ = LB_AFFINITY.insert(&key, &remembered, 0);
+    let _ = LB_AFFINITY.insert(key, remembered, 0);
     Ok(backend)
 }
 
@@ -123,5 +123,5 @@ fn sticky(client: u32, svc: &ServiceValue, now: u64) -> Result<Backend, u32> {
 #[inline(always)]
 pub fn from_pod(ifindex: u32) -> bool {
     // SAFETY: as above.
-    matches!(unsafe { LB_IFACES.get(&ifindex) }, Some(v) if v.role == IFACE_POD)
+    matches!(unsafe { LB_IFACES.get(ifindex) }, Some(v) if v.role == IFACE_POD)
 }

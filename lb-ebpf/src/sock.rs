@@ -82,8 +82,8 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
             _pad: 0,
         };
         let _ = LB_SOCK_REVNAT.insert(
-            &rev,
-            &SockRevValue {
+            rev,
+            SockRevValue {
                 addr_be,
                 port_be,
                 _pad: 0,
@@ -118,7 +118,7 @@ pub fn restore(ctx: &SockAddrContext) {
         }
     };
     // SAFETY: values are replaced whole; a copy is taken.
-    if let Some(front) = unsafe { LB_SOCK_REVNAT.get(&key) }.copied() {
+    if let Some(front) = unsafe { LB_SOCK_REVNAT.get(key) }.copied() {
         // SAFETY: recvmsg4 may write the source address it reports.
         unsafe {
             (*sa).user_ip4 = front.addr_be;

@@ -5,6 +5,8 @@
 //! - `run`: with no arguments, the seeds' demo in network namespaces; with
 //!   `-- ARGS`, runs `lb ARGS`.
 //! - `test`: unit, BPF_PROG_RUN and veth-namespace tests.
+//! - `lint`: rustfmt check and clippy (warnings denied) on the user side, and on the
+//!   eBPF crate for its own target with the nightly toolchain.
 
 mod demo;
 mod setup;
@@ -50,6 +52,9 @@ enum Cmd {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// rustfmt check, and clippy with warnings denied: the workspace, then lb-ebpf
+    /// on its own (bpfel-unknown-none, nightly, build-std=core).
+    Lint,
 }
 
 fn main() -> Result<()> {
@@ -70,7 +75,42 @@ fn main() -> Result<()> {
         }
         Cmd::Test { filter } => test(filter),
         Cmd::Bench { quick } => bench(quick),
+        Cmd::Lint => lint(),
     }
+}
+
+fn lint() -> Result<()> {
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "lb-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new("rustup").current_dir(&root).args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--release",
+        "-p",
+        "lb-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 const BENCHES: [&str; 3] = ["hotpath", "livebench", "cpbench"];
