@@ -69,10 +69,11 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             // neighbour): redirected here, they skip the stack, as Cilium's and
             // Katran's do. Not towards a pod's veth, though, unless the agent was told
             // its peers take XDP frames (`--xdp-to-pods`: the pod runs an XDP program
-            // or has GRO on, which is the pod's business); those, and plain DNAT flows without a full answer, go
-            // on through the stack once rewritten. SNAT flows cannot: rewritten, their packets carry the node's
-            // own address (as source, or as the reply's former destination), which
-            // the stack would drop as a martian; without a full FIB answer here (no
+            // or has GRO on, which is the pod's business); those, and plain DNAT
+            // flows without a full answer, go on through the stack once rewritten.
+            // SNAT flows cannot: rewritten, their packets carry the node's own
+            // address (as source, or as the reply's former destination), which the
+            // stack would drop as a martian; without a full FIB answer here (no
             // neighbour entry yet, or XDP forwarding off) they go on untouched, and
             // TC ingress, whose bpf_redirect_neigh resolves the neighbour, finishes them.
             // A packet on its last hop (TTL 1) is not forwarded here: the stack
