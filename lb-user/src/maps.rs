@@ -19,12 +19,13 @@ use crate::{desired::Entries, sync::Op};
 pub enum MapsError {
     #[error("map {map}: not in the eBPF object")]
     Missing { map: &'static str },
-    #[error("map {map}: {action}: {error}")]
-    Batch {
+    #[error("map {map}: duplicating its descriptor: {error}")]
+    Descriptor {
         map: &'static str,
-        action: &'static str,
         error: std::io::Error,
     },
+    #[error("map {map}: not a hash map")]
+    NotHash { map: &'static str },
     #[error("map {map}: {action}: {error}")]
     Aya {
         map: &'static str,
@@ -87,29 +88,19 @@ impl Maps {
         ) -> Result<T, MapsError> {
             T::try_from(get(name)?).map_err(aya_err(name, "typing"))
         }
+        /// A hash map, typed, and a duplicate of its descriptor.
         fn with_fd<T: TryFrom<Map, Error = aya::maps::MapError>>(
             get: &mut impl FnMut(&'static str) -> Result<Map, MapsError>,
             name: &'static str,
         ) -> Result<(T, OwnedFd), MapsError> {
             let map = get(name)?;
             let fd = match &map {
-                Map::HashMap(d) => {
-                    d.fd()
-                        .as_fd()
-                        .try_clone_to_owned()
-                        .map_err(|error| MapsError::Batch {
-                            map: name,
-                            action: "duplicating the descriptor",
-                            error,
-                        })?
-                }
-                _ => {
-                    return Err(MapsError::Aya {
-                        map: name,
-                        action: "typing",
-                        error: aya::maps::MapError::InvalidMapType { map_type: 0 },
-                    });
-                }
+                Map::HashMap(d) => d
+                    .fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|error| MapsError::Descriptor { map: name, error })?,
+                _ => return Err(MapsError::NotHash { map: name }),
             };
             Ok((T::try_from(map).map_err(aya_err(name, "typing"))?, fd))
         }
