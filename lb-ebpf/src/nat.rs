@@ -108,7 +108,6 @@ pub fn rewrite_tc(ctx: &TcContext, p: &Packet, to: &FlowKey, hop: bool) -> Resul
     let from = &p.key;
     let ip_check = p.l3_off + IP_CHECK_OFF;
     let l4_check = p.l4_check_off();
-    let l4 = p.frag != Frag::Later;
     let udp_flag = if from.proto == PROTO_UDP {
         BPF_F_MARK_MANGLED_0 as u64
     } else {
@@ -122,60 +121,94 @@ pub fn rewrite_tc(ctx: &TcContext, p: &Packet, to: &FlowKey, hop: bool) -> Resul
         ctx.l3_csum_replace(ip_check, old as u64, new as u64, 2)
             .map_err(err)?;
     }
-    if from.saddr_be != to.saddr_be {
-        ctx.store(p.l3_off + IP_SADDR_OFF, &to.saddr_be, 0)
-            .map_err(err)?;
-        ctx.l3_csum_replace(ip_check, from.saddr_be as u64, to.saddr_be as u64, 4)
-            .map_err(err)?;
-        if l4 {
-            ctx.l4_csum_replace(
-                l4_check,
-                from.saddr_be as u64,
-                to.saddr_be as u64,
-                BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
-            )
-            .map_err(err)?;
-        }
-    }
-    if from.daddr_be != to.daddr_be {
-        ctx.store(p.l3_off + IP_DADDR_OFF, &to.daddr_be, 0)
-            .map_err(err)?;
-        ctx.l3_csum_replace(ip_check, from.daddr_be as u64, to.daddr_be as u64, 4)
-            .map_err(err)?;
-        if l4 {
-            ctx.l4_csum_replace(
-                l4_check,
-                from.daddr_be as u64,
-                to.daddr_be as u64,
-                BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
-            )
-            .map_err(err)?;
-        }
-    }
-    if !l4 {
+    // Later fragments carry no L4 header: only their IPv4 header changes.
+    let l4 = (p.frag != Frag::Later).then_some((l4_check, udp_flag));
+    replace_addr_tc(
+        ctx,
+        p.l3_off + IP_SADDR_OFF,
+        ip_check,
+        l4,
+        from.saddr_be,
+        to.saddr_be,
+    )?;
+    replace_addr_tc(
+        ctx,
+        p.l3_off + IP_DADDR_OFF,
+        ip_check,
+        l4,
+        from.daddr_be,
+        to.daddr_be,
+    )?;
+    if l4.is_none() {
         return Ok(());
     }
-    if from.sport_be != to.sport_be {
-        ctx.store(p.l4_off, &to.sport_be, 0).map_err(err)?;
-        ctx.l4_csum_replace(
-            l4_check,
-            from.sport_be as u64,
-            to.sport_be as u64,
-            udp_flag | 2,
-        )
-        .map_err(err)?;
+    replace_port_tc(
+        ctx,
+        p.l4_off,
+        l4_check,
+        udp_flag,
+        from.sport_be,
+        to.sport_be,
+    )?;
+    replace_port_tc(
+        ctx,
+        p.l4_off + 2,
+        l4_check,
+        udp_flag,
+        from.dport_be,
+        to.dport_be,
+    )
+}
+
+/// Writes address `to` over `from` at `off` with the IPv4 checksum at `ip_check`
+/// updated and, given `l4` (its checksum's offset and flags), the L4 checksum's
+/// pseudo-header part too. Nothing when they are equal.
+#[inline(always)]
+fn replace_addr_tc(
+    ctx: &TcContext,
+    off: usize,
+    ip_check: usize,
+    l4: Option<(usize, u64)>,
+    from: u32,
+    to: u32,
+) -> Result<(), u32> {
+    if from == to {
+        return Ok(());
     }
-    if from.dport_be != to.dport_be {
-        ctx.store(p.l4_off + 2, &to.dport_be, 0).map_err(err)?;
+    let err = |_| reason::PASS_MALFORMED;
+    ctx.store(off, &to, 0).map_err(err)?;
+    ctx.l3_csum_replace(ip_check, from as u64, to as u64, 4)
+        .map_err(err)?;
+    if let Some((l4_check, udp_flag)) = l4 {
         ctx.l4_csum_replace(
             l4_check,
-            from.dport_be as u64,
-            to.dport_be as u64,
-            udp_flag | 2,
+            from as u64,
+            to as u64,
+            BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
         )
         .map_err(err)?;
     }
     Ok(())
+}
+
+/// Writes port `to` over `from` at `off`, the L4 checksum at `l4_check` updated.
+/// Nothing when they are equal.
+#[inline(always)]
+fn replace_port_tc(
+    ctx: &TcContext,
+    off: usize,
+    l4_check: usize,
+    udp_flag: u64,
+    from: u16,
+    to: u16,
+) -> Result<(), u32> {
+    if from == to {
+        return Ok(());
+    }
+    let err = |_| reason::PASS_MALFORMED;
+    ctx.store(off, &to, 0).map_err(err)?;
+    ctx.l4_csum_replace(l4_check, from as u64, to as u64, udp_flag | 2)
+        .map_err(err)
 }
 
 /// Swaps the frame's Ethernet addresses and sends it back out of `ifindex`, the

@@ -157,26 +157,20 @@ impl Maps {
             let (now, later) = rest.split_at(run);
             rest = later;
             let done = match first {
-                Op::PutBackend(..) => {
-                    let (k, v): (Vec<_>, Vec<_>) = now
-                        .iter()
-                        .filter_map(|o| match o {
-                            Op::PutBackend(k, v) => Some((*k, *v)),
-                            _ => None,
-                        })
-                        .unzip();
-                    update_batch(self.backends_fd.as_fd(), &k, &v)
-                }
-                Op::PutService(..) => {
-                    let (k, v): (Vec<_>, Vec<_>) = now
-                        .iter()
-                        .filter_map(|o| match o {
-                            Op::PutService(k, v) => Some((*k, *v)),
-                            _ => None,
-                        })
-                        .unzip();
-                    update_batch(self.services_fd.as_fd(), &k, &v)
-                }
+                Op::PutBackend(..) => update_batch(
+                    self.backends_fd.as_fd(),
+                    now.iter().filter_map(|o| match o {
+                        Op::PutBackend(k, v) => Some((*k, *v)),
+                        _ => None,
+                    }),
+                ),
+                Op::PutService(..) => update_batch(
+                    self.services_fd.as_fd(),
+                    now.iter().filter_map(|o| match o {
+                        Op::PutService(k, v) => Some((*k, *v)),
+                        _ => None,
+                    }),
+                ),
                 _ => 0,
             };
             // What the batch did not write (none for other ops; the rest of a batch
@@ -285,10 +279,14 @@ impl Maps {
     }
 }
 
-/// `BPF_MAP_UPDATE_BATCH` of `keys[i] -> values[i]` (flags 0: create or replace);
-/// returns how many the kernel wrote, all of them unless it refused one (or has no
-/// batch operations, before Linux 5.6), which the caller then writes singly.
-fn update_batch<K: Copy, V: Copy>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> usize {
+/// `BPF_MAP_UPDATE_BATCH` of the `(key, value)` entries (flags 0: create or
+/// replace); returns how many the kernel wrote, all of them unless it refused one
+/// (or has no batch operations, before Linux 5.6), which the caller then writes singly.
+fn update_batch<K: Copy, V: Copy>(
+    fd: BorrowedFd<'_>,
+    entries: impl Iterator<Item = (K, V)>,
+) -> usize {
+    let (keys, values): (Vec<K>, Vec<V>) = entries.unzip();
     /// `union bpf_attr`'s `batch` member (include/uapi/linux/bpf.h).
     #[repr(C, align(8))]
     struct BatchAttr {
@@ -302,13 +300,12 @@ fn update_batch<K: Copy, V: Copy>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) 
         flags: u64,
     }
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    debug_assert_eq!(keys.len(), values.len());
     let mut attr = BatchAttr {
         in_batch: 0,
         out_batch: 0,
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
-        count: keys.len().min(values.len()) as u32,
+        count: keys.len() as u32,
         map_fd: fd.as_raw_fd() as u32,
         elem_flags: 0,
         flags: 0,

@@ -568,12 +568,7 @@ impl Store {
                     put.execute(params![kind, key, rev as i64, body])
                         .map_err(self.db("writing"))?;
                 }
-                tx.execute(
-                    "INSERT INTO meta (name, value) VALUES ('revision', ?1)
-                     ON CONFLICT (name) DO UPDATE SET value = ?1",
-                    [rev as i64],
-                )
-                .map_err(self.db("writing the revision"))?;
+                set_meta(&tx, "revision", rev).map_err(self.db("writing the revision"))?;
                 if rev.is_multiple_of(PRUNE_EVERY) && rev > self.tombstone_revisions {
                     self.prune(&tx, rev - self.tombstone_revisions)?;
                 }
@@ -598,12 +593,7 @@ impl Store {
             [through as i64],
         )
         .map_err(self.db("pruning deletions"))?;
-        tx.execute(
-            "INSERT INTO meta (name, value) VALUES ('pruned', ?1)
-             ON CONFLICT (name) DO UPDATE SET value = ?1",
-            [through as i64],
-        )
-        .map_err(self.db("pruning deletions"))?;
+        set_meta(tx, "pruned", through).map_err(self.db("pruning deletions"))?;
         Ok(())
     }
 
@@ -725,6 +715,16 @@ impl Store {
 /// The store's revision (0 before the first write).
 fn revision(conn: &Connection) -> rusqlite::Result<u64> {
     meta(conn, "revision")
+}
+
+/// Sets a `meta` value.
+fn set_meta(conn: &Connection, name: &str, value: u64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = ?2",
+        params![name, value as i64],
+    )
+    .map(|_| ())
 }
 
 /// A `meta` value (0 when unset).
