@@ -59,6 +59,9 @@ pub const PROG_XDP_BASELINE: &str = "lb_xdp_baseline";
 pub const PROG_BENCH_GEN: &str = "lb_bench_gen";
 pub const PROG_BENCH_REDIRECT: &str = "lb_bench_redirect";
 pub const PROG_BENCH_SINK: &str = "lb_bench_sink";
+/// The sink at TC ingress, for packets handed to the pod by `bpf_redirect_peer`
+/// (they arrive as socket buffers, past the pod's XDP hook).
+pub const PROG_BENCH_SINK_TC: &str = "lb_bench_sink_tc";
 /// Benchmarks only: the baseline plus one conntrack lookup, the floor of any
 /// established-flow path that keeps its flows in a BPF hash map.
 pub const PROG_BENCH_CT_FLOOR: &str = "lb_bench_ct_floor";
@@ -276,12 +279,38 @@ pub const SNAT_PORT_MAX: u16 = 65_535;
 
 /// Globals the agent sets at load time: the address SNAT uses (network byte order);
 /// whether XDP forwards by `bpf_fib_lookup` + redirect (1) or leaves forwarding to
-/// the kernel's stack (0); and whether that redirect may also go into pods' veths (1:
-/// `lb agent --xdp-to-pods`, for pods whose veth peer takes XDP frames) or stops at
-/// the node's own interfaces (0).
+/// the kernel's stack (0); and how XDP hands translated packets to local pods
+/// (`TO_PODS_*`, `lb agent --to-pods`).
 pub const GLOBAL_SNAT_ADDR: &str = "SNAT_ADDR";
 pub const GLOBAL_FIB_REDIRECT: &str = "FIB_REDIRECT";
-pub const GLOBAL_XDP_TO_PODS: &str = "XDP_TO_PODS";
+pub const GLOBAL_TO_PODS: &str = "TO_PODS";
+
+/// Packets to local pods go on through the kernel's stack (routing, netfilter, the
+/// veth's transmit and the pod's backlog), as without lb.
+pub const TO_PODS_STACK: u32 = 0;
+/// XDP translates and marks the packet (XDP metadata, [`DeliverMeta`]); TC ingress on
+/// the same interface, the first hook with a socket buffer, hands it straight to the
+/// pod's end of the veth (`bpf_redirect_peer`), as Cilium's host routing does. Only
+/// for veths whose peer is in another namespace (`IFACE_F_PEER`).
+pub const TO_PODS_PEER: u32 = 1;
+/// XDP redirects into the pod's veth: no socket buffer on the node at all, but the
+/// pod's end must take XDP frames (an XDP program, or GRO on), or the kernel drops them.
+pub const TO_PODS_XDP: u32 = 2;
+
+/// XDP metadata in front of a frame XDP translated for a local pod under
+/// `TO_PODS_PEER`: where TC ingress sends it and the MACs to write first.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DeliverMeta {
+    /// [`DELIVER_MAGIC`]: metadata another program left is not taken for ours.
+    pub magic: u32,
+    /// The pod's veth on the node (its peer is the pod's interface).
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+}
+const _: () = assert!(size_of::<DeliverMeta>() == 20);
+pub const DELIVER_MAGIC: u32 = 0x6c62_7065; // "lbpe"
 
 /// TCP state bits kept in [`CtValue::tcp_flags`].
 pub const CT_TCP_SEEN_FIN: u8 = 1 << 0;
@@ -329,12 +358,15 @@ pub const fn port_bit(port: u16) -> (u32, u64) {
 pub const IFACE_EXTERNAL: u32 = 1;
 /// An interface behind which pods live: every frontend is served.
 pub const IFACE_POD: u32 = 2;
+/// Set besides `IFACE_POD`: a veth (or netkit) whose peer is the pod's interface in
+/// another namespace, so TC may hand packets to that peer (`TO_PODS_PEER`).
+pub const IFACE_F_PEER: u32 = 4;
 
 /// Value of [`MAP_IFACES`] (key: ifindex as `u32`).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct IfaceValue {
-    /// `IFACE_*`.
+    /// `IFACE_EXTERNAL` or `IFACE_POD`, the latter maybe with `IFACE_F_PEER`.
     pub role: u32,
 }
 const _: () = assert!(size_of::<IfaceValue>() == 4);
@@ -406,7 +438,10 @@ pub mod reason {
     /// dropped, as a router drops it (XDP leaves such packets of plain DNAT flows to
     /// the kernel, which also sends ICMP time exceeded).
     pub const DROP_TTL_EXCEEDED: u32 = 21;
-    pub const COUNT: u32 = 22;
+    /// Counted besides the verdict: a packet XDP translated for a local pod, handed by
+    /// TC ingress straight to the pod's interface (`bpf_redirect_peer`, `TO_PODS_PEER`).
+    pub const FWD_TC_PEER: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     /// Names for people, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -432,6 +467,7 @@ pub mod reason {
         "fwd_tc_neigh",
         "pass_no_route",
         "drop_ttl_exceeded",
+        "fwd_tc_peer",
     ];
 }
 

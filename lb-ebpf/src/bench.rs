@@ -1,12 +1,12 @@
 //! Programs for `cargo xtask bench` only, never attached by the agent: a traffic
 //! generator for BPF_PROG_RUN's live-frames mode, a plain redirect hop (the ceiling
-//! lb is compared with) and a counting sink for the pod. Settings live in
+//! lb is compared with) and counting sinks for the pod (XDP and TC ingress). Settings live in
 //! `LB_BENCH`, the frame template in `LB_BENCH_FRAME`, the count in `LB_BENCH_SINK`.
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::{bpf_get_prandom_u32, bpf_redirect},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use lb_common::{BENCH_HDR_LEN, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX, PROTO_UDP};
 
@@ -77,16 +77,36 @@ pub fn redirect() -> u32 {
 /// The pod's sink: counts and drops IPv4 UDP frames; passes everything else (ARP).
 #[inline(always)]
 pub fn sink(ctx: &XdpContext) -> u32 {
-    let Some(proto) = ptr_at::<u8>(ctx.data(), ctx.data_end(), ETH_LEN + 9) else {
-        return xdp_action::XDP_PASS;
+    if count(ctx.data(), ctx.data_end()) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// The same at TC ingress, for frames handed over as socket buffers.
+#[inline(always)]
+pub fn sink_tc(ctx: &TcContext) -> i32 {
+    if count(ctx.data(), ctx.data_end()) {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_UNSPEC
+    }
+}
+
+/// Whether the frame is IPv4 UDP, counted if so.
+#[inline(always)]
+fn count(data: usize, end: usize) -> bool {
+    let Some(proto) = ptr_at::<u8>(data, end, ETH_LEN + 9) else {
+        return false;
     };
     // SAFETY: bounds-checked above.
     if unsafe { *proto } != PROTO_UDP {
-        return xdp_action::XDP_PASS;
+        return false;
     }
     if let Some(n) = LB_BENCH_SINK.get_ptr_mut(0) {
         // SAFETY: a per-CPU slot, ours alone while this program runs.
         unsafe { *n += 1 };
     }
-    xdp_action::XDP_DROP
+    true
 }

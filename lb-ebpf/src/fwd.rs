@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::{TcContext, XdpContext},
 };
-use lb_common::FlowKey;
+use lb_common::{FlowKey, TO_PODS_STACK};
 
 use crate::parse::ptr_at;
 
@@ -20,11 +20,10 @@ use crate::parse::ptr_at;
 #[unsafe(no_mangle)]
 static FIB_REDIRECT: u32 = 1;
 
-/// Set by the agent at load time (`lb_common::GLOBAL_XDP_TO_PODS`): 1 lets XDP
-/// redirect into pods' veths too (their peers take XDP frames: an XDP program or GRO
-/// on in the pod); 0 leaves packets to local pods to the stack.
+/// Set by the agent at load time (`lb_common::GLOBAL_TO_PODS`): how translated
+/// packets reach local pods (`TO_PODS_*`).
 #[unsafe(no_mangle)]
-static XDP_TO_PODS: u32 = 0;
+static TO_PODS: u32 = TO_PODS_STACK;
 
 const AF_INET: u8 = 2;
 
@@ -35,11 +34,11 @@ pub fn xdp_enabled() -> bool {
     unsafe { core::ptr::read_volatile(&FIB_REDIRECT) != 0 }
 }
 
-/// Whether XDP may redirect into pods' veths.
+/// How translated packets reach local pods (`lb_common::TO_PODS_*`).
 #[inline(always)]
-pub fn xdp_to_pods() -> bool {
+pub fn to_pods() -> u32 {
     // SAFETY: a plain read of a global the loader set.
-    unsafe { core::ptr::read_volatile(&XDP_TO_PODS) != 0 }
+    unsafe { core::ptr::read_volatile(&TO_PODS) }
 }
 
 /// Where the FIB sends `to`: the egress interface and the MACs to write. A plain

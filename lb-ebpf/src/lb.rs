@@ -122,6 +122,12 @@ fn sticky(client: u32, svc: &ServiceValue, now: u64) -> Result<Backend, u32> {
 /// Whether the packet entered through an interface behind which pods live.
 #[inline(always)]
 pub fn from_pod(ifindex: u32) -> bool {
+    iface_role(ifindex) & IFACE_POD != 0
+}
+
+/// The interface's role and flags (`IFACE_*`), 0 for one lb is not attached to.
+#[inline(always)]
+pub fn iface_role(ifindex: u32) -> u32 {
     // SAFETY: as above.
-    matches!(unsafe { LB_IFACES.get(ifindex) }, Some(v) if v.role == IFACE_POD)
+    unsafe { LB_IFACES.get(ifindex) }.map_or(0, |v| v.role)
 }

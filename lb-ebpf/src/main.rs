@@ -4,6 +4,8 @@
 //!   LoadBalancer frontends arriving from outside the node.
 //! - `lb_tc_ingress` (TC ingress, pod interfaces): the same for traffic from pods
 //!   (ClusterIP); TC because pod traffic carries partial checksums XDP cannot fix.
+//!   On external interfaces it hands frames XDP translated to local pods
+//!   (`deliver`) and finishes SNAT flows XDP could not forward.
 //! - `lb_tc_egress` (TC egress, every lb interface): translates replies back to the
 //!   service address after the kernel has routed them, so a rewritten source that is
 //!   the node's own address never meets the ingress martian-source check.
@@ -16,6 +18,7 @@ mod bench;
 mod clock;
 mod conntrack;
 mod csum;
+mod deliver;
 mod flow;
 mod frag;
 mod fwd;
@@ -33,7 +36,7 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use flow::{Forward, Hook, Verdict};
-use lb_common::reason;
+use lb_common::{IFACE_F_PEER, IFACE_POD, TO_PODS_PEER, TO_PODS_XDP, reason};
 
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
@@ -67,10 +70,11 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         } => {
             // Translated packets leave by the FIB when it has a full answer (route and
             // neighbour): redirected here, they skip the stack, as Cilium's and
-            // Katran's do. Not towards a pod's veth, though, unless the agent was told
-            // its peers take XDP frames (`--xdp-to-pods`: the pod runs an XDP program
-            // or has GRO on, which is the pod's business); those, and plain DNAT
-            // flows without a full answer, go on through the stack once rewritten.
+            // Katran's do. Towards a local pod's veth it depends on `--to-pods`: by
+            // default (peer) the frame is marked and TC ingress hands it to the pod
+            // (`deliver`); XDP redirects it only if the agent was told the pods' ends
+            // take XDP frames (xdp); otherwise (stack, or a pod interface that is no
+            // veth) it goes on through the stack once rewritten.
             // SNAT flows cannot: rewritten, their packets carry the node's own
             // address (as source, or as the reply's former destination), which the
             // stack would drop as a martian; without a full FIB answer here (no
@@ -79,12 +83,21 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             // A packet on its last hop (TTL 1) is not forwarded here: the stack
             // routes it and answers "time exceeded" (DNAT flows), or TC drops it.
             let mut route = fwd::Route::NONE;
+            let mut to_peer = false;
             if forward != Forward::Back && fwd::xdp_enabled() && p.ttl > 1 {
                 let r = fwd::lookup_xdp(&ctx, &to, ingress, p.ip_len);
-                if r.found()
-                    && (forward == Forward::Fib || fwd::xdp_to_pods() || !lb::from_pod(r.ifindex))
-                {
+                let role = lb::iface_role(r.ifindex);
+                if forward == Forward::Fib || role & IFACE_POD == 0 {
                     route = r;
+                } else if r.found() {
+                    match fwd::to_pods() {
+                        TO_PODS_XDP => route = r,
+                        TO_PODS_PEER if role & IFACE_F_PEER != 0 && deliver::reserve(&ctx) => {
+                            route = r;
+                            to_peer = true;
+                        }
+                        _ => {}
+                    }
                 }
             }
             if forward == Forward::Fib && !route.found() {
@@ -94,7 +107,9 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
                 Ok(()) => {
                     stats::verdict(reason, p.ip_len);
                     stats::service(svc_id, backend_id, p.ip_len);
-                    if route.found()
+                    if to_peer {
+                        deliver::mark(&ctx, &route);
+                    } else if route.found()
                         && let Some(action) = fwd::send_xdp(&ctx, &route)
                     {
                         stats::verdict(reason::FWD_XDP_REDIRECT, p.ip_len);
@@ -159,6 +174,12 @@ pub fn lb_bench_sink(ctx: XdpContext) -> u32 {
     bench::sink(&ctx)
 }
 
+/// Benchmarks only: the pod's counting sink for socket buffers.
+#[classifier]
+pub fn lb_bench_sink_tc(ctx: TcContext) -> i32 {
+    bench::sink_tc(&ctx)
+}
+
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
     tc(&ctx, Hook::Ingress)
@@ -171,6 +192,13 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn tc(ctx: &TcContext, hook: Hook) -> i32 {
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if hook == Hook::Ingress
+        && let Some(verdict) = deliver::take(ctx, ifindex)
+    {
+        return verdict;
+    }
     let mut p = match parse::parse(ctx.data(), ctx.data_end()) {
         Ok(p) => p,
         Err(reason) => {
@@ -182,8 +210,6 @@ fn tc(ctx: &TcContext, hook: Hook) -> i32 {
         stats::verdict(reason, p.ip_len);
         return TC_ACT_UNSPEC;
     }
-    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     match flow::decide(&p, ifindex, hook) {
         Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
         Verdict::Reject => match reject::port_unreachable(ctx, &p) {

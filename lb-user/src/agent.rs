@@ -42,8 +42,8 @@ pub struct AgentOptions {
     pub cgroup: Option<PathBuf>,
     /// XDP forwards flows to other nodes itself (false: the kernel's stack does).
     pub fib_redirect: bool,
-    /// ... and into local pods' veths too (`--xdp-to-pods`).
-    pub xdp_to_pods: bool,
+    /// How translated packets reach local pods (`--to-pods`).
+    pub to_pods: crate::loader::ToPods,
     /// Address pools LoadBalancer services get their address from (network, prefix).
     pub lb_pools: Vec<(Ipv4Addr, u8)>,
     /// Kubernetes mode: the API server to follow (None: the embedded store).
@@ -115,7 +115,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let cfg = crate::loader::LoadConfig {
         snat_addr: addrs.first().copied(),
         fib_redirect: opts.fib_redirect,
-        xdp_to_pods: opts.xdp_to_pods,
+        to_pods: opts.to_pods,
     };
     let mut dp = Dataplane::load_with(Some(&pins), &cfg)?;
     for iface in &opts.ifaces {

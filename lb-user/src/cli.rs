@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{agent::DEFAULT_BPFFS, store::DEFAULT_STORE_DIR};
+use crate::{agent::DEFAULT_BPFFS, loader::ToPods, store::DEFAULT_STORE_DIR};
 
 #[derive(Parser)]
 #[command(
@@ -86,12 +86,16 @@ pub struct AgentArgs {
     /// FIB lookup and redirect (slower; for comparison and troubleshooting).
     #[arg(long)]
     pub no_xdp_redirect: bool,
-    /// Let XDP redirect translated packets into local pods' veths too, skipping the
-    /// kernel's stack. Only when every pod's veth peer takes XDP frames: it runs an
-    /// XDP program, or has GRO on (`ethtool -K eth0 gro on` in the pod), which gives
-    /// a veth NAPI; otherwise the kernel drops those frames.
-    #[arg(long, conflicts_with = "no_xdp_redirect")]
-    pub xdp_to_pods: bool,
+    /// How NodePort and LoadBalancer packets XDP translated reach pods on this node:
+    /// `peer` hands them from TC ingress to the pod's end of its veth, skipping the
+    /// node's routing and netfilter (as Cilium's host routing); `xdp` redirects them
+    /// from XDP into the veth, fastest, but only when every pod's end takes XDP
+    /// frames (an XDP program, or GRO on: `ethtool -K eth0 gro on` in the pod;
+    /// otherwise the kernel drops them); `stack` leaves them to the kernel's stack,
+    /// as without lb. Both `peer` and `xdp` need XDP's FIB lookup: with
+    /// `--no-xdp-redirect` packets go through the stack.
+    #[arg(long, value_enum, default_value_t = ToPods::Peer)]
+    pub to_pods: ToPods,
     /// Addresses LoadBalancer services are given (CIDR; repeat for several). One node
     /// answers ARP for each address; another takes over when its agent stops.
     #[arg(long = "lb-pool", value_parser = parse_cidr)]

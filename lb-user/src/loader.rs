@@ -23,8 +23,9 @@ use aya::{
 };
 use lb_common::{
     ALL_MAPS, GLOBAL_CLOCK_HZ, GLOBAL_FIB_REDIRECT, GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR,
-    GLOBAL_XDP_TO_PODS, IFACE_EXTERNAL, IFACE_POD, PROG_CONNECT4, PROG_RECVMSG4, PROG_SENDMSG4,
-    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
+    GLOBAL_TO_PODS, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_POD, PROG_CONNECT4, PROG_RECVMSG4,
+    PROG_SENDMSG4, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, TO_PODS_PEER, TO_PODS_STACK,
+    TO_PODS_XDP,
 };
 use tracing::{info, warn};
 
@@ -68,8 +69,34 @@ pub struct LoadConfig {
     /// XDP forwards translated packets itself (`bpf_fib_lookup` + redirect); false
     /// leaves them to the kernel's stack (for comparison).
     pub fib_redirect: bool,
-    /// That redirect may also go into pods' veths (`--xdp-to-pods`).
-    pub xdp_to_pods: bool,
+    /// How translated packets reach local pods (`--to-pods`).
+    pub to_pods: ToPods,
+}
+
+/// How XDP hands translated packets to pods on this node (`lb agent --to-pods`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ToPods {
+    /// Through the kernel's stack (routing, netfilter, the veth), as without lb.
+    Stack,
+    /// XDP translates, TC ingress hands the packet to the pod's end of its veth
+    /// (`bpf_redirect_peer`), skipping the node's stack; pods behind other kinds of
+    /// interface (a bridge) are reached through the stack.
+    #[default]
+    Peer,
+    /// XDP redirects into the pod's veth, no socket buffer on the node at all. Only
+    /// when every pod's end of its veth takes XDP frames (it runs an XDP program, or
+    /// has GRO on: `ethtool -K eth0 gro on` in the pod); otherwise the kernel drops them.
+    Xdp,
+}
+
+impl ToPods {
+    fn global(self) -> u32 {
+        match self {
+            ToPods::Stack => TO_PODS_STACK,
+            ToPods::Peer => TO_PODS_PEER,
+            ToPods::Xdp => TO_PODS_XDP,
+        }
+    }
 }
 
 impl Default for LoadConfig {
@@ -77,7 +104,7 @@ impl Default for LoadConfig {
         LoadConfig {
             snat_addr: None,
             fib_redirect: true,
-            xdp_to_pods: false,
+            to_pods: ToPods::default(),
         }
     }
 }
@@ -102,8 +129,8 @@ pub fn load(pins: Option<&Path>, cfg: &LoadConfig) -> Result<Ebpf, LoadError> {
     loader.override_global(GLOBAL_SNAT_ADDR, &snat, true);
     let fib = u32::from(cfg.fib_redirect);
     loader.override_global(GLOBAL_FIB_REDIRECT, &fib, true);
-    let to_pods = u32::from(cfg.xdp_to_pods);
-    loader.override_global(GLOBAL_XDP_TO_PODS, &to_pods, true);
+    let to_pods = cfg.to_pods.global();
+    loader.override_global(GLOBAL_TO_PODS, &to_pods, true);
     loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
         pins: pins
             .map(|p| p.display().to_string())
@@ -376,6 +403,19 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches a benchmark-only TC program to `iface`'s ingress, for as long as this
+    /// Dataplane lives.
+    pub fn attach_bench_tc(&mut self, name: &'static str, iface: &str) -> Result<(), LoadError> {
+        let p: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        if p.fd().is_err() {
+            p.load().map_err(prog_err(name, "loading"))?;
+        }
+        let _ = tc::qdisc_add_clsact(iface);
+        p.attach(iface, TcAttachType::Ingress)
+            .map_err(prog_err(name, format!("attaching to {iface}")))?;
+        Ok(())
+    }
+
     /// A TC program by name (loaded; for BPF_PROG_RUN).
     pub fn tc(&mut self, name: &'static str) -> Result<&mut SchedClassifier, LoadError> {
         program(&mut self.ebpf, name)
@@ -408,18 +448,25 @@ impl Dataplane {
     }
 
     /// Interface behind which pods live: TC ingress starts flows from pods (ClusterIP),
-    /// TC egress translates replies going to pods.
+    /// TC egress translates replies going to pods. A veth whose peer is in another
+    /// namespace is marked `IFACE_F_PEER`: packets for its pod may be handed over.
     pub fn attach_pod_iface(&mut self, iface: &str) -> Result<(), LoadError> {
         let ifindex = ifindex(iface)?;
         let how = self.attach_tc(iface, PROG_TC_INGRESS, TcAttachType::Ingress)?;
         self.attach_tc(iface, PROG_TC_EGRESS, TcAttachType::Egress)?;
-        self.maps.set_iface(ifindex, IFACE_POD)?;
-        info!(iface, ifindex, link = ?how, "attached to pod interface");
+        let peer = crate::netif::peer_in_other_netns(iface);
+        let role = if peer {
+            IFACE_POD | IFACE_F_PEER
+        } else {
+            IFACE_POD
+        };
+        self.maps.set_iface(ifindex, role)?;
+        info!(iface, ifindex, link = ?how, veth_peer = peer, "attached to pod interface");
         self.attached.insert(
             iface.to_string(),
             Attachment {
                 ifindex,
-                role: IFACE_POD,
+                role,
                 xdp: None,
             },
         );

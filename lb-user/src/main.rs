@@ -49,7 +49,7 @@ fn run(cli: Cli) -> Result<()> {
                 bpffs: a.bpffs,
                 cgroup: a.cgroup,
                 fib_redirect: !a.no_xdp_redirect,
-                xdp_to_pods: a.xdp_to_pods,
+                to_pods: a.to_pods,
                 lb_pools: a.lb_pools,
                 cluster_cidrs: a.cluster_cidrs,
                 kube: None,

@@ -1,7 +1,11 @@
 //! What the node's network says: interface addresses and the route to an address,
 //! read from the kernel of the namespace lb runs in.
 
-use std::{fs, net::Ipv4Addr};
+use std::{
+    fs,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _},
+};
 
 /// IPv4 addresses of `iface`.
 pub fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
@@ -12,6 +16,98 @@ pub fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
         .filter(|a| a.interface_name == iface)
         .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
         .collect()
+}
+
+/// Whether `iface` is a veth (or netkit) whose peer lives in another network
+/// namespace: a pod's interface behind it, which `bpf_redirect_peer` can reach.
+/// Asked of the kernel by rtnetlink (RTM_GETLINK): the link's kind, and the peer's
+/// namespace id, which the kernel reports only for a peer in another namespace.
+/// (`/sys/class/net` would describe the namespace sysfs was mounted in, not ours.)
+pub fn peer_in_other_netns(iface: &str) -> bool {
+    link_info(iface)
+        .is_some_and(|l| matches!(l.kind.as_deref(), Some("veth" | "netkit")) && l.peer_netnsid)
+}
+
+#[derive(Debug, Default)]
+struct LinkInfo {
+    kind: Option<String>,
+    peer_netnsid: bool,
+}
+
+// Kernel uapi values (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h).
+const NLMSG_HDR_LEN: usize = 16;
+const IFINFO_LEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const NLM_F_REQUEST: u16 = 1;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_LINK_NETNSID: u16 = 37;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+fn link_info(iface: &str) -> Option<LinkInfo> {
+    let index = nix::net::if_::if_nametoindex(iface).ok()?;
+    // SAFETY: plain socket(2); the descriptor is owned (and closed) below.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor we just opened and nobody else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    const REQ_LEN: usize = NLMSG_HDR_LEN + IFINFO_LEN;
+    let mut req = [0u8; REQ_LEN];
+    req[0..4].copy_from_slice(&(REQ_LEN as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+    req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence
+    req[NLMSG_HDR_LEN] = libc::AF_UNSPEC as u8;
+    req[NLMSG_HDR_LEN + 4..NLMSG_HDR_LEN + 8].copy_from_slice(&(index as i32).to_ne_bytes());
+    // SAFETY: the buffer is valid for its length; a null address means the kernel.
+    let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if sent != req.len() as isize {
+        return None;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: the buffer is valid for its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    parse_link(buf.get(..usize::try_from(n).ok()?)?)
+}
+
+/// The link message's kind and whether it names the peer's namespace.
+fn parse_link(msg: &[u8]) -> Option<LinkInfo> {
+    let ty = u16::from_ne_bytes(msg.get(4..6)?.try_into().ok()?);
+    if ty == NLMSG_ERROR || ty != RTM_NEWLINK {
+        return None;
+    }
+    let len = (u32::from_ne_bytes(msg.get(0..4)?.try_into().ok()?) as usize).min(msg.len());
+    let mut info = LinkInfo::default();
+    for (ty, value) in attrs(msg.get(NLMSG_HDR_LEN + IFINFO_LEN..len)?) {
+        match ty {
+            IFLA_LINK_NETNSID => info.peer_netnsid = true,
+            IFLA_LINKINFO => {
+                for (ty, value) in attrs(value) {
+                    if ty == IFLA_INFO_KIND {
+                        let name = value.split(|b| *b == 0).next().unwrap_or_default();
+                        info.kind = Some(String::from_utf8_lossy(name).into_owned());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(info)
+}
+
+/// Netlink attributes: (type, value), each padded to 4 bytes.
+fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = u16::from_ne_bytes(buf.get(0..2)?.try_into().ok()?) as usize;
+        let ty = u16::from_ne_bytes(buf.get(2..4)?.try_into().ok()?) & NLA_TYPE_MASK;
+        let value = buf.get(4..len)?;
+        buf = buf.get(len.next_multiple_of(4)..).unwrap_or_default();
+        Some((ty, value))
+    })
 }
 
 /// The main IPv4 routing table (`/proc/net/route` of this network namespace).
@@ -75,6 +171,38 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_has_no_peer() {
+        let lo = link_info("lo").expect("rtnetlink answers for lo");
+        assert_eq!(lo.kind, None);
+        assert!(!lo.peer_netnsid);
+        assert!(!peer_in_other_netns("lo"));
+        assert!(!peer_in_other_netns("no-such-iface0"));
+    }
+
+    #[test]
+    fn link_attributes_are_read() {
+        // RTM_NEWLINK for a veth: IFLA_IFNAME "v", IFLA_LINKINFO { IFLA_INFO_KIND
+        // "veth" }, IFLA_LINK_NETNSID 0.
+        let mut attrs = Vec::new();
+        attrs.extend([6, 0, 3, 0, b'v', 0, 0, 0]);
+        attrs.extend([16, 0, 18, 0, 9, 0, 1, 0, b'v', b'e', b't', b'h', 0, 0, 0, 0]);
+        attrs.extend([8, 0, 37, 0, 0, 0, 0, 0]);
+        let mut msg = vec![0u8; NLMSG_HDR_LEN + IFINFO_LEN];
+        msg.extend(&attrs);
+        let len = msg.len() as u32;
+        msg[0..4].copy_from_slice(&len.to_ne_bytes());
+        msg[4..6].copy_from_slice(&RTM_NEWLINK.to_ne_bytes());
+        let info = parse_link(&msg).unwrap();
+        assert_eq!(info.kind.as_deref(), Some("veth"));
+        assert!(info.peer_netnsid);
+        // Without the namespace id: a veth whose peer is in this namespace.
+        let cut = msg.len() - 8;
+        msg.truncate(cut);
+        msg[0..4].copy_from_slice(&(cut as u32).to_ne_bytes());
+        assert!(!parse_link(&msg).unwrap().peer_netnsid);
+    }
 
     #[test]
     fn longest_prefix_wins() {

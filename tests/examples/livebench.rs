@@ -1,8 +1,9 @@
 //! Live packets through veth namespaces: packets per second delivered to a pod for
-//! (a) a plain XDP_REDIRECT hop, the ceiling on this machine; (b) lb NodePort, as
-//! by default (XDP translates, the kernel's stack delivers to the pod's veth) and
-//! with `--xdp-to-pods` (XDP redirects into the veth: the pod here runs XDP, as the
-//! ceiling needs too); (c) kube-proxy's iptables DNAT rules; (d) kube-proxy's nftables rules; for one
+//! (a) a plain XDP_REDIRECT hop, the ceiling on this machine; (b) lb NodePort, as by
+//! default (`--to-pods peer`: XDP translates, TC ingress hands the packet to the
+//! pod's end of its veth), with `--to-pods xdp` (XDP redirects into the veth: the pod
+//! here runs XDP, as the ceiling needs too) and with `--to-pods stack` (the kernel's
+//! stack delivers); (c) kube-proxy's iptables DNAT rules; (d) kube-proxy's nftables rules; for one
 //! established flow and for new flows (every packet a new source address and port),
 //! at 1, 1,000 and 10,000 services x 10 endpoints. And, across two nodes, lb
 //! forwarding NodePort traffic to a remote pod by XDP_REDIRECT vs the kernel-stack
@@ -10,7 +11,8 @@
 //!
 //! The traffic is made by BPF_PROG_RUN in live-frames mode (`lb_bench_gen`, run in
 //! the laptop namespace: it sends each frame out of the laptop's eth0); the pod
-//! counts what arrives with an XDP sink (`lb_bench_sink`). Every window is bounded
+//! counts what arrives with an XDP sink (`lb_bench_sink`) and, for packets handed
+//! over as socket buffers, which pass no XDP hook, a TC ingress sink. Every window is bounded
 //! in time. Run as root: `cargo xtask bench` (`--quick` for a smoke run).
 
 mod report;
@@ -24,7 +26,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
 use lb_common::{
     BENCH_HDR_LEN, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX, PROG_BENCH_GEN, PROG_BENCH_REDIRECT,
-    PROG_BENCH_SINK, reason,
+    PROG_BENCH_SINK, PROG_BENCH_SINK_TC, reason,
 };
 use lb_tests::{
     Netns, Topology,
@@ -32,40 +34,12 @@ use lb_tests::{
     packet::Pkt,
     scale::{self, MEASURED_NODE_PORT},
     seeds,
-    topology::InNetns,
     topology::multinode,
+    topology::{InNetns, mac_text},
 };
 use lb_user::{loader::Dataplane, maps::Maps};
 
 use crate::report::{Chart, Table};
-
-fn ifindex(ns: &Netns, iface: &str) -> Result<u32> {
-    let _in = InNetns::enter(ns)?;
-    let name = std::ffi::CString::new(iface)?;
-    // SAFETY: a valid C string.
-    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if i == 0 {
-        bail!("no {iface} in {}", ns.name);
-    }
-    Ok(i)
-}
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.map(|b| format!("{b:02x}")).join(":")
-}
-
-fn mac(t: &Topology, ns: &Netns, iface: &str) -> Result<[u8; 6]> {
-    let out = t.sh(ns, &["ip", "-br", "link", "show", "dev", iface])?;
-    let text = out
-        .split_whitespace()
-        .nth(2)
-        .context("ip -br link: no address")?;
-    let mut m = [0u8; 6];
-    for (b, part) in m.iter_mut().zip(text.split(':')) {
-        *b = u8::from_str_radix(part, 16)?;
-    }
-    Ok(m)
-}
 
 #[derive(Clone, Copy)]
 struct Window {
@@ -90,6 +64,7 @@ impl Traffic {
         {
             let _in = InNetns::enter(pod)?;
             dp.attach_bench(PROG_BENCH_SINK, "eth0")?;
+            dp.attach_bench_tc(PROG_BENCH_SINK_TC, "eth0")?;
         }
         let mut frame = Pkt::udp(seeds::LAPTOP_IP, 40000, dst, MEASURED_NODE_PORT)
             .payload(&[0u8; 18])
@@ -97,7 +72,7 @@ impl Traffic {
         frame.udp_no_checksum = true;
         let mut frame = frame.build();
         frame[0..6].copy_from_slice(&dst_mac);
-        frame[6..12].copy_from_slice(&mac(t, laptop, "eth0")?);
+        frame[6..12].copy_from_slice(&t.mac(laptop, "eth0")?);
         let mut hdr = [0u8; BENCH_HDR_LEN];
         hdr.copy_from_slice(&frame[..BENCH_HDR_LEN]);
         dp.set_bench_frame(hdr)?;
@@ -105,7 +80,7 @@ impl Traffic {
         Ok(Traffic {
             dp,
             laptop: laptop.clone(),
-            laptop_ifindex: ifindex(laptop, "eth0")?,
+            laptop_ifindex: t.ifindex(laptop, "eth0")?,
         })
     }
 
@@ -175,6 +150,7 @@ enum Contender {
     Ceiling,
     Lb,
     LbXdpToPods,
+    LbStack,
     Iptables,
     Nftables,
 }
@@ -184,7 +160,8 @@ impl Contender {
         match self {
             Contender::Ceiling => "XDP_REDIRECT hop (ceiling)",
             Contender::Lb => "lb NodePort",
-            Contender::LbXdpToPods => "lb NodePort, --xdp-to-pods",
+            Contender::LbXdpToPods => "lb NodePort, --to-pods xdp",
+            Contender::LbStack => "lb NodePort, --to-pods stack",
             Contender::Iptables => "iptables (kube-proxy)",
             Contender::Nftables => "nftables (kube-proxy)",
         }
@@ -198,7 +175,7 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
     let mut t = Topology::new("bench")?;
     let s = seeds::lan(&mut t)?;
     let pod = seeds::pod(&mut t, &s.node, "pod", "lxc0", seeds::POD_IP)?;
-    let pod_mac = mac(&t, &pod, "eth0")?;
+    let pod_mac = t.mac(&pod, "eth0")?;
     for a in scale::measured_endpoints() {
         let a = a.to_string();
         if a != seeds::POD_IP {
@@ -226,22 +203,16 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
     // NAPI on the node's eth0 even with no XDP program on it (the kernel-stack
     // contenders), so frames the laptop's XDP sends are taken in.
     t.sh(&s.node, &["ethtool", "-K", "eth0", "gro", "on"])?;
-    let mut traffic = Traffic::new(
-        &t,
-        &s.laptop,
-        &pod,
-        seeds::NODE_IP,
-        mac(&t, &s.node, "eth0")?,
-    )?;
+    let mut traffic = Traffic::new(&t, &s.laptop, &pod, seeds::NODE_IP, t.mac(&s.node, "eth0")?)?;
     let dir = t.dir().to_path_buf();
     match c {
         Contender::Ceiling => {
-            let lxc0 = ifindex(&s.node, "lxc0")?;
+            let lxc0 = t.ifindex(&s.node, "lxc0")?;
             traffic.dp.set_bench(BENCH_REDIRECT_IFINDEX, lxc0)?;
             let _in = InNetns::enter(&s.node)?;
             traffic.dp.attach_bench(PROG_BENCH_REDIRECT, "eth0")?;
         }
-        Contender::Lb | Contender::LbXdpToPods => {
+        Contender::Lb | Contender::LbXdpToPods | Contender::LbStack => {
             let lb = Lb::new(&mut t)?;
             // The pod is declared, so the agent knows lxc0 as a pod's interface.
             lb.apply(&format!(
@@ -249,10 +220,10 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
                 scale::lb_manifests(services),
                 seeds::POD_IP
             ))?;
-            let extra: &[&str] = if c == Contender::LbXdpToPods {
-                &["--xdp-to-pods"]
-            } else {
-                &[]
+            let extra: &[&str] = match c {
+                Contender::LbXdpToPods => &["--to-pods", "xdp"],
+                Contender::LbStack => &["--to-pods", "stack"],
+                _ => &[],
             };
             lb.start_agent_with(&mut t, &s.node, "node1", &["eth0"], extra)?;
             let want = format!("services={services} ");
@@ -281,8 +252,10 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
     let new = traffic.measure(true, w)?;
     let delivered = traffic.dp.bench_sink_count()?;
     match c {
+        // XDP translates, TC ingress hands the packet to the pod.
+        Contender::Lb => expect_path(&t, "node1", &[reason::FWD_TC_PEER], delivered)?,
         // XDP translates, the kernel routes to the pod's veth.
-        Contender::Lb => expect_path(
+        Contender::LbStack => expect_path(
             &t,
             "node1",
             &[reason::NAT_NEW_FLOW, reason::NAT_ESTABLISHED],
@@ -308,7 +281,7 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
     // The bridge knows where the nodes are (nothing has spoken yet) and every
     // neighbour is known, so the path is steady from the first frame.
     for (n, node) in [&node1, &node2].into_iter().enumerate() {
-        let m = mac_text(mac(&t, node, "eth0")?);
+        let m = mac_text(t.mac(node, "eth0")?);
         t.sh(
             &lan_ns,
             &[
@@ -323,7 +296,7 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
             ],
         )?;
     }
-    let node2_mac = mac_text(mac(&t, &node2, "eth0")?);
+    let node2_mac = mac_text(t.mac(&node2, "eth0")?);
     t.ip(
         &node1,
         &[
@@ -339,7 +312,7 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
         ],
     )?;
     let pod = lan.pods[1][0].clone();
-    let pod_mac = mac_text(mac(&t, &pod, "eth0")?);
+    let pod_mac = mac_text(t.mac(&pod, "eth0")?);
     t.ip(
         &node2,
         &[
@@ -359,7 +332,7 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
         &lan.laptop,
         &pod,
         &multinode::node_ip(0),
-        mac(&t, &node1, "eth0")?,
+        t.mac(&node1, "eth0")?,
     )?;
     let lb = Lb::new(&mut t)?;
     lb.apply(&format!(
@@ -398,6 +371,7 @@ fn main() -> Result<()> {
         Contender::Ceiling,
         Contender::Lb,
         Contender::LbXdpToPods,
+        Contender::LbStack,
         Contender::Iptables,
         Contender::Nftables,
     ];

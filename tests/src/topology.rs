@@ -14,6 +14,11 @@ use anyhow::{Context as _, Result, bail};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// `aa:bb:cc:dd:ee:ff`, as `ip` takes it.
+pub fn mac_text(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
 /// A network namespace made by a [`Topology`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Netns {
@@ -150,6 +155,33 @@ impl Topology {
         self.guard_ns(ns)?;
         let out = check(&mut self.cmd(ns, argv))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The interface index of `iface` inside the namespace.
+    pub fn ifindex(&self, ns: &Netns, iface: &str) -> Result<u32> {
+        self.guard_ns(ns)?;
+        let _in = InNetns::enter(ns)?;
+        let name = std::ffi::CString::new(iface)?;
+        // SAFETY: a valid C string.
+        let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if i == 0 {
+            bail!("no {iface} in {}", ns.name);
+        }
+        Ok(i)
+    }
+
+    /// The MAC address of `iface` inside the namespace.
+    pub fn mac(&self, ns: &Netns, iface: &str) -> Result<[u8; 6]> {
+        let out = self.sh(ns, &["ip", "-br", "link", "show", "dev", iface])?;
+        let text = out
+            .split_whitespace()
+            .nth(2)
+            .context("ip -br link: no address")?;
+        let mut m = [0u8; 6];
+        for (b, part) in m.iter_mut().zip(text.split(':')) {
+            *b = u8::from_str_radix(part, 16)?;
+        }
+        Ok(m)
     }
 
     pub fn sysctl(&self, ns: &Netns, key: &str, value: &str) -> Result<()> {

@@ -5,11 +5,19 @@
 use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use lb_common::{IFACE_POD, PROG_TC_EGRESS, PROG_TC_INGRESS, SVC_F_INTERNAL, reason};
-use lb_tests::packet::{self, PROTO_ICMP, Pkt, TCP_ACK, TCP_PSH, TCP_SYN, verify_checksums};
+use lb_common::{
+    DELIVER_MAGIC, DeliverMeta, IFACE_F_PEER, IFACE_POD, PROG_TC_EGRESS, PROG_TC_INGRESS,
+    SVC_F_INTERNAL, reason,
+};
+use lb_tests::{
+    Topology,
+    packet::{self, PROTO_ICMP, Pkt, TCP_ACK, TCP_PSH, TCP_SYN, verify_checksums},
+    seeds,
+    topology::{InNetns, mac_text},
+};
 use lb_user::{
     desired::{Entries, frontend},
-    loader::Dataplane,
+    loader::{Dataplane, LoadConfig, ToPods},
     sync,
 };
 
@@ -40,8 +48,12 @@ enum Prog {
 /// NodePort 30010/UDP -> 10.244.0.2:5353; NodePort 30009 (TCP and UDP) with no
 /// endpoints.
 fn dataplane() -> Dataplane {
+    dataplane_with(&LoadConfig::default())
+}
+
+fn dataplane_with(cfg: &LoadConfig) -> Dataplane {
     lb_tests::require_root();
-    let mut dp = Dataplane::load(None).expect("load lb's eBPF object");
+    let mut dp = Dataplane::load_with(None, cfg).expect("load lb's eBPF object");
     let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
     let backend = |port: u16, proto: u8, id: u32| lb_common::Backend {
         addr_be: u32::from(ip(POD)).to_be(),
@@ -633,4 +645,127 @@ fn packets_lb_forwards_itself_lose_one_ttl() {
             output: Some(dnat.rewritten(CLIENT, 42002, POD, 80).build()),
         }],
     );
+}
+
+#[test]
+fn xdp_hands_packets_for_a_local_pod_over_as_to_pods_says() {
+    // A node namespace whose FIB knows the pod: a route and a neighbour entry on
+    // lxc0, whose peer is the pod's eth0. The NodePort's SYN enters on eth0.
+    lb_tests::require_root();
+    let mut t = Topology::new("prdeliver").unwrap();
+    let s = seeds::lan(&mut t).unwrap();
+    let pod = seeds::pod(&mut t, &s.node, "pod", "lxc0", POD).unwrap();
+    let (pod_mac, lxc_mac) = (
+        t.mac(&pod, "eth0").unwrap(),
+        t.mac(&s.node, "lxc0").unwrap(),
+    );
+    let neigh = [
+        "neigh",
+        "replace",
+        POD,
+        "lladdr",
+        &mac_text(pod_mac),
+        "dev",
+        "lxc0",
+        "nud",
+        "permanent",
+    ];
+    t.ip(&s.node, &neigh).unwrap();
+    let (eth0, lxc0) = (
+        t.ifindex(&s.node, "eth0").unwrap(),
+        t.ifindex(&s.node, "lxc0").unwrap(),
+    );
+    let _in = InNetns::enter(&s.node).unwrap();
+
+    let syn = Pkt::tcp(CLIENT, 42100, NODE, NODE_PORT, TCP_SYN);
+    let for_stack = syn.rewritten(CLIENT, 42100, POD, 80).build();
+    let mut hop = syn.rewritten(CLIENT, 42100, POD, 80);
+    hop.ttl = 63;
+    let hop = hop.build();
+    let mut redirected = hop.clone();
+    redirected[..6].copy_from_slice(&pod_mac);
+    redirected[6..12].copy_from_slice(&lxc_mac);
+    let mark = DeliverMeta {
+        magic: DELIVER_MAGIC,
+        ifindex: lxc0,
+        dmac: pod_mac,
+        smac: lxc_mac,
+    };
+    // SAFETY: plain repr(C) data without padding (20 bytes, checked in lb-common).
+    let mark: [u8; 20] = unsafe { std::mem::transmute(mark) };
+    let marked: Vec<u8> = mark.iter().chain(&hop).copied().collect();
+    const XDP_REDIRECT: u32 = 4;
+    let cases = [
+        (
+            "peer, a veth with its peer in the pod: translated, one hop less, marked for TC",
+            ToPods::Peer,
+            IFACE_POD | IFACE_F_PEER,
+            XDP_PASS,
+            marked,
+            &[reason::NAT_NEW_FLOW][..],
+        ),
+        (
+            "peer, a pod interface that is no such veth: left to the stack, unmarked",
+            ToPods::Peer,
+            IFACE_POD,
+            XDP_PASS,
+            for_stack.clone(),
+            &[reason::NAT_NEW_FLOW][..],
+        ),
+        (
+            "stack: left to the stack, unmarked",
+            ToPods::Stack,
+            IFACE_POD | IFACE_F_PEER,
+            XDP_PASS,
+            for_stack,
+            &[reason::NAT_NEW_FLOW][..],
+        ),
+        (
+            "xdp: redirected into the veth with the pod's MAC",
+            ToPods::Xdp,
+            IFACE_POD | IFACE_F_PEER,
+            XDP_REDIRECT,
+            redirected,
+            &[reason::NAT_NEW_FLOW, reason::FWD_XDP_REDIRECT][..],
+        ),
+    ];
+    for (what, to_pods, role, want_ret, want_out, want_reasons) in cases {
+        let mut dp = dataplane_with(&LoadConfig {
+            to_pods,
+            ..LoadConfig::default()
+        });
+        dp.maps.set_iface(lxc0, role).unwrap();
+        let before = dp.maps.verdicts().unwrap();
+        let frame = syn.build();
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex; no metadata in.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&eth0.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = dp
+            .xdp()
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_RUN");
+        // The kernel returns the metadata in front of the frame.
+        out.truncate(res.data_size_out as usize);
+        assert_eq!(res.return_value, want_ret, "{what}: return value");
+        assert_eq!(out, want_out, "{what}: output (metadata, frame)");
+        let after = dp.maps.verdicts().unwrap();
+        let moved: Vec<&str> = (0..reason::COUNT as usize)
+            .filter(|i| after[*i].packets != before[*i].packets)
+            .map(|i| reason::NAMES[i])
+            .collect();
+        let want: Vec<&str> = want_reasons
+            .iter()
+            .map(|r| reason::NAMES[*r as usize])
+            .collect();
+        assert_eq!(moved, want, "{what}: counters");
+    }
 }

@@ -123,31 +123,81 @@ fn laptop_curls_the_nodeport_and_gets_hello_world() {
     assert_eq!(curl(&s.t, &s.laptop, &format!("http://{POD_IP}")), None);
 }
 
+/// Fetches the NodePort `fetches` times, then reads the counter of `reason`.
+fn forwarded_by(s: &Scenario, fetches: usize, reason: u32) -> lb_common::Counters {
+    let url = format!("http://{NODE_IP}:30008");
+    for _ in 0..fetches {
+        assert_eq!(fetch(s, &url), "Hello World!\n");
+    }
+    let maps = Maps::open_pinned(&s.lb.pins("node1")).expect("the agent's pinned maps");
+    maps.verdicts().unwrap()[reason as usize]
+}
+
 #[test]
-fn with_xdp_to_pods_the_nodeport_reaches_the_pod_by_xdp_redirect() {
+fn by_default_tc_hands_nodeport_packets_to_the_pods_end_of_its_veth() {
+    // A pod as a CNI makes it: no XDP program and GRO off at its end of the veth,
+    // which therefore would drop frames XDP redirected into it. XDP translates and
+    // marks; TC ingress hands the packet over with bpf_redirect_peer.
+    let s = scenario_with(
+        "seedsp",
+        &format!("{SEEDS_SERVICE}---\n{SEEDS_POD}"),
+        &[],
+        |t, pod| {
+            t.sh(pod, &["ethtool", "-K", "eth0", "gro", "off"]).unwrap();
+        },
+    );
+    // The first packets find no neighbour entry for the pod yet and go through the
+    // stack (which resolves it); later ones are handed over.
+    let peer = forwarded_by(&s, 5, lb_common::reason::FWD_TC_PEER);
+    assert!(
+        peer.packets >= 10,
+        "packets to the local pod were handed over by TC: {peer:?}\n{}",
+        s.lb.diagnostics(&s.t, "node1")
+    );
+    let maps = Maps::open_pinned(&s.lb.pins("node1")).unwrap();
+    let redirected = maps.verdicts().unwrap()[lb_common::reason::FWD_XDP_REDIRECT as usize];
+    assert_eq!(redirected.packets, 0, "nothing redirected at XDP");
+    let log = s.t.log("agent-node1");
+    assert!(
+        log.contains("veth_peer=true"),
+        "the agent saw lxc1 as a veth with its peer in the pod:\n{log}"
+    );
+}
+
+#[test]
+fn with_to_pods_xdp_the_nodeport_reaches_the_pod_by_xdp_redirect() {
     // The pod's end of its veth has GRO on, which gives the veth NAPI: it then takes
-    // frames XDP redirects into it (what `--xdp-to-pods` requires of every pod).
+    // frames XDP redirects into it (what `--to-pods xdp` requires of every pod).
     let s = scenario_with(
         "seedsx",
         &format!("{SEEDS_SERVICE}---\n{SEEDS_POD}"),
-        &["--xdp-to-pods"],
+        &["--to-pods", "xdp"],
         |t, pod| {
             t.sh(pod, &["ethtool", "-K", "eth0", "gro", "on"]).unwrap();
         },
     );
-    let url = format!("http://{NODE_IP}:30008");
-    // The first packets find no neighbour entry for the pod yet and go through the
-    // stack (which resolves it); later ones are redirected at XDP.
-    for _ in 0..5 {
-        assert_eq!(fetch(&s, &url), "Hello World!\n");
-    }
-    let maps = Maps::open_pinned(&s.lb.pins("node1")).expect("the agent's pinned maps");
-    let redirected = maps.verdicts().unwrap()[lb_common::reason::FWD_XDP_REDIRECT as usize];
+    let redirected = forwarded_by(&s, 5, lb_common::reason::FWD_XDP_REDIRECT);
     assert!(
         redirected.packets >= 10,
         "packets to the local pod were redirected at XDP: {redirected:?}\n{}",
         s.lb.diagnostics(&s.t, "node1")
     );
+}
+
+#[test]
+fn with_to_pods_stack_the_kernel_delivers_to_the_pod() {
+    let s = scenario_with(
+        "seedss",
+        &format!("{SEEDS_SERVICE}---\n{SEEDS_POD}"),
+        &["--to-pods", "stack"],
+        |_, _| {},
+    );
+    let peer = forwarded_by(&s, 5, lb_common::reason::FWD_TC_PEER);
+    assert_eq!(peer.packets, 0, "nothing handed over by TC");
+    let maps = Maps::open_pinned(&s.lb.pins("node1")).unwrap();
+    let v = maps.verdicts().unwrap();
+    assert_eq!(v[lb_common::reason::FWD_XDP_REDIRECT as usize].packets, 0);
+    assert!(v[lb_common::reason::NAT_ESTABLISHED as usize].packets >= 10);
 }
 
 #[test]

@@ -1,0 +1,78 @@
+//! Handing translated packets to local pods (`TO_PODS_PEER`). XDP has no socket
+//! buffer to hand over and a veth drops XDP frames its pod end cannot take, so XDP
+//! translates the frame and marks it in its metadata (`DeliverMeta`); TC ingress on
+//! the same interface, the first hook with a socket buffer, writes the MACs and sends
+//! it to the pod's end of the veth with `bpf_redirect_peer`, past the node's routing,
+//! netfilter and the veth's backlog queue, as Cilium's host routing does.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    helpers::{bpf_redirect_peer, bpf_xdp_adjust_meta},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{DELIVER_MAGIC, DeliverMeta, IFACE_EXTERNAL, IFACE_F_PEER, reason};
+
+use crate::{fwd::Route, lb, parse::ptr_at, stats};
+
+/// Makes room for the mark in front of the frame, still unset; false when the driver
+/// keeps no metadata (the packet then goes through the stack). Called before the
+/// frame is rewritten: once rewritten for the pod, it must be delivered this way.
+#[inline(always)]
+pub fn reserve(ctx: &XdpContext) -> bool {
+    // SAFETY: the program's own context; the helper checks the headroom.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<DeliverMeta>() as i32)) } != 0 {
+        return false;
+    }
+    let Some(meta) = ptr_at::<DeliverMeta>(ctx.metadata(), ctx.metadata_end(), 0) else {
+        return false;
+    };
+    // Headroom is recycled: an old mark must not be read as this frame's.
+    // SAFETY: bounds-checked against the start of the frame just above.
+    unsafe { (*meta).magic = 0 };
+    true
+}
+
+/// Marks the (translated) frame for delivery through `route`'s veth.
+#[inline(always)]
+pub fn mark(ctx: &XdpContext, route: &Route) {
+    if let Some(meta) = ptr_at::<DeliverMeta>(ctx.metadata(), ctx.metadata_end(), 0) {
+        let m = DeliverMeta {
+            magic: DELIVER_MAGIC,
+            ifindex: route.ifindex,
+            dmac: route.dmac,
+            smac: route.smac,
+        };
+        // SAFETY: bounds-checked against the start of the frame just above.
+        unsafe { meta.write_unaligned(m) };
+    }
+}
+
+/// At TC ingress of an external interface: a frame XDP marked goes to its pod's
+/// interface now (`Some(TC verdict)`); anything else goes on (`None`). Marks are only
+/// taken on external interfaces, whose frames only lb's XDP program marks, and only
+/// towards a veth the agent declared (`IFACE_F_PEER`).
+#[inline(always)]
+pub fn take(ctx: &TcContext, ifindex: u32) -> Option<i32> {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
+    let meta = ptr_at::<DeliverMeta>(meta, data, 0)?;
+    // SAFETY: bounds-checked against the start of the frame just above.
+    let m = unsafe { meta.read_unaligned() };
+    if m.magic != DELIVER_MAGIC
+        || lb::iface_role(ifindex) != IFACE_EXTERNAL
+        || lb::iface_role(m.ifindex) & IFACE_F_PEER == 0
+    {
+        return None;
+    }
+    let macs: *mut [u8; 12] = ptr_at(ctx.data(), ctx.data_end(), 0)?;
+    let mut both = [0u8; 12];
+    both[..6].copy_from_slice(&m.dmac);
+    both[6..].copy_from_slice(&m.smac);
+    // SAFETY: bounds-checked just above; a plain store of 12 bytes.
+    unsafe { macs.write_unaligned(both) };
+    stats::verdict(reason::FWD_TC_PEER, ctx.len().min(u16::MAX as u32) as u16);
+    // SAFETY: a helper taking plain values.
+    Some(unsafe { bpf_redirect_peer(m.ifindex, 0) } as i32)
+}
