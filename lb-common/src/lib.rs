@@ -62,6 +62,9 @@ pub const PROG_BENCH_SINK: &str = "lb_bench_sink";
 /// The sink at TC ingress, for packets handed to the pod by `bpf_redirect_peer`
 /// (they arrive as socket buffers, past the pod's XDP hook).
 pub const PROG_BENCH_SINK_TC: &str = "lb_bench_sink_tc";
+/// A plain hand-over at TC ingress (`bpf_redirect_peer` to `BENCH_REDIRECT_IFINDEX`'s
+/// peer): the least any path that delivers socket buffers to a pod costs.
+pub const PROG_BENCH_REDIRECT_PEER: &str = "lb_bench_redirect_peer";
 /// Benchmarks only: the baseline plus one conntrack lookup, the floor of any
 /// established-flow path that keeps its flows in a BPF hash map.
 pub const PROG_BENCH_CT_FLOOR: &str = "lb_bench_ct_floor";

@@ -1,11 +1,12 @@
 //! Programs for `cargo xtask bench` only, never attached by the agent: a traffic
 //! generator for BPF_PROG_RUN's live-frames mode, a plain redirect hop (the ceiling
-//! lb is compared with) and counting sinks for the pod (XDP and TC ingress). Settings live in
+//! lb is compared with), a plain hand-over at TC (the floor of delivering socket
+//! buffers) and counting sinks for the pod (XDP and TC ingress). Settings live in
 //! `LB_BENCH`, the frame template in `LB_BENCH_FRAME`, the count in `LB_BENCH_SINK`.
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    helpers::{bpf_get_prandom_u32, bpf_redirect},
+    helpers::{bpf_get_prandom_u32, bpf_redirect, bpf_redirect_peer},
     programs::{TcContext, XdpContext},
 };
 use lb_common::{BENCH_HDR_LEN, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX, PROTO_UDP};
@@ -72,6 +73,14 @@ pub fn generate(ctx: &XdpContext) -> u32 {
 pub fn redirect() -> u32 {
     // SAFETY: a helper taking plain values.
     unsafe { bpf_redirect(setting(BENCH_REDIRECT_IFINDEX), 0) as u32 }
+}
+
+/// The socket-buffer floor: every frame handed to the peer of
+/// `BENCH_REDIRECT_IFINDEX` untouched, from TC ingress.
+#[inline(always)]
+pub fn redirect_peer() -> i32 {
+    // SAFETY: a helper taking plain values.
+    unsafe { bpf_redirect_peer(setting(BENCH_REDIRECT_IFINDEX), 0) as i32 }
 }
 
 /// The pod's sink: counts and drops IPv4 UDP frames; passes everything else (ARP).

@@ -174,6 +174,12 @@ pub fn lb_bench_sink(ctx: XdpContext) -> u32 {
     bench::sink(&ctx)
 }
 
+/// Benchmarks only: a plain hand-over at TC, the floor of delivering socket buffers.
+#[classifier]
+pub fn lb_bench_redirect_peer(_ctx: TcContext) -> i32 {
+    bench::redirect_peer()
+}
+
 /// Benchmarks only: the pod's counting sink for socket buffers.
 #[classifier]
 pub fn lb_bench_sink_tc(ctx: TcContext) -> i32 {

@@ -1,13 +1,14 @@
 //! Live packets through veth namespaces: packets per second delivered to a pod for
-//! (a) a plain XDP_REDIRECT hop, the ceiling on this machine; (b) lb NodePort, as by
-//! default (`--to-pods peer`: XDP translates, TC ingress hands the packet to the
-//! pod's end of its veth), with `--to-pods xdp` (XDP redirects into the veth: the pod
-//! here runs XDP, as the ceiling needs too) and with `--to-pods stack` (the kernel's
-//! stack delivers); (c) kube-proxy's iptables DNAT rules; (d) kube-proxy's nftables rules; for one
-//! established flow and for new flows (every packet a new source address and port),
-//! at 1, 1,000 and 10,000 services x 10 endpoints. And, across two nodes, lb
-//! forwarding NodePort traffic to a remote pod by XDP_REDIRECT vs the kernel-stack
-//! fallback (`--no-xdp-redirect`).
+//! (a) a plain XDP_REDIRECT hop, the ceiling on this machine, and a plain
+//! bpf_redirect_peer hop at TC, the floor of any path delivering socket buffers;
+//! (b) lb NodePort, as by default (`--to-pods peer`: XDP translates, TC ingress
+//! hands the packet to the pod's end of its veth), with `--to-pods xdp` (XDP
+//! redirects into the veth: the pod here runs XDP, as the ceiling needs too) and
+//! with `--to-pods stack` (the kernel's stack delivers); (c) kube-proxy's iptables
+//! DNAT rules; (d) kube-proxy's nftables rules; for one established flow and for
+//! new flows (every packet a new source address and port), at 1, 1,000 and 10,000
+//! services x 10 endpoints. And, across two nodes, lb forwarding NodePort traffic
+//! to a remote pod by XDP_REDIRECT vs the kernel-stack fallback (`--no-xdp-redirect`).
 //!
 //! The traffic is made by BPF_PROG_RUN in live-frames mode (`lb_bench_gen`, run in
 //! the laptop namespace: it sends each frame out of the laptop's eth0); the pod
@@ -26,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
 use lb_common::{
     BENCH_HDR_LEN, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX, PROG_BENCH_GEN, PROG_BENCH_REDIRECT,
-    PROG_BENCH_SINK, PROG_BENCH_SINK_TC, reason,
+    PROG_BENCH_REDIRECT_PEER, PROG_BENCH_SINK, PROG_BENCH_SINK_TC, reason,
 };
 use lb_tests::{
     Netns, Topology,
@@ -148,6 +149,7 @@ fn expect_path(t: &Topology, node: &str, path: &[u32], delivered: u64) -> Result
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Contender {
     Ceiling,
+    PeerFloor,
     Lb,
     LbXdpToPods,
     LbStack,
@@ -159,6 +161,7 @@ impl Contender {
     fn label(self) -> &'static str {
         match self {
             Contender::Ceiling => "XDP_REDIRECT hop (ceiling)",
+            Contender::PeerFloor => "TC bpf_redirect_peer hop (socket buffers)",
             Contender::Lb => "lb NodePort",
             Contender::LbXdpToPods => "lb NodePort, --to-pods xdp",
             Contender::LbStack => "lb NodePort, --to-pods stack",
@@ -211,6 +214,14 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
             traffic.dp.set_bench(BENCH_REDIRECT_IFINDEX, lxc0)?;
             let _in = InNetns::enter(&s.node)?;
             traffic.dp.attach_bench(PROG_BENCH_REDIRECT, "eth0")?;
+        }
+        Contender::PeerFloor => {
+            let lxc0 = t.ifindex(&s.node, "lxc0")?;
+            traffic.dp.set_bench(BENCH_REDIRECT_IFINDEX, lxc0)?;
+            let _in = InNetns::enter(&s.node)?;
+            traffic
+                .dp
+                .attach_bench_tc(PROG_BENCH_REDIRECT_PEER, "eth0")?;
         }
         Contender::Lb | Contender::LbXdpToPods | Contender::LbStack => {
             let lb = Lb::new(&mut t)?;
@@ -369,6 +380,7 @@ fn main() -> Result<()> {
     };
     let contenders = [
         Contender::Ceiling,
+        Contender::PeerFloor,
         Contender::Lb,
         Contender::LbXdpToPods,
         Contender::LbStack,
