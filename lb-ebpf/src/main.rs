@@ -86,10 +86,14 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             let mut to_peer = false;
             if forward != Forward::Back && fwd::xdp_enabled() && p.ttl > 1 {
                 let r = fwd::lookup_xdp(&ctx, &to, ingress, p.ip_len);
-                let role = lb::iface_role(r.ifindex);
-                if forward == Forward::Fib || role & IFACE_POD == 0 {
+                let role = if r.found() && forward != Forward::Fib {
+                    lb::iface_role(r.ifindex)
+                } else {
+                    0
+                };
+                if role & IFACE_POD == 0 {
                     route = r;
-                } else if r.found() {
+                } else {
                     match fwd::to_pods() {
                         TO_PODS_XDP => route = r,
                         TO_PODS_PEER if role & IFACE_F_PEER != 0 && deliver::reserve(&ctx) => {
