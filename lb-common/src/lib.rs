@@ -255,7 +255,10 @@ pub struct FlowKey {
     pub sport_be: u16,
     pub dport_be: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Padding as two scalars, not `[u8; 3]`: zeroing an array is a call to a
+    // byte-by-byte memset in BPF code, once per key built.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 const _: () = assert!(size_of::<FlowKey>() == 16);
 

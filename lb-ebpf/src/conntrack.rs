@@ -28,7 +28,8 @@ pub fn nat_tuple(ct: &CtValue, proto: u8) -> FlowKey {
         sport_be: ct.nat_sport_be,
         dport_be: ct.nat_dport_be,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     }
 }
 
@@ -42,7 +43,8 @@ fn peer_key(nat: &FlowKey) -> FlowKey {
         sport_be: nat.dport_be,
         dport_be: nat.sport_be,
         proto: nat.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     }
 }
 
@@ -201,7 +203,8 @@ fn free_snat_port(addr: u32, backend: &Backend, proto: u8) -> Result<u16, u32> {
             sport_be: backend.port_be,
             dport_be: port.to_be(),
             proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         };
         // SAFETY: only the presence of an entry is read.
         if unsafe { LB_CT.get(reply_key) }.is_none() {

@@ -3,7 +3,7 @@
 //! Used for SNAT flows, whose replies the stack would take for itself, and for their
 //! original packets towards another node.
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -64,32 +64,49 @@ impl Route {
     }
 }
 
+/// Writes the request for `to` into `p`. Zeroed eight bytes at a time with plain
+/// stores: `mem::zeroed()` would be a call to a byte-by-byte memset in BPF code.
 #[inline(always)]
-fn params(to: &FlowKey, ifindex: u32, tot_len: u16) -> bpf_fib_lookup {
-    // SAFETY: plain data; all-zero is a valid (empty) request.
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
-    p.l4_protocol = to.proto;
-    p.sport = to.sport_be;
-    p.dport = to.dport_be;
-    // Host byte order: the kernel compares it with the MTU.
-    p.__bindgen_anon_1.tot_len = tot_len;
-    p.ifindex = ifindex;
-    p.__bindgen_anon_3.ipv4_src = to.saddr_be;
-    p.__bindgen_anon_4.ipv4_dst = to.daddr_be;
-    p
+fn request(p: *mut bpf_fib_lookup, to: &FlowKey, ifindex: u32, tot_len: u16) {
+    let words = p.cast::<u64>();
+    // SAFETY: `p` points to a writable request (size a multiple of 8, 8-aligned);
+    // once zeroed, every field is valid and is written in place.
+    unsafe {
+        for i in 0..size_of::<bpf_fib_lookup>() / 8 {
+            words.add(i).write_volatile(0);
+        }
+        (*p).family = AF_INET;
+        (*p).l4_protocol = to.proto;
+        (*p).sport = to.sport_be;
+        (*p).dport = to.dport_be;
+        // Host byte order: the kernel compares it with the MTU.
+        (*p).__bindgen_anon_1.tot_len = tot_len;
+        (*p).ifindex = ifindex;
+        (*p).__bindgen_anon_3.ipv4_src = to.saddr_be;
+        (*p).__bindgen_anon_4.ipv4_dst = to.daddr_be;
+    }
 }
 
 /// The route for `to` from an XDP program, complete with the neighbour's MAC;
 /// `Route::NONE` when the FIB has no full answer (no route, or no neighbour entry yet).
 #[inline(always)]
 pub fn lookup_xdp(ctx: &XdpContext, to: &FlowKey, ifindex: u32, tot_len: u16) -> Route {
-    let mut p = params(to, ifindex, tot_len);
+    let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
+    request(p.as_mut_ptr(), to, ifindex, tot_len);
     // SAFETY: the program's context and a request of the size given.
-    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            p.as_mut_ptr(),
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Route::NONE;
     }
+    // SAFETY: written whole by `request`, then by the kernel.
+    let p = unsafe { p.assume_init_ref() };
     Route {
         ifindex: p.ifindex,
         smac: p.smac,
@@ -117,9 +134,19 @@ pub fn send_xdp(ctx: &XdpContext, route: &Route) -> Option<u32> {
 /// bpf_redirect_neigh resolves it), or None when there is no route.
 #[inline(always)]
 pub fn lookup_tc(ctx: &TcContext, to: &FlowKey, ifindex: u32, tot_len: u16) -> Option<u32> {
-    let mut p = params(to, ifindex, tot_len);
+    let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
+    request(p.as_mut_ptr(), to, ifindex, tot_len);
     // SAFETY: the program's context and a request of the size given.
-    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            p.as_mut_ptr(),
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    // SAFETY: written whole by `request`, then by the kernel.
+    let p = unsafe { p.assume_init_ref() };
     (rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64)
         .then_some(p.ifindex)
 }

@@ -59,7 +59,8 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         sport_be: 0,
         dport_be: port_be,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let now = clock::now();
     let sel = match lb::select(&key, Origin::Host, now) {

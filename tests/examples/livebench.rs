@@ -14,7 +14,8 @@
 //! the laptop namespace: it sends each frame out of the laptop's eth0); the pod
 //! counts what arrives with an XDP sink (`lb_bench_sink`) and, for packets handed
 //! over as socket buffers, which pass no XDP hook, a TC ingress sink. Every window is bounded
-//! in time. Run as root: `cargo xtask bench` (`--quick` for a smoke run).
+//! in time. Run as root: `cargo xtask bench` (`--quick` for a smoke run;
+//! `--sizes=1 --lb-only` for lb beside the ceiling alone).
 
 mod report;
 
@@ -361,9 +362,9 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
 fn main() -> Result<()> {
     assert!(lb_tests::is_root(), "run as root (namespaces, eBPF)");
     let quick = std::env::args().any(|a| a == "--quick");
-    let (sizes, w): (&[usize], Window) = if quick {
+    let (mut sizes, w): (Vec<usize>, Window) = if quick {
         (
-            &[1, 100],
+            vec![1, 100],
             Window {
                 chunk: 10_000,
                 duration: Duration::from_millis(200),
@@ -371,22 +372,33 @@ fn main() -> Result<()> {
         )
     } else {
         (
-            &[1, 1_000, 10_000],
+            vec![1, 1_000, 10_000],
             Window {
                 chunk: 50_000,
                 duration: Duration::from_secs(2),
             },
         )
     };
-    let contenders = [
-        Contender::Ceiling,
-        Contender::PeerFloor,
-        Contender::Lb,
-        Contender::LbXdpToPods,
-        Contender::LbStack,
-        Contender::Iptables,
-        Contender::Nftables,
-    ];
+    // For work on lb (e.g. under `perf record`): `--sizes=N,M` only these sizes;
+    // `--lb-only`: the ceiling and lb as by default, no other contender, no remote pod.
+    if let Some(list) = std::env::args().find_map(|a| a.strip_prefix("--sizes=").map(String::from))
+    {
+        sizes = list.split(',').map(str::parse).collect::<Result<_, _>>()?;
+    }
+    let lb_only = std::env::args().any(|a| a == "--lb-only");
+    let contenders: &[Contender] = if lb_only {
+        &[Contender::Ceiling, Contender::Lb]
+    } else {
+        &[
+            Contender::Ceiling,
+            Contender::PeerFloor,
+            Contender::Lb,
+            Contender::LbXdpToPods,
+            Contender::LbStack,
+            Contender::Iptables,
+            Contender::Nftables,
+        ]
+    };
     let mut table = Table::new(
         "Live packets: UDP through a node to a pod, 64-byte frames, delivered packets per second",
         &[
@@ -403,9 +415,9 @@ fn main() -> Result<()> {
         ],
     );
     let mut chart = Chart::new("Live packets, delivered (Mpps)", "Mpps");
-    for &n in sizes {
+    for &n in &sizes {
         let mut results = Vec::new();
-        for c in contenders {
+        for &c in contenders {
             let r = one_node(c, n, w).with_context(|| format!("{c:?} at {n} services"))?;
             eprintln!(
                 "{n:>6} services  {:<28} established {:>10.0} pps (sent {:>10.0})  new {:>10.0} pps (sent {:>10.0})",
@@ -454,6 +466,10 @@ fn main() -> Result<()> {
                 r[1].1 / 1e6,
             );
         }
+    }
+    if lb_only {
+        println!("{}", table.markdown());
+        return Ok(());
     }
     let mut rtable = Table::new(
         "Remote pod: NodePort on node 1, the endpoint on node 2, one established flow",
