@@ -56,10 +56,10 @@ pub enum LoadError {
     Bpffs { dir: PathBuf, error: std::io::Error },
     #[error("link for {what}: {error}")]
     Link { what: String, error: String },
+    #[error("reading lb's eBPF object: {error}")]
+    Object { error: String },
 }
 
-/// Loads the object. With `pins`, every map is pinned there by name and adopted if
-/// already pinned (entries survive agent restarts); without, maps are private (tests).
 /// What the kernel side is told at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadConfig {
@@ -109,7 +109,13 @@ impl Default for LoadConfig {
     }
 }
 
+/// Loads the object. With `pins`, every map is pinned there by name and adopted if
+/// already pinned with this build's shape (entries survive agent restarts); without,
+/// maps are private (tests).
 pub fn load(pins: Option<&Path>, cfg: &LoadConfig) -> Result<Ebpf, LoadError> {
+    if let Some(dir) = pins {
+        retire_changed_pins(dir)?;
+    }
     let mut loader = EbpfLoader::new();
     let paths: Vec<(&str, PathBuf)> = pins
         .map(|d| ALL_MAPS.iter().map(|m| (*m, d.join(m))).collect())
@@ -137,6 +143,68 @@ pub fn load(pins: Option<&Path>, cfg: &LoadConfig) -> Result<Ebpf, LoadError> {
             .unwrap_or_else(|| "nowhere".into()),
         error: Box::new(error),
     })
+}
+
+/// Pinned maps whose shape (type, key and value size, entries, flags) is not this
+/// build's, left by an agent of another version: unpinned, so that loading creates
+/// them anew. aya would otherwise reuse them as they are, and the programs would run
+/// against maps of the wrong size. Their entries are lost (for `LB_CT`, the flows
+/// they held); programs still attached keep the old maps until they are replaced.
+/// Returns the maps retired.
+pub fn retire_changed_pins(dir: &Path) -> Result<Vec<&'static str>, LoadError> {
+    let obj = aya_obj::Object::parse(EBPF_ELF).map_err(|error| LoadError::Object {
+        error: error.to_string(),
+    })?;
+    let mut retired = Vec::new();
+    for name in ALL_MAPS {
+        let pin = dir.join(name);
+        let Some(want) = obj.maps.get(name) else {
+            continue;
+        };
+        if !pin.exists() {
+            continue;
+        }
+        let have = aya::maps::MapData::from_pin(&pin).and_then(|m| m.info());
+        let same = have.as_ref().is_ok_and(|have| {
+            have.map_type().is_ok_and(|t| t as u32 == want.map_type())
+                && have.key_size() == want.key_size()
+                && have.value_size() == want.value_size()
+                && have.max_entries() == want.max_entries()
+                && have.map_flags() == want.map_flags()
+        });
+        if same {
+            continue;
+        }
+        let was = match &have {
+            Ok(i) => format!(
+                "key {} B, value {} B, {} entries, flags {:#x}",
+                i.key_size(),
+                i.value_size(),
+                i.max_entries(),
+                i.map_flags()
+            ),
+            Err(e) => e.to_string(),
+        };
+        warn!(
+            map = name,
+            pin = %pin.display(),
+            was,
+            now = format!(
+                "key {} B, value {} B, {} entries, flags {:#x}",
+                want.key_size(),
+                want.value_size(),
+                want.max_entries(),
+                want.map_flags()
+            ),
+            "pinned map has another shape (left by another version): created anew, its entries start empty"
+        );
+        std::fs::remove_file(&pin).map_err(|error| LoadError::Bpffs {
+            dir: pin.clone(),
+            error,
+        })?;
+        retired.push(name);
+    }
+    Ok(retired)
 }
 
 const SOCK_PROGRAMS: [&str; 3] = [PROG_CONNECT4, PROG_SENDMSG4, PROG_RECVMSG4];

@@ -265,3 +265,35 @@ fn a_service_without_selector_follows_its_endpoint_slices() {
         "{table}"
     );
 }
+
+#[test]
+fn maps_pinned_by_another_version_in_another_shape_are_created_anew() {
+    use aya::maps::{MapInfo, MapType};
+    use lb_common::{MAP_AFFINITY, MAP_SERVICES, MAP_STATS, reason};
+    use lb_user::loader::Dataplane;
+
+    lb_tests::require_root();
+    let mut t = Topology::new("pinshape").unwrap();
+    let fs = t.bpffs().unwrap();
+    let (old, new) = (fs.join("old"), fs.join("new"));
+    // An agent's maps, pinned under old/ and left there when it stops.
+    drop(Dataplane::load(Some(&old)).unwrap());
+    // Under new/: LB_SERVICES as this build makes it, and an LB_STATS of another
+    // shape (LB_AFFINITY's: an LRU hash), as a version with other counters left it.
+    std::fs::create_dir_all(&new).unwrap();
+    std::fs::rename(old.join(MAP_SERVICES), new.join(MAP_SERVICES)).unwrap();
+    std::fs::rename(old.join(MAP_AFFINITY), new.join(MAP_STATS)).unwrap();
+    let services = MapInfo::from_pin(new.join(MAP_SERVICES)).unwrap().id();
+    let stale = MapInfo::from_pin(new.join(MAP_STATS)).unwrap().id();
+
+    let _dp = Dataplane::load(Some(&new)).expect("loads over a pin of another shape");
+    let stats = MapInfo::from_pin(new.join(MAP_STATS)).unwrap();
+    assert_ne!(stats.id(), stale, "LB_STATS was created anew");
+    assert!(matches!(stats.map_type(), Ok(MapType::PerCpuArray)));
+    assert_eq!(stats.max_entries(), reason::COUNT);
+    assert_eq!(
+        MapInfo::from_pin(new.join(MAP_SERVICES)).unwrap().id(),
+        services,
+        "LB_SERVICES, of this build's shape, was adopted with its entries"
+    );
+}
