@@ -1,7 +1,7 @@
 //! Control plane: from `lb apply` of N services x 10 endpoints until the agent's maps
 //! hold them all, beside `iptables-restore` and `nft -f` of the rule sets kube-proxy
 //! writes for the same services (each in a namespace of its own); and one endpoint
-//! change at 10,000 services for each. Run as root: `cargo xtask bench`
+//! change (the median of 5) at each size for each. Run as root: `cargo xtask bench`
 //! (`--quick` for a smoke run; `--sizes=10000 --lb-only` to measure lb alone).
 
 mod report;
@@ -90,30 +90,46 @@ fn lb(n: usize) -> Result<LbTimes> {
     let apply = logged_at(&line)?.duration_since(start).unwrap_or_default();
     eprintln!("agent: {line}");
     let agent_reconcile_us = field(&line, "took_us").unwrap_or(0);
-    let seen = reconciles(&t).len();
-    let change = scale::lb_endpoint_change(n);
-    let start = SystemTime::now();
-    lb.apply(&change)?;
-    let line = wait_reconcile(&t, seen, |l| field(l, "writes").unwrap_or(0) > 0)?;
-    let change_t = logged_at(&line)?.duration_since(start).unwrap_or_default();
-    eprintln!("agent: {line}");
-    // The store's commit marker: `REVISION UNIX_NS`, written as the commit returns.
-    let marker = std::fs::read_to_string(lb.store.join("revision"))?;
-    let ns: u64 = marker
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("commit marker {marker:?}"))?;
-    let committed = SystemTime::UNIX_EPOCH + Duration::from_nanos(ns);
+    // One endpoint change, CHANGES times (each another new endpoint): the medians.
+    let (mut change, mut reconcile_us, mut commit_to_maps) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 0..CHANGES {
+        let seen = reconciles(&t).len();
+        let start = SystemTime::now();
+        lb.apply(&scale::lb_endpoint_change(n, k))?;
+        let line = wait_reconcile(&t, seen, |l| field(l, "writes").unwrap_or(0) > 0)?;
+        change.push(logged_at(&line)?.duration_since(start).unwrap_or_default());
+        eprintln!("agent: {line}");
+        reconcile_us.push(field(&line, "took_us").unwrap_or(0));
+        // The store's commit marker: `REVISION UNIX_NS`, written as the commit returns.
+        let marker = std::fs::read_to_string(lb.store.join("revision"))?;
+        let ns: u64 = marker
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("commit marker {marker:?}"))?;
+        let committed = SystemTime::UNIX_EPOCH + Duration::from_nanos(ns);
+        commit_to_maps.push(
+            logged_at(&line)?
+                .duration_since(committed)
+                .unwrap_or_default(),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     Ok(LbTimes {
         apply,
         agent_reconcile_us,
-        change: change_t,
-        change_reconcile_us: field(&line, "took_us").unwrap_or(0),
-        commit_to_maps: logged_at(&line)?
-            .duration_since(committed)
-            .unwrap_or_default(),
+        change: median(change),
+        change_reconcile_us: median(reconcile_us),
+        commit_to_maps: median(commit_to_maps),
     })
+}
+
+/// How many times one endpoint change is measured (the median is reported).
+const CHANGES: usize = 5;
+
+fn median<T: Ord + Copy + Default>(mut v: Vec<T>) -> T {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 /// `argv` run in `ns` with `file`, timed.
@@ -139,8 +155,16 @@ fn kernel_rules(
     std::fs::write(&full, rules)?;
     std::fs::write(&one, change)?;
     let load = timed(&t, &ns, argv_full, full.to_str().unwrap_or_default())?;
-    let change = timed(&t, &ns, argv_change, one.to_str().unwrap_or_default())?;
-    Ok((load, change))
+    let mut changes = Vec::new();
+    for _ in 0..CHANGES {
+        changes.push(timed(
+            &t,
+            &ns,
+            argv_change,
+            one.to_str().unwrap_or_default(),
+        )?);
+    }
+    Ok((load, median(changes)))
 }
 
 /// A kernel rule-set contender: how to load its full rule set and one change.

@@ -70,11 +70,13 @@ pub fn lb_manifests(n: usize) -> String {
     s
 }
 
-/// One endpoint change of service 0: its first endpoint replaced by another address.
-pub fn lb_endpoint_change(n: usize) -> String {
+/// One endpoint change of service 0: its first endpoint replaced by another address,
+/// a different one for each `k`.
+pub fn lb_endpoint_change(n: usize, k: usize) -> String {
     let mut addrs = endpoints(0, n);
-    addrs[0] = Ipv4Addr::new(10, 103, 255, 254);
-    endpoint_slice(0, &addrs, 1)
+    // Every change another new endpoint, so each is a real change.
+    addrs[0] = Ipv4Addr::new(10, 103, 255, 254 - (k % 200) as u8);
+    endpoint_slice(0, &addrs, 2 + k as u32)
 }
 
 /// kube-proxy's chain-name hash (its real names are a base32 SHA-256 prefix; any
