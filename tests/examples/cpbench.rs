@@ -113,6 +113,11 @@ fn lb(n: usize) -> Result<LbTimes> {
                 .duration_since(committed)
                 .unwrap_or_default(),
         );
+        eprintln!(
+            "  one change #{k}: {:?} from lb apply, {:?} from its commit",
+            change.last().copied().unwrap_or_default(),
+            commit_to_maps.last().copied().unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(LbTimes {
@@ -146,17 +151,17 @@ fn kernel_rules(
     argv_full: &[&str],
     argv_change: &[&str],
     rules: String,
-    change: String,
+    change: impl Fn(usize) -> String,
 ) -> Result<(Duration, Duration)> {
     let mut t = Topology::new("cpk")?;
     let ns = t.netns("node")?;
     let full = t.dir().join("full.rules");
-    let one = t.dir().join("change.rules");
     std::fs::write(&full, rules)?;
-    std::fs::write(&one, change)?;
     let load = timed(&t, &ns, argv_full, full.to_str().unwrap_or_default())?;
     let mut changes = Vec::new();
-    for _ in 0..CHANGES {
+    for k in 0..CHANGES {
+        let one = t.dir().join(format!("change{k}.rules"));
+        std::fs::write(&one, change(k))?;
         changes.push(timed(
             &t,
             &ns,
@@ -174,7 +179,7 @@ struct KernelRules {
     full: &'static [&'static str],
     change: &'static [&'static str],
     rules: fn(usize) -> String,
-    one: fn(usize) -> String,
+    one: fn(usize, usize) -> String,
     /// Largest size run.
     max: usize,
     why_max: &'static str,
@@ -263,7 +268,7 @@ fn main() -> Result<()> {
                 ]);
                 continue;
             }
-            let (load, change) = kernel_rules(k.full, k.change, (k.rules)(n), (k.one)(n))
+            let (load, change) = kernel_rules(k.full, k.change, (k.rules)(n), |c| (k.one)(n, c))
                 .with_context(|| format!("{} at {n}", k.short))?;
             eprintln!(
                 "{n:>6} services  {} {load:?}, one change {change:?}",

@@ -74,9 +74,14 @@ pub fn lb_manifests(n: usize) -> String {
 /// a different one for each `k`.
 pub fn lb_endpoint_change(n: usize, k: usize) -> String {
     let mut addrs = endpoints(0, n);
-    // Every change another new endpoint, so each is a real change.
-    addrs[0] = Ipv4Addr::new(10, 103, 255, 254 - (k % 200) as u8);
+    addrs[0] = changed_endpoint(k);
     endpoint_slice(0, &addrs, 2 + k as u32)
+}
+
+/// The endpoint the `k`th change puts in place of service 0's first one: another
+/// address every time, so each change is a real one and applies after the last.
+fn changed_endpoint(k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 103, 255, 254 - (k % 200) as u8)
 }
 
 /// kube-proxy's chain-name hash (its real names are a base32 SHA-256 prefix; any
@@ -168,11 +173,11 @@ pub fn iptables_rules(n: usize) -> String {
     s
 }
 
-/// What kube-proxy's iptables mode restores (`--noflush`) for one endpoint change
-/// of service 0: that service's chains, rewritten.
-pub fn iptables_endpoint_change(n: usize) -> String {
+/// What kube-proxy's iptables mode restores (`--noflush`) for the `k`th endpoint
+/// change of service 0: that service's chains, rewritten.
+pub fn iptables_endpoint_change(n: usize, k: usize) -> String {
     let mut addrs = endpoints(0, n);
-    addrs[0] = Ipv4Addr::new(10, 103, 255, 254);
+    addrs[0] = changed_endpoint(k);
     let mut s = String::from("*nat\n");
     let _ = writeln!(s, ":KUBE-SVC-{} - [0:0]", chain_id('S', 0, 0));
     for j in 0..ENDPOINTS_PER_SERVICE {
@@ -262,16 +267,22 @@ pub fn nft_rules(n: usize) -> String {
     s
 }
 
-/// What kube-proxy's nftables mode sends for one endpoint change of service 0:
-/// the new endpoint's chain, and the service chain's rules rewritten.
-pub fn nft_endpoint_change(n: usize) -> String {
-    let mut addrs = endpoints(0, n);
-    addrs[0] = Ipv4Addr::new(10, 103, 255, 254);
+/// What kube-proxy's nftables mode sends for the `k`th endpoint change of service
+/// 0: the new endpoint's chain, the service chain's rules rewritten, and the chain
+/// of the endpoint replaced (the first one, or the previous change's) deleted.
+pub fn nft_endpoint_change(n: usize, k: usize) -> String {
+    let addrs = endpoints(0, n);
+    let a = changed_endpoint(k);
+    let chain = format!("endpoint-s0-new{k}");
+    let replaced = if k == 0 {
+        "endpoint-s0-0".to_string()
+    } else {
+        format!("endpoint-s0-new{}", k - 1)
+    };
     let mut s = String::from("flush chain ip kube-proxy service-s0\n");
-    let a = addrs[0];
     let _ = writeln!(
         s,
-        "add chain ip kube-proxy endpoint-s0-new\nadd rule ip kube-proxy endpoint-s0-new ip saddr {a} jump mark-for-masquerade\nadd rule ip kube-proxy endpoint-s0-new meta l4proto udp dnat to {a}:{TARGET_PORT}"
+        "add chain ip kube-proxy {chain}\nadd rule ip kube-proxy {chain} ip saddr {a} jump mark-for-masquerade\nadd rule ip kube-proxy {chain} meta l4proto udp dnat to {a}:{TARGET_PORT}"
     );
     let _ = writeln!(
         s,
@@ -281,7 +292,7 @@ pub fn nft_endpoint_change(n: usize) -> String {
     let vmap: Vec<String> = (0..addrs.len())
         .map(|j| {
             if j == 0 {
-                "0 : goto endpoint-s0-new".to_string()
+                format!("0 : goto {chain}")
             } else {
                 format!("{j} : goto endpoint-s0-{j}")
             }
@@ -289,7 +300,7 @@ pub fn nft_endpoint_change(n: usize) -> String {
         .collect();
     let _ = writeln!(
         s,
-        "add rule ip kube-proxy service-s0 numgen random mod {} vmap {{ {} }}\ndelete chain ip kube-proxy endpoint-s0-0",
+        "add rule ip kube-proxy service-s0 numgen random mod {} vmap {{ {} }}\ndelete chain ip kube-proxy {replaced}",
         addrs.len(),
         vmap.join(", ")
     );
