@@ -37,7 +37,6 @@ struct LinkInfo {
 // Kernel uapi values (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h).
 const NLMSG_HDR_LEN: usize = 16;
 const IFINFO_LEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const NLM_F_REQUEST: u16 = 1;
@@ -76,8 +75,8 @@ fn link_info(iface: &str) -> Option<LinkInfo> {
 
 /// The link message's kind and whether it names the peer's namespace.
 fn parse_link(msg: &[u8]) -> Option<LinkInfo> {
-    let ty = u16::from_ne_bytes(msg.get(4..6)?.try_into().ok()?);
-    if ty == NLMSG_ERROR || ty != RTM_NEWLINK {
+    // Anything else is an error (NLMSG_ERROR: no such link).
+    if u16::from_ne_bytes(msg.get(4..6)?.try_into().ok()?) != RTM_NEWLINK {
         return None;
     }
     let len = (u32::from_ne_bytes(msg.get(0..4)?.try_into().ok()?) as usize).min(msg.len());
