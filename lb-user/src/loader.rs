@@ -150,12 +150,10 @@ pub fn load(pins: Option<&Path>, cfg: &LoadConfig) -> Result<Ebpf, LoadError> {
 /// them anew. aya would otherwise reuse them as they are, and the programs would run
 /// against maps of the wrong size. Their entries are lost (for `LB_CT`, the flows
 /// they held); programs still attached keep the old maps until they are replaced.
-/// Returns the maps retired.
-pub fn retire_changed_pins(dir: &Path) -> Result<Vec<&'static str>, LoadError> {
+fn retire_changed_pins(dir: &Path) -> Result<(), LoadError> {
     let obj = aya_obj::Object::parse(EBPF_ELF).map_err(|error| LoadError::Object {
         error: error.to_string(),
     })?;
-    let mut retired = Vec::new();
     for name in ALL_MAPS {
         let pin = dir.join(name);
         let Some(want) = obj.maps.get(name) else {
@@ -176,35 +174,32 @@ pub fn retire_changed_pins(dir: &Path) -> Result<Vec<&'static str>, LoadError> {
             continue;
         }
         let was = match &have {
-            Ok(i) => format!(
-                "key {} B, value {} B, {} entries, flags {:#x}",
-                i.key_size(),
-                i.value_size(),
-                i.max_entries(),
-                i.map_flags()
-            ),
+            Ok(i) => shape(i.key_size(), i.value_size(), i.max_entries(), i.map_flags()),
             Err(e) => e.to_string(),
         };
+        let now = shape(
+            want.key_size(),
+            want.value_size(),
+            want.max_entries(),
+            want.map_flags(),
+        );
         warn!(
             map = name,
             pin = %pin.display(),
             was,
-            now = format!(
-                "key {} B, value {} B, {} entries, flags {:#x}",
-                want.key_size(),
-                want.value_size(),
-                want.max_entries(),
-                want.map_flags()
-            ),
+            now,
             "pinned map has another shape (left by another version): created anew, its entries start empty"
         );
         std::fs::remove_file(&pin).map_err(|error| LoadError::Bpffs {
             dir: pin.clone(),
             error,
         })?;
-        retired.push(name);
     }
-    Ok(retired)
+    Ok(())
+}
+
+fn shape(key: u32, value: u32, entries: u32, flags: u32) -> String {
+    format!("key {key} B, value {value} B, {entries} entries, flags {flags:#x}")
 }
 
 const SOCK_PROGRAMS: [&str; 3] = [PROG_CONNECT4, PROG_SENDMSG4, PROG_RECVMSG4];
