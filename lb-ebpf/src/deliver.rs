@@ -13,7 +13,12 @@ use aya_ebpf::{
 };
 use lb_common::{DELIVER_MAGIC, DeliverMeta, IFACE_EXTERNAL, IFACE_F_PEER, reason};
 
-use crate::{fwd::Route, lb, parse::ptr_at, stats};
+use crate::{
+    fwd::{self, Route},
+    lb,
+    parse::ptr_at,
+    stats,
+};
 
 /// Makes room for the mark in front of the frame, still unset; false when the driver
 /// keeps no metadata (the packet then goes through the stack). Called before the
@@ -66,12 +71,7 @@ pub fn take(ctx: &TcContext, ifindex: u32) -> Option<i32> {
     {
         return None;
     }
-    let macs: *mut [u8; 12] = ptr_at(ctx.data(), ctx.data_end(), 0)?;
-    let mut both = [0u8; 12];
-    both[..6].copy_from_slice(&m.dmac);
-    both[6..].copy_from_slice(&m.smac);
-    // SAFETY: bounds-checked just above; a plain store of 12 bytes.
-    unsafe { macs.write_unaligned(both) };
+    fwd::write_macs(ctx.data(), ctx.data_end(), &m.dmac, &m.smac)?;
     stats::verdict(reason::FWD_TC_PEER, ctx.len().min(u16::MAX as u32) as u16);
     // SAFETY: a helper taking plain values.
     Some(unsafe { bpf_redirect_peer(m.ifindex, 0) } as i32)

@@ -3,7 +3,10 @@
 //! Used for SNAT flows, whose replies the stack would take for itself, and for their
 //! original packets towards another node.
 
-use core::mem::{MaybeUninit, size_of};
+use core::{
+    ffi::c_void,
+    mem::{MaybeUninit, size_of},
+};
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -64,26 +67,37 @@ impl Route {
     }
 }
 
-/// Writes the request for `to` into `p`. Zeroed eight bytes at a time with plain
-/// stores: `mem::zeroed()` would be a call to a byte-by-byte memset in BPF code.
+/// Asks the FIB the way for `to` (`ifindex`: where the packet came in); returns the
+/// helper's code, the answer being in `p`. The request is zeroed eight bytes at a
+/// time with plain stores: `mem::zeroed()` would be a call to a byte-by-byte memset
+/// in BPF code.
 #[inline(always)]
-fn request(p: *mut bpf_fib_lookup, to: &FlowKey, ifindex: u32, tot_len: u16) {
-    let words = p.cast::<u64>();
-    // SAFETY: `p` points to a writable request (size a multiple of 8, 8-aligned);
-    // once zeroed, every field is valid and is written in place.
+fn query(
+    ctx: *mut c_void,
+    p: &mut MaybeUninit<bpf_fib_lookup>,
+    to: &FlowKey,
+    ifindex: u32,
+    tot_len: u16,
+) -> i64 {
+    let r = p.as_mut_ptr();
+    let words = r.cast::<u64>();
+    // SAFETY: `r` points to a writable request (size a multiple of 8, 8-aligned);
+    // once zeroed, every field is valid and is written in place. Then the helper
+    // gets the program's context and a request of the size given.
     unsafe {
         for i in 0..size_of::<bpf_fib_lookup>() / 8 {
             words.add(i).write_volatile(0);
         }
-        (*p).family = AF_INET;
-        (*p).l4_protocol = to.proto;
-        (*p).sport = to.sport_be;
-        (*p).dport = to.dport_be;
+        (*r).family = AF_INET;
+        (*r).l4_protocol = to.proto;
+        (*r).sport = to.sport_be;
+        (*r).dport = to.dport_be;
         // Host byte order: the kernel compares it with the MTU.
-        (*p).__bindgen_anon_1.tot_len = tot_len;
-        (*p).ifindex = ifindex;
-        (*p).__bindgen_anon_3.ipv4_src = to.saddr_be;
-        (*p).__bindgen_anon_4.ipv4_dst = to.daddr_be;
+        (*r).__bindgen_anon_1.tot_len = tot_len;
+        (*r).ifindex = ifindex;
+        (*r).__bindgen_anon_3.ipv4_src = to.saddr_be;
+        (*r).__bindgen_anon_4.ipv4_dst = to.daddr_be;
+        fib_lookup(ctx, r, size_of::<bpf_fib_lookup>() as i32, 0)
     }
 }
 
@@ -92,20 +106,10 @@ fn request(p: *mut bpf_fib_lookup, to: &FlowKey, ifindex: u32, tot_len: u16) {
 #[inline(always)]
 pub fn lookup_xdp(ctx: &XdpContext, to: &FlowKey, ifindex: u32, tot_len: u16) -> Route {
     let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
-    request(p.as_mut_ptr(), to, ifindex, tot_len);
-    // SAFETY: the program's context and a request of the size given.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            p.as_mut_ptr(),
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+    if query(ctx.as_ptr(), &mut p, to, ifindex, tot_len) != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Route::NONE;
     }
-    // SAFETY: written whole by `request`, then by the kernel.
+    // SAFETY: written whole by `query`, then by the kernel.
     let p = unsafe { p.assume_init_ref() };
     Route {
         ifindex: p.ifindex,
@@ -120,14 +124,22 @@ pub fn lookup_xdp(ctx: &XdpContext, to: &FlowKey, ifindex: u32, tot_len: u16) ->
 /// its own, while a redirect's flush always does.
 #[inline(always)]
 pub fn send_xdp(ctx: &XdpContext, route: &Route) -> Option<u32> {
-    let macs: *mut [u8; 12] = ptr_at(ctx.data(), ctx.data_end(), 0)?;
-    let mut both = [0u8; 12];
-    both[..6].copy_from_slice(&route.dmac);
-    both[6..].copy_from_slice(&route.smac);
-    // SAFETY: bounds-checked just above; a plain store of 12 bytes.
-    unsafe { macs.write_unaligned(both) };
+    write_macs(ctx.data(), ctx.data_end(), &route.dmac, &route.smac)?;
     // SAFETY: a helper taking plain values.
     Some(unsafe { bpf_redirect(route.ifindex, 0) } as u32)
+}
+
+/// Writes the frame's destination and source MACs (the frame between `data` and
+/// `data_end`); None if it is too short.
+#[inline(always)]
+pub fn write_macs(data: usize, data_end: usize, dmac: &[u8; 6], smac: &[u8; 6]) -> Option<()> {
+    let macs: *mut [u8; 12] = ptr_at(data, data_end, 0)?;
+    let mut both = [0u8; 12];
+    both[..6].copy_from_slice(dmac);
+    both[6..].copy_from_slice(smac);
+    // SAFETY: bounds-checked just above; a plain store of 12 bytes.
+    unsafe { macs.write_unaligned(both) };
+    Some(())
 }
 
 /// From TC: the egress interface for `to` (the neighbour may still be unknown:
@@ -135,17 +147,8 @@ pub fn send_xdp(ctx: &XdpContext, route: &Route) -> Option<u32> {
 #[inline(always)]
 pub fn lookup_tc(ctx: &TcContext, to: &FlowKey, ifindex: u32, tot_len: u16) -> Option<u32> {
     let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
-    request(p.as_mut_ptr(), to, ifindex, tot_len);
-    // SAFETY: the program's context and a request of the size given.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            p.as_mut_ptr(),
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    // SAFETY: written whole by `request`, then by the kernel.
+    let rc = query(ctx.as_ptr(), &mut p, to, ifindex, tot_len);
+    // SAFETY: written whole by `query`, then by the kernel.
     let p = unsafe { p.assume_init_ref() };
     (rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64)
         .then_some(p.ifindex)
