@@ -189,20 +189,7 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
                 &["route", "add", &format!("{a}/32"), "dev", "lxc0"],
             )?;
         }
-        t.ip(
-            &s.node,
-            &[
-                "neigh",
-                "replace",
-                &a,
-                "lladdr",
-                &mac_text(pod_mac),
-                "dev",
-                "lxc0",
-                "nud",
-                "permanent",
-            ],
-        )?;
+        t.neigh(&s.node, &a, pod_mac, "lxc0")?;
     }
     // NAPI on the node's eth0 even with no XDP program on it (the kernel-stack
     // contenders), so frames the laptop's XDP sends are taken in.
@@ -308,36 +295,18 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
             ],
         )?;
     }
-    let node2_mac = mac_text(t.mac(&node2, "eth0")?);
-    t.ip(
+    t.neigh(
         &node1,
-        &[
-            "neigh",
-            "replace",
-            &multinode::node_ip(1),
-            "lladdr",
-            &node2_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ],
+        &multinode::node_ip(1),
+        t.mac(&node2, "eth0")?,
+        "eth0",
     )?;
     let pod = lan.pods[1][0].clone();
-    let pod_mac = mac_text(t.mac(&pod, "eth0")?);
-    t.ip(
+    t.neigh(
         &node2,
-        &[
-            "neigh",
-            "replace",
-            &multinode::pod_ip(1, 0),
-            "lladdr",
-            &pod_mac,
-            "dev",
-            "lxc0",
-            "nud",
-            "permanent",
-        ],
+        &multinode::pod_ip(1, 0),
+        t.mac(&pod, "eth0")?,
+        "lxc0",
     )?;
     let mut traffic = Traffic::new(
         &t,

@@ -184,6 +184,25 @@ impl Topology {
         Ok(m)
     }
 
+    /// A permanent neighbour entry in the namespace: `addr` is at `mac` on `dev`.
+    pub fn neigh(&self, ns: &Netns, addr: &str, mac: [u8; 6], dev: &str) -> Result<()> {
+        let mac = mac_text(mac);
+        self.ip(
+            ns,
+            &[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                &mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ],
+        )
+    }
+
     pub fn sysctl(&self, ns: &Netns, key: &str, value: &str) -> Result<()> {
         self.sh(ns, &["sysctl", "-q", "-w", &format!("{key}={value}")])
             .map(|_| ())

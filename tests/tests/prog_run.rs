@@ -13,7 +13,7 @@ use lb_tests::{
     Topology,
     packet::{self, PROTO_ICMP, Pkt, TCP_ACK, TCP_PSH, TCP_SYN, verify_checksums},
     seeds,
-    topology::{InNetns, mac_text},
+    topology::InNetns,
 };
 use lb_user::{
     desired::{Entries, frontend},
@@ -659,18 +659,7 @@ fn xdp_hands_packets_for_a_local_pod_over_as_to_pods_says() {
         t.mac(&pod, "eth0").unwrap(),
         t.mac(&s.node, "lxc0").unwrap(),
     );
-    let neigh = [
-        "neigh",
-        "replace",
-        POD,
-        "lladdr",
-        &mac_text(pod_mac),
-        "dev",
-        "lxc0",
-        "nud",
-        "permanent",
-    ];
-    t.ip(&s.node, &neigh).unwrap();
+    t.neigh(&s.node, POD, pod_mac, "lxc0").unwrap();
     let (eth0, lxc0) = (
         t.ifindex(&s.node, "eth0").unwrap(),
         t.ifindex(&s.node, "lxc0").unwrap(),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lb_common::PROTO_TCP;
+use lb_common::{PROTO_TCP, reason};
 use lb_tests::{
     Netns, Topology,
     lbctl::{Lb, curl, podserver_bin},
@@ -123,14 +123,14 @@ fn laptop_curls_the_nodeport_and_gets_hello_world() {
     assert_eq!(curl(&s.t, &s.laptop, &format!("http://{POD_IP}")), None);
 }
 
-/// Fetches the NodePort `fetches` times, then reads the counter of `reason`.
-fn forwarded_by(s: &Scenario, fetches: usize, reason: u32) -> lb_common::Counters {
+/// Fetches the NodePort `fetches` times, then reads the verdict counters.
+fn verdicts_after(s: &Scenario, fetches: usize) -> Vec<lb_common::Counters> {
     let url = format!("http://{NODE_IP}:30008");
     for _ in 0..fetches {
         assert_eq!(fetch(s, &url), "Hello World!\n");
     }
     let maps = Maps::open_pinned(&s.lb.pins("node1")).expect("the agent's pinned maps");
-    maps.verdicts().unwrap()[reason as usize]
+    maps.verdicts().unwrap()
 }
 
 #[test]
@@ -148,14 +148,14 @@ fn by_default_tc_hands_nodeport_packets_to_the_pods_end_of_its_veth() {
     );
     // The first packets find no neighbour entry for the pod yet and go through the
     // stack (which resolves it); later ones are handed over.
-    let peer = forwarded_by(&s, 5, lb_common::reason::FWD_TC_PEER);
+    let v = verdicts_after(&s, 5);
+    let peer = v[reason::FWD_TC_PEER as usize];
     assert!(
         peer.packets >= 10,
         "packets to the local pod were handed over by TC: {peer:?}\n{}",
         s.lb.diagnostics(&s.t, "node1")
     );
-    let maps = Maps::open_pinned(&s.lb.pins("node1")).unwrap();
-    let redirected = maps.verdicts().unwrap()[lb_common::reason::FWD_XDP_REDIRECT as usize];
+    let redirected = v[reason::FWD_XDP_REDIRECT as usize];
     assert_eq!(redirected.packets, 0, "nothing redirected at XDP");
     let log = s.t.log("agent-node1");
     assert!(
@@ -176,7 +176,7 @@ fn with_to_pods_xdp_the_nodeport_reaches_the_pod_by_xdp_redirect() {
             t.sh(pod, &["ethtool", "-K", "eth0", "gro", "on"]).unwrap();
         },
     );
-    let redirected = forwarded_by(&s, 5, lb_common::reason::FWD_XDP_REDIRECT);
+    let redirected = verdicts_after(&s, 5)[reason::FWD_XDP_REDIRECT as usize];
     assert!(
         redirected.packets >= 10,
         "packets to the local pod were redirected at XDP: {redirected:?}\n{}",
@@ -192,12 +192,14 @@ fn with_to_pods_stack_the_kernel_delivers_to_the_pod() {
         &["--to-pods", "stack"],
         |_, _| {},
     );
-    let peer = forwarded_by(&s, 5, lb_common::reason::FWD_TC_PEER);
-    assert_eq!(peer.packets, 0, "nothing handed over by TC");
-    let maps = Maps::open_pinned(&s.lb.pins("node1")).unwrap();
-    let v = maps.verdicts().unwrap();
-    assert_eq!(v[lb_common::reason::FWD_XDP_REDIRECT as usize].packets, 0);
-    assert!(v[lb_common::reason::NAT_ESTABLISHED as usize].packets >= 10);
+    let v = verdicts_after(&s, 5);
+    assert_eq!(
+        v[reason::FWD_TC_PEER as usize].packets,
+        0,
+        "nothing handed over by TC"
+    );
+    assert_eq!(v[reason::FWD_XDP_REDIRECT as usize].packets, 0);
+    assert!(v[reason::NAT_ESTABLISHED as usize].packets >= 10);
 }
 
 #[test]
