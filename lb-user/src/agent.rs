@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::{
     announce::Announcer,
-    desired::{self, Node},
+    desired::{self, Node, SliceOwners},
     kube_source::KubeSource,
     ledger::Ledger,
     loader::Dataplane,
@@ -86,6 +86,8 @@ struct Agent {
     seen: Option<u64>,
     /// The source's state as last read, kept in step with its changes.
     state: State,
+    /// Which of `state`'s EndpointSlices each service has.
+    owners: SliceOwners,
     /// Plan every service next time (start, node addresses, a failed write).
     plan_all: bool,
     /// The routes pods were last followed with (the tick skips the walk over every
@@ -154,6 +156,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         ledger: Ledger::new(actual),
         seen: None,
         state: Default::default(),
+        owners: Default::default(),
         plan_all: true,
         known_routes: None,
         announcer: Announcer::new(&opts.store, &opts.node_name, &opts.ifaces[0]),
@@ -278,6 +281,7 @@ impl Agent {
     /// no longer has the changes since what was last read).
     fn load_whole(&mut self, started: Instant) -> Result<()> {
         self.state = self.store.load()?;
+        self.owners = SliceOwners::of(&self.state);
         self.seen = Some(self.state.revision);
         self.plan_all = true;
         self.apply_changes(&[], BTreeSet::new(), started)
@@ -285,7 +289,7 @@ impl Agent {
 
     /// Takes `changes` into the state and brings the maps in line with them.
     fn take_changes(&mut self, changes: Vec<Change>, started: Instant) -> Result<()> {
-        let (named, services) = desired::take_changes(&mut self.state, changes);
+        let (named, services) = desired::take_changes(&mut self.state, &mut self.owners, changes);
         self.apply_changes(&named, services, started)
     }
 
@@ -325,9 +329,13 @@ impl Agent {
             let addrs: Vec<Ipv4Addr> = pod_addrs(pods, slices).collect();
             self.follow_pod_interfaces(addrs.into_iter());
         }
-        let plan = self
-            .ledger
-            .plan(&self.state, &self.node, &services, self.plan_all)?;
+        let plan = self.ledger.plan(
+            &self.state,
+            &self.owners,
+            &self.node,
+            &services,
+            self.plan_all,
+        )?;
         let ops = plan.ops;
         let planned = started.elapsed();
         if let Err(e) = self.dp.maps.write(&ops) {

@@ -14,7 +14,7 @@ use lb_common::{
 };
 
 use crate::{
-    desired::{self, DesiredError, Entries, IdPool, IdSource, Node, PortPlan},
+    desired::{self, DesiredError, Entries, IdPool, IdSource, Node, PortPlan, SliceOwners},
     model::ObjectKey,
     store::State,
     sync::Op,
@@ -83,16 +83,18 @@ impl Ledger {
     }
 
     /// The writes that bring the maps to `state` on `node`, planning only `services`
-    /// (the services changes touched) unless `all` or the ledger cannot tell.
+    /// (the services changes touched; `owners`: the slices of `state`'s services)
+    /// unless `all` or the ledger cannot tell.
     pub fn plan(
         &mut self,
         state: &State,
+        owners: &SliceOwners,
         node: &Node,
         services: &BTreeSet<ObjectKey>,
         all: bool,
     ) -> Result<Plan, DesiredError> {
         if !all {
-            let plans = desired::plan_services(state, node, services);
+            let plans = desired::plan_services(state, owners, node, services);
             if let Some(ops) = self.update(services, &plans)? {
                 return Ok(Plan {
                     ops,

@@ -12,6 +12,7 @@ struct Follower {
     dir: std::path::PathBuf,
     store: Store,
     state: State,
+    owners: SliceOwners,
     ledger: Ledger,
     node: Node,
 }
@@ -24,6 +25,7 @@ impl Follower {
             store: Store::new(&dir),
             dir,
             state: State::default(),
+            owners: SliceOwners::default(),
             ledger: Ledger::default(),
             node: Node {
                 name: "n1".into(),
@@ -59,11 +61,16 @@ impl Follower {
             .changes_since(self.state.revision)
             .unwrap()
             .expect("no deletions pruned in these tests");
-        let (_, services) = desired::take_changes(&mut self.state, read.changes);
+        let (_, services) = desired::take_changes(&mut self.state, &mut self.owners, read.changes);
         self.state.revision = read.revision;
+        assert_eq!(
+            self.owners,
+            SliceOwners::of(&self.state),
+            "slice owners kept by the changes differ from those of the state"
+        );
         let plan = self
             .ledger
-            .plan(&self.state, &self.node, &services, false)
+            .plan(&self.state, &self.owners, &self.node, &services, false)
             .unwrap();
         let gone = self.ledger.apply(&plan.ops);
         let want = desired::entries(
@@ -206,6 +213,13 @@ fn changes_replan_only_the_services_they_touch_and_equal_a_full_plan() {
         ),
         slice("ext2-1", "ext2", &["10.244.1.2", "10.244.0.3"]),
     ));
+    // A slice relabelled to another service takes its endpoints along.
+    let (p, _) = f.apply(&slice("ext2-1", "ext", &["10.244.1.2", "10.244.0.3"]));
+    assert_eq!(p.services, 2);
+    assert_eq!(
+        touched_ids(&p.ops),
+        BTreeSet::from([id_of(&f, "ext"), id_of(&f, "ext2")])
+    );
     f.delete("EndpointSlice", "ext-1");
     // Everything goes: nothing is left, not even the SNAT port bits.
     for s in ["web", "ext", "ext2"] {
