@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::{
     announce::Announcer,
-    desired::{self, Node, SliceOwners},
+    desired::{self, Index, Node},
     kube_source::KubeSource,
     ledger::Ledger,
     loader::Dataplane,
@@ -86,8 +86,8 @@ struct Agent {
     seen: Option<u64>,
     /// The source's state as last read, kept in step with its changes.
     state: State,
-    /// Which of `state`'s EndpointSlices each service has.
-    owners: SliceOwners,
+    /// What changes to `state` must find fast (each service's slices, pods by label).
+    index: Index,
     /// Plan every service next time (start, node addresses, a failed write).
     plan_all: bool,
     /// The routes pods were last followed with (the tick skips the walk over every
@@ -156,7 +156,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         ledger: Ledger::new(actual),
         seen: None,
         state: Default::default(),
-        owners: Default::default(),
+        index: Default::default(),
         plan_all: true,
         known_routes: None,
         announcer: Announcer::new(&opts.store, &opts.node_name, &opts.ifaces[0]),
@@ -281,7 +281,7 @@ impl Agent {
     /// no longer has the changes since what was last read).
     fn load_whole(&mut self, started: Instant) -> Result<()> {
         self.state = self.store.load()?;
-        self.owners = SliceOwners::of(&self.state);
+        self.index = Index::of(&self.state);
         self.seen = Some(self.state.revision);
         self.plan_all = true;
         self.apply_changes(&[], BTreeSet::new(), started)
@@ -289,7 +289,7 @@ impl Agent {
 
     /// Takes `changes` into the state and brings the maps in line with them.
     fn take_changes(&mut self, changes: Vec<Change>, started: Instant) -> Result<()> {
-        let (named, services) = desired::take_changes(&mut self.state, &mut self.owners, changes);
+        let (named, services) = desired::take_changes(&mut self.state, &mut self.index, changes);
         self.apply_changes(&named, services, started)
     }
 
@@ -331,7 +331,7 @@ impl Agent {
         }
         let plan = self.ledger.plan(
             &self.state,
-            &self.owners,
+            &self.index,
             &self.node,
             &services,
             self.plan_all,

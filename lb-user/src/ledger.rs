@@ -14,7 +14,7 @@ use lb_common::{
 };
 
 use crate::{
-    desired::{self, DesiredError, Entries, IdPool, IdSource, Node, PortPlan, SliceOwners},
+    desired::{self, DesiredError, Entries, IdPool, IdSource, Index, Node, PortPlan},
     model::ObjectKey,
     store::State,
     sync::Op,
@@ -83,18 +83,18 @@ impl Ledger {
     }
 
     /// The writes that bring the maps to `state` on `node`, planning only `services`
-    /// (the services changes touched; `owners`: the slices of `state`'s services)
+    /// (the services changes touched; `index`: that of `state`)
     /// unless `all` or the ledger cannot tell.
     pub fn plan(
         &mut self,
         state: &State,
-        owners: &SliceOwners,
+        index: &Index,
         node: &Node,
         services: &BTreeSet<ObjectKey>,
         all: bool,
     ) -> Result<Plan, DesiredError> {
         if !all {
-            let plans = desired::plan_services(state, owners, node, services);
+            let plans = desired::plan_services(state, index, node, services);
             if let Some(ops) = self.update(services, &plans)? {
                 return Ok(Plan {
                     ops,

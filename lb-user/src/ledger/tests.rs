@@ -12,7 +12,7 @@ struct Follower {
     dir: std::path::PathBuf,
     store: Store,
     state: State,
-    owners: SliceOwners,
+    index: Index,
     ledger: Ledger,
     node: Node,
 }
@@ -25,7 +25,7 @@ impl Follower {
             store: Store::new(&dir),
             dir,
             state: State::default(),
-            owners: SliceOwners::default(),
+            index: Index::default(),
             ledger: Ledger::default(),
             node: Node {
                 name: "n1".into(),
@@ -61,16 +61,16 @@ impl Follower {
             .changes_since(self.state.revision)
             .unwrap()
             .expect("no deletions pruned in these tests");
-        let (_, services) = desired::take_changes(&mut self.state, &mut self.owners, read.changes);
+        let (_, services) = desired::take_changes(&mut self.state, &mut self.index, read.changes);
         self.state.revision = read.revision;
         assert_eq!(
-            self.owners,
-            SliceOwners::of(&self.state),
-            "slice owners kept by the changes differ from those of the state"
+            self.index,
+            Index::of(&self.state),
+            "the index kept by the changes differs from that of the state"
         );
         let plan = self
             .ledger
-            .plan(&self.state, &self.owners, &self.node, &services, false)
+            .plan(&self.state, &self.index, &self.node, &services, false)
             .unwrap();
         let gone = self.ledger.apply(&plan.ops);
         let want = desired::entries(
@@ -185,6 +185,19 @@ fn changes_replan_only_the_services_they_touch_and_equal_a_full_plan() {
 
     // A pod relabelled from web to db moves between the two services.
     let (p, _) = f.apply(&pod("w1", "10.244.0.2", "db"));
+    assert_eq!(p.services, 2);
+    assert_eq!(
+        touched_ids(&p.ops),
+        BTreeSet::from([id_of(&f, "web"), id_of(&f, "db")])
+    );
+
+    // db's selector comes to select web's pods: a change of such a pod then
+    // re-plans both services.
+    f.apply(&svc(
+        "db",
+        "  type: NodePort\n  selector: {app: web}\n  ports:\n  - {port: 5432, targetPort: 8080}\n",
+    ));
+    let (p, _) = f.apply(&pod("w3", "10.244.0.6", "web"));
     assert_eq!(p.services, 2);
     assert_eq!(
         touched_ids(&p.ops),
