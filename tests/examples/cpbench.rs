@@ -1,7 +1,9 @@
 //! Control plane: from `lb apply` of N services x 10 endpoints until the agent's maps
 //! hold them all, beside `iptables-restore` and `nft -f` of the rule sets kube-proxy
 //! writes for the same services (each in a namespace of its own); and one endpoint
-//! change (the median of 5) at each size for each. Run as root: `cargo xtask bench`
+//! change (the median of 5) at each size for each. lb runs twice: endpoints from
+//! EndpointSlices (what kube-proxy reads) and from pods its services select (lb
+//! without Kubernetes). Run as root: `cargo xtask bench`
 //! (`--quick` for a smoke run; `--sizes=10000 --lb-only` to measure lb alone).
 
 mod report;
@@ -64,9 +66,19 @@ fn logged_at(line: &str) -> Result<SystemTime> {
     Ok(SystemTime::from(t))
 }
 
+/// Where lb's services take their endpoints from.
+#[derive(Clone, Copy, PartialEq)]
+enum Endpoints {
+    /// EndpointSlices, as kube-proxy reads them (one endpoint change: a slice).
+    Slices,
+    /// Selectors over pods, as lb alone is mostly used (one endpoint change: a pod
+    /// moves to another address).
+    Pods,
+}
+
 /// The agent in a namespace of its own (one veth to attach to); `n` services
 /// applied, then one endpoint change.
-fn lb(n: usize) -> Result<LbTimes> {
+fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
     let mut t = Topology::new("cp")?;
     let node = t.netns("node")?;
     t.ip(
@@ -78,7 +90,14 @@ fn lb(n: usize) -> Result<LbTimes> {
     t.ip(&node, &["link", "set", "d1", "up"])?;
     let lb = Lb::new(&mut t)?;
     lb.start_agent(&mut t, &node, "node1", &["d0"])?;
-    let manifests = scale::lb_manifests(n);
+    let manifests = match from {
+        Endpoints::Slices => scale::lb_manifests(n),
+        Endpoints::Pods => scale::lb_pod_manifests(n),
+    };
+    let change_of = |k| match from {
+        Endpoints::Slices => scale::lb_endpoint_change(n, k),
+        Endpoints::Pods => scale::lb_pod_change(k),
+    };
     let seen = reconciles(&t).len();
     // Until the agent logs that the maps hold it (its log line's timestamp), not
     // until this loop notices after `lb apply` has exited: the CLI's housekeeping
@@ -95,7 +114,7 @@ fn lb(n: usize) -> Result<LbTimes> {
     for k in 0..CHANGES {
         let seen = reconciles(&t).len();
         let start = SystemTime::now();
-        lb.apply(&scale::lb_endpoint_change(n, k))?;
+        lb.apply(&change_of(k))?;
         let line = wait_reconcile(&t, seen, |l| field(l, "writes").unwrap_or(0) > 0)?;
         change.push(logged_at(&line)?.duration_since(start).unwrap_or_default());
         eprintln!("agent: {line}");
@@ -236,26 +255,31 @@ fn main() -> Result<()> {
         ],
     );
     let mut chart = Chart::new("Control plane: full load (s)", "s");
-    for &n in &sizes {
-        let l = lb(n).with_context(|| format!("lb at {n}"))?;
+    let lb_row = |n: usize, label: &str, t: &LbTimes, base: &LbTimes| {
         eprintln!(
-            "{n:>6} services  lb: apply->maps {:?} (agent {} us), one change {:?} (agent {} us, commit->maps {:?})",
-            l.apply, l.agent_reconcile_us, l.change, l.change_reconcile_us, l.commit_to_maps
+            "{n:>6} services  {label}: apply->maps {:?} (agent {} us), one change {:?} (agent {} us, commit->maps {:?})",
+            t.apply, t.agent_reconcile_us, t.change, t.change_reconcile_us, t.commit_to_maps
         );
-        table.row(vec![
+        vec![
             n.to_string(),
-            "lb (`lb apply` -> agent -> maps)".into(),
-            ms(l.apply),
-            ms(l.change),
-            "1.00x".into(),
+            label.to_string(),
+            ms(t.apply),
+            ms(t.change),
+            format!("{:.2}x", t.apply.as_secs_f64() / base.apply.as_secs_f64()),
             format!(
                 "{:.1} / {:.1}; {:.1}",
-                l.agent_reconcile_us as f64 / 1e3,
-                l.change_reconcile_us as f64 / 1e3,
-                l.commit_to_maps.as_secs_f64() * 1e3
+                t.agent_reconcile_us as f64 / 1e3,
+                t.change_reconcile_us as f64 / 1e3,
+                t.commit_to_maps.as_secs_f64() * 1e3
             ),
-        ]);
+        ]
+    };
+    for &n in &sizes {
+        let l = lb(n, Endpoints::Slices).with_context(|| format!("lb at {n}"))?;
+        table.row(lb_row(n, "lb (`lb apply` -> agent -> maps)", &l, &l));
         chart.bar(&format!("{n} svc"), "lb", l.apply.as_secs_f64());
+        let p = lb(n, Endpoints::Pods).with_context(|| format!("lb with pods at {n}"))?;
+        table.row(lb_row(n, "lb, endpoints from pods' selectors", &p, &l));
         for k in kernel.iter().filter(|_| !lb_only) {
             if n > k.max {
                 table.row(vec![

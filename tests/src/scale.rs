@@ -1,6 +1,7 @@
-//! The same cluster at scale, written three ways for the benchmarks: lb manifests
-//! (Services + EndpointSlices), the iptables rule set kube-proxy's iptables mode
-//! writes for it, and the nftables rule set of kube-proxy's nftables mode.
+//! The same cluster at scale, written four ways for the benchmarks: lb manifests
+//! (Services + EndpointSlices, or Services selecting Pods), the iptables rule set
+//! kube-proxy's iptables mode writes for it, and the nftables rule set of
+//! kube-proxy's nftables mode.
 //!
 //! Service `i` (0-based) is `default/s{i}`, UDP port 80, cluster IP
 //! `10.96.0.0 + 10 + i`, 10 endpoints on port 8080. The last service is the one
@@ -50,24 +51,60 @@ fn endpoint_slice(i: usize, addrs: &[Ipv4Addr], generation: u32) -> String {
     s
 }
 
+/// Service `i` of `n` (`selector`: it selects its pods, `app: s{i}`).
+fn service(i: usize, n: usize, selector: bool) -> String {
+    let node_port = if i + 1 == n { "type: NodePort\n  " } else { "" };
+    let np = if i + 1 == n {
+        format!(", nodePort: {MEASURED_NODE_PORT}")
+    } else {
+        String::new()
+    };
+    let sel = if selector {
+        format!("selector: {{app: s{i}}}\n  ")
+    } else {
+        String::new()
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: s{i}\nspec:\n  {node_port}clusterIP: {}\n  {sel}ports:\n  - {{name: web, port: {SERVICE_PORT}, protocol: UDP, targetPort: {TARGET_PORT}{np}}}\n---\n",
+        cluster_ip(i)
+    )
+}
+
 /// `n` services with their EndpointSlices, as `lb apply -f` reads them.
 pub fn lb_manifests(n: usize) -> String {
     let mut s = String::with_capacity(n * 600);
     for i in 0..n {
-        let node_port = if i + 1 == n { "type: NodePort\n  " } else { "" };
-        let np = if i + 1 == n {
-            format!(", nodePort: {MEASURED_NODE_PORT}")
-        } else {
-            String::new()
-        };
-        let _ = write!(
-            s,
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s{i}\nspec:\n  {node_port}clusterIP: {}\n  ports:\n  - {{name: web, port: {SERVICE_PORT}, protocol: UDP, targetPort: {TARGET_PORT}{np}}}\n---\n",
-            cluster_ip(i)
-        );
+        s.push_str(&service(i, n, false));
         s.push_str(&endpoint_slice(i, &endpoints(i, n), 0));
     }
     s
+}
+
+/// Pod `j` of service `i`: label `app: s{i}`, one address, on node1, ready (no
+/// conditions reported).
+fn pod(i: usize, j: usize, addr: Ipv4Addr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: s{i}-{j}\n  labels: {{app: s{i}}}\nspec:\n  nodeName: node1\n  containers: [{{name: c}}]\nstatus:\n  podIP: {addr}\n---\n"
+    )
+}
+
+/// [`lb_manifests`] as lb without Kubernetes is mostly used: each service selects
+/// its 10 pods (one per endpoint address) instead of listing EndpointSlices.
+pub fn lb_pod_manifests(n: usize) -> String {
+    let mut s = String::with_capacity(n * 2_000);
+    for i in 0..n {
+        s.push_str(&service(i, n, true));
+        for (j, a) in endpoints(i, n).into_iter().enumerate() {
+            s.push_str(&pod(i, j, a));
+        }
+    }
+    s
+}
+
+/// One endpoint change of [`lb_pod_manifests`]: service 0's first pod at another
+/// address (as its replacement would be), a different one for each `k`.
+pub fn lb_pod_change(k: usize) -> String {
+    pod(0, 0, changed_endpoint(k))
 }
 
 /// One endpoint change of service 0: its first endpoint replaced by another address,
