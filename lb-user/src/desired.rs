@@ -304,11 +304,12 @@ impl Index {
                     set(&mut self.pods, pair, key, add);
                 }
             }
-            _ => {
+            KIND_SERVICE => {
                 if let Some(pair) = state.services.get(key).and_then(selector_pair) {
                     set(&mut self.selectors, pair, key, add);
                 }
             }
+            _ => {}
         }
     }
 

@@ -280,6 +280,7 @@ fn main() -> Result<()> {
         chart.bar(&format!("{n} svc"), "lb", l.apply.as_secs_f64());
         let p = lb(n, Endpoints::Pods).with_context(|| format!("lb with pods at {n}"))?;
         table.row(lb_row(n, "lb, endpoints from pods' selectors", &p, &l));
+        chart.bar(&format!("{n} svc"), "lb, pods", p.apply.as_secs_f64());
         for k in kernel.iter().filter(|_| !lb_only) {
             if n > k.max {
                 table.row(vec![
