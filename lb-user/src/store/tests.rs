@@ -1,10 +1,31 @@
 use super::*;
 use crate::model::parse_manifest;
 
-fn tmp_store(tag: &str) -> Store {
+/// A store in a temporary directory of its own, removed when the test ends (also
+/// when it fails).
+struct TmpStore(Store);
+
+impl std::ops::Deref for TmpStore {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.0
+    }
+}
+
+impl Drop for TmpStore {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(self.0.dir());
+    }
+}
+
+fn tmp_store_keeping(tag: &str, tombstone_revisions: u64) -> TmpStore {
     let dir = std::env::temp_dir().join(format!("lb-store-test-{}-{tag}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
-    Store::new(dir)
+    TmpStore(Store::new(dir).with_tombstone_revisions(tombstone_revisions))
+}
+
+fn tmp_store(tag: &str) -> TmpStore {
+    tmp_store_keeping(tag, TOMBSTONE_REVISIONS)
 }
 
 fn docs(yaml: &str) -> Vec<Document> {
@@ -155,7 +176,8 @@ fn requested_values_are_honoured_or_refused_and_a_bad_object_applies_nothing() {
 
 #[test]
 fn concurrent_writers_never_allocate_the_same_port() {
-    let store_dir = tmp_store("concurrent").dir().to_path_buf();
+    let tmp = tmp_store("concurrent");
+    let store_dir = tmp.dir().to_path_buf();
     let alloc = Allocation {
         node_ports: 30000..=30039,
         ..Allocation::default()
@@ -210,7 +232,7 @@ fn delete_removes_and_names_what_is_missing() {
 
 #[test]
 fn deletions_are_pruned_after_a_window_and_old_readers_must_reload() {
-    let store = tmp_store("prune").with_tombstone_revisions(100);
+    let store = tmp_store_keeping("prune", 100);
     let alloc = Allocation::default();
     store
         .apply(&docs(&svc("keep", "")), &alloc, Mode::Apply)
@@ -265,5 +287,4 @@ fn deletions_are_pruned_after_a_window_and_old_readers_must_reload() {
         1,
         "the whole read has only what exists"
     );
-    let _ = fs::remove_dir_all(store.dir());
 }
