@@ -1,10 +1,11 @@
 //! The agent: loads and attaches the data plane, then keeps the maps equal to what
-//! the store says, in one direction: store -> model -> desired entries -> diff ->
-//! map writes. It also follows the routes to pods, attaching to each interface behind
-//! which pods live as it appears.
+//! the source says, in one direction: source -> state -> plan -> entries -> sync ->
+//! maps. It also follows the routes to pods, attaching to each interface behind
+//! which pods live as it appears. A service whose entries the maps refuse is
+//! reported (log, `lb describe`) and retried every tick; the others stay programmed.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -17,13 +18,15 @@ use tracing::{info, warn};
 
 use crate::{
     announce::Announcer,
-    desired::{self, Index, Node},
+    entries::{Programmed, Scope, Update},
     kube_source::KubeSource,
-    ledger::Ledger,
-    loader::Dataplane,
-    model::{ObjectKey, pod_ip},
+    loader::{Dataplane, LoadConfig},
+    model::{Kind, ObjectKey, pod_ip},
     netif::{self, Routes},
-    store::{Change, State, Store},
+    plan::{self, Node, PortPlan},
+    state::{Change, Tracked},
+    status::{self, NodeStatus},
+    store::Store,
 };
 
 /// Default root of the bpffs lb pins its maps under (`ROOT/lb/NODE-NAME/`).
@@ -40,10 +43,8 @@ pub struct AgentOptions {
     pub bpffs: PathBuf,
     /// cgroup v2 directory for socket-level balancing (None: the cgroup2 root).
     pub cgroup: Option<PathBuf>,
-    /// XDP forwards flows to other nodes itself (false: the kernel's stack does).
-    pub fib_redirect: bool,
-    /// How translated packets reach local pods (`--to-pods`).
-    pub to_pods: crate::loader::ToPods,
+    /// What the programs are told at load time (the SNAT address is the node's).
+    pub load: LoadConfig,
     /// Address pools LoadBalancer services get their address from (network, prefix).
     pub lb_pools: Vec<(Ipv4Addr, u8)>,
     /// Kubernetes mode: the API server to follow (None: the embedded store).
@@ -81,15 +82,16 @@ struct Agent {
     store: Store,
     node: Node,
     /// What the maps hold (read at start, then kept in step with every write).
-    ledger: Ledger,
-    /// The store revision `state` is at (None: read it whole).
+    programmed: Programmed,
+    /// The store revision `tracked` is at (None: read it whole).
     seen: Option<u64>,
-    /// The source's state as last read, kept in step with its changes.
-    state: State,
-    /// What changes to `state` must find fast (each service's slices, pods by label).
-    index: Index,
-    /// Plan every service next time (start, node addresses, a failed write).
+    /// The source's objects as last read, with their indexes.
+    tracked: Tracked,
+    /// Plan every service next time (start, node addresses, refusals healed).
     plan_all: bool,
+    /// Services whose entries the maps refused, with why (re-planned every tick).
+    refused: BTreeMap<ObjectKey, String>,
+    store_dir: PathBuf,
     /// The routes pods were last followed with (the tick skips the walk over every
     /// endpoint while they stay the same).
     known_routes: Option<Routes>,
@@ -101,23 +103,39 @@ struct Agent {
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
+    // Everything the flags name is checked before anything is loaded or attached.
     if opts.ifaces.is_empty() {
         bail!(
             "--iface: at least one external interface is required (the node's uplink, e.g. eth0)"
         );
     }
-    ensure_bpffs(&opts.bpffs)?;
-    let pins = pin_dir(&opts.bpffs, &opts.node_name);
+    for iface in &opts.ifaces {
+        crate::loader::ifindex(iface).with_context(|| format!("--iface {iface}"))?;
+    }
     let mut addrs = opts.node_ips.clone();
     if addrs.is_empty() {
         for iface in &opts.ifaces {
             addrs.extend(netif::ipv4_addrs(iface));
         }
     }
-    let cfg = crate::loader::LoadConfig {
+    if addrs.is_empty() {
+        bail!(
+            "no node address: the interfaces {:?} have no IPv4 address and no --node-ip was given",
+            opts.ifaces
+        );
+    }
+    if let Some(dir) = &opts.cgroup
+        && !dir.is_dir()
+    {
+        bail!("--cgroup {}: not a directory", dir.display());
+    }
+    std::fs::create_dir_all(&opts.store)
+        .with_context(|| format!("creating store {}", opts.store.display()))?;
+    ensure_bpffs(&opts.bpffs)?;
+    let pins = pin_dir(&opts.bpffs, &opts.node_name);
+    let cfg = LoadConfig {
         snat_addr: addrs.first().copied(),
-        fib_redirect: opts.fib_redirect,
-        to_pods: opts.to_pods,
+        ..opts.load
     };
     let mut dp = Dataplane::load_with(Some(&pins), &cfg)?;
     for iface in &opts.ifaces {
@@ -127,12 +145,6 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     match &cgroup {
         Some(dir) => dp.attach_cgroup(dir)?,
         None => warn!("no cgroup v2 mount: the node's own processes will not reach ClusterIPs"),
-    }
-    if addrs.is_empty() {
-        bail!(
-            "no node address: the interfaces {:?} have no IPv4 address and no --node-ip was given",
-            opts.ifaces
-        );
     }
     let actual = dp.maps.read_entries()?;
     info!(node = %opts.node_name, addrs = ?addrs, pins = %pins.display(), adopted_frontends = actual.services.len(),
@@ -153,19 +165,18 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             name: opts.node_name.clone(),
             addrs,
         },
-        ledger: Ledger::new(actual),
+        programmed: Programmed::adopt(actual),
         seen: None,
-        state: Default::default(),
-        index: Default::default(),
+        tracked: Tracked::default(),
         plan_all: true,
+        refused: BTreeMap::new(),
+        store_dir: opts.store.clone(),
         known_routes: None,
         announcer: Announcer::new(&opts.store, &opts.node_name, &opts.ifaces[0]),
         lb_pools: opts.lb_pools.clone(),
         kube,
         cluster_cidrs: opts.cluster_cidrs.clone(),
     };
-    std::fs::create_dir_all(&opts.store)
-        .with_context(|| format!("creating store {}", opts.store.display()))?;
     // Writers touch the store's commit marker after each commit; the database's own
     // files change many times within a transaction, before it is visible.
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -215,7 +226,7 @@ impl Agent {
 
     /// Whether a LoadBalancer service waits for an address, or another kind holds one.
     fn lb_addresses_due(&self) -> bool {
-        self.state.services.values().any(|s| {
+        self.tracked.state.services.values().any(|s| {
             let is_lb = crate::model::service_type(s) == crate::model::TYPE_LOAD_BALANCER;
             let has_address = !crate::store::lb_ingress_ips(s).is_empty();
             is_lb != has_address
@@ -226,6 +237,7 @@ impl Agent {
     /// which heartbeats of other agents may cause).
     fn announce(&mut self) {
         let lb_ips = self
+            .tracked
             .state
             .services
             .values()
@@ -250,15 +262,18 @@ impl Agent {
                     self.plan_all = true;
                 }
             }
-            self.state.revision = state.revision;
-            self.state.endpoints_from_slices = state.endpoints_from_slices;
-            let changes = self.state.changes_to(state);
+            self.tracked.state.revision = state.revision;
+            self.tracked.state.endpoints_from_slices = state.endpoints_from_slices;
+            let changes = self.tracked.state.changes_to(state);
             return self.take_changes(changes, started);
         }
         let revision = self.store.revision()?;
         if self.seen == Some(revision) {
             if routes {
                 self.follow_known_pod_interfaces(false);
+                if !self.refused.is_empty() || self.plan_all {
+                    self.program(&[], BTreeSet::new(), started)?;
+                }
             }
             return Ok(());
         }
@@ -272,7 +287,7 @@ impl Agent {
             );
             return self.load_whole(started);
         };
-        self.state.revision = read.revision;
+        self.tracked.state.revision = read.revision;
         self.seen = Some(read.revision);
         self.take_changes(read.changes, started)
     }
@@ -280,17 +295,16 @@ impl Agent {
     /// Reads the store whole and plans every service (at start, or when the store
     /// no longer has the changes since what was last read).
     fn load_whole(&mut self, started: Instant) -> Result<()> {
-        self.state = self.store.load()?;
-        self.index = Index::of(&self.state);
-        self.seen = Some(self.state.revision);
+        self.tracked = Tracked::new(self.store.load()?);
+        self.seen = Some(self.tracked.state.revision);
         self.plan_all = true;
-        self.apply_changes(&[], BTreeSet::new(), started)
+        self.program(&[], BTreeSet::new(), started)
     }
 
     /// Takes `changes` into the state and brings the maps in line with them.
     fn take_changes(&mut self, changes: Vec<Change>, started: Instant) -> Result<()> {
-        let (named, services) = desired::take_changes(&mut self.state, &mut self.index, changes);
-        self.apply_changes(&named, services, started)
+        let touched = self.tracked.take(changes);
+        self.program(&touched.named, touched.services, started)
     }
 
     /// Follows the routes to every pod of the state as last read: when the routes
@@ -300,70 +314,94 @@ impl Agent {
         if !force && routes.is_some() && routes == self.known_routes {
             return;
         }
-        let addrs: Vec<Ipv4Addr> = pod_addrs(
-            self.state.pods.values(),
-            self.state.endpoint_slices.values(),
-        )
-        .collect();
+        let state = &self.tracked.state;
+        let addrs: Vec<Ipv4Addr> =
+            pod_addrs(state.pods.values(), state.endpoint_slices.values()).collect();
         self.follow_pod_interfaces(addrs.into_iter());
         self.known_routes = routes;
     }
 
-    /// Re-plans `services` (every service when a full plan is due), writes the
-    /// difference to the maps and ends flows to endpoints that are gone (`started`:
-    /// when reading the source began).
-    fn apply_changes(
+    /// Re-plans `services` and those refused before (every service when a full plan
+    /// is due), writes the difference to the maps and ends flows to endpoints that
+    /// are gone (`started`: when reading the source began). A write the maps refuse
+    /// is retried service by service, so only the services it belongs to are left
+    /// out (and reported).
+    fn program(
         &mut self,
-        changed: &[(&'static str, String)],
-        services: BTreeSet<ObjectKey>,
+        changed: &[(Kind, ObjectKey)],
+        mut services: BTreeSet<ObjectKey>,
         started: Instant,
     ) -> Result<()> {
         let loaded = started.elapsed();
         if self.plan_all {
             self.follow_known_pod_interfaces(true);
         } else {
-            let pods = changed.iter().filter_map(|(_, k)| self.state.pods.get(k));
+            let state = &self.tracked.state;
+            let pods = changed.iter().filter_map(|(_, k)| state.pods.get(k));
             let slices = changed
                 .iter()
-                .filter_map(|(_, k)| self.state.endpoint_slices.get(k));
+                .filter_map(|(_, k)| state.endpoint_slices.get(k));
             let addrs: Vec<Ipv4Addr> = pod_addrs(pods, slices).collect();
             self.follow_pod_interfaces(addrs.into_iter());
         }
-        let plan = self.ledger.plan(
-            &self.state,
-            &self.index,
-            &self.node,
-            &services,
-            self.plan_all,
-        )?;
-        let ops = plan.ops;
-        let planned = started.elapsed();
-        if let Err(e) = self.dp.maps.write(&ops) {
-            // Some writes may have landed: start the next round from what the maps hold.
-            self.ledger.reset(self.dp.maps.read_entries()?);
-            self.plan_all = true;
-            if let Some(k) = &self.kube {
-                k.mark_dirty();
-            }
-            return Err(e.into());
+        services.extend(self.refused.keys().cloned());
+        let mut full = self.plan_all || !self.programmed.knows_owners();
+        let mut plans = self.plans(full, &services);
+        let mut update = self.programmed.update(self.scope(full, &services), &plans);
+        if let Ok(Update::Collides) = update {
+            full = true;
+            plans = self.plans(full, &services);
+            update = self.programmed.update(Scope::All, &plans);
         }
-        self.plan_all = false;
+        let planned = started.elapsed();
+        let refused_before = self.refused.len();
+        let (writes, gone) = match update {
+            Ok(Update::Writes(ops)) => match self.dp.maps.write(&ops) {
+                Ok(()) => {
+                    if full {
+                        self.refused.clear();
+                    } else {
+                        self.refused.retain(|k, _| !services.contains(k));
+                    }
+                    (ops.len(), self.programmed.record(&ops))
+                }
+                Err(e) => {
+                    warn!(error = %e, "the maps refused a write: writing service by service");
+                    self.one_by_one(full, &services, &plans)?
+                }
+            },
+            Ok(Update::Collides) => unreachable!("a full update claims every frontend"),
+            Err(e) => {
+                warn!(error = %e, "planning the entries failed: planning service by service");
+                self.one_by_one(full, &services, &plans)?
+            }
+        };
+        if self.refused.len() != refused_before || !self.refused.is_empty() {
+            self.publish_refused();
+        }
+        // A refusal healed: one full plan takes whatever the retries left behind.
+        self.plan_all = refused_before > 0 && self.refused.is_empty() && !full;
         // Flows to endpoints that are gone end: their conntrack entries go, so the
         // client's next packet is a new flow to a live endpoint, which resets it.
-        let gone = self.ledger.apply(&ops);
         let flows_ended = if gone.is_empty() {
             0
         } else {
             self.dp.maps.end_flows_to(&gone)?
         };
+        let entries = self.programmed.entries();
         info!(
-            revision = self.state.revision,
-            services = self.state.services.len(),
-            planned = plan.services,
-            full = plan.full,
-            frontends = self.ledger.entries.services.len(),
-            backends = self.ledger.entries.backends.len(),
-            writes = ops.len(),
+            revision = self.tracked.state.revision,
+            services = self.tracked.state.services.len(),
+            planned = if full {
+                self.tracked.state.services.len()
+            } else {
+                services.len()
+            },
+            full,
+            frontends = entries.services.len(),
+            backends = entries.backends.len(),
+            writes,
+            refused = self.refused.len(),
             flows_ended,
             load_us = loaded.as_micros() as u64,
             plan_us = (planned - loaded).as_micros() as u64,
@@ -371,6 +409,102 @@ impl Agent {
             "reconciled"
         );
         Ok(())
+    }
+
+    fn plans(&self, full: bool, services: &BTreeSet<ObjectKey>) -> Vec<PortPlan> {
+        if full {
+            plan::plan_all(&self.tracked, &self.node)
+        } else {
+            plan::plan(&self.tracked, &self.node, services)
+        }
+    }
+
+    fn scope<'a>(&self, full: bool, services: &'a BTreeSet<ObjectKey>) -> Scope<'a> {
+        if full {
+            Scope::All
+        } else {
+            Scope::Services(services)
+        }
+    }
+
+    /// After a refused write: the maps are read again, then each service of the
+    /// round is updated and written alone; those the maps refuse are recorded in
+    /// `refused`. Returns the writes made and the backends gone.
+    fn one_by_one(
+        &mut self,
+        full: bool,
+        services: &BTreeSet<ObjectKey>,
+        plans: &[PortPlan],
+    ) -> Result<(usize, BTreeSet<u32>)> {
+        self.programmed.resync(self.dp.maps.read_entries()?);
+        for p in plans {
+            self.programmed
+                .claim(&p.service, p.frontends.iter().map(|(f, _)| *f));
+        }
+        let round: BTreeSet<ObjectKey> = if full {
+            let state = &self.tracked.state;
+            state
+                .services
+                .keys()
+                .chain(self.programmed.services())
+                .cloned()
+                .collect()
+        } else {
+            services.clone()
+        };
+        let (mut writes, mut gone) = (0, BTreeSet::new());
+        for key in round {
+            let mine: Vec<PortPlan> = plans.iter().filter(|p| p.service == key).cloned().collect();
+            let one = BTreeSet::from([key.clone()]);
+            let refusal = match self.programmed.update(Scope::Services(&one), &mine) {
+                Ok(Update::Writes(ops)) => match self.dp.maps.write(&ops) {
+                    Ok(()) => {
+                        writes += ops.len();
+                        gone.extend(self.programmed.record(&ops));
+                        None
+                    }
+                    Err(e) => {
+                        self.programmed.resync(self.dp.maps.read_entries()?);
+                        Some(e.to_string())
+                    }
+                },
+                Ok(Update::Collides) => {
+                    Some("a frontend of it is held by another service".to_string())
+                }
+                Err(e) => Some(e.to_string()),
+            };
+            match refusal {
+                Some(error) => {
+                    warn!(service = %key, %error, "service not programmed; retried every second");
+                    self.programmed.claim(
+                        &key,
+                        mine.iter()
+                            .flat_map(|p| p.frontends.iter().map(|(f, _)| *f)),
+                    );
+                    self.refused.insert(key, error);
+                }
+                None => drop(self.refused.remove(&key)),
+            }
+        }
+        Ok((writes, gone))
+    }
+
+    /// Writes the refused services where `lb describe` finds them.
+    fn publish_refused(&self) {
+        let status = NodeStatus {
+            node: self.node.name.clone(),
+            refused: self
+                .refused
+                .iter()
+                .map(|(k, e)| (k.to_string(), e.clone()))
+                .collect(),
+        };
+        if status::read(&self.store_dir, &self.node.name).as_ref() == Some(&status) {
+            return;
+        }
+        if let Err(e) = status::write(&self.store_dir, &status) {
+            warn!(error = %e, "cannot write the node's status file");
+        }
     }
 
     /// Attaches to every interface the kernel routes a pod address to (pods are

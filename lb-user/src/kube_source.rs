@@ -35,7 +35,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
-use crate::store::State;
+use crate::{model::ObjectKey, netif::parse_cidr, state::State};
 
 /// Services labelled with this name another proxy (kube-proxy's rule).
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -152,13 +152,6 @@ impl KubeSource {
     /// every service takes its endpoints from its EndpointSlices (the cluster's
     /// EndpointSlice controller has already turned selectors into them).
     pub fn state(&self) -> State {
-        let key = |ns: &Option<String>, name: &Option<String>| {
-            format!(
-                "{}/{}",
-                ns.as_deref().unwrap_or("default"),
-                name.as_deref().unwrap_or("")
-            )
-        };
         let services = self
             .services
             .state()
@@ -169,23 +162,13 @@ impl KubeSource {
                     .as_ref()
                     .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME))
             })
-            .map(|s| {
-                (
-                    key(&s.metadata.namespace, &s.metadata.name),
-                    Service::clone(&s),
-                )
-            })
+            .map(|s| (ObjectKey::of(&s.metadata), Service::clone(&s)))
             .collect();
         let endpoint_slices = self
             .slices
             .state()
             .into_iter()
-            .map(|s| {
-                (
-                    key(&s.metadata.namespace, &s.metadata.name),
-                    EndpointSlice::clone(&s),
-                )
-            })
+            .map(|s| (ObjectKey::of(&s.metadata), EndpointSlice::clone(&s)))
             .collect();
         State {
             revision: 0,
@@ -215,7 +198,7 @@ impl KubeSource {
                     .into_iter()
                     .chain(s.pod_cidr)
             })
-            .filter_map(|c| crate::cli::parse_cidr(&c).ok())
+            .filter_map(|c| parse_cidr(&c).ok())
             .collect()
     }
 

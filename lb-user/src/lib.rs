@@ -1,19 +1,23 @@
-//! lb's user side: the agent and the CLI. Data moves one way: manifests (`model`) ->
-//! the store (`store`) -> desired map entries (`desired`) -> ordered writes (`sync`)
-//! -> the maps (`maps`, the only user of `aya::maps`), with `loader` attaching the
-//! programs and `agent` driving the loop.
+//! lb's user side: the agent and the CLI. Data moves one way: manifests (`model`)
+//! -> the store (`store`: persistence, allocation, apply semantics) -> the objects
+//! and their indexes (`state`) -> what each service port needs (`plan`) -> map
+//! entries with their ids and slots (`entries`) -> ordered writes (`sync`) -> the
+//! maps (`maps`, the only user of `aya::maps`), with `loader` attaching the programs
+//! and `agent` driving the loop. `cli` is the command line over all of it.
 
 pub mod agent;
 pub mod announce;
 pub mod cli;
-pub mod desired;
+pub mod entries;
 pub mod kube_source;
-pub mod ledger;
 pub mod loader;
 pub mod maps;
 pub mod model;
 pub mod netif;
 pub mod par;
+pub mod plan;
+pub mod state;
+pub mod status;
 pub mod store;
 pub mod sync;
 pub mod table;

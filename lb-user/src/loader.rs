@@ -74,7 +74,7 @@ pub struct LoadConfig {
 }
 
 /// How XDP hands translated packets to pods on this node (`lb agent --to-pods`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ToPods {
     /// Through the kernel's stack (routing, netfilter, the veth), as without lb.
     Stack,
@@ -87,6 +87,19 @@ pub enum ToPods {
     /// when every pod's end of its veth takes XDP frames (it runs an XDP program, or
     /// has GRO on: `ethtool -K eth0 gro on` in the pod); otherwise the kernel drops them.
     Xdp,
+}
+
+impl std::str::FromStr for ToPods {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stack" => Ok(ToPods::Stack),
+            "peer" => Ok(ToPods::Peer),
+            "xdp" => Ok(ToPods::Xdp),
+            _ => Err(format!("{s}: want peer, xdp or stack")),
+        }
+    }
 }
 
 impl ToPods {

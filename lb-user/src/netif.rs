@@ -167,6 +167,13 @@ impl Routes {
     }
 }
 
+/// `A.B.C.D/N`.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    s.split_once('/')
+        .and_then(|(a, l)| Some((a.parse().ok()?, l.parse::<u8>().ok().filter(|l| *l <= 32)?)))
+        .ok_or_else(|| format!("{s}: want an IPv4 CIDR such as 192.168.1.240/28"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 
 use lb_common::{Backend, BackendKey, ServiceKey, ServiceValue};
 
-use crate::desired::Entries;
+use crate::entries::Entries;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -172,7 +172,13 @@ mod tests {
             let mut e = Entries::default();
             e.services.insert(fk(port.to_be()), svc(1, 1));
             e.backends.insert(BackendKey { svc_id: 1, slot: 0 }, be(1));
-            e.index_ports();
+            // The frontend's port, and the SNAT range while any frontend exists.
+            for p in
+                std::iter::once(port).chain(lb_common::SNAT_PORT_MIN..=lb_common::SNAT_PORT_MAX)
+            {
+                let (w, bit) = port_bit(p);
+                *e.ports.entry(w).or_insert(0) |= bit;
+            }
             e
         };
         // 80 and 81 share bitmap word 1 (ports 64..127).

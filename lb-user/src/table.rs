@@ -287,6 +287,86 @@ pub fn has_node_ports(svc: &Service) -> bool {
     matches!(service_type(svc), TYPE_NODE_PORT | TYPE_LOAD_BALANCER)
 }
 
+/// `lb stats`: every verdict reason with its packets and bytes.
+pub fn verdicts(counters: &[lb_common::Counters]) -> String {
+    let rows = counters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            vec![
+                lb_common::reason::NAMES[i].to_string(),
+                c.packets.to_string(),
+                c.bytes.to_string(),
+            ]
+        })
+        .collect();
+    render(
+        vec!["REASON".into(), "PACKETS".into(), "BYTES".into()],
+        rows,
+    )
+}
+
+/// `lb conntrack`: one row per direction of each flow, as `conntrack -L` lists them.
+pub fn conntrack(flows: &[(lb_common::FlowKey, lb_common::CtValue)]) -> String {
+    use lb_common::{CT_DIR_REPLY, CT_F_HAIRPIN, CT_TCP_SEEN_FIN, CT_TCP_SEEN_RST, PROTO_TCP};
+    let ep = |addr: u32, port: u16| {
+        format!(
+            "{}:{}",
+            std::net::Ipv4Addr::from(u32::from_be(addr)),
+            u16::from_be(port)
+        )
+    };
+    let rows = flows
+        .iter()
+        .map(|(k, v)| {
+            let state: Vec<&str> = [
+                (v.tcp_flags & CT_TCP_SEEN_FIN != 0, "FIN"),
+                (v.tcp_flags & CT_TCP_SEEN_RST != 0, "RST"),
+                (v.flags & CT_F_HAIRPIN != 0, "HAIRPIN"),
+            ]
+            .into_iter()
+            .filter_map(|(on, word)| on.then_some(word))
+            .collect();
+            vec![
+                if k.proto == PROTO_TCP { "tcp" } else { "udp" }.to_string(),
+                if v.direction == CT_DIR_REPLY {
+                    "reply"
+                } else {
+                    "original"
+                }
+                .to_string(),
+                ep(k.saddr_be, k.sport_be),
+                ep(k.daddr_be, k.dport_be),
+                ep(v.nat_saddr_be, v.nat_sport_be),
+                ep(v.nat_daddr_be, v.nat_dport_be),
+                v.svc_id.to_string(),
+                v.backend_id.to_string(),
+                if state.is_empty() {
+                    "-".into()
+                } else {
+                    state.join(",")
+                },
+            ]
+        })
+        .collect();
+    render(
+        [
+            "PROTO",
+            "DIR",
+            "SOURCE",
+            "DESTINATION",
+            "NEW-SOURCE",
+            "NEW-DESTINATION",
+            "SVC-ID",
+            "BACKEND-ID",
+            "STATE",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

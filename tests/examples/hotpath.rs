@@ -10,17 +10,19 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use lb_common::{
-    Backend, BackendKey, CT_DIR_ORIGINAL, CtValue, FlowKey, PROG_BENCH_CT_FLOOR, PROTO_TCP,
-    ServiceValue, port_bit, reason,
+    CT_DIR_ORIGINAL, CtValue, FlowKey, PROG_BENCH_CT_FLOOR, PROTO_TCP, port_bit, reason,
 };
 use lb_tests::packet::{Pkt, TCP_ACK, TCP_SYN};
 use lb_user::{
-    desired::{Entries, frontend},
     loader::{Dataplane, LoadConfig},
+    plan::frontend,
     sync,
 };
 
 use crate::report::{Chart, Table};
+
+#[path = "../tests/programmed/mod.rs"]
+mod programmed;
 
 const REPEAT: u32 = 1_000_000;
 const RUNS: usize = 5;
@@ -48,36 +50,21 @@ fn ns_per_packet(prog: &Xdp, frame: &[u8], repeat: u32) -> f64 {
 
 /// `n` NodePort services on 192.168.1.2:30000+i, 10 endpoints each.
 fn fill(dp: &mut Dataplane, n: u32) {
-    let mut want = Entries::default();
-    for i in 0..n {
-        let id = i + 1;
-        want.services.insert(
-            frontend(Ipv4Addr::new(192, 168, 1, 2), 30000 + i as u16, PROTO_TCP),
-            ServiceValue {
-                svc_id: id,
-                backend_count: 10,
-                flags: 0,
-                affinity_timeout_s: 0,
-            },
-        );
-        for slot in 0..10u32 {
+    let plans: Vec<_> = (0..n)
+        .map(|i| {
             let addr = Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250) as u8 + 1);
-            want.backends.insert(
-                BackendKey { svc_id: id, slot },
-                Backend {
-                    addr_be: u32::from(addr).to_be(),
-                    port_be: (8000 + slot as u16).to_be(),
-                    proto: PROTO_TCP,
-                    flags: 0,
-                    backend_id: id * 10 + slot,
-                },
-            );
-        }
-    }
-    want.index_ports();
-    dp.maps
-        .write(&sync::diff(&Entries::default(), &want))
-        .expect("fill maps");
+            programmed::port_plan(
+                &format!("s{i}"),
+                PROTO_TCP,
+                vec![(
+                    frontend(Ipv4Addr::new(192, 168, 1, 2), 30000 + i as u16, PROTO_TCP),
+                    0,
+                )],
+                (0..10u16).map(|slot| (addr, 8000 + slot)).collect(),
+            )
+        })
+        .collect();
+    programmed::program(&mut dp.maps, &plans);
 }
 
 /// Median of the kernel's own duration of single runs (`repeat: 1`), one per frame.

@@ -21,7 +21,7 @@ use lb_tests::{
     cluster::{Cluster, cluster_with, lbclient, tally},
     seeds::NODE_IP,
 };
-use lb_user::{desired::frontend, maps::Maps};
+use lb_user::{maps::Maps, plan::frontend};
 use serde_json::Value;
 
 #[derive(Clone, Copy, Debug)]

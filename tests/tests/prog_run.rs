@@ -16,10 +16,12 @@ use lb_tests::{
     topology::InNetns,
 };
 use lb_user::{
-    desired::{Entries, frontend},
     loader::{Dataplane, LoadConfig, ToPods},
-    sync,
+    plan::frontend,
 };
+
+mod programmed;
+use programmed::{port_plan, program};
 
 const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC as the kernel reports it back (-1).
@@ -55,44 +57,36 @@ fn dataplane_with(cfg: &LoadConfig) -> Dataplane {
     lb_tests::require_root();
     let mut dp = Dataplane::load_with(None, cfg).expect("load lb's eBPF object");
     let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-    let backend = |port: u16, proto: u8, id: u32| lb_common::Backend {
-        addr_be: u32::from(ip(POD)).to_be(),
-        port_be: port.to_be(),
-        proto,
-        flags: 0,
-        backend_id: id,
-    };
-    let svc = |id, count, flags| lb_common::ServiceValue {
-        svc_id: id,
-        backend_count: count,
-        flags,
-        affinity_timeout_s: 0,
-    };
-    let mut want = Entries::default();
-    want.services
-        .insert(frontend(ip(NODE), NODE_PORT, 6), svc(1, 1, 0));
-    want.services
-        .insert(frontend(ip(CLUSTER_IP), 80, 6), svc(1, 1, SVC_F_INTERNAL));
-    want.services
-        .insert(frontend(ip(CLUSTER_IP), 53, 17), svc(2, 1, SVC_F_INTERNAL));
-    want.services
-        .insert(frontend(ip(NODE), UDP_NODE_PORT, 17), svc(2, 1, 0));
-    want.services
-        .insert(frontend(ip(NODE), 30009, 6), svc(3, 0, 0));
-    want.services
-        .insert(frontend(ip(NODE), 30009, 17), svc(3, 0, 0));
-    want.backends.insert(
-        lb_common::BackendKey { svc_id: 1, slot: 0 },
-        backend(80, 6, 1),
-    );
-    want.backends.insert(
-        lb_common::BackendKey { svc_id: 2, slot: 0 },
-        backend(5353, 17, 2),
-    );
-    want.index_ports();
-    dp.maps
-        .write(&sync::diff(&Entries::default(), &want))
-        .expect("fill maps");
+    let plans = [
+        port_plan(
+            "tcp",
+            6,
+            vec![
+                (frontend(ip(NODE), NODE_PORT, 6), 0),
+                (frontend(ip(CLUSTER_IP), 80, 6), SVC_F_INTERNAL),
+            ],
+            vec![(ip(POD), 80)],
+        ),
+        port_plan(
+            "udp",
+            17,
+            vec![
+                (frontend(ip(CLUSTER_IP), 53, 17), SVC_F_INTERNAL),
+                (frontend(ip(NODE), UDP_NODE_PORT, 17), 0),
+            ],
+            vec![(ip(POD), 5353)],
+        ),
+        port_plan(
+            "empty",
+            6,
+            vec![
+                (frontend(ip(NODE), 30009, 6), 0),
+                (frontend(ip(NODE), 30009, 17), 0),
+            ],
+            Vec::new(),
+        ),
+    ];
+    program(&mut dp.maps, &plans);
     dp
 }
 

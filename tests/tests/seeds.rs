@@ -10,7 +10,7 @@ use lb_tests::{
     require_root,
     seeds::{self, NODE_IP, POD_IP},
 };
-use lb_user::{desired::frontend, maps::Maps};
+use lb_user::{maps::Maps, plan::frontend};
 
 const SEEDS_SERVICE: &str = include_str!("../../examples/node-port-service.yaml");
 const SEEDS_POD: &str = include_str!("../../examples/myapp-pod.yaml");

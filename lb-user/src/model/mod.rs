@@ -23,7 +23,80 @@ const KNOWN_KINDS: &str = "lb reads v1 Service, v1 Pod and discovery.k8s.io/v1 E
 /// Namespace of objects that name none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// A manifest object lb knows.
+/// The kinds of object lb serves: the one name for a kind, from the manifest's
+/// `kind` to the store's rows and the CLI's resource words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Service,
+    Pod,
+    EndpointSlice,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Service, Kind::Pod, Kind::EndpointSlice];
+
+    /// The API's kind (`Service`), as manifests and the store's rows write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::Pod => "Pod",
+            Kind::EndpointSlice => "EndpointSlice",
+        }
+    }
+
+    /// The kind an API kind name names.
+    pub fn from_kind(kind: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+
+    /// kubectl's resource word for one object (`service/NAME created`).
+    pub fn resource(self) -> &'static str {
+        match self {
+            Kind::Service => "service",
+            Kind::Pod => "pod",
+            Kind::EndpointSlice => "endpointslice.discovery.k8s.io",
+        }
+    }
+
+    /// kubectl's resource word for several (`services "x" not found`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::Pod => "pods",
+            Kind::EndpointSlice => "endpointslices.discovery.k8s.io",
+        }
+    }
+
+    /// kubectl's resource words for each kind (short names, singular, plural).
+    pub const RESOURCE_WORDS: [(&str, Kind); 10] = [
+        ("svc", Kind::Service),
+        ("service", Kind::Service),
+        ("services", Kind::Service),
+        ("po", Kind::Pod),
+        ("pod", Kind::Pod),
+        ("pods", Kind::Pod),
+        ("endpointslice", Kind::EndpointSlice),
+        ("endpointslices", Kind::EndpointSlice),
+        ("endpointslice.discovery.k8s.io", Kind::EndpointSlice),
+        ("endpointslices.discovery.k8s.io", Kind::EndpointSlice),
+    ];
+
+    /// The kind a kubectl resource word names (`svc`, `pods`, `endpointslice`, ...).
+    pub fn from_resource(word: &str) -> Option<Kind> {
+        Kind::RESOURCE_WORDS
+            .iter()
+            .find(|(w, _)| *w == word)
+            .map(|(_, k)| *k)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One object of a kind lb serves.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     Service(Box<Service>),
@@ -35,30 +108,24 @@ pub enum Object {
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 
 impl Object {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> Kind {
         match self {
-            Object::Service(_) => "Service",
-            Object::Pod(_) => "Pod",
-            Object::EndpointSlice(_) => "EndpointSlice",
+            Object::Service(_) => Kind::Service,
+            Object::Pod(_) => Kind::Pod,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
         }
     }
 
-    /// kubectl's resource word for messages (`service/NAME created`).
-    pub fn resource(&self) -> &'static str {
+    pub fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
         match self {
-            Object::Service(_) => "service",
-            Object::Pod(_) => "pod",
-            Object::EndpointSlice(_) => "endpointslice.discovery.k8s.io",
+            Object::Service(s) => &s.metadata,
+            Object::Pod(p) => &p.metadata,
+            Object::EndpointSlice(e) => &e.metadata,
         }
     }
 
     pub fn key(&self) -> ObjectKey {
-        let meta = match self {
-            Object::Service(s) => &s.metadata,
-            Object::Pod(p) => &p.metadata,
-            Object::EndpointSlice(e) => &e.metadata,
-        };
-        ObjectKey::of(meta)
+        ObjectKey::of(self.meta())
     }
 }
 
@@ -75,6 +142,12 @@ impl ObjectKey {
             namespace: namespace.to_string(),
             name: name.to_string(),
         }
+    }
+
+    /// The key a store row was written under (its `Display`: `namespace/name`).
+    pub fn from_row(text: &str) -> Option<Self> {
+        let (namespace, name) = text.split_once('/')?;
+        Some(ObjectKey::new(namespace, name))
     }
 
     pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
@@ -121,7 +194,7 @@ pub enum ManifestError {
     Invalid {
         file: String,
         index: usize,
-        kind: &'static str,
+        kind: Kind,
         name: String,
         errors: Vec<FieldError>,
     },
@@ -269,7 +342,7 @@ fn parse_object(source: &str, index: usize, value: Value) -> Result<Document, Ma
                 return Err(ManifestError::Invalid {
                     file: source.into(),
                     index,
-                    kind: "Service",
+                    kind: Kind::Service,
                     name,
                     errors: missing,
                 });

@@ -81,7 +81,7 @@ fn json_lists_and_multi_document_yaml() {
     let docs = parse_manifest("l.json", json).unwrap();
     assert_eq!(
         docs.iter().map(|d| d.object.kind()).collect::<Vec<_>>(),
-        ["Service", "Pod"]
+        [Kind::Service, Kind::Pod]
     );
     let yaml = format!(
         "{SEEDS}---\n{}\n---\n",

@@ -1,25 +1,33 @@
+use lb_common::BE_F_REMOTE;
+
 use super::*;
 use crate::{
+    entries::{Programmed, Scope, Update},
     model::parse_manifest,
-    store::{Allocation, Mode, Store},
+    state::State,
+    store::{Allocation, Mode, apply::apply},
 };
 
-fn state(yaml: &str) -> State {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("lb-desired-test-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = Store::new(&dir);
-    store
-        .apply(
-            &parse_manifest("t.yaml", yaml).unwrap(),
-            &Allocation::default(),
-            Mode::Apply,
-        )
-        .unwrap();
-    let s = store.load().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    s
+/// The objects of `yaml` as the store would hold them (defaults, allocation), with
+/// their indexes; no disk.
+fn state(yaml: &str) -> Tracked {
+    let mut state = State::default();
+    let docs = parse_manifest("t.yaml", yaml).unwrap();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    apply(
+        &mut state,
+        &docs,
+        &Allocation::default(),
+        Mode::Apply,
+        now,
+        1,
+    )
+    .unwrap();
+    Tracked::new(state)
+}
+
+fn plan(t: &Tracked, node: &Node) -> Vec<PortPlan> {
+    plan_all(t, node)
 }
 
 fn pod(name: &str, ip: &str, labels: &str, ports: &str) -> String {
@@ -48,7 +56,8 @@ fn nodeport_has_a_cluster_frontend_and_one_per_node_address() {
     let plans = plan(&s, &node());
     assert_eq!(plans.len(), 1);
     let p = &plans[0];
-    let cluster_ip = crate::model::cluster_ip(&s.services["default/web"]).unwrap();
+    let cluster_ip =
+        crate::model::cluster_ip(&s.state.services[&ObjectKey::new("default", "web")]).unwrap();
     assert_eq!(
         p.frontends,
         vec![
@@ -111,88 +120,6 @@ fn headless_services_and_other_namespaces_are_not_balanced() {
     assert!(
         plans[0].endpoints.is_empty(),
         "a pod in another namespace is not an endpoint"
-    );
-}
-
-fn plan_with(endpoints: &[(u8, u16)]) -> PortPlan {
-    PortPlan {
-        service: ObjectKey::new("default", "s"),
-        port: "80".into(),
-        proto: PROTO_TCP,
-        frontends: vec![(
-            frontend("10.96.0.10".parse().unwrap(), 80, PROTO_TCP),
-            SVC_F_INTERNAL,
-        )],
-        endpoints: endpoints
-            .iter()
-            .map(|(last, port)| (Ipv4Addr::new(10, 244, 0, *last), *port))
-            .collect(),
-        remote: BTreeSet::new(),
-        affinity_timeout_s: 0,
-    }
-}
-
-#[test]
-fn ids_and_slots_stay_put_so_a_change_touches_only_what_it_must() {
-    let first = entries(
-        &[plan_with(&[(2, 80), (3, 80), (4, 80)])],
-        &Entries::default(),
-    )
-    .unwrap();
-    assert_eq!(first.services.values().next().unwrap().backend_count, 3);
-    // Same input, built on what the maps hold: identical, so no writes.
-    assert_eq!(
-        entries(&[plan_with(&[(2, 80), (3, 80), (4, 80)])], &first).unwrap(),
-        first
-    );
-    // Remove the middle endpoint: slot 0 keeps .2, the last one moves into the hole
-    // only if needed; ids of survivors are unchanged.
-    let second = entries(&[plan_with(&[(2, 80), (4, 80)])], &first).unwrap();
-    let ids = |e: &Entries| {
-        e.backends
-            .values()
-            .map(|b| (b.addr_be, b.backend_id))
-            .collect::<BTreeMap<_, _>>()
-    };
-    for (addr, id) in ids(&second) {
-        assert_eq!(ids(&first)[&addr], id, "a surviving backend keeps its id");
-    }
-    assert_eq!(
-        second.backends[&BackendKey { svc_id: 1, slot: 0 }],
-        first.backends[&BackendKey { svc_id: 1, slot: 0 }]
-    );
-    let ops = crate::sync::diff(&first, &second);
-    assert!(
-        ops.len() <= 3,
-        "one count, at most one moved slot, one removed slot: {ops:?}"
-    );
-    // Add one back: a new id, not one in use.
-    let third = entries(&[plan_with(&[(2, 80), (4, 80), (9, 80)])], &second).unwrap();
-    let new_id = third
-        .backends
-        .values()
-        .find(|b| b.addr_be == u32::from(Ipv4Addr::new(10, 244, 0, 9)).to_be())
-        .unwrap()
-        .backend_id;
-    assert!(!ids(&second).values().any(|id| *id == new_id));
-}
-
-#[test]
-fn a_new_service_does_not_take_an_existing_services_id() {
-    let a = plan_with(&[(2, 80)]);
-    let mut b = plan_with(&[(3, 80)]);
-    b.service = ObjectKey::new("default", "b");
-    b.frontends = vec![(
-        frontend("10.96.0.11".parse().unwrap(), 80, PROTO_TCP),
-        SVC_F_INTERNAL,
-    )];
-    let only_b = entries(std::slice::from_ref(&b), &Entries::default()).unwrap();
-    let both = entries(&[a, b.clone()], &only_b).unwrap();
-    let id_of = |e: &Entries, p: &PortPlan| e.services[&p.frontends[0].0].svc_id;
-    assert_eq!(
-        id_of(&both, &b),
-        id_of(&only_b, &b),
-        "b keeps its id when a appears before it"
     );
 }
 
@@ -274,8 +201,17 @@ fn traffic_policies_and_remote_endpoints() {
     assert_eq!(plans[0].frontends.len(), 2);
     assert_eq!(plans[0].endpoints.len(), 2);
     assert_eq!(plans[0].remote, BTreeSet::from([ip("10.244.1.2")]));
-    let e = entries(&plans, &Entries::default()).unwrap();
-    let remote_flags: Vec<u8> = e.backends.values().map(|b| b.flags & BE_F_REMOTE).collect();
+    let mut p = Programmed::default();
+    let Ok(Update::Writes(ops)) = p.update(Scope::All, &plans) else {
+        panic!("a full update writes")
+    };
+    p.record(&ops);
+    let remote_flags: Vec<u8> = p
+        .entries()
+        .backends
+        .values()
+        .map(|b| b.flags & BE_F_REMOTE)
+        .collect();
     assert_eq!(
         remote_flags,
         vec![0, BE_F_REMOTE],

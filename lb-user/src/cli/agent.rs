@@ -1,0 +1,93 @@
+//! `lb agent`: the flags, turned into the agent's options.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::{
+    agent::{self, AgentOptions, DEFAULT_BPFFS},
+    loader::{LoadConfig, ToPods},
+    netif::parse_cidr,
+};
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// External interface(s) (the node's uplink); repeat for several.
+    #[arg(long = "iface", required = true)]
+    pub ifaces: Vec<String>,
+    /// Address(es) NodePorts answer on (default: the IPv4 addresses of the interfaces).
+    #[arg(long = "node-ip")]
+    pub node_ips: Vec<Ipv4Addr>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// bpffs root; maps are pinned under ROOT/lb/NODE-NAME (mounted if needed).
+    #[arg(long, env = "LB_BPFFS", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// cgroup v2 directory whose processes get socket-level balancing (default: the
+    /// cgroup2 root, i.e. every process of this network namespace).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// Forward translated packets through the kernel's stack instead of XDP's own
+    /// FIB lookup and redirect (slower; for comparison and troubleshooting).
+    #[arg(long)]
+    pub no_xdp_redirect: bool,
+    /// How NodePort and LoadBalancer packets XDP translated reach pods on this node:
+    /// `peer` hands them from TC ingress to the pod's end of
+    /// its veth, skipping the node's routing and netfilter (as Cilium's host
+    /// routing); `xdp` redirects them from XDP into the veth, fastest, but only when
+    /// every pod's end takes XDP frames (an XDP program, or GRO on: `ethtool -K eth0
+    /// gro on` in the pod; otherwise the kernel drops them); `stack` leaves them to
+    /// the kernel's stack, as without lb. Both `peer` and `xdp` need XDP's FIB
+    /// lookup: with `--no-xdp-redirect` packets go through the stack.
+    #[arg(long, default_value = "peer", value_parser = to_pods())]
+    pub to_pods: ToPods,
+    /// Addresses LoadBalancer services are given (CIDR; repeat for several). One node
+    /// answers ARP for each address; another takes over when its agent stops.
+    #[arg(long = "lb-pool", value_parser = parse_cidr)]
+    pub lb_pools: Vec<(Ipv4Addr, u8)>,
+    /// Kubernetes mode: follow this cluster's Services, EndpointSlices and Nodes
+    /// (kube-rs watchers) instead of the embedded store. Without it, an agent
+    /// running in a pod uses its service account; elsewhere, the embedded store.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The pods' network (CIDR; repeat for several), as kube-proxy's
+    /// --cluster-cidr: every interface with a route into it is a pod's, so its pods
+    /// reach ClusterIPs even when no object names them. In Kubernetes mode the
+    /// node's spec.podCIDRs count too.
+    #[arg(long = "cluster-cidr", value_parser = parse_cidr)]
+    pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
+}
+
+fn to_pods() -> impl clap::builder::TypedValueParser<Value = ToPods> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["peer", "xdp", "stack"])
+        .map(|w| w.parse::<ToPods>().expect("one of the listed words"))
+}
+
+pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
+    let opts = AgentOptions {
+        ifaces: a.ifaces,
+        node_ips: a.node_ips,
+        node_name: a.node_name.unwrap_or_else(super::hostname),
+        store,
+        bpffs: a.bpffs,
+        cgroup: a.cgroup,
+        load: LoadConfig {
+            snat_addr: None,
+            fib_redirect: !a.no_xdp_redirect,
+            to_pods: a.to_pods,
+        },
+        lb_pools: a.lb_pools,
+        cluster_cidrs: a.cluster_cidrs,
+        kube: None,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let kube = crate::kube_source::config(a.kubeconfig.as_deref()).await?;
+            agent::run(AgentOptions { kube, ..opts }).await
+        })
+}

@@ -1,0 +1,193 @@
+//! The `lb` command line: kubectl's verbs and flags for the objects lb serves, and
+//! the agent. One file per verb, each with its arguments and what it does; clap
+//! lives here only, and output people read is rendered by `table`.
+
+mod agent;
+mod apply;
+mod conntrack;
+mod delete;
+mod describe;
+mod expose;
+mod get;
+mod reset;
+mod stats;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, anyhow};
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    agent::{DEFAULT_BPFFS, pin_dir},
+    maps::Maps,
+    model::Kind,
+    store::{Allocation, DEFAULT_STORE_DIR, Store},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "lb",
+    version,
+    about = "An eBPF/XDP load balancer for Kubernetes Services",
+    after_help = "Examples:\n  lb agent --iface eth0                 # serve this node\n  lb apply -f svc.yaml                  # create or update objects\n  lb get svc                            # list services like kubectl\n  lb describe svc node-port-service     # ports, endpoints, live counters"
+)]
+pub struct Cli {
+    /// The embedded store's directory, shared by the agent and the CLI.
+    #[arg(long, global = true, env = "LB_STORE", default_value = DEFAULT_STORE_DIR)]
+    pub store: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Load and attach the data plane and keep it in step with the store.
+    #[command(after_help = "Example:\n  lb agent --iface eth0 --node-ip 192.168.1.2")]
+    Agent(agent::AgentArgs),
+    /// Create or update objects from manifests (all or nothing per invocation).
+    #[command(after_help = "Examples:\n  lb apply -f svc.yaml\n  cat pod.yaml | lb apply -f -")]
+    Apply(apply::ApplyArgs),
+    /// Create objects from manifests; an existing object is an error.
+    Create(apply::ApplyArgs),
+    /// List objects.
+    #[command(
+        after_help = "Examples:\n  lb get svc\n  lb get pods -A -o wide\n  lb get svc my-svc -o yaml"
+    )]
+    Get(get::GetArgs),
+    /// Show one service in detail, with live counters from the agent's maps.
+    Describe(describe::DescribeArgs),
+    /// Show the data plane's verdict counters (every packet, by reason) for a node.
+    Stats(NodeArgs),
+    /// Delete objects by name or by the manifests that made them.
+    #[command(after_help = "Examples:\n  lb delete svc my-svc\n  lb delete -f svc.yaml")]
+    Delete(delete::DeleteArgs),
+    /// Make a service for a pod (its labels become the selector) or for a service's
+    /// selector, as `kubectl expose` does.
+    #[command(
+        after_help = "Examples:\n  lb expose pod hello --name=hello-svc --port=8080 --target-port=80 --type=NodePort\n  lb expose svc web --name=web-np --type=NodePort"
+    )]
+    Expose(expose::ExposeArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  source <(lb completion bash)\n  lb completion zsh > \"${fpath[1]}/_lb\""
+    )]
+    Completion { shell: clap_complete::Shell },
+    /// List the flows the data plane tracks (both directions of each), as
+    /// `conntrack -L` does.
+    Conntrack(NodeArgs),
+    /// Remove a node's data plane: detach every program and drop its maps (conntrack
+    /// included). A stopped agent leaves the data plane forwarding; this ends it.
+    #[command(after_help = "Example:\n  lb reset --node-name node1")]
+    Reset(NodeArgs),
+}
+
+/// Runs one command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let store = Store::new(&cli.store);
+    match cli.command {
+        Command::Agent(a) => agent::run(a, cli.store),
+        Command::Apply(a) => apply::run(&store, &a, crate::store::Mode::Apply),
+        Command::Create(a) => apply::run(&store, &a, crate::store::Mode::Create),
+        Command::Get(g) => get::run(&store, &g),
+        Command::Describe(d) => describe::run(&store, &d),
+        Command::Delete(d) => delete::run(&store, &d),
+        Command::Stats(a) => stats::run(&a),
+        Command::Reset(a) => reset::run(&a),
+        Command::Conntrack(a) => conntrack::run(&a),
+        Command::Expose(e) => expose::run(&store, &e),
+        Command::Completion { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "lb", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// A kubectl resource word (`svc`, `pods`, `endpointslices`, ...), the words listed
+/// in help and completions.
+fn parse_kind() -> impl clap::builder::TypedValueParser<Value = Kind> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Kind::RESOURCE_WORDS.map(|(w, _)| w))
+        .map(|w| Kind::from_resource(&w).expect("one of RESOURCE_WORDS"))
+}
+
+/// Where ClusterIPs and nodePorts come from.
+#[derive(Args)]
+pub struct AllocationArgs {
+    /// The range ClusterIPs are allocated from.
+    #[arg(long, env = "LB_SERVICE_CIDR", default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
+    /// The range nodePorts are allocated from.
+    #[arg(long, env = "LB_NODE_PORT_RANGE", default_value = "30000-32767")]
+    pub node_port_range: String,
+}
+
+impl AllocationArgs {
+    fn parse(&self) -> Result<Allocation> {
+        let (net, len) = self
+            .service_cidr
+            .split_once('/')
+            .and_then(|(n, l)| Some((n.parse().ok()?, l.parse::<u8>().ok().filter(|l| *l <= 30)?)))
+            .ok_or_else(|| {
+                anyhow!(
+                    "--service-cidr {}: want an IPv4 CIDR such as 10.96.0.0/12",
+                    self.service_cidr
+                )
+            })?;
+        let (lo, hi) = self
+            .node_port_range
+            .split_once('-')
+            .and_then(|(l, h)| Some((l.parse::<u16>().ok()?, h.parse::<u16>().ok()?)))
+            .filter(|(l, h)| l <= h && *l > 0)
+            .ok_or_else(|| {
+                anyhow!(
+                    "--node-port-range {}: want LOW-HIGH such as 30000-32767",
+                    self.node_port_range
+                )
+            })?;
+        Ok(Allocation {
+            service_cidr: (net, len),
+            node_ports: lo..=hi,
+        })
+    }
+}
+
+/// Which node's data plane a command reads.
+#[derive(Args)]
+pub struct NodeArgs {
+    /// bpffs root the agent pins under.
+    #[arg(long, env = "LB_BPFFS", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// The node whose agent's maps to read (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+}
+
+impl NodeArgs {
+    fn node(&self) -> String {
+        self.node_name.clone().unwrap_or_else(hostname)
+    }
+
+    fn pins(&self) -> PathBuf {
+        pin_dir(&self.bpffs, &self.node())
+    }
+
+    /// The maps the node's agent pinned.
+    fn maps(&self) -> Result<Maps> {
+        let dir = self.pins();
+        Maps::open_pinned(&dir).with_context(|| {
+            format!(
+                "no agent maps for node {} under {}",
+                self.node(),
+                dir.display()
+            )
+        })
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "node".into())
+}

@@ -1,0 +1,548 @@
+//! From plans to map entries: the ids and slots of `LB_SERVICES` / `LB_BACKENDS`
+//! and the words of the `LB_PORTS` bitmap, kept in [`Programmed`] beside what the
+//! maps hold so that a change is written without touching any other service.
+//!
+//! One update serves every case: [`Programmed::update`] takes the plans of some
+//! services (or of all of them), compares them with the entries those services hold,
+//! and returns the writes ([`sync::diff`]). A full plan is the same update over every
+//! service. Ids come from one allocator ([`IdPool`]); port bits from one count of the
+//! frontends on each port.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use lb_common::{
+    BE_F_REMOTE, Backend, BackendKey, ID_NONE, MAX_BACKEND_IDS, MAX_SERVICE_IDS, SNAT_PORT_MAX,
+    SNAT_PORT_MIN, SVC_F_AFFINITY, ServiceKey, ServiceValue, port_bit,
+};
+
+use crate::{
+    model::ObjectKey,
+    plan::PortPlan,
+    sync::{self, Op},
+};
+
+/// The contents of `LB_SERVICES`, `LB_BACKENDS` and `LB_PORTS`: what we want, or
+/// what the maps hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entries {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub backends: BTreeMap<BackendKey, Backend>,
+    /// The non-zero words of the frontend-port bitmap (`lb_common::port_bit`).
+    pub ports: BTreeMap<u32, u64>,
+}
+
+impl Entries {
+    /// The slots of service-port `svc_id`, in order.
+    pub fn slots(&self, svc_id: u32) -> impl Iterator<Item = (&BackendKey, &Backend)> {
+        self.backends.range(
+            BackendKey { svc_id, slot: 0 }..=BackendKey {
+                svc_id,
+                slot: u32::MAX,
+            },
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EntriesError {
+    #[error("more than {limit} {what}: lb's maps hold no more (lb-common limits)")]
+    TooMany { what: &'static str, limit: u32 },
+}
+
+/// The ids not in use, found without looking at the ones that are: every id from
+/// `high` up, and the freed ones below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IdPool {
+    free: BTreeSet<u32>,
+    high: u32,
+    limit: u32,
+    what: &'static str,
+}
+
+impl IdPool {
+    fn new(limit: u32, what: &'static str) -> Self {
+        IdPool {
+            free: BTreeSet::new(),
+            high: ID_NONE + 1,
+            limit,
+            what,
+        }
+    }
+
+    /// The lowest free id.
+    fn take(&mut self) -> Result<u32, EntriesError> {
+        if let Some(id) = self.free.pop_first() {
+            return Ok(id);
+        }
+        if self.high >= self.limit {
+            return Err(EntriesError::TooMany {
+                what: self.what,
+                limit: self.limit - 1,
+            });
+        }
+        self.high += 1;
+        Ok(self.high - 1)
+    }
+
+    fn mark_used(&mut self, id: u32) {
+        if id >= self.high {
+            self.free.extend(self.high..id);
+            self.high = id + 1;
+        } else {
+            self.free.remove(&id);
+        }
+    }
+
+    fn release(&mut self, id: u32) {
+        if id < self.high {
+            self.free.insert(id);
+        }
+        while self.high > ID_NONE + 1 && self.free.remove(&(self.high - 1)) {
+            self.high -= 1;
+        }
+    }
+}
+
+/// A backend by (address, port, protocol), all big-endian as in the maps.
+type BackendAddr = (u32, u16, u8);
+
+/// Which services an update plans.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Every service: the plans are all of them, and entries no plan claims go.
+    All,
+    /// These services: the plans are theirs (none for a service that is gone).
+    Services(&'a BTreeSet<ObjectKey>),
+}
+
+/// What [`Programmed::update`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Update {
+    /// The writes, in a safe order (empty: nothing to do).
+    Writes(Vec<Op>),
+    /// A plan claims a frontend another service holds: only a plan of every
+    /// service can say who keeps it.
+    Collides,
+}
+
+/// What the maps hold, with who owns each entry: the frontends each service's plans
+/// claim, the id and users of each backend, the frontends on each port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Programmed {
+    entries: Entries,
+    /// The frontends each service's plans claim (known after the first full plan).
+    owners: HashMap<ObjectKey, BTreeSet<ServiceKey>>,
+    /// Backend id by (address, port, protocol), with how many slots hold it.
+    backends: HashMap<BackendAddr, (u32, u32)>,
+    /// How many frontends answer on each port.
+    port_refs: HashMap<u16, u32>,
+    /// How many frontends each service-port id has.
+    service_refs: HashMap<u32, u32>,
+    backend_ids: IdPool,
+    service_ids: IdPool,
+    /// What the last update's plans claim, taken into `owners` when its writes are
+    /// recorded (a refused write leaves the claims as they were).
+    pending: Option<Claims>,
+}
+
+/// The frontends an update's services claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Claims {
+    /// Every service was planned: these claims replace all others.
+    all: bool,
+    services: Vec<ObjectKey>,
+    owners: HashMap<ObjectKey, BTreeSet<ServiceKey>>,
+}
+
+impl Default for Programmed {
+    fn default() -> Self {
+        Programmed::adopt(Entries::default())
+    }
+}
+
+impl Programmed {
+    /// What `entries` (read from the maps) hold; their owners are unknown until a
+    /// full update.
+    pub fn adopt(entries: Entries) -> Self {
+        let mut p = Programmed {
+            entries: Entries::default(),
+            owners: HashMap::new(),
+            backends: HashMap::new(),
+            port_refs: HashMap::new(),
+            service_refs: HashMap::new(),
+            backend_ids: IdPool::new(MAX_BACKEND_IDS, "backends"),
+            service_ids: IdPool::new(MAX_SERVICE_IDS, "service ports"),
+            pending: None,
+        };
+        let ops: Vec<Op> = entries
+            .backends
+            .iter()
+            .map(|(k, v)| Op::PutBackend(*k, *v))
+            .chain(entries.services.iter().map(|(k, v)| Op::PutService(*k, *v)))
+            .collect();
+        p.record(&ops);
+        p.entries.ports = entries.ports;
+        p
+    }
+
+    /// Takes `entries` (the maps as read again, after a write they refused part of)
+    /// and keeps what each service claimed before it (the refused update's claims
+    /// are dropped), so that its next update removes what it no longer wants.
+    pub fn resync(&mut self, entries: Entries) {
+        let owners = std::mem::take(&mut self.owners);
+        *self = Programmed::adopt(entries);
+        self.owners = owners;
+    }
+
+    pub fn entries(&self) -> &Entries {
+        &self.entries
+    }
+
+    /// Whether every frontend's owner is known (an update of some services is
+    /// possible).
+    pub fn knows_owners(&self) -> bool {
+        !self.owners.is_empty() || self.entries.services.is_empty()
+    }
+
+    /// The writes that bring the entries of `scope` to `plans`, and leave every other
+    /// service's alone. Ids and slots the maps hold are kept (a backend keeps its id
+    /// and slot, a service port the id of any frontend it keeps), so an unchanged
+    /// service needs no write. Nothing is recorded until [`record`](Self::record).
+    pub fn update(&mut self, scope: Scope<'_>, plans: &[PortPlan]) -> Result<Update, EntriesError> {
+        let old = match scope {
+            Scope::All => self.entries.clone(),
+            Scope::Services(services) => {
+                if !self.knows_owners() {
+                    return Ok(Update::Collides);
+                }
+                let old = self.held_by(services);
+                let claims_another = plans.iter().flat_map(|p| &p.frontends).any(|(f, _)| {
+                    self.entries.services.contains_key(f) && !old.services.contains_key(f)
+                });
+                if claims_another {
+                    return Ok(Update::Collides);
+                }
+                old
+            }
+        };
+        let mut old = old;
+        let mut new = self.build(plans, &old)?;
+        let words = self.touched_words(scope, &old, &new);
+        self.bitmap(&words, &old, &mut new);
+        old.ports = words
+            .iter()
+            .filter_map(|w| Some((*w, *self.entries.ports.get(w)?)))
+            .collect();
+        self.pending = Some(Claims {
+            all: matches!(scope, Scope::All),
+            services: match scope {
+                Scope::All => Vec::new(),
+                Scope::Services(s) => s.iter().cloned().collect(),
+            },
+            owners: owners(plans),
+        });
+        Ok(Update::Writes(sync::diff(&old, &new)))
+    }
+
+    /// Makes `service` claim `frontends` too (its write failed: what the maps may
+    /// still hold of them is its to remove next time).
+    pub fn claim(&mut self, service: &ObjectKey, frontends: impl IntoIterator<Item = ServiceKey>) {
+        self.owners
+            .entry(service.clone())
+            .or_default()
+            .extend(frontends);
+    }
+
+    /// The services that claim frontends.
+    pub fn services(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.owners.keys()
+    }
+
+    /// The frontends `service` claims.
+    pub fn owned_by(&self, service: &ObjectKey) -> impl Iterator<Item = &ServiceKey> {
+        self.owners.get(service).into_iter().flatten()
+    }
+
+    /// The entries `services` hold: their frontends and the slots behind them.
+    fn held_by(&self, services: &BTreeSet<ObjectKey>) -> Entries {
+        let mut old = Entries::default();
+        for f in services.iter().flat_map(|k| self.owned_by(k)) {
+            if let Some(v) = self.entries.services.get(f) {
+                old.services.insert(*f, *v);
+            }
+        }
+        let ids: BTreeSet<u32> = old.services.values().map(|v| v.svc_id).collect();
+        for id in ids {
+            old.backends
+                .extend(self.entries.slots(id).map(|(k, v)| (*k, *v)));
+        }
+        old
+    }
+
+    /// The frontends and slots of `plans` (no port bitmap): each plan keeps the id
+    /// a frontend of it has in `old` (once per id), each backend its id and slot.
+    fn build(&mut self, plans: &[PortPlan], old: &Entries) -> Result<Entries, EntriesError> {
+        let mut claimed = BTreeSet::new();
+        let kept: Vec<Option<u32>> = plans
+            .iter()
+            .map(|plan| {
+                plan.frontends
+                    .iter()
+                    .filter_map(|(k, _)| old.services.get(k).map(|v| v.svc_id))
+                    .find(|id| claimed.insert(*id))
+            })
+            .collect();
+        let mut fresh: HashMap<BackendAddr, u32> = HashMap::new();
+        let mut out = Entries::default();
+        for (plan, kept) in plans.iter().zip(kept) {
+            let svc_id = match kept {
+                Some(id) => id,
+                None => self.service_ids.take()?,
+            };
+            let mut backends = Vec::with_capacity(plan.endpoints.len());
+            for (addr, port) in &plan.endpoints {
+                let at = (u32::from(*addr).to_be(), port.to_be(), plan.proto);
+                let backend_id = match self.backends.get(&at).map(|(id, _)| *id) {
+                    Some(id) => id,
+                    None => match fresh.get(&at) {
+                        Some(id) => *id,
+                        None => {
+                            let id = self.backend_ids.take()?;
+                            fresh.insert(at, id);
+                            id
+                        }
+                    },
+                };
+                backends.push(Backend {
+                    addr_be: at.0,
+                    port_be: at.1,
+                    proto: plan.proto,
+                    flags: if plan.remote.contains(addr) {
+                        BE_F_REMOTE
+                    } else {
+                        0
+                    },
+                    backend_id,
+                });
+            }
+            for (slot, backend) in assign_slots(svc_id, backends, old).into_iter().enumerate() {
+                let key = BackendKey {
+                    svc_id,
+                    slot: slot as u32,
+                };
+                out.backends.insert(key, backend);
+            }
+            for (key, flags) in &plan.frontends {
+                let affinity = if plan.affinity_timeout_s > 0 {
+                    SVC_F_AFFINITY
+                } else {
+                    0
+                };
+                out.services.insert(
+                    *key,
+                    ServiceValue {
+                        svc_id,
+                        backend_count: plan.endpoints.len() as u32,
+                        flags: *flags | affinity,
+                        affinity_timeout_s: plan.affinity_timeout_s,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The bitmap words the update touches: those of ports whose frontends come or
+    /// go, the SNAT range's when the first frontend comes or the last goes, and (a
+    /// full update) every word the maps or the counts have, so a stale bitmap heals.
+    fn touched_words(&self, scope: Scope<'_>, old: &Entries, new: &Entries) -> BTreeSet<u32> {
+        let changed = old
+            .services
+            .keys()
+            .filter(|f| !new.services.contains_key(f))
+            .chain(
+                new.services
+                    .keys()
+                    .filter(|f| !old.services.contains_key(f)),
+            );
+        let mut words: BTreeSet<u32> = changed
+            .map(|f| port_bit(u16::from_be(f.port_be)).0)
+            .collect();
+        let after = self.entries.services.len() - old.services.len() + new.services.len();
+        let snat_words = port_bit(SNAT_PORT_MIN).0..=port_bit(SNAT_PORT_MAX).0;
+        if self.entries.services.is_empty() != (after == 0) {
+            words.extend(snat_words.clone());
+        }
+        if let Scope::All = scope {
+            words.extend(self.entries.ports.keys());
+            words.extend(self.port_refs.keys().map(|p| port_bit(*p).0));
+            words.extend(
+                new.services
+                    .keys()
+                    .map(|f| port_bit(u16::from_be(f.port_be)).0),
+            );
+            if after > 0 {
+                words.extend(snat_words);
+            }
+        }
+        words
+    }
+
+    /// Sets `words` of `new.ports` as the counts of frontends per port will be once
+    /// `old` is replaced by `new`. The SNAT range is marked while any frontend
+    /// exists, so replies of SNAT flows pass the filter.
+    fn bitmap(&self, words: &BTreeSet<u32>, old: &Entries, new: &mut Entries) {
+        let mut delta: HashMap<u16, i64> = HashMap::new();
+        for f in old.services.keys() {
+            *delta.entry(u16::from_be(f.port_be)).or_default() -= 1;
+        }
+        for f in new.services.keys() {
+            *delta.entry(u16::from_be(f.port_be)).or_default() += 1;
+        }
+        let after = self.entries.services.len() - old.services.len() + new.services.len();
+        for &w in words {
+            let mut bits = 0u64;
+            for port in (w * 64)..(w * 64 + 64) {
+                let Ok(port) = u16::try_from(port) else { break };
+                let refs = i64::from(self.port_refs.get(&port).copied().unwrap_or(0))
+                    + delta.get(&port).copied().unwrap_or(0);
+                let snat = after > 0 && (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&port);
+                if refs > 0 || snat {
+                    bits |= port_bit(port).1;
+                }
+            }
+            if bits != 0 {
+                new.ports.insert(w, bits);
+            }
+        }
+    }
+
+    /// Records `ops` (written to the maps); returns the backend ids no slot holds any
+    /// more (their flows should end).
+    pub fn record(&mut self, ops: &[Op]) -> BTreeSet<u32> {
+        let mut gone = BTreeSet::new();
+        for op in ops {
+            match op {
+                Op::PutBackend(k, v) => {
+                    if let Some(old) = self.entries.backends.get(k).copied() {
+                        self.release_backend(&old, &mut gone);
+                    }
+                    let e = self
+                        .backends
+                        .entry((v.addr_be, v.port_be, v.proto))
+                        .or_insert((v.backend_id, 0));
+                    e.1 += 1;
+                    self.backend_ids.mark_used(v.backend_id);
+                    gone.remove(&v.backend_id);
+                }
+                Op::DeleteBackend(k) => {
+                    if let Some(old) = self.entries.backends.get(k).copied() {
+                        self.release_backend(&old, &mut gone);
+                    }
+                }
+                Op::PutService(k, v) => {
+                    match self.entries.services.get(k).map(|o| o.svc_id) {
+                        Some(id) => self.release_service(id),
+                        None => *self.port_refs.entry(u16::from_be(k.port_be)).or_default() += 1,
+                    }
+                    *self.service_refs.entry(v.svc_id).or_default() += 1;
+                    self.service_ids.mark_used(v.svc_id);
+                }
+                Op::DeleteService(k) => {
+                    if let Some(old) = self.entries.services.get(k).map(|o| o.svc_id) {
+                        self.release_service(old);
+                        let port = u16::from_be(k.port_be);
+                        if let Some(n) = self.port_refs.get_mut(&port) {
+                            *n -= 1;
+                            if *n == 0 {
+                                self.port_refs.remove(&port);
+                            }
+                        }
+                    }
+                }
+                Op::PutPorts(..) => {}
+            }
+            sync::apply(&mut self.entries, std::slice::from_ref(op));
+        }
+        if let Some(claims) = self.pending.take() {
+            if claims.all {
+                self.owners.clear();
+            }
+            for key in &claims.services {
+                self.owners.remove(key);
+            }
+            self.owners.extend(claims.owners);
+        }
+        gone
+    }
+
+    fn release_backend(&mut self, b: &Backend, gone: &mut BTreeSet<u32>) {
+        let addr = (b.addr_be, b.port_be, b.proto);
+        if let Some((id, refs)) = self.backends.get_mut(&addr) {
+            *refs -= 1;
+            if *refs == 0 {
+                gone.insert(*id);
+                self.backend_ids.release(*id);
+                self.backends.remove(&addr);
+            }
+        }
+    }
+
+    fn release_service(&mut self, id: u32) {
+        if let Some(n) = self.service_refs.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.service_refs.remove(&id);
+                self.service_ids.release(id);
+            }
+        }
+    }
+}
+
+fn owners(plans: &[PortPlan]) -> HashMap<ObjectKey, BTreeSet<ServiceKey>> {
+    let mut out: HashMap<ObjectKey, BTreeSet<ServiceKey>> = HashMap::new();
+    for p in plans {
+        out.entry(p.service.clone())
+            .or_default()
+            .extend(p.frontends.iter().map(|(f, _)| *f));
+    }
+    out
+}
+
+/// Orders `backends` into slots: a backend keeps the slot it has in `old` when that
+/// slot still exists; the others fill the remaining slots in order.
+fn assign_slots(svc_id: u32, backends: Vec<Backend>, old: &Entries) -> Vec<Backend> {
+    let n = backends.len();
+    let mut slots: Vec<Option<Backend>> = vec![None; n];
+    let mut placed = vec![false; n];
+    for (k, held) in old.slots(svc_id) {
+        let slot = k.slot as usize;
+        if slot >= n {
+            continue;
+        }
+        if let Some(i) = backends
+            .iter()
+            .position(|b| b.backend_id == held.backend_id)
+            && !placed[i]
+            && slots[slot].is_none()
+        {
+            slots[slot] = Some(backends[i]);
+            placed[i] = true;
+        }
+    }
+    let mut rest = backends
+        .iter()
+        .zip(&placed)
+        .filter(|(_, p)| !**p)
+        .map(|(b, _)| *b);
+    slots
+        .into_iter()
+        .map(|s| {
+            s.or_else(|| rest.next())
+                .expect("as many slots as backends")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,400 @@
+use std::net::Ipv4Addr;
+
+use k8s_openapi::jiff::Timestamp;
+use lb_common::{PROTO_TCP, SVC_F_INTERNAL};
+
+use super::*;
+use crate::{
+    model::{Kind, parse_manifest},
+    plan::{self, Node, frontend},
+    state::{State, Tracked},
+    store::{Allocation, Mode, apply},
+};
+
+const NODE: &str = "192.168.1.2";
+
+/// A state followed as the agent follows its source: by its changes, re-planning
+/// the services they touch. No disk: each write is applied to a copy and the
+/// difference taken as the changes.
+struct Follower {
+    tracked: Tracked,
+    programmed: Programmed,
+    node: Node,
+}
+
+/// What one round did.
+struct Round {
+    ops: Vec<Op>,
+    services: usize,
+    gone: BTreeSet<u32>,
+}
+
+impl Follower {
+    fn new() -> Self {
+        Follower {
+            tracked: Tracked::default(),
+            programmed: Programmed::default(),
+            node: Node {
+                name: "n1".into(),
+                addrs: vec![NODE.parse().unwrap()],
+            },
+        }
+    }
+
+    fn apply(&mut self, yaml: &str) -> Round {
+        let mut after = self.tracked.state.clone();
+        let docs = parse_manifest("t.yaml", yaml).unwrap();
+        let rev = after.revision + 1;
+        apply::apply(
+            &mut after,
+            &docs,
+            &Allocation::default(),
+            Mode::Apply,
+            Timestamp::now(),
+            rev,
+        )
+        .unwrap();
+        after.revision = rev;
+        self.follow(after)
+    }
+
+    fn delete(&mut self, kind: Kind, name: &str) -> Round {
+        let mut after = self.tracked.state.clone();
+        apply::delete(&mut after, &[(kind, ObjectKey::new("default", name))]).unwrap();
+        self.follow(after)
+    }
+
+    /// Takes the changes to `after`, plans the services they touch and "writes"
+    /// them; checks that a full update over every service then wants no write, and
+    /// that the kept references are those of the entries.
+    fn follow(&mut self, after: State) -> Round {
+        let changes = self.tracked.state.changes_to(after);
+        let touched = self.tracked.take(changes);
+        let plans = plan::plan(&self.tracked, &self.node, &touched.services);
+        let Ok(Update::Writes(ops)) = self
+            .programmed
+            .update(Scope::Services(&touched.services), &plans)
+        else {
+            panic!("an update of the touched services writes")
+        };
+        let gone = self.programmed.record(&ops);
+        let mut full = self.programmed.clone();
+        let all = plan::plan_all(&self.tracked, &self.node);
+        assert_eq!(
+            full.update(Scope::All, &all),
+            Ok(Update::Writes(Vec::new())),
+            "incremental result differs from a full plan"
+        );
+        let fresh = Programmed::adopt(self.programmed.entries.clone());
+        assert_eq!(self.programmed.backends, fresh.backends);
+        assert_eq!(self.programmed.port_refs, fresh.port_refs);
+        assert_eq!(self.programmed.service_refs, fresh.service_refs);
+        assert_eq!(
+            self.programmed.backend_ids, fresh.backend_ids,
+            "free backend ids"
+        );
+        assert_eq!(
+            self.programmed.service_ids, fresh.service_ids,
+            "free service ids"
+        );
+        Round {
+            ops,
+            services: touched.services.len(),
+            gone,
+        }
+    }
+}
+
+fn svc(name: &str, spec: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n{spec}---\n")
+}
+
+fn pod(name: &str, ip: &str, app: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {app}}}\nspec:\n  containers:\n  - name: c\n    ports: [{{name: web, containerPort: 8080}}]\nstatus:\n  podIP: {ip}\n---\n"
+    )
+}
+
+fn slice(name: &str, service: &str, addrs: &[&str]) -> String {
+    let eps: String = addrs
+        .iter()
+        .map(|a| format!("- addresses: [{a}]\n"))
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports:\n- {{name: web, port: 8080, protocol: TCP}}\nendpoints:\n{eps}---\n"
+    )
+}
+
+/// The service-port ids whose slots or frontends `ops` write.
+fn touched_ids(ops: &[Op]) -> BTreeSet<u32> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::PutBackend(k, _) | Op::DeleteBackend(k) => Some(k.svc_id),
+            Op::PutService(_, v) => Some(v.svc_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn changes_replan_only_the_services_they_touch_and_equal_a_full_plan() {
+    let mut f = Follower::new();
+    let web = "  selector: {app: web}\n  ports:\n  - {name: web, port: 80, targetPort: web}\n";
+    let db =
+        "  type: NodePort\n  selector: {app: db}\n  ports:\n  - {port: 5432, targetPort: 8080}\n";
+    let ext = "  ports:\n  - {name: web, port: 443, targetPort: 8080}\n";
+    let first = f.apply(&format!(
+        "{}{}{}{}{}{}{}",
+        svc("web", web),
+        svc("db", db),
+        svc("ext", ext),
+        pod("w1", "10.244.0.2", "web"),
+        pod("w2", "10.244.0.3", "web"),
+        pod("d1", "10.244.0.4", "db"),
+        slice("ext-1", "ext", &["10.244.1.2", "10.244.1.3"]),
+    ));
+    assert_eq!(first.services, 3, "the first change is planned per service");
+    assert_eq!(
+        f.programmed.entries.services.len(),
+        4,
+        "web, ext, db's ClusterIP and NodePort"
+    );
+    let id_of = |f: &Follower, name: &str| -> u32 {
+        let key = ObjectKey::new("default", name);
+        let ip = crate::model::cluster_ip(&f.tracked.state.services[&key]).unwrap();
+        f.programmed
+            .entries
+            .services
+            .iter()
+            .find(|(k, _)| k.addr_be == u32::from(ip).to_be())
+            .unwrap()
+            .1
+            .svc_id
+    };
+
+    // A pod joins web: web's slots only.
+    let p = f.apply(&pod("w3", "10.244.0.5", "web"));
+    assert_eq!(p.services, 1);
+    assert_eq!(touched_ids(&p.ops), BTreeSet::from([id_of(&f, "web")]));
+
+    // An EndpointSlice endpoint replaced: ext's slots only, and one backend is gone.
+    let p = f.apply(&slice("ext-1", "ext", &["10.244.1.2", "10.244.1.9"]));
+    assert_eq!(touched_ids(&p.ops), BTreeSet::from([id_of(&f, "ext")]));
+    assert_eq!(p.gone.len(), 1);
+
+    // A pod relabelled from web to db moves between the two services.
+    let p = f.apply(&pod("w1", "10.244.0.2", "db"));
+    assert_eq!(p.services, 2);
+    assert_eq!(
+        touched_ids(&p.ops),
+        BTreeSet::from([id_of(&f, "web"), id_of(&f, "db")])
+    );
+
+    // db's selector comes to select web's pods: a change of such a pod then
+    // re-plans both services.
+    f.apply(&svc(
+        "db",
+        "  type: NodePort\n  selector: {app: web}\n  ports:\n  - {port: 5432, targetPort: 8080}\n",
+    ));
+    let p = f.apply(&pod("w3", "10.244.0.6", "web"));
+    assert_eq!(p.services, 2);
+    assert_eq!(
+        touched_ids(&p.ops),
+        BTreeSet::from([id_of(&f, "web"), id_of(&f, "db")])
+    );
+
+    // A service's port changes: its frontends move, the port bitmap follows.
+    let p = f.apply(&svc(
+        "ext",
+        "  ports:\n  - {name: web, port: 8443, targetPort: 8080}\n",
+    ));
+    assert!(
+        p.ops.iter().any(|o| matches!(o, Op::PutPorts(..))),
+        "{:?}",
+        p.ops
+    );
+
+    // A service and a pod go; a new service comes with endpoints shared with another.
+    f.delete(Kind::Service, "db");
+    f.delete(Kind::Pod, "w2");
+    f.apply(&format!(
+        "{}{}",
+        svc(
+            "ext2",
+            "  ports:\n  - {name: web, port: 80, targetPort: 8080}\n"
+        ),
+        slice("ext2-1", "ext2", &["10.244.1.2", "10.244.0.3"]),
+    ));
+    // A slice relabelled to another service takes its endpoints along.
+    let p = f.apply(&slice("ext2-1", "ext", &["10.244.1.2", "10.244.0.3"]));
+    assert_eq!(p.services, 2);
+    assert_eq!(
+        touched_ids(&p.ops),
+        BTreeSet::from([id_of(&f, "ext"), id_of(&f, "ext2")])
+    );
+    f.delete(Kind::EndpointSlice, "ext-1");
+    // Everything goes: nothing is left, not even the SNAT port bits.
+    for s in ["web", "ext", "ext2"] {
+        f.delete(Kind::Service, s);
+    }
+    assert_eq!(f.programmed.entries, Entries::default());
+}
+
+#[test]
+fn the_gone_backends_are_those_no_slot_holds() {
+    let mut f = Follower::new();
+    let ports = "  ports:\n  - {name: web, port: 80, targetPort: 8080}\n";
+    f.apply(&format!(
+        "{}{}{}{}",
+        svc("a", ports),
+        svc("b", ports),
+        slice("a-1", "a", &["10.244.1.2", "10.244.1.3"]),
+        slice("b-1", "b", &["10.244.1.3"]),
+    ));
+    let id = |f: &Follower, addr: &str| {
+        let a: std::net::Ipv4Addr = addr.parse().unwrap();
+        f.programmed.backends[&(u32::from(a).to_be(), 8080u16.to_be(), lb_common::PROTO_TCP)].0
+    };
+    let (two, three) = (id(&f, "10.244.1.2"), id(&f, "10.244.1.3"));
+    // 10.244.1.3 leaves a but b still has it: only .2 is gone.
+    let p = f.apply(&slice("a-1", "a", &["10.244.1.9"]));
+    assert_eq!(p.gone, BTreeSet::from([two]));
+    assert_ne!(two, three);
+}
+
+fn plan_with(endpoints: &[(u8, u16)]) -> PortPlan {
+    PortPlan {
+        service: ObjectKey::new("default", "s"),
+        port: "80".into(),
+        proto: PROTO_TCP,
+        frontends: vec![(
+            frontend("10.96.0.10".parse().unwrap(), 80, PROTO_TCP),
+            SVC_F_INTERNAL,
+        )],
+        endpoints: endpoints
+            .iter()
+            .map(|(last, port)| (Ipv4Addr::new(10, 244, 0, *last), *port))
+            .collect(),
+        remote: BTreeSet::new(),
+        affinity_timeout_s: 0,
+    }
+}
+
+/// The entries a full update of `plans` leaves in `p`.
+fn full(p: &mut Programmed, plans: &[PortPlan]) -> Entries {
+    let Ok(Update::Writes(ops)) = p.update(Scope::All, plans) else {
+        panic!("a full update writes")
+    };
+    p.record(&ops);
+    p.entries().clone()
+}
+
+#[test]
+fn ids_and_slots_stay_put_so_a_change_touches_only_what_it_must() {
+    let mut p = Programmed::default();
+    let first = full(&mut p, &[plan_with(&[(2, 80), (3, 80), (4, 80)])]);
+    assert_eq!(first.services.values().next().unwrap().backend_count, 3);
+    // Same input again: no writes.
+    assert_eq!(
+        p.update(Scope::All, &[plan_with(&[(2, 80), (3, 80), (4, 80)])]),
+        Ok(Update::Writes(Vec::new()))
+    );
+    // Remove the middle endpoint: slot 0 keeps .2, the last one moves into the hole
+    // only if needed; ids of survivors are unchanged.
+    let Ok(Update::Writes(ops)) = p.update(Scope::All, &[plan_with(&[(2, 80), (4, 80)])]) else {
+        panic!()
+    };
+    assert!(
+        ops.len() <= 3,
+        "one count, at most one moved slot, one removed slot: {ops:?}"
+    );
+    p.record(&ops);
+    let second = p.entries().clone();
+    let ids = |e: &Entries| {
+        e.backends
+            .values()
+            .map(|b| (b.addr_be, b.backend_id))
+            .collect::<BTreeMap<_, _>>()
+    };
+    for (addr, id) in ids(&second) {
+        assert_eq!(ids(&first)[&addr], id, "a surviving backend keeps its id");
+    }
+    assert_eq!(
+        second.backends[&BackendKey { svc_id: 1, slot: 0 }],
+        first.backends[&BackendKey { svc_id: 1, slot: 0 }]
+    );
+    // Add one back: a new id, not one in use.
+    let third = full(&mut p, &[plan_with(&[(2, 80), (4, 80), (9, 80)])]);
+    let new_id = third
+        .backends
+        .values()
+        .find(|b| b.addr_be == u32::from(Ipv4Addr::new(10, 244, 0, 9)).to_be())
+        .unwrap()
+        .backend_id;
+    assert!(!ids(&second).values().any(|id| *id == new_id));
+}
+
+#[test]
+fn a_new_service_does_not_take_an_existing_services_id() {
+    let a = plan_with(&[(2, 80)]);
+    let mut b = plan_with(&[(3, 80)]);
+    b.service = ObjectKey::new("default", "b");
+    b.frontends = vec![(
+        frontend("10.96.0.11".parse().unwrap(), 80, PROTO_TCP),
+        SVC_F_INTERNAL,
+    )];
+    let mut p = Programmed::default();
+    let only_b = full(&mut p, std::slice::from_ref(&b));
+    let both = full(&mut p, &[a, b.clone()]);
+    let id_of = |e: &Entries, p: &PortPlan| e.services[&p.frontends[0].0].svc_id;
+    assert_eq!(
+        id_of(&both, &b),
+        id_of(&only_b, &b),
+        "b keeps its id when a appears before it"
+    );
+}
+
+#[test]
+fn a_frontend_another_service_holds_needs_a_full_plan() {
+    let a = plan_with(&[(2, 80)]);
+    let mut p = Programmed::default();
+    full(&mut p, std::slice::from_ref(&a));
+    // b claims a's frontend: an update of b alone cannot say who keeps it.
+    let mut b = a.clone();
+    b.service = ObjectKey::new("default", "b");
+    let only_b = BTreeSet::from([b.service.clone()]);
+    assert_eq!(
+        p.update(Scope::Services(&only_b), &[b]),
+        Ok(Update::Collides)
+    );
+}
+
+#[test]
+fn a_refused_write_keeps_the_claims_so_the_retry_removes_what_is_left() {
+    let a = plan_with(&[(2, 80)]);
+    let key = a.service.clone();
+    let mut p = Programmed::default();
+    let held = full(&mut p, std::slice::from_ref(&a));
+    // The service moves to another address; the write is refused, and the maps are
+    // read again (they still hold the old frontend).
+    let mut moved = a.clone();
+    moved.frontends = vec![(
+        frontend("10.96.0.12".parse().unwrap(), 80, PROTO_TCP),
+        SVC_F_INTERNAL,
+    )];
+    let one = BTreeSet::from([key.clone()]);
+    assert!(matches!(
+        p.update(Scope::Services(&one), std::slice::from_ref(&moved)),
+        Ok(Update::Writes(_))
+    ));
+    p.resync(held.clone());
+    p.claim(&key, moved.frontends.iter().map(|(f, _)| *f));
+    // The retry removes the old frontend and writes the new one.
+    let Ok(Update::Writes(ops)) = p.update(Scope::Services(&one), std::slice::from_ref(&moved))
+    else {
+        panic!()
+    };
+    p.record(&ops);
+    let fronts: Vec<ServiceKey> = p.entries().services.keys().copied().collect();
+    assert_eq!(fronts, vec![moved.frontends[0].0]);
+}

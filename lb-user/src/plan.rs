@@ -1,0 +1,313 @@
+//! From the objects to what each service port needs, as Kubernetes means it: its
+//! frontends (ClusterIP, NodePorts on this node's addresses, LoadBalancer and
+//! external IPs) and its endpoints (the ready pods its selector selects, or its
+//! EndpointSlices), with the traffic policies applied. Pure: no maps, no files, no
+//! clock; the ids and slots of map entries are `entries`' business.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use k8s_openapi::api::{
+    core::v1::{Pod, Service, ServicePort},
+    discovery::v1::EndpointSlice,
+};
+use lb_common::{PROTO_TCP, PROTO_UDP, SVC_F_EXTERNAL_LOCAL, SVC_F_INTERNAL, ServiceKey};
+
+use crate::{
+    model::{
+        ObjectKey, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER, TYPE_NODE_PORT, cluster_ip, pod_ip,
+        pod_ready, resolve_target_port, selects, service_type,
+    },
+    state::{Tracked, selector_pair},
+};
+
+/// The node an agent serves: its name and the addresses NodePorts answer on.
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    pub name: String,
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+impl Node {
+    /// Whether an endpoint on `node_name` is on this node. One that names no node is
+    /// taken as local (a single-node store need not say where its pods run).
+    pub fn hosts(&self, node_name: Option<&str>) -> bool {
+        node_name.is_none_or(|n| n.is_empty() || n == self.name)
+    }
+}
+
+/// One `spec.ports[]` entry of a service as lb balances it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortPlan {
+    pub service: ObjectKey,
+    /// [`port_id`] of the port; " (external)" added for the external frontends of a
+    /// port whose traffic policies give them other endpoints.
+    pub port: String,
+    pub proto: u8,
+    /// Where the service answers: (frontend, `SVC_F_*` flags).
+    pub frontends: Vec<(ServiceKey, u32)>,
+    /// Ready endpoints (address, target port), sorted, without duplicates.
+    pub endpoints: Vec<(Ipv4Addr, u16)>,
+    /// Those of `endpoints`' addresses that live on another node.
+    pub remote: BTreeSet<Ipv4Addr>,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 for no affinity.
+    pub affinity_timeout_s: u32,
+}
+
+/// How a service port is named in plans: its name, or its number when unnamed.
+pub fn port_id(port: &ServicePort) -> String {
+    port.name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| port.port.to_string())
+}
+
+fn proto_number(protocol: &str) -> Option<u8> {
+    match protocol {
+        "TCP" => Some(PROTO_TCP),
+        "UDP" => Some(PROTO_UDP),
+        _ => None,
+    }
+}
+
+pub fn frontend(addr: Ipv4Addr, port: u16, proto: u8) -> ServiceKey {
+    ServiceKey {
+        addr_be: u32::from(addr).to_be(),
+        port_be: port.to_be(),
+        proto,
+        _pad: 0,
+    }
+}
+
+/// The plans of `services` on `node` (those gone plan to nothing). Headless and
+/// ExternalName services get none (they are DNS-only in Kubernetes).
+pub fn plan<'a>(
+    tracked: &Tracked,
+    node: &Node,
+    services: impl IntoIterator<Item = &'a ObjectKey>,
+) -> Vec<PortPlan> {
+    services
+        .into_iter()
+        .filter_map(|k| Some((k, tracked.state.services.get(k)?)))
+        .flat_map(|(k, svc)| plan_service(tracked, k, svc, node))
+        .collect()
+}
+
+/// The plans of every service.
+pub fn plan_all(tracked: &Tracked, node: &Node) -> Vec<PortPlan> {
+    plan(tracked, node, tracked.state.services.keys())
+}
+
+/// The ready pods `svc`'s selector selects, found through the index by the
+/// selector's first pair.
+fn selected_pods<'a>(tracked: &'a Tracked, key: &ObjectKey, svc: &Service) -> Vec<&'a Pod> {
+    let Some(pair) = selector_pair(key, svc) else {
+        return Vec::new();
+    };
+    let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
+    tracked
+        .index
+        .pods_with(&pair)
+        .filter_map(|k| tracked.state.pods.get(k))
+        .filter(|p| selects(selector, p.metadata.labels.as_ref()) && pod_ready(p))
+        .collect()
+}
+
+/// The endpoints a service port without a selector takes from its EndpointSlices:
+/// the IPv4 addresses of the slice port with the same name and protocol. Ready
+/// endpoints serve; when none is ready, serving endpoints that are terminating do
+/// (as kube-proxy does). Conditions left unset count as ready and serving.
+fn slice_endpoints(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    protocol: &str,
+    node: &Node,
+) -> BTreeMap<(Ipv4Addr, u16), bool> {
+    let (mut ready, mut terminating) = (BTreeMap::new(), BTreeMap::new());
+    for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+        let Some(port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| {
+                p.name.as_deref().unwrap_or("") == port_name
+                    && p.protocol.as_deref().unwrap_or("TCP") == protocol
+            })
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let c = ep.conditions.as_ref();
+            let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
+            let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            let into = if is_ready && !is_terminating {
+                &mut ready
+            } else if serving && is_terminating {
+                &mut terminating
+            } else {
+                continue;
+            };
+            let local = node.hosts(ep.node_name.as_deref());
+            into.extend(
+                ep.addresses
+                    .iter()
+                    .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+                    .map(|a| ((a, port), local)),
+            );
+        }
+    }
+    if ready.is_empty() { terminating } else { ready }
+}
+
+fn plan_service(tracked: &Tracked, key: &ObjectKey, svc: &Service, node: &Node) -> Vec<PortPlan> {
+    let state = &tracked.state;
+    let Some(spec) = &svc.spec else {
+        return Vec::new();
+    };
+    let ty = service_type(svc);
+    let (Some(cluster_ip), false) = (cluster_ip(svc), ty == TYPE_EXTERNAL_NAME) else {
+        return Vec::new();
+    };
+    let has_selector =
+        !state.endpoints_from_slices && spec.selector.as_ref().is_some_and(|s| !s.is_empty());
+    let selected = if has_selector {
+        selected_pods(tracked, key, svc)
+    } else {
+        Vec::new()
+    };
+    let slices: Vec<&EndpointSlice> = if has_selector {
+        Vec::new()
+    } else {
+        tracked
+            .index
+            .slices_of(key)
+            .filter_map(|k| state.endpoint_slices.get(k))
+            .collect()
+    };
+    let external = ty == TYPE_NODE_PORT || ty == TYPE_LOAD_BALANCER;
+    let affinity_timeout_s = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let timeout = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds);
+        timeout
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(10_800)
+    } else {
+        0
+    };
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    // LoadBalancer addresses and external IPs answer on the service port itself.
+    let lb_addrs: Vec<Ipv4Addr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .cloned()
+        .chain(
+            svc.status
+                .iter()
+                .flat_map(|s| s.load_balancer.iter())
+                .flat_map(|lb| lb.ingress.iter().flatten())
+                .filter_map(|i| i.ip.clone()),
+        )
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let mut plans = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        let protocol = p.protocol.as_deref().unwrap_or("TCP");
+        let (Some(proto), Ok(port)) = (proto_number(protocol), u16::try_from(p.port)) else {
+            continue;
+        };
+        let ext_flags = if external_local {
+            SVC_F_EXTERNAL_LOCAL
+        } else {
+            0
+        };
+        let mut ext_frontends: Vec<(ServiceKey, u32)> = lb_addrs
+            .iter()
+            .map(|a| (frontend(*a, port, proto), ext_flags))
+            .collect();
+        if external && let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()) {
+            ext_frontends.extend(
+                node.addrs
+                    .iter()
+                    .map(|a| (frontend(*a, np, proto), ext_flags)),
+            );
+        }
+        let target = p
+            .target_port
+            .clone()
+            .unwrap_or(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p.port));
+        // With a selector, the pods it selects; without, the service's EndpointSlices.
+        // Each with whether it lives on this node.
+        let endpoints: BTreeMap<(Ipv4Addr, u16), bool> = if has_selector {
+            selected
+                .iter()
+                .filter_map(|pod| {
+                    let local = node.hosts(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()));
+                    Some((
+                        (pod_ip(pod)?, resolve_target_port(pod, &target, protocol)?),
+                        local,
+                    ))
+                })
+                .collect()
+        } else {
+            slice_endpoints(&slices, p.name.as_deref().unwrap_or(""), protocol, node)
+        };
+        let all: Vec<(Ipv4Addr, u16)> = endpoints.keys().copied().collect();
+        let local: Vec<(Ipv4Addr, u16)> = endpoints
+            .iter()
+            .filter(|(_, local)| **local)
+            .map(|(e, _)| *e)
+            .collect();
+        let remote: BTreeSet<Ipv4Addr> = endpoints
+            .iter()
+            .filter(|(_, local)| !**local)
+            .map(|((a, _), _)| *a)
+            .collect();
+        let internal_eps = if internal_local {
+            local.clone()
+        } else {
+            all.clone()
+        };
+        let external_eps = if external_local { local } else { all };
+        let name = port_id(p);
+        let cluster = (frontend(cluster_ip, port, proto), SVC_F_INTERNAL);
+        let make =
+            |port: String, frontends: Vec<(ServiceKey, u32)>, eps: Vec<(Ipv4Addr, u16)>| PortPlan {
+                service: key.clone(),
+                port,
+                proto,
+                frontends,
+                endpoints: eps,
+                remote: remote.clone(),
+                affinity_timeout_s,
+            };
+        // One set of backends serves every frontend unless a traffic policy makes the
+        // external ones see other endpoints than the ClusterIP.
+        if ext_frontends.is_empty() || internal_eps == external_eps {
+            let mut frontends = vec![cluster];
+            frontends.extend(ext_frontends);
+            plans.push(make(name, frontends, internal_eps));
+        } else {
+            plans.push(make(name.clone(), vec![cluster], internal_eps));
+            plans.push(make(
+                format!("{name} (external)"),
+                ext_frontends,
+                external_eps,
+            ));
+        }
+    }
+    plans
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,348 @@
+//! Allocation as the API server's allocators do it: ClusterIPs from the service
+//! CIDR and nodePorts from their range (requested values checked, others at random,
+//! never one twice), and LoadBalancer addresses from the agents' pools. Pure: it
+//! reads and changes a [`State`], never the disk.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, ops::RangeInclusive};
+
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Service, ServiceStatus};
+use rand::Rng as _;
+
+use crate::{
+    model::{
+        CLUSTER_IP_NONE, FieldError, ObjectKey, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER,
+        TYPE_NODE_PORT, cluster_ip, service_type,
+    },
+    state::State,
+};
+
+/// What the API server would be configured with: where ClusterIPs and nodePorts come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub service_cidr: (Ipv4Addr, u8),
+    pub node_ports: RangeInclusive<u16>,
+}
+
+impl Default for Allocation {
+    fn default() -> Self {
+        Allocation {
+            service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12),
+            node_ports: 30000..=32767,
+        }
+    }
+}
+
+impl Allocation {
+    fn cidr_contains(&self, ip: Ipv4Addr) -> bool {
+        let (net, len) = self.service_cidr;
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        u32::from(ip) & mask == u32::from(net) & mask
+    }
+
+    fn cidr_string(&self) -> String {
+        format!("{}/{}", self.service_cidr.0, self.service_cidr.1)
+    }
+}
+
+/// Why a service cannot have the values it asks for, or any.
+#[derive(Debug)]
+pub enum AllocError {
+    /// A requested value is refused (the API server's field error).
+    Field(FieldError),
+    /// The range has no free value left.
+    Exhausted { what: &'static str, range: String },
+}
+
+impl From<FieldError> for AllocError {
+    fn from(f: FieldError) -> Self {
+        AllocError::Field(f)
+    }
+}
+
+/// Gives the service its clusterIP and nodePorts: requested values if valid and free,
+/// the stored object's values on re-apply, fresh random ones otherwise. `state` no
+/// longer holds the service being applied.
+pub fn allocate(
+    taken: &Taken,
+    svc: &mut Service,
+    old: Option<&Service>,
+    alloc: &Allocation,
+) -> Result<(), AllocError> {
+    let ty = service_type(svc).to_string();
+    let old_spec = old.and_then(|o| o.spec.as_ref());
+    let spec = svc.spec.get_or_insert_with(Default::default);
+
+    // clusterIP: immutable once set.
+    if ty != TYPE_EXTERNAL_NAME {
+        let old_ip = old_spec.and_then(|s| s.cluster_ip.clone());
+        let requested = spec.cluster_ip.clone().filter(|s| !s.is_empty());
+        let ip = match (requested, old_ip) {
+            (Some(req), Some(old)) if req != old => {
+                return Err(FieldError::invalid(
+                    "spec.clusterIPs[0]",
+                    format!("[]string{{\"{req}\"}}"),
+                    "may not change once set",
+                )
+                .into());
+            }
+            (Some(req), _) if req == CLUSTER_IP_NONE => req,
+            (Some(req), Some(_)) => req,
+            (Some(req), None) => {
+                let ip: Ipv4Addr = req.parse().map_err(|_| {
+                    FieldError::invalid("spec.clusterIPs[0]", &req, "must be a valid IP address")
+                })?;
+                if !alloc.cidr_contains(ip) {
+                    return Err(FieldError::invalid(
+                        "spec.clusterIPs[0]",
+                        &req,
+                        format!("failed to allocate IP {req}: the provided IP ({req}) is not in the valid range. The range of valid IPs is {}", alloc.cidr_string()),
+                    )
+                    .into());
+                }
+                if taken.ips.contains(&ip) {
+                    return Err(FieldError::invalid(
+                        "spec.clusterIPs[0]",
+                        &req,
+                        format!("failed to allocate IP {req}: provided IP is already allocated"),
+                    )
+                    .into());
+                }
+                req
+            }
+            (None, Some(old)) => old,
+            (None, None) => random_cluster_ip(&taken.ips, alloc)?.to_string(),
+        };
+        spec.cluster_ips = Some(vec![ip.clone()]);
+        spec.cluster_ip = Some(ip);
+    }
+
+    // nodePorts: for NodePort and LoadBalancer services, each port has one.
+    if ty == TYPE_NODE_PORT || ty == TYPE_LOAD_BALANCER {
+        let mut used = taken.node_ports.clone();
+        let old_ports = old_spec.and_then(|s| s.ports.clone()).unwrap_or_default();
+        let ports = spec.ports.get_or_insert_with(Vec::new);
+        // Requested ones first, so a random pick never takes a value asked for later.
+        for (i, p) in ports.iter().enumerate() {
+            if let Some(np) = p.node_port {
+                if !(alloc.node_ports.contains(&u16::try_from(np).unwrap_or(0))) {
+                    return Err(FieldError::invalid(
+                        format!("spec.ports[{i}].nodePort"),
+                        np,
+                        format!(
+                            "provided port is not in the valid range. The range of valid ports is {}-{}",
+                            alloc.node_ports.start(),
+                            alloc.node_ports.end()
+                        ),
+                    )
+                    .into());
+                }
+                if used.contains(&(np as u16)) {
+                    return Err(FieldError::invalid(
+                        format!("spec.ports[{i}].nodePort"),
+                        np,
+                        "provided port is already allocated",
+                    )
+                    .into());
+                }
+            }
+        }
+        for p in ports.iter() {
+            if let Some(np) = p.node_port {
+                used.insert(np as u16);
+            }
+        }
+        for p in ports.iter_mut().filter(|p| p.node_port.is_none()) {
+            // Re-apply keeps the nodePort of the same port (by name, else number and protocol).
+            let kept = old_ports
+                .iter()
+                .find(|o| match (&o.name, &p.name) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => o.port == p.port && o.protocol == p.protocol,
+                })
+                .and_then(|o| o.node_port)
+                .filter(|np| !used.contains(&(*np as u16)));
+            let np = match kept {
+                Some(np) => np as u16,
+                None => {
+                    random_free(&alloc.node_ports, &used).ok_or_else(|| AllocError::Exhausted {
+                        what: "nodePort",
+                        range: format!("{:?}", alloc.node_ports),
+                    })?
+                }
+            };
+            used.insert(np);
+            p.node_port = Some(np.into());
+        }
+    }
+    Ok(())
+}
+
+/// `status.loadBalancer.ingress` addresses.
+pub fn lb_ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
+    svc.status
+        .iter()
+        .flat_map(|s| s.load_balancer.iter())
+        .flat_map(|l| l.ingress.iter().flatten())
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect()
+}
+
+fn external_ips(svc: &Service) -> Vec<Ipv4Addr> {
+    svc.spec
+        .iter()
+        .flat_map(|s| s.external_ips.iter().flatten())
+        .filter_map(|ip| ip.parse().ok())
+        .collect()
+}
+
+fn in_pools(pools: &[(Ipv4Addr, u8)], ip: Ipv4Addr) -> bool {
+    pool_addrs(pools).any(|a| a == ip)
+}
+
+/// Every usable address of the pools, in order (a pool's network and broadcast
+/// addresses are skipped unless it is a /31 or /32).
+fn pool_addrs(pools: &[(Ipv4Addr, u8)]) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    pools.iter().flat_map(|(net, len)| {
+        let host_bits = 32 - u32::from(*len).min(32);
+        let size = 1u64 << host_bits;
+        let base = u64::from(u32::from(*net) & !((size - 1) as u32));
+        let (lo, hi) = if size <= 2 { (0, size) } else { (1, size - 1) };
+        (lo..hi).map(move |i| Ipv4Addr::from((base + i) as u32))
+    })
+}
+
+/// The clusterIPs and nodePorts services hold.
+pub struct Taken {
+    ips: BTreeSet<Ipv4Addr>,
+    node_ports: BTreeSet<u16>,
+}
+
+impl Taken {
+    pub fn of(state: &State) -> Self {
+        let mut t = Taken {
+            ips: BTreeSet::new(),
+            node_ports: BTreeSet::new(),
+        };
+        state.services.values().for_each(|s| t.hold(s));
+        t
+    }
+
+    fn node_ports_of(svc: &Service) -> impl Iterator<Item = u16> + '_ {
+        svc.spec
+            .iter()
+            .flat_map(|sp| sp.ports.iter().flatten())
+            .filter_map(|p| p.node_port.and_then(|n| u16::try_from(n).ok()))
+    }
+
+    pub fn hold(&mut self, svc: &Service) {
+        self.ips.extend(cluster_ip(svc));
+        self.node_ports.extend(Self::node_ports_of(svc));
+    }
+
+    pub fn release(&mut self, svc: &Service) {
+        if let Some(ip) = cluster_ip(svc) {
+            self.ips.remove(&ip);
+        }
+        for p in Self::node_ports_of(svc) {
+            self.node_ports.remove(&p);
+        }
+    }
+}
+
+fn random_free(range: &RangeInclusive<u16>, used: &BTreeSet<u16>) -> Option<u16> {
+    let size = (*range.end() as u32).checked_sub(*range.start() as u32)? + 1;
+    if used.iter().filter(|p| range.contains(p)).count() as u32 >= size {
+        return None;
+    }
+    let mut rng = rand::rng();
+    loop {
+        let p = rng.random_range(range.clone());
+        if !used.contains(&p) {
+            return Some(p);
+        }
+    }
+}
+
+/// A random free address of the service CIDR, never its network address, its
+/// broadcast address or its first host (kept for the `kubernetes` service, as the API
+/// server does).
+fn random_cluster_ip(
+    used: &BTreeSet<Ipv4Addr>,
+    alloc: &Allocation,
+) -> Result<Ipv4Addr, AllocError> {
+    let (net, len) = alloc.service_cidr;
+    let host_bits = 32 - len as u32;
+    let size: u64 = 1u64 << host_bits;
+    if size < 4 || used.len() as u64 >= size - 3 {
+        return Err(AllocError::Exhausted {
+            what: "ClusterIP",
+            range: alloc.cidr_string(),
+        });
+    }
+    let base = u32::from(net) & (u32::MAX.checked_shl(host_bits).unwrap_or(0));
+    let mut rng = rand::rng();
+    loop {
+        let offset = rng.random_range(2..size - 1) as u32;
+        let ip = Ipv4Addr::from(base + offset);
+        if !used.contains(&ip) {
+            return Ok(ip);
+        }
+    }
+}
+
+/// Gives every LoadBalancer service without an address one from `pools`
+/// (`spec.loadBalancerIP` when it names a free address of a pool), written to
+/// `status.loadBalancer.ingress` as a cloud controller would; services no longer of
+/// that type lose theirs. Returns what was assigned (service, address).
+pub fn assign_load_balancer_ips(
+    state: &mut State,
+    pools: &[(Ipv4Addr, u8)],
+) -> Vec<(ObjectKey, Ipv4Addr)> {
+    {
+        let mut taken: BTreeSet<Ipv4Addr> = state
+            .services
+            .values()
+            .flat_map(|s| lb_ingress_ips(s).into_iter().chain(external_ips(s)))
+            .collect();
+        let mut assigned = Vec::new();
+        for (key, svc) in state.services.iter_mut() {
+            let is_lb = service_type(svc) == TYPE_LOAD_BALANCER;
+            let has = !lb_ingress_ips(svc).is_empty();
+            if !is_lb && has {
+                svc.status = None;
+                continue;
+            }
+            if !is_lb || has || pools.is_empty() {
+                continue;
+            }
+            let requested = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.load_balancer_ip.as_deref())
+                .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+            let ip = match requested {
+                Some(ip) => (in_pools(pools, ip) && !taken.contains(&ip)).then_some(ip),
+                None => pool_addrs(pools).find(|ip| !taken.contains(ip)),
+            };
+            let Some(ip) = ip else {
+                continue; // stays <pending>
+            };
+            taken.insert(ip);
+            svc.status = Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![LoadBalancerIngress {
+                        ip: Some(ip.to_string()),
+                        ip_mode: Some("VIP".into()),
+                        ..Default::default()
+                    }]),
+                }),
+                ..Default::default()
+            });
+            assigned.push((key.clone(), ip));
+        }
+        assigned
+    }
+}
+
+#[cfg(test)]
+mod tests;

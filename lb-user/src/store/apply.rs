@@ -1,0 +1,212 @@
+//! What a write means, as the API server's REST strategies say: `create` refuses
+//! an object that exists, `apply` creates or updates it (status kept, uid, creation
+//! time and resourceVersion the server's), `delete` needs every named object; every
+//! document or none. Pure: it changes a [`State`] the caller read (and then
+//! commits), so it is tested without a disk.
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    jiff::Timestamp,
+};
+use rand::Rng as _;
+
+use super::alloc::{AllocError, Allocation, Taken, allocate};
+use crate::{
+    model::{Document, FieldError, Kind, Object, ObjectKey},
+    state::State,
+};
+
+/// Why a write was refused; nothing of it is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{file} (document {index}): The {kind} \"{name}\" is invalid: {error}")]
+    Invalid {
+        file: String,
+        index: usize,
+        kind: Kind,
+        name: String,
+        error: Box<FieldError>,
+    },
+    #[error("{} \"{name}\" not found in namespace \"{namespace}\"", .kind.plural())]
+    NotFound {
+        kind: Kind,
+        namespace: String,
+        name: String,
+    },
+    #[error("{file} (document {index}): {} \"{name}\" already exists", .kind.plural())]
+    AlreadyExists {
+        file: String,
+        index: usize,
+        kind: Kind,
+        name: String,
+    },
+    #[error("no free {what} left in {range}")]
+    Exhausted { what: &'static str, range: String },
+}
+
+/// What `apply` did to one object, in kubectl's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Configured => "configured",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// How `apply` treats an object that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `lb apply`: create or update.
+    Apply,
+    /// `lb create`: an existing object is an error.
+    Create,
+}
+
+/// Applies every document to `state` (which holds every service and the objects the
+/// documents name), stamping them with `revision`; the first refused leaves an
+/// error, and the caller commits nothing.
+pub fn apply(
+    state: &mut State,
+    docs: &[Document],
+    alloc: &Allocation,
+    mode: Mode,
+    now: Timestamp,
+    revision: u64,
+) -> Result<Vec<Outcome>, ApplyError> {
+    // What is taken, kept up to date as each document is applied: scanning every
+    // service for each document would make a 10,000-service apply quadratic.
+    let mut taken = Taken::of(state);
+    docs.iter()
+        .map(|doc| apply_one(state, &mut taken, doc, alloc, mode, now, revision))
+        .collect()
+}
+
+/// Removes the named objects; all must exist.
+pub fn delete(state: &mut State, targets: &[(Kind, ObjectKey)]) -> Result<(), ApplyError> {
+    for (kind, key) in targets {
+        if !state.remove(*kind, key) {
+            return Err(ApplyError::NotFound {
+                kind: *kind,
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn apply_one(
+    state: &mut State,
+    taken: &mut Taken,
+    doc: &Document,
+    alloc: &Allocation,
+    mode: Mode,
+    now: Timestamp,
+    revision: u64,
+) -> Result<Outcome, ApplyError> {
+    let key = doc.object.key();
+    if mode == Mode::Create && state.contains(doc.object.kind(), &key) {
+        return Err(ApplyError::AlreadyExists {
+            file: doc.file.clone(),
+            index: doc.index,
+            kind: doc.object.kind(),
+            name: key.name,
+        });
+    }
+    let (object, outcome) = match &doc.object {
+        Object::Service(svc) => {
+            let old = state.services.remove(&key);
+            let mut svc = (**svc).clone();
+            // Status is the cluster's to write (the agents assign LoadBalancer
+            // addresses), never the manifest's: as with the API server's status
+            // subresource, apply keeps what is there.
+            svc.status = old.as_ref().and_then(|o| o.status.clone());
+            if let Some(old) = &old {
+                taken.release(old);
+            }
+            let allocated = allocate(taken, &mut svc, old.as_ref(), alloc);
+            if let Err(e) = allocated {
+                if let Some(old) = old {
+                    taken.hold(&old);
+                    state.services.insert(key.clone(), old);
+                }
+                return Err(match e {
+                    AllocError::Field(error) => ApplyError::Invalid {
+                        file: doc.file.clone(),
+                        index: doc.index,
+                        kind: Kind::Service,
+                        name: key.name,
+                        error: Box::new(error),
+                    },
+                    AllocError::Exhausted { what, range } => ApplyError::Exhausted { what, range },
+                });
+            }
+            taken.hold(&svc);
+            let (svc, outcome) = stamp(svc, old, now, revision, |s| &mut s.metadata);
+            (Object::Service(Box::new(svc)), outcome)
+        }
+        Object::Pod(pod) => {
+            let old = state.pods.remove(&key);
+            let (pod, outcome) = stamp((**pod).clone(), old, now, revision, |p| &mut p.metadata);
+            (Object::Pod(Box::new(pod)), outcome)
+        }
+        Object::EndpointSlice(slice) => {
+            let old = state.endpoint_slices.remove(&key);
+            let (slice, outcome) =
+                stamp((**slice).clone(), old, now, revision, |e| &mut e.metadata);
+            (Object::EndpointSlice(Box::new(slice)), outcome)
+        }
+    };
+    state.insert(object);
+    Ok(outcome)
+}
+
+/// Sets uid, creationTimestamp and resourceVersion as the API server does, keeping
+/// them from the stored object, and says whether anything changed.
+fn stamp<T: Clone + PartialEq>(
+    mut new: T,
+    old: Option<T>,
+    now: Timestamp,
+    revision: u64,
+    meta: impl Fn(&mut T) -> &mut ObjectMeta,
+) -> (T, Outcome) {
+    let Some(mut old) = old else {
+        let m = meta(&mut new);
+        m.uid = Some(new_uid());
+        m.creation_timestamp = Some(Time(now));
+        m.resource_version = Some(revision.to_string());
+        return (new, Outcome::Created);
+    };
+    {
+        let (o, n) = (meta(&mut old).clone(), meta(&mut new));
+        n.uid = o.uid;
+        n.creation_timestamp = o.creation_timestamp;
+        n.resource_version = o.resource_version;
+    }
+    if new == old {
+        return (old, Outcome::Unchanged);
+    }
+    meta(&mut new).resource_version = Some(revision.to_string());
+    (new, Outcome::Configured)
+}
+
+fn new_uid() -> String {
+    let b: [u8; 16] = rand::rng().random();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        u16::from_be_bytes([b[4], b[5]]),
+        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
+        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
+        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]]),
+    )
+}

@@ -1,0 +1,490 @@
+//! The embedded store: the objects lb serves, in one SQLite database under a
+//! directory (default `/var/lib/lb`), shared by every agent and CLI on the machine.
+//!
+//! One row per object (`kind`, `namespace/name`) with its JSON and the revision that
+//! last wrote it; a deleted object leaves a row without JSON (a tombstone), so that
+//! "what changed after revision R" is one indexed query: the agent follows the store
+//! with it instead of re-reading everything. Writers run in one immediate (write-
+//! locked) transaction: they read what they need, change a copy, and commit every
+//! changed row or none; two `lb apply` never hand out one value. Allocation
+//! (clusterIP, nodePort) happens inside that transaction.
+//!
+//! Tombstones are kept for the last [`TOMBSTONE_REVISIONS`] revisions, then pruned
+//! (`meta.pruned` says through which revision): a reader that last saw a revision
+//! older than that gets no change list (`changes_since` is `None`) and reads the
+//! store whole, as the agent does at start.
+
+pub mod alloc;
+pub mod apply;
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+
+pub use self::{
+    alloc::{Allocation, lb_ingress_ips},
+    apply::{ApplyError, Mode, Outcome},
+};
+use crate::{
+    model::{Document, Kind, Object, ObjectKey},
+    state::{Change, State},
+};
+
+pub const DEFAULT_STORE_DIR: &str = "/var/lib/lb";
+const DB_FILE: &str = "store.db";
+/// Rewritten after every commit (`REVISION UNIX_NS`), for watchers.
+const COMMIT_MARKER: &str = "revision";
+/// Deletions are remembered (as tombstones) for this many revisions.
+pub const TOMBSTONE_REVISIONS: u64 = 10_000;
+/// Writers prune tombstones every this many revisions.
+const PRUNE_EVERY: u64 = 256;
+/// How long a writer waits for another one to commit.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL,
+    key  TEXT NOT NULL,
+    rev  INTEGER NOT NULL,
+    body TEXT,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_by_rev ON objects (rev);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {dir}: {action}: {error}")]
+    Io {
+        dir: PathBuf,
+        action: &'static str,
+        error: std::io::Error,
+    },
+    #[error("store {dir}: {action}: {error}")]
+    Db {
+        dir: PathBuf,
+        action: &'static str,
+        error: rusqlite::Error,
+    },
+    #[error("store {dir}: {kind} \"{key}\" is corrupt: {error}")]
+    Corrupt {
+        dir: PathBuf,
+        kind: String,
+        key: String,
+        error: String,
+    },
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// Whether `path` is a store's commit marker (a change to it means a new revision).
+pub fn is_commit_marker(path: &Path) -> bool {
+    path.file_name() == Some(std::ffi::OsStr::new(COMMIT_MARKER))
+}
+
+/// What changed after a revision, up to `revision`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    pub revision: u64,
+    pub changes: Vec<Change>,
+}
+
+/// What a write needs to read first: every service (allocation looks at them all),
+/// and the objects it names.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub all_services: bool,
+    pub objects: Vec<(Kind, ObjectKey)>,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    /// The connection reads go through, kept open: a long-lived reader (the agent)
+    /// also keeps SQLite from checkpointing and removing the log as each `lb apply`
+    /// closes, which would make readers wait.
+    reader: std::cell::RefCell<Option<Connection>>,
+    tombstone_revisions: u64,
+}
+
+impl Store {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Store {
+            dir: dir.into(),
+            reader: Default::default(),
+            tombstone_revisions: TOMBSTONE_REVISIONS,
+        }
+    }
+
+    /// The same store, remembering deletions for `revisions` revisions (tests).
+    pub fn with_tombstone_revisions(mut self, revisions: u64) -> Self {
+        self.tombstone_revisions = revisions;
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.dir.join(DB_FILE)
+    }
+
+    fn io(&self, action: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+        move |error| StoreError::Io {
+            dir: self.dir.clone(),
+            action,
+            error,
+        }
+    }
+
+    fn db(&self, action: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |error| StoreError::Db {
+            dir: self.dir.clone(),
+            action,
+            error,
+        }
+    }
+
+    /// The database, created with its schema if missing. `None` when it does not
+    /// exist and `create` is false (a store nothing was ever written to).
+    fn open(&self, create: bool) -> Result<Option<Connection>, StoreError> {
+        if !create && !self.db_path().exists() {
+            return Ok(None);
+        }
+        fs::create_dir_all(&self.dir).map_err(self.io("creating the directory"))?;
+        let conn = Connection::open(self.db_path()).map_err(self.db("opening store.db"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(self.db("setting the busy timeout"))?;
+        if !create {
+            // A reader never writes (not even the schema), so it never waits for a
+            // writer; a database whose schema is not there yet is empty.
+            let ready: bool = conn
+                .query_row(
+                    "SELECT count(*) = 2 FROM sqlite_master WHERE name IN ('objects', 'meta')",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(self.db("opening store.db"))?;
+            return Ok(ready.then_some(conn));
+        }
+        // WAL: readers (agents, `lb get`) never wait for a writer; FULL: a commit is
+        // on disk when `lb apply` returns.
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
+            .map_err(self.db("enabling WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(self.db("setting synchronous"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(self.db("creating the schema"))?;
+        Ok(Some(conn))
+    }
+
+    /// `read` in a read transaction on the reader connection (None: no store yet).
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let mut reader = self.reader.borrow_mut();
+        if reader.is_none() {
+            *reader = self.open(false)?;
+        }
+        let Some(conn) = reader.as_mut() else {
+            return Ok(None);
+        };
+        let tx = conn.transaction().map_err(self.db("reading"))?;
+        read(&tx).map(Some)
+    }
+
+    /// The current state (empty if nothing was ever written).
+    pub fn load(&self) -> Result<State, StoreError> {
+        Ok(self.read(|tx| self.load_in(tx))?.unwrap_or_default())
+    }
+
+    fn load_in(&self, tx: &Connection) -> Result<State, StoreError> {
+        let rows = self.rows(
+            tx,
+            "SELECT kind, key, body FROM objects WHERE body IS NOT NULL",
+            [],
+        )?;
+        self.state_of(tx, rows)
+    }
+
+    /// The state `rows` (read on `conn`) make, at the store's revision.
+    fn state_of(
+        &self,
+        conn: &Connection,
+        rows: Vec<(String, String, Option<String>)>,
+    ) -> Result<State, StoreError> {
+        let mut state = State {
+            revision: revision(conn).map_err(self.db("reading the revision"))?,
+            ..Default::default()
+        };
+        for change in self.decode(rows)? {
+            state.apply_change(change);
+        }
+        Ok(state)
+    }
+
+    /// The revision of the last write (0: none).
+    pub fn revision(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .read(|tx| revision(tx).map_err(self.db("reading the revision")))?
+            .unwrap_or(0))
+    }
+
+    /// Every object written or deleted after revision `after`, and the revision
+    /// they bring the store to; `None` when deletions after `after` may have been
+    /// pruned already (the reader must `load` the store whole).
+    pub fn changes_since(&self, after: u64) -> Result<Option<Changes>, StoreError> {
+        let read = self.read(|tx| {
+            if after < meta(tx, "pruned").map_err(self.db("reading the revision"))? {
+                return Ok(None);
+            }
+            let revision = revision(tx).map_err(self.db("reading the revision"))?;
+            let rows = self.rows(
+                tx,
+                "SELECT kind, key, body FROM objects WHERE rev > ?1",
+                [after as i64],
+            )?;
+            Ok(Some((revision, rows)))
+        })?;
+        let Some(read) = read else {
+            return Ok(Some(Changes::default()));
+        };
+        let Some((revision, rows)) = read else {
+            return Ok(None);
+        };
+        Ok(Some(Changes {
+            revision,
+            changes: self.decode(rows)?,
+        }))
+    }
+
+    fn rows(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<(String, String, Option<String>)>, StoreError> {
+        let mut stmt = conn.prepare_cached(sql).map_err(self.db("reading"))?;
+        let rows = stmt
+            .query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(self.db("reading"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.db("reading"))?;
+        Ok(rows)
+    }
+
+    /// Rows to changes, the JSON parsed on every core.
+    fn decode(
+        &self,
+        rows: Vec<(String, String, Option<String>)>,
+    ) -> Result<Vec<Change>, StoreError> {
+        let dir = &self.dir;
+        crate::par::in_parallel(rows, |(kind, key, body)| {
+            let corrupt = |error: String| StoreError::Corrupt {
+                dir: dir.clone(),
+                kind: kind.clone(),
+                key: key.clone(),
+                error,
+            };
+            let Some(kind) = Kind::from_kind(&kind) else {
+                return Err(corrupt(format!("unknown kind {kind}")));
+            };
+            let Some(object_key) = ObjectKey::from_row(&key) else {
+                return Err(corrupt("a key that is not namespace/name".into()));
+            };
+            let object = match body {
+                None => None,
+                Some(b) => Some(
+                    match kind {
+                        Kind::Service => serde_json::from_str(&b).map(Object::Service),
+                        Kind::Pod => serde_json::from_str(&b).map(Object::Pod),
+                        Kind::EndpointSlice => serde_json::from_str(&b).map(Object::EndpointSlice),
+                    }
+                    .map_err(|e| corrupt(e.to_string()))?,
+                ),
+            };
+            Ok(Change {
+                kind,
+                key: object_key,
+                object,
+            })
+        })
+        .into_iter()
+        .collect()
+    }
+
+    /// What `scope` names, read inside the writer's transaction.
+    fn read_scope(&self, conn: &Connection, scope: &Scope) -> Result<State, StoreError> {
+        let mut rows = Vec::new();
+        if scope.all_services {
+            rows.extend(self.rows(
+                conn,
+                "SELECT kind, key, body FROM objects WHERE kind = ?1 AND body IS NOT NULL",
+                [Kind::Service.as_str()],
+            )?);
+        }
+        for (kind, key) in &scope.objects {
+            if scope.all_services && *kind == Kind::Service {
+                continue;
+            }
+            rows.extend(self.rows(
+                conn,
+                "SELECT kind, key, body FROM objects WHERE kind = ?1 AND key = ?2 AND body IS NOT NULL",
+                params![kind.as_str(), key.to_string()],
+            )?);
+        }
+        self.state_of(conn, rows)
+    }
+
+    /// Runs `change` on what `scope` names, in one write transaction, and commits the
+    /// objects it changed (under a new revision) if it succeeds. An error leaves the
+    /// store as it was. `change` may only touch what `scope` names.
+    pub fn update<T, E: From<StoreError>>(
+        &self,
+        scope: &Scope,
+        change: impl FnOnce(&mut State) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self.open(true)?.expect("created");
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db("locking"))?;
+        let before = self.read_scope(&tx, scope)?;
+        let mut state = before.clone();
+        let out = change(&mut state)?;
+        let changes = before.changes_to(state);
+        if !changes.is_empty() {
+            let rev = before.revision + 1;
+            let bodies = crate::par::in_parallel(changes, |c| {
+                let body = match &c.object {
+                    None => Ok(None),
+                    Some(Object::Service(o)) => serde_json::to_string(o).map(Some),
+                    Some(Object::Pod(o)) => serde_json::to_string(o).map(Some),
+                    Some(Object::EndpointSlice(o)) => serde_json::to_string(o).map(Some),
+                };
+                (c.kind, c.key.to_string(), body)
+            });
+            {
+                let mut put = tx
+                    .prepare_cached(
+                        "INSERT INTO objects (kind, key, rev, body) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (kind, key) DO UPDATE SET rev = ?3, body = ?4",
+                    )
+                    .map_err(self.db("writing"))?;
+                for (kind, key, body) in bodies {
+                    let body = body.map_err(|e| StoreError::Corrupt {
+                        dir: self.dir.clone(),
+                        kind: kind.to_string(),
+                        key: key.clone(),
+                        error: e.to_string(),
+                    })?;
+                    put.execute(params![kind.as_str(), key, rev as i64, body])
+                        .map_err(self.db("writing"))?;
+                }
+                set_meta(&tx, "revision", rev).map_err(self.db("writing the revision"))?;
+                if rev.is_multiple_of(PRUNE_EVERY) && rev > self.tombstone_revisions {
+                    self.prune(&tx, rev - self.tombstone_revisions)?;
+                }
+            }
+            tx.commit().map_err(self.db("committing"))?;
+            // Wakes the agents watching the directory (best effort: they also look
+            // every second). Says which revision committed when (Unix ns).
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            let _ = fs::write(self.dir.join(COMMIT_MARKER), format!("{rev} {at}\n"));
+        }
+        Ok(out)
+    }
+
+    /// Removes the tombstones of revisions up to `through`, inside the writer's
+    /// transaction, and records that readers behind it must read the store whole.
+    fn prune(&self, tx: &Connection, through: u64) -> Result<(), StoreError> {
+        tx.execute(
+            "DELETE FROM objects WHERE rev <= ?1 AND body IS NULL",
+            [through as i64],
+        )
+        .map_err(self.db("pruning deletions"))?;
+        set_meta(tx, "pruned", through).map_err(self.db("pruning deletions"))?;
+        Ok(())
+    }
+
+    /// Applies every document or none: the first object that cannot be stored (a taken
+    /// nodePort, a clusterIP outside the range, ...) leaves the store untouched.
+    pub fn apply(
+        &self,
+        docs: &[Document],
+        alloc: &Allocation,
+        mode: Mode,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let scope = Scope {
+            all_services: docs.iter().any(|d| d.object.kind() == Kind::Service),
+            objects: docs
+                .iter()
+                .map(|d| (d.object.kind(), d.object.key()))
+                .collect(),
+        };
+        self.update(&scope, |state| {
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let revision = state.revision + 1;
+            Ok(apply::apply(state, docs, alloc, mode, now, revision)?)
+        })
+    }
+
+    /// Gives LoadBalancer services their addresses from `pools` (see
+    /// [`alloc::assign_load_balancer_ips`]); returns what was assigned.
+    pub fn assign_load_balancer_ips(
+        &self,
+        pools: &[(Ipv4Addr, u8)],
+    ) -> Result<Vec<(ObjectKey, Ipv4Addr)>, StoreError> {
+        let scope = Scope {
+            all_services: true,
+            objects: Vec::new(),
+        };
+        self.update(&scope, |state: &mut State| {
+            Ok::<_, StoreError>(alloc::assign_load_balancer_ips(state, pools))
+        })
+    }
+
+    /// Deletes the named objects; all must exist (or none is deleted).
+    pub fn delete(&self, targets: &[(Kind, ObjectKey)]) -> Result<(), StoreError> {
+        let scope = Scope {
+            all_services: false,
+            objects: targets.to_vec(),
+        };
+        self.update(&scope, |state| Ok(apply::delete(state, targets)?))
+    }
+}
+
+/// The store's revision (0 before the first write).
+fn revision(conn: &Connection) -> rusqlite::Result<u64> {
+    meta(conn, "revision")
+}
+
+/// Sets a `meta` value.
+fn set_meta(conn: &Connection, name: &str, value: u64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = ?2",
+        params![name, value as i64],
+    )
+    .map(|_| ())
+}
+
+/// A `meta` value (0 when unset).
+fn meta(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+        r.get::<_, i64>(0)
+    })
+    .optional()
+    .map(|v| v.unwrap_or(0) as u64)
+}
+
+#[cfg(test)]
+mod tests;
