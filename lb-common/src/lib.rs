@@ -508,3 +508,49 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::{
+        string::{String, ToString},
+        vec::Vec,
+    };
+
+    use super::reason;
+
+    /// Every `pub const NAME: u32 = N;` of `mod reason` (but COUNT), read from this
+    /// file's own text, so a code added, renumbered or renamed without its name in
+    /// `reason::NAMES` fails here.
+    fn reason_codes() -> Vec<(String, u32)> {
+        let text = include_str!("lib.rs");
+        let start = text.find("pub mod reason {").expect("mod reason");
+        let end = start + text[start..].find("\n}\n").expect("end of mod reason");
+        text[start..end]
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pub const "))
+            .filter_map(|l| {
+                let (name, rest) = l.split_once(": u32 = ")?;
+                Some((name.to_string(), rest.trim_end_matches(';').parse().ok()?))
+            })
+            .filter(|(name, _)| name != "COUNT")
+            .collect()
+    }
+
+    #[test]
+    fn reason_names_match_the_codes() {
+        let codes = reason_codes();
+        assert_eq!(codes.len(), reason::COUNT as usize, "{codes:?}");
+        let mut seen = [false; reason::COUNT as usize];
+        for (name, code) in &codes {
+            assert!(*code < reason::COUNT, "{name} = {code} is not below COUNT");
+            assert!(!seen[*code as usize], "{code} is used twice");
+            seen[*code as usize] = true;
+            assert_eq!(
+                reason::NAMES[*code as usize],
+                name.to_lowercase(),
+                "reason::NAMES[{code}] is not {name}"
+            );
+        }
+    }
+}

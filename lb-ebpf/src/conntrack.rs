@@ -72,10 +72,30 @@ fn expired(ct: &CtValue, proto: u8, now: u64) -> bool {
     now.wrapping_sub(ct.last_seen) > clock::secs(timeout)
 }
 
-/// The live entry for this packet's tuple, refreshed; `None` when there is none, it
-/// has expired, or a new TCP connection (a bare SYN) reuses the tuple of a closing one.
+/// What conntrack knows of a packet's tuple (as Cilium's `ct_status`).
+pub enum CtState {
+    /// No live flow: none, expired, or a new TCP connection (a bare SYN) reusing the
+    /// tuple of a closing one.
+    New,
+    /// The original direction (client -> service) of a flow.
+    Established(CtValue),
+    /// The reply direction (backend -> client) of a flow.
+    Reply(CtValue),
+}
+
+/// The state of this packet's tuple; a live entry is refreshed (and marked closing
+/// in both directions when the packet carries FIN or RST).
 #[inline(always)]
-pub fn lookup(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
+pub fn lookup(key: &FlowKey, tcp_flags: u8, now: u64) -> CtState {
+    match live(key, tcp_flags, now) {
+        None => CtState::New,
+        Some(ct) if ct.direction == CT_DIR_REPLY => CtState::Reply(ct),
+        Some(ct) => CtState::Established(ct),
+    }
+}
+
+#[inline(always)]
+fn live(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
     let ct = LB_CT.get_ptr_mut(key)?;
     // SAFETY: the pointer came from a successful lookup; entries are plain data and a
     // torn read at worst refreshes an entry one second early or late.

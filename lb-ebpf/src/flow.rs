@@ -2,13 +2,13 @@
 //! Decides only; `nat` carries the decision out.
 
 use lb_common::{
-    BE_F_REMOTE, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_SNAT, FlowKey, HAIRPIN_SNAT_ADDR, reason,
+    BE_F_REMOTE, CT_F_HAIRPIN, CT_F_SNAT, CtValue, FlowKey, HAIRPIN_SNAT_ADDR, reason,
 };
 
 use crate::{
     clock,
-    conntrack::{self, Snat},
-    lb,
+    conntrack::{self, CtState, Snat},
+    lb::{self, Select},
     parse::{Frag, Packet},
 };
 
@@ -70,65 +70,65 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
         return Verdict::Pass(reason::PASS_NO_SERVICE);
     }
     let now = clock::now();
-    if let Some(ct) = conntrack::lookup(&p.key, p.tcp_flags, now) {
-        let reply = ct.direction == CT_DIR_REPLY;
-        let hairpin = ct.flags & CT_F_HAIRPIN != 0;
-        let snat = ct.flags & CT_F_SNAT != 0;
-        let translate = match hook {
-            Hook::Ingress => !reply || hairpin || snat,
-            Hook::Egress => reply && !hairpin && !snat,
-        };
-        if !translate {
-            return Verdict::Pass(match hook {
-                Hook::Ingress => reason::PASS_REPLY_INGRESS,
-                Hook::Egress => reason::PASS_ORIGINAL_EGRESS,
-            });
+    // Originals are translated at ingress; replies at egress, after routing, except
+    // those of hairpin and SNAT flows, which ingress translates and redirects.
+    match (conntrack::lookup(&p.key, p.tcp_flags, now), hook) {
+        (CtState::Established(ct), Hook::Ingress) => {
+            return translate(&ct, p, reason::NAT_ESTABLISHED);
         }
-        return Verdict::Nat {
-            to: conntrack::nat_tuple(&ct, p.key.proto),
-            svc_id: ct.svc_id,
-            backend_id: ct.backend_id,
-            reason: if reply {
-                reason::NAT_REPLY
-            } else {
-                reason::NAT_ESTABLISHED
-            },
-            forward: forward(ct.flags),
-        };
-    }
-    if hook == Hook::Egress {
-        return Verdict::Pass(reason::PASS_NO_SERVICE);
+        (CtState::Reply(ct), Hook::Ingress) if ct.flags & (CT_F_HAIRPIN | CT_F_SNAT) != 0 => {
+            return translate(&ct, p, reason::NAT_REPLY);
+        }
+        (CtState::Reply(_), Hook::Ingress) => return Verdict::Pass(reason::PASS_REPLY_INGRESS),
+        (CtState::Reply(ct), Hook::Egress) if ct.flags & (CT_F_HAIRPIN | CT_F_SNAT) == 0 => {
+            return translate(&ct, p, reason::NAT_REPLY);
+        }
+        (CtState::Established(_) | CtState::Reply(_), Hook::Egress) => {
+            return Verdict::Pass(reason::PASS_ORIGINAL_EGRESS);
+        }
+        (CtState::New, Hook::Egress) => return Verdict::Pass(reason::PASS_NO_SERVICE),
+        (CtState::New, Hook::Ingress) => {}
     }
     // A flow starts with a whole packet or a first fragment, never a later one.
     if p.frag == Frag::Later {
         return Verdict::Pass(reason::PASS_FRAGMENT);
     }
-    let sel = match lb::select(&p.key, lb::Origin::Iface(ifindex), now) {
-        Ok(sel) => sel,
-        Err(reason::PASS_NO_BACKEND) => return Verdict::Reject,
-        Err(reason::DROP_NO_LOCAL_BACKEND) => {
-            return Verdict::Drop(reason::DROP_NO_LOCAL_BACKEND);
-        }
-        Err(reason) => return Verdict::Pass(reason),
+    let (svc_id, backend) = match lb::select(&p.key, lb::Origin::Iface(ifindex), now) {
+        Select::Backend { svc_id, backend } => (svc_id, backend),
+        Select::NoBackend => return Verdict::Reject,
+        Select::NoLocalBackend => return Verdict::Drop(reason::DROP_NO_LOCAL_BACKEND),
+        Select::NotServed(reason) => return Verdict::Pass(reason),
     };
     // Clients outside the cluster reach a remote backend through this node (SNAT);
     // pods' addresses route between nodes, so theirs stay.
     // SAFETY: a plain read of a global the loader set.
     let node_addr = unsafe { core::ptr::read_volatile(&SNAT_ADDR) };
-    let snat = if sel.backend.flags & BE_F_REMOTE != 0 && node_addr != 0 && !lb::from_pod(ifindex) {
+    let snat = if backend.flags & BE_F_REMOTE != 0 && node_addr != 0 && !lb::from_pod(ifindex) {
         Snat::Node(node_addr)
     } else {
         Snat::None
     };
-    match conntrack::create(&p.key, sel.svc_id, &sel.backend, p.tcp_flags, now, snat) {
+    match conntrack::create(&p.key, svc_id, &backend, p.tcp_flags, now, snat) {
         Ok((to, flags)) => Verdict::Nat {
             to,
-            svc_id: sel.svc_id,
-            backend_id: sel.backend.backend_id,
+            svc_id,
+            backend_id: backend.backend_id,
             reason: reason::NAT_NEW_FLOW,
             forward: forward(flags),
         },
         Err(reason) => Verdict::Pass(reason),
+    }
+}
+
+/// The verdict for a packet of a tracked flow: rewritten as its entry says.
+#[inline(always)]
+fn translate(ct: &CtValue, p: &Packet, reason: u32) -> Verdict {
+    Verdict::Nat {
+        to: conntrack::nat_tuple(ct, p.key.proto),
+        svc_id: ct.svc_id,
+        backend_id: ct.backend_id,
+        reason,
+        forward: forward(ct.flags),
     }
 }
 

@@ -27,15 +27,22 @@ pub enum Origin {
     Host,
 }
 
-pub struct Selection {
-    pub svc_id: u32,
-    pub backend: Backend,
+/// What a new flow to this packet's destination gets.
+pub enum Select {
+    /// A backend of service port `svc_id`.
+    Backend { svc_id: u32, backend: Backend },
+    /// Not a frontend, or one this origin may not use, or a slot not there: the
+    /// packet is not ours (counted under the reason, a `lb_common::reason`).
+    NotServed(u32),
+    /// A frontend without endpoints: answer as kube-proxy's REJECT does.
+    NoBackend,
+    /// `externalTrafficPolicy: Local` and no endpoint on this node: drop.
+    NoLocalBackend,
 }
 
-/// The frontend this packet is addressed to and the backend a new flow goes to, or
-/// the reason (a `lb_common::reason`) there is none.
+/// The frontend this packet is addressed to and the backend a new flow goes to.
 #[inline(always)]
-pub fn select(key: &FlowKey, origin: Origin, now: u64) -> Result<Selection, u32> {
+pub fn select(key: &FlowKey, origin: Origin, now: u64) -> Select {
     let frontend = ServiceKey {
         addr_be: key.daddr_be,
         port_be: key.dport_be,
@@ -43,54 +50,56 @@ pub fn select(key: &FlowKey, origin: Origin, now: u64) -> Result<Selection, u32>
         _pad: 0,
     };
     // SAFETY: service values are only replaced whole by the agent; a copy is taken.
-    let svc = unsafe { LB_SERVICES.get(frontend) }
-        .copied()
-        .ok_or(reason::PASS_NO_SERVICE)?;
+    let Some(svc) = unsafe { LB_SERVICES.get(frontend) }.copied() else {
+        return Select::NotServed(reason::PASS_NO_SERVICE);
+    };
     let inside = match origin {
         Origin::Host => true,
         Origin::Iface(ifindex) => svc.flags & SVC_F_INTERNAL == 0 || from_pod(ifindex),
     };
     if !inside {
-        return Err(reason::PASS_INTERNAL_ONLY);
+        return Select::NotServed(reason::PASS_INTERNAL_ONLY);
     }
     if svc.backend_count == 0 {
-        return Err(if svc.flags & SVC_F_EXTERNAL_LOCAL != 0 {
-            reason::DROP_NO_LOCAL_BACKEND
+        return if svc.flags & SVC_F_EXTERNAL_LOCAL != 0 {
+            Select::NoLocalBackend
         } else {
-            reason::PASS_NO_BACKEND
-        });
+            Select::NoBackend
+        };
     }
     let backend = if svc.flags & SVC_F_AFFINITY != 0 {
-        sticky(key.saddr_be, &svc, now)?
+        sticky(key.saddr_be, &svc, now)
     } else {
-        random(&svc)?.1
+        random(&svc).map(|(_, b)| b)
     };
-    Ok(Selection {
-        svc_id: svc.svc_id,
-        backend,
-    })
+    match backend {
+        Some(backend) => Select::Backend {
+            svc_id: svc.svc_id,
+            backend,
+        },
+        None => Select::NotServed(reason::PASS_NO_SLOT),
+    }
 }
 
-/// A slot chosen uniformly at random, and its backend.
+/// A slot chosen uniformly at random, and its backend (None: the slot is not
+/// there, the agent is rewriting the service).
 #[inline(always)]
-fn random(svc: &ServiceValue) -> Result<(u32, Backend), u32> {
+fn random(svc: &ServiceValue) -> Option<(u32, Backend)> {
     // SAFETY: a helper with no preconditions.
     let slot = unsafe { bpf_get_prandom_u32() } % svc.backend_count;
-    Ok((slot, slot_backend(svc.svc_id, slot)?))
+    Some((slot, slot_backend(svc.svc_id, slot)?))
 }
 
 #[inline(always)]
-fn slot_backend(svc_id: u32, slot: u32) -> Result<Backend, u32> {
+fn slot_backend(svc_id: u32, slot: u32) -> Option<Backend> {
     // SAFETY: backend values are only replaced whole by the agent; a copy is taken.
-    unsafe { LB_BACKENDS.get(BackendKey { svc_id, slot }) }
-        .copied()
-        .ok_or(reason::PASS_NO_SLOT)
+    unsafe { LB_BACKENDS.get(BackendKey { svc_id, slot }) }.copied()
 }
 
 /// ClientIP affinity: the backend this client's last new flow went to, if that was
 /// within the timeout and its slot still holds it; otherwise a random one, remembered.
 #[inline(always)]
-fn sticky(client: u32, svc: &ServiceValue, now: u64) -> Result<Backend, u32> {
+fn sticky(client: u32, svc: &ServiceValue, now: u64) -> Option<Backend> {
     let key = AffinityKey {
         client_addr_be: client,
         svc_id: svc.svc_id,
@@ -101,11 +110,11 @@ fn sticky(client: u32, svc: &ServiceValue, now: u64) -> Result<Backend, u32> {
         let a = unsafe { &mut *a };
         if now.wrapping_sub(a.last_used) <= timeout
             && a.slot < svc.backend_count
-            && let Ok(b) = slot_backend(svc.svc_id, a.slot)
+            && let Some(b) = slot_backend(svc.svc_id, a.slot)
             && b.backend_id == a.backend_id
         {
             a.last_used = now;
-            return Ok(b);
+            return Some(b);
         }
     }
     let (slot, backend) = random(svc)?;
@@ -116,7 +125,7 @@ fn sticky(client: u32, svc: &ServiceValue, now: u64) -> Result<Backend, u32> {
     };
     // A full map only costs stickiness, never the flow.
     let _ = LB_AFFINITY.insert(key, remembered, 0);
-    Ok(backend)
+    Some(backend)
 }
 
 /// Whether the packet entered through an interface behind which pods live.

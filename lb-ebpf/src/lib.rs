@@ -1,2 +1,21 @@
+//! lb's kernel side as a library, one concern per module; the objects are the
+//! binaries: `lb` (src/main.rs, what the agent loads) and `lb-bench` (the
+//! benchmarks' generator, hops and sinks, loaded only by `cargo xtask bench`).
 #![no_std]
-// This file exists to enable the library target (as in aya-template).
+
+pub mod clock;
+pub mod conntrack;
+pub mod csum;
+pub mod deliver;
+pub mod flow;
+pub mod frag;
+pub mod fwd;
+pub mod lb;
+pub mod maps;
+pub mod nat;
+pub mod parse;
+pub mod reject;
+pub mod sock;
+pub mod stats;
+pub mod tc;
+pub mod xdp;

@@ -50,15 +50,3 @@ pub static LB_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entri
 /// Bitmap of frontend ports (see `lb_common::PORT_WORDS`).
 #[map]
 pub static LB_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
-
-/// Settings of the benchmark-only programs (`lb_common::BENCH_*` indices).
-#[map]
-pub static LB_BENCH: Array<u32> = Array::with_max_entries(lb_common::BENCH_SETTINGS, 0);
-
-/// The generator's Ethernet + IPv4 + UDP header template.
-#[map]
-pub static LB_BENCH_FRAME: Array<[u8; lb_common::BENCH_HDR_LEN]> = Array::with_max_entries(1, 0);
-
-/// Frames the benchmark sink received.
-#[map]
-pub static LB_BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

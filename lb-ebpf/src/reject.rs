@@ -39,14 +39,14 @@ fn checksum<const N: usize>(ptr: *const [u8; 2]) -> u16 {
 }
 
 /// Rewrites the packet into the ICMP answer and redirects it back; returns the TC
-/// verdict, or `Err` (the packet left as it was where possible) when it cannot.
+/// verdict, or None (the packet left as it was where possible) when it cannot.
 #[inline(always)]
-pub fn port_unreachable(ctx: &TcContext, p: &Packet) -> Result<i32, ()> {
+pub fn port_unreachable(ctx: &TcContext, p: &Packet) -> Option<i32> {
     if p.l4_off != EthHdr::LEN + Ipv4Hdr::LEN {
-        return Err(()); // IPv4 options: not quoted, left to the kernel
+        return None; // IPv4 options: not quoted, left to the kernel
     }
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let eth: *const EthHdr = ptr_at(data, data_end, 0).ok_or(())?;
+    let eth: *const EthHdr = ptr_at(data, data_end, 0)?;
     // SAFETY: bounds-checked by ptr_at.
     let (client_mac, our_mac) = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
@@ -56,10 +56,10 @@ pub fn port_unreachable(ctx: &TcContext, p: &Packet) -> Result<i32, ()> {
     // one); the headers stay where they are, so a partial checksum's offsets stay valid.
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, FRAME as u32, 0) } != 0 {
-        return Err(());
+        return None;
     }
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let frame: *mut [u8; FRAME] = ptr_at(data, data_end, 0).ok_or(())?;
+    let frame: *mut [u8; FRAME] = ptr_at(data, data_end, 0)?;
     // SAFETY: ptr_at checked that all FRAME bytes lie inside the packet.
     let f = unsafe { &mut *frame };
     // Quote the original IPv4 header and 8 bytes of L4 where the answer carries them.
@@ -97,5 +97,5 @@ pub fn port_unreachable(ctx: &TcContext, p: &Packet) -> Result<i32, ()> {
     let icmp_sum = checksum::<{ (ICMP_HDR_LEN + QUOTE) / 2 }>(f[icmp..].as_ptr() as *const [u8; 2]);
     f[icmp + 2..icmp + 4].copy_from_slice(&icmp_sum.to_be_bytes());
     // SAFETY: a helper taking plain values.
-    Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
+    Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }

@@ -14,7 +14,7 @@ use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, SockRevKey, SockRevValue, reason}
 
 use crate::{
     clock,
-    lb::{self, Origin},
+    lb::{self, Origin, Select},
     maps::LB_SOCK_REVNAT,
     stats,
 };
@@ -63,23 +63,24 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         _pad2: 0,
     };
     let now = clock::now();
-    let sel = match lb::select(&key, Origin::Host, now) {
-        Ok(sel) => sel,
-        Err(reason::PASS_NO_BACKEND) => {
+    let (svc_id, backend) = match lb::select(&key, Origin::Host, now) {
+        Select::Backend { svc_id, backend } => (svc_id, backend),
+        Select::NoBackend => {
             stats::verdict(reason::REJECT_NO_BACKEND, 0);
             // SAFETY: cgroup programs may set the error the syscall returns.
             unsafe { bpf_set_retval(-ECONNREFUSED) };
             return 0;
         }
-        Err(_) => return 1,
+        // Not a service for the node's processes: the socket goes where it asked.
+        Select::NotServed(_) | Select::NoLocalBackend => return 1,
     };
     if proto == PROTO_UDP {
         // SAFETY: the helper takes the program's context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         let rev = SockRevKey {
             cookie,
-            backend_addr_be: sel.backend.addr_be,
-            backend_port_be: sel.backend.port_be,
+            backend_addr_be: backend.addr_be,
+            backend_port_be: backend.port_be,
             _pad: 0,
         };
         let _ = LB_SOCK_REVNAT.insert(
@@ -94,11 +95,11 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     }
     // SAFETY: connect4 and sendmsg4 may write the destination.
     unsafe {
-        (*sa).user_ip4 = sel.backend.addr_be;
-        (*sa).user_port = sel.backend.port_be as u32;
+        (*sa).user_ip4 = backend.addr_be;
+        (*sa).user_port = backend.port_be as u32;
     }
     stats::verdict(reason::SOCK_TRANSLATED, 0);
-    stats::service(sel.svc_id, sel.backend.backend_id, 0);
+    stats::service(svc_id, backend.backend_id, 0);
     1
 }
 

@@ -34,6 +34,12 @@ use crate::maps::{Maps, MapsError};
 /// The eBPF object built by build.rs (lb-ebpf for bpfel).
 pub static EBPF_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
 
+/// The benchmarks' own object (`lb-bench`: baseline, conntrack floor, generator,
+/// hops, sinks), embedded only with the `bench` feature (the benches turn it on);
+/// the agent never loads it.
+#[cfg(feature = "bench")]
+pub static BENCH_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-bench"));
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("loading lb's eBPF object (maps pinned under {pins}): {error}")]
@@ -378,118 +384,6 @@ impl Dataplane {
     /// The XDP program (loaded; for BPF_PROG_RUN).
     pub fn xdp(&mut self) -> Result<&mut Xdp, LoadError> {
         program(&mut self.ebpf, PROG_XDP)
-    }
-
-    /// The parse-and-pass baseline program, loaded on first use (for benchmarks).
-    pub fn xdp_baseline(&mut self) -> Result<&mut Xdp, LoadError> {
-        let p: &mut Xdp = program(&mut self.ebpf, lb_common::PROG_XDP_BASELINE)?;
-        if p.fd().is_err() {
-            p.load()
-                .map_err(prog_err(lb_common::PROG_XDP_BASELINE, "loading"))?;
-        }
-        Ok(p)
-    }
-
-    /// A benchmark-only XDP program (`PROG_BENCH_*`), loaded on first use.
-    pub fn bench_program(&mut self, name: &'static str) -> Result<&mut Xdp, LoadError> {
-        let p: &mut Xdp = program(&mut self.ebpf, name)?;
-        if p.fd().is_err() {
-            p.load().map_err(prog_err(name, "loading"))?;
-        }
-        Ok(p)
-    }
-
-    /// Sets `LB_BENCH[index]` (`lb_common::BENCH_*`).
-    pub fn set_bench(&mut self, index: u32, value: u32) -> Result<(), LoadError> {
-        let map = self
-            .ebpf
-            .map_mut(lb_common::MAP_BENCH)
-            .ok_or(MapsError::Missing {
-                map: lb_common::MAP_BENCH,
-            })?;
-        let mut a: aya::maps::Array<_, u32> =
-            aya::maps::Array::try_from(map).map_err(|error| MapsError::Aya {
-                map: lb_common::MAP_BENCH,
-                action: "typing",
-                error,
-            })?;
-        a.set(index, value, 0).map_err(|error| {
-            MapsError::Aya {
-                map: lb_common::MAP_BENCH,
-                action: "writing",
-                error,
-            }
-            .into()
-        })
-    }
-
-    /// Sets the generator's header template (`LB_BENCH_FRAME[0]`).
-    pub fn set_bench_frame(
-        &mut self,
-        hdr: [u8; lb_common::BENCH_HDR_LEN],
-    ) -> Result<(), LoadError> {
-        let name = lb_common::MAP_BENCH_FRAME;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(MapsError::Missing { map: name })?;
-        let mut a: aya::maps::Array<_, [u8; lb_common::BENCH_HDR_LEN]> =
-            aya::maps::Array::try_from(map).map_err(|error| MapsError::Aya {
-                map: name,
-                action: "typing",
-                error,
-            })?;
-        a.set(0, hdr, 0).map_err(|error| {
-            MapsError::Aya {
-                map: name,
-                action: "writing",
-                error,
-            }
-            .into()
-        })
-    }
-
-    /// Frames the benchmark sink has counted, all CPUs.
-    pub fn bench_sink_count(&self) -> Result<u64, LoadError> {
-        let name = lb_common::MAP_BENCH_SINK;
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or(MapsError::Missing { map: name })?;
-        let a: aya::maps::PerCpuArray<_, u64> =
-            aya::maps::PerCpuArray::try_from(map).map_err(|error| MapsError::Aya {
-                map: name,
-                action: "typing",
-                error,
-            })?;
-        let per_cpu = a.get(&0, 0).map_err(|error| MapsError::Aya {
-            map: name,
-            action: "reading",
-            error,
-        })?;
-        Ok(per_cpu.iter().sum())
-    }
-
-    /// Attaches a benchmark-only XDP program to `iface` (native mode), for as long
-    /// as this Dataplane lives.
-    pub fn attach_bench(&mut self, name: &'static str, iface: &str) -> Result<(), LoadError> {
-        let p = self.bench_program(name)?;
-        p.attach(iface, XdpMode::Driver)
-            .map_err(prog_err(name, format!("attaching to {iface}")))?;
-        Ok(())
-    }
-
-    /// Attaches a benchmark-only TC program to `iface`'s ingress, for as long as this
-    /// Dataplane lives.
-    pub fn attach_bench_tc(&mut self, name: &'static str, iface: &str) -> Result<(), LoadError> {
-        let p: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-        if p.fd().is_err() {
-            p.load().map_err(prog_err(name, "loading"))?;
-        }
-        let _ = tc::qdisc_add_clsact(iface);
-        p.attach(iface, TcAttachType::Ingress)
-            .map_err(prog_err(name, format!("attaching to {iface}")))?;
-        Ok(())
     }
 
     /// A TC program by name (loaded; for BPF_PROG_RUN).

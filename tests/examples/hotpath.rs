@@ -4,13 +4,15 @@
 //! x 10 endpoints. Median of 5 runs of REPEAT packets each. Run as root:
 //! `cargo xtask bench` (or `cargo run --release -p lb-tests --example hotpath`).
 
+mod bench_object;
 mod report;
 
 use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use lb_common::{
-    CT_DIR_ORIGINAL, CtValue, FlowKey, PROG_BENCH_CT_FLOOR, PROTO_TCP, port_bit, reason,
+    CT_DIR_ORIGINAL, CtValue, FlowKey, PROG_BENCH_CT_FLOOR, PROG_XDP_BASELINE, PROTO_TCP, port_bit,
+    reason,
 };
 use lb_tests::packet::{Pkt, TCP_ACK, TCP_SYN};
 use lb_user::{
@@ -19,7 +21,10 @@ use lb_user::{
     sync,
 };
 
-use crate::report::{Chart, Table};
+use crate::{
+    bench_object::BenchObject,
+    report::{Chart, Table},
+};
 
 #[path = "../tests/programmed/mod.rs"]
 mod programmed;
@@ -189,8 +194,9 @@ fn main() {
         let syns: Vec<Vec<u8>> = (0..new_flows)
             .map(|i| Pkt::tcp("192.168.1.10", 50000 + i, "192.168.1.2", port, TCP_SYN).build())
             .collect();
-        let baseline = ns_per_packet(dp.xdp_baseline().unwrap(), &ack, repeat);
-        let baseline_single = ns_single(dp.xdp_baseline().unwrap(), &syns);
+        let mut bench = BenchObject::load().expect("load lb-bench");
+        let baseline = ns_per_packet(bench.xdp(PROG_XDP_BASELINE).unwrap(), &ack, repeat);
+        let baseline_single = ns_single(bench.xdp(PROG_XDP_BASELINE).unwrap(), &syns);
         let xdp = dp.xdp().unwrap();
         let non_service = ns_per_packet(xdp, &other, repeat);
         let new_flow = ns_single(xdp, &syns);
@@ -208,14 +214,14 @@ fn main() {
         fill(&mut plain, n);
         let translate_only = established_ns(&mut plain, &syn, &ack, port, repeat);
         // The floor of any conntrack kept in a BPF hash map: parse, one lookup that
-        // finds the flow (checked by its counter), count, pass.
-        let before = plain.maps.verdicts().unwrap()[reason::NAT_ESTABLISHED as usize].packets;
-        let floor = ns_per_packet(
-            plain.bench_program(PROG_BENCH_CT_FLOOR).unwrap(),
-            &ack,
-            repeat,
-        );
-        let found = plain.maps.verdicts().unwrap()[reason::NAT_ESTABLISHED as usize].packets;
+        // finds the flow (checked by its counter), count, pass. The bench object has
+        // its own conntrack: the flows lb made are copied into it.
+        for (k, v) in plain.maps.conntrack().expect("read conntrack") {
+            bench.put_conntrack(&k, &v).expect("copy a flow");
+        }
+        let before = bench.verdict_packets(reason::NAT_ESTABLISHED).unwrap();
+        let floor = ns_per_packet(bench.xdp(PROG_BENCH_CT_FLOOR).unwrap(), &ack, repeat);
+        let found = bench.verdict_packets(reason::NAT_ESTABLISHED).unwrap();
         assert!(
             found - before >= u64::from(repeat) * RUNS as u64,
             "the floor program must find the flow on every repeat"

@@ -17,6 +17,7 @@
 //! in time. Run as root: `cargo xtask bench` (`--quick` for a smoke run;
 //! `--sizes=1 --lb-only` for lb beside the ceiling alone).
 
+mod bench_object;
 mod report;
 
 use std::{
@@ -39,9 +40,12 @@ use lb_tests::{
     topology::multinode,
     topology::{InNetns, mac_text},
 };
-use lb_user::{loader::Dataplane, maps::Maps};
+use lb_user::maps::Maps;
 
-use crate::report::{Chart, Table};
+use crate::{
+    bench_object::BenchObject,
+    report::{Chart, Table},
+};
 
 #[derive(Clone, Copy)]
 struct Window {
@@ -53,7 +57,7 @@ struct Window {
 
 /// The generator (in `laptop`) and the sink (on `pod`'s eth0).
 struct Traffic {
-    dp: Dataplane,
+    bench: BenchObject,
     laptop: Netns,
     laptop_ifindex: u32,
 }
@@ -62,11 +66,11 @@ impl Traffic {
     /// Loads the bench programs; the sink goes on the pod's eth0, the header
     /// template is a UDP frame from the laptop to `dst`:NodePort via `dst_mac`.
     fn new(t: &Topology, laptop: &Netns, pod: &Netns, dst: &str, dst_mac: [u8; 6]) -> Result<Self> {
-        let mut dp = Dataplane::load(None)?;
+        let mut bench = BenchObject::load()?;
         {
             let _in = InNetns::enter(pod)?;
-            dp.attach_bench(PROG_BENCH_SINK, "eth0")?;
-            dp.attach_bench_tc(PROG_BENCH_SINK_TC, "eth0")?;
+            bench.attach_xdp(PROG_BENCH_SINK, "eth0")?;
+            bench.attach_tc(PROG_BENCH_SINK_TC, "eth0")?;
         }
         let mut frame = Pkt::udp(seeds::LAPTOP_IP, 40000, dst, MEASURED_NODE_PORT)
             .payload(&[0u8; 18])
@@ -77,10 +81,10 @@ impl Traffic {
         frame[6..12].copy_from_slice(&t.mac(laptop, "eth0")?);
         let mut hdr = [0u8; BENCH_HDR_LEN];
         hdr.copy_from_slice(&frame[..BENCH_HDR_LEN]);
-        dp.set_bench_frame(hdr)?;
-        dp.bench_program(PROG_BENCH_GEN)?;
+        bench.set_frame(hdr)?;
+        bench.xdp(PROG_BENCH_GEN)?;
         Ok(Traffic {
-            dp,
+            bench,
             laptop: laptop.clone(),
             laptop_ifindex: t.ifindex(laptop, "eth0")?,
         })
@@ -94,7 +98,7 @@ impl Traffic {
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&self.laptop_ifindex.to_ne_bytes());
         let _in = InNetns::enter(&self.laptop)?;
-        let prog = self.dp.bench_program(PROG_BENCH_GEN)?;
+        let prog = self.bench.xdp(PROG_BENCH_GEN)?;
         let mut left = frames;
         while left > 0 {
             let n = left.min(chunk);
@@ -114,11 +118,11 @@ impl Traffic {
     /// Sends for `w.duration`; returns (frames sent per second, frames the pod got
     /// per second).
     fn measure(&mut self, new_flows: bool, w: Window) -> Result<(f64, f64)> {
-        self.dp.set_bench(BENCH_NEW_FLOWS, u32::from(new_flows))?;
+        self.bench.set(BENCH_NEW_FLOWS, u32::from(new_flows))?;
         // Warm up: the first packets resolve whatever is lazy (flows, neighbours).
         self.send(w.chunk, w.chunk)?;
         thread::sleep(Duration::from_millis(100));
-        let before = self.dp.bench_sink_count()?;
+        let before = self.bench.sink_count()?;
         let start = Instant::now();
         let mut sent = 0u64;
         while start.elapsed() < w.duration {
@@ -127,7 +131,7 @@ impl Traffic {
         }
         let secs = start.elapsed().as_secs_f64();
         thread::sleep(Duration::from_millis(100)); // what is still in flight
-        let got = self.dp.bench_sink_count()? - before;
+        let got = self.bench.sink_count()? - before;
         Ok((sent as f64 / secs, got as f64 / secs))
     }
 }
@@ -199,17 +203,15 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
     match c {
         Contender::Ceiling => {
             let lxc0 = t.ifindex(&s.node, "lxc0")?;
-            traffic.dp.set_bench(BENCH_REDIRECT_IFINDEX, lxc0)?;
+            traffic.bench.set(BENCH_REDIRECT_IFINDEX, lxc0)?;
             let _in = InNetns::enter(&s.node)?;
-            traffic.dp.attach_bench(PROG_BENCH_REDIRECT, "eth0")?;
+            traffic.bench.attach_xdp(PROG_BENCH_REDIRECT, "eth0")?;
         }
         Contender::PeerFloor => {
             let lxc0 = t.ifindex(&s.node, "lxc0")?;
-            traffic.dp.set_bench(BENCH_REDIRECT_IFINDEX, lxc0)?;
+            traffic.bench.set(BENCH_REDIRECT_IFINDEX, lxc0)?;
             let _in = InNetns::enter(&s.node)?;
-            traffic
-                .dp
-                .attach_bench_tc(PROG_BENCH_REDIRECT_PEER, "eth0")?;
+            traffic.bench.attach_tc(PROG_BENCH_REDIRECT_PEER, "eth0")?;
         }
         Contender::Lb | Contender::LbXdpToPods | Contender::LbStack => {
             let lb = Lb::new(&mut t)?;
@@ -249,7 +251,7 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
     }
     let established = traffic.measure(false, w)?;
     let new = traffic.measure(true, w)?;
-    let delivered = traffic.dp.bench_sink_count()?;
+    let delivered = traffic.bench.sink_count()?;
     match c {
         // XDP translates, TC ingress hands the packet to the pod.
         Contender::Lb => expect_path(&t, "node1", &[reason::FWD_TC_PEER], delivered)?,
@@ -322,7 +324,7 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
     ))?;
     lb.start_agent_with(&mut t, &node1, "node1", &["eth0"], agent_args)?;
     let r = traffic.measure(false, w)?;
-    let delivered = traffic.dp.bench_sink_count()?;
+    let delivered = traffic.bench.sink_count()?;
     expect_path(&t, "node1", &[path], delivered)?;
     drop(traffic);
     Ok(r)

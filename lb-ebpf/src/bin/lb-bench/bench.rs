@@ -11,11 +11,12 @@ use aya_ebpf::{
 };
 use lb_common::{BENCH_HDR_LEN, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX, PROTO_UDP};
 
-use crate::{
+use lb_ebpf::{
     csum::Csum,
-    maps::{LB_BENCH, LB_BENCH_FRAME, LB_BENCH_SINK},
     parse::{IP_CHECK_OFF, IP_SADDR_OFF, ptr_at},
 };
+
+use crate::{LB_BENCH, LB_BENCH_FRAME, LB_BENCH_SINK};
 
 const ETH_LEN: usize = 14;
 /// Offset of the UDP source port in the template (Ethernet + 20-byte IPv4).

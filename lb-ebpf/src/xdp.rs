@@ -1,0 +1,122 @@
+//! The XDP pipeline of external interfaces: parse, resolve fragments, decide,
+//! choose the way out, rewrite, count, return the action. Starts and continues
+//! flows to NodePort and LoadBalancer frontends arriving from outside the node.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{FlowKey, IFACE_F_PEER, IFACE_POD, TO_PODS_PEER, TO_PODS_XDP, reason};
+
+use crate::{
+    deliver,
+    flow::{self, Forward, Hook, Verdict},
+    frag,
+    fwd::{self, Route},
+    lb, nat,
+    parse::{self, Packet},
+    stats,
+};
+
+/// Runs the pipeline on one frame; returns the XDP action.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    let mut p = match parse::parse(ctx.data(), ctx.data_end()) {
+        Ok(p) => p,
+        Err(reason) => {
+            stats::verdict(reason, 0);
+            return xdp_action::XDP_PASS;
+        }
+    };
+    if let Err(reason) = frag::resolve(&mut p) {
+        stats::verdict(reason, p.ip_len);
+        return xdp_action::XDP_PASS;
+    }
+    let ingress = ctx.ingress_ifindex() as u32;
+    match flow::decide(&p, ingress, Hook::Ingress) {
+        Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
+        Verdict::Drop(reason) => {
+            stats::verdict(reason, p.ip_len);
+            return xdp_action::XDP_DROP;
+        }
+        // NodePorts live on the node's own addresses: its kernel answers (RST, ICMP).
+        Verdict::Reject => stats::verdict(reason::PASS_NO_BACKEND, p.ip_len),
+        Verdict::Nat {
+            to,
+            svc_id,
+            backend_id,
+            reason,
+            forward,
+        } => {
+            let way = way_out(ctx, &p, &to, forward, ingress);
+            // SNAT flows cannot go through the stack once rewritten: their packets
+            // carry the node's own address (as source, or as the reply's former
+            // destination), which it would drop as a martian. Without a full FIB
+            // answer here they go on untouched, and TC ingress, whose
+            // bpf_redirect_neigh resolves the neighbour, finishes them.
+            if forward == Forward::Fib && !way.route.found() {
+                return xdp_action::XDP_PASS;
+            }
+            match nat::rewrite_xdp(ctx, &p, &to, way.route.found()) {
+                Ok(()) => {
+                    stats::verdict(reason, p.ip_len);
+                    stats::service(svc_id, backend_id, p.ip_len);
+                    if way.to_peer {
+                        deliver::mark(ctx, &way.route);
+                    } else if way.route.found()
+                        && let Some(action) = fwd::send_xdp(ctx, &way.route)
+                    {
+                        stats::verdict(reason::FWD_XDP_REDIRECT, p.ip_len);
+                        return action;
+                    }
+                }
+                Err(reason) => stats::verdict(reason, p.ip_len),
+            }
+        }
+    }
+    xdp_action::XDP_PASS
+}
+
+/// How a translated frame leaves: redirected by the FIB's route (`route` found), or
+/// marked for TC ingress to hand to the pod (`to_peer`), or on through the stack
+/// (no route). A plain struct, never an enum with a payload (see `fwd::Route`).
+struct Way {
+    route: Route,
+    to_peer: bool,
+}
+
+/// The route / peer / stack choice. Translated packets leave by the FIB when it has
+/// a full answer (route and neighbour): redirected here, they skip the stack, as
+/// Cilium's and Katran's do. Towards a local pod's veth it depends on `--to-pods`:
+/// by default (peer) the frame is marked and TC ingress hands it to the pod
+/// (`deliver`); XDP redirects it only if the agent was told the pods' ends take XDP
+/// frames (xdp); otherwise (stack, or a pod interface that is no veth) it goes on
+/// through the stack once rewritten. A packet on its last hop (TTL 1) is not
+/// forwarded here: the stack routes it and answers "time exceeded" (DNAT flows), or
+/// TC drops it. Hairpin (`Back`) needs a pod as the client: only TC sees those.
+#[inline(always)]
+fn way_out(ctx: &XdpContext, p: &Packet, to: &FlowKey, forward: Forward, ingress: u32) -> Way {
+    let mut way = Way {
+        route: Route::NONE,
+        to_peer: false,
+    };
+    if forward == Forward::Back || !fwd::xdp_enabled() || p.ttl <= 1 {
+        return way;
+    }
+    let r = fwd::lookup_xdp(ctx, to, ingress, p.ip_len);
+    let role = if r.found() && forward != Forward::Fib {
+        lb::iface_role(r.ifindex)
+    } else {
+        0
+    };
+    if role & IFACE_POD == 0 {
+        way.route = r;
+    } else {
+        match fwd::to_pods() {
+            TO_PODS_XDP => way.route = r,
+            TO_PODS_PEER if role & IFACE_F_PEER != 0 && deliver::reserve(ctx) => {
+                way.route = r;
+                way.to_peer = true;
+            }
+            _ => {}
+        }
+    }
+    way
+}
