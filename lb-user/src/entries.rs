@@ -8,7 +8,7 @@
 //! service. Ids come from one allocator ([`IdPool`]); port bits from one count of the
 //! frontends on each port.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use lb_common::{
     BE_F_REMOTE, Backend, BackendKey, ID_NONE, MAX_BACKEND_IDS, MAX_SERVICE_IDS, SNAT_PORT_MAX,
@@ -18,30 +18,8 @@ use lb_common::{
 use crate::{
     model::ObjectKey,
     plan::PortPlan,
-    sync::{self, Op},
+    sync::{self, Entries, Op},
 };
-
-/// The contents of `LB_SERVICES`, `LB_BACKENDS` and `LB_PORTS`: what we want, or
-/// what the maps hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Entries {
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
-    pub backends: BTreeMap<BackendKey, Backend>,
-    /// The non-zero words of the frontend-port bitmap (`lb_common::port_bit`).
-    pub ports: BTreeMap<u32, u64>,
-}
-
-impl Entries {
-    /// The slots of service-port `svc_id`, in order.
-    pub fn slots(&self, svc_id: u32) -> impl Iterator<Item = (&BackendKey, &Backend)> {
-        self.backends.range(
-            BackendKey { svc_id, slot: 0 }..=BackendKey {
-                svc_id,
-                slot: u32::MAX,
-            },
-        )
-    }
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EntriesError {
@@ -462,7 +440,7 @@ impl Programmed {
                 }
                 Op::PutPorts(..) => {}
             }
-            sync::apply(&mut self.entries, std::slice::from_ref(op));
+            sync::replay(&mut self.entries, std::slice::from_ref(op));
         }
         if let Some(claims) = self.pending.take() {
             if claims.all {

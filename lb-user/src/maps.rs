@@ -13,7 +13,7 @@ use lb_common::{
     ServiceKey, ServiceValue, reason,
 };
 
-use crate::{entries::Entries, sync::Op};
+use crate::sync::{Entries, Op};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {

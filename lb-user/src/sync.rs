@@ -3,9 +3,31 @@
 //! slot that is not there: new slots before the counts that reach them, counts
 //! lowered before the slots beyond them go.
 
+use std::collections::BTreeMap;
+
 use lb_common::{Backend, BackendKey, ServiceKey, ServiceValue};
 
-use crate::entries::Entries;
+/// The contents of `LB_SERVICES`, `LB_BACKENDS` and `LB_PORTS`: what we want, or
+/// what the maps hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entries {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub backends: BTreeMap<BackendKey, Backend>,
+    /// The non-zero words of the frontend-port bitmap (`lb_common::port_bit`).
+    pub ports: BTreeMap<u32, u64>,
+}
+
+impl Entries {
+    /// The slots of service-port `svc_id`, in order.
+    pub fn slots(&self, svc_id: u32) -> impl Iterator<Item = (&BackendKey, &Backend)> {
+        self.backends.range(
+            BackendKey { svc_id, slot: 0 }..=BackendKey {
+                svc_id,
+                slot: u32::MAX,
+            },
+        )
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -67,7 +89,7 @@ pub fn diff(actual: &Entries, desired: &Entries) -> Vec<Op> {
 }
 
 /// What `ops` do to `entries` (the agent's record of the maps after writing them).
-pub fn apply(entries: &mut Entries, ops: &[Op]) {
+pub fn replay(entries: &mut Entries, ops: &[Op]) {
     for op in ops {
         match *op {
             Op::PutBackend(k, v) => {
@@ -160,9 +182,9 @@ mod tests {
             ]
         );
         let mut e = small.clone();
-        apply(&mut e, &grow);
+        replay(&mut e, &grow);
         assert_eq!(e, big);
-        apply(&mut e, &shrink);
+        replay(&mut e, &shrink);
         assert_eq!(e, small);
     }
 
@@ -195,7 +217,7 @@ mod tests {
             ]
         );
         let mut e = old.clone();
-        apply(&mut e, &ops);
+        replay(&mut e, &ops);
         assert_eq!(e, new);
         // Removing the last frontend of a word clears it after the frontend is gone.
         let gone = diff(&new, &Entries::default());
@@ -209,7 +231,7 @@ mod tests {
         let (snat_word, _) = port_bit(lb_common::SNAT_PORT_MIN);
         assert!(new.ports.contains_key(&snat_word));
         assert!(gone.contains(&Op::PutPorts(snat_word, 0)), "{gone:?}");
-        apply(&mut e, &gone);
+        replay(&mut e, &gone);
         assert_eq!(e, Entries::default());
     }
 

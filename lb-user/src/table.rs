@@ -6,6 +6,7 @@ use k8s_openapi::{
         core::v1::{Pod, Service},
         discovery::v1::EndpointSlice,
     },
+    apimachinery::pkg::util::intstr::IntOrString,
     jiff::Timestamp,
 };
 
@@ -285,6 +286,130 @@ pub fn endpoint_slices(slices: &[&EndpointSlice], now: Timestamp, all_namespaces
 /// Whether a service is reachable from outside the cluster through node ports.
 pub fn has_node_ports(svc: &Service) -> bool {
     matches!(service_type(svc), TYPE_NODE_PORT | TYPE_LOAD_BALANCER)
+}
+
+/// One `spec.ports[]` entry of a described service: its endpoints as planned, and
+/// (when the node's maps are there) the live counters of its service port and of
+/// each slot.
+pub struct PortDetail {
+    pub endpoints: Vec<(std::net::Ipv4Addr, u16)>,
+    pub traffic: Option<(lb_common::Counters, Vec<SlotTraffic>)>,
+}
+
+pub struct SlotTraffic {
+    pub slot: u32,
+    pub addr: std::net::Ipv4Addr,
+    pub port: u16,
+    pub counters: lb_common::Counters,
+}
+
+/// `lb describe svc`: kubectl's fields, each port with its endpoints and traffic;
+/// `no_maps` says why there are no counters, `refused` why the node's agent could
+/// not program the service.
+pub fn describe_service(
+    svc: &Service,
+    ports: &[PortDetail],
+    node: &str,
+    no_maps: Option<&str>,
+    refused: Option<&str>,
+) -> String {
+    use std::fmt::Write as _;
+    let spec = svc.spec.clone().unwrap_or_default();
+    let kv = |m: Option<&std::collections::BTreeMap<String, String>>| match m
+        .filter(|m| !m.is_empty())
+    {
+        Some(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        None => "<none>".into(),
+    };
+    let mut out = String::new();
+    let line = |out: &mut String, label: &str, value: String| {
+        let _ = writeln!(out, "{:<26}{value}", format!("{label}:"));
+    };
+    line(
+        &mut out,
+        "Name",
+        svc.metadata.name.clone().unwrap_or_default(),
+    );
+    line(
+        &mut out,
+        "Namespace",
+        svc.metadata.namespace.clone().unwrap_or_default(),
+    );
+    line(&mut out, "Labels", kv(svc.metadata.labels.as_ref()));
+    line(&mut out, "Selector", kv(spec.selector.as_ref()));
+    line(&mut out, "Type", service_type(svc).to_string());
+    line(
+        &mut out,
+        "IP",
+        spec.cluster_ip.clone().unwrap_or_else(|| "<none>".into()),
+    );
+    for (p, detail) in spec.ports.iter().flatten().zip(ports) {
+        let proto = p.protocol.as_deref().unwrap_or("TCP");
+        let label = p.name.clone().unwrap_or_else(|| "<unset>".into());
+        line(&mut out, "Port", format!("{label}  {}/{proto}", p.port));
+        let target = match &p.target_port {
+            Some(IntOrString::Int(n)) => n.to_string(),
+            Some(IntOrString::String(s)) => s.clone(),
+            None => p.port.to_string(),
+        };
+        line(&mut out, "TargetPort", format!("{target}/{proto}"));
+        if let Some(np) = p.node_port {
+            line(&mut out, "NodePort", format!("{label}  {np}/{proto}"));
+        }
+        let eps: Vec<String> = detail
+            .endpoints
+            .iter()
+            .map(|(a, p)| format!("{a}:{p}"))
+            .collect();
+        line(
+            &mut out,
+            "Endpoints",
+            if eps.is_empty() {
+                "<none>".into()
+            } else {
+                eps.join(",")
+            },
+        );
+        if let Some((c, slots)) = &detail.traffic {
+            line(
+                &mut out,
+                &format!("Traffic (node {node})"),
+                format!("{} packets, {} bytes", c.packets, c.bytes),
+            );
+            for s in slots {
+                let _ = writeln!(
+                    out,
+                    "  slot {:<3} {}:{:<6} {} packets, {} bytes",
+                    s.slot, s.addr, s.port, s.counters.packets, s.counters.bytes
+                );
+            }
+        }
+    }
+    line(
+        &mut out,
+        "Session Affinity",
+        spec.session_affinity
+            .clone()
+            .unwrap_or_else(|| "None".into()),
+    );
+    if let Some(p) = &spec.external_traffic_policy {
+        line(&mut out, "External Traffic Policy", p.clone());
+    }
+    if let Some(why) = no_maps {
+        line(&mut out, "Traffic", format!("<{why}>"));
+    }
+    if let Some(error) = refused {
+        line(
+            &mut out,
+            &format!("Not programmed (node {node})"),
+            error.to_string(),
+        );
+    }
+    out
 }
 
 /// `lb stats`: every verdict reason with its packets and bytes.

@@ -133,3 +133,54 @@ fn a_bad_document_applies_nothing_and_names_file_document_object_field() {
         "{err}"
     );
 }
+
+#[test]
+fn describe_shows_ports_endpoints_and_what_the_node_could_not_program() {
+    let s = Scratch::new("describe");
+    s.0.apply(POD).unwrap();
+    s.0.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  labels: {tier: fe}\nspec:\n  type: NodePort\n  selector: {app: hello}\n  ports:\n  - {name: http, port: 8080, targetPort: 80, nodePort: 30080}\n")
+        .unwrap();
+    let bpffs = s.0.store.join("no-bpffs");
+    let describe = |s: &Scratch| {
+        s.0.ok(&[
+            "describe",
+            "svc",
+            "web",
+            "--node-name",
+            "n1",
+            "--bpffs",
+            bpffs.to_str().unwrap(),
+        ])
+        .unwrap()
+    };
+    let out = describe(&s);
+    for want in [
+        "Name:                     web",
+        "Labels:                   tier=fe",
+        "Selector:                 app=hello",
+        "Type:                     NodePort",
+        "Port:                     http  8080/TCP",
+        "TargetPort:               80/TCP",
+        "NodePort:                 http  30080/TCP",
+        "Endpoints:                10.244.0.2:80",
+        "Traffic:                  <no agent maps for node n1",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    assert!(!out.contains("Not programmed"), "{out}");
+    // What the node's agent reports it could not program is shown with the service.
+    let status = s.0.store.join("status");
+    std::fs::create_dir_all(&status).unwrap();
+    std::fs::write(
+        status.join("n1.json"),
+        r#"{"node":"n1","refused":{"default/web":"map LB_SERVICES: inserting: full"}}"#,
+    )
+    .unwrap();
+    let out = describe(&s);
+    assert!(
+        out.contains("Not programmed (node n1): map LB_SERVICES: inserting: full"),
+        "{out}"
+    );
+    let missing = s.err(&["describe", "svc", "nope"]);
+    assert!(missing.contains("services \"nope\" not found"), "{missing}");
+}

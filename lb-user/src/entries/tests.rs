@@ -1,4 +1,4 @@
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use k8s_openapi::jiff::Timestamp;
 use lb_common::{PROTO_TCP, SVC_F_INTERNAL};
