@@ -129,8 +129,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     {
         bail!("--cgroup {}: not a directory", dir.display());
     }
-    std::fs::create_dir_all(&opts.store)
-        .with_context(|| format!("creating store {}", opts.store.display()))?;
+    Store::new(&opts.store).init()?;
     ensure_bpffs(&opts.bpffs)?;
     let pins = pin_dir(&opts.bpffs, &opts.node_name);
     let cfg = LoadConfig {

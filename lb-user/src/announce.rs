@@ -72,8 +72,8 @@ impl Announcer {
     }
 
     fn heartbeat(&self) {
-        let _ = fs::create_dir_all(&self.dir);
-        if let Err(e) = fs::write(self.dir.join(&self.node), b"") {
+        let _ = crate::store::files::private_dir(&self.dir);
+        if let Err(e) = crate::store::files::write_private(&self.dir.join(&self.node), b"") {
             warn!(error = %e, "cannot write the heartbeat");
         }
     }

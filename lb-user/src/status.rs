@@ -9,6 +9,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::files;
+
 /// The services whose entries this node's maps refused, with why.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -21,18 +23,14 @@ pub fn path(store: &Path, node: &str) -> PathBuf {
     store.join("status").join(format!("{node}.json"))
 }
 
-/// Writes `status` whole (a reader never sees half of it).
+/// Writes `status` whole (a reader never sees half of it; 0600, no link followed).
 pub fn write(store: &Path, status: &NodeStatus) -> std::io::Result<()> {
     let path = path(store, &status.node);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        files::private_dir(dir)?;
     }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(tmp, path)
+    let body = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+    files::replace_private(&path, &body)
 }
 
 /// The status the agent of `node` last wrote (None: none, or unreadable).

@@ -10,14 +10,20 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
-use crate::model::{TYPE_LOAD_BALANCER, TYPE_NODE_PORT, pod_ready, service_type};
+use crate::model::{TYPE_LOAD_BALANCER, TYPE_NODE_PORT, pod_ready, service_type, shown};
 
 /// Columns separated by three spaces, left-aligned, no borders (kubectl's tabwriter).
+/// User data in the cells has its control characters escaped (`model::shown`), so
+/// a label cannot forge a row.
 pub fn render(header: Vec<String>, rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_preset(NOTHING);
     t.set_header(header);
-    t.add_rows(rows);
+    t.add_rows(rows.into_iter().map(|r| {
+        r.into_iter()
+            .map(|c| shown(&c, usize::MAX))
+            .collect::<Vec<_>>()
+    }));
     let n = t.column_count();
     for (i, col) in t.column_iter_mut().enumerate() {
         col.set_padding((0, if i + 1 == n { 0 } else { 3 }));
@@ -327,7 +333,12 @@ pub fn describe_service(
     };
     let mut out = String::new();
     let line = |out: &mut String, label: &str, value: String| {
-        let _ = writeln!(out, "{:<26}{value}", format!("{label}:"));
+        let _ = writeln!(
+            out,
+            "{:<26}{}",
+            format!("{label}:"),
+            shown(&value, usize::MAX)
+        );
     };
     line(
         &mut out,

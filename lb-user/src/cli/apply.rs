@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::AllocationArgs;
 use crate::{
-    model::{Document, ManifestError, parse_manifest},
+    model::{Manifest, ManifestError, parse_manifest, read_manifest},
     store::{Mode, Store},
 };
 
@@ -19,13 +19,23 @@ pub struct ApplyArgs {
     /// Manifest file(s) or directories; `-` reads standard input.
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<String>,
+    /// Refuse manifests that hold objects of kinds lb does not serve (by default
+    /// they are skipped, one line each, and the rest is applied).
+    #[arg(long)]
+    pub strict_kinds: bool,
     #[command(flatten)]
     pub alloc: AllocationArgs,
 }
 
 pub fn run(store: &Store, a: &ApplyArgs, mode: Mode) -> Result<()> {
     let alloc = a.alloc.parse()?;
-    let docs = read_manifests(&a.files)?;
+    let Manifest { docs, skipped } = read_manifests(&a.files, a.strict_kinds)?;
+    for s in &skipped {
+        println!("{s}");
+    }
+    if docs.is_empty() && !skipped.is_empty() {
+        return Ok(());
+    }
     if docs.is_empty() {
         bail!(
             "no objects passed to {}",
@@ -47,16 +57,29 @@ pub fn run(store: &Store, a: &ApplyArgs, mode: Mode) -> Result<()> {
     Ok(())
 }
 
-/// Every document of every file (directories: their .yaml, .yml and .json files, sorted).
-pub fn read_manifests(files: &[String]) -> Result<Vec<Document>> {
-    let mut docs = Vec::new();
+/// Every document of every file (directories: their .yaml, .yml and .json files,
+/// sorted), and the objects of kinds lb does not serve (an error if `strict_kinds`).
+pub fn read_manifests(files: &[String], strict_kinds: bool) -> Result<Manifest> {
+    let read = |name: &str, text: &str| -> Result<Manifest> {
+        if strict_kinds {
+            Ok(Manifest {
+                docs: parse_manifest(name, text)?,
+                skipped: Vec::new(),
+            })
+        } else {
+            Ok(read_manifest(name, text)?)
+        }
+    };
+    let mut all = Manifest::default();
     for f in files {
         if f == "-" {
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
                 .context("reading standard input")?;
-            docs.extend(parse_manifest("<stdin>", &text)?);
+            let m = read("<stdin>", &text)?;
+            all.docs.extend(m.docs);
+            all.skipped.extend(m.skipped);
             continue;
         }
         let path = Path::new(f);
@@ -82,8 +105,10 @@ pub fn read_manifests(files: &[String]) -> Result<Vec<Document>> {
                 file: name.clone(),
                 error,
             })?;
-            docs.extend(parse_manifest(&name, &text)?);
+            let m = read(&name, &text)?;
+            all.docs.extend(m.docs);
+            all.skipped.extend(m.skipped);
         }
     }
-    Ok(docs)
+    Ok(all)
 }

@@ -23,7 +23,12 @@ pub struct DeleteArgs {
 
 pub fn run(store: &Store, d: &DeleteArgs) -> Result<()> {
     let targets: Vec<(Kind, ObjectKey)> = if !d.files.is_empty() {
-        read_manifests(&d.files)?
+        let manifest = read_manifests(&d.files, false)?;
+        for s in &manifest.skipped {
+            println!("{s}");
+        }
+        manifest
+            .docs
             .iter()
             .map(|doc| (doc.object.kind(), doc.object.key()))
             .collect()

@@ -42,6 +42,7 @@ pub struct ExposeArgs {
 }
 
 pub fn run(store: &Store, e: &ExposeArgs) -> Result<()> {
+    store.require()?;
     let state = store.load()?;
     let key = ObjectKey::new(&e.namespace, &e.name);
     let (selector, default_port): (BTreeMap<String, String>, Option<i32>) = match e.resource {

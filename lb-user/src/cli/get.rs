@@ -48,6 +48,7 @@ fn render<T: Serialize>(
 }
 
 pub fn run(store: &Store, g: &GetArgs) -> Result<()> {
+    store.require()?;
     let state = store.load()?;
     let in_scope = |meta: &ObjectMeta| {
         let key = ObjectKey::of(meta);

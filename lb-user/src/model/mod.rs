@@ -190,7 +190,7 @@ pub enum ManifestError {
         index: usize,
         error: String,
     },
-    #[error("{file} (document {index}): The {kind} \"{name}\" is invalid: {}", join(.errors))]
+    #[error("{file} (document {index}): The {kind} \"{}\" is invalid: {}", shown(.name, SHOWN_VALUE), join(.errors))]
     Invalid {
         file: String,
         index: usize,
@@ -200,7 +200,33 @@ pub enum ManifestError {
     },
 }
 
-fn join(errors: &[FieldError]) -> String {
+/// `s` as lb prints user data: control characters escaped (an ANSI escape or a
+/// newline in a label must not forge output), and cut after `max` characters with
+/// how much was left out.
+pub fn shown(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in s.chars().enumerate() {
+        if n == max {
+            out.push_str(&format!(
+                "...({} more bytes)",
+                s.len() - s.char_indices().nth(n).map_or(s.len(), |(i, _)| i)
+            ));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How much of a refused value a message shows.
+pub const SHOWN_VALUE: usize = 256;
+
+/// Field errors as the API server lists them: one alone, several in brackets.
+pub fn join(errors: &[FieldError]) -> String {
     let parts: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     if parts.len() == 1 {
         parts[0].clone()
@@ -209,11 +235,53 @@ fn join(errors: &[FieldError]) -> String {
     }
 }
 
+/// An object of a kind lb does not serve (a Deployment beside its Service), left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub file: String,
+    pub index: usize,
+    /// kubectl's word for its kind: `deployment.apps`, `configmap`.
+    pub resource: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} skipped: lb serves Service, Pod, EndpointSlice",
+            shown(&self.resource, SHOWN_VALUE),
+            shown(&self.name, SHOWN_VALUE)
+        )
+    }
+}
+
+/// What a manifest holds: the objects lb serves, and the others it leaves out.
+#[derive(Debug, Clone, Default)]
+pub struct Manifest {
+    pub docs: Vec<Document>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// [`read_manifest`], refusing objects of kinds lb does not serve.
+pub fn parse_manifest(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
+    let manifest = read_manifest(source, text)?;
+    match manifest.skipped.into_iter().next() {
+        Some(s) => Err(ManifestError::Document {
+            file: s.file,
+            index: s.index,
+            error: format!("{}/{}: {KNOWN_KINDS}", s.resource, s.name),
+        }),
+        None => Ok(manifest.docs),
+    }
+}
+
 /// Reads every object of a manifest text: multi-document YAML, a JSON object, or a
 /// `kind: List` of either. Objects get their defaults; each is validated alone
 /// (checks that need the store, such as a taken nodePort, come when it is applied).
-/// Documents are parsed on every core: a manifest of 10,000 services is ordinary.
-pub fn parse_manifest(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
+/// Objects of other kinds are listed as skipped. Documents are parsed on every core:
+/// a manifest of 10,000 services is ordinary.
+pub fn read_manifest(source: &str, text: &str) -> Result<Manifest, ManifestError> {
     let syntax = |error: String| ManifestError::Syntax {
         file: source.to_string(),
         error,
@@ -262,11 +330,22 @@ pub fn parse_manifest(source: &str, text: &str) -> Result<Vec<Document>, Manifes
         .enumerate()
         .map(|(i, v)| (i + 1, v))
         .collect();
-    crate::par::in_parallel(numbered, |(index, value)| {
+    let mut manifest = Manifest::default();
+    for parsed in crate::par::in_parallel(numbered, |(index, value)| {
         parse_object(source, index, value)
-    })
-    .into_iter()
-    .collect()
+    }) {
+        match parsed? {
+            Parsed::Served(doc) => manifest.docs.push(doc),
+            Parsed::Skipped(s) => manifest.skipped.push(s),
+        }
+    }
+    Ok(manifest)
+}
+
+/// One document: an object lb serves, or one it leaves out.
+enum Parsed {
+    Served(Document),
+    Skipped(Skipped),
 }
 
 /// The documents of a YAML stream with the line each starts on, split at the
@@ -310,7 +389,7 @@ fn yaml_error(e: serde_yaml_ng::Error, first_line: usize) -> String {
     }
 }
 
-fn parse_object(source: &str, index: usize, value: Value) -> Result<Document, ManifestError> {
+fn parse_object(source: &str, index: usize, value: Value) -> Result<Parsed, ManifestError> {
     let doc_err = |error: String| ManifestError::Document {
         file: source.to_string(),
         index,
@@ -363,10 +442,23 @@ fn parse_object(source: &str, index: usize, value: Value) -> Result<Document, Ma
                 "apiVersion and kind are required ({KNOWN_KINDS})"
             )));
         }
-        (v, k) => {
+        (v, k) if Kind::from_kind(k).is_some() => {
             return Err(doc_err(format!(
                 "no kind \"{k}\" is registered for version \"{v}\" ({KNOWN_KINDS})"
             )));
+        }
+        (v, k) => {
+            // kubectl's word: the kind in lower case, with its API group if any.
+            let resource = match v.split_once('/') {
+                Some((group, _)) => format!("{}.{group}", k.to_lowercase()),
+                None => k.to_lowercase(),
+            };
+            return Ok(Parsed::Skipped(Skipped {
+                file: source.to_string(),
+                index,
+                resource,
+                name,
+            }));
         }
     };
     let errors = match &object {
@@ -383,11 +475,11 @@ fn parse_object(source: &str, index: usize, value: Value) -> Result<Document, Ma
             errors,
         });
     }
-    Ok(Document {
+    Ok(Parsed::Served(Document {
         file: source.to_string(),
         index,
         object,
-    })
+    }))
 }
 
 /// Deserializes with the path of the field that failed (`spec.ports[0].port: ...`).
@@ -408,25 +500,51 @@ pub const TYPE_LOAD_BALANCER: &str = "LoadBalancer";
 pub const TYPE_EXTERNAL_NAME: &str = "ExternalName";
 pub const CLUSTER_IP_NONE: &str = "None";
 
+/// An unset or empty string field: both take the default, as the API server's
+/// v1 defaulting does (`type: ""`, `protocol: ""` as Helm renders them).
+fn default_str(field: &mut Option<String>, default: &str) {
+    if field.as_deref().is_none_or(str::is_empty) {
+        *field = Some(default.to_string());
+    }
+}
+
+/// The object's namespace: unset or empty means `default`.
+fn default_namespace(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    default_str(&mut meta.namespace, DEFAULT_NAMESPACE);
+}
+
+/// Whether traffic from outside the cluster reaches the service (the API server's
+/// `ExternallyAccessible`): NodePort, LoadBalancer, or ClusterIP with externalIPs.
+pub fn externally_accessible(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> bool {
+    match spec.type_.as_deref().unwrap_or(TYPE_CLUSTER_IP) {
+        TYPE_NODE_PORT | TYPE_LOAD_BALANCER => true,
+        TYPE_CLUSTER_IP => spec
+            .external_ips
+            .as_ref()
+            .is_some_and(|ips| !ips.is_empty()),
+        _ => false,
+    }
+}
+
 /// The API server's defaults: type ClusterIP, protocol TCP, targetPort = port,
-/// sessionAffinity None, traffic policies Cluster, namespace default.
+/// sessionAffinity None (which drops sessionAffinityConfig), traffic policies
+/// Cluster, namespace default; an empty string counts as unset.
 pub fn default_service(mut svc: Service) -> Service {
-    svc.metadata
-        .namespace
-        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
+    default_namespace(&mut svc.metadata);
     let spec = svc.spec.get_or_insert_with(Default::default);
-    let ty = spec
-        .type_
-        .get_or_insert_with(|| TYPE_CLUSTER_IP.to_string())
-        .clone();
-    spec.session_affinity
-        .get_or_insert_with(|| "None".to_string());
-    if spec.session_affinity.as_deref() == Some("ClientIP") {
-        let cfg = spec
-            .session_affinity_config
-            .get_or_insert_with(Default::default);
-        let client = cfg.client_ip.get_or_insert_with(Default::default);
-        client.timeout_seconds.get_or_insert(10_800);
+    default_str(&mut spec.type_, TYPE_CLUSTER_IP);
+    let ty = spec.type_.clone().unwrap_or_default();
+    default_str(&mut spec.session_affinity, "None");
+    match spec.session_affinity.as_deref() {
+        Some("ClientIP") => {
+            let cfg = spec
+                .session_affinity_config
+                .get_or_insert_with(Default::default);
+            let client = cfg.client_ip.get_or_insert_with(Default::default);
+            client.timeout_seconds.get_or_insert(10_800);
+        }
+        Some("None") => spec.session_affinity_config = None,
+        _ => {}
     }
     if ty != TYPE_EXTERNAL_NAME {
         spec.internal_traffic_policy
@@ -436,12 +554,11 @@ pub fn default_service(mut svc: Service) -> Service {
         spec.ip_family_policy
             .get_or_insert_with(|| "SingleStack".to_string());
     }
-    if ty == TYPE_NODE_PORT || ty == TYPE_LOAD_BALANCER {
-        spec.external_traffic_policy
-            .get_or_insert_with(|| "Cluster".to_string());
+    if externally_accessible(spec) {
+        default_str(&mut spec.external_traffic_policy, "Cluster");
     }
     for port in spec.ports.iter_mut().flatten() {
-        port.protocol.get_or_insert_with(|| "TCP".to_string());
+        default_str(&mut port.protocol, "TCP");
         if port.target_port.is_none() {
             port.target_port = Some(IntOrString::Int(port.port));
         }
@@ -450,13 +567,11 @@ pub fn default_service(mut svc: Service) -> Service {
 }
 
 pub fn default_pod(mut pod: Pod) -> Pod {
-    pod.metadata
-        .namespace
-        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
+    default_namespace(&mut pod.metadata);
     if let Some(spec) = pod.spec.as_mut() {
         for c in &mut spec.containers {
             for p in c.ports.iter_mut().flatten() {
-                p.protocol.get_or_insert_with(|| "TCP".to_string());
+                default_str(&mut p.protocol, "TCP");
             }
         }
     }
@@ -465,12 +580,9 @@ pub fn default_pod(mut pod: Pod) -> Pod {
 
 /// The API server's defaults for an EndpointSlice: namespace, port protocol TCP.
 pub fn default_endpoint_slice(mut slice: EndpointSlice) -> EndpointSlice {
-    slice
-        .metadata
-        .namespace
-        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
+    default_namespace(&mut slice.metadata);
     for p in slice.ports.iter_mut().flatten() {
-        p.protocol.get_or_insert_with(|| "TCP".to_string());
+        default_str(&mut p.protocol, "TCP");
     }
     slice
 }

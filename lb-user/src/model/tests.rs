@@ -158,8 +158,16 @@ fn validation_errors_read_like_the_api_server() {
     );
     let bad_kind = error("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\n");
     assert!(
-        bad_kind.contains("no kind \"Deployment\" is registered for version \"apps/v1\""),
+        bad_kind.contains("(document 1): deployment.apps/d: lb reads v1 Service"),
         "{bad_kind}"
+    );
+    let bad_version =
+        error("apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata:\n  name: e\n");
+    assert!(
+        bad_version.contains(
+            "no kind \"EndpointSlice\" is registered for version \"discovery.k8s.io/v1beta1\""
+        ),
+        "{bad_version}"
     );
     let bad_type = error(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports:\n  - port: eighty\n",
@@ -287,4 +295,80 @@ fn endpoint_slices_are_read_and_validated_like_the_api_server() {
             "for\n{body}\nwant {want:?}\ngot  {got:?}"
         );
     }
+}
+
+#[test]
+fn kinds_lb_does_not_serve_are_skipped_one_line_each() {
+    let yaml = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec: {{}}\n---\n{SEEDS}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg}}\ndata: {{a: b}}\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: in}}\n"
+    );
+    let m = read_manifest("app.yaml", &yaml).unwrap();
+    assert_eq!(m.docs.len(), 1, "the seeds' service");
+    let lines: Vec<String> = m.skipped.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "deployment.apps/web skipped: lb serves Service, Pod, EndpointSlice",
+            "configmap/cfg skipped: lb serves Service, Pod, EndpointSlice",
+            "ingress.networking.k8s.io/in skipped: lb serves Service, Pod, EndpointSlice",
+        ]
+    );
+    assert_eq!(
+        m.skipped.iter().map(|s| s.index).collect::<Vec<_>>(),
+        [1, 3, 4]
+    );
+}
+
+#[test]
+fn empty_strings_take_the_defaults_as_helm_renders_them() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: \"\"}\nspec:\n  type: \"\"\n  sessionAffinity: \"\"\n  ports: [{port: 80, protocol: \"\"}]\n";
+    let docs = parse_manifest("h.yaml", yaml).unwrap();
+    let Object::Service(svc) = &docs[0].object else {
+        panic!()
+    };
+    let spec = svc.spec.as_ref().unwrap();
+    assert_eq!(svc.metadata.namespace.as_deref(), Some("default"));
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(spec.session_affinity.as_deref(), Some("None"));
+    assert_eq!(
+        spec.ports.as_ref().unwrap()[0].protocol.as_deref(),
+        Some("TCP")
+    );
+    // sessionAffinityConfig with affinity None is dropped, not refused.
+    let none = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  sessionAffinity: None\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n  ports: [{port: 80}]\n";
+    let docs = parse_manifest("n.yaml", none).unwrap();
+    let Object::Service(svc) = &docs[0].object else {
+        panic!()
+    };
+    assert!(svc.spec.as_ref().unwrap().session_affinity_config.is_none());
+    // externalTrafficPolicy on a ClusterIP service with externalIPs: accepted.
+    let ext = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  externalIPs: [192.0.2.10]\n  externalTrafficPolicy: Cluster\n  ports: [{port: 80}]\n";
+    parse_manifest("e.yaml", ext).unwrap();
+    let no_ext = ext.replace("  externalIPs: [192.0.2.10]\n", "");
+    let err = parse_manifest("e.yaml", &no_ext).unwrap_err().to_string();
+    assert!(
+        err.contains("spec.externalTrafficPolicy: Invalid value: \"Cluster\": may only be set for externally-accessible services"),
+        "{err}"
+    );
+}
+
+#[test]
+fn printed_user_data_is_escaped_and_long_values_cut() {
+    assert_eq!(
+        shown("web\u{1b}[31m\nfake row", 100),
+        "web\\u{1b}[31m\\nfake row"
+    );
+    let long = "x".repeat(1_000_000);
+    let cut = shown(&long, SHOWN_VALUE);
+    assert!(cut.len() < 300, "{} bytes", cut.len());
+    assert!(
+        cut.ends_with(&format!("...({} more bytes)", 1_000_000 - SHOWN_VALUE)),
+        "{cut}"
+    );
+    // A refused manifest with a 1 MB name gives a short error.
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {long}\nspec:\n  ports: [{{port: 80}}]\n"
+    );
+    let err = parse_manifest("big.yaml", &yaml).unwrap_err().to_string();
+    assert!(err.len() < 2_000, "{} bytes", err.len());
 }

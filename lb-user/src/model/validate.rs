@@ -94,26 +94,26 @@ impl FieldError {
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let field = super::shown(&self.field, super::SHOWN_VALUE);
+        let shown = |v: &str| super::shown(v, super::SHOWN_VALUE);
         match &self.kind {
-            FieldErrorKind::Required => write!(f, "{}: Required value", self.field),
+            FieldErrorKind::Required => write!(f, "{field}: Required value"),
             FieldErrorKind::Invalid { value, detail } => {
-                write!(f, "{}: Invalid value: {value}: {detail}", self.field)
+                write!(f, "{field}: Invalid value: {}: {detail}", shown(value))
             }
             FieldErrorKind::NotSupported { value, supported } => {
+                let value = shown(value);
                 let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
                 write!(
                     f,
-                    "{}: Unsupported value: \"{value}\": supported values: {}",
-                    self.field,
+                    "{field}: Unsupported value: \"{value}\": supported values: {}",
                     list.join(", ")
                 )
             }
             FieldErrorKind::Duplicate { value } => {
-                write!(f, "{}: Duplicate value: {value}", self.field)
+                write!(f, "{field}: Duplicate value: {}", shown(value))
             }
-            FieldErrorKind::Forbidden { detail } => {
-                write!(f, "{}: Forbidden: {detail}", self.field)
-            }
+            FieldErrorKind::Forbidden { detail } => write!(f, "{field}: Forbidden: {detail}"),
         }
     }
 }
@@ -228,6 +228,42 @@ pub fn validate_service(svc: &Service) -> Vec<FieldError> {
             "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
         ));
     }
+    if ty == TYPE_EXTERNAL_NAME {
+        if spec.cluster_ip.as_deref().is_some_and(|ip| !ip.is_empty())
+            || spec.cluster_ips.as_ref().is_some_and(|ips| !ips.is_empty())
+        {
+            errors.push(FieldError::forbidden(
+                "spec.clusterIPs",
+                "may not be set for ExternalName services",
+            ));
+        }
+        for (field, set) in [
+            (
+                "spec.ipFamilies",
+                spec.ip_families.as_ref().is_some_and(|f| !f.is_empty()),
+            ),
+            ("spec.ipFamilyPolicy", spec.ip_family_policy.is_some()),
+        ] {
+            if set {
+                errors.push(FieldError::forbidden(
+                    field,
+                    "may not be set for ExternalName services",
+                ));
+            }
+        }
+        // The CNAME may end in a dot (fully qualified).
+        let name = spec.external_name.as_deref().unwrap_or_default();
+        let cname = name.strip_suffix('.').unwrap_or(name);
+        if cname.is_empty() {
+            errors.push(FieldError::required("spec.externalName"));
+        } else if !is_dns1123_subdomain(cname) {
+            errors.push(FieldError::invalid(
+                "spec.externalName",
+                format!("\"{name}\""),
+                DNS1123_SUBDOMAIN_MSG,
+            ));
+        }
+    }
     if headless && (ty == TYPE_NODE_PORT || ty == TYPE_LOAD_BALANCER) {
         errors.push(FieldError::invalid(
             "spec.clusterIPs[0]",
@@ -336,10 +372,13 @@ pub fn validate_service(svc: &Service) -> Vec<FieldError> {
             errors.push(FieldError::not_supported(field, v, TRAFFIC_POLICIES));
         }
     }
-    if spec.external_traffic_policy.is_some() && ty != TYPE_NODE_PORT && ty != TYPE_LOAD_BALANCER {
+    if spec.external_traffic_policy.is_some() && !super::externally_accessible(spec) {
         errors.push(FieldError::invalid(
             "spec.externalTrafficPolicy",
-            spec.external_traffic_policy.as_deref().unwrap_or_default(),
+            format!(
+                "\"{}\"",
+                spec.external_traffic_policy.as_deref().unwrap_or_default()
+            ),
             "may only be set for externally-accessible services",
         ));
     }

@@ -12,28 +12,30 @@ use rand::Rng as _;
 
 use super::alloc::{AllocError, Allocation, Taken, allocate};
 use crate::{
-    model::{Document, FieldError, Kind, Object, ObjectKey},
+    model::{
+        Document, FieldError, Kind, Object, ObjectKey, SHOWN_VALUE, join, shown, validate_service,
+    },
     state::State,
 };
 
 /// Why a write was refused; nothing of it is stored.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("{file} (document {index}): The {kind} \"{name}\" is invalid: {error}")]
+    #[error("{file} (document {index}): The {kind} \"{}\" is invalid: {}", shown(.name, SHOWN_VALUE), join(.errors))]
     Invalid {
         file: String,
         index: usize,
         kind: Kind,
         name: String,
-        error: Box<FieldError>,
+        errors: Vec<FieldError>,
     },
-    #[error("{} \"{name}\" not found in namespace \"{namespace}\"", .kind.plural())]
+    #[error("{} \"{}\" not found in namespace \"{}\"", .kind.plural(), shown(.name, SHOWN_VALUE), shown(.namespace, SHOWN_VALUE))]
     NotFound {
         kind: Kind,
         namespace: String,
         name: String,
     },
-    #[error("{file} (document {index}): {} \"{name}\" already exists", .kind.plural())]
+    #[error("{file} (document {index}): {} \"{}\" already exists", .kind.plural(), shown(.name, SHOWN_VALUE))]
     AlreadyExists {
         file: String,
         index: usize,
@@ -133,22 +135,31 @@ fn apply_one(
             if let Some(old) = &old {
                 taken.release(old);
             }
-            let allocated = allocate(taken, &mut svc, old.as_ref(), alloc);
-            if let Err(e) = allocated {
+            // The service as it will be stored (merged with the stored one and
+            // allocated) is validated again: a value carried over from the stored
+            // object (a headless clusterIP under a new type) must be valid too.
+            let invalid = |errors| ApplyError::Invalid {
+                file: doc.file.clone(),
+                index: doc.index,
+                kind: Kind::Service,
+                name: key.name.clone(),
+                errors,
+            };
+            let refusal = match allocate(taken, &mut svc, old.as_ref(), alloc) {
+                Err(AllocError::Field(error)) => Some(invalid(vec![error])),
+                Err(AllocError::Exhausted { what, range }) => {
+                    Some(ApplyError::Exhausted { what, range })
+                }
+                Ok(()) => Some(validate_service(&svc))
+                    .filter(|errors| !errors.is_empty())
+                    .map(invalid),
+            };
+            if let Some(refusal) = refusal {
                 if let Some(old) = old {
                     taken.hold(&old);
                     state.services.insert(key.clone(), old);
                 }
-                return Err(match e {
-                    AllocError::Field(error) => ApplyError::Invalid {
-                        file: doc.file.clone(),
-                        index: doc.index,
-                        kind: Kind::Service,
-                        name: key.name,
-                        error: Box::new(error),
-                    },
-                    AllocError::Exhausted { what, range } => ApplyError::Exhausted { what, range },
-                });
+                return Err(refusal);
             }
             taken.hold(&svc);
             let (svc, outcome) = stamp(svc, old, now, revision, |s| &mut s.metadata);
@@ -210,3 +221,6 @@ fn new_uid() -> String {
         u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]]),
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,15 +16,15 @@
 
 pub mod alloc;
 pub mod apply;
+pub mod files;
 
 use std::{
-    fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
 
 pub use self::{
     alloc::{Allocation, lb_ingress_ips},
@@ -78,6 +78,10 @@ pub enum StoreError {
         key: String,
         error: String,
     },
+    #[error(
+        "store {dir}: no lb store here (no {DB_FILE}): give the store's directory with --store or LB_STORE (an agent or `lb apply` creates one)"
+    )]
+    Missing { dir: PathBuf },
     #[error(transparent)]
     Apply(#[from] ApplyError),
 }
@@ -150,14 +154,28 @@ impl Store {
         }
     }
 
-    /// The database, created with its schema if missing. `None` when it does not
-    /// exist and `create` is false (a store nothing was ever written to).
+    /// The database, created with its schema if missing (the directory 0700, the
+    /// files 0600). `None` when it does not exist and `create` is false (a store
+    /// nothing was ever written to); a reader opens it read-only. A symbolic link in
+    /// place of any of its files is refused.
     fn open(&self, create: bool) -> Result<Option<Connection>, StoreError> {
+        for name in [DB_FILE, "store.db-wal", "store.db-shm", COMMIT_MARKER] {
+            files::refuse_symlink(&self.dir.join(name)).map_err(self.io("checking its files"))?;
+        }
         if !create && !self.db_path().exists() {
             return Ok(None);
         }
-        fs::create_dir_all(&self.dir).map_err(self.io("creating the directory"))?;
-        let conn = Connection::open(self.db_path()).map_err(self.db("opening store.db"))?;
+        let conn = if create {
+            files::private_dir(&self.dir).map_err(self.io("creating the directory"))?;
+            files::create_private(&self.db_path()).map_err(self.io("creating store.db"))?;
+            Connection::open(self.db_path())
+        } else {
+            Connection::open_with_flags(
+                self.db_path(),
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+        }
+        .map_err(self.db("opening store.db"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(self.db("setting the busy timeout"))?;
         if !create {
@@ -181,6 +199,23 @@ impl Store {
         conn.execute_batch(SCHEMA)
             .map_err(self.db("creating the schema"))?;
         Ok(Some(conn))
+    }
+
+    /// Creates the store (directory and database) if it is not there yet.
+    pub fn init(&self) -> Result<(), StoreError> {
+        self.open(true).map(drop)
+    }
+
+    /// An error unless a store is there (read-only commands: a wrong path is not an
+    /// empty store).
+    pub fn require(&self) -> Result<(), StoreError> {
+        if self.db_path().is_file() {
+            Ok(())
+        } else {
+            Err(StoreError::Missing {
+                dir: self.dir.clone(),
+            })
+        }
     }
 
     /// `read` in a read transaction on the reader connection (None: no store yet).
@@ -398,7 +433,10 @@ impl Store {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_nanos();
-            let _ = fs::write(self.dir.join(COMMIT_MARKER), format!("{rev} {at}\n"));
+            let _ = files::write_private(
+                &self.dir.join(COMMIT_MARKER),
+                format!("{rev} {at}\n").as_bytes(),
+            );
         }
         Ok(out)
     }

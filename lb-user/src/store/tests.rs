@@ -1,5 +1,5 @@
 use super::*;
-use std::net::Ipv4Addr;
+use std::{fs, net::Ipv4Addr, os::unix::fs::PermissionsExt as _};
 
 use crate::model::parse_manifest;
 
@@ -290,4 +290,35 @@ fn deletions_are_pruned_after_a_window_and_old_readers_must_reload() {
         1,
         "the whole read has only what exists"
     );
+}
+
+#[test]
+fn a_store_is_private_refuses_links_and_a_missing_one_is_an_error() {
+    let store = tmp_store("private");
+    let err = store.require().unwrap_err().to_string();
+    assert!(err.contains("no lb store here"), "{err}");
+    store
+        .apply(&docs(&svc("a", "")), &Allocation::default(), Mode::Apply)
+        .unwrap();
+    store.require().unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(store.dir()), 0o700);
+    for f in ["store.db", "revision"] {
+        assert_eq!(mode(&store.dir().join(f)), 0o600, "{f}");
+    }
+    // Another program's file linked in as the database: refused, left as it was.
+    let other = tmp_store("private-other");
+    fs::create_dir_all(other.dir()).unwrap();
+    let victim = other.dir().join("victim.db");
+    fs::write(&victim, b"not lb's").unwrap();
+    let linked = Store::new(other.dir().join("linked"));
+    fs::create_dir_all(linked.dir()).unwrap();
+    std::os::unix::fs::symlink(&victim, linked.dir().join("store.db")).unwrap();
+    let err = linked
+        .apply(&docs(&svc("a", "")), &Allocation::default(), Mode::Apply)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert!(linked.load().is_err(), "readers refuse it too");
+    assert_eq!(fs::read(&victim).unwrap(), b"not lb's");
 }
