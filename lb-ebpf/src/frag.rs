@@ -8,8 +8,29 @@ use lb_common::{FragKey, FragValue, reason};
 
 use crate::{
     maps::LB_FRAGS,
-    parse::{Frag, Packet},
+    parse::{self, Frag, Packet},
+    stats,
 };
+
+/// The packet between `data` and `data_end` with its ports, a later fragment's
+/// taken from its first fragment; None when it is not one lb looks at (not IPv4
+/// TCP/UDP, malformed, a fragment whose first was not seen), counted under its
+/// reason and to be passed on unchanged. Every hook starts with it.
+#[inline(always)]
+pub fn packet(data: usize, data_end: usize) -> Option<Packet> {
+    let mut p = match parse::parse(data, data_end) {
+        Ok(p) => p,
+        Err(reason) => {
+            stats::verdict(reason, 0);
+            return None;
+        }
+    };
+    if let Err(reason) = resolve(&mut p) {
+        stats::verdict(reason, p.ip_len);
+        return None;
+    }
+    Some(p)
+}
 
 /// Fills in a later fragment's ports; records a first fragment's. Whole packets
 /// (nearly all) are not looked at. `Err(PASS_FRAGMENT)`: a later fragment whose

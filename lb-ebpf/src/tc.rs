@@ -15,7 +15,7 @@ use lb_common::reason;
 use crate::{
     deliver,
     flow::{self, Forward, Hook, Verdict},
-    frag, fwd, nat, parse, reject, stats,
+    frag, fwd, nat, reject, stats,
 };
 
 /// Runs the pipeline on one socket buffer at `hook`; returns the TC action.
@@ -28,17 +28,9 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
     {
         return verdict;
     }
-    let mut p = match parse::parse(ctx.data(), ctx.data_end()) {
-        Ok(p) => p,
-        Err(reason) => {
-            stats::verdict(reason, 0);
-            return TC_ACT_UNSPEC;
-        }
-    };
-    if let Err(reason) = frag::resolve(&mut p) {
-        stats::verdict(reason, p.ip_len);
+    let Some(p) = frag::packet(ctx.data(), ctx.data_end()) else {
         return TC_ACT_UNSPEC;
-    }
+    };
     match flow::decide(&p, ifindex, hook) {
         Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
         Verdict::Reject => match reject::port_unreachable(ctx, &p) {

@@ -11,24 +11,16 @@ use crate::{
     frag,
     fwd::{self, Route},
     lb, nat,
-    parse::{self, Packet},
+    parse::Packet,
     stats,
 };
 
 /// Runs the pipeline on one frame; returns the XDP action.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    let mut p = match parse::parse(ctx.data(), ctx.data_end()) {
-        Ok(p) => p,
-        Err(reason) => {
-            stats::verdict(reason, 0);
-            return xdp_action::XDP_PASS;
-        }
-    };
-    if let Err(reason) = frag::resolve(&mut p) {
-        stats::verdict(reason, p.ip_len);
+    let Some(p) = frag::packet(ctx.data(), ctx.data_end()) else {
         return xdp_action::XDP_PASS;
-    }
+    };
     let ingress = ctx.ingress_ifindex() as u32;
     match flow::decide(&p, ingress, Hook::Ingress) {
         Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),

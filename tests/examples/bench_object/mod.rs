@@ -28,15 +28,22 @@ impl BenchObject {
 
     /// An XDP program of the object, loaded on first use.
     pub fn xdp(&mut self, name: &str) -> Result<&mut Xdp> {
-        let p: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("lb-bench has no program {name}"))?
-            .try_into()?;
+        let p: &mut Xdp = self.program(name)?;
         if p.fd().is_err() {
             p.load().with_context(|| format!("loading {name}"))?;
         }
         Ok(p)
+    }
+
+    fn program<'a, P>(&'a mut self, name: &str) -> Result<&'a mut P>
+    where
+        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("lb-bench has no program {name}"))?
+            .try_into()?)
     }
 
     /// Attaches an XDP program (native mode) for as long as the object lives.
@@ -49,11 +56,7 @@ impl BenchObject {
 
     /// Attaches a TC program to `iface`'s ingress for as long as the object lives.
     pub fn attach_tc(&mut self, name: &str, iface: &str) -> Result<()> {
-        let p: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("lb-bench has no program {name}"))?
-            .try_into()?;
+        let p: &mut SchedClassifier = self.program(name)?;
         if p.fd().is_err() {
             p.load().with_context(|| format!("loading {name}"))?;
         }
