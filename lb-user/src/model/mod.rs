@@ -190,14 +190,8 @@ pub enum ManifestError {
         index: usize,
         error: String,
     },
-    #[error("{file} (document {index}): The {kind} \"{}\" is invalid: {}", shown(.name, SHOWN_VALUE), join(.errors))]
-    Invalid {
-        file: String,
-        index: usize,
-        kind: Kind,
-        name: String,
-        errors: Vec<FieldError>,
-    },
+    #[error(transparent)]
+    Invalid(#[from] Box<Invalid>),
 }
 
 /// `s` as lb prints user data: control characters escaped (an ANSI escape or a
@@ -224,6 +218,18 @@ pub fn shown(s: &str, max: usize) -> String {
 
 /// How much of a refused value a message shows.
 pub const SHOWN_VALUE: usize = 256;
+
+/// An object the API server would refuse, with why (`The Service "web" is
+/// invalid: spec.ports[0].port: Required value`), and where it was read.
+#[derive(Debug, thiserror::Error)]
+#[error("{file} (document {index}): The {kind} \"{}\" is invalid: {}", shown(.name, SHOWN_VALUE), join(.errors))]
+pub struct Invalid {
+    pub file: String,
+    pub index: usize,
+    pub kind: Kind,
+    pub name: String,
+    pub errors: Vec<FieldError>,
+}
 
 /// Field errors as the API server lists them: one alone, several in brackets.
 pub fn join(errors: &[FieldError]) -> String {
@@ -418,13 +424,14 @@ fn parse_object(source: &str, index: usize, value: Value) -> Result<Parsed, Mani
                 }
             }
             if !missing.is_empty() {
-                return Err(ManifestError::Invalid {
+                return Err(Box::new(Invalid {
                     file: source.into(),
                     index,
                     kind: Kind::Service,
                     name,
                     errors: missing,
-                });
+                })
+                .into());
             }
             let svc: Service = typed(value).map_err(doc_err)?;
             Object::Service(Box::new(default_service(svc)))
@@ -467,13 +474,14 @@ fn parse_object(source: &str, index: usize, value: Value) -> Result<Parsed, Mani
         Object::EndpointSlice(e) => validate_endpoint_slice(e),
     };
     if !errors.is_empty() {
-        return Err(ManifestError::Invalid {
+        return Err(Box::new(Invalid {
             file: source.into(),
             index,
             kind: object.kind(),
             name,
             errors,
-        });
+        })
+        .into());
     }
     Ok(Parsed::Served(Document {
         file: source.to_string(),

@@ -12,23 +12,15 @@ use rand::Rng as _;
 
 use super::alloc::{AllocError, Allocation, Taken, allocate};
 use crate::{
-    model::{
-        Document, FieldError, Kind, Object, ObjectKey, SHOWN_VALUE, join, shown, validate_service,
-    },
+    model::{Document, Invalid, Kind, Object, ObjectKey, SHOWN_VALUE, shown, validate_service},
     state::State,
 };
 
 /// Why a write was refused; nothing of it is stored.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("{file} (document {index}): The {kind} \"{}\" is invalid: {}", shown(.name, SHOWN_VALUE), join(.errors))]
-    Invalid {
-        file: String,
-        index: usize,
-        kind: Kind,
-        name: String,
-        errors: Vec<FieldError>,
-    },
+    #[error(transparent)]
+    Invalid(Box<Invalid>),
     #[error("{} \"{}\" not found in namespace \"{}\"", .kind.plural(), shown(.name, SHOWN_VALUE), shown(.namespace, SHOWN_VALUE))]
     NotFound {
         kind: Kind,
@@ -138,12 +130,14 @@ fn apply_one(
             // The service as it will be stored (merged with the stored one and
             // allocated) is validated again: a value carried over from the stored
             // object (a headless clusterIP under a new type) must be valid too.
-            let invalid = |errors| ApplyError::Invalid {
-                file: doc.file.clone(),
-                index: doc.index,
-                kind: Kind::Service,
-                name: key.name.clone(),
-                errors,
+            let invalid = |errors| {
+                ApplyError::Invalid(Box::new(Invalid {
+                    file: doc.file.clone(),
+                    index: doc.index,
+                    kind: Kind::Service,
+                    name: key.name.clone(),
+                    errors,
+                }))
             };
             let refusal = match allocate(taken, &mut svc, old.as_ref(), alloc) {
                 Err(AllocError::Field(error)) => Some(invalid(vec![error])),
