@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::AllocationArgs;
 use crate::{
-    model::{Manifest, ManifestError, parse_manifest, read_manifest},
+    model::{FieldValidation, Manifest, ManifestError, SHOWN_VALUE, read_manifest_with, shown},
     store::{Mode, Store},
 };
 
@@ -23,13 +23,25 @@ pub struct ApplyArgs {
     /// they are skipped, one line each, and the rest is applied).
     #[arg(long)]
     pub strict_kinds: bool,
+    /// Fields an object's type does not know (a misspelt `targetPortt`): `strict`
+    /// refuses the manifest, `warn` applies it with a warning for each, `ignore`
+    /// applies it silently (kubectl's --validate; true = strict, false = ignore).
+    #[arg(long, default_value = "strict", value_parser = field_validation())]
+    pub validate: FieldValidation,
     #[command(flatten)]
     pub alloc: AllocationArgs,
 }
 
 pub fn run(store: &Store, a: &ApplyArgs, mode: Mode) -> Result<()> {
     let alloc = a.alloc.parse()?;
-    let Manifest { docs, skipped } = read_manifests(&a.files, a.strict_kinds)?;
+    let Manifest {
+        docs,
+        skipped,
+        warnings,
+    } = read_manifests(&a.files, a.strict_kinds, a.validate)?;
+    for w in &warnings {
+        eprintln!("Warning: {w}");
+    }
     for s in &skipped {
         println!("{s}");
     }
@@ -57,18 +69,36 @@ pub fn run(store: &Store, a: &ApplyArgs, mode: Mode) -> Result<()> {
     Ok(())
 }
 
+fn field_validation() -> impl clap::builder::TypedValueParser<Value = FieldValidation> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["strict", "warn", "ignore", "true", "false"]).map(
+        |w| match w.as_str() {
+            "warn" => FieldValidation::Warn,
+            "ignore" | "false" => FieldValidation::Ignore,
+            _ => FieldValidation::Strict,
+        },
+    )
+}
+
 /// Every document of every file (directories: their .yaml, .yml and .json files,
 /// sorted), and the objects of kinds lb does not serve (an error if `strict_kinds`).
-pub fn read_manifests(files: &[String], strict_kinds: bool) -> Result<Manifest> {
+pub fn read_manifests(
+    files: &[String],
+    strict_kinds: bool,
+    validation: FieldValidation,
+) -> Result<Manifest> {
     let read = |name: &str, text: &str| -> Result<Manifest> {
-        if strict_kinds {
-            Ok(Manifest {
-                docs: parse_manifest(name, text)?,
-                skipped: Vec::new(),
-            })
-        } else {
-            Ok(read_manifest(name, text)?)
+        let m = read_manifest_with(name, text, validation)?;
+        if strict_kinds && let Some(s) = m.skipped.first() {
+            bail!(
+                "{} (document {}): {}/{}: lb serves v1 Service, v1 Pod and discovery.k8s.io/v1 EndpointSlice (--strict-kinds)",
+                s.file,
+                s.index,
+                shown(&s.resource, SHOWN_VALUE),
+                shown(&s.name, SHOWN_VALUE)
+            );
         }
+        Ok(m)
     };
     let mut all = Manifest::default();
     for f in files {
@@ -80,6 +110,7 @@ pub fn read_manifests(files: &[String], strict_kinds: bool) -> Result<Manifest> 
             let m = read("<stdin>", &text)?;
             all.docs.extend(m.docs);
             all.skipped.extend(m.skipped);
+            all.warnings.extend(m.warnings);
             continue;
         }
         let path = Path::new(f);
@@ -108,6 +139,7 @@ pub fn read_manifests(files: &[String], strict_kinds: bool) -> Result<Manifest> 
             let m = read(&name, &text)?;
             all.docs.extend(m.docs);
             all.skipped.extend(m.skipped);
+            all.warnings.extend(m.warnings);
         }
     }
     Ok(all)

@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::{apply::read_manifests, parse_kind};
 use crate::{
-    model::{Kind, ObjectKey},
+    model::{FieldValidation, Kind, ObjectKey},
     store::Store,
 };
 
@@ -23,7 +23,7 @@ pub struct DeleteArgs {
 
 pub fn run(store: &Store, d: &DeleteArgs) -> Result<()> {
     let targets: Vec<(Kind, ObjectKey)> = if !d.files.is_empty() {
-        let manifest = read_manifests(&d.files, false)?;
+        let manifest = read_manifests(&d.files, false, FieldValidation::Ignore)?;
         for s in &manifest.skipped {
             println!("{s}");
         }

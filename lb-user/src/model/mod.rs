@@ -1,6 +1,7 @@
 //! The objects lb serves, as Kubernetes defines them (k8s-openapi types): reading
 //! manifests, defaults and validation with the API server's field paths and words.
 
+mod decode;
 mod validate;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
@@ -12,7 +13,6 @@ use k8s_openapi::{
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
-use serde::Deserialize as _;
 use serde_json::Value;
 
 pub use validate::{FieldError, validate_endpoint_slice, validate_pod, validate_service};
@@ -262,11 +262,26 @@ impl std::fmt::Display for Skipped {
     }
 }
 
-/// What a manifest holds: the objects lb serves, and the others it leaves out.
+/// What a manifest holds: the objects lb serves, the others it leaves out, and
+/// warnings about fields no type knows (`FieldValidation::Warn`).
 #[derive(Debug, Clone, Default)]
 pub struct Manifest {
     pub docs: Vec<Document>,
     pub skipped: Vec<Skipped>,
+    pub warnings: Vec<String>,
+}
+
+/// What to do with a field the object's type does not know (a misspelt
+/// `targetPortt`), as kubectl's `--validate` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    /// Refuse the manifest (kubectl's default).
+    #[default]
+    Strict,
+    /// Apply it and print a warning for each.
+    Warn,
+    /// Apply it silently.
+    Ignore,
 }
 
 /// [`read_manifest`], refusing objects of kinds lb does not serve.
@@ -282,19 +297,33 @@ pub fn parse_manifest(source: &str, text: &str) -> Result<Vec<Document>, Manifes
     }
 }
 
-/// Reads every object of a manifest text: multi-document YAML, a JSON object, or a
-/// `kind: List` of either. Objects get their defaults; each is validated alone
-/// (checks that need the store, such as a taken nodePort, come when it is applied).
-/// Objects of other kinds are listed as skipped. Documents are parsed on every core:
-/// a manifest of 10,000 services is ordinary.
+/// [`read_manifest_with`] strict field validation (kubectl's default).
 pub fn read_manifest(source: &str, text: &str) -> Result<Manifest, ManifestError> {
+    read_manifest_with(source, text, FieldValidation::Strict)
+}
+
+/// Reads every object of a manifest text: multi-document YAML, a JSON object, or a
+/// `kind: List` of either, keys unique and sizes bounded (`decode`). Fields the
+/// object's type does not know are refused, warned about or ignored as `validation`
+/// says. Objects get their defaults; each is validated alone (checks that need the
+/// store, such as a taken nodePort, come when it is applied). Objects of other kinds
+/// are listed as skipped. Documents are parsed on every core: a manifest of 10,000
+/// services is ordinary.
+pub fn read_manifest_with(
+    source: &str,
+    text: &str,
+    validation: FieldValidation,
+) -> Result<Manifest, ManifestError> {
     let syntax = |error: String| ManifestError::Syntax {
         file: source.to_string(),
         error,
     };
     let trimmed = text.trim_start();
     let values: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        let v: Value = serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?;
+        let mut d = serde_json::Deserializer::from_str(text);
+        let v = decode::value(&mut d, text.len())
+            .and_then(|v| d.end().map(|()| v))
+            .map_err(|e| syntax(e.to_string()))?;
         match v {
             Value::Array(items) => items,
             v => vec![v],
@@ -304,7 +333,7 @@ pub fn read_manifest(source: &str, text: &str) -> Result<Manifest, ManifestError
         let parsed = crate::par::in_parallel(chunks, |(line, doc)| {
             let mut values = Vec::new();
             for d in serde_yaml_ng::Deserializer::from_str(doc) {
-                values.push(Value::deserialize(d).map_err(|e| yaml_error(e, line))?);
+                values.push(decode::value(d, doc.len()).map_err(|e| yaml_error(e, line))?);
             }
             Ok::<_, String>(values)
         });
@@ -338,19 +367,26 @@ pub fn read_manifest(source: &str, text: &str) -> Result<Manifest, ManifestError
         .collect();
     let mut manifest = Manifest::default();
     for parsed in crate::par::in_parallel(numbered, |(index, value)| {
-        parse_object(source, index, value)
+        parse_object(source, index, value, validation)
     }) {
         match parsed? {
-            Parsed::Served(doc) => manifest.docs.push(doc),
+            Parsed::Served(doc, warnings) => {
+                manifest.warnings.extend(
+                    warnings
+                        .into_iter()
+                        .map(|w| format!("{} (document {}): {w}", doc.file, doc.index)),
+                );
+                manifest.docs.push(doc);
+            }
             Parsed::Skipped(s) => manifest.skipped.push(s),
         }
     }
     Ok(manifest)
 }
 
-/// One document: an object lb serves, or one it leaves out.
+/// One document: an object lb serves (with warnings about it), or one it leaves out.
 enum Parsed {
-    Served(Document),
+    Served(Document, Vec<String>),
     Skipped(Skipped),
 }
 
@@ -395,7 +431,12 @@ fn yaml_error(e: serde_yaml_ng::Error, first_line: usize) -> String {
     }
 }
 
-fn parse_object(source: &str, index: usize, value: Value) -> Result<Parsed, ManifestError> {
+fn parse_object(
+    source: &str,
+    index: usize,
+    value: Value,
+    validation: FieldValidation,
+) -> Result<Parsed, ManifestError> {
     let doc_err = |error: String| ManifestError::Document {
         file: source.to_string(),
         index,
@@ -411,6 +452,7 @@ fn parse_object(source: &str, index: usize, value: Value) -> Result<Parsed, Mani
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
+    let mut unknown = Vec::new();
     let object = match (api_version, kind) {
         ("v1", "Service") => {
             // The API server's own words for a port without `port`, before serde says
@@ -433,15 +475,15 @@ fn parse_object(source: &str, index: usize, value: Value) -> Result<Parsed, Mani
                 })
                 .into());
             }
-            let svc: Service = typed(value).map_err(doc_err)?;
+            let svc: Service = typed(&value, &mut unknown).map_err(doc_err)?;
             Object::Service(Box::new(default_service(svc)))
         }
         ("v1", "Pod") => {
-            let pod: Pod = typed(value).map_err(doc_err)?;
+            let pod: Pod = typed(&value, &mut unknown).map_err(doc_err)?;
             Object::Pod(Box::new(default_pod(pod)))
         }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            let slice: EndpointSlice = typed(value).map_err(doc_err)?;
+            let slice: EndpointSlice = typed(&value, &mut unknown).map_err(doc_err)?;
             Object::EndpointSlice(Box::new(default_endpoint_slice(slice)))
         }
         ("", _) | (_, "") => {
@@ -468,6 +510,23 @@ fn parse_object(source: &str, index: usize, value: Value) -> Result<Parsed, Mani
             }));
         }
     };
+    let mut warnings = Vec::new();
+    if !unknown.is_empty() {
+        let fields: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{}\"", shown(f, SHOWN_VALUE)))
+            .collect();
+        match validation {
+            FieldValidation::Strict => {
+                return Err(doc_err(format!(
+                    "{kind} in version \"{api_version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                    fields.join(", ")
+                )));
+            }
+            FieldValidation::Warn => warnings = fields,
+            FieldValidation::Ignore => {}
+        }
+    }
     let errors = match &object {
         Object::Service(s) => validate_service(s),
         Object::Pod(p) => validate_pod(p),
@@ -483,23 +542,33 @@ fn parse_object(source: &str, index: usize, value: Value) -> Result<Parsed, Mani
         })
         .into());
     }
-    Ok(Parsed::Served(Document {
-        file: source.to_string(),
-        index,
-        object,
-    }))
+    Ok(Parsed::Served(
+        Document {
+            file: source.to_string(),
+            index,
+            object,
+        },
+        warnings,
+    ))
 }
 
-/// Deserializes with the path of the field that failed (`spec.ports[0].port: ...`).
-fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+/// Deserializes with the path of the field that failed (`spec.ports[0].port: ...`);
+/// adds to `unknown` the fields of `value` the type does not know.
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
+    value: &Value,
+    unknown: &mut Vec<String>,
+) -> Result<T, String> {
+    let t: T = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {
             e.inner().to_string()
         } else {
             format!("{path}: {}", e.inner())
         }
-    })
+    })?;
+    let known = serde_json::to_value(&t).map_err(|e| e.to_string())?;
+    unknown.extend(decode::unknown_fields(value, &known));
+    Ok(t)
 }
 
 pub const TYPE_CLUSTER_IP: &str = "ClusterIP";

@@ -372,3 +372,27 @@ fn printed_user_data_is_escaped_and_long_values_cut() {
     let err = parse_manifest("big.yaml", &yaml).unwrap_err().to_string();
     assert!(err.len() < 2_000, "{} bytes", err.len());
 }
+
+#[test]
+fn unknown_and_duplicate_fields_are_refused_as_kubectl_validates() {
+    let typo = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports:\n  - {port: 80, targetPortt: 8080}\n";
+    let err = parse_manifest("t.yaml", typo).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "t.yaml (document 1): Service in version \"v1\" cannot be handled as a Service: strict decoding error: unknown field \"spec.ports[0].targetPortt\""
+    );
+    let warned = read_manifest_with("t.yaml", typo, FieldValidation::Warn).unwrap();
+    assert_eq!(warned.docs.len(), 1);
+    assert_eq!(
+        warned.warnings,
+        ["t.yaml (document 1): unknown field \"spec.ports[0].targetPortt\""]
+    );
+    let ignored = read_manifest_with("t.yaml", typo, FieldValidation::Ignore).unwrap();
+    assert!(ignored.warnings.is_empty() && ignored.docs.len() == 1);
+    // Every field of the seeds' manifests and of a full Pod is known.
+    assert!(read_manifest("s.yaml", SEEDS).unwrap().warnings.is_empty());
+    let dup = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports:\n  - port: 80\n    port: 81\n";
+    let err = parse_manifest("d.yaml", dup).unwrap_err().to_string();
+    assert!(err.contains("duplicate field \"port\""), "{err}");
+    assert!(err.contains("line "), "names the line: {err}");
+}

@@ -1,0 +1,265 @@
+//! Reading a manifest's text into values as the API server's strict decoding does,
+//! and within bounds: a key twice in one mapping is an error (not the last one
+//! winning), and a document may hold at most as many values as it has bytes (at
+//! least [`MAX_NODES`]) nested at most [`MAX_DEPTH`] deep, counted as they are read,
+//! so YAML aliases that expand a small text into a huge tree, or deeply nested
+//! sequences, are refused after a bounded amount of work instead of exhausting
+//! memory.
+//!
+//! After a value is typed, [`unknown_fields`] names the fields the type does not
+//! know (`spec.ports[0].targetPortt`): kubectl's strict field validation.
+
+use std::{cell::Cell, fmt};
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// Values a document may hold at least (a larger one: as many as it has bytes, which
+/// only aliases can exceed).
+pub const MAX_NODES: usize = 1_000_000;
+/// How deep values may nest (a Pod needs about 10).
+pub const MAX_DEPTH: usize = 64;
+
+/// Reads one value of a `len`-byte text from `d` within the bounds, refusing
+/// duplicate keys.
+pub fn value<'de, D: Deserializer<'de>>(d: D, len: usize) -> Result<Value, D::Error> {
+    let budget = Cell::new(MAX_NODES.max(len));
+    Seed {
+        budget: &budget,
+        depth: 0,
+    }
+    .deserialize(d)
+}
+
+#[derive(Clone, Copy)]
+struct Seed<'a> {
+    budget: &'a Cell<usize>,
+    depth: usize,
+}
+
+impl Seed<'_> {
+    fn spend<E: de::Error>(&self) -> Result<(), E> {
+        let left = self.budget.get();
+        if left == 0 {
+            return Err(E::custom(
+                "more values than the document has bytes (YAML aliases expanded): refused",
+            ));
+        }
+        self.budget.set(left - 1);
+        Ok(())
+    }
+
+    fn deeper<E: de::Error>(self) -> Result<Self, E> {
+        if self.depth >= MAX_DEPTH {
+            return Err(E::custom(format!(
+                "values nested more than {MAX_DEPTH} deep: refused"
+            )));
+        }
+        Ok(Seed {
+            budget: self.budget,
+            depth: self.depth + 1,
+        })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a YAML or JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        self.spend()?;
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        self.spend()?;
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        self.spend()?;
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        self.spend()?;
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.spend()?;
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.spend()?;
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        self.spend()?;
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        self.deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.spend()?;
+        let inner = self.deeper()?;
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(inner)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.spend()?;
+        let inner = self.deeper()?;
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let v = map.next_value_seed(inner)?;
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format!(
+                    "duplicate field \"{}\"",
+                    super::shown(&key, super::SHOWN_VALUE)
+                )));
+            }
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// The fields of `input` that `known` (the same object typed, then serialized
+/// again) does not have, as paths (`spec.ports[0].targetPortt`). Nulls are not
+/// fields.
+pub fn unknown_fields(input: &Value, known: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(input, known, &mut String::new(), &mut out);
+    out
+}
+
+fn walk(input: &Value, known: &Value, path: &mut String, out: &mut Vec<String>) {
+    match (input, known) {
+        (Value::Object(i), Value::Object(k)) => {
+            for (key, v) in i {
+                if v.is_null() {
+                    continue;
+                }
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                match k.get(key) {
+                    Some(kv) => walk(v, kv, path, out),
+                    None => out.push(path.clone()),
+                }
+                path.truncate(len);
+            }
+        }
+        (Value::Array(i), Value::Array(k)) => {
+            for (n, (v, kv)) in i.iter().zip(k).enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{n}]"));
+                walk(v, kv, path, out);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> Result<Value, String> {
+        value(serde_yaml_ng::Deserializer::from_str(text), text.len()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_in_yaml_and_json() {
+        let err = yaml("spec:\n  ports:\n  - port: 80\n    port: 81\n").unwrap_err();
+        assert!(err.contains("duplicate field \"port\""), "{err}");
+        let err = value(
+            &mut serde_json::Deserializer::from_str(r#"{"a":1,"a":2}"#),
+            13,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("duplicate field \"a\""), "{err}");
+        assert_eq!(
+            yaml("a: [1, {b: x}]\n").unwrap(),
+            serde_json::json!({"a": [1, {"b": "x"}]})
+        );
+    }
+
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_refused_quickly() {
+        let refused = |text: &str| {
+            let started = std::time::Instant::now();
+            let err = yaml(text).unwrap_err();
+            assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+            err
+        };
+        // Ten levels of ten aliases each: 10^10 values once expanded (the YAML
+        // parser's own repetition limit, or ours, stops it).
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let err = refused(&bomb);
+        assert!(
+            err.contains("more values than the document has bytes")
+                || err.contains("repetition limit"),
+            "{err}"
+        );
+        // One large anchor and many aliases to it: ~64 KB of text, 40M values.
+        let big: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
+        let aliases = vec!["*big"; 2_000].join(", ");
+        let wide = format!("big: &big [{}]\nall: [{aliases}]\n", big.join(", "));
+        let err = refused(&wide);
+        assert!(
+            err.contains("more values than the document has bytes")
+                || err.contains("repetition limit"),
+            "{err}"
+        );
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = refused(&deep);
+        assert!(err.contains("nested") || err.contains("recursion"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_named_by_their_path() {
+        let input = serde_json::json!({
+            "spec": {"ports": [{"port": 80, "targetPortt": 8080}], "typo": 1, "type": null}
+        });
+        let known = serde_json::json!({"spec": {"ports": [{"port": 80}]}});
+        assert_eq!(
+            unknown_fields(&input, &known),
+            ["spec.ports[0].targetPortt", "spec.typo"]
+        );
+    }
+}
