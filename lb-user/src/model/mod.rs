@@ -271,6 +271,9 @@ pub struct Manifest {
     pub warnings: Vec<String>,
 }
 
+/// The API server's limit on one request: an object larger than this is refused.
+pub const MAX_OBJECT_BYTES: usize = 3 * 1024 * 1024;
+
 /// What to do with a field the object's type does not know (a misspelt
 /// `targetPortt`), as kubectl's `--validate` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -366,7 +369,16 @@ pub fn read_manifest_with(
         .map(|(i, v)| (i + 1, v))
         .collect();
     let mut manifest = Manifest::default();
+    // Objects are measured only when the text could hold one over the limit.
+    let measure = text.len() > MAX_OBJECT_BYTES;
     for parsed in crate::par::in_parallel(numbered, |(index, value)| {
+        if measure && serde_json::to_vec(&value).map_or(0, |v| v.len()) > MAX_OBJECT_BYTES {
+            return Err(ManifestError::Document {
+                file: source.to_string(),
+                index,
+                error: format!("Request entity too large: limit is {MAX_OBJECT_BYTES}"),
+            });
+        }
         parse_object(source, index, value, validation)
     }) {
         match parsed? {

@@ -396,3 +396,52 @@ fn unknown_and_duplicate_fields_are_refused_as_kubectl_validates() {
     assert!(err.contains("duplicate field \"port\""), "{err}");
     assert!(err.contains("line "), "names the line: {err}");
 }
+
+#[test]
+fn labels_selectors_annotations_and_addresses_as_the_api_server_checks_them() {
+    let svc = |meta: &str, spec: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n{meta}spec:\n  ports: [{{port: 80}}]\n{spec}"
+        )
+    };
+    let err = |yaml: &str| parse_manifest("v.yaml", yaml).unwrap_err().to_string();
+    let e = err(&svc("  labels: {\"bad key\": x}\n", ""));
+    assert!(e.contains("metadata.labels: Invalid value: \"bad key\": name part must consist of alphanumeric characters"), "{e}");
+    let e = err(&svc("  labels: {app: \"\\e[31mred\"}\n", ""));
+    assert!(e.contains("metadata.labels: Invalid value: \"\\u{1b}[31mred\": a valid label must be an empty string"), "{e}");
+    let e = err(&svc("", "  selector: {\"example.com/\": x}\n"));
+    assert!(
+        e.contains("spec.selector: Invalid value: \"example.com/\": name part must be non-empty"),
+        "{e}"
+    );
+    let e = err(&svc("", "  externalIPs: [\"1.2.3.4\\n5\"]\n"));
+    assert!(
+        e.contains(
+            "spec.externalIPs[0]: Invalid value: \"1.2.3.4\\n5\": must be a valid IP address"
+        ),
+        "{e}"
+    );
+    let e = err(&svc("", "  type: LoadBalancer\n  loadBalancerIP: nope\n"));
+    assert!(
+        e.contains("spec.loadBalancerIP: Invalid value: \"nope\""),
+        "{e}"
+    );
+    let big = "x".repeat(300 * 1024);
+    let e = err(&svc(&format!("  annotations: {{note: {big}}}\n"), ""));
+    assert!(
+        e.contains("metadata.annotations: Too long: may not be more than 262144 bytes"),
+        "{e}"
+    );
+    parse_manifest("ok.yaml", &svc("  labels: {app.kubernetes.io/name: web, tier: \"\"}\n  annotations: {Example.com/Note: x}\n", "  selector: {app.kubernetes.io/name: web}\n")).unwrap();
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {nodeName: \"Node_1\", containers: [{name: c}]}\n";
+    assert!(err(pod).contains("spec.nodeName: Invalid value: \"Node_1\""));
+    // A whole object over the API server's request limit.
+    let huge = format!(
+        "{}---\n",
+        svc(
+            &format!("  annotations: {{a: {}}}\n", "y".repeat(4 << 20)),
+            ""
+        )
+    );
+    assert!(err(&huge).contains("Request entity too large: limit is 3145728"));
+}

@@ -39,6 +39,9 @@ pub enum FieldErrorKind {
     Forbidden {
         detail: String,
     },
+    TooLong {
+        max: usize,
+    },
 }
 
 impl FieldError {
@@ -114,6 +117,9 @@ impl fmt::Display for FieldError {
                 write!(f, "{field}: Duplicate value: {}", shown(value))
             }
             FieldErrorKind::Forbidden { detail } => write!(f, "{field}: Forbidden: {detail}"),
+            FieldErrorKind::TooLong { max } => {
+                write!(f, "{field}: Too long: may not be more than {max} bytes")
+            }
         }
     }
 }
@@ -189,6 +195,147 @@ fn validate_meta_name(name: Option<&str>, dns1035: bool, errors: &mut Vec<FieldE
     }
 }
 
+/// The API server's limit on an object's annotations, keys and values together.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+const QUALIFIED_NAME_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
+const QUALIFIED_NAME_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
+
+fn is_qualified_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// What is wrong with `key` as a label or annotation key (apimachinery's
+/// `IsQualifiedName`): an optional DNS subdomain prefix and '/', then a name.
+fn qualified_name_errors(key: &str) -> Vec<String> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let name = match parts.as_slice() {
+        [name] => *name,
+        [prefix, name] => {
+            if prefix.is_empty() {
+                return vec!["prefix part must be non-empty".into()];
+            }
+            if !is_dns1123_subdomain(prefix) {
+                return vec![format!("prefix part {DNS1123_SUBDOMAIN_MSG}")];
+            }
+            *name
+        }
+        _ => {
+            return vec![format!(
+                "a qualified name {QUALIFIED_NAME_MSG} (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '{QUALIFIED_NAME_FMT}') with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    if name.is_empty() {
+        out.push("name part must be non-empty".into());
+    } else if name.len() > 63 {
+        out.push("name part must be no more than 63 characters".into());
+    }
+    if !name.is_empty() && !is_qualified_name_part(name) {
+        out.push(format!(
+            "name part {QUALIFIED_NAME_MSG} (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '{QUALIFIED_NAME_FMT}')"
+        ));
+    }
+    out
+}
+
+/// What is wrong with `v` as a label value (empty, or a qualified name part of at
+/// most 63 characters).
+fn label_value_errors(v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if v.len() > 63 {
+        out.push("must be no more than 63 characters".into());
+    }
+    if !v.is_empty() && !is_qualified_name_part(v) {
+        out.push(format!(
+            "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '({QUALIFIED_NAME_FMT})?')"
+        ));
+    }
+    out
+}
+
+/// Labels (or a selector) at `field`, as `ValidateLabels` checks them.
+fn validate_labels(
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    for (k, v) in labels.into_iter().flatten() {
+        for msg in qualified_name_errors(k) {
+            errors.push(FieldError::invalid(field, format!("\"{k}\""), msg));
+        }
+        for msg in label_value_errors(v) {
+            errors.push(FieldError::invalid(field, format!("\"{v}\""), msg));
+        }
+    }
+}
+
+fn validate_annotations(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+    errors: &mut Vec<FieldError>,
+) {
+    let mut total = 0;
+    for (k, v) in annotations.into_iter().flatten() {
+        for msg in qualified_name_errors(&k.to_lowercase()) {
+            errors.push(FieldError::invalid(
+                "metadata.annotations",
+                format!("\"{k}\""),
+                msg,
+            ));
+        }
+        total += k.len() + v.len();
+    }
+    if total > MAX_ANNOTATIONS_BYTES {
+        errors.push(FieldError {
+            field: "metadata.annotations".into(),
+            kind: FieldErrorKind::TooLong {
+                max: MAX_ANNOTATIONS_BYTES,
+            },
+        });
+    }
+}
+
+/// An object's metadata: its name (a DNS-1035 label for a Service, a DNS-1123
+/// subdomain otherwise), namespace, labels and annotations.
+fn validate_meta(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    dns1035: bool,
+    errors: &mut Vec<FieldError>,
+) {
+    validate_meta_name(meta.name.as_deref(), dns1035, errors);
+    validate_namespace(meta.namespace.as_deref(), errors);
+    validate_labels(meta.labels.as_ref(), "metadata.labels", errors);
+    validate_annotations(meta.annotations.as_ref(), errors);
+}
+
+/// An IP address field (`field`) when set.
+fn validate_ip(field: String, ip: &str, errors: &mut Vec<FieldError>) {
+    if ip.parse::<std::net::IpAddr>().is_err() {
+        errors.push(FieldError::invalid(
+            field,
+            format!("\"{ip}\""),
+            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        ));
+    }
+}
+
+/// A node name field when set (a DNS-1123 subdomain).
+fn validate_node_name(field: String, name: &str, errors: &mut Vec<FieldError>) {
+    if !is_dns1123_subdomain(name) {
+        errors.push(FieldError::invalid(
+            field,
+            format!("\"{name}\""),
+            DNS1123_SUBDOMAIN_MSG,
+        ));
+    }
+}
+
 fn validate_namespace(ns: Option<&str>, errors: &mut Vec<FieldError>) {
     if let Some(ns) = ns
         && !is_dns1123_label(ns)
@@ -206,12 +353,18 @@ fn validate_namespace(ns: Option<&str>, errors: &mut Vec<FieldError>) {
 /// the store, which knows them.
 pub fn validate_service(svc: &Service) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    validate_meta_name(svc.metadata.name.as_deref(), true, &mut errors);
-    validate_namespace(svc.metadata.namespace.as_deref(), &mut errors);
+    validate_meta(&svc.metadata, true, &mut errors);
     let Some(spec) = &svc.spec else {
         errors.push(FieldError::required("spec"));
         return errors;
     };
+    validate_labels(spec.selector.as_ref(), "spec.selector", &mut errors);
+    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+        validate_ip(format!("spec.externalIPs[{i}]"), ip, &mut errors);
+    }
+    if let Some(ip) = spec.load_balancer_ip.as_deref().filter(|ip| !ip.is_empty()) {
+        validate_ip("spec.loadBalancerIP".into(), ip, &mut errors);
+    }
     let ty = spec.type_.as_deref().unwrap_or(TYPE_CLUSTER_IP);
     if !SERVICE_TYPES.contains(&ty) {
         errors.push(FieldError::not_supported("spec.type", ty, SERVICE_TYPES));
@@ -387,8 +540,7 @@ pub fn validate_service(svc: &Service) -> Vec<FieldError> {
 
 pub fn validate_pod(pod: &Pod) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    validate_meta_name(pod.metadata.name.as_deref(), false, &mut errors);
-    validate_namespace(pod.metadata.namespace.as_deref(), &mut errors);
+    validate_meta(&pod.metadata, false, &mut errors);
     if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
         && ip.parse::<Ipv4Addr>().is_err()
     {
@@ -397,6 +549,11 @@ pub fn validate_pod(pod: &Pod) -> Vec<FieldError> {
             format!("\"{ip}\""),
             "must be a valid IPv4 address",
         ));
+    }
+    if let Some(name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+        && !name.is_empty()
+    {
+        validate_node_name("spec.nodeName".into(), name, &mut errors);
     }
     if let Some(spec) = &pod.spec {
         let mut names = BTreeSet::new();
@@ -422,8 +579,7 @@ pub fn validate_pod(pod: &Pod) -> Vec<FieldError> {
 /// cluster).
 pub fn validate_endpoint_slice(slice: &EndpointSlice) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    validate_meta_name(slice.metadata.name.as_deref(), false, &mut errors);
-    validate_namespace(slice.metadata.namespace.as_deref(), &mut errors);
+    validate_meta(&slice.metadata, false, &mut errors);
     let ty = slice.address_type.as_str();
     if ty.is_empty() {
         errors.push(FieldError::required("addressType"));
@@ -442,6 +598,9 @@ pub fn validate_endpoint_slice(slice: &EndpointSlice) -> Vec<FieldError> {
         ));
     }
     for (i, ep) in slice.endpoints.iter().enumerate() {
+        if let Some(name) = ep.node_name.as_deref() {
+            validate_node_name(format!("endpoints[{i}].nodeName"), name, &mut errors);
+        }
         if ep.addresses.is_empty() || ep.addresses.len() > 100 {
             errors.push(FieldError::invalid(
                 format!("endpoints[{i}].addresses"),
