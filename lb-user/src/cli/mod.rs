@@ -9,6 +9,7 @@ mod delete;
 mod describe;
 mod expose;
 mod get;
+mod ranges;
 mod reset;
 mod stats;
 
@@ -21,7 +22,7 @@ use crate::{
     agent::{DEFAULT_BPFFS, pin_dir},
     maps::Maps,
     model::Kind,
-    store::{Allocation, DEFAULT_STORE_DIR, Store},
+    store::{DEFAULT_STORE_DIR, Ranges, Store},
 };
 
 #[derive(Parser)]
@@ -75,6 +76,12 @@ pub enum Command {
     /// List the flows the data plane tracks (both directions of each), as
     /// `conntrack -L` does.
     Conntrack(NodeArgs),
+    /// Show the ranges the store allocates ClusterIPs and nodePorts from, or change
+    /// them (every service's values must fit the new ones).
+    #[command(
+        after_help = "Examples:\n  lb ranges\n  lb ranges --node-port-range 30000-32767 --service-cidr 10.96.0.0/12"
+    )]
+    Ranges(ranges::RangesArgs),
     /// Remove a node's data plane: detach every program and drop its maps (conntrack
     /// included). A stopped agent leaves the data plane forwarding; this ends it.
     #[command(after_help = "Example:\n  lb reset --node-name node1")]
@@ -93,6 +100,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Delete(d) => delete::run(&store, &d),
         Command::Stats(a) => stats::run(&a),
         Command::Reset(a) => reset::run(&a),
+        Command::Ranges(a) => ranges::run(&store, &a),
         Command::Conntrack(a) => conntrack::run(&a),
         Command::Expose(e) => expose::run(&store, &e),
         Command::Completion { shell } => {
@@ -111,43 +119,49 @@ fn parse_kind() -> impl clap::builder::TypedValueParser<Value = Kind> {
         .map(|w| Kind::from_resource(&w).expect("one of RESOURCE_WORDS"))
 }
 
-/// Where ClusterIPs and nodePorts come from.
+/// Where ClusterIPs and nodePorts come from. The store keeps the ranges it was
+/// created with: a write that names others is refused (`lb ranges` changes them).
 #[derive(Args)]
 pub struct AllocationArgs {
-    /// The range ClusterIPs are allocated from.
-    #[arg(long, env = "LB_SERVICE_CIDR", default_value = "10.96.0.0/12")]
-    pub service_cidr: String,
-    /// The range nodePorts are allocated from.
-    #[arg(long, env = "LB_NODE_PORT_RANGE", default_value = "30000-32767")]
-    pub node_port_range: String,
+    /// The range ClusterIPs are allocated from (a new store: default 10.96.0.0/12).
+    #[arg(long, env = "LB_SERVICE_CIDR")]
+    pub service_cidr: Option<String>,
+    /// The range nodePorts are allocated from (a new store: default 30000-32767).
+    #[arg(long, env = "LB_NODE_PORT_RANGE")]
+    pub node_port_range: Option<String>,
 }
 
 impl AllocationArgs {
-    fn parse(&self) -> Result<Allocation> {
-        let (net, len) = self
+    fn parse(&self) -> Result<Ranges> {
+        let service_cidr = self
             .service_cidr
-            .split_once('/')
-            .and_then(|(n, l)| Some((n.parse().ok()?, l.parse::<u8>().ok().filter(|l| *l <= 30)?)))
-            .ok_or_else(|| {
-                anyhow!(
-                    "--service-cidr {}: want an IPv4 CIDR such as 10.96.0.0/12",
-                    self.service_cidr
-                )
-            })?;
-        let (lo, hi) = self
+            .as_deref()
+            .map(|c| {
+                c.split_once('/')
+                    .and_then(|(n, l)| {
+                        Some((n.parse().ok()?, l.parse::<u8>().ok().filter(|l| *l <= 30)?))
+                    })
+                    .ok_or_else(|| {
+                        anyhow!("--service-cidr {c}: want an IPv4 CIDR such as 10.96.0.0/12")
+                    })
+            })
+            .transpose()?;
+        let node_ports = self
             .node_port_range
-            .split_once('-')
-            .and_then(|(l, h)| Some((l.parse::<u16>().ok()?, h.parse::<u16>().ok()?)))
-            .filter(|(l, h)| l <= h && *l > 0)
-            .ok_or_else(|| {
-                anyhow!(
-                    "--node-port-range {}: want LOW-HIGH such as 30000-32767",
-                    self.node_port_range
-                )
-            })?;
-        Ok(Allocation {
-            service_cidr: (net, len),
-            node_ports: lo..=hi,
+            .as_deref()
+            .map(|r| {
+                r.split_once('-')
+                    .and_then(|(l, h)| Some((l.parse::<u16>().ok()?, h.parse::<u16>().ok()?)))
+                    .filter(|(l, h)| l <= h && *l > 0)
+                    .map(|(l, h)| l..=h)
+                    .ok_or_else(|| {
+                        anyhow!("--node-port-range {r}: want LOW-HIGH such as 30000-32767")
+                    })
+            })
+            .transpose()?;
+        Ok(Ranges {
+            service_cidr,
+            node_ports,
         })
     }
 }

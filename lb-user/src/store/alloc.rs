@@ -33,15 +33,88 @@ impl Default for Allocation {
 }
 
 impl Allocation {
-    fn cidr_contains(&self, ip: Ipv4Addr) -> bool {
+    pub fn cidr_contains(&self, ip: Ipv4Addr) -> bool {
         let (net, len) = self.service_cidr;
         let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
         u32::from(ip) & mask == u32::from(net) & mask
     }
 
-    fn cidr_string(&self) -> String {
+    pub fn cidr_string(&self) -> String {
         format!("{}/{}", self.service_cidr.0, self.service_cidr.1)
     }
+
+    pub fn node_ports_string(&self) -> String {
+        format!("{}-{}", self.node_ports.start(), self.node_ports.end())
+    }
+}
+
+/// The ranges a write or a command asks for (flags, environment); unset ones are
+/// the store's own, or for a new store the API server's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ranges {
+    pub service_cidr: Option<(Ipv4Addr, u8)>,
+    pub node_ports: Option<RangeInclusive<u16>>,
+}
+
+impl From<Allocation> for Ranges {
+    fn from(a: Allocation) -> Self {
+        Ranges {
+            service_cidr: Some(a.service_cidr),
+            node_ports: Some(a.node_ports),
+        }
+    }
+}
+
+impl Ranges {
+    /// The ranges a write allocates from: the store's (`stored`), which a range
+    /// asked for must equal (they change only through `Store::set_ranges`, which
+    /// checks the services); for a new store, those asked for or the defaults.
+    pub fn resolve(&self, stored: Option<&Allocation>) -> Result<Allocation, String> {
+        let Some(stored) = stored else {
+            return Ok(self.over(&Allocation::default()));
+        };
+        let asked = self.over(stored);
+        if asked != *stored {
+            return Err(format!(
+                "the store allocates from service CIDR {} and nodePort range {}, not {} and {} (`lb ranges` changes them)",
+                stored.cidr_string(),
+                stored.node_ports_string(),
+                asked.cidr_string(),
+                asked.node_ports_string()
+            ));
+        }
+        Ok(asked)
+    }
+
+    /// These ranges, the unset ones taken from `base`.
+    pub fn over(&self, base: &Allocation) -> Allocation {
+        Allocation {
+            service_cidr: self.service_cidr.unwrap_or(base.service_cidr),
+            node_ports: self.node_ports.clone().unwrap_or(base.node_ports.clone()),
+        }
+    }
+}
+
+/// The first service whose clusterIP or nodePorts `alloc` does not hold (a change
+/// of the ranges must leave every allocated value inside them).
+pub fn misfit(state: &State, alloc: &Allocation) -> Option<String> {
+    for (key, svc) in &state.services {
+        if let Some(ip) = cluster_ip(svc)
+            && !alloc.cidr_contains(ip)
+        {
+            return Some(format!(
+                "service {key} has clusterIP {ip}, outside {}",
+                alloc.cidr_string()
+            ));
+        }
+        if let Some(np) = Taken::node_ports_of(svc).find(|p| !alloc.node_ports.contains(p)) {
+            return Some(format!(
+                "service {key} has nodePort {np}, outside {}",
+                alloc.node_ports_string()
+            ));
+        }
+    }
+    None
 }
 
 /// Why a service cannot have the values it asks for, or any.
@@ -227,7 +300,7 @@ impl Taken {
         t
     }
 
-    fn node_ports_of(svc: &Service) -> impl Iterator<Item = u16> + '_ {
+    pub fn node_ports_of(svc: &Service) -> impl Iterator<Item = u16> + '_ {
         svc.spec
             .iter()
             .flat_map(|sp| sp.ports.iter().flatten())
@@ -273,7 +346,10 @@ fn random_cluster_ip(
     let (net, len) = alloc.service_cidr;
     let host_bits = 32 - len as u32;
     let size: u64 = 1u64 << host_bits;
-    if size < 4 || used.len() as u64 >= size - 3 {
+    // Only addresses of the range count (a service may hold one from before the
+    // range changed).
+    let in_range = used.iter().filter(|ip| alloc.cidr_contains(**ip)).count() as u64;
+    if size < 4 || in_range >= size - 3 {
         return Err(AllocError::Exhausted {
             what: "ClusterIP",
             range: alloc.cidr_string(),

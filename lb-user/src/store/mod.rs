@@ -27,7 +27,7 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
 
 pub use self::{
-    alloc::{Allocation, lb_ingress_ips},
+    alloc::{Allocation, Ranges, lb_ingress_ips},
     apply::{ApplyError, Mode, Outcome},
 };
 use crate::{
@@ -82,6 +82,8 @@ pub enum StoreError {
         "store {dir}: no lb store here (no {DB_FILE}): give the store's directory with --store or LB_STORE (an agent or `lb apply` creates one)"
     )]
     Missing { dir: PathBuf },
+    #[error("store {dir}: {error}")]
+    Ranges { dir: PathBuf, error: String },
     #[error(transparent)]
     Apply(#[from] ApplyError),
 }
@@ -383,7 +385,7 @@ impl Store {
     pub fn update<T, E: From<StoreError>>(
         &self,
         scope: &Scope,
-        change: impl FnOnce(&mut State) -> Result<T, E>,
+        change: impl FnOnce(&mut State, &Connection) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut conn = self.open(true)?.expect("created");
         let tx = conn
@@ -391,7 +393,7 @@ impl Store {
             .map_err(self.db("locking"))?;
         let before = self.read_scope(&tx, scope)?;
         let mut state = before.clone();
-        let out = change(&mut state)?;
+        let out = change(&mut state, &tx)?;
         let changes = before.changes_to(state);
         if !changes.is_empty() {
             let rev = before.revision + 1;
@@ -437,6 +439,9 @@ impl Store {
                 &self.dir.join(COMMIT_MARKER),
                 format!("{rev} {at}\n").as_bytes(),
             );
+        } else {
+            // Settings (`meta`) may have changed without any object.
+            tx.commit().map_err(self.db("committing"))?;
         }
         Ok(out)
     }
@@ -458,7 +463,7 @@ impl Store {
     pub fn apply(
         &self,
         docs: &[Document],
-        alloc: &Allocation,
+        ranges: &Ranges,
         mode: Mode,
     ) -> Result<Vec<Outcome>, StoreError> {
         let scope = Scope {
@@ -468,10 +473,48 @@ impl Store {
                 .map(|d| (d.object.kind(), d.object.key()))
                 .collect(),
         };
-        self.update(&scope, |state| {
+        self.update(&scope, |state, conn| {
+            let stored = stored_ranges(conn).map_err(self.db("reading the ranges"))?;
+            let alloc = ranges
+                .resolve(stored.as_ref())
+                .map_err(|error| StoreError::Ranges {
+                    dir: self.dir.clone(),
+                    error,
+                })?;
+            if stored.is_none() {
+                set_ranges(conn, &alloc).map_err(self.db("writing the ranges"))?;
+            }
             let now = k8s_openapi::jiff::Timestamp::now();
             let revision = state.revision + 1;
-            Ok(apply::apply(state, docs, alloc, mode, now, revision)?)
+            Ok(apply::apply(state, docs, &alloc, mode, now, revision)?)
+        })
+    }
+
+    /// The ranges the store allocates from (None: nothing was written yet).
+    pub fn ranges(&self) -> Result<Option<Allocation>, StoreError> {
+        Ok(self
+            .read(|tx| stored_ranges(tx).map_err(self.db("reading the ranges")))?
+            .flatten())
+    }
+
+    /// Changes the ranges the store allocates from, if every service's clusterIP and
+    /// nodePorts are inside the new ones; returns the ranges in force.
+    pub fn set_ranges(&self, ranges: &Ranges) -> Result<Allocation, StoreError> {
+        let scope = Scope {
+            all_services: true,
+            objects: Vec::new(),
+        };
+        self.update(&scope, |state, conn| {
+            let stored = stored_ranges(conn).map_err(self.db("reading the ranges"))?;
+            let alloc = ranges.over(&stored.unwrap_or_default());
+            if let Some(error) = alloc::misfit(state, &alloc) {
+                return Err(StoreError::Ranges {
+                    dir: self.dir.clone(),
+                    error: format!("cannot change the ranges: {error}"),
+                });
+            }
+            set_ranges(conn, &alloc).map_err(self.db("writing the ranges"))?;
+            Ok(alloc)
         })
     }
 
@@ -485,7 +528,7 @@ impl Store {
             all_services: true,
             objects: Vec::new(),
         };
-        self.update(&scope, |state: &mut State| {
+        self.update(&scope, |state: &mut State, _: &Connection| {
             Ok::<_, StoreError>(alloc::assign_load_balancer_ips(state, pools))
         })
     }
@@ -496,8 +539,42 @@ impl Store {
             all_services: false,
             objects: targets.to_vec(),
         };
-        self.update(&scope, |state| Ok(apply::delete(state, targets)?))
+        self.update(&scope, |state, _| Ok(apply::delete(state, targets)?))
     }
+}
+
+/// The ranges in `meta` (None until the first write records them).
+fn stored_ranges(conn: &Connection) -> rusqlite::Result<Option<Allocation>> {
+    let get = |name| -> rusqlite::Result<Option<u64>> {
+        conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()
+        .map(|v| v.map(|v| v as u64))
+    };
+    let (Some(addr), Some(len), Some(lo), Some(hi)) = (
+        get("service_cidr_addr")?,
+        get("service_cidr_len")?,
+        get("node_port_min")?,
+        get("node_port_max")?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(Allocation {
+        service_cidr: (Ipv4Addr::from(addr as u32), len as u8),
+        node_ports: lo as u16..=hi as u16,
+    }))
+}
+
+fn set_ranges(conn: &Connection, a: &Allocation) -> rusqlite::Result<()> {
+    set_meta(
+        conn,
+        "service_cidr_addr",
+        u64::from(u32::from(a.service_cidr.0)),
+    )?;
+    set_meta(conn, "service_cidr_len", u64::from(a.service_cidr.1))?;
+    set_meta(conn, "node_port_min", u64::from(*a.node_ports.start()))?;
+    set_meta(conn, "node_port_max", u64::from(*a.node_ports.end()))
 }
 
 /// The store's revision (0 before the first write).

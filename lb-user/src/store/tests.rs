@@ -52,7 +52,7 @@ fn node_ports(state: &State) -> Vec<i32> {
 #[test]
 fn allocates_in_range_and_keeps_values_across_reapply() {
     let store = tmp_store("alloc");
-    let alloc = Allocation::default();
+    let alloc = Ranges::default();
     let out = store
         .apply(&docs(&svc("a", "")), &alloc, Mode::Apply)
         .unwrap();
@@ -101,10 +101,11 @@ fn allocates_in_range_and_keeps_values_across_reapply() {
 fn never_hands_out_a_value_twice() {
     let store = tmp_store("unique");
     // A range of 5 ports: 5 services fit, the 6th does not.
-    let alloc = Allocation {
+    let alloc: Ranges = Allocation {
         node_ports: 30000..=30004,
         ..Allocation::default()
-    };
+    }
+    .into();
     let all: String = (0..5).map(|i| svc(&format!("s{i}"), "")).collect();
     store.apply(&docs(&all), &alloc, Mode::Apply).unwrap();
     let mut ports = node_ports(&store.load().unwrap());
@@ -119,7 +120,7 @@ fn never_hands_out_a_value_twice() {
 #[test]
 fn requested_values_are_honoured_or_refused_and_a_bad_object_applies_nothing() {
     let store = tmp_store("requested");
-    let alloc = Allocation::default();
+    let alloc = Ranges::default();
     store
         .apply(
             &docs(&svc("a", "    nodePort: 30008\n  clusterIP: 10.96.0.50\n")),
@@ -181,10 +182,11 @@ fn requested_values_are_honoured_or_refused_and_a_bad_object_applies_nothing() {
 fn concurrent_writers_never_allocate_the_same_port() {
     let tmp = tmp_store("concurrent");
     let store_dir = tmp.dir().to_path_buf();
-    let alloc = Allocation {
+    let alloc: Ranges = Allocation {
         node_ports: 30000..=30039,
         ..Allocation::default()
-    };
+    }
+    .into();
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let dir = store_dir.clone();
@@ -214,7 +216,7 @@ fn concurrent_writers_never_allocate_the_same_port() {
 fn delete_removes_and_names_what_is_missing() {
     let store = tmp_store("delete");
     store
-        .apply(&docs(&svc("a", "")), &Allocation::default(), Mode::Apply)
+        .apply(&docs(&svc("a", "")), &Ranges::default(), Mode::Apply)
         .unwrap();
     let err = store
         .delete(&[
@@ -236,7 +238,7 @@ fn delete_removes_and_names_what_is_missing() {
 #[test]
 fn deletions_are_pruned_after_a_window_and_old_readers_must_reload() {
     let store = tmp_store_keeping("prune", 100);
-    let alloc = Allocation::default();
+    let alloc = Ranges::default();
     store
         .apply(&docs(&svc("keep", "")), &alloc, Mode::Apply)
         .unwrap();
@@ -298,7 +300,7 @@ fn a_store_is_private_refuses_links_and_a_missing_one_is_an_error() {
     let err = store.require().unwrap_err().to_string();
     assert!(err.contains("no lb store here"), "{err}");
     store
-        .apply(&docs(&svc("a", "")), &Allocation::default(), Mode::Apply)
+        .apply(&docs(&svc("a", "")), &Ranges::default(), Mode::Apply)
         .unwrap();
     store.require().unwrap();
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -315,10 +317,63 @@ fn a_store_is_private_refuses_links_and_a_missing_one_is_an_error() {
     fs::create_dir_all(linked.dir()).unwrap();
     std::os::unix::fs::symlink(&victim, linked.dir().join("store.db")).unwrap();
     let err = linked
-        .apply(&docs(&svc("a", "")), &Allocation::default(), Mode::Apply)
+        .apply(&docs(&svc("a", "")), &Ranges::default(), Mode::Apply)
         .unwrap_err()
         .to_string();
     assert!(err.contains("is a symbolic link"), "{err}");
     assert!(linked.load().is_err(), "readers refuse it too");
     assert_eq!(fs::read(&victim).unwrap(), b"not lb's");
+}
+
+#[test]
+fn the_ranges_are_the_stores_set_once_and_changed_only_when_every_service_fits() {
+    let store = tmp_store("ranges");
+    let small: Ranges = Allocation {
+        node_ports: 31000..=31009,
+        ..Allocation::default()
+    }
+    .into();
+    store
+        .apply(&docs(&svc("a", "")), &small, Mode::Apply)
+        .unwrap();
+    // Later writes allocate from the store's ranges, whatever the caller's defaults.
+    store
+        .apply(&docs(&svc("b", "")), &Ranges::default(), Mode::Apply)
+        .unwrap();
+    let ports = node_ports(&store.load().unwrap());
+    assert!(
+        ports.iter().all(|p| (31000..=31009).contains(p)),
+        "{ports:?}"
+    );
+    // A write naming other ranges is refused (LB_NODE_PORT_RANGE=1-65535 lb apply).
+    let wide = Ranges {
+        node_ports: Some(1..=65535),
+        ..Ranges::default()
+    };
+    let err = store
+        .apply(&docs(&svc("c", "")), &wide, Mode::Apply)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "the store allocates from service CIDR 10.96.0.0/12 and nodePort range 31000-31009"
+        ),
+        "{err}"
+    );
+    // Changing them: refused while a service's nodePort would be outside.
+    let other = Ranges {
+        node_ports: Some(32000..=32100),
+        ..Ranges::default()
+    };
+    let err = store.set_ranges(&other).unwrap_err().to_string();
+    assert!(err.contains("has nodePort 310"), "{err}");
+    let wider = Ranges {
+        node_ports: Some(30000..=32767),
+        ..Ranges::default()
+    };
+    assert_eq!(store.set_ranges(&wider).unwrap().node_ports, 30000..=32767);
+    assert_eq!(store.ranges().unwrap().unwrap().node_ports, 30000..=32767);
+    store
+        .apply(&docs(&svc("c", "")), &wider, Mode::Apply)
+        .unwrap();
 }
