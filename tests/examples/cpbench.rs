@@ -66,6 +66,14 @@ fn logged_at(line: &str) -> Result<SystemTime> {
     Ok(SystemTime::from(t))
 }
 
+/// How long after `start` the agent logged `logged`; an error (not a zero) if it
+/// logged before: such a figure cannot be measured.
+fn since(logged: SystemTime, start: SystemTime) -> Result<Duration> {
+    logged.duration_since(start).with_context(|| {
+        format!("the agent logged {logged:?}, before the measured step began ({start:?})")
+    })
+}
+
 /// Where lb's services take their endpoints from.
 #[derive(Clone, Copy, PartialEq)]
 enum Endpoints {
@@ -106,7 +114,7 @@ fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
     lb.apply(&manifests)?;
     let want = format!("services={n} ");
     let line = wait_reconcile(&t, seen, |l| l.contains(&want))?;
-    let apply = logged_at(&line)?.duration_since(start).unwrap_or_default();
+    let apply = since(logged_at(&line)?, start)?;
     eprintln!("agent: {line}");
     let agent_reconcile_us = field(&line, "took_us").unwrap_or(0);
     // One endpoint change, CHANGES times (each another new endpoint): the medians.
@@ -116,7 +124,7 @@ fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
         let start = SystemTime::now();
         lb.apply(&change_of(k))?;
         let line = wait_reconcile(&t, seen, |l| field(l, "writes").unwrap_or(0) > 0)?;
-        change.push(logged_at(&line)?.duration_since(start).unwrap_or_default());
+        change.push(since(logged_at(&line)?, start)?);
         eprintln!("agent: {line}");
         reconcile_us.push(field(&line, "took_us").unwrap_or(0));
         // The store's commit marker: `REVISION UNIX_NS`, written as the commit returns.
@@ -127,11 +135,7 @@ fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
             .and_then(|n| n.parse().ok())
             .with_context(|| format!("commit marker {marker:?}"))?;
         let committed = SystemTime::UNIX_EPOCH + Duration::from_nanos(ns);
-        commit_to_maps.push(
-            logged_at(&line)?
-                .duration_since(committed)
-                .unwrap_or_default(),
-        );
+        commit_to_maps.push(since(logged_at(&line)?, committed)?);
         eprintln!(
             "  one change #{k}: {:?} from lb apply, {:?} from its commit",
             change.last().copied().unwrap_or_default(),

@@ -132,6 +132,18 @@ impl Traffic {
         let secs = start.elapsed().as_secs_f64();
         thread::sleep(Duration::from_millis(100)); // what is still in flight
         let got = self.bench.sink_count()? - before;
+        // A contender that delivers nothing measured nothing: a figure of 0 pps
+        // would read as a (bad) result instead of a broken run.
+        if got == 0 {
+            bail!(
+                "the pod's sink counted no frame of {sent} sent in {secs:.1} s ({}): nothing was delivered",
+                if new_flows {
+                    "new flows"
+                } else {
+                    "one established flow"
+                }
+            );
+        }
         Ok((sent as f64 / secs, got as f64 / secs))
     }
 }
