@@ -188,6 +188,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .watch(&opts.store, notify::RecursiveMode::NonRecursive)
         .with_context(|| format!("watching store {}", opts.store.display()))?;
 
+    // What an earlier agent of this node could not program is not this one's news.
+    agent.publish_refused();
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(RESYNC);
     agent.reconcile(true)?;
