@@ -371,9 +371,10 @@ impl Agent {
                     self.one_by_one(full, &services, &plans)?
                 }
             },
-            Ok(Update::Collides) => unreachable!("a full update claims every frontend"),
-            Err(e) => {
-                warn!(error = %e, "planning the entries failed: planning service by service");
+            // A full update claims every frontend, so no collision is left; an id
+            // pool ran dry: the services it can serve are found one by one.
+            other => {
+                warn!(outcome = ?other, "planning the entries failed: planning service by service");
                 self.one_by_one(full, &services, &plans)?
             }
         };
@@ -476,7 +477,10 @@ impl Agent {
             };
             match refusal {
                 Some(error) => {
-                    warn!(service = %key, %error, "service not programmed; retried every second");
+                    // Said once per service and reason, not at every retry.
+                    if self.refused.get(&key) != Some(&error) {
+                        warn!(service = %key, %error, "service not programmed; retried every second");
+                    }
                     self.programmed.claim(
                         &key,
                         mine.iter()
