@@ -2,7 +2,9 @@
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp};
+use std::collections::BTreeMap;
+
+use k8s_openapi::{Metadata, apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp};
 use serde::Serialize;
 
 use super::parse_kind;
@@ -34,63 +36,44 @@ pub struct GetArgs {
     pub output: Option<Output>,
 }
 
-/// The objects as YAML or JSON, or `table` of them.
-fn render<T: Serialize>(
-    items: &[&T],
-    output: Option<Output>,
-    table: impl FnOnce() -> String,
-) -> Result<String> {
-    Ok(match output {
-        Some(Output::Yaml) => serde_yaml_ng::to_string(items)?,
-        Some(Output::Json) => serde_json::to_string_pretty(items)? + "\n",
-        _ => table(),
-    })
+/// The objects of `objects` that `g` names, as YAML or JSON or `table` of them, and
+/// how many.
+fn listed<T: Serialize + Metadata<Ty = ObjectMeta>>(
+    objects: &BTreeMap<ObjectKey, T>,
+    g: &GetArgs,
+    table: impl FnOnce(&[&T]) -> String,
+) -> Result<(String, usize)> {
+    let items: Vec<&T> = objects
+        .values()
+        .filter(|o| {
+            let key = ObjectKey::of(o.metadata());
+            (g.all_namespaces || key.namespace == g.namespace)
+                && g.name.as_ref().is_none_or(|n| *n == key.name)
+        })
+        .collect();
+    let text = match g.output {
+        Some(Output::Yaml) => serde_yaml_ng::to_string(&items)?,
+        Some(Output::Json) => serde_json::to_string_pretty(&items)? + "\n",
+        _ => table(&items),
+    };
+    Ok((text, items.len()))
 }
 
 pub fn run(store: &Store, g: &GetArgs) -> Result<()> {
     store.require()?;
     let state = store.load()?;
-    let in_scope = |meta: &ObjectMeta| {
-        let key = ObjectKey::of(meta);
-        (g.all_namespaces || key.namespace == g.namespace)
-            && g.name.as_ref().is_none_or(|n| *n == key.name)
-    };
     let now = Timestamp::now();
     let wide = g.output == Some(Output::Wide);
     let (text, count) = match g.resource {
-        Kind::Service => {
-            let items: Vec<_> = state
-                .services
-                .values()
-                .filter(|s| in_scope(&s.metadata))
-                .collect();
-            let text = render(&items, g.output, || {
-                table::services(&items, now, wide, g.all_namespaces)
-            })?;
-            (text, items.len())
-        }
-        Kind::Pod => {
-            let items: Vec<_> = state
-                .pods
-                .values()
-                .filter(|p| in_scope(&p.metadata))
-                .collect();
-            let text = render(&items, g.output, || {
-                table::pods(&items, now, wide, g.all_namespaces)
-            })?;
-            (text, items.len())
-        }
-        Kind::EndpointSlice => {
-            let items: Vec<_> = state
-                .endpoint_slices
-                .values()
-                .filter(|e| in_scope(&e.metadata))
-                .collect();
-            let text = render(&items, g.output, || {
-                table::endpoint_slices(&items, now, g.all_namespaces)
-            })?;
-            (text, items.len())
-        }
+        Kind::Service => listed(&state.services, g, |items| {
+            table::services(items, now, wide, g.all_namespaces)
+        })?,
+        Kind::Pod => listed(&state.pods, g, |items| {
+            table::pods(items, now, wide, g.all_namespaces)
+        })?,
+        Kind::EndpointSlice => listed(&state.endpoint_slices, g, |items| {
+            table::endpoint_slices(items, now, g.all_namespaces)
+        })?,
     };
     if count == 0 {
         if let Some(name) = &g.name {
