@@ -617,7 +617,8 @@ pub fn externally_accessible(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> 
 
 /// The API server's defaults: type ClusterIP, protocol TCP, targetPort = port,
 /// sessionAffinity None (which drops sessionAffinityConfig), traffic policies
-/// Cluster, namespace default; an empty string counts as unset.
+/// Cluster, allocateLoadBalancerNodePorts true for LoadBalancer, namespace default;
+/// an empty string counts as unset.
 pub fn default_service(mut svc: Service) -> Service {
     default_namespace(&mut svc.metadata);
     let spec = svc.spec.get_or_insert_with(Default::default);
@@ -645,6 +646,9 @@ pub fn default_service(mut svc: Service) -> Service {
     }
     if externally_accessible(spec) {
         default_str(&mut spec.external_traffic_policy, "Cluster");
+    }
+    if ty == TYPE_LOAD_BALANCER {
+        spec.allocate_load_balancer_node_ports.get_or_insert(true);
     }
     for port in spec.ports.iter_mut().flatten() {
         default_str(&mut port.protocol, "TCP");

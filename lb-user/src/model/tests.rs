@@ -445,3 +445,64 @@ fn labels_selectors_annotations_and_addresses_as_the_api_server_checks_them() {
     );
     assert!(err(&huge).contains("Request entity too large: limit is 3145728"));
 }
+
+#[test]
+fn load_balancer_only_fields_as_the_api_server_checks_them() {
+    let svc = |spec: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  ports: [{{port: 80}}]\n{spec}"
+        )
+    };
+    let err = |spec: &str| {
+        parse_manifest("lb.yaml", &svc(spec))
+            .unwrap_err()
+            .to_string()
+    };
+    let only = "may only be used when `type` is 'LoadBalancer'";
+    let e = err("  type: NodePort\n  loadBalancerSourceRanges: [10.0.0.0/8]\n");
+    assert!(
+        e.contains(&format!("spec.LoadBalancerSourceRanges: Forbidden: {only}")),
+        "{e}"
+    );
+    let e = err("  type: LoadBalancer\n  loadBalancerSourceRanges: [10.0.0.0/8, nope]\n");
+    assert!(e.contains("spec.LoadBalancerSourceRanges: Invalid value: [10.0.0.0/8 nope]: must be a list of IP ranges"), "{e}");
+    let e = err("  loadBalancerClass: example.com/lb\n");
+    assert!(
+        e.contains(&format!("spec.loadBalancerClass: Forbidden: {only}")),
+        "{e}"
+    );
+    let e = err("  type: LoadBalancer\n  loadBalancerClass: \"bad class\"\n");
+    assert!(
+        e.contains("spec.loadBalancerClass: Invalid value: \"bad class\": name part must consist"),
+        "{e}"
+    );
+    let e = err("  type: NodePort\n  allocateLoadBalancerNodePorts: false\n");
+    assert!(
+        e.contains(&format!(
+            "spec.allocateLoadBalancerNodePorts: Forbidden: {only}"
+        )),
+        "{e}"
+    );
+    let e = err("  type: LoadBalancer\n  healthCheckNodePort: 31000\n");
+    assert!(e.contains("spec.healthCheckNodePort: Invalid value: 31000: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"), "{e}");
+    let bad_proto = svc("").replace("[{port: 80}]", "[{port: 80, appProtocol: \"h t t p\"}]");
+    let e = parse_manifest("lb.yaml", &bad_proto)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("spec.ports[0].appProtocol: Invalid value: \"h t t p\""),
+        "{e}"
+    );
+    // All of them where they belong.
+    let ok = svc("  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 31000\n  loadBalancerClass: example.com/lb\n  loadBalancerSourceRanges: [\"10.0.0.0/8 \", \"fd00::/64\"]\n  allocateLoadBalancerNodePorts: false\n")
+        .replace("ports: [{port: 80}]", "ports: [{port: 80, appProtocol: kubernetes.io/h2c}]");
+    parse_manifest("ok.yaml", &ok).unwrap();
+    let docs = parse_manifest("d.yaml", &svc("  type: LoadBalancer\n")).unwrap();
+    let Object::Service(s) = &docs[0].object else {
+        panic!()
+    };
+    assert_eq!(
+        s.spec.as_ref().unwrap().allocate_load_balancer_node_ports,
+        Some(true)
+    );
+}

@@ -314,6 +314,86 @@ fn validate_meta(
     validate_annotations(meta.annotations.as_ref(), errors);
 }
 
+/// The fields only a LoadBalancer service may have, as `ValidateService` checks
+/// them (its field paths and words, `spec.LoadBalancerSourceRanges` included).
+fn validate_load_balancer_fields(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    ty: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    const ONLY_LB: &str = "may only be used when `type` is 'LoadBalancer'";
+    let lb = ty == TYPE_LOAD_BALANCER;
+    let ranges = spec
+        .load_balancer_source_ranges
+        .as_deref()
+        .unwrap_or_default();
+    if !ranges.is_empty() {
+        let field = "spec.LoadBalancerSourceRanges";
+        if !lb {
+            errors.push(FieldError::forbidden(field, ONLY_LB));
+        }
+        if !ranges.iter().all(|r| is_cidr(r.trim())) {
+            errors.push(FieldError::invalid(
+                field,
+                format!("[{}]", ranges.join(" ")),
+                "must be a list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 ",
+            ));
+        }
+    }
+    if let Some(class) = spec.load_balancer_class.as_deref() {
+        if lb {
+            for msg in qualified_name_errors(class) {
+                errors.push(FieldError::invalid(
+                    "spec.loadBalancerClass",
+                    format!("\"{class}\""),
+                    msg,
+                ));
+            }
+        } else {
+            errors.push(FieldError::forbidden("spec.loadBalancerClass", ONLY_LB));
+        }
+    }
+    if spec.allocate_load_balancer_node_ports.is_some() && !lb {
+        errors.push(FieldError::forbidden(
+            "spec.allocateLoadBalancerNodePorts",
+            ONLY_LB,
+        ));
+    }
+    let local = spec.external_traffic_policy.as_deref() == Some("Local");
+    if let Some(port) = spec.health_check_node_port.filter(|p| *p != 0)
+        && !(lb && local)
+    {
+        errors.push(FieldError::invalid(
+            "spec.healthCheckNodePort",
+            port,
+            "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+        ));
+    }
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        if let Some(proto) = p.app_protocol.as_deref() {
+            for msg in qualified_name_errors(proto) {
+                errors.push(FieldError::invalid(
+                    format!("spec.ports[{i}].appProtocol"),
+                    format!("\"{proto}\""),
+                    msg,
+                ));
+            }
+        }
+    }
+}
+
+/// `ADDRESS/PREFIX`, IPv4 or IPv6.
+fn is_cidr(s: &str) -> bool {
+    let Some((addr, len)) = s.split_once('/') else {
+        return false;
+    };
+    match (addr.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
+        (Ok(std::net::IpAddr::V4(_)), Ok(l)) => l <= 32,
+        (Ok(std::net::IpAddr::V6(_)), Ok(l)) => l <= 128,
+        _ => false,
+    }
+}
+
 /// An IP address field (`field`) when set.
 fn validate_ip(field: String, ip: &str, errors: &mut Vec<FieldError>) {
     if ip.parse::<std::net::IpAddr>().is_err() {
@@ -366,6 +446,7 @@ pub fn validate_service(svc: &Service) -> Vec<FieldError> {
         validate_ip("spec.loadBalancerIP".into(), ip, &mut errors);
     }
     let ty = spec.type_.as_deref().unwrap_or(TYPE_CLUSTER_IP);
+    validate_load_balancer_fields(spec, ty, &mut errors);
     if !SERVICE_TYPES.contains(&ty) {
         errors.push(FieldError::not_supported("spec.type", ty, SERVICE_TYPES));
     }

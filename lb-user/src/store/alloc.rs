@@ -189,7 +189,10 @@ pub fn allocate(
         spec.cluster_ip = Some(ip);
     }
 
-    // nodePorts: for NodePort and LoadBalancer services, each port has one.
+    // nodePorts: for NodePort and LoadBalancer services, each port has one (a
+    // LoadBalancer with allocateLoadBalancerNodePorts false: only those asked for).
+    let allocate_all = ty == TYPE_NODE_PORT
+        || (ty == TYPE_LOAD_BALANCER && spec.allocate_load_balancer_node_ports != Some(false));
     if ty == TYPE_NODE_PORT || ty == TYPE_LOAD_BALANCER {
         let mut used = taken.node_ports.clone();
         let old_ports = old_spec.and_then(|s| s.ports.clone()).unwrap_or_default();
@@ -224,7 +227,10 @@ pub fn allocate(
                 used.insert(np as u16);
             }
         }
-        for p in ports.iter_mut().filter(|p| p.node_port.is_none()) {
+        for p in ports
+            .iter_mut()
+            .filter(|p| p.node_port.is_none() && allocate_all)
+        {
             // Re-apply keeps the nodePort of the same port (by name, else number and protocol).
             let kept = old_ports
                 .iter()

@@ -131,3 +131,22 @@ fn load_balancer_addresses_come_from_the_pools_and_go_with_the_type() {
     assign_load_balancer_ips(&mut state, &pools);
     assert!(lb_ingress_ips(&state.services[&key("a")]).is_empty());
 }
+
+#[test]
+fn a_load_balancer_without_node_ports_gets_none() {
+    let (alloc, taken) = (Allocation::default(), Taken::of(&State::default()));
+    let mut lb = svc(TYPE_LOAD_BALANCER, None, None);
+    lb.spec.as_mut().unwrap().allocate_load_balancer_node_ports = Some(false);
+    allocate(&taken, &mut lb, None, &alloc).unwrap();
+    assert_eq!(
+        lb.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].node_port,
+        None
+    );
+    let mut lb = svc(TYPE_LOAD_BALANCER, None, None);
+    allocate(&taken, &mut lb, None, &alloc).unwrap();
+    assert!(
+        lb.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+            .node_port
+            .is_some()
+    );
+}
