@@ -91,6 +91,8 @@ struct Agent {
     plan_all: bool,
     /// Services whose entries the maps refused, with why (re-planned every tick).
     refused: BTreeMap<ObjectKey, String>,
+    /// What the status file says (None: not written yet by this agent).
+    published: Option<BTreeMap<ObjectKey, String>>,
     store_dir: PathBuf,
     /// The routes pods were last followed with (the tick skips the walk over every
     /// endpoint while they stay the same).
@@ -169,6 +171,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         tracked: Tracked::default(),
         plan_all: true,
         refused: BTreeMap::new(),
+        published: None,
         store_dir: opts.store.clone(),
         known_routes: None,
         announcer: Announcer::new(&opts.store, &opts.node_name, &opts.ifaces[0]),
@@ -378,9 +381,7 @@ impl Agent {
                 self.one_by_one(full, &services, &plans)?
             }
         };
-        if self.refused.len() != refused_before || !self.refused.is_empty() {
-            self.publish_refused();
-        }
+        self.publish_refused();
         // A refusal healed: one full plan takes whatever the retries left behind.
         self.plan_all = refused_before > 0 && self.refused.is_empty() && !full;
         // Flows to endpoints that are gone end: their conntrack entries go, so the
@@ -494,8 +495,12 @@ impl Agent {
         Ok((writes, gone))
     }
 
-    /// Writes the refused services where `lb describe` finds them.
-    fn publish_refused(&self) {
+    /// Writes the refused services where `lb describe` finds them, when they differ
+    /// from what was written last.
+    fn publish_refused(&mut self) {
+        if self.published.as_ref() == Some(&self.refused) {
+            return;
+        }
         let status = NodeStatus {
             node: self.node.name.clone(),
             refused: self
@@ -504,11 +509,9 @@ impl Agent {
                 .map(|(k, e)| (k.to_string(), e.clone()))
                 .collect(),
         };
-        if status::read(&self.store_dir, &self.node.name).as_ref() == Some(&status) {
-            return;
-        }
-        if let Err(e) = status::write(&self.store_dir, &status) {
-            warn!(error = %e, "cannot write the node's status file");
+        match status::write(&self.store_dir, &status) {
+            Ok(()) => self.published = Some(self.refused.clone()),
+            Err(e) => warn!(error = %e, "cannot write the node's status file"),
         }
     }
 

@@ -346,7 +346,7 @@ impl Programmed {
         let mut words: BTreeSet<u32> = changed
             .map(|f| port_bit(u16::from_be(f.port_be)).0)
             .collect();
-        let after = self.entries.services.len() - old.services.len() + new.services.len();
+        let after = self.frontends_after(old, new);
         let snat_words = port_bit(SNAT_PORT_MIN).0..=port_bit(SNAT_PORT_MAX).0;
         if self.entries.services.is_empty() != (after == 0) {
             words.extend(snat_words.clone());
@@ -366,6 +366,12 @@ impl Programmed {
         words
     }
 
+    /// How many frontends the maps hold once `old` (entries they hold) is replaced
+    /// by `new`.
+    fn frontends_after(&self, old: &Entries, new: &Entries) -> usize {
+        self.entries.services.len() - old.services.len() + new.services.len()
+    }
+
     /// Sets `words` of `new.ports` as the counts of frontends per port will be once
     /// `old` is replaced by `new`. The SNAT range is marked while any frontend
     /// exists, so replies of SNAT flows pass the filter.
@@ -377,7 +383,7 @@ impl Programmed {
         for f in new.services.keys() {
             *delta.entry(u16::from_be(f.port_be)).or_default() += 1;
         }
-        let after = self.entries.services.len() - old.services.len() + new.services.len();
+        let after = self.frontends_after(old, new);
         for &w in words {
             let mut bits = 0u64;
             for port in (w * 64)..(w * 64 + 64) {

@@ -138,13 +138,13 @@ fn external_ip(svc: &Service) -> String {
 }
 
 fn selector(svc: &Service) -> String {
-    match svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.as_ref())
-        .filter(|s| !s.is_empty())
-    {
-        Some(sel) => sel
+    key_values(svc.spec.as_ref().and_then(|s| s.selector.as_ref()))
+}
+
+/// Labels or a selector as kubectl prints them: `k=v,k2=v2`, or `<none>`.
+fn key_values(m: Option<&std::collections::BTreeMap<String, String>>) -> String {
+    match m.filter(|m| !m.is_empty()) {
+        Some(m) => m
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
@@ -321,16 +321,6 @@ pub fn describe_service(
 ) -> String {
     use std::fmt::Write as _;
     let spec = svc.spec.clone().unwrap_or_default();
-    let kv = |m: Option<&std::collections::BTreeMap<String, String>>| match m
-        .filter(|m| !m.is_empty())
-    {
-        Some(m) => m
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(","),
-        None => "<none>".into(),
-    };
     let mut out = String::new();
     let line = |out: &mut String, label: &str, value: String| {
         let _ = writeln!(
@@ -350,8 +340,8 @@ pub fn describe_service(
         "Namespace",
         svc.metadata.namespace.clone().unwrap_or_default(),
     );
-    line(&mut out, "Labels", kv(svc.metadata.labels.as_ref()));
-    line(&mut out, "Selector", kv(spec.selector.as_ref()));
+    line(&mut out, "Labels", key_values(svc.metadata.labels.as_ref()));
+    line(&mut out, "Selector", key_values(spec.selector.as_ref()));
     line(&mut out, "Type", service_type(svc).to_string());
     line(
         &mut out,

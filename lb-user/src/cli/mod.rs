@@ -137,10 +137,11 @@ impl AllocationArgs {
             .service_cidr
             .as_deref()
             .map(|c| {
-                c.split_once('/')
-                    .and_then(|(n, l)| {
-                        Some((n.parse().ok()?, l.parse::<u8>().ok().filter(|l| *l <= 30)?))
-                    })
+                // At most /30: a service CIDR needs addresses beside its network,
+                // broadcast and first host.
+                crate::netif::parse_cidr(c)
+                    .ok()
+                    .filter(|(_, len)| *len <= 30)
                     .ok_or_else(|| {
                         anyhow!("--service-cidr {c}: want an IPv4 CIDR such as 10.96.0.0/12")
                     })

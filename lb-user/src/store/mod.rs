@@ -545,13 +545,7 @@ impl Store {
 
 /// The ranges in `meta` (None until the first write records them).
 fn stored_ranges(conn: &Connection) -> rusqlite::Result<Option<Allocation>> {
-    let get = |name| -> rusqlite::Result<Option<u64>> {
-        conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
-            r.get::<_, i64>(0)
-        })
-        .optional()
-        .map(|v| v.map(|v| v as u64))
-    };
+    let get = |name| meta_set(conn, name);
     let (Some(addr), Some(len), Some(lo), Some(hi)) = (
         get("service_cidr_addr")?,
         get("service_cidr_len")?,
@@ -594,11 +588,16 @@ fn set_meta(conn: &Connection, name: &str, value: u64) -> rusqlite::Result<()> {
 
 /// A `meta` value (0 when unset).
 fn meta(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
+    meta_set(conn, name).map(Option::unwrap_or_default)
+}
+
+/// A `meta` value, if set.
+fn meta_set(conn: &Connection, name: &str) -> rusqlite::Result<Option<u64>> {
     conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
         r.get::<_, i64>(0)
     })
     .optional()
-    .map(|v| v.unwrap_or(0) as u64)
+    .map(|v| v.map(|v| v as u64))
 }
 
 #[cfg(test)]
