@@ -338,7 +338,7 @@ mod tests {
 
     fn pod(labels: &str) -> String {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, labels: {labels}}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{podIP: 10.244.0.2}}\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, labels: {labels}}}\nspec: {{containers: [{{name: c, image: app}}]}}\nstatus: {{podIP: 10.244.0.2}}\n"
         )
     }
 

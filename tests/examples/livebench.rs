@@ -229,7 +229,7 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
             let lb = Lb::new(&mut t)?;
             // The pod is declared, so the agent knows lxc0 as a pod's interface.
             lb.apply(&format!(
-                "{}apiVersion: v1\nkind: Pod\nmetadata:\n  name: sink\nspec:\n  nodeName: node1\n  containers: [{{name: c}}]\nstatus:\n  podIP: {}\n",
+                "{}apiVersion: v1\nkind: Pod\nmetadata:\n  name: sink\nspec:\n  nodeName: node1\n  containers: [{{name: c, image: app}}]\nstatus:\n  podIP: {}\n",
                 scale::lb_manifests(services),
                 seeds::POD_IP
             ))?;
@@ -331,7 +331,7 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
     )?;
     let lb = Lb::new(&mut t)?;
     lb.apply(&format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  selector: {{app: web}}\n  ports:\n  - {{port: 80, protocol: UDP, targetPort: 8080, nodePort: {MEASURED_NODE_PORT}}}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: n2p0\n  labels: {{app: web}}\nspec:\n  nodeName: node2\n  containers: [{{name: c}}]\nstatus:\n  podIP: {}\n",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  selector: {{app: web}}\n  ports:\n  - {{port: 80, protocol: UDP, targetPort: 8080, nodePort: {MEASURED_NODE_PORT}}}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: n2p0\n  labels: {{app: web}}\nspec:\n  nodeName: node2\n  containers: [{{name: c, image: app}}]\nstatus:\n  podIP: {}\n",
         multinode::pod_ip(1, 0)
     ))?;
     lb.start_agent_with(&mut t, &node1, "node1", &["eth0"], agent_args)?;

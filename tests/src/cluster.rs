@@ -27,7 +27,7 @@ pub fn pod_yaml(name: &str, ip: &str, app: &str, ports: &[(&str, u16, &str)]) ->
         .map(|(n, p, proto)| format!("{{name: {n}, containerPort: {p}, protocol: {proto}}}"))
         .collect();
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {app}}}\nspec:\n  containers:\n  - name: c\n    ports: [{}]\nstatus:\n  podIP: {ip}\n---\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {app}}}\nspec:\n  containers:\n  - name: c\n    image: app\n    ports: [{}]\nstatus:\n  podIP: {ip}\n---\n",
         ports.join(", ")
     )
 }

@@ -84,7 +84,7 @@ pub fn lb_manifests(n: usize) -> String {
 /// conditions reported).
 fn pod(i: usize, j: usize, addr: Ipv4Addr) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: s{i}-{j}\n  labels: {{app: s{i}}}\nspec:\n  nodeName: node1\n  containers: [{{name: c}}]\nstatus:\n  podIP: {addr}\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: s{i}-{j}\n  labels: {{app: s{i}}}\nspec:\n  nodeName: node1\n  containers: [{{name: c, image: app}}]\nstatus:\n  podIP: {addr}\n---\n"
     )
 }
 

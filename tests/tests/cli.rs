@@ -26,7 +26,7 @@ impl Drop for Scratch {
     }
 }
 
-const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hello\n  labels: {app: hello}\nspec:\n  containers:\n  - name: web\n    ports: [{containerPort: 80}]\nstatus:\n  podIP: 10.244.0.2\n";
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hello\n  labels: {app: hello}\nspec:\n  containers:\n  - name: web\n    image: app\n    ports: [{containerPort: 80}]\nstatus:\n  podIP: 10.244.0.2\n";
 
 #[test]
 fn expose_makes_a_service_from_a_pods_labels() {

@@ -59,7 +59,7 @@ fn cluster_with(
         .iter()
         .map(|(n, i)| {
             format!(
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: n{}p{i}\n  labels: {{app: web}}\nspec:\n  nodeName: node{}\n  containers: [{{name: c}}]\nstatus:\n  podIP: {}\n---\n",
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: n{}p{i}\n  labels: {{app: web}}\nspec:\n  nodeName: node{}\n  containers: [{{name: c, image: app}}]\nstatus:\n  podIP: {}\n---\n",
                 n + 1,
                 n + 1,
                 pod_ip(*n, *i)

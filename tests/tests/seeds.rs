@@ -274,14 +274,14 @@ fn a_pod_added_after_the_agent_started_reaches_a_cluster_ip() {
     let lb = Lb::new(&mut t).unwrap();
     lb.apply(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.80\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: 8080\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels:\n    app: web\nspec:\n  containers:\n  - name: c\nstatus:\n  podIP: 10.244.0.2\n",
+         apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels:\n    app: web\nspec:\n  containers:\n  - name: c\n    image: app\nstatus:\n  podIP: 10.244.0.2\n",
     )
     .unwrap();
     lb.start_agent(&mut t, &s.node, "node1", &["eth0"]).unwrap();
 
     // A client pod appears after the agent: its veth gets lb's TC programs by itself.
     let client = seeds::pod(&mut t, &s.node, "client", "lxc2", "10.244.0.3").unwrap();
-    lb.apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\nspec:\n  containers:\n  - name: c\nstatus:\n  podIP: 10.244.0.3\n")
+    lb.apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\nspec:\n  containers:\n  - name: c\n    image: app\nstatus:\n  podIP: 10.244.0.3\n")
         .unwrap();
     let body = Topology::wait_for(Duration::from_secs(10), || {
         curl(&t, &client, "http://10.96.0.80")

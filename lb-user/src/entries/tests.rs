@@ -111,7 +111,7 @@ fn svc(name: &str, spec: &str) -> String {
 
 fn pod(name: &str, ip: &str, app: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {app}}}\nspec:\n  containers:\n  - name: c\n    ports: [{{name: web, containerPort: 8080}}]\nstatus:\n  podIP: {ip}\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {app}}}\nspec:\n  containers:\n  - name: c\n    image: app\n    ports: [{{name: web, containerPort: 8080}}]\nstatus:\n  podIP: {ip}\n---\n"
     )
 }
 

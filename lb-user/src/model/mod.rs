@@ -15,7 +15,10 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 
-pub use validate::{FieldError, validate_endpoint_slice, validate_pod, validate_service};
+pub use validate::{
+    FieldError, validate_endpoint_slice, validate_endpoint_slice_update, validate_pod,
+    validate_service, validate_service_update,
+};
 
 /// What `lb apply` reads, for messages.
 const KNOWN_KINDS: &str = "lb reads v1 Service, v1 Pod and discovery.k8s.io/v1 EndpointSlice";
@@ -540,7 +543,7 @@ fn parse_object(
         }
     }
     let errors = match &object {
-        Object::Service(s) => validate_service(s),
+        Object::Service(s) => validate::validate_service_manifest(s),
         Object::Pod(p) => validate_pod(p),
         Object::EndpointSlice(e) => validate_endpoint_slice(e),
     };
@@ -639,10 +642,22 @@ pub fn default_service(mut svc: Service) -> Service {
     if ty != TYPE_EXTERNAL_NAME {
         spec.internal_traffic_policy
             .get_or_insert_with(|| "Cluster".to_string());
-        spec.ip_families
-            .get_or_insert_with(|| vec!["IPv4".to_string()]);
-        spec.ip_family_policy
-            .get_or_insert_with(|| "SingleStack".to_string());
+    }
+    // v1's pair: clusterIP is the first of clusterIPs; either one given sets the
+    // other (the families and their policy are the allocator's, which knows the
+    // cluster's).
+    let first = spec
+        .cluster_ips
+        .as_ref()
+        .and_then(|ips| ips.first())
+        .cloned();
+    match (
+        spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty()),
+        first,
+    ) {
+        (Some(ip), None) => spec.cluster_ips = Some(vec![ip.to_string()]),
+        (None, Some(first)) => spec.cluster_ip = Some(first),
+        _ => {}
     }
     if externally_accessible(spec) {
         default_str(&mut spec.external_traffic_policy, "Cluster");

@@ -1,7 +1,11 @@
 //! Validation of single objects, with the API server's field paths and messages
 //! (`spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive`).
 
-use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use k8s_openapi::{
     api::{
@@ -40,6 +44,9 @@ pub enum FieldErrorKind {
         detail: String,
     },
     TooLong {
+        max: usize,
+    },
+    TooMany {
         max: usize,
     },
 }
@@ -120,6 +127,9 @@ impl fmt::Display for FieldError {
             FieldErrorKind::TooLong { max } => {
                 write!(f, "{field}: Too long: may not be more than {max} bytes")
             }
+            FieldErrorKind::TooMany { max } => {
+                write!(f, "{field}: Too many: must have at most {max} items")
+            }
         }
     }
 }
@@ -134,7 +144,19 @@ const SERVICE_TYPES: &[&str] = &[
 /// has no SCTP): refused rather than silently not served.
 const PROTOCOLS: &[&str] = &["TCP", "UDP"];
 const AFFINITIES: &[&str] = &["ClientIP", "None"];
+/// What Kubernetes accepts as a port protocol (Pods and EndpointSlices keep SCTP;
+/// a Service asking lb to balance it is refused, see `PROTOCOLS`).
+const ALL_PROTOCOLS: &[&str] = &["SCTP", "TCP", "UDP"];
+const RESTART_POLICIES: &[&str] = &["Always", "Never", "OnFailure"];
+const DNS_POLICIES: &[&str] = &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"];
 const TRAFFIC_POLICIES: &[&str] = &["Cluster", "Local"];
+const TRAFFIC_DISTRIBUTIONS: &[&str] = &["PreferClose", "PreferSameNode", "PreferSameZone"];
+const IP_FAMILIES: &[&str] = &["IPv4", "IPv6"];
+const IP_FAMILY_POLICIES: &[&str] = &["PreferDualStack", "RequireDualStack", "SingleStack"];
+/// The annotation cloud load balancers read before `spec.loadBalancerSourceRanges`.
+pub const ANNOTATION_SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+const ANNOTATION_TOPOLOGY_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
+const ANNOTATION_TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
 const DNS1035_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
@@ -309,6 +331,30 @@ fn validate_meta(
     errors: &mut Vec<FieldError>,
 ) {
     validate_meta_name(meta.name.as_deref(), dns1035, errors);
+    if let Some(g) = meta.generate_name.as_deref().filter(|g| !g.is_empty()) {
+        // The API server checks a prefix as the name it will be, a trailing '-'
+        // standing for the random suffix.
+        let masked = match g.strip_suffix('-') {
+            Some(head) if g.len() > 1 => format!("{}a", &head[..head.len().saturating_sub(1)]),
+            _ => g.to_string(),
+        };
+        let ok = if dns1035 {
+            is_dns1035_label(&masked)
+        } else {
+            is_dns1123_subdomain(&masked)
+        };
+        if !ok {
+            errors.push(FieldError::invalid(
+                "metadata.generateName",
+                format!("\"{g}\""),
+                if dns1035 {
+                    DNS1035_MSG
+                } else {
+                    DNS1123_SUBDOMAIN_MSG
+                },
+            ));
+        }
+    }
     validate_namespace(meta.namespace.as_deref(), errors);
     validate_labels(meta.labels.as_ref(), "metadata.labels", errors);
     validate_annotations(meta.annotations.as_ref(), errors);
@@ -394,6 +440,184 @@ fn is_cidr(s: &str) -> bool {
     }
 }
 
+/// `spec.clusterIP` and `spec.clusterIPs` (the v1 pair the API server reconciles:
+/// the first of the list is `clusterIP`): at most two, `None` alone, each an IP
+/// address, two of different families.
+fn validate_cluster_ips(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    errors: &mut Vec<FieldError>,
+) {
+    let single = spec
+        .cluster_ip
+        .iter()
+        .filter(|ip| !ip.is_empty())
+        .cloned()
+        .collect::<Vec<_>>();
+    let ips = match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => ips,
+        _ => single.as_slice(),
+    };
+    if let (Some(ip), Some(first)) = (spec.cluster_ip.as_deref(), ips.first())
+        && !ip.is_empty()
+        && ip != first
+    {
+        errors.push(FieldError::invalid(
+            "spec.clusterIPs",
+            format!("{ips:?}"),
+            "element [0] must match clusterIP",
+        ));
+    }
+    if ips.len() > 2 {
+        errors.push(FieldError::invalid(
+            "spec.clusterIPs",
+            format!("{ips:?}"),
+            "may only hold up to 2 values",
+        ));
+    }
+    let mut families = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        let field = format!("spec.clusterIPs[{i}]");
+        if ip == CLUSTER_IP_NONE {
+            if ips.len() > 1 {
+                errors.push(FieldError::invalid(
+                    field,
+                    format!("\"{ip}\""),
+                    "must not be 'None' when more than one value is given",
+                ));
+            }
+            continue;
+        }
+        match ip.parse::<IpAddr>() {
+            Ok(addr) => families.push(addr.is_ipv4()),
+            Err(_) => errors.push(FieldError::invalid(
+                field,
+                format!("\"{ip}\""),
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            )),
+        }
+    }
+    if let [a, b] = families.as_slice()
+        && a == b
+    {
+        errors.push(FieldError::invalid(
+            "spec.clusterIPs[1]",
+            format!("{ips:?}"),
+            "may not have the same family as the first value",
+        ));
+    }
+}
+
+/// `spec.ipFamilyPolicy` and `spec.ipFamilies` as values (whether the cluster
+/// serves them is the allocator's question).
+fn validate_ip_families(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    errors: &mut Vec<FieldError>,
+) {
+    if let Some(p) = spec.ip_family_policy.as_deref()
+        && !IP_FAMILY_POLICIES.contains(&p)
+    {
+        errors.push(FieldError::not_supported(
+            "spec.ipFamilyPolicy",
+            p,
+            IP_FAMILY_POLICIES,
+        ));
+    }
+    let families = spec.ip_families.as_deref().unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    for (i, f) in families.iter().enumerate() {
+        let field = format!("spec.ipFamilies[{i}]");
+        if !IP_FAMILIES.contains(&f.as_str()) {
+            errors.push(FieldError::not_supported(field, f, IP_FAMILIES));
+        } else if !seen.insert(f.as_str()) {
+            errors.push(FieldError::duplicate(field, format!("\"{f}\"")));
+        }
+    }
+    if families.len() > 2 {
+        errors.push(FieldError::invalid(
+            "spec.ipFamilies",
+            format!("{families:?}"),
+            "may specify no more than one IP for each IP family, i.e 2 IPs",
+        ));
+    }
+}
+
+/// The service annotations the API server checks: the source-ranges annotation
+/// (read when `spec.loadBalancerSourceRanges` is empty) and the two topology
+/// annotations, which must agree.
+fn validate_service_annotations(svc: &Service, errors: &mut Vec<FieldError>) {
+    let annotations = svc.metadata.annotations.as_ref();
+    let spec = svc.spec.as_ref();
+    let ranges_set = spec
+        .and_then(|s| s.load_balancer_source_ranges.as_ref())
+        .is_some_and(|r| !r.is_empty());
+    if !ranges_set && let Some(val) = annotations.and_then(|a| a.get(ANNOTATION_SOURCE_RANGES)) {
+        let field = format!("metadata.annotations[{ANNOTATION_SOURCE_RANGES}]");
+        if spec.and_then(|s| s.type_.as_deref()) != Some(TYPE_LOAD_BALANCER) {
+            errors.push(FieldError::forbidden(
+                field.clone(),
+                "may only be used when `type` is 'LoadBalancer'",
+            ));
+        }
+        let val = val.trim();
+        if !val.is_empty() {
+            for cidr in val.split(',').map(str::trim) {
+                if !is_cidr(cidr) {
+                    errors.push(FieldError::invalid(
+                        field.clone(),
+                        format!("\"{cidr}\""),
+                        "must be a comma separated list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 ",
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(hints) = annotations.and_then(|a| a.get(ANNOTATION_TOPOLOGY_HINTS))
+        && let Some(mode) = annotations.and_then(|a| a.get(ANNOTATION_TOPOLOGY_MODE))
+        && hints != mode
+    {
+        errors.push(FieldError::invalid(
+            format!("metadata.annotations[{ANNOTATION_TOPOLOGY_HINTS}]"),
+            format!("\"{hints}\""),
+            format!("must match annotations[{ANNOTATION_TOPOLOGY_MODE}] when both are specified"),
+        ));
+    }
+}
+
+/// Why `ip` may not be used where traffic is sent to it (the API server's
+/// `ValidateNonSpecialIP`), if it may not.
+fn special_ip(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => Some("may not be unspecified (0.0.0.0)"),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some("may not be unspecified (::)"),
+        ip if ip.is_loopback() => Some("may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+        IpAddr::V4(v4) if v4.is_link_local() => {
+            Some("may not be in the link-local range (169.254.0.0/16, fe80::/10)")
+        }
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => {
+            Some("may not be in the link-local range (169.254.0.0/16, fe80::/10)")
+        }
+        IpAddr::V4(v4) if v4.octets()[..3] == [224, 0, 0] => {
+            Some("may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)")
+        }
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xff00 && v6.segments()[0] & 0xf == 2 => {
+            Some("may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)")
+        }
+        _ => None,
+    }
+}
+
+/// An address traffic is sent to: an IP address, not a special one.
+fn validate_non_special_ip(field: String, ip: &str, errors: &mut Vec<FieldError>) {
+    match ip.parse::<IpAddr>() {
+        Err(_) => validate_ip(field, ip, errors),
+        Ok(addr) => {
+            if let Some(why) = special_ip(addr) {
+                errors.push(FieldError::invalid(field, format!("\"{ip}\""), why));
+            }
+        }
+    }
+}
+
 /// An IP address field (`field`) when set.
 fn validate_ip(field: String, ip: &str, errors: &mut Vec<FieldError>) {
     if ip.parse::<std::net::IpAddr>().is_err() {
@@ -428,6 +652,42 @@ fn validate_namespace(ns: Option<&str>, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// What a manifest can be refused for before it meets the stored object: all of
+/// [`validate_service`] but the fields its type does not use, which an update
+/// over a stored service clears when they repeat the stored value (the REST
+/// strategy's `dropTypeDependentFields`); the store validates the object again as
+/// it will be stored.
+pub fn validate_service_manifest(svc: &Service) -> Vec<FieldError> {
+    let mut svc = svc.clone();
+    if let Some(spec) = svc.spec.as_mut() {
+        let ty = spec.type_.clone().unwrap_or_default();
+        let lb = ty == TYPE_LOAD_BALANCER;
+        if ty == TYPE_EXTERNAL_NAME {
+            spec.cluster_ip = None;
+            spec.cluster_ips = None;
+            spec.ip_families = None;
+            spec.ip_family_policy = None;
+        }
+        if ty != TYPE_NODE_PORT && !lb {
+            spec.ports
+                .iter_mut()
+                .flatten()
+                .for_each(|p| p.node_port = None);
+        }
+        if !(lb && spec.external_traffic_policy.as_deref() == Some("Local")) {
+            spec.health_check_node_port = None;
+        }
+        if !lb {
+            spec.allocate_load_balancer_node_ports = None;
+            spec.load_balancer_class = None;
+        }
+        if !super::externally_accessible(spec) {
+            spec.external_traffic_policy = None;
+        }
+    }
+    validate_service(&svc)
+}
+
 /// Everything that can be checked on the service alone (after defaulting). The
 /// nodePort range, the service CIDR and values taken by other services are checked by
 /// the store, which knows them.
@@ -440,8 +700,19 @@ pub fn validate_service(svc: &Service) -> Vec<FieldError> {
     };
     validate_labels(spec.selector.as_ref(), "spec.selector", &mut errors);
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
-        validate_ip(format!("spec.externalIPs[{i}]"), ip, &mut errors);
+        validate_non_special_ip(format!("spec.externalIPs[{i}]"), ip, &mut errors);
     }
+    validate_service_annotations(svc, &mut errors);
+    if let Some(td) = spec.traffic_distribution.as_deref()
+        && !TRAFFIC_DISTRIBUTIONS.contains(&td)
+    {
+        errors.push(FieldError::not_supported(
+            "spec.trafficDistribution",
+            td,
+            TRAFFIC_DISTRIBUTIONS,
+        ));
+    }
+    validate_ip_families(spec, &mut errors);
     if let Some(ip) = spec.load_balancer_ip.as_deref().filter(|ip| !ip.is_empty()) {
         validate_ip("spec.loadBalancerIP".into(), ip, &mut errors);
     }
@@ -451,17 +722,7 @@ pub fn validate_service(svc: &Service) -> Vec<FieldError> {
         errors.push(FieldError::not_supported("spec.type", ty, SERVICE_TYPES));
     }
     let headless = spec.cluster_ip.as_deref() == Some(CLUSTER_IP_NONE);
-    if let Some(ip) = spec.cluster_ip.as_deref()
-        && !headless
-        && !ip.is_empty()
-        && ip.parse::<Ipv4Addr>().is_err()
-    {
-        errors.push(FieldError::invalid(
-            "spec.clusterIPs[0]",
-            ip,
-            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
-        ));
-    }
+    validate_cluster_ips(spec, &mut errors);
     if ty == TYPE_EXTERNAL_NAME {
         if spec.cluster_ip.as_deref().is_some_and(|ip| !ip.is_empty())
             || spec.cluster_ips.as_ref().is_some_and(|ips| !ips.is_empty())
@@ -619,6 +880,9 @@ pub fn validate_service(svc: &Service) -> Vec<FieldError> {
     errors
 }
 
+/// A Pod as the API server checks the fields lb reads or a manifest must have:
+/// metadata, containers (name, image, ports), restartPolicy, dnsPolicy, nodeName and
+/// the declared address.
 pub fn validate_pod(pod: &Pod) -> Vec<FieldError> {
     let mut errors = Vec::new();
     validate_meta(&pod.metadata, false, &mut errors);
@@ -631,23 +895,68 @@ pub fn validate_pod(pod: &Pod) -> Vec<FieldError> {
             "must be a valid IPv4 address",
         ));
     }
-    if let Some(name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
-        && !name.is_empty()
-    {
+    let Some(spec) = &pod.spec else {
+        errors.push(FieldError::required("spec.containers"));
+        return errors;
+    };
+    if let Some(name) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
         validate_node_name("spec.nodeName".into(), name, &mut errors);
     }
-    if let Some(spec) = &pod.spec {
+    if let Some(p) = spec.restart_policy.as_deref()
+        && !RESTART_POLICIES.contains(&p)
+    {
+        errors.push(FieldError::not_supported(
+            "spec.restartPolicy",
+            p,
+            RESTART_POLICIES,
+        ));
+    }
+    if let Some(p) = spec.dns_policy.as_deref()
+        && !DNS_POLICIES.contains(&p)
+    {
+        errors.push(FieldError::not_supported("spec.dnsPolicy", p, DNS_POLICIES));
+    }
+    if spec.containers.is_empty() {
+        errors.push(FieldError::required("spec.containers"));
+    }
+    let mut container_names = BTreeSet::new();
+    for (ci, c) in spec.containers.iter().enumerate() {
+        let cf = |field: &str| format!("spec.containers[{ci}].{field}");
+        if c.name.is_empty() {
+            errors.push(FieldError::required(cf("name")));
+        } else if !is_dns1123_label(&c.name) {
+            errors.push(FieldError::invalid(
+                cf("name"),
+                format!("\"{}\"", c.name),
+                DNS1123_LABEL_MSG,
+            ));
+        } else if !container_names.insert(c.name.as_str()) {
+            errors.push(FieldError::duplicate(cf("name"), format!("\"{}\"", c.name)));
+        }
+        if c.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+            errors.push(FieldError::required(cf("image")));
+        }
         let mut names = BTreeSet::new();
-        for (ci, c) in spec.containers.iter().enumerate() {
-            for (pi, p) in c.ports.iter().flatten().enumerate() {
-                let f = |field: &str| format!("spec.containers[{ci}].ports[{pi}].{field}");
-                port_in_range(f("containerPort"), p.container_port, &mut errors);
-                if let Some(name) = p.name.as_deref() {
-                    if !is_port_name(name) {
-                        errors.push(FieldError::invalid(f("name"), format!("\"{name}\""), "must be an IANA_SVC_NAME (at most 15 characters, lower case alphanumeric and '-', at least one letter)"));
-                    } else if !names.insert(name) {
-                        errors.push(FieldError::duplicate(f("name"), format!("\"{name}\"")));
-                    }
+        for (pi, p) in c.ports.iter().flatten().enumerate() {
+            let f = |field: &str| format!("spec.containers[{ci}].ports[{pi}].{field}");
+            port_in_range(f("containerPort"), p.container_port, &mut errors);
+            if let Some(hp) = p.host_port.filter(|hp| *hp != 0) {
+                port_in_range(f("hostPort"), hp, &mut errors);
+            }
+            if let Some(proto) = p.protocol.as_deref()
+                && !ALL_PROTOCOLS.contains(&proto)
+            {
+                errors.push(FieldError::not_supported(
+                    f("protocol"),
+                    proto,
+                    ALL_PROTOCOLS,
+                ));
+            }
+            if let Some(name) = p.name.as_deref() {
+                if !is_port_name(name) {
+                    errors.push(FieldError::invalid(f("name"), format!("\"{name}\""), "must be an IANA_SVC_NAME (at most 15 characters, lower case alphanumeric and '-', at least one letter)"));
+                } else if !names.insert(name) {
+                    errors.push(FieldError::duplicate(f("name"), format!("\"{name}\"")));
                 }
             }
         }
@@ -679,22 +988,104 @@ pub fn validate_endpoint_slice(slice: &EndpointSlice) -> Vec<FieldError> {
         ));
     }
     for (i, ep) in slice.endpoints.iter().enumerate() {
+        let f = |field: &str| format!("endpoints[{i}].{field}");
         if let Some(name) = ep.node_name.as_deref() {
-            validate_node_name(format!("endpoints[{i}].nodeName"), name, &mut errors);
+            validate_node_name(f("nodeName"), name, &mut errors);
+        }
+        if let Some(host) = ep.hostname.as_deref()
+            && !is_dns1123_label(host)
+        {
+            errors.push(FieldError::invalid(
+                f("hostname"),
+                format!("\"{host}\""),
+                DNS1123_LABEL_MSG,
+            ));
         }
         if ep.addresses.is_empty() || ep.addresses.len() > 100 {
             errors.push(FieldError::invalid(
-                format!("endpoints[{i}].addresses"),
+                f("addresses"),
                 ep.addresses.len(),
                 "must have at least 1 and at most 100 addresses",
             ));
         }
         for (j, a) in ep.addresses.iter().enumerate() {
-            if ty == "IPv4" && a.parse::<Ipv4Addr>().is_err() {
+            let field = format!("endpoints[{i}].addresses[{j}]");
+            match ty {
+                "IPv4" | "IPv6" => match a.parse::<IpAddr>() {
+                    Ok(addr) if addr.is_ipv4() == (ty == "IPv4") => {
+                        validate_non_special_ip(field, a, &mut errors);
+                    }
+                    _ => errors.push(FieldError::invalid(
+                        field,
+                        format!("\"{a}\""),
+                        format!("must be a valid {ty} address"),
+                    )),
+                },
+                "FQDN" => {
+                    let name = a.strip_suffix('.').unwrap_or(a);
+                    if !is_dns1123_subdomain(name) {
+                        errors.push(FieldError::invalid(
+                            field,
+                            format!("\"{a}\""),
+                            DNS1123_SUBDOMAIN_MSG,
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(zone) = ep.zone.as_deref() {
+            for msg in label_value_errors(zone) {
+                errors.push(FieldError::invalid(f("zone"), format!("\"{zone}\""), msg));
+            }
+        }
+        if let Some(topology) = &ep.deprecated_topology {
+            if topology.len() > 16 {
+                errors.push(FieldError {
+                    field: f("deprecatedTopology"),
+                    kind: FieldErrorKind::TooMany { max: 16 },
+                });
+            }
+            validate_labels(Some(topology), &f("deprecatedTopology"), &mut errors);
+        }
+        if let Some(hints) = &ep.hints {
+            let zones = hints.for_zones.as_deref().unwrap_or_default();
+            if zones.len() > 8 {
+                errors.push(FieldError {
+                    field: f("hints.forZones"),
+                    kind: FieldErrorKind::TooMany { max: 8 },
+                });
+            }
+            let mut seen = BTreeSet::new();
+            for (z, zone) in zones.iter().enumerate() {
+                let field = format!("endpoints[{i}].hints.forZones[{z}].name");
+                for msg in label_value_errors(&zone.name) {
+                    errors.push(FieldError::invalid(
+                        field.clone(),
+                        format!("\"{}\"", zone.name),
+                        msg,
+                    ));
+                }
+                if !seen.insert(zone.name.as_str()) {
+                    errors.push(FieldError::duplicate(field, format!("\"{}\"", zone.name)));
+                }
+            }
+        }
+    }
+    let ports = slice.ports.as_deref().unwrap_or_default();
+    if ports.len() > 20_000 {
+        errors.push(FieldError {
+            field: "ports".into(),
+            kind: FieldErrorKind::TooMany { max: 20_000 },
+        });
+    }
+    for (i, p) in ports.iter().enumerate() {
+        if let Some(proto) = p.app_protocol.as_deref() {
+            for msg in qualified_name_errors(proto) {
                 errors.push(FieldError::invalid(
-                    format!("endpoints[{i}].addresses[{j}]"),
-                    format!("\"{a}\""),
-                    "must be a valid IPv4 address",
+                    format!("ports[{i}].appProtocol"),
+                    format!("\"{proto}\""),
+                    msg,
                 ));
             }
         }
@@ -725,14 +1116,48 @@ pub fn validate_endpoint_slice(slice: &EndpointSlice) -> Vec<FieldError> {
             ));
         }
         if let Some(proto) = p.protocol.as_deref()
-            && !["TCP", "UDP", "SCTP"].contains(&proto)
+            && !ALL_PROTOCOLS.contains(&proto)
         {
             errors.push(FieldError::not_supported(
                 format!("ports[{i}].protocol"),
                 proto,
-                &["SCTP", "TCP", "UDP"],
+                ALL_PROTOCOLS,
             ));
         }
     }
     errors
+}
+
+/// What an update may not change, beyond what the object alone must be (the API
+/// server's `ValidateServiceUpdate`; clusterIP and nodePorts are the allocator's):
+/// a LoadBalancer keeps its `loadBalancerClass`.
+pub fn validate_service_update(new: &Service, old: &Service) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let (ns, os) = (
+        new.spec.clone().unwrap_or_default(),
+        old.spec.clone().unwrap_or_default(),
+    );
+    let lb = |s: &k8s_openapi::api::core::v1::ServiceSpec| {
+        s.type_.as_deref() == Some(TYPE_LOAD_BALANCER)
+    };
+    if lb(&ns) && lb(&os) && ns.load_balancer_class != os.load_balancer_class {
+        errors.push(FieldError::invalid(
+            "spec.loadBalancerClass",
+            format!("{:?}", ns.load_balancer_class),
+            "may not change once set",
+        ));
+    }
+    errors
+}
+
+/// An EndpointSlice keeps its `addressType`.
+pub fn validate_endpoint_slice_update(new: &EndpointSlice, old: &EndpointSlice) -> Vec<FieldError> {
+    if new.address_type == old.address_type {
+        return Vec::new();
+    }
+    vec![FieldError::invalid(
+        "addressType",
+        format!("\"{}\"", new.address_type),
+        "field is immutable",
+    )]
 }

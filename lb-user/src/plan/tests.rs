@@ -32,7 +32,7 @@ fn plan(t: &Tracked, node: &Node) -> Vec<PortPlan> {
 
 fn pod(name: &str, ip: &str, labels: &str, ports: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {labels}\nspec:\n  containers:\n  - name: c\n    ports: {ports}\nstatus:\n  podIP: {ip}\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {labels}\nspec:\n  containers:\n  - name: c\n    image: app\n    ports: {ports}\nstatus:\n  podIP: {ip}\n---\n"
     )
 }
 
@@ -181,7 +181,7 @@ fn services_without_selector_take_ready_endpoints_from_their_slices() {
 fn traffic_policies_and_remote_endpoints() {
     let pod_on = |name: &str, ip: &str, node: &str| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: web}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c}}]\nstatus:\n  podIP: {ip}\n---\n"
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: web}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: app}}]\nstatus:\n  podIP: {ip}\n---\n"
         )
     };
     let pods = format!(

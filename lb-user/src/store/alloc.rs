@@ -3,9 +3,15 @@
 //! never one twice), and LoadBalancer addresses from the agents' pools. Pure: it
 //! reads and changes a [`State`], never the disk.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, ops::RangeInclusive};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+    ops::RangeInclusive,
+};
 
-use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Service, ServiceStatus};
+use k8s_openapi::api::core::v1::{
+    LoadBalancerIngress, LoadBalancerStatus, Service, ServiceSpec, ServiceStatus,
+};
 use rand::Rng as _;
 
 use crate::{
@@ -145,6 +151,11 @@ pub fn allocate(
     let old_spec = old.and_then(|o| o.spec.as_ref());
     let spec = svc.spec.get_or_insert_with(Default::default);
 
+    // The families: this cluster is single-stack IPv4.
+    if ty != TYPE_EXTERNAL_NAME {
+        ip_families(spec)?;
+    }
+
     // clusterIP: immutable once set.
     if ty != TYPE_EXTERNAL_NAME {
         let old_ip = old_spec.and_then(|s| s.cluster_ip.clone());
@@ -197,40 +208,33 @@ pub fn allocate(
         let mut used = taken.node_ports.clone();
         let old_ports = old_spec.and_then(|s| s.ports.clone()).unwrap_or_default();
         let ports = spec.ports.get_or_insert_with(Vec::new);
-        // Requested ones first, so a random pick never takes a value asked for later.
+        // Requested ones first, so a random pick never takes a value asked for
+        // later. Ports of one number (TCP and UDP 53) share a nodePort, as the API
+        // server's allocator gives them; two numbers never do.
+        let mut by_port: BTreeMap<i32, u16> = BTreeMap::new();
         for (i, p) in ports.iter().enumerate() {
-            if let Some(np) = p.node_port {
-                if !(alloc.node_ports.contains(&u16::try_from(np).unwrap_or(0))) {
-                    return Err(FieldError::invalid(
-                        format!("spec.ports[{i}].nodePort"),
-                        np,
-                        format!(
-                            "provided port is not in the valid range. The range of valid ports is {}-{}",
-                            alloc.node_ports.start(),
-                            alloc.node_ports.end()
-                        ),
-                    )
-                    .into());
-                }
-                if used.contains(&(np as u16)) {
-                    return Err(FieldError::invalid(
-                        format!("spec.ports[{i}].nodePort"),
-                        np,
-                        "provided port is already allocated",
-                    )
-                    .into());
-                }
+            let Some(np) = p.node_port else { continue };
+            let field = format!("spec.ports[{i}].nodePort");
+            let np16 = in_node_port_range(&field, np, alloc)?;
+            if by_port.get(&p.port) == Some(&np16) {
+                continue;
             }
-        }
-        for p in ports.iter() {
-            if let Some(np) = p.node_port {
-                used.insert(np as u16);
+            if used.contains(&np16) {
+                return Err(
+                    FieldError::invalid(field, np, "provided port is already allocated").into(),
+                );
             }
+            used.insert(np16);
+            by_port.entry(p.port).or_insert(np16);
         }
         for p in ports
             .iter_mut()
             .filter(|p| p.node_port.is_none() && allocate_all)
         {
+            if let Some(np) = by_port.get(&p.port) {
+                p.node_port = Some((*np).into());
+                continue;
+            }
             // Re-apply keeps the nodePort of the same port (by name, else number and protocol).
             let kept = old_ports
                 .iter()
@@ -250,9 +254,133 @@ pub fn allocate(
                 }
             };
             used.insert(np);
+            by_port.insert(p.port, np);
             p.node_port = Some(np.into());
         }
+        // healthCheckNodePort: a LoadBalancer with externalTrafficPolicy Local has
+        // one from the same range (requested, kept, or at random).
+        let local = spec.external_traffic_policy.as_deref() == Some("Local");
+        if ty == TYPE_LOAD_BALANCER && local {
+            let field = "spec.healthCheckNodePort";
+            let np = match spec.health_check_node_port.filter(|p| *p != 0) {
+                Some(np) => {
+                    let np16 = in_node_port_range(field, np, alloc)?;
+                    let old_same = old_spec.and_then(|s| s.health_check_node_port) == Some(np);
+                    if used.contains(&np16) && !old_same {
+                        return Err(FieldError::invalid(
+                            field,
+                            np,
+                            "provided port is already allocated",
+                        )
+                        .into());
+                    }
+                    np16
+                }
+                None => match old_spec
+                    .and_then(|s| s.health_check_node_port)
+                    .filter(|p| *p != 0)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| !used.contains(p))
+                {
+                    Some(np) => np,
+                    None => random_free(&alloc.node_ports, &used).ok_or_else(|| {
+                        AllocError::Exhausted {
+                            what: "nodePort",
+                            range: format!("{:?}", alloc.node_ports),
+                        }
+                    })?,
+                },
+            };
+            spec.health_check_node_port = Some(np.into());
+        }
     }
+    Ok(())
+}
+
+/// A requested nodePort, if in the range.
+fn in_node_port_range(field: &str, np: i32, alloc: &Allocation) -> Result<u16, AllocError> {
+    match u16::try_from(np) {
+        Ok(p) if alloc.node_ports.contains(&p) => Ok(p),
+        _ => Err(FieldError::invalid(
+            field,
+            np,
+            format!(
+                "provided port is not in the valid range. The range of valid ports is {}-{}",
+                alloc.node_ports.start(),
+                alloc.node_ports.end()
+            ),
+        )
+        .into()),
+    }
+}
+
+/// Checks and completes `ipFamilyPolicy` and `ipFamilies` as the API server's
+/// allocator does in a single-stack IPv4 cluster: the families follow the
+/// clusterIPs, IPv6 and RequireDualStack are refused (not configured on this
+/// cluster), PreferDualStack gets IPv4 alone. A headless service without a selector
+/// allocates nothing and may name any family.
+fn ip_families(spec: &mut ServiceSpec) -> Result<(), FieldError> {
+    let headless = spec.cluster_ip.as_deref() == Some(CLUSTER_IP_NONE);
+    let selects = spec.selector.as_ref().is_some_and(|s| !s.is_empty());
+    let mut families = spec.ip_families.clone().unwrap_or_default();
+    let ips = spec.cluster_ips.clone().unwrap_or_default();
+    let policy = spec.ip_family_policy.clone().unwrap_or_else(|| {
+        if ips.len() == 2 || families.len() == 2 {
+            "RequireDualStack".into()
+        } else {
+            "SingleStack".into()
+        }
+    });
+    if headless && !selects {
+        if families.is_empty() {
+            families.push("IPv4".into());
+        }
+    } else {
+        for (i, ip) in ips.iter().enumerate() {
+            let Ok(addr) = ip.parse::<IpAddr>() else {
+                continue;
+            };
+            let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+            match families.get(i) {
+                Some(f) if f != family => {
+                    return Err(FieldError::invalid(
+                        format!("spec.clusterIPs[{i}]"),
+                        format!("\"{ip}\""),
+                        format!("expected an {f} value as indicated by `ipFamilies[{i}]`"),
+                    ));
+                }
+                Some(_) => {}
+                None => families.push(family.into()),
+            }
+        }
+        if policy == "RequireDualStack" {
+            return Err(FieldError::invalid(
+                "spec.ipFamilyPolicy",
+                format!("\"{policy}\""),
+                "this cluster is not configured for dual-stack services",
+            ));
+        }
+        if let Some((i, f)) = families.iter().enumerate().find(|(_, f)| *f != "IPv4") {
+            return Err(FieldError::invalid(
+                format!("spec.ipFamilies[{i}]"),
+                format!("\"{f}\""),
+                "not configured on this cluster",
+            ));
+        }
+        if policy == "SingleStack" && families.len() > 1 {
+            return Err(FieldError::invalid(
+                "spec.ipFamilies",
+                format!("{families:?}"),
+                "when spec.ipFamilyPolicy is SingleStack, only one family may be specified",
+            ));
+        }
+        families.truncate(1);
+        if families.is_empty() {
+            families.push("IPv4".into());
+        }
+    }
+    spec.ip_families = Some(families);
+    spec.ip_family_policy = Some(policy);
     Ok(())
 }
 
@@ -306,11 +434,18 @@ impl Taken {
         t
     }
 
+    /// The nodePorts a service holds, its healthCheckNodePort included.
     pub fn node_ports_of(svc: &Service) -> impl Iterator<Item = u16> + '_ {
         svc.spec
             .iter()
-            .flat_map(|sp| sp.ports.iter().flatten())
-            .filter_map(|p| p.node_port.and_then(|n| u16::try_from(n).ok()))
+            .flat_map(|sp| {
+                sp.ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| p.node_port)
+                    .chain(sp.health_check_node_port)
+            })
+            .filter_map(|n| u16::try_from(n).ok().filter(|n| *n != 0))
     }
 
     pub fn hold(&mut self, svc: &Service) {

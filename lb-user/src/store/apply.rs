@@ -5,6 +5,7 @@
 //! commits), so it is tested without a disk.
 
 use k8s_openapi::{
+    api::core::v1::Service,
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     jiff::Timestamp,
 };
@@ -12,7 +13,11 @@ use rand::Rng as _;
 
 use super::alloc::{AllocError, Allocation, Taken, allocate};
 use crate::{
-    model::{Document, Invalid, Kind, Object, ObjectKey, SHOWN_VALUE, shown, validate_service},
+    model::{
+        Document, Invalid, Kind, Object, ObjectKey, SHOWN_VALUE, TYPE_EXTERNAL_NAME,
+        TYPE_LOAD_BALANCER, TYPE_NODE_PORT, externally_accessible, shown,
+        validate_endpoint_slice_update, validate_service, validate_service_update,
+    },
     state::State,
 };
 
@@ -126,6 +131,7 @@ fn apply_one(
             svc.status = old.as_ref().and_then(|o| o.status.clone());
             if let Some(old) = &old {
                 taken.release(old);
+                drop_type_dependent_fields(&mut svc, old);
             }
             // The service as it will be stored (merged with the stored one and
             // allocated) is validated again: a value carried over from the stored
@@ -144,9 +150,13 @@ fn apply_one(
                 Err(AllocError::Exhausted { what, range }) => {
                     Some(ApplyError::Exhausted { what, range })
                 }
-                Ok(()) => Some(validate_service(&svc))
-                    .filter(|errors| !errors.is_empty())
-                    .map(invalid),
+                Ok(()) => {
+                    let mut errors = validate_service(&svc);
+                    if let Some(old) = &old {
+                        errors.extend(validate_service_update(&svc, old));
+                    }
+                    Some(errors).filter(|e| !e.is_empty()).map(invalid)
+                }
             };
             if let Some(refusal) = refusal {
                 if let Some(old) = old {
@@ -165,6 +175,18 @@ fn apply_one(
             (Object::Pod(Box::new(pod)), outcome)
         }
         Object::EndpointSlice(slice) => {
+            if let Some(old) = state.endpoint_slices.get(&key) {
+                let errors = validate_endpoint_slice_update(slice, old);
+                if !errors.is_empty() {
+                    return Err(ApplyError::Invalid(Box::new(Invalid {
+                        file: doc.file.clone(),
+                        index: doc.index,
+                        kind: Kind::EndpointSlice,
+                        name: key.name,
+                        errors,
+                    })));
+                }
+            }
             let old = state.endpoint_slices.remove(&key);
             let (slice, outcome) =
                 stamp((**slice).clone(), old, now, revision, |e| &mut e.metadata);
@@ -173,6 +195,81 @@ fn apply_one(
     };
     state.insert(object);
     Ok(outcome)
+}
+
+/// What the API server's update strategy clears when a service changes to a type
+/// that no longer uses a field and the manifest kept the stored value (a manifest
+/// switched from NodePort to ClusterIP may keep its nodePorts; an ExternalName
+/// drops the clusterIP it was given): clusterIPs, families and their policy;
+/// nodePorts; healthCheckNodePort; allocateLoadBalancerNodePorts;
+/// loadBalancerClass; externalTrafficPolicy.
+fn drop_type_dependent_fields(new: &mut Service, old: &Service) {
+    let (Some(ns), Some(os)) = (new.spec.as_mut(), old.spec.as_ref()) else {
+        return;
+    };
+    let ty = |t: &Option<String>| t.clone().unwrap_or_default();
+    let (nt, ot) = (ty(&ns.type_), ty(&os.type_));
+    let needs_cluster_ip = |t: &str| t != TYPE_EXTERNAL_NAME;
+    if needs_cluster_ip(&ot) && !needs_cluster_ip(&nt) {
+        let ips = |s: &k8s_openapi::api::core::v1::ServiceSpec| {
+            (
+                s.cluster_ip.clone().filter(|i| !i.is_empty()),
+                s.cluster_ips.clone().filter(|i| !i.is_empty()),
+            )
+        };
+        let (nip, nips) = ips(ns);
+        let (oip, oips) = ips(os);
+        if (nip.is_none() || nip == oip) && (nips.is_none() || nips == oips) {
+            ns.cluster_ip = None;
+            ns.cluster_ips = None;
+        }
+        if ns.ip_families == os.ip_families {
+            ns.ip_families = None;
+        }
+        if ns.ip_family_policy == os.ip_family_policy {
+            ns.ip_family_policy = None;
+        }
+    }
+    let needs_node_port = |t: &str| t == TYPE_NODE_PORT || t == TYPE_LOAD_BALANCER;
+    if needs_node_port(&ot) && !needs_node_port(&nt) {
+        let node_ports = |s: &k8s_openapi::api::core::v1::ServiceSpec| -> Vec<Option<i32>> {
+            s.ports.iter().flatten().map(|p| p.node_port).collect()
+        };
+        let (nn, on) = (node_ports(ns), node_ports(os));
+        // The same values, or none given: nothing the user asked to keep.
+        if nn.iter().all(Option::is_none) || nn == on {
+            for p in ns.ports.iter_mut().flatten() {
+                p.node_port = None;
+            }
+        }
+    }
+    let needs_hc = |s: &k8s_openapi::api::core::v1::ServiceSpec| {
+        s.type_.as_deref() == Some(TYPE_LOAD_BALANCER)
+            && s.external_traffic_policy.as_deref() == Some("Local")
+    };
+    if needs_hc(os)
+        && !needs_hc(ns)
+        && (ns.health_check_node_port.is_none_or(|p| p == 0)
+            || ns.health_check_node_port == os.health_check_node_port)
+    {
+        ns.health_check_node_port = None;
+    }
+    if ot == TYPE_LOAD_BALANCER && nt != TYPE_LOAD_BALANCER {
+        if ns.allocate_load_balancer_node_ports.is_some()
+            && ns.allocate_load_balancer_node_ports == os.allocate_load_balancer_node_ports
+        {
+            ns.allocate_load_balancer_node_ports = None;
+        }
+        if ns.load_balancer_class == os.load_balancer_class {
+            ns.load_balancer_class = None;
+        }
+    }
+    if externally_accessible(os)
+        && !externally_accessible(ns)
+        && ns.external_traffic_policy == os.external_traffic_policy
+    {
+        ns.external_traffic_policy = None;
+    }
 }
 
 /// Sets uid, creationTimestamp and resourceVersion as the API server does, keeping

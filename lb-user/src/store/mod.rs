@@ -602,3 +602,6 @@ fn meta_set(conn: &Connection, name: &str) -> rusqlite::Result<Option<u64>> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod conformance;

@@ -117,3 +117,116 @@ fn a_headless_service_cannot_become_a_node_port_one() {
     let h = &state.services[&ObjectKey::new("default", "h")];
     assert_eq!(h.spec.as_ref().unwrap().type_.as_deref(), Some("ClusterIP"));
 }
+
+fn stored(state: &State, name: &str) -> k8s_openapi::api::core::v1::ServiceSpec {
+    state.services[&ObjectKey::new("default", name)]
+        .spec
+        .clone()
+        .unwrap()
+}
+
+#[test]
+fn a_type_change_clears_what_the_new_type_does_not_use_when_the_manifest_kept_it() {
+    let mut state = State::default();
+    let np = "  type: NodePort\n  ports: [{port: 80, nodePort: 30080}]\n";
+    apply_to(&mut state, &svc("web", np)).unwrap();
+    // The manifest turned ClusterIP but kept the stored nodePort (as `kubectl get
+    // -o yaml | edit` does): cleared, not refused, and the port is free again.
+    apply_to(
+        &mut state,
+        &svc("web", "  ports: [{port: 80, nodePort: 30080}]\n"),
+    )
+    .unwrap();
+    assert_eq!(stored(&state, "web").ports.unwrap()[0].node_port, None);
+    apply_to(&mut state, &svc("other", np)).unwrap();
+    // Another value than the stored one is the user's request: refused.
+    let err = apply_to(
+        &mut state,
+        &svc("other", "  ports: [{port: 80, nodePort: 30081}]\n"),
+    )
+    .unwrap_err();
+    assert!(err.contains("spec.ports[0].nodePort: Forbidden"), "{err}");
+    // ClusterIP -> ExternalName keeping the clusterIP, its families and policy: cleared.
+    apply_to(
+        &mut state,
+        &svc("db", "  clusterIP: 10.96.0.60\n  ports: [{port: 5432}]\n"),
+    )
+    .unwrap();
+    let kept = "  type: ExternalName\n  externalName: db.example.com\n  clusterIP: 10.96.0.60\n  ipFamilies: [IPv4]\n  ipFamilyPolicy: SingleStack\n";
+    apply_to(&mut state, &svc("db", kept)).unwrap();
+    let spec = stored(&state, "db");
+    assert_eq!((spec.cluster_ip, spec.ip_families), (None, None));
+    // A LoadBalancer's class, unchanged, goes when it becomes a NodePort service.
+    let lb = "  type: LoadBalancer\n  loadBalancerClass: example.com/lb\n  ports: [{port: 443}]\n";
+    apply_to(&mut state, &svc("edge", lb)).unwrap();
+    apply_to(
+        &mut state,
+        &svc("edge", &lb.replace("LoadBalancer\n", "NodePort\n")),
+    )
+    .unwrap();
+    assert_eq!(stored(&state, "edge").load_balancer_class, None);
+}
+
+#[test]
+fn a_load_balancer_keeps_its_class() {
+    let mut state = State::default();
+    let lb = |class: &str| {
+        svc(
+            "edge",
+            &format!("  type: LoadBalancer\n{class}  ports: [{{port: 443}}]\n"),
+        )
+    };
+    apply_to(&mut state, &lb("  loadBalancerClass: example.com/a\n")).unwrap();
+    for other in ["  loadBalancerClass: example.com/b\n", ""] {
+        let err = apply_to(&mut state, &lb(other)).unwrap_err();
+        assert!(
+            err.contains("spec.loadBalancerClass: Invalid value"),
+            "{err}"
+        );
+        assert!(err.contains("may not change once set"), "{err}");
+    }
+}
+
+#[test]
+fn ports_of_one_number_share_a_node_port_and_two_numbers_never_do() {
+    let mut state = State::default();
+    let dns = "  type: NodePort\n  ports:\n  - {name: dns-udp, port: 53, protocol: UDP}\n  - {name: dns-tcp, port: 53, protocol: TCP}\n";
+    apply_to(&mut state, &svc("dns", dns)).unwrap();
+    let ports = stored(&state, "dns").ports.unwrap();
+    assert_eq!(
+        ports[0].node_port, ports[1].node_port,
+        "TCP and UDP 53 share one nodePort"
+    );
+    let two = "  type: NodePort\n  ports:\n  - {name: a, port: 1, protocol: TCP, nodePort: 30001}\n  - {name: b, port: 2, protocol: UDP, nodePort: 30001}\n";
+    let err = apply_to(&mut state, &svc("two", two)).unwrap_err();
+    assert!(
+        err.contains(
+            "spec.ports[1].nodePort: Invalid value: 30001: provided port is already allocated"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_local_load_balancer_holds_a_health_check_node_port() {
+    let mut state = State::default();
+    let local = "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  ports: [{port: 80}]\n";
+    apply_to(&mut state, &svc("a", local)).unwrap();
+    let hc = stored(&state, "a").health_check_node_port.unwrap();
+    assert!((30000..=32767).contains(&hc), "{hc}");
+    // Kept across a re-apply, and no other service may take it.
+    apply_to(&mut state, &svc("a", local)).unwrap();
+    assert_eq!(stored(&state, "a").health_check_node_port, Some(hc));
+    let err = apply_to(
+        &mut state,
+        &svc(
+            "b",
+            &format!("  type: NodePort\n  ports: [{{port: 80, nodePort: {hc}}}]\n"),
+        ),
+    )
+    .unwrap_err();
+    assert!(err.contains("provided port is already allocated"), "{err}");
+    // Cluster policy: the health check port goes.
+    apply_to(&mut state, &svc("a", &local.replace("Local", "Cluster"))).unwrap();
+    assert_eq!(stored(&state, "a").health_check_node_port, None);
+}
