@@ -367,12 +367,19 @@ pub const IFACE_POD: u32 = 2;
 /// Set besides `IFACE_POD`: a veth (or netkit) whose peer is the pod's interface in
 /// another namespace, so TC may hand packets to that peer (`TO_PODS_PEER`).
 pub const IFACE_F_PEER: u32 = 4;
+/// XDP may redirect frames out of this interface: it takes them. Set by the agent
+/// on an external interface where XDP runs natively on a NIC (`--xdp auto`), or on
+/// any where the user vouched for it (`--xdp native`: a veth takes redirected frames
+/// only when its peer has NAPI, an XDP program or GRO on); on pod interfaces under
+/// `TO_PODS_XDP`. A frame for an interface without it is left to TC or the stack.
+pub const IFACE_F_XDP_XMIT: u32 = 8;
 
 /// Value of [`MAP_IFACES`] (key: ifindex as `u32`).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct IfaceValue {
-    /// `IFACE_EXTERNAL` or `IFACE_POD`, the latter maybe with `IFACE_F_PEER`.
+    /// `IFACE_EXTERNAL` or `IFACE_POD`, the latter maybe with `IFACE_F_PEER`; either
+    /// maybe with `IFACE_F_XDP_XMIT`.
     pub role: u32,
 }
 const _: () = assert!(size_of::<IfaceValue>() == 4);
@@ -447,7 +454,13 @@ pub mod reason {
     /// Counted besides the verdict: a packet XDP translated for a local pod, handed by
     /// TC ingress straight to the pod's interface (`bpf_redirect_peer`, `TO_PODS_PEER`).
     pub const FWD_TC_PEER: u32 = 22;
-    pub const COUNT: u32 = 23;
+    /// A packet of an SNAT flow too big for its way out, with don't-fragment set:
+    /// answered with ICMP "fragmentation needed" and the MTU, as a router answers.
+    pub const REJECT_FRAG_NEEDED: u32 = 23;
+    /// A packet of an SNAT flow too big for its way out that may be fragmented:
+    /// dropped (its rewritten tuple cannot go to the stack to be fragmented).
+    pub const DROP_FRAG_NEEDED: u32 = 24;
+    pub const COUNT: u32 = 25;
 
     /// Names for people, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -474,6 +487,8 @@ pub mod reason {
         "pass_no_route",
         "drop_ttl_exceeded",
         "fwd_tc_peer",
+        "reject_frag_needed",
+        "drop_frag_needed",
     ];
 }
 

@@ -143,6 +143,9 @@ pub fn peek(key: &FlowKey) -> bool {
 pub enum Snat {
     /// The client's own address (pods and local backends see the real client).
     None,
+    /// A local pod that lands on itself: its packets come from the hairpin address
+    /// (a packet from its own address to itself would never leave it).
+    Hairpin,
     /// To this node address and a free port of `SNAT_PORT_MIN..=SNAT_PORT_MAX`: the
     /// backend is on another node and must answer through this one.
     Node(u32),
@@ -168,10 +171,8 @@ pub fn create(
     } else {
         0
     };
-    // A pod that lands on itself gets its packets from the hairpin address instead.
-    let hairpin = backend.addr_be == key.saddr_be;
     let (nat_saddr_be, nat_sport_be, flags) = match snat {
-        _ if hairpin => (
+        Snat::Hairpin => (
             u32::from_ne_bytes(HAIRPIN_SNAT_ADDR),
             key.sport_be,
             CT_F_HAIRPIN,

@@ -3,7 +3,9 @@
 //! translates the frame and marks it in its metadata (`DeliverMeta`); TC ingress on
 //! the same interface, the first hook with a socket buffer, writes the MACs and sends
 //! it to the pod's end of the veth with `bpf_redirect_peer`, past the node's routing,
-//! netfilter and the veth's backlog queue, as Cilium's host routing does.
+//! netfilter and the veth's backlog queue, as Cilium's host routing does. Where XDP
+//! does not run (a virtual uplink, `--xdp off`), TC ingress translates and hands the
+//! packet over itself (`peer_route`, `send_peer`).
 
 use core::mem::size_of;
 
@@ -11,7 +13,9 @@ use aya_ebpf::{
     helpers::{bpf_redirect_peer, bpf_xdp_adjust_meta},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{DELIVER_MAGIC, DeliverMeta, IFACE_EXTERNAL, IFACE_F_PEER, reason};
+use lb_common::{
+    DELIVER_MAGIC, DeliverMeta, FlowKey, IFACE_EXTERNAL, IFACE_F_PEER, TO_PODS_PEER, reason,
+};
 
 use crate::{
     fwd::{self, Route},
@@ -66,7 +70,7 @@ pub fn take(ctx: &TcContext, ifindex: u32) -> Option<i32> {
     // SAFETY: bounds-checked against the start of the frame just above.
     let m = unsafe { meta.read_unaligned() };
     if m.magic != DELIVER_MAGIC
-        || lb::iface_role(ifindex) != IFACE_EXTERNAL
+        || lb::iface_role(ifindex) & IFACE_EXTERNAL == 0
         || lb::iface_role(m.ifindex) & IFACE_F_PEER == 0
     {
         return None;
@@ -75,4 +79,29 @@ pub fn take(ctx: &TcContext, ifindex: u32) -> Option<i32> {
     stats::verdict(reason::FWD_TC_PEER, ctx.len().min(u16::MAX as u32) as u16);
     // SAFETY: a helper taking plain values.
     Some(unsafe { bpf_redirect_peer(m.ifindex, 0) } as i32)
+}
+
+/// At TC ingress of an external interface, for a packet translated for the stack
+/// (`to`): the route to a local pod's veth that TC may hand it to, or
+/// `Route::NONE` (another `--to-pods`, not a declared veth, its last hop, or no full
+/// FIB answer yet: the stack then routes it and resolves the neighbour).
+#[inline(always)]
+pub fn peer_route(ctx: &TcContext, to: &FlowKey, ifindex: u32, ttl: u8, ip_len: u16) -> Route {
+    if fwd::to_pods() != TO_PODS_PEER || ttl <= 1 || lb::iface_role(ifindex) & IFACE_EXTERNAL == 0 {
+        return Route::NONE;
+    }
+    let r = fwd::lookup_tc_full(ctx, to, ifindex, ip_len);
+    if r.found() && lb::iface_role(r.ifindex) & IFACE_F_PEER != 0 {
+        r
+    } else {
+        Route::NONE
+    }
+}
+
+/// Hands the translated packet to the pod behind `route` (see [`peer_route`]).
+#[inline(always)]
+pub fn send_peer(ctx: &TcContext, route: &Route) -> Option<i32> {
+    fwd::write_macs(ctx.data(), ctx.data_end(), &route.dmac, &route.smac)?;
+    // SAFETY: a helper taking plain values.
+    Some(unsafe { bpf_redirect_peer(route.ifindex, 0) } as i32)
 }

@@ -99,11 +99,16 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
         Select::NoLocalBackend => return Verdict::Drop(reason::DROP_NO_LOCAL_BACKEND),
         Select::NotServed(reason) => return Verdict::Pass(reason),
     };
-    // Clients outside the cluster reach a remote backend through this node (SNAT);
-    // pods' addresses route between nodes, so theirs stay.
+    // A local pod that lands on itself is answered from the hairpin address. Clients
+    // outside the node reach a remote backend through this node (SNAT), a remote pod
+    // landing on itself included; local pods' addresses route between nodes, so
+    // theirs stay.
     // SAFETY: a plain read of a global the loader set.
     let node_addr = unsafe { core::ptr::read_volatile(&SNAT_ADDR) };
-    let snat = if backend.flags & BE_F_REMOTE != 0 && node_addr != 0 && !lb::from_pod(ifindex) {
+    let from_pod = lb::from_pod(ifindex);
+    let snat = if from_pod && backend.addr_be == p.key.saddr_be {
+        Snat::Hairpin
+    } else if backend.flags & BE_F_REMOTE != 0 && node_addr != 0 && !from_pod {
         Snat::Node(node_addr)
     } else {
         Snat::None

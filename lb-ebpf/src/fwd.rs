@@ -10,7 +10,10 @@ use core::{
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_SHOT, bpf_fib_lookup},
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        TC_ACT_SHOT, bpf_fib_lookup,
+    },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::{TcContext, XdpContext},
 };
@@ -105,8 +108,20 @@ fn query(
 /// `Route::NONE` when the FIB has no full answer (no route, or no neighbour entry yet).
 #[inline(always)]
 pub fn lookup_xdp(ctx: &XdpContext, to: &FlowKey, ifindex: u32, tot_len: u16) -> Route {
+    lookup_full(ctx.as_ptr(), to, ifindex, tot_len)
+}
+
+/// [`lookup_xdp`] from TC: the route with both MACs, or `Route::NONE` (also when
+/// the packet does not fit it: the stack then forwards it, or answers).
+#[inline(always)]
+pub fn lookup_tc_full(ctx: &TcContext, to: &FlowKey, ifindex: u32, ip_len: u16) -> Route {
+    lookup_full(ctx.as_ptr(), to, ifindex, tc_len(ctx, ip_len))
+}
+
+#[inline(always)]
+fn lookup_full(ctx: *mut c_void, to: &FlowKey, ifindex: u32, tot_len: u16) -> Route {
     let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
-    if query(ctx.as_ptr(), &mut p, to, ifindex, tot_len) != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+    if query(ctx, &mut p, to, ifindex, tot_len) != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Route::NONE;
     }
     // SAFETY: written whole by `query`, then by the kernel.
@@ -142,16 +157,57 @@ pub fn write_macs(data: usize, data_end: usize, dmac: &[u8; 6], smac: &[u8; 6]) 
     Some(())
 }
 
-/// From TC: the egress interface for `to` (the neighbour may still be unknown:
-/// bpf_redirect_neigh resolves it), or None when there is no route.
+/// From TC, where `to` leaves: an interface (the neighbour may still be unknown:
+/// bpf_redirect_neigh resolves it), none (no route), or too big for it. A plain
+/// struct (see [`Route`]).
+#[derive(Clone, Copy)]
+pub struct TcRoute {
+    /// The egress interface; 0 when there is none (no route, or too big).
+    pub ifindex: u32,
+    /// Non-zero: the packet does not fit the way out, whose MTU this is.
+    pub mtu: u16,
+}
+
+impl TcRoute {
+    pub const NONE: TcRoute = TcRoute { ifindex: 0, mtu: 0 };
+}
+
+/// [`TcRoute`] for `to`. The MTU is checked as the kernel checks a forwarded
+/// packet: a GSO socket buffer (a local sender's or GRO's super-packet) by the
+/// segments it will be cut into, against the egress device; any other by its length,
+/// against the route's MTU.
 #[inline(always)]
-pub fn lookup_tc(ctx: &TcContext, to: &FlowKey, ifindex: u32, tot_len: u16) -> Option<u32> {
+pub fn lookup_tc(ctx: &TcContext, to: &FlowKey, ifindex: u32, ip_len: u16) -> TcRoute {
     let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
-    let rc = query(ctx.as_ptr(), &mut p, to, ifindex, tot_len);
+    let rc = query(ctx.as_ptr(), &mut p, to, ifindex, tc_len(ctx, ip_len));
     // SAFETY: written whole by `query`, then by the kernel.
     let p = unsafe { p.assume_init_ref() };
-    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64)
-        .then_some(p.ifindex)
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        TcRoute {
+            ifindex: p.ifindex,
+            mtu: 0,
+        }
+    } else if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        TcRoute {
+            ifindex: 0,
+            // SAFETY: the kernel writes the MTU over the length it checked.
+            mtu: unsafe { p.__bindgen_anon_1.mtu_result },
+        }
+    } else {
+        TcRoute::NONE
+    }
+}
+
+/// The length a TC FIB lookup checks: 0 (the kernel then checks the socket buffer,
+/// segments included) for a GSO one, else the IPv4 length.
+#[inline(always)]
+fn tc_len(ctx: &TcContext, ip_len: u16) -> u16 {
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    if unsafe { (*ctx.skb.skb).gso_size } != 0 {
+        0
+    } else {
+        ip_len
+    }
 }
 
 /// Sends the socket buffer out `ifindex`, the kernel filling in the neighbour.

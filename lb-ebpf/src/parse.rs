@@ -10,6 +10,8 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 /// More-fragments flag and fragment offset mask of `Ipv4Hdr::frags` (host order).
 const IP_MF: u16 = 0x2000;
+/// Don't-fragment flag of `Ipv4Hdr::frags` (host order).
+const IP_DF: u16 = 0x4000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
 
 pub const TCP_FIN: u8 = 0x01;
@@ -54,6 +56,9 @@ pub struct Packet {
     /// IPv4 identification (network order): with the addresses and protocol it names
     /// the datagram a fragment belongs to.
     pub ip_id_be: u16,
+    /// Don't fragment: a packet too big for its way out is answered with ICMP
+    /// "fragmentation needed", not fragmented.
+    pub df: bool,
 }
 
 impl Packet {
@@ -155,5 +160,6 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, u32> {
         ttl: ip.ttl,
         frag,
         ip_id_be: u16::from_ne_bytes(ip.id),
+        df: frags & IP_DF != 0,
     })
 }

@@ -1,8 +1,11 @@
-//! Turns a packet for a service without endpoints into the ICMP "port unreachable"
-//! answer kube-proxy's REJECT rule sends, and sends it back out the interface it came
-//! in on. The answer comes from the service address, so the client's socket takes it:
-//! UDP gets ECONNREFUSED on its next call, a TCP connect() fails at once with
-//! "Connection refused" instead of hanging.
+//! Turns a packet into an ICMP "destination unreachable" answer and sends it back
+//! out the interface it came in on: "port unreachable" for a service without
+//! endpoints, as kube-proxy's REJECT rule sends (UDP gets ECONNREFUSED on its next
+//! call, a TCP connect() fails at once with "Connection refused" instead of
+//! hanging), and "fragmentation needed" with the next hop's MTU for a packet too big
+//! for its way out, as a router sends it (path MTU discovery). The answer comes from
+//! the address the packet was sent to, quoting it as it arrived, so the sender's
+//! socket takes it.
 //!
 //! Frame built in place (70 bytes):
 //! `[Ethernet 14][IPv4 20][ICMP 8][original IPv4 header 20][first 8 bytes of L4]`
@@ -23,6 +26,7 @@ const QUOTE: usize = Ipv4Hdr::LEN + 8;
 const FRAME: usize = EthHdr::LEN + GROW + QUOTE;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
 const PROTO_ICMP: u8 = 1;
 
 /// Internet checksum of `N` 16-bit words at `ptr`.
@@ -38,10 +42,23 @@ fn checksum<const N: usize>(ptr: *const [u8; 2]) -> u16 {
     !(sum as u16)
 }
 
+/// "Port unreachable" for `p` (see the module); the TC verdict, or None when it
+/// cannot be built.
+#[inline(always)]
+pub fn port_unreachable(ctx: &TcContext, p: &Packet) -> Option<i32> {
+    unreachable(ctx, p, ICMP_PORT_UNREACH, 0)
+}
+
+/// "Fragmentation needed" for `p`, naming `mtu` as the next hop's.
+#[inline(always)]
+pub fn frag_needed(ctx: &TcContext, p: &Packet, mtu: u16) -> Option<i32> {
+    unreachable(ctx, p, ICMP_FRAG_NEEDED, mtu)
+}
+
 /// Rewrites the packet into the ICMP answer and redirects it back; returns the TC
 /// verdict, or None (the packet left as it was where possible) when it cannot.
 #[inline(always)]
-pub fn port_unreachable(ctx: &TcContext, p: &Packet) -> Option<i32> {
+fn unreachable(ctx: &TcContext, p: &Packet, code: u8, mtu: u16) -> Option<i32> {
     if p.l4_off != EthHdr::LEN + Ipv4Hdr::LEN {
         return None; // IPv4 options: not quoted, left to the kernel
     }
@@ -91,7 +108,8 @@ pub fn port_unreachable(ctx: &TcContext, p: &Packet) -> Option<i32> {
     f[ip + 12..ip + 16].copy_from_slice(&src);
     f[ip + 16..ip + 20].copy_from_slice(&dst);
     let icmp = ip + Ipv4Hdr::LEN;
-    f[icmp..icmp + 8].copy_from_slice(&[ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0, 0, 0, 0, 0, 0]);
+    let [mtu_hi, mtu_lo] = mtu.to_be_bytes();
+    f[icmp..icmp + 8].copy_from_slice(&[ICMP_DEST_UNREACH, code, 0, 0, 0, 0, mtu_hi, mtu_lo]);
     let ip_sum = checksum::<10>(f[ip..].as_ptr() as *const [u8; 2]);
     f[ip + 10..ip + 12].copy_from_slice(&ip_sum.to_be_bytes());
     let icmp_sum = checksum::<{ (ICMP_HDR_LEN + QUOTE) / 2 }>(f[icmp..].as_ptr() as *const [u8; 2]);

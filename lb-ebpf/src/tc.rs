@@ -2,7 +2,8 @@
 //! forward, count, return the action. At ingress on pod interfaces it starts and
 //! continues flows from pods (ClusterIP; TC because pod traffic carries partial
 //! checksums XDP cannot fix); on external interfaces it hands frames XDP translated
-//! to local pods (`deliver`) and finishes SNAT flows XDP could not forward. At
+//! to local pods (`deliver`), finishes SNAT flows XDP could not forward, and where
+//! no XDP runs (virtual uplinks) serves NodePort and LoadBalancer flows itself. At
 //! egress it translates replies back to the service address after the kernel has
 //! routed them.
 
@@ -51,17 +52,37 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
             reason,
             forward,
         } => {
-            // SNAT flows: find the way out first; a reply with none is left alone.
+            // SNAT flows: find the way out first; a packet with none is left alone,
+            // one too big for it is answered as a router answers (ICMP
+            // "fragmentation needed" with the MTU, for path MTU discovery) or, when
+            // it may be fragmented, dropped: its rewritten tuple cannot go to the stack.
             let out = match forward {
                 Forward::Fib => fwd::lookup_tc(ctx, &to, ifindex, p.ip_len),
-                _ => None,
+                _ => fwd::TcRoute::NONE,
             };
-            if forward == Forward::Fib && out.is_none() {
-                stats::verdict(reason::PASS_NO_ROUTE, p.ip_len);
-                return TC_ACT_UNSPEC;
+            if forward == Forward::Fib && out.ifindex == 0 {
+                if out.mtu == 0 {
+                    stats::verdict(reason::PASS_NO_ROUTE, p.ip_len);
+                    return TC_ACT_UNSPEC;
+                }
+                if p.df
+                    && let Some(verdict) = reject::frag_needed(ctx, &p, out.mtu)
+                {
+                    stats::verdict(reason::REJECT_FRAG_NEEDED, p.ip_len);
+                    return verdict;
+                }
+                stats::verdict(reason::DROP_FRAG_NEEDED, p.ip_len);
+                return TC_ACT_SHOT;
             }
+            // A packet for a local pod may be handed to it here (no XDP before us).
+            let peer = match (forward, hook) {
+                (Forward::Stack, Hook::Ingress) => {
+                    deliver::peer_route(ctx, &to, ifindex, p.ttl, p.ip_len)
+                }
+                _ => fwd::Route::NONE,
+            };
             // Sent on by the program, as by a router: one hop less, none left at 1.
-            let hop = forward != Forward::Stack;
+            let hop = forward != Forward::Stack || peer.found();
             if hop && p.ttl <= 1 {
                 stats::verdict(reason::DROP_TTL_EXCEEDED, p.ip_len);
                 return TC_ACT_SHOT;
@@ -75,9 +96,15 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
                             Ok(verdict) => return verdict,
                             Err(reason) => stats::verdict(reason, p.ip_len),
                         },
-                        (Forward::Fib, Some(oif)) => {
+                        (Forward::Fib, out) => {
                             stats::verdict(reason::FWD_TC_NEIGH, p.ip_len);
-                            return fwd::send_tc(oif);
+                            return fwd::send_tc(out.ifindex);
+                        }
+                        (Forward::Stack, _) if peer.found() => {
+                            if let Some(verdict) = deliver::send_peer(ctx, &peer) {
+                                stats::verdict(reason::FWD_TC_PEER, p.ip_len);
+                                return verdict;
+                            }
                         }
                         _ => {}
                     }

@@ -3,7 +3,9 @@
 //! flows to NodePort and LoadBalancer frontends arriving from outside the node.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{FlowKey, IFACE_F_PEER, IFACE_POD, TO_PODS_PEER, TO_PODS_XDP, reason};
+use lb_common::{
+    FlowKey, IFACE_F_PEER, IFACE_F_XDP_XMIT, IFACE_POD, TO_PODS_PEER, TO_PODS_XDP, reason,
+};
 
 use crate::{
     deliver,
@@ -40,9 +42,10 @@ pub fn run(ctx: &XdpContext) -> u32 {
             let way = way_out(ctx, &p, &to, forward, ingress);
             // SNAT flows cannot go through the stack once rewritten: their packets
             // carry the node's own address (as source, or as the reply's former
-            // destination), which it would drop as a martian. Without a full FIB
-            // answer here they go on untouched, and TC ingress, whose
-            // bpf_redirect_neigh resolves the neighbour, finishes them.
+            // destination), which it would drop as a martian. Without a way out here
+            // (no full FIB answer, or an interface that takes no XDP frames) they go
+            // on untouched, and TC ingress, whose bpf_redirect_neigh resolves the
+            // neighbour and takes any interface, finishes them.
             if forward == Forward::Fib && !way.route.found() {
                 return xdp_action::XDP_PASS;
             }
@@ -75,14 +78,17 @@ struct Way {
 }
 
 /// The route / peer / stack choice. Translated packets leave by the FIB when it has
-/// a full answer (route and neighbour): redirected here, they skip the stack, as
-/// Cilium's and Katran's do. Towards a local pod's veth it depends on `--to-pods`:
+/// a full answer (route and neighbour) towards an interface that takes XDP frames
+/// (`IFACE_F_XDP_XMIT`, set by the agent): redirected here, they skip the stack, as
+/// Cilium's and Katran's do. A frame for any other interface is not redirected (the
+/// kernel would drop it: a veth whose peer has no NAPI): SNAT flows go on untouched
+/// to TC, whose `bpf_redirect_neigh` sends socket buffers anywhere; others through
+/// the stack once rewritten. Towards a local pod's veth it depends on `--to-pods`:
 /// by default (peer) the frame is marked and TC ingress hands it to the pod
 /// (`deliver`); XDP redirects it only if the agent was told the pods' ends take XDP
-/// frames (xdp); otherwise (stack, or a pod interface that is no veth) it goes on
-/// through the stack once rewritten. A packet on its last hop (TTL 1) is not
-/// forwarded here: the stack routes it and answers "time exceeded" (DNAT flows), or
-/// TC drops it. Hairpin (`Back`) needs a pod as the client: only TC sees those.
+/// frames (xdp). A packet on its last hop (TTL 1) is not forwarded here: the stack
+/// routes it and answers "time exceeded" (DNAT flows), or TC drops it. Hairpin
+/// (`Back`) needs a pod as the client: only TC sees those.
 #[inline(always)]
 fn way_out(ctx: &XdpContext, p: &Packet, to: &FlowKey, forward: Forward, ingress: u32) -> Way {
     let mut way = Way {
@@ -93,22 +99,23 @@ fn way_out(ctx: &XdpContext, p: &Packet, to: &FlowKey, forward: Forward, ingress
         return way;
     }
     let r = fwd::lookup_xdp(ctx, to, ingress, p.ip_len);
-    let role = if r.found() && forward != Forward::Fib {
-        lb::iface_role(r.ifindex)
-    } else {
-        0
-    };
-    if role & IFACE_POD == 0 {
-        way.route = r;
-    } else {
-        match fwd::to_pods() {
-            TO_PODS_XDP => way.route = r,
-            TO_PODS_PEER if role & IFACE_F_PEER != 0 && deliver::reserve(ctx) => {
-                way.route = r;
-                way.to_peer = true;
-            }
-            _ => {}
+    if !r.found() {
+        return way;
+    }
+    let role = lb::iface_role(r.ifindex);
+    if role & IFACE_POD == 0 || forward == Forward::Fib {
+        if role & IFACE_F_XDP_XMIT != 0 {
+            way.route = r;
         }
+        return way;
+    }
+    match fwd::to_pods() {
+        TO_PODS_XDP => way.route = r,
+        TO_PODS_PEER if role & IFACE_F_PEER != 0 && deliver::reserve(ctx) => {
+            way.route = r;
+            way.to_peer = true;
+        }
+        _ => {}
     }
     way
 }

@@ -23,9 +23,9 @@ use aya::{
 };
 use lb_common::{
     ALL_MAPS, GLOBAL_CLOCK_HZ, GLOBAL_FIB_REDIRECT, GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR,
-    GLOBAL_TO_PODS, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_POD, PROG_CONNECT4, PROG_RECVMSG4,
-    PROG_SENDMSG4, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, TO_PODS_PEER, TO_PODS_STACK,
-    TO_PODS_XDP,
+    GLOBAL_TO_PODS, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_F_XDP_XMIT, IFACE_POD, PROG_CONNECT4,
+    PROG_RECVMSG4, PROG_SENDMSG4, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, TO_PODS_PEER,
+    TO_PODS_STACK, TO_PODS_XDP,
 };
 use tracing::{info, warn};
 
@@ -77,6 +77,40 @@ pub struct LoadConfig {
     pub fib_redirect: bool,
     /// How translated packets reach local pods (`--to-pods`).
     pub to_pods: ToPods,
+    /// Where XDP serves external interfaces (`--xdp`).
+    pub xdp: XdpUse,
+}
+
+/// Where lb's XDP program serves an external interface (`lb agent --xdp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpUse {
+    /// On a NIC whose driver runs XDP natively: frames off a wire carry complete
+    /// checksums, and the NIC transmits redirected frames. Not on virtual devices
+    /// (veth, bridge, ...): a frame a local socket sent over a veth may carry a
+    /// partial checksum XDP cannot see (TC can), and a veth drops redirected frames
+    /// unless its peer has NAPI. There, and where the driver has no native XDP, TC
+    /// serves NodePort and LoadBalancer traffic alone.
+    #[default]
+    Auto,
+    /// XDP (native) on every external interface, virtual ones included: the user
+    /// vouches that senders fill in checksums (`ethtool -K eth0 tx off`) and the
+    /// peers of veths take redirected frames (`gro on`, or an XDP program).
+    Native,
+    /// TC alone.
+    Off,
+}
+
+impl std::str::FromStr for XdpUse {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(XdpUse::Auto),
+            "native" => Ok(XdpUse::Native),
+            "off" => Ok(XdpUse::Off),
+            _ => Err(format!("{s}: want auto, native or off")),
+        }
+    }
 }
 
 /// How XDP hands translated packets to pods on this node (`lb agent --to-pods`).
@@ -123,6 +157,7 @@ impl Default for LoadConfig {
         LoadConfig {
             snat_addr: None,
             fib_redirect: true,
+            xdp: XdpUse::Auto,
             to_pods: ToPods::default(),
         }
     }
@@ -338,6 +373,7 @@ pub struct Dataplane {
     attached: BTreeMap<String, Attachment>,
     /// Where links are pinned (`PINS/links`); None: links die with the process.
     links: Option<PathBuf>,
+    xdp_use: XdpUse,
 }
 
 impl Dataplane {
@@ -378,6 +414,7 @@ impl Dataplane {
             maps,
             attached: BTreeMap::new(),
             links,
+            xdp_use: cfg.xdp,
         })
     }
 
@@ -395,26 +432,65 @@ impl Dataplane {
         &self.attached
     }
 
-    /// External interface (uplink): XDP (native where the driver has it, generic
-    /// otherwise) for new and established flows, TC egress for replies.
-    pub fn attach_external(&mut self, iface: &str) -> Result<XdpAttach, LoadError> {
+    /// External interface (uplink): TC ingress for new and established flows (and
+    /// what XDP leaves), TC egress for replies; XDP in front where `--xdp` says
+    /// (see [`XdpUse`]), which marks the interface as taking redirected frames.
+    /// Returns how XDP is attached, if it is.
+    pub fn attach_external(&mut self, iface: &str) -> Result<Option<XdpAttach>, LoadError> {
         let ifindex = ifindex(iface)?;
-        let mode = self.attach_xdp(iface)?;
-        // TC ingress finishes what XDP leaves (SNAT replies whose neighbour XDP could
-        // not resolve); TC egress translates replies leaving for outside clients.
-        self.attach_tc(iface, PROG_TC_INGRESS, TcAttachType::Ingress)?;
+        let kind = crate::netif::link_kind(iface);
+        let mode = match (self.xdp_use, &kind) {
+            (XdpUse::Off, _) => None,
+            (XdpUse::Auto, Some(kind)) => {
+                info!(
+                    iface,
+                    kind,
+                    "XDP not used on a virtual interface (partial checksums, redirects need NAPI on the peer): TC serves it; `--xdp native` to force"
+                );
+                None
+            }
+            (XdpUse::Auto, None) => match self.attach_xdp(iface) {
+                Ok(mode) => Some(mode),
+                Err(error) => {
+                    warn!(iface, %error, "no native XDP on this driver: TC serves it");
+                    None
+                }
+            },
+            (XdpUse::Native, _) => Some(self.attach_xdp(iface)?),
+        };
+        if mode.is_none() {
+            self.drop_xdp(iface);
+        }
+        let how = self.attach_tc(iface, PROG_TC_INGRESS, TcAttachType::Ingress)?;
         self.attach_tc(iface, PROG_TC_EGRESS, TcAttachType::Egress)?;
-        self.maps.set_iface(ifindex, IFACE_EXTERNAL)?;
-        info!(iface, ifindex, xdp = ?mode, "attached to external interface");
+        let role = match mode {
+            Some(_) => IFACE_EXTERNAL | IFACE_F_XDP_XMIT,
+            None => IFACE_EXTERNAL,
+        };
+        self.maps.set_iface(ifindex, role)?;
+        info!(iface, ifindex, xdp = ?mode, link = ?how, "attached to external interface");
         self.attached.insert(
             iface.to_string(),
             Attachment {
                 ifindex,
-                role: IFACE_EXTERNAL,
-                xdp: Some(mode),
+                role,
+                xdp: mode,
             },
         );
         Ok(mode)
+    }
+
+    /// Removes an XDP link of an earlier agent (or mode) from `iface`: its pin
+    /// held it.
+    fn drop_xdp(&mut self, iface: &str) {
+        if let Some(dir) = &self.links {
+            for mode in [XdpAttach::Native, XdpAttach::Generic] {
+                let pin = dir.join(mode.pin_name(iface));
+                if std::fs::remove_file(&pin).is_ok() {
+                    info!(iface, pin = %pin.display(), "removed an earlier XDP link");
+                }
+            }
+        }
     }
 
     /// Interface behind which pods live: TC ingress starts flows from pods (ClusterIP),
@@ -492,8 +568,8 @@ impl Dataplane {
         Ok(())
     }
 
-    /// XDP on `iface`: into the pinned link if there is a live one, else a new link
-    /// (native where the driver has it, generic otherwise), pinned.
+    /// XDP on `iface`: into the pinned link if there is a live one, else a new
+    /// native link, pinned.
     fn attach_xdp(&mut self, iface: &str) -> Result<XdpAttach, LoadError> {
         let links = self.links.clone();
         let xdp: &mut Xdp = program(&mut self.ebpf, PROG_XDP)?;
@@ -517,16 +593,16 @@ impl Dataplane {
                 }
             }
         }
-        let (id, mode) = match xdp.attach(iface, XdpMode::Driver) {
-            Ok(id) => (id, XdpAttach::Native),
-            Err(e) => {
-                warn!(iface, error = %e, "native XDP not available, using generic (skb) mode");
-                let id = xdp
-                    .attach(iface, XdpMode::Skb)
-                    .map_err(prog_err(PROG_XDP, format!("attaching to {iface}")))?;
-                (id, XdpAttach::Generic)
-            }
-        };
+        // Native only: generic (skb) XDP brings none of XDP's gains, and TC does the
+        // same work on socket buffers with their checksum state.
+        let id = xdp
+            .attach(iface, XdpMode::Driver)
+            .map_err(prog_err(PROG_XDP, format!("attaching natively to {iface}")))?;
+        let mode = XdpAttach::Native;
+        // A generic link an earlier agent pinned goes.
+        if let Some(dir) = &links {
+            let _ = std::fs::remove_file(dir.join(XdpAttach::Generic.pin_name(iface)));
+        }
         if let Some(dir) = &links {
             let link = xdp
                 .take_link(id)

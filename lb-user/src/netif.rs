@@ -28,6 +28,12 @@ pub fn peer_in_other_netns(iface: &str) -> bool {
         .is_some_and(|l| matches!(l.kind.as_deref(), Some("veth" | "netkit")) && l.peer_netnsid)
 }
 
+/// The link's kind (`veth`, `bridge`, `netkit`, ...) for a virtual device; None
+/// for a NIC (or an interface netlink does not know).
+pub fn link_kind(iface: &str) -> Option<String> {
+    link_info(iface).and_then(|l| l.kind)
+}
+
 #[derive(Debug, Default)]
 struct LinkInfo {
     kind: Option<String>,

@@ -124,6 +124,12 @@ impl Lb {
             argv.extend(["--iface".to_string(), i.to_string()]);
         }
         argv.extend(extra.iter().map(|a| a.to_string()));
+        // `LB_TEST_XDP=native`: XDP on the (tuned) veths too, unless the test chose.
+        if let Some(x) = xdp_from_env()
+            && !extra.contains(&"--xdp")
+        {
+            argv.extend(["--xdp".to_string(), x]);
+        }
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let label = format!("agent-{node_name}");
         t.spawn(node, &label, &argv, &[("LB_LOG", "info")])?;
@@ -169,4 +175,9 @@ pub fn curl(t: &Topology, ns: &Netns, url: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `--xdp` the end-to-end tests give agents (`LB_TEST_XDP`), if any.
+pub fn xdp_from_env() -> Option<String> {
+    std::env::var("LB_TEST_XDP").ok().filter(|x| !x.is_empty())
 }

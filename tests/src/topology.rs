@@ -119,6 +119,10 @@ impl Topology {
         ]))?;
         self.ip(a, &["link", "set", a_if, "up"])?;
         self.ip(b, &["link", "set", b_if, "up"])?;
+        let links = Links::from_env();
+        for (ns, iface) in [(a, a_if), (b, b_if)] {
+            links.apply(self, ns, iface)?;
+        }
         Ok(())
     }
 
@@ -319,6 +323,44 @@ impl Drop for Topology {
     }
 }
 
+/// How the tests' veths are set, from `LB_TEST_LINKS` (unset: `default`). lb must
+/// deliver on every one; `cargo xtask test` runs the end-to-end tests on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// As `ip link add` makes them, as container runtimes and kind leave them:
+    /// transmit checksum offload on (a local socket's packets carry partial
+    /// checksums), GRO off (no NAPI: a veth drops frames XDP redirects into it).
+    Default,
+    /// Transmit checksum offload off on every end: complete checksums, as off a wire.
+    OffloadsOff,
+    /// GRO on every end: NAPI, so veths take redirected frames.
+    GroOn,
+    /// Both: what lb's XDP fast path on veths (`--xdp native`) needs.
+    Tuned,
+}
+
+impl Links {
+    pub fn from_env() -> Links {
+        match std::env::var("LB_TEST_LINKS").as_deref() {
+            Ok("offloads-off") => Links::OffloadsOff,
+            Ok("gro-on") => Links::GroOn,
+            Ok("tuned") => Links::Tuned,
+            _ => Links::Default,
+        }
+    }
+
+    /// Sets one veth end as these links want.
+    pub fn apply(self, t: &Topology, ns: &Netns, iface: &str) -> Result<()> {
+        if matches!(self, Links::OffloadsOff | Links::Tuned) {
+            t.sh(ns, &["ethtool", "-K", iface, "tx", "off"])?;
+        }
+        if matches!(self, Links::GroOn | Links::Tuned) {
+            t.sh(ns, &["ethtool", "-K", iface, "gro", "on"])?;
+        }
+        Ok(())
+    }
+}
+
 /// The seeds' network: a laptop (192.168.1.10) and a node (192.168.1.2) on one LAN,
 /// pods in 10.244.0.0/16 behind the node, each on its own veth (as Cilium's and the
 /// ptp CNI plugin's pods are).
@@ -336,8 +378,7 @@ pub mod seeds {
         pub node: Netns,
     }
 
-    /// Laptop and node joined by a veth "wire". The laptop end has transmit checksum
-    /// offload off, so frames carry complete checksums, as frames off a real wire do.
+    /// Laptop and node joined by a veth "wire", set as [`Links::from_env`] says.
     pub fn lan(t: &mut Topology) -> Result<Seeds> {
         let laptop = t.netns("laptop")?;
         let node = t.netns("node")?;
@@ -350,7 +391,6 @@ pub mod seeds {
             &node,
             &["addr", "add", &format!("{NODE_IP}/24"), "dev", "eth0"],
         )?;
-        t.sh(&laptop, &["ethtool", "-K", "eth0", "tx", "off"])?;
         t.sysctl(&node, "net.ipv4.ip_forward", "1")?;
         Ok(Seeds { laptop, node })
     }
@@ -439,7 +479,6 @@ pub mod multinode {
                 "eth0",
             ],
         )?;
-        t.sh(&laptop, &["ethtool", "-K", "eth0", "tx", "off"])?;
         let mut node_ns = Vec::new();
         let mut pods = Vec::new();
         for n in 0..nodes {
@@ -447,10 +486,6 @@ pub mod multinode {
             let port = format!("p-node{}", n + 1);
             t.link(&node, "eth0", &lan, &port)?;
             t.ip(&lan, &["link", "set", &port, "master", "br0"])?;
-            // NAPI on the bridge side, so frames a node's XDP sends back out (XDP_TX)
-            // are taken in by the peer.
-            t.sh(&lan, &["ethtool", "-K", &port, "gro", "on"])?;
-            t.sh(&node, &["ethtool", "-K", "eth0", "tx", "off"])?;
             t.ip(
                 &node,
                 &["addr", "add", &format!("{}/24", node_ip(n)), "dev", "eth0"],

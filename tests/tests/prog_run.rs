@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
-    DELIVER_MAGIC, DeliverMeta, IFACE_F_PEER, IFACE_POD, PROG_TC_EGRESS, PROG_TC_INGRESS,
-    SVC_F_INTERNAL, reason,
+    DELIVER_MAGIC, DeliverMeta, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_POD, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, SVC_F_INTERNAL, reason,
 };
 use lb_tests::{
     Topology,
@@ -751,4 +751,24 @@ fn xdp_hands_packets_for_a_local_pod_over_as_to_pods_says() {
             .collect();
         assert_eq!(moved, want, "{what}: counters");
     }
+}
+
+#[test]
+fn only_a_local_pod_landing_on_itself_is_a_hairpin() {
+    // A packet from outside the node (a pod of another node, through its NodePort)
+    // whose source is the backend chosen: translated as any other client's, not
+    // sent back where it came from from the hairpin address.
+    let mut dp = dataplane();
+    dp.maps.set_iface(1, IFACE_EXTERNAL).unwrap();
+    let syn = Pkt::tcp(POD, 42010, NODE, NODE_PORT, TCP_SYN);
+    check(
+        &mut dp,
+        vec![Row {
+            what: "from an external interface, source = backend: plain DNAT",
+            prog: Prog::TcIngress,
+            input: syn.build(),
+            reason: reason::NAT_NEW_FLOW,
+            output: Some(syn.rewritten(POD, 42010, POD, 80).build()),
+        }],
+    );
 }

@@ -136,8 +136,9 @@ fn verdicts_after(s: &Scenario, fetches: usize) -> Vec<lb_common::Counters> {
 #[test]
 fn by_default_tc_hands_nodeport_packets_to_the_pods_end_of_its_veth() {
     // A pod as a CNI makes it: no XDP program and GRO off at its end of the veth,
-    // which therefore would drop frames XDP redirected into it. XDP translates and
-    // marks; TC ingress hands the packet over with bpf_redirect_peer.
+    // which therefore would drop frames XDP redirected into it. TC ingress on the
+    // uplink hands the packet over with bpf_redirect_peer: translated by XDP and
+    // marked (`--xdp native`), or translated by TC itself (a veth uplink, `auto`).
     let s = scenario_with(
         "seedsp",
         &format!("{SEEDS_SERVICE}---\n{SEEDS_POD}"),
@@ -166,22 +167,49 @@ fn by_default_tc_hands_nodeport_packets_to_the_pods_end_of_its_veth() {
 
 #[test]
 fn with_to_pods_xdp_the_nodeport_reaches_the_pod_by_xdp_redirect() {
-    // The pod's end of its veth has GRO on, which gives the veth NAPI: it then takes
-    // frames XDP redirects into it (what `--to-pods xdp` requires of every pod).
+    // The fast path needs tuned links, and says so: XDP on the (virtual) uplink
+    // (`--xdp native`), the laptop filling in its checksums (tx off: XDP cannot see
+    // a partial one), and GRO on at the pod's end of its veth, which gives it NAPI:
+    // it then takes frames XDP redirects into it (what `--to-pods xdp` requires of
+    // every pod).
     let s = scenario_with(
         "seedsx",
         &format!("{SEEDS_SERVICE}---\n{SEEDS_POD}"),
-        &["--to-pods", "xdp"],
+        &["--to-pods", "xdp", "--xdp", "native"],
         |t, pod| {
             t.sh(pod, &["ethtool", "-K", "eth0", "gro", "on"]).unwrap();
         },
     );
+    s.t.sh(&s.laptop, &["ethtool", "-K", "eth0", "tx", "off"])
+        .unwrap();
     let redirected = verdicts_after(&s, 5)[reason::FWD_XDP_REDIRECT as usize];
     assert!(
         redirected.packets >= 10,
         "packets to the local pod were redirected at XDP: {redirected:?}\n{}",
         s.lb.diagnostics(&s.t, "node1")
     );
+}
+
+#[test]
+fn with_to_pods_xdp_on_links_as_they_come_tc_serves_and_nothing_is_lost() {
+    // The same service and flags on untuned links (unless the run tunes them all):
+    // the agent leaves the veth uplink to TC (`--xdp auto`), and every request is
+    // answered.
+    let s = scenario_with(
+        "seedsxd",
+        &format!("{SEEDS_SERVICE}---\n{SEEDS_POD}"),
+        &["--to-pods", "xdp"],
+        |_, _| {},
+    );
+    let v = verdicts_after(&s, 5);
+    if lb_tests::lbctl::xdp_from_env().is_none() {
+        assert_eq!(v[reason::FWD_XDP_REDIRECT as usize].packets, 0);
+        let log = s.t.log("agent-node1");
+        assert!(
+            log.contains("XDP not used on a virtual interface"),
+            "the agent says why XDP stays off:\n{log}"
+        );
+    }
 }
 
 #[test]

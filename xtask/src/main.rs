@@ -216,9 +216,25 @@ fn test(filter: Option<String>) -> Result<()> {
         cmd.arg(f);
     }
     run(&mut cmd)?;
-    // The benchmarks must keep working too: a short run, no timing asserted.
     if smoke {
+        // The end-to-end tests again on the other link settings (the run above had
+        // links as they come): checksum offload off, GRO on, and both with lb's XDP
+        // on the veth uplinks (`--xdp native`, the fast path tuned links allow).
+        for (links, xdp) in [("offloads-off", ""), ("gro-on", ""), ("tuned", "native")] {
+            println!("== end-to-end tests on links: {links}, --xdp {xdp:?}");
+            run(Command::new("cargo")
+                .current_dir(&root)
+                .args(["test", "--release", "-p", "lb-tests"])
+                .args(MATRIX_TESTS.iter().flat_map(|t| ["--test", t]))
+                .env("LB_BIN", &lb)
+                .env("LB_TEST_LINKS", links)
+                .env("LB_TEST_XDP", xdp))?;
+        }
+        // The benchmarks must keep working too: a short run, no timing asserted.
         bench(true)?;
     }
     Ok(())
 }
+
+/// The end-to-end tests run on every link setting (`LB_TEST_LINKS`).
+const MATRIX_TESTS: &[&str] = &["seeds", "dataplane", "multinode", "agent"];

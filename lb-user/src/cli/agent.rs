@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::{
     agent::{self, AgentOptions, DEFAULT_BPFFS},
-    loader::{LoadConfig, ToPods},
+    loader::{LoadConfig, ToPods, XdpUse},
     netif::parse_cidr,
 };
 
@@ -43,6 +43,14 @@ pub struct AgentArgs {
     /// lookup: with `--no-xdp-redirect` packets go through the stack.
     #[arg(long, default_value = "peer", value_parser = to_pods())]
     pub to_pods: ToPods,
+    /// Where XDP serves external interfaces: `auto` on NICs with native XDP (frames
+    /// off a wire have complete checksums; the NIC sends redirected frames), TC
+    /// alone on virtual interfaces (veth, bridge) and drivers without native XDP;
+    /// `native` on every external interface (only where senders fill in checksums,
+    /// `ethtool -K eth0 tx off`, and veth peers take redirected frames, `gro on`);
+    /// `off`: TC alone.
+    #[arg(long, default_value = "auto", value_parser = xdp_use())]
+    pub xdp: XdpUse,
     /// Addresses LoadBalancer services are given (CIDR; repeat for several). One node
     /// answers ARP for each address; another takes over when its agent stops.
     #[arg(long = "lb-pool", value_parser = parse_cidr)]
@@ -58,6 +66,12 @@ pub struct AgentArgs {
     /// node's spec.podCIDRs count too.
     #[arg(long = "cluster-cidr", value_parser = parse_cidr)]
     pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
+}
+
+fn xdp_use() -> impl clap::builder::TypedValueParser<Value = XdpUse> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["auto", "native", "off"])
+        .map(|w| w.parse::<XdpUse>().expect("one of the listed words"))
 }
 
 fn to_pods() -> impl clap::builder::TypedValueParser<Value = ToPods> {
@@ -78,6 +92,7 @@ pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
             snat_addr: None,
             fib_redirect: !a.no_xdp_redirect,
             to_pods: a.to_pods,
+            xdp: a.xdp,
         },
         lb_pools: a.lb_pools,
         cluster_cidrs: a.cluster_cidrs,

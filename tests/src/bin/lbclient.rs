@@ -14,6 +14,9 @@
 //!                                   an answer from any other address prints `ERR from X`
 //! lbclient stream ADDR:PORT SECS    one connection, GET /stream, prints every line it
 //!                                   reads for SECS seconds, then `END <lines>` or `ERR`
+//! lbclient bulk ADDR:PORT COUNT     COUNT connections, each sending 1 MiB and
+//!                                   reading 1 MiB back (full-size segments both ways);
+//!                                   prints `TEXT` if both arrived whole, else `ERR`
 //! lbclient connect ADDR:PORT        one connect; prints `OK` or `ERR <kind> <ms>`
 //!                                   (`ERR ConnectionRefused 3` for a RST after 3 ms)
 
@@ -59,6 +62,8 @@ fn main() {
         Some("sendto") => (0..n)
             .for_each(|i| println!("{}", sendto(addr, i).unwrap_or_else(|e| format!("ERR {e}")))),
         Some("stream") => stream(addr, Duration::from_secs(n.min(600))),
+        Some("bulk") => (0..n.min(100))
+            .for_each(|_| println!("{}", bulk(addr).unwrap_or_else(|e| format!("ERR {e}")))),
         Some("connect") => {
             let start = Instant::now();
             match TcpStream::connect_timeout(&addr, TIMEOUT) {
@@ -73,6 +78,48 @@ fn main() {
 fn usage() -> ! {
     eprintln!("usage: lbclient tcp|peer|udp|sendto|stream|connect ADDR:PORT [COUNT|SECS]");
     std::process::exit(2)
+}
+
+/// Sent and expected back by `bulk`.
+const BULK_BYTES: usize = 1 << 20;
+
+fn bulk_byte(i: usize) -> u8 {
+    (i.wrapping_mul(131) >> 3) as u8
+}
+
+fn bulk(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    let body: Vec<u8> = (0..BULK_BYTES).map(|i| (i % 251) as u8).collect();
+    s.write_all(
+        format!("GET /bulk HTTP/1.1\r\nHost: lb\r\nContent-Length: {BULK_BYTES}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )?;
+    s.write_all(&body)?;
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)?;
+    let Some(start) = got.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
+        return Ok("ERR no answer head".into());
+    };
+    let answer = &got[start..];
+    let Some(nl) = answer.iter().position(|b| *b == b'\n') else {
+        return Ok("ERR no text line".into());
+    };
+    let line = String::from_utf8_lossy(&answer[..nl]).to_string();
+    let mut words = line.split_whitespace();
+    let text = words.next().unwrap_or("").to_string();
+    if words.next() != Some(&BULK_BYTES.to_string()) {
+        return Ok(format!("ERR the server got not {BULK_BYTES} bytes: {line}"));
+    }
+    let data = &answer[nl + 1..];
+    if data.len() != BULK_BYTES || data.iter().enumerate().any(|(i, b)| *b != bulk_byte(i)) {
+        return Ok(format!(
+            "ERR {} bytes back, not the {BULK_BYTES} sent",
+            data.len()
+        ));
+    }
+    Ok(text)
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {

@@ -51,6 +51,49 @@ fn main() {
     }
 }
 
+/// `/bulk`: reads the request's body (its Content-Length, at most 16 MiB), then
+/// answers `TEXT RECEIVED` and `BULK_BYTES` bytes of `bulk_byte`: full-size segments
+/// both ways.
+fn bulk(conn: &mut std::net::TcpStream, text: &str, got: &[u8]) {
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(got.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    let want = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(16 << 20);
+    let mut received = got.len() - head_end;
+    let mut buf = vec![0u8; 65536];
+    while received < want {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n,
+        }
+    }
+    let line = format!("{text} {received}\n");
+    let body: Vec<u8> = line.bytes().chain((0..BULK_BYTES).map(bulk_byte)).collect();
+    let _ = conn.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let _ = conn.write_all(&body);
+}
+
+/// How many bytes `/bulk` sends after its line.
+pub const BULK_BYTES: usize = 1 << 20;
+
+/// Byte `i` of a `/bulk` body.
+pub fn bulk_byte(i: usize) -> u8 {
+    (i.wrapping_mul(131) >> 3) as u8
+}
+
 /// Reads a request head (or whatever comes first) and answers with the text.
 /// A request for `/stream` gets an endless body instead, one line at a time, so
 /// tests can hold a connection open while things change around it; `/peer` adds the
@@ -63,6 +106,10 @@ fn serve_http(mut conn: std::net::TcpStream, text: &str) {
             Ok(0) | Err(_) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
+    }
+    if got.starts_with(b"GET /bulk") {
+        bulk(&mut conn, text, &got);
+        return;
     }
     if got.starts_with(b"GET /stream") {
         let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
