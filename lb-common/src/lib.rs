@@ -321,6 +321,11 @@ pub const DELIVER_MAGIC: u32 = 0x6c62_7065; // "lbpe"
 /// TCP state bits kept in [`CtValue::tcp_flags`].
 pub const CT_TCP_SEEN_FIN: u8 = 1 << 0;
 pub const CT_TCP_SEEN_RST: u8 = 1 << 1;
+/// The backend answered: the connection is established (before, the SYN_SENT
+/// timeout holds it).
+pub const CT_TCP_SEEN_REPLY: u8 = 1 << 2;
+/// The bits that close a connection.
+pub const CT_TCP_CLOSING: u8 = CT_TCP_SEEN_FIN | CT_TCP_SEEN_RST;
 
 /// Value of [`MAP_CONNTRACK`]: the tuple a matching packet is rewritten to.
 #[repr(C)]
@@ -460,7 +465,13 @@ pub mod reason {
     /// A packet of an SNAT flow too big for its way out that may be fragmented:
     /// dropped (its rewritten tuple cannot go to the stack to be fragmented).
     pub const DROP_FRAG_NEEDED: u32 = 24;
-    pub const COUNT: u32 = 25;
+    /// A TCP packet of no tracked flow that is not a SYN (a bare ACK, FIN, RST):
+    /// passed to the kernel; flows start with a SYN, as netfilter's and Cilium's.
+    pub const PASS_TCP_NOT_SYN: u32 = 25;
+    /// XDP: a packet of an SNAT flow with no way out XDP can take (no neighbour entry
+    /// yet, an interface that takes no XDP frames): passed on untouched, for TC.
+    pub const PASS_TO_TC: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// Names for people, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -489,11 +500,16 @@ pub mod reason {
         "fwd_tc_peer",
         "reject_frag_needed",
         "drop_frag_needed",
+        "pass_tcp_not_syn",
+        "pass_to_tc",
     ];
 }
 
 /// Idle timeouts (seconds) after which a conntrack entry no longer holds a flow.
 pub const CT_TIMEOUT_TCP_S: u64 = 6 * 3600;
+/// A TCP flow whose backend has not answered yet (netfilter's SYN_SENT is 120 s,
+/// Cilium's 60 s): a SYN flood's entries go within a minute.
+pub const CT_TIMEOUT_TCP_SYN_S: u64 = 60;
 pub const CT_TIMEOUT_TCP_CLOSING_S: u64 = 10;
 pub const CT_TIMEOUT_UDP_S: u64 = 60;
 

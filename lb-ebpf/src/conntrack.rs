@@ -4,9 +4,10 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
-    Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_SNAT, CT_TCP_SEEN_FIN,
-    CT_TCP_SEEN_RST, CT_TIMEOUT_TCP_CLOSING_S, CT_TIMEOUT_TCP_S, CT_TIMEOUT_UDP_S, CtValue,
-    FlowKey, HAIRPIN_SNAT_ADDR, PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, reason,
+    Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_SNAT, CT_TCP_CLOSING,
+    CT_TCP_SEEN_FIN, CT_TCP_SEEN_REPLY, CT_TCP_SEEN_RST, CT_TIMEOUT_TCP_CLOSING_S,
+    CT_TIMEOUT_TCP_S, CT_TIMEOUT_TCP_SYN_S, CT_TIMEOUT_UDP_S, CtValue, FlowKey, HAIRPIN_SNAT_ADDR,
+    PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, reason,
 };
 
 use crate::{
@@ -64,8 +65,10 @@ fn closing_bits(tcp_flags: u8) -> u8 {
 fn expired(ct: &CtValue, proto: u8, now: u64) -> bool {
     let timeout = if proto != PROTO_TCP {
         CT_TIMEOUT_UDP_S
-    } else if ct.tcp_flags != 0 {
+    } else if ct.tcp_flags & CT_TCP_CLOSING != 0 {
         CT_TIMEOUT_TCP_CLOSING_S
+    } else if ct.tcp_flags & CT_TCP_SEEN_REPLY == 0 {
+        CT_TIMEOUT_TCP_SYN_S
     } else {
         CT_TIMEOUT_TCP_S
     };
@@ -104,23 +107,30 @@ fn live(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
         return None;
     }
     let bare_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if key.proto == PROTO_TCP && bare_syn && entry.tcp_flags != 0 {
+    if key.proto == PROTO_TCP && bare_syn && entry.tcp_flags & CT_TCP_CLOSING != 0 {
         return None;
     }
-    let closing = if key.proto == PROTO_TCP {
+    let mut bits = if key.proto == PROTO_TCP {
         closing_bits(tcp_flags)
     } else {
         0
     };
-    if closing & !entry.tcp_flags != 0 {
-        entry.tcp_flags |= closing;
+    // The backend's first answer establishes the connection (both entries, once).
+    if key.proto == PROTO_TCP
+        && entry.direction == CT_DIR_REPLY
+        && entry.tcp_flags & CT_TCP_SEEN_REPLY == 0
+    {
+        bits |= CT_TCP_SEEN_REPLY;
+    }
+    if bits & !entry.tcp_flags != 0 {
+        entry.tcp_flags |= bits;
         entry.last_seen = now;
-        // The other direction closes with this one.
+        // The other direction closes (or is established) with this one.
         let peer = peer_key(&nat_tuple(entry, key.proto));
         if let Some(other) = LB_CT.get_ptr_mut(peer) {
             // SAFETY: as above.
             unsafe {
-                (*other).tcp_flags |= closing;
+                (*other).tcp_flags |= bits;
                 (*other).last_seen = now;
             }
         }
@@ -128,6 +138,15 @@ fn live(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
         entry.last_seen = now;
     }
     Some(*entry)
+}
+
+/// Removes a flow that was just created for a packet that is not sent on after
+/// all (dropped, passed, no way out): no entry outlives a packet that was not
+/// translated, and its SNAT port is free again. `nat`: the tuple it was given.
+#[inline(always)]
+pub fn forget(key: &FlowKey, nat: &FlowKey) {
+    let _ = LB_CT.remove(key);
+    let _ = LB_CT.remove(peer_key(nat));
 }
 
 /// Whether the tuple has an entry (no expiry check, no refresh): the benchmarks'

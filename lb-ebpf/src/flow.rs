@@ -2,14 +2,14 @@
 //! Decides only; `nat` carries the decision out.
 
 use lb_common::{
-    BE_F_REMOTE, CT_F_HAIRPIN, CT_F_SNAT, CtValue, FlowKey, HAIRPIN_SNAT_ADDR, reason,
+    BE_F_REMOTE, CT_F_HAIRPIN, CT_F_SNAT, CtValue, FlowKey, HAIRPIN_SNAT_ADDR, PROTO_TCP, reason,
 };
 
 use crate::{
     clock,
     conntrack::{self, CtState, Snat},
     lb::{self, Select},
-    parse::{Frag, Packet},
+    parse::{Frag, Packet, TCP_ACK, TCP_SYN},
 };
 
 /// Set by the agent at load time (`lb_common::GLOBAL_SNAT_ADDR`): the node address
@@ -31,6 +31,9 @@ pub enum Verdict {
         backend_id: u32,
         reason: u32,
         forward: Forward,
+        /// The flow was created for this packet: if it is not sent on after all,
+        /// the hook forgets it (`conntrack::forget`).
+        new: bool,
     },
 }
 
@@ -89,9 +92,13 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
         (CtState::New, Hook::Egress) => return Verdict::Pass(reason::PASS_NO_SERVICE),
         (CtState::New, Hook::Ingress) => {}
     }
-    // A flow starts with a whole packet or a first fragment, never a later one.
+    // A flow starts with a whole packet or a first fragment, never a later one; a TCP
+    // flow with a SYN (a stray ACK, FIN or RST is the kernel's to answer).
     if p.frag == Frag::Later {
         return Verdict::Pass(reason::PASS_FRAGMENT);
+    }
+    if p.key.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return Verdict::Pass(reason::PASS_TCP_NOT_SYN);
     }
     let (svc_id, backend) = match lb::select(&p.key, lb::Origin::Iface(ifindex), now) {
         Select::Backend { svc_id, backend } => (svc_id, backend),
@@ -120,6 +127,7 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
             backend_id: backend.backend_id,
             reason: reason::NAT_NEW_FLOW,
             forward: forward(flags),
+            new: true,
         },
         Err(reason) => Verdict::Pass(reason),
     }
@@ -134,6 +142,7 @@ fn translate(ct: &CtValue, p: &Packet, reason: u32) -> Verdict {
         backend_id: ct.backend_id,
         reason,
         forward: forward(ct.flags),
+        new: false,
     }
 }
 

@@ -12,13 +12,13 @@ use crate::{
     stats,
 };
 
-/// The packet between `data` and `data_end` with its ports, a later fragment's
+/// The packet between `data` and `data_end` (of `len` bytes in all) with its ports, a later fragment's
 /// taken from its first fragment; None when it is not one lb looks at (not IPv4
 /// TCP/UDP, malformed, a fragment whose first was not seen), counted under its
 /// reason and to be passed on unchanged. Every hook starts with it.
 #[inline(always)]
-pub fn packet(data: usize, data_end: usize) -> Option<Packet> {
-    let mut p = match parse::parse(data, data_end) {
+pub fn packet(data: usize, data_end: usize, len: usize) -> Option<Packet> {
+    let mut p = match parse::parse(data, data_end, len) {
         Ok(p) => p,
         Err(reason) => {
             stats::verdict(reason, 0);

@@ -20,6 +20,8 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 /// Offset of the flags byte in the TCP header.
 const TCP_FLAGS_OFF: usize = 13;
+/// Offset of the data-offset byte (high nibble: header length in words).
+const TCP_DOFF_OFF: usize = 12;
 /// Offsets of the checksum fields in their headers.
 pub const IP_TTL_OFF: usize = 8;
 pub const IP_CHECK_OFF: usize = 10;
@@ -84,9 +86,10 @@ pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
 }
 
 /// Parses an Ethernet frame into a [`Packet`], or says (as a `reason`) why the
-/// packet is not one lb translates.
+/// packet is not one lb translates. `len`: the whole frame's length (at TC a socket
+/// buffer's data may go on past `data_end`, in pages).
 #[inline(always)]
-pub fn parse(data: usize, data_end: usize) -> Result<Packet, u32> {
+pub fn parse(data: usize, data_end: usize, len: usize) -> Result<Packet, u32> {
     let eth: *const EthHdr = ptr_at(data, data_end, 0).ok_or(reason::PASS_MALFORMED)?;
     // SAFETY: ptr_at checked that the whole header lies inside the packet.
     if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
@@ -101,7 +104,9 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, u32> {
         return Err(reason::PASS_MALFORMED);
     }
     let ip_len = u16::from_be_bytes(ip.tot_len);
-    if (ip_len as usize) < ihl {
+    // The datagram lies whole in the frame (after it, at most Ethernet padding) and
+    // holds its own header.
+    if (ip_len as usize) < ihl || l3_off + ip_len as usize > len {
         return Err(reason::PASS_MALFORMED);
     }
     let frags = u16::from_be_bytes(ip.frags);
@@ -119,29 +124,49 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, u32> {
         Frag::Whole
     };
     let l4_off = l3_off + ihl;
+    // What the datagram (or this first fragment) holds after the IPv4 header: the L4
+    // header must lie in it whole, never in the frame's padding (RFC 1858's tiny
+    // fragments included).
+    let l4_len = ip_len as usize - ihl;
     let (sport_be, dport_be, tcp_flags) = if frag == Frag::Later {
         (0, 0, 0)
     } else if proto == PROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(data, data_end, l4_off).ok_or(reason::PASS_MALFORMED)?;
-        // SAFETY: ptr_at checked the whole TCP header; the flags byte lies inside it
-        // (read through the same pointer, so the verifier sees the same bounds).
-        unsafe {
+        // SAFETY: ptr_at checked the whole TCP header; the flags and data-offset
+        // bytes lie inside it (read through the same pointer, so the verifier sees
+        // the same bounds).
+        let (sport, dport, flags, doff) = unsafe {
             (
                 u16::from_ne_bytes((*tcp).source),
                 u16::from_ne_bytes((*tcp).dest),
                 *(tcp as *const u8).add(TCP_FLAGS_OFF),
+                (*(tcp as *const u8).add(TCP_DOFF_OFF) >> 4) as usize * 4,
             )
+        };
+        if doff < TcpHdr::LEN || doff > l4_len {
+            return Err(reason::PASS_MALFORMED);
         }
+        (sport, dport, flags)
     } else {
         let udp: *const UdpHdr = ptr_at(data, data_end, l4_off).ok_or(reason::PASS_MALFORMED)?;
         // SAFETY: checked by ptr_at.
-        unsafe {
+        let (sport, dport, len) = unsafe {
             (
                 u16::from_ne_bytes((*udp).src),
                 u16::from_ne_bytes((*udp).dst),
-                0,
+                u16::from_be_bytes((*udp).len) as usize,
             )
+        };
+        // A whole datagram holds exactly its UDP length; a first fragment holds the
+        // header and the start of a longer one.
+        let fits = match frag {
+            Frag::Whole => len <= l4_len,
+            _ => len > l4_len,
+        };
+        if len < UdpHdr::LEN || l4_len < UdpHdr::LEN || !fits {
+            return Err(reason::PASS_MALFORMED);
         }
+        (sport, dport, 0)
     };
     Ok(Packet {
         l3_off,

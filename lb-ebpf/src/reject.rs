@@ -29,6 +29,14 @@ const ICMP_PORT_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const PROTO_ICMP: u8 = 1;
 
+/// Whether `addr` (network order) can be a host's source: not 0.0.0.0/8, loopback,
+/// multicast, reserved or broadcast.
+#[inline(always)]
+fn unicast_host(addr_be: u32) -> bool {
+    let first = addr_be.to_ne_bytes()[0];
+    first != 0 && first != 127 && first < 224
+}
+
 /// Internet checksum of `N` 16-bit words at `ptr`.
 #[inline(always)]
 fn checksum<const N: usize>(ptr: *const [u8; 2]) -> u16 {
@@ -66,6 +74,11 @@ fn unreachable(ctx: &TcContext, p: &Packet, code: u8, mtu: u16) -> Option<i32> {
     let eth: *const EthHdr = ptr_at(data, data_end, 0)?;
     // SAFETY: bounds-checked by ptr_at.
     let (client_mac, our_mac) = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
+    // As the kernel's icmp_send (RFC 1122): never about a frame sent to a broadcast
+    // or multicast address, nor to a source that is no host's.
+    if our_mac[0] & 1 != 0 || !unicast_host(p.key.saddr_be) {
+        return None;
+    }
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
 

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use lb_common::reason;
 
 use crate::{
-    deliver,
+    conntrack, deliver,
     flow::{self, Forward, Hook, Verdict},
     frag, fwd, nat, reject, stats,
 };
@@ -29,7 +29,7 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
     {
         return verdict;
     }
-    let Some(p) = frag::packet(ctx.data(), ctx.data_end()) else {
+    let Some(p) = frag::packet(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_UNSPEC;
     };
     match flow::decide(&p, ifindex, hook) {
@@ -51,7 +51,14 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
             backend_id,
             reason,
             forward,
+            new,
         } => {
+            // A flow created for this packet goes again if the packet is not sent on.
+            let forget = || {
+                if new {
+                    conntrack::forget(&p.key, &to);
+                }
+            };
             // SNAT flows: find the way out first; a packet with none is left alone,
             // one too big for it is answered as a router answers (ICMP
             // "fragmentation needed" with the MTU, for path MTU discovery) or, when
@@ -61,6 +68,7 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
                 _ => fwd::TcRoute::NONE,
             };
             if forward == Forward::Fib && out.ifindex == 0 {
+                forget();
                 if out.mtu == 0 {
                     stats::verdict(reason::PASS_NO_ROUTE, p.ip_len);
                     return TC_ACT_UNSPEC;
@@ -84,6 +92,7 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
             // Sent on by the program, as by a router: one hop less, none left at 1.
             let hop = forward != Forward::Stack || peer.found();
             if hop && p.ttl <= 1 {
+                forget();
                 stats::verdict(reason::DROP_TTL_EXCEEDED, p.ip_len);
                 return TC_ACT_SHOT;
             }
@@ -109,7 +118,10 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
                         _ => {}
                     }
                 }
-                Err(reason) => stats::verdict(reason, p.ip_len),
+                Err(reason) => {
+                    forget();
+                    stats::verdict(reason, p.ip_len);
+                }
             }
         }
     }

@@ -8,7 +8,7 @@ use lb_common::{
 };
 
 use crate::{
-    deliver,
+    conntrack, deliver,
     flow::{self, Forward, Hook, Verdict},
     frag,
     fwd::{self, Route},
@@ -20,7 +20,7 @@ use crate::{
 /// Runs the pipeline on one frame; returns the XDP action.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    let Some(p) = frag::packet(ctx.data(), ctx.data_end()) else {
+    let Some(p) = frag::packet(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) else {
         return xdp_action::XDP_PASS;
     };
     let ingress = ctx.ingress_ifindex() as u32;
@@ -38,6 +38,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
             backend_id,
             reason,
             forward,
+            new,
         } => {
             let way = way_out(ctx, &p, &to, forward, ingress);
             // SNAT flows cannot go through the stack once rewritten: their packets
@@ -46,7 +47,12 @@ pub fn run(ctx: &XdpContext) -> u32 {
             // (no full FIB answer, or an interface that takes no XDP frames) they go
             // on untouched, and TC ingress, whose bpf_redirect_neigh resolves the
             // neighbour and takes any interface, finishes them.
+            // A flow created here is forgotten: TC starts it anew.
             if forward == Forward::Fib && !way.route.found() {
+                if new {
+                    conntrack::forget(&p.key, &to);
+                }
+                stats::verdict(reason::PASS_TO_TC, p.ip_len);
                 return xdp_action::XDP_PASS;
             }
             match nat::rewrite_xdp(ctx, &p, &to, way.route.found()) {
@@ -62,7 +68,12 @@ pub fn run(ctx: &XdpContext) -> u32 {
                         return action;
                     }
                 }
-                Err(reason) => stats::verdict(reason, p.ip_len),
+                Err(reason) => {
+                    if new {
+                        conntrack::forget(&p.key, &to);
+                    }
+                    stats::verdict(reason, p.ip_len);
+                }
             }
         }
     }

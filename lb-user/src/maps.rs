@@ -224,6 +224,15 @@ impl Maps {
             .collect()
     }
 
+    /// The conntrack entry for one tuple, if there is one.
+    pub fn conntrack_entry(&self, key: &FlowKey) -> Result<Option<CtValue>, MapsError> {
+        match self.conntrack.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(aya_err(MAP_CONNTRACK, "reading")(e)),
+        }
+    }
+
     pub fn put_conntrack(&mut self, key: &FlowKey, value: &CtValue) -> Result<(), MapsError> {
         self.conntrack
             .insert(key, value, 0)

@@ -434,7 +434,10 @@ pub fn verdicts(counters: &[lb_common::Counters]) -> String {
 
 /// `lb conntrack`: one row per direction of each flow, as `conntrack -L` lists them.
 pub fn conntrack(flows: &[(lb_common::FlowKey, lb_common::CtValue)]) -> String {
-    use lb_common::{CT_DIR_REPLY, CT_F_HAIRPIN, CT_TCP_SEEN_FIN, CT_TCP_SEEN_RST, PROTO_TCP};
+    use lb_common::{
+        CT_DIR_REPLY, CT_F_HAIRPIN, CT_TCP_CLOSING, CT_TCP_SEEN_FIN, CT_TCP_SEEN_REPLY,
+        CT_TCP_SEEN_RST, PROTO_TCP,
+    };
     let ep = |addr: u32, port: u16| {
         format!(
             "{}:{}",
@@ -445,7 +448,13 @@ pub fn conntrack(flows: &[(lb_common::FlowKey, lb_common::CtValue)]) -> String {
     let rows = flows
         .iter()
         .map(|(k, v)| {
+            let tcp_open = k.proto == PROTO_TCP && v.tcp_flags & CT_TCP_CLOSING == 0;
             let state: Vec<&str> = [
+                (tcp_open && v.tcp_flags & CT_TCP_SEEN_REPLY == 0, "SYN_SENT"),
+                (
+                    tcp_open && v.tcp_flags & CT_TCP_SEEN_REPLY != 0,
+                    "ESTABLISHED",
+                ),
                 (v.tcp_flags & CT_TCP_SEEN_FIN != 0, "FIN"),
                 (v.tcp_flags & CT_TCP_SEEN_RST != 0, "RST"),
                 (v.flags & CT_F_HAIRPIN != 0, "HAIRPIN"),

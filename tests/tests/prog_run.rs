@@ -6,12 +6,14 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
-    DELIVER_MAGIC, DeliverMeta, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_POD, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, SVC_F_INTERNAL, reason,
+    CtValue, DELIVER_MAGIC, DeliverMeta, FlowKey, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_POD,
+    PROG_TC_EGRESS, PROG_TC_INGRESS, SVC_F_INTERNAL, reason,
 };
 use lb_tests::{
     Topology,
-    packet::{self, PROTO_ICMP, Pkt, TCP_ACK, TCP_PSH, TCP_SYN, verify_checksums},
+    packet::{
+        self, PROTO_ICMP, Pkt, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, verify_checksums,
+    },
     seeds,
     topology::InNetns,
 };
@@ -492,8 +494,7 @@ fn fragments_follow_the_flow_of_their_first_fragment() {
         .rewritten(NODE, UDP_NODE_PORT, CLIENT, 40100)
         .fragments(504);
     // TCP from a pod to a ClusterIP (TC ingress), 20-byte header + 580 bytes.
-    let mut tcp =
-        Pkt::tcp("10.244.0.3", 41500, CLUSTER_IP, 80, TCP_ACK | TCP_PSH).payload(&payload[..580]);
+    let mut tcp = Pkt::tcp("10.244.0.3", 41500, CLUSTER_IP, 80, TCP_SYN).payload(&payload[..580]);
     tcp.id = 0x3003;
     let [t_first, t_later] = tcp.fragments(200);
     let [t_first_out, t_later_out] = tcp.rewritten("10.244.0.3", 41500, POD, 80).fragments(200);
@@ -770,5 +771,321 @@ fn only_a_local_pod_landing_on_itself_is_a_hairpin() {
             reason: reason::NAT_NEW_FLOW,
             output: Some(syn.rewritten(POD, 42010, POD, 80).build()),
         }],
+    );
+}
+
+/// The 5-tuple a frame claims, read from its bytes as they are (IHL taken as given),
+/// if it is long enough to hold one.
+fn claimed_key(frame: &[u8]) -> Option<FlowKey> {
+    if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ihl = ((frame[14] & 0x0f) as usize) * 4;
+    let l4 = 14 + ihl;
+    let port = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+    };
+    Some(FlowKey {
+        saddr_be: u32::from_ne_bytes(frame[26..30].try_into().ok()?),
+        daddr_be: u32::from_ne_bytes(frame[30..34].try_into().ok()?),
+        sport_be: port(l4)?,
+        dport_be: port(l4 + 2)?,
+        proto: frame[23],
+        _pad: 0,
+        _pad2: 0,
+    })
+}
+
+fn flow_of(dp: &Dataplane, frame: &[u8]) -> Option<CtValue> {
+    claimed_key(frame).and_then(|k| dp.maps.conntrack_entry(&k).unwrap())
+}
+
+#[test]
+fn inconsistent_headers_are_passed_untouched_and_start_no_flow() {
+    let mut dp = dataplane();
+    let syn = Pkt::tcp(CLIENT, 40400, NODE, NODE_PORT, TCP_SYN).build();
+    let udp = Pkt::udp(CLIENT, 40401, NODE, UDP_NODE_PORT)
+        .payload(b"ping")
+        .build();
+    let set_total = |f: &[u8], total: u16| {
+        let mut f = f.to_vec();
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f
+    };
+    let mut doff_short = syn.clone();
+    doff_short[14 + 20 + 12] = 4 << 4; // 16-byte TCP header
+    let mut doff_long = syn.clone();
+    doff_long[14 + 20 + 12] = 15 << 4; // 60 bytes: past the segment
+    let mut udp_short = udp.clone();
+    udp_short[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&7u16.to_be_bytes());
+    let mut udp_long = udp.clone();
+    udp_long[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&100u16.to_be_bytes());
+    // RFC 1858: a first fragment with 8 bytes of TCP header, padded on the wire to
+    // hold the rest (which would otherwise be read from the padding).
+    let mut tiny =
+        Pkt::tcp(CLIENT, 40402, NODE, NODE_PORT, TCP_SYN).build()[..14 + 20 + 8].to_vec();
+    tiny[16..18].copy_from_slice(&28u16.to_be_bytes());
+    tiny[20..22].copy_from_slice(&0x2000u16.to_be_bytes()); // MF, offset 0
+    tiny.resize(14 + 20 + 20, 0);
+    tiny[14 + 20 + 12] = 5 << 4;
+    tiny[14 + 20 + 13] = TCP_SYN;
+    let rows: Vec<(&str, Vec<u8>)> = vec![
+        ("IPv4 total length past the frame", set_total(&syn, 60)),
+        (
+            "IPv4 total length shorter than the TCP header",
+            set_total(&syn, 30),
+        ),
+        ("TCP data offset below 5", doff_short),
+        ("TCP data offset past the segment", doff_long),
+        ("UDP length below 8", udp_short),
+        ("UDP length past the datagram", udp_long),
+        ("a first fragment too small for the TCP header", tiny),
+    ];
+    for (what, frame) in rows {
+        for prog in [Prog::Xdp, Prog::TcIngress] {
+            let (_, out, moved) = run(&mut dp, prog, &frame);
+            assert_eq!(
+                reason::NAMES[moved as usize],
+                "pass_malformed",
+                "{what} ({prog:?})"
+            );
+            assert_eq!(out, frame, "{what}: passed untouched");
+            assert!(flow_of(&dp, &frame).is_none(), "{what}: no flow");
+        }
+    }
+}
+
+#[test]
+fn tcp_flows_start_with_a_syn_and_packets_not_sent_on_leave_no_flow() {
+    let mut dp = dataplane();
+    for (what, flags) in [
+        ("bare ACK", TCP_ACK),
+        ("FIN", TCP_FIN | TCP_ACK),
+        ("RST", TCP_RST),
+        ("SYN-ACK", TCP_SYN | TCP_ACK),
+    ] {
+        let f = Pkt::tcp(CLIENT, 40500, NODE, NODE_PORT, flags).build();
+        let (_, out, moved) = run(&mut dp, Prog::Xdp, &f);
+        assert_eq!(reason::NAMES[moved as usize], "pass_tcp_not_syn", "{what}");
+        assert_eq!(out, f, "{what}: untouched");
+        assert!(flow_of(&dp, &f).is_none(), "{what}: no flow");
+    }
+    // A SYN starts a flow held as SYN_SENT (60 s) until the backend's answer, seen at
+    // egress, establishes both directions.
+    let syn = Pkt::tcp(CLIENT, 40501, NODE, NODE_PORT, TCP_SYN).build();
+    let (_, _, moved) = run(&mut dp, Prog::Xdp, &syn);
+    assert_eq!(reason::NAMES[moved as usize], "nat_new_flow");
+    let established = |dp: &Dataplane| -> Vec<bool> {
+        dp.maps
+            .conntrack()
+            .unwrap()
+            .iter()
+            .map(|(_, v)| v.tcp_flags & lb_common::CT_TCP_SEEN_REPLY != 0)
+            .collect()
+    };
+    assert_eq!(established(&dp), [false, false], "SYN_SENT both ways");
+    let reply = Pkt::tcp(POD, 80, CLIENT, 40501, TCP_SYN | TCP_ACK).build();
+    let (_, _, moved) = run(&mut dp, Prog::TcEgress, &reply);
+    assert_eq!(reason::NAMES[moved as usize], "nat_reply");
+    assert_eq!(established(&dp), [true, true], "established both ways");
+    dp = dataplane();
+    // A hairpin SYN on its last hop is dropped, and leaves no flow behind.
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let mut last = Pkt::tcp(POD, 42100, CLUSTER_IP, 80, TCP_SYN);
+    last.ttl = 1;
+    let f = last.build();
+    let (ret, _, moved) = run(&mut dp, Prog::TcIngress, &f);
+    assert_eq!(
+        (ret, reason::NAMES[moved as usize]),
+        (TC_ACT_SHOT, "drop_ttl_exceeded")
+    );
+    assert!(flow_of(&dp, &f).is_none(), "no flow for a dropped packet");
+    assert!(
+        dp.maps.conntrack().unwrap().is_empty(),
+        "not its reply entry either: {:?}",
+        dp.maps.conntrack().unwrap()
+    );
+}
+
+#[test]
+fn rejects_answer_only_unicast_frames_from_hosts() {
+    let mut dp = dataplane();
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let good = Pkt::udp("10.244.0.3", 40600, NODE, 30009)
+        .payload(b"x")
+        .build();
+    let mut broadcast = good.clone();
+    broadcast[..6].copy_from_slice(&[0xff; 6]);
+    let mut multicast = good.clone();
+    multicast[0] = 0x01;
+    let from_nowhere = Pkt::udp("0.0.0.0", 40600, NODE, 30009)
+        .payload(b"x")
+        .build();
+    let from_loopback = Pkt::udp("127.0.0.1", 40600, NODE, 30009)
+        .payload(b"x")
+        .build();
+    let (ret, _, moved) = run(&mut dp, Prog::TcIngress, &good);
+    assert_eq!(
+        (ret, reason::NAMES[moved as usize]),
+        (TC_ACT_REDIRECT, "reject_no_backend")
+    );
+    for (what, f) in [
+        ("broadcast MAC", broadcast),
+        ("multicast MAC", multicast),
+        ("source 0.0.0.0", from_nowhere),
+        ("loopback source", from_loopback),
+    ] {
+        let (ret, out, moved) = run(&mut dp, Prog::TcIngress, &f);
+        assert_eq!(
+            (ret, reason::NAMES[moved as usize]),
+            (TC_UNSPEC, "pass_no_backend"),
+            "{what}"
+        );
+        assert_eq!(out, f, "{what}: not answered, untouched");
+    }
+}
+
+/// Whether a whole (unfragmented) frame's IPv4 and L4 checksums are right; false
+/// for anything that is not such a frame.
+fn checksums_right(frame: &[u8]) -> bool {
+    if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+        return false;
+    }
+    let ihl = ((frame[14] & 0x0f) as usize) * 4;
+    let total = u16::from_be_bytes([frame[16], frame[17]]) as usize;
+    let whole = u16::from_be_bytes([frame[20], frame[21]]) & 0x3fff == 0;
+    if ihl < 20 || total < ihl + 8 || 14 + total > frame.len() || !whole {
+        return false;
+    }
+    std::panic::catch_unwind(|| verify_checksums(frame).is_ok()).unwrap_or(false)
+}
+
+/// A small xorshift generator: the fuzz test's frames are the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn fuzzed_frames_are_counted_once_and_never_leave_a_flow_untranslated() {
+    // Valid frames of every kind, each with a fresh tuple, then mutated: random bytes
+    // of the headers, truncations, and structured edits of IHL, lengths, fragment
+    // fields, TCP data offset and flags, UDP length, TTL. Every program, every frame:
+    // one verdict counter moves; a frame passed or dropped comes out untouched (or
+    // not at all) and leaves no flow; a translated one has right checksums when its
+    // own were.
+    const FRAMES: u32 = 30_000;
+    let mut dp = dataplane();
+    let mut rng = Rng(0x5eed_1b0b_cafe_f00d);
+    let started = std::time::Instant::now();
+    let (mut translated, mut passed) = (0u32, 0u32);
+    for i in 0..FRAMES {
+        if i % 5_000 == 0 {
+            dp = dataplane(); // a fresh conntrack now and then
+        }
+        let role = if rng.below(2) == 0 {
+            IFACE_POD
+        } else {
+            IFACE_EXTERNAL
+        };
+        dp.maps.set_iface(1, role).unwrap();
+        let sport = 1024 + rng.below(60_000) as u16;
+        let client = format!("192.168.{}.{}", 1 + rng.below(200), 1 + rng.below(250));
+        let base = match rng.below(6) {
+            0 => Pkt::tcp(&client, sport, NODE, NODE_PORT, TCP_SYN),
+            1 => Pkt::tcp(&client, sport, CLUSTER_IP, 80, TCP_SYN).payload(b"hello"),
+            2 => Pkt::udp(&client, sport, NODE, UDP_NODE_PORT).payload(b"ping"),
+            3 => Pkt::udp(&client, sport, CLUSTER_IP, 53).payload(&[7u8; 40]),
+            4 => Pkt::tcp(POD, 80, &client, sport, TCP_SYN | TCP_ACK),
+            _ => Pkt::tcp(&client, sport, NODE, 30009, TCP_SYN),
+        };
+        let mut f = if rng.below(8) == 0 {
+            let payload: Vec<u8> = (0..600).map(|b| b as u8).collect();
+            let mut p = base.payload(&payload);
+            p.id = rng.next() as u16;
+            let [first, later] = p.fragments(8 * (1 + rng.below(40)));
+            if rng.below(2) == 0 { first } else { later }
+        } else {
+            base.build()
+        };
+        let original_ok = checksums_right(&f);
+        match rng.below(5) {
+            0 => {} // as built
+            1 => {
+                for _ in 0..1 + rng.below(4) {
+                    let at = rng.below(f.len().min(64));
+                    f[at] ^= 1 << rng.below(8);
+                }
+            }
+            2 => {
+                // BPF_PROG_RUN takes no IPv4 frame shorter than its Ethernet and
+                // IPv4 headers at TC (shorter ones are rows of their own).
+                let keep = 34 + rng.below(f.len() - 33);
+                f.truncate(keep);
+            }
+            3 => {
+                let field = rng.below(7);
+                let v = rng.next();
+                match field {
+                    0 => f[14] = 0x40 | (v as u8 & 0x0f), // IHL
+                    1 => f[16..18].copy_from_slice(&(v as u16).to_be_bytes()), // total length
+                    2 => f[20..22].copy_from_slice(&(v as u16).to_be_bytes()), // flags/offset
+                    3 => f[22] = v as u8,                 // TTL
+                    4 if f.len() > 14 + 20 + 13 => f[14 + 20 + 12] = v as u8, // TCP offset
+                    5 if f.len() > 14 + 20 + 13 => f[14 + 20 + 13] = v as u8, // TCP flags
+                    _ if f.len() > 14 + 20 + 6 => {
+                        f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&(v as u16).to_be_bytes())
+                    } // UDP length
+                    _ => {}
+                }
+            }
+            _ => f.extend((0..rng.below(40)).map(|_| rng.next() as u8)), // trailing bytes
+        }
+        let checksums_ok = original_ok && checksums_right(&f);
+        for prog in [Prog::Xdp, Prog::TcIngress, Prog::TcEgress] {
+            let had_flow = flow_of(&dp, &f).is_some();
+            // `run` asserts that exactly one verdict counter moved.
+            let (_, out, moved) = run(&mut dp, prog, &f);
+            let name = reason::NAMES[moved as usize];
+            if name.starts_with("nat_") {
+                translated += 1;
+                if checksums_ok {
+                    assert!(
+                        checksums_right(&out),
+                        "#{i} {prog:?} {name}: checksums after the rewrite\n{f:02x?}\n{out:02x?}"
+                    );
+                }
+            } else {
+                passed += 1;
+                if name.starts_with("pass_") {
+                    assert_eq!(out, f, "#{i} {prog:?} {name}: passed untouched");
+                }
+                if !had_flow {
+                    assert!(
+                        flow_of(&dp, &f).is_none(),
+                        "#{i} {prog:?} {name}: a flow from a frame not translated\n{f:02x?}"
+                    );
+                }
+            }
+        }
+    }
+    eprintln!(
+        "fuzz: {FRAMES} frames x 3 programs in {:?}: {translated} translated, {passed} passed, dropped or answered",
+        started.elapsed()
+    );
+    assert!(
+        translated > 1_000 && passed > 1_000,
+        "both kinds were exercised"
     );
 }

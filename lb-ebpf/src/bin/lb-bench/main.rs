@@ -32,7 +32,7 @@ pub static LB_BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0)
 /// no rewrite. Never attached.
 #[xdp]
 pub fn lb_xdp_baseline(ctx: XdpContext) -> u32 {
-    match parse::parse(ctx.data(), ctx.data_end()) {
+    match parse::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) {
         Ok(p) => stats::verdict(lb_common::reason::PASS_NO_SERVICE, p.ip_len),
         Err(reason) => stats::verdict(reason, 0),
     }
@@ -44,7 +44,7 @@ pub fn lb_xdp_baseline(ctx: XdpContext) -> u32 {
 /// the refresh and the per-service counters.
 #[xdp]
 pub fn lb_bench_ct_floor(ctx: XdpContext) -> u32 {
-    match parse::parse(ctx.data(), ctx.data_end()) {
+    match parse::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) {
         Ok(p) => {
             let found = conntrack::peek(&p.key);
             stats::verdict(
