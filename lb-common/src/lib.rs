@@ -471,7 +471,10 @@ pub mod reason {
     /// XDP: a packet of an SNAT flow with no way out XDP can take (no neighbour entry
     /// yet, an interface that takes no XDP frames): passed on untouched, for TC.
     pub const PASS_TO_TC: u32 = 26;
-    pub const COUNT: u32 = 27;
+    /// An ICMP error about a tracked flow (RELATED): translated with the flow, its
+    /// outer and quoted headers, and sent on as the flow's packets are.
+    pub const NAT_RELATED: u32 = 27;
+    pub const COUNT: u32 = 28;
 
     /// Names for people, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -502,6 +505,7 @@ pub mod reason {
         "drop_frag_needed",
         "pass_tcp_not_syn",
         "pass_to_tc",
+        "nat_related",
     ];
 }
 

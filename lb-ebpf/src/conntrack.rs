@@ -140,6 +140,23 @@ fn live(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
     Some(*entry)
 }
 
+/// The state of `key`'s flow for an ICMP error about it: as [`lookup`], but nothing
+/// is refreshed or closed (an error is no packet of the flow).
+#[inline(always)]
+pub fn related(key: &FlowKey, now: u64) -> CtState {
+    // SAFETY: the value is copied at once.
+    match unsafe { LB_CT.get(key) }.copied() {
+        Some(ct) if !expired(&ct, key.proto, now) => {
+            if ct.direction == CT_DIR_REPLY {
+                CtState::Reply(ct)
+            } else {
+                CtState::Established(ct)
+            }
+        }
+        _ => CtState::New,
+    }
+}
+
 /// Removes a flow that was just created for a packet that is not sent on after
 /// all (dropped, passed, no way out): no entry outlives a packet that was not
 /// translated, and its SNAT port is free again. `nat`: the tuple it was given.

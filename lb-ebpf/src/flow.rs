@@ -146,8 +146,9 @@ fn translate(ct: &CtValue, p: &Packet, reason: u32) -> Verdict {
     }
 }
 
+/// How a flow's packets leave, from its `CT_F_*` flags.
 #[inline(always)]
-fn forward(ct_flags: u8) -> Forward {
+pub fn forward(ct_flags: u8) -> Forward {
     if ct_flags & CT_F_HAIRPIN != 0 {
         Forward::Back
     } else if ct_flags & CT_F_SNAT != 0 {

@@ -10,6 +10,7 @@ pub mod deliver;
 pub mod flow;
 pub mod frag;
 pub mod fwd;
+pub mod icmp;
 pub mod lb;
 pub mod maps;
 pub mod nat;

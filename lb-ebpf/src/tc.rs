@@ -16,7 +16,7 @@ use lb_common::reason;
 use crate::{
     conntrack, deliver,
     flow::{self, Forward, Hook, Verdict},
-    frag, fwd, nat, reject, stats,
+    frag, fwd, icmp, nat, reject, stats,
 };
 
 /// Runs the pipeline on one socket buffer at `hook`; returns the TC action.
@@ -28,6 +28,9 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
         && let Some(verdict) = deliver::take(ctx, ifindex)
     {
         return verdict;
+    }
+    if let Some(e) = icmp::parse(ctx.data(), ctx.data_end()) {
+        return related(ctx, &e, ifindex, hook);
     }
     let Some(p) = frag::packet(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_UNSPEC;
@@ -124,6 +127,57 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
                 }
             }
         }
+    }
+    TC_ACT_UNSPEC
+}
+
+/// An ICMP error: translated with its flow and sent on as the flow's packets of its
+/// direction are (through the stack, or out where the FIB says for SNAT flows).
+#[inline(always)]
+fn related(ctx: &TcContext, e: &icmp::IcmpError, ifindex: u32, hook: Hook) -> i32 {
+    let Some(r) = icmp::decide(e, hook) else {
+        stats::verdict(reason::PASS_NOT_L4, e.ip_len);
+        return TC_ACT_UNSPEC;
+    };
+    let out = match r.forward {
+        Forward::Stack => 0,
+        Forward::Fib => {
+            let to = lb_common::FlowKey {
+                saddr_be: r.saddr_be,
+                daddr_be: r.daddr_be,
+                sport_be: 0,
+                dport_be: 0,
+                proto: 1,
+                _pad: 0,
+                _pad2: 0,
+            };
+            match fwd::lookup_tc(ctx, &to, ifindex, e.ip_len).ifindex {
+                0 => {
+                    stats::verdict(reason::PASS_NO_ROUTE, e.ip_len);
+                    return TC_ACT_UNSPEC;
+                }
+                oif if e.ttl > 1 => oif,
+                _ => {
+                    stats::verdict(reason::DROP_TTL_EXCEEDED, e.ip_len);
+                    return TC_ACT_SHOT;
+                }
+            }
+        }
+        // A hairpin flow's errors concern the pod itself: left to the kernel.
+        Forward::Back => {
+            stats::verdict(reason::PASS_NOT_L4, e.ip_len);
+            return TC_ACT_UNSPEC;
+        }
+    };
+    if icmp::rewrite(ctx.data(), ctx.data_end(), e, &r, out != 0).is_none() {
+        stats::verdict(reason::PASS_MALFORMED, e.ip_len);
+        return TC_ACT_UNSPEC;
+    }
+    stats::verdict(reason::NAT_RELATED, e.ip_len);
+    stats::service(r.svc_id, r.backend_id, e.ip_len);
+    if out != 0 {
+        stats::verdict(reason::FWD_TC_NEIGH, e.ip_len);
+        return fwd::send_tc(out);
     }
     TC_ACT_UNSPEC
 }

@@ -12,7 +12,7 @@ use crate::{
     flow::{self, Forward, Hook, Verdict},
     frag,
     fwd::{self, Route},
-    lb, nat,
+    icmp, lb, nat,
     parse::Packet,
     stats,
 };
@@ -20,6 +20,9 @@ use crate::{
 /// Runs the pipeline on one frame; returns the XDP action.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
+    if let Some(e) = icmp::parse(ctx.data(), ctx.data_end()) {
+        return related(ctx, &e);
+    }
     let Some(p) = frag::packet(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) else {
         return xdp_action::XDP_PASS;
     };
@@ -76,6 +79,25 @@ pub fn run(ctx: &XdpContext) -> u32 {
                 }
             }
         }
+    }
+    xdp_action::XDP_PASS
+}
+
+/// An ICMP error: translated here when its flow's packets go through the stack; an
+/// SNAT or hairpin flow's goes on untouched to TC, which forwards it.
+#[inline(always)]
+fn related(ctx: &XdpContext, e: &icmp::IcmpError) -> u32 {
+    match icmp::decide(e, Hook::Ingress) {
+        None => stats::verdict(reason::PASS_NOT_L4, e.ip_len),
+        Some(r) if r.forward == Forward::Stack => {
+            if icmp::rewrite(ctx.data(), ctx.data_end(), e, &r, false).is_some() {
+                stats::verdict(reason::NAT_RELATED, e.ip_len);
+                stats::service(r.svc_id, r.backend_id, e.ip_len);
+            } else {
+                stats::verdict(reason::PASS_MALFORMED, e.ip_len);
+            }
+        }
+        Some(_) => stats::verdict(reason::PASS_TO_TC, e.ip_len),
     }
     xdp_action::XDP_PASS
 }

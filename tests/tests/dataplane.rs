@@ -197,6 +197,38 @@ fn client_ip_affinity_holds_and_moves_after_its_timeout() {
 }
 
 #[test]
+fn a_pods_port_unreachable_reaches_the_client_about_the_service() {
+    // The pod answers nothing on the target port: its kernel sends "port
+    // unreachable" about the packet it got (client -> pod), which lb translates as
+    // part of the flow, so the laptop's connected socket learns it at once.
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: gone\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.54\n  selector: {app: gone}\n  ports:\n  - {name: dns, port: 53, targetPort: 5399, protocol: UDP, nodePort: 30054}\n---\n";
+    let c = cluster(
+        "icmprel",
+        &[&["--udp", "5353"]],
+        &format!("{svc}{}", pod_yaml("gone0", "10.244.0.2", "gone", &[])),
+    );
+    for (from, to) in [
+        (&c.laptop, format!("{NODE_IP}:30054")),
+        (&c.client, "10.96.0.54:53".to_string()),
+    ] {
+        let answer = Topology::wait_for(Duration::from_secs(10), || {
+            lbclient(&c, from, &["udp", &to, "1"])
+                .first()
+                .filter(|a| a.contains("Connection refused"))
+                .cloned()
+        });
+        assert!(
+            answer.is_some(),
+            "{to}: the pod's port unreachable never reached the client\n{}",
+            c.lb.diagnostics(&c.t, "node1")
+        );
+    }
+    let maps = lb_user::maps::Maps::open_pinned(&c.lb.pins("node1")).unwrap();
+    let related = maps.verdicts().unwrap()[lb_common::reason::NAT_RELATED as usize];
+    assert!(related.packets >= 2, "translated as related: {related:?}");
+}
+
+#[test]
 fn a_service_without_endpoints_refuses_at_once() {
     let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: empty\nspec:\n  clusterIP: 10.96.0.83\n  selector: {app: nobody}\n  ports:\n  - {name: web, port: 80}\n  - {name: dns, port: 53, protocol: UDP}\n---\n";
     let c = cluster("noep", &[], svc);

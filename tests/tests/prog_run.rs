@@ -959,6 +959,14 @@ fn checksums_right(frame: &[u8]) -> bool {
     if ihl < 20 || total < ihl + 8 || 14 + total > frame.len() || !whole {
         return false;
     }
+    if frame[23] == PROTO_ICMP {
+        // No pseudo-header; the quoted IPv4 header has its own checksum.
+        let icmp = &frame[14 + ihl..14 + total];
+        let quoted_ok = icmp.len() < 28 || packet::checksum(&[&icmp[8..28]]) == 0;
+        return packet::checksum(&[&frame[14..14 + ihl]]) == 0
+            && packet::checksum(&[icmp]) == 0
+            && quoted_ok;
+    }
     std::panic::catch_unwind(|| verify_checksums(frame).is_ok()).unwrap_or(false)
 }
 
@@ -1010,6 +1018,9 @@ fn fuzzed_frames_are_counted_once_and_never_leave_a_flow_untranslated() {
             4 => Pkt::tcp(POD, 80, &client, sport, TCP_SYN | TCP_ACK),
             _ => Pkt::tcp(&client, sport, NODE, 30009, TCP_SYN),
         };
+        // Now and then an ICMP error quoting the frame (translated when its flow is
+        // tracked): built from the base before any mutation.
+        let icmp = rng.below(10) == 0;
         let mut f = if rng.below(8) == 0 {
             let payload: Vec<u8> = (0..600).map(|b| b as u8).collect();
             let mut p = base.payload(&payload);
@@ -1019,6 +1030,9 @@ fn fuzzed_frames_are_counted_once_and_never_leave_a_flow_untranslated() {
         } else {
             base.build()
         };
+        if icmp {
+            f = packet::port_unreachable(&f);
+        }
         let original_ok = checksums_right(&f);
         match rng.below(5) {
             0 => {} // as built
@@ -1087,5 +1101,57 @@ fn fuzzed_frames_are_counted_once_and_never_leave_a_flow_untranslated() {
     assert!(
         translated > 1_000 && passed > 1_000,
         "both kinds were exercised"
+    );
+}
+
+#[test]
+fn icmp_errors_about_a_flow_are_translated_with_it() {
+    let mut dp = dataplane();
+    // A NodePort flow: the client's SYN went to the pod.
+    let syn = Pkt::tcp(CLIENT, 40700, NODE, NODE_PORT, TCP_SYN);
+    let (_, _, moved) = run(&mut dp, Prog::Xdp, &syn.build());
+    assert_eq!(reason::NAMES[moved as usize], "nat_new_flow");
+    // The pod's "port unreachable" about what it received (client -> pod) leaves
+    // the node as the service's about what the client sent (client -> NODE:30008).
+    let from_pod = packet::port_unreachable(&syn.rewritten(CLIENT, 40700, POD, 80).build());
+    let want = packet::port_unreachable(&syn.build());
+    let udp = Pkt::udp(CLIENT, 40701, NODE, UDP_NODE_PORT).payload(b"ping");
+    let (_, _, moved) = run(&mut dp, Prog::Xdp, &udp.build());
+    assert_eq!(reason::NAMES[moved as usize], "nat_new_flow");
+    let udp_from_pod = packet::port_unreachable(&udp.rewritten(CLIENT, 40701, POD, 5353).build());
+    let udp_want = packet::port_unreachable(&udp.build());
+    let unrelated = packet::port_unreachable(&Pkt::tcp(CLIENT, 40799, POD, 80, TCP_SYN).build());
+    check(
+        &mut dp,
+        vec![
+            Row {
+                what: "a pod's port unreachable (TCP) at egress: about the service address",
+                prog: Prog::TcEgress,
+                input: from_pod.clone(),
+                reason: reason::NAT_RELATED,
+                output: Some(want),
+            },
+            Row {
+                what: "the same at ingress: left for egress",
+                prog: Prog::TcIngress,
+                input: from_pod,
+                reason: reason::PASS_NOT_L4,
+                output: None,
+            },
+            Row {
+                what: "a pod's port unreachable (UDP, quoted checksum updated)",
+                prog: Prog::TcEgress,
+                input: udp_from_pod,
+                reason: reason::NAT_RELATED,
+                output: Some(udp_want),
+            },
+            Row {
+                what: "an error about no tracked flow: untouched",
+                prog: Prog::TcEgress,
+                input: unrelated,
+                reason: reason::PASS_NOT_L4,
+                output: None,
+            },
+        ],
     );
 }
