@@ -93,10 +93,35 @@ pub fn lbclient_in(t: &Topology, ns: &Netns, args: &[&str]) -> Vec<String> {
     let mut argv = vec![bin.as_str()];
     argv.extend_from_slice(args);
     let out = t.run(ns, &argv).unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    assert!(
+        out.status.success(),
+        "lbclient {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(String::from)
-        .collect()
+        .collect();
+    // The modes that answer once per request print exactly one line each: a
+    // shorter answer list would let a loop over the answers prove nothing.
+    if let (Some(mode), Some(count)) = (
+        args.first(),
+        args.get(2).and_then(|c| c.parse::<usize>().ok()),
+    ) && ["tcp", "peer", "udp", "bigudp", "sendto", "bulk"].contains(mode)
+    {
+        let want = if *mode == "bulk" {
+            count.min(100)
+        } else {
+            count
+        };
+        assert_eq!(
+            lines.len(),
+            want,
+            "lbclient {args:?}: one answer per request: {lines:?}"
+        );
+    }
+    lines
 }
 
 /// Answers counted by text; panics with diagnostics if any failed.

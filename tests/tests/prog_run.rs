@@ -51,8 +51,31 @@ enum Prog {
 /// ClusterIP 10.96.0.10:80/TCP -> 10.244.0.2:80; UDP 53 on the ClusterIP and
 /// NodePort 30010/UDP -> 10.244.0.2:5353; NodePort 30009 (TCP and UDP) with no
 /// endpoints.
+///
+/// The test's thread moves first to a network namespace of its own (only `lo`): the
+/// programs' FIB lookups then find no route whatever the host's routing table says,
+/// so every row means the same on every machine.
 fn dataplane() -> Dataplane {
+    own_netns();
     dataplane_with(&LoadConfig::default())
+}
+
+/// Moves this thread (a test's own) into a new, empty network namespace; later
+/// calls keep it there.
+fn own_netns() {
+    thread_local!(static MOVED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    if MOVED.with(|m| m.replace(true)) {
+        return;
+    }
+    lb_tests::require_root();
+    // SAFETY: unshare(2) with CLONE_NEWNET changes only this thread's namespace.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 fn dataplane_with(cfg: &LoadConfig) -> Dataplane {
