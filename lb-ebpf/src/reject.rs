@@ -121,8 +121,13 @@ fn unreachable(ctx: &TcContext, p: &Packet, code: u8, mtu: u16) -> Option<i32> {
     f[ip + 12..ip + 16].copy_from_slice(&src);
     f[ip + 16..ip + 20].copy_from_slice(&dst);
     let icmp = ip + Ipv4Hdr::LEN;
+    // Two 32-bit words, each one store: an array with runtime bytes in it would be
+    // built with a call to memset.
     let [mtu_hi, mtu_lo] = mtu.to_be_bytes();
-    f[icmp..icmp + 8].copy_from_slice(&[ICMP_DEST_UNREACH, code, 0, 0, 0, 0, mtu_hi, mtu_lo]);
+    let head = u32::from_be_bytes([ICMP_DEST_UNREACH, code, 0, 0]);
+    let rest = u32::from_be_bytes([0, 0, mtu_hi, mtu_lo]);
+    f[icmp..icmp + 4].copy_from_slice(&head.to_be_bytes());
+    f[icmp + 4..icmp + 8].copy_from_slice(&rest.to_be_bytes());
     let ip_sum = checksum::<10>(f[ip..].as_ptr() as *const [u8; 2]);
     f[ip + 10..ip + 12].copy_from_slice(&ip_sum.to_be_bytes());
     let icmp_sum = checksum::<{ (ICMP_HDR_LEN + QUOTE) / 2 }>(f[icmp..].as_ptr() as *const [u8; 2]);
