@@ -267,6 +267,14 @@ fn qualified_name_errors(key: &str) -> Vec<String> {
     out
 }
 
+/// `value` at `field` as a qualified name (`IsQualifiedName`: label keys,
+/// `loadBalancerClass`, `appProtocol`).
+fn validate_qualified_name(field: &str, value: &str, errors: &mut Vec<FieldError>) {
+    for msg in qualified_name_errors(value) {
+        errors.push(FieldError::invalid(field, format!("\"{value}\""), msg));
+    }
+}
+
 /// What is wrong with `v` as a label value (empty, or a qualified name part of at
 /// most 63 characters).
 fn label_value_errors(v: &str) -> Vec<String> {
@@ -289,9 +297,7 @@ fn validate_labels(
     errors: &mut Vec<FieldError>,
 ) {
     for (k, v) in labels.into_iter().flatten() {
-        for msg in qualified_name_errors(k) {
-            errors.push(FieldError::invalid(field, format!("\"{k}\""), msg));
-        }
+        validate_qualified_name(field, k, errors);
         for msg in label_value_errors(v) {
             errors.push(FieldError::invalid(field, format!("\"{v}\""), msg));
         }
@@ -388,13 +394,7 @@ fn validate_load_balancer_fields(
     }
     if let Some(class) = spec.load_balancer_class.as_deref() {
         if lb {
-            for msg in qualified_name_errors(class) {
-                errors.push(FieldError::invalid(
-                    "spec.loadBalancerClass",
-                    format!("\"{class}\""),
-                    msg,
-                ));
-            }
+            validate_qualified_name("spec.loadBalancerClass", class, errors);
         } else {
             errors.push(FieldError::forbidden("spec.loadBalancerClass", ONLY_LB));
         }
@@ -417,13 +417,7 @@ fn validate_load_balancer_fields(
     }
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         if let Some(proto) = p.app_protocol.as_deref() {
-            for msg in qualified_name_errors(proto) {
-                errors.push(FieldError::invalid(
-                    format!("spec.ports[{i}].appProtocol"),
-                    format!("\"{proto}\""),
-                    msg,
-                ));
-            }
+            validate_qualified_name(&format!("spec.ports[{i}].appProtocol"), proto, errors);
         }
     }
 }
@@ -1079,19 +1073,8 @@ pub fn validate_endpoint_slice(slice: &EndpointSlice) -> Vec<FieldError> {
             kind: FieldErrorKind::TooMany { max: 20_000 },
         });
     }
-    for (i, p) in ports.iter().enumerate() {
-        if let Some(proto) = p.app_protocol.as_deref() {
-            for msg in qualified_name_errors(proto) {
-                errors.push(FieldError::invalid(
-                    format!("ports[{i}].appProtocol"),
-                    format!("\"{proto}\""),
-                    msg,
-                ));
-            }
-        }
-    }
     let mut names = BTreeSet::new();
-    for (i, p) in slice.ports.iter().flatten().enumerate() {
+    for (i, p) in ports.iter().enumerate() {
         if let Some(port) = p.port
             && !(0..=65535).contains(&port)
         {
@@ -1123,6 +1106,9 @@ pub fn validate_endpoint_slice(slice: &EndpointSlice) -> Vec<FieldError> {
                 proto,
                 ALL_PROTOCOLS,
             ));
+        }
+        if let Some(proto) = p.app_protocol.as_deref() {
+            validate_qualified_name(&format!("ports[{i}].appProtocol"), proto, &mut errors);
         }
     }
     errors
