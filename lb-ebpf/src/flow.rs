@@ -73,24 +73,19 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
         return Verdict::Pass(reason::PASS_NO_SERVICE);
     }
     let now = clock::now();
-    // Originals are translated at ingress; replies at egress, after routing, except
-    // those of hairpin and SNAT flows, which ingress translates and redirects.
-    match (conntrack::lookup(&p.key, p.tcp_flags, now), hook) {
-        (CtState::Established(ct), Hook::Ingress) => {
-            return translate(&ct, p, reason::NAT_ESTABLISHED);
+    match conntrack::lookup(&p.key, p.tcp_flags, now) {
+        CtState::New if hook == Hook::Egress => return Verdict::Pass(reason::PASS_NO_SERVICE),
+        CtState::New => {}
+        state => {
+            return match translated_at(&state, hook) {
+                Some(ct) if matches!(state, CtState::Reply(_)) => {
+                    translate(&ct, p, reason::NAT_REPLY)
+                }
+                Some(ct) => translate(&ct, p, reason::NAT_ESTABLISHED),
+                None if hook == Hook::Ingress => Verdict::Pass(reason::PASS_REPLY_INGRESS),
+                None => Verdict::Pass(reason::PASS_ORIGINAL_EGRESS),
+            };
         }
-        (CtState::Reply(ct), Hook::Ingress) if ct.flags & (CT_F_HAIRPIN | CT_F_SNAT) != 0 => {
-            return translate(&ct, p, reason::NAT_REPLY);
-        }
-        (CtState::Reply(_), Hook::Ingress) => return Verdict::Pass(reason::PASS_REPLY_INGRESS),
-        (CtState::Reply(ct), Hook::Egress) if ct.flags & (CT_F_HAIRPIN | CT_F_SNAT) == 0 => {
-            return translate(&ct, p, reason::NAT_REPLY);
-        }
-        (CtState::Established(_) | CtState::Reply(_), Hook::Egress) => {
-            return Verdict::Pass(reason::PASS_ORIGINAL_EGRESS);
-        }
-        (CtState::New, Hook::Egress) => return Verdict::Pass(reason::PASS_NO_SERVICE),
-        (CtState::New, Hook::Ingress) => {}
     }
     // A flow starts with a whole packet or a first fragment, never a later one; a TCP
     // flow with a SYN (a stray ACK, FIN or RST is the kernel's to answer).
@@ -130,6 +125,24 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
             new: true,
         },
         Err(reason) => Verdict::Pass(reason),
+    }
+}
+
+/// The flow's entry if its packet in `state` is translated at `hook`: originals at
+/// ingress; replies at egress, after routing, except those of hairpin and SNAT
+/// flows, which ingress translates and redirects. The rule for a flow's packets and
+/// for ICMP errors about them (`icmp`).
+#[inline(always)]
+pub fn translated_at(state: &CtState, hook: Hook) -> Option<CtValue> {
+    match (state, hook) {
+        (CtState::Established(ct), Hook::Ingress) => Some(*ct),
+        (CtState::Reply(ct), Hook::Ingress) if ct.flags & (CT_F_HAIRPIN | CT_F_SNAT) != 0 => {
+            Some(*ct)
+        }
+        (CtState::Reply(ct), Hook::Egress) if ct.flags & (CT_F_HAIRPIN | CT_F_SNAT) == 0 => {
+            Some(*ct)
+        }
+        _ => None,
     }
 }
 

@@ -11,11 +11,10 @@
 //! on unchanged. Frame (from the start): `[Ethernet 14][IPv4 20][ICMP 8][quoted
 //! IPv4 20][quoted L4, 8 or more]`.
 
-use lb_common::{CT_F_HAIRPIN, CT_F_SNAT, FlowKey, PROTO_TCP, PROTO_UDP};
+use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    clock,
-    conntrack::{self, CtState},
+    clock, conntrack,
     csum::Csum,
     flow::{self, Forward, Hook},
     parse::ptr_at,
@@ -95,9 +94,8 @@ pub fn parse(data: usize, data_end: usize) -> Option<IcmpError> {
     })
 }
 
-/// The packet the error travels like: the quoted one's reverse. Its flow, at this
-/// hook, as `flow::decide` takes the flow's packets: originals at ingress, replies
-/// at egress (those of hairpin and SNAT flows at ingress).
+/// The packet the error travels like: the quoted one's reverse. Its flow, if this
+/// hook translates that packet (`flow::translated_at`).
 #[inline(always)]
 pub fn decide(e: &IcmpError, hook: Hook) -> Option<Related> {
     let q = &e.quoted;
@@ -110,12 +108,7 @@ pub fn decide(e: &IcmpError, hook: Hook) -> Option<Related> {
         _pad: 0,
         _pad2: 0,
     };
-    let ct = match (conntrack::related(&like, clock::now()), hook) {
-        (CtState::Established(ct), Hook::Ingress) => ct,
-        (CtState::Reply(ct), Hook::Ingress) if ct.flags & (CT_F_HAIRPIN | CT_F_SNAT) != 0 => ct,
-        (CtState::Reply(ct), Hook::Egress) if ct.flags & (CT_F_HAIRPIN | CT_F_SNAT) == 0 => ct,
-        _ => return None,
-    };
+    let ct = flow::translated_at(&conntrack::related(&like, clock::now()), hook)?;
     let to = conntrack::nat_tuple(&ct, q.proto);
     // The outer header changes where the flow's translation changes an address (an
     // intermediate router's own source stays); the quote becomes the reverse of
