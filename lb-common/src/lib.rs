@@ -79,21 +79,20 @@ pub const PROG_RECVMSG4: &str = "lb_recvmsg4";
 /// socket programs leave sockets of every other namespace alone.
 pub const GLOBAL_NETNS_COOKIE: &str = "NETNS_COOKIE";
 
-// ---- limits ----
-/// Frontends: (address, port, protocol) triples lb answers on.
-pub const MAX_SERVICES: u32 = 65_536;
-/// Service ports (one id per `spec.ports[]` entry of a service); also the size of
-/// the per-service counter array.
-pub const MAX_SERVICE_IDS: u32 = 65_536;
-/// (service id, slot) -> backend entries over all services.
-pub const MAX_BACKEND_SLOTS: u32 = 524_288;
-/// Distinct backends (address, port, protocol); also the size of the per-backend
-/// counter array.
-pub const MAX_BACKEND_IDS: u32 = 524_288;
+// ---- sizes ----
+// The agent sizes the maps below when it loads them (`lb agent --max-frontends`,
+// `--max-backends`, `--ct-max`, `--affinity-max`, or from the node's memory): these
+// are the object's placeholders and the least the agent gives them.
+/// Frontends: (address, port, protocol) triples lb answers on; also the size of the
+/// per-service-port counter array (service-port ids are below it).
+pub const DEFAULT_FRONTENDS: u32 = 65_536;
+/// (service id, slot) -> backend entries over all services; also the size of the
+/// per-backend counter array (backend ids are below it).
+pub const DEFAULT_BACKENDS: u32 = 524_288;
 /// Conntrack entries (two per flow: original and reply direction).
-pub const MAX_CONNTRACK: u32 = 262_144;
+pub const DEFAULT_CONNTRACK: u32 = 262_144;
 /// Remembered (client, service port) -> backend choices for `sessionAffinity: ClientIP`.
-pub const MAX_AFFINITY: u32 = 262_144;
+pub const DEFAULT_AFFINITY: u32 = 262_144;
 /// UDP sockets of the node's own processes talking to a service through a backend.
 pub const MAX_SOCK_REVNAT: u32 = 65_536;
 /// IPv4 datagrams in flight as fragments whose ports lb remembers.

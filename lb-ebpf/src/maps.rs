@@ -1,27 +1,28 @@
-//! Every map of the kernel side, in one place. Types, names and sizes come from
-//! `lb-common`; the agent pins them by name so they outlive it.
+//! Every map of the kernel side, in one place. Types, names and default sizes come
+//! from `lb-common`; the agent sizes the big ones at load (`lb_user::sizes`) and pins
+//! them by name so they outlive it.
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, FlowKey, FragKey,
-    FragValue, IfaceValue, MAX_AFFINITY, MAX_BACKEND_IDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK,
-    MAX_FRAGS, MAX_IFACES, MAX_SERVICE_IDS, MAX_SERVICES, MAX_SOCK_REVNAT, PORT_WORDS, ServiceKey,
-    ServiceValue, SockRevKey, SockRevValue, reason,
+    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, FlowKey,
+    DEFAULT_AFFINITY, DEFAULT_BACKENDS, DEFAULT_CONNTRACK, DEFAULT_FRONTENDS, FragKey, FragValue,
+    IfaceValue, MAX_FRAGS, MAX_IFACES, MAX_SOCK_REVNAT, PORT_WORDS, ServiceKey, ServiceValue,
+    SockRevKey, SockRevValue, reason,
 };
 
 #[map]
 pub static LB_SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(MAX_SERVICES, 0);
+    HashMap::with_max_entries(DEFAULT_FRONTENDS, 0);
 
 #[map]
 pub static LB_BACKENDS: HashMap<BackendKey, Backend> =
-    HashMap::with_max_entries(MAX_BACKEND_SLOTS, 0);
+    HashMap::with_max_entries(DEFAULT_BACKENDS, 0);
 
 #[map]
-pub static LB_CT: LruHashMap<FlowKey, CtValue> = LruHashMap::with_max_entries(MAX_CONNTRACK, 0);
+pub static LB_CT: LruHashMap<FlowKey, CtValue> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK, 0);
 
 #[map]
 pub static LB_IFACES: HashMap<u32, IfaceValue> = HashMap::with_max_entries(MAX_IFACES, 0);
@@ -30,14 +31,14 @@ pub static LB_IFACES: HashMap<u32, IfaceValue> = HashMap::with_max_entries(MAX_I
 pub static LB_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(reason::COUNT, 0);
 
 #[map]
-pub static LB_SVC_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICE_IDS, 0);
+pub static LB_SVC_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_FRONTENDS, 0);
 
 #[map]
-pub static LB_BE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKEND_IDS, 0);
+pub static LB_BE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_BACKENDS, 0);
 
 #[map]
 pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
-    LruHashMap::with_max_entries(MAX_AFFINITY, 0);
+    LruHashMap::with_max_entries(DEFAULT_AFFINITY, 0);
 
 #[map]
 pub static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =

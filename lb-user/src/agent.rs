@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     announce::Announcer,
-    entries::{Programmed, Scope, Update},
+    entries::{LeftOut, Programmed, Scope, Update},
     kube_source::KubeSource,
     loader::{Dataplane, LoadConfig},
     model::{Kind, ObjectKey, pod_ip},
@@ -26,6 +26,7 @@ use crate::{
     plan::{self, Node, PortPlan},
     state::{Change, Tracked},
     status::{self, NodeStatus},
+    sizes::{MapSizes, Need, NodeMemory, SizeFlags},
     store::Store,
 };
 
@@ -51,6 +52,8 @@ pub struct AgentOptions {
     pub kube: Option<kube::Config>,
     /// Pod networks: interfaces routing into them are pods' (`--cluster-cidr`).
     pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// How big the maps are made (`--max-frontends`, ...).
+    pub sizes: SizeFlags,
 }
 
 /// Where the agent for `node_name` pins its maps.
@@ -89,8 +92,12 @@ struct Agent {
     tracked: Tracked,
     /// Plan every service next time (start, node addresses, refusals healed).
     plan_all: bool,
-    /// Services whose entries the maps refused, with why (re-planned every tick).
+    /// Services whose entries the maps refused, with why.
     refused: BTreeMap<ObjectKey, String>,
+    /// Those of `refused` left out for want of room (retried when room grows).
+    left_for_room: BTreeSet<ObjectKey>,
+    /// The maps' room (free frontends, free slots) when services were last left out.
+    room_when_left: (usize, usize),
     /// What the status file says (None: not written yet by this agent).
     published: Option<BTreeMap<ObjectKey, String>>,
     store_dir: PathBuf,
@@ -134,8 +141,29 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     Store::new(&opts.store).init()?;
     ensure_bpffs(&opts.bpffs)?;
     let pins = pin_dir(&opts.bpffs, &opts.node_name);
+    let node = Node {
+        name: opts.node_name.clone(),
+        addrs: addrs.clone(),
+    };
+    // The store is read before the maps are made, so they are made big enough for it.
+    let store = Store::new(&opts.store);
+    let tracked = match opts.kube {
+        Some(_) => None,
+        None => Some(Tracked::new(store.load()?)),
+    };
+    let need = tracked
+        .as_ref()
+        .map_or(Need::default(), |t| need(&plan::plan_all(t, &node)));
+    let memory = NodeMemory::here();
+    let (sizes, why) = MapSizes::choose(&opts.sizes, memory, need);
+    info!(
+        sizes = why.join(", "),
+        bytes = sizes.bytes(memory.cpus),
+        "map sizes"
+    );
     let cfg = LoadConfig {
         snat_addr: addrs.first().copied(),
+        sizes,
         ..opts.load
     };
     let mut dp = Dataplane::load_with(Some(&pins), &cfg)?;
@@ -161,16 +189,15 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     };
     let mut agent = Agent {
         dp,
-        store: Store::new(&opts.store),
-        node: Node {
-            name: opts.node_name.clone(),
-            addrs,
-        },
-        programmed: Programmed::adopt(actual),
-        seen: None,
-        tracked: Tracked::default(),
+        store,
+        node,
+        programmed: Programmed::adopt(actual, sizes.into()),
+        seen: tracked.as_ref().map(|t| t.state.revision),
+        tracked: tracked.unwrap_or_default(),
         plan_all: true,
         refused: BTreeMap::new(),
+        left_for_room: BTreeSet::new(),
+        room_when_left: (usize::MAX, usize::MAX),
         published: None,
         store_dir: opts.store.clone(),
         known_routes: None,
@@ -348,7 +375,17 @@ impl Agent {
             let addrs: Vec<Ipv4Addr> = pod_addrs(pods, slices).collect();
             self.follow_pod_interfaces(addrs.into_iter());
         }
-        services.extend(self.refused.keys().cloned());
+        // Services left out for want of room are tried again once there is more
+        // room than when they were left out; others refused (a write the maps
+        // refused, a frontend another service holds) at every round.
+        let room = self.programmed.room();
+        let room_grew = room.0 > self.room_when_left.0 || room.1 > self.room_when_left.1;
+        services.extend(
+            self.refused
+                .keys()
+                .filter(|k| room_grew || !self.left_for_room.contains(*k))
+                .cloned(),
+        );
         let mut full = self.plan_all || !self.programmed.knows_owners();
         let mut plans = self.plans(full, &services);
         let mut update = self.programmed.update(self.scope(full, &services), &plans);
@@ -360,14 +397,18 @@ impl Agent {
         let planned = started.elapsed();
         let refused_before = self.refused.len();
         let (writes, gone) = match update {
-            Ok(Update::Writes(ops)) => match self.dp.maps.write(&ops) {
+            Ok(Update::Writes(ops, left_out)) => match self.dp.maps.write(&ops) {
                 Ok(()) => {
                     if full {
                         self.refused.clear();
+                        self.left_for_room.clear();
                     } else {
                         self.refused.retain(|k, _| !services.contains(k));
+                        self.left_for_room.retain(|k| !services.contains(k));
                     }
-                    (ops.len(), self.programmed.record(&ops))
+                    let gone = self.programmed.record(&ops);
+                    self.leave_out(left_out);
+                    (ops.len(), gone)
                 }
                 Err(e) => {
                     warn!(error = %e, "the maps refused a write: writing service by service");
@@ -455,44 +496,73 @@ impl Agent {
         } else {
             services.clone()
         };
+        let mut by_service: BTreeMap<&ObjectKey, Vec<PortPlan>> = BTreeMap::new();
+        for p in plans {
+            by_service.entry(&p.service).or_default().push(p.clone());
+        }
         let (mut writes, mut gone) = (0, BTreeSet::new());
         for key in round {
-            let mine: Vec<PortPlan> = plans.iter().filter(|p| p.service == key).cloned().collect();
+            let mine = by_service.remove(&key).unwrap_or_default();
             let one = BTreeSet::from([key.clone()]);
-            let refusal = match self.programmed.update(Scope::Services(&one), &mine) {
-                Ok(Update::Writes(ops)) => match self.dp.maps.write(&ops) {
+            let error = match self.programmed.update(Scope::Services(&one), &mine) {
+                Ok(Update::Writes(ops, left_out)) => match self.dp.maps.write(&ops) {
                     Ok(()) => {
                         writes += ops.len();
                         gone.extend(self.programmed.record(&ops));
-                        None
+                        self.refused.remove(&key);
+                        self.left_for_room.remove(&key);
+                        self.leave_out(left_out);
+                        continue;
                     }
                     Err(e) => {
                         self.programmed.resync(self.dp.maps.read_entries()?);
-                        Some(e.to_string())
+                        e.to_string()
                     }
                 },
-                Ok(Update::Collides) => {
-                    Some("a frontend of it is held by another service".to_string())
-                }
-                Err(e) => Some(e.to_string()),
+                Ok(Update::Collides) => "a frontend of it is held by another service".to_string(),
+                Err(e) => e.to_string(),
             };
-            match refusal {
-                Some(error) => {
-                    // Said once per service and reason, not at every retry.
-                    if self.refused.get(&key) != Some(&error) {
-                        warn!(service = %key, %error, "service not programmed; retried every second");
-                    }
-                    self.programmed.claim(
-                        &key,
-                        mine.iter()
-                            .flat_map(|p| p.frontends.iter().map(|(f, _)| *f)),
-                    );
-                    self.refused.insert(key, error);
-                }
-                None => drop(self.refused.remove(&key)),
+            // Said once per service and reason, not at every retry.
+            if self.refused.get(&key) != Some(&error) {
+                warn!(service = %key, %error, "service not programmed; retried every second");
             }
+            self.programmed.claim(
+                &key,
+                mine.iter()
+                    .flat_map(|p| p.frontends.iter().map(|(f, _)| *f)),
+            );
+            self.left_for_room.remove(&key);
+            self.refused.insert(key, error);
         }
         Ok((writes, gone))
+    }
+
+    /// Records the services an update left out for want of room: reported (one
+    /// line for all of them), and retried once the maps have more room than now.
+    fn leave_out(&mut self, left_out: LeftOut) {
+        if left_out.is_empty() {
+            return;
+        }
+        let new: Vec<&ObjectKey> = left_out
+            .keys()
+            .filter(|k| !self.refused.contains_key(*k))
+            .collect();
+        if let Some((first, why)) = left_out.iter().next()
+            && !new.is_empty()
+        {
+            warn!(
+                services = new.len(),
+                left_out = left_out.len(),
+                first = %first,
+                why = %why,
+                "services not programmed: the maps are full (`lb get svc` shows them); retried when room appears"
+            );
+        }
+        self.room_when_left = self.programmed.room();
+        for (k, why) in left_out {
+            self.left_for_room.insert(k.clone());
+            self.refused.insert(k, why);
+        }
     }
 
     /// Writes the refused services where `lb describe` finds them, when they differ
@@ -563,6 +633,14 @@ impl Agent {
 }
 
 /// Where pods are: their addresses, and the endpoints of services without a selector.
+/// The entries `plans` take.
+fn need(plans: &[PortPlan]) -> Need {
+    Need {
+        frontends: plans.iter().map(|p| p.frontends.len() as u64).sum(),
+        backends: plans.iter().map(|p| p.endpoints.len() as u64).sum(),
+    }
+}
+
 fn pod_addrs<'a>(
     pods: impl Iterator<Item = &'a k8s_openapi::api::core::v1::Pod> + 'a,
     slices: impl Iterator<Item = &'a k8s_openapi::api::discovery::v1::EndpointSlice> + 'a,

@@ -8,24 +8,52 @@
 //! service. Ids come from one allocator ([`IdPool`]); port bits from one count of the
 //! frontends on each port.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use lb_common::{
-    BE_F_REMOTE, Backend, BackendKey, ID_NONE, MAX_BACKEND_IDS, MAX_SERVICE_IDS, SNAT_PORT_MAX,
+    BE_F_REMOTE, Backend, BackendKey, ID_NONE, MAP_BACKENDS, MAP_SERVICES, SNAT_PORT_MAX,
     SNAT_PORT_MIN, SVC_F_AFFINITY, ServiceKey, ServiceValue, port_bit,
 };
 
 use crate::{
     model::ObjectKey,
     plan::PortPlan,
+    sizes::MapSizes,
     sync::{self, Entries, Op},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EntriesError {
-    #[error("more than {limit} {what}: lb's maps hold no more (lb-common limits)")]
-    TooMany { what: &'static str, limit: u32 },
+    #[error("more than {limit} {what}: lb's maps hold no more (`lb agent {flag}`)")]
+    TooMany {
+        what: &'static str,
+        limit: u32,
+        flag: &'static str,
+    },
 }
+
+/// How much the maps hold, as the agent sized them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Entries of `LB_SERVICES`; service-port ids are below it (the counter array's
+    /// size).
+    pub frontends: u32,
+    /// Entries of `LB_BACKENDS`; backend ids are below it.
+    pub backends: u32,
+}
+
+impl From<MapSizes> for Limits {
+    fn from(s: MapSizes) -> Self {
+        Limits {
+            frontends: s.frontends,
+            backends: s.backends,
+        }
+    }
+}
+
+/// Services an update leaves out because the maps have no room for them, with why
+/// (those already programmed keep what they had).
+pub type LeftOut = BTreeMap<ObjectKey, String>;
 
 /// The ids not in use, found without looking at the ones that are: every id from
 /// `high` up, and the freed ones below it.
@@ -35,16 +63,28 @@ struct IdPool {
     high: u32,
     limit: u32,
     what: &'static str,
+    flag: &'static str,
 }
 
 impl IdPool {
-    fn new(limit: u32, what: &'static str) -> Self {
+    fn new(limit: u32, what: &'static str, flag: &'static str) -> Self {
         IdPool {
             free: BTreeSet::new(),
             high: ID_NONE + 1,
             limit,
             what,
+            flag,
         }
+    }
+
+    /// Ids in use.
+    fn used(&self) -> usize {
+        (self.high - ID_NONE - 1) as usize - self.free.len()
+    }
+
+    /// The most ids there can be.
+    fn capacity(&self) -> usize {
+        self.limit.saturating_sub(ID_NONE + 1) as usize
     }
 
     /// The lowest free id.
@@ -56,6 +96,7 @@ impl IdPool {
             return Err(EntriesError::TooMany {
                 what: self.what,
                 limit: self.limit - 1,
+                flag: self.flag,
             });
         }
         self.high += 1;
@@ -96,8 +137,9 @@ pub enum Scope<'a> {
 /// What [`Programmed::update`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Update {
-    /// The writes, in a safe order (empty: nothing to do).
-    Writes(Vec<Op>),
+    /// The writes, in a safe order (empty: nothing to do), and the services left
+    /// out for want of room.
+    Writes(Vec<Op>, LeftOut),
     /// A plan claims a frontend another service holds: only a plan of every
     /// service can say who keeps it.
     Collides,
@@ -118,9 +160,19 @@ pub struct Programmed {
     service_refs: HashMap<u32, u32>,
     backend_ids: IdPool,
     service_ids: IdPool,
+    limits: Limits,
     /// What the last update's plans claim, taken into `owners` when its writes are
     /// recorded (a refused write leaves the claims as they were).
     pending: Option<Claims>,
+}
+
+/// What fits of an update ([`Programmed::admit`]).
+struct Admission<'p> {
+    plans: Vec<&'p PortPlan>,
+    left_out: LeftOut,
+    /// The entries services left out hold, kept as they are, and their frontends.
+    kept: Entries,
+    kept_claims: Vec<(ObjectKey, BTreeSet<ServiceKey>)>,
 }
 
 /// The frontends an update's services claim.
@@ -134,22 +186,23 @@ struct Claims {
 
 impl Default for Programmed {
     fn default() -> Self {
-        Programmed::adopt(Entries::default())
+        Programmed::adopt(Entries::default(), MapSizes::default().into())
     }
 }
 
 impl Programmed {
-    /// What `entries` (read from the maps) hold; their owners are unknown until a
-    /// full update.
-    pub fn adopt(entries: Entries) -> Self {
+    /// What `entries` (read from maps of `limits`) hold; their owners are unknown
+    /// until a full update.
+    pub fn adopt(entries: Entries, limits: Limits) -> Self {
         let mut p = Programmed {
             entries: Entries::default(),
             owners: HashMap::new(),
             backends: HashMap::new(),
             port_refs: HashMap::new(),
             service_refs: HashMap::new(),
-            backend_ids: IdPool::new(MAX_BACKEND_IDS, "backends"),
-            service_ids: IdPool::new(MAX_SERVICE_IDS, "service ports"),
+            backend_ids: IdPool::new(limits.backends, "backends", "--max-backends"),
+            service_ids: IdPool::new(limits.frontends, "service ports", "--max-frontends"),
+            limits,
             pending: None,
         };
         let ops: Vec<Op> = entries
@@ -168,7 +221,7 @@ impl Programmed {
     /// are dropped), so that its next update removes what it no longer wants.
     pub fn resync(&mut self, entries: Entries) {
         let owners = std::mem::take(&mut self.owners);
-        *self = Programmed::adopt(entries);
+        *self = Programmed::adopt(entries, self.limits);
         self.owners = owners;
     }
 
@@ -204,7 +257,15 @@ impl Programmed {
             }
         };
         let mut old = old;
-        let mut new = self.build(plans, &old)?;
+        let admission = self.admit(plans, &old);
+        let mut new = self.build(&admission.plans, &old)?;
+        let mut claims = owners(admission.plans.iter().copied());
+        // A service left out keeps what it holds, as it is.
+        for (key, frontends) in admission.kept_claims {
+            claims.insert(key, frontends);
+        }
+        new.services.extend(admission.kept.services);
+        new.backends.extend(admission.kept.backends);
         let words = self.touched_words(scope, &old, &new);
         self.bitmap(&words, &old, &mut new);
         old.ports = words
@@ -217,9 +278,109 @@ impl Programmed {
                 Scope::All => Vec::new(),
                 Scope::Services(s) => s.iter().cloned().collect(),
             },
-            owners: owners(plans),
+            owners: claims,
         });
-        Ok(Update::Writes(sync::diff(&old, &new)))
+        Ok(Update::Writes(
+            sync::diff(&old, &new),
+            admission.left_out,
+        ))
+    }
+
+    /// Room left: free frontends and backend slots (what a refused service waits
+    /// for; it is retried when either grows).
+    pub fn room(&self) -> (usize, usize) {
+        (
+            (self.limits.frontends as usize).saturating_sub(self.entries.services.len()),
+            (self.limits.backends as usize).saturating_sub(self.entries.backends.len()),
+        )
+    }
+
+    /// The plans that fit in the maps once `old` is replaced, taken service by
+    /// service: those that hold entries first (a new service never pushes out a
+    /// programmed one), then the others, each group in name order. A service that
+    /// does not fit is left out, and keeps what it holds.
+    fn admit<'p>(&self, plans: &'p [PortPlan], old: &Entries) -> Admission<'p> {
+        let mut by_service: BTreeMap<&ObjectKey, Vec<&PortPlan>> = BTreeMap::new();
+        for p in plans {
+            by_service.entry(&p.service).or_default().push(p);
+        }
+        // Entries: what stays plus what comes (`sync::diff` removes what goes
+        // first). Ids: those in use now (one that goes is free again only once the
+        // writes are recorded) plus the new ones.
+        let mut frontends = self.entries.services.len() - old.services.len();
+        let mut slots = self.entries.backends.len() - old.backends.len();
+        let mut service_ids = self.service_ids.used();
+        let mut backend_ids = self.backend_ids.used();
+        let mut counted: HashSet<BackendAddr> = HashSet::new();
+        let (held, fresh): (Vec<_>, Vec<_>) = by_service
+            .into_iter()
+            .partition(|(k, _)| self.owners.contains_key(*k));
+        let mut out = Admission {
+            plans: Vec::with_capacity(plans.len()),
+            left_out: LeftOut::new(),
+            kept: Entries::default(),
+            kept_claims: Vec::new(),
+        };
+        for (key, mine) in held.into_iter().chain(fresh) {
+            let f: usize = mine.iter().map(|p| p.frontends.len()).sum();
+            let s: usize = mine.iter().map(|p| p.endpoints.len()).sum();
+            let addrs: HashSet<BackendAddr> = mine
+                .iter()
+                .flat_map(|p| {
+                    p.endpoints
+                        .iter()
+                        .map(|(a, port)| (u32::from(*a).to_be(), port.to_be(), p.proto))
+                })
+                .filter(|a| !counted.contains(a) && !self.backends.contains_key(a))
+                .collect();
+            let new_ids = mine
+                .iter()
+                .filter(|p| !p.frontends.iter().any(|(f, _)| old.services.contains_key(f)))
+                .count();
+            let no_room = if frontends + f > self.limits.frontends as usize {
+                Some(format!(
+                    "no room in {MAP_SERVICES}: {} frontends, {frontends} in use, it needs {f} (`lb agent --max-frontends`)",
+                    self.limits.frontends
+                ))
+            } else if service_ids + new_ids > self.service_ids.capacity() {
+                Some(format!(
+                    "no free service-port id: {} in use (`lb agent --max-frontends`)",
+                    self.service_ids.capacity()
+                ))
+            } else if slots + s > self.limits.backends as usize {
+                Some(format!(
+                    "no room in {MAP_BACKENDS}: {} slots, {slots} in use, it needs {s} (`lb agent --max-backends`)",
+                    self.limits.backends
+                ))
+            } else if backend_ids + addrs.len() > self.backend_ids.capacity() {
+                Some(format!(
+                    "no free backend id: {} backends in use (`lb agent --max-backends`)",
+                    self.backend_ids.capacity()
+                ))
+            } else {
+                None
+            };
+            let Some(why) = no_room else {
+                frontends += f;
+                slots += s;
+                service_ids += new_ids;
+                backend_ids += addrs.len();
+                counted.extend(addrs);
+                out.plans.extend(mine);
+                continue;
+            };
+            let held = self.held_by(&BTreeSet::from([key.clone()]));
+            frontends += held.services.len();
+            slots += held.backends.len();
+            if !held.services.is_empty() {
+                out.kept_claims
+                    .push((key.clone(), held.services.keys().copied().collect()));
+            }
+            out.kept.services.extend(held.services);
+            out.kept.backends.extend(held.backends);
+            out.left_out.insert(key.clone(), why);
+        }
+        out
     }
 
     /// Makes `service` claim `frontends` too (its write failed: what the maps may
@@ -259,7 +420,7 @@ impl Programmed {
 
     /// The frontends and slots of `plans` (no port bitmap): each plan keeps the id
     /// a frontend of it has in `old` (once per id), each backend its id and slot.
-    fn build(&mut self, plans: &[PortPlan], old: &Entries) -> Result<Entries, EntriesError> {
+    fn build(&mut self, plans: &[&PortPlan], old: &Entries) -> Result<Entries, EntriesError> {
         let mut claimed = BTreeSet::new();
         let kept: Vec<Option<u32>> = plans
             .iter()
@@ -483,7 +644,7 @@ impl Programmed {
     }
 }
 
-fn owners(plans: &[PortPlan]) -> HashMap<ObjectKey, BTreeSet<ServiceKey>> {
+fn owners<'p>(plans: impl Iterator<Item = &'p PortPlan>) -> HashMap<ObjectKey, BTreeSet<ServiceKey>> {
     let mut out: HashMap<ObjectKey, BTreeSet<ServiceKey>> = HashMap::new();
     for p in plans {
         out.entry(p.service.clone())

@@ -16,6 +16,7 @@ pub mod model;
 pub mod netif;
 pub mod par;
 pub mod plan;
+pub mod sizes;
 pub mod state;
 pub mod status;
 pub mod store;

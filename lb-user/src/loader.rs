@@ -29,7 +29,10 @@ use lb_common::{
 };
 use tracing::{info, warn};
 
-use crate::maps::{Maps, MapsError};
+use crate::{
+    maps::{self, Maps, MapsError},
+    sizes::MapSizes,
+};
 
 /// The eBPF object built by build.rs (lb-ebpf for bpfel).
 pub static EBPF_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -79,6 +82,8 @@ pub struct LoadConfig {
     pub to_pods: ToPods,
     /// Where XDP serves external interfaces (`--xdp`).
     pub xdp: XdpUse,
+    /// Entries of the sized maps.
+    pub sizes: MapSizes,
 }
 
 /// Where lb's XDP program serves an external interface (`lb agent --xdp`).
@@ -159,18 +164,25 @@ impl Default for LoadConfig {
             fib_redirect: true,
             xdp: XdpUse::Auto,
             to_pods: ToPods::default(),
+            sizes: MapSizes::default(),
         }
     }
 }
 
-/// Loads the object. With `pins`, every map is pinned there by name and adopted if
-/// already pinned with this build's shape (entries survive agent restarts); without,
-/// maps are private (tests).
-pub fn load(pins: Option<&Path>, cfg: &LoadConfig) -> Result<Ebpf, LoadError> {
-    if let Some(dir) = pins {
-        retire_changed_pins(dir)?;
-    }
+/// Loads the object, its maps sized as `cfg.sizes` says. With `pins`, every map is
+/// pinned there by name and adopted if already pinned with this shape (entries
+/// survive agent restarts); a pinned map of another size is replaced by one of the
+/// new size and its entries carried over as far as they fit (returned, to be copied
+/// once the object is loaded). Without pins, maps are private (tests).
+pub fn load(pins: Option<&Path>, cfg: &LoadConfig) -> Result<(Ebpf, Vec<maps::Resized>), LoadError> {
+    let resized = match pins {
+        Some(dir) => retire_changed_pins(dir, &cfg.sizes)?,
+        None => Vec::new(),
+    };
     let mut loader = EbpfLoader::new();
+    for (name, entries) in cfg.sizes.by_map() {
+        loader.map_max_entries(name, entries);
+    }
     let paths: Vec<(&str, PathBuf)> = pins
         .map(|d| ALL_MAPS.iter().map(|m| (*m, d.join(m))).collect())
         .unwrap_or_default();
@@ -191,23 +203,28 @@ pub fn load(pins: Option<&Path>, cfg: &LoadConfig) -> Result<Ebpf, LoadError> {
     loader.override_global(GLOBAL_FIB_REDIRECT, &fib, true);
     let to_pods = cfg.to_pods.global();
     loader.override_global(GLOBAL_TO_PODS, &to_pods, true);
-    loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
+    let ebpf = loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
         pins: pins
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "nowhere".into()),
         error: Box::new(error),
-    })
+    })?;
+    Ok((ebpf, resized))
 }
 
-/// Pinned maps whose shape (type, key and value size, entries, flags) is not this
-/// build's, left by an agent of another version: unpinned, so that loading creates
-/// them anew. aya would otherwise reuse them as they are, and the programs would run
-/// against maps of the wrong size. Their entries are lost (for `LB_CT`, the flows
-/// they held); programs still attached keep the old maps until they are replaced.
-fn retire_changed_pins(dir: &Path) -> Result<(), LoadError> {
+/// Pinned maps whose shape (type, key and value size, entries, flags) is not the one
+/// wanted now, left by an agent of another version or with other sizes: unpinned,
+/// so that loading creates them anew (aya would otherwise reuse them as they are,
+/// and the programs would run against maps of the wrong size). A map that differs
+/// only in its number of entries is returned open, for its entries to be carried
+/// over ([`maps::carry_over`]); any other loses its entries (for `LB_CT`, the flows
+/// it held). Programs still attached keep the old maps until they are replaced.
+fn retire_changed_pins(dir: &Path, sizes: &MapSizes) -> Result<Vec<maps::Resized>, LoadError> {
     let obj = aya_obj::Object::parse(EBPF_ELF).map_err(|error| LoadError::Object {
         error: error.to_string(),
     })?;
+    let sized: BTreeMap<&str, u32> = sizes.by_map().into_iter().collect();
+    let mut resized = Vec::new();
     for name in ALL_MAPS {
         let pin = dir.join(name);
         let Some(want) = obj.maps.get(name) else {
@@ -216,40 +233,50 @@ fn retire_changed_pins(dir: &Path) -> Result<(), LoadError> {
         if !pin.exists() {
             continue;
         }
-        let have = aya::maps::MapData::from_pin(&pin).and_then(|m| m.info());
-        let same = have.as_ref().is_ok_and(|have| {
+        let want_entries = sized.get(name).copied().unwrap_or(want.max_entries());
+        let have = aya::maps::MapData::from_pin(&pin).and_then(|m| Ok((m.info()?, m)));
+        let same_kind = |have: &aya::maps::MapInfo| {
             have.map_type().is_ok_and(|t| t as u32 == want.map_type())
                 && have.key_size() == want.key_size()
                 && have.value_size() == want.value_size()
-                && have.max_entries() == want.max_entries()
                 && have.map_flags() == want.map_flags()
-        });
-        if same {
-            continue;
-        }
-        let was = match &have {
-            Ok(i) => shape(i.key_size(), i.value_size(), i.max_entries(), i.map_flags()),
-            Err(e) => e.to_string(),
         };
-        let now = shape(
-            want.key_size(),
-            want.value_size(),
-            want.max_entries(),
-            want.map_flags(),
-        );
-        warn!(
-            map = name,
-            pin = %pin.display(),
-            was,
-            now,
-            "pinned map has another shape (left by another version): created anew, its entries start empty"
-        );
+        let (was, carried) = match have {
+            Ok((info, _)) if same_kind(&info) && info.max_entries() == want_entries => continue,
+            Ok((info, data)) if same_kind(&info) && maps::carries_over(name) => {
+                info!(
+                    map = name,
+                    was = info.max_entries(),
+                    now = want_entries,
+                    "pinned map resized: its entries are carried over to the new one"
+                );
+                (String::new(), Some(data))
+            }
+            Ok((info, _)) => (
+                shape(info.key_size(), info.value_size(), info.max_entries(), info.map_flags()),
+                None,
+            ),
+            Err(e) => (e.to_string(), None),
+        };
+        if carried.is_none() {
+            let now = shape(want.key_size(), want.value_size(), want_entries, want.map_flags());
+            warn!(
+                map = name,
+                pin = %pin.display(),
+                was,
+                now,
+                "pinned map has another shape (left by another version): created anew, its entries start empty"
+            );
+        }
         std::fs::remove_file(&pin).map_err(|error| LoadError::Bpffs {
             dir: pin.clone(),
             error,
         })?;
+        if let Some(old) = carried {
+            resized.push(maps::Resized { name, old });
+        }
     }
-    Ok(())
+    Ok(resized)
 }
 
 fn shape(key: u32, value: u32, entries: u32, flags: u32) -> String {
@@ -388,7 +415,10 @@ impl Dataplane {
                 error,
             })?;
         }
-        let mut ebpf = load(pins, cfg)?;
+        let (mut ebpf, resized) = load(pins, cfg)?;
+        for r in resized {
+            maps::carry_over(&mut ebpf, r, &cfg.sizes)?;
+        }
         let maps = Maps::take(&mut ebpf)?;
         {
             let xdp: &mut Xdp = program(&mut ebpf, PROG_XDP)?;

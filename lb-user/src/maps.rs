@@ -6,14 +6,21 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use lb_common::{
-    Backend, BackendKey, Counters, CtValue, FlowKey, IfaceValue, MAP_BACKEND_STATS, MAP_BACKENDS,
-    MAP_CONNTRACK, MAP_IFACES, MAP_PORTS, MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, PORT_WORDS,
-    ServiceKey, ServiceValue, reason,
+use aya::{
+    Pod,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
+use lb_common::{
+    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, FlowKey, IfaceValue,
+    MAP_AFFINITY, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_IFACES, MAP_PORTS,
+    MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, PORT_WORDS, ServiceKey, ServiceValue, reason,
+};
+use tracing::{info, warn};
 
-use crate::sync::{Entries, Op};
+use crate::{
+    sizes::MapSizes,
+    sync::{Entries, Op},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -53,6 +60,74 @@ pub struct Maps {
     stats: PerCpuArray<MapData, Counters>,
     svc_stats: PerCpuArray<MapData, Counters>,
     backend_stats: PerCpuArray<MapData, Counters>,
+}
+
+/// A pinned map of an earlier agent whose size differs from the one loaded now.
+pub struct Resized {
+    pub name: &'static str,
+    pub old: MapData,
+}
+
+/// Whether a resized map's entries are carried over (the entries of the frontends,
+/// their slots, flows and affinities; counters start again at zero).
+pub fn carries_over(name: &str) -> bool {
+    [MAP_SERVICES, MAP_BACKENDS, MAP_CONNTRACK, MAP_AFFINITY].contains(&name)
+}
+
+/// Copies the entries of `r.old` into the map of that name in `ebpf` (freshly
+/// loaded with `sizes`), as far as they fit: ids beyond the new sizes and entries
+/// past a smaller map's end are dropped, and said so. Returns (copied, dropped).
+pub fn carry_over(
+    ebpf: &mut aya::Ebpf,
+    r: Resized,
+    sizes: &MapSizes,
+) -> Result<(usize, usize), MapsError> {
+    let name = r.name;
+    let (copied, dropped) = match name {
+        MAP_SERVICES => copy_entries::<ServiceKey, ServiceValue>(ebpf, r, |_, v| {
+            v.svc_id < sizes.frontends
+        })?,
+        MAP_BACKENDS => copy_entries::<BackendKey, Backend>(ebpf, r, |k, v| {
+            k.svc_id < sizes.frontends && v.backend_id < sizes.backends
+        })?,
+        MAP_CONNTRACK => copy_entries::<FlowKey, CtValue>(ebpf, r, |_, _| true)?,
+        MAP_AFFINITY => copy_entries::<AffinityKey, AffinityValue>(ebpf, r, |_, _| true)?,
+        _ => (0, 0),
+    };
+    if dropped > 0 {
+        warn!(map = name, copied, dropped, "resized map: entries that do not fit its new size are dropped");
+    } else {
+        info!(map = name, copied, "resized map: every entry carried over");
+    }
+    Ok((copied, dropped))
+}
+
+/// Copies `r.old`'s entries that `keep` into `r.name`; an LRU map smaller than the
+/// old one keeps the most recently written (the kernel evicts the others), so the
+/// drop count is what the new map does not hold at the end.
+fn copy_entries<K: Pod + Eq + std::hash::Hash, V: Pod>(
+    ebpf: &mut aya::Ebpf,
+    r: Resized,
+    keep: impl Fn(&K, &V) -> bool,
+) -> Result<(usize, usize), MapsError> {
+    let name = r.name;
+    let old: HashMap<MapData, K, V> = Map::from_map_data(r.old)
+        .and_then(HashMap::try_from)
+        .map_err(aya_err(name, "opening the old map"))?;
+    let map = ebpf.map_mut(name).ok_or(MapsError::Missing { map: name })?;
+    let mut new: HashMap<&mut MapData, K, V> =
+        HashMap::try_from(map).map_err(aya_err(name, "typing"))?;
+    let mut seen = 0;
+    for item in old.iter() {
+        let (k, v) = item.map_err(aya_err(name, "reading the old map"))?;
+        seen += 1;
+        if keep(&k, &v) {
+            // A full hash map refuses the rest (E2BIG): they are counted below.
+            let _ = new.insert(k, v, 0);
+        }
+    }
+    let held = new.keys().filter(Result::is_ok).count();
+    Ok((held, seen - held.min(seen)))
 }
 
 /// A counter summed over CPUs.

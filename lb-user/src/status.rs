@@ -1,6 +1,6 @@
 //! What an agent could not program, for people: one JSON file per node in the
 //! store's directory (`status/NODE.json`), written by the agent when the set of
-//! refused services changes, read by `lb describe`.
+//! refused services changes, read by `lb describe` and `lb get svc`.
 
 use std::{
     collections::BTreeMap,
@@ -36,4 +36,25 @@ pub fn write(store: &Path, status: &NodeStatus) -> std::io::Result<()> {
 /// The status the agent of `node` last wrote (None: none, or unreadable).
 pub fn read(store: &Path, node: &str) -> Option<NodeStatus> {
     serde_json::from_slice(&std::fs::read(path(store, node)).ok()?).ok()
+}
+
+/// The services some node refused: `namespace/name` -> those nodes, from every
+/// node's status file.
+pub fn refused_by_node(store: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(store.join("status")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(status) = std::fs::read(entry.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<NodeStatus>(&b).ok())
+        else {
+            continue;
+        };
+        for key in status.refused.into_keys() {
+            out.entry(key).or_default().push(status.node.clone());
+        }
+    }
+    out
 }

@@ -1,11 +1,14 @@
 //! The difference between the entries the maps hold and the entries we want, as an
 //! ordered list of writes that never lets the kernel see a frontend pointing at a
 //! slot that is not there: new slots before the counts that reach them, counts
-//! lowered before the slots beyond them go.
+//! lowered before the slots beyond them go; and what goes entirely (frontends, the
+//! slots no frontend reaches) before anything comes, so that a full map takes a
+//! replacement.
 
 use std::collections::BTreeMap;
 
 use lb_common::{Backend, BackendKey, ServiceKey, ServiceValue};
+
 
 /// The contents of `LB_SERVICES`, `LB_BACKENDS` and `LB_PORTS`: what we want, or
 /// what the maps hold.
@@ -60,6 +63,22 @@ pub fn diff(actual: &Entries, desired: &Entries) -> Vec<Op> {
         }
         interim.push((w, if d & !a != 0 { a | d } else { a }, d));
     }
+    // What goes goes first, where that is safe, so the maps never hold more than
+    // the larger of before and after (a full map takes a replacement): frontends
+    // no longer wanted, then the slots of service ports no frontend will reach.
+    for k in actual.services.keys() {
+        if !desired.services.contains_key(k) {
+            ops.push(Op::DeleteService(*k));
+        }
+    }
+    let reached: std::collections::BTreeSet<u32> =
+        desired.services.values().map(|v| v.svc_id).collect();
+    let gone = |k: &BackendKey| !desired.backends.contains_key(k);
+    for k in actual.backends.keys() {
+        if gone(k) && !reached.contains(&k.svc_id) {
+            ops.push(Op::DeleteBackend(*k));
+        }
+    }
     for (k, v) in &desired.backends {
         if actual.backends.get(k) != Some(v) {
             ops.push(Op::PutBackend(*k, *v));
@@ -70,13 +89,9 @@ pub fn diff(actual: &Entries, desired: &Entries) -> Vec<Op> {
             ops.push(Op::PutService(*k, *v));
         }
     }
-    for k in actual.services.keys() {
-        if !desired.services.contains_key(k) {
-            ops.push(Op::DeleteService(*k));
-        }
-    }
+    // Slots beyond a lowered count, once the count is lowered.
     for k in actual.backends.keys() {
-        if !desired.backends.contains_key(k) {
+        if gone(k) && reached.contains(&k.svc_id) {
             ops.push(Op::DeleteBackend(*k));
         }
     }
@@ -211,8 +226,8 @@ mod tests {
             ops,
             vec![
                 Op::PutPorts(1, bit80 | bit81),
-                Op::PutService(fk(81u16.to_be()), svc(1, 1)),
                 Op::DeleteService(fk(80u16.to_be())),
+                Op::PutService(fk(81u16.to_be()), svc(1, 1)),
                 Op::PutPorts(1, bit81),
             ]
         );
@@ -233,6 +248,30 @@ mod tests {
         assert!(gone.contains(&Op::PutPorts(snat_word, 0)), "{gone:?}");
         replay(&mut e, &gone);
         assert_eq!(e, Entries::default());
+    }
+
+    #[test]
+    fn what_goes_entirely_goes_before_anything_comes() {
+        // Service port 1 is replaced by service port 2: a map with room for one
+        // frontend and one slot takes that, as the deletes come first.
+        let mut one = Entries::default();
+        one.services.insert(fk(80), svc(1, 1));
+        one.backends
+            .insert(BackendKey { svc_id: 1, slot: 0 }, be(1));
+        let mut two = Entries::default();
+        two.services.insert(fk(81), svc(2, 1));
+        two.backends
+            .insert(BackendKey { svc_id: 2, slot: 0 }, be(2));
+        let ops = diff(&one, &two);
+        assert_eq!(
+            ops,
+            vec![
+                Op::DeleteService(fk(80)),
+                Op::DeleteBackend(BackendKey { svc_id: 1, slot: 0 }),
+                Op::PutBackend(BackendKey { svc_id: 2, slot: 0 }, be(2)),
+                Op::PutService(fk(81), svc(2, 1)),
+            ]
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! kubectl-style output: the same columns, words and spacing as `kubectl get`.
 
+use std::collections::BTreeMap;
+
 use comfy_table::{CellAlignment, ColumnConstraint, Table, presets::NOTHING};
 use k8s_openapi::{
     api::{
@@ -10,7 +12,9 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
-use crate::model::{TYPE_LOAD_BALANCER, TYPE_NODE_PORT, pod_ready, service_type, shown};
+use crate::model::{
+    ObjectKey, TYPE_LOAD_BALANCER, TYPE_NODE_PORT, pod_ready, service_type, shown,
+};
 
 /// Columns separated by three spaces, left-aligned, no borders (kubectl's tabwriter).
 /// User data in the cells has its control characters escaped (`model::shown`), so
@@ -153,8 +157,19 @@ fn key_values(m: Option<&std::collections::BTreeMap<String, String>>) -> String 
     }
 }
 
-/// `kubectl get svc` (`wide` adds SELECTOR; `all_namespaces` adds NAMESPACE first).
-pub fn services(svcs: &[&Service], now: Timestamp, wide: bool, all_namespaces: bool) -> String {
+/// `kubectl get svc` (`wide` adds SELECTOR; `all_namespaces` adds NAMESPACE first),
+/// and lb's PROGRAMMED column (whether every node's maps hold the service; `refused`:
+/// `namespace/name` -> the nodes that left it out) when `wide` or when a listed
+/// service is not programmed somewhere.
+pub fn services(
+    svcs: &[&Service],
+    now: Timestamp,
+    wide: bool,
+    all_namespaces: bool,
+    refused: &BTreeMap<String, Vec<String>>,
+) -> String {
+    let refused_on = |svc: &Service| refused.get(&ObjectKey::of(&svc.metadata).to_string());
+    let programmed = wide || svcs.iter().any(|s| refused_on(s).is_some());
     let mut header = vec![
         "NAME",
         "TYPE",
@@ -186,12 +201,21 @@ pub fn services(svcs: &[&Service], now: Timestamp, wide: bool, all_namespaces: b
             if wide {
                 row.push(selector(svc));
             }
+            if programmed {
+                row.push(match refused_on(svc) {
+                    Some(nodes) => format!("No ({})", nodes.join(",")),
+                    None => "Yes".into(),
+                });
+            }
             if all_namespaces {
                 row.insert(0, svc.metadata.namespace.clone().unwrap_or_default());
             }
             row
         })
         .collect();
+    if programmed {
+        header.push("PROGRAMMED");
+    }
     render(header.into_iter().map(String::from).collect(), rows)
 }
 

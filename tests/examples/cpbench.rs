@@ -11,13 +11,17 @@ mod report;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
-use lb_tests::{Netns, Topology, lbctl::Lb, scale};
+use lb_tests::{
+    Netns, Topology,
+    lbctl::{self, Lb},
+    scale,
+};
 
 use crate::report::{Chart, Table};
 
 /// Lines of the agent's log that report a reconcile.
 fn reconciles(t: &Topology) -> Vec<String> {
-    t.log("agent-node1")
+    t.log(AGENT)
         .lines()
         .filter(|l| l.contains("reconciled"))
         .map(String::from)
@@ -33,19 +37,28 @@ fn field(line: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
-/// Waits for a reconcile line after the first `seen` that satisfies `ok`.
+/// Waits (at most 300 s) for a reconcile line after the first `seen` that satisfies
+/// `ok`; an error naming the agent's last log line if it is gone or never does.
 fn wait_reconcile(t: &Topology, seen: usize, ok: impl Fn(&str) -> bool) -> Result<String> {
     let start = Instant::now();
+    let pid = t.pid(AGENT).context("no agent")?;
     loop {
         if let Some(l) = reconciles(t).into_iter().skip(seen).find(|l| ok(l)) {
             return Ok(l);
         }
+        let log = t.log(AGENT);
+        let last = log.lines().last().unwrap_or("(nothing)");
+        if lbctl::peak_rss(pid).is_none() {
+            bail!("the agent exited; its last log line: {last}");
+        }
         if start.elapsed() > Duration::from_secs(300) {
-            bail!("the agent never reconciled:\n{}", t.log("agent-node1"));
+            bail!("the agent did not reconcile in 300 s; its last log line: {last}");
         }
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+const AGENT: &str = "agent-node1";
 
 struct LbTimes {
     apply: Duration,
@@ -55,6 +68,11 @@ struct LbTimes {
     /// From the store's commit of the change to the agent's report that the maps
     /// hold it.
     commit_to_maps: Duration,
+    /// One more service applied into the store of n (from `lb apply` to the maps).
+    one_more: Duration,
+    /// Peak resident memory of the agent and of the CLI's bulk apply (bytes).
+    agent_peak: u64,
+    cli_peak: u64,
 }
 
 /// When the agent wrote `line` (its timestamp).
@@ -97,7 +115,19 @@ fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
     t.ip(&node, &["link", "set", "d0", "up"])?;
     t.ip(&node, &["link", "set", "d1", "up"])?;
     let lb = Lb::new(&mut t)?;
-    lb.start_agent(&mut t, &node, "node1", &["d0"])?;
+    // Past the default sizes (65,536 frontends, 524,288 slots), the maps are sized
+    // for the store to come, as an operator would (Cilium: --bpf-lb-map-max).
+    let sizes = [
+        "--max-frontends".to_string(),
+        ((n + 2) * 5 / 4).next_power_of_two().max(65_536).to_string(),
+        "--max-backends".to_string(),
+        ((n + 2) * scale::ENDPOINTS_PER_SERVICE * 5 / 4)
+            .next_power_of_two()
+            .max(524_288)
+            .to_string(),
+    ];
+    let sizes: Vec<&str> = sizes.iter().map(String::as_str).collect();
+    lb.start_agent_with(&mut t, &node, "node1", &["d0"], &sizes)?;
     let manifests = match from {
         Endpoints::Slices => scale::lb_manifests(n),
         Endpoints::Pods => scale::lb_pod_manifests(n),
@@ -111,9 +141,10 @@ fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
     // until this loop notices after `lb apply` has exited: the CLI's housekeeping
     // after the commit (a log checkpoint) delays no map.
     let start = SystemTime::now();
-    lb.apply(&manifests)?;
+    let (_, cli_peak) = lb.apply_peak(&manifests)?;
+    drop(manifests);
     let want = format!("services={n} ");
-    let line = wait_reconcile(&t, seen, |l| l.contains(&want))?;
+    let line = wait_reconcile(&t, seen, |l| l.contains(&want) && field(l, "refused") == Some(0))?;
     let apply = since(logged_at(&line)?, start)?;
     eprintln!("agent: {line}");
     let agent_reconcile_us = field(&line, "took_us").unwrap_or(0);
@@ -143,7 +174,22 @@ fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // One more service into the store of n.
+    let seen = reconciles(&t).len();
+    let start = SystemTime::now();
+    lb.apply(&scale::lb_one_more(n, from == Endpoints::Pods))?;
+    let want = format!("services={} ", n + 1);
+    let line = wait_reconcile(&t, seen, |l| l.contains(&want))?;
+    let one_more = since(logged_at(&line)?, start)?;
+    eprintln!("agent: {line}");
+    let agent_peak = t
+        .pid(AGENT)
+        .and_then(lbctl::peak_rss)
+        .context("the agent's peak memory")?;
     Ok(LbTimes {
+        one_more,
+        agent_peak,
+        cli_peak,
         apply,
         agent_reconcile_us,
         change: median(change),
@@ -256,13 +302,16 @@ fn main() -> Result<()> {
             "one endpoint change (ms)",
             "full load: this / lb",
             "lb: agent's reconcile full / change; store commit -> maps (ms)",
+            "lb: one more service (ms)",
+            "lb: peak memory, agent / CLI (MiB)",
         ],
     );
     let mut chart = Chart::new("Control plane: full load (s)", "s");
     let lb_row = |n: usize, label: &str, t: &LbTimes, base: &LbTimes| {
         eprintln!(
-            "{n:>6} services  {label}: apply->maps {:?} (agent {} us), one change {:?} (agent {} us, commit->maps {:?})",
-            t.apply, t.agent_reconcile_us, t.change, t.change_reconcile_us, t.commit_to_maps
+            "{n:>6} services  {label}: apply->maps {:?} (agent {} us), one change {:?} (agent {} us, commit->maps {:?}), one more service {:?}, peak MiB agent {} CLI {}",
+            t.apply, t.agent_reconcile_us, t.change, t.change_reconcile_us, t.commit_to_maps,
+            t.one_more, t.agent_peak >> 20, t.cli_peak >> 20
         );
         vec![
             n.to_string(),
@@ -276,6 +325,8 @@ fn main() -> Result<()> {
                 t.change_reconcile_us as f64 / 1e3,
                 t.commit_to_maps.as_secs_f64() * 1e3
             ),
+            ms(t.one_more),
+            format!("{} / {}", t.agent_peak >> 20, t.cli_peak >> 20),
         ]
     };
     for &n in &sizes {
@@ -294,6 +345,8 @@ fn main() -> Result<()> {
                     String::new(),
                     String::new(),
                     String::new(),
+                    String::new(),
+                    String::new(),
                 ]);
                 continue;
             }
@@ -309,6 +362,8 @@ fn main() -> Result<()> {
                 ms(load),
                 ms(change),
                 format!("{:.2}x", load.as_secs_f64() / l.apply.as_secs_f64()),
+                String::new(),
+                String::new(),
                 String::new(),
             ]);
             chart.bar(&format!("{n} svc"), k.short, load.as_secs_f64());

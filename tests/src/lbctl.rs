@@ -76,16 +76,44 @@ impl Lb {
 
     /// `lb apply -f FILE` with `manifest` written to a file of its own.
     pub fn apply(&self, manifest: &str) -> Result<String> {
+        self.apply_peak(manifest).map(|(out, _)| out)
+    }
+
+    /// [`apply`](Self::apply), with the CLI's peak resident memory (bytes).
+    pub fn apply_peak(&self, manifest: &str) -> Result<(String, u64)> {
         // One file per call: tests of one process apply in parallel.
         static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = self
+        let base = self
             .store
-            .with_file_name(format!("manifest-{}-{n}.yaml", std::process::id()));
+            .with_file_name(format!("manifest-{}-{n}", std::process::id()));
+        let [path, out_path, err_path] =
+            ["yaml", "out", "err"].map(|ext| base.with_extension(ext));
         std::fs::write(&path, manifest)?;
-        let out = self.ok(&["apply", "-f", path.to_str().unwrap_or_default()]);
-        let _ = std::fs::remove_file(&path);
-        out
+        let result = (|| {
+            let child = Command::new(lb_bin())
+                .arg("--store")
+                .arg(&self.store)
+                .args(["apply", "-f", path.to_str().unwrap_or_default()])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::fs::File::create(&out_path)?)
+                .stderr(std::fs::File::create(&err_path)?)
+                .spawn()
+                .context("running lb apply")?;
+            let (status, peak) = wait_peak(child)?;
+            let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+            if status != 0 {
+                bail!(
+                    "lb apply failed ({status}): {}",
+                    std::fs::read_to_string(&err_path).unwrap_or_default()
+                );
+            }
+            Ok((out, peak))
+        })();
+        for p in [path, out_path, err_path] {
+            let _ = std::fs::remove_file(p);
+        }
+        result
     }
 
     /// Starts `lb agent` in `node` (label `agent-NODE_NAME`) and waits until it has
@@ -180,4 +208,33 @@ pub fn curl(t: &Topology, ns: &Netns, url: &str) -> Option<String> {
 /// The `--xdp` the end-to-end tests give agents (`LB_TEST_XDP`), if any.
 pub fn xdp_from_env() -> Option<String> {
     std::env::var("LB_TEST_XDP").ok().filter(|x| !x.is_empty())
+}
+
+/// Waits for `child`; returns its wait status and peak resident memory (bytes).
+fn wait_peak(child: std::process::Child) -> Result<(i32, u64)> {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it in for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not yet waited for (`child` is forgotten below so
+    // that nothing waits for it twice).
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    std::mem::forget(child);
+    if r != pid {
+        bail!("wait4({pid}): {}", std::io::Error::last_os_error());
+    }
+    Ok((status, usage.ru_maxrss as u64 * 1024))
+}
+
+/// Peak resident memory (bytes) of process `pid` so far (`VmHWM`).
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }

@@ -101,6 +101,22 @@ pub fn lb_pod_manifests(n: usize) -> String {
     s
 }
 
+/// One more service (the `n`th, a ClusterIP with 10 endpoints) for a store that
+/// holds [`lb_manifests`]`(n)` (`selector`: as [`lb_pod_manifests`], with its pods).
+pub fn lb_one_more(n: usize, selector: bool) -> String {
+    // As one of the first n - 1 (service n + 1 is not the measured one).
+    let mut s = service(n, n + 2, selector);
+    let addrs = endpoints(n, n + 2);
+    if selector {
+        for (j, a) in addrs.into_iter().enumerate() {
+            s.push_str(&pod(n, j, a));
+        }
+    } else {
+        s.push_str(&endpoint_slice(n, &addrs, 0));
+    }
+    s
+}
+
 /// One endpoint change of [`lb_pod_manifests`]: service 0's first pod at another
 /// address (as its replacement would be), a different one for each `k`.
 pub fn lb_pod_change(k: usize) -> String {

@@ -246,6 +246,14 @@ impl Topology {
         }
     }
 
+    /// The PID of the process started as `label`, while this topology holds it.
+    pub fn pid(&self, label: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, c)| c.id())
+    }
+
     /// Whether the process started as `label` is still running.
     pub fn running(&mut self, label: &str) -> bool {
         self.children

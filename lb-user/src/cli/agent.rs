@@ -9,6 +9,7 @@ use crate::{
     agent::{self, AgentOptions, DEFAULT_BPFFS},
     loader::{LoadConfig, ToPods, XdpUse},
     netif::parse_cidr,
+    sizes::{DEFAULT_MEMORY_RATIO, MAX_ENTRIES, MapSizes, SizeFlags},
 };
 
 #[derive(Args)]
@@ -66,6 +67,37 @@ pub struct AgentArgs {
     /// node's spec.podCIDRs count too.
     #[arg(long = "cluster-cidr", value_parser = parse_cidr)]
     pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// Frontends the maps hold (each ClusterIP port, NodePort per node address,
+    /// LoadBalancer and external address is one), as Cilium's --bpf-lb-map-max.
+    /// Default: from the node's memory, at least 65,536, and always at least what
+    /// the store holds at start with a quarter more.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_ENTRIES)))]
+    pub max_frontends: Option<u32>,
+    /// Backend slots the maps hold (one per endpoint of each service port).
+    /// Default: from the node's memory, at least 524,288, and at least what the
+    /// store holds at start with a quarter more.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_ENTRIES)))]
+    pub max_backends: Option<u32>,
+    /// Connection-tracking entries (two per flow), as Cilium's
+    /// --bpf-ct-global-tcp-max. Default: from the node's memory, at least 262,144.
+    /// When full, the least recently used flows make room.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_ENTRIES)))]
+    pub ct_max: Option<u32>,
+    /// sessionAffinity entries (client, service port). Default: from the node's
+    /// memory, at least 262,144.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_ENTRIES)))]
+    pub affinity_max: Option<u32>,
+    /// Share of the node's memory the maps sized by default may take together, as
+    /// Cilium's --bpf-map-dynamic-size-ratio (the agent logs the sizes it chose).
+    #[arg(long, default_value_t = DEFAULT_MEMORY_RATIO, value_parser = ratio)]
+    pub map_memory_ratio: f64,
+}
+
+fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
+        _ => Err(format!("{s}: want a number in (0, 1], e.g. 0.0025")),
+    }
 }
 
 fn xdp_use() -> impl clap::builder::TypedValueParser<Value = XdpUse> {
@@ -93,9 +125,17 @@ pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
             fib_redirect: !a.no_xdp_redirect,
             to_pods: a.to_pods,
             xdp: a.xdp,
+            sizes: MapSizes::default(),
         },
         lb_pools: a.lb_pools,
         cluster_cidrs: a.cluster_cidrs,
+        sizes: SizeFlags {
+            frontends: a.max_frontends,
+            backends: a.max_backends,
+            conntrack: a.ct_max,
+            affinity: a.affinity_max,
+            memory_ratio: a.map_memory_ratio,
+        },
         kube: None,
     };
     tokio::runtime::Builder::new_current_thread()

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::parse_kind;
 use crate::{
     model::{Kind, ObjectKey},
+    status,
     store::Store,
     table,
 };
@@ -65,9 +66,12 @@ pub fn run(store: &Store, g: &GetArgs) -> Result<()> {
     let now = Timestamp::now();
     let wide = g.output == Some(Output::Wide);
     let (text, count) = match g.resource {
-        Kind::Service => listed(&state.services, g, |items| {
-            table::services(items, now, wide, g.all_namespaces)
-        })?,
+        Kind::Service => {
+            let refused = status::refused_by_node(store.dir());
+            listed(&state.services, g, |items| {
+                table::services(items, now, wide, g.all_namespaces, &refused)
+            })?
+        }
         Kind::Pod => listed(&state.pods, g, |items| {
             table::pods(items, now, wide, g.all_namespaces)
         })?,

@@ -71,7 +71,7 @@ impl Follower {
         let changes = self.tracked.state.changes_to(after);
         let touched = self.tracked.take(changes);
         let plans = plan::plan(&self.tracked, &self.node, &touched.services);
-        let Ok(Update::Writes(ops)) = self
+        let Ok(Update::Writes(ops, _)) = self
             .programmed
             .update(Scope::Services(&touched.services), &plans)
         else {
@@ -82,10 +82,10 @@ impl Follower {
         let all = plan::plan_all(&self.tracked, &self.node);
         assert_eq!(
             full.update(Scope::All, &all),
-            Ok(Update::Writes(Vec::new())),
+            Ok(Update::Writes(Vec::new(), LeftOut::new())),
             "incremental result differs from a full plan"
         );
-        let fresh = Programmed::adopt(self.programmed.entries.clone());
+        let fresh = Programmed::adopt(self.programmed.entries.clone(), self.programmed.limits);
         assert_eq!(self.programmed.backends, fresh.backends);
         assert_eq!(self.programmed.port_refs, fresh.port_refs);
         assert_eq!(self.programmed.service_refs, fresh.service_refs);
@@ -282,7 +282,7 @@ fn plan_with(endpoints: &[(u8, u16)]) -> PortPlan {
 
 /// The entries a full update of `plans` leaves in `p`.
 fn full(p: &mut Programmed, plans: &[PortPlan]) -> Entries {
-    let Ok(Update::Writes(ops)) = p.update(Scope::All, plans) else {
+    let Ok(Update::Writes(ops, _)) = p.update(Scope::All, plans) else {
         panic!("a full update writes")
     };
     p.record(&ops);
@@ -297,11 +297,11 @@ fn ids_and_slots_stay_put_so_a_change_touches_only_what_it_must() {
     // Same input again: no writes.
     assert_eq!(
         p.update(Scope::All, &[plan_with(&[(2, 80), (3, 80), (4, 80)])]),
-        Ok(Update::Writes(Vec::new()))
+        Ok(Update::Writes(Vec::new(), LeftOut::new()))
     );
     // Remove the middle endpoint: slot 0 keeps .2, the last one moves into the hole
     // only if needed; ids of survivors are unchanged.
-    let Ok(Update::Writes(ops)) = p.update(Scope::All, &[plan_with(&[(2, 80), (4, 80)])]) else {
+    let Ok(Update::Writes(ops, _)) = p.update(Scope::All, &[plan_with(&[(2, 80), (4, 80)])]) else {
         panic!()
     };
     assert!(
@@ -385,16 +385,86 @@ fn a_refused_write_keeps_the_claims_so_the_retry_removes_what_is_left() {
     let one = BTreeSet::from([key.clone()]);
     assert!(matches!(
         p.update(Scope::Services(&one), std::slice::from_ref(&moved)),
-        Ok(Update::Writes(_))
+        Ok(Update::Writes(..))
     ));
     p.resync(held.clone());
     p.claim(&key, moved.frontends.iter().map(|(f, _)| *f));
     // The retry removes the old frontend and writes the new one.
-    let Ok(Update::Writes(ops)) = p.update(Scope::Services(&one), std::slice::from_ref(&moved))
+    let Ok(Update::Writes(ops, _)) = p.update(Scope::Services(&one), std::slice::from_ref(&moved))
     else {
         panic!()
     };
     p.record(&ops);
     let fronts: Vec<ServiceKey> = p.entries().services.keys().copied().collect();
     assert_eq!(fronts, vec![moved.frontends[0].0]);
+}
+
+/// Service `name` on cluster IP 10.96.0.`ip` with endpoints 10.244.0.`e` for e in `endpoints`.
+fn named(name: &str, ip: u8, endpoints: &[u8]) -> PortPlan {
+    let mut p = plan_with(&endpoints.iter().map(|e| (*e, 80)).collect::<Vec<_>>());
+    p.service = ObjectKey::new("default", name);
+    p.frontends = vec![(
+        frontend(Ipv4Addr::new(10, 96, 0, ip), 80, PROTO_TCP),
+        SVC_F_INTERNAL,
+    )];
+    p
+}
+
+#[test]
+fn full_maps_leave_new_services_out_and_never_take_from_programmed_ones() {
+    // Maps of 3 frontends and 6 slots (ids below them: 2 service ports, 5 backends).
+    let limits = Limits {
+        frontends: 3,
+        backends: 6,
+    };
+    let mut p = Programmed::adopt(Entries::default(), limits);
+    let a = named("a", 10, &[1, 2, 3]);
+    let b = named("b", 11, &[4]);
+    full(&mut p, &[a.clone(), b.clone()]);
+    assert_eq!(p.entries().services.len(), 2);
+    // A third service needs a third service-port id: no room. It is left out (said
+    // why), and a and b keep theirs, in a full update as in one of some services.
+    let c = named("c", 12, &[5]);
+    let Ok(Update::Writes(ops, left)) = p.update(Scope::All, &[c.clone(), a.clone(), b.clone()])
+    else {
+        panic!()
+    };
+    assert!(ops.is_empty(), "{ops:?}");
+    let why = &left[&c.service];
+    assert!(why.contains("no free service-port id") && why.contains("--max-frontends"), "{why}");
+    let only_c = BTreeSet::from([c.service.clone()]);
+    let Ok(Update::Writes(ops, left)) = p.update(Scope::Services(&only_c), std::slice::from_ref(&c))
+    else {
+        panic!()
+    };
+    assert!(ops.is_empty() && left.contains_key(&c.service));
+    // b grows past the slots (4 + 3 > 6): it keeps what it has, as it is.
+    let grown = named("b", 11, &[4, 6, 7, 8]);
+    let only_b = BTreeSet::from([b.service.clone()]);
+    let before = p.entries().clone();
+    let Ok(Update::Writes(ops, left)) =
+        p.update(Scope::Services(&only_b), std::slice::from_ref(&grown))
+    else {
+        panic!()
+    };
+    p.record(&ops);
+    assert!(left[&b.service].contains("no room in LB_BACKENDS"), "{left:?}");
+    assert_eq!(p.entries(), &before, "b's entries stay as they were");
+    // a goes: its entries go first, its id is free once that is written; then
+    // there is more room, and the retry takes c.
+    let room = p.room();
+    let Ok(Update::Writes(ops, left)) = p.update(Scope::All, &[b.clone(), c.clone()]) else {
+        panic!()
+    };
+    p.record(&ops);
+    assert!(left.contains_key(&c.service), "{left:?}");
+    assert!(p.room().0 > room.0 && p.room().1 > room.1);
+    let Ok(Update::Writes(ops, left)) = p.update(Scope::Services(&only_c), std::slice::from_ref(&c))
+    else {
+        panic!()
+    };
+    p.record(&ops);
+    assert!(left.is_empty(), "{left:?}");
+    let held: BTreeSet<u32> = p.entries().services.values().map(|v| v.svc_id).collect();
+    assert_eq!(held.len(), 2);
 }

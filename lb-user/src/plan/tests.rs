@@ -202,7 +202,7 @@ fn traffic_policies_and_remote_endpoints() {
     assert_eq!(plans[0].endpoints.len(), 2);
     assert_eq!(plans[0].remote, BTreeSet::from([ip("10.244.1.2")]));
     let mut p = Programmed::default();
-    let Ok(Update::Writes(ops)) = p.update(Scope::All, &plans) else {
+    let Ok(Update::Writes(ops, _)) = p.update(Scope::All, &plans) else {
         panic!("a full update writes")
     };
     p.record(&ops);

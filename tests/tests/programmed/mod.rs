@@ -7,7 +7,7 @@
 pub fn program(maps: &mut lb_user::maps::Maps, plans: &[lb_user::plan::PortPlan]) {
     use lb_user::entries::{Programmed, Scope, Update};
     let mut programmed = Programmed::default();
-    let Ok(Update::Writes(ops)) = programmed.update(Scope::All, plans) else {
+    let Ok(Update::Writes(ops, _)) = programmed.update(Scope::All, plans) else {
         panic!("a full update of {} plans writes", plans.len())
     };
     maps.write(&ops).expect("fill maps");
