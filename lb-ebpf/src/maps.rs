@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, FlowKey,
-    DEFAULT_AFFINITY, DEFAULT_BACKENDS, DEFAULT_CONNTRACK, DEFAULT_FRONTENDS, FragKey, FragValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, DEFAULT_AFFINITY,
+    DEFAULT_BACKENDS, DEFAULT_CONNTRACK, DEFAULT_FRONTENDS, FlowKey, FragKey, FragValue,
     IfaceValue, MAX_FRAGS, MAX_IFACES, MAX_SOCK_REVNAT, PORT_WORDS, ServiceKey, ServiceValue,
     SockRevKey, SockRevValue, reason,
 };
@@ -31,7 +31,8 @@ pub static LB_IFACES: HashMap<u32, IfaceValue> = HashMap::with_max_entries(MAX_I
 pub static LB_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(reason::COUNT, 0);
 
 #[map]
-pub static LB_SVC_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_FRONTENDS, 0);
+pub static LB_SVC_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(DEFAULT_FRONTENDS, 0);
 
 #[map]
 pub static LB_BE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_BACKENDS, 0);

@@ -24,9 +24,9 @@ use crate::{
     model::{Kind, ObjectKey, pod_ip},
     netif::{self, Routes},
     plan::{self, Node, PortPlan},
+    sizes::{MapSizes, Need, NodeMemory, SizeFlags},
     state::{Change, Tracked},
     status::{self, NodeStatus},
-    sizes::{MapSizes, Need, NodeMemory, SizeFlags},
     store::Store,
 };
 

@@ -280,10 +280,7 @@ impl Programmed {
             },
             owners: claims,
         });
-        Ok(Update::Writes(
-            sync::diff(&old, &new),
-            admission.left_out,
-        ))
+        Ok(Update::Writes(sync::diff(&old, &new), admission.left_out))
     }
 
     /// Room left: free frontends and backend slots (what a refused service waits
@@ -316,7 +313,7 @@ impl Programmed {
             .into_iter()
             .partition(|(k, _)| self.owners.contains_key(*k));
         let mut out = Admission {
-            plans: Vec::with_capacity(plans.len()),
+            plans: Vec::new(),
             left_out: LeftOut::new(),
             kept: Entries::default(),
             kept_claims: Vec::new(),
@@ -335,7 +332,11 @@ impl Programmed {
                 .collect();
             let new_ids = mine
                 .iter()
-                .filter(|p| !p.frontends.iter().any(|(f, _)| old.services.contains_key(f)))
+                .filter(|p| {
+                    !p.frontends
+                        .iter()
+                        .any(|(f, _)| old.services.contains_key(f))
+                })
                 .count();
             let no_room = if frontends + f > self.limits.frontends as usize {
                 Some(format!(
@@ -366,7 +367,6 @@ impl Programmed {
                 service_ids += new_ids;
                 backend_ids += addrs.len();
                 counted.extend(addrs);
-                out.plans.extend(mine);
                 continue;
             };
             let held = self.held_by(&BTreeSet::from([key.clone()]));
@@ -380,6 +380,11 @@ impl Programmed {
             out.kept.backends.extend(held.backends);
             out.left_out.insert(key.clone(), why);
         }
+        // The admitted plans in the order given (ids are handed out in it).
+        out.plans = plans
+            .iter()
+            .filter(|p| !out.left_out.contains_key(&p.service))
+            .collect();
         out
     }
 
@@ -644,7 +649,9 @@ impl Programmed {
     }
 }
 
-fn owners<'p>(plans: impl Iterator<Item = &'p PortPlan>) -> HashMap<ObjectKey, BTreeSet<ServiceKey>> {
+fn owners<'p>(
+    plans: impl Iterator<Item = &'p PortPlan>,
+) -> HashMap<ObjectKey, BTreeSet<ServiceKey>> {
     let mut out: HashMap<ObjectKey, BTreeSet<ServiceKey>> = HashMap::new();
     for p in plans {
         out.entry(p.service.clone())

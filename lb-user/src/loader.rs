@@ -174,7 +174,10 @@ impl Default for LoadConfig {
 /// survive agent restarts); a pinned map of another size is replaced by one of the
 /// new size and its entries carried over as far as they fit (returned, to be copied
 /// once the object is loaded). Without pins, maps are private (tests).
-pub fn load(pins: Option<&Path>, cfg: &LoadConfig) -> Result<(Ebpf, Vec<maps::Resized>), LoadError> {
+pub fn load(
+    pins: Option<&Path>,
+    cfg: &LoadConfig,
+) -> Result<(Ebpf, Vec<maps::Resized>), LoadError> {
     let resized = match pins {
         Some(dir) => retire_changed_pins(dir, &cfg.sizes)?,
         None => Vec::new(),
@@ -241,7 +244,8 @@ fn retire_changed_pins(dir: &Path, sizes: &MapSizes) -> Result<Vec<maps::Resized
                 && have.value_size() == want.value_size()
                 && have.map_flags() == want.map_flags()
         };
-        let (was, carried) = match have {
+        // (the old shape when it is another kind of map, the old map to copy from)
+        let (other_shape, carried) = match have {
             Ok((info, _)) if same_kind(&info) && info.max_entries() == want_entries => continue,
             Ok((info, data)) if same_kind(&info) && maps::carries_over(name) => {
                 info!(
@@ -250,16 +254,35 @@ fn retire_changed_pins(dir: &Path, sizes: &MapSizes) -> Result<Vec<maps::Resized
                     now = want_entries,
                     "pinned map resized: its entries are carried over to the new one"
                 );
-                (String::new(), Some(data))
+                (None, Some(data))
+            }
+            Ok((info, _)) if same_kind(&info) => {
+                info!(
+                    map = name,
+                    was = info.max_entries(),
+                    now = want_entries,
+                    "pinned map resized: created anew, its counters start again from zero"
+                );
+                (None, None)
             }
             Ok((info, _)) => (
-                shape(info.key_size(), info.value_size(), info.max_entries(), info.map_flags()),
+                Some(shape(
+                    info.key_size(),
+                    info.value_size(),
+                    info.max_entries(),
+                    info.map_flags(),
+                )),
                 None,
             ),
-            Err(e) => (e.to_string(), None),
+            Err(e) => (Some(e.to_string()), None),
         };
-        if carried.is_none() {
-            let now = shape(want.key_size(), want.value_size(), want_entries, want.map_flags());
+        if let Some(was) = other_shape {
+            let now = shape(
+                want.key_size(),
+                want.value_size(),
+                want_entries,
+                want.map_flags(),
+            );
             warn!(
                 map = name,
                 pin = %pin.display(),

@@ -84,9 +84,9 @@ pub fn carry_over(
 ) -> Result<(usize, usize), MapsError> {
     let name = r.name;
     let (copied, dropped) = match name {
-        MAP_SERVICES => copy_entries::<ServiceKey, ServiceValue>(ebpf, r, |_, v| {
-            v.svc_id < sizes.frontends
-        })?,
+        MAP_SERVICES => {
+            copy_entries::<ServiceKey, ServiceValue>(ebpf, r, |_, v| v.svc_id < sizes.frontends)?
+        }
         MAP_BACKENDS => copy_entries::<BackendKey, Backend>(ebpf, r, |k, v| {
             k.svc_id < sizes.frontends && v.backend_id < sizes.backends
         })?,
@@ -95,7 +95,10 @@ pub fn carry_over(
         _ => (0, 0),
     };
     if dropped > 0 {
-        warn!(map = name, copied, dropped, "resized map: entries that do not fit its new size are dropped");
+        warn!(
+            map = name,
+            copied, dropped, "resized map: entries that do not fit its new size are dropped"
+        );
     } else {
         info!(map = name, copied, "resized map: every entry carried over");
     }
@@ -193,6 +196,23 @@ impl Maps {
             svc_stats: typed(&mut get, MAP_SVC_STATS)?,
             backend_stats: typed(&mut get, MAP_BACKEND_STATS)?,
         })
+    }
+
+    /// How many entries `LB_SERVICES` and `LB_BACKENDS` hold at most, as loaded.
+    pub fn capacity(&self) -> Result<(u32, u32), MapsError> {
+        let entries = |fd: &OwnedFd, map: &'static str| {
+            let fd = fd
+                .try_clone()
+                .map_err(|error| MapsError::Descriptor { map, error })?;
+            MapData::from_fd(fd)
+                .and_then(|m| m.info())
+                .map(|i| i.max_entries())
+                .map_err(aya_err(map, "reading its size"))
+        };
+        Ok((
+            entries(&self.services_fd, MAP_SERVICES)?,
+            entries(&self.backends_fd, MAP_BACKENDS)?,
+        ))
     }
 
     /// Everything `LB_SERVICES`, `LB_BACKENDS` and `LB_PORTS` hold.

@@ -138,7 +138,11 @@ const SHARES: MapSizes64 = MapSizes64 {
 };
 
 fn pow2_floor(n: u64) -> u64 {
-    if n == 0 { 0 } else { 1 << (63 - n.leading_zeros()) }
+    if n == 0 {
+        0
+    } else {
+        1 << (63 - n.leading_zeros())
+    }
 }
 
 impl MapSizes {
@@ -149,31 +153,35 @@ impl MapSizes {
         let budget = (node.total_bytes as f64 * flags.memory_ratio.clamp(0.0, 1.0)) as u64;
         let cost = costs(node.cpus);
         let mut why = Vec::new();
-        let mut one = |name: &str, flag: Option<u32>, floor: u32, share: u64, cost: u64, need: u64| {
-            let from_memory = pow2_floor(budget / 100 * share / cost.max(1));
-            let (mut n, mut how) = match flag {
-                Some(n) => (u64::from(n), "flag".to_string()),
-                None if from_memory > u64::from(floor) => (
-                    from_memory,
-                    format!("{:.2}% of memory", flags.memory_ratio * 100.0 * share as f64 / 100.0),
-                ),
-                None => (u64::from(floor), "default".to_string()),
+        let mut one =
+            |name: &str, flag: Option<u32>, floor: u32, share: u64, cost: u64, need: u64| {
+                let from_memory = pow2_floor(budget / 100 * share / cost.max(1));
+                let (mut n, mut how) = match flag {
+                    Some(n) => (u64::from(n), "flag".to_string()),
+                    None if from_memory > u64::from(floor) => (
+                        from_memory,
+                        format!(
+                            "{:.2}% of memory",
+                            flags.memory_ratio * 100.0 * share as f64 / 100.0
+                        ),
+                    ),
+                    None => (u64::from(floor), "default".to_string()),
+                };
+                // A flag is taken as long as the store fits; a default leaves a quarter
+                // more than the store holds for it to grow.
+                let wanted = (need + need / 4).next_power_of_two();
+                let short = match flag {
+                    Some(_) => n < need,
+                    None => n < wanted,
+                };
+                if need > 0 && short {
+                    how = format!("raised from {n} ({how}): the store holds {need}");
+                    n = wanted;
+                }
+                let n = n.clamp(1, u64::from(MAX_ENTRIES)) as u32;
+                why.push(format!("{name}={n} ({how})"));
+                n
             };
-            // A flag is taken as long as the store fits; a default leaves a quarter
-            // more than the store holds for it to grow.
-            let wanted = (need + need / 4).next_power_of_two();
-            let short = match flag {
-                Some(_) => n < need,
-                None => n < wanted,
-            };
-            if need > 0 && short {
-                how = format!("raised from {n} ({how}): the store holds {need}");
-                n = wanted;
-            }
-            let n = n.clamp(1, u64::from(MAX_ENTRIES)) as u32;
-            why.push(format!("{name}={n} ({how})"));
-            n
-        };
         let sizes = MapSizes {
             frontends: one(
                 "frontends",
@@ -255,7 +263,10 @@ mod tests {
         assert!(big.conntrack > DEFAULT_CONNTRACK, "{why:?}");
         // Whatever the node, the maps sized from memory stay within the ratio
         // (or at the defaults).
-        assert!(big.bytes(64) <= (512 * GIB) / 400 + MapSizes::default().bytes(64), "{why:?}");
+        assert!(
+            big.bytes(64) <= (512 * GIB) / 400 + MapSizes::default().bytes(64),
+            "{why:?}"
+        );
         // A bigger ratio, bigger maps.
         let more = SizeFlags {
             memory_ratio: 0.05,
@@ -280,7 +291,10 @@ mod tests {
         let (s, why) = MapSizes::choose(&flags, node(24, 2), need);
         // 100,000 frontends and a quarter more, to the next power of two.
         assert_eq!(s.frontends, 131_072, "{why:?}");
-        assert!(why[0].contains("raised from 1000 (flag): the store holds 100000"), "{why:?}");
+        assert!(
+            why[0].contains("raised from 1000 (flag): the store holds 100000"),
+            "{why:?}"
+        );
         // A flag above the need stays as given, exactly.
         assert_eq!(s.backends, 2_000_000);
         assert_eq!(s.conntrack, 4_096);

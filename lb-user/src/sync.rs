@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 
 use lb_common::{Backend, BackendKey, ServiceKey, ServiceValue};
 
-
 /// The contents of `LB_SERVICES`, `LB_BACKENDS` and `LB_PORTS`: what we want, or
 /// what the maps hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

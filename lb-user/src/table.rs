@@ -12,9 +12,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
-use crate::model::{
-    ObjectKey, TYPE_LOAD_BALANCER, TYPE_NODE_PORT, pod_ready, service_type, shown,
-};
+use crate::model::{ObjectKey, TYPE_LOAD_BALANCER, TYPE_NODE_PORT, pod_ready, service_type, shown};
 
 /// Columns separated by three spaces, left-aligned, no borders (kubectl's tabwriter).
 /// User data in the cells has its control characters escaped (`model::shown`), so

@@ -1,6 +1,6 @@
 //! Hot-path cost under BPF_PROG_RUN: ns per packet for lb_xdp on an established
 //! flow, a new flow's first packet... and on non-service traffic, beside the
-//! parse-and-pass baseline measured in the same run, at 1, 1,000 and 10,000 services
+//! parse-and-pass baseline measured in the same run, at 1, 1,000, 10,000 and 100,000 services
 //! x 10 endpoints. Median of 5 runs of REPEAT packets each. Run as root:
 //! `cargo xtask bench` (or `cargo run --release -p lb-tests --example hotpath`).
 
@@ -18,6 +18,7 @@ use lb_tests::packet::{Pkt, TCP_ACK, TCP_SYN};
 use lb_user::{
     loader::{Dataplane, LoadConfig},
     plan::frontend,
+    sizes::MapSizes,
     sync,
 };
 
@@ -53,23 +54,44 @@ fn ns_per_packet(prog: &Xdp, frame: &[u8], repeat: u32) -> f64 {
     samples[RUNS / 2]
 }
 
-/// `n` NodePort services on 192.168.1.2:30000+i, 10 endpoints each.
+/// Frontend `i`: 192.168.(1 + i / 30000).2, port 30000 + i % 30000 (NodePorts of
+/// nodes with one address each).
+fn frontend_of(i: u32) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::new(192, 168, 1 + (i / 30_000) as u8, 2),
+        30_000 + (i % 30_000) as u16,
+    )
+}
+
+/// `n` NodePort services ([`frontend_of`]), 10 endpoints each.
 fn fill(dp: &mut Dataplane, n: u32) {
     let plans: Vec<_> = (0..n)
         .map(|i| {
-            let addr = Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250) as u8 + 1);
+            let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 1)) + i);
+            let (fa, fp) = frontend_of(i);
             programmed::port_plan(
                 &format!("s{i}"),
                 PROTO_TCP,
-                vec![(
-                    frontend(Ipv4Addr::new(192, 168, 1, 2), 30000 + i as u16, PROTO_TCP),
-                    0,
-                )],
+                vec![(frontend(fa, fp, PROTO_TCP), 0)],
                 (0..10u16).map(|slot| (addr, 8000 + slot)).collect(),
             )
         })
         .collect();
     programmed::program(&mut dp.maps, &plans);
+}
+
+/// Maps big enough for `n` services x 10 endpoints (the agent's defaults below).
+fn config(n: u32, fib_redirect: bool) -> LoadConfig {
+    let defaults = MapSizes::default();
+    LoadConfig {
+        fib_redirect,
+        sizes: MapSizes {
+            frontends: (n * 5 / 4).next_power_of_two().max(defaults.frontends),
+            backends: (n * 10 * 5 / 4).next_power_of_two().max(defaults.backends),
+            ..defaults
+        },
+        ..LoadConfig::default()
+    }
 }
 
 /// Median of the kernel's own duration of single runs (`repeat: 1`), one per frame.
@@ -160,7 +182,7 @@ fn main() {
     let (sizes, repeat, new_flows): (&[u32], u32, u16) = if quick {
         (&[1, 100], 10_000, 200)
     } else {
-        (&[1, 1_000, 10_000], REPEAT, NEW_FLOWS)
+        (&[1, 1_000, 10_000, 100_000], REPEAT, NEW_FLOWS)
     };
     let mut table = Table::new(
         "Hot path under BPF_PROG_RUN, ns per packet (median of 5 runs)",
@@ -181,18 +203,20 @@ fn main() {
     );
     let mut chart = Chart::new("Hot path under BPF_PROG_RUN (ns per packet)", "ns");
     for &n in sizes {
-        let mut dp = Dataplane::load(None).expect("load");
+        let mut dp = Dataplane::load_with(None, &config(n, true)).expect("load");
         fill(&mut dp, n);
-        let port = 30000 + (n - 1) as u16; // the last service inserted
-        let syn = Pkt::tcp("192.168.1.10", 40000, "192.168.1.2", port, TCP_SYN).build();
-        let ack = Pkt::tcp("192.168.1.10", 40000, "192.168.1.2", port, TCP_ACK)
+        // The last service inserted.
+        let (addr, port) = frontend_of(n - 1);
+        let node = addr.to_string();
+        let syn = Pkt::tcp("192.168.1.10", 40000, &node, port, TCP_SYN).build();
+        let ack = Pkt::tcp("192.168.1.10", 40000, &node, port, TCP_ACK)
             .payload(&[0u8; 64])
             .build();
-        let other = Pkt::tcp("192.168.1.10", 40000, "192.168.1.2", 22, TCP_ACK)
+        let other = Pkt::tcp("192.168.1.10", 40000, &node, 22, TCP_ACK)
             .payload(&[0u8; 64])
             .build();
         let syns: Vec<Vec<u8>> = (0..new_flows)
-            .map(|i| Pkt::tcp("192.168.1.10", 50000 + i, "192.168.1.2", port, TCP_SYN).build())
+            .map(|i| Pkt::tcp("192.168.1.10", 50000 + i, &node, port, TCP_SYN).build())
             .collect();
         let mut bench = BenchObject::load().expect("load lb-bench");
         let baseline = ns_per_packet(bench.xdp(PROG_XDP_BASELINE).unwrap(), &ack, repeat);
@@ -203,14 +227,7 @@ fn main() {
         let established = established_ns(&mut dp, &syn, &ack, port, repeat);
         // The same without XDP's own forwarding (`lb agent --no-xdp-redirect`):
         // translation alone, the packet then passed to the kernel.
-        let mut plain = Dataplane::load_with(
-            None,
-            &LoadConfig {
-                fib_redirect: false,
-                ..LoadConfig::default()
-            },
-        )
-        .expect("load");
+        let mut plain = Dataplane::load_with(None, &config(n, false)).expect("load");
         fill(&mut plain, n);
         let translate_only = established_ns(&mut plain, &syn, &ack, port, repeat);
         // The floor of any conntrack kept in a BPF hash map: parse, one lookup that

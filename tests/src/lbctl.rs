@@ -87,8 +87,7 @@ impl Lb {
         let base = self
             .store
             .with_file_name(format!("manifest-{}-{n}", std::process::id()));
-        let [path, out_path, err_path] =
-            ["yaml", "out", "err"].map(|ext| base.with_extension(ext));
+        let [path, out_path, err_path] = ["yaml", "out", "err"].map(|ext| base.with_extension(ext));
         std::fs::write(&path, manifest)?;
         let result = (|| {
             let child = Command::new(lb_bin())

@@ -316,3 +316,42 @@ fn maps_pinned_by_another_version_in_another_shape_are_created_anew() {
         "LB_SERVICES, of this build's shape, was adopted with its entries"
     );
 }
+
+/// An agent restarted with other map sizes: the maps are made anew at the new
+/// sizes and what the old ones held (frontends, slots, flows) is carried over, so
+/// a live stream and the services go on; the log says what was carried.
+#[test]
+fn a_restart_with_other_map_sizes_carries_the_flows_over() {
+    let tcp: &[&str] = &["--tcp", "8080"];
+    let mut c = cluster("resize", &[tcp, tcp], &format!("{WEB}{}", pods(2)));
+    ready(&c, &c.laptop, "tcp", "192.168.1.2:30080");
+    let laptop = c.laptop.clone();
+    start_stream(&mut c, &laptop, "long", "192.168.1.2:30080", 8);
+    std::thread::sleep(Duration::from_secs(2));
+    c.t.stop("agent-node1");
+    let node = c.node.clone();
+    c.lb.start_agent_with(
+        &mut c.t,
+        &node,
+        "node1",
+        &["eth0"],
+        &["--max-frontends", "131072", "--ct-max", "300000"],
+    )
+    .unwrap();
+    let log = c.t.log("agent-node1");
+    for map in ["LB_SERVICES", "LB_CT"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("resized map: every entry carried over") && l.contains(map)),
+            "{map} carried over: {log}"
+        );
+    }
+    assert!(
+        log.contains("frontends=131072 (flag)") && log.contains("conntrack=300000 (flag)"),
+        "{log}"
+    );
+    let (_, lines) = finished_stream(&mut c, "long");
+    assert!(lines >= 120, "the stream kept flowing: {lines} lines");
+    let after = lbclient(&c, &c.laptop, &["tcp", "192.168.1.2:30080", "20"]);
+    assert_eq!(tally(&c, &after).values().sum::<usize>(), 20);
+}

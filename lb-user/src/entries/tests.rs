@@ -431,9 +431,13 @@ fn full_maps_leave_new_services_out_and_never_take_from_programmed_ones() {
     };
     assert!(ops.is_empty(), "{ops:?}");
     let why = &left[&c.service];
-    assert!(why.contains("no free service-port id") && why.contains("--max-frontends"), "{why}");
+    assert!(
+        why.contains("no free service-port id") && why.contains("--max-frontends"),
+        "{why}"
+    );
     let only_c = BTreeSet::from([c.service.clone()]);
-    let Ok(Update::Writes(ops, left)) = p.update(Scope::Services(&only_c), std::slice::from_ref(&c))
+    let Ok(Update::Writes(ops, left)) =
+        p.update(Scope::Services(&only_c), std::slice::from_ref(&c))
     else {
         panic!()
     };
@@ -448,7 +452,10 @@ fn full_maps_leave_new_services_out_and_never_take_from_programmed_ones() {
         panic!()
     };
     p.record(&ops);
-    assert!(left[&b.service].contains("no room in LB_BACKENDS"), "{left:?}");
+    assert!(
+        left[&b.service].contains("no room in LB_BACKENDS"),
+        "{left:?}"
+    );
     assert_eq!(p.entries(), &before, "b's entries stay as they were");
     // a goes: its entries go first, its id is free once that is written; then
     // there is more room, and the retry takes c.
@@ -459,7 +466,8 @@ fn full_maps_leave_new_services_out_and_never_take_from_programmed_ones() {
     p.record(&ops);
     assert!(left.contains_key(&c.service), "{left:?}");
     assert!(p.room().0 > room.0 && p.room().1 > room.1);
-    let Ok(Update::Writes(ops, left)) = p.update(Scope::Services(&only_c), std::slice::from_ref(&c))
+    let Ok(Update::Writes(ops, left)) =
+        p.update(Scope::Services(&only_c), std::slice::from_ref(&c))
     else {
         panic!()
     };

@@ -424,7 +424,36 @@ pub struct Taken {
     node_ports: BTreeSet<u16>,
 }
 
+/// Kinds of value in the store's index of what is taken (`taken.what`).
+pub const TAKEN_CLUSTER_IP: i64 = 0;
+pub const TAKEN_NODE_PORT: i64 = 1;
+
 impl Taken {
+    /// What the rows of the store's index hold ((`what`, value) pairs).
+    pub fn from_rows(rows: impl IntoIterator<Item = (i64, i64)>) -> Self {
+        let mut t = Taken {
+            ips: BTreeSet::new(),
+            node_ports: BTreeSet::new(),
+        };
+        for (what, value) in rows {
+            match what {
+                TAKEN_CLUSTER_IP => drop(t.ips.insert(Ipv4Addr::from(value as u32))),
+                TAKEN_NODE_PORT => drop(t.node_ports.insert(value as u16)),
+                _ => {}
+            }
+        }
+        t
+    }
+
+    /// The index rows `svc` holds: its clusterIP and its nodePorts.
+    pub fn rows_of(svc: &Service) -> Vec<(i64, i64)> {
+        cluster_ip(svc)
+            .map(|ip| (TAKEN_CLUSTER_IP, i64::from(u32::from(ip))))
+            .into_iter()
+            .chain(Self::node_ports_of(svc).map(|p| (TAKEN_NODE_PORT, i64::from(p))))
+            .collect()
+    }
+
     pub fn of(state: &State) -> Self {
         let mut t = Taken {
             ips: BTreeSet::new(),

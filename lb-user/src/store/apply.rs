@@ -81,9 +81,22 @@ pub fn apply(
     now: Timestamp,
     revision: u64,
 ) -> Result<Vec<Outcome>, ApplyError> {
+    apply_taking(state, Taken::of(state), docs, alloc, mode, now, revision)
+}
+
+/// [`apply`] where `taken` (what every service holds, the store's index) stands for
+/// the services `state` does not hold: `state` need only hold the named objects.
+pub fn apply_taking(
+    state: &mut State,
+    mut taken: Taken,
+    docs: &[Document],
+    alloc: &Allocation,
+    mode: Mode,
+    now: Timestamp,
+    revision: u64,
+) -> Result<Vec<Outcome>, ApplyError> {
     // What is taken, kept up to date as each document is applied: scanning every
     // service for each document would make a 10,000-service apply quadratic.
-    let mut taken = Taken::of(state);
     docs.iter()
         .map(|doc| apply_one(state, &mut taken, doc, alloc, mode, now, revision))
         .collect()

@@ -377,3 +377,54 @@ fn the_ranges_are_the_stores_set_once_and_changed_only_when_every_service_fits()
         .apply(&docs(&svc("c", "")), &wider, Mode::Apply)
         .unwrap();
 }
+
+#[test]
+fn what_is_taken_is_indexed_through_every_write_and_built_for_an_older_store() {
+    let store = tmp_store("taken");
+    let alloc = Ranges::default();
+    let apply = |yaml: &str| store.apply(&docs(yaml), &alloc, Mode::Apply);
+    apply(&svc("a", "    nodePort: 30100\n  clusterIP: 10.96.0.50\n")).unwrap();
+    // Another service asking for a's values is refused, as the index says.
+    let err = apply(&svc("b", "    nodePort: 30100\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("30100") && err.contains("already allocated"),
+        "{err}"
+    );
+    let err = apply(&svc("b", "  clusterIP: 10.96.0.50\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("10.96.0.50") && err.contains("already allocated"),
+        "{err}"
+    );
+    // a moves to another nodePort (an update): the old one is free, the new taken.
+    apply(&svc("a", "    nodePort: 30101\n  clusterIP: 10.96.0.50\n")).unwrap();
+    apply(&svc("b", "    nodePort: 30100\n")).unwrap();
+    let err = apply(&svc("c", "    nodePort: 30101\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already allocated"), "{err}");
+    // a is deleted: its values are free.
+    store
+        .delete(&[(Kind::Service, ObjectKey::new("default", "a"))])
+        .unwrap();
+    apply(&svc("c", "    nodePort: 30101\n  clusterIP: 10.96.0.50\n")).unwrap();
+    // A store written before the index existed: built from the services at the
+    // next apply.
+    {
+        let conn = Connection::open(store.dir().join(DB_FILE)).unwrap();
+        conn.execute_batch("DELETE FROM taken; DELETE FROM meta WHERE name = 'taken_indexed';")
+            .unwrap();
+    }
+    let err = apply(&svc("d", "    nodePort: 30101\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already allocated"), "{err}");
+    let err = apply(&svc("d", "    nodePort: 30100\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already allocated"), "{err}");
+    apply(&svc("d", "")).unwrap();
+}

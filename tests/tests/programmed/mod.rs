@@ -5,11 +5,22 @@
 /// and the port bitmap as `entries` gives them): service ids follow the plans'
 /// order from 1, backend ids the endpoints' first appearance from 1.
 pub fn program(maps: &mut lb_user::maps::Maps, plans: &[lb_user::plan::PortPlan]) {
-    use lb_user::entries::{Programmed, Scope, Update};
-    let mut programmed = Programmed::default();
-    let Ok(Update::Writes(ops, _)) = programmed.update(Scope::All, plans) else {
+    use lb_user::entries::{Limits, Programmed, Scope, Update};
+    let (frontends, backends) = maps.capacity().expect("map sizes");
+    let mut programmed = Programmed::adopt(
+        Default::default(),
+        Limits {
+            frontends,
+            backends,
+        },
+    );
+    let Ok(Update::Writes(ops, left_out)) = programmed.update(Scope::All, plans) else {
         panic!("a full update of {} plans writes", plans.len())
     };
+    assert!(
+        left_out.is_empty(),
+        "the maps hold every plan: {left_out:?}"
+    );
     maps.write(&ops).expect("fill maps");
 }
 
