@@ -13,7 +13,16 @@ pub const PROTO_UDP: u8 = 17;
 // ---- map names (the ELF symbol names; also the pin file names on bpffs) ----
 pub const MAP_SERVICES: &str = "LB_SERVICES";
 pub const MAP_BACKENDS: &str = "LB_BACKENDS";
+/// New flows, and any the assured table has no room for: LRU, so a flood of new
+/// flows makes room by evicting the least recently used of them.
 pub const MAP_CONNTRACK: &str = "LB_CT";
+/// Flows whose backend answered (as netfilter's "assured"): a plain hash nothing
+/// evicts, so no flood of new flows takes a live one's entries; expired entries
+/// leave when a packet finds them or the agent's sweep does.
+pub const MAP_CT_ASSURED: &str = "LB_CT_ASSURED";
+/// `LB_CLOCK[0]`: the kernel side's clock, written by `lb_clock` (run by the agent
+/// with BPF_PROG_RUN to read it; never pinned).
+pub const MAP_CLOCK: &str = "LB_CLOCK";
 pub const MAP_IFACES: &str = "LB_IFACES";
 pub const MAP_STATS: &str = "LB_STATS";
 pub const MAP_SVC_STATS: &str = "LB_SVC_STATS";
@@ -24,10 +33,11 @@ pub const MAP_PORTS: &str = "LB_PORTS";
 pub const MAP_FRAGS: &str = "LB_FRAGS";
 
 /// Every map lb pins, so the agent can adopt or remove them as a set.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
+    MAP_CT_ASSURED,
     MAP_IFACES,
     MAP_STATS,
     MAP_SVC_STATS,
@@ -53,6 +63,8 @@ pub const MAP_BENCH_SINK: &str = "LB_BENCH_SINK";
 
 // ---- program names (the ELF function names) ----
 pub const PROG_XDP: &str = "lb_xdp";
+/// Writes the kernel side's clock to `LB_CLOCK` (run by the agent, never attached).
+pub const PROG_CLOCK: &str = "lb_clock";
 /// Parse-and-pass only: the benchmarks' baseline, never attached.
 pub const PROG_XDP_BASELINE: &str = "lb_xdp_baseline";
 /// Benchmarks only: live-frames generator and plain redirect hop.
@@ -321,7 +333,7 @@ pub const DELIVER_MAGIC: u32 = 0x6c62_7065; // "lbpe"
 pub const CT_TCP_SEEN_FIN: u8 = 1 << 0;
 pub const CT_TCP_SEEN_RST: u8 = 1 << 1;
 /// The backend answered: the connection is established (before, the SYN_SENT
-/// timeout holds it).
+/// timeout holds it) and the flow moves to the assured table. Set for UDP too.
 pub const CT_TCP_SEEN_REPLY: u8 = 1 << 2;
 /// The bits that close a connection.
 pub const CT_TCP_CLOSING: u8 = CT_TCP_SEEN_FIN | CT_TCP_SEEN_RST;
@@ -347,6 +359,28 @@ pub struct CtValue {
     pub _pad: u8,
 }
 const _: () = assert!(size_of::<CtValue>() == 32);
+
+impl CtValue {
+    /// Seconds the entry outlives its last packet (protocol `proto`).
+    #[inline(always)]
+    pub fn timeout_s(&self, proto: u8) -> u64 {
+        if proto != PROTO_TCP {
+            CT_TIMEOUT_UDP_S
+        } else if self.tcp_flags & CT_TCP_CLOSING != 0 {
+            CT_TIMEOUT_TCP_CLOSING_S
+        } else if self.tcp_flags & CT_TCP_SEEN_REPLY == 0 {
+            CT_TIMEOUT_TCP_SYN_S
+        } else {
+            CT_TIMEOUT_TCP_S
+        }
+    }
+
+    /// Whether the entry no longer holds a flow at `now` (clock ticks, `ticks_per_s`).
+    #[inline(always)]
+    pub fn expired(&self, proto: u8, now: u64, ticks_per_s: u64) -> bool {
+        now.wrapping_sub(self.last_seen) > self.timeout_s(proto) * ticks_per_s
+    }
+}
 
 // ---- frontend ports ----
 

@@ -4,6 +4,8 @@
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 
+use crate::maps::LB_CLOCK;
+
 /// Set by the agent at load time (`lb_common::GLOBAL_CLOCK_HZ`); read-only data, so
 /// the verifier knows it and keeps only one of the branches below.
 #[unsafe(no_mangle)]
@@ -36,5 +38,20 @@ pub fn secs(secs: u64) -> u64 {
     match hz() {
         0 => secs * NS_PER_SEC,
         hz => secs * hz,
+    }
+}
+
+/// Ticks per second.
+#[inline(always)]
+pub fn ticks_per_s() -> u64 {
+    secs(1)
+}
+
+/// Writes now to `LB_CLOCK[0]`, for the agent.
+#[inline(always)]
+pub fn publish() {
+    if let Some(slot) = LB_CLOCK.get_ptr_mut(0) {
+        // SAFETY: the pointer came from a successful lookup of an array slot.
+        unsafe { *slot = now() };
     }
 }

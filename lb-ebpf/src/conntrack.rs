@@ -1,18 +1,23 @@
-//! Flow tracking: each translated flow has two entries in `LB_CT`, one keyed by the
-//! original tuple (client -> service) and one by the reply tuple (backend -> client),
-//! each holding the tuple its packets are rewritten to.
+//! Flow tracking: each translated flow has two entries, one keyed by the original
+//! tuple (client -> service) and one by the reply tuple (backend -> client), each
+//! holding the tuple its packets are rewritten to.
+//!
+//! A new flow's entries go to `LB_CT` (LRU: a flood of new flows evicts the least
+//! recently used of them); once the backend answers, both move to `LB_CT_ASSURED`,
+//! which nothing evicts, so a flood never takes a live connection's entries (as
+//! netfilter's early drop spares assured connections). Lookups try the assured
+//! table first: an established flow costs one lookup.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
     Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_SNAT, CT_TCP_CLOSING,
-    CT_TCP_SEEN_FIN, CT_TCP_SEEN_REPLY, CT_TCP_SEEN_RST, CT_TIMEOUT_TCP_CLOSING_S,
-    CT_TIMEOUT_TCP_S, CT_TIMEOUT_TCP_SYN_S, CT_TIMEOUT_UDP_S, CtValue, FlowKey, HAIRPIN_SNAT_ADDR,
+    CT_TCP_SEEN_FIN, CT_TCP_SEEN_REPLY, CT_TCP_SEEN_RST, CtValue, FlowKey, HAIRPIN_SNAT_ADDR,
     PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, reason,
 };
 
 use crate::{
     clock,
-    maps::LB_CT,
+    maps::{LB_CT, LB_CT_ASSURED},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -63,16 +68,51 @@ fn closing_bits(tcp_flags: u8) -> u8 {
 
 #[inline(always)]
 fn expired(ct: &CtValue, proto: u8, now: u64) -> bool {
-    let timeout = if proto != PROTO_TCP {
-        CT_TIMEOUT_UDP_S
-    } else if ct.tcp_flags & CT_TCP_CLOSING != 0 {
-        CT_TIMEOUT_TCP_CLOSING_S
-    } else if ct.tcp_flags & CT_TCP_SEEN_REPLY == 0 {
-        CT_TIMEOUT_TCP_SYN_S
-    } else {
-        CT_TIMEOUT_TCP_S
+    ct.expired(proto, now, clock::ticks_per_s())
+}
+
+/// The entry for `key`: the assured one if there is a live one, else the new-flow
+/// one. An expired assured entry found on the way is removed with its peer, so it
+/// never shadows a newer flow of the same tuple. (pointer, whether assured)
+#[inline(always)]
+fn find(key: &FlowKey, now: u64) -> Option<(*mut CtValue, bool)> {
+    if let Some(ct) = LB_CT_ASSURED.get_ptr_mut(key) {
+        // SAFETY: the pointer came from a successful lookup; entries are plain data.
+        let entry = unsafe { *ct };
+        if !expired(&entry, key.proto, now) {
+            return Some((ct, true));
+        }
+        retire(key, &entry);
+    }
+    LB_CT.get_ptr_mut(key).map(|ct| (ct, false))
+}
+
+/// Removes an assured flow (this entry and its peer).
+#[inline(always)]
+fn retire(key: &FlowKey, entry: &CtValue) {
+    let _ = LB_CT_ASSURED.remove(key);
+    let _ = LB_CT_ASSURED.remove(peer_key(&nat_tuple(entry, key.proto)));
+}
+
+/// Moves a flow whose backend just answered (`key` is its reply entry, `entry` as
+/// now written) to the assured table. With no room there it stays where it is and
+/// is tried again at its next refresh.
+#[inline(always)]
+fn assure(key: &FlowKey, entry: &CtValue) {
+    let peer = peer_key(&nat_tuple(entry, key.proto));
+    // SAFETY: the value is copied at once.
+    let Some(original) = (unsafe { LB_CT.get(peer) }).copied() else {
+        return;
     };
-    now.wrapping_sub(ct.last_seen) > clock::secs(timeout)
+    if LB_CT_ASSURED.insert(peer, original, 0).is_err() {
+        return;
+    }
+    if LB_CT_ASSURED.insert(key, *entry, 0).is_err() {
+        let _ = LB_CT_ASSURED.remove(peer);
+        return;
+    }
+    let _ = LB_CT.remove(key);
+    let _ = LB_CT.remove(peer);
 }
 
 /// What conntrack knows of a packet's tuple (as Cilium's `ct_status`).
@@ -99,7 +139,7 @@ pub fn lookup(key: &FlowKey, tcp_flags: u8, now: u64) -> CtState {
 
 #[inline(always)]
 fn live(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
-    let ct = LB_CT.get_ptr_mut(key)?;
+    let (ct, assured) = find(key, now)?;
     // SAFETY: the pointer came from a successful lookup; entries are plain data and a
     // torn read at worst refreshes an entry one second early or late.
     let entry = unsafe { &mut *ct };
@@ -108,6 +148,10 @@ fn live(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
     }
     let bare_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if key.proto == PROTO_TCP && bare_syn && entry.tcp_flags & CT_TCP_CLOSING != 0 {
+        // A new connection on a closing one's tuple: the old one's entries go.
+        if assured {
+            retire(key, entry);
+        }
         return None;
     }
     let mut bits = if key.proto == PROTO_TCP {
@@ -115,37 +159,43 @@ fn live(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
     } else {
         0
     };
-    // The backend's first answer establishes the connection (both entries, once).
-    if key.proto == PROTO_TCP
-        && entry.direction == CT_DIR_REPLY
-        && entry.tcp_flags & CT_TCP_SEEN_REPLY == 0
-    {
+    // The backend's first answer establishes the flow (both entries, once).
+    let reply = entry.direction == CT_DIR_REPLY;
+    if reply && entry.tcp_flags & CT_TCP_SEEN_REPLY == 0 {
         bits |= CT_TCP_SEEN_REPLY;
     }
+    let refresh = now.wrapping_sub(entry.last_seen) >= clock::secs(REFRESH_S);
     if bits & !entry.tcp_flags != 0 {
         entry.tcp_flags |= bits;
         entry.last_seen = now;
         // The other direction closes (or is established) with this one.
         let peer = peer_key(&nat_tuple(entry, key.proto));
-        if let Some(other) = LB_CT.get_ptr_mut(peer) {
+        if let Some((other, _)) = find(&peer, now) {
             // SAFETY: as above.
             unsafe {
                 (*other).tcp_flags |= bits;
                 (*other).last_seen = now;
             }
         }
-    } else if now.wrapping_sub(entry.last_seen) >= clock::secs(REFRESH_S) {
+    } else if refresh {
         entry.last_seen = now;
     }
-    Some(*entry)
+    let seen = *entry;
+    // An answered flow not yet assured: at its first answer, then at each refresh
+    // (the assured table may have had no room).
+    if !assured && reply && (bits & CT_TCP_SEEN_REPLY != 0 || refresh) {
+        assure(key, &seen);
+    }
+    Some(seen)
 }
 
 /// The state of `key`'s flow for an ICMP error about it: as [`lookup`], but nothing
 /// is refreshed or closed (an error is no packet of the flow).
 #[inline(always)]
 pub fn related(key: &FlowKey, now: u64) -> CtState {
-    // SAFETY: the value is copied at once.
-    match unsafe { LB_CT.get(key) }.copied() {
+    // SAFETY: the values are copied at once.
+    let found = unsafe { LB_CT_ASSURED.get(key).or_else(|| LB_CT.get(key)) }.copied();
+    match found {
         Some(ct) if !expired(&ct, key.proto, now) => {
             if ct.direction == CT_DIR_REPLY {
                 CtState::Reply(ct)
@@ -159,7 +209,8 @@ pub fn related(key: &FlowKey, now: u64) -> CtState {
 
 /// Removes a flow that was just created for a packet that is not sent on after
 /// all (dropped, passed, no way out): no entry outlives a packet that was not
-/// translated, and its SNAT port is free again. `nat`: the tuple it was given.
+/// translated, and its SNAT port is free again. `nat`: the tuple it was given. (A
+/// new flow's entries are in `LB_CT`.)
 #[inline(always)]
 pub fn forget(key: &FlowKey, nat: &FlowKey) {
     let _ = LB_CT.remove(key);
@@ -182,9 +233,11 @@ pub enum Snat {
     /// A local pod that lands on itself: its packets come from the hairpin address
     /// (a packet from its own address to itself would never leave it).
     Hairpin,
-    /// To this node address and a free port of `SNAT_PORT_MIN..=SNAT_PORT_MAX`: the
-    /// backend is on another node and must answer through this one.
-    Node(u32),
+    /// To this node's address (`create`'s `node_addr`; a value every variant has, so
+    /// no register is ever left undefined) and a free port of
+    /// `SNAT_PORT_MIN..=SNAT_PORT_MAX`: the backend is on another node and must
+    /// answer through this one.
+    Node,
 }
 
 /// How many SNAT ports a new flow tries before giving up.
@@ -192,7 +245,7 @@ const SNAT_TRIES: u32 = 8;
 
 /// Records a new flow from `key` (client -> frontend) to `backend`, both directions,
 /// and returns the tuple the packet is rewritten to and the flow's `CT_F_*` flags;
-/// `Err(reason)` when it cannot.
+/// `Err(reason)` when it cannot. `node_addr`: the address of `Snat::Node`.
 #[inline(always)]
 pub fn create(
     key: &FlowKey,
@@ -201,6 +254,7 @@ pub fn create(
     tcp_flags: u8,
     now: u64,
     snat: Snat,
+    node_addr: u32,
 ) -> Result<(FlowKey, u8), u32> {
     let closing = if key.proto == PROTO_TCP {
         closing_bits(tcp_flags)
@@ -214,7 +268,11 @@ pub fn create(
             CT_F_HAIRPIN,
         ),
         Snat::None => (key.saddr_be, key.sport_be, 0),
-        Snat::Node(addr) => (addr, free_snat_port(addr, backend, key.proto)?, CT_F_SNAT),
+        Snat::Node => (
+            node_addr,
+            free_snat_port(node_addr, backend, key.proto)?,
+            CT_F_SNAT,
+        ),
     };
     let original = CtValue {
         last_seen: now,
@@ -264,7 +322,7 @@ fn free_snat_port(addr: u32, backend: &Backend, proto: u8) -> Result<u16, u32> {
             _pad2: 0,
         };
         // SAFETY: only the presence of an entry is read.
-        if unsafe { LB_CT.get(reply_key) }.is_none() {
+        if unsafe { LB_CT.get(reply_key).is_none() && LB_CT_ASSURED.get(reply_key).is_none() } {
             return Ok(port.to_be());
         }
     }

@@ -111,11 +111,11 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
     let snat = if from_pod && backend.addr_be == p.key.saddr_be {
         Snat::Hairpin
     } else if backend.flags & BE_F_REMOTE != 0 && node_addr != 0 && !from_pod {
-        Snat::Node(node_addr)
+        Snat::Node
     } else {
         Snat::None
     };
-    match conntrack::create(&p.key, svc_id, &backend, p.tcp_flags, now, snat) {
+    match conntrack::create(&p.key, svc_id, &backend, p.tcp_flags, now, snat, node_addr) {
         Ok((to, flags)) => Verdict::Nat {
             to,
             svc_id,

@@ -11,6 +11,8 @@
 //!   the node's own address never meets the ingress martian-source check.
 //! - `lb_connect4`, `lb_sendmsg4`, `lb_recvmsg4` (cgroup): the node's own processes,
 //!   whose packets pass no ingress hook, are sent to a backend at the socket.
+//! - `lb_clock` (XDP, never attached): the agent reads the kernel side's clock
+//!   through it.
 #![no_std]
 #![no_main]
 
@@ -23,6 +25,14 @@ use lb_ebpf::{flow::Hook, sock, tc, xdp};
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     xdp::run(&ctx)
+}
+
+/// Writes the clock to `LB_CLOCK` (the agent runs it with BPF_PROG_RUN to read the
+/// kernel side's time); never attached.
+#[xdp]
+pub fn lb_clock(_ctx: XdpContext) -> u32 {
+    lb_ebpf::clock::publish();
+    aya_ebpf::bindings::xdp_action::XDP_PASS
 }
 
 #[classifier]

@@ -21,8 +21,18 @@ pub static LB_SERVICES: HashMap<ServiceKey, ServiceValue> =
 pub static LB_BACKENDS: HashMap<BackendKey, Backend> =
     HashMap::with_max_entries(DEFAULT_BACKENDS, 0);
 
+/// New flows (see `lb_common::MAP_CONNTRACK`).
 #[map]
 pub static LB_CT: LruHashMap<FlowKey, CtValue> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK, 0);
+
+/// Flows whose backend answered (see `lb_common::MAP_CT_ASSURED`).
+#[map]
+pub static LB_CT_ASSURED: HashMap<FlowKey, CtValue> =
+    HashMap::with_max_entries(DEFAULT_CONNTRACK, 0);
+
+/// The clock, for the agent's sweep of expired assured flows.
+#[map]
+pub static LB_CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static LB_IFACES: HashMap<u32, IfaceValue> = HashMap::with_max_entries(MAX_IFACES, 0);

@@ -35,6 +35,8 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// How often routes (new pod interfaces) and the store are looked at without an event.
 const RESYNC: Duration = Duration::from_secs(1);
+/// How often expired assured flows are swept.
+const SWEEP: Duration = Duration::from_secs(10);
 
 pub struct AgentOptions {
     pub ifaces: Vec<String>,
@@ -98,6 +100,8 @@ struct Agent {
     left_for_room: BTreeSet<ObjectKey>,
     /// The maps' room (free frontends, free slots) when services were last left out.
     room_when_left: (usize, usize),
+    /// When expired assured flows were last swept.
+    swept: Instant,
     /// What the status file says (None: not written yet by this agent).
     published: Option<BTreeMap<ObjectKey, String>>,
     store_dir: PathBuf,
@@ -198,6 +202,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         refused: BTreeMap::new(),
         left_for_room: BTreeSet::new(),
         room_when_left: (usize::MAX, usize::MAX),
+        swept: Instant::now(),
         published: None,
         store_dir: opts.store.clone(),
         known_routes: None,
@@ -231,6 +236,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             _ = tick.tick() => {
                 agent.reconcile(true)?;
                 agent.announce();
+                agent.sweep_flows();
             }
         }
     }
@@ -262,6 +268,26 @@ impl Agent {
             let has_address = !crate::store::lb_ingress_ips(s).is_empty();
             is_lb != has_address
         })
+    }
+
+    /// Removes the assured flows that expired (nothing evicts them), every
+    /// [`SWEEP`]; a failure is logged and tried again next time.
+    fn sweep_flows(&mut self) {
+        if self.swept.elapsed() < SWEEP {
+            return;
+        }
+        self.swept = Instant::now();
+        let ticks_per_s = crate::loader::kernel_hz().unwrap_or(1_000_000_000);
+        let swept = self
+            .dp
+            .kernel_now()
+            .map_err(anyhow::Error::from)
+            .and_then(|now| Ok(self.dp.maps.sweep_assured(now, ticks_per_s)?));
+        match swept {
+            Ok(0) => {}
+            Ok(n) => info!(entries = n, "expired assured flows removed"),
+            Err(e) => warn!(error = %e, "sweeping expired flows"),
+        }
     }
 
     /// Heartbeat and LoadBalancer announcements: once per tick (never on store events,

@@ -23,9 +23,9 @@ use aya::{
 };
 use lb_common::{
     ALL_MAPS, GLOBAL_CLOCK_HZ, GLOBAL_FIB_REDIRECT, GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR,
-    GLOBAL_TO_PODS, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_F_XDP_XMIT, IFACE_POD, PROG_CONNECT4,
-    PROG_RECVMSG4, PROG_SENDMSG4, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, TO_PODS_PEER,
-    TO_PODS_STACK, TO_PODS_XDP,
+    GLOBAL_TO_PODS, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_F_XDP_XMIT, IFACE_POD, PROG_CLOCK,
+    PROG_CONNECT4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
+    TO_PODS_PEER, TO_PODS_STACK, TO_PODS_XDP,
 };
 use tracing::{info, warn};
 
@@ -443,9 +443,9 @@ impl Dataplane {
             maps::carry_over(&mut ebpf, r, &cfg.sizes)?;
         }
         let maps = Maps::take(&mut ebpf)?;
-        {
-            let xdp: &mut Xdp = program(&mut ebpf, PROG_XDP)?;
-            xdp.load().map_err(prog_err(PROG_XDP, "loading"))?;
+        for name in [PROG_XDP, PROG_CLOCK] {
+            let xdp: &mut Xdp = program(&mut ebpf, name)?;
+            xdp.load().map_err(prog_err(name, "loading"))?;
         }
         for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
             let p: &mut SchedClassifier = program(&mut ebpf, name)?;
@@ -469,6 +469,21 @@ impl Dataplane {
             links,
             xdp_use: cfg.xdp,
         })
+    }
+
+    /// The kernel side's clock now (`lb_clock` run once with BPF_PROG_RUN), in its
+    /// ticks.
+    pub fn kernel_now(&mut self) -> Result<u64, LoadError> {
+        use aya::programs::TestRun as _;
+        let clock: &mut Xdp = program(&mut self.ebpf, PROG_CLOCK)?;
+        let frame = [0u8; 64];
+        clock
+            .test_run(aya::programs::TestRunOptions {
+                data_in: Some(&frame),
+                ..Default::default()
+            })
+            .map_err(prog_err(PROG_CLOCK, "running"))?;
+        Ok(maps::read_clock(&self.ebpf)?)
     }
 
     /// The XDP program (loaded; for BPF_PROG_RUN).

@@ -12,8 +12,9 @@ use aya::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, FlowKey, IfaceValue,
-    MAP_AFFINITY, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_IFACES, MAP_PORTS,
-    MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, PORT_WORDS, ServiceKey, ServiceValue, reason,
+    MAP_AFFINITY, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CLOCK, MAP_CONNTRACK, MAP_CT_ASSURED,
+    MAP_IFACES, MAP_PORTS, MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, PORT_WORDS, ServiceKey,
+    ServiceValue, reason,
 };
 use tracing::{info, warn};
 
@@ -55,7 +56,9 @@ pub struct Maps {
     services_fd: OwnedFd,
     backends_fd: OwnedFd,
     ifaces: HashMap<MapData, u32, IfaceValue>,
+    /// New flows (LRU) and answered ones (never evicted).
     conntrack: HashMap<MapData, FlowKey, CtValue>,
+    assured: HashMap<MapData, FlowKey, CtValue>,
     ports: Array<MapData, u64>,
     stats: PerCpuArray<MapData, Counters>,
     svc_stats: PerCpuArray<MapData, Counters>,
@@ -71,7 +74,14 @@ pub struct Resized {
 /// Whether a resized map's entries are carried over (the entries of the frontends,
 /// their slots, flows and affinities; counters start again at zero).
 pub fn carries_over(name: &str) -> bool {
-    [MAP_SERVICES, MAP_BACKENDS, MAP_CONNTRACK, MAP_AFFINITY].contains(&name)
+    [
+        MAP_SERVICES,
+        MAP_BACKENDS,
+        MAP_CONNTRACK,
+        MAP_CT_ASSURED,
+        MAP_AFFINITY,
+    ]
+    .contains(&name)
 }
 
 /// Copies the entries of `r.old` into the map of that name in `ebpf` (freshly
@@ -90,7 +100,7 @@ pub fn carry_over(
         MAP_BACKENDS => copy_entries::<BackendKey, Backend>(ebpf, r, |k, v| {
             k.svc_id < sizes.frontends && v.backend_id < sizes.backends
         })?,
-        MAP_CONNTRACK => copy_entries::<FlowKey, CtValue>(ebpf, r, |_, _| true)?,
+        MAP_CONNTRACK | MAP_CT_ASSURED => copy_entries::<FlowKey, CtValue>(ebpf, r, |_, _| true)?,
         MAP_AFFINITY => copy_entries::<AffinityKey, AffinityValue>(ebpf, r, |_, _| true)?,
         _ => (0, 0),
     };
@@ -191,6 +201,7 @@ impl Maps {
             backends_fd,
             ifaces: typed(&mut get, MAP_IFACES)?,
             conntrack: typed(&mut get, MAP_CONNTRACK)?,
+            assured: typed(&mut get, MAP_CT_ASSURED)?,
             ports: typed(&mut get, MAP_PORTS)?,
             stats: typed(&mut get, MAP_STATS)?,
             svc_stats: typed(&mut get, MAP_SVC_STATS)?,
@@ -311,27 +322,48 @@ impl Maps {
 
     /// Every conntrack entry (both directions of each flow).
     pub fn conntrack(&self) -> Result<Vec<(FlowKey, CtValue)>, MapsError> {
-        // An LRU entry may go between finding its key and reading it: skip it.
-        self.conntrack
-            .iter()
-            .filter(|i| !matches!(i, Err(aya::maps::MapError::KeyNotFound)))
-            .map(|i| i.map_err(aya_err(MAP_CONNTRACK, "reading")))
-            .collect()
-    }
-
-    /// The conntrack entry for one tuple, if there is one.
-    pub fn conntrack_entry(&self, key: &FlowKey) -> Result<Option<CtValue>, MapsError> {
-        match self.conntrack.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(aya_err(MAP_CONNTRACK, "reading")(e)),
+        // An LRU entry may go between finding its key and reading it, and a flow may
+        // move to the assured table meanwhile: skip what went, and list a flow's
+        // entry once (the assured one, which lookups find first).
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (map, name) in [
+            (&self.assured, MAP_CT_ASSURED),
+            (&self.conntrack, MAP_CONNTRACK),
+        ] {
+            for item in map.iter() {
+                match item {
+                    Err(aya::maps::MapError::KeyNotFound) => continue,
+                    Err(e) => return Err(aya_err(name, "reading")(e)),
+                    Ok((k, v)) if seen.insert(k) => out.push((k, v)),
+                    Ok(_) => {}
+                }
+            }
         }
+        Ok(out)
     }
 
+    /// The conntrack entry for one tuple, if there is one (the assured one first,
+    /// as lookups do).
+    pub fn conntrack_entry(&self, key: &FlowKey) -> Result<Option<CtValue>, MapsError> {
+        for (map, name) in [
+            (&self.assured, MAP_CT_ASSURED),
+            (&self.conntrack, MAP_CONNTRACK),
+        ] {
+            match map.get(key, 0) {
+                Ok(v) => return Ok(Some(v)),
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(aya_err(name, "reading")(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes an answered flow's entry (the assured table), for benches and tests.
     pub fn put_conntrack(&mut self, key: &FlowKey, value: &CtValue) -> Result<(), MapsError> {
-        self.conntrack
+        self.assured
             .insert(key, value, 0)
-            .map_err(aya_err(MAP_CONNTRACK, "inserting"))
+            .map_err(aya_err(MAP_CT_ASSURED, "inserting"))
     }
 
     /// Removes every conntrack entry (both directions) of flows to these backends;
@@ -352,8 +384,27 @@ impl Maps {
         Ok(doomed.len())
     }
 
+    /// Removes a tuple's entries from both tables.
     pub fn remove_conntrack(&mut self, key: &FlowKey) -> Result<(), MapsError> {
+        ignore_missing(self.assured.remove(key)).map_err(aya_err(MAP_CT_ASSURED, "removing"))?;
         ignore_missing(self.conntrack.remove(key)).map_err(aya_err(MAP_CONNTRACK, "removing"))
+    }
+
+    /// Removes the assured entries that expired by `now` (the kernel side's clock,
+    /// `ticks_per_s`): nothing evicts them, and a tuple no packet uses again is
+    /// never found expired by the kernel side. Returns how many went.
+    pub fn sweep_assured(&mut self, now: u64, ticks_per_s: u64) -> Result<usize, MapsError> {
+        let expired: Vec<FlowKey> = self
+            .assured
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| v.expired(k.proto, now, ticks_per_s))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &expired {
+            ignore_missing(self.assured.remove(k)).map_err(aya_err(MAP_CT_ASSURED, "removing"))?;
+        }
+        Ok(expired.len())
     }
 
     /// Verdict counters, indexed by `lb_common::reason`.
@@ -434,9 +485,25 @@ fn update_batch<K: Copy, V: Copy>(
     }
 }
 
+/// A delete of an entry that is not there (aya reports the kernel's ENOENT as a
+/// failed syscall) is no error.
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         r => r,
     }
+}
+
+/// The kernel side's clock as `lb_clock` last wrote it to `LB_CLOCK`.
+pub fn read_clock(ebpf: &aya::Ebpf) -> Result<u64, MapsError> {
+    let map = ebpf
+        .map(MAP_CLOCK)
+        .ok_or(MapsError::Missing { map: MAP_CLOCK })?;
+    let clock: Array<&MapData, u64> = Array::try_from(map).map_err(aya_err(MAP_CLOCK, "typing"))?;
+    clock.get(&0, 0).map_err(aya_err(MAP_CLOCK, "reading"))
 }

@@ -6,8 +6,8 @@
 use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, DEFAULT_AFFINITY,
     DEFAULT_BACKENDS, DEFAULT_CONNTRACK, DEFAULT_FRONTENDS, FlowKey, MAP_AFFINITY,
-    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_SERVICES, MAP_SVC_STATS, ServiceKey,
-    ServiceValue,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_CT_ASSURED, MAP_SERVICES, MAP_SVC_STATS,
+    ServiceKey, ServiceValue,
 };
 
 /// The largest size lb gives a map (2^26 entries; the kernel takes up to 2^31 for
@@ -24,7 +24,8 @@ pub struct MapSizes {
     pub frontends: u32,
     /// `LB_BACKENDS` (slots) and `LB_BE_STATS` (backend ids < this).
     pub backends: u32,
-    /// `LB_CT` (two entries per flow).
+    /// `LB_CT` (new flows) and `LB_CT_ASSURED` (answered flows), each (two entries
+    /// per flow).
     pub conntrack: u32,
     /// `LB_AFFINITY`.
     pub affinity: u32,
@@ -116,7 +117,8 @@ fn costs(cpus: u32) -> MapSizes64 {
             + per_cpu(counters, cpus),
         backends: hash_entry(size_of::<BackendKey>(), size_of::<Backend>())
             + per_cpu(counters, cpus),
-        conntrack: hash_entry(size_of::<FlowKey>(), size_of::<CtValue>()),
+        // Two tables of this size: new flows and assured ones.
+        conntrack: 2 * hash_entry(size_of::<FlowKey>(), size_of::<CtValue>()),
         affinity: hash_entry(size_of::<AffinityKey>(), size_of::<AffinityValue>()),
     }
 }
@@ -220,13 +222,14 @@ impl MapSizes {
     }
 
     /// Each sized map with its entries.
-    pub fn by_map(&self) -> [(&'static str, u32); 6] {
+    pub fn by_map(&self) -> [(&'static str, u32); 7] {
         [
             (MAP_SERVICES, self.frontends),
             (MAP_SVC_STATS, self.frontends),
             (MAP_BACKENDS, self.backends),
             (MAP_BACKEND_STATS, self.backends),
             (MAP_CONNTRACK, self.conntrack),
+            (MAP_CT_ASSURED, self.conntrack),
             (MAP_AFFINITY, self.affinity),
         ]
     }

@@ -130,6 +130,8 @@ fn mirror_flow(dp: &mut Dataplane, client_port: u16, service_port: u16) {
         nat_dport_be: key.dport_be,
         ..ct
     };
+    // Both in the assured table, where an answered flow's entries are.
+    dp.maps.put_conntrack(&key, &ct).expect("assured entry");
     dp.maps
         .put_conntrack(&rewritten, &back)
         .expect("mirror entry");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lb_tests::{
     Netns, Topology,
-    cluster::{CLIENT_IP, Cluster, cluster, lbclient, pod_yaml, ready, tally},
+    cluster::{CLIENT_IP, Cluster, cluster, cluster_with, lbclient, pod_yaml, ready, tally},
     lbctl::podserver_bin,
 };
 
@@ -354,4 +354,40 @@ fn a_restart_with_other_map_sizes_carries_the_flows_over() {
     assert!(lines >= 120, "the stream kept flowing: {lines} lines");
     let after = lbclient(&c, &c.laptop, &["tcp", "192.168.1.2:30080", "20"]);
     assert_eq!(tally(&c, &after).values().sum::<usize>(), 20);
+}
+
+/// A flood of new flows far past the conntrack table's size (`--ct-max 512`: 2,000
+/// connections, 4,000 entries) while a long-lived TCP stream runs: the table
+/// evicts the least recently used flows, never the live stream's (katran#80:
+/// long flows remapped after eviction), and every new connection is still served.
+#[test]
+fn a_flood_of_new_flows_past_the_conntrack_table_evicts_no_live_stream() {
+    let tcp: &[&str] = &["--tcp", "8080"];
+    let manifests = format!(
+        "{WEB}{}{}",
+        pods(2),
+        pod_yaml("client", CLIENT_IP, "client", &[])
+    );
+    let mut c = cluster_with("ctflood", &[tcp, tcp], |_, _, lb| {
+        lb.apply(&manifests).unwrap();
+        vec!["--ct-max".into(), "512".into()]
+    });
+    let log = c.t.log("agent-node1");
+    assert!(
+        log.contains("conntrack=512 (flag)"),
+        "the table is sized as asked: {log}"
+    );
+    ready(&c, &c.laptop, "tcp", "192.168.1.2:30080");
+    let laptop = c.laptop.clone();
+    start_stream(&mut c, &laptop, "long", "192.168.1.2:30080", 10);
+    std::thread::sleep(Duration::from_secs(1));
+    let flood = lbclient(&c, &c.laptop, &["tcp", "192.168.1.2:30080", "2000"]);
+    assert_eq!(
+        tally(&c, &flood).values().sum::<usize>(),
+        2000,
+        "every new connection served with the table full"
+    );
+    let (_, lines) = finished_stream(&mut c, "long");
+    // 10 s at one line per 50 ms: a reset or a stall would show.
+    assert!(lines >= 150, "the stream kept flowing: {lines} lines");
 }

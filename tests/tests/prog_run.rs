@@ -1178,3 +1178,42 @@ fn icmp_errors_about_a_flow_are_translated_with_it() {
         ],
     );
 }
+
+/// A flow the backend answered moves to the assured table; the agent's sweep
+/// removes assured entries whose timeout passed (nothing evicts them) and keeps the
+/// live ones.
+#[test]
+fn answered_flows_are_assured_and_swept_once_expired() {
+    let mut dp = dataplane();
+    let syn = Pkt::tcp(CLIENT, 43000, NODE, NODE_PORT, TCP_SYN).build();
+    let (_, _, r) = run(&mut dp, Prog::Xdp, &syn);
+    assert_eq!(r, reason::NAT_NEW_FLOW);
+    let key = claimed_key(&syn).unwrap();
+    let ct = dp.maps.conntrack_entry(&key).unwrap().expect("the flow");
+    let now = dp.kernel_now().unwrap();
+    let hz = lb_user::loader::kernel_hz().unwrap_or(1_000_000_000);
+    // Unanswered: a new flow, not in the assured table (the sweep sees nothing).
+    assert_eq!(dp.maps.sweep_assured(now + 3600 * hz, hz).unwrap(), 0);
+    // Two assured flows: one idle past any timeout, one just seen.
+    let stale_key = FlowKey {
+        sport_be: 43001u16.to_be(),
+        ..key
+    };
+    let stale = CtValue {
+        last_seen: now.wrapping_sub(7 * 3600 * hz),
+        tcp_flags: lb_common::CT_TCP_SEEN_REPLY,
+        ..ct
+    };
+    let live = CtValue {
+        last_seen: now,
+        tcp_flags: lb_common::CT_TCP_SEEN_REPLY,
+        ..ct
+    };
+    dp.maps.put_conntrack(&stale_key, &stale).unwrap();
+    dp.maps.put_conntrack(&key, &live).unwrap();
+    assert_eq!(dp.maps.sweep_assured(now, hz).unwrap(), 1);
+    assert!(dp.maps.conntrack_entry(&stale_key).unwrap().is_none());
+    assert_eq!(dp.maps.conntrack_entry(&key).unwrap(), Some(live));
+    // The kernel side's clock moves on as the agent reads it.
+    assert!(dp.kernel_now().unwrap() >= now);
+}
