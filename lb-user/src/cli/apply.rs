@@ -57,14 +57,13 @@ pub fn run(store: &Store, a: &ApplyArgs, mode: Mode) -> Result<()> {
             }
         );
     }
-    let outcomes = store.apply(&docs, &alloc, mode)?;
-    for (doc, outcome) in docs.iter().zip(outcomes) {
-        println!(
-            "{}/{} {}",
-            doc.object.kind().resource(),
-            doc.object.key().name,
-            outcome.as_str()
-        );
+    let names: Vec<(&str, String)> = docs
+        .iter()
+        .map(|d| (d.object.kind().resource(), d.object.key().name))
+        .collect();
+    let outcomes = store.apply_owned(docs, &alloc, mode)?;
+    for ((resource, name), outcome) in names.into_iter().zip(outcomes) {
+        println!("{resource}/{name} {}", outcome.as_str());
     }
     Ok(())
 }

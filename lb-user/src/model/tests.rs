@@ -516,3 +516,25 @@ fn load_balancer_only_fields_as_the_api_server_checks_them() {
         Some(true)
     );
 }
+
+#[test]
+fn documents_are_numbered_across_batches_and_lists() {
+    // More documents than one batch of parsed trees, a List among them, and a bad
+    // object far in: its number counts every object before it.
+    let svc = |i: usize| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s{i}\nspec:\n  ports:\n  - port: 80\n---\n"
+        )
+    };
+    let mut yaml: String = (0..5_000).map(svc).collect();
+    yaml.push_str("apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Service, metadata: {name: l1}, spec: {ports: [{port: 80}]}}\n- {apiVersion: v1, kind: Service, metadata: {name: l2}, spec: {ports: [{port: 80}]}}\n---\n");
+    let docs = parse_manifest("m.yaml", &yaml).unwrap();
+    assert_eq!(docs.len(), 5_002);
+    assert_eq!(docs[4_999].index, 5_000);
+    assert_eq!(docs[5_001].index, 5_002);
+    yaml.push_str(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  ports:\n  - port: 70000\n",
+    );
+    let err = parse_manifest("m.yaml", &yaml).unwrap_err().to_string();
+    assert!(err.starts_with("m.yaml (document 5003): "), "{err}");
+}

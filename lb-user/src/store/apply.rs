@@ -81,15 +81,17 @@ pub fn apply(
     now: Timestamp,
     revision: u64,
 ) -> Result<Vec<Outcome>, ApplyError> {
-    apply_taking(state, Taken::of(state), docs, alloc, mode, now, revision)
+    let taken = Taken::of(state);
+    apply_taking(state, taken, docs.to_vec(), alloc, mode, now, revision)
 }
 
 /// [`apply`] where `taken` (what every service holds, the store's index) stands for
 /// the services `state` does not hold: `state` need only hold the named objects.
+/// The documents' objects move into `state` (a bulk apply holds each object once).
 pub fn apply_taking(
     state: &mut State,
     mut taken: Taken,
-    docs: &[Document],
+    docs: Vec<Document>,
     alloc: &Allocation,
     mode: Mode,
     now: Timestamp,
@@ -97,7 +99,7 @@ pub fn apply_taking(
 ) -> Result<Vec<Outcome>, ApplyError> {
     // What is taken, kept up to date as each document is applied: scanning every
     // service for each document would make a 10,000-service apply quadratic.
-    docs.iter()
+    docs.into_iter()
         .map(|doc| apply_one(state, &mut taken, doc, alloc, mode, now, revision))
         .collect()
 }
@@ -119,7 +121,7 @@ pub fn delete(state: &mut State, targets: &[(Kind, ObjectKey)]) -> Result<(), Ap
 fn apply_one(
     state: &mut State,
     taken: &mut Taken,
-    doc: &Document,
+    doc: Document,
     alloc: &Allocation,
     mode: Mode,
     now: Timestamp,
@@ -134,10 +136,10 @@ fn apply_one(
             name: key.name,
         });
     }
-    let (object, outcome) = match &doc.object {
+    let (object, outcome) = match doc.object {
         Object::Service(svc) => {
             let old = state.services.remove(&key);
-            let mut svc = (**svc).clone();
+            let mut svc = *svc;
             // Status is the cluster's to write (the agents assign LoadBalancer
             // addresses), never the manifest's: as with the API server's status
             // subresource, apply keeps what is there.
@@ -184,12 +186,12 @@ fn apply_one(
         }
         Object::Pod(pod) => {
             let old = state.pods.remove(&key);
-            let (pod, outcome) = stamp((**pod).clone(), old, now, revision, |p| &mut p.metadata);
+            let (pod, outcome) = stamp(*pod, old, now, revision, |p| &mut p.metadata);
             (Object::Pod(Box::new(pod)), outcome)
         }
         Object::EndpointSlice(slice) => {
             if let Some(old) = state.endpoint_slices.get(&key) {
-                let errors = validate_endpoint_slice_update(slice, old);
+                let errors = validate_endpoint_slice_update(&slice, old);
                 if !errors.is_empty() {
                     return Err(ApplyError::Invalid(Box::new(Invalid {
                         file: doc.file.clone(),
@@ -201,8 +203,7 @@ fn apply_one(
                 }
             }
             let old = state.endpoint_slices.remove(&key);
-            let (slice, outcome) =
-                stamp((**slice).clone(), old, now, revision, |e| &mut e.metadata);
+            let (slice, outcome) = stamp(*slice, old, now, revision, |e| &mut e.metadata);
             (Object::EndpointSlice(Box::new(slice)), outcome)
         }
     };

@@ -350,7 +350,11 @@ impl Store {
                         Kind::Pod => serde_json::from_str(&b).map(Object::Pod),
                         Kind::EndpointSlice => serde_json::from_str(&b).map(Object::EndpointSlice),
                     }
-                    .map_err(|e| corrupt(e.to_string()))?,
+                    .map_err(|e| corrupt(e.to_string()))
+                    .map(|mut o| {
+                        o.compact();
+                        o
+                    })?,
                 ),
             };
             Ok(Change {
@@ -513,6 +517,17 @@ impl Store {
         ranges: &Ranges,
         mode: Mode,
     ) -> Result<Vec<Outcome>, StoreError> {
+        self.apply_owned(docs.to_vec(), ranges, mode)
+    }
+
+    /// [`apply`](Self::apply), the documents' objects moved into the store's
+    /// transaction instead of copied (a bulk apply holds each object once).
+    pub fn apply_owned(
+        &self,
+        docs: Vec<Document>,
+        ranges: &Ranges,
+        mode: Mode,
+    ) -> Result<Vec<Outcome>, StoreError> {
         // The named objects only: what every other service holds comes from the
         // index of taken values, so one more service in a store of 100,000 reads
         // 100,000 integers, not 100,000 services.
@@ -523,8 +538,14 @@ impl Store {
                 .map(|d| (d.object.kind(), d.object.key()))
                 .collect(),
         };
+        let allocates = docs.iter().any(|d| d.object.kind() == Kind::Service);
         self.update(&scope, |state, conn| {
-            let taken = self.taken(conn)?;
+            // Only services allocate (and hold) clusterIPs and nodePorts.
+            let taken = if allocates {
+                self.taken(conn)?
+            } else {
+                alloc::Taken::from_rows([])
+            };
             let stored = stored_ranges(conn).map_err(self.db("reading the ranges"))?;
             let alloc = ranges
                 .resolve(stored.as_ref())
