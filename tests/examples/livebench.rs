@@ -247,7 +247,11 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
                 t.log("agent-node1").contains(&want).then_some(())
             });
             if up.is_none() {
-                bail!("agent never reconciled {services} services");
+                let log = t.log("agent-node1");
+                bail!(
+                    "the agent did not reconcile {services} services in 60 s; its last log line: {}",
+                    log.lines().last().unwrap_or("(nothing)")
+                );
             }
         }
         Contender::Iptables => {

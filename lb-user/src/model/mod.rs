@@ -358,10 +358,15 @@ pub fn read_manifest_with(
         error,
     };
     let trimmed = text.trim_start();
-    let mut manifest = Manifest::default();
     // Documents go from text to objects a batch at a time, so that the parsed
     // trees of a 100,000-object manifest are never all held at once.
-    let mut next_index = 1;
+    let mut objects = Objects {
+        source,
+        text,
+        validation,
+        next_index: 1,
+        manifest: Manifest::default(),
+    };
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let mut d = serde_json::Deserializer::from_str(text);
         let v = decode::value(&mut d, text.len())
@@ -371,14 +376,7 @@ pub fn read_manifest_with(
             Value::Array(items) => items,
             v => vec![v],
         };
-        take_values(
-            source,
-            text,
-            validation,
-            values,
-            &mut next_index,
-            &mut manifest,
-        )?;
+        objects.take(values)?;
     } else {
         let chunks = yaml_documents(text);
         for batch in chunks.chunks(VALUE_BATCH) {
@@ -393,81 +391,81 @@ pub fn read_manifest_with(
             for p in parsed {
                 values.extend(p.map_err(syntax)?);
             }
-            take_values(
-                source,
-                text,
-                validation,
-                values,
-                &mut next_index,
-                &mut manifest,
-            )?;
+            objects.take(values)?;
         }
     }
-    Ok(manifest)
+    Ok(objects.manifest)
 }
 
 /// How many documents are parsed to trees before they are made objects.
 const VALUE_BATCH: usize = 4_096;
 
-/// Takes parsed documents into `manifest`: a `kind: List` gives its items, each
-/// numbered from `next_index` on and made an object (on every core).
-fn take_values(
-    source: &str,
-    text: &str,
+/// The objects of a manifest as its documents are taken, batch after batch.
+struct Objects<'a> {
+    source: &'a str,
+    text: &'a str,
     validation: FieldValidation,
-    values: Vec<Value>,
-    next_index: &mut usize,
-    manifest: &mut Manifest,
-) -> Result<(), ManifestError> {
-    let mut items = Vec::new();
-    for value in values {
-        if value.is_null() {
-            continue; // an empty document (a trailing `---`)
-        }
-        if value.get("kind").and_then(Value::as_str) == Some("List") {
-            items.extend(
-                value
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-            );
-        } else {
-            items.push(value);
-        }
-    }
-    let first = *next_index;
-    *next_index += items.len();
-    let numbered: Vec<(usize, Value)> = items
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| (first + i, v))
-        .collect();
-    // Objects are measured only when the text could hold one over the limit.
-    let measure = text.len() > MAX_OBJECT_BYTES;
-    for parsed in crate::par::in_parallel(numbered, |(index, value)| {
-        if measure && serde_json::to_vec(&value).map_or(0, |v| v.len()) > MAX_OBJECT_BYTES {
-            return Err(ManifestError::Document {
-                file: source.to_string(),
-                index,
-                error: format!("Request entity too large: limit is {MAX_OBJECT_BYTES}"),
-            });
-        }
-        parse_object(source, index, value, validation)
-    }) {
-        match parsed? {
-            Parsed::Served(doc, warnings) => {
-                manifest.warnings.extend(
-                    warnings
-                        .into_iter()
-                        .map(|w| format!("{} (document {}): {w}", doc.file, doc.index)),
-                );
-                manifest.docs.push(doc);
+    /// The number the next document gets.
+    next_index: usize,
+    manifest: Manifest,
+}
+
+impl Objects<'_> {
+    /// Takes parsed documents: a `kind: List` gives its items, each numbered in
+    /// turn and made an object (on every core).
+    fn take(&mut self, values: Vec<Value>) -> Result<(), ManifestError> {
+        let (source, text, validation) = (self.source, self.text, self.validation);
+        let (next_index, manifest) = (&mut self.next_index, &mut self.manifest);
+        let mut items = Vec::new();
+        for value in values {
+            if value.is_null() {
+                continue; // an empty document (a trailing `---`)
             }
-            Parsed::Skipped(s) => manifest.skipped.push(s),
+            if value.get("kind").and_then(Value::as_str) == Some("List") {
+                items.extend(
+                    value
+                        .get("items")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+            } else {
+                items.push(value);
+            }
         }
+        let first = *next_index;
+        *next_index += items.len();
+        let numbered: Vec<(usize, Value)> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (first + i, v))
+            .collect();
+        // Objects are measured only when the text could hold one over the limit.
+        let measure = text.len() > MAX_OBJECT_BYTES;
+        for parsed in crate::par::in_parallel(numbered, |(index, value)| {
+            if measure && serde_json::to_vec(&value).map_or(0, |v| v.len()) > MAX_OBJECT_BYTES {
+                return Err(ManifestError::Document {
+                    file: source.to_string(),
+                    index,
+                    error: format!("Request entity too large: limit is {MAX_OBJECT_BYTES}"),
+                });
+            }
+            parse_object(source, index, value, validation)
+        }) {
+            match parsed? {
+                Parsed::Served(doc, warnings) => {
+                    manifest.warnings.extend(
+                        warnings
+                            .into_iter()
+                            .map(|w| format!("{} (document {}): {w}", doc.file, doc.index)),
+                    );
+                    manifest.docs.push(doc);
+                }
+                Parsed::Skipped(s) => manifest.skipped.push(s),
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// One document: an object lb serves (with warnings about it), or one it leaves out.
