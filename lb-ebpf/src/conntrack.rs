@@ -193,8 +193,13 @@ fn live(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
 /// is refreshed or closed (an error is no packet of the flow).
 #[inline(always)]
 pub fn related(key: &FlowKey, now: u64) -> CtState {
-    // SAFETY: the values are copied at once.
-    let found = unsafe { LB_CT_ASSURED.get(key).or_else(|| LB_CT.get(key)) }.copied();
+    // SAFETY: the values are copied at once. An expired assured entry does not
+    // hide a new flow of the same tuple.
+    let assured = unsafe { LB_CT_ASSURED.get(key) }
+        .copied()
+        .filter(|ct| !expired(ct, key.proto, now));
+    // SAFETY: as above.
+    let found = assured.or_else(|| unsafe { LB_CT.get(key) }.copied());
     match found {
         Some(ct) if !expired(&ct, key.proto, now) => {
             if ct.direction == CT_DIR_REPLY {
