@@ -327,10 +327,7 @@ impl Maps {
         // entry once (the assured one, which lookups find first).
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        for (map, name) in [
-            (&self.assured, MAP_CT_ASSURED),
-            (&self.conntrack, MAP_CONNTRACK),
-        ] {
+        for (map, name) in self.ct_tables() {
             for item in map.iter() {
                 match item {
                     Err(aya::maps::MapError::KeyNotFound) => continue,
@@ -343,13 +340,18 @@ impl Maps {
         Ok(out)
     }
 
+    /// The two conntrack tables with their names, in the order lookups try them.
+    fn ct_tables(&self) -> [(&HashMap<MapData, FlowKey, CtValue>, &'static str); 2] {
+        [
+            (&self.assured, MAP_CT_ASSURED),
+            (&self.conntrack, MAP_CONNTRACK),
+        ]
+    }
+
     /// The conntrack entry for one tuple, if there is one (the assured one first,
     /// as lookups do).
     pub fn conntrack_entry(&self, key: &FlowKey) -> Result<Option<CtValue>, MapsError> {
-        for (map, name) in [
-            (&self.assured, MAP_CT_ASSURED),
-            (&self.conntrack, MAP_CONNTRACK),
-        ] {
+        for (map, name) in self.ct_tables() {
             match map.get(key, 0) {
                 Ok(v) => return Ok(Some(v)),
                 Err(aya::maps::MapError::KeyNotFound) => {}
