@@ -473,16 +473,13 @@ impl Store {
     /// the index existed).
     fn taken(&self, conn: &Connection) -> Result<alloc::Taken, StoreError> {
         if !taken_indexed(conn).map_err(self.db("reading the index"))? {
-            let services = self.rows(
-                conn,
-                "SELECT kind, key, body FROM objects WHERE kind = ?1 AND body IS NOT NULL",
-                [Kind::Service.as_str()],
-            )?;
-            for change in self.decode(services)? {
-                if let Some(Object::Service(svc)) = &change.object {
-                    set_taken(conn, &change.key.to_string(), &alloc::Taken::rows_of(svc))
-                        .map_err(self.db("building the index"))?;
-                }
+            let every_service = Scope {
+                all_services: true,
+                objects: Vec::new(),
+            };
+            for (key, svc) in &self.read_scope(conn, &every_service)?.services {
+                set_taken(conn, &key.to_string(), &alloc::Taken::rows_of(svc))
+                    .map_err(self.db("building the index"))?;
             }
             set_meta(conn, "taken_indexed", 1).map_err(self.db("building the index"))?;
         }
