@@ -221,6 +221,16 @@ impl MapSizes {
         (sizes, why)
     }
 
+    /// The default sizes, raised as the agent raises them for a store that holds
+    /// `need` (benches that fill the maps past the defaults).
+    pub fn holding(need: Need) -> MapSizes {
+        let no_memory = NodeMemory {
+            total_bytes: 0,
+            cpus: 1,
+        };
+        MapSizes::choose(&SizeFlags::default(), no_memory, need).0
+    }
+
     /// Each sized map with its entries.
     pub fn by_map(&self) -> [(&'static str, u32); 7] {
         [

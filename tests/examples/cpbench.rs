@@ -16,6 +16,7 @@ use lb_tests::{
     lbctl::{self, Lb},
     scale,
 };
+use lb_user::sizes::{MapSizes, Need};
 
 use crate::report::{Chart, Table};
 
@@ -117,17 +118,15 @@ fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
     let lb = Lb::new(&mut t)?;
     // Past the default sizes (65,536 frontends, 524,288 slots), the maps are sized
     // for the store to come, as an operator would (Cilium: --bpf-lb-map-max).
+    let sized = MapSizes::holding(Need {
+        frontends: (n + 2) as u64,
+        backends: ((n + 2) * scale::ENDPOINTS_PER_SERVICE) as u64,
+    });
     let sizes = [
         "--max-frontends".to_string(),
-        ((n + 2) * 5 / 4)
-            .next_power_of_two()
-            .max(65_536)
-            .to_string(),
+        sized.frontends.to_string(),
         "--max-backends".to_string(),
-        ((n + 2) * scale::ENDPOINTS_PER_SERVICE * 5 / 4)
-            .next_power_of_two()
-            .max(524_288)
-            .to_string(),
+        sized.backends.to_string(),
     ];
     let sizes: Vec<&str> = sizes.iter().map(String::as_str).collect();
     lb.start_agent_with(&mut t, &node, "node1", &["d0"], &sizes)?;

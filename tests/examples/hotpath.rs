@@ -18,7 +18,7 @@ use lb_tests::packet::{Pkt, TCP_ACK, TCP_SYN};
 use lb_user::{
     loader::{Dataplane, LoadConfig},
     plan::frontend,
-    sizes::MapSizes,
+    sizes::{MapSizes, Need},
     sync,
 };
 
@@ -82,14 +82,12 @@ fn fill(dp: &mut Dataplane, n: u32) {
 
 /// Maps big enough for `n` services x 10 endpoints (the agent's defaults below).
 fn config(n: u32, fib_redirect: bool) -> LoadConfig {
-    let defaults = MapSizes::default();
     LoadConfig {
         fib_redirect,
-        sizes: MapSizes {
-            frontends: (n * 5 / 4).next_power_of_two().max(defaults.frontends),
-            backends: (n * 10 * 5 / 4).next_power_of_two().max(defaults.backends),
-            ..defaults
-        },
+        sizes: MapSizes::holding(Need {
+            frontends: u64::from(n),
+            backends: u64::from(n) * 10,
+        }),
         ..LoadConfig::default()
     }
 }
