@@ -21,11 +21,11 @@ use crate::{
     entries::{LeftOut, Programmed, Scope, Update},
     kube_source::KubeSource,
     loader::{Dataplane, LoadConfig},
-    model::{Kind, ObjectKey, pod_ip},
+    model::{Kind, ObjectKey, PodFacts, SliceFacts},
     netif::{self, Routes},
     plan::{self, Node, PortPlan},
     sizes::{MapSizes, Need, NodeMemory, SizeFlags},
-    state::{Change, Tracked},
+    state::{Change, Facts, Touched, Tracked},
     status::{self, NodeStatus},
     store::Store,
 };
@@ -153,7 +153,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let store = Store::new(&opts.store);
     let tracked = match opts.kube {
         Some(_) => None,
-        None => Some(Tracked::new(store.load()?)),
+        None => Some(read_facts(&store)?),
     };
     let need = tracked
         .as_ref()
@@ -337,22 +337,28 @@ impl Agent {
         let Some(seen) = self.seen else {
             return self.load_whole(started);
         };
-        let Some(read) = self.store.changes_since(seen)? else {
+        // Taken a batch at a time, so a bulk write is never held whole as objects.
+        let mut touched = Touched::default();
+        let tracked = &mut self.tracked;
+        let Some(read) = self
+            .store
+            .changes_since(seen, |batch| touched.extend(tracked.take(batch)))?
+        else {
             info!(
                 seen,
                 revision, "deletions since our revision were pruned: reading the store whole"
             );
             return self.load_whole(started);
         };
-        self.tracked.state.revision = read.revision;
-        self.seen = Some(read.revision);
-        self.take_changes(read.changes, started)
+        self.tracked.state.revision = read;
+        self.seen = Some(read);
+        self.program(&touched.named, touched.services, started)
     }
 
     /// Reads the store whole and plans every service (at start, or when the store
     /// no longer has the changes since what was last read).
     fn load_whole(&mut self, started: Instant) -> Result<()> {
-        self.tracked = Tracked::new(self.store.load()?);
+        self.tracked = read_facts(&self.store)?;
         self.seen = Some(self.tracked.state.revision);
         self.plan_all = true;
         self.program(&[], BTreeSet::new(), started)
@@ -668,12 +674,19 @@ fn need(plans: &[PortPlan]) -> Need {
 }
 
 fn pod_addrs<'a>(
-    pods: impl Iterator<Item = &'a k8s_openapi::api::core::v1::Pod> + 'a,
-    slices: impl Iterator<Item = &'a k8s_openapi::api::discovery::v1::EndpointSlice> + 'a,
+    pods: impl Iterator<Item = &'a PodFacts> + 'a,
+    slices: impl Iterator<Item = &'a SliceFacts> + 'a,
 ) -> impl Iterator<Item = Ipv4Addr> + 'a {
-    let slice_addrs = slices
-        .filter(|s| s.address_type == "IPv4")
-        .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.iter()))
-        .filter_map(|a| a.parse::<Ipv4Addr>().ok());
-    pods.filter_map(pod_ip).chain(slice_addrs)
+    pods.filter_map(|p| p.ip)
+        .chain(slices.flat_map(SliceFacts::ipv4_addrs))
+}
+
+/// The store read whole as facts, a batch of objects at a time (never the whole
+/// store as objects: 1,000,000 pods are ~10 GB as objects, ~0.3 GB as facts).
+fn read_facts(store: &Store) -> Result<Tracked> {
+    let mut facts = Facts::default();
+    let revision =
+        store.load_each(|batch| batch.into_iter().for_each(|c| facts.apply_change(c)))?;
+    facts.revision = revision;
+    Ok(Tracked::new(facts))
 }

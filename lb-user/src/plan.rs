@@ -9,16 +9,13 @@ use std::{
     net::Ipv4Addr,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Pod, Service, ServicePort},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use lb_common::{PROTO_TCP, PROTO_UDP, SVC_F_EXTERNAL_LOCAL, SVC_F_INTERNAL, ServiceKey};
 
 use crate::{
     model::{
-        ObjectKey, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER, TYPE_NODE_PORT, cluster_ip, pod_ip,
-        pod_ready, resolve_target_port, selects, service_type,
+        ObjectKey, PodFacts, SliceFacts, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER, TYPE_NODE_PORT,
+        cluster_ip, service_type,
     },
     state::{Tracked, selector_pair},
 };
@@ -102,7 +99,7 @@ pub fn plan_all(tracked: &Tracked, node: &Node) -> Vec<PortPlan> {
 
 /// The ready pods `svc`'s selector selects, found through the index by the
 /// selector's first pair.
-fn selected_pods<'a>(tracked: &'a Tracked, key: &ObjectKey, svc: &Service) -> Vec<&'a Pod> {
+fn selected_pods<'a>(tracked: &'a Tracked, key: &ObjectKey, svc: &Service) -> Vec<&'a PodFacts> {
     let Some(pair) = selector_pair(key, svc) else {
         return Vec::new();
     };
@@ -111,7 +108,7 @@ fn selected_pods<'a>(tracked: &'a Tracked, key: &ObjectKey, svc: &Service) -> Ve
         .index
         .pods_with(&pair)
         .filter_map(|k| tracked.state.pods.get(k))
-        .filter(|p| selects(selector, p.metadata.labels.as_ref()) && pod_ready(p))
+        .filter(|p| p.ready_ip.is_some() && p.selected_by(selector))
         .collect()
 }
 
@@ -120,46 +117,31 @@ fn selected_pods<'a>(tracked: &'a Tracked, key: &ObjectKey, svc: &Service) -> Ve
 /// endpoints serve; when none is ready, serving endpoints that are terminating do
 /// (as kube-proxy does). Conditions left unset count as ready and serving.
 fn slice_endpoints(
-    slices: &[&EndpointSlice],
+    slices: &[&SliceFacts],
     port_name: &str,
     protocol: &str,
     node: &Node,
 ) -> BTreeMap<(Ipv4Addr, u16), bool> {
     let (mut ready, mut terminating) = (BTreeMap::new(), BTreeMap::new());
-    for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+    for slice in slices.iter().filter(|s| &*s.address_type == "IPv4") {
         let Some(port) = slice
             .ports
             .iter()
-            .flatten()
-            .find(|p| {
-                p.name.as_deref().unwrap_or("") == port_name
-                    && p.protocol.as_deref().unwrap_or("TCP") == protocol
-            })
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0)
+            .find(|(name, proto, _)| **name == *port_name && **proto == *protocol)
+            .map(|(_, _, port)| *port)
         else {
             continue;
         };
         for ep in &slice.endpoints {
-            let c = ep.conditions.as_ref();
-            let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
-            let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            let into = if is_ready && !is_terminating {
+            let into = if ep.ready && !ep.terminating {
                 &mut ready
-            } else if serving && is_terminating {
+            } else if ep.serving && ep.terminating {
                 &mut terminating
             } else {
                 continue;
             };
             let local = node.hosts(ep.node_name.as_deref());
-            into.extend(
-                ep.addresses
-                    .iter()
-                    .filter_map(|a| a.parse::<Ipv4Addr>().ok())
-                    .map(|a| ((a, port), local)),
-            );
+            into.extend(ep.ipv4().map(|a| ((a, port), local)));
         }
     }
     if ready.is_empty() { terminating } else { ready }
@@ -181,7 +163,7 @@ fn plan_service(tracked: &Tracked, key: &ObjectKey, svc: &Service, node: &Node) 
     } else {
         Vec::new()
     };
-    let slices: Vec<&EndpointSlice> = if has_selector {
+    let slices: Vec<&SliceFacts> = if has_selector {
         Vec::new()
     } else {
         tracked
@@ -252,11 +234,8 @@ fn plan_service(tracked: &Tracked, key: &ObjectKey, svc: &Service, node: &Node) 
             selected
                 .iter()
                 .filter_map(|pod| {
-                    let local = node.hosts(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()));
-                    Some((
-                        (pod_ip(pod)?, resolve_target_port(pod, &target, protocol)?),
-                        local,
-                    ))
+                    let local = node.hosts(pod.node_name.as_deref());
+                    Some(((pod.ready_ip?, pod.target_port(&target, protocol)?), local))
                 })
                 .collect()
         } else {

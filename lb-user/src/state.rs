@@ -1,8 +1,10 @@
-//! The objects lb serves as one value ([`State`]), the changes that move it
-//! ([`Change`]), and what a change must find without scanning it ([`Index`]):
-//! each service's EndpointSlices, the pods by label, the services by selector.
-//! [`Tracked`] keeps a state and its index in step and says which services a batch
-//! of changes touches; the planner reads both.
+//! The objects lb serves as one value: [`State`] holds them whole (what a source
+//! holds, what the CLI shows and the store checks writes against), [`Facts`] as
+//! planning reads them (services whole, pods and EndpointSlices as their facts, a
+//! tenth of their size). [`Change`]s move both; [`Index`] finds what a change must
+//! find without scanning: each service's EndpointSlices, the pods by label, the
+//! services by selector. [`Tracked`] keeps facts and their index in step and says
+//! which services a batch of changes touches; the planner reads both.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -11,7 +13,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 
-use crate::model::{Kind, Object, ObjectKey, selects, slice_service};
+use crate::model::{Kind, Object, ObjectKey, PodFacts, SliceFacts};
 
 /// Everything a source (the store, or the cluster's API) holds.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -74,47 +76,138 @@ impl State {
 
     /// The objects that differ between `self` and `after`, as changes.
     pub fn changes_to(&self, after: State) -> Vec<Change> {
-        fn kind<T: PartialEq>(
-            out: &mut Vec<Change>,
-            kind: Kind,
-            before: &BTreeMap<ObjectKey, T>,
-            after: BTreeMap<ObjectKey, T>,
-            wrap: fn(Box<T>) -> Object,
-        ) {
-            for k in before.keys().filter(|k| !after.contains_key(*k)) {
-                out.push(Change {
-                    kind,
-                    key: k.clone(),
-                    object: None,
-                });
-            }
-            for (k, v) in after {
-                if before.get(&k) != Some(&v) {
-                    out.push(Change {
-                        kind,
-                        key: k,
-                        object: Some(wrap(Box::new(v))),
-                    });
-                }
-            }
-        }
         let mut out = Vec::new();
-        kind(
+        changed(&mut out, &self.services, after.services, |a, b| a == b);
+        changed(&mut out, &self.pods, after.pods, |a, b| a == b);
+        changed(
             &mut out,
-            Kind::Service,
-            &self.services,
-            after.services,
-            Object::Service,
-        );
-        kind(&mut out, Kind::Pod, &self.pods, after.pods, Object::Pod);
-        kind(
-            &mut out,
-            Kind::EndpointSlice,
             &self.endpoint_slices,
             after.endpoint_slices,
-            Object::EndpointSlice,
+            |a, b| a == b,
         );
         out
+    }
+}
+
+/// What planning reads of a source: its services whole, its pods and EndpointSlices
+/// as their facts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    /// The source's revision these facts are at.
+    pub revision: u64,
+    pub services: BTreeMap<ObjectKey, Service>,
+    pub pods: BTreeMap<ObjectKey, PodFacts>,
+    pub endpoint_slices: BTreeMap<ObjectKey, SliceFacts>,
+    /// As [`State::endpoints_from_slices`].
+    pub endpoints_from_slices: bool,
+}
+
+impl From<State> for Facts {
+    fn from(state: State) -> Self {
+        Facts {
+            revision: state.revision,
+            services: state.services,
+            pods: state
+                .pods
+                .iter()
+                .map(|(k, p)| (k.clone(), PodFacts::of(p)))
+                .collect(),
+            endpoint_slices: state
+                .endpoint_slices
+                .iter()
+                .map(|(k, s)| (k.clone(), SliceFacts::of(s)))
+                .collect(),
+            endpoints_from_slices: state.endpoints_from_slices,
+        }
+    }
+}
+
+impl Facts {
+    /// Writes or removes `change`'s object (pods and slices as their facts).
+    pub fn apply_change(&mut self, change: Change) {
+        let key = change.key;
+        match change.object {
+            Some(Object::Service(o)) => drop(self.services.insert(key, *o)),
+            Some(Object::Pod(o)) => drop(self.pods.insert(key, PodFacts::of(&o))),
+            Some(Object::EndpointSlice(o)) => {
+                drop(self.endpoint_slices.insert(key, SliceFacts::of(&o)))
+            }
+            None => match change.kind {
+                Kind::Service => drop(self.services.remove(&key)),
+                Kind::Pod => drop(self.pods.remove(&key)),
+                Kind::EndpointSlice => drop(self.endpoint_slices.remove(&key)),
+            },
+        }
+    }
+
+    /// The objects of `after` whose facts differ from these, as changes (a pod
+    /// whose facts did not change is no change to planning).
+    pub fn changes_to(&self, after: State) -> Vec<Change> {
+        let mut out = Vec::new();
+        changed(&mut out, &self.services, after.services, |a, b| a == b);
+        changed(&mut out, &self.pods, after.pods, |f, p| {
+            *f == PodFacts::of(p)
+        });
+        changed(
+            &mut out,
+            &self.endpoint_slices,
+            after.endpoint_slices,
+            |f, s| *f == SliceFacts::of(s),
+        );
+        out
+    }
+}
+
+/// How an object of one kind becomes an [`Object`].
+trait Wrapped: Sized {
+    const KIND: Kind;
+    fn wrap(self) -> Object;
+}
+
+impl Wrapped for Service {
+    const KIND: Kind = Kind::Service;
+    fn wrap(self) -> Object {
+        Object::Service(Box::new(self))
+    }
+}
+
+impl Wrapped for Pod {
+    const KIND: Kind = Kind::Pod;
+    fn wrap(self) -> Object {
+        Object::Pod(Box::new(self))
+    }
+}
+
+impl Wrapped for EndpointSlice {
+    const KIND: Kind = Kind::EndpointSlice;
+    fn wrap(self) -> Object {
+        Object::EndpointSlice(Box::new(self))
+    }
+}
+
+/// Pushes onto `out` the changes from `before` to `after` of one kind: the keys
+/// gone, and the objects `same` does not find equal to what `before` holds.
+fn changed<F, T: Wrapped>(
+    out: &mut Vec<Change>,
+    before: &BTreeMap<ObjectKey, F>,
+    after: BTreeMap<ObjectKey, T>,
+    same: impl Fn(&F, &T) -> bool,
+) {
+    for k in before.keys().filter(|k| !after.contains_key(*k)) {
+        out.push(Change {
+            kind: T::KIND,
+            key: k.clone(),
+            object: None,
+        });
+    }
+    for (k, v) in after {
+        if !before.get(&k).is_some_and(|b| same(b, &v)) {
+            out.push(Change {
+                kind: T::KIND,
+                key: k,
+                object: Some(v.wrap()),
+            });
+        }
     }
 }
 
@@ -142,22 +235,19 @@ pub fn selector_pair(key: &ObjectKey, svc: &Service) -> Option<LabelPair> {
     Some((key.namespace.clone(), k.clone(), v.clone()))
 }
 
-fn pod_pairs<'a>(key: &'a ObjectKey, pod: &'a Pod) -> impl Iterator<Item = LabelPair> + 'a {
-    pod.metadata
-        .labels
-        .iter()
-        .flatten()
-        .map(move |(k, v)| (key.namespace.clone(), k.clone(), v.clone()))
+fn pod_pairs<'a>(key: &'a ObjectKey, pod: &'a PodFacts) -> impl Iterator<Item = LabelPair> + 'a {
+    pod.labels()
+        .map(move |(k, v)| (key.namespace.clone(), k.to_string(), v.to_string()))
 }
 
 /// The service an EndpointSlice under `key` belongs to.
-fn slice_owner(key: &ObjectKey, slice: &EndpointSlice) -> Option<ObjectKey> {
-    Some(ObjectKey::new(&key.namespace, slice_service(slice)?))
+fn slice_owner(key: &ObjectKey, slice: &SliceFacts) -> Option<ObjectKey> {
+    Some(ObjectKey::new(&key.namespace, slice.service.as_deref()?))
 }
 
 impl Index {
     /// The index of every object of `state`.
-    pub fn of(state: &State) -> Self {
+    pub fn of(state: &Facts) -> Self {
         let mut index = Index::default();
         for kind in Kind::ALL {
             let keys: Vec<&ObjectKey> = match kind {
@@ -173,7 +263,7 @@ impl Index {
     }
 
     /// Adds (or removes) the object `kind`/`key` as `state` holds it.
-    fn update(&mut self, state: &State, kind: Kind, key: &ObjectKey, add: bool) {
+    fn update(&mut self, state: &Facts, kind: Kind, key: &ObjectKey, add: bool) {
         fn set<K: std::hash::Hash + Eq>(
             map: &mut HashMap<K, BTreeSet<ObjectKey>>,
             at: K,
@@ -240,15 +330,23 @@ pub struct Touched {
     pub services: BTreeSet<ObjectKey>,
 }
 
-/// A state and its index, kept in step as changes arrive.
+impl Touched {
+    /// Adds what `other` named and touched.
+    pub fn extend(&mut self, other: Touched) {
+        self.named.extend(other.named);
+        self.services.extend(other.services);
+    }
+}
+
+/// Facts and their index, kept in step as changes arrive.
 #[derive(Debug, Clone, Default)]
 pub struct Tracked {
-    pub state: State,
+    pub state: Facts,
     pub index: Index,
 }
 
 impl Tracked {
-    pub fn new(state: State) -> Self {
+    pub fn new(state: Facts) -> Self {
         let index = Index::of(&state);
         Tracked { state, index }
     }
@@ -300,7 +398,7 @@ impl Tracked {
                             continue;
                         };
                         let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
-                        if selects(selector, pod.metadata.labels.as_ref()) {
+                        if pod.selected_by(selector) {
                             out.insert(svc_key);
                         }
                     }
@@ -316,12 +414,12 @@ mod tests {
     use super::*;
     use crate::model::parse_manifest;
 
-    fn state(yaml: &str) -> State {
+    fn state(yaml: &str) -> Facts {
         let mut s = State::default();
         for d in parse_manifest("t.yaml", yaml).unwrap() {
             s.insert(d.object);
         }
-        s
+        s.into()
     }
 
     fn change(yaml: &str) -> Change {
@@ -359,6 +457,40 @@ mod tests {
         let names: Vec<&str> = touched.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(names, ["web"]);
         assert_eq!(t.index, Index::of(&t.state));
+    }
+
+    #[test]
+    fn facts_change_only_with_what_planning_reads() {
+        let mut source = State::default();
+        for d in parse_manifest("t.yaml", &format!("{WEB}---\n{}", pod("{app: web}"))).unwrap() {
+            source.insert(d.object);
+        }
+        let facts = Facts::from(source.clone());
+        assert!(facts.changes_to(source.clone()).is_empty());
+        let key = ObjectKey::new("default", "p");
+        // An annotation and an image are not facts; a label, the address and
+        // readiness are.
+        let mut after = source.clone();
+        let p = after.pods.get_mut(&key).unwrap();
+        p.metadata.annotations = Some([("a".to_string(), "b".to_string())].into());
+        p.spec.as_mut().unwrap().containers[0].image = Some("other".into());
+        assert!(facts.changes_to(after.clone()).is_empty());
+        let mut relabelled = after.clone();
+        let p = relabelled.pods.get_mut(&key).unwrap();
+        p.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
+        let mut unready = after.clone();
+        let p = unready.pods.get_mut(&key).unwrap();
+        p.status.as_mut().unwrap().phase = Some("Failed".into());
+        for changed in [relabelled, unready] {
+            let changes = facts.changes_to(changed);
+            assert_eq!(changes.len(), 1, "{changes:?}");
+            assert_eq!((changes[0].kind, &changes[0].key), (Kind::Pod, &key));
+        }
+        let mut gone = after;
+        gone.pods.clear();
+        let changes = facts.changes_to(gone);
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].object.is_none());
     }
 
     #[test]

@@ -17,6 +17,8 @@ const NODE: &str = "192.168.1.2";
 /// the services they touch. No disk: each write is applied to a copy and the
 /// difference taken as the changes.
 struct Follower {
+    /// The source's objects whole.
+    source: State,
     tracked: Tracked,
     programmed: Programmed,
     node: Node,
@@ -32,6 +34,7 @@ struct Round {
 impl Follower {
     fn new() -> Self {
         Follower {
+            source: State::default(),
             tracked: Tracked::default(),
             programmed: Programmed::default(),
             node: Node {
@@ -42,7 +45,7 @@ impl Follower {
     }
 
     fn apply(&mut self, yaml: &str) -> Round {
-        let mut after = self.tracked.state.clone();
+        let mut after = self.source.clone();
         let docs = parse_manifest("t.yaml", yaml).unwrap();
         let rev = after.revision + 1;
         apply::apply(
@@ -59,7 +62,7 @@ impl Follower {
     }
 
     fn delete(&mut self, kind: Kind, name: &str) -> Round {
-        let mut after = self.tracked.state.clone();
+        let mut after = self.source.clone();
         apply::delete(&mut after, &[(kind, ObjectKey::new("default", name))]).unwrap();
         self.follow(after)
     }
@@ -68,6 +71,7 @@ impl Follower {
     /// them; checks that a full update over every service then wants no write, and
     /// that the kept references are those of the entries.
     fn follow(&mut self, after: State) -> Round {
+        self.source = after.clone();
         let changes = self.tracked.state.changes_to(after);
         let touched = self.tracked.take(changes);
         let plans = plan::plan(&self.tracked, &self.node, &touched.services);

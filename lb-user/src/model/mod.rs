@@ -2,9 +2,10 @@
 //! manifests, defaults and validation with the API server's field paths and words.
 
 mod decode;
+mod facts;
 mod validate;
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use k8s_openapi::{
     api::{
@@ -15,6 +16,7 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 
+pub use facts::{EndpointFacts, PodFacts, SliceFacts};
 pub use validate::{
     FieldError, validate_endpoint_slice, validate_endpoint_slice_update, validate_pod,
     validate_service, validate_service_update,
@@ -814,39 +816,6 @@ pub fn cluster_ip(svc: &Service) -> Option<Ipv4Addr> {
 
 pub fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
     pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
-}
-
-/// Whether the service's selector selects these labels (every pair present and equal;
-/// an empty or missing selector selects no pod: such services take manual endpoints).
-pub fn selects(
-    selector: Option<&BTreeMap<String, String>>,
-    labels: Option<&BTreeMap<String, String>>,
-) -> bool {
-    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
-        return false;
-    };
-    let empty = BTreeMap::new();
-    let labels = labels.unwrap_or(&empty);
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-/// The port a pod serves `target_port` on for `protocol`: a number as is, a name
-/// through the pod's container ports.
-pub fn resolve_target_port(pod: &Pod, target_port: &IntOrString, protocol: &str) -> Option<u16> {
-    match target_port {
-        IntOrString::Int(n) => u16::try_from(*n).ok().filter(|p| *p != 0),
-        IntOrString::String(name) => pod
-            .spec
-            .as_ref()?
-            .containers
-            .iter()
-            .flat_map(|c| c.ports.iter().flatten())
-            .find(|p| {
-                p.name.as_deref() == Some(name.as_str())
-                    && p.protocol.as_deref().unwrap_or("TCP") == protocol
-            })
-            .and_then(|p| u16::try_from(p.container_port).ok()),
-    }
 }
 
 #[cfg(test)]

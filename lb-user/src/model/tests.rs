@@ -206,43 +206,34 @@ fn selectors_readiness_and_named_ports() {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>()
+            .collect::<std::collections::BTreeMap<_, _>>()
     };
-    assert!(selects(
-        Some(&sel(&[("app", "web")])),
-        pod.metadata.labels.as_ref()
-    ));
-    assert!(selects(
-        Some(&sel(&[("app", "web"), ("tier", "front")])),
-        pod.metadata.labels.as_ref()
-    ));
-    assert!(!selects(
-        Some(&sel(&[("app", "web"), ("tier", "back")])),
-        pod.metadata.labels.as_ref()
-    ));
+    let facts = PodFacts::of(&pod);
+    assert!(facts.selected_by(Some(&sel(&[("app", "web")]))));
+    assert!(facts.selected_by(Some(&sel(&[("app", "web"), ("tier", "front")]))));
+    assert!(!facts.selected_by(Some(&sel(&[("app", "web"), ("tier", "back")]))));
+    assert!(!facts.selected_by(Some(&sel(&[("zone", "a")]))));
     assert!(
-        !selects(Some(&sel(&[])), pod.metadata.labels.as_ref()),
+        !facts.selected_by(Some(&sel(&[]))),
         "an empty selector selects nothing"
     );
+    assert!(!facts.selected_by(None));
     assert!(
         pod_ready(&pod),
         "a declared pod without conditions is ready"
     );
+    assert_eq!(facts.ready_ip, Some(Ipv4Addr::new(10, 244, 0, 5)));
+    let named = |n: &str| IntOrString::String(n.into());
+    assert_eq!(facts.target_port(&named("http"), "TCP"), Some(8080));
+    assert_eq!(facts.target_port(&named("dns"), "UDP"), Some(5353));
     assert_eq!(
-        resolve_target_port(&pod, &IntOrString::String("http".into()), "TCP"),
-        Some(8080)
-    );
-    assert_eq!(
-        resolve_target_port(&pod, &IntOrString::String("dns".into()), "UDP"),
-        Some(5353)
-    );
-    assert_eq!(
-        resolve_target_port(&pod, &IntOrString::String("dns".into()), "TCP"),
+        facts.target_port(&named("dns"), "TCP"),
         None,
         "protocol must match"
     );
+    assert_eq!(facts.target_port(&named("nope"), "TCP"), None);
     assert_eq!(
-        resolve_target_port(&pod, &IntOrString::Int(9000), "TCP"),
+        facts.target_port(&IntOrString::Int(9000), "TCP"),
         Some(9000)
     );
 
@@ -254,6 +245,12 @@ fn selectors_readiness_and_named_ports() {
             ..Default::default()
         }]);
     assert!(!pod_ready(&not_ready));
+    let facts = PodFacts::of(&not_ready);
+    assert_eq!(
+        (facts.ready_ip, facts.ip),
+        (None, Some(Ipv4Addr::new(10, 244, 0, 5))),
+        "an unready pod keeps its address for routes, not as an endpoint"
+    );
     let mut no_ip = pod.clone();
     no_ip.status.as_mut().unwrap().pod_ip = None;
     assert!(!pod_ready(&no_ip));

@@ -23,7 +23,7 @@ fn state(yaml: &str) -> Tracked {
         1,
     )
     .unwrap();
-    Tracked::new(state)
+    Tracked::new(state.into())
 }
 
 fn plan(t: &Tracked, node: &Node) -> Vec<PortPlan> {

@@ -43,6 +43,8 @@ const COMMIT_MARKER: &str = "revision";
 pub const TOMBSTONE_REVISIONS: u64 = 10_000;
 /// Writers prune tombstones every this many revisions.
 const PRUNE_EVERY: u64 = 256;
+/// Rows read and decoded at a time when the store is read whole.
+const LOAD_BATCH: usize = 4096;
 /// How long a writer waits for another one to commit.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
 const SCHEMA: &str = "
@@ -98,13 +100,6 @@ pub enum StoreError {
 /// Whether `path` is a store's commit marker (a change to it means a new revision).
 pub fn is_commit_marker(path: &Path) -> bool {
     path.file_name() == Some(std::ffi::OsStr::new(COMMIT_MARKER))
-}
-
-/// What changed after a revision, up to `revision`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Changes {
-    pub revision: u64,
-    pub changes: Vec<Change>,
 }
 
 /// What a write needs to read first: every service (allocation looks at them all),
@@ -245,16 +240,59 @@ impl Store {
 
     /// The current state (empty if nothing was ever written).
     pub fn load(&self) -> Result<State, StoreError> {
-        Ok(self.read(|tx| self.load_in(tx))?.unwrap_or_default())
+        let mut state = State::default();
+        state.revision =
+            self.load_each(|batch| batch.into_iter().for_each(|c| state.apply_change(c)))?;
+        Ok(state)
     }
 
-    fn load_in(&self, tx: &Connection) -> Result<State, StoreError> {
-        let rows = self.rows(
-            tx,
-            "SELECT kind, key, body FROM objects WHERE body IS NOT NULL",
-            [],
-        )?;
-        self.state_of(tx, rows)
+    /// Every stored object, as changes handed to `each` a batch at a time; the
+    /// store's revision (0 if nothing was ever written). A reader that keeps less
+    /// than the objects (the agent keeps facts) never holds the whole store's text
+    /// or objects.
+    pub fn load_each(&self, each: impl FnMut(Vec<Change>)) -> Result<u64, StoreError> {
+        let read = self.read(|tx| {
+            let revision = revision(tx).map_err(self.db("reading the revision"))?;
+            self.each_batch(
+                tx,
+                "SELECT kind, key, body FROM objects WHERE body IS NOT NULL",
+                [],
+                each,
+            )?;
+            Ok(revision)
+        })?;
+        Ok(read.unwrap_or(0))
+    }
+
+    /// The rows `sql` selects (kind, key, body), decoded [`LOAD_BATCH`] at a time
+    /// and handed to `each` as changes.
+    fn each_batch(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        args: impl rusqlite::Params,
+        mut each: impl FnMut(Vec<Change>),
+    ) -> Result<(), StoreError> {
+        let mut stmt = conn.prepare_cached(sql).map_err(self.db("reading"))?;
+        let mut rows = stmt.query(args).map_err(self.db("reading"))?;
+        let mut batch = Vec::with_capacity(LOAD_BATCH);
+        loop {
+            let row = rows.next().map_err(self.db("reading"))?;
+            let last = row.is_none();
+            if let Some(r) = row {
+                batch.push((
+                    r.get(0).map_err(self.db("reading"))?,
+                    r.get(1).map_err(self.db("reading"))?,
+                    r.get(2).map_err(self.db("reading"))?,
+                ));
+            }
+            if batch.len() == LOAD_BATCH || (last && !batch.is_empty()) {
+                each(self.decode(std::mem::take(&mut batch))?);
+            }
+            if last {
+                return Ok(());
+            }
+        }
     }
 
     /// The state `rows` (read on `conn`) make, at the store's revision.
@@ -280,32 +318,29 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// Every object written or deleted after revision `after`, and the revision
-    /// they bring the store to; `None` when deletions after `after` may have been
-    /// pruned already (the reader must `load` the store whole).
-    pub fn changes_since(&self, after: u64) -> Result<Option<Changes>, StoreError> {
+    /// Every object written or deleted after revision `after`, as changes handed to
+    /// `each` a batch at a time, and the revision they bring the store to; `None`
+    /// when deletions after `after` may have been pruned already (the reader must
+    /// `load` the store whole).
+    pub fn changes_since(
+        &self,
+        after: u64,
+        each: impl FnMut(Vec<Change>),
+    ) -> Result<Option<u64>, StoreError> {
         let read = self.read(|tx| {
             if after < meta(tx, "pruned").map_err(self.db("reading the revision"))? {
                 return Ok(None);
             }
             let revision = revision(tx).map_err(self.db("reading the revision"))?;
-            let rows = self.rows(
+            self.each_batch(
                 tx,
                 "SELECT kind, key, body FROM objects WHERE rev > ?1",
                 [after as i64],
+                each,
             )?;
-            Ok(Some((revision, rows)))
+            Ok(Some(revision))
         })?;
-        let Some(read) = read else {
-            return Ok(Some(Changes::default()));
-        };
-        let Some((revision, rows)) = read else {
-            return Ok(None);
-        };
-        Ok(Some(Changes {
-            revision,
-            changes: self.decode(rows)?,
-        }))
+        Ok(read.unwrap_or(Some(0)))
     }
 
     fn rows(

@@ -250,9 +250,13 @@ fn deletions_are_pruned_after_a_window_and_old_readers_must_reload() {
         .delete(&[(Kind::Service, ObjectKey::new("default", "gone"))])
         .unwrap();
     // A reader close behind sees the deletion as a change without an object.
-    let read = store.changes_since(before_delete).unwrap().unwrap();
+    let mut changes = Vec::new();
+    let revision = store
+        .changes_since(before_delete, |batch| changes.extend(batch))
+        .unwrap();
+    assert_eq!(revision, Some(before_delete + 1));
     assert!(
-        read.changes
+        changes
             .iter()
             .any(|c| c.key == ObjectKey::new("default", "gone") && c.object.is_none()),
         "the deletion is in the change list"
@@ -278,12 +282,12 @@ fn deletions_are_pruned_after_a_window_and_old_readers_must_reload() {
     }
     assert_eq!(tombstones(&store), 0, "the tombstone is pruned");
     assert!(
-        store.changes_since(before_delete).unwrap().is_none(),
+        store.changes_since(before_delete, drop).unwrap().is_none(),
         "a reader from before the prune must read the store whole"
     );
     let now = store.revision().unwrap();
     assert!(
-        store.changes_since(now - 10).unwrap().is_some(),
+        store.changes_since(now - 10, drop).unwrap().is_some(),
         "a recent reader still follows changes"
     );
     let state = store.load().unwrap();
@@ -427,4 +431,33 @@ fn what_is_taken_is_indexed_through_every_write_and_built_for_an_older_store() {
         .to_string();
     assert!(err.contains("already allocated"), "{err}");
     apply(&svc("d", "")).unwrap();
+}
+
+#[test]
+fn a_store_read_whole_or_followed_comes_in_batches_that_add_up_to_it() {
+    let store = tmp_store("batches");
+    let n = LOAD_BATCH + 3;
+    let slices: String = (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nendpoints: [{{addresses: [10.244.0.2]}}]\n---\n"
+            )
+        })
+        .collect();
+    store
+        .apply(&docs(&slices), &Ranges::default(), Mode::Apply)
+        .unwrap();
+    let mut sizes = Vec::new();
+    let revision = store.load_each(|batch| sizes.push(batch.len())).unwrap();
+    assert_eq!(sizes, [LOAD_BATCH, 3], "never more than a batch at a time");
+    assert_eq!(revision, store.revision().unwrap());
+    let mut seen = std::collections::BTreeSet::new();
+    let followed = store
+        .changes_since(0, |batch| {
+            assert!(batch.len() <= LOAD_BATCH);
+            seen.extend(batch.into_iter().map(|c| c.key));
+        })
+        .unwrap();
+    assert_eq!((followed, seen.len()), (Some(revision), n));
+    assert_eq!(store.load().unwrap().endpoint_slices.len(), n);
 }
