@@ -135,6 +135,72 @@ fn a_bad_document_applies_nothing_and_names_file_document_object_field() {
 }
 
 #[test]
+fn a_manifest_larger_than_a_batch_is_stored_whole_or_not_at_all() {
+    // lb apply stores a long manifest batch after batch (4,096 documents each) in one
+    // transaction: a refusal in a later batch must undo the earlier ones.
+    let s = Scratch::new("batches");
+    let n = 5_000;
+    let services: String = (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec:\n  clusterIP: 10.96.{}.{}\n  ports: [{{port: 80}}]\n---\n",
+                100 + i / 250,
+                1 + i % 250
+            )
+        })
+        .collect();
+    let file = s.0.store.join("many.yaml");
+    let conflict = "apiVersion: v1\nkind: Service\nmetadata: {name: late}\nspec:\n  clusterIP: 10.96.100.2\n  ports: [{port: 80}]\n";
+    let syntax = "apiVersion: v1\nkind: Service\nmetadata: {name: [broken\n";
+    for (last, says) in [
+        (
+            conflict,
+            "many.yaml (document 5001): The Service \"late\" is invalid: spec.clusterIPs[0]: Invalid value: 10.96.100.2: failed to allocate IP 10.96.100.2: provided IP is already allocated",
+        ),
+        (
+            syntax,
+            "many.yaml: not valid YAML or JSON: line 35004 column 1",
+        ),
+    ] {
+        std::fs::write(&file, format!("{services}{last}")).unwrap();
+        let err = s.err(&["apply", "-f", file.to_str().unwrap()]);
+        assert!(err.contains(says), "{err}");
+        let none = s.0.cli(&["get", "svc"]).unwrap();
+        assert!(
+            String::from_utf8_lossy(&none.stderr).contains("No resources found"),
+            "the first batch was undone: {}",
+            String::from_utf8_lossy(&none.stdout)
+        );
+    }
+    // Whole, every document is stored under one revision and reported in order.
+    std::fs::write(&file, &services).unwrap();
+    let out = s.0.cli(&["apply", "-f", file.to_str().unwrap()]).unwrap();
+    assert!(out.status.success());
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    let expected: Vec<String> = (0..n).map(|i| format!("service/s{i} created")).collect();
+    assert_eq!(lines, expected);
+    let listed = s.0.cli(&["get", "svc"]).unwrap();
+    let rows = String::from_utf8_lossy(&listed.stdout).lines().count();
+    assert_eq!(rows, n + 1, "a header and every service");
+    let versions: std::collections::BTreeSet<String> =
+        s.0.cli(&["get", "svc", "-o", "json"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap()
+            .split("\"resourceVersion\":")
+            .skip(1)
+            .map(|rest| rest.split(',').next().unwrap_or("").trim().to_string())
+            .collect();
+    assert_eq!(
+        versions.len(),
+        1,
+        "one revision for the whole apply: {versions:?}"
+    );
+}
+
+#[test]
 fn describe_shows_ports_endpoints_and_what_the_node_could_not_program() {
     let s = Scratch::new("describe");
     s.0.apply(POD).unwrap();

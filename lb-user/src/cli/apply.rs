@@ -10,8 +10,8 @@ use clap::Args;
 
 use super::AllocationArgs;
 use crate::{
-    model::{FieldValidation, Manifest, ManifestError, SHOWN_VALUE, read_manifest_with, shown},
-    store::{Mode, Store},
+    model::{FieldValidation, Manifest, ManifestError, SHOWN_VALUE, read_manifest_each, shown},
+    store::{Mode, Outcome, Store},
 };
 
 #[derive(Args)]
@@ -34,21 +34,41 @@ pub struct ApplyArgs {
 
 pub fn run(store: &Store, a: &ApplyArgs, mode: Mode) -> Result<()> {
     let alloc = a.alloc.parse()?;
-    let Manifest {
-        docs,
-        skipped,
-        warnings,
-    } = read_manifests(&a.files, a.strict_kinds, a.validate)?;
+    // Each batch of documents is stored as it is read, in one transaction opened
+    // with the first batch and committed after the last: a manifest of 1,000,000
+    // objects is never held whole, and an error anywhere stores nothing.
+    let mut bulk = None;
+    let mut applied: Vec<(&str, String, Outcome)> = Vec::new();
+    let (mut skipped, mut warnings) = (Vec::new(), Vec::new());
+    each_manifest(&a.files, a.strict_kinds, a.validate, |m| {
+        warnings.extend(m.warnings);
+        skipped.extend(m.skipped);
+        if m.docs.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<(&str, String)> = m
+            .docs
+            .iter()
+            .map(|d| (d.object.kind().resource(), d.object.key().name))
+            .collect();
+        let bulk = match &mut bulk {
+            Some(b) => b,
+            None => bulk.insert(store.bulk_apply(&alloc, mode)?),
+        };
+        let outcomes = bulk.apply(m.docs)?;
+        applied.extend(names.into_iter().zip(outcomes).map(|((r, n), o)| (r, n, o)));
+        Ok(())
+    })?;
+    if let Some(bulk) = bulk {
+        bulk.commit()?;
+    }
     for w in &warnings {
         eprintln!("Warning: {w}");
     }
     for s in &skipped {
         println!("{s}");
     }
-    if docs.is_empty() && !skipped.is_empty() {
-        return Ok(());
-    }
-    if docs.is_empty() {
+    if applied.is_empty() && skipped.is_empty() {
         bail!(
             "no objects passed to {}",
             match mode {
@@ -57,12 +77,7 @@ pub fn run(store: &Store, a: &ApplyArgs, mode: Mode) -> Result<()> {
             }
         );
     }
-    let names: Vec<(&str, String)> = docs
-        .iter()
-        .map(|d| (d.object.kind().resource(), d.object.key().name))
-        .collect();
-    let outcomes = store.apply_owned(docs, &alloc, mode)?;
-    for ((resource, name), outcome) in names.into_iter().zip(outcomes) {
+    for (resource, name, outcome) in applied {
         println!("{resource}/{name} {}", outcome.as_str());
     }
     Ok(())
@@ -86,30 +101,42 @@ pub fn read_manifests(
     strict_kinds: bool,
     validation: FieldValidation,
 ) -> Result<Manifest> {
-    let read = |name: &str, text: &str| -> Result<Manifest> {
-        let m = read_manifest_with(name, text, validation)?;
-        if strict_kinds && let Some(s) = m.skipped.first() {
-            bail!(
-                "{} (document {}): {}/{}: lb serves v1 Service, v1 Pod and discovery.k8s.io/v1 EndpointSlice (--strict-kinds)",
-                s.file,
-                s.index,
-                shown(&s.resource, SHOWN_VALUE),
-                shown(&s.name, SHOWN_VALUE)
-            );
-        }
-        Ok(m)
-    };
     let mut all = Manifest::default();
+    each_manifest(files, strict_kinds, validation, |m| {
+        all.extend(m);
+        Ok(())
+    })?;
+    Ok(all)
+}
+
+/// [`read_manifests`], handing the documents to `each` a batch at a time, in order.
+fn each_manifest(
+    files: &[String],
+    strict_kinds: bool,
+    validation: FieldValidation,
+    mut each: impl FnMut(Manifest) -> Result<()>,
+) -> Result<()> {
+    let mut read = |name: &str, text: &str| -> Result<()> {
+        read_manifest_each(name, text, validation, |m: Manifest| {
+            if strict_kinds && let Some(s) = m.skipped.first() {
+                bail!(
+                    "{} (document {}): {}/{}: lb serves v1 Service, v1 Pod and discovery.k8s.io/v1 EndpointSlice (--strict-kinds)",
+                    s.file,
+                    s.index,
+                    shown(&s.resource, SHOWN_VALUE),
+                    shown(&s.name, SHOWN_VALUE)
+                );
+            }
+            each(m)
+        })
+    };
     for f in files {
         if f == "-" {
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
                 .context("reading standard input")?;
-            let m = read("<stdin>", &text)?;
-            all.docs.extend(m.docs);
-            all.skipped.extend(m.skipped);
-            all.warnings.extend(m.warnings);
+            read("<stdin>", &text)?;
             continue;
         }
         let path = Path::new(f);
@@ -135,11 +162,8 @@ pub fn read_manifests(
                 file: name.clone(),
                 error,
             })?;
-            let m = read(&name, &text)?;
-            all.docs.extend(m.docs);
-            all.skipped.extend(m.skipped);
-            all.warnings.extend(m.warnings);
+            read(&name, &text)?;
         }
     }
-    Ok(all)
+    Ok(())
 }

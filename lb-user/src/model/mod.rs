@@ -309,6 +309,15 @@ pub struct Manifest {
     pub warnings: Vec<String>,
 }
 
+impl Manifest {
+    /// Adds what `other` holds after what this one holds.
+    pub fn extend(&mut self, other: Manifest) {
+        self.docs.extend(other.docs);
+        self.skipped.extend(other.skipped);
+        self.warnings.extend(other.warnings);
+    }
+}
+
 /// The API server's limit on one request: an object larger than this is refused.
 pub const MAX_OBJECT_BYTES: usize = 3 * 1024 * 1024;
 
@@ -355,6 +364,24 @@ pub fn read_manifest_with(
     text: &str,
     validation: FieldValidation,
 ) -> Result<Manifest, ManifestError> {
+    let mut all = Manifest::default();
+    read_manifest_each(source, text, validation, |m| {
+        all.extend(m);
+        Ok::<_, ManifestError>(())
+    })?;
+    Ok(all)
+}
+
+/// [`read_manifest_with`], handing the objects to `each` a batch at a time (at most
+/// [`VALUE_BATCH`] documents), in the manifest's order: a reader that stores them
+/// as they come never holds a 1,000,000-object manifest as objects. An error stops
+/// the reading; batches handed over before it stay the reader's to undo.
+pub fn read_manifest_each<E: From<ManifestError>>(
+    source: &str,
+    text: &str,
+    validation: FieldValidation,
+    mut each: impl FnMut(Manifest) -> Result<(), E>,
+) -> Result<(), E> {
     let syntax = |error: String| ManifestError::Syntax {
         file: source.to_string(),
         error,
@@ -367,7 +394,6 @@ pub fn read_manifest_with(
         text,
         validation,
         next_index: 1,
-        manifest: Manifest::default(),
     };
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let mut d = serde_json::Deserializer::from_str(text);
@@ -378,7 +404,7 @@ pub fn read_manifest_with(
             Value::Array(items) => items,
             v => vec![v],
         };
-        objects.take(values)?;
+        each(objects.take(values)?)?;
     } else {
         let chunks = yaml_documents(text);
         for batch in chunks.chunks(VALUE_BATCH) {
@@ -393,10 +419,10 @@ pub fn read_manifest_with(
             for p in parsed {
                 values.extend(p.map_err(syntax)?);
             }
-            objects.take(values)?;
+            each(objects.take(values)?)?;
         }
     }
-    Ok(objects.manifest)
+    Ok(())
 }
 
 /// How many documents are parsed to trees before they are made objects.
@@ -409,15 +435,15 @@ struct Objects<'a> {
     validation: FieldValidation,
     /// The number the next document gets.
     next_index: usize,
-    manifest: Manifest,
 }
 
 impl Objects<'_> {
     /// Takes parsed documents: a `kind: List` gives its items, each numbered in
     /// turn and made an object (on every core).
-    fn take(&mut self, values: Vec<Value>) -> Result<(), ManifestError> {
+    fn take(&mut self, values: Vec<Value>) -> Result<Manifest, ManifestError> {
         let (source, text, validation) = (self.source, self.text, self.validation);
-        let (next_index, manifest) = (&mut self.next_index, &mut self.manifest);
+        let next_index = &mut self.next_index;
+        let mut manifest = Manifest::default();
         let mut items = Vec::new();
         for value in values {
             if value.is_null() {
@@ -466,7 +492,7 @@ impl Objects<'_> {
                 Parsed::Skipped(s) => manifest.skipped.push(s),
             }
         }
-        Ok(())
+        Ok(manifest)
     }
 }
 

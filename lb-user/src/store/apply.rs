@@ -81,8 +81,8 @@ pub fn apply(
     now: Timestamp,
     revision: u64,
 ) -> Result<Vec<Outcome>, ApplyError> {
-    let taken = Taken::of(state);
-    apply_taking(state, taken, docs.to_vec(), alloc, mode, now, revision)
+    let mut taken = Taken::of(state);
+    apply_taking(state, &mut taken, docs.to_vec(), alloc, mode, now, revision)
 }
 
 /// [`apply`] where `taken` (what every service holds, the store's index) stands for
@@ -90,7 +90,7 @@ pub fn apply(
 /// The documents' objects move into `state` (a bulk apply holds each object once).
 pub fn apply_taking(
     state: &mut State,
-    mut taken: Taken,
+    taken: &mut Taken,
     docs: Vec<Document>,
     alloc: &Allocation,
     mode: Mode,
@@ -100,7 +100,7 @@ pub fn apply_taking(
     // What is taken, kept up to date as each document is applied: scanning every
     // service for each document would make a 10,000-service apply quadratic.
     docs.into_iter()
-        .map(|doc| apply_one(state, &mut taken, doc, alloc, mode, now, revision))
+        .map(|doc| apply_one(state, taken, doc, alloc, mode, now, revision))
         .collect()
 }
 

@@ -102,6 +102,92 @@ pub fn is_commit_marker(path: &Path) -> bool {
     path.file_name() == Some(std::ffi::OsStr::new(COMMIT_MARKER))
 }
 
+/// A bulk apply ([`Store::bulk_apply`]): each batch of documents is checked and
+/// written inside one write transaction as it comes, so a manifest of 1,000,000
+/// objects is never held whole; [`commit`](Self::commit) stores every batch under
+/// one revision, dropping it (an error in any batch) stores none.
+pub struct BulkApply<'s> {
+    store: &'s Store,
+    conn: Connection,
+    /// The transaction is still open (rolled back on drop).
+    in_transaction: bool,
+    alloc: Allocation,
+    mode: Mode,
+    /// What every service holds, read from the index once a batch holds a service,
+    /// then kept up to date by every document applied.
+    taken: Option<alloc::Taken>,
+    /// The revision the batches are written under.
+    rev: u64,
+    now: k8s_openapi::jiff::Timestamp,
+    /// Some batch wrote an object.
+    changed: bool,
+}
+
+impl BulkApply<'_> {
+    /// Applies one batch of documents (after those of the batches before it): the
+    /// outcome of each, or the first refusal.
+    pub fn apply(&mut self, docs: Vec<Document>) -> Result<Vec<Outcome>, StoreError> {
+        let store = self.store;
+        // The named objects only: what every other service holds comes from the
+        // index of taken values, so one more service in a store of 100,000 reads
+        // 100,000 integers, not 100,000 services.
+        let scope = Scope {
+            all_services: false,
+            objects: docs
+                .iter()
+                .map(|d| (d.object.kind(), d.object.key()))
+                .collect(),
+        };
+        // Only services allocate (and hold) clusterIPs and nodePorts.
+        if self.taken.is_none() && docs.iter().any(|d| d.object.kind() == Kind::Service) {
+            self.taken = Some(store.taken(&self.conn)?);
+        }
+        let mut nothing = alloc::Taken::from_rows([]);
+        let taken = self.taken.as_mut().unwrap_or(&mut nothing);
+        let before = store.read_scope(&self.conn, &scope)?;
+        let mut state = before.clone();
+        let outcomes = apply::apply_taking(
+            &mut state,
+            taken,
+            docs,
+            &self.alloc,
+            self.mode,
+            self.now,
+            self.rev,
+        )?;
+        let changes = before.changes_to(state);
+        if !changes.is_empty() {
+            store.write_changes(&self.conn, changes, self.rev)?;
+            self.changed = true;
+        }
+        Ok(outcomes)
+    }
+
+    /// Commits every batch under one new revision (none if nothing changed).
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        let store = self.store;
+        if self.changed {
+            store.set_revision(&self.conn, self.rev)?;
+        }
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(store.db("committing"))?;
+        self.in_transaction = false;
+        if self.changed {
+            store.committed(self.rev);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BulkApply<'_> {
+    fn drop(&mut self) {
+        if self.in_transaction {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
 /// What a write needs to read first: every service (allocation looks at them all),
 /// and the objects it names.
 #[derive(Debug, Clone, Default)]
@@ -440,67 +526,89 @@ impl Store {
         let before = self.read_scope(&tx, scope)?;
         let mut state = before.clone();
         let out = change(&mut state, &tx)?;
+        let rev = before.revision + 1;
         let changes = before.changes_to(state);
-        if !changes.is_empty() {
-            let rev = before.revision + 1;
-            let bodies = crate::par::in_parallel(changes, |c| {
-                let body = match &c.object {
-                    None => Ok(None),
-                    Some(Object::Service(o)) => serde_json::to_string(o).map(Some),
-                    Some(Object::Pod(o)) => serde_json::to_string(o).map(Some),
-                    Some(Object::EndpointSlice(o)) => serde_json::to_string(o).map(Some),
-                };
-                let taken = match &c.object {
-                    Some(Object::Service(o)) => alloc::Taken::rows_of(o),
-                    _ => Vec::new(),
-                };
-                (c.kind, c.key.to_string(), body, taken)
-            });
-            {
-                let mut put = tx
-                    .prepare_cached(
-                        "INSERT INTO objects (kind, key, rev, body) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (kind, key) DO UPDATE SET rev = ?3, body = ?4",
-                    )
-                    .map_err(self.db("writing"))?;
-                for (kind, key, body, _) in &bodies {
-                    let body = body.as_ref().map_err(|e| StoreError::Corrupt {
-                        dir: self.dir.clone(),
-                        kind: kind.to_string(),
-                        key: key.clone(),
-                        error: e.to_string(),
-                    })?;
-                    put.execute(params![kind.as_str(), key, rev as i64, body])
-                        .map_err(self.db("writing"))?;
-                }
-                if taken_indexed(&tx).map_err(self.db("reading the index"))? {
-                    for (kind, key, _, rows) in &bodies {
-                        if *kind == Kind::Service {
-                            set_taken(&tx, key, rows).map_err(self.db("writing the index"))?;
-                        }
-                    }
-                }
-                set_meta(&tx, "revision", rev).map_err(self.db("writing the revision"))?;
-                if rev.is_multiple_of(PRUNE_EVERY) && rev > self.tombstone_revisions {
-                    self.prune(&tx, rev - self.tombstone_revisions)?;
-                }
-            }
-            tx.commit().map_err(self.db("committing"))?;
-            // Wakes the agents watching the directory (best effort: they also look
-            // every second). Says which revision committed when (Unix ns).
-            let at = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos();
-            let _ = files::write_private(
-                &self.dir.join(COMMIT_MARKER),
-                format!("{rev} {at}\n").as_bytes(),
-            );
-        } else {
-            // Settings (`meta`) may have changed without any object.
-            tx.commit().map_err(self.db("committing"))?;
+        let changed = !changes.is_empty();
+        if changed {
+            self.write_changes(&tx, changes, rev)?;
+            self.set_revision(&tx, rev)?;
+        }
+        // Settings (`meta`) may have changed without any object.
+        tx.commit().map_err(self.db("committing"))?;
+        if changed {
+            self.committed(rev);
         }
         Ok(out)
+    }
+
+    /// Writes `changes` (objects stamped with `rev`, tombstones for deletions) and
+    /// keeps the index of what services take in step.
+    fn write_changes(
+        &self,
+        conn: &Connection,
+        changes: Vec<Change>,
+        rev: u64,
+    ) -> Result<(), StoreError> {
+        let bodies = crate::par::in_parallel(changes, |c| {
+            let body = match &c.object {
+                None => Ok(None),
+                Some(Object::Service(o)) => serde_json::to_string(o).map(Some),
+                Some(Object::Pod(o)) => serde_json::to_string(o).map(Some),
+                Some(Object::EndpointSlice(o)) => serde_json::to_string(o).map(Some),
+            };
+            let taken = match &c.object {
+                Some(Object::Service(o)) => alloc::Taken::rows_of(o),
+                _ => Vec::new(),
+            };
+            (c.kind, c.key.to_string(), body, taken)
+        });
+        let mut put = conn
+            .prepare_cached(
+                "INSERT INTO objects (kind, key, rev, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (kind, key) DO UPDATE SET rev = ?3, body = ?4",
+            )
+            .map_err(self.db("writing"))?;
+        for (kind, key, body, _) in &bodies {
+            let body = body.as_ref().map_err(|e| StoreError::Corrupt {
+                dir: self.dir.clone(),
+                kind: kind.to_string(),
+                key: key.clone(),
+                error: e.to_string(),
+            })?;
+            put.execute(params![kind.as_str(), key, rev as i64, body])
+                .map_err(self.db("writing"))?;
+        }
+        if taken_indexed(conn).map_err(self.db("reading the index"))? {
+            for (kind, key, _, rows) in &bodies {
+                if *kind == Kind::Service {
+                    set_taken(conn, key, rows).map_err(self.db("writing the index"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `rev` as the store's revision (and prunes old deletions every
+    /// [`PRUNE_EVERY`] revisions), inside the writer's transaction.
+    fn set_revision(&self, conn: &Connection, rev: u64) -> Result<(), StoreError> {
+        set_meta(conn, "revision", rev).map_err(self.db("writing the revision"))?;
+        if rev.is_multiple_of(PRUNE_EVERY) && rev > self.tombstone_revisions {
+            self.prune(conn, rev - self.tombstone_revisions)?;
+        }
+        Ok(())
+    }
+
+    /// Wakes the agents watching the directory after `rev` committed (best effort:
+    /// they also look every second). Says which revision committed when (Unix ns).
+    fn committed(&self, rev: u64) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let _ = files::write_private(
+            &self.dir.join(COMMIT_MARKER),
+            format!("{rev} {at}\n").as_bytes(),
+        );
     }
 
     /// What every service holds (clusterIPs, nodePorts), from the index kept beside
@@ -560,40 +668,42 @@ impl Store {
         ranges: &Ranges,
         mode: Mode,
     ) -> Result<Vec<Outcome>, StoreError> {
-        // The named objects only: what every other service holds comes from the
-        // index of taken values, so one more service in a store of 100,000 reads
-        // 100,000 integers, not 100,000 services.
-        let scope = Scope {
-            all_services: false,
-            objects: docs
-                .iter()
-                .map(|d| (d.object.kind(), d.object.key()))
-                .collect(),
+        let mut bulk = self.bulk_apply(ranges, mode)?;
+        let outcomes = bulk.apply(docs)?;
+        bulk.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Starts a bulk apply: documents applied batch after batch in one write
+    /// transaction, all stored by [`BulkApply::commit`] or none.
+    pub fn bulk_apply(&self, ranges: &Ranges, mode: Mode) -> Result<BulkApply<'_>, StoreError> {
+        let conn = self.open(true)?.expect("created");
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(self.db("locking"))?;
+        // From here on, dropping `bulk` rolls the transaction back.
+        let mut bulk = BulkApply {
+            store: self,
+            conn,
+            in_transaction: true,
+            alloc: Allocation::default(),
+            mode,
+            taken: None,
+            rev: 0,
+            now: k8s_openapi::jiff::Timestamp::now(),
+            changed: false,
         };
-        let allocates = docs.iter().any(|d| d.object.kind() == Kind::Service);
-        self.update(&scope, |state, conn| {
-            // Only services allocate (and hold) clusterIPs and nodePorts.
-            let taken = if allocates {
-                self.taken(conn)?
-            } else {
-                alloc::Taken::from_rows([])
-            };
-            let stored = stored_ranges(conn).map_err(self.db("reading the ranges"))?;
-            let alloc = ranges
-                .resolve(stored.as_ref())
-                .map_err(|error| StoreError::Ranges {
-                    dir: self.dir.clone(),
-                    error,
-                })?;
-            if stored.is_none() {
-                set_ranges(conn, &alloc).map_err(self.db("writing the ranges"))?;
-            }
-            let now = k8s_openapi::jiff::Timestamp::now();
-            let revision = state.revision + 1;
-            Ok(apply::apply_taking(
-                state, taken, docs, &alloc, mode, now, revision,
-            )?)
-        })
+        let stored = stored_ranges(&bulk.conn).map_err(self.db("reading the ranges"))?;
+        bulk.alloc = ranges
+            .resolve(stored.as_ref())
+            .map_err(|error| StoreError::Ranges {
+                dir: self.dir.clone(),
+                error,
+            })?;
+        if stored.is_none() {
+            set_ranges(&bulk.conn, &bulk.alloc).map_err(self.db("writing the ranges"))?;
+        }
+        bulk.rev = revision(&bulk.conn).map_err(self.db("reading the revision"))? + 1;
+        Ok(bulk)
     }
 
     /// The ranges the store allocates from (None: nothing was written yet).

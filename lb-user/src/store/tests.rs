@@ -461,3 +461,35 @@ fn a_store_read_whole_or_followed_comes_in_batches_that_add_up_to_it() {
     assert_eq!((followed, seen.len()), (Some(revision), n));
     assert_eq!(store.load().unwrap().endpoint_slices.len(), n);
 }
+
+#[test]
+fn a_bulk_apply_sees_its_own_batches_and_stores_nothing_unless_committed() {
+    let store = tmp_store("bulk");
+    let alloc = Ranges::default();
+    let mut bulk = store.bulk_apply(&alloc, Mode::Apply).unwrap();
+    assert_eq!(bulk.apply(docs(&svc("a", ""))).unwrap(), [Outcome::Created]);
+    drop(bulk);
+    assert!(store.load().unwrap().services.is_empty(), "rolled back");
+    let mut bulk = store.bulk_apply(&alloc, Mode::Apply).unwrap();
+    bulk.apply(docs(&svc("a", ""))).unwrap();
+    // A later batch finds the earlier one's object, and what it took.
+    assert_eq!(
+        bulk.apply(docs(&svc("a", ""))).unwrap(),
+        [Outcome::Unchanged]
+    );
+    let state_ip = |s: &Store| {
+        let state = s.load().unwrap();
+        crate::model::cluster_ip(&state.services[&ObjectKey::new("default", "a")])
+    };
+    bulk.commit().unwrap();
+    let ip = state_ip(&store).unwrap();
+    let mut bulk = store.bulk_apply(&alloc, Mode::Create).unwrap();
+    let clash = svc("b", "").replace("spec:\n", &format!("spec:\n  clusterIP: {ip}\n"));
+    assert!(bulk.apply(docs(&clash)).is_err(), "the taken IP is refused");
+    drop(bulk);
+    assert_eq!(
+        store.revision().unwrap(),
+        1,
+        "one revision, for the committed apply"
+    );
+}
