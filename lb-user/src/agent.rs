@@ -21,7 +21,7 @@ use crate::{
     entries::{LeftOut, Programmed, Scope, Update},
     kube_source::KubeSource,
     loader::{Dataplane, LoadConfig},
-    model::{Kind, ObjectKey, PodFacts, SliceFacts},
+    model::ObjectKey,
     netif::{self, Routes},
     plan::{self, Node, PortPlan},
     sizes::{MapSizes, Need, NodeMemory, SizeFlags},
@@ -329,7 +329,7 @@ impl Agent {
             if routes {
                 self.follow_known_pod_interfaces(false);
                 if !self.refused.is_empty() || self.plan_all {
-                    self.program(&[], BTreeSet::new(), started)?;
+                    self.program(Vec::new(), BTreeSet::new(), started)?;
                 }
             }
             return Ok(());
@@ -352,7 +352,7 @@ impl Agent {
         };
         self.tracked.state.revision = read;
         self.seen = Some(read);
-        self.program(&touched.named, touched.services, started)
+        self.program(touched.addrs, touched.services, started)
     }
 
     /// Reads the store whole and plans every service (at start, or when the store
@@ -361,13 +361,13 @@ impl Agent {
         self.tracked = read_facts(&self.store)?;
         self.seen = Some(self.tracked.state.revision);
         self.plan_all = true;
-        self.program(&[], BTreeSet::new(), started)
+        self.program(Vec::new(), BTreeSet::new(), started)
     }
 
     /// Takes `changes` into the state and brings the maps in line with them.
     fn take_changes(&mut self, changes: Vec<Change>, started: Instant) -> Result<()> {
         let touched = self.tracked.take(changes);
-        self.program(&touched.named, touched.services, started)
+        self.program(touched.addrs, touched.services, started)
     }
 
     /// Follows the routes to every pod of the state as last read: when the routes
@@ -377,9 +377,7 @@ impl Agent {
         if !force && routes.is_some() && routes == self.known_routes {
             return;
         }
-        let state = &self.tracked.state;
-        let addrs: Vec<Ipv4Addr> =
-            pod_addrs(state.pods.values(), state.endpoint_slices.values()).collect();
+        let addrs: Vec<Ipv4Addr> = self.tracked.state.pod_addrs().collect();
         self.follow_pod_interfaces(addrs.into_iter());
         self.known_routes = routes;
     }
@@ -391,7 +389,7 @@ impl Agent {
     /// out (and reported).
     fn program(
         &mut self,
-        changed: &[(Kind, ObjectKey)],
+        addrs: Vec<Ipv4Addr>,
         mut services: BTreeSet<ObjectKey>,
         started: Instant,
     ) -> Result<()> {
@@ -399,12 +397,6 @@ impl Agent {
         if self.plan_all {
             self.follow_known_pod_interfaces(true);
         } else {
-            let state = &self.tracked.state;
-            let pods = changed.iter().filter_map(|(_, k)| state.pods.get(k));
-            let slices = changed
-                .iter()
-                .filter_map(|(_, k)| state.endpoint_slices.get(k));
-            let addrs: Vec<Ipv4Addr> = pod_addrs(pods, slices).collect();
             self.follow_pod_interfaces(addrs.into_iter());
         }
         // Services left out for want of room are tried again once there is more
@@ -671,14 +663,6 @@ fn need(plans: &[PortPlan]) -> Need {
         frontends: plans.iter().map(|p| p.frontends.len() as u64).sum(),
         backends: plans.iter().map(|p| p.endpoints.len() as u64).sum(),
     }
-}
-
-fn pod_addrs<'a>(
-    pods: impl Iterator<Item = &'a PodFacts> + 'a,
-    slices: impl Iterator<Item = &'a SliceFacts> + 'a,
-) -> impl Iterator<Item = Ipv4Addr> + 'a {
-    pods.filter_map(|p| p.ip)
-        .chain(slices.flat_map(SliceFacts::ipv4_addrs))
 }
 
 /// The store read whole as facts, a batch of objects at a time (never the whole

@@ -6,7 +6,10 @@
 //! services by selector. [`Tracked`] keeps facts and their index in step and says
 //! which services a batch of changes touches; the planner reads both.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
 
 use k8s_openapi::api::{
     core::v1::{Pod, Service},
@@ -123,6 +126,15 @@ impl From<State> for Facts {
 }
 
 impl Facts {
+    /// The addresses of every pod and EndpointSlice endpoint (IPv4).
+    pub fn pod_addrs(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let slices = self.endpoint_slices.values();
+        self.pods
+            .values()
+            .filter_map(|p| p.ip)
+            .chain(slices.flat_map(SliceFacts::ipv4_addrs))
+    }
+
     /// Writes or removes `change`'s object (pods and slices as their facts).
     pub fn apply_change(&mut self, change: Change) {
         let key = change.key;
@@ -323,17 +335,19 @@ impl Index {
     }
 }
 
-/// What a batch of changes named, and the services it touches.
+/// What a batch of changes brought: the pod addresses the pods and EndpointSlices
+/// it wrote hold (the agent follows the routes to them), and the services it
+/// touches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Touched {
-    pub named: Vec<(Kind, ObjectKey)>,
+    pub addrs: Vec<Ipv4Addr>,
     pub services: BTreeSet<ObjectKey>,
 }
 
 impl Touched {
-    /// Adds what `other` named and touched.
+    /// Adds what `other` brought.
     pub fn extend(&mut self, other: Touched) {
-        self.named.extend(other.named);
+        self.addrs.extend(other.addrs);
         self.services.extend(other.services);
     }
 }
@@ -367,7 +381,20 @@ impl Tracked {
             self.index.update(&self.state, *kind, key, true);
         }
         services.extend(self.affected(&named));
-        Touched { named, services }
+        let state = &self.state;
+        let addrs = named
+            .iter()
+            .flat_map(|(kind, key)| {
+                let pod = (*kind == Kind::Pod).then(|| state.pods.get(key)).flatten();
+                let slice = (*kind == Kind::EndpointSlice)
+                    .then(|| state.endpoint_slices.get(key))
+                    .flatten();
+                pod.and_then(|p| p.ip)
+                    .into_iter()
+                    .chain(slice.into_iter().flat_map(SliceFacts::ipv4_addrs))
+            })
+            .collect();
+        Touched { addrs, services }
     }
 
     /// The services whose entries `changes` can change as the state is now: a changed

@@ -471,7 +471,7 @@ impl Objects<'_> {
         // Objects are measured only when the text could hold one over the limit.
         let measure = text.len() > MAX_OBJECT_BYTES;
         for parsed in crate::par::in_parallel(numbered, |(index, value)| {
-            if measure && serde_json::to_vec(&value).map_or(0, |v| v.len()) > MAX_OBJECT_BYTES {
+            if measure && json_longer_than(&value, MAX_OBJECT_BYTES) {
                 return Err(ManifestError::Document {
                     file: source.to_string(),
                     index,
@@ -494,6 +494,30 @@ impl Objects<'_> {
         }
         Ok(manifest)
     }
+}
+
+/// Whether `value` written as JSON is longer than `limit` bytes: counted as it
+/// would be written, never built, and stopped at the limit (a manifest of 100,000
+/// objects measures each of them).
+fn json_longer_than(value: &Value, limit: usize) -> bool {
+    struct Count {
+        written: usize,
+        limit: usize,
+    }
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.written += bytes.len();
+            if self.written > self.limit {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count { written: 0, limit };
+    serde_json::to_writer(&mut count, value).is_err()
 }
 
 /// One document: an object lb serves (with warnings about it), or one it leaves out.

@@ -455,6 +455,10 @@ fn labels_selectors_annotations_and_addresses_as_the_api_server_checks_them() {
         )
     );
     assert!(err(&huge).contains("Request entity too large: limit is 3145728"));
+    // Measured as JSON, to the byte: `{"a":"xx"}` is 10 bytes.
+    let v = serde_json::json!({"a": "xx"});
+    assert!(!json_longer_than(&v, 10));
+    assert!(json_longer_than(&v, 9));
 }
 
 #[test]
