@@ -25,7 +25,7 @@ use crate::{
     netif::{self, Routes},
     plan::{self, Node, PortPlan},
     sizes::{MapSizes, Need, NodeMemory, SizeFlags},
-    state::{Change, Facts, Touched, Tracked},
+    state::{Change, Touched, Tracked},
     status::{self, NodeStatus},
     store::Store,
 };
@@ -92,6 +92,9 @@ struct Agent {
     seen: Option<u64>,
     /// The source's objects as last read, with their indexes.
     tracked: Tracked,
+    /// Every service's plans as made to size the maps, with the store revision
+    /// they are of: the first full round takes them instead of planning again.
+    start_plans: Option<(u64, Vec<PortPlan>)>,
     /// Plan every service next time (start, node addresses, refusals healed).
     plan_all: bool,
     /// Services whose entries the maps refused, with why.
@@ -149,15 +152,26 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         name: opts.node_name.clone(),
         addrs: addrs.clone(),
     };
-    // The store is read before the maps are made, so they are made big enough for it.
-    let store = Store::new(&opts.store);
-    let tracked = match opts.kube {
-        Some(_) => None,
-        None => Some(read_facts(&store)?),
+    // Store events (or, in Kubernetes mode, watch events) wake the loop at once;
+    // the tick catches what events miss.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let kube = match opts.kube.clone() {
+        Some(cfg) => Some(KubeSource::start(cfg, tx.clone()).await?),
+        None => None,
     };
-    let need = tracked
-        .as_ref()
-        .map_or(Need::default(), |t| need(&plan::plan_all(t, &node)));
+    // The source is read (the API's objects listed) before the maps are made, so
+    // they are made big enough for it. The store's plans serve the first round.
+    let store = Store::new(&opts.store);
+    let tracked = match &kube {
+        Some(_) => None,
+        None => Some(Tracked::new(store.load_facts()?)),
+    };
+    let start_plans = match (&tracked, &kube) {
+        (Some(t), _) => plan::plan_all(t, &node),
+        (None, Some(k)) => plan::plan_all(&Tracked::new(k.state().into()), &node),
+        (None, None) => Vec::new(),
+    };
+    let need = need(&start_plans);
     let memory = NodeMemory::here();
     let (sizes, why) = MapSizes::choose(&opts.sizes, memory, need);
     info!(
@@ -184,19 +198,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         adopted_slots = actual.backends.len(),
         clock = %crate::loader::kernel_hz().map_or("coarse ns".to_string(), |hz| format!("jiffies, HZ={hz}")),
         "agent started");
-    // Store events (or, in Kubernetes mode, watch events) wake the loop at once;
-    // the tick catches what events miss.
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let kube = match opts.kube.clone() {
-        Some(cfg) => Some(KubeSource::start(cfg, tx.clone()).await?),
-        None => None,
-    };
     let mut agent = Agent {
         dp,
         store,
         node,
         programmed: Programmed::adopt(actual, sizes.into()),
         seen: tracked.as_ref().map(|t| t.state.revision),
+        start_plans: tracked.as_ref().map(|t| (t.state.revision, start_plans)),
         tracked: tracked.unwrap_or_default(),
         plan_all: true,
         refused: BTreeMap::new(),
@@ -358,7 +366,7 @@ impl Agent {
     /// Reads the store whole and plans every service (at start, or when the store
     /// no longer has the changes since what was last read).
     fn load_whole(&mut self, started: Instant) -> Result<()> {
-        self.tracked = read_facts(&self.store)?;
+        self.tracked = Tracked::new(self.store.load_facts()?);
         self.seen = Some(self.tracked.state.revision);
         self.plan_all = true;
         self.program(Vec::new(), BTreeSet::new(), started)
@@ -479,7 +487,13 @@ impl Agent {
         Ok(())
     }
 
-    fn plans(&self, full: bool, services: &BTreeSet<ObjectKey>) -> Vec<PortPlan> {
+    fn plans(&mut self, full: bool, services: &BTreeSet<ObjectKey>) -> Vec<PortPlan> {
+        if let Some((revision, plans)) = self.start_plans.take()
+            && full
+            && revision == self.tracked.state.revision
+        {
+            return plans;
+        }
         if full {
             plan::plan_all(&self.tracked, &self.node)
         } else {
@@ -663,14 +677,4 @@ fn need(plans: &[PortPlan]) -> Need {
         frontends: plans.iter().map(|p| p.frontends.len() as u64).sum(),
         backends: plans.iter().map(|p| p.endpoints.len() as u64).sum(),
     }
-}
-
-/// The store read whole as facts, a batch of objects at a time (never the whole
-/// store as objects: 1,000,000 pods are ~10 GB as objects, ~0.3 GB as facts).
-fn read_facts(store: &Store) -> Result<Tracked> {
-    let mut facts = Facts::default();
-    let revision =
-        store.load_each(|batch| batch.into_iter().for_each(|c| facts.apply_change(c)))?;
-    facts.revision = revision;
-    Ok(Tracked::new(facts))
 }

@@ -92,7 +92,7 @@ impl NodeMemory {
     }
 }
 
-/// What the store holds now, in entries (the maps are never made smaller).
+/// What the source (the store, or the API) holds now, in entries (the maps are never made smaller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Need {
     pub frontends: u64,
@@ -170,14 +170,14 @@ impl MapSizes {
                     None => (u64::from(floor), "default".to_string()),
                 };
                 // A flag is taken as long as the store fits; a default leaves a quarter
-                // more than the store holds for it to grow.
+                // more than the source holds for it to grow.
                 let wanted = (need + need / 4).next_power_of_two();
                 let short = match flag {
                     Some(_) => n < need,
                     None => n < wanted,
                 };
                 if need > 0 && short {
-                    how = format!("raised from {n} ({how}): the store holds {need}");
+                    how = format!("raised from {n} ({how}): the source holds {need}");
                     n = wanted;
                 }
                 let n = n.clamp(1, u64::from(MAX_ENTRIES)) as u32;
@@ -305,7 +305,7 @@ mod tests {
         // 100,000 frontends and a quarter more, to the next power of two.
         assert_eq!(s.frontends, 131_072, "{why:?}");
         assert!(
-            why[0].contains("raised from 1000 (flag): the store holds 100000"),
+            why[0].contains("raised from 1000 (flag): the source holds 100000"),
             "{why:?}"
         );
         // A flag above the need stays as given, exactly.

@@ -267,3 +267,57 @@ fn kubernetes_mode_follows_changes_survives_an_outage_and_relists_after_410() {
         "the agent logged the outage"
     );
 }
+
+/// Kubernetes mode sizes the maps from what the API holds at start, as the store
+/// mode does from the store: sizes asked below it are raised (with the reason in
+/// the log) and every service is programmed, none left out for want of room.
+#[test]
+fn kubernetes_mode_sizes_the_maps_from_what_the_api_holds() {
+    let n = 40;
+    let ip = |i: usize| format!("10.96.1.{}", 10 + i);
+    let tcp: &[&str] = &["--tcp", "8080"];
+    let mut api = None;
+    let c = cluster_with("kubesize", &[tcp, tcp], |t, node, _| {
+        let server = FakeApi::start(node);
+        server.put(value(&node_object()));
+        for i in 0..n {
+            let name = format!("s{i}");
+            server.put(value(&service(&name, &ip(i), None)));
+            server.put(value(&slice(&name, &[POD0, POD1], &[])));
+        }
+        let path = t.dir().join("kubeconfig");
+        std::fs::write(&path, server.kubeconfig()).unwrap();
+        api = Some(server);
+        [
+            "--kubeconfig",
+            &path.display().to_string(),
+            "--max-frontends",
+            "16",
+            "--max-backends",
+            "16",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    let log = c.t.log("agent-node1");
+    // 40 ClusterIP frontends and 80 slots: raised to a power of two with a quarter more.
+    for size in [
+        "frontends=64 (raised from 16 (flag): the source holds 40)",
+        "backends=128 (raised from 16 (flag): the source holds 80)",
+    ] {
+        assert!(log.contains(size), "{size}: {log}");
+    }
+    let all = Topology::wait_for(Duration::from_secs(30), || {
+        (0..n).all(|i| has_frontend(&c, &ip(i))).then_some(())
+    });
+    assert!(
+        all.is_some(),
+        "every service programmed\n{}",
+        c.t.log("agent-node1")
+    );
+    answered_by(&c, false, &format!("{}:80", ip(n - 1)), &["pod-0", "pod-1"]);
+    assert!(
+        !c.t.log("agent-node1").contains("services not programmed"),
+        "none left out"
+    );
+}

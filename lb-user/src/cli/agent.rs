@@ -70,7 +70,8 @@ pub struct AgentArgs {
     /// Frontends the maps hold (each ClusterIP port, NodePort per node address,
     /// LoadBalancer and external address is one), as Cilium's --bpf-lb-map-max.
     /// Default: from the node's memory, at least 65,536, and always at least what
-    /// the store holds at start with a quarter more.
+    /// the source (the store, or the API in Kubernetes mode) holds at start with a
+    /// quarter more.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_ENTRIES)))]
     pub max_frontends: Option<u32>,
     /// Backend slots the maps hold (one per endpoint of each service port).

@@ -32,7 +32,7 @@ pub fn run(store: &Store, d: &DescribeArgs) -> Result<()> {
         bail!("describe: only services (svc) can be described");
     }
     store.require()?;
-    let tracked = Tracked::new(store.load()?.into());
+    let tracked = Tracked::new(store.load_facts()?);
     let key = ObjectKey::new(&d.namespace, &d.name);
     let svc = tracked.state.services.get(&key).ok_or_else(|| {
         anyhow!(

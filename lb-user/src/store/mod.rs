@@ -32,7 +32,7 @@ pub use self::{
 };
 use crate::{
     model::{Document, Kind, Object, ObjectKey},
-    state::{Change, State},
+    state::{Change, Facts, State},
 };
 
 pub const DEFAULT_STORE_DIR: &str = "/var/lib/lb";
@@ -330,6 +330,17 @@ impl Store {
         state.revision =
             self.load_each(|batch| batch.into_iter().for_each(|c| state.apply_change(c)))?;
         Ok(state)
+    }
+
+    /// The current objects as planning reads them, read a batch at a time (never
+    /// the whole store as objects: 1,000,000 pods are ~10 GB as objects, ~0.3 GB as
+    /// facts).
+    pub fn load_facts(&self) -> Result<Facts, StoreError> {
+        let mut facts = Facts::default();
+        let revision =
+            self.load_each(|batch| batch.into_iter().for_each(|c| facts.apply_change(c)))?;
+        facts.revision = revision;
+        Ok(facts)
     }
 
     /// Every stored object, as changes handed to `each` a batch at a time; the
