@@ -125,6 +125,37 @@ impl From<State> for Facts {
     }
 }
 
+/// A [`Change`] as [`Facts`] take it: a pod or an EndpointSlice already made its
+/// facts (by whoever decoded it: the store does so on every core).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactChange {
+    pub kind: Kind,
+    pub key: ObjectKey,
+    pub fact: Option<Fact>,
+}
+
+/// An object as planning reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fact {
+    Service(Box<Service>),
+    Pod(PodFacts),
+    EndpointSlice(SliceFacts),
+}
+
+impl From<Change> for FactChange {
+    fn from(change: Change) -> Self {
+        FactChange {
+            kind: change.kind,
+            key: change.key,
+            fact: change.object.map(|o| match o {
+                Object::Service(s) => Fact::Service(s),
+                Object::Pod(p) => Fact::Pod(PodFacts::of(&p)),
+                Object::EndpointSlice(s) => Fact::EndpointSlice(SliceFacts::of(&s)),
+            }),
+        }
+    }
+}
+
 impl Facts {
     /// The addresses of every pod and EndpointSlice endpoint (IPv4).
     pub fn pod_addrs(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
@@ -135,15 +166,13 @@ impl Facts {
             .chain(slices.flat_map(SliceFacts::ipv4_addrs))
     }
 
-    /// Writes or removes `change`'s object (pods and slices as their facts).
-    pub fn apply_change(&mut self, change: Change) {
+    /// Writes or removes `change`'s object.
+    pub fn apply(&mut self, change: FactChange) {
         let key = change.key;
-        match change.object {
-            Some(Object::Service(o)) => drop(self.services.insert(key, *o)),
-            Some(Object::Pod(o)) => drop(self.pods.insert(key, PodFacts::of(&o))),
-            Some(Object::EndpointSlice(o)) => {
-                drop(self.endpoint_slices.insert(key, SliceFacts::of(&o)))
-            }
+        match change.fact {
+            Some(Fact::Service(o)) => drop(self.services.insert(key, *o)),
+            Some(Fact::Pod(o)) => drop(self.pods.insert(key, o)),
+            Some(Fact::EndpointSlice(o)) => drop(self.endpoint_slices.insert(key, o)),
             None => match change.kind {
                 Kind::Service => drop(self.services.remove(&key)),
                 Kind::Pod => drop(self.pods.remove(&key)),
@@ -367,7 +396,8 @@ impl Tracked {
 
     /// Takes `changes` into the state and its index; returns what they named and the
     /// services whose entries they can change (affected before or after the changes).
-    pub fn take(&mut self, changes: Vec<Change>) -> Touched {
+    pub fn take<C: Into<FactChange>>(&mut self, changes: Vec<C>) -> Touched {
+        let changes: Vec<FactChange> = changes.into_iter().map(Into::into).collect();
         let named: Vec<(Kind, ObjectKey)> =
             changes.iter().map(|c| (c.kind, c.key.clone())).collect();
         let mut services = self.affected(&named);
@@ -375,7 +405,7 @@ impl Tracked {
             self.index.update(&self.state, *kind, key, false);
         }
         for change in changes {
-            self.state.apply_change(change);
+            self.state.apply(change);
         }
         for (kind, key) in &named {
             self.index.update(&self.state, *kind, key, true);

@@ -32,7 +32,7 @@ pub use self::{
 };
 use crate::{
     model::{Document, Kind, Object, ObjectKey},
-    state::{Change, Facts, State},
+    state::{Change, FactChange, Facts, State},
 };
 
 pub const DEFAULT_STORE_DIR: &str = "/var/lib/lb";
@@ -327,8 +327,10 @@ impl Store {
     /// The current state (empty if nothing was ever written).
     pub fn load(&self) -> Result<State, StoreError> {
         let mut state = State::default();
-        state.revision =
-            self.load_each(|batch| batch.into_iter().for_each(|c| state.apply_change(c)))?;
+        state.revision = self.load_each(
+            |c| c,
+            |batch| batch.into_iter().for_each(|c| state.apply_change(c)),
+        )?;
         Ok(state)
     }
 
@@ -337,23 +339,29 @@ impl Store {
     /// facts).
     pub fn load_facts(&self) -> Result<Facts, StoreError> {
         let mut facts = Facts::default();
-        let revision =
-            self.load_each(|batch| batch.into_iter().for_each(|c| facts.apply_change(c)))?;
+        let revision = self.load_each(FactChange::from, |batch| {
+            batch.into_iter().for_each(|c| facts.apply(c))
+        })?;
         facts.revision = revision;
         Ok(facts)
     }
 
-    /// Every stored object, as changes handed to `each` a batch at a time; the
-    /// store's revision (0 if nothing was ever written). A reader that keeps less
-    /// than the objects (the agent keeps facts) never holds the whole store's text
-    /// or objects.
-    pub fn load_each(&self, each: impl FnMut(Vec<Change>)) -> Result<u64, StoreError> {
+    /// Every stored object, as changes made `T` by `convert` (on the cores that
+    /// decode them) and handed to `each` a batch at a time; the store's revision (0
+    /// if nothing was ever written). A reader that keeps less than the objects (the
+    /// agent keeps facts) never holds the whole store's text or objects.
+    pub fn load_each<T: Send>(
+        &self,
+        convert: impl Fn(Change) -> T + Sync,
+        each: impl FnMut(Vec<T>),
+    ) -> Result<u64, StoreError> {
         let read = self.read(|tx| {
             let revision = revision(tx).map_err(self.db("reading the revision"))?;
             self.each_batch(
                 tx,
                 "SELECT kind, key, body FROM objects WHERE body IS NOT NULL",
                 [],
+                &convert,
                 each,
             )?;
             Ok(revision)
@@ -361,14 +369,15 @@ impl Store {
         Ok(read.unwrap_or(0))
     }
 
-    /// The rows `sql` selects (kind, key, body), decoded [`LOAD_BATCH`] at a time
-    /// and handed to `each` as changes.
-    fn each_batch(
+    /// The rows `sql` selects (kind, key, body), decoded [`LOAD_BATCH`] at a time,
+    /// made `T` by `convert` and handed to `each`.
+    fn each_batch<T: Send>(
         &self,
         conn: &Connection,
         sql: &str,
         args: impl rusqlite::Params,
-        mut each: impl FnMut(Vec<Change>),
+        convert: &(impl Fn(Change) -> T + Sync),
+        mut each: impl FnMut(Vec<T>),
     ) -> Result<(), StoreError> {
         let mut stmt = conn.prepare_cached(sql).map_err(self.db("reading"))?;
         let mut rows = stmt.query(args).map_err(self.db("reading"))?;
@@ -384,7 +393,7 @@ impl Store {
                 ));
             }
             if batch.len() == LOAD_BATCH || (last && !batch.is_empty()) {
-                each(self.decode(std::mem::take(&mut batch))?);
+                each(self.decode_as(std::mem::take(&mut batch), convert)?);
             }
             if last {
                 return Ok(());
@@ -419,10 +428,11 @@ impl Store {
     /// `each` a batch at a time, and the revision they bring the store to; `None`
     /// when deletions after `after` may have been pruned already (the reader must
     /// `load` the store whole).
-    pub fn changes_since(
+    pub fn changes_since<T: Send>(
         &self,
         after: u64,
-        each: impl FnMut(Vec<Change>),
+        convert: impl Fn(Change) -> T + Sync,
+        each: impl FnMut(Vec<T>),
     ) -> Result<Option<u64>, StoreError> {
         let read = self.read(|tx| {
             if after < meta(tx, "pruned").map_err(self.db("reading the revision"))? {
@@ -433,6 +443,7 @@ impl Store {
                 tx,
                 "SELECT kind, key, body FROM objects WHERE rev > ?1",
                 [after as i64],
+                &convert,
                 each,
             )?;
             Ok(Some(revision))
@@ -460,6 +471,15 @@ impl Store {
         &self,
         rows: Vec<(String, String, Option<String>)>,
     ) -> Result<Vec<Change>, StoreError> {
+        self.decode_as(rows, &|c| c)
+    }
+
+    /// Rows to changes made `T` by `convert`, both on every core.
+    fn decode_as<T: Send>(
+        &self,
+        rows: Vec<(String, String, Option<String>)>,
+        convert: &(impl Fn(Change) -> T + Sync),
+    ) -> Result<Vec<T>, StoreError> {
         let dir = &self.dir;
         crate::par::in_parallel(rows, |(kind, key, body)| {
             let corrupt = |error: String| StoreError::Corrupt {
@@ -489,11 +509,11 @@ impl Store {
                     })?,
                 ),
             };
-            Ok(Change {
+            Ok(convert(Change {
                 kind,
                 key: object_key,
                 object,
-            })
+            }))
         })
         .into_iter()
         .collect()

@@ -252,7 +252,7 @@ fn deletions_are_pruned_after_a_window_and_old_readers_must_reload() {
     // A reader close behind sees the deletion as a change without an object.
     let mut changes = Vec::new();
     let revision = store
-        .changes_since(before_delete, |batch| changes.extend(batch))
+        .changes_since(before_delete, |c| c, |batch| changes.extend(batch))
         .unwrap();
     assert_eq!(revision, Some(before_delete + 1));
     assert!(
@@ -282,12 +282,18 @@ fn deletions_are_pruned_after_a_window_and_old_readers_must_reload() {
     }
     assert_eq!(tombstones(&store), 0, "the tombstone is pruned");
     assert!(
-        store.changes_since(before_delete, drop).unwrap().is_none(),
+        store
+            .changes_since(before_delete, |c| c, drop)
+            .unwrap()
+            .is_none(),
         "a reader from before the prune must read the store whole"
     );
     let now = store.revision().unwrap();
     assert!(
-        store.changes_since(now - 10, drop).unwrap().is_some(),
+        store
+            .changes_since(now - 10, |c| c, drop)
+            .unwrap()
+            .is_some(),
         "a recent reader still follows changes"
     );
     let state = store.load().unwrap();
@@ -448,15 +454,21 @@ fn a_store_read_whole_or_followed_comes_in_batches_that_add_up_to_it() {
         .apply(&docs(&slices), &Ranges::default(), Mode::Apply)
         .unwrap();
     let mut sizes = Vec::new();
-    let revision = store.load_each(|batch| sizes.push(batch.len())).unwrap();
+    let revision = store
+        .load_each(|c| c, |batch| sizes.push(batch.len()))
+        .unwrap();
     assert_eq!(sizes, [LOAD_BATCH, 3], "never more than a batch at a time");
     assert_eq!(revision, store.revision().unwrap());
     let mut seen = std::collections::BTreeSet::new();
     let followed = store
-        .changes_since(0, |batch| {
-            assert!(batch.len() <= LOAD_BATCH);
-            seen.extend(batch.into_iter().map(|c| c.key));
-        })
+        .changes_since(
+            0,
+            |c| c,
+            |batch: Vec<Change>| {
+                assert!(batch.len() <= LOAD_BATCH);
+                seen.extend(batch.into_iter().map(|c| c.key));
+            },
+        )
         .unwrap();
     assert_eq!((followed, seen.len()), (Some(revision), n));
     assert_eq!(store.load().unwrap().endpoint_slices.len(), n);
