@@ -78,17 +78,21 @@ pub fn frontend(addr: Ipv4Addr, port: u16, proto: u8) -> ServiceKey {
     }
 }
 
-/// The plans of `services` on `node` (those gone plan to nothing). Headless and
-/// ExternalName services get none (they are DNS-only in Kubernetes).
+/// The plans of `services` on `node` (those gone plan to nothing), in their order;
+/// many services are planned on every core. Headless and ExternalName services get
+/// none (they are DNS-only in Kubernetes).
 pub fn plan<'a>(
     tracked: &Tracked,
     node: &Node,
     services: impl IntoIterator<Item = &'a ObjectKey>,
 ) -> Vec<PortPlan> {
-    services
+    let services: Vec<(&ObjectKey, &Service)> = services
         .into_iter()
         .filter_map(|k| Some((k, tracked.state.services.get(k)?)))
-        .flat_map(|(k, svc)| plan_service(tracked, k, svc, node))
+        .collect();
+    crate::par::in_parallel(services, |(k, svc)| plan_service(tracked, k, svc, node))
+        .into_iter()
+        .flatten()
         .collect()
 }
 

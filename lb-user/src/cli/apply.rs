@@ -36,11 +36,13 @@ pub fn run(store: &Store, a: &ApplyArgs, mode: Mode) -> Result<()> {
     let alloc = a.alloc.parse()?;
     // Each batch of documents is stored as it is read, in one transaction opened
     // with the first batch and committed after the last: a manifest of 1,000,000
-    // objects is never held whole, and an error anywhere stores nothing.
+    // objects is never held whole, and an error anywhere stores nothing. The
+    // manifests are read on a thread of their own, so reading (YAML, checks) and
+    // storing (JSON, SQLite) overlap; the first error in the documents' order wins.
     let mut bulk = None;
     let mut applied: Vec<(&str, String, Outcome)> = Vec::new();
     let (mut skipped, mut warnings) = (Vec::new(), Vec::new());
-    each_manifest(&a.files, a.strict_kinds, a.validate, |m| {
+    let mut store_batch = |m: Manifest| -> Result<()> {
         warnings.extend(m.warnings);
         skipped.extend(m.skipped);
         if m.docs.is_empty() {
@@ -58,6 +60,27 @@ pub fn run(store: &Store, a: &ApplyArgs, mode: Mode) -> Result<()> {
         let outcomes = bulk.apply(m.docs)?;
         applied.extend(names.into_iter().zip(outcomes).map(|((r, n), o)| (r, n, o)));
         Ok(())
+    };
+    std::thread::scope(|scope| {
+        let (batches, read) = std::sync::mpsc::sync_channel::<Manifest>(1);
+        let reader = scope.spawn(move || {
+            each_manifest(&a.files, a.strict_kinds, a.validate, |m| {
+                // A send fails only once the storing side stopped (it has an error).
+                batches
+                    .send(m)
+                    .map_err(|_| anyhow::anyhow!("storing stopped"))
+            })
+        });
+        let mut stored = Ok(());
+        for m in &read {
+            stored = store_batch(m);
+            if stored.is_err() {
+                break;
+            }
+        }
+        drop(read);
+        let reading = reader.join().expect("the manifest reader panicked");
+        stored.and(reading)
     })?;
     if let Some(bulk) = bulk {
         bulk.commit()?;
