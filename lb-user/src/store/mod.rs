@@ -370,7 +370,9 @@ impl Store {
     }
 
     /// The rows `sql` selects (kind, key, body), decoded [`LOAD_BATCH`] at a time,
-    /// made `T` by `convert` and handed to `each`.
+    /// made `T` by `convert` and handed to `each`, in order. Reading the rows (and
+    /// `each`) on this thread overlaps with decoding the batch before on a thread
+    /// of its own (which spreads it over every core).
     fn each_batch<T: Send>(
         &self,
         conn: &Connection,
@@ -381,24 +383,54 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut stmt = conn.prepare_cached(sql).map_err(self.db("reading"))?;
         let mut rows = stmt.query(args).map_err(self.db("reading"))?;
-        let mut batch = Vec::with_capacity(LOAD_BATCH);
-        loop {
-            let row = rows.next().map_err(self.db("reading"))?;
-            let last = row.is_none();
-            if let Some(r) = row {
-                batch.push((
-                    r.get(0).map_err(self.db("reading"))?,
-                    r.get(1).map_err(self.db("reading"))?,
-                    r.get(2).map_err(self.db("reading"))?,
-                ));
+        let dir = self.dir.as_path();
+        std::thread::scope(|scope| {
+            let (raw, to_decode) = std::sync::mpsc::sync_channel::<Vec<Row>>(1);
+            let (decoded_tx, decoded) = std::sync::mpsc::channel();
+            scope.spawn(move || {
+                for batch in to_decode {
+                    if decoded_tx.send(decode_as(dir, batch, convert)).is_err() {
+                        return;
+                    }
+                }
+            });
+            // Hands the batches decoded so far to `each` (all of them, once `wait`).
+            let mut take = |wait: bool| -> Result<(), StoreError> {
+                loop {
+                    let next = if wait {
+                        decoded.recv().ok()
+                    } else {
+                        decoded.try_recv().ok()
+                    };
+                    match next {
+                        Some(batch) => each(batch?),
+                        None => return Ok(()),
+                    }
+                }
+            };
+            let mut batch = Vec::with_capacity(LOAD_BATCH);
+            loop {
+                let row = rows.next().map_err(self.db("reading"))?;
+                let last = row.is_none();
+                if let Some(r) = row {
+                    batch.push((
+                        r.get(0).map_err(self.db("reading"))?,
+                        r.get(1).map_err(self.db("reading"))?,
+                        r.get(2).map_err(self.db("reading"))?,
+                    ));
+                }
+                if batch.len() == LOAD_BATCH || (last && !batch.is_empty()) {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
+                    // The decoder ends only when `raw` is dropped.
+                    let _ = raw.send(full);
+                    take(false)?;
+                }
+                if last {
+                    drop(raw);
+                    return take(true);
+                }
             }
-            if batch.len() == LOAD_BATCH || (last && !batch.is_empty()) {
-                each(self.decode_as(std::mem::take(&mut batch), convert)?);
-            }
-            if last {
-                return Ok(());
-            }
-        }
+        })
     }
 
     /// The state `rows` (read on `conn`) make, at the store's revision.
@@ -467,56 +499,8 @@ impl Store {
     }
 
     /// Rows to changes, the JSON parsed on every core.
-    fn decode(
-        &self,
-        rows: Vec<(String, String, Option<String>)>,
-    ) -> Result<Vec<Change>, StoreError> {
-        self.decode_as(rows, &|c| c)
-    }
-
-    /// Rows to changes made `T` by `convert`, both on every core.
-    fn decode_as<T: Send>(
-        &self,
-        rows: Vec<(String, String, Option<String>)>,
-        convert: &(impl Fn(Change) -> T + Sync),
-    ) -> Result<Vec<T>, StoreError> {
-        let dir = &self.dir;
-        crate::par::in_parallel(rows, |(kind, key, body)| {
-            let corrupt = |error: String| StoreError::Corrupt {
-                dir: dir.clone(),
-                kind: kind.clone(),
-                key: key.clone(),
-                error,
-            };
-            let Some(kind) = Kind::from_kind(&kind) else {
-                return Err(corrupt(format!("unknown kind {kind}")));
-            };
-            let Some(object_key) = ObjectKey::from_row(&key) else {
-                return Err(corrupt("a key that is not namespace/name".into()));
-            };
-            let object = match body {
-                None => None,
-                Some(b) => Some(
-                    match kind {
-                        Kind::Service => serde_json::from_str(&b).map(Object::Service),
-                        Kind::Pod => serde_json::from_str(&b).map(Object::Pod),
-                        Kind::EndpointSlice => serde_json::from_str(&b).map(Object::EndpointSlice),
-                    }
-                    .map_err(|e| corrupt(e.to_string()))
-                    .map(|mut o| {
-                        o.compact();
-                        o
-                    })?,
-                ),
-            };
-            Ok(convert(Change {
-                kind,
-                key: object_key,
-                object,
-            }))
-        })
-        .into_iter()
-        .collect()
+    fn decode(&self, rows: Vec<Row>) -> Result<Vec<Change>, StoreError> {
+        decode_as(&self.dir, rows, &|c| c)
     }
 
     /// What `scope` names, read inside the writer's transaction.
@@ -862,6 +846,53 @@ fn meta_set(conn: &Connection, name: &str) -> rusqlite::Result<Option<u64>> {
     })
     .optional()
     .map(|v| v.map(|v| v as u64))
+}
+
+/// A stored row as read: kind, key, body (None: a deletion's tombstone).
+type Row = (String, String, Option<String>);
+
+/// Rows of the store in `dir` to changes made `T` by `convert`, both on every core.
+fn decode_as<T: Send>(
+    dir: &Path,
+    rows: Vec<Row>,
+    convert: &(impl Fn(Change) -> T + Sync),
+) -> Result<Vec<T>, StoreError> {
+    crate::par::in_parallel(rows, |(kind, key, body)| {
+        let corrupt = |error: String| StoreError::Corrupt {
+            dir: dir.to_path_buf(),
+            kind: kind.clone(),
+            key: key.clone(),
+            error,
+        };
+        let Some(kind) = Kind::from_kind(&kind) else {
+            return Err(corrupt(format!("unknown kind {kind}")));
+        };
+        let Some(object_key) = ObjectKey::from_row(&key) else {
+            return Err(corrupt("a key that is not namespace/name".into()));
+        };
+        let object = match body {
+            None => None,
+            Some(b) => Some(
+                match kind {
+                    Kind::Service => serde_json::from_str(&b).map(Object::Service),
+                    Kind::Pod => serde_json::from_str(&b).map(Object::Pod),
+                    Kind::EndpointSlice => serde_json::from_str(&b).map(Object::EndpointSlice),
+                }
+                .map_err(|e| corrupt(e.to_string()))
+                .map(|mut o| {
+                    o.compact();
+                    o
+                })?,
+            ),
+        };
+        Ok(convert(Change {
+            kind,
+            key: object_key,
+            object,
+        }))
+    })
+    .into_iter()
+    .collect()
 }
 
 #[cfg(test)]
