@@ -115,8 +115,8 @@ pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 impl Object {
     /// Gives back the room decoding left in the object's lists (a list decoded from
     /// JSON grows by doubling: an EndpointSlice of 10 endpoints holds room for 16,
-    /// each endpoint's one address room for 4). A store of 100,000 slices is read
-    /// whole by the agent: this is a fifth of its memory.
+    /// each endpoint's one address room for 4): for objects kept whole (`lb get`
+    /// reads the store whole), a fifth of what 100,000 slices take.
     pub fn compact(&mut self) {
         match self {
             Object::EndpointSlice(slice) => {

@@ -327,10 +327,16 @@ impl Store {
     /// The current state (empty if nothing was ever written).
     pub fn load(&self) -> Result<State, StoreError> {
         let mut state = State::default();
-        state.revision = self.load_each(
-            |c| c,
-            |batch| batch.into_iter().for_each(|c| state.apply_change(c)),
-        )?;
+        // The objects are kept whole: without the room decoding left in their lists.
+        let compacted = |mut c: Change| {
+            if let Some(o) = &mut c.object {
+                o.compact();
+            }
+            c
+        };
+        state.revision = self.load_each(compacted, |batch| {
+            batch.into_iter().for_each(|c| state.apply_change(c))
+        })?;
         Ok(state)
     }
 
@@ -878,11 +884,7 @@ fn decode_as<T: Send>(
                     Kind::Pod => serde_json::from_str(&b).map(Object::Pod),
                     Kind::EndpointSlice => serde_json::from_str(&b).map(Object::EndpointSlice),
                 }
-                .map_err(|e| corrupt(e.to_string()))
-                .map(|mut o| {
-                    o.compact();
-                    o
-                })?,
+                .map_err(|e| corrupt(e.to_string()))?,
             ),
         };
         Ok(convert(Change {
