@@ -160,17 +160,14 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         None => None,
     };
     // The source is read (the API's objects listed) before the maps are made, so
-    // they are made big enough for it. The store's plans serve the first round.
+    // they are made big enough for it; in store mode, the plans made for that serve
+    // the first round (in Kubernetes mode the API may have moved on meanwhile).
     let store = Store::new(&opts.store);
     let tracked = match &kube {
-        Some(_) => None,
-        None => Some(Tracked::new(store.load_facts()?)),
+        Some(k) => Tracked::new(k.state().into()),
+        None => Tracked::new(store.load_facts()?),
     };
-    let start_plans = match (&tracked, &kube) {
-        (Some(t), _) => plan::plan_all(t, &node),
-        (None, Some(k)) => plan::plan_all(&Tracked::new(k.state().into()), &node),
-        (None, None) => Vec::new(),
-    };
+    let start_plans = plan::plan_all(&tracked, &node);
     let need = need(&start_plans);
     let memory = NodeMemory::here();
     let (sizes, why) = MapSizes::choose(&opts.sizes, memory, need);
@@ -203,9 +200,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         store,
         node,
         programmed: Programmed::adopt(actual, sizes.into()),
-        seen: tracked.as_ref().map(|t| t.state.revision),
-        start_plans: tracked.as_ref().map(|t| (t.state.revision, start_plans)),
-        tracked: tracked.unwrap_or_default(),
+        seen: kube.is_none().then_some(tracked.state.revision),
+        start_plans: kube
+            .is_none()
+            .then_some((tracked.state.revision, start_plans)),
+        tracked,
         plan_all: true,
         refused: BTreeMap::new(),
         left_for_room: BTreeSet::new(),
