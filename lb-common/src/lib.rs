@@ -363,24 +363,63 @@ const _: () = assert!(size_of::<CtValue>() == 32);
 impl CtValue {
     /// Seconds the entry outlives its last packet (protocol `proto`).
     #[inline(always)]
-    pub fn timeout_s(&self, proto: u8) -> u64 {
-        if proto != PROTO_TCP {
-            CT_TIMEOUT_UDP_S
+    pub fn timeout_s(&self, proto: u8, t: &CtTimeouts) -> u64 {
+        let s = if proto != PROTO_TCP {
+            t.udp_s
         } else if self.tcp_flags & CT_TCP_CLOSING != 0 {
-            CT_TIMEOUT_TCP_CLOSING_S
+            t.tcp_fin_s
         } else if self.tcp_flags & CT_TCP_SEEN_REPLY == 0 {
-            CT_TIMEOUT_TCP_SYN_S
+            t.tcp_syn_s
         } else {
-            CT_TIMEOUT_TCP_S
-        }
+            t.tcp_s
+        };
+        s as u64
     }
 
     /// Whether the entry no longer holds a flow at `now` (clock ticks, `ticks_per_s`).
     #[inline(always)]
-    pub fn expired(&self, proto: u8, now: u64, ticks_per_s: u64) -> bool {
-        now.wrapping_sub(self.last_seen) > self.timeout_s(proto) * ticks_per_s
+    pub fn expired(&self, proto: u8, now: u64, ticks_per_s: u64, t: &CtTimeouts) -> bool {
+        now.wrapping_sub(self.last_seen) > self.timeout_s(proto, t) * ticks_per_s
     }
 }
+
+/// Idle timeouts (seconds) after which a conntrack entry no longer holds a flow: the
+/// global [`GLOBAL_CT_TIMEOUTS`], set by the agent at load (`lb agent
+/// --ct-timeout-tcp` and the others, as Cilium's `--bpf-ct-timeout-regular-*`) and
+/// used by its sweep of the assured table.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CtTimeouts {
+    /// An established TCP connection (the backend answered).
+    pub tcp_s: u32,
+    /// A TCP flow whose backend has not answered yet (netfilter's SYN_SENT is 120 s,
+    /// Cilium's 60 s): a SYN flood's entries go within a minute.
+    pub tcp_syn_s: u32,
+    /// A TCP connection that saw a FIN or an RST (netfilter's CLOSE / TIME_WAIT,
+    /// Cilium's 10 s).
+    pub tcp_fin_s: u32,
+    /// UDP flows (netfilter's 30 s unreplied / 120 s stream; Cilium's 60 s).
+    pub udp_s: u32,
+}
+const _: () = assert!(size_of::<CtTimeouts>() == 16);
+
+impl CtTimeouts {
+    pub const DEFAULT: CtTimeouts = CtTimeouts {
+        tcp_s: 6 * 3600,
+        tcp_syn_s: 60,
+        tcp_fin_s: 10,
+        udp_s: 60,
+    };
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Global set at load time: the [`CtTimeouts`] the kernel side applies.
+pub const GLOBAL_CT_TIMEOUTS: &str = "CT_TIMEOUTS";
 
 // ---- frontend ports ----
 
@@ -542,14 +581,6 @@ pub mod reason {
     ];
 }
 
-/// Idle timeouts (seconds) after which a conntrack entry no longer holds a flow.
-pub const CT_TIMEOUT_TCP_S: u64 = 6 * 3600;
-/// A TCP flow whose backend has not answered yet (netfilter's SYN_SENT is 120 s,
-/// Cilium's 60 s): a SYN flood's entries go within a minute.
-pub const CT_TIMEOUT_TCP_SYN_S: u64 = 60;
-pub const CT_TIMEOUT_TCP_CLOSING_S: u64 = 10;
-pub const CT_TIMEOUT_UDP_S: u64 = 60;
-
 /// The kernel side's clock: ticks per second of `bpf_jiffies64()` (the kernel's HZ,
 /// measured by the agent), or 0 when unknown, and the kernel side then counts
 /// nanoseconds of `bpf_ktime_get_coarse_ns()`. Jiffies cost nothing to read; the
@@ -567,6 +598,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for CtTimeouts {}
     unsafe impl aya::Pod for IfaceValue {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for SockRevKey {}

@@ -11,7 +11,8 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
     Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_SNAT, CT_TCP_CLOSING,
-    CT_TCP_SEEN_FIN, CT_TCP_SEEN_REPLY, CT_TCP_SEEN_RST, CtValue, FlowKey, HAIRPIN_SNAT_ADDR,
+    CT_TCP_SEEN_FIN, CT_TCP_SEEN_REPLY, CT_TCP_SEEN_RST, CtTimeouts, CtValue, FlowKey,
+    HAIRPIN_SNAT_ADDR,
     PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, reason,
 };
 
@@ -20,6 +21,11 @@ use crate::{
     maps::{LB_CT, LB_CT_ASSURED},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
+
+/// Set by the agent at load time (`lb_common::GLOBAL_CT_TIMEOUTS`, `lb agent
+/// --ct-timeout-*`).
+#[unsafe(no_mangle)]
+static CT_TIMEOUTS: CtTimeouts = CtTimeouts::DEFAULT;
 
 /// How often (at most, seconds) a hit refreshes `last_seen`, to keep writes off the
 /// hot path.
@@ -68,7 +74,9 @@ fn closing_bits(tcp_flags: u8) -> u8 {
 
 #[inline(always)]
 fn expired(ct: &CtValue, proto: u8, now: u64) -> bool {
-    ct.expired(proto, now, clock::ticks_per_s())
+    // SAFETY: a plain read of a global the loader set.
+    let timeouts = unsafe { core::ptr::read_volatile(&CT_TIMEOUTS) };
+    ct.expired(proto, now, clock::ticks_per_s(), &timeouts)
 }
 
 /// The entry for `key`: the assured one if there is a live one, else the new-flow

@@ -289,7 +289,10 @@ impl Agent {
             .dp
             .kernel_now()
             .map_err(anyhow::Error::from)
-            .and_then(|now| Ok(self.dp.maps.sweep_assured(now, ticks_per_s)?));
+            .and_then(|now| {
+                let timeouts = self.dp.ct_timeouts();
+                Ok(self.dp.maps.sweep_assured(now, ticks_per_s, &timeouts)?)
+            });
         match swept {
             Ok(0) => {}
             Ok(n) => info!(entries = n, "expired assured flows removed"),

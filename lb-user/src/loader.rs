@@ -22,7 +22,7 @@ use aya::{
     },
 };
 use lb_common::{
-    ALL_MAPS, GLOBAL_CLOCK_HZ, GLOBAL_FIB_REDIRECT, GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR,
+    ALL_MAPS, CtTimeouts, GLOBAL_CLOCK_HZ, GLOBAL_CT_TIMEOUTS, GLOBAL_FIB_REDIRECT, GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR,
     GLOBAL_TO_PODS, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_F_XDP_XMIT, IFACE_POD, PROG_CLOCK,
     PROG_CONNECT4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
     TO_PODS_PEER, TO_PODS_STACK, TO_PODS_XDP,
@@ -84,6 +84,8 @@ pub struct LoadConfig {
     pub xdp: XdpUse,
     /// Entries of the sized maps.
     pub sizes: MapSizes,
+    /// Conntrack idle timeouts (`--ct-timeout-*`).
+    pub ct_timeouts: CtTimeouts,
 }
 
 /// Where lb's XDP program serves an external interface (`lb agent --xdp`).
@@ -165,6 +167,7 @@ impl Default for LoadConfig {
             xdp: XdpUse::Auto,
             to_pods: ToPods::default(),
             sizes: MapSizes::default(),
+            ct_timeouts: CtTimeouts::DEFAULT,
         }
     }
 }
@@ -206,6 +209,7 @@ pub fn load(
     loader.override_global(GLOBAL_FIB_REDIRECT, &fib, true);
     let to_pods = cfg.to_pods.global();
     loader.override_global(GLOBAL_TO_PODS, &to_pods, true);
+    loader.override_global(GLOBAL_CT_TIMEOUTS, &cfg.ct_timeouts, true);
     let ebpf = loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
         pins: pins
             .map(|p| p.display().to_string())
@@ -424,6 +428,7 @@ pub struct Dataplane {
     /// Where links are pinned (`PINS/links`); None: links die with the process.
     links: Option<PathBuf>,
     xdp_use: XdpUse,
+    ct_timeouts: CtTimeouts,
 }
 
 impl Dataplane {
@@ -468,7 +473,13 @@ impl Dataplane {
             attached: BTreeMap::new(),
             links,
             xdp_use: cfg.xdp,
+            ct_timeouts: cfg.ct_timeouts,
         })
+    }
+
+    /// The conntrack timeouts the programs were loaded with.
+    pub fn ct_timeouts(&self) -> CtTimeouts {
+        self.ct_timeouts
     }
 
     /// The kernel side's clock now (`lb_clock` run once with BPF_PROG_RUN), in its

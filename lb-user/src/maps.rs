@@ -11,7 +11,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, FlowKey, IfaceValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtTimeouts, CtValue, FlowKey,
+    IfaceValue,
     MAP_AFFINITY, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CLOCK, MAP_CONNTRACK, MAP_CT_ASSURED,
     MAP_IFACES, MAP_PORTS, MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, PORT_WORDS, ServiceKey,
     ServiceValue, reason,
@@ -393,14 +394,19 @@ impl Maps {
     }
 
     /// Removes the assured entries that expired by `now` (the kernel side's clock,
-    /// `ticks_per_s`): nothing evicts them, and a tuple no packet uses again is
-    /// never found expired by the kernel side. Returns how many went.
-    pub fn sweep_assured(&mut self, now: u64, ticks_per_s: u64) -> Result<usize, MapsError> {
+    /// `ticks_per_s`) under `timeouts`: nothing evicts them, and a tuple no packet
+    /// uses again is never found expired by the kernel side. Returns how many went.
+    pub fn sweep_assured(
+        &mut self,
+        now: u64,
+        ticks_per_s: u64,
+        timeouts: &CtTimeouts,
+    ) -> Result<usize, MapsError> {
         let expired: Vec<FlowKey> = self
             .assured
             .iter()
             .filter_map(Result::ok)
-            .filter(|(k, v)| v.expired(k.proto, now, ticks_per_s))
+            .filter(|(k, v)| v.expired(k.proto, now, ticks_per_s, timeouts))
             .map(|(k, _)| k)
             .collect();
         for k in &expired {

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
-    CtValue, DELIVER_MAGIC, DeliverMeta, FlowKey, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_POD,
+    CtTimeouts, CtValue, DELIVER_MAGIC, DeliverMeta, FlowKey, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_POD,
     PROG_TC_EGRESS, PROG_TC_INGRESS, SVC_F_INTERNAL, reason,
 };
 use lb_tests::{
@@ -1193,7 +1193,11 @@ fn answered_flows_are_assured_and_swept_once_expired() {
     let now = dp.kernel_now().unwrap();
     let hz = lb_user::loader::kernel_hz().unwrap_or(1_000_000_000);
     // Unanswered: a new flow, not in the assured table (the sweep sees nothing).
-    assert_eq!(dp.maps.sweep_assured(now + 3600 * hz, hz).unwrap(), 0);
+    let timeouts = dp.ct_timeouts();
+    assert_eq!(
+        dp.maps.sweep_assured(now + 3600 * hz, hz, &timeouts).unwrap(),
+        0
+    );
     // Two assured flows: one idle past any timeout, one just seen.
     let stale_key = FlowKey {
         sport_be: 43001u16.to_be(),
@@ -1211,9 +1215,58 @@ fn answered_flows_are_assured_and_swept_once_expired() {
     };
     dp.maps.put_conntrack(&stale_key, &stale).unwrap();
     dp.maps.put_conntrack(&key, &live).unwrap();
-    assert_eq!(dp.maps.sweep_assured(now, hz).unwrap(), 1);
+    assert_eq!(dp.maps.sweep_assured(now, hz, &timeouts).unwrap(), 1);
     assert!(dp.maps.conntrack_entry(&stale_key).unwrap().is_none());
     assert_eq!(dp.maps.conntrack_entry(&key).unwrap(), Some(live));
     // The kernel side's clock moves on as the agent reads it.
     assert!(dp.kernel_now().unwrap() >= now);
+}
+
+/// Conntrack timeouts are the agent's (`lb agent --ct-timeout-*`): an answered UDP
+/// flow idle for 6 s is gone under a 5 s timeout, in the agent's sweep and for the
+/// programs (its next packet starts a new flow), and live under the default 60 s.
+#[test]
+fn conntrack_timeouts_are_set_at_load() {
+    own_netns();
+    let short = CtTimeouts {
+        udp_s: 5,
+        ..CtTimeouts::DEFAULT
+    };
+    for (timeouts, swept, next) in [
+        (CtTimeouts::DEFAULT, 0, "nat_established"),
+        (short, 1, "nat_new_flow"),
+    ] {
+        let mut dp = dataplane_with(&LoadConfig {
+            ct_timeouts: timeouts,
+            ..LoadConfig::default()
+        });
+        assert_eq!(dp.ct_timeouts(), timeouts);
+        let ping = Pkt::udp(CLIENT, 43100, NODE, UDP_NODE_PORT)
+            .payload(b"ping")
+            .build();
+        let (_, _, r) = run(&mut dp, Prog::Xdp, &ping);
+        assert_eq!(reason::NAMES[r as usize], "nat_new_flow");
+        let pong = Pkt::udp(POD, 5353, CLIENT, 43100)
+            .payload(b"pong")
+            .build();
+        let (_, _, r) = run(&mut dp, Prog::TcEgress, &pong);
+        assert_eq!(reason::NAMES[r as usize], "nat_reply");
+        // The client's direction last seen 6 s ago (the reply's just now).
+        let key = claimed_key(&ping).unwrap();
+        let ct = dp.maps.conntrack_entry(&key).unwrap().expect("the flow");
+        let now = dp.kernel_now().unwrap();
+        let hz = lb_user::loader::kernel_hz().unwrap_or(1_000_000_000);
+        let idle = CtValue {
+            last_seen: now.wrapping_sub(6 * hz),
+            ..ct
+        };
+        dp.maps.put_conntrack(&key, &idle).unwrap();
+        assert_eq!(
+            dp.maps.sweep_assured(now, hz, &timeouts).unwrap(),
+            swept,
+            "{timeouts:?}"
+        );
+        let (_, _, r) = run(&mut dp, Prog::Xdp, &ping);
+        assert_eq!(reason::NAMES[r as usize], next, "{timeouts:?}");
+    }
 }

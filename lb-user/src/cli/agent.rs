@@ -4,6 +4,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::Result;
 use clap::Args;
+use lb_common::CtTimeouts;
 
 use crate::{
     agent::{self, AgentOptions, DEFAULT_BPFFS},
@@ -92,6 +93,53 @@ pub struct AgentArgs {
     /// Cilium's --bpf-map-dynamic-size-ratio (the agent logs the sizes it chose).
     #[arg(long, default_value_t = DEFAULT_MEMORY_RATIO, value_parser = ratio)]
     pub map_memory_ratio: f64,
+    /// Idle timeout of an established TCP connection's flow, as Cilium's
+    /// --bpf-ct-timeout-regular-tcp (a duration: 90s, 30m, 6h, 1h30m).
+    #[arg(long, default_value = "6h", value_parser = seconds)]
+    pub ct_timeout_tcp: u32,
+    /// Idle timeout of a TCP flow whose backend has not answered its SYN yet
+    /// (netfilter's SYN_SENT, Cilium's --bpf-ct-timeout-regular-tcp-syn).
+    #[arg(long, default_value = "60s", value_parser = seconds)]
+    pub ct_timeout_tcp_syn: u32,
+    /// Idle timeout of a TCP flow that saw a FIN or an RST (Cilium's
+    /// --bpf-ct-timeout-regular-tcp-fin).
+    #[arg(long, default_value = "10s", value_parser = seconds)]
+    pub ct_timeout_tcp_fin: u32,
+    /// Idle timeout of a UDP flow (Cilium's --bpf-ct-timeout-regular-any).
+    #[arg(long, default_value = "60s", value_parser = seconds)]
+    pub ct_timeout_udp: u32,
+}
+
+/// A duration as `90s`, `30m`, `6h`, `1d` or a sum of them (`1h30m`); a bare number
+/// is seconds. At least one second, at most a year.
+fn seconds(s: &str) -> Result<u32, String> {
+    let bad = || format!("{s}: want a duration such as 90s, 30m, 6h or 1h30m");
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        total = total.saturating_add(digits.parse::<u64>().map_err(|_| bad())?);
+    }
+    match total {
+        0 => Err(format!("{s}: a timeout is at least one second")),
+        t if t > 366 * 86_400 => Err(format!("{s}: a timeout is at most a year")),
+        t => Ok(t as u32),
+    }
 }
 
 fn ratio(s: &str) -> Result<f64, String> {
@@ -127,6 +175,12 @@ pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
             to_pods: a.to_pods,
             xdp: a.xdp,
             sizes: MapSizes::default(),
+            ct_timeouts: CtTimeouts {
+                tcp_s: a.ct_timeout_tcp,
+                tcp_syn_s: a.ct_timeout_tcp_syn,
+                tcp_fin_s: a.ct_timeout_tcp_fin,
+                udp_s: a.ct_timeout_udp,
+            },
         },
         lb_pools: a.lb_pools,
         cluster_cidrs: a.cluster_cidrs,
@@ -146,4 +200,22 @@ pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
             let kube = crate::kube_source::config(a.kubeconfig.as_deref()).await?;
             agent::run(AgentOptions { kube, ..opts }).await
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seconds;
+
+    #[test]
+    fn timeouts_read_as_durations() {
+        assert_eq!(seconds("90"), Ok(90));
+        assert_eq!(seconds("90s"), Ok(90));
+        assert_eq!(seconds("30m"), Ok(1800));
+        assert_eq!(seconds("6h"), Ok(21_600));
+        assert_eq!(seconds("1h30m"), Ok(5400));
+        assert_eq!(seconds("1d"), Ok(86_400));
+        for bad in ["", "0s", "h", "5x", "-5s", "1.5h", "400d"] {
+            assert!(seconds(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }
