@@ -31,6 +31,10 @@ pub const MAP_AFFINITY: &str = "LB_AFFINITY";
 pub const MAP_SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
 pub const MAP_PORTS: &str = "LB_PORTS";
 pub const MAP_FRAGS: &str = "LB_FRAGS";
+/// `LB_SCRATCH[0]` (per CPU): [`SCRATCH_LEN`] bytes a program copies packet bytes to
+/// (checksum verification); never pinned, never read by the agent.
+pub const MAP_SCRATCH: &str = "LB_SCRATCH";
+pub const SCRATCH_LEN: usize = 512;
 
 /// Every map lb pins, so the agent can adopt or remove them as a set.
 pub const ALL_MAPS: [&str; 12] = [
@@ -546,7 +550,10 @@ pub mod reason {
     /// An ICMP error about a tracked flow (RELATED): translated with the flow, its
     /// outer and quoted headers, and sent on as the flow's packets are.
     pub const NAT_RELATED: u32 = 27;
-    pub const COUNT: u32 = 28;
+    /// A FIN or RST of a live flow whose L4 checksum does not hold (corrupted on the
+    /// way): dropped, and the flow left as it was.
+    pub const DROP_BAD_CHECKSUM: u32 = 28;
+    pub const COUNT: u32 = 29;
 
     /// Names for people, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -578,6 +585,7 @@ pub mod reason {
         "pass_tcp_not_syn",
         "pass_to_tc",
         "nat_related",
+        "drop_bad_checksum",
     ];
 }
 

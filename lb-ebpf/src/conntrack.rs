@@ -132,27 +132,45 @@ pub enum CtState {
     Established(CtValue),
     /// The reply direction (backend -> client) of a flow.
     Reply(CtValue),
+    /// A FIN or RST that would close a live flow, whose checksum does not hold: the
+    /// flow is left as it was.
+    Corrupt,
 }
 
 /// The state of this packet's tuple; a live entry is refreshed (and marked closing
-/// in both directions when the packet carries FIN or RST).
+/// in both directions when the packet carries FIN or RST and `closing_valid()`
+/// says its checksum holds; asked only then).
 #[inline(always)]
-pub fn lookup(key: &FlowKey, tcp_flags: u8, now: u64) -> CtState {
-    match live(key, tcp_flags, now) {
-        None => CtState::New,
-        Some(ct) if ct.direction == CT_DIR_REPLY => CtState::Reply(ct),
-        Some(ct) => CtState::Established(ct),
+pub fn lookup(
+    key: &FlowKey,
+    tcp_flags: u8,
+    now: u64,
+    closing_valid: impl FnOnce() -> bool,
+) -> CtState {
+    match live(key, tcp_flags, now, closing_valid) {
+        Live::None => CtState::New,
+        Live::Corrupt => CtState::Corrupt,
+        Live::Flow(ct) if ct.direction == CT_DIR_REPLY => CtState::Reply(ct),
+        Live::Flow(ct) => CtState::Established(ct),
     }
 }
 
+enum Live {
+    None,
+    Corrupt,
+    Flow(CtValue),
+}
+
 #[inline(always)]
-fn live(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
-    let (ct, assured) = find(key, now)?;
+fn live(key: &FlowKey, tcp_flags: u8, now: u64, closing_valid: impl FnOnce() -> bool) -> Live {
+    let Some((ct, assured)) = find(key, now) else {
+        return Live::None;
+    };
     // SAFETY: the pointer came from a successful lookup; entries are plain data and a
     // torn read at worst refreshes an entry one second early or late.
     let entry = unsafe { &mut *ct };
     if expired(entry, key.proto, now) {
-        return None;
+        return Live::None;
     }
     let bare_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if key.proto == PROTO_TCP && bare_syn && entry.tcp_flags & CT_TCP_CLOSING != 0 {
@@ -160,13 +178,16 @@ fn live(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
         if assured {
             retire(key, entry);
         }
-        return None;
+        return Live::None;
     }
     let mut bits = if key.proto == PROTO_TCP {
         closing_bits(tcp_flags)
     } else {
         0
     };
+    if bits & !entry.tcp_flags != 0 && !closing_valid() {
+        return Live::Corrupt;
+    }
     // The backend's first answer establishes the flow (both entries, once).
     let reply = entry.direction == CT_DIR_REPLY;
     if reply && entry.tcp_flags & CT_TCP_SEEN_REPLY == 0 {
@@ -194,7 +215,7 @@ fn live(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<CtValue> {
     if !assured && reply && (bits & CT_TCP_SEEN_REPLY != 0 || refresh) {
         assure(key, &seen);
     }
-    Some(seen)
+    Live::Flow(seen)
 }
 
 /// The state of `key`'s flow for an ICMP error about it: as [`lookup`], but nothing

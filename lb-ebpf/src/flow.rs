@@ -61,8 +61,15 @@ pub enum Hook {
     Egress,
 }
 
+/// `closing_valid()`: whether the packet's L4 checksum holds (`verify`), asked only
+/// when a FIN or RST would close a live flow.
 #[inline(always)]
-pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
+pub fn decide(
+    p: &Packet,
+    ifindex: u32,
+    hook: Hook,
+    closing_valid: impl FnOnce() -> bool,
+) -> Verdict {
     // At ingress only packets to a frontend port (new or established flows, and the
     // replies of SNAT flows, whose ports are marked too) and hairpin replies are
     // translated; everything else leaves after one array read.
@@ -73,9 +80,12 @@ pub fn decide(p: &Packet, ifindex: u32, hook: Hook) -> Verdict {
         return Verdict::Pass(reason::PASS_NO_SERVICE);
     }
     let now = clock::now();
-    match conntrack::lookup(&p.key, p.tcp_flags, now) {
+    match conntrack::lookup(&p.key, p.tcp_flags, now, closing_valid) {
         CtState::New if hook == Hook::Egress => return Verdict::Pass(reason::PASS_NO_SERVICE),
         CtState::New => {}
+        // Corrupted on the way: the receiver would drop it too (kube-proxy drops
+        // conntrack's INVALID packets).
+        CtState::Corrupt => return Verdict::Drop(reason::DROP_BAD_CHECKSUM),
         state => {
             return match translated_at(&state, hook) {
                 Some(ct) if matches!(state, CtState::Reply(_)) => {

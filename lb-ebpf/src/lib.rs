@@ -19,4 +19,5 @@ pub mod reject;
 pub mod sock;
 pub mod stats;
 pub mod tc;
+pub mod verify;
 pub mod xdp;

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, DEFAULT_AFFINITY,
     DEFAULT_BACKENDS, DEFAULT_CONNTRACK, DEFAULT_FRONTENDS, FlowKey, FragKey, FragValue,
-    IfaceValue, MAX_FRAGS, MAX_IFACES, MAX_SOCK_REVNAT, PORT_WORDS, ServiceKey, ServiceValue,
-    SockRevKey, SockRevValue, reason,
+    IfaceValue, MAX_FRAGS, MAX_IFACES, MAX_SOCK_REVNAT, PORT_WORDS, SCRATCH_LEN, ServiceKey,
+    ServiceValue, SockRevKey, SockRevValue, reason,
 };
 
 #[map]
@@ -62,3 +62,7 @@ pub static LB_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entri
 /// Bitmap of frontend ports (see `lb_common::PORT_WORDS`).
 #[map]
 pub static LB_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+
+/// Per-CPU room for packet bytes a program reads whole (see `verify`).
+#[map]
+pub static LB_SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);

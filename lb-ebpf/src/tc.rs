@@ -16,7 +16,7 @@ use lb_common::reason;
 use crate::{
     conntrack, deliver,
     flow::{self, Forward, Hook, Verdict},
-    frag, fwd, icmp, nat, reject, stats,
+    frag, fwd, icmp, nat, reject, stats, verify,
 };
 
 /// Runs the pipeline on one socket buffer at `hook`; returns the TC action.
@@ -35,7 +35,7 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(p) = frag::packet(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_UNSPEC;
     };
-    match flow::decide(&p, ifindex, hook) {
+    match flow::decide(&p, ifindex, hook, || verify::tc(ctx, &p)) {
         Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
         Verdict::Reject => match reject::port_unreachable(ctx, &p) {
             Some(verdict) => {

@@ -14,7 +14,7 @@ use crate::{
     fwd::{self, Route},
     icmp, lb, nat,
     parse::Packet,
-    stats,
+    stats, verify,
 };
 
 /// Runs the pipeline on one frame; returns the XDP action.
@@ -27,7 +27,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let ingress = ctx.ingress_ifindex() as u32;
-    match flow::decide(&p, ingress, Hook::Ingress) {
+    match flow::decide(&p, ingress, Hook::Ingress, || verify::xdp(ctx, &p)) {
         Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
         Verdict::Drop(reason) => {
             stats::verdict(reason, p.ip_len);

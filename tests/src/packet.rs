@@ -198,6 +198,21 @@ pub fn checksum(parts: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
+/// `frame` (TCP or UDP) as a sender with checksum offload hands it over
+/// (CHECKSUM_PARTIAL): the L4 checksum field holds only the pseudo-header sum, which
+/// the NIC or the peer's kernel completes.
+pub fn partial_checksum(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let ihl = ((f[14] & 0x0f) as usize) * 4;
+    let total = u16::from_be_bytes([f[16], f[17]]) as usize;
+    let proto = f[23];
+    let addr = |at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
+    let pseudo = pseudo_header(addr(26), addr(30), proto, total - ihl);
+    let at = 14 + ihl + if proto == PROTO_TCP { 16 } else { 6 };
+    f[at..at + 2].copy_from_slice(&(!checksum(&[&pseudo])).to_be_bytes());
+    f
+}
+
 /// Checks the IPv4 header checksum and the TCP/UDP checksum of a frame; `Err` says which fails.
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     let ip = &frame[14..];

@@ -12,7 +12,8 @@ use lb_common::{
 use lb_tests::{
     Topology,
     packet::{
-        self, PROTO_ICMP, Pkt, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, verify_checksums,
+        self, PROTO_ICMP, Pkt, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, partial_checksum,
+        verify_checksums,
     },
     seeds,
     topology::InNetns,
@@ -1268,5 +1269,71 @@ fn conntrack_timeouts_are_set_at_load() {
         );
         let (_, _, r) = run(&mut dp, Prog::Xdp, &ping);
         assert_eq!(reason::NAMES[r as usize], next, "{timeouts:?}");
+    }
+}
+
+/// A FIN or RST closes a live flow only when its checksum holds (summed over the
+/// whole segment, in chunks; or a partial checksum's pseudo-header sum from a local
+/// sender): a corrupted one is dropped (`drop_bad_checksum`) and the flow stays
+/// established, at XDP and at TC.
+#[test]
+fn only_fins_and_rsts_whose_checksum_holds_close_a_flow() {
+    let mut dp = dataplane();
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let closing = |dp: &Dataplane, f: &[u8]| {
+        flow_of(dp, f).expect("the flow").tcp_flags & lb_common::CT_TCP_CLOSING != 0
+    };
+    // (hook, client, port, frontend, service port, backend port)
+    for (prog, client, dst, dport) in [
+        (Prog::Xdp, CLIENT, NODE, NODE_PORT),
+        (Prog::TcIngress, "10.244.0.3", CLUSTER_IP, 80),
+    ] {
+        for (n, (what, flags, payload)) in [
+            ("RST", TCP_RST, 0usize),
+            ("FIN with 1,000 bytes (16 chunks)", TCP_FIN | TCP_ACK, 1000),
+            ("FIN with 61 bytes (odd length)", TCP_FIN | TCP_ACK, 61),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let sport = 43300 + n as u16 + if matches!(prog, Prog::Xdp) { 0 } else { 10 };
+            let syn = Pkt::tcp(client, sport, dst, dport, TCP_SYN).build();
+            let (_, _, r) = run(&mut dp, prog, &syn);
+            assert_eq!(reason::NAMES[r as usize], "nat_new_flow", "{prog:?} {what}");
+            let answer = Pkt::tcp(POD, 80, client, sport, TCP_SYN | TCP_ACK).build();
+            let (_, _, r) = run(&mut dp, Prog::TcEgress, &answer);
+            assert_eq!(reason::NAMES[r as usize], "nat_reply", "{prog:?} {what}");
+            let body: Vec<u8> = (0..payload).map(|i| i as u8).collect();
+            let good = Pkt::tcp(client, sport, dst, dport, flags)
+                .payload(&body)
+                .build();
+            // Corrupted in the last byte (the last, partial chunk), or in the
+            // checksum field itself for the RST.
+            let mut bad = good.clone();
+            let at = if payload == 0 { 14 + 20 + 17 } else { good.len() - 1 };
+            bad[at] ^= 0x5a;
+            let (ret, _, r) = run(&mut dp, prog, &bad);
+            assert_eq!(
+                reason::NAMES[r as usize],
+                "drop_bad_checksum",
+                "{prog:?} {what}: corrupted"
+            );
+            let dropped = if matches!(prog, Prog::Xdp) { 1 } else { TC_ACT_SHOT };
+            assert_eq!(ret, dropped, "{prog:?} {what}: dropped");
+            assert!(!closing(&dp, &good), "{prog:?} {what}: the flow stays");
+            // A local sender's partial checksum (TC) or the whole one: acted on.
+            let sent = if matches!(prog, Prog::Xdp) {
+                good
+            } else {
+                partial_checksum(&good)
+            };
+            let (_, _, r) = run(&mut dp, prog, &sent);
+            assert_eq!(reason::NAMES[r as usize], "nat_established", "{prog:?} {what}");
+            assert!(closing(&dp, &sent), "{prog:?} {what}: closing");
+            // Once closing, a retransmission is translated whatever its checksum
+            // (nothing left to change).
+            let (_, _, r) = run(&mut dp, prog, &bad);
+            assert_eq!(reason::NAMES[r as usize], "nat_established", "{prog:?} {what}");
+        }
     }
 }

@@ -1,0 +1,141 @@
+//! Whether a segment's L4 checksum holds, for the packets that may end a flow (a FIN
+//! or an RST): conntrack acts on them only when it does (as netfilter with
+//! `nf_conntrack_checksum`), so a corrupted segment never closes a live connection.
+//! Reads only; the hooks hand it a way to copy packet bytes (XDP frames and socket
+//! buffers, linear or not).
+//!
+//! Three answers count as valid: the kernel already verified it (a socket buffer
+//! marked CHECKSUM_UNNECESSARY, asked by TC through `bpf_csum_level`); the field
+//! holds only the pseudo-header sum (CHECKSUM_PARTIAL: a local or veth sender whose
+//! NIC or peer kernel completes it; corruption does not produce that value); or the
+//! one's-complement sum of pseudo header and segment is all ones (RFC 1071).
+//! Segments longer than [`MAX_LEN`] (only GSO/GRO aggregates, which the kernel
+//! vouches for) and fragments (the checksum covers a datagram no fragment holds
+//! whole) are not computed and count as valid.
+
+use aya_ebpf::{
+    bindings::BPF_CSUM_LEVEL_QUERY,
+    cty::c_void,
+    helpers::{bpf_csum_diff, bpf_csum_level, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{PROTO_TCP, SCRATCH_LEN};
+
+use crate::{
+    maps::LB_SCRATCH,
+    parse::{Frag, Packet, TCP_CHECK_OFF},
+};
+
+/// Bytes read and summed at a time (`LB_SCRATCH`'s per-CPU buffer).
+const CHUNK: usize = SCRATCH_LEN;
+const MAX_CHUNKS: usize = 32;
+/// The longest segment whose checksum is computed (16 KiB).
+pub const MAX_LEN: usize = CHUNK * MAX_CHUNKS;
+
+/// [`closing_segment_valid`] for an XDP frame (linear or not).
+#[inline(always)]
+pub fn xdp(ctx: &XdpContext, p: &Packet) -> bool {
+    closing_segment_valid(p, |off, buf, n| {
+        // SAFETY: the helper copies `n` <= CHUNK bytes into the buffer and fails on
+        // offsets outside the frame.
+        unsafe { bpf_xdp_load_bytes(ctx.ctx, off as u32, buf, n as u32) == 0 }
+    })
+}
+
+/// [`closing_segment_valid`] for a socket buffer, unless the kernel already
+/// verified its checksum (CHECKSUM_UNNECESSARY).
+#[inline(always)]
+pub fn tc(ctx: &TcContext, p: &Packet) -> bool {
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run; the query
+    // changes nothing.
+    if unsafe { bpf_csum_level(ctx.skb.skb, BPF_CSUM_LEVEL_QUERY as u64) } >= 0 {
+        return true;
+    }
+    closing_segment_valid(p, |off, buf, n| {
+        // SAFETY: as for XDP; the helper reads paged data too.
+        unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const c_void, off as u32, buf, n as u32) == 0 }
+    })
+}
+
+#[inline(always)]
+fn fold(mut s: u64) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// Whether `p`'s TCP checksum holds. `load(off, buf, n)` copies `n` (1..=CHUNK)
+/// bytes at `off` of the frame to `buf`, false when it cannot. A UDP datagram never
+/// closes a flow and is not checked. One's-complement sums do not depend on the
+/// byte order words are read in, as long as every word is read the same way: the
+/// kernel's `bpf_csum_diff` reads them as they lie in memory, and so does the
+/// pseudo-header sum here.
+#[inline(always)]
+pub fn closing_segment_valid(
+    p: &Packet,
+    load: impl Fn(usize, *mut c_void, usize) -> bool,
+) -> bool {
+    if p.key.proto != PROTO_TCP || p.frag != Frag::Whole {
+        return true;
+    }
+    let l4_len = p.ip_len as usize - (p.l4_off - p.l3_off);
+    if l4_len > MAX_LEN {
+        return true;
+    }
+    let Some(buf) = LB_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let (s, d) = (p.key.saddr_be, p.key.daddr_be);
+    let pseudo = (s & 0xffff) as u64
+        + (s >> 16) as u64
+        + (d & 0xffff) as u64
+        + (d >> 16) as u64
+        + u16::from_ne_bytes([0, PROTO_TCP]) as u64
+        + (l4_len as u16).to_be() as u64;
+    let mut sum = 0u32;
+    let mut field = 0u16;
+    for i in 0..MAX_CHUNKS {
+        let off = i * CHUNK;
+        if off >= l4_len {
+            break;
+        }
+        let n = l4_len - off;
+        let n = if n > CHUNK { CHUNK } else { n };
+        // Masked as well as compared, so the verifier sees the bounds the loop
+        // guarantees: 1..=CHUNK bytes to read; the last word to zero first, since the
+        // odd bytes of the last chunk are summed as if zero-padded to a word (RFC
+        // 1071's odd byte, and bpf_csum_diff's multiple of 4).
+        // (A volatile read, so the compiler cannot drop the mask it knows changes
+        // nothing.)
+        // SAFETY: a read of a local.
+        let n = unsafe { core::ptr::read_volatile(&n) };
+        let n = (n.wrapping_sub(1) & (CHUNK - 1)) + 1;
+        let last_word = (n + 3).wrapping_sub(4) & (CHUNK - 4);
+        let padded = last_word + 4;
+        // SAFETY: the pointer is a per-CPU map value of CHUNK bytes, written below
+        // `padded <= CHUNK`; nothing else on this CPU runs meanwhile.
+        unsafe {
+            *((buf as *mut u8).add(last_word) as *mut u32) = 0;
+            if !load(p.l4_off + off, buf as *mut c_void, n) {
+                return false;
+            }
+            if i == 0 {
+                let b = buf as *const u8;
+                field = u16::from_ne_bytes([*b.add(TCP_CHECK_OFF), *b.add(TCP_CHECK_OFF + 1)]);
+            }
+            let r = bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                buf as *mut u32,
+                padded as u32,
+                sum,
+            );
+            if r < 0 {
+                return false;
+            }
+            sum = r as u32;
+        }
+    }
+    fold(pseudo + sum as u64) == 0xffff || field == fold(pseudo)
+}
