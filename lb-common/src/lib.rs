@@ -35,6 +35,22 @@ pub const MAP_FRAGS: &str = "LB_FRAGS";
 /// (checksum verification); never pinned, never read by the agent.
 pub const MAP_SCRATCH: &str = "LB_SCRATCH";
 pub const SCRATCH_LEN: usize = 512;
+/// `LB_REJECT_RATE[0]`: the [`RateBucket`] of the ICMP errors lb sends; never pinned.
+pub const MAP_REJECT_RATE: &str = "LB_REJECT_RATE";
+
+/// ICMP errors lb sends per second, and how many at once after a quiet spell: the
+/// kernel's `net.ipv4.icmp_msgs_per_sec` and `icmp_msgs_burst` defaults.
+pub const REJECTS_PER_S: u64 = 1000;
+pub const REJECT_BURST: u64 = 50;
+
+/// A token bucket: tokens left, and the clock when it was last filled.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RateBucket {
+    pub credit: u64,
+    pub last: u64,
+}
+const _: () = assert!(size_of::<RateBucket>() == 16);
 
 /// Every map lb pins, so the agent can adopt or remove them as a set.
 pub const ALL_MAPS: [&str; 12] = [
@@ -553,7 +569,11 @@ pub mod reason {
     /// A FIN or RST of a live flow whose L4 checksum does not hold (corrupted on the
     /// way): dropped, and the flow left as it was.
     pub const DROP_BAD_CHECKSUM: u32 = 28;
-    pub const COUNT: u32 = 29;
+    /// A packet to a service without endpoints that would be answered "port
+    /// unreachable" while the ICMP rate limit is spent: dropped unanswered, as the
+    /// kernel drops what its REJECT may not answer.
+    pub const DROP_REJECT_LIMITED: u32 = 29;
+    pub const COUNT: u32 = 30;
 
     /// Names for people, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -586,6 +606,7 @@ pub mod reason {
         "pass_to_tc",
         "nat_related",
         "drop_bad_checksum",
+        "drop_reject_limited",
     ];
 }
 

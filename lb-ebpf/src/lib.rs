@@ -15,6 +15,7 @@ pub mod lb;
 pub mod maps;
 pub mod nat;
 pub mod parse;
+pub mod ratelimit;
 pub mod reject;
 pub mod sock;
 pub mod stats;

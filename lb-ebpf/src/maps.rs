@@ -9,7 +9,8 @@ use aya_ebpf::{
 use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, DEFAULT_AFFINITY,
     DEFAULT_BACKENDS, DEFAULT_CONNTRACK, DEFAULT_FRONTENDS, FlowKey, FragKey, FragValue,
-    IfaceValue, MAX_FRAGS, MAX_IFACES, MAX_SOCK_REVNAT, PORT_WORDS, SCRATCH_LEN, ServiceKey,
+    IfaceValue, MAX_FRAGS, MAX_IFACES, MAX_SOCK_REVNAT, PORT_WORDS, RateBucket, SCRATCH_LEN,
+    ServiceKey,
     ServiceValue, SockRevKey, SockRevValue, reason,
 };
 
@@ -66,3 +67,7 @@ pub static LB_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 /// Per-CPU room for packet bytes a program reads whole (see `verify`).
 #[map]
 pub static LB_SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The ICMP errors' token bucket (see `ratelimit`).
+#[map]
+pub static LB_REJECT_RATE: Array<RateBucket> = Array::with_max_entries(1, 0);

@@ -16,7 +16,10 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-use crate::parse::{Packet, ptr_at};
+use crate::{
+    parse::{Packet, ptr_at},
+    ratelimit,
+};
 
 const ICMP_HDR_LEN: usize = 8;
 /// Bytes inserted after the Ethernet header: the new IPv4 and ICMP headers.
@@ -50,35 +53,66 @@ fn checksum<const N: usize>(ptr: *const [u8; 2]) -> u16 {
     !(sum as u16)
 }
 
-/// "Port unreachable" for `p` (see the module); the TC verdict, or None when it
-/// cannot be built.
+/// What became of an answer.
+pub enum Answer {
+    /// Built in place of the packet and sent: the TC verdict.
+    Sent(i32),
+    /// Would be sent, but the ICMP rate limit is spent (`ratelimit`).
+    Limited,
+    /// Not for this packet (no host's unicast, IPv4 options) or not buildable; the
+    /// packet is left as it was where possible.
+    Not,
+}
+
+/// "Port unreachable" for `p` (see the module), within the ICMP rate limit.
 #[inline(always)]
-pub fn port_unreachable(ctx: &TcContext, p: &Packet) -> Option<i32> {
+pub fn port_unreachable(ctx: &TcContext, p: &Packet) -> Answer {
     unreachable(ctx, p, ICMP_PORT_UNREACH, 0)
 }
 
 /// "Fragmentation needed" for `p`, naming `mtu` as the next hop's.
 #[inline(always)]
 pub fn frag_needed(ctx: &TcContext, p: &Packet, mtu: u16) -> Option<i32> {
-    unreachable(ctx, p, ICMP_FRAG_NEEDED, mtu)
+    match unreachable(ctx, p, ICMP_FRAG_NEEDED, mtu) {
+        Answer::Sent(verdict) => Some(verdict),
+        _ => None,
+    }
 }
 
-/// Rewrites the packet into the ICMP answer and redirects it back; returns the TC
-/// verdict, or None (the packet left as it was where possible) when it cannot.
+/// Rewrites the packet into the ICMP answer and redirects it back.
 #[inline(always)]
-fn unreachable(ctx: &TcContext, p: &Packet, code: u8, mtu: u16) -> Option<i32> {
+fn unreachable(ctx: &TcContext, p: &Packet, code: u8, mtu: u16) -> Answer {
     if p.l4_off != EthHdr::LEN + Ipv4Hdr::LEN {
-        return None; // IPv4 options: not quoted, left to the kernel
+        return Answer::Not; // IPv4 options: not quoted, left to the kernel
     }
-    let (data, data_end) = (ctx.data(), ctx.data_end());
-    let eth: *const EthHdr = ptr_at(data, data_end, 0)?;
+    let Some(eth) = ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) else {
+        return Answer::Not;
+    };
     // SAFETY: bounds-checked by ptr_at.
     let (client_mac, our_mac) = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
     // As the kernel's icmp_send (RFC 1122): never about a frame sent to a broadcast
     // or multicast address, nor to a source that is no host's.
     if our_mac[0] & 1 != 0 || !unicast_host(p.key.saddr_be) {
-        return None;
+        return Answer::Not;
     }
+    if code != ICMP_FRAG_NEEDED && !ratelimit::allow() {
+        return Answer::Limited;
+    }
+    match build(ctx, p, code, mtu, client_mac, our_mac) {
+        Some(verdict) => Answer::Sent(verdict),
+        None => Answer::Not,
+    }
+}
+
+#[inline(always)]
+fn build(
+    ctx: &TcContext,
+    p: &Packet,
+    code: u8,
+    mtu: u16,
+    client_mac: [u8; 6],
+    our_mac: [u8; 6],
+) -> Option<i32> {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
 

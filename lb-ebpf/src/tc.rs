@@ -16,7 +16,9 @@ use lb_common::reason;
 use crate::{
     conntrack, deliver,
     flow::{self, Forward, Hook, Verdict},
-    frag, fwd, icmp, nat, reject, stats, verify,
+    frag, fwd, icmp, nat,
+    reject::{self, Answer},
+    stats, verify,
 };
 
 /// Runs the pipeline on one socket buffer at `hook`; returns the TC action.
@@ -38,11 +40,15 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
     match flow::decide(&p, ifindex, hook, || verify::tc(ctx, &p)) {
         Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
         Verdict::Reject => match reject::port_unreachable(ctx, &p) {
-            Some(verdict) => {
+            Answer::Sent(verdict) => {
                 stats::verdict(reason::REJECT_NO_BACKEND, p.ip_len);
                 return verdict;
             }
-            None => stats::verdict(reason::PASS_NO_BACKEND, p.ip_len),
+            Answer::Limited => {
+                stats::verdict(reason::DROP_REJECT_LIMITED, p.ip_len);
+                return TC_ACT_SHOT;
+            }
+            Answer::Not => stats::verdict(reason::PASS_NO_BACKEND, p.ip_len),
         },
         Verdict::Drop(reason) => {
             stats::verdict(reason, p.ip_len);

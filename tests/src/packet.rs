@@ -220,18 +220,26 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     if checksum(&[&ip[..ihl]]) != 0 {
         return Err("IPv4 header checksum".into());
     }
-    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    let l4 = &ip[ihl..total];
-    let proto = ip[9];
-    if proto == PROTO_UDP && l4[6] == 0 && l4[7] == 0 {
-        return Ok(()); // no checksum
-    }
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    if checksum(&[&pseudo_header(src, dst, proto, l4.len()), l4]) != 0 {
-        return Err(format!("L4 (protocol {proto}) checksum"));
+    if l4_checksum(frame) != Some(true) {
+        return Err(format!("L4 (protocol {}) checksum", ip[9]));
     }
     Ok(())
+}
+
+/// Whether the TCP/UDP checksum of a whole datagram holds (a UDP datagram without
+/// one passes); None for a frame too short for the headers it claims.
+pub fn l4_checksum(frame: &[u8]) -> Option<bool> {
+    let ip = frame.get(14..)?;
+    let ihl = ((ip.first()? & 0x0f) as usize) * 4;
+    let total = u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]) as usize;
+    let l4 = ip.get(ihl..total)?;
+    let proto = *ip.get(9)?;
+    if proto == PROTO_UDP && l4.get(6..8)? == [0, 0] {
+        return Some(true); // no checksum
+    }
+    let addr = |at: usize| Some(Ipv4Addr::new(*ip.get(at)?, ip[at + 1], ip[at + 2], ip[at + 3]));
+    let (src, dst) = (addr(12)?, addr(16)?);
+    Some(checksum(&[&pseudo_header(src, dst, proto, l4.len()), l4]) == 0)
 }
 
 /// The ICMP port-unreachable answer to `frame` (as kube-proxy's REJECT sends it):

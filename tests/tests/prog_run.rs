@@ -1009,6 +1009,16 @@ impl Rng {
     }
 }
 
+/// Frames and seed of the fuzz test: `LB_FUZZ_FRAMES` and `LB_FUZZ_SEED` (set by
+/// `cargo xtask fuzz` for longer runs), else 30,000 frames of a fixed seed.
+fn fuzz_settings() -> (u32, u64) {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    (
+        env("LB_FUZZ_FRAMES").map_or(30_000, |n| n as u32),
+        env("LB_FUZZ_SEED").unwrap_or(0x5eed_1b0b_cafe_f00d),
+    )
+}
+
 #[test]
 fn fuzzed_frames_are_counted_once_and_never_leave_a_flow_untranslated() {
     // Valid frames of every kind, each with a fresh tuple, then mutated: random bytes
@@ -1016,13 +1026,13 @@ fn fuzzed_frames_are_counted_once_and_never_leave_a_flow_untranslated() {
     // fields, TCP data offset and flags, UDP length, TTL. Every program, every frame:
     // one verdict counter moves; a frame passed or dropped comes out untouched (or
     // not at all) and leaves no flow; a translated one has right checksums when its
-    // own were.
-    const FRAMES: u32 = 30_000;
+    // own were; a FIN or RST whose checksum is wrong never closes its flow.
+    let (frames, seed) = fuzz_settings();
     let mut dp = dataplane();
-    let mut rng = Rng(0x5eed_1b0b_cafe_f00d);
+    let mut rng = Rng(seed | 1);
     let started = std::time::Instant::now();
-    let (mut translated, mut passed) = (0u32, 0u32);
-    for i in 0..FRAMES {
+    let (mut translated, mut passed) = (0u64, 0u64);
+    for i in 0..frames {
         if i % 5_000 == 0 {
             dp = dataplane(); // a fresh conntrack now and then
         }
@@ -1034,7 +1044,16 @@ fn fuzzed_frames_are_counted_once_and_never_leave_a_flow_untranslated() {
         dp.maps.set_iface(1, role).unwrap();
         let sport = 1024 + rng.below(60_000) as u16;
         let client = format!("192.168.{}.{}", 1 + rng.below(200), 1 + rng.below(250));
+        let closing = rng.below(7) == 6;
         let base = match rng.below(6) {
+            // The end of a live flow: its SYN goes first (not a fuzzed frame).
+            _ if closing => {
+                let syn = Pkt::tcp(&client, sport, NODE, NODE_PORT, TCP_SYN).build();
+                run(&mut dp, Prog::Xdp, &syn);
+                let flags = [TCP_FIN | TCP_ACK, TCP_RST, TCP_RST | TCP_ACK][rng.below(3)];
+                let body: Vec<u8> = (0..rng.below(1400)).map(|_| rng.next() as u8).collect();
+                Pkt::tcp(&client, sport, NODE, NODE_PORT, flags).payload(&body)
+            }
             0 => Pkt::tcp(&client, sport, NODE, NODE_PORT, TCP_SYN),
             1 => Pkt::tcp(&client, sport, CLUSTER_IP, 80, TCP_SYN).payload(b"hello"),
             2 => Pkt::udp(&client, sport, NODE, UDP_NODE_PORT).payload(b"ping"),
@@ -1045,7 +1064,7 @@ fn fuzzed_frames_are_counted_once_and_never_leave_a_flow_untranslated() {
         // Now and then an ICMP error quoting the frame (translated when its flow is
         // tracked): built from the base before any mutation.
         let icmp = rng.below(10) == 0;
-        let mut f = if rng.below(8) == 0 {
+        let mut f = if !closing && rng.below(8) == 0 {
             let payload: Vec<u8> = (0..600).map(|b| b as u8).collect();
             let mut p = base.payload(&payload);
             p.id = rng.next() as u16;
@@ -1116,10 +1135,21 @@ fn fuzzed_frames_are_counted_once_and_never_leave_a_flow_untranslated() {
                     );
                 }
             }
+            // A whole datagram's checksum covers it: one that does not hold never
+            // closes a flow (a fragment's cannot be checked, and is not).
+            let whole = f.len() >= 22 && f[20] & 0x3f == 0 && f[21] == 0;
+            if closing && whole && packet::l4_checksum(&f) == Some(false) {
+                let closed = flow_of(&dp, &f)
+                    .is_some_and(|ct| ct.tcp_flags & lb_common::CT_TCP_CLOSING != 0);
+                assert!(
+                    !closed,
+                    "#{i} {prog:?} {name}: closed by a bad checksum\n{f:02x?}"
+                );
+            }
         }
     }
     eprintln!(
-        "fuzz: {FRAMES} frames x 3 programs in {:?}: {translated} translated, {passed} passed, dropped or answered",
+        "fuzz (seed {seed:#x}): {frames} frames x 3 programs in {:?}: {translated} translated, {passed} passed, dropped or answered",
         started.elapsed()
     );
     assert!(
@@ -1336,4 +1366,45 @@ fn only_fins_and_rsts_whose_checksum_holds_close_a_flow() {
             assert_eq!(reason::NAMES[r as usize], "nat_established", "{prog:?} {what}");
         }
     }
+}
+
+/// "Port unreachable" is rate-limited as the kernel's ICMP errors (1,000 a second
+/// after a burst of 50, `net.ipv4.icmp_msgs_per_sec` / `icmp_msgs_burst`): a flood to
+/// a service without endpoints is answered that often, the rest dropped unanswered
+/// (`drop_reject_limited`).
+#[test]
+fn port_unreachable_answers_are_rate_limited_as_the_kernels() {
+    let mut dp = dataplane();
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let f = Pkt::udp("10.244.0.3", 40700, NODE, 30009)
+        .payload(b"x")
+        .build();
+    const FRAMES: u64 = 2000;
+    let before = dp.maps.verdicts().unwrap();
+    let start = std::time::Instant::now();
+    for _ in 0..FRAMES {
+        let mut out = vec![0u8; f.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(&f),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
+        dp.tc(PROG_TC_INGRESS).unwrap().test_run(opts).unwrap();
+    }
+    let ms = start.elapsed().as_millis() as u64;
+    let after = dp.maps.verdicts().unwrap();
+    let moved = |r: u32| after[r as usize].packets - before[r as usize].packets;
+    let (answered, limited) = (
+        moved(reason::REJECT_NO_BACKEND),
+        moved(reason::DROP_REJECT_LIMITED),
+    );
+    eprintln!("{answered} answered, {limited} dropped unanswered, in {ms} ms");
+    assert_eq!(answered + limited, FRAMES, "one verdict each");
+    // The burst, then one a millisecond (plus a clock tick either side).
+    assert!(answered >= 50, "{answered} answered: the burst is 50");
+    assert!(
+        answered <= 50 + ms + 10,
+        "{answered} answered in {ms} ms: at most 50 + 1 a millisecond"
+    );
+    assert!(limited > 0, "{FRAMES} frames in {ms} ms, none limited");
 }

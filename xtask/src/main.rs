@@ -52,6 +52,18 @@ enum Cmd {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// The BPF_PROG_RUN fuzz test (mutated and structured frames through every
+    /// program), longer than in `test` and with a new seed each run unless one is
+    /// given; a failure prints the seed that reproduces it.
+    Fuzz {
+        /// Frames, each run through XDP, TC ingress and TC egress (about 1,500 a
+        /// second).
+        #[arg(long, default_value_t = 300_000)]
+        frames: u32,
+        /// The generator's seed (default: from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// rustfmt check, and clippy with warnings denied: the workspace, then lb-ebpf
     /// on its own (bpfel-unknown-none, nightly, build-std=core).
     Lint,
@@ -75,8 +87,26 @@ fn main() -> Result<()> {
         }
         Cmd::Test { filter } => test(filter),
         Cmd::Bench { quick } => bench(quick),
+        Cmd::Fuzz { frames, seed } => fuzz(frames, seed),
         Cmd::Lint => lint(),
     }
+}
+
+fn fuzz(frames: u32, seed: Option<u64>) -> Result<()> {
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    println!("fuzz: {frames} frames, seed {seed} (again: cargo xtask fuzz --frames {frames} --seed {seed})");
+    let lb = build()?;
+    run(Command::new("cargo")
+        .current_dir(workspace_root())
+        .args(["test", "--release", "-p", "lb-tests", "--test", "prog_run"])
+        .args(["fuzzed_frames", "--", "--nocapture"])
+        .env("LB_BIN", &lb)
+        .env("LB_FUZZ_FRAMES", frames.to_string())
+        .env("LB_FUZZ_SEED", seed.to_string()))
 }
 
 fn lint() -> Result<()> {
