@@ -12,8 +12,7 @@ use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
     Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_SNAT, CT_TCP_CLOSING,
     CT_TCP_SEEN_FIN, CT_TCP_SEEN_REPLY, CT_TCP_SEEN_RST, CtTimeouts, CtValue, FlowKey,
-    HAIRPIN_SNAT_ADDR,
-    PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, reason,
+    HAIRPIN_SNAT_ADDR, PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, reason,
 };
 
 use crate::{

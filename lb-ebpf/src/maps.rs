@@ -10,8 +10,7 @@ use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, DEFAULT_AFFINITY,
     DEFAULT_BACKENDS, DEFAULT_CONNTRACK, DEFAULT_FRONTENDS, FlowKey, FragKey, FragValue,
     IfaceValue, MAX_FRAGS, MAX_IFACES, MAX_SOCK_REVNAT, PORT_WORDS, RateBucket, SCRATCH_LEN,
-    ServiceKey,
-    ServiceValue, SockRevKey, SockRevValue, reason,
+    ServiceKey, ServiceValue, SockRevKey, SockRevValue, reason,
 };
 
 #[map]

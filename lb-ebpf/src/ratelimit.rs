@@ -29,7 +29,11 @@ pub fn allow() -> bool {
     };
     if earned > 0 {
         let credit = bucket.credit + earned;
-        bucket.credit = if credit > REJECT_BURST { REJECT_BURST } else { credit };
+        bucket.credit = if credit > REJECT_BURST {
+            REJECT_BURST
+        } else {
+            credit
+        };
         bucket.last = now;
     }
     if bucket.credit == 0 {

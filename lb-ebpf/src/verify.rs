@@ -72,10 +72,7 @@ fn fold(mut s: u64) -> u16 {
 /// kernel's `bpf_csum_diff` reads them as they lie in memory, and so does the
 /// pseudo-header sum here.
 #[inline(always)]
-pub fn closing_segment_valid(
-    p: &Packet,
-    load: impl Fn(usize, *mut c_void, usize) -> bool,
-) -> bool {
+pub fn closing_segment_valid(p: &Packet, load: impl Fn(usize, *mut c_void, usize) -> bool) -> bool {
     if p.key.proto != PROTO_TCP || p.frag != Frag::Whole {
         return true;
     }

@@ -459,12 +459,16 @@ impl Agent {
         self.publish_refused();
         // A refusal healed: one full plan takes whatever the retries left behind.
         self.plan_all = refused_before > 0 && self.refused.is_empty() && !full;
-        // Flows to endpoints that are gone end: their conntrack entries go, so the
-        // client's next packet is a new flow to a live endpoint, which resets it.
+        // UDP flows to endpoints that are gone end: their conntrack entries go, so
+        // the client's next datagram is a new flow to a live endpoint (as kube-proxy
+        // clears UDP conntrack entries). TCP flows to them are left to finish, as
+        // kube-proxy and Cilium leave them: a pod taken out of a service (deleted,
+        // not ready, terminating) finishes the connections it holds, and one that is
+        // gone resets them itself or lets them time out.
         let flows_ended = if gone.is_empty() {
             0
         } else {
-            self.dp.maps.end_flows_to(&gone)?
+            self.dp.maps.end_udp_flows_to(&gone)?
         };
         let entries = self.programmed.entries();
         info!(

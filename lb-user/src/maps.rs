@@ -12,10 +12,9 @@ use aya::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtTimeouts, CtValue, FlowKey,
-    IfaceValue,
-    MAP_AFFINITY, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CLOCK, MAP_CONNTRACK, MAP_CT_ASSURED,
-    MAP_IFACES, MAP_PORTS, MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, PORT_WORDS, ServiceKey,
-    ServiceValue, reason,
+    IfaceValue, MAP_AFFINITY, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CLOCK, MAP_CONNTRACK,
+    MAP_CT_ASSURED, MAP_IFACES, MAP_PORTS, MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, PORT_WORDS,
+    PROTO_UDP, ServiceKey, ServiceValue, reason,
 };
 use tracing::{info, warn};
 
@@ -369,16 +368,17 @@ impl Maps {
             .map_err(aya_err(MAP_CT_ASSURED, "inserting"))
     }
 
-    /// Removes every conntrack entry (both directions) of flows to these backends;
-    /// returns how many entries went.
-    pub fn end_flows_to(
+    /// Removes the conntrack entries (both directions) of UDP flows to these
+    /// backends; returns how many entries went. TCP flows are left to finish (see
+    /// the agent's reconcile).
+    pub fn end_udp_flows_to(
         &mut self,
         backend_ids: &std::collections::BTreeSet<u32>,
     ) -> Result<usize, MapsError> {
         let doomed: Vec<FlowKey> = self
             .conntrack()?
             .into_iter()
-            .filter(|(_, v)| backend_ids.contains(&v.backend_id))
+            .filter(|(k, v)| k.proto == PROTO_UDP && backend_ids.contains(&v.backend_id))
             .map(|(k, _)| k)
             .collect();
         for k in &doomed {

@@ -237,7 +237,14 @@ pub fn l4_checksum(frame: &[u8]) -> Option<bool> {
     if proto == PROTO_UDP && l4.get(6..8)? == [0, 0] {
         return Some(true); // no checksum
     }
-    let addr = |at: usize| Some(Ipv4Addr::new(*ip.get(at)?, ip[at + 1], ip[at + 2], ip[at + 3]));
+    let addr = |at: usize| {
+        Some(Ipv4Addr::new(
+            *ip.get(at)?,
+            ip[at + 1],
+            ip[at + 2],
+            ip[at + 3],
+        ))
+    };
     let (src, dst) = (addr(12)?, addr(16)?);
     Some(checksum(&[&pseudo_header(src, dst, proto, l4.len()), l4]) == 0)
 }

@@ -246,6 +246,16 @@ impl Topology {
         }
     }
 
+    /// Kills the process started as `label` at once (SIGKILL: as a crash, nothing of
+    /// its own shutdown runs) and reaps it.
+    pub fn kill(&mut self, label: &str) {
+        if let Some(i) = self.children.iter().position(|(l, _)| l == label) {
+            let (_, mut child) = self.children.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// The PID of the process started as `label`, while this topology holds it.
     pub fn pid(&self, label: &str) -> Option<u32> {
         self.children

@@ -37,7 +37,8 @@ fn start_stream(c: &mut Cluster, ns: &Netns, label: &str, addr: &str, secs: u32)
 }
 
 /// Waits for the stream under `label` to end; asserts it ended normally with every
-/// line from one pod, numbered without a gap. Returns (pod, lines).
+/// line from one pod, numbered without a gap. Returns (pod, lines). The largest
+/// gap between two lines' arrival is in [`largest_gap`].
 fn finished_stream(c: &mut Cluster, label: &str) -> (String, usize) {
     let log = Topology::wait_for(Duration::from_secs(30), || {
         let log = c.t.log(label);
@@ -69,6 +70,22 @@ fn finished_stream(c: &mut Cluster, label: &str) -> (String, usize) {
         );
     }
     (pod, data.len())
+}
+
+/// The longest time (ms) between two lines of a finished stream's log (each line
+/// ends with its arrival time).
+fn largest_gap(c: &Cluster, label: &str) -> u64 {
+    let times: Vec<u64> =
+        c.t.log(label)
+            .lines()
+            .filter(|l| !l.starts_with("END"))
+            .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
+            .collect();
+    times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(u64::MAX)
 }
 
 #[test]
@@ -127,47 +144,87 @@ fn a_restarted_agent_breaks_no_stream() {
 
     let (_, n1) = finished_stream(&mut c, "via-nodeport");
     let (_, n2) = finished_stream(&mut c, "via-clusterip");
-    // 8 s at one line per 50 ms: a stall of a second or more would show.
+    // 8 s at one line per 50 ms, through the stop and the restart: no line lost
+    // (checked above), and no stall: no two lines more than a second apart.
     assert!(
         n1 >= 120 && n2 >= 120,
         "streams kept flowing: {n1}, {n2} lines"
     );
+    for label in ["via-nodeport", "via-clusterip"] {
+        let gap = largest_gap(&c, label);
+        assert!(gap < 1000, "{label} stalled for {gap} ms");
+        eprintln!("{label}: largest gap between lines {gap} ms");
+    }
     let after = lbclient(&c, &c.client, &["tcp", "10.96.0.80:80", "20"]);
     assert_eq!(tally(&c, &after).values().sum::<usize>(), 20);
 }
 
+/// ClusterIP 10.96.0.80 with TCP 80 and UDP 53 for the `app: web` pods.
+const WEB_TCP_UDP: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.80\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}\n---\n";
+
+/// Starts `lbclient ARGS...` in `ns` under `label`, retried (stopped and started
+/// anew) until its first line names `pod`; returns whether it did within 20 tries.
+fn start_on(c: &mut Cluster, ns: &Netns, label: &str, args: &[&str], pod: &str) -> bool {
+    let bin = podserver_bin()
+        .with_file_name("lbclient")
+        .display()
+        .to_string();
+    for _ in 0..20 {
+        let mut argv = vec![bin.as_str()];
+        argv.extend_from_slice(args);
+        c.t.spawn(ns, label, &argv, &[]).unwrap();
+        let first = Topology::wait_for(Duration::from_secs(5), || {
+            c.t.log(label).split_whitespace().next().map(String::from)
+        });
+        if first.as_deref() == Some(pod) {
+            return true;
+        }
+        c.t.stop(label);
+    }
+    false
+}
+
+/// An endpoint leaves a service under live flows, as kube-proxy handles it: new
+/// connections go only to the endpoints left; a TCP connection the removed pod holds
+/// is left to finish (graceful, as kube-proxy and Cilium leave it); a UDP flow to it
+/// ends (its conntrack entries go, as kube-proxy clears UDP entries), so the client's
+/// next datagram reaches a live pod; flows to the pod that stays are never touched.
 #[test]
 fn endpoints_change_under_a_live_stream() {
-    let tcp: &[&str] = &["--tcp", "8080"];
+    let args: &[&str] = &["--tcp", "8080", "--udp", "5353"];
     // Three pod namespaces; web2 is declared only later.
-    let mut c = cluster("epchange", &[tcp, tcp, tcp], &format!("{WEB}{}", pods(2)));
+    let mut c = cluster(
+        "epchange",
+        &[args, args, args],
+        &format!("{WEB_TCP_UDP}{}", pods(2)),
+    );
     ready(&c, &c.client, "tcp", "10.96.0.80:80");
     let client = c.client.clone();
-    // Two streams, so one of them lands on the pod that stays (web0 or web1);
-    // retried until both pods carry one.
-    let mut streams = Vec::new();
-    for attempt in 0..20 {
-        let label = format!("stream{attempt}");
-        start_stream(&mut c, &client, &label, "10.96.0.80:80", 6);
-        let pod = Topology::wait_for(Duration::from_secs(5), || {
-            c.t.log(&label).split_whitespace().next().map(String::from)
-        })
-        .expect("stream started");
-        if streams.iter().any(|(_, p): &(String, String)| *p == pod) {
-            c.t.stop(&label);
-            continue;
-        }
-        streams.push((label, pod));
-        if streams.len() == 2 {
-            break;
-        }
+    // A stream on each pod, and a UDP flow (one socket, a datagram every 100 ms for
+    // 10 s) on the pod that will leave.
+    let (stay, leave) = ("stream-stay", "stream-leave");
+    for (label, pod) in [(stay, "pod-0"), (leave, "pod-1")] {
+        assert!(
+            start_on(
+                &mut c,
+                &client,
+                label,
+                &["stream", "10.96.0.80:80", "6"],
+                pod
+            ),
+            "no stream landed on {pod}"
+        );
     }
-    assert_eq!(streams.len(), 2, "both pods carry a stream: {streams:?}");
-    let (survivor, removed) = if streams[0].1 == "pod-0" {
-        (streams[0].0.clone(), streams[1].0.clone())
-    } else {
-        (streams[1].0.clone(), streams[0].0.clone())
-    };
+    assert!(
+        start_on(
+            &mut c,
+            &client,
+            "udpflow",
+            &["udpflow", "10.96.0.80:53", "100"],
+            "pod-1"
+        ),
+        "no UDP flow landed on pod-1"
+    );
 
     // web1 leaves, web2 arrives, in one apply.
     c.lb.ok(&["delete", "pod", "web1"]).unwrap();
@@ -186,7 +243,35 @@ fn endpoints_change_under_a_live_stream() {
     });
     assert_eq!(moved.values().sum::<usize>(), 30, "{moved:?}");
 
-    // The flows to web1 are no longer tracked: nothing is translated to it.
+    // The UDP flow moved on to a live pod: every answer after its last from pod-1
+    // comes from pod-0 or pod-2, at most one datagram lost on the way.
+    let udp = Topology::wait_for(Duration::from_secs(20), || {
+        let log = c.t.log("udpflow");
+        (log.lines().count() >= 100).then_some(log)
+    })
+    .expect("the UDP flow sent its 100 datagrams");
+    let answers: Vec<&str> = udp
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    let last_old = answers.iter().rposition(|a| *a == "pod-1").unwrap();
+    let after = &answers[last_old + 1..];
+    let live = after
+        .iter()
+        .filter(|a| matches!(**a, "pod-0" | "pod-2"))
+        .count();
+    assert!(
+        !after.is_empty() && live + 1 >= after.len() && after.last().is_some_and(|a| *a != "ERR"),
+        "the UDP flow did not move on to a live pod: {answers:?}"
+    );
+    assert!(
+        c.t.log("agent-node1")
+            .lines()
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("flows_ended=")))
+            .any(|w| w != "flows_ended=0"),
+        "the agent ended the UDP flow to the removed pod"
+    );
+    // What conntrack holds of the removed pod: its TCP connection, no UDP flow.
     let ct =
         c.lb.ok(&[
             "conntrack",
@@ -197,26 +282,22 @@ fn endpoints_change_under_a_live_stream() {
         ])
         .unwrap();
     assert!(
-        !ct.contains("10.244.0.3:8080"),
-        "flows to the removed pod remain:\n{ct}"
+        ct.lines()
+            .any(|l| l.starts_with("tcp") && l.contains("10.244.0.3:8080")),
+        "the removed pod's TCP connection is still tracked:\n{ct}"
     );
     assert!(
-        ct.contains(&format!("{CLIENT_IP}:")),
-        "the client's flows are listed:\n{ct}"
-    );
-    assert!(
-        c.t.log("agent-node1")
-            .lines()
-            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("flows_ended=")))
-            .any(|w| w != "flows_ended=0"),
-        "the agent ended the removed pod's flows"
+        !ct.lines().any(|l| l.contains("10.244.0.3:5353")),
+        "a UDP flow to the removed pod remains:\n{ct}"
     );
 
-    // The stream to the pod that stayed never noticed.
-    let (pod, lines) = finished_stream(&mut c, &survivor);
-    assert_eq!(pod, "pod-0");
-    assert!(lines >= 90, "{lines} lines");
-    c.t.stop(&removed);
+    // Both streams ran to their end, each on its pod, no line lost: the removed
+    // pod's too.
+    for (label, pod) in [(stay, "pod-0"), (leave, "pod-1")] {
+        let (on, lines) = finished_stream(&mut c, label);
+        assert_eq!(on, pod, "{label}");
+        assert!(lines >= 90, "{label}: {lines} lines");
+    }
 }
 
 /// A selectorless service and its EndpointSlice (as written by hand or by another
@@ -352,6 +433,11 @@ fn a_restart_with_other_map_sizes_carries_the_flows_over() {
     );
     let (_, lines) = finished_stream(&mut c, "long");
     assert!(lines >= 120, "the stream kept flowing: {lines} lines");
+    let gap = largest_gap(&c, "long");
+    assert!(
+        gap < 1000,
+        "the stream stalled for {gap} ms across the resize"
+    );
     let after = lbclient(&c, &c.laptop, &["tcp", "192.168.1.2:30080", "20"]);
     assert_eq!(tally(&c, &after).values().sum::<usize>(), 20);
 }
@@ -390,4 +476,65 @@ fn a_flood_of_new_flows_past_the_conntrack_table_evicts_no_live_stream() {
     let (_, lines) = finished_stream(&mut c, "long");
     // 10 s at one line per 50 ms: a reset or a stall would show.
     assert!(lines >= 150, "the stream kept flowing: {lines} lines");
+    let gap = largest_gap(&c, "long");
+    assert!(
+        gap < 1000,
+        "the stream stalled for {gap} ms under the flood"
+    );
+}
+
+/// `lb reset` ends a node's data plane: a stopped agent leaves it forwarding; reset
+/// detaches every program and drops the maps, so the NodePort stops answering and
+/// nothing of lb stays pinned, and a new agent starts from nothing.
+#[test]
+fn lb_reset_removes_what_a_stopped_agent_left() {
+    let tcp: &[&str] = &["--tcp", "8080"];
+    let mut c = cluster("reset", &[tcp], &format!("{WEB}{}", pods(1)));
+    ready(&c, &c.laptop, "tcp", "192.168.1.2:30080");
+    c.t.stop("agent-node1");
+    let pins = c.lb.bpffs.join("lb").join("node1");
+    assert!(
+        pins.join("LB_SERVICES").exists(),
+        "pinned maps under {pins:?}"
+    );
+    let left = lbclient(&c, &c.laptop, &["tcp", "192.168.1.2:30080", "10"]);
+    assert_eq!(
+        tally(&c, &left).values().sum::<usize>(),
+        10,
+        "the stopped agent's data plane still forwards"
+    );
+
+    let bpffs = c.lb.bpffs.display().to_string();
+    c.lb.ok(&["reset", "--bpffs", &bpffs, "--node-name", "node1"])
+        .unwrap();
+    let pinned: Vec<String> = std::fs::read_dir(&pins)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(pinned.is_empty(), "still pinned after reset: {pinned:?}");
+    // Nothing translates the NodePort any more: the node's kernel, which has no
+    // socket on it, refuses the connection.
+    // (The kernel releases an unpinned link a moment later.)
+    let reset = std::time::Instant::now();
+    let refused = Topology::wait_for(Duration::from_secs(5), || {
+        let r = lbclient(&c, &c.laptop, &["connect", "192.168.1.2:30080"]);
+        r[0].starts_with("ERR ConnectionRefused").then_some(r)
+    });
+    assert!(
+        refused.is_some(),
+        "the NodePort still answers 5 s after reset\n{}",
+        c.lb.diagnostics(&c.t, "node1")
+    );
+    eprintln!("NodePort refused {:?} after reset", reset.elapsed());
+
+    // A new agent starts from nothing, and serves again.
+    let node = c.node.clone();
+    c.lb.start_agent(&mut c.t, &node, "node1", &["eth0"])
+        .unwrap();
+    let log = c.t.log("agent-node1");
+    assert!(log.contains("adopted_frontends=0"), "{log}");
+    ready(&c, &c.laptop, "tcp", "192.168.1.2:30080");
 }

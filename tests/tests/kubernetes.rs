@@ -211,6 +211,30 @@ fn kubernetes_mode_follows_changes_survives_an_outage_and_relists_after_410() {
     let api = api.unwrap();
     answered_by(&c, false, &format!("{WEB_IP}:80"), &["pod-0", "pod-1"]);
 
+    // A service labelled for another proxy (`service.kubernetes.io/service-proxy-name`,
+    // as kube-proxy skips it) is not lb's: never programmed, while one put after it
+    // is.
+    let mut other = service("other", "10.96.0.93", None);
+    other.metadata.labels = Some(
+        [(
+            "service.kubernetes.io/service-proxy-name".to_string(),
+            "other-proxy".to_string(),
+        )]
+        .into(),
+    );
+    api.put(value(&other));
+    api.put(value(&slice("other", &[POD0], &[])));
+    api.put(value(&service("after", "10.96.0.94", None)));
+    api.put(value(&slice("after", &[POD0], &[])));
+    Topology::wait_for(Duration::from_secs(30), || {
+        has_frontend(&c, "10.96.0.94").then_some(())
+    })
+    .expect("service after in the maps");
+    assert!(
+        !has_frontend(&c, "10.96.0.93"),
+        "a service of another proxy was programmed"
+    );
+
     // Scale-down: pod-1's endpoint goes unready; it no longer gets traffic.
     api.put(value(&slice("web", &[POD0], &[POD1])));
     answered_by(&c, false, &format!("{WEB_IP}:80"), &["pod-0"]);
@@ -256,12 +280,27 @@ fn kubernetes_mode_follows_changes_survives_an_outage_and_relists_after_410() {
         c.lb.diagnostics(&c.t, "node1")
     );
     answered_by(&c, false, "10.96.0.92:80", &["pod-1"]);
-    // A deletion the watchers do hear of.
+    // A deletion the watchers do hear of, as a DELETED event: once every watcher is
+    // back to watching (no list for 3 s), the service leaves the maps with no list.
+    let mut lists = api.lists();
+    let settled = Topology::wait_for(Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_secs(3));
+        let now = api.lists();
+        let still = now == lists;
+        lists = now;
+        still.then_some(())
+    });
+    assert!(settled.is_some(), "the watchers kept relisting");
     api.delete(value(&service("fresh", "10.96.0.92", None)));
     let gone = Topology::wait_for(Duration::from_secs(30), || {
         (!has_frontend(&c, "10.96.0.92")).then_some(())
     });
     assert!(gone.is_some(), "service fresh deleted, still in the maps");
+    assert_eq!(
+        api.lists(),
+        lists,
+        "the deletion reached the maps through a relist, not the DELETED event"
+    );
     assert!(
         c.t.log("agent-node1").contains("watch failed"),
         "the agent logged the outage"

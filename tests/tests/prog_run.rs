@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
-    CtTimeouts, CtValue, DELIVER_MAGIC, DeliverMeta, FlowKey, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_POD,
-    PROG_TC_EGRESS, PROG_TC_INGRESS, SVC_F_INTERNAL, reason,
+    CtTimeouts, CtValue, DELIVER_MAGIC, DeliverMeta, FlowKey, IFACE_EXTERNAL, IFACE_F_PEER,
+    IFACE_POD, PROG_TC_EGRESS, PROG_TC_INGRESS, SVC_F_INTERNAL, reason,
 };
 use lb_tests::{
     Topology,
@@ -1226,7 +1226,9 @@ fn answered_flows_are_assured_and_swept_once_expired() {
     // Unanswered: a new flow, not in the assured table (the sweep sees nothing).
     let timeouts = dp.ct_timeouts();
     assert_eq!(
-        dp.maps.sweep_assured(now + 3600 * hz, hz, &timeouts).unwrap(),
+        dp.maps
+            .sweep_assured(now + 3600 * hz, hz, &timeouts)
+            .unwrap(),
         0
     );
     // Two assured flows: one idle past any timeout, one just seen.
@@ -1277,9 +1279,7 @@ fn conntrack_timeouts_are_set_at_load() {
             .build();
         let (_, _, r) = run(&mut dp, Prog::Xdp, &ping);
         assert_eq!(reason::NAMES[r as usize], "nat_new_flow");
-        let pong = Pkt::udp(POD, 5353, CLIENT, 43100)
-            .payload(b"pong")
-            .build();
+        let pong = Pkt::udp(POD, 5353, CLIENT, 43100).payload(b"pong").build();
         let (_, _, r) = run(&mut dp, Prog::TcEgress, &pong);
         assert_eq!(reason::NAMES[r as usize], "nat_reply");
         // The client's direction last seen 6 s ago (the reply's just now).
@@ -1340,7 +1340,11 @@ fn only_fins_and_rsts_whose_checksum_holds_close_a_flow() {
             // Corrupted in the last byte (the last, partial chunk), or in the
             // checksum field itself for the RST.
             let mut bad = good.clone();
-            let at = if payload == 0 { 14 + 20 + 17 } else { good.len() - 1 };
+            let at = if payload == 0 {
+                14 + 20 + 17
+            } else {
+                good.len() - 1
+            };
             bad[at] ^= 0x5a;
             let (ret, _, r) = run(&mut dp, prog, &bad);
             assert_eq!(
@@ -1348,7 +1352,11 @@ fn only_fins_and_rsts_whose_checksum_holds_close_a_flow() {
                 "drop_bad_checksum",
                 "{prog:?} {what}: corrupted"
             );
-            let dropped = if matches!(prog, Prog::Xdp) { 1 } else { TC_ACT_SHOT };
+            let dropped = if matches!(prog, Prog::Xdp) {
+                1
+            } else {
+                TC_ACT_SHOT
+            };
             assert_eq!(ret, dropped, "{prog:?} {what}: dropped");
             assert!(!closing(&dp, &good), "{prog:?} {what}: the flow stays");
             // A local sender's partial checksum (TC) or the whole one: acted on.
@@ -1358,12 +1366,20 @@ fn only_fins_and_rsts_whose_checksum_holds_close_a_flow() {
                 partial_checksum(&good)
             };
             let (_, _, r) = run(&mut dp, prog, &sent);
-            assert_eq!(reason::NAMES[r as usize], "nat_established", "{prog:?} {what}");
+            assert_eq!(
+                reason::NAMES[r as usize],
+                "nat_established",
+                "{prog:?} {what}"
+            );
             assert!(closing(&dp, &sent), "{prog:?} {what}: closing");
             // Once closing, a retransmission is translated whatever its checksum
             // (nothing left to change).
             let (_, _, r) = run(&mut dp, prog, &bad);
-            assert_eq!(reason::NAMES[r as usize], "nat_established", "{prog:?} {what}");
+            assert_eq!(
+                reason::NAMES[r as usize],
+                "nat_established",
+                "{prog:?} {what}"
+            );
         }
     }
 }
@@ -1407,4 +1423,157 @@ fn port_unreachable_answers_are_rate_limited_as_the_kernels() {
         "{answered} answered in {ms} ms: at most 50 + 1 a millisecond"
     );
     assert!(limited > 0, "{FRAMES} frames in {ms} ms, none limited");
+}
+
+/// Runs `frame` through `prog` with `ctx` (None: the program's default context);
+/// returns (return value, output frame, every counter that moved, by name).
+fn run_counted(
+    dp: &mut Dataplane,
+    prog: Prog,
+    frame: &[u8],
+    ctx: Option<&[u8]>,
+) -> (u32, Vec<u8>, Vec<&'static str>) {
+    let before = dp.maps.verdicts().unwrap();
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: ctx,
+        ..Default::default()
+    };
+    let res = match prog {
+        Prog::Xdp => dp.xdp().unwrap().test_run(opts),
+        Prog::TcIngress => dp.tc(PROG_TC_INGRESS).unwrap().test_run(opts),
+        Prog::TcEgress => dp.tc(PROG_TC_EGRESS).unwrap().test_run(opts),
+    }
+    .expect("BPF_PROG_RUN");
+    out.truncate(res.data_size_out as usize);
+    let after = dp.maps.verdicts().unwrap();
+    let moved = (0..reason::COUNT as usize)
+        .filter(|i| after[*i].packets != before[*i].packets)
+        .map(|i| reason::NAMES[i])
+        .collect();
+    (res.return_value, out, moved)
+}
+
+/// SNAT flows (a NodePort whose backend lives on another node), in a node
+/// namespace with known routes: the pods of node 2 (10.244.1.0/24) via 192.168.1.3
+/// on eth0, whose neighbours are known. A new flow leaves from the node's address
+/// and a port of the SNAT range (61000-65535) towards the remote pod, one hop
+/// less, redirected by TC where the FIB says (`bpf_redirect_neigh`) or by XDP
+/// (eth0 marked as taking XDP frames, MACs from the FIB); the pod's answer comes
+/// back to the client from the NodePort. Without a route nothing is translated and
+/// no flow stays.
+#[test]
+fn snat_flows_leave_from_the_node_and_their_answers_return_to_the_client() {
+    const REMOTE: &str = "10.244.1.2";
+    const NODE2: &str = "192.168.1.3";
+    const XDP_REDIRECT: u32 = 4;
+    lb_tests::require_root();
+    let mut t = Topology::new("prsnat").unwrap();
+    let s = seeds::lan(&mut t).unwrap();
+    let (node2_mac, laptop_mac, eth0_mac) = (
+        [0x02, 0, 0, 0, 0x01, 0x03],
+        t.mac(&s.laptop, "eth0").unwrap(),
+        t.mac(&s.node, "eth0").unwrap(),
+    );
+    t.neigh(&s.node, NODE2, node2_mac, "eth0").unwrap();
+    t.neigh(&s.node, CLIENT, laptop_mac, "eth0").unwrap();
+    t.sh(
+        &s.node,
+        &["ip", "route", "add", "10.244.1.0/24", "via", NODE2],
+    )
+    .unwrap();
+    let eth0 = t.ifindex(&s.node, "eth0").unwrap();
+    let _in = InNetns::enter(&s.node).unwrap();
+
+    let ip = |a: &str| a.parse::<Ipv4Addr>().unwrap();
+    let mut dp = Dataplane::load_with(
+        None,
+        &LoadConfig {
+            snat_addr: Some(ip(NODE)),
+            ..LoadConfig::default()
+        },
+    )
+    .expect("load lb's eBPF object");
+    let mut plan = port_plan(
+        "remote",
+        6,
+        vec![(frontend(ip(NODE), 30011, 6), 0)],
+        vec![(ip(REMOTE), 80)],
+    );
+    plan.remote = [ip(REMOTE)].into();
+    program(&mut dp.maps, &[plan]);
+    let snat_port = |out: &[u8]| u16::from_be_bytes([out[34], out[35]]);
+    let one_hop = |p: &Pkt| {
+        let mut p = p.clone();
+        p.ttl -= 1;
+        p
+    };
+
+    // TC: the SYN leaves from the node's address and an SNAT port, to node 2.
+    let syn = Pkt::tcp(CLIENT, 42200, NODE, 30011, TCP_SYN);
+    let (ret, out, moved) = run_counted(&mut dp, Prog::TcIngress, &syn.build(), None);
+    assert_eq!(ret, TC_ACT_REDIRECT, "TC SYN: redirected");
+    assert_eq!(moved, ["nat_new_flow", "fwd_tc_neigh"], "TC SYN: counters");
+    let port = snat_port(&out);
+    assert!((61_000..=65_535).contains(&port), "SNAT port {port}");
+    assert_eq!(
+        out,
+        one_hop(&syn.rewritten(NODE, port, REMOTE, 80)).build(),
+        "TC SYN: rewritten, one hop less"
+    );
+    // The pod's answer, to the node's SNAT port, returns to the client from the
+    // NodePort.
+    let answer = Pkt::tcp(REMOTE, 80, NODE, port, TCP_SYN | TCP_ACK);
+    let (ret, out, moved) = run_counted(&mut dp, Prog::TcIngress, &answer.build(), None);
+    assert_eq!(ret, TC_ACT_REDIRECT, "TC answer: redirected");
+    assert_eq!(moved, ["nat_reply", "fwd_tc_neigh"], "TC answer: counters");
+    assert_eq!(
+        out,
+        one_hop(&answer.rewritten(NODE, 30011, CLIENT, 42200)).build(),
+        "TC answer: back to the client from the NodePort"
+    );
+
+    // XDP on eth0 (an interface that takes XDP frames): redirected at once, with the
+    // MACs the FIB gave (node 2's neighbour entry, eth0's own).
+    dp.maps
+        .set_iface(eth0, IFACE_EXTERNAL | lb_common::IFACE_F_XDP_XMIT)
+        .unwrap();
+    let syn = Pkt::tcp(CLIENT, 42201, NODE, 30011, TCP_SYN);
+    let frame = syn.build();
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&eth0.to_ne_bytes());
+    let (ret, out, moved) = run_counted(&mut dp, Prog::Xdp, &frame, Some(&ctx));
+    assert_eq!(ret, XDP_REDIRECT, "XDP SYN: redirected");
+    assert_eq!(
+        moved,
+        ["nat_new_flow", "fwd_xdp_redirect"],
+        "XDP SYN: counters"
+    );
+    let port = snat_port(&out);
+    assert!((61_000..=65_535).contains(&port), "SNAT port {port}");
+    let mut want = one_hop(&syn.rewritten(NODE, port, REMOTE, 80)).build();
+    want[..6].copy_from_slice(&node2_mac);
+    want[6..12].copy_from_slice(&eth0_mac);
+    assert_eq!(out, want, "XDP SYN: rewritten, MACs from the FIB");
+
+    // No route to node 2's pods: nothing translated, no flow left, no port taken.
+    t.sh(&s.node, &["ip", "route", "del", "10.244.1.0/24"])
+        .unwrap();
+    let syn = Pkt::tcp(CLIENT, 42202, NODE, 30011, TCP_SYN).build();
+    let (ret, out, moved) = run_counted(&mut dp, Prog::TcIngress, &syn, None);
+    assert_eq!(
+        (ret, moved),
+        (TC_UNSPEC, vec!["pass_no_route"]),
+        "no route: passed"
+    );
+    assert_eq!(out, syn, "no route: untouched");
+    assert!(flow_of(&dp, &syn).is_none(), "no route: no flow");
+    assert_eq!(
+        dp.maps.conntrack().unwrap().len(),
+        4,
+        "only the two flows above (two entries each)"
+    );
 }

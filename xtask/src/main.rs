@@ -98,7 +98,9 @@ fn fuzz(frames: u32, seed: Option<u64>) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    println!("fuzz: {frames} frames, seed {seed} (again: cargo xtask fuzz --frames {frames} --seed {seed})");
+    println!(
+        "fuzz: {frames} frames, seed {seed} (again: cargo xtask fuzz --frames {frames} --seed {seed})"
+    );
     let lb = build()?;
     run(Command::new("cargo")
         .current_dir(workspace_root())

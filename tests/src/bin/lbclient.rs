@@ -13,10 +13,13 @@
 //! lbclient sendto ADDR:PORT COUNT   as udp, from unconnected sockets (sendto/recvfrom);
 //!                                   an answer from any other address prints `ERR from X`
 //! lbclient stream ADDR:PORT SECS    one connection, GET /stream, prints every line it
-//!                                   reads for SECS seconds, then `END <lines>` or `ERR`
+//!                                   reads for SECS seconds followed by the milliseconds
+//!                                   since the start, then `END <lines>` or `ERR`
 //! lbclient bulk ADDR:PORT COUNT     COUNT connections, each sending 1 MiB and
 //!                                   reading 1 MiB back (full-size segments both ways);
 //!                                   prints `TEXT` if both arrived whole, else `ERR`
+//! lbclient udpflow ADDR:PORT COUNT  COUNT datagrams 100 ms apart from one socket (one
+//!                                   flow); prints each answer's first line or `ERR`
 //! lbclient connect ADDR:PORT        one connect; prints `OK` or `ERR <kind> <ms>`
 //!                                   (`ERR ConnectionRefused 3` for a RST after 3 ms)
 
@@ -62,6 +65,7 @@ fn main() {
         Some("sendto") => (0..n)
             .for_each(|i| println!("{}", sendto(addr, i).unwrap_or_else(|e| format!("ERR {e}")))),
         Some("stream") => stream(addr, Duration::from_secs(n.min(600))),
+        Some("udpflow") => udp_flow(addr, n.min(6000)),
         Some("bulk") => (0..n.min(100))
             .for_each(|_| println!("{}", bulk(addr).unwrap_or_else(|e| format!("ERR {e}")))),
         Some("connect") => {
@@ -149,6 +153,34 @@ fn udp(addr: SocketAddr, i: u64) -> std::io::Result<String> {
         .to_string())
 }
 
+fn udp_flow(addr: SocketAddr, n: u64) {
+    let s = match UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        s.connect(addr)?;
+        Ok(s)
+    }) {
+        Ok(s) => s,
+        Err(e) => return println!("ERR {e}"),
+    };
+    let mut buf = [0u8; 2048];
+    for i in 0..n {
+        let answer = s
+            .send(format!("ping {i}").as_bytes())
+            .and_then(|_| s.recv(&mut buf));
+        match answer {
+            Ok(len) => println!(
+                "{}",
+                String::from_utf8_lossy(&buf[..len])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            ),
+            Err(e) => println!("ERR {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn big_udp(addr: SocketAddr, i: u64) -> std::io::Result<String> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
     s.set_read_timeout(Some(TIMEOUT))?;
@@ -209,7 +241,7 @@ fn stream(addr: SocketAddr, secs: Duration) {
                 in_body = line == "\r\n";
                 continue;
             }
-            print!("{line}");
+            println!("{} {}", line.trim_end(), start.elapsed().as_millis());
             lines += 1;
         }
         Ok(lines)

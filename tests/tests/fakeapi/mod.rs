@@ -55,6 +55,9 @@ struct Inner {
     log: Vec<Event>,
     /// Watches from a resourceVersion below this get 410 Gone.
     compacted: u64,
+    /// List requests served (any kind): a change that reaches a client with no new
+    /// list came through a watch event.
+    lists: u64,
     down: bool,
     /// Bumped to cut every open watch.
     epoch: u64,
@@ -99,7 +102,7 @@ async fn collection(
     let (inner, events) = &*shared;
     let mut rx = events.subscribe();
     let (rv, backlog, epoch) = {
-        let g = inner.lock().unwrap();
+        let mut g = inner.lock().unwrap();
         if g.down {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -108,6 +111,7 @@ async fn collection(
                 .into_response();
         }
         if !watch {
+            g.lists += 1;
             let items: Vec<Value> = g
                 .objects
                 .iter()
@@ -303,13 +307,19 @@ impl FakeApi {
         self.write(obj, true, false);
     }
 
-    /// Compacts history: every watch is cut, and resuming from any version seen so
-    /// far gets `410 Gone`, so watchers must relist.
+    /// Compacts history as etcd does: every watch is cut, and resuming from any
+    /// version before the current one gets `410 Gone`, so watchers must relist; a
+    /// watch from the version a fresh list returns is served.
     pub fn compact(&self) {
         let mut g = self.shared.0.lock().unwrap();
-        g.compacted = g.rv + 1;
+        g.compacted = g.rv;
         g.log.clear();
         g.epoch += 1;
+    }
+
+    /// List requests served so far.
+    pub fn lists(&self) -> u64 {
+        self.shared.0.lock().unwrap().lists
     }
 
     /// Down: every request gets 503 and open watches are cut. Up: served again.
