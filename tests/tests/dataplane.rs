@@ -454,3 +454,64 @@ fn external_ips_are_served_on_the_service_port() {
     let other = lbclient(&c, &c.laptop, &["connect", "192.168.1.50:81"]);
     assert!(other[0].starts_with("ERR"), "{other:?}");
 }
+
+/// A cgroup v2 directory made for one test, removed when it ends (also when it
+/// fails; its processes have ended by then).
+struct TestCgroup(std::path::PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// `lb agent --cgroup DIR`: socket-level balancing for the node's processes in that
+/// cgroup only. A process moved into it reaches the ClusterIP; one outside it (the
+/// node has no route to the service network) does not.
+#[test]
+fn with_cgroup_only_its_processes_are_balanced_at_the_socket() {
+    lb_tests::require_root();
+    let root = lb_user::loader::cgroup2_root().expect("a cgroup v2 mount");
+    let cg = TestCgroup(root.join(format!("lb-test-{}", std::process::id())));
+    std::fs::create_dir(&cg.0).unwrap();
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.88\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080}\n---\n";
+    let dir = cg.0.display().to_string();
+    let tcp: &[&str] = &["--tcp", "8080"];
+    let c = lb_tests::cluster::cluster_with("cgroup", &[tcp], |_, _, lb| {
+        lb.apply(&format!(
+            "{svc}{}",
+            pod_yaml("web0", "10.244.0.2", "web", &[])
+        ))
+        .unwrap();
+        vec!["--cgroup".into(), dir.clone()]
+    });
+    let bin = podserver_bin()
+        .with_file_name("lbclient")
+        .display()
+        .to_string();
+    let inside = |args: &str| {
+        c.t.sh(
+            &c.node,
+            &[
+                "sh",
+                "-c",
+                &format!("echo $$ > {dir}/cgroup.procs && exec {bin} {args}"),
+            ],
+        )
+        .unwrap()
+    };
+    let answered = Topology::wait_for(Duration::from_secs(10), || {
+        let out = inside("tcp 10.96.0.88:80 10");
+        (out.lines().filter(|l| l.starts_with("pod-0")).count() == 10).then_some(out)
+    });
+    assert!(
+        answered.is_some(),
+        "a process in the cgroup never reached the ClusterIP\n{}",
+        c.lb.diagnostics(&c.t, "node1")
+    );
+    let outside = lbclient(&c, &c.node, &["connect", "10.96.0.88:80"]);
+    assert!(
+        outside[0].starts_with("ERR"),
+        "a process outside the cgroup was balanced: {outside:?}"
+    );
+}

@@ -213,6 +213,38 @@ fn with_to_pods_xdp_on_links_as_they_come_tc_serves_and_nothing_is_lost() {
 }
 
 #[test]
+fn with_no_xdp_redirect_xdp_translates_and_the_stack_forwards() {
+    // XDP on the uplink (tuned as above) but `--no-xdp-redirect`: XDP still
+    // translates, and every translated packet goes on through the kernel's stack:
+    // nothing redirected at XDP, nothing handed over by TC (both need XDP's FIB
+    // lookup), and the laptop is answered.
+    let s = scenario_with(
+        "seedsnr",
+        &format!("{SEEDS_SERVICE}---\n{SEEDS_POD}"),
+        &["--xdp", "native", "--no-xdp-redirect"],
+        |t, pod| {
+            t.sh(pod, &["ethtool", "-K", "eth0", "gro", "on"]).unwrap();
+        },
+    );
+    s.t.sh(&s.laptop, &["ethtool", "-K", "eth0", "tx", "off"])
+        .unwrap();
+    let v = verdicts_after(&s, 5);
+    let count = |r: u32| v[r as usize].packets;
+    assert_eq!(count(reason::FWD_XDP_REDIRECT), 0, "nothing redirected at XDP");
+    assert_eq!(count(reason::FWD_TC_PEER), 0, "nothing handed over by TC");
+    assert!(
+        count(reason::NAT_NEW_FLOW) >= 5 && count(reason::NAT_ESTABLISHED) >= 10,
+        "XDP translated every connection: {v:?}"
+    );
+    let log = s.t.log("agent-node1");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("attached to external interface") && l.contains("Native")),
+        "XDP runs on the uplink:\n{log}"
+    );
+}
+
+#[test]
 fn with_to_pods_stack_the_kernel_delivers_to_the_pod() {
     let s = scenario_with(
         "seedss",
