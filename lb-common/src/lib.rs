@@ -566,8 +566,9 @@ pub mod reason {
     /// An ICMP error about a tracked flow (RELATED): translated with the flow, its
     /// outer and quoted headers, and sent on as the flow's packets are.
     pub const NAT_RELATED: u32 = 27;
-    /// A FIN or RST of a live flow whose L4 checksum does not hold (corrupted on the
-    /// way): dropped, and the flow left as it was.
+    /// A FIN or RST of a live flow, or a packet that would be answered "port
+    /// unreachable", whose L4 checksum does not hold (corrupted on the way): dropped,
+    /// the flow left as it was, no answer sent.
     pub const DROP_BAD_CHECKSUM: u32 = 28;
     /// A packet to a service without endpoints that would be answered "port
     /// unreachable" while the ICMP rate limit is spent: dropped unanswered, as the

@@ -39,6 +39,11 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
     };
     match flow::decide(&p, ifindex, hook, || verify::tc(ctx, &p)) {
         Verdict::Pass(reason) => stats::verdict(reason, p.ip_len),
+        // As netfilter's REJECT: no answer to a packet whose checksum is wrong.
+        Verdict::Reject if !verify::tc(ctx, &p) => {
+            stats::verdict(reason::DROP_BAD_CHECKSUM, p.ip_len);
+            return TC_ACT_SHOT;
+        }
         Verdict::Reject => match reject::port_unreachable(ctx, &p) {
             Answer::Sent(verdict) => {
                 stats::verdict(reason::REJECT_NO_BACKEND, p.ip_len);

@@ -1,14 +1,17 @@
-//! Whether a segment's L4 checksum holds, for the packets that may end a flow (a FIN
-//! or an RST): conntrack acts on them only when it does (as netfilter with
-//! `nf_conntrack_checksum`), so a corrupted segment never closes a live connection.
-//! Reads only; the hooks hand it a way to copy packet bytes (XDP frames and socket
-//! buffers, linear or not).
+//! Whether a packet's L4 checksum holds, asked where a corrupted packet would do
+//! harm: a FIN or an RST that would end a flow (conntrack acts on them only when it
+//! holds, as netfilter with `nf_conntrack_checksum`), and a packet about to be
+//! answered "port unreachable" (as netfilter's REJECT, which answers no packet with
+//! a bad checksum). Reads only; the hooks hand it a way to copy packet bytes (XDP
+//! frames and socket buffers, linear or not).
 //!
 //! Three answers count as valid: the kernel already verified it (a socket buffer
 //! marked CHECKSUM_UNNECESSARY, asked by TC through `bpf_csum_level`); the field
 //! holds only the pseudo-header sum (CHECKSUM_PARTIAL: a local or veth sender whose
 //! NIC or peer kernel completes it; corruption does not produce that value); or the
-//! one's-complement sum of pseudo header and segment is all ones (RFC 1071).
+//! one's-complement sum of pseudo header and segment is all ones (RFC 1071). A UDP
+//! datagram without a checksum (0) is valid; one is summed over the IPv4 payload, so
+//! bytes past its UDP length make it count as corrupt.
 //! Segments longer than [`MAX_LEN`] (only GSO/GRO aggregates, which the kernel
 //! vouches for) and fragments (the checksum covers a datagram no fragment holds
 //! whole) are not computed and count as valid.
@@ -23,7 +26,7 @@ use lb_common::{PROTO_TCP, SCRATCH_LEN};
 
 use crate::{
     maps::LB_SCRATCH,
-    parse::{Frag, Packet, TCP_CHECK_OFF},
+    parse::{Frag, Packet, TCP_CHECK_OFF, UDP_CHECK_OFF},
 };
 
 /// Bytes read and summed at a time (`LB_SCRATCH`'s per-CPU buffer).
@@ -32,17 +35,17 @@ const MAX_CHUNKS: usize = 32;
 /// The longest segment whose checksum is computed (16 KiB).
 pub const MAX_LEN: usize = CHUNK * MAX_CHUNKS;
 
-/// [`closing_segment_valid`] for an XDP frame (linear or not).
+/// [`l4_checksum_valid`] for an XDP frame (linear or not).
 #[inline(always)]
 pub fn xdp(ctx: &XdpContext, p: &Packet) -> bool {
-    closing_segment_valid(p, |off, buf, n| {
+    l4_checksum_valid(p, |off, buf, n| {
         // SAFETY: the helper copies `n` <= CHUNK bytes into the buffer and fails on
         // offsets outside the frame.
         unsafe { bpf_xdp_load_bytes(ctx.ctx, off as u32, buf, n as u32) == 0 }
     })
 }
 
-/// [`closing_segment_valid`] for a socket buffer, unless the kernel already
+/// [`l4_checksum_valid`] for a socket buffer, unless the kernel already
 /// verified its checksum (CHECKSUM_UNNECESSARY).
 #[inline(always)]
 pub fn tc(ctx: &TcContext, p: &Packet) -> bool {
@@ -51,7 +54,7 @@ pub fn tc(ctx: &TcContext, p: &Packet) -> bool {
     if unsafe { bpf_csum_level(ctx.skb.skb, BPF_CSUM_LEVEL_QUERY as u64) } >= 0 {
         return true;
     }
-    closing_segment_valid(p, |off, buf, n| {
+    l4_checksum_valid(p, |off, buf, n| {
         // SAFETY: as for XDP; the helper reads paged data too.
         unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const c_void, off as u32, buf, n as u32) == 0 }
     })
@@ -65,17 +68,17 @@ fn fold(mut s: u64) -> u16 {
     s as u16
 }
 
-/// Whether `p`'s TCP checksum holds. `load(off, buf, n)` copies `n` (1..=CHUNK)
-/// bytes at `off` of the frame to `buf`, false when it cannot. A UDP datagram never
-/// closes a flow and is not checked. One's-complement sums do not depend on the
+/// Whether `p`'s TCP or UDP checksum holds. `load(off, buf, n)` copies `n`
+/// (1..=CHUNK) bytes at `off` of the frame to `buf`, false when it cannot. One's-complement sums do not depend on the
 /// byte order words are read in, as long as every word is read the same way: the
 /// kernel's `bpf_csum_diff` reads them as they lie in memory, and so does the
 /// pseudo-header sum here.
 #[inline(always)]
-pub fn closing_segment_valid(p: &Packet, load: impl Fn(usize, *mut c_void, usize) -> bool) -> bool {
-    if p.key.proto != PROTO_TCP || p.frag != Frag::Whole {
+pub fn l4_checksum_valid(p: &Packet, load: impl Fn(usize, *mut c_void, usize) -> bool) -> bool {
+    if p.frag != Frag::Whole {
         return true;
     }
+    let tcp = p.key.proto == PROTO_TCP;
     let l4_len = p.ip_len as usize - (p.l4_off - p.l3_off);
     if l4_len > MAX_LEN {
         return true;
@@ -88,7 +91,7 @@ pub fn closing_segment_valid(p: &Packet, load: impl Fn(usize, *mut c_void, usize
         + (s >> 16) as u64
         + (d & 0xffff) as u64
         + (d >> 16) as u64
-        + u16::from_ne_bytes([0, PROTO_TCP]) as u64
+        + u16::from_ne_bytes([0, p.key.proto]) as u64
         + (l4_len as u16).to_be() as u64;
     let mut sum = 0u32;
     let mut field = 0u16;
@@ -119,7 +122,11 @@ pub fn closing_segment_valid(p: &Packet, load: impl Fn(usize, *mut c_void, usize
             }
             if i == 0 {
                 let b = buf as *const u8;
-                field = u16::from_ne_bytes([*b.add(TCP_CHECK_OFF), *b.add(TCP_CHECK_OFF + 1)]);
+                let at = if tcp { TCP_CHECK_OFF } else { UDP_CHECK_OFF };
+                field = u16::from_ne_bytes([*b.add(at), *b.add(at + 1)]);
+                if !tcp && field == 0 {
+                    return true; // UDP without a checksum
+                }
             }
             let r = bpf_csum_diff(
                 core::ptr::null_mut(),

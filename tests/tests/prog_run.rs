@@ -1577,3 +1577,41 @@ fn snat_flows_leave_from_the_node_and_their_answers_return_to_the_client() {
         "only the two flows above (two entries each)"
     );
 }
+
+/// As netfilter's REJECT: a packet to a service without endpoints whose checksum is
+/// wrong gets no answer; it is dropped (`drop_bad_checksum`). A UDP datagram without
+/// a checksum is answered.
+#[test]
+fn rejects_answer_no_packet_whose_checksum_is_wrong() {
+    let mut dp = dataplane();
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let udp = Pkt::udp("10.244.0.3", 40900, NODE, 30009)
+        .payload(b"x")
+        .build();
+    let syn = Pkt::tcp("10.244.0.3", 40901, NODE, 30009, TCP_SYN).build();
+    let mut no_sum = Pkt::udp("10.244.0.3", 40902, NODE, 30009).payload(b"x");
+    no_sum.udp_no_checksum = true;
+    for (what, good) in [("UDP", udp), ("TCP SYN", syn)] {
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x20;
+        let (ret, _, moved) = run(&mut dp, Prog::TcIngress, &bad);
+        assert_eq!(
+            (ret, reason::NAMES[moved as usize]),
+            (TC_ACT_SHOT, "drop_bad_checksum"),
+            "{what}, corrupted"
+        );
+        let (ret, _, moved) = run(&mut dp, Prog::TcIngress, &good);
+        assert_eq!(
+            (ret, reason::NAMES[moved as usize]),
+            (TC_ACT_REDIRECT, "reject_no_backend"),
+            "{what}"
+        );
+    }
+    let (ret, _, moved) = run(&mut dp, Prog::TcIngress, &no_sum.build());
+    assert_eq!(
+        (ret, reason::NAMES[moved as usize]),
+        (TC_ACT_REDIRECT, "reject_no_backend"),
+        "UDP without a checksum"
+    );
+}

@@ -230,7 +230,11 @@ fn with_no_xdp_redirect_xdp_translates_and_the_stack_forwards() {
         .unwrap();
     let v = verdicts_after(&s, 5);
     let count = |r: u32| v[r as usize].packets;
-    assert_eq!(count(reason::FWD_XDP_REDIRECT), 0, "nothing redirected at XDP");
+    assert_eq!(
+        count(reason::FWD_XDP_REDIRECT),
+        0,
+        "nothing redirected at XDP"
+    );
     assert_eq!(count(reason::FWD_TC_PEER), 0, "nothing handed over by TC");
     assert!(
         count(reason::NAT_NEW_FLOW) >= 5 && count(reason::NAT_ESTABLISHED) >= 10,
