@@ -158,16 +158,27 @@ fn web_cluster(tag: &str, mode: Mode) -> (Cluster, Option<FakeApi>) {
     (c, api)
 }
 
-/// Waits until `n` TCP requests to `addr` from the laptop (or the client pod) all
-/// succeed and are answered by exactly the pods in `want`.
-fn answered_by(c: &Cluster, from_laptop: bool, addr: &str, want: &[&str]) {
+/// Waits (up to 30 s) until 30 TCP requests to `addr` from the laptop (or the
+/// client pod) all succeed and are answered by exactly the pods in `want`. Rounds
+/// with failed requests are waited through only until the address first serves (or
+/// not at all when `served`: it already does); after that a failed request fails
+/// the test, as a change under traffic must break none.
+fn answered_by(c: &Cluster, from_laptop: bool, addr: &str, want: &[&str], served: bool) {
     let ns = if from_laptop { &c.laptop } else { &c.client };
     let mut last = Default::default();
-    let ok = Topology::wait_for(Duration::from_secs(60), || {
+    let mut serving = served;
+    let ok = Topology::wait_for(Duration::from_secs(30), || {
         let answers = lbclient(c, ns, &["tcp", addr, "30"]);
-        if answers.len() != 30 || answers.iter().any(|a| a.starts_with("ERR")) {
+        let failed = answers.iter().filter(|a| a.starts_with("ERR")).count();
+        if failed > 0 {
+            assert!(
+                !serving,
+                "{addr}: {failed} of 30 requests failed while it serves: {answers:?}\n{}",
+                c.lb.diagnostics(&c.t, "node1")
+            );
             return None;
         }
+        serving = true;
         last = tally(c, &answers);
         let pods: Vec<&str> = last.keys().map(String::as_str).collect();
         (pods == want).then_some(())
@@ -181,8 +192,20 @@ fn answered_by(c: &Cluster, from_laptop: bool, addr: &str, want: &[&str]) {
 
 fn nodeport_and_cluster_ip(mode: Mode) {
     let (c, _api) = web_cluster(&format!("{mode:?}").to_lowercase(), mode);
-    answered_by(&c, true, &format!("{NODE_IP}:30090"), &["pod-0", "pod-1"]);
-    answered_by(&c, false, &format!("{WEB_IP}:80"), &["pod-0", "pod-1"]);
+    answered_by(
+        &c,
+        true,
+        &format!("{NODE_IP}:30090"),
+        &["pod-0", "pod-1"],
+        false,
+    );
+    answered_by(
+        &c,
+        false,
+        &format!("{WEB_IP}:80"),
+        &["pod-0", "pod-1"],
+        false,
+    );
 }
 
 #[test]
@@ -209,7 +232,13 @@ fn has_frontend(c: &Cluster, ip: &str) -> bool {
 fn kubernetes_mode_follows_changes_survives_an_outage_and_relists_after_410() {
     let (c, api) = web_cluster("kube", Mode::Kube);
     let api = api.unwrap();
-    answered_by(&c, false, &format!("{WEB_IP}:80"), &["pod-0", "pod-1"]);
+    answered_by(
+        &c,
+        false,
+        &format!("{WEB_IP}:80"),
+        &["pod-0", "pod-1"],
+        false,
+    );
 
     // A service labelled for another proxy (`service.kubernetes.io/service-proxy-name`,
     // as kube-proxy skips it) is not lb's: never programmed, while one put after it
@@ -237,7 +266,7 @@ fn kubernetes_mode_follows_changes_survives_an_outage_and_relists_after_410() {
 
     // Scale-down: pod-1's endpoint goes unready; it no longer gets traffic.
     api.put(value(&slice("web", &[POD0], &[POD1])));
-    answered_by(&c, false, &format!("{WEB_IP}:80"), &["pod-0"]);
+    answered_by(&c, false, &format!("{WEB_IP}:80"), &["pod-0"], true);
 
     // An API outage of 10 s: the maps keep serving the last known state.
     api.set_down(true);
@@ -255,7 +284,13 @@ fn kubernetes_mode_follows_changes_survives_an_outage_and_relists_after_410() {
     api.set_down(false);
     // Back: the watchers reconnect and changes flow again (scale-up).
     api.put(value(&slice("web", &[POD0, POD1], &[])));
-    answered_by(&c, false, &format!("{WEB_IP}:80"), &["pod-0", "pod-1"]);
+    answered_by(
+        &c,
+        false,
+        &format!("{WEB_IP}:80"),
+        &["pod-0", "pod-1"],
+        true,
+    );
 
     // 410 Gone: a service and its slice go, another comes, and no watcher hears of
     // it; history is compacted, so the watchers must relist. The relist converges
@@ -279,7 +314,7 @@ fn kubernetes_mode_follows_changes_survives_an_outage_and_relists_after_410() {
         "after 410 the maps still hold old or miss fresh\n{}",
         c.lb.diagnostics(&c.t, "node1")
     );
-    answered_by(&c, false, "10.96.0.92:80", &["pod-1"]);
+    answered_by(&c, false, "10.96.0.92:80", &["pod-1"], false);
     // A deletion the watchers do hear of, as a DELETED event: once every watcher is
     // back to watching (no list for 3 s), the service leaves the maps with no list.
     let mut lists = api.lists();
@@ -354,7 +389,13 @@ fn kubernetes_mode_sizes_the_maps_from_what_the_api_holds() {
         "every service programmed\n{}",
         c.t.log("agent-node1")
     );
-    answered_by(&c, false, &format!("{}:80", ip(n - 1)), &["pod-0", "pod-1"]);
+    answered_by(
+        &c,
+        false,
+        &format!("{}:80", ip(n - 1)),
+        &["pod-0", "pod-1"],
+        false,
+    );
     assert!(
         !c.t.log("agent-node1").contains("services not programmed"),
         "none left out"
