@@ -185,6 +185,9 @@ fn expect_path(t: &Topology, node: &str, path: &[u32], delivered: u64) -> Result
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Contender {
+    /// The generator's own rate: frames counted and dropped by XDP on the node's
+    /// uplink, no hop at all. Every other row is bound by it.
+    Generator,
     Ceiling,
     PeerFloor,
     Lb,
@@ -197,6 +200,7 @@ enum Contender {
 impl Contender {
     fn label(self) -> &'static str {
         match self {
+            Contender::Generator => "generator (XDP drop on the node's uplink)",
             Contender::Ceiling => "XDP_REDIRECT hop (ceiling)",
             Contender::PeerFloor => "TC bpf_redirect_peer hop (socket buffers)",
             Contender::Lb => "lb NodePort",
@@ -233,6 +237,10 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
     let mut traffic = Traffic::new(&t, &s.laptop, &pod, seeds::NODE_IP, t.mac(&s.node, "eth0")?)?;
     let dir = t.dir().to_path_buf();
     match c {
+        Contender::Generator => {
+            let _in = InNetns::enter(&s.node)?;
+            traffic.bench.attach_xdp(PROG_BENCH_SINK, "eth0")?;
+        }
         Contender::Ceiling => {
             let lxc0 = t.ifindex(&s.node, "lxc0")?;
             traffic.bench.set(BENCH_REDIRECT_IFINDEX, lxc0)?;
@@ -401,9 +409,10 @@ fn main() -> Result<()> {
     }
     let lb_only = std::env::args().any(|a| a == "--lb-only");
     let contenders: &[Contender] = if lb_only {
-        &[Contender::Ceiling, Contender::Lb]
+        &[Contender::Generator, Contender::Ceiling, Contender::Lb]
     } else {
         &[
+            Contender::Generator,
             Contender::Ceiling,
             Contender::PeerFloor,
             Contender::Lb,
@@ -426,6 +435,7 @@ fn main() -> Result<()> {
             "new flows: lb / this",
             "established: ns/packet above ceiling",
             "new flows: ns/packet above ceiling",
+            "generator / this (established, new)",
         ],
     );
     let mut chart = Chart::new("Live packets, delivered (Mpps)", "Mpps");
@@ -453,6 +463,21 @@ fn main() -> Result<()> {
             .find(|(c, _)| *c == Contender::Ceiling)
             .map(|(_, r)| *r)
             .context("ceiling result")?;
+        let generator = results
+            .iter()
+            .find(|(c, _)| *c == Contender::Generator)
+            .map(|(_, r)| *r)
+            .context("generator result")?;
+        // A row within 1.4x of what the generator itself sends measures the
+        // generator, not the hop: said in the row.
+        let headroom = |pps: f64, gen_pps: f64| {
+            let x = gen_pps / pps;
+            if x < 1.4 {
+                format!("{x:.2}x (generator-bound)")
+            } else {
+                format!("{x:.2}x")
+            }
+        };
         // Every packet's path includes the generator, two veth hops and the sink;
         // what a contender adds is its time per packet minus the ceiling's.
         let above = |pps: f64, ceil: f64| 1e9 / pps - 1e9 / ceil;
@@ -468,6 +493,15 @@ fn main() -> Result<()> {
                 format!("{:.2}x", lb[1].1 / r[1].1),
                 format!("{:.0}", above(r[0].1, ceiling[0].1)),
                 format!("{:.0}", above(r[1].1, ceiling[1].1)),
+                if *c == Contender::Generator {
+                    "-".to_string()
+                } else {
+                    format!(
+                        "{}, {}",
+                        headroom(r[0].1, generator[0].1),
+                        headroom(r[1].1, generator[1].1)
+                    )
+                },
             ]);
             chart.bar(
                 &format!("{n} svc"),
