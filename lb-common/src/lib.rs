@@ -42,6 +42,14 @@ pub const MAP_REJECT_RATE: &str = "LB_REJECT_RATE";
 /// kernel's `net.ipv4.icmp_msgs_per_sec` and `icmp_msgs_burst` defaults.
 pub const REJECTS_PER_S: u64 = 1000;
 pub const REJECT_BURST: u64 = 50;
+/// `LB_REJECT_PEERS`: a [`RateBucket`] per client address (network order); LRU,
+/// never pinned. As the kernel's per-destination limit (`net.ipv4.icmp_ratelimit`
+/// 1 s, a burst of 6: `XRLIM_BURST_FACTOR`), one client gets at most 6 answers at
+/// once, then one a second.
+pub const MAP_REJECT_PEERS: &str = "LB_REJECT_PEERS";
+pub const MAX_REJECT_PEERS: u32 = 16_384;
+pub const REJECTS_PER_PEER_PER_S: u64 = 1;
+pub const REJECT_PEER_BURST: u64 = 6;
 
 /// A token bucket: tokens left, and the clock when it was last filled.
 #[repr(C)]

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, DEFAULT_AFFINITY,
     DEFAULT_BACKENDS, DEFAULT_CONNTRACK, DEFAULT_FRONTENDS, FlowKey, FragKey, FragValue,
-    IfaceValue, MAX_FRAGS, MAX_IFACES, MAX_SOCK_REVNAT, PORT_WORDS, RateBucket, SCRATCH_LEN,
-    ServiceKey, ServiceValue, SockRevKey, SockRevValue, reason,
+    IfaceValue, MAX_FRAGS, MAX_IFACES, MAX_REJECT_PEERS, MAX_SOCK_REVNAT, PORT_WORDS, RateBucket,
+    SCRATCH_LEN, ServiceKey, ServiceValue, SockRevKey, SockRevValue, reason,
 };
 
 #[map]
@@ -70,3 +70,8 @@ pub static LB_SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_en
 /// The ICMP errors' token bucket (see `ratelimit`).
 #[map]
 pub static LB_REJECT_RATE: Array<RateBucket> = Array::with_max_entries(1, 0);
+
+/// A token bucket per client the ICMP errors go to (see `ratelimit`).
+#[map]
+pub static LB_REJECT_PEERS: LruHashMap<u32, RateBucket> =
+    LruHashMap::with_max_entries(MAX_REJECT_PEERS, 0);

@@ -1,44 +1,82 @@
-//! How many ICMP errors lb may send: one token bucket for the node, as the kernel's
-//! `icmp_global_allow` (`net.ipv4.icmp_msgs_per_sec` 1000, `icmp_msgs_burst` 50), so a
-//! flood to a service without endpoints is never answered one for one. As the
-//! kernel, "fragmentation needed" is not limited (path MTU discovery must work).
-//! The bucket is shared by every CPU and updated without atomics: racing CPUs may
+//! How many ICMP errors lb may send, as the kernel limits its own: one token bucket
+//! for the node (`icmp_global_allow`: `net.ipv4.icmp_msgs_per_sec` 1000,
+//! `icmp_msgs_burst` 50) and one per client (`icmpv4_xrlim_allow`:
+//! `net.ipv4.icmp_ratelimit` one a second, a burst of 6), so a flood to a service
+//! without endpoints is never answered one for one, and no client gets more than
+//! its share. As the kernel, "fragmentation needed" is not limited (path MTU
+//! discovery must work). The buckets are updated without atomics: racing CPUs may
 //! let a few more through, never fewer.
 
-use lb_common::{REJECT_BURST, REJECTS_PER_S, RateBucket};
+use lb_common::{
+    REJECT_BURST, REJECT_PEER_BURST, REJECTS_PER_PEER_PER_S, REJECTS_PER_S, RateBucket,
+};
 
-use crate::{clock, maps::LB_REJECT_RATE};
+use crate::{
+    clock,
+    maps::{LB_REJECT_PEERS, LB_REJECT_RATE},
+};
 
-/// Whether one more ICMP error may go now (takes a token if so).
+/// Whether one more ICMP error to `client_be` may go now (takes a token from both
+/// buckets if so).
 #[inline(always)]
-pub fn allow() -> bool {
-    let Some(b) = LB_REJECT_RATE.get_ptr_mut(0) else {
+pub fn allow(client_be: u32) -> bool {
+    let now = clock::now();
+    let Some(node) = LB_REJECT_RATE.get_ptr_mut(0) else {
         return false;
     };
-    let now = clock::now();
     // SAFETY: the pointer came from a successful lookup of an array slot; a torn
     // update by another CPU at worst misplaces a token.
-    let bucket: &mut RateBucket = unsafe { &mut *b };
-    let elapsed = now.wrapping_sub(bucket.last);
-    let per_s = clock::ticks_per_s();
-    // A second or more fills the bucket; below that the product fits in 64 bits.
-    let earned = if elapsed >= per_s {
-        REJECT_BURST
-    } else {
-        elapsed * REJECTS_PER_S / per_s
-    };
-    if earned > 0 {
-        let credit = bucket.credit + earned;
-        bucket.credit = if credit > REJECT_BURST {
-            REJECT_BURST
-        } else {
-            credit
-        };
-        bucket.last = now;
-    }
-    if bucket.credit == 0 {
+    let node = unsafe { &mut *node };
+    fill(node, now, REJECTS_PER_S, REJECT_BURST);
+    if node.credit == 0 {
         return false;
     }
-    bucket.credit -= 1;
+    let peer = match LB_REJECT_PEERS.get_ptr_mut(client_be) {
+        // SAFETY: as above, for an LRU entry.
+        Some(p) => unsafe { &mut *p },
+        None => {
+            // A client not heard of (or evicted) starts with a full bucket.
+            let fresh = RateBucket {
+                credit: REJECT_PEER_BURST,
+                last: now,
+            };
+            if LB_REJECT_PEERS.insert(client_be, fresh, 0).is_err() {
+                return false;
+            }
+            match LB_REJECT_PEERS.get_ptr_mut(client_be) {
+                // SAFETY: as above.
+                Some(p) => unsafe { &mut *p },
+                None => return false,
+            }
+        }
+    };
+    fill(peer, now, REJECTS_PER_PEER_PER_S, REJECT_PEER_BURST);
+    if peer.credit == 0 {
+        return false;
+    }
+    peer.credit -= 1;
+    node.credit -= 1;
     true
+}
+
+/// Adds the tokens earned since the bucket was last filled, `per_s` a second, up
+/// to `burst`.
+#[inline(always)]
+fn fill(bucket: &mut RateBucket, now: u64, per_s: u64, burst: u64) {
+    let elapsed = now.wrapping_sub(bucket.last);
+    let tick = clock::ticks_per_s();
+    // Long enough to fill the bucket whole: full (and no product that could
+    // overflow); shorter, what was earned, the partial token kept in `last`.
+    let full = burst * tick / per_s;
+    if elapsed >= full {
+        bucket.credit = burst;
+        bucket.last = now;
+        return;
+    }
+    let earned = elapsed * per_s / tick;
+    if earned > 0 {
+        let credit = bucket.credit + earned;
+        bucket.credit = if credit > burst { burst } else { credit };
+        bucket.last += earned * tick / per_s;
+    }
 }

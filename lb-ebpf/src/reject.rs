@@ -95,7 +95,7 @@ fn unreachable(ctx: &TcContext, p: &Packet, code: u8, mtu: u16) -> Answer {
     if our_mac[0] & 1 != 0 || !unicast_host(p.key.saddr_be) {
         return Answer::Not;
     }
-    if code != ICMP_FRAG_NEEDED && !ratelimit::allow() {
+    if code != ICMP_FRAG_NEEDED && !ratelimit::allow(p.key.saddr_be) {
         return Answer::Limited;
     }
     match build(ctx, p, code, mtu, client_mac, our_mac) {

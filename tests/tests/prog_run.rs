@@ -1384,45 +1384,58 @@ fn only_fins_and_rsts_whose_checksum_holds_close_a_flow() {
     }
 }
 
-/// "Port unreachable" is rate-limited as the kernel's ICMP errors (1,000 a second
-/// after a burst of 50, `net.ipv4.icmp_msgs_per_sec` / `icmp_msgs_burst`): a flood to
-/// a service without endpoints is answered that often, the rest dropped unanswered
-/// (`drop_reject_limited`).
+/// "Port unreachable" is rate-limited as the kernel's ICMP errors: for the node,
+/// 1,000 a second after a burst of 50 (`net.ipv4.icmp_msgs_per_sec` /
+/// `icmp_msgs_burst`), and per client one a second after a burst of 6
+/// (`net.ipv4.icmp_ratelimit`, `XRLIM_BURST_FACTOR`); the rest are dropped
+/// unanswered (`drop_reject_limited`).
 #[test]
 fn port_unreachable_answers_are_rate_limited_as_the_kernels() {
-    let mut dp = dataplane();
-    dp.maps.set_iface(1, IFACE_POD).unwrap();
-    let f = Pkt::udp("10.244.0.3", 40700, NODE, 30009)
-        .payload(b"x")
-        .build();
-    const FRAMES: u64 = 2000;
-    let before = dp.maps.verdicts().unwrap();
-    let start = std::time::Instant::now();
-    for _ in 0..FRAMES {
-        let mut out = vec![0u8; f.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(&f),
-            data_out: Some(&mut out),
-            ..Default::default()
-        };
-        dp.tc(PROG_TC_INGRESS).unwrap().test_run(opts).unwrap();
+    // (answered, limited, elapsed ms) for `frames` frames from `client(i)`.
+    fn flood(client: impl Fn(u64) -> String, frames: u64) -> (u64, u64, u64) {
+        let mut dp = dataplane();
+        dp.maps.set_iface(1, IFACE_POD).unwrap();
+        let before = dp.maps.verdicts().unwrap();
+        let start = std::time::Instant::now();
+        for i in 0..frames {
+            let f = Pkt::udp(&client(i), 40700, NODE, 30009)
+                .payload(b"x")
+                .build();
+            let mut out = vec![0u8; f.len() + 256];
+            let opts = TestRunOptions {
+                data_in: Some(&f),
+                data_out: Some(&mut out),
+                ..Default::default()
+            };
+            dp.tc(PROG_TC_INGRESS).unwrap().test_run(opts).unwrap();
+        }
+        let ms = start.elapsed().as_millis() as u64;
+        let after = dp.maps.verdicts().unwrap();
+        let moved = |r: u32| after[r as usize].packets - before[r as usize].packets;
+        let (answered, limited) = (
+            moved(reason::REJECT_NO_BACKEND),
+            moved(reason::DROP_REJECT_LIMITED),
+        );
+        assert_eq!(answered + limited, frames, "one verdict each");
+        (answered, limited, ms)
     }
-    let ms = start.elapsed().as_millis() as u64;
-    let after = dp.maps.verdicts().unwrap();
-    let moved = |r: u32| after[r as usize].packets - before[r as usize].packets;
-    let (answered, limited) = (
-        moved(reason::REJECT_NO_BACKEND),
-        moved(reason::DROP_REJECT_LIMITED),
-    );
-    eprintln!("{answered} answered, {limited} dropped unanswered, in {ms} ms");
-    assert_eq!(answered + limited, FRAMES, "one verdict each");
-    // The burst, then one a millisecond (plus a clock tick either side).
+    // The node's bucket: 2,000 clients, one frame each.
+    let (answered, limited, ms) = flood(|i| format!("10.244.{}.{}", i / 200, 1 + i % 200), 2000);
+    eprintln!("2,000 clients: {answered} answered, {limited} dropped unanswered, in {ms} ms");
     assert!(answered >= 50, "{answered} answered: the burst is 50");
     assert!(
         answered <= 50 + ms + 10,
         "{answered} answered in {ms} ms: at most 50 + 1 a millisecond"
     );
-    assert!(limited > 0, "{FRAMES} frames in {ms} ms, none limited");
+    assert!(limited > 0, "2,000 frames in {ms} ms, none limited");
+    // One client's bucket: 200 frames from one address.
+    let (answered, limited, ms) = flood(|_| "10.244.0.3".to_string(), 200);
+    eprintln!("one client: {answered} answered, {limited} dropped unanswered, in {ms} ms");
+    assert!(answered >= 6, "{answered} answered: the burst is 6");
+    assert!(
+        answered <= 6 + ms / 1000 + 1,
+        "{answered} answered in {ms} ms: at most 6 + 1 a second"
+    );
 }
 
 /// Runs `frame` through `prog` with `ctx` (None: the program's default context);
