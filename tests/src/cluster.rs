@@ -80,6 +80,21 @@ pub fn cluster_with(
     }
 }
 
+/// `n` pods `{name}0`, `{name}1`, ... labelled `app: {app}`, at 10.244.0.2, .3, ...
+/// (the pod namespaces `cluster` makes, in order).
+pub fn pods(name: &str, app: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            pod_yaml(
+                &format!("{name}{i}"),
+                &format!("10.244.0.{}", 2 + i),
+                app,
+                &[],
+            )
+        })
+        .collect()
+}
+
 pub fn lbclient(c: &Cluster, ns: &Netns, args: &[&str]) -> Vec<String> {
     lbclient_in(&c.t, ns, args)
 }

@@ -13,16 +13,7 @@ use lb_tests::{
 const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.80\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080, nodePort: 30080}\n---\n";
 
 fn pods(n: usize) -> String {
-    (0..n)
-        .map(|i| {
-            pod_yaml(
-                &format!("web{i}"),
-                &format!("10.244.0.{}", 2 + i),
-                "web",
-                &[],
-            )
-        })
-        .collect()
+    lb_tests::cluster::pods("web", "web", n)
 }
 
 /// Starts `lbclient stream ADDR SECS` in `ns` under `label`.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lb_tests::{
     Netns, Topology,
-    cluster::{CLIENT_IP, Cluster, cluster, lbclient, pod_yaml, ready, tally},
+    cluster::{CLIENT_IP, Cluster, cluster, lbclient, pod_yaml, pods, ready, tally},
     lbctl::podserver_bin,
     seeds::NODE_IP,
 };
@@ -14,16 +14,7 @@ const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\
 
 #[test]
 fn cluster_ip_spreads_new_connections_and_keeps_each_flow_on_its_pod() {
-    let pods: String = (0..3)
-        .map(|i| {
-            pod_yaml(
-                &format!("web{i}"),
-                &format!("10.244.0.{}", 2 + i),
-                "web",
-                &[],
-            )
-        })
-        .collect();
+    let pods: String = pods("web", "web", 3);
     let tcp: &[&str] = &["--tcp", "8080"];
     let c = cluster("spread", &[tcp, tcp, tcp], &format!("{WEB}{pods}"));
     ready(&c, &c.client, "tcp", "10.96.0.80:80");
@@ -88,16 +79,7 @@ fn cluster_ip_spreads_new_connections_and_keeps_each_flow_on_its_pod() {
 #[test]
 fn udp_echo_through_a_cluster_ip_and_a_node_port() {
     let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: dns\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.53\n  selector: {app: dns}\n  ports:\n  - {name: dns, port: 53, targetPort: 5353, protocol: UDP, nodePort: 30053}\n---\n";
-    let pods: String = (0..2)
-        .map(|i| {
-            pod_yaml(
-                &format!("dns{i}"),
-                &format!("10.244.0.{}", 2 + i),
-                "dns",
-                &[],
-            )
-        })
-        .collect();
+    let pods: String = pods("dns", "dns", 2);
     let udp: &[&str] = &["--udp", "5353"];
     let c = cluster("udp", &[udp, udp], &format!("{svc}{pods}"));
     ready(&c, &c.client, "udp", "10.96.0.53:53");
@@ -159,16 +141,7 @@ fn a_named_target_port_resolves_per_pod() {
 #[test]
 fn client_ip_affinity_holds_and_moves_after_its_timeout() {
     let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: sticky\nspec:\n  clusterIP: 10.96.0.82\n  selector: {app: web}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 3\n  ports:\n  - {port: 80, targetPort: 8080}\n---\n";
-    let pods: String = (0..3)
-        .map(|i| {
-            pod_yaml(
-                &format!("web{i}"),
-                &format!("10.244.0.{}", 2 + i),
-                "web",
-                &[],
-            )
-        })
-        .collect();
+    let pods: String = pods("web", "web", 3);
     let tcp: &[&str] = &["--tcp", "8080"];
     let c = cluster("affinity", &[tcp, tcp, tcp], &format!("{svc}{pods}"));
     ready(&c, &c.client, "tcp", "10.96.0.82:80");
@@ -290,16 +263,7 @@ fn a_pod_reaching_its_own_service_gets_its_answer() {
 #[test]
 fn a_process_on_the_node_reaches_a_cluster_ip() {
     let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.85\n  selector: {app: web}\n  ports:\n  - {name: web, port: 80, targetPort: 8080}\n  - {name: dns, port: 53, targetPort: 5353, protocol: UDP}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: empty\nspec:\n  clusterIP: 10.96.0.86\n  selector: {app: nobody}\n  ports:\n  - {port: 80}\n---\n";
-    let pods: String = (0..2)
-        .map(|i| {
-            pod_yaml(
-                &format!("web{i}"),
-                &format!("10.244.0.{}", 2 + i),
-                "web",
-                &[],
-            )
-        })
-        .collect();
+    let pods: String = pods("web", "web", 2);
     let both: &[&str] = &["--tcp", "8080", "--udp", "5353"];
     let c = cluster("hostproc", &[both, both], &format!("{svc}{pods}"));
     ready(&c, &c.node, "tcp", "10.96.0.85:80");
@@ -409,16 +373,7 @@ fn traffic_that_is_not_for_a_service_is_untouched() {
 #[test]
 fn external_ips_are_served_on_the_service_port() {
     let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\nspec:\n  clusterIP: 10.96.0.87\n  selector: {app: web}\n  externalIPs: [192.168.1.50]\n  ports:\n  - {port: 80, targetPort: 8080}\n---\n";
-    let pods: String = (0..2)
-        .map(|i| {
-            pod_yaml(
-                &format!("web{i}"),
-                &format!("10.244.0.{}", 2 + i),
-                "web",
-                &[],
-            )
-        })
-        .collect();
+    let pods: String = pods("web", "web", 2);
     let tcp: &[&str] = &["--tcp", "8080"];
     let c = cluster("extip", &[tcp, tcp], &format!("{svc}{pods}"));
     c.t.sh(

@@ -119,30 +119,14 @@ fn dataplane_with(cfg: &LoadConfig) -> Dataplane {
 /// Runs one frame through a program; returns (return value, output frame, the one
 /// verdict reason whose counter moved).
 fn run(dp: &mut Dataplane, prog: Prog, frame: &[u8]) -> (u32, Vec<u8>, u32) {
-    let before = dp.maps.verdicts().unwrap();
-    let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        ..Default::default()
-    };
-    let res = match prog {
-        Prog::Xdp => dp.xdp().unwrap().test_run(opts),
-        Prog::TcIngress => dp.tc(PROG_TC_INGRESS).unwrap().test_run(opts),
-        Prog::TcEgress => dp.tc(PROG_TC_EGRESS).unwrap().test_run(opts),
-    }
-    .expect("BPF_PROG_RUN");
-    out.truncate(res.data_size_out as usize);
-    let after = dp.maps.verdicts().unwrap();
-    let moved: Vec<u32> = (0..reason::COUNT)
-        .filter(|i| after[*i as usize].packets != before[*i as usize].packets)
-        .collect();
+    let (ret, out, moved) = run_counted(dp, prog, frame, None);
     assert_eq!(
         moved.len(),
         1,
         "exactly one verdict counter moves per packet, moved: {moved:?}"
     );
-    (res.return_value, out, moved[0])
+    let code = reason::NAMES.iter().position(|n| *n == moved[0]).unwrap();
+    (ret, out, code as u32)
 }
 
 struct Row {
