@@ -1304,7 +1304,7 @@ fn only_fins_and_rsts_whose_checksum_holds_close_a_flow() {
     ] {
         for (n, (what, flags, payload)) in [
             ("RST", TCP_RST, 0usize),
-            ("FIN with 1,000 bytes (16 chunks)", TCP_FIN | TCP_ACK, 1000),
+            ("FIN with 1,000 bytes (two chunks)", TCP_FIN | TCP_ACK, 1000),
             ("FIN with 61 bytes (odd length)", TCP_FIN | TCP_ACK, 61),
         ]
         .into_iter()
