@@ -565,8 +565,9 @@ pub mod reason {
     /// A packet of an SNAT flow too big for its way out that may be fragmented:
     /// dropped (its rewritten tuple cannot go to the stack to be fragmented).
     pub const DROP_FRAG_NEEDED: u32 = 24;
-    /// A TCP packet of no tracked flow that is not a SYN (a bare ACK, FIN, RST):
-    /// passed to the kernel; flows start with a SYN, as netfilter's and Cilium's.
+    /// A TCP packet of no tracked flow that is not a SYN (a bare ACK, FIN, RST; or a
+    /// SYN with ACK, FIN or RST): passed to the kernel; flows start with a SYN alone,
+    /// as netfilter's and Cilium's.
     pub const PASS_TCP_NOT_SYN: u32 = 25;
     /// XDP: a packet of an SNAT flow with no way out XDP can take (no neighbour entry
     /// yet, an interface that takes no XDP frames): passed on untouched, for TC.

@@ -18,7 +18,7 @@ use lb_common::{
 use crate::{
     clock,
     maps::{LB_CT, LB_CT_ASSURED},
-    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{TCP_FIN, TCP_RST, opens_connection},
 };
 
 /// Set by the agent at load time (`lb_common::GLOBAL_CT_TIMEOUTS`, `lb agent
@@ -171,7 +171,7 @@ fn live(key: &FlowKey, tcp_flags: u8, now: u64, closing_valid: impl FnOnce() -> 
     if expired(entry, key.proto, now) {
         return Live::None;
     }
-    let bare_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let bare_syn = opens_connection(tcp_flags);
     if key.proto == PROTO_TCP && bare_syn && entry.tcp_flags & CT_TCP_CLOSING != 0 {
         // A new connection on a closing one's tuple: the old one's entries go.
         if assured {

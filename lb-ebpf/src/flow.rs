@@ -9,7 +9,7 @@ use crate::{
     clock,
     conntrack::{self, CtState, Snat},
     lb::{self, Select},
-    parse::{Frag, Packet, TCP_ACK, TCP_SYN},
+    parse::{Frag, Packet, opens_connection},
 };
 
 /// Set by the agent at load time (`lb_common::GLOBAL_SNAT_ADDR`): the node address
@@ -102,7 +102,7 @@ pub fn decide(
     if p.frag == Frag::Later {
         return Verdict::Pass(reason::PASS_FRAGMENT);
     }
-    if p.key.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+    if p.key.proto == PROTO_TCP && !opens_connection(p.tcp_flags) {
         return Verdict::Pass(reason::PASS_TCP_NOT_SYN);
     }
     let (svc_id, backend) = match lb::select(&p.key, lb::Origin::Iface(ifindex), now) {

@@ -18,6 +18,13 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
+
+/// Whether TCP flags make a connection's first packet: SYN alone (no ACK, and not
+/// with FIN or RST, combinations netfilter takes as invalid).
+#[inline(always)]
+pub fn opens_connection(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN
+}
 /// Offset of the flags byte in the TCP header.
 const TCP_FLAGS_OFF: usize = 13;
 /// Offset of the data-offset byte (high nibble: header length in words).

@@ -873,6 +873,8 @@ fn tcp_flows_start_with_a_syn_and_packets_not_sent_on_leave_no_flow() {
         ("FIN", TCP_FIN | TCP_ACK),
         ("RST", TCP_RST),
         ("SYN-ACK", TCP_SYN | TCP_ACK),
+        ("SYN-FIN", TCP_SYN | TCP_FIN),
+        ("SYN-RST", TCP_SYN | TCP_RST),
     ] {
         let f = Pkt::tcp(CLIENT, 40500, NODE, NODE_PORT, flags).build();
         let (_, out, moved) = run(&mut dp, Prog::Xdp, &f);
