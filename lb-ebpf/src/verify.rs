@@ -69,10 +69,10 @@ fn fold(mut s: u64) -> u16 {
 }
 
 /// Whether `p`'s TCP or UDP checksum holds. `load(off, buf, n)` copies `n`
-/// (1..=CHUNK) bytes at `off` of the frame to `buf`, false when it cannot. One's-complement sums do not depend on the
-/// byte order words are read in, as long as every word is read the same way: the
-/// kernel's `bpf_csum_diff` reads them as they lie in memory, and so does the
-/// pseudo-header sum here.
+/// (1..=CHUNK) bytes at `off` of the frame to `buf`, false when it cannot.
+/// One's-complement sums do not depend on the byte order words are read in, as long
+/// as every word is read the same way: the kernel's `bpf_csum_diff` reads them as
+/// they lie in memory, and so does the pseudo-header sum here.
 #[inline(always)]
 pub fn l4_checksum_valid(p: &Packet, load: impl Fn(usize, *mut c_void, usize) -> bool) -> bool {
     if p.frag != Frag::Whole {
