@@ -31,25 +31,21 @@ pub fn allow(client_be: u32) -> bool {
     if node.credit == 0 {
         return false;
     }
-    let peer = match LB_REJECT_PEERS.get_ptr_mut(client_be) {
-        // SAFETY: as above, for an LRU entry.
-        Some(p) => unsafe { &mut *p },
-        None => {
-            // A client not heard of (or evicted) starts with a full bucket.
-            let fresh = RateBucket {
-                credit: REJECT_PEER_BURST,
-                last: now,
-            };
-            if LB_REJECT_PEERS.insert(client_be, fresh, 0).is_err() {
-                return false;
-            }
-            match LB_REJECT_PEERS.get_ptr_mut(client_be) {
-                // SAFETY: as above.
-                Some(p) => unsafe { &mut *p },
-                None => return false,
-            }
+    let Some(peer) = LB_REJECT_PEERS.get_ptr_mut(client_be) else {
+        // A client not heard of (or evicted) starts with a full bucket, less this
+        // answer's token.
+        let taken = RateBucket {
+            credit: REJECT_PEER_BURST - 1,
+            last: now,
+        };
+        if LB_REJECT_PEERS.insert(client_be, taken, 0).is_err() {
+            return false;
         }
+        node.credit -= 1;
+        return true;
     };
+    // SAFETY: as above, for an LRU entry.
+    let peer = unsafe { &mut *peer };
     fill(peer, now, REJECTS_PER_PEER_PER_S, REJECT_PEER_BURST);
     if peer.credit == 0 {
         return false;
