@@ -206,6 +206,27 @@ pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
 mod tests {
     use super::seconds;
 
+    /// The flags' defaults, written for people (`6h`), are the programs' own.
+    #[test]
+    fn timeout_flags_default_to_the_programs_defaults() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            agent: super::AgentArgs,
+        }
+        let a = Cli::try_parse_from(["lb", "--iface", "eth0"])
+            .unwrap()
+            .agent;
+        let flags = lb_common::CtTimeouts {
+            tcp_s: a.ct_timeout_tcp,
+            tcp_syn_s: a.ct_timeout_tcp_syn,
+            tcp_fin_s: a.ct_timeout_tcp_fin,
+            udp_s: a.ct_timeout_udp,
+        };
+        assert_eq!(flags, lb_common::CtTimeouts::DEFAULT);
+    }
+
     #[test]
     fn timeouts_read_as_durations() {
         assert_eq!(seconds("90"), Ok(90));
