@@ -6,6 +6,10 @@
 //! sequences, are refused after a bounded amount of work instead of exhausting
 //! memory.
 //!
+//! While a value is read, an upper bound of its length as compact JSON is counted
+//! ([`Read::json_at_most`]): only a document that could be over the API server's
+//! request limit is then measured exactly.
+//!
 //! After a value is typed, [`unknown_fields`] names the fields the type does not
 //! know (`spec.ports[0].targetPortt`): kubectl's strict field validation.
 
@@ -20,25 +24,52 @@ pub const MAX_NODES: usize = 1_000_000;
 /// How deep values may nest (a Pod needs about 10).
 pub const MAX_DEPTH: usize = 64;
 
+/// A value as read, with an upper bound of its length written as compact JSON.
+#[derive(Debug)]
+pub struct Read {
+    pub value: Value,
+    pub json_at_most: usize,
+}
+
 /// Reads one value of a `len`-byte text from `d` within the bounds, refusing
 /// duplicate keys.
-pub fn value<'de, D: Deserializer<'de>>(d: D, len: usize) -> Result<Value, D::Error> {
+pub fn value<'de, D: Deserializer<'de>>(d: D, len: usize) -> Result<Read, D::Error> {
     let budget = Cell::new(MAX_NODES.max(len));
-    Seed {
+    let json = Cell::new(0);
+    let value = Seed {
         budget: &budget,
+        json: &json,
         depth: 0,
     }
-    .deserialize(d)
+    .deserialize(d)?;
+    Ok(Read {
+        value,
+        json_at_most: json.get(),
+    })
 }
+
+/// The most bytes a string of `len` bytes takes in JSON: its quotes and every byte
+/// escaped as `\u00XX`.
+fn json_string_at_most(len: usize) -> usize {
+    len.saturating_mul(6).saturating_add(2)
+}
+
+/// The most bytes a number, a boolean or null takes in JSON
+/// (`-1.7976931348623157e308` is 23).
+const SCALAR_JSON_AT_MOST: usize = 24;
 
 #[derive(Clone, Copy)]
 struct Seed<'a> {
     budget: &'a Cell<usize>,
+    /// The JSON length bound counted so far.
+    json: &'a Cell<usize>,
     depth: usize,
 }
 
 impl Seed<'_> {
-    fn spend<E: de::Error>(&self) -> Result<(), E> {
+    /// One more value, which takes at most `json` bytes as JSON (with the comma or
+    /// colon after it).
+    fn spend<E: de::Error>(&self, json: usize) -> Result<(), E> {
         let left = self.budget.get();
         if left == 0 {
             return Err(E::custom(
@@ -46,6 +77,8 @@ impl Seed<'_> {
             ));
         }
         self.budget.set(left - 1);
+        self.json
+            .set(self.json.get().saturating_add(json).saturating_add(1));
         Ok(())
     }
 
@@ -56,8 +89,8 @@ impl Seed<'_> {
             )));
         }
         Ok(Seed {
-            budget: self.budget,
             depth: self.depth + 1,
+            ..self
         })
     }
 }
@@ -78,37 +111,37 @@ impl<'de> Visitor<'de> for Seed<'_> {
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
-        self.spend()?;
+        self.spend(SCALAR_JSON_AT_MOST)?;
         Ok(Value::Bool(v))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
-        self.spend()?;
+        self.spend(SCALAR_JSON_AT_MOST)?;
         Ok(Value::from(v))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        self.spend()?;
+        self.spend(SCALAR_JSON_AT_MOST)?;
         Ok(Value::from(v))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        self.spend()?;
+        self.spend(SCALAR_JSON_AT_MOST)?;
         Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
-        self.spend()?;
+        self.spend(json_string_at_most(v.len()))?;
         Ok(Value::String(v.to_string()))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
-        self.spend()?;
+        self.spend(json_string_at_most(v.len()))?;
         Ok(Value::String(v))
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-        self.spend()?;
+        self.spend(SCALAR_JSON_AT_MOST)?;
         Ok(Value::Null)
     }
 
@@ -121,7 +154,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        self.spend()?;
+        self.spend(2)?;
         let inner = self.deeper()?;
         let mut out = Vec::new();
         while let Some(v) = seq.next_element_seed(inner)? {
@@ -131,10 +164,17 @@ impl<'de> Visitor<'de> for Seed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        self.spend()?;
+        self.spend(2)?;
         let inner = self.deeper()?;
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            // The key and its colon (the comma after the value is the value's).
+            self.json.set(
+                self.json
+                    .get()
+                    .saturating_add(json_string_at_most(key.len()))
+                    .saturating_add(1),
+            );
             let v = map.next_value_seed(inner)?;
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format!(
@@ -193,7 +233,9 @@ mod tests {
     use super::*;
 
     fn yaml(text: &str) -> Result<Value, String> {
-        value(serde_yaml_ng::Deserializer::from_str(text), text.len()).map_err(|e| e.to_string())
+        value(serde_yaml_ng::Deserializer::from_str(text), text.len())
+            .map(|r| r.value)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -249,6 +291,31 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         let err = refused(&deep);
         assert!(err.contains("nested") || err.contains("recursion"), "{err}");
+    }
+
+    #[test]
+    fn the_json_bound_is_never_below_the_json_written() {
+        let texts = [
+            "a: [1, {b: x}]\n",
+            "s: \"\\x01\\x02\\u2028\\t\"\nn: -1.7976931348623157e308\nk: ~\nl: []\nm: {}\n",
+            "- - - [true, false, null]\n  - \"\\\"\\\\\"\n",
+            "big: &a [aaaa, bbbb]\nall: [*a, *a, *a]\n",
+            "\"\\x7f\": \"\\0\"\n",
+        ];
+        for text in texts {
+            let read = value(serde_yaml_ng::Deserializer::from_str(text), text.len()).unwrap();
+            let json = serde_json::to_string(&read.value).unwrap();
+            assert!(
+                read.json_at_most >= json.len(),
+                "{text:?}: {} < {json}",
+                read.json_at_most
+            );
+            assert!(
+                read.json_at_most <= json.len() * 12 + 64,
+                "{text:?}: {}",
+                read.json_at_most
+            );
+        }
     }
 
     #[test]

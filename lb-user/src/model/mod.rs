@@ -391,18 +391,19 @@ pub fn read_manifest_each<E: From<ManifestError>>(
     // trees of a 100,000-object manifest are never all held at once.
     let mut objects = Objects {
         source,
-        text,
         validation,
         next_index: 1,
     };
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let mut d = serde_json::Deserializer::from_str(text);
-        let v = decode::value(&mut d, text.len())
+        let read = decode::value(&mut d, text.len())
             .and_then(|v| d.end().map(|()| v))
             .map_err(|e| syntax(e.to_string()))?;
-        let values = match v {
-            Value::Array(items) => items,
-            v => vec![v],
+        // Each item is no longer than the whole.
+        let at_most = read.json_at_most;
+        let values = match read.value {
+            Value::Array(items) => items.into_iter().map(|v| (v, at_most)).collect(),
+            v => vec![(v, at_most)],
         };
         each(objects.take(values)?)?;
     } else {
@@ -411,7 +412,8 @@ pub fn read_manifest_each<E: From<ManifestError>>(
             let parsed = crate::par::in_parallel(batch.to_vec(), |(line, doc)| {
                 let mut values = Vec::new();
                 for d in serde_yaml_ng::Deserializer::from_str(doc) {
-                    values.push(decode::value(d, doc.len()).map_err(|e| yaml_error(e, line))?);
+                    let read = decode::value(d, doc.len()).map_err(|e| yaml_error(e, line))?;
+                    values.push((read.value, read.json_at_most));
                 }
                 Ok::<_, String>(values)
             });
@@ -431,47 +433,49 @@ const VALUE_BATCH: usize = 4_096;
 /// The objects of a manifest as its documents are taken, batch after batch.
 struct Objects<'a> {
     source: &'a str,
-    text: &'a str,
     validation: FieldValidation,
     /// The number the next document gets.
     next_index: usize,
 }
 
 impl Objects<'_> {
-    /// Takes parsed documents: a `kind: List` gives its items, each numbered in
-    /// turn and made an object (on every core).
-    fn take(&mut self, values: Vec<Value>) -> Result<Manifest, ManifestError> {
-        let (source, text, validation) = (self.source, self.text, self.validation);
+    /// Takes parsed documents, each with an upper bound of its length as JSON: a
+    /// `kind: List` gives its items, each numbered in turn and made an object (on
+    /// every core).
+    fn take(&mut self, values: Vec<(Value, usize)>) -> Result<Manifest, ManifestError> {
+        let (source, validation) = (self.source, self.validation);
         let next_index = &mut self.next_index;
         let mut manifest = Manifest::default();
         let mut items = Vec::new();
-        for value in values {
+        for (value, at_most) in values {
             if value.is_null() {
                 continue; // an empty document (a trailing `---`)
             }
             if value.get("kind").and_then(Value::as_str) == Some("List") {
+                // An item is no longer than its list.
                 items.extend(
                     value
                         .get("items")
                         .and_then(Value::as_array)
                         .cloned()
-                        .unwrap_or_default(),
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|v| (v, at_most)),
                 );
             } else {
-                items.push(value);
+                items.push((value, at_most));
             }
         }
         let first = *next_index;
         *next_index += items.len();
-        let numbered: Vec<(usize, Value)> = items
+        let numbered: Vec<(usize, (Value, usize))> = items
             .into_iter()
             .enumerate()
             .map(|(i, v)| (first + i, v))
             .collect();
-        // Objects are measured only when the text could hold one over the limit.
-        let measure = text.len() > MAX_OBJECT_BYTES;
-        for parsed in crate::par::in_parallel(numbered, |(index, value)| {
-            if measure && json_longer_than(&value, MAX_OBJECT_BYTES) {
+        for parsed in crate::par::in_parallel(numbered, |(index, (value, at_most))| {
+            // Measured only when it could be over the limit.
+            if at_most > MAX_OBJECT_BYTES && json_longer_than(&value, MAX_OBJECT_BYTES) {
                 return Err(ManifestError::Document {
                     file: source.to_string(),
                     index,
@@ -694,14 +698,19 @@ fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
     value: &Value,
     unknown: &mut Vec<String>,
 ) -> Result<T, String> {
-    let t: T = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            e.inner().to_string()
-        } else {
-            format!("{path}: {}", e.inner())
-        }
-    })?;
+    // Decoded plainly first; only a value that fails is decoded again, tracking
+    // the path its error is at (a third of the cost of every good object).
+    let t: T = match T::deserialize(value) {
+        Ok(t) => t,
+        Err(_) => serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        })?,
+    };
     let known = serde_json::to_value(&t).map_err(|e| e.to_string())?;
     unknown.extend(decode::unknown_fields(value, &known));
     Ok(t)
@@ -841,22 +850,25 @@ pub fn pod_ready(pod: &Pod) -> bool {
     let Some(status) = &pod.status else {
         return false;
     };
-    if pod_ip(pod).is_none() {
+    candidate(
+        pod_ip(pod).is_some(),
+        status.phase.as_deref(),
+        pod.metadata.deletion_timestamp.is_some(),
+        status
+            .conditions
+            .as_ref()
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.as_str()),
+    )
+}
+
+/// [`pod_ready`] from what it reads of a pod that reports a status: whether it has
+/// an address, its phase, whether it is being deleted, its Ready condition's status.
+fn candidate(has_ip: bool, phase: Option<&str>, deleting: bool, ready: Option<&str>) -> bool {
+    if !has_ip || matches!(phase, Some("Succeeded" | "Failed")) || deleting {
         return false;
     }
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
-        || pod.metadata.deletion_timestamp.is_some()
-    {
-        return false;
-    }
-    match status
-        .conditions
-        .as_ref()
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-    {
-        Some(c) => c.status == "True",
-        None => true,
-    }
+    ready.is_none_or(|r| r == "True")
 }
 
 /// The service's ClusterIP, when it has one (none for headless or ExternalName).
@@ -865,7 +877,12 @@ pub fn cluster_ip(svc: &Service) -> Option<Ipv4Addr> {
 }
 
 pub fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
-    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+    ip_of(pod.status.as_ref()?.pod_ip.as_deref())
+}
+
+/// A pod's `status.podIP` as [`pod_ip`] reads it.
+fn ip_of(pod_ip: Option<&str>) -> Option<Ipv4Addr> {
+    pod_ip?.parse().ok()
 }
 
 #[cfg(test)]
