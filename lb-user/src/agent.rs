@@ -25,7 +25,7 @@ use crate::{
     netif::{self, Routes},
     plan::{self, Node, PortPlan},
     sizes::{MapSizes, Need, NodeMemory, SizeFlags},
-    state::{Change, FactChange, Touched, Tracked},
+    state::{Change, Touched, Tracked},
     status::{self, NodeStatus},
     store::Store,
 };
@@ -350,9 +350,9 @@ impl Agent {
         // Taken a batch at a time, so a bulk write is never held whole as objects.
         let mut touched = Touched::default();
         let tracked = &mut self.tracked;
-        let Some(read) = self.store.changes_since(seen, FactChange::from, |batch| {
-            touched.extend(tracked.take(batch))
-        })?
+        let Some(read) = self
+            .store
+            .fact_changes_since(seen, |batch| touched.extend(tracked.take(batch)))?
         else {
             info!(
                 seen,

@@ -539,3 +539,43 @@ fn documents_are_numbered_across_batches_and_lists() {
     let err = parse_manifest("m.yaml", &yaml).unwrap_err().to_string();
     assert!(err.starts_with("m.yaml (document 5003): "), "{err}");
 }
+
+#[test]
+fn a_stored_pod_decoded_for_its_facts_has_the_facts_of_the_whole_pod() {
+    let pods = [
+        "metadata: {name: p}\nspec: {containers: [{name: c, image: i}]}\n",
+        "metadata: {name: p, labels: {app: web, tier: fe, a.b/c: d}, annotations: {x: y}}\nspec: {nodeName: n1, containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}, {name: dns, containerPort: 53, protocol: UDP}, {containerPort: 9}]}, {name: d, image: i, ports: [{name: m, containerPort: 9090}]}]}\nstatus: {podIP: 10.0.0.1}\n",
+        "metadata: {name: p, labels: {app: web}}\nspec: {containers: [{name: c, image: i}]}\nstatus: {podIP: 10.0.0.1, phase: Running, conditions: [{type: PodScheduled, status: \"True\"}, {type: Ready, status: \"False\"}]}\n",
+        "metadata: {name: p}\nspec: {containers: [{name: c, image: i}]}\nstatus: {podIP: 10.0.0.1, conditions: [{type: Ready, status: \"True\"}]}\n",
+        "metadata: {name: p}\nspec: {containers: [{name: c, image: i}]}\nstatus: {podIP: 10.0.0.1, phase: Succeeded}\n",
+        "metadata: {name: p, deletionTimestamp: \"2026-01-01T00:00:00Z\"}\nspec: {containers: [{name: c, image: i}]}\nstatus: {podIP: 10.0.0.1}\n",
+        "metadata: {name: p}\nspec: {containers: [{name: c, image: i}]}\nstatus: {conditions: [{type: Ready, status: \"True\"}]}\n",
+        "metadata: {name: p}\nspec: {containers: [{name: c, image: i}]}\nstatus: {phase: Pending}\n",
+    ];
+    for text in pods {
+        let docs = parse_manifest("t.yaml", &format!("apiVersion: v1\nkind: Pod\n{text}"))
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        let Object::Pod(pod) = &docs[0].object else {
+            panic!("not a pod")
+        };
+        let stored = serde_json::to_string(pod).unwrap();
+        assert_eq!(
+            PodFacts::from_json(&stored).unwrap(),
+            PodFacts::of(pod),
+            "{stored}"
+        );
+    }
+    // Ready and addressed, or not: the cases differ where they should.
+    let facts = |text: &str| {
+        let docs = parse_manifest("t.yaml", &format!("apiVersion: v1\nkind: Pod\n{text}")).unwrap();
+        let Object::Pod(pod) = &docs[0].object else {
+            panic!("not a pod")
+        };
+        PodFacts::from_json(&serde_json::to_string(pod).unwrap()).unwrap()
+    };
+    let ready: Vec<bool> = pods.iter().map(|p| facts(p).ready_ip.is_some()).collect();
+    assert_eq!(
+        ready,
+        [false, true, false, true, false, false, false, false]
+    );
+}

@@ -31,8 +31,8 @@ pub use self::{
     apply::{ApplyError, Mode, Outcome},
 };
 use crate::{
-    model::{Document, Kind, Object, ObjectKey},
-    state::{Change, FactChange, Facts, State},
+    model::{Document, Kind, Object, ObjectKey, PodFacts},
+    state::{Change, Fact, FactChange, Facts, State},
 };
 
 pub const DEFAULT_STORE_DIR: &str = "/var/lib/lb";
@@ -345,7 +345,7 @@ impl Store {
     /// facts).
     pub fn load_facts(&self) -> Result<Facts, StoreError> {
         let mut facts = Facts::default();
-        let revision = self.load_each(FactChange::from, |batch| {
+        let revision = self.load_each_as(&fact_change, |batch| {
             batch.into_iter().for_each(|c| facts.apply(c))
         })?;
         facts.revision = revision;
@@ -361,13 +361,25 @@ impl Store {
         convert: impl Fn(Change) -> T + Sync,
         each: impl FnMut(Vec<T>),
     ) -> Result<u64, StoreError> {
+        self.load_each_as(
+            &|kind, key, body| object_change(kind, key, body).map(&convert),
+            each,
+        )
+    }
+
+    /// [`Store::load_each`], each row decoded by `decode` (kind, key, body).
+    fn load_each_as<T: Send>(
+        &self,
+        decode: &(impl Fn(Kind, ObjectKey, Option<&str>) -> serde_json::Result<T> + Sync),
+        each: impl FnMut(Vec<T>),
+    ) -> Result<u64, StoreError> {
         let read = self.read(|tx| {
             let revision = revision(tx).map_err(self.db("reading the revision"))?;
             self.each_batch(
                 tx,
                 "SELECT kind, key, body FROM objects WHERE body IS NOT NULL",
                 [],
-                &convert,
+                decode,
                 each,
             )?;
             Ok(revision)
@@ -375,16 +387,16 @@ impl Store {
         Ok(read.unwrap_or(0))
     }
 
-    /// The rows `sql` selects (kind, key, body), decoded [`LOAD_BATCH`] at a time,
-    /// made `T` by `convert` and handed to `each`, in order. Reading the rows (and
-    /// `each`) on this thread overlaps with decoding the batch before on a thread
-    /// of its own (which spreads it over every core).
+    /// The rows `sql` selects (kind, key, body), decoded [`LOAD_BATCH`] at a time
+    /// by `decode` and handed to `each`, in order. Reading the rows (and `each`) on
+    /// this thread overlaps with decoding the batch before on a thread of its own
+    /// (which spreads it over every core).
     fn each_batch<T: Send>(
         &self,
         conn: &Connection,
         sql: &str,
         args: impl rusqlite::Params,
-        convert: &(impl Fn(Change) -> T + Sync),
+        decode: &(impl Fn(Kind, ObjectKey, Option<&str>) -> serde_json::Result<T> + Sync),
         mut each: impl FnMut(Vec<T>),
     ) -> Result<(), StoreError> {
         let mut stmt = conn.prepare_cached(sql).map_err(self.db("reading"))?;
@@ -395,7 +407,7 @@ impl Store {
             let (decoded_tx, decoded) = std::sync::mpsc::channel();
             scope.spawn(move || {
                 for batch in to_decode {
-                    if decoded_tx.send(decode_as(dir, batch, convert)).is_err() {
+                    if decoded_tx.send(decode_as(dir, batch, decode)).is_err() {
                         return;
                     }
                 }
@@ -472,6 +484,29 @@ impl Store {
         convert: impl Fn(Change) -> T + Sync,
         each: impl FnMut(Vec<T>),
     ) -> Result<Option<u64>, StoreError> {
+        self.changes_since_as(
+            after,
+            &|kind, key, body| object_change(kind, key, body).map(&convert),
+            each,
+        )
+    }
+
+    /// [`Store::changes_since`] as the agent takes them: pods and EndpointSlices
+    /// already made facts (a pod decoded only as far as its facts read it).
+    pub fn fact_changes_since(
+        &self,
+        after: u64,
+        each: impl FnMut(Vec<FactChange>),
+    ) -> Result<Option<u64>, StoreError> {
+        self.changes_since_as(after, &fact_change, each)
+    }
+
+    fn changes_since_as<T: Send>(
+        &self,
+        after: u64,
+        decode: &(impl Fn(Kind, ObjectKey, Option<&str>) -> serde_json::Result<T> + Sync),
+        each: impl FnMut(Vec<T>),
+    ) -> Result<Option<u64>, StoreError> {
         let read = self.read(|tx| {
             if after < meta(tx, "pruned").map_err(self.db("reading the revision"))? {
                 return Ok(None);
@@ -481,7 +516,7 @@ impl Store {
                 tx,
                 "SELECT kind, key, body FROM objects WHERE rev > ?1",
                 [after as i64],
-                &convert,
+                decode,
                 each,
             )?;
             Ok(Some(revision))
@@ -506,7 +541,7 @@ impl Store {
 
     /// Rows to changes, the JSON parsed on every core.
     fn decode(&self, rows: Vec<Row>) -> Result<Vec<Change>, StoreError> {
-        decode_as(&self.dir, rows, &|c| c)
+        decode_as(&self.dir, rows, &object_change)
     }
 
     /// What `scope` names, read inside the writer's transaction.
@@ -857,11 +892,11 @@ fn meta_set(conn: &Connection, name: &str) -> rusqlite::Result<Option<u64>> {
 /// A stored row as read: kind, key, body (None: a deletion's tombstone).
 type Row = (String, String, Option<String>);
 
-/// Rows of the store in `dir` to changes made `T` by `convert`, both on every core.
+/// Rows of the store in `dir` decoded by `decode`, on every core.
 fn decode_as<T: Send>(
     dir: &Path,
     rows: Vec<Row>,
-    convert: &(impl Fn(Change) -> T + Sync),
+    decode: &(impl Fn(Kind, ObjectKey, Option<&str>) -> serde_json::Result<T> + Sync),
 ) -> Result<Vec<T>, StoreError> {
     crate::par::in_parallel(rows, |(kind, key, body)| {
         let corrupt = |error: String| StoreError::Corrupt {
@@ -876,25 +911,35 @@ fn decode_as<T: Send>(
         let Some(object_key) = ObjectKey::from_row(&key) else {
             return Err(corrupt("a key that is not namespace/name".into()));
         };
-        let object = match body {
-            None => None,
-            Some(b) => Some(
-                match kind {
-                    Kind::Service => serde_json::from_str(&b).map(Object::Service),
-                    Kind::Pod => serde_json::from_str(&b).map(Object::Pod),
-                    Kind::EndpointSlice => serde_json::from_str(&b).map(Object::EndpointSlice),
-                }
-                .map_err(|e| corrupt(e.to_string()))?,
-            ),
-        };
-        Ok(convert(Change {
-            kind,
-            key: object_key,
-            object,
-        }))
+        decode(kind, object_key, body.as_deref()).map_err(|e| corrupt(e.to_string()))
     })
     .into_iter()
     .collect()
+}
+
+/// A stored row as the change of its whole object (None: a deletion's tombstone).
+fn object_change(kind: Kind, key: ObjectKey, body: Option<&str>) -> serde_json::Result<Change> {
+    let object = match body {
+        None => None,
+        Some(b) => Some(match kind {
+            Kind::Service => serde_json::from_str(b).map(Object::Service)?,
+            Kind::Pod => serde_json::from_str(b).map(Object::Pod)?,
+            Kind::EndpointSlice => serde_json::from_str(b).map(Object::EndpointSlice)?,
+        }),
+    };
+    Ok(Change { kind, key, object })
+}
+
+/// A stored row as the agent keeps it: a pod decoded only as far as its facts.
+fn fact_change(kind: Kind, key: ObjectKey, body: Option<&str>) -> serde_json::Result<FactChange> {
+    match (kind, body) {
+        (Kind::Pod, Some(b)) => Ok(FactChange {
+            kind,
+            key,
+            fact: Some(Fact::Pod(PodFacts::from_json(b)?)),
+        }),
+        _ => object_change(kind, key, body).map(FactChange::from),
+    }
 }
 
 #[cfg(test)]
