@@ -242,6 +242,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             Some(()) = rx.recv() => agent.reconcile(false)?,
             _ = tick.tick() => {
                 agent.reconcile(true)?;
+                agent.refresh_pod_roles();
                 agent.announce();
                 agent.sweep_flows();
             }
@@ -626,6 +627,14 @@ impl Agent {
         match status::write(&self.store_dir, &status) {
             Ok(()) => self.published = Some(self.refused.clone()),
             Err(e) => warn!(error = %e, "cannot write the node's status file"),
+        }
+    }
+
+    /// Follows how XDP may reach each pod (a pod attached or removed an XDP
+    /// program on its end of the veth).
+    fn refresh_pod_roles(&mut self) {
+        if let Err(e) = self.dp.refresh_pod_roles() {
+            warn!(error = %e, "cannot update the pod interfaces' roles");
         }
     }
 

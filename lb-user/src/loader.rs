@@ -125,9 +125,11 @@ impl std::str::FromStr for XdpUse {
 pub enum ToPods {
     /// Through the kernel's stack (routing, netfilter, the veth), as without lb.
     Stack,
-    /// XDP translates, TC ingress hands the packet to the pod's end of its veth
-    /// (`bpf_redirect_peer`), skipping the node's stack; pods behind other kinds of
-    /// interface (a bridge) are reached through the stack.
+    /// Chosen per pod: XDP redirects into the veth of a pod whose end runs an XDP
+    /// program (it takes XDP frames; checked at attach and every second); for any
+    /// other pod XDP translates and TC ingress hands the packet to the pod's end of
+    /// its veth (`bpf_redirect_peer`), skipping the node's stack; pods behind other
+    /// kinds of interface (a bridge) are reached through the stack.
     #[default]
     Peer,
     /// XDP redirects into the pod's veth, no socket buffer on the node at all. Only
@@ -429,6 +431,7 @@ pub struct Dataplane {
     links: Option<PathBuf>,
     xdp_use: XdpUse,
     ct_timeouts: CtTimeouts,
+    to_pods: ToPods,
 }
 
 impl Dataplane {
@@ -474,6 +477,7 @@ impl Dataplane {
             links,
             xdp_use: cfg.xdp,
             ct_timeouts: cfg.ct_timeouts,
+            to_pods: cfg.to_pods,
         })
     }
 
@@ -579,14 +583,16 @@ impl Dataplane {
         let ifindex = ifindex(iface)?;
         let how = self.attach_tc(iface, PROG_TC_INGRESS, TcAttachType::Ingress)?;
         self.attach_tc(iface, PROG_TC_EGRESS, TcAttachType::Egress)?;
-        let peer = crate::netif::peer_in_other_netns(iface);
-        let role = if peer {
-            IFACE_POD | IFACE_F_PEER
-        } else {
-            IFACE_POD
-        };
+        let role = self.pod_role(iface);
         self.maps.set_iface(ifindex, role)?;
-        info!(iface, ifindex, link = ?how, veth_peer = peer, "attached to pod interface");
+        info!(
+            iface,
+            ifindex,
+            link = ?how,
+            veth_peer = role & IFACE_F_PEER != 0,
+            xdp_frames = role & IFACE_F_XDP_XMIT != 0,
+            "attached to pod interface"
+        );
         self.attached.insert(
             iface.to_string(),
             Attachment {
@@ -595,6 +601,48 @@ impl Dataplane {
                 xdp: None,
             },
         );
+        Ok(())
+    }
+
+    /// A pod interface's role: `IFACE_F_PEER` for a veth (or netkit) whose peer is
+    /// in another namespace; under `--to-pods peer`, also `IFACE_F_XDP_XMIT` for a
+    /// veth whose peer runs an XDP program, so XDP redirects frames into it (the
+    /// pod takes them) instead of leaving them to TC.
+    fn pod_role(&self, iface: &str) -> u32 {
+        let mut role = IFACE_POD;
+        if crate::netif::peer_in_other_netns(iface) {
+            role |= IFACE_F_PEER;
+            if self.to_pods == ToPods::Peer && crate::netif::peer_runs_xdp(iface) {
+                role |= IFACE_F_XDP_XMIT;
+            }
+        }
+        role
+    }
+
+    /// Asks every attached pod interface its role again (a pod attached or removed
+    /// its XDP program) and writes the roles that changed.
+    pub fn refresh_pod_roles(&mut self) -> Result<(), LoadError> {
+        let pods: Vec<(String, u32, u32)> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| a.role & IFACE_POD != 0)
+            .map(|(name, a)| (name.clone(), a.ifindex, a.role))
+            .collect();
+        for (iface, ifindex, was) in pods {
+            let role = self.pod_role(&iface);
+            if role != was {
+                self.maps.set_iface(ifindex, role)?;
+                if let Some(a) = self.attached.get_mut(&iface) {
+                    a.role = role;
+                }
+                info!(
+                    iface,
+                    ifindex,
+                    xdp_frames = role & IFACE_F_XDP_XMIT != 0,
+                    "pod interface: how XDP reaches the pod changed"
+                );
+            }
+        }
         Ok(())
     }
 

@@ -28,6 +28,23 @@ pub fn peer_in_other_netns(iface: &str) -> bool {
         .is_some_and(|l| matches!(l.kind.as_deref(), Some("veth" | "netkit")) && l.peer_netnsid)
 }
 
+/// Whether `iface` is a veth whose peer (the pod's end, in another namespace) has
+/// an XDP program attached: such a veth takes frames XDP redirects into it (the
+/// peer's NAPI runs them). Without one, a redirected frame is dropped unless the
+/// peer has GRO on, which rtnetlink does not tell: such pods are treated as not
+/// taking them. The peer is asked of the kernel in its own namespace
+/// (RTM_GETLINK with IFLA_TARGET_NETNSID, the namespace id this side reports).
+pub fn peer_runs_xdp(iface: &str) -> bool {
+    let Some(info) = link_info(iface) else {
+        return false;
+    };
+    let (Some(peer), Some(netnsid), Some("veth")) = (info.link, info.netnsid, info.kind.as_deref())
+    else {
+        return false;
+    };
+    getlink(peer, Some(netnsid)).is_some_and(|p| p.xdp_attached)
+}
+
 /// The link's kind (`veth`, `bridge`, `netkit`, ...) for a virtual device; None
 /// for a NIC (or an interface netlink does not know).
 pub fn link_kind(iface: &str) -> Option<String> {
@@ -38,6 +55,12 @@ pub fn link_kind(iface: &str) -> Option<String> {
 struct LinkInfo {
     kind: Option<String>,
     peer_netnsid: bool,
+    /// IFLA_LINK: for a veth, its peer's ifindex (in the peer's namespace).
+    link: Option<u32>,
+    /// IFLA_LINK_NETNSID: the peer's namespace, as this namespace numbers it.
+    netnsid: Option<i32>,
+    /// IFLA_XDP { IFLA_XDP_ATTACHED }: an XDP program is attached (any mode).
+    xdp_attached: bool,
 }
 
 // Kernel uapi values (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h).
@@ -48,11 +71,20 @@ const RTM_GETLINK: u16 = 18;
 const NLM_F_REQUEST: u16 = 1;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
+const IFLA_LINK: u16 = 5;
 const IFLA_LINK_NETNSID: u16 = 37;
+const IFLA_XDP: u16 = 43;
+const IFLA_XDP_ATTACHED: u16 = 2;
+const IFLA_TARGET_NETNSID: u16 = 46;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 fn link_info(iface: &str) -> Option<LinkInfo> {
-    let index = nix::net::if_::if_nametoindex(iface).ok()?;
+    getlink(nix::net::if_::if_nametoindex(iface).ok()?, None)
+}
+
+/// RTM_GETLINK for `index` in this namespace, or in the one this namespace numbers
+/// `netnsid`.
+fn getlink(index: u32, netnsid: Option<i32>) -> Option<LinkInfo> {
     // SAFETY: plain socket(2); the descriptor is owned (and closed) below.
     let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -60,9 +92,15 @@ fn link_info(iface: &str) -> Option<LinkInfo> {
     }
     // SAFETY: a descriptor we just opened and nobody else owns.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    const REQ_LEN: usize = NLMSG_HDR_LEN + IFINFO_LEN;
-    let mut req = [0u8; REQ_LEN];
-    req[0..4].copy_from_slice(&(REQ_LEN as u32).to_ne_bytes());
+    // The header, struct ifinfomsg and, to ask another namespace, one attribute.
+    let mut req = vec![0u8; NLMSG_HDR_LEN + IFINFO_LEN];
+    if let Some(id) = netnsid {
+        req.extend(8u16.to_ne_bytes());
+        req.extend(IFLA_TARGET_NETNSID.to_ne_bytes());
+        req.extend(id.to_ne_bytes());
+    }
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
     req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
     req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
     req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence
@@ -89,7 +127,15 @@ fn parse_link(msg: &[u8]) -> Option<LinkInfo> {
     let mut info = LinkInfo::default();
     for (ty, value) in attrs(msg.get(NLMSG_HDR_LEN + IFINFO_LEN..len)?) {
         match ty {
-            IFLA_LINK_NETNSID => info.peer_netnsid = true,
+            IFLA_LINK => info.link = Some(u32::from_ne_bytes(value.get(..4)?.try_into().ok()?)),
+            IFLA_LINK_NETNSID => {
+                info.peer_netnsid = true;
+                info.netnsid = Some(i32::from_ne_bytes(value.get(..4)?.try_into().ok()?));
+            }
+            IFLA_XDP => {
+                info.xdp_attached = attrs(value)
+                    .any(|(ty, v)| ty == IFLA_XDP_ATTACHED && v.first().is_some_and(|a| *a != 0));
+            }
             IFLA_LINKINFO => {
                 for (ty, value) in attrs(value) {
                     if ty == IFLA_INFO_KIND {
@@ -190,6 +236,7 @@ mod tests {
         assert_eq!(lo.kind, None);
         assert!(!lo.peer_netnsid);
         assert!(!peer_in_other_netns("lo"));
+        assert!(!peer_runs_xdp("lo"));
         assert!(!peer_in_other_netns("no-such-iface0"));
     }
 
@@ -209,6 +256,22 @@ mod tests {
         let info = parse_link(&msg).unwrap();
         assert_eq!(info.kind.as_deref(), Some("veth"));
         assert!(info.peer_netnsid);
+        assert_eq!((info.netnsid, info.link), (Some(0), None));
+        assert!(!info.xdp_attached);
+        // The peer as its namespace reports it: IFLA_LINK 7, IFLA_XDP {
+        // IFLA_XDP_ATTACHED XDP_ATTACHED_DRV (1) }; then XDP_ATTACHED_NONE (0).
+        let with = |attached: u8| {
+            let mut m = msg.clone();
+            m.extend([8, 0, 5, 0, 7, 0, 0, 0]);
+            m.extend([12, 0, 43, 0, 5, 0, 2, 0, attached, 0, 0, 0]);
+            let len = m.len() as u32;
+            m[0..4].copy_from_slice(&len.to_ne_bytes());
+            parse_link(&m).unwrap()
+        };
+        let peer = with(1);
+        assert_eq!(peer.link, Some(7));
+        assert!(peer.xdp_attached);
+        assert!(!with(0).xdp_attached);
         // Without the namespace id: a veth whose peer is in this namespace.
         let cut = msg.len() - 8;
         msg.truncate(cut);

@@ -166,6 +166,77 @@ fn by_default_tc_hands_nodeport_packets_to_the_pods_end_of_its_veth() {
 }
 
 #[test]
+fn by_default_a_pod_that_runs_xdp_is_reached_by_xdp_redirect_and_one_that_stops_by_tc() {
+    // XDP on the uplink (`--xdp native`, the laptop filling in its checksums: the
+    // fast path's tuned links), GRO off at the pod's end of its veth as a CNI makes
+    // it, and an XDP program on that end (the bench's sink: it counts UDP and
+    // passes everything else), which gives it NAPI: it takes redirected frames. The
+    // agent chooses per pod: this one gets frames by XDP_REDIRECT. Once the program
+    // is removed, the agent sees it (every second) and TC hands packets over again.
+    let mut pod_xdp = None;
+    let s = scenario_with(
+        "seedsa",
+        &format!("{SEEDS_SERVICE}---\n{SEEDS_POD}"),
+        &["--xdp", "native"],
+        |t, pod| {
+            t.sh(pod, &["ethtool", "-K", "eth0", "gro", "off"]).unwrap();
+            let mut bench = aya::Ebpf::load(lb_user::loader::BENCH_ELF).unwrap();
+            let sink: &mut aya::programs::Xdp = bench
+                .program_mut(lb_common::PROG_BENCH_SINK)
+                .unwrap()
+                .try_into()
+                .unwrap();
+            sink.load().unwrap();
+            let _in = lb_tests::topology::InNetns::enter(pod).unwrap();
+            sink.attach("eth0", aya::programs::XdpMode::Driver).unwrap();
+            pod_xdp = Some(bench);
+        },
+    );
+    s.t.sh(&s.laptop, &["ethtool", "-K", "eth0", "tx", "off"])
+        .unwrap();
+    let v = verdicts_after(&s, 5);
+    let count = |v: &[lb_common::Counters], r: u32| v[r as usize].packets;
+    assert!(
+        count(&v, reason::FWD_XDP_REDIRECT) >= 10,
+        "packets to the pod that runs XDP were redirected at XDP: {:?}\n{}",
+        v[reason::FWD_XDP_REDIRECT as usize],
+        s.lb.diagnostics(&s.t, "node1")
+    );
+    assert_eq!(count(&v, reason::FWD_TC_PEER), 0, "none handed over by TC");
+    let log = s.t.log("agent-node1");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("attached to pod interface") && l.contains("xdp_frames=true")),
+        "the agent saw the pod's XDP program:\n{log}"
+    );
+    // The pod's program goes: within a tick the agent leaves the pod to TC.
+    drop(pod_xdp);
+    let changed = Topology::wait_for(Duration::from_secs(5), || {
+        s.t.log("agent-node1")
+            .contains("how XDP reaches the pod changed")
+            .then_some(())
+    });
+    assert!(
+        changed.is_some(),
+        "the agent noticed the pod's XDP program was removed:\n{}",
+        s.t.log("agent-node1")
+    );
+    let after = verdicts_after(&s, 5);
+    assert!(
+        count(&after, reason::FWD_TC_PEER) >= 10,
+        "packets to the pod without XDP were handed over by TC: {:?}",
+        after[reason::FWD_TC_PEER as usize]
+    );
+    // (At most the last close of the first round, still in flight when it was read.)
+    assert!(
+        count(&after, reason::FWD_XDP_REDIRECT) <= count(&v, reason::FWD_XDP_REDIRECT) + 4,
+        "none redirected at XDP to a pod that no longer takes XDP frames: {:?} then {:?}",
+        v[reason::FWD_XDP_REDIRECT as usize],
+        after[reason::FWD_XDP_REDIRECT as usize]
+    );
+}
+
+#[test]
 fn with_to_pods_xdp_the_nodeport_reaches_the_pod_by_xdp_redirect() {
     // The fast path needs tuned links, and says so: XDP on the (virtual) uplink
     // (`--xdp native`), the laptop filling in its checksums (tx off: XDP cannot see
