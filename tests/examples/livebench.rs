@@ -1,21 +1,24 @@
 //! Live packets through veth namespaces: packets per second delivered to a pod for
-//! (a) a plain XDP_REDIRECT hop, the ceiling on this machine, and a plain
-//! bpf_redirect_peer hop at TC, the floor of any path delivering socket buffers;
-//! (b) lb NodePort, as by default (`--to-pods peer`: XDP translates, TC ingress
-//! hands the packet to the pod's end of its veth), with `--to-pods xdp` (XDP
-//! redirects into the veth: the pod here runs XDP, as the ceiling needs too) and
-//! with `--to-pods stack` (the kernel's stack delivers); (c) kube-proxy's iptables
-//! DNAT rules; (d) kube-proxy's nftables rules; for one established flow and for
-//! new flows (every packet a new source address and port), at 1, 1,000 and 10,000
-//! services x 10 endpoints. And, across two nodes, lb forwarding NodePort traffic
-//! to a remote pod by XDP_REDIRECT vs the kernel-stack fallback (`--no-xdp-redirect`).
+//! (a) a plain XDP_REDIRECT hop into a pod that runs XDP, the ceiling on this
+//! machine, and a plain bpf_redirect_peer hop at TC into a pod that does not, the
+//! floor of any path delivering socket buffers; (b) lb NodePort as by default, which
+//! chooses per pod: XDP redirects into the veth of a pod that runs XDP, and for a
+//! pod that does not XDP translates and TC ingress hands the packet to the pod's end
+//! of its veth; each against the plain hop of its kind; and with `--to-pods stack`
+//! (the kernel's stack delivers); (c) kube-proxy's iptables DNAT rules; (d)
+//! kube-proxy's nftables rules; for one established flow and for new flows (every
+//! packet a new source address and port), at 1, 1,000 and 10,000 services x 10
+//! endpoints. And, across two nodes, lb forwarding NodePort traffic to a remote pod
+//! by XDP_REDIRECT vs the kernel-stack fallback (`--no-xdp-redirect`).
 //!
 //! The traffic is made by BPF_PROG_RUN in live-frames mode (`lb_bench_gen`, run in
 //! the laptop namespace: it sends each frame out of the laptop's eth0); the pod
 //! counts what arrives with an XDP sink (`lb_bench_sink`) and, for packets handed
-//! over as socket buffers, which pass no XDP hook, a TC ingress sink. Every window is bounded
-//! in time. Run as root: `cargo xtask bench` (`--quick` for a smoke run;
-//! `--sizes=1 --lb-only` for lb beside the ceiling alone).
+//! over as socket buffers, which pass no XDP hook, a TC ingress sink. The first row
+//! is the generator's own rate (frames dropped by XDP on the node's uplink): a row
+//! within 1.4x of it is marked generator-bound. Every window is bounded in time.
+//! Run as root: `cargo xtask bench` (`--quick` for a smoke run; `--sizes=1
+//! --lb-only` for lb beside the plain hops alone).
 
 mod bench_object;
 mod report;
@@ -63,13 +66,24 @@ struct Traffic {
 }
 
 impl Traffic {
-    /// Loads the bench programs; the sink goes on the pod's eth0, the header
-    /// template is a UDP frame from the laptop to `dst`:NodePort via `dst_mac`.
-    fn new(t: &Topology, laptop: &Netns, pod: &Netns, dst: &str, dst_mac: [u8; 6]) -> Result<Self> {
+    /// Loads the bench programs; the sinks go on the pod's eth0 (`pod_xdp`: the
+    /// XDP one too, so the pod takes XDP frames; else only TC's, as a pod whose
+    /// end of its veth runs no XDP), the header template is a UDP frame from the
+    /// laptop to `dst`:NodePort via `dst_mac`.
+    fn new(
+        t: &Topology,
+        laptop: &Netns,
+        pod: &Netns,
+        pod_xdp: bool,
+        dst: &str,
+        dst_mac: [u8; 6],
+    ) -> Result<Self> {
         let mut bench = BenchObject::load()?;
         {
             let _in = InNetns::enter(pod)?;
-            bench.attach_xdp(PROG_BENCH_SINK, "eth0")?;
+            if pod_xdp {
+                bench.attach_xdp(PROG_BENCH_SINK, "eth0")?;
+            }
             bench.attach_tc(PROG_BENCH_SINK_TC, "eth0")?;
         }
         let mut frame = Pkt::udp(seeds::LAPTOP_IP, 40000, dst, MEASURED_NODE_PORT)
@@ -190,8 +204,10 @@ enum Contender {
     Generator,
     Ceiling,
     PeerFloor,
+    /// lb as by default, the pod running XDP on its end: XDP redirects into it.
     Lb,
-    LbXdpToPods,
+    /// lb as by default, the pod running no XDP: TC hands packets over.
+    LbTcPod,
     LbStack,
     Iptables,
     Nftables,
@@ -201,10 +217,10 @@ impl Contender {
     fn label(self) -> &'static str {
         match self {
             Contender::Generator => "generator (XDP drop on the node's uplink)",
-            Contender::Ceiling => "XDP_REDIRECT hop (ceiling)",
-            Contender::PeerFloor => "TC bpf_redirect_peer hop (socket buffers)",
-            Contender::Lb => "lb NodePort",
-            Contender::LbXdpToPods => "lb NodePort, --to-pods xdp",
+            Contender::Ceiling => "XDP_REDIRECT hop (ceiling; pod runs XDP)",
+            Contender::PeerFloor => "TC bpf_redirect_peer hop (pod without XDP)",
+            Contender::Lb => "lb NodePort (pod runs XDP)",
+            Contender::LbTcPod => "lb NodePort (pod without XDP)",
             Contender::LbStack => "lb NodePort, --to-pods stack",
             Contender::Iptables => "iptables (kube-proxy)",
             Contender::Nftables => "nftables (kube-proxy)",
@@ -234,7 +250,17 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
     // NAPI on the node's eth0 even with no XDP program on it (the kernel-stack
     // contenders), so frames the laptop's XDP sends are taken in.
     t.sh(&s.node, &["ethtool", "-K", "eth0", "gro", "on"])?;
-    let mut traffic = Traffic::new(&t, &s.laptop, &pod, seeds::NODE_IP, t.mac(&s.node, "eth0")?)?;
+    // The TC contenders' pod runs no XDP program (as a CNI makes it); the others'
+    // counts at XDP, which also lets it take XDP frames.
+    let pod_xdp = !matches!(c, Contender::PeerFloor | Contender::LbTcPod);
+    let mut traffic = Traffic::new(
+        &t,
+        &s.laptop,
+        &pod,
+        pod_xdp,
+        seeds::NODE_IP,
+        t.mac(&s.node, "eth0")?,
+    )?;
     let dir = t.dir().to_path_buf();
     match c {
         Contender::Generator => {
@@ -253,7 +279,7 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
             let _in = InNetns::enter(&s.node)?;
             traffic.bench.attach_tc(PROG_BENCH_REDIRECT_PEER, "eth0")?;
         }
-        Contender::Lb | Contender::LbXdpToPods | Contender::LbStack => {
+        Contender::Lb | Contender::LbTcPod | Contender::LbStack => {
             let lb = Lb::new(&mut t)?;
             // The pod is declared, so the agent knows lxc0 as a pod's interface.
             lb.apply(&format!(
@@ -265,7 +291,6 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
             // writes complete checksums; GRO gives eth0 NAPI), so the fast path is
             // what is measured.
             let extra: &[&str] = match c {
-                Contender::LbXdpToPods => &["--to-pods", "xdp", "--xdp", "native"],
                 Contender::LbStack => &["--to-pods", "stack", "--xdp", "native"],
                 _ => &["--xdp", "native"],
             };
@@ -300,8 +325,10 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
     let new = traffic.measure(true, w)?;
     let delivered = traffic.bench.sink_count()?;
     match c {
-        // XDP translates, TC ingress hands the packet to the pod.
-        Contender::Lb => expect_path(&t, "node1", &[reason::FWD_TC_PEER], delivered)?,
+        // XDP translates and redirects into the veth of the pod that runs XDP.
+        Contender::Lb => expect_path(&t, "node1", &[reason::FWD_XDP_REDIRECT], delivered)?,
+        // XDP translates, TC ingress hands the packet to the pod without XDP.
+        Contender::LbTcPod => expect_path(&t, "node1", &[reason::FWD_TC_PEER], delivered)?,
         // XDP translates, the kernel routes to the pod's veth.
         Contender::LbStack => expect_path(
             &t,
@@ -309,8 +336,6 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
             &[reason::NAT_NEW_FLOW, reason::NAT_ESTABLISHED],
             delivered,
         )?,
-        // XDP translates and redirects into the pod's veth.
-        Contender::LbXdpToPods => expect_path(&t, "node1", &[reason::FWD_XDP_REDIRECT], delivered)?,
         _ => {}
     }
     drop(traffic);
@@ -365,6 +390,7 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
         &t,
         &lan.laptop,
         &pod,
+        true,
         &multinode::node_ip(0),
         t.mac(&node1, "eth0")?,
     )?;
@@ -383,6 +409,7 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
 
 fn main() -> Result<()> {
     assert!(lb_tests::is_root(), "run as root (namespaces, eBPF)");
+
     let quick = std::env::args().any(|a| a == "--quick");
     let (mut sizes, w): (Vec<usize>, Window) = if quick {
         (
@@ -402,21 +429,28 @@ fn main() -> Result<()> {
         )
     };
     // For work on lb (e.g. under `perf record`): `--sizes=N,M` only these sizes;
-    // `--lb-only`: the ceiling and lb as by default, no other contender, no remote pod.
+    // `--lb-only`: the two plain hops and lb as by default (both kinds of pod), no
+    // other contender, no remote pod.
     if let Some(list) = std::env::args().find_map(|a| a.strip_prefix("--sizes=").map(String::from))
     {
         sizes = list.split(',').map(str::parse).collect::<Result<_, _>>()?;
     }
     let lb_only = std::env::args().any(|a| a == "--lb-only");
     let contenders: &[Contender] = if lb_only {
-        &[Contender::Generator, Contender::Ceiling, Contender::Lb]
+        &[
+            Contender::Generator,
+            Contender::Ceiling,
+            Contender::PeerFloor,
+            Contender::Lb,
+            Contender::LbTcPod,
+        ]
     } else {
         &[
             Contender::Generator,
             Contender::Ceiling,
             Contender::PeerFloor,
             Contender::Lb,
-            Contender::LbXdpToPods,
+            Contender::LbTcPod,
             Contender::LbStack,
             Contender::Iptables,
             Contender::Nftables,
@@ -436,6 +470,7 @@ fn main() -> Result<()> {
             "established: ns/packet above ceiling",
             "new flows: ns/packet above ceiling",
             "generator / this (established, new)",
+            "lb: this / the plain hop of its kind (established, new)",
         ],
     );
     let mut chart = Chart::new("Live packets, delivered (Mpps)", "Mpps");
@@ -468,6 +503,21 @@ fn main() -> Result<()> {
             .find(|(c, _)| *c == Contender::Generator)
             .map(|(_, r)| *r)
             .context("generator result")?;
+        let peer_floor = results
+            .iter()
+            .find(|(c, _)| *c == Contender::PeerFloor)
+            .map(|(_, r)| *r)
+            .context("TC hop result")?;
+        // lb by default against the plain hop that delivers the same way: the XDP
+        // hop for a pod that runs XDP, the TC hop for one that does not.
+        let own_kind = |c: Contender, r: &[(f64, f64); 2]| {
+            let hop = match c {
+                Contender::Lb => ceiling,
+                Contender::LbTcPod => peer_floor,
+                _ => return "-".to_string(),
+            };
+            format!("{:.2}x, {:.2}x", r[0].1 / hop[0].1, r[1].1 / hop[1].1)
+        };
         // A row within 1.4x of what the generator itself sends measures the
         // generator, not the hop: said in the row.
         let headroom = |pps: f64, gen_pps: f64| {
@@ -502,6 +552,7 @@ fn main() -> Result<()> {
                         headroom(r[1].1, generator[1].1)
                     )
                 },
+                own_kind(*c, r),
             ]);
             chart.bar(
                 &format!("{n} svc"),
