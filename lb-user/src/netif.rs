@@ -42,7 +42,7 @@ pub fn peer_runs_xdp(iface: &str) -> bool {
     else {
         return false;
     };
-    getlink(peer, Some(netnsid)).is_some_and(|p| p.xdp_attached)
+    getlink(peer, Some(netnsid)).is_some_and(|p| p.xdp_native)
 }
 
 /// The link's kind (`veth`, `bridge`, `netkit`, ...) for a virtual device; None
@@ -59,8 +59,11 @@ struct LinkInfo {
     link: Option<u32>,
     /// IFLA_LINK_NETNSID: the peer's namespace, as this namespace numbers it.
     netnsid: Option<i32>,
-    /// IFLA_XDP { IFLA_XDP_ATTACHED }: an XDP program is attached (any mode).
-    xdp_attached: bool,
+    /// IFLA_XDP: an XDP program is attached in native (driver) mode, alone
+    /// (IFLA_XDP_ATTACHED = XDP_ATTACHED_DRV) or beside others (XDP_ATTACHED_MULTI
+    /// with IFLA_XDP_DRV_PROG_ID). A generic (skb) one gives a veth no NAPI: frames
+    /// redirected into it would be dropped.
+    xdp_native: bool,
 }
 
 // Kernel uapi values (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h).
@@ -75,6 +78,8 @@ const IFLA_LINK: u16 = 5;
 const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_XDP: u16 = 43;
 const IFLA_XDP_ATTACHED: u16 = 2;
+const IFLA_XDP_DRV_PROG_ID: u16 = 5;
+const XDP_ATTACHED_DRV: u8 = 1;
 const IFLA_TARGET_NETNSID: u16 = 46;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
@@ -133,8 +138,11 @@ fn parse_link(msg: &[u8]) -> Option<LinkInfo> {
                 info.netnsid = Some(i32::from_ne_bytes(value.get(..4)?.try_into().ok()?));
             }
             IFLA_XDP => {
-                info.xdp_attached = attrs(value)
-                    .any(|(ty, v)| ty == IFLA_XDP_ATTACHED && v.first().is_some_and(|a| *a != 0));
+                info.xdp_native = attrs(value).any(|(ty, v)| match ty {
+                    IFLA_XDP_ATTACHED => v.first() == Some(&XDP_ATTACHED_DRV),
+                    IFLA_XDP_DRV_PROG_ID => true,
+                    _ => false,
+                });
             }
             IFLA_LINKINFO => {
                 for (ty, value) in attrs(value) {
@@ -257,21 +265,30 @@ mod tests {
         assert_eq!(info.kind.as_deref(), Some("veth"));
         assert!(info.peer_netnsid);
         assert_eq!((info.netnsid, info.link), (Some(0), None));
-        assert!(!info.xdp_attached);
+        assert!(!info.xdp_native);
         // The peer as its namespace reports it: IFLA_LINK 7, IFLA_XDP {
-        // IFLA_XDP_ATTACHED XDP_ATTACHED_DRV (1) }; then XDP_ATTACHED_NONE (0).
-        let with = |attached: u8| {
+        // IFLA_XDP_ATTACHED mode, and for several programs (XDP_ATTACHED_MULTI, 4)
+        // IFLA_XDP_DRV_PROG_ID 9 or IFLA_XDP_SKB_PROG_ID (6) 9 }.
+        let with = |attached: u8, prog: Option<u8>| {
             let mut m = msg.clone();
             m.extend([8, 0, 5, 0, 7, 0, 0, 0]);
-            m.extend([12, 0, 43, 0, 5, 0, 2, 0, attached, 0, 0, 0]);
+            let mut xdp = vec![5, 0, 2, 0, attached, 0, 0, 0];
+            if let Some(ty) = prog {
+                xdp.extend([8, 0, ty, 0, 9, 0, 0, 0]);
+            }
+            m.extend([(4 + xdp.len()) as u8, 0, 43, 0]);
+            m.extend(xdp);
             let len = m.len() as u32;
             m[0..4].copy_from_slice(&len.to_ne_bytes());
             parse_link(&m).unwrap()
         };
-        let peer = with(1);
-        assert_eq!(peer.link, Some(7));
-        assert!(peer.xdp_attached);
-        assert!(!with(0).xdp_attached);
+        let native = with(1, None);
+        assert_eq!(native.link, Some(7));
+        assert!(native.xdp_native);
+        assert!(!with(0, None).xdp_native, "none");
+        assert!(!with(2, None).xdp_native, "generic (skb) mode");
+        assert!(with(4, Some(5)).xdp_native, "native among several");
+        assert!(!with(4, Some(6)).xdp_native, "generic among several");
         // Without the namespace id: a veth whose peer is in this namespace.
         let cut = msg.len() - 8;
         msg.truncate(cut);

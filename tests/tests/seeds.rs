@@ -173,23 +173,15 @@ fn by_default_a_pod_that_runs_xdp_is_reached_by_xdp_redirect_and_one_that_stops_
     // passes everything else), which gives it NAPI: it takes redirected frames. The
     // agent chooses per pod: this one gets frames by XDP_REDIRECT. Once the program
     // is removed, the agent sees it (every second) and TC hands packets over again.
-    let mut pod_xdp = None;
+    let (mut pod_xdp, mut pod_ns) = (None, None);
     let s = scenario_with(
         "seedsa",
         &format!("{SEEDS_SERVICE}---\n{SEEDS_POD}"),
         &["--xdp", "native"],
         |t, pod| {
             t.sh(pod, &["ethtool", "-K", "eth0", "gro", "off"]).unwrap();
-            let mut bench = aya::Ebpf::load(lb_user::loader::BENCH_ELF).unwrap();
-            let sink: &mut aya::programs::Xdp = bench
-                .program_mut(lb_common::PROG_BENCH_SINK)
-                .unwrap()
-                .try_into()
-                .unwrap();
-            sink.load().unwrap();
-            let _in = lb_tests::topology::InNetns::enter(pod).unwrap();
-            sink.attach("eth0", aya::programs::XdpMode::Driver).unwrap();
-            pod_xdp = Some(bench);
+            pod_xdp = Some(pod_sink(pod, aya::programs::XdpMode::Driver));
+            pod_ns = Some(pod.clone());
         },
     );
     s.t.sh(&s.laptop, &["ethtool", "-K", "eth0", "tx", "off"])
@@ -234,6 +226,37 @@ fn by_default_a_pod_that_runs_xdp_is_reached_by_xdp_redirect_and_one_that_stops_
         v[reason::FWD_XDP_REDIRECT as usize],
         after[reason::FWD_XDP_REDIRECT as usize]
     );
+    // A generic (skb-mode) program gives the veth no NAPI: XDP frames would be
+    // dropped, so the pod stays with TC through the agent's next checks.
+    let generic = pod_sink(pod_ns.as_ref().unwrap(), aya::programs::XdpMode::Skb);
+    std::thread::sleep(Duration::from_millis(2_500));
+    let last = verdicts_after(&s, 5);
+    assert!(
+        count(&last, reason::FWD_TC_PEER) >= count(&after, reason::FWD_TC_PEER) + 10,
+        "a pod with a generic XDP program is handed packets by TC: {:?}",
+        last[reason::FWD_TC_PEER as usize]
+    );
+    assert!(
+        count(&last, reason::FWD_XDP_REDIRECT) <= count(&after, reason::FWD_XDP_REDIRECT) + 4,
+        "none redirected at XDP to a pod with a generic XDP program: {:?}",
+        last[reason::FWD_XDP_REDIRECT as usize]
+    );
+    drop(generic);
+}
+
+/// The bench object's XDP sink (counts UDP, passes everything else) on the pod's
+/// eth0 in `mode`, attached for as long as the returned object lives.
+fn pod_sink(pod: &Netns, mode: aya::programs::XdpMode) -> aya::Ebpf {
+    let mut bench = aya::Ebpf::load(lb_user::loader::BENCH_ELF).unwrap();
+    let sink: &mut aya::programs::Xdp = bench
+        .program_mut(lb_common::PROG_BENCH_SINK)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    sink.load().unwrap();
+    let _in = lb_tests::topology::InNetns::enter(pod).unwrap();
+    sink.attach("eth0", mode).unwrap();
+    bench
 }
 
 #[test]
