@@ -125,8 +125,9 @@ impl std::str::FromStr for XdpUse {
 pub enum ToPods {
     /// Through the kernel's stack (routing, netfilter, the veth), as without lb.
     Stack,
-    /// Chosen per pod: XDP redirects into the veth of a pod whose end runs an XDP
-    /// program (it takes XDP frames; checked at attach and every second); for any
+    /// Chosen per pod: XDP redirects into the veth of a pod whose end runs a
+    /// native-mode XDP program (it takes XDP frames; checked at attach and every
+    /// second); for any
     /// other pod XDP translates and TC ingress hands the packet to the pod's end of
     /// its veth (`bpf_redirect_peer`), skipping the node's stack; pods behind other
     /// kinds of interface (a bridge) are reached through the stack.
@@ -606,8 +607,8 @@ impl Dataplane {
 
     /// A pod interface's role: `IFACE_F_PEER` for a veth (or netkit) whose peer is
     /// in another namespace; under `--to-pods peer`, also `IFACE_F_XDP_XMIT` for a
-    /// veth whose peer runs an XDP program, so XDP redirects frames into it (the
-    /// pod takes them) instead of leaving them to TC.
+    /// veth whose peer runs a native-mode XDP program, so XDP redirects frames into
+    /// it (the pod takes them) instead of leaving them to TC.
     fn pod_role(&self, iface: &str) -> u32 {
         let mut role = IFACE_POD;
         if crate::netif::peer_in_other_netns(iface) {

@@ -29,10 +29,10 @@ pub fn peer_in_other_netns(iface: &str) -> bool {
 }
 
 /// Whether `iface` is a veth whose peer (the pod's end, in another namespace) has
-/// an XDP program attached: such a veth takes frames XDP redirects into it (the
-/// peer's NAPI runs them). Without one, a redirected frame is dropped unless the
-/// peer has GRO on, which rtnetlink does not tell: such pods are treated as not
-/// taking them. The peer is asked of the kernel in its own namespace
+/// a native-mode XDP program attached: such a veth takes frames XDP redirects into
+/// it (the peer's NAPI runs them). Without one (or with a generic-mode one only), a
+/// redirected frame is dropped unless the peer has GRO on, which rtnetlink does not
+/// tell: such pods are treated as not taking them. The peer is asked of the kernel in its own namespace
 /// (RTM_GETLINK with IFLA_TARGET_NETNSID, the namespace id this side reports).
 pub fn peer_runs_xdp(iface: &str) -> bool {
     let Some(info) = link_info(iface) else {
