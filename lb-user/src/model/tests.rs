@@ -578,4 +578,12 @@ fn a_stored_pod_decoded_for_its_facts_has_the_facts_of_the_whole_pod() {
         ready,
         [false, true, false, true, false, false, false, false]
     );
+    // Strings with JSON escapes are read unescaped.
+    let escaped = PodFacts::from_json(
+        r#"{"metadata":{"labels":{"a\u0070p":"w\u0065b"}},"spec":{"nodeName":"n\u0031"},"status":{"podIP":"10.0.0.\u0031"}}"#,
+    )
+    .unwrap();
+    assert_eq!(escaped.labels().collect::<Vec<_>>(), [("app", "web")]);
+    assert_eq!(escaped.node_name.as_deref(), Some("n1"));
+    assert_eq!(escaped.ready_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
 }
