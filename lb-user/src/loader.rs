@@ -610,10 +610,11 @@ impl Dataplane {
     /// veth whose peer runs a native-mode XDP program, so XDP redirects frames into
     /// it (the pod takes them) instead of leaving them to TC.
     fn pod_role(&self, iface: &str) -> u32 {
+        let link = crate::netif::pod_link(iface, self.to_pods == ToPods::Peer);
         let mut role = IFACE_POD;
-        if crate::netif::peer_in_other_netns(iface) {
+        if link.peer_in_other_netns {
             role |= IFACE_F_PEER;
-            if self.to_pods == ToPods::Peer && crate::netif::peer_runs_xdp(iface) {
+            if link.peer_runs_xdp {
                 role |= IFACE_F_XDP_XMIT;
             }
         }

@@ -18,31 +18,43 @@ pub fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-/// Whether `iface` is a veth (or netkit) whose peer lives in another network
-/// namespace: a pod's interface behind it, which `bpf_redirect_peer` can reach.
-/// Asked of the kernel by rtnetlink (RTM_GETLINK): the link's kind, and the peer's
-/// namespace id, which the kernel reports only for a peer in another namespace.
+/// A pod's interface as the kernel describes it, asked by rtnetlink (RTM_GETLINK).
 /// (`/sys/class/net` would describe the namespace sysfs was mounted in, not ours.)
-pub fn peer_in_other_netns(iface: &str) -> bool {
-    link_info(iface)
-        .is_some_and(|l| matches!(l.kind.as_deref(), Some("veth" | "netkit")) && l.peer_netnsid)
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PodLink {
+    /// A veth (or netkit) whose peer lives in another network namespace: a pod's
+    /// interface behind it, which `bpf_redirect_peer` can reach. From the link's
+    /// kind and the peer's namespace id, which the kernel reports only for a peer
+    /// in another namespace.
+    pub peer_in_other_netns: bool,
+    /// A veth whose peer (the pod's end) has a native-mode XDP program attached:
+    /// it takes frames XDP redirects into it (the peer's NAPI runs them). Without
+    /// one (or with a generic-mode one only), a redirected frame is dropped unless
+    /// the peer has GRO on, which rtnetlink does not tell: such pods are taken as
+    /// not taking them. The peer is asked of the kernel in its own namespace
+    /// (RTM_GETLINK with IFLA_TARGET_NETNSID, the namespace id this side reports).
+    pub peer_runs_xdp: bool,
 }
 
-/// Whether `iface` is a veth whose peer (the pod's end, in another namespace) has
-/// a native-mode XDP program attached: such a veth takes frames XDP redirects into
-/// it (the peer's NAPI runs them). Without one (or with a generic-mode one only), a
-/// redirected frame is dropped unless the peer has GRO on, which rtnetlink does not
-/// tell: such pods are treated as not taking them. The peer is asked of the kernel in its own namespace
-/// (RTM_GETLINK with IFLA_TARGET_NETNSID, the namespace id this side reports).
-pub fn peer_runs_xdp(iface: &str) -> bool {
+/// What the kernel says of `iface` as a pod's interface; its peer's XDP program
+/// only when `ask_xdp` (one more request, into the peer's namespace).
+pub fn pod_link(iface: &str, ask_xdp: bool) -> PodLink {
     let Some(info) = link_info(iface) else {
-        return false;
+        return PodLink::default();
     };
-    let (Some(peer), Some(netnsid), Some("veth")) = (info.link, info.netnsid, info.kind.as_deref())
-    else {
-        return false;
-    };
-    getlink(peer, Some(netnsid)).is_some_and(|p| p.xdp_native)
+    let kind = info.kind.as_deref();
+    let peer_runs_xdp = ask_xdp
+        && kind == Some("veth")
+        && match (info.link, info.netnsid) {
+            (Some(peer), Some(netnsid)) => {
+                getlink(peer, Some(netnsid)).is_some_and(|p| p.xdp_native)
+            }
+            _ => false,
+        };
+    PodLink {
+        peer_in_other_netns: matches!(kind, Some("veth" | "netkit")) && info.peer_netnsid,
+        peer_runs_xdp,
+    }
 }
 
 /// The link's kind (`veth`, `bridge`, `netkit`, ...) for a virtual device; None
@@ -243,9 +255,8 @@ mod tests {
         let lo = link_info("lo").expect("rtnetlink answers for lo");
         assert_eq!(lo.kind, None);
         assert!(!lo.peer_netnsid);
-        assert!(!peer_in_other_netns("lo"));
-        assert!(!peer_runs_xdp("lo"));
-        assert!(!peer_in_other_netns("no-such-iface0"));
+        assert_eq!(pod_link("lo", true), PodLink::default());
+        assert_eq!(pod_link("no-such-iface0", true), PodLink::default());
     }
 
     #[test]
