@@ -476,8 +476,8 @@ pub const IFACE_F_PEER: u32 = 4;
 /// on an external interface where XDP runs natively on a NIC (`--xdp auto`), or on
 /// any where the user vouched for it (`--xdp native`: a veth takes redirected frames
 /// only when its peer has NAPI, an XDP program or GRO on); on a pod's veth whose
-/// peer runs an XDP program (under `TO_PODS_PEER`; under `TO_PODS_XDP` every pod
-/// interface is redirected to). A frame for an interface without it is left to TC
+/// peer runs a native-mode XDP program (under `TO_PODS_PEER`; under `TO_PODS_XDP`
+/// every pod interface is redirected to). A frame for an interface without it is left to TC
 /// or the stack.
 pub const IFACE_F_XDP_XMIT: u32 = 8;
 

@@ -25,6 +25,7 @@ pub const TCP_ACK: u8 = 0x10;
 pub fn opens_connection(tcp_flags: u8) -> bool {
     tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN
 }
+
 /// Offset of the flags byte in the TCP header.
 const TCP_FLAGS_OFF: usize = 13;
 /// Offset of the data-offset byte (high nibble: header length in words).

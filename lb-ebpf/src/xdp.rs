@@ -117,10 +117,11 @@ struct Way {
 /// kernel would drop it: a veth whose peer has no NAPI): SNAT flows go on untouched
 /// to TC, whose `bpf_redirect_neigh` sends socket buffers anywhere; others through
 /// the stack once rewritten. Towards a local pod's veth it depends on `--to-pods`:
-/// by default (peer) XDP redirects it to a pod whose end runs XDP
-/// (`IFACE_F_XDP_XMIT`, set by the agent per pod), and for any other pod the frame
-/// is marked and TC ingress hands it over (`deliver`); with `--to-pods xdp` XDP
-/// redirects every one (the agent was told the pods' ends take XDP frames). A packet on its last hop (TTL 1) is not forwarded here: the stack
+/// by default (peer) XDP redirects it to a pod whose end runs a native-mode XDP
+/// program (`IFACE_F_XDP_XMIT`, set by the agent per pod), and for any other pod
+/// the frame is marked and TC ingress hands it over (`deliver`); with `--to-pods
+/// xdp` XDP redirects every one (the agent was told the pods' ends take XDP
+/// frames). A packet on its last hop (TTL 1) is not forwarded here: the stack
 /// routes it and answers "time exceeded" (DNAT flows), or TC drops it. Hairpin
 /// (`Back`) needs a pod as the client: only TC sees those.
 #[inline(always)]
@@ -145,7 +146,7 @@ fn way_out(ctx: &XdpContext, p: &Packet, to: &FlowKey, forward: Forward, ingress
     }
     match fwd::to_pods() {
         TO_PODS_XDP => way.route = r,
-        // The pod's end runs XDP (the agent saw it): it takes redirected frames.
+        // The pod's end runs native XDP (the agent saw it): it takes redirected frames.
         TO_PODS_PEER if role & IFACE_F_XDP_XMIT != 0 => way.route = r,
         TO_PODS_PEER if role & IFACE_F_PEER != 0 && deliver::reserve(ctx) => {
             way.route = r;
