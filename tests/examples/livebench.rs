@@ -488,26 +488,17 @@ fn main() -> Result<()> {
             );
             results.push((c, r));
         }
-        let lb = results
-            .iter()
-            .find(|(c, _)| *c == Contender::Lb)
-            .map(|(_, r)| *r)
-            .context("lb result")?;
-        let ceiling = results
-            .iter()
-            .find(|(c, _)| *c == Contender::Ceiling)
-            .map(|(_, r)| *r)
-            .context("ceiling result")?;
-        let generator = results
-            .iter()
-            .find(|(c, _)| *c == Contender::Generator)
-            .map(|(_, r)| *r)
-            .context("generator result")?;
-        let peer_floor = results
-            .iter()
-            .find(|(c, _)| *c == Contender::PeerFloor)
-            .map(|(_, r)| *r)
-            .context("TC hop result")?;
+        let result = |want: Contender| {
+            results
+                .iter()
+                .find(|(c, _)| *c == want)
+                .map(|(_, r)| *r)
+                .with_context(|| format!("no result for {}", want.label()))
+        };
+        let lb = result(Contender::Lb)?;
+        let ceiling = result(Contender::Ceiling)?;
+        let generator = result(Contender::Generator)?;
+        let peer_floor = result(Contender::PeerFloor)?;
         // lb by default against the plain hop that delivers the same way: the XDP
         // hop for a pod that runs XDP, the TC hop for one that does not.
         let own_kind = |c: Contender, r: &[(f64, f64); 2]| {
