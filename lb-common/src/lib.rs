@@ -81,11 +81,17 @@ pub const MAP_BENCH: &str = "LB_BENCH";
 pub const BENCH_SETTINGS: u32 = 2;
 /// `lb_bench_gen`: 1 gives every packet a new source port (a new flow).
 pub const BENCH_NEW_FLOWS: u32 = 0;
-/// `lb_bench_redirect`: where frames go.
+/// `lb_bench_redirect`, `lb_bench_redirect_peer`, `lb_bench_nat_hop`: where frames go.
 pub const BENCH_REDIRECT_IFINDEX: u32 = 1;
-/// `LB_BENCH_FRAME[0]`: the generator's Ethernet + IPv4 + UDP headers.
+/// `LB_BENCH_FRAME[i]`: Ethernet + IPv4 + UDP header templates (`BENCH_FRAME_*`).
 pub const MAP_BENCH_FRAME: &str = "LB_BENCH_FRAME";
 pub const BENCH_HDR_LEN: usize = 42;
+pub const BENCH_FRAMES: u32 = 2;
+/// The generator's frame.
+pub const BENCH_FRAME_GEN: u32 = 0;
+/// The frame as `lb_bench_nat_hop` sends it on: its MACs, IPv4 addresses and UDP
+/// destination port are written into every frame.
+pub const BENCH_FRAME_HOP: u32 = 1;
 /// `LB_BENCH_SINK[0]` (per CPU): frames the sink counted.
 pub const MAP_BENCH_SINK: &str = "LB_BENCH_SINK";
 
@@ -99,6 +105,10 @@ pub const PROG_XDP_BASELINE: &str = "lb_xdp_baseline";
 pub const PROG_BENCH_GEN: &str = "lb_bench_gen";
 pub const PROG_BENCH_REDIRECT: &str = "lb_bench_redirect";
 pub const PROG_BENCH_SINK: &str = "lb_bench_sink";
+/// A plain NAT hop to another node (a fixed translation, redirected to
+/// `BENCH_REDIRECT_IFINDEX`): the ceiling of forwarding NodePort traffic to a
+/// remote pod.
+pub const PROG_BENCH_NAT_HOP: &str = "lb_bench_nat_hop";
 /// The sink at TC ingress, for packets handed to the pod by `bpf_redirect_peer`
 /// (they arrive as socket buffers, past the pod's XDP hook).
 pub const PROG_BENCH_SINK_TC: &str = "lb_bench_sink_tc";

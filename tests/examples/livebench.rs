@@ -9,7 +9,8 @@
 //! kube-proxy's nftables rules; for one established flow and for new flows (every
 //! packet a new source address and port), at 1, 1,000 and 10,000 services x 10
 //! endpoints. And, across two nodes, lb forwarding NodePort traffic to a remote pod
-//! by XDP_REDIRECT vs the kernel-stack fallback (`--no-xdp-redirect`).
+//! by XDP_REDIRECT and by TC (a veth uplink without `--xdp native`), against a plain
+//! NAT hop to the other node (fixed translation, XDP_REDIRECT).
 //!
 //! The traffic is made by BPF_PROG_RUN in live-frames mode (`lb_bench_gen`, run in
 //! the laptop namespace: it sends each frame out of the laptop's eth0); the pod
@@ -31,8 +32,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
 use lb_common::{
-    BENCH_HDR_LEN, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX, PROG_BENCH_GEN, PROG_BENCH_REDIRECT,
-    PROG_BENCH_REDIRECT_PEER, PROG_BENCH_SINK, PROG_BENCH_SINK_TC, reason,
+    BENCH_FRAME_GEN, BENCH_FRAME_HOP, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX, PROG_BENCH_GEN,
+    PROG_BENCH_NAT_HOP, PROG_BENCH_REDIRECT, PROG_BENCH_REDIRECT_PEER, PROG_BENCH_SINK,
+    PROG_BENCH_SINK_TC, reason,
 };
 use lb_tests::{
     Netns, Topology,
@@ -93,9 +95,7 @@ impl Traffic {
         let mut frame = frame.build();
         frame[0..6].copy_from_slice(&dst_mac);
         frame[6..12].copy_from_slice(&t.mac(laptop, "eth0")?);
-        let mut hdr = [0u8; BENCH_HDR_LEN];
-        hdr.copy_from_slice(&frame[..BENCH_HDR_LEN]);
-        bench.set_frame(hdr)?;
+        bench.set_frame(BENCH_FRAME_GEN, &frame)?;
         bench.xdp(PROG_BENCH_GEN)?;
         Ok(Traffic {
             bench,
@@ -342,10 +342,21 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
     Ok([established, new])
 }
 
+/// What node 1 runs in the remote-pod rows.
+#[derive(Clone, Copy)]
+enum RemoteHop {
+    /// The plain NAT hop (`lb_bench_nat_hop`): translation from a template, redirected
+    /// back out of the uplink.
+    Plain,
+    /// The agent with these arguments, expected to forward under this verdict.
+    Lb(&'static [&'static str], u32),
+}
+
 /// Two nodes and the laptop on a bridge; the service's one endpoint is a pod on
-/// node 2; traffic goes to node 1's NodePort, node 1 runs the agent (`args`).
+/// node 2; traffic goes to node 1's NodePort, node 1 runs `hop`; node 2 delivers to
+/// its pod through its kernel stack (no agent there) in every row.
 /// Returns (sent, delivered) pps for one established flow.
-fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
+fn remote(hop: RemoteHop, w: Window) -> Result<(f64, f64)> {
     let mut t = Topology::new("benchr")?;
     let lan = multinode::lan(&mut t, 2, 1)?;
     let (node1, node2) = (lan.nodes[0].clone(), lan.nodes[1].clone());
@@ -394,6 +405,34 @@ fn remote(agent_args: &[&str], path: u32, w: Window) -> Result<(f64, f64)> {
         &multinode::node_ip(0),
         t.mac(&node1, "eth0")?,
     )?;
+    let (agent_args, path) = match hop {
+        RemoteHop::Lb(args, path) => (args, path),
+        RemoteHop::Plain => {
+            // The frame as lb's NodePort translation sends it on to node 2: to the
+            // pod's address and target port, from node 1's address (the source is
+            // masqueraded, as for any eTP Cluster NodePort to a remote pod).
+            let mut out = Pkt::udp(
+                &multinode::node_ip(0),
+                40000,
+                &multinode::pod_ip(1, 0),
+                8080,
+            )
+            .payload(&[0u8; 18])
+            .build();
+            out[0..6].copy_from_slice(&t.mac(&node2, "eth0")?);
+            out[6..12].copy_from_slice(&t.mac(&node1, "eth0")?);
+            traffic.bench.set_frame(BENCH_FRAME_HOP, &out)?;
+            let eth0 = t.ifindex(&node1, "eth0")?;
+            traffic.bench.set(BENCH_REDIRECT_IFINDEX, eth0)?;
+            {
+                let _in = InNetns::enter(&node1)?;
+                traffic.bench.attach_xdp(PROG_BENCH_NAT_HOP, "eth0")?;
+            }
+            let r = traffic.measure(false, w)?;
+            drop(traffic);
+            return Ok(r);
+        }
+    };
     let lb = Lb::new(&mut t)?;
     lb.apply(&format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  selector: {{app: web}}\n  ports:\n  - {{port: 80, protocol: UDP, targetPort: 8080, nodePort: {MEASURED_NODE_PORT}}}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: n2p0\n  labels: {{app: web}}\nspec:\n  nodeName: node2\n  containers: [{{name: c, image: app}}]\nstatus:\n  podIP: {}\n",
@@ -430,12 +469,16 @@ fn main() -> Result<()> {
     };
     // For work on lb (e.g. under `perf record`): `--sizes=N,M` only these sizes;
     // `--lb-only`: the two plain hops and lb as by default (both kinds of pod), no
-    // other contender, no remote pod.
+    // other contender, no remote pod; `--remote-only`: the remote-pod rows alone.
     if let Some(list) = std::env::args().find_map(|a| a.strip_prefix("--sizes=").map(String::from))
     {
         sizes = list.split(',').map(str::parse).collect::<Result<_, _>>()?;
     }
     let lb_only = std::env::args().any(|a| a == "--lb-only");
+    let remote_only = std::env::args().any(|a| a == "--remote-only");
+    if remote_only {
+        sizes.clear();
+    }
     let contenders: &[Contender] = if lb_only {
         &[
             Contender::Generator,
@@ -567,19 +610,28 @@ fn main() -> Result<()> {
             "node 1 forwards by",
             "delivered (pps)",
             "sent (pps)",
-            "XDP_REDIRECT / this",
+            "this / the plain NAT hop",
+            "lb XDP_REDIRECT / this",
         ],
     );
-    let xdp = remote(&["--xdp", "native"], reason::FWD_XDP_REDIRECT, w)
-        .context("remote, XDP_REDIRECT")?;
-    let stack = remote(&[], reason::FWD_TC_NEIGH, w).context("remote, TC")?;
+    let plain = remote(RemoteHop::Plain, w).context("remote, plain NAT hop")?;
+    let xdp = remote(
+        RemoteHop::Lb(&["--xdp", "native"], reason::FWD_XDP_REDIRECT),
+        w,
+    )
+    .context("remote, XDP_REDIRECT")?;
+    let stack = remote(RemoteHop::Lb(&[], reason::FWD_TC_NEIGH), w).context("remote, TC")?;
     for (label, r) in [
         (
-            "bpf_fib_lookup + XDP_REDIRECT (--xdp native, tuned link)",
+            "plain NAT hop: fixed translation + XDP_REDIRECT, no lookup (the ceiling)",
+            plain,
+        ),
+        (
+            "lb: bpf_fib_lookup + XDP_REDIRECT (--xdp native, tuned link)",
             xdp,
         ),
         (
-            "TC: bpf_fib_lookup + bpf_redirect_neigh (--xdp auto on a veth uplink)",
+            "lb: TC, bpf_fib_lookup + bpf_redirect_neigh (--xdp auto on a veth uplink)",
             stack,
         ),
     ] {
@@ -587,9 +639,14 @@ fn main() -> Result<()> {
             label.to_string(),
             format!("{:.0}", r.1),
             format!("{:.0}", r.0),
+            format!("{:.2}x", r.1 / plain.1),
             format!("{:.2}x", xdp.1 / r.1),
         ]);
         chart.bar("remote pod", label, r.1 / 1e6);
+    }
+    if remote_only {
+        println!("{}", rtable.markdown());
+        return Ok(());
     }
     let md = format!("{}\n{}", table.markdown(), rtable.markdown());
     println!("{md}");

@@ -72,10 +72,15 @@ impl BenchObject {
         Ok(a.set(index, value, 0)?)
     }
 
-    /// Sets the generator's header template (`LB_BENCH_FRAME[0]`).
-    pub fn set_frame(&mut self, hdr: [u8; BENCH_HDR_LEN]) -> Result<()> {
+    /// Sets a header template (`LB_BENCH_FRAME[index]`, `lb_common::BENCH_FRAME_*`)
+    /// from the first `BENCH_HDR_LEN` bytes of `frame`.
+    pub fn set_frame(&mut self, index: u32, frame: &[u8]) -> Result<()> {
+        let hdr: [u8; BENCH_HDR_LEN] = frame
+            .get(..BENCH_HDR_LEN)
+            .and_then(|h| h.try_into().ok())
+            .context("a template frame shorter than its headers")?;
         let mut a: Array<_, [u8; BENCH_HDR_LEN]> = Array::try_from(self.map(MAP_BENCH_FRAME)?)?;
-        Ok(a.set(0, hdr, 0)?)
+        Ok(a.set(index, hdr, 0)?)
     }
 
     /// Frames the sink has counted, all CPUs.

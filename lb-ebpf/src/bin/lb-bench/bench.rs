@@ -1,19 +1,23 @@
 //! Programs for `cargo xtask bench` only, never attached by the agent: a traffic
 //! generator for BPF_PROG_RUN's live-frames mode, a plain redirect hop (the ceiling
 //! lb is compared with), a plain hand-over at TC (the floor of delivering socket
-//! buffers) and counting sinks for the pod (XDP and TC ingress). Settings live in
-//! `LB_BENCH`, the frame template in `LB_BENCH_FRAME`, the count in `LB_BENCH_SINK`.
+//! buffers), a plain NAT hop to another node (the ceiling of forwarding to a remote
+//! pod) and counting sinks for the pod (XDP and TC ingress). Settings live in
+//! `LB_BENCH`, the frame templates in `LB_BENCH_FRAME`, the count in `LB_BENCH_SINK`.
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::{bpf_get_prandom_u32, bpf_redirect, bpf_redirect_peer},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{BENCH_HDR_LEN, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX, PROTO_UDP};
+use lb_common::{
+    BENCH_FRAME_GEN, BENCH_FRAME_HOP, BENCH_HDR_LEN, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX,
+    PROTO_UDP,
+};
 
 use lb_ebpf::{
     csum::Csum,
-    parse::{IP_CHECK_OFF, IP_SADDR_OFF, ptr_at},
+    parse::{IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, ptr_at},
 };
 
 use crate::{LB_BENCH, LB_BENCH_FRAME, LB_BENCH_SINK};
@@ -21,6 +25,8 @@ use crate::{LB_BENCH, LB_BENCH_FRAME, LB_BENCH_SINK};
 const ETH_LEN: usize = 14;
 /// Offset of the UDP source port in the template (Ethernet + 20-byte IPv4).
 const UDP_SPORT_OFF: usize = ETH_LEN + 20;
+/// Offset of the UDP destination port.
+const UDP_DPORT_OFF: usize = UDP_SPORT_OFF + 2;
 
 #[inline(always)]
 fn setting(index: u32) -> u32 {
@@ -37,7 +43,7 @@ pub fn generate(ctx: &XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
     let (Some(hdr), Some(tmpl)) = (
         ptr_at::<[u8; BENCH_HDR_LEN]>(data, end, 0),
-        LB_BENCH_FRAME.get_ptr(0),
+        LB_BENCH_FRAME.get_ptr(BENCH_FRAME_GEN),
     ) else {
         return xdp_action::XDP_ABORTED;
     };
@@ -81,6 +87,48 @@ pub fn generate(ctx: &XdpContext) -> u32 {
 pub fn redirect() -> u32 {
     // SAFETY: a helper taking plain values.
     unsafe { bpf_redirect(setting(BENCH_REDIRECT_IFINDEX), 0) as u32 }
+}
+
+/// The ceiling of forwarding to a pod on another node: the frame is translated as
+/// a NodePort's translation would (destination address and port to the pod's,
+/// source address to this node's, the IPv4 checksum updated; the UDP checksum is
+/// 0), addressed to the next node's MAC, all read from the hop template
+/// (`LB_BENCH_FRAME[BENCH_FRAME_HOP]`), and redirected to `BENCH_REDIRECT_IFINDEX`
+/// (the interface it came in on: as lb's forwarding does, a redirect rather than
+/// XDP_TX, which a veth delivers only to a peer running XDP). No parsing beyond the
+/// template's fixed offsets, no lookup, no flow.
+#[inline(always)]
+pub fn nat_hop(ctx: &XdpContext) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let (Some(hdr), Some(tmpl)) = (
+        ptr_at::<[u8; BENCH_HDR_LEN]>(data, end, 0),
+        LB_BENCH_FRAME.get_ptr(BENCH_FRAME_HOP),
+    ) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let (p, t) = (hdr as *mut u8, tmpl as *const u8);
+    // SAFETY: both bounds-checked above for BENCH_HDR_LEN bytes and every offset
+    // below lies within them; plain 2-byte loads and stores (frames start 2-aligned,
+    // map values 8-aligned, every offset is even), no memmove call.
+    unsafe {
+        let word = |base: *const u8, off: usize| (base.add(off) as *const u16).read_volatile();
+        let put = |off: usize, v: u16| (p.add(off) as *mut u16).write_volatile(v);
+        // Ethernet: the next node's MAC, from this node's.
+        for off in (0..12).step_by(2) {
+            put(off, word(t, off));
+        }
+        // IPv4 source and destination, the header checksum updated for them.
+        let mut c = Csum::start(word(p, ETH_LEN + IP_CHECK_OFF));
+        for off in (ETH_LEN + IP_SADDR_OFF..ETH_LEN + IP_DADDR_OFF + 4).step_by(2) {
+            let (old, new) = (word(p, off), word(t, off));
+            c.replace16(old, new);
+            put(off, new);
+        }
+        put(ETH_LEN + IP_CHECK_OFF, c.finish());
+        // UDP destination port (the checksum is 0: nothing to update).
+        put(UDP_DPORT_OFF, word(t, UDP_DPORT_OFF));
+    }
+    redirect()
 }
 
 /// The socket-buffer floor: every frame handed to the peer of

@@ -2,7 +2,7 @@
 //! agent): the parse-and-pass baseline and the conntrack floor the hot path is
 //! compared with, a traffic generator for BPF_PROG_RUN's live-frames mode, a plain
 //! redirect hop (the ceiling), a plain hand-over at TC (the floor of delivering
-//! socket buffers) and counting sinks for the pod (XDP and TC ingress).
+//! socket buffers), a plain NAT hop to another node and counting sinks for the pod (XDP and TC ingress).
 #![no_std]
 #![no_main]
 
@@ -20,9 +20,10 @@ use lb_ebpf::{conntrack, parse, stats};
 #[map]
 pub static LB_BENCH: Array<u32> = Array::with_max_entries(lb_common::BENCH_SETTINGS, 0);
 
-/// The generator's Ethernet + IPv4 + UDP header template.
+/// Ethernet + IPv4 + UDP header templates: the generator's, the NAT hop's.
 #[map]
-pub static LB_BENCH_FRAME: Array<[u8; lb_common::BENCH_HDR_LEN]> = Array::with_max_entries(1, 0);
+pub static LB_BENCH_FRAME: Array<[u8; lb_common::BENCH_HDR_LEN]> =
+    Array::with_max_entries(lb_common::BENCH_FRAMES, 0);
 
 /// Frames the benchmark sink received.
 #[map]
@@ -71,6 +72,13 @@ pub fn lb_bench_gen(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_bench_redirect(_ctx: XdpContext) -> u32 {
     bench::redirect()
+}
+
+/// Benchmarks only: a plain NAT hop to another node, the ceiling of forwarding to a
+/// remote pod.
+#[xdp]
+pub fn lb_bench_nat_hop(ctx: XdpContext) -> u32 {
+    bench::nat_hop(&ctx)
 }
 
 /// Benchmarks only: the pod's counting sink.
