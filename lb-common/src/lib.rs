@@ -81,7 +81,8 @@ pub const MAP_BENCH: &str = "LB_BENCH";
 pub const BENCH_SETTINGS: u32 = 2;
 /// `lb_bench_gen`: 1 gives every packet a new source port (a new flow).
 pub const BENCH_NEW_FLOWS: u32 = 0;
-/// `lb_bench_redirect`, `lb_bench_redirect_peer`, `lb_bench_nat_hop`: where frames go.
+/// `lb_bench_redirect`, `lb_bench_redirect_ct`, `lb_bench_redirect_peer`,
+/// `lb_bench_nat_hop`: where frames go.
 pub const BENCH_REDIRECT_IFINDEX: u32 = 1;
 /// `LB_BENCH_FRAME[i]`: Ethernet + IPv4 + UDP header templates (`BENCH_FRAME_*`).
 pub const MAP_BENCH_FRAME: &str = "LB_BENCH_FRAME";
@@ -105,6 +106,10 @@ pub const PROG_XDP_BASELINE: &str = "lb_xdp_baseline";
 pub const PROG_BENCH_GEN: &str = "lb_bench_gen";
 pub const PROG_BENCH_REDIRECT: &str = "lb_bench_redirect";
 pub const PROG_BENCH_SINK: &str = "lb_bench_sink";
+/// The plain redirect hop plus per-flow state: a flow lookup per packet and, for a
+/// new flow, two `LB_CT` entries (the flow and its reply): the floor of new flows
+/// for any hop that keeps NAT state in BPF LRU maps.
+pub const PROG_BENCH_REDIRECT_CT: &str = "lb_bench_redirect_ct";
 /// A plain NAT hop to another node (a fixed translation, redirected to
 /// `BENCH_REDIRECT_IFINDEX`): the ceiling of forwarding NodePort traffic to a
 /// remote pod.

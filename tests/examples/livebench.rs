@@ -4,9 +4,11 @@
 //! floor of any path delivering socket buffers; (b) lb NodePort as by default, which
 //! chooses per pod: XDP redirects into the veth of a pod that runs XDP, and for a
 //! pod that does not XDP translates and TC ingress hands the packet to the pod's end
-//! of its veth; each against the plain hop of its kind; and with `--to-pods stack`
-//! (the kernel's stack delivers); (c) kube-proxy's iptables DNAT rules; (d)
-//! kube-proxy's nftables rules; for one established flow and for new flows (every
+//! of its veth; each against the plain hop of its kind, and its new flows against
+//! the XDP hop with the flow state any stateful hop keeps (a lookup per packet, two
+//! LRU entries per new flow, the table sized as the agent sizes its own); and with
+//! `--to-pods stack` (the kernel's stack delivers); (c) kube-proxy's iptables DNAT
+//! rules; (d) kube-proxy's nftables rules; for one established flow and for new flows (every
 //! packet a new source address and port), at 1, 1,000 and 10,000 services x 10
 //! endpoints. And, across two nodes, lb forwarding NodePort traffic to a remote pod
 //! by XDP_REDIRECT and by TC (a veth uplink without `--xdp native`), against a plain
@@ -33,8 +35,8 @@ use anyhow::{Context as _, Result, bail};
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
 use lb_common::{
     BENCH_FRAME_GEN, BENCH_FRAME_HOP, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX, PROG_BENCH_GEN,
-    PROG_BENCH_NAT_HOP, PROG_BENCH_REDIRECT, PROG_BENCH_REDIRECT_PEER, PROG_BENCH_SINK,
-    PROG_BENCH_SINK_TC, reason,
+    PROG_BENCH_NAT_HOP, PROG_BENCH_REDIRECT, PROG_BENCH_REDIRECT_CT, PROG_BENCH_REDIRECT_PEER,
+    PROG_BENCH_SINK, PROG_BENCH_SINK_TC, reason,
 };
 use lb_tests::{
     Netns, Topology,
@@ -203,6 +205,9 @@ enum Contender {
     /// uplink, no hop at all. Every other row is bound by it.
     Generator,
     Ceiling,
+    /// The ceiling plus the flow state any stateful hop keeps (a lookup per packet,
+    /// two LRU entries per new flow): the floor of new flows.
+    CeilingCt,
     PeerFloor,
     /// lb as by default, the pod running XDP on its end: XDP redirects into it.
     Lb,
@@ -218,6 +223,7 @@ impl Contender {
         match self {
             Contender::Generator => "generator (XDP drop on the node's uplink)",
             Contender::Ceiling => "XDP_REDIRECT hop (ceiling; pod runs XDP)",
+            Contender::CeilingCt => "XDP_REDIRECT hop + flow state (2 LRU entries per new flow)",
             Contender::PeerFloor => "TC bpf_redirect_peer hop (pod without XDP)",
             Contender::Lb => "lb NodePort (pod runs XDP)",
             Contender::LbTcPod => "lb NodePort (pod without XDP)",
@@ -267,11 +273,16 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
             let _in = InNetns::enter(&s.node)?;
             traffic.bench.attach_xdp(PROG_BENCH_SINK, "eth0")?;
         }
-        Contender::Ceiling => {
+        Contender::Ceiling | Contender::CeilingCt => {
             let lxc0 = t.ifindex(&s.node, "lxc0")?;
             traffic.bench.set(BENCH_REDIRECT_IFINDEX, lxc0)?;
             let _in = InNetns::enter(&s.node)?;
-            traffic.bench.attach_xdp(PROG_BENCH_REDIRECT, "eth0")?;
+            let prog = if c == Contender::Ceiling {
+                PROG_BENCH_REDIRECT
+            } else {
+                PROG_BENCH_REDIRECT_CT
+            };
+            traffic.bench.attach_xdp(prog, "eth0")?;
         }
         Contender::PeerFloor => {
             let lxc0 = t.ifindex(&s.node, "lxc0")?;
@@ -483,6 +494,7 @@ fn main() -> Result<()> {
         &[
             Contender::Generator,
             Contender::Ceiling,
+            Contender::CeilingCt,
             Contender::PeerFloor,
             Contender::Lb,
             Contender::LbTcPod,
@@ -491,6 +503,7 @@ fn main() -> Result<()> {
         &[
             Contender::Generator,
             Contender::Ceiling,
+            Contender::CeilingCt,
             Contender::PeerFloor,
             Contender::Lb,
             Contender::LbTcPod,
@@ -514,6 +527,7 @@ fn main() -> Result<()> {
             "new flows: ns/packet above ceiling",
             "generator / this (established, new)",
             "lb: this / the plain hop of its kind (established, new)",
+            "lb new flows: this / the XDP hop with flow state",
         ],
     );
     let mut chart = Chart::new("Live packets, delivered (Mpps)", "Mpps");
@@ -542,6 +556,7 @@ fn main() -> Result<()> {
         let ceiling = result(Contender::Ceiling)?;
         let generator = result(Contender::Generator)?;
         let peer_floor = result(Contender::PeerFloor)?;
+        let stateful = result(Contender::CeilingCt)?;
         // lb by default against the plain hop that delivers the same way: the XDP
         // hop for a pod that runs XDP, the TC hop for one that does not.
         let own_kind = |c: Contender, r: &[(f64, f64); 2]| {
@@ -587,6 +602,11 @@ fn main() -> Result<()> {
                     )
                 },
                 own_kind(*c, r),
+                if matches!(c, Contender::Lb | Contender::LbTcPod) {
+                    format!("{:.2}x", r[1].1 / stateful[1].1)
+                } else {
+                    "-".to_string()
+                },
             ]);
             chart.bar(
                 &format!("{n} svc"),

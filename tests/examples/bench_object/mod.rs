@@ -7,7 +7,7 @@
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
@@ -15,14 +15,28 @@ use lb_common::{
     BENCH_HDR_LEN, Counters, CtValue, FlowKey, MAP_BENCH, MAP_BENCH_FRAME, MAP_BENCH_SINK,
     MAP_CONNTRACK, MAP_STATS,
 };
+use lb_user::sizes::{MapSizes, Need, NodeMemory, SizeFlags};
 
 pub struct BenchObject {
     ebpf: Ebpf,
 }
 
 impl BenchObject {
+    /// Loads the object, its conntrack sized as the agent sizes its own on this
+    /// machine by default (so a stateful hop's flow table is the agent's).
     pub fn load() -> Result<Self> {
-        let ebpf = Ebpf::load(lb_user::loader::BENCH_ELF).context("loading the lb-bench object")?;
+        let (sizes, _) = MapSizes::choose(
+            &SizeFlags::default(),
+            NodeMemory::here(),
+            Need {
+                frontends: 0,
+                backends: 0,
+            },
+        );
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_CONNTRACK, sizes.conntrack)
+            .load(lb_user::loader::BENCH_ELF)
+            .context("loading the lb-bench object")?;
         Ok(BenchObject { ebpf })
     }
 

@@ -12,12 +12,14 @@ use aya_ebpf::{
 };
 use lb_common::{
     BENCH_FRAME_GEN, BENCH_FRAME_HOP, BENCH_HDR_LEN, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX,
-    PROTO_UDP,
+    CtValue, FlowKey, PROTO_UDP,
 };
 
 use lb_ebpf::{
+    conntrack,
     csum::Csum,
-    parse::{IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, ptr_at},
+    maps::LB_CT,
+    parse::{self, IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, ptr_at},
 };
 
 use crate::{LB_BENCH, LB_BENCH_FRAME, LB_BENCH_SINK};
@@ -87,6 +89,37 @@ pub fn generate(ctx: &XdpContext) -> u32 {
 pub fn redirect() -> u32 {
     // SAFETY: a helper taking plain values.
     unsafe { bpf_redirect(setting(BENCH_REDIRECT_IFINDEX), 0) as u32 }
+}
+
+/// The floor of any hop that keeps per-flow NAT state in BPF LRU maps: the ceiling
+/// plus, per packet, the parse and the flow lookup, and for a packet of a new flow
+/// the two entries every such hop writes (the flow and the reply it expects, as lb,
+/// Cilium and Katran do), in a `LB_CT` sized as the agent sizes its own.
+#[inline(always)]
+pub fn redirect_ct(ctx: &XdpContext) -> u32 {
+    let Ok(p) = parse::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) else {
+        return xdp_action::XDP_PASS;
+    };
+    if !conntrack::peek(&p.key) {
+        let k = &p.key;
+        let reply = FlowKey {
+            saddr_be: k.daddr_be,
+            daddr_be: k.saddr_be,
+            sport_be: k.dport_be,
+            dport_be: k.sport_be,
+            proto: k.proto,
+            _pad: 0,
+            _pad2: 0,
+        };
+        let value = CtValue {
+            nat_daddr_be: k.saddr_be,
+            nat_dport_be: k.sport_be,
+            ..CtValue::default()
+        };
+        let _ = LB_CT.insert(&reply, &value, 0);
+        let _ = LB_CT.insert(k, &value, 0);
+    }
+    redirect()
 }
 
 /// The ceiling of forwarding to a pod on another node: the frame is translated as

@@ -74,6 +74,13 @@ pub fn lb_bench_redirect(_ctx: XdpContext) -> u32 {
     bench::redirect()
 }
 
+/// Benchmarks only: the plain redirect hop plus the flow state every stateful hop
+/// keeps (two LRU entries per new flow).
+#[xdp]
+pub fn lb_bench_redirect_ct(ctx: XdpContext) -> u32 {
+    bench::redirect_ct(&ctx)
+}
+
 /// Benchmarks only: a plain NAT hop to another node, the ceiling of forwarding to a
 /// remote pod.
 #[xdp]
