@@ -116,8 +116,8 @@ pub fn redirect_ct(ctx: &XdpContext) -> u32 {
             nat_dport_be: k.sport_be,
             ..CtValue::default()
         };
-        let _ = LB_CT.insert(&reply, &value, 0);
-        let _ = LB_CT.insert(k, &value, 0);
+        let _ = LB_CT.insert(reply, value, 0);
+        let _ = LB_CT.insert(k, value, 0);
     }
     redirect()
 }
