@@ -6,9 +6,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -28,6 +29,7 @@ use crate::{
     state::{Change, Touched, Tracked},
     status::{self, NodeStatus},
     store::Store,
+    telemetry::{Snapshot, Telemetry},
 };
 
 /// Default root of the bpffs lb pins its maps under (`ROOT/lb/NODE-NAME/`).
@@ -56,6 +58,19 @@ pub struct AgentOptions {
     pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
     /// How big the maps are made (`--max-frontends`, ...).
     pub sizes: SizeFlags,
+    /// Where `/metrics` is served (None: not served).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Where `/healthz` and `/livez` are served (None: not served).
+    pub healthz_addr: Option<SocketAddr>,
+}
+
+/// A protocol number's name, as Kubernetes writes it.
+fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        lb_common::PROTO_TCP => "TCP",
+        lb_common::PROTO_UDP => "UDP",
+        _ => "other",
+    }
 }
 
 /// Where the agent for `node_name` pins its maps.
@@ -116,6 +131,9 @@ struct Agent {
     /// Kubernetes mode's source (None: the embedded store is the source).
     kube: Option<KubeSource>,
     cluster_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// The maps' sizes as loaded.
+    sizes: MapSizes,
+    telemetry: Arc<Telemetry>,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
@@ -190,6 +208,15 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         Some(dir) => dp.attach_cgroup(dir)?,
         None => warn!("no cgroup v2 mount: the node's own processes will not reach ClusterIPs"),
     }
+    let (telemetry, mut asked) =
+        Telemetry::new(pins.clone(), kube.is_none().then(|| opts.store.clone()));
+    // A port another process holds costs the listener, never the data plane.
+    if let Err(e) = telemetry.serve(opts.metrics_addr, opts.healthz_addr) {
+        warn!(
+            error = format!("{e:#}"),
+            "metrics and health are not served"
+        );
+    }
     let actual = dp.maps.read_entries()?;
     info!(node = %opts.node_name, addrs = ?addrs, pins = %pins.display(), adopted_frontends = actual.services.len(),
         adopted_slots = actual.backends.len(),
@@ -217,6 +244,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         lb_pools: opts.lb_pools.clone(),
         kube,
         cluster_cidrs: opts.cluster_cidrs.clone(),
+        sizes,
+        telemetry,
     };
     // Writers touch the store's commit marker after each commit; the database's own
     // files change many times within a transaction, before it is visible.
@@ -235,16 +264,21 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(RESYNC);
     agent.reconcile(true)?;
+    agent.telemetry.round();
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             Some(()) = rx.recv() => agent.reconcile(false)?,
+            Some(ask) = asked.recv() => {
+                let _ = ask.send(agent.snapshot());
+            }
             _ = tick.tick() => {
                 agent.reconcile(true)?;
                 agent.refresh_pod_roles();
                 agent.announce();
                 agent.sweep_flows();
+                agent.telemetry.round();
             }
         }
     }
@@ -267,6 +301,71 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// What the metrics need that only the agent knows: which service each
+    /// service-port id is, the endpoints' ids, the revision and sizes programmed.
+    fn snapshot(&self) -> Snapshot {
+        let entries = self.programmed.entries();
+        let mut services = Vec::new();
+        let mut seen = BTreeSet::new();
+        for key in self.programmed.services() {
+            let spec_ports = self
+                .tracked
+                .state
+                .services
+                .get(key)
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|s| s.ports.as_ref());
+            for fk in self.programmed.owned_by(key) {
+                let Some(v) = entries.services.get(fk) else {
+                    continue;
+                };
+                if !seen.insert(v.svc_id) {
+                    continue;
+                }
+                let number = u16::from_be(fk.port_be);
+                let port = spec_ports
+                    .and_then(|ports| {
+                        ports.iter().find(|p| {
+                            p.port == i32::from(number) || p.node_port == Some(i32::from(number))
+                        })
+                    })
+                    .map_or_else(|| number.to_string(), plan::port_id);
+                services.push((v.svc_id, key.namespace.clone(), key.name.clone(), port));
+            }
+        }
+        let mut endpoints = Vec::new();
+        let mut seen = BTreeSet::new();
+        for b in entries.backends.values() {
+            if seen.insert(b.backend_id) {
+                endpoints.push((
+                    b.backend_id,
+                    Ipv4Addr::from(u32::from_be(b.addr_be)),
+                    u16::from_be(b.port_be),
+                    proto_name(b.proto),
+                ));
+            }
+        }
+        Snapshot {
+            revision: self.tracked.state.revision,
+            services,
+            endpoints,
+            frontends: entries.services.len(),
+            slots: entries.backends.len(),
+            sizes: self.sizes,
+            refused: self.refused.len(),
+        }
+    }
+
+    /// When the change just programmed was committed to the store (embedded store
+    /// only: the store's commit marker says when its latest revision committed).
+    fn committed_at(&self) -> Option<SystemTime> {
+        if self.kube.is_some() {
+            return None;
+        }
+        let (rev, at) = crate::store::last_commit(&self.store_dir)?;
+        (rev == self.tracked.state.revision).then_some(at)
     }
 
     /// Whether a LoadBalancer service waits for an address, or another kind holds one.
@@ -446,6 +545,7 @@ impl Agent {
                     (ops.len(), gone)
                 }
                 Err(e) => {
+                    self.telemetry.refused_write();
                     warn!(error = %e, "the maps refused a write: writing service by service");
                     self.one_by_one(full, &services, &plans)?
                 }
@@ -471,6 +571,10 @@ impl Agent {
         } else {
             self.dp.maps.end_udp_flows_to(&gone)?
         };
+        if writes > 0 {
+            self.telemetry
+                .synced(started.elapsed(), self.committed_at());
+        }
         let entries = self.programmed.entries();
         info!(
             revision = self.tracked.state.revision,

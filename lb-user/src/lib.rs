@@ -3,7 +3,8 @@
 //! and their indexes (`state`) -> what each service port needs (`plan`) -> map
 //! entries with their ids and slots (`entries`) -> ordered writes (`sync`) -> the
 //! maps (`maps`, the only user of `aya::maps`), with `loader` attaching the programs
-//! and `agent` driving the loop. `cli` is the command line over all of it.
+//! and `agent` driving the loop, which `telemetry` shows to monitoring systems.
+//! `cli` is the command line over all of it.
 
 pub mod agent;
 pub mod announce;
@@ -22,3 +23,4 @@ pub mod status;
 pub mod store;
 pub mod sync;
 pub mod table;
+pub mod telemetry;

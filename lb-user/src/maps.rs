@@ -415,6 +415,22 @@ impl Maps {
         Ok(expired.len())
     }
 
+    /// How many entries the flow tables hold (new flows, assured flows): a walk over
+    /// their keys.
+    pub fn flow_entries(&self) -> Result<(usize, usize), MapsError> {
+        let mut new = 0;
+        for k in self.conntrack.keys() {
+            k.map_err(aya_err(MAP_CONNTRACK, "reading"))?;
+            new += 1;
+        }
+        let mut assured = 0;
+        for k in self.assured.keys() {
+            k.map_err(aya_err(MAP_CT_ASSURED, "reading"))?;
+            assured += 1;
+        }
+        Ok((new, assured))
+    }
+
     /// Verdict counters, indexed by `lb_common::reason`.
     pub fn verdicts(&self) -> Result<Vec<Counters>, MapsError> {
         (0..reason::COUNT)

@@ -462,3 +462,196 @@ fn a_pod_added_after_the_agent_started_reaches_a_cluster_ip() {
         .unwrap();
     assert_eq!(curl(&t, &s.laptop, "http://10.96.0.80"), None);
 }
+
+/// The value of the sample `name` whose labels include `labels`, from a scrape read
+/// by prometheus-parse (a text-format parser that is not lb's).
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+#[test]
+fn metrics_and_health_are_served_as_kube_proxy_serves_them() {
+    let s = scenario("metrics", &format!("{SEEDS_SERVICE}---\n{SEEDS_POD}"));
+    let url = format!("http://{NODE_IP}:30008");
+    for _ in 0..3 {
+        assert_eq!(fetch(&s, &url), "Hello World!\n");
+    }
+    // kube-proxy's ports: metrics on 127.0.0.1:10249, health on :10256.
+    let scrape_now = || {
+        let text =
+            s.t.sh(
+                &s.node,
+                &[
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    "http://127.0.0.1:10249/metrics",
+                ],
+            )
+            .unwrap();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .unwrap_or_else(|e| panic!("/metrics does not parse ({e}):\n{text}"));
+        (text, scrape)
+    };
+    // A change after the agent started is timed from its commit to the maps (the
+    // first load, committed before, is not).
+    let (text, scrape) = scrape_now();
+    assert_eq!(
+        sample(
+            &scrape,
+            "lb_network_programming_duration_seconds_count",
+            &[]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    s.lb.apply(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: extra\nspec:\n  selector: {app: myapp}\n  ports: [{port: 8080, targetPort: 80}]\n",
+    )
+    .unwrap();
+    let (text, scrape) = Topology::wait_for(Duration::from_secs(10), || {
+        let (text, scrape) = scrape_now();
+        (sample(
+            &scrape,
+            "lb_network_programming_duration_seconds_count",
+            &[],
+        ) >= Some(1.0))
+        .then_some((text, scrape))
+    })
+    .expect("the change applied after the start was never timed");
+    let svc = [
+        ("namespace", "default"),
+        ("service", "node-port-service"),
+        ("port", "80"),
+    ];
+    let packets = sample(&scrape, "lb_service_packets_total", &svc)
+        .unwrap_or_else(|| panic!("no packets series for the seeds' service:\n{text}"));
+    assert!(
+        packets >= 9.0,
+        "3 HTTP exchanges counted as {packets} packets"
+    );
+    assert!(sample(&scrape, "lb_service_bytes_total", &svc).unwrap_or(0.0) > 0.0);
+    let pod_ep = format!("{POD_IP}:80");
+    let ep = [("endpoint", pod_ep.as_str()), ("protocol", "TCP")];
+    assert!(
+        sample(&scrape, "lb_endpoint_packets_total", &ep).unwrap_or(0.0) >= 9.0,
+        "the pod's endpoint series:\n{text}"
+    );
+    // Each verdict reason is a series; the 3 connections were new flows.
+    let new_flows = sample(
+        &scrape,
+        "lb_verdict_packets_total",
+        &[("reason", "nat_new_flow")],
+    )
+    .or_else(|| {
+        sample(
+            &scrape,
+            "lb_verdict_packets_total",
+            &[("reason", "fwd_tc_peer")],
+        )
+    })
+    .unwrap_or(0.0);
+    assert!(new_flows >= 3.0, "verdicts:\n{text}");
+    for (name, labels) in [
+        ("lb_map_entries", &[("map", "frontends")][..]),
+        ("lb_map_max_entries", &[("map", "conntrack")][..]),
+        ("lb_flow_entries", &[("map", "conntrack_assured")][..]),
+        ("lb_sync_proxy_rules_duration_seconds_count", &[][..]),
+        ("lb_network_programming_duration_seconds_count", &[][..]),
+        ("lb_syncs_total", &[][..]),
+    ] {
+        let v = sample(&scrape, name, labels)
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"));
+        assert!(v >= 1.0, "{name} {labels:?} = {v}");
+    }
+    assert_eq!(sample(&scrape, "lb_store_revision_lag", &[]), Some(0.0));
+    assert_eq!(sample(&scrape, "lb_refused_services", &[]), Some(0.0));
+    // Prometheus' own checker takes the exposition as it is (its lint included).
+    let promtool =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/promtool");
+    let mut check = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} ({e}): `cargo xtask setup` fetches it",
+                promtool.display()
+            )
+        });
+    use std::io::Write as _;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // OpenMetrics to a client that asks for it (as Prometheus does).
+    let om =
+        s.t.sh(
+            &s.node,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "-H",
+                "Accept: application/openmetrics-text;version=1.0.0",
+                "http://127.0.0.1:10249/metrics",
+            ],
+        )
+        .unwrap();
+    assert!(
+        om.ends_with("# EOF\n") && om.contains("# TYPE lb_syncs counter\nlb_syncs_total "),
+        "{om}"
+    );
+
+    // Health: 200 with kube-proxy's body while the loop runs, on both paths and
+    // both listeners.
+    for url in [
+        "http://127.0.0.1:10256/healthz",
+        "http://127.0.0.1:10256/livez",
+        "http://127.0.0.1:10249/healthz",
+    ] {
+        let out =
+            s.t.sh(
+                &s.node,
+                &[
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    "-w",
+                    " %{http_code}",
+                    url,
+                ],
+            )
+            .unwrap();
+        let (body, code) = out.rsplit_once(' ').unwrap();
+        assert_eq!(code, "200", "{url}: {out}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(
+            v["lastUpdated"].is_string() && v["currentTime"].is_string(),
+            "{url}: {body}"
+        );
+    }
+}

@@ -71,7 +71,7 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    setup::setup().context("xtask setup")?;
+    setup::setup(&workspace_root()).context("xtask setup")?;
     match cli.command {
         Cmd::Setup => Ok(()),
         Cmd::Build => build().map(|_| ()),

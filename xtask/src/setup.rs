@@ -1,8 +1,11 @@
 //! Installs what building and testing lb needs, when it is missing: Debian packages,
-//! the nightly toolchain's rust-src, and bpf-linker. Idempotent: when everything is
-//! there it only looks (a second or two).
+//! the nightly toolchain's rust-src, bpf-linker, and promtool. Idempotent: when
+//! everything is there it only looks (a second or two).
 
-use std::process::{Command, Stdio};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -23,9 +26,15 @@ const LINKER_BUILD_PACKAGES: &[&str] = &[
 /// benchmarks inspect (iptables, nftables).
 const RUNTIME_PACKAGES: &[&str] = &["iproute2", "curl", "ethtool", "iptables", "nftables"];
 
-pub fn setup() -> Result<()> {
+/// Where the tests find promtool (`<workspace>/target/tools/promtool`).
+pub const PROMTOOL: &str = "target/tools/promtool";
+/// The Debian package promtool comes from.
+const PROMTOOL_PACKAGE: &str = "prometheus";
+
+pub fn setup(root: &Path) -> Result<()> {
     let mut apt = Apt::default();
     apt.ensure(RUNTIME_PACKAGES)?;
+    ensure_promtool(root, &mut apt)?;
     ensure_nightly_rust_src()?;
     if !bpf_linker_ok() {
         apt.ensure(LINKER_BUILD_PACKAGES)?;
@@ -47,6 +56,52 @@ pub fn setup() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// promtool (`promtool check metrics` judges the agent's /metrics), taken out of
+/// Debian's prometheus package without installing it: installing would also set up
+/// and start a Prometheus server.
+fn ensure_promtool(root: &Path, apt: &mut Apt) -> Result<()> {
+    let dest = root.join(PROMTOOL);
+    if Command::new(&dest)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask setup: fetching promtool (Debian's {PROMTOOL_PACKAGE} package, not installed)"
+    );
+    let dir = root.join("target/tools/deb");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    apt.update()?;
+    run(Command::new("apt-get")
+        .args([
+            "download",
+            "-q",
+            "-o",
+            "APT::Sandbox::User=root",
+            PROMTOOL_PACKAGE,
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::null()))?;
+    let deb = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    run(Command::new("sh").current_dir(&dir).args([
+        "-c",
+        &format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -x ./usr/bin/promtool",
+            deb.display()
+        ),
+    ]))?;
+    std::fs::rename(dir.join("usr/bin/promtool"), &dest)
+        .with_context(|| format!("moving promtool to {}", dest.display()))?;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -105,17 +160,23 @@ impl Apt {
             return Ok(());
         }
         eprintln!("xtask setup: apt-get install {}", missing.join(" "));
+        self.update()?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null()))
+    }
+
+    /// `apt-get update`, once per run.
+    fn update(&mut self) -> Result<()> {
         if !self.updated {
             run(Command::new("apt-get")
                 .args(["update", "-q"])
                 .stdout(Stdio::null()))?;
             self.updated = true;
         }
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null()))
+        Ok(())
     }
 }
 

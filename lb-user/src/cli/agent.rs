@@ -1,6 +1,9 @@
 //! `lb agent`: the flags, turned into the agent's options.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
 
 use anyhow::Result;
 use clap::Args;
@@ -11,6 +14,7 @@ use crate::{
     loader::{LoadConfig, ToPods, XdpUse},
     netif::parse_cidr,
     sizes::{DEFAULT_MEMORY_RATIO, MAX_ENTRIES, MapSizes, SizeFlags},
+    telemetry::{DEFAULT_HEALTHZ_ADDR, DEFAULT_METRICS_ADDR},
 };
 
 #[derive(Args)]
@@ -108,6 +112,28 @@ pub struct AgentArgs {
     /// Idle timeout of a UDP flow (Cilium's --bpf-ct-timeout-regular-any).
     #[arg(long, default_value = "60s", value_parser = seconds)]
     pub ct_timeout_udp: u32,
+    /// Where Prometheus metrics are served (`/metrics`), as kube-proxy's
+    /// --metrics-bind-address; an empty value serves none.
+    #[arg(long, default_value = DEFAULT_METRICS_ADDR, value_parser = bind_address)]
+    pub metrics_bind_address: Bind,
+    /// Where health is served (`/healthz`, `/livez`: 200 while the agent's loop
+    /// finishes rounds, 503 when it has not for 10 s), as kube-proxy's
+    /// --healthz-bind-address; an empty value serves none.
+    #[arg(long, default_value = DEFAULT_HEALTHZ_ADDR, value_parser = bind_address)]
+    pub healthz_bind_address: Bind,
+}
+
+/// A listener's address, or none (an empty flag value).
+#[derive(Clone, Copy, Debug)]
+pub struct Bind(pub Option<SocketAddr>);
+
+fn bind_address(s: &str) -> Result<Bind, String> {
+    if s.is_empty() {
+        return Ok(Bind(None));
+    }
+    s.parse()
+        .map(|a| Bind(Some(a)))
+        .map_err(|_| format!("{s:?}: not an address:port (e.g. 127.0.0.1:10249), nor empty"))
 }
 
 /// A duration as `90s`, `30m`, `6h`, `1d` or a sum of them (`1h30m`); a bare number
@@ -192,6 +218,8 @@ pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
             memory_ratio: a.map_memory_ratio,
         },
         kube: None,
+        metrics_addr: a.metrics_bind_address.0,
+        healthz_addr: a.healthz_bind_address.0,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

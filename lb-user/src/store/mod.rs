@@ -97,6 +97,15 @@ pub enum StoreError {
     Apply(#[from] ApplyError),
 }
 
+/// The latest revision committed to the store in `dir`, and when (from its commit
+/// marker; None without one).
+pub fn last_commit(dir: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let text = std::fs::read_to_string(dir.join(COMMIT_MARKER)).ok()?;
+    let (rev, ns) = text.trim().split_once(' ')?;
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.parse().ok()?);
+    Some((rev.parse().ok()?, at))
+}
+
 /// Whether `path` is a store's commit marker (a change to it means a new revision).
 pub fn is_commit_marker(path: &Path) -> bool {
     path.file_name() == Some(std::ffi::OsStr::new(COMMIT_MARKER))
