@@ -29,6 +29,7 @@ use crate::{
     state::{Change, Touched, Tracked},
     status::{self, NodeStatus},
     store::Store,
+    svc_health::{self, ServiceHealth},
     telemetry::{Snapshot, Telemetry},
 };
 
@@ -134,6 +135,11 @@ struct Agent {
     /// The maps' sizes as loaded.
     sizes: MapSizes,
     telemetry: Arc<Telemetry>,
+    /// healthCheckNodePort and local ready endpoints of each LoadBalancer service
+    /// with `externalTrafficPolicy: Local`, as last planned.
+    health_checks: BTreeMap<ObjectKey, (u16, usize)>,
+    /// Their listeners (started when the first one is wanted).
+    service_health: Option<ServiceHealth>,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
@@ -246,6 +252,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         cluster_cidrs: opts.cluster_cidrs.clone(),
         sizes,
         telemetry,
+        health_checks: BTreeMap::new(),
+        service_health: None,
     };
     // Writers touch the store's commit marker after each commit; the database's own
     // files change many times within a transaction, before it is visible.
@@ -301,6 +309,90 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Brings the healthCheckNodePorts in line with the services just planned (every
+    /// service when `full`): each LoadBalancer service with `externalTrafficPolicy:
+    /// Local` and a healthCheckNodePort answers with its ready endpoints on this node.
+    fn follow_health_checks(
+        &mut self,
+        full: bool,
+        services: &BTreeSet<ObjectKey>,
+        plans: &[PortPlan],
+    ) {
+        let before = self.health_checks.clone();
+        if full {
+            self.health_checks.clear();
+        } else {
+            self.health_checks.retain(|k, _| !services.contains(k));
+        }
+        let state = &self.tracked.state;
+        let planned: Box<dyn Iterator<Item = &ObjectKey>> = if full {
+            Box::new(state.services.keys())
+        } else {
+            Box::new(services.iter())
+        };
+        let mut wanted: BTreeMap<&ObjectKey, (u16, BTreeSet<Ipv4Addr>)> = BTreeMap::new();
+        for key in planned {
+            let Some(svc) = state.services.get(key) else {
+                continue;
+            };
+            let Some(spec) = svc.spec.as_ref() else {
+                continue;
+            };
+            let port = spec
+                .health_check_node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0);
+            if crate::model::service_type(svc) == crate::model::TYPE_LOAD_BALANCER
+                && spec.external_traffic_policy.as_deref() == Some("Local")
+                && let Some(port) = port
+            {
+                wanted.insert(key, (port, BTreeSet::new()));
+            }
+        }
+        if !wanted.is_empty() {
+            for p in plans {
+                if let Some((_, local)) = wanted.get_mut(&p.service) {
+                    let here = p.endpoints.iter().map(|(a, _)| *a);
+                    local.extend(here.filter(|a| !p.remote.contains(a)));
+                }
+            }
+        }
+        for (key, (port, local)) in wanted {
+            self.health_checks.insert(key.clone(), (port, local.len()));
+        }
+        if self.health_checks == before {
+            return;
+        }
+        if self.service_health.is_none() {
+            match ServiceHealth::start(Arc::clone(&self.telemetry)) {
+                Ok(h) => self.service_health = Some(h),
+                Err(e) => {
+                    return warn!(
+                        error = format!("{e:#}"),
+                        "healthCheckNodePorts are not served"
+                    );
+                }
+            }
+        }
+        let targets = self
+            .health_checks
+            .iter()
+            .map(|(k, (port, n))| {
+                (
+                    *port,
+                    svc_health::Target {
+                        namespace: k.namespace.clone(),
+                        name: k.name.clone(),
+                        local_endpoints: *n,
+                    },
+                )
+            })
+            .collect();
+        if let Some(h) = &self.service_health {
+            h.set(targets);
+        }
     }
 
     /// What the metrics need that only the agent knows: which service each
@@ -558,6 +650,7 @@ impl Agent {
             }
         };
         self.publish_refused();
+        self.follow_health_checks(full, &services, &plans);
         // A refusal healed: one full plan takes whatever the retries left behind.
         self.plan_all = refused_before > 0 && self.refused.is_empty() && !full;
         // UDP flows to endpoints that are gone end: their conntrack entries go, so

@@ -3,7 +3,8 @@
 //! and their indexes (`state`) -> what each service port needs (`plan`) -> map
 //! entries with their ids and slots (`entries`) -> ordered writes (`sync`) -> the
 //! maps (`maps`, the only user of `aya::maps`), with `loader` attaching the programs
-//! and `agent` driving the loop, which `telemetry` shows to monitoring systems.
+//! and `agent` driving the loop, which `telemetry` shows to monitoring systems and
+//! `svc_health` to external load balancers (healthCheckNodePorts).
 //! `cli` is the command line over all of it.
 
 pub mod agent;
@@ -21,6 +22,7 @@ pub mod sizes;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod svc_health;
 pub mod sync;
 pub mod table;
 pub mod telemetry;

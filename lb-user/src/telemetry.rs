@@ -170,6 +170,12 @@ impl Telemetry {
         self.refused_writes.inc();
     }
 
+    /// Whether the agent is healthy (its loop finished a round within
+    /// [`HEALTH_TIMEOUT`]).
+    pub fn healthy(&self) -> bool {
+        self.health().0
+    }
+
     /// Whether the loop finished a round within [`HEALTH_TIMEOUT`], and how long ago.
     fn health(&self) -> (bool, Option<Duration>) {
         let now_ms = self.started.elapsed().as_millis() as u64;

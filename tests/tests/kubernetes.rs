@@ -125,13 +125,15 @@ const POD0: &str = "10.244.0.2";
 const POD1: &str = "10.244.0.3";
 const WEB_IP: &str = "10.96.0.90";
 
-/// Two pods serving TCP 8080 behind service `web` (NodePort 30090), told to the
-/// agent in `mode`. Returns the cluster and, in Kubernetes mode, the API server.
-fn web_cluster(tag: &str, mode: Mode) -> (Cluster, Option<FakeApi>) {
-    let objects = vec![
+/// Two pods serving TCP 8080 behind service `web` (NodePort 30090), and `extra`
+/// objects, told to the agent in `mode`. Returns the cluster and, in Kubernetes
+/// mode, the API server.
+fn web_cluster(tag: &str, mode: Mode, extra: &[Value]) -> (Cluster, Option<FakeApi>) {
+    let mut objects = vec![
         value(&service("web", WEB_IP, Some(30090))),
         value(&slice("web", &[POD0, POD1], &[])),
     ];
+    objects.extend(extra.iter().cloned());
     let tcp: &[&str] = &["--tcp", "8080"];
     let mut api = None;
     let c = cluster_with(tag, &[tcp, tcp], |t, node, lb| match mode {
@@ -190,8 +192,20 @@ fn answered_by(c: &Cluster, from_laptop: bool, addr: &str, want: &[&str], served
     );
 }
 
+/// Service `front`: a LoadBalancer with `externalTrafficPolicy: Local` and
+/// healthCheckNodePort 32101, its one ready endpoint on node1.
+fn front() -> [Value; 2] {
+    let mut svc = service("front", "10.96.0.91", Some(30091));
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.type_ = Some("LoadBalancer".into());
+        spec.external_traffic_policy = Some("Local".into());
+        spec.health_check_node_port = Some(32101);
+    }
+    [value(&svc), value(&slice("front", &[POD0], &[]))]
+}
+
 fn nodeport_and_cluster_ip(mode: Mode) {
-    let (c, _api) = web_cluster(&format!("{mode:?}").to_lowercase(), mode);
+    let (c, _api) = web_cluster(&format!("{mode:?}").to_lowercase(), mode, &front());
     answered_by(
         &c,
         true,
@@ -206,15 +220,39 @@ fn nodeport_and_cluster_ip(mode: Mode) {
         &["pod-0", "pod-1"],
         false,
     );
+    // The LoadBalancer's healthCheckNodePort answers as kube-proxy's does: 200 and
+    // its one ready endpoint on this node.
+    let url = format!("http://{NODE_IP}:32101/healthz");
+    let answer = Topology::wait_for(Duration::from_secs(10), || {
+        let out =
+            c.t.sh(
+                &c.laptop,
+                &[
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "2",
+                    "-w",
+                    " %{http_code}",
+                    &url,
+                ],
+            )
+            .ok()?;
+        out.ends_with(" 200").then_some(out)
+    })
+    .unwrap_or_else(|| panic!("{url} never answered 200 ({mode:?})"));
+    let body: Value = serde_json::from_str(answer.trim_end_matches(" 200")).unwrap();
+    assert_eq!(body["localEndpoints"], 1, "{answer}");
+    assert_eq!(body["service"]["name"], "front", "{answer}");
 }
 
 #[test]
-fn nodeport_and_cluster_ip_from_the_embedded_store() {
+fn nodeport_cluster_ip_and_health_check_node_port_from_the_embedded_store() {
     nodeport_and_cluster_ip(Mode::Store);
 }
 
 #[test]
-fn nodeport_and_cluster_ip_from_the_kubernetes_api() {
+fn nodeport_cluster_ip_and_health_check_node_port_from_the_kubernetes_api() {
     nodeport_and_cluster_ip(Mode::Kube);
 }
 
@@ -230,7 +268,7 @@ fn has_frontend(c: &Cluster, ip: &str) -> bool {
 
 #[test]
 fn kubernetes_mode_follows_changes_survives_an_outage_and_relists_after_410() {
-    let (c, api) = web_cluster("kube", Mode::Kube);
+    let (c, api) = web_cluster("kube", Mode::Kube, &[]);
     let api = api.unwrap();
     answered_by(
         &c,

@@ -476,3 +476,70 @@ fn a_packet_too_big_for_the_way_to_a_remote_pod_gets_fragmentation_needed() {
         );
     }
 }
+
+/// What a node's healthCheckNodePort answers: (HTTP status, localEndpoints).
+fn health_check(c: &Cluster, node: usize, port: u16) -> Option<(u16, u64)> {
+    let url = format!("http://{}:{port}/", node_ip(node));
+    let out =
+        c.t.sh(
+            &c.lan.laptop,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "2",
+                "-w",
+                " %{http_code}",
+                &url,
+            ],
+        )
+        .ok()?;
+    let (body, code) = out.rsplit_once(' ')?;
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    assert_eq!(v["service"]["name"], "front", "{url}: {body}");
+    assert_eq!(v["serviceProxyHealthy"], true, "{url}: {body}");
+    Some((code.parse().ok()?, v["localEndpoints"].as_u64()?))
+}
+
+/// Waits until node `node`'s healthCheckNodePort answers `want`.
+fn health_check_becomes(c: &Cluster, node: usize, port: u16, want: (u16, u64)) {
+    let got = Topology::wait_for(Duration::from_secs(10), || {
+        health_check(c, node, port).filter(|g| *g == want)
+    });
+    assert!(
+        got.is_some(),
+        "node {} :{port} never answered {want:?} (last: {:?})\n{}",
+        node + 1,
+        health_check(c, node, port),
+        diagnostics(c)
+    );
+}
+
+#[test]
+fn a_health_check_node_port_answers_with_the_nodes_ready_endpoints() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: front\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32100\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080}\n---\n";
+    // One ready pod on node 1, none on node 2.
+    let c = cluster("hcnp", 2, 1, &[(0, 0)], svc);
+    // kube-proxy's answers: 200 where the service has a ready endpoint, 503 where not.
+    health_check_becomes(&c, 0, 32100, (200, 1));
+    health_check_becomes(&c, 1, 32100, (503, 0));
+    // The pod on node 1 stops being ready and one on node 2 starts: the answers follow.
+    c.lb.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: n1p0\n  labels: {{app: web}}\nspec:\n  nodeName: node1\n  containers: [{{name: c, image: app}}]\nstatus:\n  podIP: {}\n  conditions: [{{type: Ready, status: \"False\"}}]\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: n2p0\n  labels: {{app: web}}\nspec:\n  nodeName: node2\n  containers: [{{name: c, image: app}}]\nstatus:\n  podIP: {}\n",
+        pod_ip(0, 0),
+        pod_ip(1, 0)
+    ))
+    .unwrap();
+    health_check_becomes(&c, 0, 32100, (503, 0));
+    health_check_becomes(&c, 1, 32100, (200, 1));
+    // A service that stops being eTP Local no longer has the port: it closes.
+    c.lb.apply(&svc.replace(
+        "  externalTrafficPolicy: Local\n  healthCheckNodePort: 32100\n",
+        "",
+    ))
+    .unwrap();
+    let closed = Topology::wait_for(Duration::from_secs(10), || {
+        health_check(&c, 1, 32100).is_none().then_some(())
+    });
+    assert!(closed.is_some(), "port 32100 still answers on node 2");
+}
