@@ -605,6 +605,63 @@ fn metrics_and_health_are_served_as_kube_proxy_serves_them() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The Grafana dashboard asks only for series lb serves, in valid PromQL (its
+    // queries, with Grafana's variables given values, checked as recording rules).
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/grafana-lb.json")).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "5m")
+                .replace("$instance", ".*")
+        })
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for e in &exprs {
+        for name in e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("lb_"))
+        {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "the dashboard asks for {name}, which /metrics does not serve"
+            );
+        }
+    }
+    let rules: String = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            format!(
+                "      - record: lb:dashboard_{i}\n        expr: {}\n",
+                serde_json::to_string(e).unwrap()
+            )
+        })
+        .collect();
+    let rules_file = s.t.dir().join("dashboard-rules.yaml");
+    std::fs::write(
+        &rules_file,
+        format!("groups:\n  - name: dashboard\n    rules:\n{rules}"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&rules_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules (the dashboard's queries): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // OpenMetrics to a client that asks for it (as Prometheus does).
     let om =
         s.t.sh(
