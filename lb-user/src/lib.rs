@@ -26,3 +26,4 @@ pub mod svc_health;
 pub mod sync;
 pub mod table;
 pub mod telemetry;
+pub mod trace;

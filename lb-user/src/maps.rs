@@ -60,9 +60,19 @@ pub struct Maps {
     conntrack: HashMap<MapData, FlowKey, CtValue>,
     assured: HashMap<MapData, FlowKey, CtValue>,
     ports: Array<MapData, u64>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     stats: PerCpuArray<MapData, Counters>,
     svc_stats: PerCpuArray<MapData, Counters>,
     backend_stats: PerCpuArray<MapData, Counters>,
+}
+
+/// A lookup's value, `None` for a key the map does not hold.
+fn found<V>(r: Result<V, aya::maps::MapError>, map: &'static str) -> Result<Option<V>, MapsError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(aya_err(map, "reading")(e)),
+    }
 }
 
 /// A pinned map of an earlier agent whose size differs from the one loaded now.
@@ -203,6 +213,7 @@ impl Maps {
             conntrack: typed(&mut get, MAP_CONNTRACK)?,
             assured: typed(&mut get, MAP_CT_ASSURED)?,
             ports: typed(&mut get, MAP_PORTS)?,
+            affinity: typed(&mut get, MAP_AFFINITY)?,
             stats: typed(&mut get, MAP_STATS)?,
             svc_stats: typed(&mut get, MAP_SVC_STATS)?,
             backend_stats: typed(&mut get, MAP_BACKEND_STATS)?,
@@ -348,14 +359,54 @@ impl Maps {
         ]
     }
 
+    /// The frontend `key`, if programmed.
+    pub fn frontend(&self, key: &ServiceKey) -> Result<Option<ServiceValue>, MapsError> {
+        found(self.services.get(key, 0), MAP_SERVICES)
+    }
+
+    /// Slot `slot` of service port `svc_id`, if programmed.
+    pub fn slot(&self, svc_id: u32, slot: u32) -> Result<Option<Backend>, MapsError> {
+        found(
+            self.backends.get(&BackendKey { svc_id, slot }, 0),
+            MAP_BACKENDS,
+        )
+    }
+
+    /// Whether some frontend answers on `port` (the programs' first test).
+    pub fn port_served(&self, port: u16) -> Result<bool, MapsError> {
+        let (word, bit) = lb_common::port_bit(port);
+        let w = self
+            .ports
+            .get(&word, 0)
+            .map_err(aya_err(MAP_PORTS, "reading"))?;
+        Ok(w & bit != 0)
+    }
+
+    /// The role and flags the agent gave interface `ifindex`, if it attached to it.
+    pub fn iface(&self, ifindex: u32) -> Result<Option<IfaceValue>, MapsError> {
+        found(self.ifaces.get(&ifindex, 0), MAP_IFACES)
+    }
+
+    /// The backend a client's last new flow to service port `svc_id` went to, if
+    /// remembered (ClientIP affinity).
+    pub fn affinity(&self, key: &AffinityKey) -> Result<Option<AffinityValue>, MapsError> {
+        found(self.affinity.get(key, 0), MAP_AFFINITY)
+    }
+
     /// The conntrack entry for one tuple, if there is one (the assured one first,
     /// as lookups do).
     pub fn conntrack_entry(&self, key: &FlowKey) -> Result<Option<CtValue>, MapsError> {
+        self.conntrack_entry_where(key).map(|e| e.map(|(v, _)| v))
+    }
+
+    /// The same, with whether it is in the assured table.
+    pub fn conntrack_entry_where(
+        &self,
+        key: &FlowKey,
+    ) -> Result<Option<(CtValue, bool)>, MapsError> {
         for (map, name) in self.ct_tables() {
-            match map.get(key, 0) {
-                Ok(v) => return Ok(Some(v)),
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(aya_err(name, "reading")(e)),
+            if let Some(v) = found(map.get(key, 0), name)? {
+                return Ok(Some((v, name == MAP_CT_ASSURED)));
             }
         }
         Ok(None)

@@ -524,6 +524,63 @@ pub fn conntrack(flows: &[(lb_common::FlowKey, lb_common::CtValue)]) -> String {
     )
 }
 
+/// `lb trace`'s answer, as `kubectl describe` lays out fields.
+pub fn trace(p: &crate::trace::Probe, t: &crate::trace::Trace) -> String {
+    let proto = if p.proto == lb_common::PROTO_UDP {
+        "UDP"
+    } else {
+        "TCP"
+    };
+    let mut out = format!("Packet:       {proto} {} -> {}\n", p.src, p.dst);
+    out += &format!(
+        "Comes in on:  {} ({})\n",
+        t.ingress
+            .as_deref()
+            .unwrap_or("no route back to the source"),
+        t.ingress_role
+    );
+    let frontend = match (&t.frontend, t.svc_id) {
+        (Some(f), Some(id)) => format!(
+            "{f}, service port id {id}{}",
+            t.service
+                .as_deref()
+                .map(|s| format!(" ({})", shown(s, 200)))
+                .unwrap_or_default()
+        ),
+        _ => "none".into(),
+    };
+    out += &format!("Frontend:     {frontend}\n");
+    let flow = match t.flow {
+        Some(dir) => format!(
+            "existing, {dir} direction{}",
+            if t.assured { ", answered" } else { "" }
+        ),
+        None if t.frontend.is_some() => "none: the packet starts one".into(),
+        None => "none".into(),
+    };
+    out += &format!("Flow:         {flow}\n");
+    if !t.candidates.is_empty() {
+        out += "Backends:\n";
+        for c in &t.candidates {
+            out += &format!(
+                "  {:<22} {:>6.1}%{}\n",
+                c.backend,
+                c.probability * 100.0,
+                if c.remote { "  (another node)" } else { "" }
+            );
+        }
+    }
+    if let Some(a) = &t.affinity {
+        out += &format!("Affinity:     this client's last flow went to {a}\n");
+    }
+    if let Some(x) = &t.translated {
+        out += &format!("Translated:   {x} (source rewrite: {})\n", t.snat);
+    }
+    out += &format!("Verdict:      {}\n", t.verdict);
+    out += &format!("Leaves by:    {}\n", t.forward);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -712,3 +712,137 @@ fn metrics_and_health_are_served_as_kube_proxy_serves_them() {
         );
     }
 }
+
+/// `lb trace ... -o json`, run in the node (its routes say how packets come and go).
+fn trace(s: &Scenario, src: &str, dst: &str) -> serde_json::Value {
+    let lb = lb_tests::lbctl::lb_bin().display().to_string();
+    let (store, bpffs) = (
+        s.lb.store.display().to_string(),
+        s.lb.bpffs.display().to_string(),
+    );
+    let out =
+        s.t.sh(
+            &s.node,
+            &[
+                &lb, "--store", &store, "trace", src, dst, "tcp", "--node", "node1", "--bpffs",
+                &bpffs, "-o", "json",
+            ],
+        )
+        .unwrap();
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("lb trace -o json ({e}): {out}"))
+}
+
+fn verdict_packets(s: &Scenario, reason: u32) -> u64 {
+    let maps = Maps::open_pinned(&s.lb.pins("node1")).expect("the agent's pinned maps");
+    maps.verdicts().unwrap()[reason as usize].packets
+}
+
+#[test]
+fn lb_trace_tells_the_verdict_and_backend_the_packet_then_gets() {
+    let s = scenario("trace", &format!("{SEEDS_SERVICE}---\n{SEEDS_POD}"));
+    assert_eq!(
+        fetch(&s, &format!("http://{NODE_IP}:30008")),
+        "Hello World!\n"
+    );
+    let laptop = seeds::LAPTOP_IP;
+    let (src, nodeport) = (format!("{laptop}:40123"), format!("{NODE_IP}:30008"));
+
+    // A new flow: the one backend, certainly; translated to it; delivered by TC.
+    let t = trace(&s, &src, &nodeport);
+    assert_eq!(t["verdict"], "nat_new_flow", "{t:#}");
+    assert_eq!(t["ingress_role"], "external", "{t:#}");
+    assert_eq!(t["service"], "default/node-port-service:80", "{t:#}");
+    assert_eq!(
+        t["candidates"][0]["backend"],
+        format!("{POD_IP}:80"),
+        "{t:#}"
+    );
+    assert_eq!(t["candidates"][0]["probability"], 1.0, "{t:#}");
+    assert_eq!(t["translated"], format!("{src} -> {POD_IP}:80"), "{t:#}");
+    // The trace changed nothing: no flow for it yet.
+    let key = lb_common::FlowKey {
+        saddr_be: u32::from(laptop.parse::<std::net::Ipv4Addr>().unwrap()).to_be(),
+        daddr_be: u32::from(NODE_IP.parse::<std::net::Ipv4Addr>().unwrap()).to_be(),
+        sport_be: 40123u16.to_be(),
+        dport_be: 30008u16.to_be(),
+        proto: PROTO_TCP,
+        _pad: 0,
+        _pad2: 0,
+    };
+    let maps = Maps::open_pinned(&s.lb.pins("node1")).unwrap();
+    assert_eq!(maps.conntrack_entry(&key).unwrap(), None);
+
+    // Sent from that source port: one new flow, to the backend the trace named.
+    let before = verdict_packets(&s, reason::NAT_NEW_FLOW);
+    let body =
+        s.t.sh(
+            &s.laptop,
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "5",
+                "--local-port",
+                "40123",
+                &format!("http://{nodeport}"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(body, "Hello World!\n");
+    assert_eq!(verdict_packets(&s, reason::NAT_NEW_FLOW), before + 1);
+    let ct = maps
+        .conntrack_entry(&key)
+        .unwrap()
+        .expect("the flow the curl made");
+    assert_eq!(
+        format!(
+            "{}:{}",
+            std::net::Ipv4Addr::from(u32::from_be(ct.nat_daddr_be)),
+            u16::from_be(ct.nat_dport_be)
+        ),
+        format!("{POD_IP}:80")
+    );
+    // Traced again, the packet belongs to that flow.
+    let t = trace(&s, &src, &nodeport);
+    assert_eq!(t["verdict"], "nat_established", "{t:#}");
+    assert_eq!(t["flow"], "original", "{t:#}");
+    assert_eq!(t["translated"], format!("{src} -> {POD_IP}:80"), "{t:#}");
+
+    // A port no frontend has: passed untouched, and counted so when sent.
+    let t = trace(&s, &format!("{laptop}:40124"), &format!("{NODE_IP}:22"));
+    assert_eq!(t["verdict"], "pass_no_service", "{t:#}");
+    assert!(t["frontend"].is_null(), "{t:#}");
+    let before = verdict_packets(&s, reason::PASS_NO_SERVICE);
+    let _ = s.t.run(
+        &s.laptop,
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "2",
+            "--local-port",
+            "40124",
+            &format!("http://{NODE_IP}:22"),
+        ],
+    );
+    assert!(verdict_packets(&s, reason::PASS_NO_SERVICE) > before);
+    // The table for people says the same.
+    let lb = lb_tests::lbctl::lb_bin().display().to_string();
+    let (store, bpffs) = (
+        s.lb.store.display().to_string(),
+        s.lb.bpffs.display().to_string(),
+    );
+    let text =
+        s.t.sh(
+            &s.node,
+            &[
+                &lb, "--store", &store, "trace", &src, &nodeport, "--node", "node1", "--bpffs",
+                &bpffs,
+            ],
+        )
+        .unwrap();
+    assert!(
+        text.contains("Verdict:      nat_established") && text.contains(&format!("-> {POD_IP}:80")),
+        "{text}"
+    );
+}

@@ -12,6 +12,7 @@ mod get;
 mod ranges;
 mod reset;
 mod stats;
+mod trace;
 
 use std::path::PathBuf;
 
@@ -82,6 +83,13 @@ pub enum Command {
         after_help = "Examples:\n  lb ranges\n  lb ranges --node-port-range 30000-32767 --service-cidr 10.96.0.0/12"
     )]
     Ranges(ranges::RangesArgs),
+    /// What this node's data plane would do with one packet, read from the live maps
+    /// without changing them: frontend, flow or the backends a new flow would get,
+    /// translation, verdict, way out.
+    #[command(
+        after_help = "Examples:\n  lb trace 192.168.1.10:40000 192.168.1.2:30008\n  lb trace 10.244.0.5:5353 10.96.0.10:53 udp -o json"
+    )]
+    Trace(trace::TraceArgs),
     /// Remove a node's data plane: detach every program and drop its maps (conntrack
     /// included). A stopped agent leaves the data plane forwarding; this ends it.
     #[command(after_help = "Example:\n  lb reset --node-name node1")]
@@ -102,6 +110,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reset(a) => reset::run(&a),
         Command::Ranges(a) => ranges::run(&store, &a),
         Command::Conntrack(a) => conntrack::run(&a),
+        Command::Trace(t) => trace::run(&store, &t),
         Command::Expose(e) => expose::run(&store, &e),
         Command::Completion { shell } => {
             use clap::CommandFactory as _;
@@ -174,7 +183,7 @@ pub struct NodeArgs {
     #[arg(long, env = "LB_BPFFS", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
     /// The node whose agent's maps to read (default: the host name).
-    #[arg(long)]
+    #[arg(long, visible_alias = "node")]
     pub node_name: Option<String>,
 }
 
