@@ -65,6 +65,22 @@ pub struct AgentOptions {
     pub healthz_addr: Option<SocketAddr>,
 }
 
+/// When the EndpointSlice change `c` was made, as its controller recorded it.
+fn trigger_time(c: &crate::state::Change) -> Option<SystemTime> {
+    const TRIGGER: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+    let Some(crate::model::Object::EndpointSlice(slice)) = &c.object else {
+        return None;
+    };
+    let at: jiff::Timestamp = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(TRIGGER)?
+        .parse()
+        .ok()?;
+    Some(SystemTime::from(at))
+}
+
 /// A protocol number's name, as Kubernetes writes it.
 fn proto_name(proto: u8) -> &'static str {
     match proto {
@@ -140,6 +156,9 @@ struct Agent {
     health_checks: BTreeMap<ObjectKey, (u16, usize)>,
     /// Their listeners (started when the first one is wanted).
     service_health: Option<ServiceHealth>,
+    /// Kubernetes mode: when the EndpointSlice changes being programmed were made
+    /// (their `endpoints.kubernetes.io/last-change-trigger-time`).
+    triggered: Vec<SystemTime>,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
@@ -254,6 +273,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         telemetry,
         health_checks: BTreeMap::new(),
         service_health: None,
+        triggered: Vec::new(),
     };
     // Writers touch the store's commit marker after each commit; the database's own
     // files change many times within a transaction, before it is visible.
@@ -524,6 +544,7 @@ impl Agent {
             self.tracked.state.revision = state.revision;
             self.tracked.state.endpoints_from_slices = state.endpoints_from_slices;
             let changes = self.tracked.state.changes_to(state);
+            self.triggered = changes.iter().filter_map(trigger_time).collect();
             return self.take_changes(changes, started);
         }
         let revision = self.store.revision()?;
@@ -665,9 +686,13 @@ impl Agent {
             self.dp.maps.end_udp_flows_to(&gone)?
         };
         if writes > 0 {
-            self.telemetry
-                .synced(started.elapsed(), self.committed_at());
+            let changed = self
+                .committed_at()
+                .into_iter()
+                .chain(self.triggered.drain(..));
+            self.telemetry.synced(started.elapsed(), changed);
         }
+        self.triggered.clear();
         let entries = self.programmed.entries();
         info!(
             revision = self.tracked.state.revision,

@@ -150,15 +150,19 @@ impl Telemetry {
     }
 
     /// A round wrote to the maps in `took` (reading the source to the maps holding
-    /// it); `committed`: when the change it programmed was committed to the store.
-    /// A change committed before the agent started is not timed (its latency would
-    /// be the agent's downtime, not its programming).
-    pub fn synced(&self, took: Duration, committed: Option<SystemTime>) {
+    /// it); `changed`: when each change it programmed was made (committed to the
+    /// store; in Kubernetes mode, an EndpointSlice's last-change-trigger-time). A
+    /// change made before the agent started is not timed (its latency would be the
+    /// agent's downtime, not its programming), as kube-proxy skips those.
+    pub fn synced(&self, took: Duration, changed: impl IntoIterator<Item = SystemTime>) {
         self.sync_duration.observe(took.as_secs_f64());
-        if let Some(at) = committed.filter(|at| *at >= self.started_at)
-            && let Ok(p) = SystemTime::now().duration_since(at)
-        {
-            self.programming.observe(p.as_secs_f64());
+        let now = SystemTime::now();
+        for at in changed {
+            if at >= self.started_at
+                && let Ok(p) = now.duration_since(at)
+            {
+                self.programming.observe(p.as_secs_f64());
+            }
         }
         self.syncs.inc();
         self.last_sync_ns
@@ -256,7 +260,7 @@ impl Telemetry {
         );
         r.register_with_unit(
             "network_programming_duration",
-            "From a change's commit to the store to the maps holding it (kube-proxy's network_programming_duration_seconds; embedded store only)",
+            "From a change (its commit to the store; in Kubernetes mode an EndpointSlice's endpoints.kubernetes.io/last-change-trigger-time) to the maps holding it (kube-proxy's network_programming_duration_seconds)",
             Unit::Seconds,
             self.programming.clone(),
         );

@@ -292,11 +292,40 @@ fn kubernetes_mode_follows_changes_survives_an_outage_and_relists_after_410() {
     api.put(value(&other));
     api.put(value(&slice("other", &[POD0], &[])));
     api.put(value(&service("after", "10.96.0.94", None)));
-    api.put(value(&slice("after", &[POD0], &[])));
+    // Its slice carries the EndpointSlice controller's trigger time: the agent times
+    // the change from it to the maps (kube-proxy's network_programming_duration).
+    let mut after = slice("after", &[POD0], &[]);
+    after.metadata.annotations = Some(
+        [(
+            "endpoints.kubernetes.io/last-change-trigger-time".to_string(),
+            jiff::Timestamp::now().to_string(),
+        )]
+        .into(),
+    );
+    api.put(value(&after));
     Topology::wait_for(Duration::from_secs(30), || {
         has_frontend(&c, "10.96.0.94").then_some(())
     })
     .expect("service after in the maps");
+    let timed = Topology::wait_for(Duration::from_secs(10), || {
+        let text =
+            c.t.sh(
+                &c.node,
+                &["curl", "-sS", "-m", "5", "http://127.0.0.1:10249/metrics"],
+            )
+            .ok()?;
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix("lb_network_programming_duration_seconds_count "))?
+            .trim()
+            .parse::<f64>()
+            .ok()?;
+        (count >= 1.0).then_some(text)
+    });
+    assert!(
+        timed.is_some(),
+        "the slice's change was never timed from its trigger time"
+    );
     assert!(
         !has_frontend(&c, "10.96.0.93"),
         "a service of another proxy was programmed"
