@@ -466,20 +466,25 @@ impl Maps {
         Ok(expired.len())
     }
 
-    /// How many entries the flow tables hold (new flows, assured flows): a walk over
-    /// their keys.
-    pub fn flow_entries(&self) -> Result<(usize, usize), MapsError> {
-        let mut new = 0;
-        for k in self.conntrack.keys() {
-            k.map_err(aya_err(MAP_CONNTRACK, "reading"))?;
-            new += 1;
+    /// How many entries the flow tables (new flows, assured flows) and the affinity
+    /// table hold: a walk over their keys.
+    pub fn flow_entries(&self) -> Result<(usize, usize, usize), MapsError> {
+        fn count<K: Pod, V: Pod>(
+            map: &HashMap<MapData, K, V>,
+            name: &'static str,
+        ) -> Result<usize, MapsError> {
+            let mut n = 0;
+            for k in map.keys() {
+                k.map_err(aya_err(name, "reading"))?;
+                n += 1;
+            }
+            Ok(n)
         }
-        let mut assured = 0;
-        for k in self.assured.keys() {
-            k.map_err(aya_err(MAP_CT_ASSURED, "reading"))?;
-            assured += 1;
-        }
-        Ok((new, assured))
+        Ok((
+            count(&self.conntrack, MAP_CONNTRACK)?,
+            count(&self.assured, MAP_CT_ASSURED)?,
+            count(&self.affinity, MAP_AFFINITY)?,
+        ))
     }
 
     /// Verdict counters, indexed by `lb_common::reason`.

@@ -389,15 +389,19 @@ impl Telemetry {
             "Services' or endpoints' series left out of this scrape (only the busiest are shown)",
             omitted,
         );
-        if let Ok((new, assured)) = maps.flow_entries() {
+        if let Ok((new, assured, affinity)) = maps.flow_entries() {
             let fill = Family::<MapLabels, Gauge>::default();
-            for (map, n) in [("conntrack", new), ("conntrack_assured", assured)] {
+            for (map, n) in [
+                ("conntrack", new),
+                ("conntrack_assured", assured),
+                ("affinity", affinity),
+            ] {
                 fill.get_or_create(&MapLabels { map: map.into() })
                     .set(n as i64);
             }
             r.register(
                 "flow_entries",
-                "Entries of the flow tables (two per flow: the flow and its reply)",
+                "Entries of the flow tables (two per flow: the flow and its reply) and of the ClientIP affinity table",
                 fill,
             );
         }

@@ -574,6 +574,11 @@ fn metrics_and_health_are_served_as_kube_proxy_serves_them() {
         assert!(v >= 1.0, "{name} {labels:?} = {v}");
     }
     assert_eq!(sample(&scrape, "lb_store_revision_lag", &[]), Some(0.0));
+    // No service has ClientIP affinity: nothing remembered.
+    assert_eq!(
+        sample(&scrape, "lb_flow_entries", &[("map", "affinity")]),
+        Some(0.0)
+    );
     assert_eq!(sample(&scrape, "lb_refused_services", &[]), Some(0.0));
     // Prometheus' own checker takes the exposition as it is (its lint included).
     let promtool =
