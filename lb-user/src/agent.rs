@@ -235,7 +235,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     }
     let (telemetry, mut asked) =
         Telemetry::new(pins.clone(), kube.is_none().then(|| opts.store.clone()));
-    // A port another process holds costs the listener, never the data plane.
+    // A port another process holds costs that listener, never the data plane.
     if let Err(e) = telemetry.serve(opts.metrics_addr, opts.healthz_addr) {
         warn!(
             error = format!("{e:#}"),

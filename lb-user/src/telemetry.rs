@@ -187,23 +187,22 @@ impl Telemetry {
     }
 
     /// Starts the listeners (each `None`: off) on a thread of their own. A listener
-    /// that cannot bind is an error (a port in use: said at start, not later).
+    /// that cannot bind (a port in use) is logged and left out; the other serves.
     pub fn serve(
         self: &Arc<Self>,
         metrics: Option<SocketAddr>,
         healthz: Option<SocketAddr>,
     ) -> Result<()> {
-        let bind = |addr: SocketAddr, flag: &str| {
-            let l = std::net::TcpListener::bind(addr).with_context(|| format!("{flag} {addr}"))?;
-            l.set_nonblocking(true)?;
-            anyhow::Ok(l)
+        let bind = |addr: Option<SocketAddr>, flag: &str| {
+            let addr = addr?;
+            let l = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| warn!(error = %e, "{flag} {addr}: not served"))
+                .ok()?;
+            Some(l)
         };
-        let metrics = metrics
-            .map(|a| bind(a, "--metrics-bind-address"))
-            .transpose()?;
-        let healthz = healthz
-            .map(|a| bind(a, "--healthz-bind-address"))
-            .transpose()?;
+        let metrics = bind(metrics, "--metrics-bind-address");
+        let healthz = bind(healthz, "--healthz-bind-address");
         if metrics.is_none() && healthz.is_none() {
             return Ok(());
         }
@@ -636,6 +635,39 @@ mod tests {
         let mut few = vec![1u64, 5, 3];
         busiest(&mut few, 10, |p| *p);
         assert_eq!(few, [5, 3, 1]);
+    }
+
+    /// One listener's port in use leaves the other serving (on loopback).
+    #[test]
+    fn a_port_in_use_costs_only_its_own_listener() {
+        use std::io::{Read as _, Write as _};
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let free_addr = free.local_addr().unwrap();
+        drop(free);
+        let (t, _asked) = Telemetry::new(PathBuf::from("/nonexistent"), None);
+        t.serve(Some(taken.local_addr().unwrap()), Some(free_addr))
+            .unwrap();
+        let mut answer = String::new();
+        for _ in 0..50 {
+            if let Ok(mut c) = std::net::TcpStream::connect(free_addr) {
+                c.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                c.read_to_string(&mut answer).unwrap();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // No round yet: unhealthy, as kube-proxy before its first sync.
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        t.round();
+        let mut c = std::net::TcpStream::connect(free_addr).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("\"lastUpdated\""), "{answer}");
     }
 
     #[test]
