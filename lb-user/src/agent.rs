@@ -470,14 +470,16 @@ impl Agent {
         }
     }
 
-    /// When the change just programmed was committed to the store (embedded store
-    /// only: the store's commit marker says when its latest revision committed).
+    /// When the change just programmed was written to the store (embedded store
+    /// only; the store records it in the same transaction as the revision).
     fn committed_at(&self) -> Option<SystemTime> {
         if self.kube.is_some() {
             return None;
         }
-        let (rev, at) = crate::store::last_commit(&self.store_dir)?;
-        (rev == self.tracked.state.revision).then_some(at)
+        self.store
+            .written_at(self.tracked.state.revision)
+            .ok()
+            .flatten()
     }
 
     /// Whether a LoadBalancer service waits for an address, or another kind holds one.

@@ -483,6 +483,20 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// When revision `rev` was written, if it is still the store's latest (a
+    /// store written before this was recorded: None).
+    pub fn written_at(&self, rev: u64) -> Result<Option<std::time::SystemTime>, StoreError> {
+        let read = self.read(|tx| {
+            let latest = revision(tx).map_err(self.db("reading the revision"))?;
+            let at = meta_set(tx, REVISION_AT).map_err(self.db("reading the revision"))?;
+            Ok((latest == rev)
+                .then_some(at)
+                .flatten()
+                .map(|ns| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)))
+        })?;
+        Ok(read.flatten())
+    }
+
     /// Every object written or deleted after revision `after`, as changes handed to
     /// `each` a batch at a time, and the revision they bring the store to; `None`
     /// when deletions after `after` may have been pruned already (the reader must
@@ -657,6 +671,11 @@ impl Store {
     /// [`PRUNE_EVERY`] revisions), inside the writer's transaction.
     fn set_revision(&self, conn: &Connection, rev: u64) -> Result<(), StoreError> {
         set_meta(conn, "revision", rev).map_err(self.db("writing the revision"))?;
+        // When the revision was written, for the agents' programming latency.
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        set_meta(conn, REVISION_AT, at).map_err(self.db("writing the revision"))?;
         if rev.is_multiple_of(PRUNE_EVERY) && rev > self.tombstone_revisions {
             self.prune(conn, rev - self.tombstone_revisions)?;
         }
@@ -870,6 +889,9 @@ fn set_taken(conn: &Connection, key: &str, rows: &[(i64, i64)]) -> rusqlite::Res
 }
 
 /// The store's revision (0 before the first write).
+/// The `meta` row of when the latest revision was written (Unix ns).
+const REVISION_AT: &str = "revision_at_ns";
+
 fn revision(conn: &Connection) -> rusqlite::Result<u64> {
     meta(conn, "revision")
 }
