@@ -316,31 +316,17 @@ impl Telemetry {
         }
         let omitted = Family::<SeriesLabels, Gauge>::default();
         if let Some(s) = snap {
-            let mut svc: Vec<_> = s
-                .services
-                .iter()
-                .filter_map(|(id, ns, name, port)| {
-                    let c = maps.service_counters(*id).ok()?;
-                    Some((c, ns, name, port))
-                })
-                .collect();
-            omitted
-                .get_or_create(&SeriesLabels {
-                    series: "service".into(),
-                })
-                .set(svc.len().saturating_sub(MAX_SERVICE_SERIES) as i64);
-            busiest(&mut svc, MAX_SERVICE_SERIES, |s| s.0.packets);
-            let packets = Family::<ServiceLabels, Counter>::default();
-            let bytes = Family::<ServiceLabels, Counter>::default();
-            for (c, ns, name, port) in svc {
+            let services = s.services.iter().filter_map(|(id, ns, name, port)| {
+                let c = maps.service_counters(*id).ok()?;
                 let l = ServiceLabels {
                     namespace: ns.clone(),
                     service: name.clone(),
                     port: port.clone(),
                 };
-                packets.get_or_create(&l).inc_by(c.packets);
-                bytes.get_or_create(&l).inc_by(c.bytes);
-            }
+                Some((c, l))
+            });
+            let [packets, bytes] =
+                busiest_series(services, MAX_SERVICE_SERIES, &omitted, "service");
             r.register(
                 "service_packets",
                 "Packets of new and established flows to a service port (the busiest ports)",
@@ -352,30 +338,16 @@ impl Telemetry {
                 Unit::Bytes,
                 bytes,
             );
-            let mut eps: Vec<_> = s
-                .endpoints
-                .iter()
-                .filter_map(|(id, addr, port, proto)| {
-                    let c = maps.backend_counters(*id).ok()?;
-                    Some((c, addr, port, proto))
-                })
-                .collect();
-            omitted
-                .get_or_create(&SeriesLabels {
-                    series: "endpoint".into(),
-                })
-                .set(eps.len().saturating_sub(MAX_ENDPOINT_SERIES) as i64);
-            busiest(&mut eps, MAX_ENDPOINT_SERIES, |e| e.0.packets);
-            let packets = Family::<EndpointLabels, Counter>::default();
-            let bytes = Family::<EndpointLabels, Counter>::default();
-            for (c, addr, port, proto) in eps {
+            let endpoints = s.endpoints.iter().filter_map(|(id, addr, port, proto)| {
+                let c = maps.backend_counters(*id).ok()?;
                 let l = EndpointLabels {
                     endpoint: format!("{addr}:{port}"),
                     protocol: proto.to_string(),
                 };
-                packets.get_or_create(&l).inc_by(c.packets);
-                bytes.get_or_create(&l).inc_by(c.bytes);
-            }
+                Some((c, l))
+            });
+            let [packets, bytes] =
+                busiest_series(endpoints, MAX_ENDPOINT_SERIES, &omitted, "endpoint");
             r.register(
                 "endpoint_packets",
                 "Packets sent to an endpoint (address:port), whichever services it serves (the busiest endpoints)",
@@ -405,6 +377,35 @@ impl Telemetry {
             );
         }
     }
+}
+
+/// Packets and bytes series of the `max` busiest of `items` (their counters and
+/// labels; labels met twice add up), and in `omitted{series}` how many more there were.
+fn busiest_series<L>(
+    items: impl Iterator<Item = (lb_common::Counters, L)>,
+    max: usize,
+    omitted: &Family<SeriesLabels, Gauge>,
+    series: &str,
+) -> [Family<L, Counter>; 2]
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let mut items: Vec<_> = items.collect();
+    omitted
+        .get_or_create(&SeriesLabels {
+            series: series.into(),
+        })
+        .set(items.len().saturating_sub(max) as i64);
+    busiest(&mut items, max, |(c, _)| c.packets);
+    let (packets, bytes) = (
+        Family::<L, Counter>::default(),
+        Family::<L, Counter>::default(),
+    );
+    for (c, l) in items {
+        packets.get_or_create(&l).inc_by(c.packets);
+        bytes.get_or_create(&l).inc_by(c.bytes);
+    }
+    [packets, bytes]
 }
 
 /// Keeps the `n` items with the most packets, busiest first (a selection, not a

@@ -204,6 +204,30 @@ pub fn curl(t: &Topology, ns: &Netns, url: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `curl` from a namespace for an HTTP status and body (any status; None when no
+/// answer came within `secs`).
+pub fn http(t: &Topology, ns: &Netns, url: &str, secs: u32) -> Option<(u16, String)> {
+    let secs = secs.to_string();
+    let out = t
+        .run(
+            ns,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                &secs,
+                "-w",
+                " %{http_code}",
+                url,
+            ],
+        )
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once(' ')?;
+    let code: u16 = code.parse().ok()?;
+    (out.status.success() && code != 0).then(|| (code, body.to_string()))
+}
+
 /// The `--xdp` the end-to-end tests give agents (`LB_TEST_XDP`), if any.
 pub fn xdp_from_env() -> Option<String> {
     std::env::var("LB_TEST_XDP").ok().filter(|x| !x.is_empty())

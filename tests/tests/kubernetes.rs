@@ -224,24 +224,11 @@ fn nodeport_and_cluster_ip(mode: Mode) {
     // its one ready endpoint on this node.
     let url = format!("http://{NODE_IP}:32101/healthz");
     let answer = Topology::wait_for(Duration::from_secs(10), || {
-        let out =
-            c.t.sh(
-                &c.laptop,
-                &[
-                    "curl",
-                    "-sS",
-                    "--max-time",
-                    "2",
-                    "-w",
-                    " %{http_code}",
-                    &url,
-                ],
-            )
-            .ok()?;
-        out.ends_with(" 200").then_some(out)
+        lb_tests::lbctl::http(&c.t, &c.laptop, &url, 2).filter(|(code, _)| *code == 200)
     })
-    .unwrap_or_else(|| panic!("{url} never answered 200 ({mode:?})"));
-    let body: Value = serde_json::from_str(answer.trim_end_matches(" 200")).unwrap();
+    .unwrap_or_else(|| panic!("{url} never answered 200 ({mode:?})"))
+    .1;
+    let body: Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(body["localEndpoints"], 1, "{answer}");
     assert_eq!(body["service"]["name"], "front", "{answer}");
 }

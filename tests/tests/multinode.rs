@@ -480,25 +480,11 @@ fn a_packet_too_big_for_the_way_to_a_remote_pod_gets_fragmentation_needed() {
 /// What a node's healthCheckNodePort answers: (HTTP status, localEndpoints).
 fn health_check(c: &Cluster, node: usize, port: u16) -> Option<(u16, u64)> {
     let url = format!("http://{}:{port}/", node_ip(node));
-    let out =
-        c.t.sh(
-            &c.lan.laptop,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "2",
-                "-w",
-                " %{http_code}",
-                &url,
-            ],
-        )
-        .ok()?;
-    let (body, code) = out.rsplit_once(' ')?;
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let (code, body) = lb_tests::lbctl::http(&c.t, &c.lan.laptop, &url, 2)?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     assert_eq!(v["service"]["name"], "front", "{url}: {body}");
     assert_eq!(v["serviceProxyHealthy"], true, "{url}: {body}");
-    Some((code.parse().ok()?, v["localEndpoints"].as_u64()?))
+    Some((code, v["localEndpoints"].as_u64()?))
 }
 
 /// Waits until node `node`'s healthCheckNodePort answers `want`.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use lb_common::{PROTO_TCP, reason};
 use lb_tests::{
     Netns, Topology,
-    lbctl::{Lb, curl, podserver_bin},
+    lbctl::{Lb, curl, http, podserver_bin},
     require_root,
     seeds::{self, NODE_IP, POD_IP},
 };
@@ -694,23 +694,9 @@ fn metrics_and_health_are_served_as_kube_proxy_serves_them() {
         "http://127.0.0.1:10256/livez",
         "http://127.0.0.1:10249/healthz",
     ] {
-        let out =
-            s.t.sh(
-                &s.node,
-                &[
-                    "curl",
-                    "-sS",
-                    "--max-time",
-                    "10",
-                    "-w",
-                    " %{http_code}",
-                    url,
-                ],
-            )
-            .unwrap();
-        let (body, code) = out.rsplit_once(' ').unwrap();
-        assert_eq!(code, "200", "{url}: {out}");
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let (code, body) = http(&s.t, &s.node, url, 10).expect(url);
+        assert_eq!(code, 200, "{url}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(
             v["lastUpdated"].is_string() && v["currentTime"].is_string(),
             "{url}: {body}"
@@ -718,22 +704,33 @@ fn metrics_and_health_are_served_as_kube_proxy_serves_them() {
     }
 }
 
-/// `lb trace ... -o json`, run in the node (its routes say how packets come and go).
-fn trace(s: &Scenario, src: &str, dst: &str) -> serde_json::Value {
+/// `lb trace SRC DST` with more arguments, run in the node (its routes say how
+/// packets come and go).
+fn lb_trace(s: &Scenario, src: &str, dst: &str, more: &[&str]) -> String {
     let lb = lb_tests::lbctl::lb_bin().display().to_string();
     let (store, bpffs) = (
         s.lb.store.display().to_string(),
         s.lb.bpffs.display().to_string(),
     );
-    let out =
-        s.t.sh(
-            &s.node,
-            &[
-                &lb, "--store", &store, "trace", src, dst, "tcp", "--node", "node1", "--bpffs",
-                &bpffs, "-o", "json",
-            ],
-        )
-        .unwrap();
+    let mut argv = vec![
+        lb.as_str(),
+        "--store",
+        &store,
+        "trace",
+        src,
+        dst,
+        "--node",
+        "node1",
+        "--bpffs",
+        &bpffs,
+    ];
+    argv.extend(more);
+    s.t.sh(&s.node, &argv).unwrap()
+}
+
+/// `lb trace ... tcp -o json`.
+fn trace(s: &Scenario, src: &str, dst: &str) -> serde_json::Value {
+    let out = lb_trace(s, src, dst, &["tcp", "-o", "json"]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("lb trace -o json ({e}): {out}"))
 }
 
@@ -832,20 +829,7 @@ fn lb_trace_tells_the_verdict_and_backend_the_packet_then_gets() {
     );
     assert!(verdict_packets(&s, reason::PASS_NO_SERVICE) > before);
     // The table for people says the same.
-    let lb = lb_tests::lbctl::lb_bin().display().to_string();
-    let (store, bpffs) = (
-        s.lb.store.display().to_string(),
-        s.lb.bpffs.display().to_string(),
-    );
-    let text =
-        s.t.sh(
-            &s.node,
-            &[
-                &lb, "--store", &store, "trace", &src, &nodeport, "--node", "node1", "--bpffs",
-                &bpffs,
-            ],
-        )
-        .unwrap();
+    let text = lb_trace(&s, &src, &nodeport, &[]);
     assert!(
         text.contains("Verdict:      nat_established") && text.contains(&format!("-> {POD_IP}:80")),
         "{text}"
