@@ -316,17 +316,21 @@ impl Telemetry {
         }
         let omitted = Family::<SeriesLabels, Gauge>::default();
         if let Some(s) = snap {
-            let services = s.services.iter().filter_map(|(id, ns, name, port)| {
-                let c = maps.service_counters(*id).ok()?;
-                let l = ServiceLabels {
+            let services = s
+                .services
+                .iter()
+                .filter_map(|svc| Some((maps.service_counters(svc.0).ok()?, svc)));
+            let [packets, bytes] = busiest_series(
+                services,
+                MAX_SERVICE_SERIES,
+                &omitted,
+                "service",
+                |(_, ns, name, port)| ServiceLabels {
                     namespace: ns.clone(),
                     service: name.clone(),
                     port: port.clone(),
-                };
-                Some((c, l))
-            });
-            let [packets, bytes] =
-                busiest_series(services, MAX_SERVICE_SERIES, &omitted, "service");
+                },
+            );
             r.register(
                 "service_packets",
                 "Packets of new and established flows to a service port (the busiest ports)",
@@ -338,16 +342,20 @@ impl Telemetry {
                 Unit::Bytes,
                 bytes,
             );
-            let endpoints = s.endpoints.iter().filter_map(|(id, addr, port, proto)| {
-                let c = maps.backend_counters(*id).ok()?;
-                let l = EndpointLabels {
+            let endpoints = s
+                .endpoints
+                .iter()
+                .filter_map(|ep| Some((maps.backend_counters(ep.0).ok()?, ep)));
+            let [packets, bytes] = busiest_series(
+                endpoints,
+                MAX_ENDPOINT_SERIES,
+                &omitted,
+                "endpoint",
+                |(_, addr, port, proto)| EndpointLabels {
                     endpoint: format!("{addr}:{port}"),
                     protocol: proto.to_string(),
-                };
-                Some((c, l))
-            });
-            let [packets, bytes] =
-                busiest_series(endpoints, MAX_ENDPOINT_SERIES, &omitted, "endpoint");
+                },
+            );
             r.register(
                 "endpoint_packets",
                 "Packets sent to an endpoint (address:port), whichever services it serves (the busiest endpoints)",
@@ -379,13 +387,15 @@ impl Telemetry {
     }
 }
 
-/// Packets and bytes series of the `max` busiest of `items` (their counters and
-/// labels; labels met twice add up), and in `omitted{series}` how many more there were.
-fn busiest_series<L>(
-    items: impl Iterator<Item = (lb_common::Counters, L)>,
+/// Packets and bytes series of the `max` busiest of `items` (their counters, and
+/// what `label` makes their labels of: only for those shown; labels met twice add
+/// up), and in `omitted{series}` how many more there were.
+fn busiest_series<T, L>(
+    items: impl Iterator<Item = (lb_common::Counters, T)>,
     max: usize,
     omitted: &Family<SeriesLabels, Gauge>,
     series: &str,
+    label: impl Fn(T) -> L,
 ) -> [Family<L, Counter>; 2]
 where
     L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
@@ -401,7 +411,8 @@ where
         Family::<L, Counter>::default(),
         Family::<L, Counter>::default(),
     );
-    for (c, l) in items {
+    for (c, t) in items {
+        let l = label(t);
         packets.get_or_create(&l).inc_by(c.packets);
         bytes.get_or_create(&l).inc_by(c.bytes);
     }
