@@ -45,9 +45,9 @@ pub fn nat_tuple(ct: &CtValue, proto: u8) -> FlowKey {
 }
 
 /// The key of the entry for the other direction of a flow whose packets are
-/// rewritten to `nat`.
+/// rewritten to `nat`: the tuple reversed.
 #[inline(always)]
-fn peer_key(nat: &FlowKey) -> FlowKey {
+pub fn peer_key(nat: &FlowKey) -> FlowKey {
     FlowKey {
         saddr_be: nat.daddr_be,
         daddr_be: nat.saddr_be,

@@ -99,15 +99,7 @@ pub fn parse(data: usize, data_end: usize) -> Option<IcmpError> {
 #[inline(always)]
 pub fn decide(e: &IcmpError, hook: Hook) -> Option<Related> {
     let q = &e.quoted;
-    let like = FlowKey {
-        saddr_be: q.daddr_be,
-        daddr_be: q.saddr_be,
-        sport_be: q.dport_be,
-        dport_be: q.sport_be,
-        proto: q.proto,
-        _pad: 0,
-        _pad2: 0,
-    };
+    let like = conntrack::peer_key(q);
     let ct = flow::translated_at(&conntrack::related(&like, clock::now()), hook)?;
     let to = conntrack::nat_tuple(&ct, q.proto);
     // The outer header changes where the flow's translation changes an address (an

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     BENCH_FRAME_GEN, BENCH_FRAME_HOP, BENCH_HDR_LEN, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX,
-    CtValue, FlowKey, PROTO_UDP,
+    CtValue, PROTO_UDP,
 };
 
 use lb_ebpf::{
@@ -102,15 +102,7 @@ pub fn redirect_ct(ctx: &XdpContext) -> u32 {
     };
     if !conntrack::peek(&p.key) {
         let k = &p.key;
-        let reply = FlowKey {
-            saddr_be: k.daddr_be,
-            daddr_be: k.saddr_be,
-            sport_be: k.dport_be,
-            dport_be: k.sport_be,
-            proto: k.proto,
-            _pad: 0,
-            _pad2: 0,
-        };
+        let reply = conntrack::peer_key(k);
         let value = CtValue {
             nat_daddr_be: k.saddr_be,
             nat_dport_be: k.sport_be,
