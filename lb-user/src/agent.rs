@@ -81,15 +81,6 @@ fn trigger_time(c: &crate::state::Change) -> Option<SystemTime> {
     Some(SystemTime::from(at))
 }
 
-/// A protocol number's name, as Kubernetes writes it.
-fn proto_name(proto: u8) -> &'static str {
-    match proto {
-        lb_common::PROTO_TCP => "TCP",
-        lb_common::PROTO_UDP => "UDP",
-        _ => "other",
-    }
-}
-
 /// Where the agent for `node_name` pins its maps.
 pub fn pin_dir(bpffs: &Path, node_name: &str) -> PathBuf {
     bpffs.join("lb").join(node_name)
@@ -455,7 +446,7 @@ impl Agent {
                     b.backend_id,
                     Ipv4Addr::from(u32::from_be(b.addr_be)),
                     u16::from_be(b.port_be),
-                    proto_name(b.proto),
+                    plan::proto_name(b.proto),
                 ));
             }
         }
@@ -687,14 +678,7 @@ impl Agent {
         } else {
             self.dp.maps.end_udp_flows_to(&gone)?
         };
-        if writes > 0 {
-            let changed = self
-                .committed_at()
-                .into_iter()
-                .chain(self.triggered.drain(..));
-            self.telemetry.synced(started.elapsed(), changed);
-        }
-        self.triggered.clear();
+        let took = started.elapsed();
         let entries = self.programmed.entries();
         info!(
             revision = self.tracked.state.revision,
@@ -712,9 +696,16 @@ impl Agent {
             flows_ended,
             load_us = loaded.as_micros() as u64,
             plan_us = (planned - loaded).as_micros() as u64,
-            took_us = started.elapsed().as_micros() as u64,
+            took_us = took.as_micros() as u64,
             "reconciled"
         );
+        // Recorded after the round: reading when the change was written is no part
+        // of programming it.
+        let triggered = std::mem::take(&mut self.triggered);
+        if writes > 0 {
+            let changed = self.committed_at().into_iter().chain(triggered);
+            self.telemetry.synced(took, changed);
+        }
         Ok(())
     }
 

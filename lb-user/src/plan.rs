@@ -61,6 +61,16 @@ pub fn port_id(port: &ServicePort) -> String {
         .unwrap_or_else(|| port.port.to_string())
 }
 
+/// A protocol number's name, as Kubernetes writes it (the inverse of
+/// [`proto_number`]).
+pub fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        PROTO_TCP => "TCP",
+        PROTO_UDP => "UDP",
+        _ => "?",
+    }
+}
+
 fn proto_number(protocol: &str) -> Option<u8> {
     match protocol {
         "TCP" => Some(PROTO_TCP),

@@ -526,11 +526,7 @@ pub fn conntrack(flows: &[(lb_common::FlowKey, lb_common::CtValue)]) -> String {
 
 /// `lb trace`'s answer, as `kubectl describe` lays out fields.
 pub fn trace(p: &crate::trace::Probe, t: &crate::trace::Trace) -> String {
-    let proto = if p.proto == lb_common::PROTO_UDP {
-        "UDP"
-    } else {
-        "TCP"
-    };
+    let proto = crate::plan::proto_name(p.proto);
     let mut out = format!("Packet:       {proto} {} -> {}\n", p.src, p.dst);
     out += &format!(
         "Comes in on:  {} ({})\n",

@@ -108,14 +108,6 @@ fn ep(addr_be: u32, port_be: u16) -> String {
     format!("{}:{}", addr(addr_be), u16::from_be(port_be))
 }
 
-fn proto_name(proto: u8) -> &'static str {
-    match proto {
-        lb_common::PROTO_TCP => "TCP",
-        lb_common::PROTO_UDP => "UDP",
-        _ => "?",
-    }
-}
-
 /// Traces `p`. `route(addr)`: the interface the node routes `addr` out of.
 pub fn trace(
     view: &impl View,
@@ -198,7 +190,7 @@ pub fn trace(
     let Some(svc) = view.frontend(&fk)? else {
         return Ok(t);
     };
-    t.frontend = Some(format!("{}/{}", p.dst, proto_name(p.proto)));
+    t.frontend = Some(format!("{}/{}", p.dst, crate::plan::proto_name(p.proto)));
     t.svc_id = Some(svc.svc_id);
     if svc.flags & SVC_F_INTERNAL != 0 && !from_pod {
         t.verdict = reason::NAMES[reason::PASS_INTERNAL_ONLY as usize];

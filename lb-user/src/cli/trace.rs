@@ -67,26 +67,23 @@ pub fn run(store: &Store, a: &TraceArgs) -> Result<()> {
 /// if the store knows one: by clusterIP, external or LoadBalancer address and
 /// port, or by nodePort.
 fn service_port(store: &Store, p: &Probe) -> Option<String> {
-    let state = store.load().ok()?;
+    let services = store.services().ok()?;
     let (dst, port) = (*p.dst.ip(), i32::from(p.dst.port()));
-    let protocol = if p.proto == PROTO_UDP { "UDP" } else { "TCP" };
-    state
-        .services
-        .iter()
-        .find_map(|(key, svc): (&ObjectKey, _)| {
-            let spec = svc.spec.as_ref()?;
-            let addrs: Vec<Ipv4Addr> = spec
-                .cluster_ips
-                .iter()
-                .flatten()
-                .chain(spec.external_ips.iter().flatten())
-                .filter_map(|a| a.parse().ok())
-                .chain(lb_ingress_ips(svc))
-                .collect();
-            spec.ports.iter().flatten().find_map(|sp| {
-                let same_protocol = sp.protocol.as_deref().unwrap_or("TCP") == protocol;
-                let hit = (sp.port == port && addrs.contains(&dst)) || sp.node_port == Some(port);
-                (same_protocol && hit).then(|| format!("{key}:{}", crate::plan::port_id(sp)))
-            })
+    let protocol = crate::plan::proto_name(p.proto);
+    services.iter().find_map(|(key, svc): (&ObjectKey, _)| {
+        let spec = svc.spec.as_ref()?;
+        let addrs: Vec<Ipv4Addr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.external_ips.iter().flatten())
+            .filter_map(|a| a.parse().ok())
+            .chain(lb_ingress_ips(svc))
+            .collect();
+        spec.ports.iter().flatten().find_map(|sp| {
+            let same_protocol = sp.protocol.as_deref().unwrap_or("TCP") == protocol;
+            let hit = (sp.port == port && addrs.contains(&dst)) || sp.node_port == Some(port);
+            (same_protocol && hit).then(|| format!("{key}:{}", crate::plan::port_id(sp)))
         })
+    })
 }

@@ -19,6 +19,7 @@ pub mod apply;
 pub mod files;
 
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     time::Duration,
@@ -359,6 +360,21 @@ impl Store {
         })?;
         facts.revision = revision;
         Ok(facts)
+    }
+
+    /// Every stored service (no pod or EndpointSlice is read).
+    pub fn services(
+        &self,
+    ) -> Result<BTreeMap<ObjectKey, k8s_openapi::api::core::v1::Service>, StoreError> {
+        let read = self.read(|tx| {
+            let rows = self.rows(
+                tx,
+                "SELECT kind, key, body FROM objects WHERE kind = ?1 AND body IS NOT NULL",
+                [Kind::Service.as_str()],
+            )?;
+            Ok(self.state_of(tx, rows)?.services)
+        })?;
+        Ok(read.unwrap_or_default())
     }
 
     /// Every stored object, as changes made `T` by `convert` (on the cores that
