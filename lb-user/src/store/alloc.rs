@@ -516,19 +516,34 @@ fn random_cluster_ip(
     let (net, len) = alloc.service_cidr;
     let host_bits = 32 - len as u32;
     let size: u64 = 1u64 << host_bits;
+    let base = u32::from(net) & (u32::MAX.checked_shl(host_bits).unwrap_or(0));
     // Only addresses of the range count (a service may hold one from before the
     // range changed).
-    let in_range = used.iter().filter(|ip| alloc.cidr_contains(**ip)).count() as u64;
-    if size < 4 || in_range >= size - 3 {
+    let offsets: Vec<u64> = used
+        .iter()
+        .filter(|ip| alloc.cidr_contains(**ip))
+        .map(|ip| u64::from(u32::from(*ip) - base))
+        .collect();
+    if size < 4 || offsets.len() as u64 >= size - 3 {
         return Err(AllocError::Exhausted {
             what: "ClusterIP",
             range: alloc.cidr_string(),
         });
     }
-    let base = u32::from(net) & (u32::MAX.checked_shl(host_bits).unwrap_or(0));
+    // The range's low band is kept for addresses asked for (the cluster DNS
+    // service's 10.96.0.10): random picks take the rest first, as the API server
+    // does (KEP-3070: min(max(16, size/16), 256) addresses).
+    let band = (size / 16).clamp(16, 256).min(size - 1);
+    let upper = 2.max(band)..size - 1;
+    let upper_used = offsets.iter().filter(|o| upper.contains(o)).count() as u64;
+    let range = if upper_used < upper.end - upper.start {
+        upper
+    } else {
+        2..band
+    };
     let mut rng = rand::rng();
     loop {
-        let offset = rng.random_range(2..size - 1) as u32;
+        let offset = rng.random_range(range.clone()) as u32;
         let ip = Ipv4Addr::from(base + offset);
         if !used.contains(&ip) {
             return Ok(ip);

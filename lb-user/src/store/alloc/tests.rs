@@ -150,3 +150,28 @@ fn a_load_balancer_without_node_ports_gets_none() {
             .is_some()
     );
 }
+
+#[test]
+fn random_cluster_ips_leave_the_low_band_to_addresses_asked_for() {
+    // A /24: the low band is its first 16 addresses (KEP-3070's minimum); random
+    // picks take the 239 above it first (the broadcast address never), then the band.
+    let alloc = Allocation {
+        service_cidr: ("10.96.0.0".parse().unwrap(), 24),
+        node_ports: 30000..=32767,
+    };
+    let mut taken = Taken::of(&State::default());
+    let low = |ip: Ipv4Addr| ip.octets()[3] < 16;
+    for i in 0..239 {
+        let mut s = svc("ClusterIP", None, None);
+        allocate(&taken, &mut s, None, &alloc).unwrap();
+        let ip = cluster_ip(&s).unwrap();
+        assert!(!low(ip), "pick {i}: {ip} is in the low band");
+        taken.hold(&s);
+    }
+    let mut s = svc("ClusterIP", None, None);
+    allocate(&taken, &mut s, None, &alloc).unwrap();
+    assert!(low(cluster_ip(&s).unwrap()));
+    // An address asked for in the band is given.
+    let mut dns = svc("ClusterIP", Some("10.96.0.10"), None);
+    allocate(&taken, &mut dns, None, &alloc).unwrap();
+}
