@@ -40,6 +40,8 @@ struct MetaRow {
 #[serde(rename_all = "camelCase")]
 struct SpecRow {
     node_name: Option<String>,
+    hostname: Option<String>,
+    subdomain: Option<String>,
     #[serde(default)]
     containers: Vec<ContainerRow>,
 }
@@ -89,6 +91,9 @@ pub struct PodFacts {
     pub node_name: Option<Box<str>>,
     /// Its containers' named ports: (name, protocol, port), in the containers' order.
     named_ports: Box<[NamedPort]>,
+    /// `spec.hostname` and `spec.subdomain`, when both are set: its own DNS name
+    /// under the headless service the subdomain names.
+    dns_name: Option<(Box<str>, Box<str>)>,
 }
 
 impl PodFacts {
@@ -100,13 +105,15 @@ impl PodFacts {
             .flat_map(|c| c.ports.iter().flatten())
             .map(|p| (p.name.as_deref(), p.protocol.as_deref(), p.container_port));
         let ip = pod_ip(pod);
+        let spec = pod.spec.as_ref();
         Self::from_parts(
             pod.metadata.labels.iter().flatten(),
             ip,
             pod_ready(pod),
-            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            spec.and_then(|s| s.node_name.as_deref()),
             ports,
         )
+        .named(spec.and_then(|s| Some((s.hostname.as_deref()?, s.subdomain.as_deref()?))))
     }
 
     /// The facts of a pod stored as JSON (as `serde_json` writes a `Pod`), decoding
@@ -139,7 +146,8 @@ impl PodFacts {
             ready,
             spec.and_then(|s| s.node_name.as_deref()),
             ports,
-        ))
+        )
+        .named(spec.and_then(|s| Some((s.hostname.as_deref()?, s.subdomain.as_deref()?)))))
     }
 
     /// From what is read of a pod: its labels (sorted by key), address, whether
@@ -167,7 +175,23 @@ impl PodFacts {
                     ))
                 })
                 .collect(),
+            dns_name: None,
         }
+    }
+
+    /// With its DNS name (`hostname`, `subdomain`), when both are set and not empty.
+    fn named(mut self, name: Option<(&str, &str)>) -> Self {
+        self.dns_name = name
+            .filter(|(h, s)| !h.is_empty() && !s.is_empty())
+            .map(|(h, s)| (h.into(), s.into()));
+        self
+    }
+
+    /// Its hostname under the headless service `service`: set when its subdomain
+    /// names that service (as the EndpointSlice controller sets an endpoint's).
+    pub fn hostname_in(&self, service: &str) -> Option<&str> {
+        let (host, sub) = self.dns_name.as_ref()?;
+        (**sub == *service).then_some(&**host)
     }
 
     /// Its labels, sorted by key.
@@ -217,6 +241,8 @@ pub struct EndpointFacts {
     pub serving: bool,
     pub terminating: bool,
     pub node_name: Option<Box<str>>,
+    /// Its `hostname` (its own DNS name under a headless service).
+    pub hostname: Option<Box<str>>,
 }
 
 impl EndpointFacts {
@@ -256,6 +282,7 @@ impl SliceFacts {
                     serving: c.and_then(|c| c.serving).unwrap_or(ready),
                     terminating: c.and_then(|c| c.terminating).unwrap_or(false),
                     node_name: ep.node_name.as_deref().map(Into::into),
+                    hostname: ep.hostname.as_deref().map(Into::into),
                 }
             })
             .collect();
