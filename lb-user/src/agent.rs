@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::{
     announce::Announcer,
+    dns::{DnsOptions, Names, cluster_service},
     entries::{LeftOut, Programmed, Scope, Update},
     kube_source::KubeSource,
     loader::{Dataplane, LoadConfig},
@@ -63,6 +64,8 @@ pub struct AgentOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// Where `/healthz` and `/livez` are served (None: not served).
     pub healthz_addr: Option<SocketAddr>,
+    /// The cluster DNS the agent serves (None: none).
+    pub dns: Option<DnsOptions>,
 }
 
 /// When the EndpointSlice change `c` was made, as its controller recorded it.
@@ -150,6 +153,8 @@ struct Agent {
     /// Kubernetes mode: when the EndpointSlice changes being programmed were made
     /// (their `endpoints.kubernetes.io/last-change-trigger-time`).
     triggered: Vec<SystemTime>,
+    /// The cluster DNS it serves.
+    names: Option<Names>,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
@@ -265,6 +270,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         health_checks: BTreeMap::new(),
         service_health: None,
         triggered: Vec::new(),
+        names: None,
     };
     // Writers touch the store's commit marker after each commit; the database's own
     // files change many times within a transaction, before it is visible.
@@ -278,6 +284,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .watch(&opts.store, notify::RecursiveMode::NonRecursive)
         .with_context(|| format!("watching store {}", opts.store.display()))?;
 
+    if let Some(dns) = opts.dns.clone() {
+        agent.names = Some(Names::start(dns, &agent.tracked, addrs[0]));
+        agent.keep_cluster_dns();
+    }
     // What an earlier agent of this node could not program is not this one's news.
     agent.publish_refused();
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -294,6 +304,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             }
             _ = tick.tick() => {
                 agent.reconcile(true)?;
+                agent.keep_cluster_dns();
                 agent.refresh_pod_roles();
                 agent.announce();
                 agent.sweep_flows();
@@ -473,6 +484,43 @@ impl Agent {
             .flatten()
     }
 
+    /// With the embedded store, keeps the cluster DNS service and this node's
+    /// EndpointSlice for it there (see [`cluster_service`]); a refusal (its address
+    /// taken, outside the service range) is logged once per reason.
+    fn keep_cluster_dns(&mut self) {
+        let (Some(names), None) = (&mut self.names, &self.kube) else {
+            return;
+        };
+        let (ip, addr) = (names.opts.cluster_ip, self.node.addrs[0]);
+        let due = cluster_service::due(&self.tracked.state, ip, &self.node.name, addr);
+        if due != cluster_service::Due::Write {
+            names.refused = None;
+            return;
+        }
+        let manifest = cluster_service::manifest(ip, &self.node.name, addr);
+        let written = crate::model::parse_manifest("(the agent's kube-dns)", &manifest)
+            .map_err(anyhow::Error::from)
+            .and_then(|docs| {
+                let ranges = crate::store::Ranges::default();
+                Ok(self
+                    .store
+                    .apply(&docs, &ranges, crate::store::Mode::Apply)?)
+            });
+        match written {
+            Ok(_) => {
+                names.refused = None;
+                info!(service = %format!("{}/{}", cluster_service::NAMESPACE, cluster_service::NAME), cluster_ip = %ip, endpoint = %addr, "cluster DNS service written");
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                if names.refused.as_ref() != Some(&why) {
+                    warn!(error = %why, "the cluster DNS service could not be written: pods cannot reach DNS at --cluster-dns");
+                    names.refused = Some(why);
+                }
+            }
+        }
+    }
+
     /// Whether a LoadBalancer service waits for an address, or another kind holds one.
     fn lb_addresses_due(&self) -> bool {
         self.tracked.state.services.values().any(|s| {
@@ -610,6 +658,11 @@ impl Agent {
         started: Instant,
     ) -> Result<()> {
         let loaded = started.elapsed();
+        // Names change in the round that reads the change, before the maps are
+        // written.
+        if let Some(names) = &self.names {
+            names.follow(&self.tracked, self.plan_all, &services);
+        }
         if self.plan_all {
             self.follow_known_pod_interfaces(true);
         } else {

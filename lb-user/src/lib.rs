@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod announce;
 pub mod cli;
+pub mod dns;
 pub mod entries;
 pub mod kube_source;
 pub mod loader;

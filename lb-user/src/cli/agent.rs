@@ -11,6 +11,7 @@ use lb_common::CtTimeouts;
 
 use crate::{
     agent::{self, AgentOptions, DEFAULT_BPFFS},
+    dns::DnsOptions,
     loader::{LoadConfig, ToPods, XdpUse},
     netif::parse_cidr,
     sizes::{DEFAULT_MEMORY_RATIO, MAX_ENTRIES, MapSizes, SizeFlags},
@@ -121,6 +122,40 @@ pub struct AgentArgs {
     /// --healthz-bind-address; an empty value serves none.
     #[arg(long, default_value = DEFAULT_HEALTHZ_ADDR, value_parser = bind_address)]
     pub healthz_bind_address: Bind,
+    /// Serve the cluster's DNS (the Kubernetes DNS specification) for the services
+    /// lb follows, on port 53 of the node's address: `auto` serves it with the
+    /// embedded store, which then holds the `kube-system/kube-dns` service at
+    /// --cluster-dns (the pods' nameserver), and not in Kubernetes mode (CoreDNS
+    /// serves it there); `on`; `off`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub dns: String,
+    /// The cluster DNS service's address, as kubelet's --cluster-dns.
+    #[arg(long, default_value = "10.96.0.10")]
+    pub cluster_dns: Ipv4Addr,
+    /// The cluster's DNS domain, as kubelet's --cluster-domain.
+    #[arg(long, default_value = "cluster.local", value_parser = domain)]
+    pub cluster_domain: String,
+    /// Where the cluster DNS forwards names outside its domain: `auto` for the
+    /// nameservers of the node's /etc/resolv.conf, `none` to refuse them, or
+    /// addresses (IP or IP:PORT, comma-separated).
+    #[arg(long, default_value = "auto")]
+    pub dns_upstream: String,
+}
+
+/// A DNS domain: labels of letters, digits and hyphens, 63 characters at most.
+fn domain(s: &str) -> Result<String, String> {
+    let d = s.trim_end_matches('.');
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if d.len() > 253 || !d.split('.').all(label_ok) {
+        return Err(format!("{s:?} is no DNS domain (e.g. cluster.local)"));
+    }
+    Ok(d.to_ascii_lowercase())
 }
 
 /// A listener's address, or none (an empty flag value).
@@ -220,13 +255,29 @@ pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
         kube: None,
         metrics_addr: a.metrics_bind_address.0,
         healthz_addr: a.healthz_bind_address.0,
+        dns: None,
+    };
+    let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let own = [a.cluster_dns.into()];
+    let upstreams = crate::dns::upstream::upstreams(&a.dns_upstream, &resolv_conf, &own)
+        .map_err(anyhow::Error::msg)?;
+    let dns = DnsOptions {
+        domain: a.cluster_domain,
+        cluster_ip: a.cluster_dns,
+        upstreams,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(async move {
             let kube = crate::kube_source::config(a.kubeconfig.as_deref()).await?;
-            agent::run(AgentOptions { kube, ..opts }).await
+            let serve_dns = match a.dns.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => kube.is_none(),
+            };
+            let dns = serve_dns.then_some(dns);
+            agent::run(AgentOptions { kube, dns, ..opts }).await
         })
 }
 

@@ -1,0 +1,81 @@
+//! The cluster's DNS for the objects the agent follows (the seeds' "stable IP and
+//! DNS name"): `zone` keeps the names (from the tracked objects, one service at a
+//! time), `answer` answers a query from them, `server` listens on the node's
+//! address, `cluster_service` puts the `kube-dns` service the pods reach it through
+//! into the embedded store, and `upstream` says where other names go.
+
+pub mod answer;
+pub mod cluster_service;
+pub mod server;
+pub mod upstream;
+pub mod zone;
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, RwLock},
+};
+
+use tracing::warn;
+
+use crate::{model::ObjectKey, state::Tracked};
+use zone::Zone;
+
+/// What the agent's DNS serves, and where.
+#[derive(Debug, Clone)]
+pub struct DnsOptions {
+    /// The zone, `cluster.local` (kubelet's --cluster-domain).
+    pub domain: String,
+    /// The cluster DNS service's address (kubelet's --cluster-dns): the
+    /// `kube-system/kube-dns` service the agent keeps in the embedded store.
+    pub cluster_ip: Ipv4Addr,
+    /// Where other names are forwarded (none: refused).
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// The agent's DNS: the zone it keeps in step with the objects, and serves.
+pub struct Names {
+    zone: Arc<RwLock<Zone>>,
+    pub opts: DnsOptions,
+    /// Why the cluster DNS service was last refused by the store (logged once).
+    pub refused: Option<String>,
+}
+
+impl Names {
+    /// The zone of `tracked`, served on `addr` port 53 (a port another process
+    /// holds costs the listener, logged, never the agent).
+    pub fn start(opts: DnsOptions, tracked: &Tracked, addr: Ipv4Addr) -> Names {
+        let zone = Zone::of(&opts.domain, Some(opts.cluster_ip), tracked);
+        let zone = Arc::new(RwLock::new(zone));
+        let listen = server::Listen {
+            addr: SocketAddr::from((addr, 53)),
+            upstreams: opts.upstreams.clone(),
+        };
+        if let Err(e) = server::serve(Arc::clone(&zone), listen) {
+            warn!(error = format!("{e:#}"), "DNS is not served");
+        }
+        Names {
+            zone,
+            opts,
+            refused: None,
+        }
+    }
+
+    /// Brings the names of `services` (every service when `full`) in line with
+    /// `tracked`, in the round that programs them.
+    pub fn follow(&self, tracked: &Tracked, full: bool, services: &BTreeSet<ObjectKey>) {
+        if full {
+            let fresh = Zone::of(&self.opts.domain, Some(self.opts.cluster_ip), tracked);
+            *self.zone.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            return;
+        }
+        if services.is_empty() {
+            return;
+        }
+        let mut zone = self.zone.write().unwrap_or_else(|e| e.into_inner());
+        for key in services {
+            zone.update(tracked, key);
+        }
+        zone.set_serial(tracked.state.revision);
+    }
+}

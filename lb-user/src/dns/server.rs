@@ -1,0 +1,252 @@
+//! The DNS listener: UDP and TCP on the node's address, port 53 (the endpoint of
+//! the cluster DNS service, so pods reach it through lb's own data plane at
+//! `nameserver 10.96.0.10`), on a thread of its own. Names in the zone are answered
+//! from what the agent keeps; others are forwarded to the upstream resolvers over
+//! the transport they came on, or refused when there are none.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use hickory_proto::op::Message;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::Semaphore,
+};
+use tracing::{info, warn};
+
+use super::{
+    answer::{self, Outcome},
+    zone::Zone,
+};
+
+/// How long an upstream has to answer one forwarded query before the next is tried.
+const UPSTREAM_WAIT: Duration = Duration::from_secs(2);
+/// How long a TCP client may stay idle between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Queries forwarded at once, and TCP connections served at once: past these, a
+/// flood costs its own answers (SERVFAIL, or a connection closed), never the
+/// agent's memory.
+const MAX_FORWARDS: usize = 1024;
+const MAX_TCP: usize = 256;
+
+/// Where the listener answers and whom it asks about other names.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+struct Shared {
+    zone: Arc<RwLock<Zone>>,
+    upstreams: Vec<SocketAddr>,
+    forwards: Semaphore,
+    connections: Arc<Semaphore>,
+}
+
+/// Binds the UDP and TCP sockets on `listen.addr` (an error if either is taken)
+/// and serves them on a thread of their own.
+pub fn serve(zone: Arc<RwLock<Zone>>, listen: Listen) -> Result<()> {
+    let udp = std::net::UdpSocket::bind(listen.addr)
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        .with_context(|| format!("DNS on UDP {}", listen.addr))?;
+    let tcp = std::net::TcpListener::bind(listen.addr)
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        .with_context(|| format!("DNS on TCP {}", listen.addr))?;
+    let shared = Arc::new(Shared {
+        zone,
+        upstreams: listen.upstreams.clone(),
+        forwards: Semaphore::new(MAX_FORWARDS),
+        connections: Arc::new(Semaphore::new(MAX_TCP)),
+    });
+    std::thread::Builder::new()
+        .name("dns".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return warn!(error = %e, "DNS not served"),
+            };
+            rt.block_on(async move {
+                let (Ok(udp), Ok(tcp)) = (UdpSocket::from_std(udp), TcpListener::from_std(tcp))
+                else {
+                    return warn!("DNS not served: its sockets could not join the runtime");
+                };
+                let udp = Arc::new(udp);
+                tokio::spawn(serve_tcp(tcp, Arc::clone(&shared)));
+                serve_udp(udp, shared).await;
+            });
+        })
+        .context("starting the DNS thread")?;
+    info!(addr = %listen.addr, upstreams = ?listen.upstreams, "serving DNS");
+    Ok(())
+}
+
+/// What to send back for the query in `bytes` (None: nothing), with the room a
+/// UDP answer has; forwarding and chasing wait on the upstreams.
+async fn respond(shared: &Shared, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
+    let (outcome, room) = {
+        let zone = shared.zone.read().unwrap_or_else(|e| e.into_inner());
+        answer::answer(&zone, bytes, !shared.upstreams.is_empty())?
+    };
+    let limit = if udp { room } else { usize::from(u16::MAX) };
+    let reply = match outcome {
+        Outcome::Reply(reply) => reply,
+        Outcome::Forward(query) => {
+            if shared.upstreams.is_empty() {
+                answer::refused(&query)
+            } else {
+                match ask_upstream(shared, bytes, udp).await {
+                    // The upstream's answer goes back as it came, with its own id
+                    // (the client's, which it was asked with).
+                    Some(raw) => return Some(raw),
+                    None => answer::server_failure(&query),
+                }
+            }
+        }
+        Outcome::Chase {
+            mut reply,
+            target,
+            rtype,
+        } => {
+            let q = answer::query_for(target, rtype);
+            if let Ok(out) = q.to_vec()
+                && let Some(raw) = ask_upstream(shared, &out, true).await
+                && let Ok(got) = Message::from_vec(&raw)
+                && got.metadata.id == q.metadata.id
+            {
+                reply.add_answers(got.answers);
+            }
+            reply
+        }
+    };
+    Some(answer::encode(&reply, limit))
+}
+
+/// The first answer an upstream gives to `bytes`, over UDP or TCP as the client
+/// asked; None when none answers in time (or too many are being asked already).
+async fn ask_upstream(shared: &Shared, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
+    let _permit = shared.forwards.try_acquire().ok()?;
+    let id = bytes.get(..2)?;
+    for up in &shared.upstreams {
+        let got = tokio::time::timeout(UPSTREAM_WAIT, async {
+            if udp {
+                let local: SocketAddr = if up.is_ipv4() {
+                    "0.0.0.0:0".parse().expect("an address")
+                } else {
+                    "[::]:0".parse().expect("an address")
+                };
+                let s = UdpSocket::bind(local).await.ok()?;
+                s.connect(up).await.ok()?;
+                s.send(bytes).await.ok()?;
+                let mut buf = vec![0u8; 65535];
+                loop {
+                    let n = s.recv(&mut buf).await.ok()?;
+                    if buf.get(..2) == Some(id) {
+                        buf.truncate(n);
+                        return Some(buf);
+                    }
+                }
+            } else {
+                let mut s = TcpStream::connect(up).await.ok()?;
+                let len = u16::try_from(bytes.len()).ok()?;
+                s.write_all(&len.to_be_bytes()).await.ok()?;
+                s.write_all(bytes).await.ok()?;
+                let n = s.read_u16().await.ok()?;
+                let mut buf = vec![0u8; usize::from(n)];
+                s.read_exact(&mut buf).await.ok()?;
+                Some(buf)
+            }
+        })
+        .await;
+        if let Ok(Some(raw)) = got {
+            return Some(raw);
+        }
+    }
+    None
+}
+
+async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(e) => {
+                warn!(error = %e, "DNS: receiving");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let bytes = &buf[..n];
+        // Answers from the zone go out at once; what waits on an upstream waits in
+        // a task of its own.
+        let local = {
+            let zone = shared.zone.read().unwrap_or_else(|e| e.into_inner());
+            match answer::answer(&zone, bytes, !shared.upstreams.is_empty()) {
+                Some((Outcome::Reply(reply), room)) => Some(Some(answer::encode(&reply, room))),
+                Some(_) => None,
+                None => Some(None),
+            }
+        };
+        match local {
+            Some(Some(out)) => {
+                let _ = sock.send_to(&out, from).await;
+            }
+            Some(None) => {}
+            None => {
+                let (sock, shared, bytes) =
+                    (Arc::clone(&sock), Arc::clone(&shared), bytes.to_vec());
+                tokio::spawn(async move {
+                    if let Some(out) = respond(&shared, &bytes, true).await {
+                        let _ = sock.send_to(&out, from).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = serve_connection(stream, &shared).await;
+        });
+    }
+}
+
+/// Queries on one TCP connection, each a two-byte length and a message, until the
+/// client closes it or stays idle for [`TCP_IDLE`].
+async fn serve_connection(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    loop {
+        let Ok(len) = tokio::time::timeout(TCP_IDLE, s.read_u16()).await else {
+            return Ok(());
+        };
+        let mut buf = vec![0u8; usize::from(len?)];
+        tokio::time::timeout(TCP_IDLE, s.read_exact(&mut buf))
+            .await
+            .map_err(|_| std::io::ErrorKind::TimedOut)??;
+        let Some(out) = respond(shared, &buf, false).await else {
+            continue;
+        };
+        let Ok(n) = u16::try_from(out.len()) else {
+            continue;
+        };
+        s.write_all(&[&n.to_be_bytes()[..], &out].concat()).await?;
+    }
+}
