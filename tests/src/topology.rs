@@ -62,6 +62,8 @@ pub struct Topology {
     namespaces: Vec<Netns>,
     children: Vec<(String, Child)>,
     mounts: Vec<PathBuf>,
+    /// `/etc/netns/NAME` directories written for namespaces (removed on drop).
+    etc: Vec<PathBuf>,
 }
 
 fn check(cmd: &mut Command) -> Result<Output> {
@@ -91,6 +93,7 @@ impl Topology {
             namespaces: Vec::new(),
             children: Vec::new(),
             mounts: Vec::new(),
+            etc: Vec::new(),
         })
     }
 
@@ -277,6 +280,29 @@ impl Topology {
         fs::read_to_string(self.dir.join(format!("{label}.log"))).unwrap_or_default()
     }
 
+    /// The namespace's own /etc/resolv.conf, as `ip netns exec` puts it over the
+    /// machine's (`/etc/netns/NAME/resolv.conf`, removed on drop); seen by
+    /// [`resolving`](Self::resolving).
+    pub fn resolv_conf(&mut self, ns: &Netns, text: &str) -> Result<()> {
+        self.guard_ns(ns)?;
+        let dir = Path::new("/etc/netns").join(&ns.name);
+        fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+        self.etc.push(dir.clone());
+        fs::write(dir.join("resolv.conf"), text).context("writing resolv.conf")
+    }
+
+    /// Runs a command in the namespace as `ip netns exec` does, with its
+    /// /etc/netns files (its resolv.conf) over /etc, failing unless it succeeds.
+    pub fn resolving(&self, ns: &Netns, argv: &[&str]) -> Result<String> {
+        self.guard_ns(ns)?;
+        let out = check(
+            Command::new("ip")
+                .args(["netns", "exec", &ns.name])
+                .args(argv),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// A private bpffs mounted in the scratch directory (unmounted on drop).
     pub fn bpffs(&mut self) -> Result<PathBuf> {
         let dir = self.dir.join("bpffs");
@@ -334,6 +360,9 @@ impl Drop for Topology {
         }
         for m in self.mounts.drain(..) {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+        for dir in self.etc.drain(..) {
+            let _ = fs::remove_dir_all(dir);
         }
         if std::env::var_os("LB_KEEP_TEST_DIR").is_none() {
             let _ = fs::remove_dir_all(&self.dir);

@@ -24,7 +24,19 @@ const LINKER_BUILD_PACKAGES: &[&str] = &[
 /// Needed to run lb and its tests: namespaces and links (iproute2), the seeds' curl,
 /// offload settings for veth "wires" (ethtool), and the comparators the tests and
 /// benchmarks inspect (iptables, nftables).
-const RUNTIME_PACKAGES: &[&str] = &["iproute2", "curl", "ethtool", "iptables", "nftables"];
+const RUNTIME_PACKAGES: &[&str] = &[
+    "iproute2",
+    "curl",
+    "ethtool",
+    "iptables",
+    "nftables",
+    // The cluster DNS: dig asks it in the tests; dnsmasq (the binary alone, no
+    // service started) is the tests' upstream and the bench's baseline; dnsperf
+    // loads both.
+    "bind9-dnsutils",
+    "dnsmasq-base",
+    "dnsperf",
+];
 
 /// Where the tests find promtool (`<workspace>/target/tools/promtool`).
 pub const PROMTOOL: &str = "target/tools/promtool";
