@@ -139,13 +139,18 @@ fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
         Endpoints::Pods => scale::lb_pod_change(k),
     };
     let seen = reconciles(&t).len();
+    // The services the store holds before (the cluster DNS service the agent keeps).
+    let base = reconciles(&t)
+        .last()
+        .and_then(|l| field(l, "services"))
+        .unwrap_or(0) as usize;
     // Until the agent logs that the maps hold it (its log line's timestamp), not
     // until this loop notices after `lb apply` has exited: the CLI's housekeeping
     // after the commit (a log checkpoint) delays no map.
     let start = SystemTime::now();
     let (_, cli_peak) = lb.apply_peak(&manifests)?;
     drop(manifests);
-    let want = format!("services={n} ");
+    let want = format!("services={} ", base + n);
     let line = wait_reconcile(&t, seen, |l| {
         l.contains(&want) && field(l, "refused") == Some(0)
     })?;
@@ -182,7 +187,7 @@ fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
     let seen = reconciles(&t).len();
     let start = SystemTime::now();
     lb.apply(&scale::lb_one_more(n, from == Endpoints::Pods))?;
-    let want = format!("services={} ", n + 1);
+    let want = format!("services={} ", base + n + 1);
     let line = wait_reconcile(&t, seen, |l| l.contains(&want))?;
     let one_more = since(logged_at(&line)?, start)?;
     eprintln!("agent: {line}");

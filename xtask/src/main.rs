@@ -145,7 +145,7 @@ fn lint() -> Result<()> {
     ]))
 }
 
-const BENCHES: [&str; 3] = ["hotpath", "livebench", "cpbench"];
+const BENCHES: [&str; 4] = ["hotpath", "livebench", "cpbench", "dnsbench"];
 
 fn bench(quick: bool) -> Result<()> {
     let root = workspace_root();
@@ -208,7 +208,7 @@ Measured {} on {} CPUs ({cpu}), kernel {}, by `cargo xtask bench`.
         out(&["nproc"]),
         out(&["uname", "-r"]),
     );
-    for name in ["hotpath", "live", "controlplane"] {
+    for name in ["hotpath", "live", "controlplane", "dns"] {
         let md = std::fs::read_to_string(root.join(format!("target/bench/{name}.md")))
             .with_context(|| format!("reading target/bench/{name}.md"))?;
         body.push_str(&md);
