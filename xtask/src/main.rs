@@ -269,4 +269,4 @@ fn test(filter: Option<String>) -> Result<()> {
 }
 
 /// The end-to-end tests run on every link setting (`LB_TEST_LINKS`).
-const MATRIX_TESTS: &[&str] = &["seeds", "dataplane", "multinode", "agent"];
+const MATRIX_TESTS: &[&str] = &["seeds", "dataplane", "multinode", "agent", "dns"];
