@@ -196,6 +196,8 @@ fn run(n: usize, secs: u32, latency_rounds: usize) -> Result<Run> {
         &[
             "dnsmasq",
             "--keep-in-foreground",
+            // No pid file: nothing of the test's outside its namespaces.
+            "--pid-file=",
             "--no-resolv",
             "--no-hosts",
             "--bind-interfaces",

@@ -91,6 +91,8 @@ fn cluster(tag: &str) -> Dns {
         &[
             "dnsmasq",
             "--keep-in-foreground",
+            // No pid file: nothing of the test's outside its namespaces.
+            "--pid-file=",
             "--no-resolv",
             "--no-hosts",
             "--bind-interfaces",
@@ -102,6 +104,30 @@ fn cluster(tag: &str) -> Dns {
         &[],
     )
     .unwrap();
+    // The upstream answers before anything is asked of it.
+    let upstream = Topology::wait_for(Duration::from_secs(10), || {
+        let out = t
+            .run(
+                &s.node,
+                &[
+                    "dig",
+                    "+short",
+                    "+tries=1",
+                    "+time=1",
+                    "@127.0.0.1",
+                    "-p",
+                    "5353",
+                    "www.example.test",
+                ],
+            )
+            .ok()?;
+        (String::from_utf8_lossy(&out.stdout).trim() == "192.0.2.7").then_some(())
+    });
+    assert!(
+        upstream.is_some(),
+        "dnsmasq never answered:\n{}",
+        t.log("dnsmasq")
+    );
     let lb = Lb::new(&mut t).unwrap();
     lb.apply(&format!(
         "{SEEDS_SERVICE}\n---\n{SEEDS_POD}\n---\n{MORE}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec: {{nodeName: node1, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {CLIENT_IP}}}\n"
@@ -291,9 +317,14 @@ fn headless_services_srv_external_names_and_names_outside_the_zone() {
         vec![format!("0 100 514 {named}.")]
     );
     // A name outside the zone goes to the upstream (dnsmasq on the node).
+    let forwarded = short(&c, &c.client, &["www.example.test"]);
     assert_eq!(
-        short(&c, &c.client, &["www.example.test"]),
-        vec!["192.0.2.7".to_string()]
+        forwarded,
+        vec!["192.0.2.7".to_string()],
+        "{}\ndnsmasq:\n{}\n{}",
+        dig(&c, &c.client, &["@10.96.0.10", "www.example.test"]),
+        c.t.log("dnsmasq"),
+        c.lb.diagnostics(&c.t, "node1")
     );
     // ExternalName: the alias, then what its target holds (out of the zone, asked
     // of the upstream; in it, answered here).

@@ -154,7 +154,15 @@ fn web_cluster(tag: &str, mode: Mode, extra: &[Value]) -> (Cluster, Option<FakeA
             let path = t.dir().join("kubeconfig");
             std::fs::write(&path, server.kubeconfig()).unwrap();
             api = Some(server);
-            vec!["--kubeconfig".into(), path.display().to_string()]
+            // The cluster's names too (CoreDNS's job there, asked for).
+            vec![
+                "--kubeconfig".into(),
+                path.display().to_string(),
+                "--dns".into(),
+                "on".into(),
+                "--dns-upstream".into(),
+                "none".into(),
+            ]
         }
     });
     (c, api)
@@ -231,6 +239,29 @@ fn nodeport_and_cluster_ip(mode: Mode) {
     let body: Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(body["localEndpoints"], 1, "{answer}");
     assert_eq!(body["service"]["name"], "front", "{answer}");
+    // The service's name, from the agent's DNS: in the store, through the kube-dns
+    // service the agent keeps there; from the API, at the node's address (the
+    // agent writes no service into a cluster).
+    let (from, server) = match mode {
+        Mode::Store => (&c.client, "@10.96.0.10".to_string()),
+        Mode::Kube => (&c.laptop, format!("@{NODE_IP}")),
+    };
+    let name = "web.default.svc.cluster.local";
+    let got = Topology::wait_for(Duration::from_secs(10), || {
+        let out =
+            c.t.run(
+                from,
+                &["dig", "+short", "+tries=1", "+time=1", &server, name],
+            )
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (text == WEB_IP).then_some(text)
+    });
+    assert!(
+        got.is_some(),
+        "{name} not answered ({mode:?})\n{}",
+        c.lb.diagnostics(&c.t, "node1")
+    );
 }
 
 #[test]

@@ -529,3 +529,44 @@ fn a_health_check_node_port_answers_with_the_nodes_ready_endpoints() {
     });
     assert!(closed.is_some(), "port 32100 still answers on node 2");
 }
+
+/// The cluster DNS address answered from a pod, by dig (None: no answer).
+fn resolve(c: &Cluster, pod: &Netns, name: &str) -> Option<String> {
+    let out =
+        c.t.run(
+            pod,
+            &["dig", "+short", "+tries=1", "+time=1", "@10.96.0.10", name],
+        )
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    text.parse::<std::net::Ipv4Addr>().ok().map(|_| text)
+}
+
+#[test]
+fn each_nodes_pods_ask_their_own_nodes_agent_for_names() {
+    let mut c = cluster("mndns", 2, 1, &[(0, 0), (1, 0)], WEB);
+    let name = "web.default.svc.cluster.local";
+    let (p1, p2) = (c.lan.pods[0][0].clone(), c.lan.pods[1][0].clone());
+    for pod in [&p1, &p2] {
+        let got = Topology::wait_for(Duration::from_secs(10), || resolve(&c, pod, name));
+        assert_eq!(got.as_deref(), Some("10.96.0.80"), "{}", diagnostics(&c));
+    }
+    // One kube-dns service, one EndpointSlice per node naming its own listener.
+    let slices =
+        c.lb.ok(&["get", "endpointslices", "-n", "kube-system"])
+            .unwrap();
+    for n in 0..2 {
+        let line = slices
+            .lines()
+            .find(|l| l.starts_with(&format!("kube-dns-node{}", n + 1)))
+            .unwrap_or_else(|| panic!("no slice of node{}:\n{slices}", n + 1));
+        assert!(line.contains(&node_ip(n)), "{line}");
+    }
+    // internalTrafficPolicy Local: with node 1's agent stopped, its pods get no
+    // answer (their queries never cross to node 2), node 2's pods still do.
+    c.t.stop("agent-node1");
+    for _ in 0..5 {
+        assert_eq!(resolve(&c, &p1, name), None);
+        assert_eq!(resolve(&c, &p2, name).as_deref(), Some("10.96.0.80"));
+    }
+}
