@@ -306,9 +306,14 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
                 _ => &["--xdp", "native"],
             };
             lb.start_agent_with(&mut t, &s.node, "node1", &["eth0"], extra)?;
-            let want = format!("services={services} ");
+            // Its own cluster DNS service besides: at least `services`.
             let up = Topology::wait_for(Duration::from_secs(60), || {
-                t.log("agent-node1").contains(&want).then_some(())
+                t.log("agent-node1")
+                    .lines()
+                    .filter(|l| l.contains("reconciled"))
+                    .filter_map(|l| l.split("services=").nth(1)?.split(' ').next()?.parse().ok())
+                    .any(|n: usize| n >= services)
+                    .then_some(())
             });
             if up.is_none() {
                 let log = t.log("agent-node1");
