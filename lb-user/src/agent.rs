@@ -285,7 +285,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .with_context(|| format!("watching store {}", opts.store.display()))?;
 
     if let Some(dns) = opts.dns.clone() {
-        agent.names = Some(Names::start(dns, &agent.tracked, addrs[0]));
+        let stats = Arc::default();
+        agent.telemetry.count_dns(Arc::clone(&stats));
+        agent.names = Some(Names::start(dns, &agent.tracked, addrs[0], stats));
         agent.keep_cluster_dns();
     }
     // What an earlier agent of this node could not program is not this one's news.

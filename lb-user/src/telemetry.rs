@@ -32,7 +32,74 @@ use prometheus_client::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::{maps::Maps, sizes::MapSizes, store};
+use crate::{dns::server::DnsStats, maps::Maps, sizes::MapSizes, store};
+
+/// A DNS response code's name (RFC 1035, 2136), as CoreDNS labels its series.
+fn rcode_name(code: usize) -> String {
+    const NAMES: [&str; 11] = [
+        "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
+        "NXRRSET", "NOTAUTH", "NOTZONE",
+    ];
+    NAMES
+        .get(code)
+        .map_or_else(|| code.to_string(), |n| n.to_string())
+}
+
+/// The cluster DNS listener's series: answers by protocol and response code (each
+/// code seen), truncations, forwards and their failures, dropped messages, names.
+fn register_dns(r: &mut Registry, dns: &DnsStats) {
+    let responses = Family::<DnsLabels, Counter>::default();
+    for (protocol, by) in [("udp", &dns.udp), ("tcp", &dns.tcp)] {
+        for (code, n) in by.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 || (code == 0 && protocol == "udp") {
+                let l = DnsLabels {
+                    protocol: protocol.into(),
+                    rcode: rcode_name(code),
+                };
+                responses.get_or_create(&l).inc_by(n);
+            }
+        }
+    }
+    r.register(
+        "dns_responses",
+        "Answers the cluster DNS sent, by protocol and response code (CoreDNS's coredns_dns_responses_total)",
+        responses,
+    );
+    let counter = |n: &AtomicU64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(n.load(Ordering::Relaxed));
+        c
+    };
+    r.register(
+        "dns_truncated",
+        "UDP answers sent truncated (the client asks again over TCP)",
+        counter(&dns.truncated),
+    );
+    let forwards = Family::<OutcomeLabels, Counter>::default();
+    let failed = dns.forward_failures.load(Ordering::Relaxed);
+    let all = dns.forwarded.load(Ordering::Relaxed);
+    for (outcome, n) in [("answered", all.saturating_sub(failed)), ("failed", failed)] {
+        forwards
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc_by(n);
+    }
+    r.register(
+        "dns_forwards",
+        "Queries for names outside the zone forwarded to the upstream resolvers, by whether one answered",
+        forwards,
+    );
+    r.register(
+        "dns_dropped",
+        "Messages the cluster DNS gave no answer (shorter than a header, or themselves answers)",
+        counter(&dns.dropped),
+    );
+    let names = Gauge::<i64>::default();
+    names.set(dns.names.load(Ordering::Relaxed) as i64);
+    r.register("dns_names", "Names the cluster DNS zone holds", names);
+}
 
 /// kube-proxy's defaults.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:10249";
@@ -86,6 +153,8 @@ pub struct Telemetry {
     /// Store mode: the store, whose commit marker gives its revision.
     store: Option<PathBuf>,
     ask: mpsc::UnboundedSender<SnapshotRequest>,
+    /// The cluster DNS listener's counters, when the agent serves DNS.
+    dns: std::sync::OnceLock<Arc<DnsStats>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,6 +178,17 @@ struct EndpointLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabels {
     map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    protocol: String,
+    rcode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,6 +219,7 @@ impl Telemetry {
             pins,
             store,
             ask,
+            dns: std::sync::OnceLock::new(),
         };
         (Arc::new(t), asked)
     }
@@ -170,6 +251,11 @@ impl Telemetry {
     }
 
     /// The maps refused a write (the round then goes service by service).
+    /// Serves the cluster DNS listener's counters.
+    pub fn count_dns(&self, stats: Arc<DnsStats>) {
+        let _ = self.dns.set(stats);
+    }
+
     pub fn refused_write(&self) {
         self.refused_writes.inc();
     }
@@ -282,6 +368,9 @@ impl Telemetry {
         }
         if let Some(s) = snap {
             register_snapshot(&mut r, s, self.store.as_deref());
+        }
+        if let Some(dns) = self.dns.get() {
+            register_dns(&mut r, dns);
         }
         let mut out = String::new();
         if encode(&mut out, &r).is_err() {

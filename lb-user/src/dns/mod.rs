@@ -13,7 +13,7 @@ pub mod zone;
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, RwLock},
+    sync::{Arc, RwLock, atomic::Ordering},
 };
 
 use tracing::warn;
@@ -36,6 +36,7 @@ pub struct DnsOptions {
 /// The agent's DNS: the zone it keeps in step with the objects, and serves.
 pub struct Names {
     zone: Arc<RwLock<Zone>>,
+    stats: Arc<server::DnsStats>,
     pub opts: DnsOptions,
     /// Why the cluster DNS service was last refused by the store (logged once).
     pub refused: Option<String>,
@@ -43,19 +44,26 @@ pub struct Names {
 
 impl Names {
     /// The zone of `tracked`, served on `addr` port 53 (a port another process
-    /// holds costs the listener, logged, never the agent).
-    pub fn start(opts: DnsOptions, tracked: &Tracked, addr: Ipv4Addr) -> Names {
+    /// holds costs the listener, logged, never the agent), counting in `stats`.
+    pub fn start(
+        opts: DnsOptions,
+        tracked: &Tracked,
+        addr: Ipv4Addr,
+        stats: Arc<server::DnsStats>,
+    ) -> Names {
         let zone = Zone::of(&opts.domain, Some(opts.cluster_ip), tracked);
+        stats.names.store(zone.len() as u64, Ordering::Relaxed);
         let zone = Arc::new(RwLock::new(zone));
         let listen = server::Listen {
             addr: SocketAddr::from((addr, 53)),
             upstreams: opts.upstreams.clone(),
         };
-        if let Err(e) = server::serve(Arc::clone(&zone), listen) {
+        if let Err(e) = server::serve(Arc::clone(&zone), listen, Arc::clone(&stats)) {
             warn!(error = format!("{e:#}"), "DNS is not served");
         }
         Names {
             zone,
+            stats,
             opts,
             refused: None,
         }
@@ -66,6 +74,9 @@ impl Names {
     pub fn follow(&self, tracked: &Tracked, full: bool, services: &BTreeSet<ObjectKey>) {
         if full {
             let fresh = Zone::of(&self.opts.domain, Some(self.opts.cluster_ip), tracked);
+            self.stats
+                .names
+                .store(fresh.len() as u64, Ordering::Relaxed);
             *self.zone.write().unwrap_or_else(|e| e.into_inner()) = fresh;
             return;
         }
@@ -77,5 +88,6 @@ impl Names {
             zone.update(tracked, key);
         }
         zone.set_serial(tracked.state.revision);
+        self.stats.names.store(zone.len() as u64, Ordering::Relaxed);
     }
 }

@@ -6,7 +6,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -41,16 +44,49 @@ pub struct Listen {
     pub upstreams: Vec<SocketAddr>,
 }
 
+/// What the listener did, for `/metrics` (as CoreDNS's `coredns_dns_responses_total`).
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    /// Answers sent over UDP, by response code (the header's four bits).
+    pub udp: [AtomicU64; 16],
+    /// Answers sent over TCP, by response code.
+    pub tcp: [AtomicU64; 16],
+    /// UDP answers sent truncated (TC: the client asks again over TCP).
+    pub truncated: AtomicU64,
+    /// Queries forwarded upstream, and those no upstream answered.
+    pub forwarded: AtomicU64,
+    pub forward_failures: AtomicU64,
+    /// Messages given no answer (shorter than a header, or themselves answers).
+    pub dropped: AtomicU64,
+    /// Names the zone holds.
+    pub names: AtomicU64,
+}
+
+impl DnsStats {
+    /// Counts the answer `out` sent over UDP or TCP.
+    fn sent(&self, out: &[u8], udp: bool) {
+        let Some(&flags) = out.get(3) else {
+            return;
+        };
+        let by = if udp { &self.udp } else { &self.tcp };
+        by[usize::from(flags & 0x0f)].fetch_add(1, Ordering::Relaxed);
+        if udp && out[2] & 0x02 != 0 {
+            self.truncated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 struct Shared {
     zone: Arc<RwLock<Zone>>,
+    stats: Arc<DnsStats>,
     upstreams: Vec<SocketAddr>,
     forwards: Semaphore,
     connections: Arc<Semaphore>,
 }
 
 /// Binds the UDP and TCP sockets on `listen.addr` (an error if either is taken)
-/// and serves them on a thread of their own.
-pub fn serve(zone: Arc<RwLock<Zone>>, listen: Listen) -> Result<()> {
+/// and serves them on a thread of their own, counting in `stats`.
+pub fn serve(zone: Arc<RwLock<Zone>>, listen: Listen, stats: Arc<DnsStats>) -> Result<()> {
     let udp = std::net::UdpSocket::bind(listen.addr)
         .and_then(|s| s.set_nonblocking(true).map(|()| s))
         .with_context(|| format!("DNS on UDP {}", listen.addr))?;
@@ -59,6 +95,7 @@ pub fn serve(zone: Arc<RwLock<Zone>>, listen: Listen) -> Result<()> {
         .with_context(|| format!("DNS on TCP {}", listen.addr))?;
     let shared = Arc::new(Shared {
         zone,
+        stats,
         upstreams: listen.upstreams.clone(),
         forwards: Semaphore::new(MAX_FORWARDS),
         connections: Arc::new(Semaphore::new(MAX_TCP)),
@@ -91,9 +128,13 @@ pub fn serve(zone: Arc<RwLock<Zone>>, listen: Listen) -> Result<()> {
 /// What to send back for the query in `bytes` (None: nothing), with the room a
 /// UDP answer has; forwarding and chasing wait on the upstreams.
 async fn respond(shared: &Shared, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
-    let (outcome, room) = {
+    let answered = {
         let zone = shared.zone.read().unwrap_or_else(|e| e.into_inner());
-        answer::answer(&zone, bytes, !shared.upstreams.is_empty())?
+        answer::answer(&zone, bytes, !shared.upstreams.is_empty())
+    };
+    let Some((outcome, room)) = answered else {
+        shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        return None;
     };
     let limit = if udp { room } else { usize::from(u16::MAX) };
     let reply = match outcome {
@@ -132,6 +173,18 @@ async fn respond(shared: &Shared, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
 /// The first answer an upstream gives to `bytes`, over UDP or TCP as the client
 /// asked; None when none answers in time (or too many are being asked already).
 async fn ask_upstream(shared: &Shared, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
+    shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    let got = ask_upstreams(shared, bytes, udp).await;
+    if got.is_none() {
+        shared
+            .stats
+            .forward_failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    got
+}
+
+async fn ask_upstreams(shared: &Shared, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
     let _permit = shared.forwards.try_acquire().ok()?;
     let id = bytes.get(..2)?;
     for up in &shared.upstreams {
@@ -196,14 +249,18 @@ async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
         };
         match local {
             Some(Some(out)) => {
+                shared.stats.sent(&out, true);
                 let _ = sock.send_to(&out, from).await;
             }
-            Some(None) => {}
+            Some(None) => {
+                shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
             None => {
                 let (sock, shared, bytes) =
                     (Arc::clone(&sock), Arc::clone(&shared), bytes.to_vec());
                 tokio::spawn(async move {
                     if let Some(out) = respond(&shared, &bytes, true).await {
+                        shared.stats.sent(&out, true);
                         let _ = sock.send_to(&out, from).await;
                     }
                 });
@@ -247,6 +304,7 @@ async fn serve_connection(mut s: TcpStream, shared: &Shared) -> std::io::Result<
         let Ok(n) = u16::try_from(out.len()) else {
             continue;
         };
+        shared.stats.sent(&out, false);
         s.write_all(&[&n.to_be_bytes()[..], &out].concat()).await?;
     }
 }
