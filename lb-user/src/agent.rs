@@ -287,7 +287,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     if let Some(dns) = opts.dns.clone() {
         let stats = Arc::default();
         agent.telemetry.count_dns(Arc::clone(&stats));
-        agent.names = Some(Names::start(dns, &agent.tracked, addrs[0], stats));
+        let clients = crate::dns::server::Clients {
+            node_addrs: addrs.clone(),
+            cidrs: opts.cluster_cidrs.clone(),
+            pods: Default::default(),
+        };
+        agent.names = Some(Names::start(dns, &agent.tracked, addrs[0], stats, clients));
         agent.keep_cluster_dns();
     }
     // What an earlier agent of this node could not program is not this one's news.
@@ -663,7 +668,7 @@ impl Agent {
         // Names change in the round that reads the change, before the maps are
         // written.
         if let Some(names) = &self.names {
-            names.follow(&self.tracked, self.plan_all, &services);
+            names.follow(&self.tracked, self.plan_all, &services, &addrs);
         }
         if self.plan_all {
             self.follow_known_pod_interfaces(true);

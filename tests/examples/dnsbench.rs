@@ -15,6 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use lb_tests::{
     Netns, Topology,
+    dns::{a_query, dnsmasq},
     lbctl::Lb,
     scale,
     seeds::{self, NODE_IP},
@@ -25,7 +26,7 @@ use crate::report::{Chart, Table};
 
 const CLUSTER_DNS: &str = "10.96.0.10";
 /// dnsmasq's port on the node (the agent holds 53).
-const DNSMASQ_PORT: &str = "5353";
+const DNSMASQ_PORT: u16 = 5353;
 const CLIENT_IP: &str = "10.244.0.100";
 
 /// What dnsperf reports of one run.
@@ -42,15 +43,15 @@ fn dnsperf(
     t: &Topology,
     ns: &Netns,
     server: &str,
-    port: &str,
+    port: u16,
     data: &str,
     secs: u32,
 ) -> Result<Perf> {
-    let secs = secs.to_string();
+    let (secs, port) = (secs.to_string(), port.to_string());
     let out = t.run(
         ns,
         &[
-            "dnsperf", "-s", server, "-p", port, "-d", data, "-l", &secs, "-c", "1", "-T", "1",
+            "dnsperf", "-s", server, "-p", &port, "-d", data, "-l", &secs, "-c", "1", "-T", "1",
             "-q", "100", "-t", "1",
         ],
     )?;
@@ -83,22 +84,10 @@ fn dnsperf(
     })
 }
 
-/// An A query for `name` with id `id`, by hand.
-fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
-}
-
 /// The response code of the answer to an A query for `name` from `sock` (None: no
 /// answer within 50 ms), and whether it held an answer record.
 fn ask(sock: &UdpSocket, to: SocketAddr, id: u16, name: &str) -> Option<(u8, bool)> {
-    sock.send_to(&query(id, name), to).ok()?;
+    sock.send_to(&a_query(id, name), to).ok()?;
     let mut buf = [0u8; 512];
     let deadline = Instant::now() + Duration::from_millis(50);
     while Instant::now() < deadline {
@@ -190,24 +179,14 @@ fn run(n: usize, secs: u32, latency_rounds: usize) -> Result<Run> {
             .map(|(_, name)| format!("{name} A\n"))
             .collect::<String>(),
     )?;
-    t.spawn(
+    let hosts_arg = format!("--addn-hosts={}", hosts.display());
+    dnsmasq(
+        &mut t,
         &s.node,
         "dnsmasq",
-        &[
-            "dnsmasq",
-            "--keep-in-foreground",
-            // No pid file: nothing of the test's outside its namespaces.
-            "--pid-file=",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            &format!("--listen-address={NODE_IP}"),
-            &format!("--port={DNSMASQ_PORT}"),
-            &format!("--addn-hosts={}", hosts.display()),
-            "--cache-size=0",
-            "--log-facility=-",
-        ],
-        &[],
+        NODE_IP,
+        DNSMASQ_PORT,
+        &[&hosts_arg, "--cache-size=0"],
     )?;
     // The client is a pod of the store (the agent serves the interfaces of the
     // pods it knows).
@@ -249,11 +228,11 @@ fn run(n: usize, secs: u32, latency_rounds: usize) -> Result<Run> {
     let mut chart = Vec::new();
     let contenders = [
         ("dnsmasq (hosts file, node address)", NODE_IP, DNSMASQ_PORT),
-        ("lb agent (node address)", NODE_IP, "53"),
+        ("lb agent (node address)", NODE_IP, 53),
         (
             "lb agent via kube-dns ClusterIP (lb's data plane)",
             CLUSTER_DNS,
-            "53",
+            53,
         ),
     ];
     let mut base = None;

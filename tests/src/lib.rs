@@ -7,6 +7,7 @@
 //! namespace); only processes it started are signalled, by PID.
 
 pub mod cluster;
+pub mod dns;
 pub mod lbctl;
 pub mod packet;
 pub mod scale;

@@ -12,6 +12,7 @@ use std::{
 
 use lb_tests::{
     Netns, Topology,
+    dns::{a_query, dnsmasq},
     lbctl::{Lb, podserver_bin},
     require_root,
     seeds::{self, POD_IP},
@@ -67,6 +68,7 @@ spec: {type: ExternalName, externalName: node-port-service.default.svc.cluster.l
 
 struct Dns {
     t: Topology,
+    laptop: Netns,
     node: Netns,
     client: Netns,
     lb: Lb,
@@ -85,23 +87,13 @@ fn cluster(tag: &str) -> Dns {
         .unwrap();
     let client = seeds::pod(&mut t, &s.node, "client", "lxcc", CLIENT_IP).unwrap();
     t.resolv_conf(&client, RESOLV_CONF).unwrap();
-    t.spawn(
+    dnsmasq(
+        &mut t,
         &s.node,
         "dnsmasq",
-        &[
-            "dnsmasq",
-            "--keep-in-foreground",
-            // No pid file: nothing of the test's outside its namespaces.
-            "--pid-file=",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--port=5353",
-            "--host-record=www.example.test,192.0.2.7",
-            "--log-facility=-",
-        ],
-        &[],
+        "127.0.0.1",
+        5353,
+        &["--host-record=www.example.test,192.0.2.7"],
     )
     .unwrap();
     // The upstream answers before anything is asked of it.
@@ -143,6 +135,7 @@ fn cluster(tag: &str) -> Dns {
     .unwrap();
     Dns {
         t,
+        laptop: s.laptop,
         node: s.node,
         client,
         lb,
@@ -326,6 +319,24 @@ fn headless_services_srv_external_names_and_names_outside_the_zone() {
         c.t.log("dnsmasq"),
         c.lb.diagnostics(&c.t, "node1")
     );
+    // The LAN reaches the listener on the node's address: the zone's names answer
+    // it, but the node is no open resolver for it (REFUSED, nothing forwarded).
+    let node = "@192.168.1.2";
+    assert_eq!(
+        dig(
+            &c,
+            &c.laptop,
+            &["+short", node, "db-0.db.default.svc.cluster.local"]
+        )
+        .trim(),
+        "10.244.0.3"
+    );
+    let refused = dig(
+        &c,
+        &c.laptop,
+        &[node, "+noall", "+comments", "www.example.test"],
+    );
+    assert!(refused.contains("status: REFUSED"), "{refused}");
     // ExternalName: the alias, then what its target holds (out of the zone, asked
     // of the upstream; in it, answered here).
     assert_eq!(
@@ -370,7 +381,7 @@ fn names_follow_the_store_and_malformed_queries_do_no_harm() {
     // Malformed queries from a pod, through the service: every one-bit corruption
     // of a query and random bytes, bounded in count and time. A query cut short
     // inside its question is answered FORMERR with its id.
-    let query = dns_query(0x4242, "node-port-service.default.svc.cluster.local.");
+    let query = a_query(0x4242, "node-port-service.default.svc.cluster.local.");
     let answered = {
         let _in = InNetns::enter(&c.client).unwrap();
         let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -418,18 +429,6 @@ fn names_follow_the_store_and_malformed_queries_do_no_harm() {
         "the agent died\n{}",
         c.lb.diagnostics(&c.t, "node1")
     );
-}
-
-/// An A query for `name`, by hand (the test's own encoder, not lb's library).
-fn dns_query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
 }
 
 /// `n` pseudo-random bytes (xorshift; the same every run).

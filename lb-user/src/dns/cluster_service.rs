@@ -100,26 +100,10 @@ pub fn due(state: &Facts, cluster_ip: Ipv4Addr, node: &str, addr: Ipv4Addr) -> D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        model::parse_manifest,
-        state::State,
-        store::{Allocation, Mode, apply::apply},
-    };
+    use crate::store::apply::applied;
 
     fn facts(yaml: &str) -> Facts {
-        let mut state = State::default();
-        let docs = parse_manifest("t.yaml", yaml).unwrap();
-        let now = k8s_openapi::jiff::Timestamp::now();
-        apply(
-            &mut state,
-            &docs,
-            &Allocation::default(),
-            Mode::Apply,
-            now,
-            1,
-        )
-        .unwrap();
-        state.into()
+        applied(yaml).into()
     }
 
     #[test]

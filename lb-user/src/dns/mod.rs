@@ -37,6 +37,7 @@ pub struct DnsOptions {
 pub struct Names {
     zone: Arc<RwLock<Zone>>,
     stats: Arc<server::DnsStats>,
+    clients: Arc<RwLock<server::Clients>>,
     pub opts: DnsOptions,
     /// Why the cluster DNS service was last refused by the store (logged once).
     pub refused: Option<String>,
@@ -45,11 +46,14 @@ pub struct Names {
 impl Names {
     /// The zone of `tracked`, served on `addr` port 53 (a port another process
     /// holds costs the listener, logged, never the agent), counting in `stats`.
+    /// Names outside the zone are forwarded for `clients` only (and the pods
+    /// [`follow`](Self::follow) adds).
     pub fn start(
         opts: DnsOptions,
         tracked: &Tracked,
         addr: Ipv4Addr,
         stats: Arc<server::DnsStats>,
+        clients: server::Clients,
     ) -> Names {
         let zone = Zone::of(&opts.domain, Some(opts.cluster_ip), tracked);
         stats.names.store(zone.len() as u64, Ordering::Relaxed);
@@ -58,20 +62,43 @@ impl Names {
             addr: SocketAddr::from((addr, 53)),
             upstreams: opts.upstreams.clone(),
         };
-        if let Err(e) = server::serve(Arc::clone(&zone), listen, Arc::clone(&stats)) {
+        let clients = Arc::new(RwLock::new(clients));
+        let serving = server::serve(
+            Arc::clone(&zone),
+            listen,
+            Arc::clone(&stats),
+            Arc::clone(&clients),
+        );
+        if let Err(e) = serving {
             warn!(error = format!("{e:#}"), "DNS is not served");
         }
         Names {
             zone,
             stats,
+            clients,
             opts,
             refused: None,
         }
     }
 
     /// Brings the names of `services` (every service when `full`) in line with
-    /// `tracked`, in the round that programs them.
-    pub fn follow(&self, tracked: &Tracked, full: bool, services: &BTreeSet<ObjectKey>) {
+    /// `tracked`, in the round that programs them; `pods`: addresses of pods the
+    /// round brought (every pod's when `full`), whose queries are forwarded.
+    pub fn follow(
+        &self,
+        tracked: &Tracked,
+        full: bool,
+        services: &BTreeSet<ObjectKey>,
+        pods: &[Ipv4Addr],
+    ) {
+        {
+            let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+            if full {
+                clients.pods = tracked.state.pod_addrs().collect();
+            } else {
+                clients.pods.extend(pods);
+            }
+        }
         if full {
             let fresh = Zone::of(&self.opts.domain, Some(self.opts.cluster_ip), tracked);
             self.stats

@@ -5,7 +5,8 @@
 //! the transport they came on, or refused when there are none.
 
 use std::{
-    net::SocketAddr,
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -44,6 +45,35 @@ pub struct Listen {
     pub upstreams: Vec<SocketAddr>,
 }
 
+/// Whose queries for other names are forwarded: the node's own processes
+/// (loopback, its addresses), its pod networks and the pods the agent knows. The
+/// zone's names answer anyone who reaches the listener (as CoreDNS's do); an open
+/// resolver on the node's address, which the LAN reaches, would serve anyone's
+/// recursion (and amplification).
+#[derive(Debug, Clone, Default)]
+pub struct Clients {
+    pub node_addrs: Vec<Ipv4Addr>,
+    pub cidrs: Vec<(Ipv4Addr, u8)>,
+    pub pods: HashSet<Ipv4Addr>,
+}
+
+impl Clients {
+    /// Whether names outside the zone are forwarded for `client`.
+    pub fn may_recurse(&self, client: IpAddr) -> bool {
+        let IpAddr::V4(a) = client else {
+            return client.is_loopback();
+        };
+        let within = |(net, len): &(Ipv4Addr, u8)| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(*net) & mask
+        };
+        a.is_loopback()
+            || self.node_addrs.contains(&a)
+            || self.cidrs.iter().any(within)
+            || self.pods.contains(&a)
+    }
+}
+
 /// What the listener did, for `/metrics` (as CoreDNS's `coredns_dns_responses_total`).
 #[derive(Debug, Default)]
 pub struct DnsStats {
@@ -79,6 +109,7 @@ impl DnsStats {
 struct Shared {
     zone: Arc<RwLock<Zone>>,
     stats: Arc<DnsStats>,
+    clients: Arc<RwLock<Clients>>,
     upstreams: Vec<SocketAddr>,
     forwards: Semaphore,
     connections: Arc<Semaphore>,
@@ -86,7 +117,12 @@ struct Shared {
 
 /// Binds the UDP and TCP sockets on `listen.addr` (an error if either is taken)
 /// and serves them on a thread of their own, counting in `stats`.
-pub fn serve(zone: Arc<RwLock<Zone>>, listen: Listen, stats: Arc<DnsStats>) -> Result<()> {
+pub fn serve(
+    zone: Arc<RwLock<Zone>>,
+    listen: Listen,
+    stats: Arc<DnsStats>,
+    clients: Arc<RwLock<Clients>>,
+) -> Result<()> {
     let udp = std::net::UdpSocket::bind(listen.addr)
         .and_then(|s| s.set_nonblocking(true).map(|()| s))
         .with_context(|| format!("DNS on UDP {}", listen.addr))?;
@@ -96,6 +132,7 @@ pub fn serve(zone: Arc<RwLock<Zone>>, listen: Listen, stats: Arc<DnsStats>) -> R
     let shared = Arc::new(Shared {
         zone,
         stats,
+        clients,
         upstreams: listen.upstreams.clone(),
         forwards: Semaphore::new(MAX_FORWARDS),
         connections: Arc::new(Semaphore::new(MAX_TCP)),
@@ -125,9 +162,9 @@ pub fn serve(zone: Arc<RwLock<Zone>>, listen: Listen, stats: Arc<DnsStats>) -> R
     Ok(())
 }
 
-/// What to send back for the query in `bytes` (None: nothing), with the room a
-/// UDP answer has; forwarding and chasing wait on the upstreams.
-async fn respond(shared: &Shared, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
+/// What to send back to `client` for the query in `bytes` (None: nothing), with
+/// the room a UDP answer has; forwarding and chasing wait on the upstreams.
+async fn respond(shared: &Shared, bytes: &[u8], udp: bool, client: IpAddr) -> Option<Vec<u8>> {
     let answered = {
         let zone = shared.zone.read().unwrap_or_else(|e| e.into_inner());
         answer::answer(&zone, bytes, !shared.upstreams.is_empty())
@@ -137,10 +174,17 @@ async fn respond(shared: &Shared, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
         return None;
     };
     let limit = if udp { room } else { usize::from(u16::MAX) };
+    let recurse = !shared.upstreams.is_empty()
+        && shared
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .may_recurse(client);
     let reply = match outcome {
         Outcome::Reply(reply) => reply,
+        Outcome::Chase { reply, .. } if !recurse => reply,
         Outcome::Forward(query) => {
-            if shared.upstreams.is_empty() {
+            if !recurse {
                 answer::refused(&query)
             } else {
                 match ask_upstream(shared, bytes, udp).await {
@@ -259,7 +303,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
                 let (sock, shared, bytes) =
                     (Arc::clone(&sock), Arc::clone(&shared), bytes.to_vec());
                 tokio::spawn(async move {
-                    if let Some(out) = respond(&shared, &bytes, true).await {
+                    if let Some(out) = respond(&shared, &bytes, true, from.ip()).await {
                         shared.stats.sent(&out, true);
                         let _ = sock.send_to(&out, from).await;
                     }
@@ -271,7 +315,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
 
 async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
@@ -282,14 +326,14 @@ async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = serve_connection(stream, &shared).await;
+            let _ = serve_connection(stream, &shared, peer.ip()).await;
         });
     }
 }
 
 /// Queries on one TCP connection, each a two-byte length and a message, until the
 /// client closes it or stays idle for [`TCP_IDLE`].
-async fn serve_connection(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
+async fn serve_connection(mut s: TcpStream, shared: &Shared, peer: IpAddr) -> std::io::Result<()> {
     loop {
         let Ok(len) = tokio::time::timeout(TCP_IDLE, s.read_u16()).await else {
             return Ok(());
@@ -298,7 +342,7 @@ async fn serve_connection(mut s: TcpStream, shared: &Shared) -> std::io::Result<
         tokio::time::timeout(TCP_IDLE, s.read_exact(&mut buf))
             .await
             .map_err(|_| std::io::ErrorKind::TimedOut)??;
-        let Some(out) = respond(shared, &buf, false).await else {
+        let Some(out) = respond(shared, &buf, false, peer).await else {
             continue;
         };
         let Ok(n) = u16::try_from(out.len()) else {
@@ -306,5 +350,25 @@ async fn serve_connection(mut s: TcpStream, shared: &Shared) -> std::io::Result<
         };
         shared.stats.sent(&out, false);
         s.write_all(&[&n.to_be_bytes()[..], &out].concat()).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_node_its_pod_networks_and_known_pods_get_recursion() {
+        let clients = Clients {
+            node_addrs: vec!["192.168.1.2".parse().unwrap()],
+            cidrs: vec![("10.244.0.0".parse().unwrap(), 16)],
+            pods: ["10.1.2.3".parse().unwrap()].into(),
+        };
+        for yes in ["127.0.0.1", "192.168.1.2", "10.244.7.9", "10.1.2.3", "::1"] {
+            assert!(clients.may_recurse(yes.parse().unwrap()), "{yes}");
+        }
+        for no in ["192.168.1.10", "10.245.0.1", "10.1.2.4", "fd00::1"] {
+            assert!(!clients.may_recurse(no.parse().unwrap()), "{no}");
+        }
     }
 }

@@ -1,29 +1,12 @@
 use lb_common::BE_F_REMOTE;
 
 use super::*;
-use crate::{
-    entries::{Programmed, Scope, Update},
-    model::parse_manifest,
-    state::State,
-    store::{Allocation, Mode, apply::apply},
-};
+use crate::entries::{Programmed, Scope, Update};
 
 /// The objects of `yaml` as the store would hold them (defaults, allocation), with
 /// their indexes; no disk.
 fn state(yaml: &str) -> Tracked {
-    let mut state = State::default();
-    let docs = parse_manifest("t.yaml", yaml).unwrap();
-    let now = k8s_openapi::jiff::Timestamp::now();
-    apply(
-        &mut state,
-        &docs,
-        &Allocation::default(),
-        Mode::Apply,
-        now,
-        1,
-    )
-    .unwrap();
-    Tracked::new(state.into())
+    Tracked::new(crate::store::apply::applied(yaml).into())
 }
 
 fn plan(t: &Tracked, node: &Node) -> Vec<PortPlan> {

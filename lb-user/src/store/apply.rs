@@ -104,6 +104,18 @@ pub fn apply_taking(
         .collect()
 }
 
+/// The objects of `yaml` as the store would hold them (defaults, allocation in
+/// the default ranges), without a disk: the tests' way to a [`State`].
+#[cfg(test)]
+pub fn applied(yaml: &str) -> State {
+    let mut state = State::default();
+    let docs = crate::model::parse_manifest("t.yaml", yaml).expect("the test's manifest parses");
+    let alloc = super::Allocation::default();
+    apply(&mut state, &docs, &alloc, Mode::Apply, Timestamp::now(), 1)
+        .expect("the test's manifest applies");
+    state
+}
+
 /// Removes the named objects; all must exist.
 pub fn delete(state: &mut State, targets: &[(Kind, ObjectKey)]) -> Result<(), ApplyError> {
     for (kind, key) in targets {

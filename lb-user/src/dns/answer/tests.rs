@@ -1,26 +1,10 @@
 use hickory_proto::op::{MessageType, Query};
 
 use super::*;
-use crate::{
-    model::parse_manifest,
-    state::{State, Tracked},
-    store::{Allocation, Mode, apply::apply},
-};
+use crate::{state::Tracked, store::apply::applied};
 
 fn zone(yaml: &str) -> Zone {
-    let mut state = State::default();
-    let docs = parse_manifest("t.yaml", yaml).unwrap();
-    let now = k8s_openapi::jiff::Timestamp::now();
-    apply(
-        &mut state,
-        &docs,
-        &Allocation::default(),
-        Mode::Apply,
-        now,
-        1,
-    )
-    .unwrap();
-    Zone::of("cluster.local", None, &Tracked::new(state.into()))
+    Zone::of("cluster.local", None, &Tracked::new(applied(yaml).into()))
 }
 
 const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.80\n  ports:\n  - {name: http, port: 80}\n";

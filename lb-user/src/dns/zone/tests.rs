@@ -1,25 +1,9 @@
 use super::*;
-use crate::{
-    model::parse_manifest,
-    state::{State, Tracked},
-    store::{Allocation, Mode, apply::apply},
-};
+use crate::{state::Tracked, store::apply::applied};
 
 /// The objects of `yaml` as the store would hold them, with their indexes.
 fn tracked(yaml: &str) -> Tracked {
-    let mut state = State::default();
-    let docs = parse_manifest("t.yaml", yaml).unwrap();
-    let now = k8s_openapi::jiff::Timestamp::now();
-    apply(
-        &mut state,
-        &docs,
-        &Allocation::default(),
-        Mode::Apply,
-        now,
-        1,
-    )
-    .unwrap();
-    Tracked::new(state.into())
+    Tracked::new(applied(yaml).into())
 }
 
 fn pod(name: &str, ip: &str, extra: &str) -> String {
