@@ -127,8 +127,8 @@ pub struct AgentArgs {
     /// embedded store, which then holds the `kube-system/kube-dns` service at
     /// --cluster-dns (the pods' nameserver), and not in Kubernetes mode (CoreDNS
     /// serves it there); `on`; `off`.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
-    pub dns: String,
+    #[arg(long, value_enum, default_value_t = DnsUse::Auto)]
+    pub dns: DnsUse,
     /// The cluster DNS service's address, as kubelet's --cluster-dns.
     #[arg(long, default_value = "10.96.0.10")]
     pub cluster_dns: Ipv4Addr,
@@ -140,6 +140,15 @@ pub struct AgentArgs {
     /// addresses (IP or IP:PORT, comma-separated).
     #[arg(long, default_value = "auto")]
     pub dns_upstream: String,
+}
+
+/// Whether the agent serves the cluster DNS (`--dns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DnsUse {
+    /// With the embedded store; not in Kubernetes mode.
+    Auto,
+    On,
+    Off,
 }
 
 /// A DNS domain: labels of letters, digits and hyphens, 63 characters at most.
@@ -271,10 +280,10 @@ pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
         .build()?
         .block_on(async move {
             let kube = crate::kube_source::config(a.kubeconfig.as_deref()).await?;
-            let serve_dns = match a.dns.as_str() {
-                "on" => true,
-                "off" => false,
-                _ => kube.is_none(),
+            let serve_dns = match a.dns {
+                DnsUse::On => true,
+                DnsUse::Off => false,
+                DnsUse::Auto => kube.is_none(),
             };
             let dns = serve_dns.then_some(dns);
             agent::run(AgentOptions { kube, dns, ..opts }).await
