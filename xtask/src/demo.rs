@@ -96,15 +96,42 @@ pub fn run(root: &Path) -> Result<()> {
             ),
         }
     }
+    // The seeds' other promise: the service's DNS name, from the seeds' pod through
+    // the kube-dns service the agents keep (lb's data plane carries the query).
+    let name = "node-port-service.default.svc.cluster.local";
+    let pod = &lan.pods[0][0];
+    println!(
+        "\n$ dig +short @10.96.0.10 {name}        # from the seeds' pod ({})",
+        pod.name
+    );
+    let dig = || {
+        let out = t
+            .run(
+                pod,
+                &["dig", "+short", "+tries=1", "+time=1", "@10.96.0.10", name],
+            )
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        text.parse::<std::net::Ipv4Addr>().ok().map(|_| text)
+    };
+    match Topology::wait_for(Duration::from_secs(10), dig) {
+        Some(ip) => println!("{ip}"),
+        None => bail!(
+            "the seeds' pod got no DNS answer for {name}; agent log:\n{}",
+            t.log("agent-node1")
+        ),
+    }
     let store = lb.store.display();
     println!(
         "\nlb is serving (NodePort 30008 on both nodes, LoadBalancer {lb_ip}). Try, in another shell:\n  \
          ip netns exec {laptop} curl {url}\n  \
+         ip netns exec {pod} dig @10.96.0.10 {name}\n  \
          LB_STORE={store} {lb} get svc -o wide\n  \
          LB_STORE={store} {lb} describe svc node-port-service --bpffs {bpffs} --node-name node1\n  \
          {lb} conntrack --bpffs {bpffs} --node-name node1\n\
          Agent logs: {log}\nCtrl-C stops the demo and removes its namespaces.",
         laptop = lan.laptop.name,
+        pod = pod.name,
         url = urls[1],
         lb = lb_tests::lbctl::lb_bin().display(),
         bpffs = lb.bpffs.display(),
