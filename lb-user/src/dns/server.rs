@@ -162,17 +162,35 @@ pub fn serve(
     Ok(())
 }
 
-/// What to send back to `client` for the query in `bytes` (None: nothing), with
-/// the room a UDP answer has; forwarding and chasing wait on the upstreams.
-async fn respond(shared: &Shared, bytes: &[u8], udp: bool, client: IpAddr) -> Option<Vec<u8>> {
+/// The zone's outcome for the query in `bytes`, with the room a UDP answer has;
+/// None (counted as dropped) for what gets no answer at all.
+fn outcome(shared: &Shared, bytes: &[u8]) -> Option<(Outcome, usize)> {
     let answered = {
         let zone = shared.zone.read().unwrap_or_else(|e| e.into_inner());
         answer::answer(&zone, bytes, !shared.upstreams.is_empty())
     };
-    let Some((outcome, room)) = answered else {
+    if answered.is_none() {
         shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        return None;
-    };
+    }
+    answered
+}
+
+/// What to send back to `client` for the query in `bytes` (None: nothing).
+async fn respond(shared: &Shared, bytes: &[u8], udp: bool, client: IpAddr) -> Option<Vec<u8>> {
+    let (outcome, room) = outcome(shared, bytes)?;
+    Some(complete(shared, outcome, room, bytes, udp, client).await)
+}
+
+/// The answer to send for `outcome` of the query in `bytes` (`room`: what a UDP
+/// answer may take); forwarding and chasing wait on the upstreams.
+async fn complete(
+    shared: &Shared,
+    outcome: Outcome,
+    room: usize,
+    bytes: &[u8],
+    udp: bool,
+    client: IpAddr,
+) -> Vec<u8> {
     let limit = if udp { room } else { usize::from(u16::MAX) };
     let recurse = !shared.upstreams.is_empty()
         && shared
@@ -190,7 +208,7 @@ async fn respond(shared: &Shared, bytes: &[u8], udp: bool, client: IpAddr) -> Op
                 match ask_upstream(shared, bytes, udp).await {
                     // The upstream's answer goes back as it came, with its own id
                     // (the client's, which it was asked with).
-                    Some(raw) => return Some(raw),
+                    Some(raw) => return raw,
                     None => answer::server_failure(&query),
                 }
             }
@@ -211,7 +229,7 @@ async fn respond(shared: &Shared, bytes: &[u8], udp: bool, client: IpAddr) -> Op
             reply
         }
     };
-    Some(answer::encode(&reply, limit))
+    answer::encode(&reply, limit)
 }
 
 /// The first answer an upstream gives to `bytes`, over UDP or TCP as the client
@@ -282,33 +300,23 @@ async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
         };
         let bytes = &buf[..n];
         // Answers from the zone go out at once; what waits on an upstream waits in
-        // a task of its own.
-        let local = {
-            let zone = shared.zone.read().unwrap_or_else(|e| e.into_inner());
-            match answer::answer(&zone, bytes, !shared.upstreams.is_empty()) {
-                Some((Outcome::Reply(reply), room)) => Some(Some(answer::encode(&reply, room))),
-                Some(_) => None,
-                None => Some(None),
-            }
-        };
-        match local {
-            Some(Some(out)) => {
+        // a task of its own, with the outcome already made.
+        match outcome(&shared, bytes) {
+            Some((Outcome::Reply(reply), room)) => {
+                let out = answer::encode(&reply, room);
                 shared.stats.sent(&out, true);
                 let _ = sock.send_to(&out, from).await;
             }
-            Some(None) => {
-                shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            None => {
+            Some((pending, room)) => {
                 let (sock, shared, bytes) =
                     (Arc::clone(&sock), Arc::clone(&shared), bytes.to_vec());
                 tokio::spawn(async move {
-                    if let Some(out) = respond(&shared, &bytes, true, from.ip()).await {
-                        shared.stats.sent(&out, true);
-                        let _ = sock.send_to(&out, from).await;
-                    }
+                    let out = complete(&shared, pending, room, &bytes, true, from.ip()).await;
+                    shared.stats.sent(&out, true);
+                    let _ = sock.send_to(&out, from).await;
                 });
             }
+            None => {}
         }
     }
 }
