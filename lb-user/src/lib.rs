@@ -4,7 +4,10 @@
 //! entries with their ids and slots (`entries`) -> ordered writes (`sync`) -> the
 //! maps (`maps`, the only user of `aya::maps`), with `loader` attaching the programs
 //! and `agent` driving the loop, which `telemetry` shows to monitoring systems and
-//! `svc_health` to external load balancers (healthCheckNodePorts).
+//! `svc_health` to external load balancers (healthCheckNodePorts). LoadBalancer
+//! addresses come from `lb_ipam` (pools) and are announced by `announce`, elected
+//! through heartbeats in the store or, in Kubernetes mode, through Leases (`lease`,
+//! `kube_lb`).
 //! `cli` is the command line over all of it.
 
 pub mod agent;
@@ -13,6 +16,8 @@ pub mod cli;
 pub mod dns;
 pub mod entries;
 pub mod kube_source;
+pub mod lb_ipam;
+pub mod lease;
 pub mod loader;
 pub mod maps;
 pub mod model;

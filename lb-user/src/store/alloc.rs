@@ -384,39 +384,7 @@ fn ip_families(spec: &mut ServiceSpec) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// `status.loadBalancer.ingress` addresses.
-pub fn lb_ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
-    svc.status
-        .iter()
-        .flat_map(|s| s.load_balancer.iter())
-        .flat_map(|l| l.ingress.iter().flatten())
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect()
-}
-
-fn external_ips(svc: &Service) -> Vec<Ipv4Addr> {
-    svc.spec
-        .iter()
-        .flat_map(|s| s.external_ips.iter().flatten())
-        .filter_map(|ip| ip.parse().ok())
-        .collect()
-}
-
-fn in_pools(pools: &[(Ipv4Addr, u8)], ip: Ipv4Addr) -> bool {
-    pool_addrs(pools).any(|a| a == ip)
-}
-
-/// Every usable address of the pools, in order (a pool's network and broadcast
-/// addresses are skipped unless it is a /31 or /32).
-fn pool_addrs(pools: &[(Ipv4Addr, u8)]) -> impl Iterator<Item = Ipv4Addr> + '_ {
-    pools.iter().flat_map(|(net, len)| {
-        let host_bits = 32 - u32::from(*len).min(32);
-        let size = 1u64 << host_bits;
-        let base = u64::from(u32::from(*net) & !((size - 1) as u32));
-        let (lo, hi) = if size <= 2 { (0, size) } else { (1, size - 1) };
-        (lo..hi).map(move |i| Ipv4Addr::from((base + i) as u32))
-    })
-}
+pub use crate::lb_ipam::ingress_ips as lb_ingress_ips;
 
 /// The clusterIPs and nodePorts services hold.
 pub struct Taken {
@@ -551,58 +519,37 @@ fn random_cluster_ip(
     }
 }
 
-/// Gives every LoadBalancer service without an address one from `pools`
-/// (`spec.loadBalancerIP` when it names a free address of a pool), written to
-/// `status.loadBalancer.ingress` as a cloud controller would; services no longer of
-/// that type lose theirs. Returns what was assigned (service, address).
+/// Gives LoadBalancer services addresses from `pools` and takes them from services
+/// no longer of that type ([`crate::lb_ipam::plan`]), written to
+/// `status.loadBalancer.ingress` as a cloud controller would. Returns what was
+/// assigned (service, address).
 pub fn assign_load_balancer_ips(
     state: &mut State,
     pools: &[(Ipv4Addr, u8)],
 ) -> Vec<(ObjectKey, Ipv4Addr)> {
-    {
-        let mut taken: BTreeSet<Ipv4Addr> = state
-            .services
-            .values()
-            .flat_map(|s| lb_ingress_ips(s).into_iter().chain(external_ips(s)))
-            .collect();
-        let mut assigned = Vec::new();
-        for (key, svc) in state.services.iter_mut() {
-            let is_lb = service_type(svc) == TYPE_LOAD_BALANCER;
-            let has = !lb_ingress_ips(svc).is_empty();
-            if !is_lb && has {
-                svc.status = None;
-                continue;
-            }
-            if !is_lb || has || pools.is_empty() {
-                continue;
-            }
-            let requested = svc
-                .spec
-                .as_ref()
-                .and_then(|s| s.load_balancer_ip.as_deref())
-                .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
-            let ip = match requested {
-                Some(ip) => (in_pools(pools, ip) && !taken.contains(&ip)).then_some(ip),
-                None => pool_addrs(pools).find(|ip| !taken.contains(ip)),
-            };
-            let Some(ip) = ip else {
-                continue; // stays <pending>
-            };
-            taken.insert(ip);
-            svc.status = Some(ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(vec![LoadBalancerIngress {
-                        ip: Some(ip.to_string()),
-                        ip_mode: Some("VIP".into()),
-                        ..Default::default()
-                    }]),
-                }),
-                ..Default::default()
-            });
-            assigned.push((key.clone(), ip));
+    let changes = crate::lb_ipam::plan(&state.services, pools);
+    let mut assigned = Vec::new();
+    for a in changes {
+        if let Some(svc) = state.services.get_mut(&a.service) {
+            set_ingress(svc, a.ip);
+            assigned.extend(a.ip.map(|ip| (a.service, ip)));
         }
-        assigned
     }
+    assigned
+}
+
+/// Sets `status.loadBalancer.ingress` to `ip` (None: no status).
+pub fn set_ingress(svc: &mut Service, ip: Option<Ipv4Addr>) {
+    svc.status = ip.map(|ip| ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(vec![LoadBalancerIngress {
+                ip: Some(ip.to_string()),
+                ip_mode: Some("VIP".into()),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    });
 }
 
 #[cfg(test)]
