@@ -18,9 +18,10 @@ use tokio::{signal::unix::SignalKind, sync::mpsc};
 use tracing::{info, warn};
 
 use crate::{
-    announce::Announcer,
+    announce::{self, Announcer},
     dns::{DnsOptions, Names, cluster_service},
     entries::{LeftOut, Programmed, Scope, Update},
+    kube_lb::{self, KubeLb},
     kube_source::KubeSource,
     loader::{Dataplane, LoadConfig},
     model::ObjectKey,
@@ -42,6 +43,13 @@ const RESYNC: Duration = Duration::from_secs(1);
 /// How often expired assured flows are swept.
 const SWEEP: Duration = Duration::from_secs(10);
 
+/// Kubernetes mode's Leases (LoadBalancer addresses and their announcement).
+#[derive(Debug, Clone)]
+pub struct LeaseOptions {
+    pub namespace: String,
+    pub timing: crate::lease::Timing,
+}
+
 pub struct AgentOptions {
     pub ifaces: Vec<String>,
     pub node_ips: Vec<Ipv4Addr>,
@@ -56,6 +64,8 @@ pub struct AgentOptions {
     pub lb_pools: Vec<(Ipv4Addr, u8)>,
     /// Kubernetes mode: the API server to follow (None: the embedded store).
     pub kube: Option<kube::Config>,
+    /// Kubernetes mode: where and how LoadBalancer leases are held.
+    pub leases: LeaseOptions,
     /// Pod networks: interfaces routing into them are pods' (`--cluster-cidr`).
     pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
     /// How big the maps are made (`--max-frontends`, ...).
@@ -137,8 +147,15 @@ struct Agent {
     /// The routes pods were last followed with (the tick skips the walk over every
     /// endpoint while they stay the same).
     known_routes: Option<Routes>,
+    /// Store mode's LoadBalancer announcements (heartbeats in the store).
     announcer: Announcer,
+    /// Kubernetes mode's LoadBalancer addresses and announcements (Leases); None
+    /// without `--lb-pool` (another controller's job then) or in store mode.
+    kube_lb: Option<KubeLb>,
     lb_pools: Vec<(Ipv4Addr, u8)>,
+    /// Ready endpoints on this node of each LoadBalancer service with
+    /// `externalTrafficPolicy: Local` (it may announce only with some).
+    local_ready: BTreeMap<ObjectKey, usize>,
     /// Kubernetes mode's source (None: the embedded store is the source).
     kube: Option<KubeSource>,
     cluster_cidrs: Vec<(Ipv4Addr, u8)>,
@@ -238,6 +255,27 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             "metrics and health are not served"
         );
     }
+    // Addresses a killed agent of this node left on the uplink are not this one's
+    // to answer for (yet).
+    announce::clear_stale(&opts.ifaces[0], &opts.lb_pools);
+    let kube_lb = match (&kube, &opts.kube) {
+        (Some(k), Some(cfg)) if !opts.lb_pools.is_empty() => {
+            let (services, generation) = k.services();
+            Some(KubeLb::start(
+                cfg.clone(),
+                services,
+                generation,
+                kube_lb::Options {
+                    namespace: opts.leases.namespace.clone(),
+                    node: opts.node_name.clone(),
+                    iface: opts.ifaces[0].clone(),
+                    pools: opts.lb_pools.clone(),
+                    timing: opts.leases.timing,
+                },
+            )?)
+        }
+        _ => None,
+    };
     let actual = dp.maps.read_entries()?;
     info!(node = %opts.node_name, addrs = ?addrs, pins = %pins.display(), adopted_frontends = actual.services.len(),
         adopted_slots = actual.backends.len(),
@@ -262,7 +300,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         store_dir: opts.store.clone(),
         known_routes: None,
         announcer: Announcer::new(&opts.store, &opts.node_name, &opts.ifaces[0]),
+        kube_lb,
         lb_pools: opts.lb_pools.clone(),
+        local_ready: BTreeMap::new(),
         kube,
         cluster_cidrs: opts.cluster_cidrs.clone(),
         sizes,
@@ -319,7 +359,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             }
         }
     }
-    agent.announcer.withdraw();
+    match &mut agent.kube_lb {
+        Some(k) => k.stop(),
+        None if agent.kube.is_none() => agent.announcer.withdraw(),
+        None => {}
+    }
     info!(pins = %pins.display(), "agent stopping: programs stay attached and maps pinned, so forwarding goes on (`lb reset` removes them)");
     Ok(())
 }
@@ -352,8 +396,10 @@ impl Agent {
         let before = self.health_checks.clone();
         if full {
             self.health_checks.clear();
+            self.local_ready.clear();
         } else {
             self.health_checks.retain(|k, _| !services.contains(k));
+            self.local_ready.retain(|k, _| !services.contains(k));
         }
         let state = &self.tracked.state;
         let planned: Box<dyn Iterator<Item = &ObjectKey>> = if full {
@@ -361,7 +407,7 @@ impl Agent {
         } else {
             Box::new(services.iter())
         };
-        let mut wanted: BTreeMap<&ObjectKey, (u16, BTreeSet<Ipv4Addr>)> = BTreeMap::new();
+        let mut wanted: BTreeMap<&ObjectKey, (Option<u16>, BTreeSet<Ipv4Addr>)> = BTreeMap::new();
         for key in planned {
             let Some(svc) = state.services.get(key) else {
                 continue;
@@ -375,7 +421,6 @@ impl Agent {
                 .filter(|p| *p != 0);
             if crate::model::service_type(svc) == crate::model::TYPE_LOAD_BALANCER
                 && spec.external_traffic_policy.as_deref() == Some("Local")
-                && let Some(port) = port
             {
                 wanted.insert(key, (port, BTreeSet::new()));
             }
@@ -389,7 +434,10 @@ impl Agent {
             }
         }
         for (key, (port, local)) in wanted {
-            self.health_checks.insert(key.clone(), (port, local.len()));
+            self.local_ready.insert(key.clone(), local.len());
+            if let Some(port) = port {
+                self.health_checks.insert(key.clone(), (port, local.len()));
+            }
         }
         if self.health_checks == before {
             return;
@@ -561,8 +609,16 @@ impl Agent {
     }
 
     /// Heartbeat and LoadBalancer announcements: once per tick (never on store events,
-    /// which heartbeats of other agents may cause).
+    /// which heartbeats of other agents may cause). In Kubernetes mode: which of the
+    /// addresses lb gave this node may announce, told to the lease task.
     fn announce(&mut self) {
+        if let (Some(k), Some(source)) = (&self.kube_lb, &self.kube) {
+            k.want(self.lb_wants(&source.node_names()));
+            return;
+        }
+        if self.kube.is_some() {
+            return;
+        }
         let lb_ips = self
             .tracked
             .state
@@ -571,6 +627,47 @@ impl Agent {
             .flat_map(crate::store::lb_ingress_ips)
             .collect();
         self.announcer.sync(&lb_ips);
+    }
+
+    /// The pools' addresses of lb's LoadBalancer services this node may announce:
+    /// all, except those of services with `externalTrafficPolicy: Local` and no
+    /// ready endpoint here. Preferred for each: the first two of `nodes` in the
+    /// address's ranking (none when a Local service uses it: any node with an
+    /// endpoint will do).
+    fn lb_wants(&self, nodes: &[String]) -> kube_lb::Wants {
+        let mut by_ip: BTreeMap<Ipv4Addr, (bool, bool)> = BTreeMap::new();
+        for (key, svc) in &self.tracked.state.services {
+            if !crate::lb_ipam::is_ours(svc) {
+                continue;
+            }
+            let local = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.external_traffic_policy.as_deref())
+                == Some("Local");
+            let here = !local || self.local_ready.get(key).is_some_and(|n| *n > 0);
+            for ip in crate::lb_ipam::ingress_ips(svc) {
+                if crate::lb_ipam::in_pools(&self.lb_pools, ip) {
+                    let e = by_ip.entry(ip).or_insert((true, false));
+                    e.0 &= here;
+                    e.1 |= local;
+                }
+            }
+        }
+        by_ip
+            .into_iter()
+            .filter(|(_, (here, _))| *here)
+            .map(|(ip, (_, local))| {
+                let ranked = announce::ranking(nodes, ip);
+                let preferred = (!local && ranked.contains(&self.node.name.as_str())).then(|| {
+                    crate::lease::Preferred {
+                        first: ranked[0].to_string(),
+                        second: ranked.get(1).map(|s| s.to_string()),
+                    }
+                });
+                (ip, preferred)
+            })
+            .collect()
     }
 
     fn sync_maps(&mut self, routes: bool) -> Result<()> {

@@ -3,10 +3,13 @@
 //! kernel answers) and says so at once with gratuitous ARP; when that node's agent
 //! stops, the next node in line takes the address over within a tick or two.
 //!
-//! Agents know each other through heartbeat files in the shared store directory
+//! In the embedded store's mode (every node a namespace of one machine), agents
+//! know each other through heartbeat files in the shared store directory
 //! (`STORE/nodes/NODE`, touched every tick, removed on a clean stop). The node for
 //! an address is the live node with the highest hash of (node, address), so every
-//! agent comes to the same answer, and addresses spread over the nodes.
+//! agent comes to the same answer, and addresses spread over the nodes. Kubernetes
+//! mode elects through Leases instead (`kube_lb`) and shares [`claim`], [`let_go`]
+//! and [`owner`] (its preferred candidate).
 
 use std::{
     collections::BTreeSet,
@@ -54,10 +57,14 @@ fn score(node: &str, ip: Ipv4Addr) -> u64 {
 
 /// The node that announces `ip` among `alive`.
 pub fn owner(alive: &[String], ip: Ipv4Addr) -> Option<&str> {
-    alive
-        .iter()
-        .max_by_key(|n| (score(n, ip), n.as_str()))
-        .map(String::as_str)
+    ranking(alive, ip).into_iter().next()
+}
+
+/// `nodes` in the order they are preferred for `ip` (the same on every agent).
+pub fn ranking(nodes: &[String], ip: Ipv4Addr) -> Vec<&str> {
+    let mut ranked: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    ranked.sort_by_key(|n| std::cmp::Reverse((score(n, ip), *n)));
+    ranked
 }
 
 impl Announcer {
@@ -110,15 +117,12 @@ impl Announcer {
             .collect();
         let may_claim = self.since.elapsed() >= CLAIM_AFTER;
         for ip in mine.difference(&self.held.clone()).filter(|_| may_claim) {
-            if ip_addr("add", *ip, &self.iface) {
-                info!(%ip, iface = %self.iface, "announcing LoadBalancer address");
-                gratuitous_arp(&self.iface, *ip);
+            if claim(&self.iface, *ip) {
                 self.held.insert(*ip);
             }
         }
         for ip in self.held.clone().difference(&mine) {
-            ip_addr("del", *ip, &self.iface);
-            info!(%ip, "no longer announcing LoadBalancer address");
+            let_go(&self.iface, *ip);
             self.held.remove(ip);
         }
     }
@@ -130,6 +134,49 @@ impl Announcer {
             ip_addr("del", ip, &self.iface);
         }
         let _ = fs::remove_file(self.dir.join(&self.node));
+    }
+}
+
+/// Starts answering ARP for `ip` on `iface` (the address on the uplink, so the
+/// kernel answers) and says so with gratuitous ARP. False when it could not.
+pub fn claim(iface: &str, ip: Ipv4Addr) -> bool {
+    if !ip_addr("add", ip, iface) {
+        return false;
+    }
+    info!(%ip, iface, "announcing LoadBalancer address");
+    gratuitous_arp(iface, ip);
+    true
+}
+
+/// Stops answering ARP for `ip` on `iface`.
+pub fn let_go(iface: &str, ip: Ipv4Addr) {
+    ip_addr("del", ip, iface);
+    info!(%ip, iface, "no longer announcing LoadBalancer address");
+}
+
+/// Removes from `iface` the single addresses of `pools` (announced by an agent of
+/// this node that was killed before it could let go of them).
+pub fn clear_stale(iface: &str, pools: &[(Ipv4Addr, u8)]) {
+    if pools.is_empty() {
+        return;
+    }
+    let Ok(out) = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", iface])
+        .output()
+    else {
+        return;
+    };
+    let stale = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().skip_while(|w| *w != "inet").skip(1);
+            f.next()?.strip_suffix("/32")?.parse::<Ipv4Addr>().ok()
+        })
+        .filter(|ip| crate::lb_ipam::in_pools(pools, *ip))
+        .collect::<Vec<_>>();
+    for ip in stale {
+        info!(%ip, iface, "removing a LoadBalancer address left by an earlier agent");
+        ip_addr("del", ip, iface);
     }
 }
 

@@ -16,7 +16,7 @@ use std::{
     path::Path,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -42,7 +42,10 @@ pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-
 
 /// Where the agent's objects come from in Kubernetes mode.
 pub struct KubeSource {
+    client: Client,
     services: reflector::Store<Service>,
+    /// Counts Service watch events (what LoadBalancer address assignment follows).
+    services_generation: Arc<AtomicU64>,
     slices: reflector::Store<EndpointSlice>,
     nodes: reflector::Store<KubeNode>,
     /// Set by every watch event; taken by [`changed`](Self::changed).
@@ -72,6 +75,7 @@ fn follow<K>(
     api: Api<K>,
     kind: &'static str,
     dirty: Arc<AtomicBool>,
+    generation: Option<Arc<AtomicU64>>,
     wake: UnboundedSender<()>,
 ) -> reflector::Store<K>
 where
@@ -83,6 +87,9 @@ where
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
+            if let (Some(g), Ok(_)) = (&generation, &ev) {
+                g.fetch_add(1, Ordering::SeqCst);
+            }
             match ev {
                 // A relist is applied to the cache whole, at InitDone.
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
@@ -112,28 +119,58 @@ impl KubeSource {
         info!(server = %config.cluster_url, "Kubernetes mode: watching Services, EndpointSlices and Nodes");
         let client = Client::try_from(config).context("building the Kubernetes client")?;
         let dirty = Arc::new(AtomicBool::new(true));
+        let services_generation = Arc::new(AtomicU64::new(0));
         let services = follow(
             Api::<Service>::all(client.clone()),
             "Service",
             dirty.clone(),
+            Some(services_generation.clone()),
             wake.clone(),
         );
         let slices = follow(
             Api::<EndpointSlice>::all(client.clone()),
             "EndpointSlice",
             dirty.clone(),
+            None,
             wake.clone(),
         );
-        let nodes = follow(Api::<KubeNode>::all(client), "Node", dirty.clone(), wake);
+        let nodes = follow(
+            Api::<KubeNode>::all(client.clone()),
+            "Node",
+            dirty.clone(),
+            None,
+            wake,
+        );
         services.wait_until_ready().await.context("Services")?;
         slices.wait_until_ready().await.context("EndpointSlices")?;
         nodes.wait_until_ready().await.context("Nodes")?;
         Ok(KubeSource {
+            client,
             services,
+            services_generation,
             slices,
             nodes,
             dirty,
         })
+    }
+
+    /// The client, for what the agent writes (LoadBalancer status, Leases).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The Service cache and the count of its changes.
+    pub fn services(&self) -> (reflector::Store<Service>, Arc<AtomicU64>) {
+        (self.services.clone(), self.services_generation.clone())
+    }
+
+    /// The names of the cluster's nodes.
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes
+            .state()
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect()
     }
 
     /// The cluster as a [`State`], if anything changed since the last call.

@@ -15,6 +15,7 @@ pub mod announce;
 pub mod cli;
 pub mod dns;
 pub mod entries;
+pub mod kube_lb;
 pub mod kube_source;
 pub mod lb_ipam;
 pub mod lease;

@@ -3,6 +3,7 @@
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
+    time::Duration,
 };
 
 use anyhow::Result;
@@ -10,7 +11,7 @@ use clap::Args;
 use lb_common::CtTimeouts;
 
 use crate::{
-    agent::{self, AgentOptions, DEFAULT_BPFFS},
+    agent::{self, AgentOptions, DEFAULT_BPFFS, LeaseOptions},
     dns::DnsOptions,
     loader::{LoadConfig, ToPods, XdpUse},
     netif::parse_cidr,
@@ -62,6 +63,19 @@ pub struct AgentArgs {
     /// answers ARP for each address; another takes over when its agent stops.
     #[arg(long = "lb-pool", value_parser = parse_cidr)]
     pub lb_pools: Vec<(Ipv4Addr, u8)>,
+    /// Kubernetes mode: the namespace of the Leases that elect who assigns
+    /// LoadBalancer addresses (`lb-ipam`) and who announces each (`lb-l2-A-B-C-D`).
+    #[arg(long, default_value = "kube-system")]
+    pub lease_namespace: String,
+    /// Kubernetes mode: how long an unrenewed lease lasts (whole seconds; a
+    /// crashed holder is replaced after about this plus two retry periods).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_duration_seconds: u64,
+    /// Kubernetes mode: how often leases are renewed and looked at (milliseconds;
+    /// less than the duration). Each held lease costs the API server a write per
+    /// period.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub lease_retry_ms: u64,
     /// Kubernetes mode: follow this cluster's Services, EndpointSlices and Nodes
     /// (kube-rs watchers) instead of the embedded store. Without it, an agent
     /// running in a pod uses its service account; elsewhere, the embedded store.
@@ -232,6 +246,13 @@ fn to_pods() -> impl clap::builder::TypedValueParser<Value = ToPods> {
 }
 
 pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
+    if a.lease_retry_ms >= a.lease_duration_seconds * 1000 {
+        anyhow::bail!(
+            "--lease-retry-ms {} must be less than --lease-duration-seconds {} (in milliseconds)",
+            a.lease_retry_ms,
+            a.lease_duration_seconds
+        );
+    }
     let opts = AgentOptions {
         ifaces: a.ifaces,
         node_ips: a.node_ips,
@@ -262,6 +283,13 @@ pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
             memory_ratio: a.map_memory_ratio,
         },
         kube: None,
+        leases: LeaseOptions {
+            namespace: a.lease_namespace,
+            timing: crate::lease::Timing {
+                duration: Duration::from_secs(a.lease_duration_seconds),
+                retry: Duration::from_millis(a.lease_retry_ms),
+            },
+        },
         metrics_addr: a.metrics_bind_address.0,
         healthz_addr: a.healthz_bind_address.0,
         dns: None,

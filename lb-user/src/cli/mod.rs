@@ -45,7 +45,7 @@ pub struct Cli {
 pub enum Command {
     /// Load and attach the data plane and keep it in step with the store.
     #[command(after_help = "Example:\n  lb agent --iface eth0 --node-ip 192.168.1.2")]
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Create or update objects from manifests (all or nothing per invocation).
     #[command(after_help = "Examples:\n  lb apply -f svc.yaml\n  cat pod.yaml | lb apply -f -")]
     Apply(apply::ApplyArgs),
@@ -100,7 +100,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     let store = Store::new(&cli.store);
     match cli.command {
-        Command::Agent(a) => agent::run(a, cli.store),
+        Command::Agent(a) => agent::run(*a, cli.store),
         Command::Apply(a) => apply::run(&store, &a, crate::store::Mode::Apply),
         Command::Create(a) => apply::run(&store, &a, crate::store::Mode::Create),
         Command::Get(g) => get::run(&store, &g),

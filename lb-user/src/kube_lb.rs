@@ -1,0 +1,228 @@
+//! Kubernetes mode's LoadBalancer, on a task of its own, one round per lease retry
+//! period (see `lease`):
+//!
+//! - **addresses**: the holder of the `lb-ipam` lease gives LoadBalancer services
+//!   addresses of `--lb-pool` (`lb_ipam`'s plan) and takes them from services that
+//!   are no longer LoadBalancers, through the status subresource, each write
+//!   conditional on the resourceVersion it planned from (a conflict is planned again
+//!   next round); a deleted service's address is free with it;
+//! - **announcements**: for each address lb gave, the holder of lease
+//!   `lb-l2-A-B-C-D` answers ARP for it (the address on the uplink) and says so
+//!   with gratuitous ARP on taking it; only nodes the agent finds eligible contend
+//!   (with `externalTrafficPolicy: Local`, nodes with a ready endpoint of the
+//!   service), and the node `announce::owner` prefers among the cluster's nodes
+//!   contends at once, the others a lease duration later, so addresses spread.
+//!
+//! On a clean stop the addresses are let go first, then the leases released, so
+//! another node takes over at its next round.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use k8s_openapi::api::core::v1::Service;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+    runtime::reflector,
+};
+use serde_json::json;
+use tokio::sync::{oneshot, watch};
+use tracing::{info, warn};
+
+use crate::{
+    announce,
+    lb_ipam::{self, Assignment},
+    lease::{Elector, Preferred, Timing},
+    model::ObjectKey,
+};
+
+/// The lease whose holder assigns addresses.
+pub const IPAM_LEASE: &str = "lb-ipam";
+
+/// The lease for announcing `ip`.
+pub fn lease_name(ip: Ipv4Addr) -> String {
+    format!("lb-l2-{}", ip.to_string().replace('.', "-"))
+}
+
+pub struct Options {
+    pub namespace: String,
+    pub node: String,
+    pub iface: String,
+    pub pools: Vec<(Ipv4Addr, u8)>,
+    pub timing: Timing,
+}
+
+/// Addresses this node may announce -> the nodes preferred for them (None: no
+/// preference, every eligible node contends at once).
+pub type Wants = BTreeMap<Ipv4Addr, Option<Preferred>>;
+
+pub struct KubeLb {
+    wants: watch::Sender<Wants>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KubeLb {
+    /// Starts it on a thread of its own, with its own runtime and API client, so a
+    /// long round of the agent never delays a lease renewal. `services` is the
+    /// agent's Service cache, `generation` counts its changes.
+    pub fn start(
+        config: kube::Config,
+        services: reflector::Store<Service>,
+        generation: Arc<AtomicU64>,
+        opts: Options,
+    ) -> anyhow::Result<Self> {
+        let (wants, wants_rx) = watch::channel(Wants::new());
+        let (stop, stop_rx) = oneshot::channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("lb-leases".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    match Client::try_from(config) {
+                        Ok(client) => {
+                            run(client, services, generation, opts, wants_rx, stop_rx).await
+                        }
+                        Err(e) => warn!(error = %e, "no API client for LoadBalancer leases"),
+                    }
+                })
+            })?;
+        Ok(KubeLb {
+            wants,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// What this node may announce, from the agent's latest round.
+    pub fn want(&self, wants: Wants) {
+        self.wants.send_if_modified(|w| {
+            let changed = *w != wants;
+            *w = wants;
+            changed
+        });
+    }
+
+    /// Lets go of every address and releases every lease; returns when done.
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn run(
+    client: Client,
+    services: reflector::Store<Service>,
+    generation: Arc<AtomicU64>,
+    opts: Options,
+    wants: watch::Receiver<Wants>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    info!(namespace = %opts.namespace, lease_duration = ?opts.timing.duration, retry = ?opts.timing.retry,
+        "LoadBalancer addresses and announcements through Leases");
+    let mut elector = Elector::start(client.clone(), &opts.namespace, &opts.node, opts.timing);
+    let mut tick = tokio::time::interval(opts.timing.retry);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut announced: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    // The services generation last planned from (None: plan next time).
+    let mut planned: Option<u64> = None;
+    loop {
+        let deadline = elector.first_deadline();
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+            // A held lease running out is acted on at once, not at the next tick.
+            _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {}
+        }
+        let want = wants.borrow().clone();
+        let mut leases: BTreeMap<String, Option<Preferred>> = want
+            .iter()
+            .map(|(ip, pref)| (lease_name(*ip), pref.clone()))
+            .collect();
+        if !opts.pools.is_empty() {
+            leases.insert(IPAM_LEASE.to_string(), None);
+        }
+        let held = elector.round(&leases).await;
+        let mine: BTreeSet<Ipv4Addr> = want
+            .keys()
+            .copied()
+            .filter(|ip| held.contains(&lease_name(*ip)))
+            .collect();
+        for ip in announced.difference(&mine) {
+            announce::let_go(&opts.iface, *ip);
+        }
+        for ip in mine.difference(&announced) {
+            announce::claim(&opts.iface, *ip);
+        }
+        announced = mine;
+        if held.contains(IPAM_LEASE) {
+            let generation = generation.load(Ordering::SeqCst);
+            if planned != Some(generation) {
+                planned = assign(&client, &services, &opts.pools)
+                    .await
+                    .then_some(generation);
+            }
+        } else {
+            planned = None;
+        }
+    }
+    for ip in std::mem::take(&mut announced) {
+        announce::let_go(&opts.iface, ip);
+    }
+    elector.release_all().await;
+}
+
+/// Plans the pools' addresses over the cached services and writes the changes to
+/// their status. True when every write went through.
+async fn assign(
+    client: &Client,
+    services: &reflector::Store<Service>,
+    pools: &[(Ipv4Addr, u8)],
+) -> bool {
+    let cached: BTreeMap<ObjectKey, Arc<Service>> = services
+        .state()
+        .into_iter()
+        .map(|s| (ObjectKey::of(&s.metadata), s))
+        .collect();
+    let changes = lb_ipam::plan(cached.iter().map(|(k, s)| (k, s.as_ref())), pools);
+    let mut all = true;
+    for Assignment { service, ip } in changes {
+        let rv = cached[&service].metadata.resource_version.clone();
+        let ingress = ip.map(|ip| json!([{"ip": ip.to_string(), "ipMode": "VIP"}]));
+        let patch = json!({
+            "metadata": {"resourceVersion": rv},
+            "status": {"loadBalancer": {"ingress": ingress}},
+        });
+        let api: Api<Service> = Api::namespaced(client.clone(), &service.namespace);
+        match api
+            .patch_status(
+                &service.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => match ip {
+                Some(ip) => info!(service = %service, %ip, "assigned LoadBalancer address"),
+                None => info!(service = %service, "LoadBalancer address taken back"),
+            },
+            Err(e) => {
+                all = false;
+                warn!(service = %service, error = %e, "writing the LoadBalancer status; planned again next round");
+            }
+        }
+    }
+    all
+}
