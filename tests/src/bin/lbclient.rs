@@ -22,6 +22,9 @@
 //!                                   flow); prints each answer's first line or `ERR`
 //! lbclient connect ADDR:PORT        one connect; prints `OK` or `ERR <kind> <ms>`
 //!                                   (`ERR ConnectionRefused 3` for a RST after 3 ms)
+//! lbclient arp ADDR:0 MS            one broadcast ARP request for ADDR on eth0;
+//!                                   prints `MAC <mac>` for every reply within MS
+//!                                   milliseconds, then `END <replies>`
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -41,6 +44,13 @@ fn main() {
         .unwrap_or(1)
         .min(100_000);
     match mode {
+        Some("arp") => arp(
+            match addr.ip() {
+                std::net::IpAddr::V4(ip) => ip,
+                std::net::IpAddr::V6(_) => usage(),
+            },
+            Duration::from_millis(n.min(5000)),
+        ),
         Some("tcp") => (0..n).for_each(|_| {
             println!(
                 "{}",
@@ -80,7 +90,7 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: lbclient tcp|peer|udp|sendto|stream|connect ADDR:PORT [COUNT|SECS]");
+    eprintln!("usage: lbclient tcp|peer|udp|sendto|stream|connect|arp ADDR:PORT [COUNT|SECS|MS]");
     std::process::exit(2)
 }
 
@@ -250,4 +260,139 @@ fn stream(addr: SocketAddr, secs: Duration) {
         Ok(lines) => println!("END {lines}"),
         Err(e) => println!("ERR {e}"),
     }
+}
+
+/// Broadcasts one ARP request for `target` on `eth0` and prints the sender MAC of
+/// every reply for it within `wait`, then `END <replies>`.
+fn arp(target: std::net::Ipv4Addr, wait: Duration) {
+    match arp_replies(target, wait) {
+        Ok(macs) => {
+            for m in &macs {
+                println!("MAC {m}");
+            }
+            println!("END {}", macs.len());
+        }
+        Err(e) => println!("ERR {e}"),
+    }
+}
+
+fn arp_replies(target: std::net::Ipv4Addr, wait: Duration) -> std::io::Result<Vec<String>> {
+    const IFACE: &str = "eth0";
+    let (mut mac, mut ip) = (None, None);
+    // SAFETY: getifaddrs' list is walked read-only and freed once.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut cur = list;
+        while !cur.is_null() {
+            let a = &*cur;
+            if std::ffi::CStr::from_ptr(a.ifa_name).to_bytes() == IFACE.as_bytes()
+                && !a.ifa_addr.is_null()
+            {
+                match i32::from((*a.ifa_addr).sa_family) {
+                    libc::AF_PACKET => {
+                        let ll = &*(a.ifa_addr as *const libc::sockaddr_ll);
+                        let mut m = [0u8; 6];
+                        m.copy_from_slice(&ll.sll_addr[..6]);
+                        mac = Some(m);
+                    }
+                    libc::AF_INET => {
+                        let sin = &*(a.ifa_addr as *const libc::sockaddr_in);
+                        ip = Some(u32::from_be(sin.sin_addr.s_addr).to_be_bytes());
+                    }
+                    _ => {}
+                }
+            }
+            cur = a.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    let (Some(mac), Some(ip)) = (mac, ip) else {
+        return Err(std::io::Error::other("eth0 has no MAC or IPv4 address"));
+    };
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) } as i32;
+    if ifindex == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut frame = Vec::with_capacity(42);
+    frame.extend([0xff; 6]);
+    frame.extend(mac);
+    frame.extend([0x08, 0x06, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]);
+    frame.extend(mac);
+    frame.extend(ip);
+    frame.extend([0; 6]);
+    frame.extend(target.octets());
+    let mut replies = Vec::new();
+    // SAFETY: a packet socket we own and close; buffers and address structures
+    // are fully initialised and their sizes passed.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW,
+            i32::from(0x0806u16.to_be()),
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = 0x0806u16.to_be();
+        sll.sll_ifindex = ifindex;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        let bound = libc::bind(fd, (&sll as *const libc::sockaddr_ll).cast(), len);
+        let sent = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            len,
+        );
+        if bound != 0 || sent < 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        let end = Instant::now() + wait;
+        let mut buf = [0u8; 128];
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            let tv = libc::timeval {
+                tv_sec: left.as_secs() as i64,
+                tv_usec: i64::from(left.subsec_micros().max(1)),
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+            if n < 0 {
+                break;
+            }
+            let f = &buf[..n as usize];
+            // An ARP reply (operation 2) whose sender address is the target.
+            if f.len() >= 42
+                && f[12..14] == [0x08, 0x06]
+                && f[20..22] == [0, 2]
+                && f[28..32] == target.octets()
+            {
+                let m = &f[22..28];
+                replies.push(
+                    m.iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                );
+            }
+        }
+        libc::close(fd);
+    }
+    Ok(replies)
 }

@@ -2,11 +2,20 @@
 //! wire format for v1 Services, discovery.k8s.io/v1 EndpointSlices and v1 Nodes
 //! (JSON lists with a resourceVersion; watch streams of newline-delimited events
 //! with bookmarks; `410 Gone` for a resourceVersion older than the compaction
-//! point), plus what a test needs to stage trouble: an outage (every request gets
-//! 503, open watches are cut) and a compaction that sends watchers back to relist.
+//! point); coordination.k8s.io/v1 Leases with get / create / replace, where a
+//! replace carrying an old resourceVersion gets `409 Conflict` and a create of an
+//! existing one `409 AlreadyExists`, as the API server's compare-and-swap; Service
+//! status written through the status subresource (JSON merge patch, conditional on
+//! a resourceVersion it carries); and what a test needs to stage trouble: an outage
+//! (every request gets 503, open watches are cut) and a compaction that sends
+//! watchers back to relist.
 //!
 //! It listens on 127.0.0.1 of the namespace it is started in (the node's, where
-//! the agent runs), served by a runtime on a thread of its own.
+//! the agent runs), or on an address of a LAN every node reaches, served by a
+//! runtime on a thread of its own.
+
+// Each test crate that includes it uses a part.
+#![allow(dead_code)]
 
 use std::{
     collections::BTreeMap,
@@ -19,10 +28,10 @@ use std::{
 use axum::{
     Router,
     body::{Body, Bytes},
-    extract::{Query, State},
+    extract::{Path, Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, patch},
 };
 use lb_tests::{Netns, topology::InNetns};
 use serde_json::{Value, json};
@@ -58,6 +67,8 @@ struct Inner {
     /// List requests served (any kind): a change that reaches a client with no new
     /// list came through a watch event.
     lists: u64,
+    /// Writes clients made (lease and status writes).
+    writes: u64,
     down: bool,
     /// Bumped to cut every open watch.
     epoch: u64,
@@ -87,6 +98,21 @@ struct Params {
     watch: Option<String>,
     resource_version: Option<String>,
     timeout_seconds: Option<u64>,
+    label_selector: Option<String>,
+}
+
+/// Whether `obj` lies in `namespace` (None: any) and has every `k=v` of `selector`.
+fn selected(obj: &Value, namespace: Option<&str>, selector: Option<&str>) -> bool {
+    let m = &obj["metadata"];
+    namespace.is_none_or(|ns| m["namespace"].as_str() == Some(ns))
+        && selector
+            .into_iter()
+            .flat_map(|s| s.split(','))
+            .filter(|t| !t.is_empty())
+            .all(|term| match term.split_once('=') {
+                Some((k, v)) => m["labels"][k].as_str() == Some(v),
+                None => !m["labels"][term].is_null(),
+            })
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -98,24 +124,39 @@ async fn collection(
     State((shared, kind, api_version)): State<(Shared, &'static str, &'static str)>,
     Query(p): Query<Params>,
 ) -> Response {
+    list_or_watch(shared, kind, api_version, None, p).await
+}
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(status(503, "ServiceUnavailable", "the API server is down")),
+    )
+        .into_response()
+}
+
+async fn list_or_watch(
+    shared: Shared,
+    kind: &'static str,
+    api_version: &'static str,
+    namespace: Option<String>,
+    p: Params,
+) -> Response {
+    let (ns, sel) = (namespace.as_deref(), p.label_selector.as_deref());
     let watch = matches!(p.watch.as_deref(), Some("true" | "1"));
     let (inner, events) = &*shared;
     let mut rx = events.subscribe();
     let (rv, backlog, epoch) = {
         let mut g = inner.lock().unwrap();
         if g.down {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(status(503, "ServiceUnavailable", "the API server is down")),
-            )
-                .into_response();
+            return unavailable();
         }
         if !watch {
             g.lists += 1;
             let items: Vec<Value> = g
                 .objects
                 .iter()
-                .filter(|((k, _), _)| k == kind)
+                .filter(|((k, _), v)| k == kind && selected(v, ns, sel))
                 .map(|(_, v)| v.clone())
                 .collect();
             let list = json!({"apiVersion": api_version, "kind": format!("{kind}List"),
@@ -137,13 +178,14 @@ async fn collection(
         let backlog: Vec<Value> = g
             .log
             .iter()
-            .filter(|e| e.rv > from && e.kind == kind)
+            .filter(|e| e.rv > from && e.kind == kind && selected(&e.object, ns, sel))
             .map(|e| json!({"type": e.ty, "object": e.object}))
             .collect();
         (g.rv, backlog, g.epoch)
     };
     let _ = rv;
     let (tx, out) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+    let (ns, sel) = (namespace, p.label_selector);
     let shared2 = shared.clone();
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(290).min(290));
     tokio::spawn(async move {
@@ -157,7 +199,7 @@ async fn collection(
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Ok(e) if e.kind == kind => {
+                    Ok(e) if e.kind == kind && selected(&e.object, ns.as_deref(), sel.as_deref()) => {
                         let line = json!({"type": e.ty, "object": e.object});
                         if tx.send(Ok(line_bytes(&line))).await.is_err() { return; }
                     }
@@ -203,12 +245,224 @@ fn stream_response(
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// JSON merge patch (RFC 7386).
+fn merge(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().unwrap();
+    for (k, v) in fields {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+fn failure(code: u16, reason: &str, message: String) -> Response {
+    (
+        StatusCode::from_u16(code).unwrap(),
+        axum::Json(status(code, reason, &message)),
+    )
+        .into_response()
+}
+
+/// How a write finds what it writes over.
+enum Write {
+    /// A new object: 409 AlreadyExists when there is one.
+    Create,
+    /// A whole object: 404 when there is none, 409 Conflict when its
+    /// resourceVersion (if any) is not the current one.
+    Replace,
+    /// A merge patch of the status: the same checks; only `status` changes.
+    Status,
+}
+
+/// Applies a write from a client under the store's lock, as the API server's
+/// compare-and-swap does; the object written (with its new resourceVersion) or the
+/// Status error.
+fn client_write(shared: &Shared, kind: &str, key: String, body: Value, how: Write) -> Response {
+    let (inner, events) = &**shared;
+    let mut g = inner.lock().unwrap();
+    if g.down {
+        return unavailable();
+    }
+    let current = g.objects.get(&(kind.to_string(), key.clone())).cloned();
+    let sent_rv = body["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_string);
+    let name = key.rsplit('/').next().unwrap_or("").to_string();
+    let mut obj = match (&how, current) {
+        (Write::Create, Some(_)) => {
+            return failure(
+                409,
+                "AlreadyExists",
+                format!("{kind}s \"{name}\" already exists"),
+            );
+        }
+        (Write::Create, None) => body,
+        (_, None) => return failure(404, "NotFound", format!("{kind}s \"{name}\" not found")),
+        (_, Some(cur)) => {
+            if sent_rv
+                .as_deref()
+                .is_some_and(|rv| Some(rv) != cur["metadata"]["resourceVersion"].as_str())
+            {
+                return failure(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {kind}s \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                    ),
+                );
+            }
+            match how {
+                Write::Status => {
+                    let mut next = cur.clone();
+                    merge(
+                        &mut next["status"],
+                        body.get("status").unwrap_or(&Value::Null),
+                    );
+                    next
+                }
+                _ => body,
+            }
+        }
+    };
+    g.rv += 1;
+    let rv = g.rv;
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let ty = if g
+        .objects
+        .insert((kind.to_string(), key), obj.clone())
+        .is_some()
+    {
+        "MODIFIED"
+    } else {
+        "ADDED"
+    };
+    let e = Event {
+        rv,
+        kind: kind.to_string(),
+        ty,
+        object: obj.clone(),
+    };
+    g.log.push(e.clone());
+    let _ = events.send(e);
+    g.writes += 1;
+    let code = if matches!(how, Write::Create) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (code, axum::Json(obj)).into_response()
+}
+
+fn bad_body(e: serde_json::Error) -> Response {
+    failure(400, "BadRequest", format!("the body is not JSON: {e}"))
+}
+
+const LEASE: (&str, &str) = ("Lease", "coordination.k8s.io/v1");
+
+async fn leases(
+    State(shared): State<Shared>,
+    Path(ns): Path<String>,
+    Query(p): Query<Params>,
+) -> Response {
+    list_or_watch(shared, LEASE.0, LEASE.1, Some(ns), p).await
+}
+
+async fn lease_create(
+    State(shared): State<Shared>,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut obj: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad_body(e),
+    };
+    obj["metadata"]["namespace"] = json!(ns);
+    obj["kind"] = json!(LEASE.0);
+    obj["apiVersion"] = json!(LEASE.1);
+    let key = key_of(&obj);
+    client_write(&shared, LEASE.0, key, obj, Write::Create)
+}
+
+async fn lease_get(
+    State(shared): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let g = shared.0.lock().unwrap();
+    if g.down {
+        return unavailable();
+    }
+    match g
+        .objects
+        .get(&(LEASE.0.to_string(), format!("{ns}/{name}")))
+    {
+        Some(o) => axum::Json(o.clone()).into_response(),
+        None => failure(
+            404,
+            "NotFound",
+            format!("leases.coordination.k8s.io \"{name}\" not found"),
+        ),
+    }
+}
+
+async fn lease_replace(
+    State(shared): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut obj: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad_body(e),
+    };
+    obj["metadata"]["namespace"] = json!(ns);
+    obj["metadata"]["name"] = json!(name);
+    obj["kind"] = json!(LEASE.0);
+    obj["apiVersion"] = json!(LEASE.1);
+    client_write(
+        &shared,
+        LEASE.0,
+        format!("{ns}/{name}"),
+        obj,
+        Write::Replace,
+    )
+}
+
+async fn service_status(
+    State(shared): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    match serde_json::from_slice(&body) {
+        Ok(patch) => client_write(
+            &shared,
+            "Service",
+            format!("{ns}/{name}"),
+            patch,
+            Write::Status,
+        ),
+        Err(e) => bad_body(e),
+    }
+}
+
 impl FakeApi {
     /// Starts serving on 127.0.0.1 (an ephemeral port) inside `ns`.
     pub fn start(ns: &Netns) -> Self {
+        Self::start_on(ns, "127.0.0.1")
+    }
+
+    /// Starts serving on `ip` (an ephemeral port) inside `ns`.
+    pub fn start_on(ns: &Netns, ip: &str) -> Self {
         let listener = {
-            let _in = InNetns::enter(ns).expect("enter the node namespace");
-            std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fake API server")
+            let _in = InNetns::enter(ns).expect("enter the API server's namespace");
+            std::net::TcpListener::bind((ip, 0)).expect("bind the fake API server")
         };
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -230,6 +484,19 @@ impl FakeApi {
                         get(collection).with_state((s2.clone(), kind, api_version)),
                     );
                 }
+                app = app
+                    .route(
+                        "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+                        get(leases).post(lease_create).with_state(s2.clone()),
+                    )
+                    .route(
+                        "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+                        get(lease_get).put(lease_replace).with_state(s2.clone()),
+                    )
+                    .route(
+                        "/api/v1/namespaces/{ns}/services/{name}/status",
+                        patch(service_status).with_state(s2.clone()),
+                    );
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async {
@@ -315,6 +582,17 @@ impl FakeApi {
         g.compacted = g.rv;
         g.log.clear();
         g.epoch += 1;
+    }
+
+    /// The object of `kind` named `namespace/name` (`/name` for cluster-scoped ones).
+    pub fn object(&self, kind: &str, key: &str) -> Option<Value> {
+        let g = self.shared.0.lock().unwrap();
+        g.objects.get(&(kind.to_string(), key.to_string())).cloned()
+    }
+
+    /// Writes clients made so far.
+    pub fn writes(&self) -> u64 {
+        self.shared.0.lock().unwrap().writes
     }
 
     /// List requests served so far.

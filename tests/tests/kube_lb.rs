@@ -1,0 +1,470 @@
+//! Kubernetes mode's LoadBalancer across nodes: addresses of `--lb-pool` written to
+//! the services' status by one agent, each address announced by the holder of its
+//! Lease, failover when a holder stops or dies, and never two nodes answering ARP
+//! for an address when the API server goes away or one node loses it. The API
+//! server (`fakeapi`, with Leases and the status subresource) sits on the LAN the
+//! nodes share, as a real one is another machine; who answers ARP is asked from the
+//! laptop, as its neighbours would.
+
+mod fakeapi;
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use fakeapi::FakeApi;
+use lb_tests::{
+    Netns, Topology,
+    lbctl::{Lb, podserver_bin},
+    require_root,
+    topology::{
+        mac_text,
+        multinode::{self, Lan, node_ip, pod_ip},
+    },
+};
+use serde_json::{Value, json};
+
+/// The API server's address on the LAN's bridge (outside the pool).
+const API_IP: &str = "192.168.1.250";
+const POOL: &str = "192.168.1.240/29";
+/// The pool's first usable address.
+const LB_IP: &str = "192.168.1.241";
+
+struct Cluster {
+    t: Topology,
+    lan: Lan,
+    lb: Lb,
+    api: FakeApi,
+    /// Each node's uplink MAC.
+    macs: Vec<String>,
+}
+
+/// A LoadBalancer service as the API server holds it (ClusterIP and nodePort
+/// allocated), port 80 to the pods' 8080; `spec` fields merged over it.
+fn service(name: &str, n: u8, spec: Value) -> Value {
+    let mut s = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+        "spec": {
+            "type": "LoadBalancer",
+            "clusterIP": format!("10.96.0.{}", 80 + n),
+            "clusterIPs": [format!("10.96.0.{}", 80 + n)],
+            "selector": {"app": "web"},
+            "externalTrafficPolicy": "Cluster",
+            "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP",
+                "nodePort": 30080 + u32::from(n)}],
+        },
+    });
+    for (k, v) in spec.as_object().unwrap() {
+        s["spec"][k] = v.clone();
+    }
+    s
+}
+
+/// `svc`'s EndpointSlice: the first pod of each node in `nodes`, ready.
+fn slice(svc: &str, nodes: &[usize]) -> Value {
+    let endpoints: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            json!({"addresses": [pod_ip(*n, 0)], "nodeName": format!("node{}", n + 1),
+                "conditions": {"ready": true, "serving": true, "terminating": false}})
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{svc}-1"), "namespace": "default",
+            "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+    })
+}
+
+/// `nodes` nodes with one pod each (answering `nNp0` on TCP 8080), the API server
+/// on the LAN holding their Node objects and `objects`, an agent on every node
+/// following it with `--lb-pool POOL` and `args`.
+fn cluster(tag: &str, nodes: usize, objects: &[Value], args: &[&str]) -> Cluster {
+    require_root();
+    let mut t = Topology::new(tag).unwrap();
+    let lan = multinode::lan(&mut t, nodes, 1).unwrap();
+    t.ip(
+        &lan.lan,
+        &["addr", "add", &format!("{API_IP}/24"), "dev", "br0"],
+    )
+    .unwrap();
+    let api = FakeApi::start_on(&lan.lan, API_IP);
+    let server = podserver_bin().display().to_string();
+    let mut macs = Vec::new();
+    for (n, node) in lan.nodes.iter().enumerate() {
+        let text = format!("n{}p0", n + 1);
+        t.spawn(
+            &lan.pods[n][0],
+            &text.clone(),
+            &[&server, "--text", &text, "--tcp", "8080"],
+            &[],
+        )
+        .unwrap();
+        api.put(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": format!("node{}", n + 1)},
+            "spec": {"podCIDR": format!("10.244.{n}.0/24"), "podCIDRs": [format!("10.244.{n}.0/24")]},
+            "status": {"addresses": [{"type": "InternalIP", "address": node_ip(n)}]},
+        }));
+        macs.push(mac_text(t.mac(node, "eth0").unwrap()));
+    }
+    for o in objects {
+        api.put(o.clone());
+    }
+    let kubeconfig = t.dir().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let lb = Lb::new(&mut t).unwrap();
+    let kubeconfig = kubeconfig.display().to_string();
+    let mut argv = vec!["--kubeconfig", &kubeconfig, "--lb-pool", POOL];
+    argv.extend_from_slice(args);
+    for (n, node) in lan.nodes.clone().iter().enumerate() {
+        lb.start_agent_with(&mut t, node, &format!("node{}", n + 1), &["eth0"], &argv)
+            .unwrap();
+    }
+    Cluster {
+        t,
+        lan,
+        lb,
+        api,
+        macs,
+    }
+}
+
+fn diagnostics(c: &Cluster) -> String {
+    (1..=c.lan.nodes.len())
+        .map(|n| c.lb.diagnostics(&c.t, &format!("node{n}")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn lbclient(c: &Cluster, ns: &Netns, args: &[&str]) -> Vec<String> {
+    lb_tests::cluster::lbclient_in(&c.t, ns, args)
+}
+
+/// The nodes (indexes) that answer a broadcast ARP request for `ip` from the
+/// laptop within 80 ms.
+fn answering(c: &Cluster, ip: &str) -> Vec<usize> {
+    let out = lbclient(c, &c.lan.laptop, &["arp", &format!("{ip}:0"), "80"]);
+    assert!(
+        out.last().is_some_and(|l| l.starts_with("END")),
+        "arp: {out:?}"
+    );
+    out.iter()
+        .filter_map(|l| l.strip_prefix("MAC "))
+        .map(|m| {
+            c.macs
+                .iter()
+                .position(|x| x == m)
+                .unwrap_or_else(|| panic!("{m} is no node's MAC: {out:?}"))
+        })
+        .collect()
+}
+
+/// The holder of the lease for `ip`, as the API server has it.
+fn holder(c: &Cluster, ip: &str) -> Option<String> {
+    let name = format!("kube-system/lb-l2-{}", ip.replace('.', "-"));
+    let lease = c.api.object("Lease", &name)?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+}
+
+/// `status.loadBalancer.ingress[0].ip` of service `name`.
+fn ingress(c: &Cluster, name: &str) -> Option<String> {
+    let svc = c.api.object("Service", &format!("default/{name}"))?;
+    svc["status"]["loadBalancer"]["ingress"][0]["ip"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Waits until exactly one node answers ARP for `ip` and holds its lease (and it is
+/// not one of `not`); every sample on the way must show at most one answering.
+fn one_holder(c: &Cluster, ip: &str, not: &[usize], within: Duration) -> usize {
+    let found = Topology::wait_for(within, || {
+        let a = answering(c, ip);
+        assert!(
+            a.len() <= 1,
+            "two nodes answer ARP for {ip}: {a:?}\n{}",
+            diagnostics(c)
+        );
+        let n = *a.first()?;
+        (!not.contains(&n) && holder(c, ip).as_deref() == Some(&format!("node{}", n + 1)))
+            .then_some(n)
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no single node (other than {not:?}) answers ARP for {ip} and holds its lease (holder {:?})\n{}",
+            holder(c, ip),
+            diagnostics(c)
+        )
+    })
+}
+
+/// The pods that answered 10 requests from the laptop to `addr`, failing on any error.
+fn served_by(c: &Cluster, addr: &str) -> BTreeSet<String> {
+    lbclient(c, &c.lan.laptop, &["tcp", addr, "10"])
+        .into_iter()
+        .map(|a| {
+            assert!(!a.starts_with("ERR"), "{addr}: {a}\n{}", diagnostics(c));
+            a.split_whitespace().next().unwrap_or("").to_string()
+        })
+        .collect()
+}
+
+/// Samples who answers ARP for `ip` every 100 ms for `secs`, asserting never two.
+fn never_two(c: &Cluster, ip: &str, d: Duration) -> Vec<(Duration, Vec<usize>)> {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while start.elapsed() < d {
+        let a = answering(c, ip);
+        assert!(
+            a.len() <= 1,
+            "two nodes answer ARP for {ip}: {a:?}\n{}",
+            diagnostics(c)
+        );
+        seen.push((start.elapsed(), a));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    seen
+}
+
+#[test]
+fn addresses_come_from_the_pool_through_the_status_subresource() {
+    let objects = [
+        service("front", 0, json!({})),
+        slice("front", &[0, 1]),
+        service("asks", 1, json!({"loadBalancerIP": "192.168.1.244"})),
+        slice("asks", &[0]),
+        service("theirs", 2, json!({"loadBalancerClass": "example.com/lb"})),
+    ];
+    let c = cluster("klbipam", 2, &objects, &[]);
+    let assigned = Topology::wait_for(Duration::from_secs(10), || {
+        Some((ingress(&c, "front")?, ingress(&c, "asks")?))
+    })
+    .unwrap_or_else(|| panic!("no addresses written\n{}", diagnostics(&c)));
+    assert_eq!(assigned, (LB_IP.to_string(), "192.168.1.244".to_string()));
+    let ipam = c
+        .api
+        .object("Lease", "kube-system/lb-ipam")
+        .expect("the lb-ipam lease");
+    assert!(
+        ipam["spec"]["holderIdentity"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("node")),
+        "{ipam}"
+    );
+    assert_eq!(
+        ingress(&c, "theirs"),
+        None,
+        "another class's service is not lb's"
+    );
+
+    // Through the address, from the laptop: both nodes' pods answer.
+    let addr = format!("{LB_IP}:80");
+    one_holder(&c, LB_IP, &[], Duration::from_secs(10));
+    let by = Topology::wait_for(Duration::from_secs(10), || {
+        let by = served_by(&c, &addr);
+        (by.len() == 2).then_some(by)
+    });
+    assert!(by.is_some(), "not served by both pods\n{}", diagnostics(&c));
+
+    // No longer a LoadBalancer: its address is taken back (the user's write keeps
+    // the status, as a write of the main resource does), and no node announces it.
+    let mut asks = c.api.object("Service", "default/asks").unwrap();
+    asks["spec"]["type"] = json!("ClusterIP");
+    asks["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    c.api.put(asks);
+    let gone = Topology::wait_for(Duration::from_secs(10), || {
+        (ingress(&c, "asks").is_none() && answering(&c, "192.168.1.244").is_empty()).then_some(())
+    });
+    assert!(gone.is_some(), "192.168.1.244 kept\n{}", diagnostics(&c));
+}
+
+#[test]
+fn the_lease_holder_announces_and_another_node_takes_over_when_it_stops_or_dies() {
+    let objects = [service("front", 0, json!({})), slice("front", &[0, 1, 2])];
+    let mut c = cluster("klbfail", 3, &objects, &[]);
+    Topology::wait_for(Duration::from_secs(10), || ingress(&c, "front"))
+        .unwrap_or_else(|| panic!("no address written\n{}", diagnostics(&c)));
+    let first = one_holder(&c, LB_IP, &[], Duration::from_secs(10));
+    let addr = format!("{LB_IP}:80");
+    assert!(
+        Topology::wait_for(Duration::from_secs(10), || (served_by(&c, &addr).len()
+            == 3)
+            .then_some(()))
+        .is_some(),
+        "pods on every node answer through the address\n{}",
+        diagnostics(&c)
+    );
+
+    // SIGTERM: the holder lets the address go and releases its lease; another node
+    // takes it at its next round.
+    c.t.stop(&format!("agent-node{}", first + 1));
+    let stopped = Instant::now();
+    let second = one_holder(&c, LB_IP, &[first], Duration::from_secs(5));
+    let took = stopped.elapsed();
+    eprintln!(
+        "LoadBalancer failover through a Lease (SIGTERM): node {} -> node {} in {took:?}",
+        first + 1,
+        second + 1
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "failover after a clean stop took {took:?}"
+    );
+
+    // SIGKILL, as a crash: no release; the lease runs out (1 s) and the last node
+    // takes it. The laptop is checked every 100 ms until its requests reach the new
+    // node (its counters take the new connections).
+    let last = (0..3).find(|n| *n != first && *n != second).unwrap();
+    c.t.kill(&format!("agent-node{}", second + 1));
+    let killed = Instant::now();
+    let mut through = None;
+    while killed.elapsed() < Duration::from_secs(10) {
+        if holder(&c, LB_IP).as_deref() == Some(&format!("node{}", last + 1)) {
+            let before = verdict(&c, last, "nat_new_flow");
+            let ok = lbclient(&c, &c.lan.laptop, &["tcp", &addr, "1"]);
+            if ok.iter().all(|a| !a.starts_with("ERR"))
+                && verdict(&c, last, "nat_new_flow") > before
+            {
+                through = Some(killed.elapsed());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = through.unwrap_or_else(|| {
+        panic!(
+            "node {} never took over from the killed node {}\n{}",
+            last + 1,
+            second + 1,
+            diagnostics(&c)
+        )
+    });
+    eprintln!(
+        "LoadBalancer failover through a Lease (SIGKILL): node {} -> node {}: traffic through it after {took:?}",
+        second + 1,
+        last + 1
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "failover after a crash took {took:?} (goal 2 s)"
+    );
+}
+
+fn verdict(c: &Cluster, node: usize, reason: &str) -> u64 {
+    let out =
+        c.lb.ok(&[
+            "stats",
+            "--bpffs",
+            &c.lb.bpffs.display().to_string(),
+            "--node-name",
+            &format!("node{}", node + 1),
+        ])
+        .unwrap();
+    out.lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(reason)).then(|| f.next().and_then(|n| n.parse().ok()))?
+        })
+        .unwrap_or_else(|| panic!("no {reason} in\n{out}"))
+}
+
+#[test]
+fn never_two_holders_when_the_api_server_goes_away_or_leaves_one_node() {
+    let objects = [service("front", 0, json!({})), slice("front", &[0, 1, 2])];
+    let c = cluster("klbsplit", 3, &objects, &[]);
+    Topology::wait_for(Duration::from_secs(10), || ingress(&c, "front"))
+        .unwrap_or_else(|| panic!("no address written\n{}", diagnostics(&c)));
+    let first = one_holder(&c, LB_IP, &[], Duration::from_secs(10));
+
+    // The API server down for everyone: the holder keeps announcing until its lease
+    // would run out, then steps down; nobody can take it meanwhile.
+    c.api.set_down(true);
+    let down = Instant::now();
+    let seen = never_two(&c, LB_IP, Duration::from_secs(3));
+    let last_answer = seen
+        .iter()
+        .rev()
+        .find(|(_, a)| !a.is_empty())
+        .map(|(t, _)| *t);
+    eprintln!(
+        "API outage: node {} answered until {last_answer:?}",
+        first + 1
+    );
+    assert!(
+        seen.iter().all(|(_, a)| a.is_empty() || a == &[first]),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().rev().take(5).all(|(_, a)| a.is_empty()),
+        "still announced 3 s into the outage (the lease lasts 1 s): {seen:?}"
+    );
+    assert!(down.elapsed() >= Duration::from_secs(3));
+    c.api.set_down(false);
+    let back = one_holder(&c, LB_IP, &[], Duration::from_secs(10));
+
+    // One node cut from the API server (its packets to it dropped): it steps down
+    // when its lease would run out; another takes over once it has; the two never
+    // answer at once, and when the cut heals the new holder keeps the address.
+    c.t.ip(
+        &c.lan.nodes[back],
+        &["route", "add", "blackhole", &format!("{API_IP}/32")],
+    )
+    .unwrap();
+    let cut = Instant::now();
+    let other = one_holder(&c, LB_IP, &[back], Duration::from_secs(10));
+    eprintln!(
+        "node {} cut from the API: node {} answers after {:?}",
+        back + 1,
+        other + 1,
+        cut.elapsed()
+    );
+    c.t.ip(
+        &c.lan.nodes[back],
+        &["route", "del", "blackhole", &format!("{API_IP}/32")],
+    )
+    .unwrap();
+    let seen = never_two(&c, LB_IP, Duration::from_secs(3));
+    assert!(
+        seen.iter().all(|(_, a)| a == &[other]),
+        "after the cut healed: {seen:?}"
+    );
+    assert_eq!(holder(&c, LB_IP), Some(format!("node{}", other + 1)));
+}
+
+#[test]
+fn with_external_traffic_policy_local_only_a_node_with_a_ready_endpoint_holds_the_address() {
+    let objects = [
+        service(
+            "front",
+            0,
+            json!({"externalTrafficPolicy": "Local", "healthCheckNodePort": 32100}),
+        ),
+        slice("front", &[2]),
+    ];
+    let c = cluster("klblocal", 3, &objects, &[]);
+    Topology::wait_for(Duration::from_secs(10), || ingress(&c, "front"))
+        .unwrap_or_else(|| panic!("no address written\n{}", diagnostics(&c)));
+    assert_eq!(one_holder(&c, LB_IP, &[0, 1], Duration::from_secs(10)), 2);
+    let addr = format!("{LB_IP}:80");
+    assert_eq!(served_by(&c, &addr), BTreeSet::from(["n3p0".to_string()]));
+    // The endpoint moves to node 2: so does the address.
+    c.api.put(slice("front", &[1]));
+    assert_eq!(one_holder(&c, LB_IP, &[0, 2], Duration::from_secs(10)), 1);
+    let served = Topology::wait_for(Duration::from_secs(10), || {
+        let by = served_by(&c, &addr);
+        (by == BTreeSet::from(["n2p0".to_string()])).then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "not served by node 2's pod\n{}",
+        diagnostics(&c)
+    );
+}
