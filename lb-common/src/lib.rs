@@ -60,8 +60,18 @@ pub struct RateBucket {
 }
 const _: () = assert!(size_of::<RateBucket>() == 16);
 
+/// `LB_ARP_HOLD`: LoadBalancer address (`u32`, network order) -> until when
+/// (CLOCK_MONOTONIC nanoseconds, as `bpf_ktime_get_ns`) this node may send ARP
+/// about it. The agent that announces an address keeps its time a little short of
+/// its lease (or heartbeat) running out; past it, TC egress drops every ARP frame
+/// whose sender address it is (the kernel's replies for the address still on the
+/// uplink included), so a crashed or frozen agent's node falls silent before
+/// another node takes the address over. Addresses not in the map are not lb's.
+pub const MAP_ARP_HOLD: &str = "LB_ARP_HOLD";
+pub const MAX_ARP_HOLD: u32 = 4096;
+
 /// Every map lb pins, so the agent can adopt or remove them as a set.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -74,6 +84,7 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_SOCK_REVNAT,
     MAP_PORTS,
     MAP_FRAGS,
+    MAP_ARP_HOLD,
 ];
 
 /// Settings of the benchmark-only programs, never pinned: `LB_BENCH[i]`.
@@ -600,7 +611,11 @@ pub mod reason {
     /// unreachable" while the ICMP rate limit is spent: dropped unanswered, as the
     /// kernel drops what its REJECT may not answer.
     pub const DROP_REJECT_LIMITED: u32 = 29;
-    pub const COUNT: u32 = 30;
+    /// TC egress: ARP about a LoadBalancer address this node no longer holds (its
+    /// agent let its lease or heartbeat run out: crashed, frozen or cut off): dropped,
+    /// so only the holder answers for it.
+    pub const DROP_ARP_NOT_HOLDER: u32 = 30;
+    pub const COUNT: u32 = 31;
 
     /// Names for people, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -634,6 +649,7 @@ pub mod reason {
         "nat_related",
         "drop_bad_checksum",
         "drop_reject_limited",
+        "drop_arp_not_holder",
     ];
 }
 

@@ -2,7 +2,7 @@
 //! read), the coarse monotonic clock in nanoseconds otherwise. Timestamps in maps
 //! are in this clock's ticks; timeouts are given in seconds and scaled here.
 
-use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 
 use crate::maps::LB_CLOCK;
 
@@ -30,6 +30,14 @@ pub fn now() -> u64 {
             bpf_jiffies64()
         }
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock the agent reads as well (for deadlines
+/// it writes, as `LB_ARP_HOLD`'s).
+#[inline(always)]
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: a helper with no preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// `secs` seconds, in ticks.

@@ -3,6 +3,7 @@
 //! benchmarks' generator, hops and sinks, loaded only by `cargo xtask bench`).
 #![no_std]
 
+pub mod arp;
 pub mod clock;
 pub mod conntrack;
 pub mod csum;

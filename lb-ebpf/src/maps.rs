@@ -9,8 +9,8 @@ use aya_ebpf::{
 use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, DEFAULT_AFFINITY,
     DEFAULT_BACKENDS, DEFAULT_CONNTRACK, DEFAULT_FRONTENDS, FlowKey, FragKey, FragValue,
-    IfaceValue, MAX_FRAGS, MAX_IFACES, MAX_REJECT_PEERS, MAX_SOCK_REVNAT, PORT_WORDS, RateBucket,
-    SCRATCH_LEN, ServiceKey, ServiceValue, SockRevKey, SockRevValue, reason,
+    IfaceValue, MAX_ARP_HOLD, MAX_FRAGS, MAX_IFACES, MAX_REJECT_PEERS, MAX_SOCK_REVNAT, PORT_WORDS,
+    RateBucket, SCRATCH_LEN, ServiceKey, ServiceValue, SockRevKey, SockRevValue, reason,
 };
 
 #[map]
@@ -33,6 +33,11 @@ pub static LB_CT_ASSURED: HashMap<FlowKey, CtValue> =
 /// The clock, for the agent's sweep of expired assured flows.
 #[map]
 pub static LB_CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Until when this node may send ARP about each LoadBalancer address (see
+/// `lb_common::MAP_ARP_HOLD`).
+#[map]
+pub static LB_ARP_HOLD: HashMap<u32, u64> = HashMap::with_max_entries(MAX_ARP_HOLD, 0);
 
 #[map]
 pub static LB_IFACES: HashMap<u32, IfaceValue> = HashMap::with_max_entries(MAX_IFACES, 0);

@@ -93,6 +93,29 @@ pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
     Some(start as *mut T)
 }
 
+/// EtherType of ARP as it sits in the frame (network byte order).
+const ETH_P_ARP_BE: u16 = 0x0806u16.to_be();
+
+/// The sender protocol address (network order) of an Ethernet frame that is an
+/// IPv4-over-Ethernet ARP packet (request or reply); None for anything else.
+#[inline(always)]
+pub fn arp_sender(data: usize, data_end: usize) -> Option<u32> {
+    let eth: *const EthHdr = ptr_at(data, data_end, 0)?;
+    // SAFETY: ptr_at checked that the header lies inside the packet.
+    if unsafe { (*eth).ether_type } != ETH_P_ARP_BE {
+        return None;
+    }
+    // hardware type 1 (Ethernet), protocol 0x0800, lengths 6 and 4, then the
+    // operation, the sender's MAC and its IPv4 address.
+    let arp: *const [u8; 18] = ptr_at(data, data_end, EthHdr::LEN)?;
+    // SAFETY: as above, for the ARP header up to the sender's address.
+    let a = unsafe { *arp };
+    if a[..6] != [0, 1, 8, 0, 6, 4] {
+        return None;
+    }
+    Some(u32::from_ne_bytes([a[14], a[15], a[16], a[17]]))
+}
+
 /// Parses an Ethernet frame into a [`Packet`], or says (as a `reason`) why the
 /// packet is not one lb translates. `len`: the whole frame's length (at TC a socket
 /// buffer's data may go on past `data_end`, in pages).

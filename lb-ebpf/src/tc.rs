@@ -5,7 +5,8 @@
 //! to local pods (`deliver`), finishes SNAT flows XDP could not forward, and where
 //! no XDP runs (virtual uplinks) serves NodePort and LoadBalancer flows itself. At
 //! egress it translates replies back to the service address after the kernel has
-//! routed them.
+//! routed them, and lets ARP about a LoadBalancer address out only while this node
+//! holds it (`arp`).
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -14,7 +15,7 @@ use aya_ebpf::{
 use lb_common::reason;
 
 use crate::{
-    conntrack, deliver,
+    arp, conntrack, deliver,
     flow::{self, Forward, Hook, Verdict},
     frag, fwd, icmp, nat,
     reject::{self, Answer},
@@ -28,6 +29,11 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if hook == Hook::Ingress
         && let Some(verdict) = deliver::take(ctx, ifindex)
+    {
+        return verdict;
+    }
+    if hook == Hook::Egress
+        && let Some(verdict) = arp::egress(ctx)
     {
         return verdict;
     }

@@ -12,9 +12,9 @@ use aya::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtTimeouts, CtValue, FlowKey,
-    IfaceValue, MAP_AFFINITY, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CLOCK, MAP_CONNTRACK,
-    MAP_CT_ASSURED, MAP_IFACES, MAP_PORTS, MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, PORT_WORDS,
-    PROTO_UDP, ServiceKey, ServiceValue, reason,
+    IfaceValue, MAP_AFFINITY, MAP_ARP_HOLD, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CLOCK,
+    MAP_CONNTRACK, MAP_CT_ASSURED, MAP_IFACES, MAP_PORTS, MAP_SERVICES, MAP_STATS, MAP_SVC_STATS,
+    PORT_WORDS, PROTO_UDP, ServiceKey, ServiceValue, reason,
 };
 use tracing::{info, warn};
 
@@ -49,6 +49,48 @@ fn aya_err(
     move |error| MapsError::Aya { map, action, error }
 }
 
+/// `LB_ARP_HOLD`, opened from its pin by whoever announces LoadBalancer addresses:
+/// until when this node may send ARP about each (see `lb_common::MAP_ARP_HOLD`).
+pub struct ArpHolds(HashMap<MapData, u32, u64>);
+
+impl ArpHolds {
+    pub fn open_pinned(dir: &Path) -> Result<Self, MapsError> {
+        let map = MapData::from_pin(dir.join(MAP_ARP_HOLD))
+            .and_then(Map::from_map_data)
+            .map_err(aya_err(MAP_ARP_HOLD, "opening the pin"))?;
+        Ok(ArpHolds(
+            HashMap::try_from(map).map_err(aya_err(MAP_ARP_HOLD, "typing"))?,
+        ))
+    }
+
+    /// This node may send ARP about `ip` until `until` from now (zero: no longer).
+    pub fn hold(
+        &mut self,
+        ip: std::net::Ipv4Addr,
+        until: std::time::Duration,
+    ) -> Result<(), MapsError> {
+        let deadline = if until.is_zero() {
+            0
+        } else {
+            monotonic_ns() + until.as_nanos() as u64
+        };
+        self.0
+            .insert(u32::from_ne_bytes(ip.octets()), deadline, 0)
+            .map_err(aya_err(MAP_ARP_HOLD, "writing"))
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the kernel side's `bpf_ktime_get_ns`).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the structure it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, BackendKey, Backend>,
@@ -62,6 +104,8 @@ pub struct Maps {
     ports: Array<MapData, u64>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     stats: PerCpuArray<MapData, Counters>,
+    /// `LB_ARP_HOLD` (written by whoever announces LoadBalancer addresses).
+    pub arp_holds: ArpHolds,
     svc_stats: PerCpuArray<MapData, Counters>,
     backend_stats: PerCpuArray<MapData, Counters>,
 }
@@ -215,6 +259,7 @@ impl Maps {
             ports: typed(&mut get, MAP_PORTS)?,
             affinity: typed(&mut get, MAP_AFFINITY)?,
             stats: typed(&mut get, MAP_STATS)?,
+            arp_holds: ArpHolds(typed(&mut get, MAP_ARP_HOLD)?),
             svc_stats: typed(&mut get, MAP_SVC_STATS)?,
             backend_stats: typed(&mut get, MAP_BACKEND_STATS)?,
         })

@@ -2,7 +2,7 @@
 //! frame in, expected verdict reason, expected frame out). Output frames are compared
 //! byte for byte with frames built from scratch, so every checksum is checked.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
@@ -1613,4 +1613,105 @@ fn rejects_answer_no_packet_whose_checksum_is_wrong() {
         (TC_ACT_REDIRECT, "reject_no_backend"),
         "UDP without a checksum"
     );
+}
+
+/// An ARP frame from this node's uplink: operation (1 request, 2 reply) and the
+/// sender's address (a gratuitous request has it as the target too).
+fn arp_frame(op: u8, sender: &str, target: &str) -> Vec<u8> {
+    let mut f = packet::eth(0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, op]);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    f.extend_from_slice(&sender.parse::<Ipv4Addr>().unwrap().octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.parse::<Ipv4Addr>().unwrap().octets());
+    f
+}
+
+#[test]
+fn arp_about_a_load_balancer_address_leaves_only_while_this_node_holds_it() {
+    let mut dp = dataplane();
+    let (held, lapsed) = ("192.168.1.241", "192.168.1.242");
+    dp.maps
+        .arp_holds
+        .hold(held.parse().unwrap(), Duration::from_secs(60))
+        .unwrap();
+    dp.maps
+        .arp_holds
+        .hold(lapsed.parse().unwrap(), Duration::from_nanos(1))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1));
+    let pass = reason::PASS_NOT_IPV4;
+    let drop = reason::DROP_ARP_NOT_HOLDER;
+    let rows = [
+        (
+            "reply about a held address",
+            Prog::TcEgress,
+            arp_frame(2, held, CLIENT),
+            pass,
+        ),
+        (
+            "gratuitous ARP about a held address",
+            Prog::TcEgress,
+            arp_frame(1, held, held),
+            pass,
+        ),
+        (
+            "reply about an address whose hold ran out",
+            Prog::TcEgress,
+            arp_frame(2, lapsed, CLIENT),
+            drop,
+        ),
+        (
+            "gratuitous ARP about it",
+            Prog::TcEgress,
+            arp_frame(1, lapsed, lapsed),
+            drop,
+        ),
+        (
+            "a request from it",
+            Prog::TcEgress,
+            arp_frame(1, lapsed, CLIENT),
+            drop,
+        ),
+        (
+            "reply about the node's own address (not lb's)",
+            Prog::TcEgress,
+            arp_frame(2, NODE, CLIENT),
+            pass,
+        ),
+        (
+            "ARP coming in about the lapsed address: not ours to stop",
+            Prog::TcIngress,
+            arp_frame(2, lapsed, CLIENT),
+            pass,
+        ),
+        (
+            "XDP: ARP passes",
+            Prog::Xdp,
+            arp_frame(2, lapsed, CLIENT),
+            pass,
+        ),
+    ];
+    for (what, prog, frame, want) in rows {
+        let (ret, out, moved) = run(&mut dp, prog, &frame);
+        let want_ret = match (prog, want) {
+            (Prog::Xdp, _) => XDP_PASS,
+            (_, reason::DROP_ARP_NOT_HOLDER) => TC_ACT_SHOT,
+            _ => TC_UNSPEC,
+        };
+        assert_eq!(ret, want_ret, "{what}: return value");
+        assert_eq!(
+            reason::NAMES[moved as usize],
+            reason::NAMES[want as usize],
+            "{what}: reason"
+        );
+        assert_eq!(out, frame, "{what}: the frame is never changed");
+    }
+    // Held again (the agent renewed it): it leaves again.
+    dp.maps
+        .arp_holds
+        .hold(lapsed.parse().unwrap(), Duration::from_secs(60))
+        .unwrap();
+    let (ret, _, moved) = run(&mut dp, Prog::TcEgress, &arp_frame(2, lapsed, CLIENT));
+    assert_eq!((ret, moved), (TC_UNSPEC, reason::PASS_NOT_IPV4));
 }
