@@ -266,6 +266,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 services,
                 generation,
                 kube_lb::Options {
+                    pins: pins.clone(),
                     namespace: opts.leases.namespace.clone(),
                     node: opts.node_name.clone(),
                     iface: opts.ifaces[0].clone(),
@@ -299,7 +300,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         published: None,
         store_dir: opts.store.clone(),
         known_routes: None,
-        announcer: Announcer::new(&opts.store, &opts.node_name, &opts.ifaces[0]),
+        announcer: Announcer::new(&opts.store, &opts.node_name, &opts.ifaces[0], &pins),
         kube_lb,
         lb_pools: opts.lb_pools.clone(),
         local_ready: BTreeMap::new(),

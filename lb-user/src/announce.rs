@@ -30,8 +30,15 @@ pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
 /// cache, and the previous node's pinned data plane still forwards).
 pub const CLAIM_AFTER: Duration = Duration::from_secs(2);
 
+/// How long after a heartbeat this node may send ARP about its addresses: short
+/// of [`HEARTBEAT_TTL`], after which the others take them over.
+pub const HOLD: Duration = Duration::from_millis(2500);
+
 pub struct Announcer {
     dir: PathBuf,
+    /// `LB_ARP_HOLD` (None: it could not be opened; the kernel then answers for a
+    /// crashed agent's addresses until it is restarted).
+    holds: Option<crate::maps::ArpHolds>,
     node: String,
     iface: String,
     held: BTreeSet<Ipv4Addr>,
@@ -68,9 +75,12 @@ pub fn ranking(nodes: &[String], ip: Ipv4Addr) -> Vec<&str> {
 }
 
 impl Announcer {
-    pub fn new(store: &std::path::Path, node: &str, iface: &str) -> Self {
+    pub fn new(store: &std::path::Path, node: &str, iface: &str, pins: &std::path::Path) -> Self {
         Announcer {
             dir: store.join("nodes"),
+            holds: crate::maps::ArpHolds::open_pinned(pins)
+                .inspect_err(|e| warn!(error = %e, "ARP about LoadBalancer addresses will not be cut off when this agent stops beating"))
+                .ok(),
             node: node.to_string(),
             iface: iface.to_string(),
             held: BTreeSet::new(),
@@ -116,14 +126,24 @@ impl Announcer {
             .filter(|ip| owner(&alive, *ip) == Some(self.node.as_str()))
             .collect();
         let may_claim = self.since.elapsed() >= CLAIM_AFTER;
-        for ip in mine.difference(&self.held.clone()).filter(|_| may_claim) {
-            if claim(&self.iface, *ip) {
+        for ip in self.held.clone().difference(&mine) {
+            let_go(&self.iface, *ip);
+            self.hold(*ip, Duration::ZERO);
+            self.held.remove(ip);
+        }
+        for ip in mine.iter().filter(|_| may_claim) {
+            self.hold(*ip, HOLD);
+            if !self.held.contains(ip) && claim(&self.iface, *ip) {
                 self.held.insert(*ip);
             }
         }
-        for ip in self.held.clone().difference(&mine) {
-            let_go(&self.iface, *ip);
-            self.held.remove(ip);
+    }
+
+    fn hold(&mut self, ip: Ipv4Addr, until: Duration) {
+        if let Some(h) = &mut self.holds
+            && let Err(e) = h.hold(ip, until)
+        {
+            warn!(%ip, error = %e, "writing the ARP hold");
         }
     }
 
@@ -132,6 +152,7 @@ impl Announcer {
     pub fn withdraw(&mut self) {
         for ip in std::mem::take(&mut self.held) {
             ip_addr("del", ip, &self.iface);
+            self.hold(ip, Duration::ZERO);
         }
         let _ = fs::remove_file(self.dir.join(&self.node));
     }

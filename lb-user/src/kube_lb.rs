@@ -13,6 +13,10 @@
 //!   service), and the node `announce::owner` prefers among the cluster's nodes
 //!   contends at once, the others a lease duration later, so addresses spread.
 //!
+//! The data plane sends ARP about an address only until the lease would run out
+//! (`LB_ARP_HOLD`, renewed with it): a crashed or frozen agent's node, whose kernel
+//! still has the address, falls silent before another node takes it.
+//!
 //! On a clean stop the addresses are let go first, then the leases released, so
 //! another node takes over at its next round.
 
@@ -23,6 +27,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::api::core::v1::Service;
@@ -39,6 +44,7 @@ use crate::{
     announce,
     lb_ipam::{self, Assignment},
     lease::{Elector, Preferred, Timing},
+    maps::ArpHolds,
     model::ObjectKey,
 };
 
@@ -51,6 +57,8 @@ pub fn lease_name(ip: Ipv4Addr) -> String {
 }
 
 pub struct Options {
+    /// Where the agent pinned its maps (`LB_ARP_HOLD` is written here).
+    pub pins: std::path::PathBuf,
     pub namespace: String,
     pub node: String,
     pub iface: String,
@@ -132,6 +140,13 @@ async fn run(
 ) {
     info!(namespace = %opts.namespace, lease_duration = ?opts.timing.duration, retry = ?opts.timing.retry,
         "LoadBalancer addresses and announcements through Leases");
+    let mut holds = match ArpHolds::open_pinned(&opts.pins) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            warn!(error = %e, "ARP about LoadBalancer addresses will not be cut off when a lease runs out");
+            None
+        }
+    };
     let mut elector = Elector::start(client.clone(), &opts.namespace, &opts.node, opts.timing);
     let mut tick = tokio::time::interval(opts.timing.retry);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -162,6 +177,15 @@ async fn run(
             .collect();
         for ip in announced.difference(&mine) {
             announce::let_go(&opts.iface, *ip);
+            hold(&mut holds, *ip, Duration::ZERO);
+        }
+        // The data plane lets this node's ARP about an address out until its lease
+        // would run out (set before the gratuitous ARP that claims it).
+        let now = Instant::now();
+        for ip in &mine {
+            if let Some(until) = elector.deadline(&lease_name(*ip)) {
+                hold(&mut holds, *ip, until.saturating_duration_since(now));
+            }
         }
         for ip in mine.difference(&announced) {
             announce::claim(&opts.iface, *ip);
@@ -180,8 +204,17 @@ async fn run(
     }
     for ip in std::mem::take(&mut announced) {
         announce::let_go(&opts.iface, ip);
+        hold(&mut holds, ip, Duration::ZERO);
     }
     elector.release_all().await;
+}
+
+fn hold(holds: &mut Option<ArpHolds>, ip: Ipv4Addr, until: Duration) {
+    if let Some(h) = holds
+        && let Err(e) = h.hold(ip, until)
+    {
+        warn!(%ip, error = %e, "writing the ARP hold");
+    }
 }
 
 /// Plans the pools' addresses over the cached services and writes the changes to

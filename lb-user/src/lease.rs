@@ -205,6 +205,13 @@ impl Elector {
         self.held.keys().cloned().collect()
     }
 
+    /// Until when this candidate counts itself `name`'s holder (None: it does not).
+    pub fn deadline(&self, name: &str) -> Option<Instant> {
+        self.held
+            .get(name)
+            .map(|h| h.renewed + self.timing.hold_for())
+    }
+
     /// When the first held lease runs out unless renewed.
     pub fn first_deadline(&self) -> Option<Instant> {
         self.held

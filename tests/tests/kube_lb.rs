@@ -356,6 +356,17 @@ fn the_lease_holder_announces_and_another_node_takes_over_when_it_stops_or_dies(
         took < Duration::from_secs(3),
         "failover after a crash took {took:?} (goal 2 s)"
     );
+    // The killed node's kernel still has the address, but its data plane lets no ARP
+    // about it out once the hold ran out: only the new holder answers.
+    assert_eq!(
+        one_holder(&c, LB_IP, &[second], Duration::from_secs(2)),
+        last
+    );
+    assert!(
+        verdict(&c, second, "drop_arp_not_holder") > 0,
+        "the killed node's ARP replies were not the ones cut off\n{}",
+        diagnostics(&c)
+    );
 }
 
 fn verdict(c: &Cluster, node: usize, reason: &str) -> u64 {
@@ -437,6 +448,28 @@ fn never_two_holders_when_the_api_server_goes_away_or_leaves_one_node() {
         "after the cut healed: {seen:?}"
     );
     assert_eq!(holder(&c, LB_IP), Some(format!("node{}", other + 1)));
+
+    // The holder's agent frozen (SIGSTOP: alive, its address on the uplink, no
+    // renewals): its data plane stops its ARP when the hold runs out, another node
+    // takes over; thawed, it finds its lease gone and lets the address go.
+    let pid = c.t.pid(&format!("agent-node{}", other + 1)).unwrap() as i32;
+    // SAFETY: signals to a process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let frozen = Instant::now();
+    let next = one_holder(&c, LB_IP, &[other], Duration::from_secs(10));
+    eprintln!(
+        "node {} frozen: node {} answers after {:?}",
+        other + 1,
+        next + 1,
+        frozen.elapsed()
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let seen = never_two(&c, LB_IP, Duration::from_secs(2));
+    assert!(
+        seen.iter().all(|(_, a)| a == &[next]),
+        "after the thaw: {seen:?}"
+    );
 }
 
 #[test]

@@ -353,7 +353,8 @@ fn a_load_balancer_address_moves_to_another_node_when_its_agent_stops() {
     assert_eq!(
         by.len(),
         3,
-        "pods on every node answer through the address: {by:?}"
+        "pods on every node answer through the address: {by:?}\n{}",
+        diagnostics(&c)
     );
 
     // The announcing agent stops (SIGTERM: it lets the address go and removes its
@@ -418,6 +419,23 @@ fn a_load_balancer_address_moves_to_another_node_when_its_agent_stops() {
     assert!(
         through(&c, &addr, last),
         "the laptop never got through node {}\n{}",
+        last + 1,
+        diagnostics(&c)
+    );
+    // The killed node still has the address on its uplink, but once its hold ran
+    // out (short of the heartbeat timeout) its data plane lets no ARP about it out:
+    // only the new node answers the LAN.
+    let macs: Vec<String> = c
+        .lan
+        .nodes
+        .iter()
+        .map(|n| lb_tests::topology::mac_text(c.t.mac(n, "eth0").unwrap()))
+        .collect();
+    let answers = lbclient(&c, &c.lan.laptop, &["arp", &format!("{lb_ip}:0"), "100"]);
+    assert_eq!(
+        answers,
+        vec![format!("MAC {}", macs[last]), "END 1".to_string()],
+        "only node {} answers ARP for {lb_ip}\n{}",
         last + 1,
         diagnostics(&c)
     );
