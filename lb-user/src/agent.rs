@@ -258,9 +258,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     // Addresses a killed agent of this node left on the uplink are not this one's
     // to answer for (yet).
     announce::clear_stale(&opts.ifaces[0], &opts.lb_pools);
+    let lb_stats = Arc::new(kube_lb::KubeLbStats::default());
     let kube_lb = match (&kube, &opts.kube) {
         (Some(k), Some(cfg)) if !opts.lb_pools.is_empty() => {
             let (services, generation) = k.services();
+            telemetry.count_lb(Arc::clone(&lb_stats));
             Some(KubeLb::start(
                 cfg.clone(),
                 services,
@@ -273,6 +275,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                     pools: opts.lb_pools.clone(),
                     timing: opts.leases.timing,
                 },
+                lb_stats,
             )?)
         }
         _ => None,

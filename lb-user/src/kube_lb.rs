@@ -43,7 +43,7 @@ use tracing::{info, warn};
 use crate::{
     announce,
     lb_ipam::{self, Assignment},
-    lease::{Elector, Preferred, Timing},
+    lease::{Elector, LeaseStats, Preferred, Timing},
     maps::ArpHolds,
     model::ObjectKey,
 };
@@ -70,6 +70,17 @@ pub struct Options {
 /// preference, every eligible node contends at once).
 pub type Wants = BTreeMap<Ipv4Addr, Option<Preferred>>;
 
+/// What the task did, for metrics.
+#[derive(Debug, Default)]
+pub struct KubeLbStats {
+    pub leases: Arc<LeaseStats>,
+    /// Addresses this node answers ARP for now.
+    pub announced: AtomicU64,
+    /// Status writes (addresses given or taken back), and those that failed.
+    pub status_writes: AtomicU64,
+    pub status_failures: AtomicU64,
+}
+
 pub struct KubeLb {
     wants: watch::Sender<Wants>,
     stop: Option<oneshot::Sender<()>>,
@@ -85,6 +96,7 @@ impl KubeLb {
         services: reflector::Store<Service>,
         generation: Arc<AtomicU64>,
         opts: Options,
+        stats: Arc<KubeLbStats>,
     ) -> anyhow::Result<Self> {
         let (wants, wants_rx) = watch::channel(Wants::new());
         let (stop, stop_rx) = oneshot::channel();
@@ -97,7 +109,12 @@ impl KubeLb {
                 rt.block_on(async move {
                     match Client::try_from(config) {
                         Ok(client) => {
-                            run(client, services, generation, opts, wants_rx, stop_rx).await
+                            let sources = Sources {
+                                services,
+                                generation,
+                                wants: wants_rx,
+                            };
+                            run(client, sources, opts, stats, stop_rx).await
                         }
                         Err(e) => warn!(error = %e, "no API client for LoadBalancer leases"),
                     }
@@ -130,14 +147,26 @@ impl KubeLb {
     }
 }
 
-async fn run(
-    client: Client,
+/// What the task follows: the Service cache and its change count, and what the
+/// agent says this node may announce.
+struct Sources {
     services: reflector::Store<Service>,
     generation: Arc<AtomicU64>,
-    opts: Options,
     wants: watch::Receiver<Wants>,
+}
+
+async fn run(
+    client: Client,
+    sources: Sources,
+    opts: Options,
+    stats: Arc<KubeLbStats>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let Sources {
+        services,
+        generation,
+        wants,
+    } = sources;
     info!(namespace = %opts.namespace, lease_duration = ?opts.timing.duration, retry = ?opts.timing.retry,
         "LoadBalancer addresses and announcements through Leases");
     let mut holds = match ArpHolds::open_pinned(&opts.pins) {
@@ -147,7 +176,13 @@ async fn run(
             None
         }
     };
-    let mut elector = Elector::start(client.clone(), &opts.namespace, &opts.node, opts.timing);
+    let mut elector = Elector::start(
+        client.clone(),
+        &opts.namespace,
+        &opts.node,
+        opts.timing,
+        stats.leases.clone(),
+    );
     let mut tick = tokio::time::interval(opts.timing.retry);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut announced: BTreeSet<Ipv4Addr> = BTreeSet::new();
@@ -191,10 +226,13 @@ async fn run(
             announce::claim(&opts.iface, *ip);
         }
         announced = mine;
+        stats
+            .announced
+            .store(announced.len() as u64, Ordering::Relaxed);
         if held.contains(IPAM_LEASE) {
             let generation = generation.load(Ordering::SeqCst);
             if planned != Some(generation) {
-                planned = assign(&client, &services, &opts.pools)
+                planned = assign(&client, &services, &opts.pools, &stats)
                     .await
                     .then_some(generation);
             }
@@ -206,6 +244,7 @@ async fn run(
         announce::let_go(&opts.iface, ip);
         hold(&mut holds, ip, Duration::ZERO);
     }
+    stats.announced.store(0, Ordering::Relaxed);
     elector.release_all().await;
 }
 
@@ -223,6 +262,7 @@ async fn assign(
     client: &Client,
     services: &reflector::Store<Service>,
     pools: &[(Ipv4Addr, u8)],
+    stats: &KubeLbStats,
 ) -> bool {
     let cached: BTreeMap<ObjectKey, Arc<Service>> = services
         .state()
@@ -247,12 +287,16 @@ async fn assign(
             )
             .await
         {
-            Ok(_) => match ip {
-                Some(ip) => info!(service = %service, %ip, "assigned LoadBalancer address"),
-                None => info!(service = %service, "LoadBalancer address taken back"),
-            },
+            Ok(_) => {
+                stats.status_writes.fetch_add(1, Ordering::Relaxed);
+                match ip {
+                    Some(ip) => info!(service = %service, %ip, "assigned LoadBalancer address"),
+                    None => info!(service = %service, "LoadBalancer address taken back"),
+                }
+            }
             Err(e) => {
                 all = false;
+                stats.status_failures.fetch_add(1, Ordering::Relaxed);
                 warn!(service = %service, error = %e, "writing the LoadBalancer status; planned again next round");
             }
         }

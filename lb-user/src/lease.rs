@@ -20,6 +20,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -141,6 +145,23 @@ pub fn decide(
     }
 }
 
+/// What an elector did, for metrics.
+#[derive(Debug, Default)]
+pub struct LeaseStats {
+    /// Leases held now.
+    pub held: AtomicU64,
+    /// Leases taken (created, or taken over from a holder that let it lapse or
+    /// released it).
+    pub taken: AtomicU64,
+    /// Leases released (no longer wanted, or on a clean stop).
+    pub released: AtomicU64,
+    /// Leases stepped down from: renewals failed until the deadline, or another
+    /// candidate's write came first.
+    pub lost: AtomicU64,
+    /// Writes that failed or timed out (409s excepted).
+    pub failed_writes: AtomicU64,
+}
+
 struct Held {
     /// The resourceVersion of this candidate's last write.
     lease: Lease,
@@ -157,6 +178,7 @@ pub struct Elector {
     /// name -> (resourceVersion observed, when it was first observed; None: absent).
     observed: HashMap<String, (Option<String>, Instant)>,
     held: BTreeMap<String, Held>,
+    stats: Arc<LeaseStats>,
 }
 
 fn now_micro() -> MicroTime {
@@ -169,7 +191,13 @@ fn is_conflict(e: &kube::Error) -> bool {
 
 impl Elector {
     /// Starts watching lb's leases in `namespace` (the watch retries with backoff).
-    pub fn start(client: Client, namespace: &str, me: &str, timing: Timing) -> Self {
+    pub fn start(
+        client: Client,
+        namespace: &str,
+        me: &str,
+        timing: Timing,
+        stats: Arc<LeaseStats>,
+    ) -> Self {
         let api: Api<Lease> = Api::namespaced(client, namespace);
         let (cache, writer) = reflector::store();
         let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
@@ -193,6 +221,7 @@ impl Elector {
             timing,
             observed: HashMap::new(),
             held: BTreeMap::new(),
+            stats,
         }
     }
 
@@ -224,13 +253,16 @@ impl Elector {
     fn expire(&mut self) {
         let now = Instant::now();
         let hold_for = self.timing.hold_for();
+        let stats = &self.stats;
         self.held.retain(|name, h| {
             let keep = now < h.renewed + hold_for;
             if !keep {
                 warn!(lease = %name, "lease not renewed in time: stepping down");
+                stats.lost.fetch_add(1, Ordering::Relaxed);
             }
             keep
         });
+        stats.held.store(self.held.len() as u64, Ordering::Relaxed);
     }
 
     /// Notes what the watch shows of `name`; returns it and how long it has been
@@ -311,6 +343,8 @@ impl Elector {
         self.expire();
         let now = Instant::now();
         let names: BTreeSet<String> = wants.keys().chain(self.held.keys()).cloned().collect();
+        // What is no longer contended for is forgotten (observed anew if it is).
+        self.observed.retain(|n, _| names.contains(n));
         let mut writes = Vec::new();
         for name in names {
             let (seen, unchanged) = self.observe(&name, now);
@@ -362,10 +396,12 @@ impl Elector {
                 Ok(Ok(lease)) if step == Step::Release => {
                     self.held.remove(&name);
                     self.note_write(&name, &lease);
+                    self.stats.released.fetch_add(1, Ordering::Relaxed);
                     info!(lease = %name, "lease released");
                 }
                 Ok(Ok(lease)) => {
                     if step == Step::Take {
+                        self.stats.taken.fetch_add(1, Ordering::Relaxed);
                         info!(lease = %name, holder = %self.me, "lease taken");
                     }
                     self.note_write(&name, &lease);
@@ -381,14 +417,21 @@ impl Elector {
                     // Someone else wrote first: not ours (any more). Its write counts
                     // as a change seen now.
                     if self.held.remove(&name).is_some() {
+                        self.stats.lost.fetch_add(1, Ordering::Relaxed);
                         warn!(lease = %name, "lease lost to another holder");
                     }
                     if let Some(o) = self.observed.get_mut(&name) {
                         o.1 = Instant::now();
                     }
                 }
-                Ok(Err(e)) => debug!(lease = %name, error = %e, "lease write failed"),
-                Err(_) => debug!(lease = %name, "lease write timed out"),
+                Ok(Err(e)) => {
+                    self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+                    debug!(lease = %name, error = %e, "lease write failed");
+                }
+                Err(_) => {
+                    self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+                    debug!(lease = %name, "lease write timed out");
+                }
             }
         }
         self.expire();

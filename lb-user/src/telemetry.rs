@@ -32,7 +32,7 @@ use prometheus_client::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::{dns::server::DnsStats, maps::Maps, sizes::MapSizes, store};
+use crate::{dns::server::DnsStats, kube_lb::KubeLbStats, maps::Maps, sizes::MapSizes, store};
 
 /// A DNS response code's name (RFC 1035, 2136), as CoreDNS labels its series.
 fn rcode_name(code: usize) -> String {
@@ -101,6 +101,72 @@ fn register_dns(r: &mut Registry, dns: &DnsStats) {
     r.register("dns_names", "Names the cluster DNS zone holds", names);
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
+}
+
+/// Kubernetes mode's LoadBalancer series: addresses answered, leases held and what
+/// happened to them, status writes.
+fn register_lb(r: &mut Registry, lb: &KubeLbStats) {
+    let gauge = |n: &AtomicU64| {
+        let g = Gauge::<i64>::default();
+        g.set(n.load(Ordering::Relaxed) as i64);
+        g
+    };
+    let counter = |n: &AtomicU64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(n.load(Ordering::Relaxed));
+        c
+    };
+    r.register(
+        "loadbalancer_addresses_announced",
+        "LoadBalancer addresses this node answers ARP for (it holds their Leases)",
+        gauge(&lb.announced),
+    );
+    let l = &lb.leases;
+    r.register("leases_held", "Leases this agent holds", gauge(&l.held));
+    let events = Family::<EventLabels, Counter>::default();
+    for (event, n) in [
+        ("taken", &l.taken),
+        ("released", &l.released),
+        ("lost", &l.lost),
+    ] {
+        events
+            .get_or_create(&EventLabels {
+                event: event.into(),
+            })
+            .inc_by(n.load(Ordering::Relaxed));
+    }
+    r.register(
+        "lease_transitions",
+        "Leases this agent took, released, or lost (not renewed in time, or another holder's write came first)",
+        events,
+    );
+    r.register(
+        "lease_write_failures",
+        "Lease writes that failed or timed out (conflicts excepted)",
+        counter(&l.failed_writes),
+    );
+    let writes = Family::<OutcomeLabels, Counter>::default();
+    let failed = lb.status_failures.load(Ordering::Relaxed);
+    for (outcome, n) in [
+        ("written", lb.status_writes.load(Ordering::Relaxed)),
+        ("failed", failed),
+    ] {
+        writes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc_by(n);
+    }
+    r.register(
+        "loadbalancer_status_writes",
+        "LoadBalancer addresses written to or taken from services' status (by the lb-ipam lease holder), by outcome",
+        writes,
+    );
+}
+
 /// kube-proxy's defaults.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:10249";
 pub const DEFAULT_HEALTHZ_ADDR: &str = "0.0.0.0:10256";
@@ -155,6 +221,8 @@ pub struct Telemetry {
     ask: mpsc::UnboundedSender<SnapshotRequest>,
     /// The cluster DNS listener's counters, when the agent serves DNS.
     dns: std::sync::OnceLock<Arc<DnsStats>>,
+    /// Kubernetes mode's LoadBalancer counters, with `--lb-pool`.
+    lb: std::sync::OnceLock<Arc<KubeLbStats>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -220,6 +288,7 @@ impl Telemetry {
             store,
             ask,
             dns: std::sync::OnceLock::new(),
+            lb: std::sync::OnceLock::new(),
         };
         (Arc::new(t), asked)
     }
@@ -254,6 +323,11 @@ impl Telemetry {
     /// Serves the cluster DNS listener's counters.
     pub fn count_dns(&self, stats: Arc<DnsStats>) {
         let _ = self.dns.set(stats);
+    }
+
+    /// Serves Kubernetes mode's LoadBalancer counters.
+    pub fn count_lb(&self, stats: Arc<KubeLbStats>) {
+        let _ = self.lb.set(stats);
     }
 
     pub fn refused_write(&self) {
@@ -371,6 +445,9 @@ impl Telemetry {
         }
         if let Some(dns) = self.dns.get() {
             register_dns(&mut r, dns);
+        }
+        if let Some(lb) = self.lb.get() {
+            register_lb(&mut r, lb);
         }
         let mut out = String::new();
         if encode(&mut out, &r).is_err() {

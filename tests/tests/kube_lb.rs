@@ -142,12 +142,20 @@ fn diagnostics(c: &Cluster) -> String {
         .join("\n")
 }
 
+/// The value of the series `name` (exactly, labels included) in node `n`'s metrics.
+fn metric(c: &Cluster, n: usize, name: &str) -> Option<f64> {
+    let text = lb_tests::lbctl::curl(&c.t, &c.lan.nodes[n], "http://127.0.0.1:10249/metrics")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 fn lbclient(c: &Cluster, ns: &Netns, args: &[&str]) -> Vec<String> {
     lb_tests::cluster::lbclient_in(&c.t, ns, args)
 }
 
 /// The nodes (indexes) that answer a broadcast ARP request for `ip` from the
-/// laptop within 80 ms.
+/// laptop within 80 ms (each once: a node taking the address meanwhile also sends
+/// a gratuitous reply).
 fn answering(c: &Cluster, ip: &str) -> Vec<usize> {
     let out = lbclient(c, &c.lan.laptop, &["arp", &format!("{ip}:0"), "80"]);
     assert!(
@@ -162,6 +170,8 @@ fn answering(c: &Cluster, ip: &str) -> Vec<usize> {
                 .position(|x| x == m)
                 .unwrap_or_else(|| panic!("{m} is no node's MAC: {out:?}"))
         })
+        .collect::<BTreeSet<usize>>()
+        .into_iter()
         .collect()
 }
 
@@ -261,6 +271,20 @@ fn addresses_come_from_the_pool_through_the_status_subresource() {
         None,
         "another class's service is not lb's"
     );
+    // The holder of lb-ipam counts the two writes.
+    let writer: usize = ipam["spec"]["holderIdentity"].as_str().unwrap()[4..]
+        .parse::<usize>()
+        .unwrap()
+        - 1;
+    let written = metric(
+        &c,
+        writer,
+        "lb_loadbalancer_status_writes_total{outcome=\"written\"}",
+    );
+    assert!(
+        written.is_some_and(|n| n >= 2.0),
+        "status writes counted: {written:?}"
+    );
 
     // Through the address, from the laptop: both nodes' pods answer.
     let addr = format!("{LB_IP}:80");
@@ -355,6 +379,18 @@ fn the_lease_holder_announces_and_another_node_takes_over_when_it_stops_or_dies(
     assert!(
         took < Duration::from_secs(3),
         "failover after a crash took {took:?} (goal 2 s)"
+    );
+    // The new holder says so in its metrics.
+    let shown = Topology::wait_for(Duration::from_secs(5), || {
+        let announced = metric(&c, last, "lb_loadbalancer_addresses_announced")?;
+        let taken = metric(&c, last, "lb_lease_transitions_total{event=\"taken\"}")?;
+        (announced == 1.0 && taken >= 1.0).then_some(())
+    });
+    assert!(
+        shown.is_some(),
+        "node {}'s metrics do not show the address\n{}",
+        last + 1,
+        diagnostics(&c)
     );
     // The killed node's kernel still has the address, but its data plane lets no ARP
     // about it out once the hold ran out: only the new holder answers.
