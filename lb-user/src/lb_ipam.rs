@@ -124,14 +124,6 @@ pub fn plan<'a>(
     // pools' addresses of services about to lose them.
     let mut held: BTreeMap<Ipv4Addr, Holders> = BTreeMap::new();
     for (key, svc) in &services {
-        let ips = ingress_ips(svc);
-        if service_type(svc) != TYPE_LOAD_BALANCER && ips.iter().any(|ip| in_pools(pools, *ip)) {
-            out.push(Assignment {
-                service: (*key).clone(),
-                ip: None,
-            });
-            continue;
-        }
         let externals = svc
             .spec
             .iter()
@@ -145,6 +137,16 @@ pub fn plan<'a>(
                     ports: BTreeSet::new(),
                 },
             );
+        }
+        // A service no longer a LoadBalancer gives its pool address back (its
+        // externalIPs stay taken).
+        let ips = ingress_ips(svc);
+        if service_type(svc) != TYPE_LOAD_BALANCER && ips.iter().any(|ip| in_pools(pools, *ip)) {
+            out.push(Assignment {
+                service: (*key).clone(),
+                ip: None,
+            });
+            continue;
         }
         for ip in ips {
             let h = held.entry(ip).or_insert_with(|| Holders {
@@ -254,6 +256,16 @@ mod tests {
                 ("d2".into(), Some(ip("192.168.1.245"))),
                 ("d3".into(), Some(ip("192.168.1.246"))),
             ]
+        );
+    }
+
+    #[test]
+    fn an_external_ip_is_never_given_out() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\nspec:\n  externalIPs: [192.168.1.241]\n  selector: {app: web}\n  ports:\n  - {port: 80}\n---\n".to_string()
+            + &lb("a", "", 80);
+        assert_eq!(
+            given(&plan(&services(&yaml), &POOL)),
+            vec![("a".into(), Some(ip("192.168.1.242")))]
         );
     }
 
