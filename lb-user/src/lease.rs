@@ -162,6 +162,28 @@ pub struct LeaseStats {
     pub failed_writes: AtomicU64,
 }
 
+/// Retries of the lease watch: 200 ms, doubling, at most 1 s (kube-runtime's
+/// default grows to 30 s, and a cache that stale after an API outage would keep
+/// candidates from seeing a lapsed holder for as long).
+#[derive(Default)]
+struct WatchBackoff(u32);
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = Duration::from_millis(200) * 2u32.pow(self.0.min(3));
+        self.0 += 1;
+        Some(d.min(Duration::from_secs(1)))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
 struct Held {
     /// The resourceVersion of this candidate's last write.
     lease: Lease,
@@ -178,6 +200,9 @@ pub struct Elector {
     /// name -> (resourceVersion observed, when it was first observed; None: absent).
     observed: HashMap<String, (Option<String>, Instant)>,
     held: BTreeMap<String, Held>,
+    /// Leases read directly after a lost compare-and-swap, while the watch still
+    /// shows the version it showed then (name -> (lease, that version)).
+    fresh: HashMap<String, (Arc<Lease>, Option<String>)>,
     stats: Arc<LeaseStats>,
 }
 
@@ -205,7 +230,7 @@ impl Elector {
             writer,
             watcher(api.clone(), watcher::Config::default().labels(&selector)),
         )
-        .default_backoff();
+        .backoff(WatchBackoff::default());
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(ev) = stream.next().await {
@@ -221,6 +246,7 @@ impl Elector {
             timing,
             observed: HashMap::new(),
             held: BTreeMap::new(),
+            fresh: HashMap::new(),
             stats,
         }
     }
@@ -267,10 +293,35 @@ impl Elector {
 
     /// Notes what the watch shows of `name`; returns it and how long it has been
     /// as it is.
-    fn observe(&mut self, name: &str, now: Instant) -> (Option<Seen>, Duration) {
-        let lease = self
+    /// The latest known version of lease `name`: the watch's, unless a direct read
+    /// after a lost compare-and-swap is newer than what the watch shows.
+    fn current(&self, name: &str) -> Option<Arc<Lease>> {
+        let cached = self
             .cache
             .get(&reflector::ObjectRef::new(name).within(self.api_namespace()));
+        match self.fresh.get(name) {
+            Some((lease, stale))
+                if cached
+                    .as_ref()
+                    .and_then(|l| l.metadata.resource_version.clone())
+                    == *stale =>
+            {
+                Some(lease.clone())
+            }
+            _ => cached,
+        }
+    }
+
+    fn observe(&mut self, name: &str, now: Instant) -> (Option<Seen>, Duration) {
+        let lease = self.current(name);
+        if let Some((_, stale)) = self.fresh.get(name) {
+            let cached = self
+                .cache
+                .get(&reflector::ObjectRef::new(name).within(self.api_namespace()));
+            if cached.and_then(|l| l.metadata.resource_version.clone()) != *stale {
+                self.fresh.remove(name);
+            }
+        }
         let rv = lease
             .as_ref()
             .and_then(|l| l.metadata.resource_version.clone());
@@ -311,18 +362,18 @@ impl Elector {
             spec.renew_time = Some(now_micro());
             return l;
         }
-        let cached = self
-            .cache
-            .get(&reflector::ObjectRef::new(name).within(self.api_namespace()));
-        let mut lease = cached.map(|l| Lease::clone(&l)).unwrap_or_else(|| Lease {
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                namespace: Some(self.api_namespace().to_string()),
-                labels: Some([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into()),
-                ..Default::default()
-            },
-            spec: None,
-        });
+        let mut lease = self
+            .current(name)
+            .map(|l| Lease::clone(&l))
+            .unwrap_or_else(|| Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.to_string()),
+                    namespace: Some(self.api_namespace().to_string()),
+                    labels: Some([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into()),
+                    ..Default::default()
+                },
+                spec: None,
+            });
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let was = spec.holder_identity.clone();
         if was.as_deref() != Some(self.me.as_str()) {
@@ -423,6 +474,7 @@ impl Elector {
                     if let Some(o) = self.observed.get_mut(&name) {
                         o.1 = Instant::now();
                     }
+                    self.refresh(&name).await;
                 }
                 Ok(Err(e)) => {
                     self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
@@ -436,6 +488,20 @@ impl Elector {
         }
         self.expire();
         self.held()
+    }
+
+    /// Reads lease `name` now (the watch may lag after an outage), so the next
+    /// round decides on what the API holds.
+    async fn refresh(&mut self, name: &str) {
+        let stale = self
+            .cache
+            .get(&reflector::ObjectRef::new(name).within(self.api_namespace()))
+            .and_then(|l| l.metadata.resource_version.clone());
+        if let Ok(Ok(lease)) = tokio::time::timeout(self.timing.retry, self.api.get(name)).await {
+            self.note_write(name, &lease);
+            self.fresh
+                .insert(name.to_string(), (Arc::new(lease), stale));
+        }
     }
 
     fn note_write(&mut self, name: &str, lease: &Lease) {
@@ -544,6 +610,16 @@ mod tests {
         assert!(Preferred::eager(Some(&p), "b", held_by("a").as_ref()));
         assert!(!Preferred::eager(Some(&p), "c", held_by("a").as_ref()));
         assert!(Preferred::eager(None, "c", None));
+    }
+
+    #[test]
+    fn the_lease_watch_retries_within_a_second() {
+        use kube::runtime::utils::Backoff as _;
+        let mut b = WatchBackoff::default();
+        let ms: Vec<u128> = b.by_ref().take(5).map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [200, 400, 800, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(200)));
     }
 
     #[test]
