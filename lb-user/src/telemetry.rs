@@ -45,6 +45,20 @@ fn rcode_name(code: usize) -> String {
         .map_or_else(|| code.to_string(), |n| n.to_string())
 }
 
+/// A counter standing at `n`'s value.
+fn counter_of(n: &AtomicU64) -> Counter {
+    let c = Counter::<u64>::default();
+    c.inc_by(n.load(Ordering::Relaxed));
+    c
+}
+
+/// A gauge standing at `n`'s value.
+fn gauge_of(n: &AtomicU64) -> Gauge {
+    let g = Gauge::<i64>::default();
+    g.set(n.load(Ordering::Relaxed) as i64);
+    g
+}
+
 /// The cluster DNS listener's series: answers by protocol and response code (each
 /// code seen), truncations, forwards and their failures, dropped messages, names.
 fn register_dns(r: &mut Registry, dns: &DnsStats) {
@@ -66,15 +80,10 @@ fn register_dns(r: &mut Registry, dns: &DnsStats) {
         "Answers the cluster DNS sent, by protocol and response code (CoreDNS's coredns_dns_responses_total)",
         responses,
     );
-    let counter = |n: &AtomicU64| {
-        let c = Counter::<u64>::default();
-        c.inc_by(n.load(Ordering::Relaxed));
-        c
-    };
     r.register(
         "dns_truncated",
         "UDP answers sent truncated (the client asks again over TCP)",
-        counter(&dns.truncated),
+        counter_of(&dns.truncated),
     );
     let forwards = Family::<OutcomeLabels, Counter>::default();
     let failed = dns.forward_failures.load(Ordering::Relaxed);
@@ -94,11 +103,13 @@ fn register_dns(r: &mut Registry, dns: &DnsStats) {
     r.register(
         "dns_dropped",
         "Messages the cluster DNS gave no answer (shorter than a header, or themselves answers)",
-        counter(&dns.dropped),
+        counter_of(&dns.dropped),
     );
-    let names = Gauge::<i64>::default();
-    names.set(dns.names.load(Ordering::Relaxed) as i64);
-    r.register("dns_names", "Names the cluster DNS zone holds", names);
+    r.register(
+        "dns_names",
+        "Names the cluster DNS zone holds",
+        gauge_of(&dns.names),
+    );
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,23 +120,13 @@ struct EventLabels {
 /// Kubernetes mode's LoadBalancer series: addresses answered, leases held and what
 /// happened to them, status writes.
 fn register_lb(r: &mut Registry, lb: &KubeLbStats) {
-    let gauge = |n: &AtomicU64| {
-        let g = Gauge::<i64>::default();
-        g.set(n.load(Ordering::Relaxed) as i64);
-        g
-    };
-    let counter = |n: &AtomicU64| {
-        let c = Counter::<u64>::default();
-        c.inc_by(n.load(Ordering::Relaxed));
-        c
-    };
     r.register(
         "loadbalancer_addresses_announced",
         "LoadBalancer addresses this node answers ARP for (it holds their Leases)",
-        gauge(&lb.announced),
+        gauge_of(&lb.announced),
     );
     let l = &lb.leases;
-    r.register("leases_held", "Leases this agent holds", gauge(&l.held));
+    r.register("leases_held", "Leases this agent holds", gauge_of(&l.held));
     let events = Family::<EventLabels, Counter>::default();
     for (event, n) in [
         ("taken", &l.taken),
@@ -146,7 +147,7 @@ fn register_lb(r: &mut Registry, lb: &KubeLbStats) {
     r.register(
         "lease_write_failures",
         "Lease writes that failed or timed out (conflicts excepted)",
-        counter(&l.failed_writes),
+        counter_of(&l.failed_writes),
     );
     let writes = Family::<OutcomeLabels, Counter>::default();
     let failed = lb.status_failures.load(Ordering::Relaxed);

@@ -190,6 +190,25 @@ impl Lb {
         )
     }
 
+    /// The packets node `node_name`'s data plane counted under `reason` (`lb stats`).
+    pub fn verdict(&self, node_name: &str, reason: &str) -> u64 {
+        let out = self
+            .ok(&[
+                "stats",
+                "--bpffs",
+                &self.bpffs.display().to_string(),
+                "--node-name",
+                node_name,
+            ])
+            .unwrap();
+        out.lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(reason)).then(|| f.next().and_then(|n| n.parse().ok()))?
+            })
+            .unwrap_or_else(|| panic!("no {reason} in\n{out}"))
+    }
+
     /// Where the agent for `node_name` pins its maps.
     pub fn pins(&self, node_name: &str) -> PathBuf {
         self.bpffs.join("lb").join(node_name)

@@ -406,21 +406,7 @@ fn the_lease_holder_announces_and_another_node_takes_over_when_it_stops_or_dies(
 }
 
 fn verdict(c: &Cluster, node: usize, reason: &str) -> u64 {
-    let out =
-        c.lb.ok(&[
-            "stats",
-            "--bpffs",
-            &c.lb.bpffs.display().to_string(),
-            "--node-name",
-            &format!("node{}", node + 1),
-        ])
-        .unwrap();
-    out.lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(reason)).then(|| f.next().and_then(|n| n.parse().ok()))?
-        })
-        .unwrap_or_else(|| panic!("no {reason} in\n{out}"))
+    c.lb.verdict(&format!("node{}", node + 1), reason)
 }
 
 #[test]

@@ -119,21 +119,7 @@ fn ready(c: &Cluster, ns: &Netns, addr: &str) {
 }
 
 fn verdict(c: &Cluster, node: usize, reason: &str) -> u64 {
-    let out =
-        c.lb.ok(&[
-            "stats",
-            "--bpffs",
-            &c.lb.bpffs.display().to_string(),
-            "--node-name",
-            &format!("node{}", node + 1),
-        ])
-        .unwrap();
-    out.lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(reason)).then(|| f.next().and_then(|n| n.parse().ok()))?
-        })
-        .unwrap_or_else(|| panic!("no {reason} in\n{out}"))
+    c.lb.verdict(&format!("node{}", node + 1), reason)
 }
 
 const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.80\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080, nodePort: 30080}\n---\n";

@@ -368,6 +368,16 @@ fn bad_body(e: serde_json::Error) -> Response {
 
 const LEASE: (&str, &str) = ("Lease", "coordination.k8s.io/v1");
 
+/// A lease as its URL names it: its namespace (and name), kind and apiVersion.
+fn as_lease(obj: &mut Value, ns: &str, name: Option<&str>) {
+    obj["metadata"]["namespace"] = json!(ns);
+    if let Some(name) = name {
+        obj["metadata"]["name"] = json!(name);
+    }
+    obj["kind"] = json!(LEASE.0);
+    obj["apiVersion"] = json!(LEASE.1);
+}
+
 async fn leases(
     State(shared): State<Shared>,
     Path(ns): Path<String>,
@@ -385,9 +395,7 @@ async fn lease_create(
         Ok(v) => v,
         Err(e) => return bad_body(e),
     };
-    obj["metadata"]["namespace"] = json!(ns);
-    obj["kind"] = json!(LEASE.0);
-    obj["apiVersion"] = json!(LEASE.1);
+    as_lease(&mut obj, &ns, None);
     let key = key_of(&obj);
     client_write(&shared, LEASE.0, key, obj, Write::Create)
 }
@@ -422,10 +430,7 @@ async fn lease_replace(
         Ok(v) => v,
         Err(e) => return bad_body(e),
     };
-    obj["metadata"]["namespace"] = json!(ns);
-    obj["metadata"]["name"] = json!(name);
-    obj["kind"] = json!(LEASE.0);
-    obj["apiVersion"] = json!(LEASE.1);
+    as_lease(&mut obj, &ns, Some(&name));
     client_write(
         &shared,
         LEASE.0,
