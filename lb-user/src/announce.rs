@@ -9,7 +9,7 @@
 //! an address is the live node with the highest hash of (node, address), so every
 //! agent comes to the same answer, and addresses spread over the nodes. Kubernetes
 //! mode elects through Leases instead (`kube_lb`) and shares [`claim`], [`let_go`]
-//! and [`owner`] (its preferred candidate).
+//! and [`ranking`] (its preferred candidates).
 
 use std::{
     collections::BTreeSet,

@@ -59,8 +59,8 @@ fn fetch(s: &Scenario, url: &str) -> String {
     Topology::wait_for(Duration::from_secs(10), || curl(&s.t, &s.laptop, url)).unwrap_or_else(
         || {
             panic!(
-                "{url} never answered from the laptop; agent log:\n{}",
-                s.t.log("agent-node1")
+                "{url} never answered from the laptop\n{}",
+                s.lb.diagnostics(&s.t, "node1")
             )
         },
     )
