@@ -293,12 +293,16 @@ impl Elector {
 
     /// Notes what the watch shows of `name`; returns it and how long it has been
     /// as it is.
+    /// Lease `name` as the watch shows it.
+    fn cached(&self, name: &str) -> Option<Arc<Lease>> {
+        self.cache
+            .get(&reflector::ObjectRef::new(name).within(self.api_namespace()))
+    }
+
     /// The latest known version of lease `name`: the watch's, unless a direct read
     /// after a lost compare-and-swap is newer than what the watch shows.
     fn current(&self, name: &str) -> Option<Arc<Lease>> {
-        let cached = self
-            .cache
-            .get(&reflector::ObjectRef::new(name).within(self.api_namespace()));
+        let cached = self.cached(name);
         match self.fresh.get(name) {
             Some((lease, stale))
                 if cached
@@ -314,13 +318,13 @@ impl Elector {
 
     fn observe(&mut self, name: &str, now: Instant) -> (Option<Seen>, Duration) {
         let lease = self.current(name);
-        if let Some((_, stale)) = self.fresh.get(name) {
-            let cached = self
-                .cache
-                .get(&reflector::ObjectRef::new(name).within(self.api_namespace()));
-            if cached.and_then(|l| l.metadata.resource_version.clone()) != *stale {
-                self.fresh.remove(name);
-            }
+        if let Some((_, stale)) = self.fresh.get(name)
+            && self
+                .cached(name)
+                .and_then(|l| l.metadata.resource_version.clone())
+                != *stale
+        {
+            self.fresh.remove(name);
         }
         let rv = lease
             .as_ref()
@@ -494,8 +498,7 @@ impl Elector {
     /// round decides on what the API holds.
     async fn refresh(&mut self, name: &str) {
         let stale = self
-            .cache
-            .get(&reflector::ObjectRef::new(name).within(self.api_namespace()))
+            .cached(name)
             .and_then(|l| l.metadata.resource_version.clone());
         if let Ok(Ok(lease)) = tokio::time::timeout(self.timing.retry, self.api.get(name)).await {
             self.note_write(name, &lease);
