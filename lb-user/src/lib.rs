@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod announce;
+pub mod api;
 pub mod cli;
 pub mod dns;
 pub mod entries;
@@ -26,6 +27,7 @@ pub mod netif;
 pub mod par;
 pub mod plan;
 pub mod sizes;
+pub mod slice_controller;
 pub mod state;
 pub mod status;
 pub mod store;

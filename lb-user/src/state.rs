@@ -59,6 +59,21 @@ impl State {
         }
     }
 
+    /// The object of `kind` under `key`, taken out.
+    pub fn take(&mut self, kind: Kind, key: &ObjectKey) -> Option<Object> {
+        match kind {
+            Kind::Service => self
+                .services
+                .remove(key)
+                .map(|o| Object::Service(Box::new(o))),
+            Kind::Pod => self.pods.remove(key).map(|o| Object::Pod(Box::new(o))),
+            Kind::EndpointSlice => self
+                .endpoint_slices
+                .remove(key)
+                .map(|o| Object::EndpointSlice(Box::new(o))),
+        }
+    }
+
     /// Stores `object` under its key.
     pub fn insert(&mut self, object: Object) {
         let key = object.key();

@@ -155,6 +155,33 @@ fn key_values(m: Option<&std::collections::BTreeMap<String, String>>) -> String 
     }
 }
 
+/// The API server's columns of a Service (name, priority: 1 shows with `-o wide`).
+pub const SERVICE_COLUMNS: [(&str, u8); 7] = [
+    ("Name", 0),
+    ("Type", 0),
+    ("Cluster-IP", 0),
+    ("External-IP", 0),
+    ("Port(s)", 0),
+    ("Age", 0),
+    ("Selector", 1),
+];
+
+/// A Service's row, every column of [`SERVICE_COLUMNS`].
+pub fn service_cells(svc: &Service, now: Timestamp) -> Vec<String> {
+    vec![
+        svc.metadata.name.clone().unwrap_or_default(),
+        service_type(svc).to_string(),
+        svc.spec
+            .as_ref()
+            .and_then(|s| s.cluster_ip.clone())
+            .unwrap_or_else(|| "<none>".into()),
+        external_ip(svc),
+        ports_column(svc),
+        age(&svc.metadata, now),
+        selector(svc),
+    ]
+}
+
 /// `kubectl get svc` (`wide` adds SELECTOR; `all_namespaces` adds NAMESPACE first),
 /// and lb's PROGRAMMED column (whether every node's maps hold the service; `refused`:
 /// `namespace/name` -> the nodes that left it out) when `wide` or when a listed
@@ -185,19 +212,9 @@ pub fn services(
     let rows = svcs
         .iter()
         .map(|svc| {
-            let mut row = vec![
-                svc.metadata.name.clone().unwrap_or_default(),
-                service_type(svc).to_string(),
-                svc.spec
-                    .as_ref()
-                    .and_then(|s| s.cluster_ip.clone())
-                    .unwrap_or_else(|| "<none>".into()),
-                external_ip(svc),
-                ports_column(svc),
-                age(&svc.metadata, now),
-            ];
-            if wide {
-                row.push(selector(svc));
+            let mut row = service_cells(svc, now);
+            if !wide {
+                row.truncate(SERVICE_COLUMNS.len() - 1);
             }
             if programmed {
                 row.push(match refused_on(svc) {
@@ -229,33 +246,8 @@ pub fn pods(pods: &[&Pod], now: Timestamp, wide: bool, all_namespaces: bool) -> 
     let rows = pods
         .iter()
         .map(|pod| {
-            let ready = pod_ready(pod);
-            let status = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.phase.clone())
-                .unwrap_or_else(|| "Running".into());
-            let mut row = vec![
-                pod.metadata.name.clone().unwrap_or_default(),
-                if ready { "1/1".into() } else { "0/1".into() },
-                status,
-                "0".into(),
-                age(&pod.metadata, now),
-            ];
-            if wide {
-                row.push(
-                    pod.status
-                        .as_ref()
-                        .and_then(|s| s.pod_ip.clone())
-                        .unwrap_or_else(|| "<none>".into()),
-                );
-                row.push(
-                    pod.spec
-                        .as_ref()
-                        .and_then(|s| s.node_name.clone())
-                        .unwrap_or_else(|| "<none>".into()),
-                );
-            }
+            let mut row = pod_cells(pod, now);
+            row.truncate(if wide { 7 } else { 5 });
             if all_namespaces {
                 row.insert(0, pod.metadata.namespace.clone().unwrap_or_default());
             }
@@ -263,6 +255,43 @@ pub fn pods(pods: &[&Pod], now: Timestamp, wide: bool, all_namespaces: bool) -> 
         })
         .collect();
     render(header.into_iter().map(String::from).collect(), rows)
+}
+
+/// The API server's columns of a Pod.
+pub const POD_COLUMNS: [(&str, u8); 9] = [
+    ("Name", 0),
+    ("Ready", 0),
+    ("Status", 0),
+    ("Restarts", 0),
+    ("Age", 0),
+    ("IP", 1),
+    ("Node", 1),
+    ("Nominated Node", 1),
+    ("Readiness Gates", 1),
+];
+
+/// A Pod's row, every column of [`POD_COLUMNS`] (lb runs no containers: READY
+/// is 1/1 for a ready pod).
+pub fn pod_cells(pod: &Pod, now: Timestamp) -> Vec<String> {
+    let status = pod.status.as_ref();
+    vec![
+        pod.metadata.name.clone().unwrap_or_default(),
+        if pod_ready(pod) { "1/1" } else { "0/1" }.into(),
+        status
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_else(|| "Running".into()),
+        "0".into(),
+        age(&pod.metadata, now),
+        status
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_else(|| "<none>".into()),
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_else(|| "<none>".into()),
+        "<none>".into(),
+        "<none>".into(),
+    ]
 }
 
 /// kubectl's EndpointSlice table: `NAME ADDRESSTYPE PORTS ENDPOINTS AGE`, with at
@@ -275,33 +304,7 @@ pub fn endpoint_slices(slices: &[&EndpointSlice], now: Timestamp, all_namespaces
     let rows = slices
         .iter()
         .map(|s| {
-            let ports: Vec<String> = s
-                .ports
-                .iter()
-                .flatten()
-                .map(|p| p.port.map_or("<unset>".into(), |p| p.to_string()))
-                .collect();
-            let addrs: Vec<&str> = s
-                .endpoints
-                .iter()
-                .flat_map(|e| e.addresses.iter().map(String::as_str))
-                .collect();
-            let endpoints = match addrs.len() {
-                0 => "<none>".to_string(),
-                1..=3 => addrs.join(","),
-                n => format!("{} + {} more...", addrs[..3].join(","), n - 3),
-            };
-            let mut row = vec![
-                s.metadata.name.clone().unwrap_or_default(),
-                s.address_type.clone(),
-                if ports.is_empty() {
-                    "<unset>".into()
-                } else {
-                    ports.join(",")
-                },
-                endpoints,
-                age(&s.metadata, now),
-            ];
+            let mut row = endpoint_slice_cells(s, now);
             if all_namespaces {
                 row.insert(0, s.metadata.namespace.clone().unwrap_or_default());
             }
@@ -309,6 +312,47 @@ pub fn endpoint_slices(slices: &[&EndpointSlice], now: Timestamp, all_namespaces
         })
         .collect();
     render(header.into_iter().map(String::from).collect(), rows)
+}
+
+/// The API server's columns of an EndpointSlice.
+pub const ENDPOINT_SLICE_COLUMNS: [(&str, u8); 5] = [
+    ("Name", 0),
+    ("AddressType", 0),
+    ("Ports", 0),
+    ("Endpoints", 0),
+    ("Age", 0),
+];
+
+/// An EndpointSlice's row, every column of [`ENDPOINT_SLICE_COLUMNS`], with at
+/// most three endpoints shown (`a,b,c + 2 more...`).
+pub fn endpoint_slice_cells(s: &EndpointSlice, now: Timestamp) -> Vec<String> {
+    let ports: Vec<String> = s
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.port.map_or("<unset>".into(), |p| p.to_string()))
+        .collect();
+    let addrs: Vec<&str> = s
+        .endpoints
+        .iter()
+        .flat_map(|e| e.addresses.iter().map(String::as_str))
+        .collect();
+    let endpoints = match addrs.len() {
+        0 => "<none>".to_string(),
+        1..=3 => addrs.join(","),
+        n => format!("{} + {} more...", addrs[..3].join(","), n - 3),
+    };
+    vec![
+        s.metadata.name.clone().unwrap_or_default(),
+        s.address_type.clone(),
+        if ports.is_empty() {
+            "<unset>".into()
+        } else {
+            ports.join(",")
+        },
+        endpoints,
+        age(&s.metadata, now),
+    ]
 }
 
 /// Whether a service is reachable from outside the cluster through node ports.

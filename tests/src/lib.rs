@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod dns;
+pub mod kubectl;
 pub mod lbctl;
 pub mod packet;
 pub mod scale;

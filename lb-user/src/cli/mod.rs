@@ -3,6 +3,7 @@
 //! lives here only, and output people read is rendered by `table`.
 
 mod agent;
+mod api_server;
 mod apply;
 mod conntrack;
 mod delete;
@@ -94,6 +95,14 @@ pub enum Command {
     /// included). A stopped agent leaves the data plane forwarding; this ends it.
     #[command(after_help = "Example:\n  lb reset --node-name node1")]
     Reset(NodeArgs),
+    /// Serve the store over the Kubernetes API (HTTPS, token), for kubectl and
+    /// Kubernetes clients.
+    #[command(
+        after_help = "Examples:\n  lb api-server &\n  lb kubeconfig > ~/.kube/lb && KUBECONFIG=~/.kube/lb kubectl get svc"
+    )]
+    ApiServer(api_server::ApiServerArgs),
+    /// Print a kubeconfig for `lb api-server` (its CA and token).
+    Kubeconfig(api_server::KubeconfigArgs),
 }
 
 /// Runs one command line.
@@ -112,6 +121,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Conntrack(a) => conntrack::run(&a),
         Command::Trace(t) => trace::run(&store, &t),
         Command::Expose(e) => expose::run(&store, &e),
+        Command::ApiServer(a) => api_server::run(&a, &cli.store),
+        Command::Kubeconfig(k) => api_server::kubeconfig(&k, &cli.store),
         Command::Completion { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(shell, &mut Cli::command(), "lb", &mut std::io::stdout());

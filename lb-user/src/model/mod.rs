@@ -18,8 +18,8 @@ use serde_json::Value;
 
 pub use facts::{EndpointFacts, PodFacts, SliceFacts};
 pub use validate::{
-    FieldError, validate_endpoint_slice, validate_endpoint_slice_update, validate_pod,
-    validate_service, validate_service_update,
+    FieldError, FieldErrorKind, validate_endpoint_slice, validate_endpoint_slice_update,
+    validate_pod, validate_service, validate_service_update,
 };
 
 /// What `lb apply` reads, for messages.
@@ -162,8 +162,34 @@ impl Object {
         }
     }
 
+    pub fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Service(s) => &mut s.metadata,
+            Object::Pod(p) => &mut p.metadata,
+            Object::EndpointSlice(e) => &mut e.metadata,
+        }
+    }
+
     pub fn key(&self) -> ObjectKey {
         ObjectKey::of(self.meta())
+    }
+
+    /// An object of `kind` from its JSON.
+    pub fn from_json(kind: Kind, value: serde_json::Value) -> serde_json::Result<Object> {
+        Ok(match kind {
+            Kind::Service => Object::Service(serde_json::from_value(value)?),
+            Kind::Pod => Object::Pod(serde_json::from_value(value)?),
+            Kind::EndpointSlice => Object::EndpointSlice(serde_json::from_value(value)?),
+        })
+    }
+
+    /// The object as the API serves it (apiVersion and kind set).
+    pub fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+        match self {
+            Object::Service(o) => serde_json::to_value(o),
+            Object::Pod(o) => serde_json::to_value(o),
+            Object::EndpointSlice(o) => serde_json::to_value(o),
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod alloc;
 pub mod apply;
 pub mod files;
+pub mod rows;
 
 use std::{
     collections::BTreeMap,
@@ -30,6 +31,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavio
 pub use self::{
     alloc::{Allocation, Ranges, lb_ingress_ips},
     apply::{ApplyError, Mode, Outcome},
+    rows::{ListQuery, Page, Row as StoredRow},
 };
 use crate::{
     model::{Document, Kind, Object, ObjectKey, PodFacts},
@@ -644,7 +646,12 @@ impl Store {
         changes: Vec<Change>,
         rev: u64,
     ) -> Result<(), StoreError> {
-        let bodies = crate::par::in_parallel(changes, |c| {
+        let bodies = crate::par::in_parallel(changes, |mut c| {
+            // Every write gives the object the revision it was written under (a
+            // status write too), as the API server's resourceVersion.
+            if let Some(o) = &mut c.object {
+                o.meta_mut().resource_version = Some(rev.to_string());
+            }
             let body = match &c.object {
                 None => Ok(None),
                 Some(Object::Service(o)) => serde_json::to_string(o).map(Some),

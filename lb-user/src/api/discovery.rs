@@ -1,0 +1,231 @@
+//! What clients read before anything else: the version, the API groups and their
+//! resources (the legacy discovery documents; kubectl falls back to them when the
+//! aggregated form is not offered), and an OpenAPI v3 document per group version
+//! whose PATCH operations declare the `fieldValidation` parameter: kubectl then
+//! leaves validation to the server (lb's own, as `lb apply`'s) instead of
+//! validating against a schema it would have to download.
+
+use serde_json::{Value, json};
+
+use super::resource::{RESOURCES, Resource};
+
+/// The Kubernetes release whose API (and validation) lb follows.
+pub const KUBERNETES_MINOR: &str = "33";
+
+pub fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": KUBERNETES_MINOR,
+        "gitVersion": format!("v1.{KUBERNETES_MINOR}.0+lb-{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, go_arch()),
+    })
+}
+
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// `/api`.
+pub fn core_versions() -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [],
+    })
+}
+
+/// The named groups (every resource outside the core group).
+fn groups() -> Vec<(&'static str, &'static str)> {
+    let mut groups: Vec<(&str, &str)> = RESOURCES
+        .iter()
+        .filter(|r| !r.group.is_empty())
+        .map(|r| (r.group, r.version))
+        .collect();
+    groups.dedup();
+    groups
+}
+
+/// `/apis`.
+pub fn group_list() -> Value {
+    let groups: Vec<Value> = groups()
+        .into_iter()
+        .map(|(g, v)| {
+            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `/apis/GROUP`.
+pub fn group(group: &str) -> Option<Value> {
+    groups()
+        .into_iter()
+        .find(|(g, _)| *g == group)
+        .map(|(g, v)| {
+            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+            json!({"kind": "APIGroup", "apiVersion": "v1", "name": g,
+               "versions": [gv.clone()], "preferredVersion": gv})
+        })
+}
+
+/// `/api/v1`, `/apis/GROUP/VERSION`: the resources of one group version.
+pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    let served: Vec<&Resource> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
+    if served.is_empty() {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for r in served {
+        resources.push(json!({
+            "name": r.name,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": r.verbs,
+            "shortNames": r.short_names,
+            "categories": r.categories,
+        }));
+        if r.status {
+            resources.push(json!({
+                "name": format!("{}/status", r.name),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": gv,
+        "resources": resources,
+    }))
+}
+
+/// The path of a group version's OpenAPI document (`api/v1`,
+/// `apis/discovery.k8s.io/v1`).
+fn openapi_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// `/openapi/v3`: where each group version's document is. The hash is the
+/// server's version (the documents change only with it).
+pub fn openapi_index() -> Value {
+    let mut paths = serde_json::Map::new();
+    let mut gvs: Vec<(&str, &str)> = RESOURCES.iter().map(|r| (r.group, r.version)).collect();
+    gvs.dedup();
+    for (g, v) in gvs {
+        let path = openapi_path(g, v);
+        paths.insert(
+            path.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={}", openapi_hash())}),
+        );
+    }
+    json!({"paths": paths})
+}
+
+fn openapi_hash() -> String {
+    format!("lb{}", env!("CARGO_PKG_VERSION").replace('.', ""))
+}
+
+/// `/openapi/v3/PATH`: the group version's kinds and operations. The schemas
+/// name their kinds (`x-kubernetes-group-version-kind`) and leave the fields to
+/// the server's validation.
+pub fn openapi_document(path: &str) -> Option<Value> {
+    let served: Vec<&Resource> = RESOURCES
+        .iter()
+        .filter(|r| openapi_path(r.group, r.version) == path)
+        .collect();
+    if served.is_empty() {
+        return None;
+    }
+    let mut paths = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
+    let query = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string"}});
+    for r in served {
+        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+        let schema_name = schema_name(r);
+        let reference = json!({"$ref": format!("#/components/schemas/{schema_name}")});
+        schemas.insert(
+            schema_name.clone(),
+            json!({
+                "type": "object",
+                "description": format!("{} (served by lb; fields are validated by the server)", r.kind),
+                "x-kubernetes-group-version-kind": [gvk.clone()],
+            }),
+        );
+        let ok = json!({"200": {"description": "OK", "content": {"application/json": {"schema": reference}}}});
+        let mut item = json!({
+            "get": {"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "get", "responses": ok},
+        });
+        if r.verbs.contains(&"patch") {
+            item["patch"] = json!({
+                "x-kubernetes-group-version-kind": gvk,
+                "x-kubernetes-action": "patch",
+                "parameters": [query("dryRun"), query("fieldManager"), query("fieldValidation"), query("force")],
+                "requestBody": {"content": {
+                    "application/json-patch+json": {"schema": {"type": "object"}},
+                    "application/merge-patch+json": {"schema": {"type": "object"}},
+                }},
+                "responses": ok,
+            });
+            item["put"] = json!({
+                "x-kubernetes-group-version-kind": gvk,
+                "x-kubernetes-action": "put",
+                "parameters": [query("dryRun"), query("fieldManager"), query("fieldValidation")],
+                "requestBody": {"content": {"application/json": {"schema": reference}}},
+                "responses": ok,
+            });
+        }
+        let base = if r.group.is_empty() {
+            format!("/api/{}", r.version)
+        } else {
+            format!("/apis/{}/{}", r.group, r.version)
+        };
+        let item_path = if r.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.name)
+        } else {
+            format!("{base}/{}/{{name}}", r.name)
+        };
+        paths.insert(item_path, item);
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "lb", "version": format!("v1.{KUBERNETES_MINOR}.0")},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }))
+}
+
+/// `io.k8s.api.core.v1.Service`, `io.k8s.api.discovery.v1.EndpointSlice`.
+fn schema_name(r: &Resource) -> String {
+    let group = if r.group.is_empty() {
+        "core"
+    } else {
+        r.group.split('.').next().unwrap_or(r.group)
+    };
+    format!("io.k8s.api.{group}.{}.{}", r.version, r.kind)
+}

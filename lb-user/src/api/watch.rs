@@ -1,0 +1,214 @@
+//! Watches: the changes to a resource after a resourceVersion, as a stream of
+//! JSON events (ADDED, MODIFIED, DELETED, BOOKMARK), read from the store's rows by
+//! revision. The store's commit marker is looked at every [`POLL`]; a watch from
+//! a revision whose deletions were pruned ends with the API server's 410 error
+//! event, and the client lists again.
+//!
+//! The store keeps no creation revision: an object is ADDED the first time this
+//! watch sees it (or it starts matching the selector), MODIFIED after. A deleted
+//! object's last state is not kept either: DELETED carries its name, namespace
+//! and the revision of the deletion.
+
+use std::{collections::HashSet, path::PathBuf, time::Duration};
+
+use axum::body::Bytes;
+use futures::{SinkExt as _, channel::mpsc};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::{
+    handlers::{Params, Selectors},
+    resource::Resource,
+    status::ApiError,
+    table::{self, Include},
+};
+use crate::{
+    model::ObjectKey,
+    store::{self, ListQuery, Store},
+};
+
+/// How often a watch looks for a new revision.
+const POLL: Duration = Duration::from_millis(50);
+/// How often a watch that asked for them gets a bookmark.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
+/// A watch that names no timeout ends after this long (the API server picks
+/// 30-60 minutes); clients watch again from where it ended.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+pub struct Watch {
+    pub store: PathBuf,
+    pub res: &'static Resource,
+    pub namespace: Option<String>,
+    pub params: Params,
+    pub as_table: Option<Include>,
+}
+
+type Tx = mpsc::Sender<Result<Bytes, std::convert::Infallible>>;
+
+/// Runs `w`, sending its events on `tx` until the client goes or it times out.
+pub async fn run(w: Watch, mut tx: Tx) {
+    if let Err(e) = events(&w, &mut tx).await {
+        let _ = send(&mut tx, "ERROR", e.to_json()).await;
+    }
+}
+
+async fn send(tx: &mut Tx, ty: &str, object: Value) -> Result<(), ()> {
+    let mut line = json!({"type": ty, "object": object}).to_string();
+    line.push('\n');
+    tx.send(Ok(Bytes::from(line))).await.map_err(drop)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// Ok at the end of the watch (client gone, timeout); Err: the error event.
+async fn events(w: &Watch, tx: &mut Tx) -> Result<(), ApiError> {
+    let res = w.res;
+    let selectors = std::sync::Arc::new(Selectors::of(res, &w.params)?);
+    let timeout = w
+        .params
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+    let deadline = Instant::now() + timeout;
+    let bookmarks = w
+        .params
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
+    let Some(kind) = res.stored else {
+        // Nothing the store keeps (nodes, events): nothing ever changes.
+        while Instant::now() < deadline && !tx.is_closed() {
+            tokio::time::sleep(POLL).await;
+        }
+        return Ok(());
+    };
+    let from: Option<u64> = match w.params.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(rv) => Some(
+            rv.parse()
+                .map_err(|_| ApiError::bad_request(format!("resourceVersion {rv} is not valid")))?,
+        ),
+    };
+    // What matches now: the objects a later deletion is reported for.
+    let (dir, ns, sel) = (w.store.clone(), w.namespace.clone(), selectors.clone());
+    let page = blocking(move || {
+        let query = ListQuery {
+            namespace: ns,
+            ..Default::default()
+        };
+        Store::new(dir)
+            .list_rows(kind, &query, |b| sel.matches_text(b))
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    let mut known: HashSet<ObjectKey> = page.rows.iter().map(|r| r.key.clone()).collect();
+    let event = |object: Value| match w.as_table {
+        Some(include) => {
+            let rv = object["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            table::of(res.stored, &[object], rv, None, include)
+        }
+        None => object,
+    };
+    let mut rev = match from {
+        Some(rv) => rv,
+        None => {
+            // No version: the current objects first, as ADDED.
+            for row in &page.rows {
+                let object: Value = serde_json::from_str(row.body.as_deref().unwrap_or("{}"))
+                    .map_err(ApiError::internal)?;
+                if send(tx, "ADDED", event(object)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            page.revision
+        }
+    };
+    let mut last_bookmark = Instant::now();
+    while Instant::now() < deadline {
+        let newer = store::last_commit(&w.store).is_none_or(|(r, _)| r > rev);
+        if newer {
+            let dir = w.store.clone();
+            let since = blocking(move || {
+                Store::new(dir)
+                    .rows_since(kind, rev)
+                    .map_err(ApiError::internal)
+            })
+            .await?;
+            let Some((now, rows)) = since else {
+                return Err(ApiError::gone(format!(
+                    "too old resource version: {rev} (the store keeps deletions of the last {} revisions)",
+                    store::TOMBSTONE_REVISIONS
+                )));
+            };
+            for row in rows {
+                if w.namespace
+                    .as_ref()
+                    .is_some_and(|ns| *ns != row.key.namespace)
+                {
+                    continue;
+                }
+                let (ty, object) = match &row.body {
+                    Some(body) => {
+                        let object: Value =
+                            serde_json::from_str(body).map_err(ApiError::internal)?;
+                        if selectors.matches(&object) {
+                            let ty = if known.insert(row.key.clone()) {
+                                "ADDED"
+                            } else {
+                                "MODIFIED"
+                            };
+                            (ty, object)
+                        } else if known.remove(&row.key) {
+                            ("DELETED", object)
+                        } else {
+                            continue;
+                        }
+                    }
+                    None => {
+                        if !known.remove(&row.key) {
+                            continue;
+                        }
+                        let gone = json!({
+                            "kind": res.kind,
+                            "apiVersion": res.api_version(),
+                            "metadata": {
+                                "name": row.key.name,
+                                "namespace": row.key.namespace,
+                                "resourceVersion": row.rev.to_string(),
+                            },
+                        });
+                        ("DELETED", gone)
+                    }
+                };
+                if send(tx, ty, event(object)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            rev = rev.max(now);
+        }
+        if bookmarks && last_bookmark.elapsed() >= BOOKMARK_EVERY {
+            last_bookmark = Instant::now();
+            let mark = json!({
+                "kind": res.kind,
+                "apiVersion": res.api_version(),
+                "metadata": {"resourceVersion": rev.to_string()},
+            });
+            if send(tx, "BOOKMARK", mark).await.is_err() {
+                return Ok(());
+            }
+        }
+        if tx.is_closed() {
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
+}
