@@ -13,7 +13,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use notify::Watcher as _;
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 use tracing::{info, warn};
 
@@ -316,17 +315,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         triggered: Vec::new(),
         names: None,
     };
-    // Writers touch the store's commit marker after each commit; the database's own
-    // files change many times within a transaction, before it is visible.
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok_and(|ev| ev.paths.iter().any(|p| crate::store::is_commit_marker(p))) {
-            let _ = tx.send(());
-        }
+    let _watcher = crate::store::on_commit(&opts.store, move || {
+        let _ = tx.send(());
     })
-    .context("starting the store watcher")?;
-    watcher
-        .watch(&opts.store, notify::RecursiveMode::NonRecursive)
-        .with_context(|| format!("watching store {}", opts.store.display()))?;
+    .with_context(|| format!("watching store {}", opts.store.display()))?;
 
     if let Some(dns) = opts.dns.clone() {
         let stats = Arc::default();
@@ -677,7 +669,7 @@ impl Agent {
     fn sync_maps(&mut self, routes: bool) -> Result<()> {
         let started = Instant::now();
         if let Some(kube) = &self.kube {
-            let Some(state) = kube.changed() else {
+            let Some(taken) = kube.changed() else {
                 if routes {
                     self.follow_known_pod_interfaces(false);
                 }
@@ -690,9 +682,14 @@ impl Agent {
                     self.plan_all = true;
                 }
             }
-            self.tracked.state.revision = state.revision;
-            self.tracked.state.endpoints_from_slices = state.endpoints_from_slices;
-            let changes = self.tracked.state.changes_to(state);
+            let changes = match taken {
+                crate::kube_source::Taken::Whole(state) => {
+                    self.tracked.state.revision = state.revision;
+                    self.tracked.state.endpoints_from_slices = state.endpoints_from_slices;
+                    self.tracked.state.changes_to(state)
+                }
+                crate::kube_source::Taken::Changes(changes) => changes,
+            };
             self.triggered = changes.iter().filter_map(trigger_time).collect();
             return self.take_changes(changes, started);
         }

@@ -1,8 +1,10 @@
 //! Kubernetes mode: the cluster's own API as the source of truth. kube-runtime
 //! watchers keep reflector caches of v1 Services, discovery.k8s.io/v1
-//! EndpointSlices and v1 Nodes; every change wakes the agent, which turns the caches
-//! into the same [`State`] the embedded store gives and runs it through the same
-//! plan -> diff -> map-writes pipeline.
+//! EndpointSlices and v1 Nodes; every change wakes the agent. The objects a watch
+//! event named are handed over as [`Change`]s (as the embedded store hands over
+//! rows by revision), so one endpoint change re-plans one service, not the
+//! cluster; after a (re)list the caches are handed over whole as a [`State`].
+//! Both go through the same plan -> diff -> map-writes pipeline.
 //!
 //! Resilience comes from the watchers: after an API error they back off and retry,
 //! after `410 Gone` they relist; the caches (and so the maps) keep the last known
@@ -16,7 +18,7 @@ use std::{
     path::Path,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
 };
 
@@ -35,7 +37,30 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
-use crate::{model::ObjectKey, netif::parse_cidr, state::State};
+use crate::{
+    model::{Kind, Object, ObjectKey},
+    netif::parse_cidr,
+    state::{Change, State},
+};
+
+/// What the watches brought since the agent last took it.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Something changed (a node, a relist, an object).
+    dirty: bool,
+    /// A watch (re)listed: the caches are taken whole.
+    whole: bool,
+    /// The objects watch events named.
+    keys: std::collections::BTreeSet<(Kind, ObjectKey)>,
+}
+
+/// What the agent takes from the caches.
+pub enum Taken {
+    /// The caches whole (after a list).
+    Whole(State),
+    /// The objects that changed (written, or deleted: None).
+    Changes(Vec<Change>),
+}
 
 /// Services labelled with this name another proxy (kube-proxy's rule).
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -48,8 +73,8 @@ pub struct KubeSource {
     services_generation: Arc<AtomicU64>,
     slices: reflector::Store<EndpointSlice>,
     nodes: reflector::Store<KubeNode>,
-    /// Set by every watch event; taken by [`changed`](Self::changed).
-    dirty: Arc<AtomicBool>,
+    /// Filled by the watch events; taken by [`changed`](Self::changed).
+    pending: Arc<std::sync::Mutex<Pending>>,
 }
 
 /// The client configuration: `kubeconfig` if given, else the in-cluster service
@@ -71,10 +96,13 @@ pub async fn config(kubeconfig: Option<&Path>) -> Result<Option<Config>> {
     Ok(None)
 }
 
+/// Watches `api` into a cache; each event is noted in `pending` (the object's
+/// key under `stored`, the store's kind; a node only makes the state dirty).
 fn follow<K>(
     api: Api<K>,
     kind: &'static str,
-    dirty: Arc<AtomicBool>,
+    stored: Option<Kind>,
+    pending: Arc<std::sync::Mutex<Pending>>,
     generation: Option<Arc<AtomicU64>>,
     wake: UnboundedSender<()>,
 ) -> reflector::Store<K>
@@ -82,6 +110,21 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
+    let note = move |whole: bool, object: Option<&K>| {
+        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.dirty = true;
+        p.whole |= whole;
+        if let (Some(kind), Some(o)) = (stored, object) {
+            let meta = o.meta();
+            p.keys.insert((
+                kind,
+                ObjectKey::new(
+                    meta.namespace.as_deref().unwrap_or_default(),
+                    meta.name.as_deref().unwrap_or_default(),
+                ),
+            ));
+        }
+    };
     let (reader, writer) = reflector::store();
     let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
     tokio::spawn(async move {
@@ -95,11 +138,11 @@ where
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Ok(watcher::Event::InitDone) => {
                     info!(kind, "listed");
-                    dirty.store(true, Ordering::SeqCst);
+                    note(true, None);
                     let _ = wake.send(());
                 }
-                Ok(_) => {
-                    dirty.store(true, Ordering::SeqCst);
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                    note(false, Some(&o));
                     let _ = wake.send(());
                 }
                 Err(e) => {
@@ -111,6 +154,14 @@ where
     reader
 }
 
+/// Whether lb serves `svc` (not one labelled for another proxy).
+fn served_here(svc: &Service) -> bool {
+    !svc.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME))
+}
+
 impl KubeSource {
     /// Starts the watchers and waits until each has listed once, so the first
     /// reconcile sees the whole cluster (never an empty cache that would wipe the
@@ -118,26 +169,33 @@ impl KubeSource {
     pub async fn start(config: Config, wake: UnboundedSender<()>) -> Result<Self> {
         info!(server = %config.cluster_url, "Kubernetes mode: watching Services, EndpointSlices and Nodes");
         let client = Client::try_from(config).context("building the Kubernetes client")?;
-        let dirty = Arc::new(AtomicBool::new(true));
+        let pending = Arc::new(std::sync::Mutex::new(Pending {
+            dirty: true,
+            whole: true,
+            ..Default::default()
+        }));
         let services_generation = Arc::new(AtomicU64::new(0));
         let services = follow(
             Api::<Service>::all(client.clone()),
             "Service",
-            dirty.clone(),
+            Some(Kind::Service),
+            pending.clone(),
             Some(services_generation.clone()),
             wake.clone(),
         );
         let slices = follow(
             Api::<EndpointSlice>::all(client.clone()),
             "EndpointSlice",
-            dirty.clone(),
+            Some(Kind::EndpointSlice),
+            pending.clone(),
             None,
             wake.clone(),
         );
         let nodes = follow(
             Api::<KubeNode>::all(client.clone()),
             "Node",
-            dirty.clone(),
+            None,
+            pending.clone(),
             None,
             wake,
         );
@@ -150,7 +208,7 @@ impl KubeSource {
             services_generation,
             slices,
             nodes,
-            dirty,
+            pending,
         })
     }
 
@@ -173,16 +231,46 @@ impl KubeSource {
             .collect()
     }
 
-    /// The cluster as a [`State`], if anything changed since the last call.
-    pub fn changed(&self) -> Option<State> {
-        self.dirty
-            .swap(false, Ordering::SeqCst)
-            .then(|| self.state())
+    /// What changed since the last call (None: nothing): the caches whole after a
+    /// list, else the objects the watch events named, as they are now.
+    pub fn changed(&self) -> Option<Taken> {
+        let p = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if !p.dirty {
+                return None;
+            }
+            std::mem::take(&mut *p)
+        };
+        if p.whole {
+            return Some(Taken::Whole(self.state()));
+        }
+        let changes = p
+            .keys
+            .into_iter()
+            .map(|(kind, key)| {
+                let object = match kind {
+                    Kind::Service => self
+                        .services
+                        .get(&reflector::ObjectRef::new(&key.name).within(&key.namespace))
+                        .filter(|s| served_here(s))
+                        .map(|s| Object::Service(Box::new(Service::clone(&s)))),
+                    Kind::EndpointSlice => self
+                        .slices
+                        .get(&reflector::ObjectRef::new(&key.name).within(&key.namespace))
+                        .map(|s| Object::EndpointSlice(Box::new(EndpointSlice::clone(&s)))),
+                    Kind::Pod => None,
+                };
+                Change { kind, key, object }
+            })
+            .collect();
+        Some(Taken::Changes(changes))
     }
 
-    /// Makes the next [`changed`](Self::changed) return the state again.
+    /// Makes the next [`changed`](Self::changed) return the state again, whole.
     pub fn mark_dirty(&self) {
-        self.dirty.store(true, Ordering::SeqCst);
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.dirty = true;
+        p.whole = true;
     }
 
     /// The caches as a [`State`]: services labelled for another proxy left out;
@@ -193,12 +281,7 @@ impl KubeSource {
             .services
             .state()
             .into_iter()
-            .filter(|s| {
-                !s.metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME))
-            })
+            .filter(|s| served_here(s))
             .map(|s| (ObjectKey::of(&s.metadata), Service::clone(&s)))
             .collect();
         let endpoint_slices = self
