@@ -9,7 +9,8 @@
 //! endpointslice-controller.lb.io`; slices of other managers (written by hand
 //! for a service without a selector) are never touched. A service's pods are
 //! grouped by the ports their named target ports resolve to (one group, one or
-//! more slices), at most 100 endpoints a slice, named `SERVICE-lb-N`. The store
+//! more slices), at most 100 endpoints a slice, named `SERVICE-lb-N`. It wakes on
+//! each commit to the store (its commit marker). The store
 //! agents ignore slices of services with a selector (they select the pods), so
 //! these never count twice.
 
@@ -44,8 +45,9 @@ pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "endpointslice-controller.lb.io";
 /// Endpoints per slice (the controller's default `--max-endpoints-per-slice`).
 const MAX_ENDPOINTS: usize = 100;
-/// How often the store's revision is looked at.
-const POLL: Duration = Duration::from_millis(50);
+/// How often the store's revision is looked at when no commit woke the
+/// controller (a missed notification).
+const POLL: Duration = Duration::from_secs(1);
 
 /// One port of a slice: (name, protocol, number).
 type SlicePort = (String, String, u16);
@@ -255,6 +257,10 @@ pub fn run(dir: &Path, stop: &AtomicBool) -> Result<()> {
         let facts = store.load_facts()?;
         Ok((facts.revision, Tracked::new(facts)))
     };
+    let (wake, woken) = std::sync::mpsc::channel();
+    let _watcher = store::on_commit(dir, move || {
+        let _ = wake.send(());
+    })?;
     let (mut rev, mut tracked) = load()?;
     let mut pending = everything(&tracked);
     while !stop.load(Ordering::Relaxed) {
@@ -266,7 +272,8 @@ pub fn run(dir: &Path, stop: &AtomicBool) -> Result<()> {
                 Err(e) => warn!(error = %e, "EndpointSlice controller: will retry"),
             }
         }
-        std::thread::sleep(POLL);
+        let _ = woken.recv_timeout(POLL);
+        while woken.try_recv().is_ok() {}
         if store::last_commit(dir).is_some_and(|(r, _)| r <= rev) {
             continue;
         }

@@ -103,9 +103,18 @@ enum Endpoints {
     Pods,
 }
 
+/// How the agent reads the store.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// Directly (the store-mode agent: SQLite rows by revision).
+    Store,
+    /// Through `lb api-server`, with the Kubernetes-mode watchers (kube-rs).
+    Api,
+}
+
 /// The agent in a namespace of its own (one veth to attach to); `n` services
 /// applied, then one endpoint change.
-fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
+fn lb(n: usize, from: Endpoints, via: Via) -> Result<LbTimes> {
     let mut t = Topology::new("cp")?;
     let node = t.netns("node")?;
     t.ip(
@@ -128,7 +137,15 @@ fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
         "--max-backends".to_string(),
         sized.backends.to_string(),
     ];
-    let sizes: Vec<&str> = sizes.iter().map(String::as_str).collect();
+    let mut sizes: Vec<&str> = sizes.iter().map(String::as_str).collect();
+    let kubeconfig = match via {
+        Via::Store => None,
+        Via::Api => Some(lb_tests::kubectl::serve_in(&mut t, &node, &lb)?),
+    };
+    let kubeconfig = kubeconfig.map(|p| p.display().to_string());
+    if let Some(path) = &kubeconfig {
+        sizes.extend(["--kubeconfig", path.as_str()]);
+    }
     lb.start_agent_with(&mut t, &node, "node1", &["d0"], &sizes)?;
     let manifests = match from {
         Endpoints::Slices => scale::lb_manifests(n),
@@ -150,9 +167,14 @@ fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
     let start = SystemTime::now();
     let (_, cli_peak) = lb.apply_peak(&manifests)?;
     drop(manifests);
+    // Every service and every endpoint: through the API, services and their
+    // slices arrive as separate watch events, over several reconciles.
     let want = format!("services={} ", base + n);
+    let endpoints = (n * scale::ENDPOINTS_PER_SERVICE) as u64;
     let line = wait_reconcile(&t, seen, |l| {
-        l.contains(&want) && field(l, "refused") == Some(0)
+        l.contains(&want)
+            && field(l, "refused") == Some(0)
+            && field(l, "backends").is_some_and(|b| b >= endpoints)
     })?;
     let apply = since(logged_at(&line)?, start)?;
     eprintln!("agent: {line}");
@@ -206,6 +228,10 @@ fn lb(n: usize, from: Endpoints) -> Result<LbTimes> {
         commit_to_maps: median(commit_to_maps),
     })
 }
+
+/// The largest store the agent is timed following through `lb api-server` (bench
+/// time: every object goes through a watch event and kube-rs' cache).
+const API_MAX: usize = 10_000;
 
 /// How many times one endpoint change is measured (the median is reported).
 const CHANGES: usize = 5;
@@ -345,12 +371,26 @@ fn main() -> Result<()> {
         ]
     };
     for &n in &sizes {
-        let l = lb(n, Endpoints::Slices).with_context(|| format!("lb at {n}"))?;
+        let l = lb(n, Endpoints::Slices, Via::Store).with_context(|| format!("lb at {n}"))?;
         table.row(lb_row(n, "lb (`lb apply` -> agent -> maps)", &l, &l));
         chart.bar(&format!("{n} svc"), "lb", l.apply.as_secs_f64());
-        let p = lb(n, Endpoints::Pods).with_context(|| format!("lb with pods at {n}"))?;
+        let p =
+            lb(n, Endpoints::Pods, Via::Store).with_context(|| format!("lb with pods at {n}"))?;
         table.row(lb_row(n, "lb, endpoints from pods' selectors", &p, &l));
         chart.bar(&format!("{n} svc"), "lb, pods", p.apply.as_secs_f64());
+        // The agent following the store through `lb api-server` instead (as an
+        // agent on another machine would), up to API_MAX services.
+        if n <= API_MAX {
+            let a = lb(n, Endpoints::Slices, Via::Api)
+                .with_context(|| format!("lb through lb api-server at {n}"))?;
+            table.row(lb_row(
+                n,
+                "lb, agent following `lb api-server` (Kubernetes mode)",
+                &a,
+                &l,
+            ));
+            chart.bar(&format!("{n} svc"), "lb via API", a.apply.as_secs_f64());
+        }
         for k in kernel.iter().filter(|_| !lb_only) {
             if n > k.max {
                 table.row(vec![

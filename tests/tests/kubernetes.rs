@@ -30,6 +30,9 @@ enum Mode {
     Store,
     /// An API server, `lb agent --kubeconfig`.
     Kube,
+    /// `lb apply` into a store that `lb api-server` serves, and the agent in
+    /// Kubernetes mode following that server (store mode across machines).
+    LbApi,
 }
 
 fn service(name: &str, cluster_ip: &str, node_port: Option<i32>) -> Service {
@@ -145,6 +148,22 @@ fn web_cluster(tag: &str, mode: Mode, extra: &[Value]) -> (Cluster, Option<FakeA
             // (in Kubernetes mode, the Node's podCIDR does).
             vec!["--cluster-cidr".into(), "10.244.0.0/16".into()]
         }
+        Mode::LbApi => {
+            let docs: Vec<String> = objects.iter().map(Value::to_string).collect();
+            lb.apply(&format!("---\n{}", docs.join("\n---\n"))).unwrap();
+            let path = lb_tests::kubectl::serve_in(t, node, lb).unwrap();
+            // lb's store keeps no Node objects: the pod network is given.
+            vec![
+                "--kubeconfig".into(),
+                path.display().to_string(),
+                "--cluster-cidr".into(),
+                "10.244.0.0/16".into(),
+                "--dns".into(),
+                "on".into(),
+                "--dns-upstream".into(),
+                "none".into(),
+            ]
+        }
         Mode::Kube => {
             let server = FakeApi::start(node);
             server.put(value(&node_object()));
@@ -244,7 +263,7 @@ fn nodeport_and_cluster_ip(mode: Mode) {
     // agent writes no service into a cluster).
     let (from, server) = match mode {
         Mode::Store => (&c.client, "@10.96.0.10".to_string()),
-        Mode::Kube => (&c.laptop, format!("@{NODE_IP}")),
+        Mode::Kube | Mode::LbApi => (&c.laptop, format!("@{NODE_IP}")),
     };
     let name = "web.default.svc.cluster.local";
     let got = Topology::wait_for(Duration::from_secs(10), || {
@@ -272,6 +291,79 @@ fn nodeport_cluster_ip_and_health_check_node_port_from_the_embedded_store() {
 #[test]
 fn nodeport_cluster_ip_and_health_check_node_port_from_the_kubernetes_api() {
     nodeport_and_cluster_ip(Mode::Kube);
+}
+
+#[test]
+fn nodeport_cluster_ip_and_health_check_node_port_from_lb_api_server() {
+    nodeport_and_cluster_ip(Mode::LbApi);
+}
+
+/// kubectl (in the node, where `lb api-server` listens) with `config`.
+fn kubectl(
+    c_t: &Topology,
+    node: &lb_tests::Netns,
+    config: &std::path::Path,
+    args: &[&str],
+) -> String {
+    let bin = lb_tests::kubectl::kubectl_bin().display().to_string();
+    let mut argv = vec![bin.as_str()];
+    argv.extend_from_slice(args);
+    let out = c_t
+        .cmd(node, &argv)
+        .env("KUBECONFIG", config)
+        .env("HOME", c_t.dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The seeds' NodePort with the seeds' manifests applied by kubectl to `lb
+/// api-server`, served by an agent in Kubernetes mode that follows that server
+/// (its endpoints from the EndpointSlice controller's slices); a change made with
+/// kubectl reaches the data plane.
+#[test]
+fn the_seeds_nodeport_applied_with_kubectl_served_by_an_agent_following_lb_api_server() {
+    let mut config = None;
+    let c = cluster_with("lbapi-seeds", &[&["--tcp", "80"]], |t, node, lb| {
+        let path = lb_tests::kubectl::serve_in(t, node, lb).unwrap();
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        for f in ["node-port-service.yaml", "myapp-pod.yaml"] {
+            let out = kubectl(t, node, &path, &["apply", "-f", &format!("{examples}/{f}")]);
+            assert!(out.contains("created"), "{out}");
+        }
+        config = Some(path.clone());
+        vec![
+            "--kubeconfig".into(),
+            path.display().to_string(),
+            "--cluster-cidr".into(),
+            "10.244.0.0/16".into(),
+        ]
+    });
+    let config = config.unwrap();
+    let log = c.t.log("agent-node1");
+    assert!(
+        log.contains("Kubernetes mode"),
+        "the agent follows the API:\n{log}"
+    );
+    answered_by(&c, true, &format!("{NODE_IP}:30008"), &["pod-0"], false);
+    kubectl(
+        &c.t,
+        &c.node,
+        &config,
+        &[
+            "patch",
+            "svc",
+            "node-port-service",
+            "-p",
+            r#"{"spec":{"ports":[{"port":80,"nodePort":30009}]}}"#,
+        ],
+    );
+    answered_by(&c, true, &format!("{NODE_IP}:30009"), &["pod-0"], false);
 }
 
 /// The maps' frontends for `ip`:80/TCP, as the agent pinned them.

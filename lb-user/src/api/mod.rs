@@ -54,6 +54,8 @@ pub struct ApiOptions {
 
 struct Shared {
     store: PathBuf,
+    /// Bumped at each commit to the store (watches wait on it).
+    commits: tokio::sync::watch::Receiver<u64>,
     ranges: Ranges,
     token: String,
 }
@@ -77,7 +79,11 @@ async fn serve(opts: ApiOptions) -> Result<()> {
     let creds = credentials::server(&opts.store, addr)?;
     let tls = tls_config(&creds)?;
     credentials::set_address(&opts.store, addr)?;
+    let (commit, commits) = tokio::sync::watch::channel(0u64);
+    let _watcher = crate::store::on_commit(&opts.store, move || commit.send_modify(|n| *n += 1))
+        .with_context(|| format!("watching store {}", opts.store.display()))?;
     let shared = Arc::new(Shared {
+        commits,
         store: opts.store.clone(),
         ranges: opts.ranges.clone(),
         token: creds.token,
@@ -291,6 +297,7 @@ async fn serve_request(shared: Arc<Shared>, req: Request) -> Result<Response, Ap
         tokio::spawn(watch::run(
             watch::Watch {
                 store: shared.store.clone(),
+                commits: shared.commits.clone(),
                 res,
                 namespace,
                 params,

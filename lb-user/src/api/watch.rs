@@ -27,8 +27,9 @@ use crate::{
     store::{self, ListQuery, Store},
 };
 
-/// How often a watch looks for a new revision.
-const POLL: Duration = Duration::from_millis(50);
+/// How often a watch looks for a new revision when no commit woke it (a missed
+/// notification), and whether its client is still there.
+const POLL: Duration = Duration::from_secs(1);
 /// How often a watch that asked for them gets a bookmark.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
 /// A watch that names no timeout ends after this long (the API server picks
@@ -37,6 +38,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 pub struct Watch {
     pub store: PathBuf,
+    /// Bumped at each commit to the store.
+    pub commits: tokio::sync::watch::Receiver<u64>,
     pub res: &'static Resource,
     pub namespace: Option<String>,
     pub params: Params,
@@ -46,8 +49,8 @@ pub struct Watch {
 type Tx = mpsc::Sender<Result<Bytes, std::convert::Infallible>>;
 
 /// Runs `w`, sending its events on `tx` until the client goes or it times out.
-pub async fn run(w: Watch, mut tx: Tx) {
-    if let Err(e) = events(&w, &mut tx).await {
+pub async fn run(mut w: Watch, mut tx: Tx) {
+    if let Err(e) = events(&mut w, &mut tx).await {
         let _ = send(&mut tx, "ERROR", e.to_json()).await;
     }
 }
@@ -67,7 +70,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Ok at the end of the watch (client gone, timeout); Err: the error event.
-async fn events(w: &Watch, tx: &mut Tx) -> Result<(), ApiError> {
+async fn events(w: &mut Watch, tx: &mut Tx) -> Result<(), ApiError> {
     let res = w.res;
     let selectors = std::sync::Arc::new(Selectors::of(res, &w.params)?);
     let timeout = w
@@ -83,7 +86,7 @@ async fn events(w: &Watch, tx: &mut Tx) -> Result<(), ApiError> {
     let Some(kind) = res.stored else {
         // Nothing the store keeps (nodes, events): nothing ever changes.
         while Instant::now() < deadline && !tx.is_closed() {
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(POLL.min(BOOKMARK_EVERY)).await;
         }
         return Ok(());
     };
@@ -208,7 +211,8 @@ async fn events(w: &Watch, tx: &mut Tx) -> Result<(), ApiError> {
         if tx.is_closed() {
             return Ok(());
         }
-        tokio::time::sleep(POLL).await;
+        let wait = if bookmarks { BOOKMARK_EVERY } else { POLL };
+        let _ = tokio::time::timeout(wait, w.commits.changed()).await;
     }
     Ok(())
 }

@@ -114,6 +114,23 @@ pub fn is_commit_marker(path: &Path) -> bool {
     path.file_name() == Some(std::ffi::OsStr::new(COMMIT_MARKER))
 }
 
+/// Calls `wake` each time a writer commits to the store in `dir` (its commit
+/// marker changes; the database's own files change many times within a
+/// transaction, before it is visible), for as long as the returned watcher lives.
+pub fn on_commit(
+    dir: &Path,
+    wake: impl Fn() + Send + 'static,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok_and(|ev| ev.paths.iter().any(|p| is_commit_marker(p))) {
+            wake();
+        }
+    })?;
+    watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
 /// A bulk apply ([`Store::bulk_apply`]): each batch of documents is checked and
 /// written inside one write transaction as it comes, so a manifest of 1,000,000
 /// objects is never held whole; [`commit`](Self::commit) stores every batch under

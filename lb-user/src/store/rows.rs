@@ -172,7 +172,10 @@ impl Store {
             let rev = revision(tx).map_err(self.db("reading the revision"))?;
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT key, rev, body FROM objects WHERE kind = ?1 AND rev > ?2 ORDER BY rev, key",
+                    // By the revision index: the kind's primary-key range would
+                    // read every object of the kind (10,000 services: ~8 ms).
+                    "SELECT key, rev, body FROM objects INDEXED BY objects_by_rev
+                     WHERE rev > ?2 AND kind = ?1 ORDER BY rev, key",
                 )
                 .map_err(self.db("reading"))?;
             let rows = stmt
