@@ -138,30 +138,41 @@ impl Drop for ApiServer {
 /// the topology), for an agent in the same namespace; waits until it serves and
 /// returns the path of a kubeconfig for it.
 pub fn serve_in(t: &mut Topology, ns: &Netns, lb: &Lb) -> Result<PathBuf> {
+    serve_on(t, ns, lb, "127.0.0.1:6443")
+}
+
+/// [`serve_in`] on `addr` (an address of `ns`: the LAN's, for agents on other
+/// nodes).
+pub fn serve_on(t: &mut Topology, ns: &Netns, lb: &Lb, addr: &str) -> Result<PathBuf> {
     let bin = lb_bin().display().to_string();
     let store = lb.store.display().to_string();
     t.spawn(
         ns,
         "api-server",
-        &[
-            &bin,
-            "--store",
-            &store,
-            "api-server",
-            "--listen",
-            "127.0.0.1:6443",
-        ],
+        &[&bin, "--store", &store, "api-server", "--listen", addr],
         &[],
     )?;
+    let server = format!("https://{addr}");
     let config = Topology::wait_for(Duration::from_secs(10), || {
         let log = t.log("api-server");
-        log.contains("serving the store").then(|| {
-            lb.ok(&["kubeconfig", "--server", "https://127.0.0.1:6443"])
-                .ok()
-        })?
+        log.contains("serving the store")
+            .then(|| lb.ok(&["kubeconfig", "--server", &server]).ok())?
     })
     .with_context(|| format!("lb api-server never served: {}", t.log("api-server")))?;
     let path = t.dir().join("lb-api.kubeconfig");
     std::fs::write(&path, config)?;
     Ok(path)
+}
+
+/// kubectl in `ns` with `kubeconfig` (its cache in the topology's directory).
+pub fn kubectl_in_ns(t: &Topology, ns: &Netns, kubeconfig: &Path, args: &[&str]) -> Output {
+    let bin = kubectl_bin().display().to_string();
+    let mut argv = vec![bin.as_str()];
+    argv.extend_from_slice(args);
+    t.cmd(ns, &argv)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", t.dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kubectl")
 }

@@ -31,11 +31,18 @@ const POOL: &str = "192.168.1.240/29";
 /// The pool's first usable address.
 const LB_IP: &str = "192.168.1.241";
 
+/// The API server the agents follow.
+enum Api {
+    Fake(FakeApi),
+    /// `lb api-server` serving a store, reached with this kubeconfig.
+    Lb(std::path::PathBuf),
+}
+
 struct Cluster {
     t: Topology,
     lan: Lan,
     lb: Lb,
-    api: FakeApi,
+    api: Api,
     /// Each node's uplink MAC.
     macs: Vec<String>,
 }
@@ -85,6 +92,12 @@ fn slice(svc: &str, nodes: &[usize]) -> Value {
 /// on the LAN holding their Node objects and `objects`, an agent on every node
 /// following it with `--lb-pool POOL` and `args`.
 fn cluster(tag: &str, nodes: usize, objects: &[Value], args: &[&str]) -> Cluster {
+    cluster_on(tag, nodes, objects, args, false)
+}
+
+/// [`cluster`], the API server the fake or (`lb_api`) `lb api-server` on a store,
+/// the objects applied to it with kubectl as a person would.
+fn cluster_on(tag: &str, nodes: usize, objects: &[Value], args: &[&str], lb_api: bool) -> Cluster {
     require_root();
     let mut t = Topology::new(tag).unwrap();
     let lan = multinode::lan(&mut t, nodes, 1).unwrap();
@@ -93,7 +106,15 @@ fn cluster(tag: &str, nodes: usize, objects: &[Value], args: &[&str]) -> Cluster
         &["addr", "add", &format!("{API_IP}/24"), "dev", "br0"],
     )
     .unwrap();
-    let api = FakeApi::start_on(&lan.lan, API_IP);
+    let lb = Lb::new(&mut t).unwrap();
+    let api = if lb_api {
+        let config =
+            lb_tests::kubectl::serve_on(&mut t, &lan.lan, &lb, &format!("{API_IP}:6443")).unwrap();
+        Api::Lb(config)
+    } else {
+        Api::Fake(FakeApi::start_on(&lan.lan, API_IP))
+    };
+    let mut all = Vec::new();
     let server = podserver_bin().display().to_string();
     let mut macs = Vec::new();
     for (n, node) in lan.nodes.iter().enumerate() {
@@ -105,7 +126,7 @@ fn cluster(tag: &str, nodes: usize, objects: &[Value], args: &[&str]) -> Cluster
             &[],
         )
         .unwrap();
-        api.put(json!({
+        all.push(json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": format!("node{}", n + 1)},
             "spec": {"podCIDR": format!("10.244.{n}.0/24"), "podCIDRs": [format!("10.244.{n}.0/24")]},
@@ -113,12 +134,37 @@ fn cluster(tag: &str, nodes: usize, objects: &[Value], args: &[&str]) -> Cluster
         }));
         macs.push(mac_text(t.mac(node, "eth0").unwrap()));
     }
-    for o in objects {
-        api.put(o.clone());
-    }
-    let kubeconfig = t.dir().join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let lb = Lb::new(&mut t).unwrap();
+    all.extend(objects.iter().cloned());
+    let kubeconfig = match &api {
+        Api::Fake(fake) => {
+            for o in all {
+                fake.put(o);
+            }
+            let path = t.dir().join("kubeconfig");
+            std::fs::write(&path, fake.kubeconfig()).unwrap();
+            path
+        }
+        Api::Lb(config) => {
+            let list = t.dir().join("objects.json");
+            std::fs::write(
+                &list,
+                json!({"apiVersion": "v1", "kind": "List", "items": all}).to_string(),
+            )
+            .unwrap();
+            let out = lb_tests::kubectl::kubectl_in_ns(
+                &t,
+                &lan.lan,
+                config,
+                &["apply", "-f", &list.display().to_string()],
+            );
+            assert!(
+                out.status.success(),
+                "kubectl apply: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            config.clone()
+        }
+    };
     let kubeconfig = kubeconfig.display().to_string();
     let mut argv = vec!["--kubeconfig", &kubeconfig, "--lb-pool", POOL];
     argv.extend_from_slice(args);
@@ -132,6 +178,40 @@ fn cluster(tag: &str, nodes: usize, objects: &[Value], args: &[&str]) -> Cluster
         lb,
         api,
         macs,
+    }
+}
+
+impl Cluster {
+    /// The object of `kind` under `key` (`namespace/name`) as the API server has it.
+    fn object(&self, kind: &str, key: &str) -> Option<Value> {
+        match &self.api {
+            Api::Fake(fake) => fake.object(kind, key),
+            Api::Lb(config) => {
+                let (ns, name) = key.split_once('/')?;
+                let resource = match kind {
+                    "Lease" => "leases.coordination.k8s.io",
+                    "Service" => "services",
+                    other => panic!("no resource for {other}"),
+                };
+                let out = lb_tests::kubectl::kubectl_in_ns(
+                    &self.t,
+                    &self.lan.lan,
+                    config,
+                    &["get", resource, "-n", ns, name, "-o", "json"],
+                );
+                out.status
+                    .success()
+                    .then(|| serde_json::from_slice(&out.stdout).ok())?
+            }
+        }
+    }
+
+    /// The fake API server (the tests that cut it off or write behind its back).
+    fn fake(&self) -> &FakeApi {
+        match &self.api {
+            Api::Fake(fake) => fake,
+            Api::Lb(_) => panic!("this test runs against the fake API server"),
+        }
     }
 }
 
@@ -178,13 +258,13 @@ fn answering(c: &Cluster, ip: &str) -> Vec<usize> {
 /// The holder of the lease for `ip`, as the API server has it.
 fn holder(c: &Cluster, ip: &str) -> Option<String> {
     let name = format!("kube-system/lb-l2-{}", ip.replace('.', "-"));
-    let lease = c.api.object("Lease", &name)?;
+    let lease = c.object("Lease", &name)?;
     lease["spec"]["holderIdentity"].as_str().map(str::to_string)
 }
 
 /// `status.loadBalancer.ingress[0].ip` of service `name`.
 fn ingress(c: &Cluster, name: &str) -> Option<String> {
-    let svc = c.api.object("Service", &format!("default/{name}"))?;
+    let svc = c.object("Service", &format!("default/{name}"))?;
     svc["status"]["loadBalancer"]["ingress"][0]["ip"]
         .as_str()
         .map(str::to_string)
@@ -257,7 +337,6 @@ fn addresses_come_from_the_pool_through_the_status_subresource() {
     .unwrap_or_else(|| panic!("no addresses written\n{}", diagnostics(&c)));
     assert_eq!(assigned, (LB_IP.to_string(), "192.168.1.244".to_string()));
     let ipam = c
-        .api
         .object("Lease", "kube-system/lb-ipam")
         .expect("the lb-ipam lease");
     assert!(
@@ -297,13 +376,13 @@ fn addresses_come_from_the_pool_through_the_status_subresource() {
 
     // No longer a LoadBalancer: its address is taken back (the user's write keeps
     // the status, as a write of the main resource does), and no node announces it.
-    let mut asks = c.api.object("Service", "default/asks").unwrap();
+    let mut asks = c.object("Service", "default/asks").unwrap();
     asks["spec"]["type"] = json!("ClusterIP");
     asks["metadata"]
         .as_object_mut()
         .unwrap()
         .remove("resourceVersion");
-    c.api.put(asks);
+    c.fake().put(asks);
     let gone = Topology::wait_for(Duration::from_secs(10), || {
         (ingress(&c, "asks").is_none() && answering(&c, "192.168.1.244").is_empty()).then_some(())
     });
@@ -312,8 +391,20 @@ fn addresses_come_from_the_pool_through_the_status_subresource() {
 
 #[test]
 fn the_lease_holder_announces_and_another_node_takes_over_when_it_stops_or_dies() {
+    failover(false);
+}
+
+/// The same, with the agents on the three nodes following `lb api-server` on the
+/// LAN (store mode across machines): the store's Leases elect the holder.
+#[test]
+fn the_same_failover_with_agents_following_lb_api_server() {
+    failover(true);
+}
+
+fn failover(lb_api: bool) {
     let objects = [service("front", 0, json!({})), slice("front", &[0, 1, 2])];
-    let mut c = cluster("klbfail", 3, &objects, &[]);
+    let tag = if lb_api { "klbfaillb" } else { "klbfail" };
+    let mut c = cluster_on(tag, 3, &objects, &[], lb_api);
     Topology::wait_for(Duration::from_secs(10), || ingress(&c, "front"))
         .unwrap_or_else(|| panic!("no address written\n{}", diagnostics(&c)));
     let first = one_holder(&c, LB_IP, &[], Duration::from_secs(10));
@@ -334,7 +425,8 @@ fn the_lease_holder_announces_and_another_node_takes_over_when_it_stops_or_dies(
     let second = one_holder(&c, LB_IP, &[first], Duration::from_secs(5));
     let took = stopped.elapsed();
     eprintln!(
-        "LoadBalancer failover through a Lease (SIGTERM): node {} -> node {} in {took:?}",
+        "LoadBalancer failover through a Lease{} (SIGTERM): node {} -> node {} in {took:?}",
+        if lb_api { " (lb api-server)" } else { "" },
         first + 1,
         second + 1
     );
@@ -372,7 +464,8 @@ fn the_lease_holder_announces_and_another_node_takes_over_when_it_stops_or_dies(
         )
     });
     eprintln!(
-        "LoadBalancer failover through a Lease (SIGKILL): node {} -> node {}: traffic through it after {took:?}",
+        "LoadBalancer failover through a Lease{} (SIGKILL): node {} -> node {}: traffic through it after {took:?}",
+        if lb_api { " (lb api-server)" } else { "" },
         second + 1,
         last + 1
     );
@@ -419,7 +512,7 @@ fn never_two_holders_when_the_api_server_goes_away_or_leaves_one_node() {
 
     // The API server down for everyone: the holder keeps announcing until its lease
     // would run out, then steps down; nobody can take it meanwhile.
-    c.api.set_down(true);
+    c.fake().set_down(true);
     let down = Instant::now();
     let seen = never_two(&c, LB_IP, Duration::from_secs(3));
     let last_answer = seen
@@ -440,7 +533,7 @@ fn never_two_holders_when_the_api_server_goes_away_or_leaves_one_node() {
         "still announced 3 s into the outage (the lease lasts 1 s): {seen:?}"
     );
     assert!(down.elapsed() >= Duration::from_secs(3));
-    c.api.set_down(false);
+    c.fake().set_down(false);
     let back = one_holder(&c, LB_IP, &[], Duration::from_secs(10));
 
     // One node cut from the API server (its packets to it dropped): it steps down
@@ -511,7 +604,7 @@ fn with_external_traffic_policy_local_only_a_node_with_a_ready_endpoint_holds_th
     let addr = format!("{LB_IP}:80");
     assert_eq!(served_by(&c, &addr), BTreeSet::from(["n3p0".to_string()]));
     // The endpoint moves to node 2: so does the address.
-    c.api.put(slice("front", &[1]));
+    c.fake().put(slice("front", &[1]));
     assert_eq!(one_holder(&c, LB_IP, &[0, 2], Duration::from_secs(10)), 1);
     let served = Topology::wait_for(Duration::from_secs(10), || {
         let by = served_by(&c, &addr);

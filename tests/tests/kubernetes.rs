@@ -300,20 +300,12 @@ fn nodeport_cluster_ip_and_health_check_node_port_from_lb_api_server() {
 
 /// kubectl (in the node, where `lb api-server` listens) with `config`.
 fn kubectl(
-    c_t: &Topology,
+    t: &Topology,
     node: &lb_tests::Netns,
     config: &std::path::Path,
     args: &[&str],
 ) -> String {
-    let bin = lb_tests::kubectl::kubectl_bin().display().to_string();
-    let mut argv = vec![bin.as_str()];
-    argv.extend_from_slice(args);
-    let out = c_t
-        .cmd(node, &argv)
-        .env("KUBECONFIG", config)
-        .env("HOME", c_t.dir())
-        .output()
-        .unwrap();
+    let out = lb_tests::kubectl::kubectl_in_ns(t, node, config, args);
     assert!(
         out.status.success(),
         "kubectl {args:?}: {}",

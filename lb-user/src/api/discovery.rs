@@ -229,3 +229,25 @@ fn schema_name(r: &Resource) -> String {
     };
     format!("io.k8s.api.{group}.{}.{}", r.version, r.kind)
 }
+
+/// `/openapi/v2`, which kubectl reads (as protobuf) to validate a `kind: List`
+/// on its side: a document of no definitions, so that kubectl validates
+/// nothing itself and sends the items, which the server validates one by one
+/// (`fieldValidation`). Written by hand: gnostic's `Document` with `swagger`
+/// (field 1) and `info` (field 2: `title` 1, `version` 2).
+pub fn openapi_v2() -> Vec<u8> {
+    fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![
+            (number << 3) | 2,
+            u8::try_from(bytes.len()).expect("short fields"),
+        ];
+        out.extend_from_slice(bytes);
+        out
+    }
+    let version = format!("v1.{KUBERNETES_MINOR}.0");
+    let info = [field(1, b"lb"), field(2, version.as_bytes())].concat();
+    [field(1, b"2.0"), field(2, &info)].concat()
+}
+
+/// The media type of [`openapi_v2`].
+pub const OPENAPI_V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";

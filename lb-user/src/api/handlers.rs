@@ -96,7 +96,7 @@ impl Selectors {
 }
 
 /// `dryRun=All`.
-fn dry_run(q: &Params) -> Result<bool, ApiError> {
+pub fn dry_run(q: &Params) -> Result<bool, ApiError> {
     match q.get("dryRun").map(String::as_str) {
         None | Some("") => Ok(false),
         Some("All") => Ok(true),
@@ -487,7 +487,7 @@ pub fn update(
 }
 
 /// Parses a PATCH body of `content_type`.
-fn patch_body(content_type: &str, body: &[u8]) -> Result<(PatchType, Value), ApiError> {
+pub fn patch_body(content_type: &str, body: &[u8]) -> Result<(PatchType, Value), ApiError> {
     let ty = PatchType::of(content_type).ok_or_else(|| {
         let message = if content_type.starts_with("application/apply-patch") {
             "server-side apply is not served by lb: use client-side apply (kubectl apply without --server-side)".to_string()
@@ -568,6 +568,20 @@ struct Preconditions {
     resource_version: Option<String>,
 }
 
+/// The DeleteOptions of a DELETE's body (none: the defaults).
+fn delete_options(body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DeleteOptions::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the DeleteOptions are not valid: {e}")))
+}
+
+/// Whether a DELETE is a dry run (its query or its DeleteOptions say so).
+pub fn delete_dry_run(body: &[u8], q: &Params) -> Result<bool, ApiError> {
+    Ok(dry_run(q)? || delete_options(body)?.dry_run.iter().any(|d| d == "All"))
+}
+
 pub fn delete(
     store: &Store,
     res: &Resource,
@@ -579,12 +593,7 @@ pub fn delete(
     let kind = res
         .stored
         .ok_or_else(|| ApiError::method_not_allowed("not deletable"))?;
-    let options: DeleteOptions = if body.iter().all(u8::is_ascii_whitespace) {
-        DeleteOptions::default()
-    } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("the DeleteOptions are not valid: {e}")))?
-    };
+    let options = delete_options(body)?;
     let dry = dry_run(q)? || options.dry_run.iter().any(|d| d == "All");
     let key = ObjectKey::new(ns, name);
     let row = store

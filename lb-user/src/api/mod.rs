@@ -12,6 +12,7 @@
 pub mod credentials;
 mod discovery;
 mod handlers;
+mod kept;
 mod patch;
 mod resource;
 mod selector;
@@ -56,6 +57,8 @@ struct Shared {
     store: PathBuf,
     /// Bumped at each commit to the store (watches wait on it).
     commits: tokio::sync::watch::Receiver<u64>,
+    /// The kept objects' writes (Leases, Nodes), for their watches.
+    history: Arc<kept::History>,
     ranges: Ranges,
     token: String,
 }
@@ -82,8 +85,10 @@ async fn serve(opts: ApiOptions) -> Result<()> {
     let (commit, commits) = tokio::sync::watch::channel(0u64);
     let _watcher = crate::store::on_commit(&opts.store, move || commit.send_modify(|n| *n += 1))
         .with_context(|| format!("watching store {}", opts.store.display()))?;
+    let history = Arc::new(kept::History::new(store.kept_revision()?));
     let shared = Arc::new(Shared {
         commits,
+        history,
         store: opts.store.clone(),
         ranges: opts.ranges.clone(),
         token: creds.token,
@@ -152,6 +157,7 @@ enum Route {
     Resources(String, String),
     OpenApiIndex,
     OpenApi(String),
+    OpenApiV2,
     /// A resource's collection, one object, or its status.
     Objects {
         res: &'static Resource,
@@ -169,6 +175,7 @@ fn route(path: &str) -> Option<Route> {
         ["api"] => return Some(Route::CoreVersions),
         ["apis"] => return Some(Route::Groups),
         ["apis", g] => return Some(Route::Group(g.to_string())),
+        ["openapi", "v2"] => return Some(Route::OpenApiV2),
         ["openapi", "v3"] => return Some(Route::OpenApiIndex),
         ["openapi", "v3", rest @ ..] => return Some(Route::OpenApi(rest.join("/"))),
         ["api", v] => return Some(Route::Resources(String::new(), v.to_string())),
@@ -202,6 +209,77 @@ fn route(path: &str) -> Option<Route> {
         [r, name] if !find(r)?.namespaced => objects(find(r)?, None, Some(name), false),
         _ => return None,
     })
+}
+
+/// A request on a kept resource (Leases, Nodes).
+#[allow(clippy::too_many_arguments)]
+fn kept_request(
+    store: &Store,
+    history: &kept::History,
+    res: &'static Resource,
+    ns: Option<&str>,
+    name: Option<&str>,
+    method: Method,
+    content_type: &str,
+    body: &[u8],
+    params: &Params,
+    as_table: Option<Include>,
+) -> Result<Reply, ApiError> {
+    let json = || -> Result<Value, ApiError> {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not a JSON object: {e}"))
+        })
+    };
+    let write = |name: &str, w: kept::Write<'_>, dry: bool| {
+        kept::write(store, history, res, ns, name, w, dry)
+    };
+    match (method, name) {
+        (Method::GET, None) => {
+            handlers::list_reply(res, kept::list(store, res, ns, params)?, as_table)
+        }
+        (Method::GET, Some(n)) => {
+            let reply = kept::get(store, res, ns, n)?;
+            match as_table {
+                Some(include) => {
+                    let object: Value =
+                        serde_json::from_str(&reply.body).map_err(ApiError::internal)?;
+                    let rev = object["metadata"]["resourceVersion"]
+                        .as_str()
+                        .and_then(|r| r.parse().ok())
+                        .unwrap_or(0);
+                    Ok(Reply {
+                        body: table::of(None, &[object], rev, None, include).to_string(),
+                        ..reply
+                    })
+                }
+                None => Ok(reply),
+            }
+        }
+        (Method::POST, None) => {
+            let v = json()?;
+            let n = v["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            write(&n, kept::Write::Create(v), handlers::dry_run(params)?)
+        }
+        (Method::PUT, Some(n)) => {
+            write(n, kept::Write::Update(json()?), handlers::dry_run(params)?)
+        }
+        (Method::PATCH, Some(n)) => {
+            let (ty, p) = handlers::patch_body(content_type, body)?;
+            write(n, kept::Write::Patch(ty, &p), handlers::dry_run(params)?)
+        }
+        (Method::DELETE, Some(n)) => write(
+            n,
+            kept::Write::Delete,
+            handlers::delete_dry_run(body, params)?,
+        ),
+        (m, _) => Err(ApiError::method_not_allowed(format!(
+            "{m} is not served on {}",
+            res.qualified()
+        ))),
+    }
 }
 
 fn json_reply(reply: Reply) -> Response {
@@ -277,6 +355,14 @@ async fn serve_request(shared: Arc<Shared>, req: Request) -> Result<Response, Ap
         Route::Resources(g, v) => return get_only(discovery::resource_list(&g, &v)),
         Route::OpenApiIndex => return get_only(Some(discovery::openapi_index())),
         Route::OpenApi(path) => return get_only(discovery::openapi_document(&path)),
+        Route::OpenApiV2 => {
+            let mut r = Response::new(Body::from(discovery::openapi_v2()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(discovery::OPENAPI_V2_PROTOBUF),
+            );
+            return Ok(r);
+        }
         Route::Objects {
             res,
             namespace,
@@ -298,6 +384,7 @@ async fn serve_request(shared: Arc<Shared>, req: Request) -> Result<Response, Ap
             watch::Watch {
                 store: shared.store.clone(),
                 commits: shared.commits.clone(),
+                history: shared.history.clone(),
                 res,
                 namespace,
                 params,
@@ -332,6 +419,20 @@ async fn serve_request(shared: Arc<Shared>, req: Request) -> Result<Response, Ap
         let store = Store::new(&shared.store);
         let ranges = &shared.ranges;
         let ns = namespace.as_deref().unwrap_or_default();
+        if res.kept {
+            return kept_request(
+                &store,
+                &shared.history,
+                res,
+                namespace.as_deref(),
+                name.as_deref(),
+                method,
+                &content_type,
+                &body,
+                &params,
+                as_table,
+            );
+        }
         match (method, name.as_deref(), status) {
             (Method::GET, None, _) => {
                 let listed = handlers::list(&store, res, namespace.as_deref(), &params)?;

@@ -17,8 +17,10 @@ pub struct Resource {
     pub verbs: &'static [&'static str],
     pub short_names: &'static [&'static str],
     pub categories: &'static [&'static str],
-    /// The store's kind (None: served read-only from elsewhere).
+    /// The store's kind (None: not one lb plans).
     pub stored: Option<Kind>,
+    /// Kept by the store for its clients, never planned (`store::kept`).
+    pub kept: bool,
     /// Serves a `status` subresource.
     pub status: bool,
 }
@@ -27,7 +29,7 @@ const WRITE_VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 
-pub const RESOURCES: [Resource; 6] = [
+pub const RESOURCES: [Resource; 7] = [
     Resource {
         name: "namespaces",
         singular: "namespace",
@@ -39,10 +41,12 @@ pub const RESOURCES: [Resource; 6] = [
         short_names: &["ns"],
         categories: &[],
         stored: None,
+        kept: false,
         status: false,
     },
-    // lb's store keeps no Node objects: served (empty) so clients that watch
-    // them (an agent in Kubernetes mode) start.
+    // Nodes are registered as a kubelet would (kubectl apply); the agents
+    // following the API read their addresses and pod networks, and rank them for
+    // LoadBalancer announcements.
     Resource {
         name: "nodes",
         singular: "node",
@@ -50,10 +54,11 @@ pub const RESOURCES: [Resource; 6] = [
         version: "v1",
         kind: "Node",
         namespaced: false,
-        verbs: &["get", "list", "watch"],
+        verbs: WRITE_VERBS,
         short_names: &["no"],
         categories: &[],
         stored: None,
+        kept: true,
         status: false,
     },
     Resource {
@@ -67,6 +72,7 @@ pub const RESOURCES: [Resource; 6] = [
         short_names: &["po"],
         categories: &["all"],
         stored: Some(Kind::Pod),
+        kept: false,
         status: false,
     },
     Resource {
@@ -80,6 +86,7 @@ pub const RESOURCES: [Resource; 6] = [
         short_names: &["svc"],
         categories: &["all"],
         stored: Some(Kind::Service),
+        kept: false,
         status: true,
     },
     // Nothing makes events here; served (empty) so `kubectl describe` lists none.
@@ -94,6 +101,23 @@ pub const RESOURCES: [Resource; 6] = [
         short_names: &["ev"],
         categories: &[],
         stored: None,
+        kept: false,
+        status: false,
+    },
+    // The agents' LoadBalancer elections, when they follow the store through
+    // this API.
+    Resource {
+        name: "leases",
+        singular: "lease",
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        namespaced: true,
+        verbs: WRITE_VERBS,
+        short_names: &[],
+        categories: &[],
+        stored: None,
+        kept: true,
         status: false,
     },
     Resource {
@@ -107,6 +131,7 @@ pub const RESOURCES: [Resource; 6] = [
         short_names: &[],
         categories: &[],
         stored: Some(Kind::EndpointSlice),
+        kept: false,
         status: false,
     },
 ];

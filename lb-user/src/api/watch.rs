@@ -40,6 +40,8 @@ pub struct Watch {
     pub store: PathBuf,
     /// Bumped at each commit to the store.
     pub commits: tokio::sync::watch::Receiver<u64>,
+    /// The kept objects' writes.
+    pub history: std::sync::Arc<super::kept::History>,
     pub res: &'static Resource,
     pub namespace: Option<String>,
     pub params: Params,
@@ -83,8 +85,11 @@ async fn events(w: &mut Watch, tx: &mut Tx) -> Result<(), ApiError> {
         .params
         .get("allowWatchBookmarks")
         .is_some_and(|b| b == "true");
+    if res.kept {
+        return kept_events(w, tx, &selectors, deadline, bookmarks).await;
+    }
     let Some(kind) = res.stored else {
-        // Nothing the store keeps (nodes, events): nothing ever changes.
+        // Nothing the store keeps (events): nothing ever changes.
         while Instant::now() < deadline && !tx.is_closed() {
             tokio::time::sleep(POLL.min(BOOKMARK_EVERY)).await;
         }
@@ -213,6 +218,86 @@ async fn events(w: &mut Watch, tx: &mut Tx) -> Result<(), ApiError> {
         }
         let wait = if bookmarks { BOOKMARK_EVERY } else { POLL };
         let _ = tokio::time::timeout(wait, w.commits.changed()).await;
+    }
+    Ok(())
+}
+
+/// A watch on a kept resource (Leases, Nodes): the writes this server made after
+/// the version asked for, from its history.
+async fn kept_events(
+    w: &mut Watch,
+    tx: &mut Tx,
+    selectors: &Selectors,
+    deadline: Instant,
+    bookmarks: bool,
+) -> Result<(), ApiError> {
+    let res = w.res;
+    let ns = w.namespace.clone().filter(|_| res.namespaced);
+    let mut changed = w.history.changed.subscribe();
+    let from: Option<u64> = match w.params.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(rv) => Some(
+            rv.parse()
+                .map_err(|_| ApiError::bad_request(format!("resourceVersion {rv} is not valid")))?,
+        ),
+    };
+    let (dir, list_ns) = (w.store.clone(), ns.clone());
+    let (now, current) = blocking(move || {
+        Store::new(dir)
+            .kept_list(res.kind, list_ns.as_deref())
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    let mut rev = match from {
+        Some(rv) => rv,
+        None => {
+            for k in current.iter().filter(|k| selectors.matches_text(&k.body)) {
+                let object: Value = serde_json::from_str(&k.body).map_err(ApiError::internal)?;
+                if send(tx, "ADDED", object).await.is_err() {
+                    return Ok(());
+                }
+            }
+            now
+        }
+    };
+    let prefix = ns.map(|n| format!("{n}/"));
+    let mut last_bookmark = Instant::now();
+    while Instant::now() < deadline {
+        let events = w
+            .history
+            .since(res.kind, rev)
+            .ok_or_else(|| ApiError::gone(format!("too old resource version: {rev}")))?;
+        for e in events {
+            rev = rev.max(e.rev);
+            if prefix
+                .as_ref()
+                .is_some_and(|p| !e.key.starts_with(p.as_str()))
+            {
+                continue;
+            }
+            if !selectors.matches(&e.object) {
+                continue;
+            }
+            if send(tx, e.ty, e.object).await.is_err() {
+                return Ok(());
+            }
+        }
+        if bookmarks && last_bookmark.elapsed() >= BOOKMARK_EVERY {
+            last_bookmark = Instant::now();
+            let mark = json!({
+                "kind": res.kind,
+                "apiVersion": res.api_version(),
+                "metadata": {"resourceVersion": rev.to_string()},
+            });
+            if send(tx, "BOOKMARK", mark).await.is_err() {
+                return Ok(());
+            }
+        }
+        if tx.is_closed() {
+            return Ok(());
+        }
+        let wait = if bookmarks { BOOKMARK_EVERY } else { POLL };
+        let _ = tokio::time::timeout(wait, changed.changed()).await;
     }
     Ok(())
 }

@@ -17,6 +17,7 @@
 pub mod alloc;
 pub mod apply;
 pub mod files;
+pub mod kept;
 pub mod rows;
 
 use std::{
@@ -67,6 +68,13 @@ CREATE TABLE IF NOT EXISTS taken (
     PRIMARY KEY (what, value, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS taken_by_key ON taken (key);
+CREATE TABLE IF NOT EXISTS kept (
+    kind TEXT NOT NULL,
+    key  TEXT NOT NULL,
+    rev  INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
 ";
 
 #[derive(Debug, thiserror::Error)]
