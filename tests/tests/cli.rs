@@ -70,8 +70,8 @@ fn expose_makes_a_service_from_a_pods_labels() {
     // The selector is the pod's labels, the target port the one asked for.
     let yaml = s.0.ok(&["get", "svc", "hello-svc", "-o", "json"]).unwrap();
     let v: serde_json::Value = serde_json::from_str(&yaml).unwrap();
-    assert_eq!(v[0]["spec"]["selector"]["app"], "hello");
-    assert_eq!(v[0]["spec"]["ports"][0]["targetPort"], 80);
+    assert_eq!(v["spec"]["selector"]["app"], "hello");
+    assert_eq!(v["spec"]["ports"][0]["targetPort"], 80);
     // Exposing again under the same name is refused, as kubectl does.
     let again = s.err(&["expose", "pod", "hello", "--name=hello-svc", "--port=8080"]);
     assert!(again.contains("already exists"), "{again}");
@@ -185,14 +185,14 @@ fn a_manifest_larger_than_a_batch_is_stored_whole_or_not_at_all() {
     let listed = s.0.cli(&["get", "svc"]).unwrap();
     let rows = String::from_utf8_lossy(&listed.stdout).lines().count();
     assert_eq!(rows, n + 1, "a header and every service");
-    let versions: std::collections::BTreeSet<String> =
-        s.0.cli(&["get", "svc", "-o", "json"])
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap()
-            .split("\"resourceVersion\":")
-            .skip(1)
-            .map(|rest| rest.split(',').next().unwrap_or("").trim().to_string())
-            .collect();
+    let list: serde_json::Value =
+        serde_json::from_str(&s.0.ok(&["get", "svc", "-o", "json"]).unwrap()).unwrap();
+    let versions: std::collections::BTreeSet<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["resourceVersion"].to_string())
+        .collect();
     assert_eq!(
         versions.len(),
         1,

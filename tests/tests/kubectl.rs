@@ -43,8 +43,7 @@ impl Scratch {
         if out.trim().is_empty() {
             return 0;
         }
-        serde_json::from_str::<Value>(&out)
-            .unwrap()
+        serde_json::from_str::<Value>(&out).unwrap()["items"]
             .as_array()
             .unwrap()
             .len()
@@ -53,8 +52,7 @@ impl Scratch {
     /// `lb get KIND NAME -o json`.
     fn stored(&self, kind: &str, name: &str) -> Value {
         let out = self.lb.ok(&["get", kind, name, "-o", "json"]).unwrap();
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v[0].clone()
+        serde_json::from_str(&out).unwrap()
     }
 }
 

@@ -70,7 +70,7 @@ pub fn run(root: &Path) -> Result<()> {
             .ok(&["get", "svc", "load-balancer-service", "-o", "json"])
             .ok()?;
         let v: serde_json::Value = serde_json::from_str(&json).ok()?;
-        v[0]["status"]["loadBalancer"]["ingress"][0]["ip"]
+        v["status"]["loadBalancer"]["ingress"][0]["ip"]
             .as_str()
             .map(String::from)
     })

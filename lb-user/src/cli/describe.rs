@@ -34,13 +34,11 @@ pub fn run(store: &Store, d: &DescribeArgs) -> Result<()> {
     store.require()?;
     let tracked = Tracked::new(store.load_facts()?);
     let key = ObjectKey::new(&d.namespace, &d.name);
-    let svc = tracked.state.services.get(&key).ok_or_else(|| {
-        anyhow!(
-            "services \"{}\" not found in namespace \"{}\"",
-            d.name,
-            d.namespace
-        )
-    })?;
+    let svc = tracked
+        .state
+        .services
+        .get(&key)
+        .ok_or_else(|| anyhow!("services \"{}\" not found", d.name))?;
     let node = d.node.node();
     let maps = d.node.maps().ok();
     let entries = maps.as_ref().and_then(|m| m.read_entries().ok());

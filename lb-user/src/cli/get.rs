@@ -38,10 +38,12 @@ pub struct GetArgs {
 }
 
 /// The objects of `objects` that `g` names, as YAML or JSON or `table` of them, and
-/// how many.
+/// how many. As kubectl prints them: one named object alone, else a `List` at
+/// the store's `revision`.
 fn listed<T: Serialize + Metadata<Ty = ObjectMeta>>(
     objects: &BTreeMap<ObjectKey, T>,
     g: &GetArgs,
+    revision: u64,
     table: impl FnOnce(&[&T]) -> String,
 ) -> Result<(String, usize)> {
     let items: Vec<&T> = objects
@@ -52,9 +54,20 @@ fn listed<T: Serialize + Metadata<Ty = ObjectMeta>>(
                 && g.name.as_ref().is_none_or(|n| *n == key.name)
         })
         .collect();
+    let document = || -> Result<serde_json::Value> {
+        Ok(match (&g.name, items.as_slice()) {
+            (Some(_), [one]) => serde_json::to_value(one)?,
+            _ => serde_json::json!({
+                "apiVersion": "v1",
+                "items": items,
+                "kind": "List",
+                "metadata": {"resourceVersion": revision.to_string()},
+            }),
+        })
+    };
     let text = match g.output {
-        Some(Output::Yaml) => serde_yaml_ng::to_string(&items)?,
-        Some(Output::Json) => serde_json::to_string_pretty(&items)? + "\n",
+        Some(Output::Yaml) => serde_yaml_ng::to_string(&document()?)?,
+        Some(Output::Json) => serde_json::to_string_pretty(&document()?)? + "\n",
         _ => table(&items),
     };
     Ok((text, items.len()))
@@ -68,14 +81,14 @@ pub fn run(store: &Store, g: &GetArgs) -> Result<()> {
     let (text, count) = match g.resource {
         Kind::Service => {
             let refused = status::refused_by_node(store.dir());
-            listed(&state.services, g, |items| {
+            listed(&state.services, g, state.revision, |items| {
                 table::services(items, now, wide, g.all_namespaces, &refused)
             })?
         }
-        Kind::Pod => listed(&state.pods, g, |items| {
+        Kind::Pod => listed(&state.pods, g, state.revision, |items| {
             table::pods(items, now, wide, g.all_namespaces)
         })?,
-        Kind::EndpointSlice => listed(&state.endpoint_slices, g, |items| {
+        Kind::EndpointSlice => listed(&state.endpoint_slices, g, state.revision, |items| {
             table::endpoint_slices(items, now, g.all_namespaces)
         })?,
     };

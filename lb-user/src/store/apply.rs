@@ -26,7 +26,9 @@ use crate::{
 pub enum ApplyError {
     #[error(transparent)]
     Invalid(Box<Invalid>),
-    #[error("{} \"{}\" not found in namespace \"{}\"", .kind.plural(), shown(.name, SHOWN_VALUE), shown(.namespace, SHOWN_VALUE))]
+    // The API server's words (`services "web" not found`), as `lb get` and kubectl
+    // say it; the namespace is the one the command named.
+    #[error("{} \"{}\" not found", .kind.plural(), shown(.name, SHOWN_VALUE))]
     NotFound {
         kind: Kind,
         namespace: String,

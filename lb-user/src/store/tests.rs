@@ -224,10 +224,7 @@ fn delete_removes_and_names_what_is_missing() {
             (Kind::Service, ObjectKey::new("default", "zz")),
         ])
         .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "services \"zz\" not found in namespace \"default\""
-    );
+    assert_eq!(err.to_string(), "services \"zz\" not found");
     assert_eq!(store.load().unwrap().services.len(), 1, "all or nothing");
     store
         .delete(&[(Kind::Service, ObjectKey::new("default", "a"))])
