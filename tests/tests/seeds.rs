@@ -19,6 +19,7 @@ struct Scenario {
     t: Topology,
     laptop: Netns,
     node: Netns,
+    pod: Netns,
     lb: Lb,
 }
 
@@ -51,6 +52,7 @@ fn scenario_with(
         t,
         laptop: s.laptop,
         node: s.node,
+        pod,
         lb,
     }
 }
@@ -58,8 +60,12 @@ fn scenario_with(
 fn fetch(s: &Scenario, url: &str) -> String {
     Topology::wait_for(Duration::from_secs(10), || curl(&s.t, &s.laptop, url)).unwrap_or_else(
         || {
+            // The node's neighbours and the pod's link counters: whether the
+            // node could resolve the pod, and what reached the pod.
+            let neigh = s.t.sh(&s.node, &["ip", "neigh", "show"]).unwrap_or_default();
+            let links = s.t.sh(&s.pod, &["ip", "-s", "link"]).unwrap_or_default();
             panic!(
-                "{url} never answered from the laptop\n{}",
+                "{url} never answered from the laptop\n{}\nnode's neighbours:\n{neigh}\npod's links:\n{links}",
                 s.lb.diagnostics(&s.t, "node1")
             )
         },
