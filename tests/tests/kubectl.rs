@@ -175,6 +175,9 @@ fn kubectl_applies_the_seeds_manifests_and_lists_them_as_lb_get_does() {
         ]),
         "pod/myapp-pod\n"
     );
+    // The OpenAPI documents carry the kinds' schemas: kubectl explain reads them.
+    let explain = api.ok(&["explain", "svc.spec.ports.nodePort"]);
+    assert!(explain.contains("FIELD: nodePort <integer>"), "{explain}");
     // Pages: kubectl lists in chunks (limit / continue) and sees every object.
     assert_eq!(
         api.ok(&["get", "po,svc", "--chunk-size=1", "-o", "name"])

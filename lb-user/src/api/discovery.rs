@@ -163,20 +163,33 @@ pub fn openapi_document(path: &str) -> Option<Value> {
         return None;
     }
     let mut paths = serde_json::Map::new();
-    let mut schemas = serde_json::Map::new();
     let query = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string"}});
+    // The kinds' schemas (k8s-openapi's, with the API's field descriptions:
+    // `kubectl explain` reads them) and every schema they refer to.
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut roots = Vec::new();
+    for r in &served {
+        roots.push((r, schema_of(&mut generator, r.kind)));
+    }
+    let mut schemas = generator.take_definitions(true);
+    let refs: std::collections::BTreeMap<&str, Value> = roots
+        .iter()
+        .map(|(r, reference)| (r.kind, reference.clone()))
+        .collect();
+    for (r, reference) in roots {
+        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+        let name = reference
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|p| p.rsplit('/').next())
+            .map(str::to_string);
+        if let Some(schema) = name.and_then(|n| schemas.get_mut(&n)) {
+            schema["x-kubernetes-group-version-kind"] = json!([gvk]);
+        }
+    }
     for r in served {
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
-        let schema_name = schema_name(r);
-        let reference = json!({"$ref": format!("#/components/schemas/{schema_name}")});
-        schemas.insert(
-            schema_name.clone(),
-            json!({
-                "type": "object",
-                "description": format!("{} (served by lb; fields are validated by the server)", r.kind),
-                "x-kubernetes-group-version-kind": [gvk.clone()],
-            }),
-        );
+        let reference = refs[r.kind].clone();
         let ok = json!({"200": {"description": "OK", "content": {"application/json": {"schema": reference}}}});
         let mut item = json!({
             "get": {"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "get", "responses": ok},
@@ -220,14 +233,20 @@ pub fn openapi_document(path: &str) -> Option<Value> {
     }))
 }
 
-/// `io.k8s.api.core.v1.Service`, `io.k8s.api.discovery.v1.EndpointSlice`.
-fn schema_name(r: &Resource) -> String {
-    let group = if r.group.is_empty() {
-        "core"
-    } else {
-        r.group.split('.').next().unwrap_or(r.group)
+/// The schema of `kind` (a reference into the generator's definitions).
+fn schema_of(g: &mut schemars::SchemaGenerator, kind: &str) -> Value {
+    use k8s_openapi::api::{coordination::v1::Lease, core::v1, discovery::v1::EndpointSlice};
+    let schema = match kind {
+        "Service" => g.subschema_for::<v1::Service>(),
+        "Pod" => g.subschema_for::<v1::Pod>(),
+        "Node" => g.subschema_for::<v1::Node>(),
+        "Namespace" => g.subschema_for::<v1::Namespace>(),
+        "Event" => g.subschema_for::<v1::Event>(),
+        "EndpointSlice" => g.subschema_for::<EndpointSlice>(),
+        "Lease" => g.subschema_for::<Lease>(),
+        _ => return json!({"type": "object"}),
     };
-    format!("io.k8s.api.{group}.{}.{}", r.version, r.kind)
+    schema.to_value()
 }
 
 /// `/openapi/v2`, which kubectl reads (as protobuf) to validate a `kind: List`

@@ -302,7 +302,7 @@ pub fn get(
 }
 
 /// Why a write inside the store's transaction stopped.
-enum WriteError {
+pub enum WriteError {
     Api(ApiError),
     Store(StoreError),
 }
@@ -320,7 +320,7 @@ impl From<ApiError> for WriteError {
 }
 
 impl WriteError {
-    fn api(self, res: &Resource) -> ApiError {
+    pub fn api(self, res: &Resource) -> ApiError {
         match self {
             WriteError::Api(e) => e,
             WriteError::Store(e) => ApiError::of_store(res, e),

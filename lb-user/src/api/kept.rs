@@ -9,12 +9,12 @@ use std::{collections::VecDeque, sync::Mutex};
 use serde_json::{Value, json};
 
 use super::{
-    handlers::{Listed, Params, Reply, Selectors},
+    handlers::{Listed, Params, Reply, Selectors, WriteError},
     patch::{self, PatchType},
     resource::Resource,
     status::ApiError,
 };
-use crate::store::{Store, StoreError, kept::Kept};
+use crate::store::{Store, kept::Kept};
 
 /// Events a watch can resume from.
 const HISTORY: usize = 4096;
@@ -115,33 +115,6 @@ pub fn get(store: &Store, res: &Resource, ns: Option<&str>, name: &str) -> Resul
         body: k.body,
         warnings: Vec::new(),
     })
-}
-
-/// Why a kept write stopped.
-enum KeptError {
-    Api(ApiError),
-    Store(StoreError),
-}
-
-impl From<StoreError> for KeptError {
-    fn from(e: StoreError) -> Self {
-        KeptError::Store(e)
-    }
-}
-
-impl From<ApiError> for KeptError {
-    fn from(e: ApiError) -> Self {
-        KeptError::Api(e)
-    }
-}
-
-impl KeptError {
-    fn api(self) -> ApiError {
-        match self {
-            KeptError::Api(e) => e,
-            KeptError::Store(e) => ApiError::internal(e),
-        }
-    }
 }
 
 /// `value` checked as an object of `res` named `name` (in `ns`): its type's
@@ -338,13 +311,13 @@ pub fn write(
     }
     let mut outcome = None;
     store
-        .kept_write::<KeptError>(res.kind, &key, |current, rev| {
+        .kept_write::<WriteError>(res.kind, &key, |current, rev| {
             let (code, ty, object) = next(res, ns, name, current, rev, write)?;
             let body = (ty != "DELETED").then(|| object.to_string());
             outcome = Some((code, ty, object, rev));
             Ok(body)
         })
-        .map_err(KeptError::api)?;
+        .map_err(|e| e.api(res))?;
     let (code, ty, object, rev) = outcome.expect("a write that succeeded had an outcome");
     history.push(Event {
         rev,

@@ -71,6 +71,35 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
+/// Between two looks at what changed: a bookmark at `rev` when they are asked
+/// for (`last`: when the one before was sent) and due, then a wait for the next
+/// change (`changed`), at most a look's period. False: the client is gone.
+async fn pause(
+    tx: &mut Tx,
+    res: &Resource,
+    rev: u64,
+    last: Option<&mut Instant>,
+    changed: &mut tokio::sync::watch::Receiver<u64>,
+) -> bool {
+    let wait = if last.is_some() { BOOKMARK_EVERY } else { POLL };
+    if let Some(last) = last.filter(|l| l.elapsed() >= BOOKMARK_EVERY) {
+        *last = Instant::now();
+        let mark = json!({
+            "kind": res.kind,
+            "apiVersion": res.api_version(),
+            "metadata": {"resourceVersion": rev.to_string()},
+        });
+        if send(tx, "BOOKMARK", mark).await.is_err() {
+            return false;
+        }
+    }
+    if tx.is_closed() {
+        return false;
+    }
+    let _ = tokio::time::timeout(wait, changed.changed()).await;
+    true
+}
+
 /// Ok at the end of the watch (client gone, timeout); Err: the error event.
 async fn events(w: &mut Watch, tx: &mut Tx) -> Result<(), ApiError> {
     let res = w.res;
@@ -202,22 +231,17 @@ async fn events(w: &mut Watch, tx: &mut Tx) -> Result<(), ApiError> {
             }
             rev = rev.max(now);
         }
-        if bookmarks && last_bookmark.elapsed() >= BOOKMARK_EVERY {
-            last_bookmark = Instant::now();
-            let mark = json!({
-                "kind": res.kind,
-                "apiVersion": res.api_version(),
-                "metadata": {"resourceVersion": rev.to_string()},
-            });
-            if send(tx, "BOOKMARK", mark).await.is_err() {
-                return Ok(());
-            }
-        }
-        if tx.is_closed() {
+        if !pause(
+            tx,
+            res,
+            rev,
+            bookmarks.then_some(&mut last_bookmark),
+            &mut w.commits,
+        )
+        .await
+        {
             return Ok(());
         }
-        let wait = if bookmarks { BOOKMARK_EVERY } else { POLL };
-        let _ = tokio::time::timeout(wait, w.commits.changed()).await;
     }
     Ok(())
 }
@@ -282,22 +306,17 @@ async fn kept_events(
                 return Ok(());
             }
         }
-        if bookmarks && last_bookmark.elapsed() >= BOOKMARK_EVERY {
-            last_bookmark = Instant::now();
-            let mark = json!({
-                "kind": res.kind,
-                "apiVersion": res.api_version(),
-                "metadata": {"resourceVersion": rev.to_string()},
-            });
-            if send(tx, "BOOKMARK", mark).await.is_err() {
-                return Ok(());
-            }
-        }
-        if tx.is_closed() {
+        if !pause(
+            tx,
+            res,
+            rev,
+            bookmarks.then_some(&mut last_bookmark),
+            &mut changed,
+        )
+        .await
+        {
             return Ok(());
         }
-        let wait = if bookmarks { BOOKMARK_EVERY } else { POLL };
-        let _ = tokio::time::timeout(wait, changed.changed()).await;
     }
     Ok(())
 }

@@ -62,21 +62,7 @@ impl Store {
 
     /// The kept object of `kind` under `key`.
     pub fn kept_get(&self, kind: &str, key: &str) -> Result<Option<Kept>, StoreError> {
-        let read = self.read(|tx| {
-            tx.query_row(
-                "SELECT rev, body FROM kept WHERE kind = ?1 AND key = ?2",
-                params![kind, key],
-                |r| {
-                    Ok(Kept {
-                        key: key.to_string(),
-                        rev: r.get::<_, i64>(0)? as u64,
-                        body: r.get(1)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(self.db("reading"))
-        })?;
+        let read = self.read(|tx| kept_row(tx, kind, key).map_err(self.db("reading")))?;
         Ok(read.flatten())
     }
 
@@ -94,20 +80,7 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db("locking"))?;
-        let current = tx
-            .query_row(
-                "SELECT rev, body FROM kept WHERE kind = ?1 AND key = ?2",
-                params![kind, key],
-                |r| {
-                    Ok(Kept {
-                        key: key.to_string(),
-                        rev: r.get::<_, i64>(0)? as u64,
-                        body: r.get(1)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(self.db("reading"))?;
+        let current = kept_row(&tx, kind, key).map_err(self.db("reading"))?;
         let rev = meta(&tx, REVISION).map_err(self.db("reading the revision"))? + 1;
         let written = match write(current.as_ref(), rev)? {
             Some(body) => {
@@ -139,6 +112,22 @@ impl Store {
         tx.commit().map_err(self.db("committing"))?;
         Ok(written)
     }
+}
+
+/// The kept object of `kind` under `key`, read on `conn`.
+fn kept_row(conn: &rusqlite::Connection, kind: &str, key: &str) -> rusqlite::Result<Option<Kept>> {
+    conn.query_row(
+        "SELECT rev, body FROM kept WHERE kind = ?1 AND key = ?2",
+        params![kind, key],
+        |r| {
+            Ok(Kept {
+                key: key.to_string(),
+                rev: r.get::<_, i64>(0)? as u64,
+                body: r.get(1)?,
+            })
+        },
+    )
+    .optional()
 }
 
 #[cfg(test)]
