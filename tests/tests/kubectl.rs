@@ -514,3 +514,51 @@ fn without_the_token_nothing_is_served() {
         assert_eq!(mode & 0o777, 0o600, "{f}");
     }
 }
+
+#[test]
+fn a_watch_from_a_lists_version_sees_a_deletion_made_before_it_started() {
+    // An informer lists, then watches from the list's version; an object deleted
+    // in between must come as DELETED, or the informer's cache keeps it.
+    let s = Scratch::new("gap");
+    let api = ApiServer::start(&s.lb).unwrap();
+    let pod = examples().join("myapp-pod.yaml").display().to_string();
+    api.ok(&["apply", "-f", &pod]);
+    // The list's version (the store's revision; kubectl's own output wraps
+    // lists in a List of its own).
+    let list: Value =
+        serde_json::from_str(&s.lb.ok(&["get", "pods", "-o", "json"]).unwrap()).unwrap();
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        rv.parse::<u64>().is_ok_and(|r| r > 0),
+        "a list's resourceVersion: {rv:?}"
+    );
+    s.lb.ok(&["delete", "pod", "myapp-pod"]).unwrap();
+    let dir = s.lb.store.join("api");
+    let token = std::fs::read_to_string(dir.join("token")).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(dir.join("ca.crt"))
+        .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+        .arg(format!(
+            "https://{}/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}&timeoutSeconds=2",
+            api.addr
+        ))
+        .output()
+        .unwrap();
+    let events = String::from_utf8_lossy(&out.stdout);
+    let deleted: Vec<Value> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "DELETED")
+        .collect();
+    assert_eq!(
+        deleted.len(),
+        1,
+        "{events}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(deleted[0]["object"]["metadata"]["name"], "myapp-pod");
+}

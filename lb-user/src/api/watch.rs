@@ -7,7 +7,11 @@
 //! The store keeps no creation revision: an object is ADDED the first time this
 //! watch sees it (or it starts matching the selector), MODIFIED after. A deleted
 //! object's last state is not kept either: DELETED carries its name, namespace
-//! and the revision of the deletion.
+//! and the revision of the deletion. A watch from a version (an informer's,
+//! after its list) reports every deletion after that version whether or not the
+//! object is still matched at its start (it may have been deleted between the
+//! client's list and its watch; its labels are gone with it): a client drops a
+//! key it does not hold, a cache never keeps a deleted object.
 
 use std::{collections::HashSet, path::PathBuf, time::Duration};
 
@@ -210,7 +214,7 @@ async fn events(w: &mut Watch, tx: &mut Tx) -> Result<(), ApiError> {
                         }
                     }
                     None => {
-                        if !known.remove(&row.key) {
+                        if !known.remove(&row.key) && from.is_none() {
                             continue;
                         }
                         let gone = json!({
