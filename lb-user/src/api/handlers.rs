@@ -290,6 +290,16 @@ pub fn get(
         }
         None => return Err(ApiError::not_found(res, name)),
     };
+    one_reply(res, body, rev, as_table)
+}
+
+/// One object (`body`, written at `rev`) as JSON or as a Table of one.
+pub fn one_reply(
+    res: &Resource,
+    body: String,
+    rev: u64,
+    as_table: Option<Include>,
+) -> Result<Reply, ApiError> {
     match as_table {
         Some(include) => {
             let object: Value = serde_json::from_str(&body).map_err(ApiError::internal)?;
@@ -415,15 +425,10 @@ pub fn create(
     let (doc, warnings) = decode(res, ns, body, field_validation(q)?)?;
     let key = doc.object.key();
     if key.name.is_empty() {
-        return Err(ApiError::invalid(
+        return Err(ApiError::invalid_fields(
             res,
-            &crate::model::Invalid {
-                file: String::new(),
-                index: 1,
-                kind,
-                name: String::new(),
-                errors: vec![crate::model::FieldError::required("metadata.name")],
-            },
+            "",
+            &[crate::model::FieldError::required("metadata.name")],
         ));
     }
     let (_, object) = store
@@ -510,7 +515,24 @@ fn patched(
     patch: &Value,
     name: &str,
 ) -> Result<Value, ApiError> {
-    let mut v = current.to_json().map_err(ApiError::internal)?;
+    patch_json(
+        res,
+        current.to_json().map_err(ApiError::internal)?,
+        ty,
+        patch,
+        name,
+    )
+}
+
+/// `current` (an object's JSON) patched; a patch may not change the
+/// resourceVersion it was made from (a precondition): the result keeps it.
+pub fn patch_json(
+    res: &Resource,
+    mut v: Value,
+    ty: PatchType,
+    patch: &Value,
+    name: &str,
+) -> Result<Value, ApiError> {
     let before = v["metadata"]["resourceVersion"].clone();
     patch::apply(&mut v, patch, ty, res.kind).map_err(|m| ApiError::new(422, "Invalid", m))?;
     if v["metadata"]["resourceVersion"] != before && !v["metadata"]["resourceVersion"].is_null() {

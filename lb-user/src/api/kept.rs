@@ -9,10 +9,11 @@ use std::{collections::VecDeque, sync::Mutex};
 use serde_json::{Value, json};
 
 use super::{
-    handlers::{Listed, Params, Reply, Selectors, WriteError},
-    patch::{self, PatchType},
+    handlers::{self, Listed, Params, Reply, Selectors, WriteError},
+    patch::PatchType,
     resource::Resource,
     status::ApiError,
+    table::Include,
 };
 use crate::store::{Store, kept::Kept};
 
@@ -105,16 +106,18 @@ pub fn list(
     })
 }
 
-pub fn get(store: &Store, res: &Resource, ns: Option<&str>, name: &str) -> Result<Reply, ApiError> {
+pub fn get(
+    store: &Store,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    as_table: Option<Include>,
+) -> Result<Reply, ApiError> {
     let k = store
         .kept_get(res.kind, &key(ns, name))
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(res, name))?;
-    Ok(Reply {
-        code: 200,
-        body: k.body,
-        warnings: Vec::new(),
-    })
+    handlers::one_reply(res, k.body, k.rev, as_table)
 }
 
 /// `value` checked as an object of `res` named `name` (in `ns`): its type's
@@ -137,15 +140,10 @@ fn checked(
         .unwrap_or_default()
         .to_string();
     if given.is_empty() {
-        return Err(ApiError::invalid(
+        return Err(ApiError::invalid_fields(
             res,
-            &crate::model::Invalid {
-                file: String::new(),
-                index: 1,
-                kind: crate::model::Kind::Service,
-                name: String::new(),
-                errors: vec![crate::model::FieldError::required("metadata.name")],
-            },
+            "",
+            &[crate::model::FieldError::required("metadata.name")],
         ));
     }
     if let Some(name) = name.filter(|n| *n != given) {
@@ -194,16 +192,7 @@ fn stamp(mut new: Value, old: Option<&Value>, rev: u64) -> Value {
             meta["creationTimestamp"] = o["metadata"]["creationTimestamp"].clone();
         }
         None => {
-            let b: [u8; 16] = rand::random();
-            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            meta["uid"] = json!(format!(
-                "{}-{}-{}-{}-{}",
-                &hex[..8],
-                &hex[8..12],
-                &hex[12..16],
-                &hex[16..20],
-                &hex[20..]
-            ));
+            meta["uid"] = json!(crate::store::apply::new_uid());
             meta["creationTimestamp"] = json!(
                 k8s_openapi::jiff::Timestamp::now()
                     .round(k8s_openapi::jiff::Unit::Second)
@@ -259,13 +248,7 @@ fn next(
         }
         Write::Patch(ty, p) => {
             let old = old.as_ref().ok_or_else(|| ApiError::not_found(res, name))?;
-            let mut v = old.clone();
-            patch::apply(&mut v, p, ty, res.kind).map_err(|m| ApiError::new(422, "Invalid", m))?;
-            if v["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"]
-                && !v["metadata"]["resourceVersion"].is_null()
-            {
-                return Err(ApiError::conflict(res, name));
-            }
+            let v = handlers::patch_json(res, old.clone(), ty, p, name)?;
             (
                 200,
                 "MODIFIED",

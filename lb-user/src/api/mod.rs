@@ -237,24 +237,7 @@ fn kept_request(
         (Method::GET, None) => {
             handlers::list_reply(res, kept::list(store, res, ns, params)?, as_table)
         }
-        (Method::GET, Some(n)) => {
-            let reply = kept::get(store, res, ns, n)?;
-            match as_table {
-                Some(include) => {
-                    let object: Value =
-                        serde_json::from_str(&reply.body).map_err(ApiError::internal)?;
-                    let rev = object["metadata"]["resourceVersion"]
-                        .as_str()
-                        .and_then(|r| r.parse().ok())
-                        .unwrap_or(0);
-                    Ok(Reply {
-                        body: table::of(None, &[object], rev, None, include).to_string(),
-                        ..reply
-                    })
-                }
-                None => Ok(reply),
-            }
-        }
+        (Method::GET, Some(n)) => kept::get(store, res, ns, n, as_table),
         (Method::POST, None) => {
             let v = json()?;
             let n = v["metadata"]["name"]

@@ -116,10 +116,15 @@ impl ApiError {
 
     /// An object the store's validation refused (422, with one cause per field).
     pub fn invalid(resource: &Resource, invalid: &Invalid) -> Self {
-        let causes: Vec<Value> = invalid.errors.iter().map(cause).collect();
+        ApiError::invalid_fields(resource, &invalid.name, &invalid.errors)
+    }
+
+    /// The object `name` of `resource` refused for `errors` (422).
+    pub fn invalid_fields(resource: &Resource, name: &str, errors: &[FieldError]) -> Self {
+        let causes: Vec<Value> = errors.iter().map(cause).collect();
         ApiError {
             details: Some(json!({
-                "name": invalid.name,
+                "name": name,
                 "kind": resource.qualified_kind(),
                 "causes": causes,
             })),
@@ -129,8 +134,8 @@ impl ApiError {
                 format!(
                     "{} \"{}\" is invalid: {}",
                     resource.qualified_kind(),
-                    shown(&invalid.name, SHOWN_VALUE),
-                    crate::model::join(&invalid.errors)
+                    shown(name, SHOWN_VALUE),
+                    crate::model::join(errors)
                 ),
             )
         }

@@ -104,6 +104,18 @@ async fn pause(
     true
 }
 
+/// The version a watch starts after (None: none given, or "0": the current
+/// objects first).
+fn from_version(params: &Params) -> Result<Option<u64>, ApiError> {
+    match params.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => Ok(None),
+        Some(rv) => rv
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("resourceVersion {rv} is not valid"))),
+    }
+}
+
 /// Ok at the end of the watch (client gone, timeout); Err: the error event.
 async fn events(w: &mut Watch, tx: &mut Tx) -> Result<(), ApiError> {
     let res = w.res;
@@ -128,13 +140,7 @@ async fn events(w: &mut Watch, tx: &mut Tx) -> Result<(), ApiError> {
         }
         return Ok(());
     };
-    let from: Option<u64> = match w.params.get("resourceVersion").map(String::as_str) {
-        None | Some("") | Some("0") => None,
-        Some(rv) => Some(
-            rv.parse()
-                .map_err(|_| ApiError::bad_request(format!("resourceVersion {rv} is not valid")))?,
-        ),
-    };
+    let from = from_version(&w.params)?;
     // What matches now: the objects a later deletion is reported for.
     let (dir, ns, sel) = (w.store.clone(), w.namespace.clone(), selectors.clone());
     let page = blocking(move || {
@@ -262,13 +268,7 @@ async fn kept_events(
     let res = w.res;
     let ns = w.namespace.clone().filter(|_| res.namespaced);
     let mut changed = w.history.changed.subscribe();
-    let from: Option<u64> = match w.params.get("resourceVersion").map(String::as_str) {
-        None | Some("") | Some("0") => None,
-        Some(rv) => Some(
-            rv.parse()
-                .map_err(|_| ApiError::bad_request(format!("resourceVersion {rv} is not valid")))?,
-        ),
-    };
+    let from = from_version(&w.params)?;
     let (dir, list_ns) = (w.store.clone(), ns.clone());
     let (now, current) = blocking(move || {
         Store::new(dir)

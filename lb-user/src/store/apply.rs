@@ -329,7 +329,8 @@ fn stamp<T: Clone + PartialEq>(
     (new, Outcome::Configured)
 }
 
-fn new_uid() -> String {
+/// A random (version 4) UUID, as the API server gives a new object.
+pub fn new_uid() -> String {
     let b: [u8; 16] = rand::rng().random();
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",

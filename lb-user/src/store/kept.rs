@@ -29,10 +29,7 @@ impl Store {
     ) -> Result<(u64, Vec<Kept>), StoreError> {
         let read = self.read(|tx| {
             let rev = meta(tx, REVISION).map_err(self.db("reading the revision"))?;
-            let (low, high) = match namespace {
-                Some(ns) => (format!("{ns}/"), format!("{ns}0")),
-                None => (String::new(), "\u{10ffff}".to_string()),
-            };
+            let (low, high) = super::rows::key_range(namespace);
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT key, rev, body FROM kept WHERE kind = ?1 AND key >= ?2 AND key < ?3 ORDER BY key",

@@ -37,6 +37,15 @@ pub struct ListQuery {
     pub limit: Option<usize>,
 }
 
+/// The keys of one namespace (or all): keys are `namespace/name`, so one
+/// namespace is the keys from `namespace/` up to `namespace0` ('0' follows '/').
+pub(super) fn key_range(namespace: Option<&str>) -> (String, String) {
+    match namespace {
+        Some(ns) => (format!("{ns}/"), format!("{ns}0")),
+        None => (String::new(), "\u{10ffff}".to_string()),
+    }
+}
+
 /// Rows fetched at a time while a page filters them (a label selector).
 const PAGE_READ: usize = 4096;
 
@@ -54,12 +63,7 @@ impl Store {
                 revision: revision(tx).map_err(self.db("reading the revision"))?,
                 ..Default::default()
             };
-            // Keys are `namespace/name`: one namespace is the keys between
-            // `namespace/` and `namespace0` ('0' follows '/').
-            let (low, high) = match &query.namespace {
-                Some(ns) => (format!("{ns}/"), format!("{ns}0")),
-                None => (String::new(), "\u{10ffff}".to_string()),
-            };
+            let (low, high) = key_range(query.namespace.as_deref());
             let mut from = match &query.after {
                 Some(after) if *after >= low => after.clone(),
                 _ => low.clone(),
