@@ -143,7 +143,8 @@ fn parse_kind() -> impl clap::builder::TypedValueParser<Value = Kind> {
 /// created with: a write that names others is refused (`lb ranges` changes them).
 #[derive(Args)]
 pub struct AllocationArgs {
-    /// The range ClusterIPs are allocated from (a new store: default 10.96.0.0/12).
+    /// The ranges ClusterIPs are allocated from, one per family, the primary first
+    /// (a new store: default 10.96.0.0/12; dual-stack: 10.96.0.0/12,fd00:10:96::/112).
     #[arg(long, env = "LB_SERVICE_CIDR")]
     pub service_cidr: Option<String>,
     /// The range nodePorts are allocated from (a new store: default 30000-32767).
@@ -153,18 +154,12 @@ pub struct AllocationArgs {
 
 impl AllocationArgs {
     fn parse(&self) -> Result<Ranges> {
-        let service_cidr = self
+        let service_cidrs = self
             .service_cidr
             .as_deref()
             .map(|c| {
-                // At most /30: a service CIDR needs addresses beside its network,
-                // broadcast and first host.
-                crate::netif::parse_cidr(c)
-                    .ok()
-                    .filter(|(_, len)| *len <= 30)
-                    .ok_or_else(|| {
-                        anyhow!("--service-cidr {c}: want an IPv4 CIDR such as 10.96.0.0/12")
-                    })
+                crate::store::alloc::parse_service_cidrs(c)
+                    .map_err(|e| anyhow!("--service-cidr {e}"))
             })
             .transpose()?;
         let node_ports = self
@@ -181,7 +176,7 @@ impl AllocationArgs {
             })
             .transpose()?;
         Ok(Ranges {
-            service_cidr,
+            service_cidrs,
             node_ports,
         })
     }

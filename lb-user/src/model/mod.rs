@@ -5,7 +5,7 @@ mod decode;
 mod facts;
 mod validate;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::{
     api::{
@@ -897,9 +897,71 @@ fn candidate(has_ip: bool, phase: Option<&str>, deleting: bool, ready: Option<&s
     ready.is_none_or(|r| r == "True")
 }
 
-/// The service's ClusterIP, when it has one (none for headless or ExternalName).
+/// The service's IPv4 ClusterIP, when it has one (none for headless or
+/// ExternalName, or an IPv6-only service).
 pub fn cluster_ip(svc: &Service) -> Option<Ipv4Addr> {
-    svc.spec.as_ref()?.cluster_ip.as_deref()?.parse().ok()
+    cluster_ips(svc).into_iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    })
+}
+
+/// The service's ClusterIPs, the primary first (`spec.clusterIPs`, or
+/// `spec.clusterIP` alone as older objects hold it); none for headless or
+/// ExternalName.
+pub fn cluster_ips(svc: &Service) -> Vec<IpAddr> {
+    let Some(spec) = svc.spec.as_ref() else {
+        return Vec::new();
+    };
+    match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
+        _ => spec
+            .cluster_ip
+            .iter()
+            .filter_map(|ip| ip.parse().ok())
+            .collect(),
+    }
+}
+
+/// An IP family, as `spec.ipFamilies` and an EndpointSlice's `addressType` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+
+    pub fn parse(name: &str) -> Option<Family> {
+        match name {
+            "IPv4" => Some(Family::V4),
+            "IPv6" => Some(Family::V6),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    pub fn other(self) -> Family {
+        match self {
+            Family::V4 => Family::V6,
+            Family::V6 => Family::V4,
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 pub fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {

@@ -1133,7 +1133,84 @@ pub fn validate_service_update(new: &Service, old: &Service) -> Vec<FieldError> 
             "may not change once set",
         ));
     }
+    let external = |s: &k8s_openapi::api::core::v1::ServiceSpec| {
+        s.type_.as_deref() == Some(TYPE_EXTERNAL_NAME)
+    };
+    let headless = |s: &k8s_openapi::api::core::v1::ServiceSpec| {
+        s.cluster_ip.as_deref() == Some(CLUSTER_IP_NONE)
+    };
+    if !external(&ns) && !external(&os) {
+        if !(headless(&ns) && headless(&os)) {
+            let ips = |s: &k8s_openapi::api::core::v1::ServiceSpec| {
+                s.cluster_ips.clone().unwrap_or_default()
+            };
+            upgrade_or_downgrade(
+                "clusterIPs",
+                "clusterIP",
+                &ips(&ns),
+                &ips(&os),
+                &ns,
+                &mut errors,
+            );
+        }
+        let families =
+            |s: &k8s_openapi::api::core::v1::ServiceSpec| s.ip_families.clone().unwrap_or_default();
+        // A headless service may change its families, and one becoming or ceasing
+        // to be headless has new ones.
+        (!headless(&ns) && !headless(&os)).then(|| {
+            upgrade_or_downgrade(
+                "ipFamilies",
+                "ipFamily",
+                &families(&ns),
+                &families(&os),
+                &ns,
+                &mut errors,
+            )
+        });
+    }
     errors
+}
+
+/// The API server's rules for a service's `clusterIPs` or `ipFamilies` across an
+/// update: the same count keeps every value; a second may be added or (under
+/// `ipFamilyPolicy: SingleStack`) released; the first never changes.
+fn upgrade_or_downgrade(
+    field: &str,
+    what: &str,
+    new: &[String],
+    old: &[String],
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    errors: &mut Vec<FieldError>,
+) {
+    let at = |i: usize| format!("spec.{field}[{i}]");
+    let changed =
+        |i: usize| FieldError::invalid(at(i), format!("{new:?}"), "may not change once set");
+    if new.len() == old.len() {
+        for (i, (n, o)) in new.iter().zip(old).enumerate() {
+            if n != o {
+                errors.push(changed(i));
+            }
+        }
+    } else if new.len() < old.len() {
+        if new.is_empty() {
+            errors.push(FieldError::invalid(
+                at(0),
+                format!("{new:?}"),
+                format!("primary {what} can not be unset"),
+            ));
+        } else if new[0] != old[0] {
+            errors.push(changed(0));
+        }
+        if new.len() == 1 && spec.ip_family_policy.as_deref() != Some("SingleStack") {
+            errors.push(FieldError::invalid(
+                at(0),
+                format!("{new:?}"),
+                format!("`ipFamilyPolicy` must be set to 'SingleStack' when releasing the secondary {what}"),
+            ));
+        }
+    } else if !old.is_empty() && new[0] != old[0] {
+        errors.push(changed(0));
+    }
 }
 
 /// An EndpointSlice keeps its `addressType`.

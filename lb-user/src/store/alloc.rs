@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::RangeInclusive,
 };
 
@@ -16,37 +16,132 @@ use rand::Rng as _;
 
 use crate::{
     model::{
-        CLUSTER_IP_NONE, FieldError, ObjectKey, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER,
-        TYPE_NODE_PORT, cluster_ip, service_type,
+        CLUSTER_IP_NONE, Family, FieldError, ObjectKey, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER,
+        TYPE_NODE_PORT, cluster_ips, service_type,
     },
     state::State,
 };
 
+/// An address range: an IPv4 or IPv6 network and its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    /// `ADDR/LEN`, IPv4 or IPv6.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (addr, len) = s.split_once('/')?;
+        let addr: IpAddr = addr.parse().ok()?;
+        let len: u8 = len.parse().ok()?;
+        let cidr = Cidr { addr, len };
+        (len as u32 <= cidr.width()).then_some(cidr)
+    }
+
+    pub fn family(&self) -> Family {
+        Family::of(self.addr)
+    }
+
+    fn width(&self) -> u32 {
+        match self.addr {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        }
+    }
+
+    /// Bits of the address left to hosts.
+    fn host_bits(&self) -> u32 {
+        self.width() - self.len as u32
+    }
+
+    /// The network's first address as a number.
+    fn base(&self) -> u128 {
+        let host = self.host_bits();
+        let mask = if host >= 128 { 0 } else { u128::MAX << host };
+        number(self.addr) & mask
+    }
+
+    /// How many addresses it holds, up to 2^64 (a larger IPv6 range counts as that).
+    fn size(&self) -> u128 {
+        1u128 << self.host_bits().min(64)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        Family::of(ip) == self.family() && number(ip) >= self.base() && {
+            let host = self.host_bits();
+            host >= 128 || (number(ip) - self.base()) >> host == 0
+        }
+    }
+
+    /// The address `offset` past the network's.
+    fn at(&self, offset: u128) -> IpAddr {
+        let n = self.base() + offset;
+        match self.addr {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(n as u32)),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(n)),
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// An address as a number (IPv4 in the low 32 bits).
+fn number(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4).into(),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
 /// What the API server would be configured with: where ClusterIPs and nodePorts come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
-    pub service_cidr: (Ipv4Addr, u8),
+    /// One range per family the cluster serves, the primary family's first (as
+    /// `--service-cluster-ip-range`: `10.96.0.0/12,fd00:10:96::/112` is a
+    /// dual-stack cluster whose services are IPv4 unless they ask otherwise).
+    pub service_cidrs: Vec<Cidr>,
     pub node_ports: RangeInclusive<u16>,
 }
 
 impl Default for Allocation {
     fn default() -> Self {
         Allocation {
-            service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12),
+            service_cidrs: vec![Cidr {
+                addr: IpAddr::V4(Ipv4Addr::new(10, 96, 0, 0)),
+                len: 12,
+            }],
             node_ports: 30000..=32767,
         }
     }
 }
 
 impl Allocation {
-    pub fn cidr_contains(&self, ip: Ipv4Addr) -> bool {
-        let (net, len) = self.service_cidr;
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-        u32::from(ip) & mask == u32::from(net) & mask
+    /// The range of `family`, if the cluster serves it.
+    pub fn cidr(&self, family: Family) -> Option<&Cidr> {
+        self.service_cidrs.iter().find(|c| c.family() == family)
+    }
+
+    /// The family services get when they ask for none.
+    pub fn primary_family(&self) -> Family {
+        self.service_cidrs.first().map_or(Family::V4, Cidr::family)
+    }
+
+    pub fn dual_stack(&self) -> bool {
+        self.service_cidrs.len() == 2
+    }
+
+    pub fn cidr_contains(&self, ip: IpAddr) -> bool {
+        self.cidr(Family::of(ip)).is_some_and(|c| c.contains(ip))
     }
 
     pub fn cidr_string(&self) -> String {
-        format!("{}/{}", self.service_cidr.0, self.service_cidr.1)
+        let cidrs: Vec<String> = self.service_cidrs.iter().map(Cidr::to_string).collect();
+        cidrs.join(",")
     }
 
     pub fn node_ports_string(&self) -> String {
@@ -58,14 +153,14 @@ impl Allocation {
 /// the store's own, or for a new store the API server's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ranges {
-    pub service_cidr: Option<(Ipv4Addr, u8)>,
+    pub service_cidrs: Option<Vec<Cidr>>,
     pub node_ports: Option<RangeInclusive<u16>>,
 }
 
 impl From<Allocation> for Ranges {
     fn from(a: Allocation) -> Self {
         Ranges {
-            service_cidr: Some(a.service_cidr),
+            service_cidrs: Some(a.service_cidrs),
             node_ports: Some(a.node_ports),
         }
     }
@@ -95,18 +190,48 @@ impl Ranges {
     /// These ranges, the unset ones taken from `base`.
     pub fn over(&self, base: &Allocation) -> Allocation {
         Allocation {
-            service_cidr: self.service_cidr.unwrap_or(base.service_cidr),
+            service_cidrs: self
+                .service_cidrs
+                .clone()
+                .unwrap_or(base.service_cidrs.clone()),
             node_ports: self.node_ports.clone().unwrap_or(base.node_ports.clone()),
         }
     }
 }
 
-/// The first service whose clusterIP or nodePorts `alloc` does not hold (a change
+/// The service CIDRs `--service-cidr` names: one or two ranges, comma-separated, of
+/// different families (the primary first), each leaving room for services: IPv4 at
+/// most /30, IPv6 /64 to /126.
+pub fn parse_service_cidrs(s: &str) -> Result<Vec<Cidr>, String> {
+    let want = "want one range per family, the primary first, such as 10.96.0.0/12 or 10.96.0.0/12,fd00:10:96::/112";
+    let cidrs = s
+        .split(',')
+        .map(|c| Cidr::parse(c.trim()).ok_or_else(|| format!("{c}: not a CIDR; {want}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if cidrs.len() > 2 || (cidrs.len() == 2 && cidrs[0].family() == cidrs[1].family()) {
+        return Err(format!("{s}: {want}"));
+    }
+    for c in &cidrs {
+        let ok = match c.family() {
+            Family::V4 => c.len <= 30,
+            Family::V6 => (64..=126).contains(&c.len),
+        };
+        if !ok {
+            return Err(format!(
+                "{c}: too small or too large for services (IPv4 at most /30, IPv6 /64 to /126)"
+            ));
+        }
+    }
+    Ok(cidrs)
+}
+
+/// The first service whose clusterIPs or nodePorts `alloc` does not hold (a change
 /// of the ranges must leave every allocated value inside them).
 pub fn misfit(state: &State, alloc: &Allocation) -> Option<String> {
     for (key, svc) in &state.services {
-        if let Some(ip) = cluster_ip(svc)
-            && !alloc.cidr_contains(ip)
+        if let Some(ip) = cluster_ips(svc)
+            .into_iter()
+            .find(|ip| !alloc.cidr_contains(*ip))
         {
             return Some(format!(
                 "service {key} has clusterIP {ip}, outside {}",
@@ -151,53 +276,18 @@ pub fn allocate(
     let old_spec = old.and_then(|o| o.spec.as_ref());
     let spec = svc.spec.get_or_insert_with(Default::default);
 
-    // The families: this cluster is single-stack IPv4.
+    // The families, then one clusterIP per family (the API server's
+    // initIPFamilyFields and allocClusterIPs / updateClusterIPs).
     if ty != TYPE_EXTERNAL_NAME {
-        ip_families(spec)?;
-    }
-
-    // clusterIP: immutable once set.
-    if ty != TYPE_EXTERNAL_NAME {
-        let old_ip = old_spec.and_then(|s| s.cluster_ip.clone());
-        let requested = spec.cluster_ip.clone().filter(|s| !s.is_empty());
-        let ip = match (requested, old_ip) {
-            (Some(req), Some(old)) if req != old => {
-                return Err(FieldError::invalid(
-                    "spec.clusterIPs[0]",
-                    format!("[]string{{\"{req}\"}}"),
-                    "may not change once set",
-                )
-                .into());
-            }
-            (Some(req), _) if req == CLUSTER_IP_NONE => req,
-            (Some(req), Some(_)) => req,
-            (Some(req), None) => {
-                let ip: Ipv4Addr = req.parse().map_err(|_| {
-                    FieldError::invalid("spec.clusterIPs[0]", &req, "must be a valid IP address")
-                })?;
-                if !alloc.cidr_contains(ip) {
-                    return Err(FieldError::invalid(
-                        "spec.clusterIPs[0]",
-                        &req,
-                        format!("failed to allocate IP {req}: the provided IP ({req}) is not in the valid range. The range of valid IPs is {}", alloc.cidr_string()),
-                    )
-                    .into());
-                }
-                if taken.ips.contains(&ip) {
-                    return Err(FieldError::invalid(
-                        "spec.clusterIPs[0]",
-                        &req,
-                        format!("failed to allocate IP {req}: provided IP is already allocated"),
-                    )
-                    .into());
-                }
-                req
-            }
-            (None, Some(old)) => old,
-            (None, None) => random_cluster_ip(&taken.ips, alloc)?.to_string(),
-        };
-        spec.cluster_ips = Some(vec![ip.clone()]);
-        spec.cluster_ip = Some(ip);
+        let old_spec =
+            old_spec.filter(|_| old.is_some_and(|o| service_type(o) != TYPE_EXTERNAL_NAME));
+        if let Some(os) = old_spec {
+            keep_allocated_ips(spec, os);
+        }
+        if !same_prefer_dual_stack(spec, old_spec) {
+            ip_families(spec, old_spec, alloc)?;
+        }
+        allocate_cluster_ips(taken, spec, old_spec, alloc)?;
     }
 
     // nodePorts: for NodePort and LoadBalancer services, each port has one (a
@@ -314,73 +404,270 @@ fn in_node_port_range(field: &str, np: i32, alloc: &Allocation) -> Result<u16, A
     }
 }
 
+const SINGLE_STACK: &str = "SingleStack";
+const PREFER_DUAL_STACK: &str = "PreferDualStack";
+const REQUIRE_DUAL_STACK: &str = "RequireDualStack";
+
+/// The clusterIPs a spec names: `clusterIPs`, else `clusterIP` alone.
+fn requested_ips(spec: &ServiceSpec) -> Vec<String> {
+    match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => ips.to_vec(),
+        _ => spec
+            .cluster_ip
+            .iter()
+            .filter(|ip| !ip.is_empty())
+            .cloned()
+            .collect(),
+    }
+}
+
+fn families_of(spec: &ServiceSpec) -> Vec<String> {
+    spec.ip_families.clone().unwrap_or_default()
+}
+
+/// An update that names no clusterIP keeps the allocated ones (the API server's
+/// `patchAllocatedValues`): `clusterIP` and `clusterIPs` each taken from the stored
+/// object when the manifest leaves them out.
+fn keep_allocated_ips(spec: &mut ServiceSpec, old: &ServiceSpec) {
+    // v1's pair first: a clusterIP given alone is the list's first.
+    if spec.cluster_ips.as_ref().is_none_or(Vec::is_empty)
+        && let Some(ip) = spec.cluster_ip.clone().filter(|ip| !ip.is_empty())
+    {
+        spec.cluster_ips = Some(vec![ip]);
+    }
+    if spec.cluster_ip.as_deref().is_none_or(str::is_empty) {
+        spec.cluster_ip = old.cluster_ip.clone();
+    }
+    if spec.cluster_ips.as_ref().is_none_or(Vec::is_empty)
+        && old.cluster_ips.as_ref().is_some_and(|ips| !ips.is_empty())
+    {
+        spec.cluster_ips = old.cluster_ips.clone();
+    }
+}
+
+/// A PreferDualStack service updated with the same clusterIPs and families keeps
+/// them, whatever the cluster serves now: such a service is only upgraded or
+/// downgraded when its policy says so (the API server's
+/// `isMatchingPreferDualStackClusterIPFields`).
+fn same_prefer_dual_stack(spec: &ServiceSpec, old: Option<&ServiceSpec>) -> bool {
+    let Some(old) = old else { return false };
+    spec.type_ == old.type_
+        && spec.ip_family_policy.as_deref() == Some(PREFER_DUAL_STACK)
+        && old.ip_family_policy.as_deref() == Some(PREFER_DUAL_STACK)
+        && requested_ips(spec) == requested_ips(old)
+        && families_of(spec) == families_of(old)
+}
+
 /// Checks and completes `ipFamilyPolicy` and `ipFamilies` as the API server's
-/// allocator does in a single-stack IPv4 cluster: the families follow the
-/// clusterIPs, IPv6 and RequireDualStack are refused (not configured on this
-/// cluster), PreferDualStack gets IPv4 alone. A headless service without a selector
-/// allocates nothing and may name any family.
-fn ip_families(spec: &mut ServiceSpec) -> Result<(), FieldError> {
+/// allocator does (`initIPFamilyFields`) on a cluster serving `alloc`'s families:
+/// the policy defaults to the stored one, else SingleStack (RequireDualStack for a
+/// headless service without a selector); the families follow the clusterIPs, then
+/// the cluster's primary; a dual-stack policy on a dual-stack cluster gets both;
+/// a family the cluster does not serve, or RequireDualStack on a single-stack
+/// cluster, is refused. A headless service without a selector allocates nothing
+/// and may name any family.
+fn ip_families(
+    spec: &mut ServiceSpec,
+    old: Option<&ServiceSpec>,
+    alloc: &Allocation,
+) -> Result<(), FieldError> {
     let headless = spec.cluster_ip.as_deref() == Some(CLUSTER_IP_NONE);
     let selects = spec.selector.as_ref().is_some_and(|s| !s.is_empty());
-    let mut families = spec.ip_families.clone().unwrap_or_default();
-    let ips = spec.cluster_ips.clone().unwrap_or_default();
-    let policy = spec.ip_family_policy.clone().unwrap_or_else(|| {
-        if ips.len() == 2 || families.len() == 2 {
-            "RequireDualStack".into()
-        } else {
-            "SingleStack".into()
-        }
-    });
-    if headless && !selects {
-        if families.is_empty() {
-            families.push("IPv4".into());
-        }
-    } else {
-        for (i, ip) in ips.iter().enumerate() {
-            let Ok(addr) = ip.parse::<IpAddr>() else {
-                continue;
-            };
-            let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
-            match families.get(i) {
-                Some(f) if f != family => {
-                    return Err(FieldError::invalid(
-                        format!("spec.clusterIPs[{i}]"),
-                        format!("\"{ip}\""),
-                        format!("expected an {f} value as indicated by `ipFamilies[{i}]`"),
-                    ));
+    if spec.ip_family_policy.is_none() {
+        let policy = old
+            .and_then(|o| o.ip_family_policy.clone())
+            .unwrap_or_else(|| {
+                if headless && !selects {
+                    REQUIRE_DUAL_STACK.into()
+                } else {
+                    SINGLE_STACK.into()
                 }
-                Some(_) => {}
-                None => families.push(family.into()),
+            });
+        spec.ip_family_policy = Some(policy);
+    }
+    let policy = spec.ip_family_policy.clone().unwrap_or_default();
+    let policy_error =
+        |why: &str| FieldError::invalid("spec.ipFamilyPolicy", format!("\"{policy}\""), why);
+    if let Some(old) = old {
+        if policy == SINGLE_STACK {
+            // Asking for one family with the stored values is clear intent: the
+            // primary is kept, the secondary released.
+            if requested_ips(spec) == requested_ips(old) && requested_ips(spec).len() > 1 {
+                spec.cluster_ips.as_mut().map(|ips| ips.truncate(1));
+            }
+            if families_of(spec) == families_of(old) && families_of(spec).len() > 1 {
+                spec.ip_families.as_mut().map(|f| f.truncate(1));
+            }
+        } else {
+            let fewer = |new: usize, old: usize| new != 0 && new < old;
+            if fewer(requested_ips(spec).len(), requested_ips(old).len()) {
+                return Err(policy_error(
+                    "must be 'SingleStack' to release the secondary cluster IP",
+                ));
+            }
+            if fewer(families_of(spec).len(), families_of(old).len()) {
+                return Err(policy_error(
+                    "must be 'SingleStack' to release the secondary IP family",
+                ));
             }
         }
-        if policy == "RequireDualStack" {
-            return Err(FieldError::invalid(
-                "spec.ipFamilyPolicy",
-                format!("\"{policy}\""),
-                "this cluster is not configured for dual-stack services",
+    }
+    let ips = requested_ips(spec);
+    let mut families = families_of(spec);
+    if policy == SINGLE_STACK {
+        if ips.len() == 2 {
+            return Err(policy_error(
+                "must be 'RequireDualStack' or 'PreferDualStack' when multiple cluster IPs are specified",
             ));
         }
-        if let Some((i, f)) = families.iter().enumerate().find(|(_, f)| *f != "IPv4") {
+        if families.len() == 2 {
+            return Err(policy_error(
+                "must be 'RequireDualStack' or 'PreferDualStack' when multiple IP families are specified",
+            ));
+        }
+    }
+    // The families follow the clusterIPs asked for.
+    for (i, ip) in ips.iter().enumerate() {
+        if ip == CLUSTER_IP_NONE {
+            break;
+        }
+        let Ok(addr) = ip.parse::<IpAddr>() else {
+            continue;
+        };
+        let family = Family::of(addr);
+        match families.get(i) {
+            Some(f) if Family::parse(f) != Some(family) => {
+                return Err(FieldError::invalid(
+                    format!("spec.clusterIPs[{i}]"),
+                    format!("\"{ip}\""),
+                    format!("expected an {f} value as indicated by `ipFamilies[{i}]`"),
+                ));
+            }
+            Some(_) => {}
+            None if alloc.cidr(family).is_none() => {
+                return Err(FieldError::invalid(
+                    format!("spec.clusterIPs[{i}]"),
+                    format!("{ips:?}"),
+                    format!("{family} is not configured on this cluster"),
+                ));
+            }
+            None => families.push(family.name().into()),
+        }
+    }
+    if headless && !selects {
+        let first = families
+            .first()
+            .and_then(|f| Family::parse(f))
+            .unwrap_or(alloc.primary_family());
+        if families.is_empty() {
+            families.push(first.name().into());
+        }
+        if families.len() < 2 && policy != SINGLE_STACK {
+            families.push(first.other().name().into());
+        }
+        spec.ip_families = Some(families);
+        return Ok(());
+    }
+    if policy == REQUIRE_DUAL_STACK && !alloc.dual_stack() {
+        return Err(policy_error(
+            "this cluster is not configured for dual-stack services",
+        ));
+    }
+    for (i, f) in families.iter().enumerate() {
+        if Family::parse(f).is_none_or(|f| alloc.cidr(f).is_none()) {
             return Err(FieldError::invalid(
                 format!("spec.ipFamilies[{i}]"),
                 format!("\"{f}\""),
                 "not configured on this cluster",
             ));
         }
-        if policy == "SingleStack" && families.len() > 1 {
-            return Err(FieldError::invalid(
-                "spec.ipFamilies",
-                format!("{families:?}"),
-                "when spec.ipFamilyPolicy is SingleStack, only one family may be specified",
-            ));
-        }
-        families.truncate(1);
-        if families.is_empty() {
-            families.push("IPv4".into());
-        }
+    }
+    if families.is_empty() {
+        families.push(alloc.primary_family().name().into());
+    }
+    if policy != SINGLE_STACK && families.len() == 1 && alloc.dual_stack() {
+        let first = Family::parse(&families[0]).unwrap_or(alloc.primary_family());
+        families.push(first.other().name().into());
     }
     spec.ip_families = Some(families);
-    spec.ip_family_policy = Some(policy);
+    Ok(())
+}
+
+/// One clusterIP per family of `spec.ipFamilies`, in their order: the one asked
+/// for (in the family's range and free), else the stored one, else a free one at
+/// random; a headless service keeps `None`. Stored clusterIPs never change; a
+/// service that drops its second family releases its second address (it is no
+/// longer among the service's, so no longer taken).
+fn allocate_cluster_ips(
+    taken: &Taken,
+    spec: &mut ServiceSpec,
+    old: Option<&ServiceSpec>,
+    alloc: &Allocation,
+) -> Result<(), AllocError> {
+    let requested = requested_ips(spec);
+    if requested.first().map(String::as_str) == Some(CLUSTER_IP_NONE) {
+        spec.cluster_ip = Some(CLUSTER_IP_NONE.into());
+        spec.cluster_ips = Some(vec![CLUSTER_IP_NONE.into()]);
+        return Ok(());
+    }
+    let old_ips = old.map(requested_ips).unwrap_or_default();
+    let families: Vec<Family> = families_of(spec)
+        .iter()
+        .filter_map(|f| Family::parse(f))
+        .collect();
+    let mut ips = Vec::with_capacity(families.len());
+    for (i, family) in families.iter().enumerate() {
+        let field = format!("spec.clusterIPs[{i}]");
+        let asked = requested.get(i).filter(|ip| !ip.is_empty());
+        let stored = old_ips
+            .get(i)
+            .filter(|ip| ip.parse().is_ok_and(|ip| Family::of(ip) == *family));
+        let ip = match (asked, stored) {
+            (Some(a), Some(o)) if a != o => {
+                return Err(FieldError::invalid(
+                    field,
+                    format!("{requested:?}"),
+                    "may not change once set",
+                )
+                .into());
+            }
+            (Some(a), Some(_)) => a.clone(),
+            (Some(a), None) => {
+                let ip: IpAddr = a
+                    .parse()
+                    .map_err(|_| FieldError::invalid(&field, a, "must be a valid IP address"))?;
+                let range = alloc.cidr(*family).map(Cidr::to_string).unwrap_or_default();
+                if !alloc.cidr_contains(ip) {
+                    return Err(FieldError::invalid(
+                        field,
+                        a,
+                        format!("failed to allocate IP {a}: the provided IP ({a}) is not in the valid range. The range of valid IPs is {range}"),
+                    )
+                    .into());
+                }
+                if taken.ips.contains(&ip) {
+                    return Err(FieldError::invalid(
+                        field,
+                        a,
+                        format!("failed to allocate IP {a}: provided IP is already allocated"),
+                    )
+                    .into());
+                }
+                ip.to_string()
+            }
+            (None, Some(o)) => o.clone(),
+            (None, None) => {
+                let cidr = alloc.cidr(*family).ok_or_else(|| AllocError::Exhausted {
+                    what: "ClusterIP",
+                    range: format!("no {family} service CIDR"),
+                })?;
+                random_cluster_ip(&taken.ips, cidr)?.to_string()
+            }
+        };
+        ips.push(ip);
+    }
+    spec.cluster_ip = ips.first().cloned();
+    spec.cluster_ips = Some(ips);
     Ok(())
 }
 
@@ -388,24 +675,37 @@ pub use crate::lb_ipam::ingress_ips as lb_ingress_ips;
 
 /// The clusterIPs and nodePorts services hold.
 pub struct Taken {
-    ips: BTreeSet<Ipv4Addr>,
+    ips: BTreeSet<IpAddr>,
     node_ports: BTreeSet<u16>,
 }
 
 /// Kinds of value in the store's index of what is taken (`taken.what`).
 pub const TAKEN_CLUSTER_IP: i64 = 0;
 pub const TAKEN_NODE_PORT: i64 = 1;
+/// An IPv6 clusterIP: its low 64 bits (the service CIDR, /64 or longer, holds the
+/// rest; the ranges change only while every clusterIP stays inside them).
+pub const TAKEN_CLUSTER_IP6: i64 = 2;
 
 impl Taken {
-    /// What the rows of the store's index hold ((`what`, value) pairs).
-    pub fn from_rows(rows: impl IntoIterator<Item = (i64, i64)>) -> Self {
+    /// What the rows of the store's index hold ((`what`, value) pairs), the IPv6
+    /// clusterIPs in `alloc`'s IPv6 range.
+    pub fn from_rows(rows: impl IntoIterator<Item = (i64, i64)>, alloc: &Allocation) -> Self {
         let mut t = Taken {
             ips: BTreeSet::new(),
             node_ports: BTreeSet::new(),
         };
+        let prefix6 = alloc
+            .cidr(Family::V6)
+            .map(|c| c.base() & !u128::from(u64::MAX));
         for (what, value) in rows {
             match what {
-                TAKEN_CLUSTER_IP => drop(t.ips.insert(Ipv4Addr::from(value as u32))),
+                TAKEN_CLUSTER_IP => drop(t.ips.insert(Ipv4Addr::from(value as u32).into())),
+                TAKEN_CLUSTER_IP6 => {
+                    if let Some(prefix) = prefix6 {
+                        let n = prefix | u128::from(value as u64);
+                        t.ips.insert(Ipv6Addr::from(n).into());
+                    }
+                }
                 TAKEN_NODE_PORT => drop(t.node_ports.insert(value as u16)),
                 _ => {}
             }
@@ -413,11 +713,14 @@ impl Taken {
         t
     }
 
-    /// The index rows `svc` holds: its clusterIP and its nodePorts.
+    /// The index rows `svc` holds: its clusterIPs and its nodePorts.
     pub fn rows_of(svc: &Service) -> Vec<(i64, i64)> {
-        cluster_ip(svc)
-            .map(|ip| (TAKEN_CLUSTER_IP, i64::from(u32::from(ip))))
+        cluster_ips(svc)
             .into_iter()
+            .map(|ip| match ip {
+                IpAddr::V4(v4) => (TAKEN_CLUSTER_IP, i64::from(u32::from(v4))),
+                IpAddr::V6(v6) => (TAKEN_CLUSTER_IP6, u128::from(v6) as u64 as i64),
+            })
             .chain(Self::node_ports_of(svc).map(|p| (TAKEN_NODE_PORT, i64::from(p))))
             .collect()
     }
@@ -446,12 +749,12 @@ impl Taken {
     }
 
     pub fn hold(&mut self, svc: &Service) {
-        self.ips.extend(cluster_ip(svc));
+        self.ips.extend(cluster_ips(svc));
         self.node_ports.extend(Self::node_ports_of(svc));
     }
 
     pub fn release(&mut self, svc: &Service) {
-        if let Some(ip) = cluster_ip(svc) {
+        for ip in cluster_ips(svc) {
             self.ips.remove(&ip);
         }
         for p in Self::node_ports_of(svc) {
@@ -474,28 +777,23 @@ fn random_free(range: &RangeInclusive<u16>, used: &BTreeSet<u16>) -> Option<u16>
     }
 }
 
-/// A random free address of the service CIDR, never its network address, its
-/// broadcast address or its first host (kept for the `kubernetes` service, as the API
+/// A random free address of `cidr`, never its network address, its last (IPv4's
+/// broadcast) or its first host (kept for the `kubernetes` service, as the API
 /// server does).
-fn random_cluster_ip(
-    used: &BTreeSet<Ipv4Addr>,
-    alloc: &Allocation,
-) -> Result<Ipv4Addr, AllocError> {
-    let (net, len) = alloc.service_cidr;
-    let host_bits = 32 - len as u32;
-    let size: u64 = 1u64 << host_bits;
-    let base = u32::from(net) & (u32::MAX.checked_shl(host_bits).unwrap_or(0));
+fn random_cluster_ip(used: &BTreeSet<IpAddr>, cidr: &Cidr) -> Result<IpAddr, AllocError> {
+    let size = cidr.size();
+    let base = cidr.base();
     // Only addresses of the range count (a service may hold one from before the
     // range changed).
-    let offsets: Vec<u64> = used
+    let offsets: Vec<u128> = used
         .iter()
-        .filter(|ip| alloc.cidr_contains(**ip))
-        .map(|ip| u64::from(u32::from(*ip) - base))
+        .filter(|ip| cidr.contains(**ip))
+        .map(|ip| number(*ip) - base)
         .collect();
-    if size < 4 || offsets.len() as u64 >= size - 3 {
+    if size < 4 || offsets.len() as u128 >= size - 3 {
         return Err(AllocError::Exhausted {
             what: "ClusterIP",
-            range: alloc.cidr_string(),
+            range: cidr.to_string(),
         });
     }
     // The range's low band is kept for addresses asked for (the cluster DNS
@@ -503,7 +801,7 @@ fn random_cluster_ip(
     // does (KEP-3070: min(max(16, size/16), 256) addresses).
     let band = (size / 16).clamp(16, 256).min(size - 1);
     let upper = 2.max(band)..size - 1;
-    let upper_used = offsets.iter().filter(|o| upper.contains(o)).count() as u64;
+    let upper_used = offsets.iter().filter(|o| upper.contains(o)).count() as u128;
     let range = if upper_used < upper.end - upper.start {
         upper
     } else {
@@ -511,8 +809,7 @@ fn random_cluster_ip(
     };
     let mut rng = rand::rng();
     loop {
-        let offset = rng.random_range(range.clone()) as u32;
-        let ip = Ipv4Addr::from(base + offset);
+        let ip = cidr.at(rng.random_range(range.clone()));
         if !used.contains(&ip) {
             return Ok(ip);
         }

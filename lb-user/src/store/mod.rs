@@ -30,7 +30,7 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
 
 pub use self::{
-    alloc::{Allocation, Ranges, lb_ingress_ips},
+    alloc::{Allocation, Cidr, Ranges, lb_ingress_ips},
     apply::{ApplyError, Mode, Outcome},
     rows::{ListQuery, Page, Row as StoredRow},
 };
@@ -177,9 +177,9 @@ impl BulkApply<'_> {
         };
         // Only services allocate (and hold) clusterIPs and nodePorts.
         if self.taken.is_none() && docs.iter().any(|d| d.object.kind() == Kind::Service) {
-            self.taken = Some(store.taken(&self.conn)?);
+            self.taken = Some(store.taken(&self.conn, &self.alloc)?);
         }
-        let mut nothing = alloc::Taken::from_rows([]);
+        let mut nothing = alloc::Taken::from_rows([], &self.alloc);
         let taken = self.taken.as_mut().unwrap_or(&mut nothing);
         let before = store.read_scope(&self.conn, &scope)?;
         let mut state = before.clone();
@@ -746,7 +746,7 @@ impl Store {
     /// What every service holds (clusterIPs, nodePorts), from the index kept beside
     /// the objects; built from the services the first time (a store written before
     /// the index existed).
-    fn taken(&self, conn: &Connection) -> Result<alloc::Taken, StoreError> {
+    fn taken(&self, conn: &Connection, alloc: &Allocation) -> Result<alloc::Taken, StoreError> {
         if !taken_indexed(conn).map_err(self.db("reading the index"))? {
             let every_service = Scope {
                 all_services: true,
@@ -766,7 +766,7 @@ impl Store {
             .map_err(self.db("reading the index"))?
             .collect::<Result<Vec<(i64, i64)>, _>>()
             .map_err(self.db("reading the index"))?;
-        Ok(alloc::Taken::from_rows(rows))
+        Ok(alloc::Taken::from_rows(rows, alloc))
     }
 
     /// Removes the tombstones of revisions up to `through`, inside the writer's
@@ -891,30 +891,73 @@ impl Store {
     }
 }
 
-/// The ranges in `meta` (None until the first write records them).
+/// The ranges in `meta` (None until the first write records them): the IPv4
+/// service CIDR (`service_cidr_addr`, `_len`), the IPv6 one (`service_cidr6_hi`,
+/// `_lo`, `_len`; the primary when `service_cidr6_first` is 1), the nodePorts.
 fn stored_ranges(conn: &Connection) -> rusqlite::Result<Option<Allocation>> {
     let get = |name| meta_set(conn, name);
-    let (Some(addr), Some(len), Some(lo), Some(hi)) = (
-        get("service_cidr_addr")?,
-        get("service_cidr_len")?,
-        get("node_port_min")?,
-        get("node_port_max")?,
-    ) else {
+    let (Some(lo), Some(hi)) = (get("node_port_min")?, get("node_port_max")?) else {
         return Ok(None);
     };
+    let mut cidrs = Vec::new();
+    if let (Some(addr), Some(len)) = (get("service_cidr_addr")?, get("service_cidr_len")?) {
+        cidrs.push(Cidr {
+            addr: Ipv4Addr::from(addr as u32).into(),
+            len: len as u8,
+        });
+    }
+    if let (Some(high), Some(low), Some(len)) = (
+        get("service_cidr6_hi")?,
+        get("service_cidr6_lo")?,
+        get("service_cidr6_len")?,
+    ) {
+        let addr = std::net::Ipv6Addr::from((u128::from(high) << 64) | u128::from(low));
+        let v6 = Cidr {
+            addr: addr.into(),
+            len: len as u8,
+        };
+        if get("service_cidr6_first")? == Some(1) {
+            cidrs.insert(0, v6);
+        } else {
+            cidrs.push(v6);
+        }
+    }
+    if cidrs.is_empty() {
+        return Ok(None);
+    }
     Ok(Some(Allocation {
-        service_cidr: (Ipv4Addr::from(addr as u32), len as u8),
+        service_cidrs: cidrs,
         node_ports: lo as u16..=hi as u16,
     }))
 }
 
 fn set_ranges(conn: &Connection, a: &Allocation) -> rusqlite::Result<()> {
-    set_meta(
-        conn,
+    let names = [
         "service_cidr_addr",
-        u64::from(u32::from(a.service_cidr.0)),
-    )?;
-    set_meta(conn, "service_cidr_len", u64::from(a.service_cidr.1))?;
+        "service_cidr_len",
+        "service_cidr6_hi",
+        "service_cidr6_lo",
+        "service_cidr6_len",
+        "service_cidr6_first",
+    ];
+    for name in names {
+        conn.execute("DELETE FROM meta WHERE name = ?1", [name])?;
+    }
+    for (i, c) in a.service_cidrs.iter().enumerate() {
+        match c.addr {
+            std::net::IpAddr::V4(v4) => {
+                set_meta(conn, "service_cidr_addr", u64::from(u32::from(v4)))?;
+                set_meta(conn, "service_cidr_len", u64::from(c.len))?;
+            }
+            std::net::IpAddr::V6(v6) => {
+                let n = u128::from(v6);
+                set_meta(conn, "service_cidr6_hi", (n >> 64) as u64)?;
+                set_meta(conn, "service_cidr6_lo", n as u64)?;
+                set_meta(conn, "service_cidr6_len", u64::from(c.len))?;
+                set_meta(conn, "service_cidr6_first", u64::from(i == 0))?;
+            }
+        }
+    }
     set_meta(conn, "node_port_min", u64::from(*a.node_ports.start()))?;
     set_meta(conn, "node_port_max", u64::from(*a.node_ports.end()))
 }

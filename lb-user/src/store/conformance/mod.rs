@@ -5,7 +5,8 @@
 //! …Create, …Update) written as the v1 object a user would apply, with the answer
 //! the API server gives it end to end (defaulting, validation, the REST
 //! strategy's update rules, the allocators) in a single-stack IPv4 cluster with
-//! service CIDR 10.96.0.0/12 and nodePorts 30000-32767.
+//! service CIDR 10.96.0.0/12 and nodePorts 30000-32767, and again in a dual-stack
+//! cluster that adds 2001::/112 (where a row's answer differs, it says so).
 //!
 //! Translations, so that a row tests what it was written for: test addresses
 //! outside the CIDR (1.2.3.x, 10.0.0.x) become 10.96.0.x and nodePorts outside the
@@ -13,8 +14,9 @@
 //! the validation function alone and the API server answers otherwise (v1
 //! defaults fill `type: ""`; an update without `clusterIP` keeps the allocated
 //! one; an old object "with an empty clusterIP" has one allocated), the row wants
-//! the API server's answer, and says so. Rows that cannot be set up in such a
-//! cluster (their old object is refused at create) are skipped with the reason.
+//! the API server's answer, and says so. Rows that cannot be set up in the
+//! single-stack cluster (their old object is dual-stack, refused at create) are
+//! skipped there with the reason, and run in the dual-stack one.
 //!
 //! Each table is run through `parse_manifest` and `apply::apply` on an empty
 //! store: what `lb apply` does, without a disk.
@@ -49,6 +51,8 @@ pub struct Row {
     pub old: Option<Value>,
     pub new: Value,
     pub want: Want,
+    /// What a dual-stack API server answers, when it answers otherwise.
+    pub dual: Option<Want>,
 }
 
 impl Row {
@@ -59,6 +63,7 @@ impl Row {
             old: None,
             new,
             want,
+            dual: None,
         }
     }
 
@@ -75,20 +80,26 @@ impl Row {
             old: Some(old),
             new,
             want,
+            dual: None,
         }
+    }
+
+    /// The row's answer on a dual-stack cluster, where it differs.
+    pub fn dual(mut self, want: Want) -> Self {
+        self.dual = Some(want);
+        self
     }
 }
 
 /// lb's answer: `Ok` stored, `Err` the error it printed.
-fn answer(row: &Row) -> Result<(), String> {
+fn answer(row: &Row, alloc: &Allocation) -> Result<(), String> {
     let mut state = State::default();
-    let alloc = Allocation::default();
     let mut write = |object: &Value, revision| {
         let docs = parse_manifest("row.json", &object.to_string()).map_err(|e| e.to_string())?;
         apply(
             &mut state,
             &docs,
-            &alloc,
+            alloc,
             Mode::Apply,
             Timestamp::now(),
             revision,
@@ -104,20 +115,25 @@ fn answer(row: &Row) -> Result<(), String> {
 
 /// Runs the rows; returns the rows where lb and the API server differ (name,
 /// what lb said), and prints every skipped row with its reason.
-fn disagreements(rows: &[Row]) -> (usize, Vec<(String, String)>) {
+fn disagreements(rows: &[Row], cluster: Cluster) -> (usize, Vec<(String, String)>) {
+    let alloc = cluster.allocation();
     let mut counted = 0;
     let mut differ = Vec::new();
     for row in rows {
         let label = format!("{}: {}", row.table, row.name);
-        let got = match row.want {
+        let want = match cluster {
+            Cluster::SingleStack => row.want,
+            Cluster::DualStack => row.dual.unwrap_or(row.want),
+        };
+        let got = match want {
             Want::Skip(why) => {
                 println!("skipped  {label} ({why})");
                 continue;
             }
-            _ => answer(row),
+            _ => answer(row, &alloc),
         };
         counted += 1;
-        match (row.want, &got) {
+        match (want, &got) {
             (Want::Accept, Ok(())) => {}
             (Want::Refuse(field), Err(e)) if e.contains(field) => {}
             (Want::Accept, Err(e)) => differ.push((label, format!("lb refused: {e}"))),
@@ -140,21 +156,50 @@ const KNOWN: &[(&str, &str)] = &[(
     "SCTP: lb's data plane does not balance it (this kernel has none), so a Service asking for it is refused rather than left unserved",
 )];
 
+/// The cluster a table runs in.
+#[derive(Debug, Clone, Copy)]
+enum Cluster {
+    /// Service CIDR 10.96.0.0/12 alone.
+    SingleStack,
+    /// 10.96.0.0/12 and 2001::/112 (the tables' IPv6 addresses are 2001::x).
+    DualStack,
+}
+
+impl Cluster {
+    fn allocation(self) -> Allocation {
+        let mut alloc = Allocation::default();
+        if let Cluster::DualStack = self {
+            alloc.service_cidrs = super::alloc::parse_service_cidrs("10.96.0.0/12,2001::/112")
+                .expect("the dual-stack ranges parse");
+        }
+        alloc
+    }
+}
+
 #[test]
 fn lb_answers_as_the_api_server_on_kubernetes_validation_tables() {
+    agrees_on_the_tables(Cluster::SingleStack);
+}
+
+#[test]
+fn lb_answers_as_a_dual_stack_api_server_on_kubernetes_validation_tables() {
+    agrees_on_the_tables(Cluster::DualStack);
+}
+
+fn agrees_on_the_tables(cluster: Cluster) {
     let rows: Vec<Row> = service::rows()
         .into_iter()
         .chain(endpoint_slice::rows())
         .chain(pod::rows())
         .collect();
-    let (counted, differ) = disagreements(&rows);
+    let (counted, differ) = disagreements(&rows, cluster);
     let skipped = rows.len() - counted;
     for (label, why) in &differ {
         println!("differs  {label}: {why}");
     }
     let agreement = 100.0 * (counted - differ.len()) as f64 / counted as f64;
     println!(
-        "{} rows: {counted} run, {skipped} skipped; lb agrees on {} ({agreement:.1}%)",
+        "{cluster:?}: {} rows: {counted} run, {skipped} skipped; lb agrees on {} ({agreement:.1}%)",
         rows.len(),
         counted - differ.len()
     );

@@ -739,17 +739,19 @@ pub fn rows() -> Vec<Row> {
             |s| families(s, REQ, &["IPv4", "not-a-valid-ip-family"]),
             Refuse("spec.ipFamilies[1]"),
         ),
-        // The allocator of a single-stack cluster refuses IPv6 (`not configured on this cluster`).
+        // The allocator of a single-stack cluster refuses IPv6 (`not configured on
+        // this cluster`); a dual-stack one takes what validation takes.
         c(
             "IPFamilyPolicy(singleStack) is set for two families",
             |s| families(s, SINGLE, &["IPv4", "IPv6"]),
-            Refuse("spec.ipFamilies[1]"),
+            Refuse("spec.ipFamilyPolicy"),
         ),
         c(
             "valid, IPFamilyPolicy(preferDualStack) is set for two families (note: alloc sets families)",
             |s| families(s, PREFER, &["IPv4", "IPv6"]),
             Refuse("spec.ipFamilies[1]"),
-        ),
+        )
+        .dual(Accept),
         c(
             "invalid, service with 2+ ipFamilies",
             |s| families(s, REQ, &["IPv4", "IPv6", "IPv4"]),
@@ -770,22 +772,26 @@ pub fn rows() -> Vec<Row> {
             "valid, service with valid ipFamilies (v6)",
             |s| families(s, None, &["IPv6"]),
             Refuse("spec.ipFamilies[0]"),
-        ),
+        )
+        .dual(Accept),
         c(
             "valid, service with valid ipFamilies(v4,v6)",
             |s| families(s, REQ, &["IPv4", "IPv6"]),
             Refuse("spec.ipFamilyPolicy"),
-        ),
+        )
+        .dual(Accept),
         c(
             "valid, service with valid ipFamilies(v6,v4)",
             |s| families(s, REQ, &["IPv6", "IPv4"]),
             Refuse("spec.ipFamilyPolicy"),
-        ),
+        )
+        .dual(Accept),
         c(
             "valid, service preferred dual stack with single family",
             |s| families(s, PREFER, &["IPv6"]),
             Refuse("spec.ipFamilies[0]"),
-        ),
+        )
+        .dual(Accept),
         c(
             "invalid, garbage single ip",
             |s| ips(s, &["garbage-ip"]),
@@ -877,7 +883,7 @@ pub fn rows() -> Vec<Row> {
                 families(s, SINGLE, &["IPv4", "IPv6"]);
                 ips(s, &["10.96.0.1", "2001::1"])
             },
-            Refuse("spec.ipFamilies[1]"),
+            Refuse("spec.ipFamilyPolicy"),
         ),
         // A headless service without a selector allocates nothing: any family.
         c(
@@ -895,16 +901,18 @@ pub fn rows() -> Vec<Row> {
                 families(s, PREFER, &["IPv4"]);
                 ips(s, &["10.96.0.1", "2001::1"])
             },
-            Refuse("spec.ipFamilies[1]"),
-        ),
+            Refuse("spec.clusterIPs[1]"),
+        )
+        .dual(Accept),
         c(
             "valid, multi ip, single ipfamilies (must match when provided) + requireDualStack",
             |s| {
                 families(s, REQ, &["IPv4"]);
                 ips(s, &["10.96.0.1", "2001::1"])
             },
-            Refuse("spec.ipFamilyPolicy"),
-        ),
+            Refuse("spec.clusterIPs[1]"),
+        )
+        .dual(Accept),
         c(
             "invalid, families don't match (v4=>v6)",
             |s| {
@@ -934,7 +942,8 @@ pub fn rows() -> Vec<Row> {
             "valid, single family",
             |s| families(s, SINGLE, &["IPv6"]),
             Refuse("spec.ipFamilies[0]"),
-        ),
+        )
+        .dual(Accept),
         c(
             "valid, single ip + single family",
             |s| {
@@ -942,7 +951,8 @@ pub fn rows() -> Vec<Row> {
                 ips(s, &["2001::1"])
             },
             Refuse("spec.ipFamilies[0]"),
-        ),
+        )
+        .dual(Accept),
         c(
             "valid, single ip + single family (dual stack requested)",
             |s| {
@@ -950,7 +960,8 @@ pub fn rows() -> Vec<Row> {
                 ips(s, &["2001::1"])
             },
             Refuse("spec.ipFamilies[0]"),
-        ),
+        )
+        .dual(Accept),
         c(
             "valid, single ip, multi ipfamilies",
             |s| {
@@ -958,7 +969,8 @@ pub fn rows() -> Vec<Row> {
                 ips(s, &["10.96.0.1"])
             },
             Refuse("spec.ipFamilyPolicy"),
-        ),
+        )
+        .dual(Accept),
         c(
             "valid, multi ips, multi ipfamilies (4,6)",
             |s| {
@@ -966,7 +978,8 @@ pub fn rows() -> Vec<Row> {
                 ips(s, &["10.96.0.1", "2001::1"])
             },
             Refuse("spec.ipFamilyPolicy"),
-        ),
+        )
+        .dual(Accept),
         c(
             "valid, ips, multi ipfamilies (6,4)",
             |s| {
@@ -974,38 +987,44 @@ pub fn rows() -> Vec<Row> {
                 ips(s, &["2001::1", "10.96.0.1"])
             },
             Refuse("spec.ipFamilyPolicy"),
-        ),
+        )
+        .dual(Accept),
         c(
             "valid, multi ips (6,4)",
             |s| {
                 families(s, REQ, &[]);
                 ips(s, &["2001::1", "10.96.0.1"])
             },
-            Refuse("spec.ipFamilyPolicy"),
-        ),
+            Refuse("spec.clusterIPs[0]"),
+        )
+        .dual(Accept),
         c(
             "valid, multi ipfamilies (6,4)",
             |s| families(s, REQ, &["IPv6", "IPv4"]),
             Refuse("spec.ipFamilyPolicy"),
-        ),
+        )
+        .dual(Accept),
         c(
             "valid, multi ips (4,6)",
             |s| {
                 families(s, REQ, &[]);
                 ips(s, &["10.96.0.1", "2001::1"])
             },
-            Refuse("spec.ipFamilyPolicy"),
-        ),
+            Refuse("spec.clusterIPs[1]"),
+        )
+        .dual(Accept),
         c(
             "valid,  multi ipfamilies (4,6)",
             |s| families(s, REQ, &["IPv4", "IPv6"]),
             Refuse("spec.ipFamilyPolicy"),
-        ),
+        )
+        .dual(Accept),
         c(
             "valid, dual stack",
             |s| families(s, REQ, &[]),
             Refuse("spec.ipFamilyPolicy"),
-        ),
+        )
+        .dual(Accept),
         c(
             "valid appProtocol",
             |s| s["spec"]["ports"] = json!([{"port": 12345, "targetPort": 12345, "protocol": "TCP", "appProtocol": "HTTP"}]),
@@ -1481,14 +1500,15 @@ fn update_rows() -> Vec<Row> {
             |s| families(s, SINGLE, &["IPv4"]),
             |s| families(s, REQ, &["IPv4"]),
             Refuse("spec.ipFamilyPolicy"),
-        ),
-        Row::update(
-            UPDATE,
+        )
+        .dual(Accept),
+        u(
             "add a new ServiceIPFamily",
-            base(),
-            base(),
+            |s| families(s, REQ, &["IPv4"]),
+            |s| families(s, REQ, &["IPv4", "IPv6"]),
             DUAL_OLD,
-        ),
+        )
+        .dual(Accept),
         u(
             "ExternalName while changing Service IPFamily",
             en,
@@ -1504,6 +1524,8 @@ fn update_rows() -> Vec<Row> {
             },
             Accept,
         ),
+        // The old object got an IPv4 clusterIP, which the update keeps: IPv6 does
+        // not match it, on either cluster.
         u(
             "setting ipfamily from nil to v6",
             none,
@@ -1511,7 +1533,7 @@ fn update_rows() -> Vec<Row> {
                 s["spec"]["externalName"] = json!("somename");
                 families(s, None, &["IPv6"])
             },
-            Refuse("spec.ipFamilies[0]"),
+            Refuse("spec.clusterIPs[0]"),
         ),
         u(
             "change primary ServiceIPFamily",
@@ -1525,13 +1547,19 @@ fn update_rows() -> Vec<Row> {
             },
             Refuse("spec.clusterIPs[0]"),
         ),
-        Row::update(
-            UPDATE,
+        u(
             "valid: upgrade to dual stack with requiredDualStack",
-            base(),
-            base(),
-            DUAL_OLD,
-        ),
+            |s| {
+                ips(s, &["10.96.0.4"]);
+                families(s, SINGLE, &["IPv4"])
+            },
+            |s| {
+                ips(s, &["10.96.0.4"]);
+                families(s, REQ, &["IPv4"])
+            },
+            Refuse("spec.ipFamilyPolicy"),
+        )
+        .dual(Accept),
         u(
             "valid: upgrade to dual stack with preferDualStack",
             |s| {
@@ -1555,7 +1583,8 @@ fn update_rows() -> Vec<Row> {
                 families(s, REQ, &["IPv4", "IPv6"])
             },
             Refuse("spec.ipFamilyPolicy"),
-        ),
+        )
+        .dual(Accept),
         u(
             "valid: upgrade to dual stack, with specific secondary ip",
             |s| {
@@ -1567,21 +1596,34 @@ fn update_rows() -> Vec<Row> {
                 families(s, REQ, &["IPv4", "IPv6"])
             },
             Refuse("spec.ipFamilyPolicy"),
-        ),
-        Row::update(
-            UPDATE,
+        )
+        .dual(Accept),
+        u(
             "valid: downgrade from dual to single",
-            base(),
-            base(),
+            |s| {
+                ips(s, &["10.96.0.4", "2001::1"]);
+                families(s, REQ, &["IPv4", "IPv6"])
+            },
+            |s| {
+                ips(s, &["10.96.0.4"]);
+                families(s, SINGLE, &["IPv4"])
+            },
             DUAL_OLD,
-        ),
-        Row::update(
-            UPDATE,
+        )
+        .dual(Accept),
+        u(
             "valid: change families for a headless service",
-            base(),
-            base(),
+            |s| {
+                ips(s, &["None"]);
+                families(s, REQ, &["IPv4", "IPv6"])
+            },
+            |s| {
+                ips(s, &["None"]);
+                families(s, REQ, &["IPv6", "IPv4"])
+            },
             DUAL_OLD,
-        ),
+        )
+        .dual(Accept),
         u(
             "valid: upgrade a headless service",
             |s| {
@@ -1593,50 +1635,99 @@ fn update_rows() -> Vec<Row> {
                 families(s, REQ, &["IPv6", "IPv4"])
             },
             Refuse("spec.ipFamilyPolicy"),
-        ),
-        Row::update(
-            UPDATE,
+        )
+        .dual(Accept),
+        u(
             "valid: downgrade a headless service",
-            base(),
-            base(),
+            |s| {
+                ips(s, &["None"]);
+                families(s, REQ, &["IPv4", "IPv6"])
+            },
+            |s| {
+                ips(s, &["None"]);
+                families(s, SINGLE, &["IPv4"])
+            },
             DUAL_OLD,
-        ),
-        Row::update(UPDATE, "invalid flip families", base(), base(), DUAL_OLD),
-        Row::update(
-            UPDATE,
+        )
+        .dual(Accept),
+        u(
+            "invalid flip families",
+            |s| {
+                ips(s, &["10.96.0.4", "2001::1"]);
+                families(s, REQ, &["IPv4", "IPv6"])
+            },
+            |s| {
+                ips(s, &["2001::1", "10.96.0.5"]);
+                families(s, REQ, &["IPv6", "IPv4"])
+            },
+            DUAL_OLD,
+        )
+        .dual(Refuse("spec.clusterIPs[0]")),
+        u(
             "invalid change first ip, in dualstack service",
-            base(),
-            base(),
+            |s| {
+                ips(s, &["10.96.0.4", "2001::1"]);
+                families(s, REQ, &["IPv4", "IPv6"])
+            },
+            |s| {
+                ips(s, &["10.96.0.5", "2001::1"]);
+                families(s, REQ, &["IPv4", "IPv6"])
+            },
             DUAL_OLD,
-        ),
-        Row::update(
-            UPDATE,
+        )
+        .dual(Refuse("spec.clusterIPs[0]")),
+        u(
             "invalid, change second ip in dualstack service",
-            base(),
-            base(),
+            |s| {
+                ips(s, &["10.96.0.4", "2001::1"]);
+                families(s, REQ, &["IPv4", "IPv6"])
+            },
+            |s| {
+                ips(s, &["10.96.0.4", "2001::2"]);
+                families(s, REQ, &["IPv4", "IPv6"])
+            },
             DUAL_OLD,
-        ),
-        Row::update(
-            UPDATE,
+        )
+        .dual(Refuse("spec.clusterIPs[1]")),
+        u(
             "downgrade keeping the families",
-            base(),
-            base(),
+            |s| {
+                ips(s, &["10.96.0.4", "2001::1"]);
+                families(s, REQ, &["IPv4", "IPv6"])
+            },
+            |s| {
+                ips(s, &["10.96.0.4"]);
+                families(s, SINGLE, &["IPv4", "IPv6"])
+            },
             DUAL_OLD,
-        ),
-        Row::update(
-            UPDATE,
+        )
+        .dual(Accept),
+        u(
             "invalid, downgrade without changing to singleStack",
-            base(),
-            base(),
+            |s| {
+                ips(s, &["10.96.0.4", "2001::1"]);
+                families(s, REQ, &["IPv4", "IPv6"])
+            },
+            |s| {
+                ips(s, &["10.96.0.4"]);
+                families(s, REQ, &["IPv4"])
+            },
             DUAL_OLD,
-        ),
-        Row::update(
-            UPDATE,
+        )
+        .dual(Refuse("spec.ipFamilyPolicy")),
+        u(
             "invalid, downgrade and change primary ip",
-            base(),
-            base(),
+            |s| {
+                ips(s, &["10.96.0.4", "2001::1"]);
+                families(s, REQ, &["IPv4", "IPv6"])
+            },
+            |s| {
+                ips(s, &["10.96.0.5"]);
+                families(s, SINGLE, &["IPv4"])
+            },
             DUAL_OLD,
-        ),
+        )
+        .dual(Refuse("spec.clusterIPs[0]")),
         u(
             "invalid: upgrade to dual stack and change primary",
             |s| {
@@ -1648,7 +1739,8 @@ fn update_rows() -> Vec<Row> {
                 families(s, REQ, &["IPv4", "IPv6"])
             },
             Refuse("spec.ipFamilyPolicy"),
-        ),
+        )
+        .dual(Refuse("spec.clusterIPs[0]")),
         u(
             "update to valid app protocol",
             |s| {
