@@ -1157,7 +1157,7 @@ pub fn validate_service_update(new: &Service, old: &Service) -> Vec<FieldError> 
             |s: &k8s_openapi::api::core::v1::ServiceSpec| s.ip_families.clone().unwrap_or_default();
         // A headless service may change its families, and one becoming or ceasing
         // to be headless has new ones.
-        (!headless(&ns) && !headless(&os)).then(|| {
+        if !headless(&ns) && !headless(&os) {
             upgrade_or_downgrade(
                 "ipFamilies",
                 "ipFamily",
@@ -1165,8 +1165,8 @@ pub fn validate_service_update(new: &Service, old: &Service) -> Vec<FieldError> 
                 &families(&os),
                 &ns,
                 &mut errors,
-            )
-        });
+            );
+        }
     }
     errors
 }

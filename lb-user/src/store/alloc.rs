@@ -492,11 +492,17 @@ fn ip_families(
         if policy == SINGLE_STACK {
             // Asking for one family with the stored values is clear intent: the
             // primary is kept, the secondary released.
-            if requested_ips(spec) == requested_ips(old) && requested_ips(spec).len() > 1 {
-                spec.cluster_ips.as_mut().map(|ips| ips.truncate(1));
+            if requested_ips(spec) == requested_ips(old)
+                && requested_ips(spec).len() > 1
+                && let Some(ips) = spec.cluster_ips.as_mut()
+            {
+                ips.truncate(1);
             }
-            if families_of(spec) == families_of(old) && families_of(spec).len() > 1 {
-                spec.ip_families.as_mut().map(|f| f.truncate(1));
+            if families_of(spec) == families_of(old)
+                && families_of(spec).len() > 1
+                && let Some(f) = spec.ip_families.as_mut()
+            {
+                f.truncate(1);
             }
         } else {
             let fewer = |new: usize, old: usize| new != 0 && new < old;
