@@ -319,8 +319,7 @@ impl Store {
         }
         // WAL: readers (agents, `lb get`) never wait for a writer; FULL: a commit is
         // on disk when `lb apply` returns.
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
-            .map_err(self.db("enabling WAL"))?;
+        enable_wal(&conn).map_err(self.db("enabling WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(self.db("setting synchronous"))?;
         conn.execute_batch(SCHEMA)
@@ -888,6 +887,29 @@ impl Store {
             objects: targets.to_vec(),
         };
         self.update(&scope, |state, _| Ok(apply::delete(state, targets)?))
+    }
+}
+
+/// Puts the database in WAL mode (kept in the file: once is enough). Switching
+/// takes an exclusive lock, for which SQLite does not wait on the busy handler when
+/// another connection is opening the new store at the same moment: that is retried
+/// for up to the busy timeout.
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+        if mode.eq_ignore_ascii_case("wal") {
+            return Ok(());
+        }
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(())) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && start.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
     }
 }
 
