@@ -20,6 +20,16 @@ pub const MAP_CONNTRACK: &str = "LB_CT";
 /// evicts, so no flood of new flows takes a live one's entries; expired entries
 /// leave when a packet finds them or the agent's sweep does.
 pub const MAP_CT_ASSURED: &str = "LB_CT_ASSURED";
+/// The IPv6 counterparts of `LB_SERVICES`, `LB_BACKENDS`, `LB_CT`, `LB_CT_ASSURED`
+/// and `LB_AFFINITY` (as Cilium's `cilium_lb6_*` beside `cilium_lb4_*`): the same
+/// types with 16-byte addresses ([`Addr6`]), sized as their IPv4 maps. Service-port
+/// ids and backend ids are one space over both families (a dual-stack service port
+/// has one id per family), so the counter arrays are shared.
+pub const MAP_SERVICES6: &str = "LB6_SERVICES";
+pub const MAP_BACKENDS6: &str = "LB6_BACKENDS";
+pub const MAP_CONNTRACK6: &str = "LB6_CT";
+pub const MAP_CT_ASSURED6: &str = "LB6_CT_ASSURED";
+pub const MAP_AFFINITY6: &str = "LB6_AFFINITY";
 /// `LB_CLOCK[0]`: the kernel side's clock, written by `lb_clock` (run by the agent
 /// with BPF_PROG_RUN to read it; never pinned).
 pub const MAP_CLOCK: &str = "LB_CLOCK";
@@ -71,7 +81,7 @@ pub const MAP_ARP_HOLD: &str = "LB_ARP_HOLD";
 pub const MAX_ARP_HOLD: u32 = 4096;
 
 /// Every map lb pins, so the agent can adopt or remove them as a set.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 18] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -85,6 +95,11 @@ pub const ALL_MAPS: [&str; 13] = [
     MAP_PORTS,
     MAP_FRAGS,
     MAP_ARP_HOLD,
+    MAP_SERVICES6,
+    MAP_BACKENDS6,
+    MAP_CONNTRACK6,
+    MAP_CT_ASSURED6,
+    MAP_AFFINITY6,
 ];
 
 /// Settings of the benchmark-only programs, never pinned: `LB_BENCH[i]`.
@@ -166,22 +181,37 @@ pub const MAX_FRAGS: u32 = 16_384;
 /// Interfaces lb is attached to.
 pub const MAX_IFACES: u32 = 4_096;
 
+/// The IPv6 maps' sizes (not yet sized by the agent's flags or the node's memory:
+/// a node that serves no IPv6 service pays little for them).
+pub const DEFAULT_FRONTENDS6: u32 = 4_096;
+pub const DEFAULT_BACKENDS6: u32 = 32_768;
+pub const DEFAULT_CONNTRACK6: u32 = 65_536;
+pub const DEFAULT_AFFINITY6: u32 = 16_384;
+
 /// Service ids and backend ids start at 1; 0 means "none".
 pub const ID_NONE: u32 = 0;
 
 // ---- services ----
 
-/// Key of [`MAP_SERVICES`]: a frontend lb answers on. A ClusterIP port, a
-/// NodePort on one node address, a LoadBalancer address: each is one key.
+/// An IPv6 address as it sits in the packet: four words, each in network order
+/// (`u32::from_ne_bytes` of its four bytes), as `u32` holds an IPv4 address.
+pub type Addr6 = [u32; 4];
+
+/// Key of [`MAP_SERVICES`] (`A` = `u32`) and [`MAP_SERVICES6`] (`A` = [`Addr6`]): a
+/// frontend lb answers on. A ClusterIP port, a NodePort on one node address, a
+/// LoadBalancer address: each is one key.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
-    pub addr_be: u32,
+pub struct ServiceKeyOf<A> {
+    pub addr_be: A,
     pub port_be: u16,
     pub proto: u8,
     pub _pad: u8,
 }
+pub type ServiceKey = ServiceKeyOf<u32>;
+pub type ServiceKey6 = ServiceKeyOf<Addr6>;
 const _: () = assert!(size_of::<ServiceKey>() == 8);
+const _: () = assert!(size_of::<ServiceKey6>() == 20);
 
 /// The frontend is a ClusterIP: only served for traffic entering from a pod
 /// interface (or the node itself), never from an external interface.
@@ -222,8 +252,8 @@ const _: () = assert!(size_of::<BackendKey>() == 8);
 /// Value of [`MAP_BACKENDS`]: where a new flow to the service goes.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Backend {
-    pub addr_be: u32,
+pub struct BackendOf<A> {
+    pub addr_be: A,
     pub port_be: u16,
     /// `PROTO_*` of the service port (backend ids are per address, port and protocol).
     pub proto: u8,
@@ -232,7 +262,11 @@ pub struct Backend {
     /// Keys [`MAP_BACKEND_STATS`]; stable for the backend's life.
     pub backend_id: u32,
 }
+/// Value of [`MAP_BACKENDS`] and, with an IPv6 address, [`MAP_BACKENDS6`].
+pub type Backend = BackendOf<u32>;
+pub type Backend6 = BackendOf<Addr6>;
 const _: () = assert!(size_of::<Backend>() == 12);
+const _: () = assert!(size_of::<Backend6>() == 24);
 
 /// The backend lives on another node: traffic from outside the cluster reaches it
 /// with the node's own address as source (SNAT), so that its replies come back here.
@@ -243,11 +277,15 @@ pub const BE_F_REMOTE: u8 = 1 << 0;
 /// Key of [`MAP_AFFINITY`].
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct AffinityKey {
-    pub client_addr_be: u32,
+pub struct AffinityKeyOf<A> {
+    pub client_addr_be: A,
     pub svc_id: u32,
 }
+pub type AffinityKey = AffinityKeyOf<u32>;
+/// Key of [`MAP_AFFINITY6`].
+pub type AffinityKey6 = AffinityKeyOf<Addr6>;
 const _: () = assert!(size_of::<AffinityKey>() == 8);
+const _: () = assert!(size_of::<AffinityKey6>() == 20);
 
 /// Value of [`MAP_AFFINITY`]: the slot and backend a client's last new flow went to.
 #[repr(C)]
@@ -314,9 +352,9 @@ const _: () = assert!(size_of::<FragValue>() == 4);
 /// Key of [`MAP_CONNTRACK`]: a packet's 5-tuple as it arrives.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey {
-    pub saddr_be: u32,
-    pub daddr_be: u32,
+pub struct FlowKeyOf<A> {
+    pub saddr_be: A,
+    pub daddr_be: A,
     pub sport_be: u16,
     pub dport_be: u16,
     pub proto: u8,
@@ -325,7 +363,11 @@ pub struct FlowKey {
     pub _pad: u8,
     pub _pad2: u16,
 }
+pub type FlowKey = FlowKeyOf<u32>;
+/// Key of [`MAP_CONNTRACK6`] and [`MAP_CT_ASSURED6`].
+pub type FlowKey6 = FlowKeyOf<Addr6>;
 const _: () = assert!(size_of::<FlowKey>() == 16);
+const _: () = assert!(size_of::<FlowKey6>() == 40);
 
 /// The entry is for the original direction (client -> service).
 pub const CT_DIR_ORIGINAL: u8 = 0;
@@ -339,6 +381,9 @@ pub const CT_F_HAIRPIN: u8 = 1 << 0;
 /// see (and drop) a packet from its own address. Link-local, never routed (as Cilium's
 /// IPV4_LOOPBACK).
 pub const HAIRPIN_SNAT_ADDR: [u8; 4] = [169, 254, 42, 1];
+/// The IPv6 hairpin source: in fd6c:6200::/32, a unique-local prefix lb takes for
+/// itself (never routed, no cluster's pod or service range).
+pub const HAIRPIN_SNAT_ADDR6: [u8; 16] = [0xfd, 0x6c, 0x62, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 /// The flow goes to a backend on another node with the node's address as source
 /// (SNAT): its replies arrive addressed to the node itself, so they are translated at
 /// ingress and sent on to the client by a FIB lookup and redirect.
@@ -395,11 +440,11 @@ pub const CT_TCP_CLOSING: u8 = CT_TCP_SEEN_FIN | CT_TCP_SEEN_RST;
 /// Value of [`MAP_CONNTRACK`]: the tuple a matching packet is rewritten to.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CtValue {
+pub struct CtValueOf<A> {
     /// The clock (`GLOBAL_CLOCK_HZ`) at the last packet seen.
     pub last_seen: u64,
-    pub nat_saddr_be: u32,
-    pub nat_daddr_be: u32,
+    pub nat_saddr_be: A,
+    pub nat_daddr_be: A,
     pub nat_sport_be: u16,
     pub nat_dport_be: u16,
     pub svc_id: u32,
@@ -412,9 +457,13 @@ pub struct CtValue {
     pub flags: u8,
     pub _pad: u8,
 }
+pub type CtValue = CtValueOf<u32>;
+/// Value of [`MAP_CONNTRACK6`] and [`MAP_CT_ASSURED6`].
+pub type CtValue6 = CtValueOf<Addr6>;
 const _: () = assert!(size_of::<CtValue>() == 32);
+const _: () = assert!(size_of::<CtValue6>() == 56);
 
-impl CtValue {
+impl<A> CtValueOf<A> {
     /// Seconds the entry outlives its last packet (protocol `proto`).
     #[inline(always)]
     pub fn timeout_s(&self, proto: u8, t: &CtTimeouts) -> u64 {
@@ -531,8 +580,8 @@ const _: () = assert!(size_of::<Counters>() == 16);
 /// Why a packet got the verdict it got; indexes [`MAP_STATS`]. Every verdict of
 /// every program is counted under exactly one reason.
 pub mod reason {
-    /// XDP: not IPv4 (ARP, IPv6, ...): passed.
-    pub const PASS_NOT_IPV4: u32 = 0;
+    /// Neither IPv4 nor IPv6 (ARP, ...): passed.
+    pub const PASS_NOT_IP: u32 = 0;
     /// XDP/TC: IPv4 but not TCP or UDP: passed.
     pub const PASS_NOT_L4: u32 = 1;
     /// A later fragment (no L4 header) of a datagram whose first fragment lb has not
@@ -619,7 +668,7 @@ pub mod reason {
 
     /// Names for people, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
-        "pass_not_ipv4",
+        "pass_not_ip",
         "pass_not_l4",
         "pass_fragment",
         "pass_malformed",
@@ -664,15 +713,22 @@ mod pod {
     use super::*;
     // SAFETY: every type is #[repr(C)], Copy, made only of integers, with explicit
     // padding, so any bit pattern is valid and no byte is uninitialised.
+    // The generic ones for both address types (`u32`, `Addr6`), whose size
+    // assertions show no implicit padding.
     unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceKey6 {}
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for Backend6 {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowKey6 {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for CtValue6 {}
     unsafe impl aya::Pod for CtTimeouts {}
     unsafe impl aya::Pod for IfaceValue {}
     unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityKey6 {}
     unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for SockRevValue {}
     unsafe impl aya::Pod for AffinityValue {}

@@ -10,14 +10,14 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
-    Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_SNAT, CT_TCP_CLOSING,
-    CT_TCP_SEEN_FIN, CT_TCP_SEEN_REPLY, CT_TCP_SEEN_RST, CtTimeouts, CtValue, FlowKey,
-    HAIRPIN_SNAT_ADDR, PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, reason,
+    BackendOf, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_SNAT, CT_TCP_CLOSING,
+    CT_TCP_SEEN_FIN, CT_TCP_SEEN_REPLY, CT_TCP_SEEN_RST, CtTimeouts, CtValueOf, FlowKeyOf,
+    PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, reason,
 };
 
 use crate::{
     clock,
-    maps::{LB_CT, LB_CT_ASSURED},
+    family::Family,
     parse::{TCP_FIN, TCP_RST, opens_connection},
 };
 
@@ -32,8 +32,8 @@ const REFRESH_S: u64 = 1;
 
 /// The tuple a packet of the flow is rewritten to.
 #[inline(always)]
-pub fn nat_tuple(ct: &CtValue, proto: u8) -> FlowKey {
-    FlowKey {
+pub fn nat_tuple<A: Family>(ct: &CtValueOf<A>, proto: u8) -> FlowKeyOf<A> {
+    FlowKeyOf {
         saddr_be: ct.nat_saddr_be,
         daddr_be: ct.nat_daddr_be,
         sport_be: ct.nat_sport_be,
@@ -47,8 +47,8 @@ pub fn nat_tuple(ct: &CtValue, proto: u8) -> FlowKey {
 /// The key of the entry for the other direction of a flow whose packets are
 /// rewritten to `nat`: the tuple reversed.
 #[inline(always)]
-pub fn peer_key(nat: &FlowKey) -> FlowKey {
-    FlowKey {
+pub fn peer_key<A: Family>(nat: &FlowKeyOf<A>) -> FlowKeyOf<A> {
+    FlowKeyOf {
         saddr_be: nat.daddr_be,
         daddr_be: nat.saddr_be,
         sport_be: nat.dport_be,
@@ -72,7 +72,7 @@ fn closing_bits(tcp_flags: u8) -> u8 {
 }
 
 #[inline(always)]
-fn expired(ct: &CtValue, proto: u8, now: u64) -> bool {
+fn expired<A: Family>(ct: &CtValueOf<A>, proto: u8, now: u64) -> bool {
     // SAFETY: a plain read of a global the loader set.
     let timeouts = unsafe { core::ptr::read_volatile(&CT_TIMEOUTS) };
     ct.expired(proto, now, clock::ticks_per_s(), &timeouts)
@@ -82,8 +82,8 @@ fn expired(ct: &CtValue, proto: u8, now: u64) -> bool {
 /// one. An expired assured entry found on the way is removed with its peer, so it
 /// never shadows a newer flow of the same tuple. (pointer, whether assured)
 #[inline(always)]
-fn find(key: &FlowKey, now: u64) -> Option<(*mut CtValue, bool)> {
-    if let Some(ct) = LB_CT_ASSURED.get_ptr_mut(key) {
+fn find<A: Family>(key: &FlowKeyOf<A>, now: u64) -> Option<(*mut CtValueOf<A>, bool)> {
+    if let Some(ct) = A::assured().get_ptr_mut(key) {
         // SAFETY: the pointer came from a successful lookup; entries are plain data.
         let entry = unsafe { *ct };
         if !expired(&entry, key.proto, now) {
@@ -91,46 +91,46 @@ fn find(key: &FlowKey, now: u64) -> Option<(*mut CtValue, bool)> {
         }
         retire(key, &entry);
     }
-    LB_CT.get_ptr_mut(key).map(|ct| (ct, false))
+    A::conntrack().get_ptr_mut(key).map(|ct| (ct, false))
 }
 
 /// Removes an assured flow (this entry and its peer).
 #[inline(always)]
-fn retire(key: &FlowKey, entry: &CtValue) {
-    let _ = LB_CT_ASSURED.remove(key);
-    let _ = LB_CT_ASSURED.remove(peer_key(&nat_tuple(entry, key.proto)));
+fn retire<A: Family>(key: &FlowKeyOf<A>, entry: &CtValueOf<A>) {
+    let _ = A::assured().remove(key);
+    let _ = A::assured().remove(peer_key(&nat_tuple(entry, key.proto)));
 }
 
 /// Moves a flow whose backend just answered (`key` is its reply entry, `entry` as
 /// now written) to the assured table. With no room there it stays where it is and
 /// is tried again at its next refresh.
 #[inline(always)]
-fn assure(key: &FlowKey, entry: &CtValue) {
+fn assure<A: Family>(key: &FlowKeyOf<A>, entry: &CtValueOf<A>) {
     let peer = peer_key(&nat_tuple(entry, key.proto));
     // SAFETY: the value is copied at once.
-    let Some(original) = (unsafe { LB_CT.get(peer) }).copied() else {
+    let Some(original) = (unsafe { A::conntrack().get(peer) }).copied() else {
         return;
     };
-    if LB_CT_ASSURED.insert(peer, original, 0).is_err() {
+    if A::assured().insert(peer, original, 0).is_err() {
         return;
     }
-    if LB_CT_ASSURED.insert(key, *entry, 0).is_err() {
-        let _ = LB_CT_ASSURED.remove(peer);
+    if A::assured().insert(key, *entry, 0).is_err() {
+        let _ = A::assured().remove(peer);
         return;
     }
-    let _ = LB_CT.remove(key);
-    let _ = LB_CT.remove(peer);
+    let _ = A::conntrack().remove(key);
+    let _ = A::conntrack().remove(peer);
 }
 
 /// What conntrack knows of a packet's tuple (as Cilium's `ct_status`).
-pub enum CtState {
+pub enum CtState<A> {
     /// No live flow: none, expired, or a new TCP connection (a bare SYN) reusing the
     /// tuple of a closing one.
     New,
     /// The original direction (client -> service) of a flow.
-    Established(CtValue),
+    Established(CtValueOf<A>),
     /// The reply direction (backend -> client) of a flow.
-    Reply(CtValue),
+    Reply(CtValueOf<A>),
     /// A FIN or RST that would close a live flow, whose checksum does not hold: the
     /// flow is left as it was.
     Corrupt,
@@ -140,12 +140,12 @@ pub enum CtState {
 /// in both directions when the packet carries FIN or RST and `closing_valid()`
 /// says its checksum holds; asked only then).
 #[inline(always)]
-pub fn lookup(
-    key: &FlowKey,
+pub fn lookup<A: Family>(
+    key: &FlowKeyOf<A>,
     tcp_flags: u8,
     now: u64,
     closing_valid: impl FnOnce() -> bool,
-) -> CtState {
+) -> CtState<A> {
     match live(key, tcp_flags, now, closing_valid) {
         Live::None => CtState::New,
         Live::Corrupt => CtState::Corrupt,
@@ -154,14 +154,19 @@ pub fn lookup(
     }
 }
 
-enum Live {
+enum Live<A> {
     None,
     Corrupt,
-    Flow(CtValue),
+    Flow(CtValueOf<A>),
 }
 
 #[inline(always)]
-fn live(key: &FlowKey, tcp_flags: u8, now: u64, closing_valid: impl FnOnce() -> bool) -> Live {
+fn live<A: Family>(
+    key: &FlowKeyOf<A>,
+    tcp_flags: u8,
+    now: u64,
+    closing_valid: impl FnOnce() -> bool,
+) -> Live<A> {
     let Some((ct, assured)) = find(key, now) else {
         return Live::None;
     };
@@ -220,14 +225,14 @@ fn live(key: &FlowKey, tcp_flags: u8, now: u64, closing_valid: impl FnOnce() -> 
 /// The state of `key`'s flow for an ICMP error about it: as [`lookup`], but nothing
 /// is refreshed or closed (an error is no packet of the flow).
 #[inline(always)]
-pub fn related(key: &FlowKey, now: u64) -> CtState {
+pub fn related<A: Family>(key: &FlowKeyOf<A>, now: u64) -> CtState<A> {
     // SAFETY: the values are copied at once. An expired assured entry does not
     // hide a new flow of the same tuple.
-    let assured = unsafe { LB_CT_ASSURED.get(key) }
+    let assured = unsafe { A::assured().get(key) }
         .copied()
         .filter(|ct| !expired(ct, key.proto, now));
     // SAFETY: as above.
-    let found = assured.or_else(|| unsafe { LB_CT.get(key) }.copied());
+    let found = assured.or_else(|| unsafe { A::conntrack().get(key) }.copied());
     match found {
         Some(ct) if !expired(&ct, key.proto, now) => {
             if ct.direction == CT_DIR_REPLY {
@@ -245,17 +250,23 @@ pub fn related(key: &FlowKey, now: u64) -> CtState {
 /// translated, and its SNAT port is free again. `nat`: the tuple it was given. (A
 /// new flow's entries are in `LB_CT`.)
 #[inline(always)]
-pub fn forget(key: &FlowKey, nat: &FlowKey) {
-    let _ = LB_CT.remove(key);
-    let _ = LB_CT.remove(peer_key(nat));
+pub fn forget<A: Family>(key: &FlowKeyOf<A>, nat: &FlowKeyOf<A>) {
+    let _ = A::conntrack().remove(key);
+    let _ = A::conntrack().remove(peer_key(nat));
+}
+
+/// [`forget`] for IPv6, a subprogram of its own (see `flow::Work6`).
+#[inline(never)]
+pub fn forget6(key: &FlowKeyOf<lb_common::Addr6>, nat: &FlowKeyOf<lb_common::Addr6>) {
+    forget(key, nat);
 }
 
 /// Whether the tuple has an entry (no expiry check, no refresh): the benchmarks'
 /// conntrack floor.
 #[inline(always)]
-pub fn peek(key: &FlowKey) -> bool {
+pub fn peek<A: Family>(key: &FlowKeyOf<A>) -> bool {
     // SAFETY: only whether the lookup found something is used.
-    unsafe { LB_CT.get(key).is_some() }
+    unsafe { A::conntrack().get(key).is_some() }
 }
 
 /// How a new flow's source is rewritten.
@@ -280,26 +291,22 @@ const SNAT_TRIES: u32 = 8;
 /// and returns the tuple the packet is rewritten to and the flow's `CT_F_*` flags;
 /// `Err(reason)` when it cannot. `node_addr`: the address of `Snat::Node`.
 #[inline(always)]
-pub fn create(
-    key: &FlowKey,
+pub fn create<A: Family>(
+    key: &FlowKeyOf<A>,
     svc_id: u32,
-    backend: &Backend,
+    backend: &BackendOf<A>,
     tcp_flags: u8,
     now: u64,
     snat: Snat,
-    node_addr: u32,
-) -> Result<(FlowKey, u8), u32> {
+    node_addr: A,
+) -> Result<(FlowKeyOf<A>, u8), u32> {
     let closing = if key.proto == PROTO_TCP {
         closing_bits(tcp_flags)
     } else {
         0
     };
     let (nat_saddr_be, nat_sport_be, flags) = match snat {
-        Snat::Hairpin => (
-            u32::from_ne_bytes(HAIRPIN_SNAT_ADDR),
-            key.sport_be,
-            CT_F_HAIRPIN,
-        ),
+        Snat::Hairpin => (A::HAIRPIN, key.sport_be, CT_F_HAIRPIN),
         Snat::None => (key.saddr_be, key.sport_be, 0),
         Snat::Node => (
             node_addr,
@@ -307,7 +314,7 @@ pub fn create(
             CT_F_SNAT,
         ),
     };
-    let original = CtValue {
+    let original = CtValueOf {
         last_seen: now,
         nat_saddr_be,
         nat_daddr_be: backend.addr_be,
@@ -321,7 +328,7 @@ pub fn create(
         _pad: 0,
     };
     let nat = nat_tuple(&original, key.proto);
-    let reply = CtValue {
+    let reply = CtValueOf {
         nat_saddr_be: key.daddr_be,
         nat_daddr_be: key.saddr_be,
         nat_sport_be: key.dport_be,
@@ -330,8 +337,10 @@ pub fn create(
         ..original
     };
     let full = |_| reason::PASS_CT_FULL;
-    LB_CT.insert(peer_key(&nat), reply, 0).map_err(full)?;
-    LB_CT.insert(key, original, 0).map_err(full)?;
+    A::conntrack()
+        .insert(peer_key(&nat), reply, 0)
+        .map_err(full)?;
+    A::conntrack().insert(key, original, 0).map_err(full)?;
     Ok((nat, flags))
 }
 
@@ -339,13 +348,13 @@ pub fn create(
 /// random tries in the SNAT range, each checked against the reply entry it would
 /// need.
 #[inline(always)]
-fn free_snat_port(addr: u32, backend: &Backend, proto: u8) -> Result<u16, u32> {
+fn free_snat_port<A: Family>(addr: A, backend: &BackendOf<A>, proto: u8) -> Result<u16, u32> {
     const RANGE: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
     // SAFETY: a helper with no preconditions.
     let start = unsafe { bpf_get_prandom_u32() };
     for i in 0..SNAT_TRIES {
         let port = SNAT_PORT_MIN + (start.wrapping_add(i.wrapping_mul(7919)) % RANGE) as u16;
-        let reply_key = FlowKey {
+        let reply_key = FlowKeyOf {
             saddr_be: backend.addr_be,
             daddr_be: addr,
             sport_be: backend.port_be,
@@ -355,7 +364,9 @@ fn free_snat_port(addr: u32, backend: &Backend, proto: u8) -> Result<u16, u32> {
             _pad2: 0,
         };
         // SAFETY: only the presence of an entry is read.
-        if unsafe { LB_CT.get(reply_key).is_none() && LB_CT_ASSURED.get(reply_key).is_none() } {
+        if unsafe {
+            A::conntrack().get(reply_key).is_none() && A::assured().get(reply_key).is_none()
+        } {
             return Ok(port.to_be());
         }
     }

@@ -2,22 +2,21 @@
 //! Decides only; `nat` carries the decision out.
 
 use lb_common::{
-    BE_F_REMOTE, CT_F_HAIRPIN, CT_F_SNAT, CtValue, FlowKey, HAIRPIN_SNAT_ADDR, PROTO_TCP, reason,
+    Addr6, BE_F_REMOTE, CT_F_HAIRPIN, CT_F_SNAT, CtValueOf, FlowKeyOf, PROTO_TCP, reason,
 };
+
+use core::{cell::Cell, mem::size_of};
 
 use crate::{
     clock,
     conntrack::{self, CtState, Snat},
+    family::Family,
     lb::{self, Select},
-    parse::{Frag, Packet, opens_connection},
+    maps::LB6_WORK,
+    parse::{Frag, Packet, TCP_FIN, TCP_RST, opens_connection},
 };
 
-/// Set by the agent at load time (`lb_common::GLOBAL_SNAT_ADDR`): the node address
-/// flows to remote backends leave with.
-#[unsafe(no_mangle)]
-static SNAT_ADDR: u32 = 0;
-
-pub enum Verdict {
+pub enum Verdict<A = u32> {
     /// Leave the packet as it is; counted under the reason.
     Pass(u32),
     /// Drop it; counted under the reason.
@@ -26,7 +25,7 @@ pub enum Verdict {
     Reject,
     /// Rewrite the packet's tuple to `to`, then send it on as `forward` says.
     Nat {
-        to: FlowKey,
+        to: FlowKeyOf<A>,
         svc_id: u32,
         backend_id: u32,
         reason: u32,
@@ -39,6 +38,7 @@ pub enum Verdict {
 
 /// Where a translated packet goes.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Forward {
     /// On through the kernel's stack, which routes it.
     Stack,
@@ -64,39 +64,54 @@ pub enum Hook {
 /// `closing_valid()`: whether the packet's L4 checksum holds (`verify`), asked only
 /// when a FIN or RST would close a live flow.
 #[inline(always)]
-pub fn decide(
-    p: &Packet,
+pub fn decide<A: Family>(
+    p: &Packet<A>,
     ifindex: u32,
     hook: Hook,
     closing_valid: impl FnOnce() -> bool,
-) -> Verdict {
+) -> Verdict<A> {
+    let now = clock::now();
+    match tracked(p, hook, now, closing_valid) {
+        Some(verdict) => verdict,
+        None => new_flow(p, ifindex, now),
+    }
+}
+
+/// The first half of [`decide`]: the verdict for a packet that is not service
+/// traffic or belongs to a tracked flow; None for a packet that may start one.
+#[inline(always)]
+fn tracked<A: Family>(
+    p: &Packet<A>,
+    hook: Hook,
+    now: u64,
+    closing_valid: impl FnOnce() -> bool,
+) -> Option<Verdict<A>> {
     // At ingress only packets to a frontend port (new or established flows, and the
     // replies of SNAT flows, whose ports are marked too) and hairpin replies are
     // translated; everything else leaves after one array read.
-    if hook == Hook::Ingress
-        && !lb::frontend_port(p.key.dport_be)
-        && p.key.daddr_be != u32::from_ne_bytes(HAIRPIN_SNAT_ADDR)
-    {
-        return Verdict::Pass(reason::PASS_NO_SERVICE);
+    if hook == Hook::Ingress && !lb::frontend_port(p.key.dport_be) && p.key.daddr_be != A::HAIRPIN {
+        return Some(Verdict::Pass(reason::PASS_NO_SERVICE));
     }
-    let now = clock::now();
-    match conntrack::lookup(&p.key, p.tcp_flags, now, closing_valid) {
-        CtState::New if hook == Hook::Egress => return Verdict::Pass(reason::PASS_NO_SERVICE),
-        CtState::New => {}
+    let verdict = match conntrack::lookup(&p.key, p.tcp_flags, now, closing_valid) {
+        CtState::New if hook == Hook::Egress => Verdict::Pass(reason::PASS_NO_SERVICE),
+        CtState::New => return None,
         // Corrupted on the way: the receiver would drop it too (kube-proxy drops
         // conntrack's INVALID packets).
-        CtState::Corrupt => return Verdict::Drop(reason::DROP_BAD_CHECKSUM),
-        state => {
-            return match translated_at(&state, hook) {
-                Some(ct) if matches!(state, CtState::Reply(_)) => {
-                    translate(&ct, p, reason::NAT_REPLY)
-                }
-                Some(ct) => translate(&ct, p, reason::NAT_ESTABLISHED),
-                None if hook == Hook::Ingress => Verdict::Pass(reason::PASS_REPLY_INGRESS),
-                None => Verdict::Pass(reason::PASS_ORIGINAL_EGRESS),
-            };
-        }
-    }
+        CtState::Corrupt => Verdict::Drop(reason::DROP_BAD_CHECKSUM),
+        state => match translated_at(&state, hook) {
+            Some(ct) if matches!(state, CtState::Reply(_)) => translate(&ct, p, reason::NAT_REPLY),
+            Some(ct) => translate(&ct, p, reason::NAT_ESTABLISHED),
+            None if hook == Hook::Ingress => Verdict::Pass(reason::PASS_REPLY_INGRESS),
+            None => Verdict::Pass(reason::PASS_ORIGINAL_EGRESS),
+        },
+    };
+    Some(verdict)
+}
+
+/// The second half of [`decide`]: a packet that may start a flow gets a backend
+/// and its conntrack entries, or the reason it does not.
+#[inline(always)]
+fn new_flow<A: Family>(p: &Packet<A>, ifindex: u32, now: u64) -> Verdict<A> {
     // A flow starts with a whole packet or a first fragment, never a later one; a TCP
     // flow with a SYN (a stray ACK, FIN or RST is the kernel's to answer).
     if p.frag == Frag::Later {
@@ -115,12 +130,11 @@ pub fn decide(
     // outside the node reach a remote backend through this node (SNAT), a remote pod
     // landing on itself included; local pods' addresses route between nodes, so
     // theirs stay.
-    // SAFETY: a plain read of a global the loader set.
-    let node_addr = unsafe { core::ptr::read_volatile(&SNAT_ADDR) };
+    let node_addr = A::snat_addr();
     let from_pod = lb::from_pod(ifindex);
     let snat = if from_pod && backend.addr_be == p.key.saddr_be {
         Snat::Hairpin
-    } else if backend.flags & BE_F_REMOTE != 0 && node_addr != 0 && !from_pod {
+    } else if backend.flags & BE_F_REMOTE != 0 && node_addr != A::default() && !from_pod {
         Snat::Node
     } else {
         Snat::None
@@ -138,12 +152,157 @@ pub fn decide(
     }
 }
 
+/// An IPv6 packet's parse and verdict, kept between the pipeline's steps in per-CPU
+/// map memory (`maps::LB6_WORK`), not on the stack: the verifier allows 512 bytes
+/// of stack for a whole call chain, and IPv6's keys and entries (2.5 times
+/// IPv4's) leave no room for copies of them there.
+pub struct Work6 {
+    pub packet: Packet<Addr6>,
+    pub decision: Decision6,
+}
+
+/// A [`Verdict`] as plain fields, every one written each time: an enum written to
+/// memory leaves the bytes its variant does not use undefined, which the verifier
+/// refuses to see stored.
+#[repr(C)]
+pub struct Decision6 {
+    pub to: FlowKeyOf<Addr6>,
+    pub svc_id: u32,
+    pub backend_id: u32,
+    /// The `reason` of `Pass`, `Drop` and `Nat`.
+    pub reason: u32,
+    /// `DECIDED_*`.
+    pub kind: u8,
+    /// [`Forward`] as a number (`Nat`).
+    pub forward: u8,
+    pub new: bool,
+    pub _pad: u8,
+}
+
+pub const DECIDED_PASS: u8 = 0;
+pub const DECIDED_DROP: u8 = 1;
+pub const DECIDED_REJECT: u8 = 2;
+pub const DECIDED_NAT: u8 = 3;
+
+impl Decision6 {
+    #[inline(always)]
+    fn set(&mut self, v: Verdict<Addr6>) {
+        // Every field but `to` from a value on every path (no field left to
+        // whatever a register held).
+        let (kind, reason, svc_id, backend_id, forward, new) = match v {
+            Verdict::Pass(r) => (DECIDED_PASS, r, 0, 0, 0, false),
+            Verdict::Drop(r) => (DECIDED_DROP, r, 0, 0, 0, false),
+            Verdict::Reject => (DECIDED_REJECT, 0, 0, 0, 0, false),
+            Verdict::Nat {
+                to,
+                svc_id,
+                backend_id,
+                reason,
+                forward,
+                new,
+            } => {
+                self.to = to;
+                (DECIDED_NAT, reason, svc_id, backend_id, forward as u8, new)
+            }
+        };
+        self.kind = kind;
+        self.reason = reason;
+        self.svc_id = svc_id;
+        self.backend_id = backend_id;
+        self.forward = forward;
+        self.new = new;
+    }
+
+    /// How a `Nat` decision's packet leaves.
+    #[inline(always)]
+    pub fn forward(&self) -> Forward {
+        match self.forward {
+            f if f == Forward::Back as u8 => Forward::Back,
+            f if f == Forward::Fib as u8 => Forward::Fib,
+            _ => Forward::Stack,
+        }
+    }
+}
+
+/// Bytes of `LB6_WORK`'s value: a [`Work6`], rounded up to words.
+pub const WORK6_LEN: usize = size_of::<Work6>().next_multiple_of(8);
+
+/// This CPU's [`Work6`] (map memory, 8-byte aligned, as long as a `Work6`).
+#[inline(always)]
+pub fn work6() -> Option<&'static mut Work6> {
+    let w = LB6_WORK.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU map value of WORK6_LEN >= size_of::<Work6>() bytes, aligned
+    // to 8 (as every map value); only this CPU's program touches it while it runs,
+    // and every field is written before it is read.
+    Some(unsafe { &mut *(w as *mut Work6) })
+}
+
+/// [`decide`] for IPv6, its verdict written to `out` (map memory, see [`Work6`]),
+/// in subprograms called one after the other, each with a stack frame of its own:
+/// together their frames would not fit one.
+#[inline(always)]
+pub fn decide6(
+    p: &Packet<Addr6>,
+    ifindex: u32,
+    hook: Hook,
+    closing_valid: impl FnOnce() -> bool,
+    out: &mut Decision6,
+) {
+    let now = clock::now();
+    // Asked before the lookup for every FIN or RST (not only those that would close
+    // a live flow, as for IPv4): inside the lookup, its stack frame would not fit
+    // the lookup's call chain.
+    let closing = p.key.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let check = Cell::new(if !closing || closing_valid() {
+        Check::Valid
+    } else {
+        Check::Invalid
+    });
+    if tracked6(p, hook, now, &check, out) {
+        return;
+    }
+    new_flow6(p, ifindex, now, out);
+}
+
+/// The answer [`decide6`] found to conntrack's question "does this closing
+/// packet's checksum hold?".
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Valid,
+    Invalid,
+}
+
+/// [`tracked`] for IPv6; false when the packet may start a flow.
+#[inline(never)]
+fn tracked6(
+    p: &Packet<Addr6>,
+    hook: Hook,
+    now: u64,
+    check: &Cell<Check>,
+    out: &mut Decision6,
+) -> bool {
+    let closing_valid = || check.get() == Check::Valid;
+    match tracked(p, hook, now, closing_valid) {
+        Some(verdict) => {
+            out.set(verdict);
+            true
+        }
+        None => false,
+    }
+}
+
+/// [`new_flow`] for IPv6.
+#[inline(never)]
+fn new_flow6(p: &Packet<Addr6>, ifindex: u32, now: u64, out: &mut Decision6) {
+    out.set(new_flow(p, ifindex, now));
+}
+
 /// The flow's entry if its packet in `state` is translated at `hook`: originals at
 /// ingress; replies at egress, after routing, except those of hairpin and SNAT
 /// flows, which ingress translates and redirects. The rule for a flow's packets and
 /// for ICMP errors about them (`icmp`).
 #[inline(always)]
-pub fn translated_at(state: &CtState, hook: Hook) -> Option<CtValue> {
+pub fn translated_at<A: Family>(state: &CtState<A>, hook: Hook) -> Option<CtValueOf<A>> {
     match (state, hook) {
         (CtState::Established(ct), Hook::Ingress) => Some(*ct),
         (CtState::Reply(ct), Hook::Ingress) if ct.flags & (CT_F_HAIRPIN | CT_F_SNAT) != 0 => {
@@ -158,7 +317,7 @@ pub fn translated_at(state: &CtState, hook: Hook) -> Option<CtValue> {
 
 /// The verdict for a packet of a tracked flow: rewritten as its entry says.
 #[inline(always)]
-fn translate(ct: &CtValue, p: &Packet, reason: u32) -> Verdict {
+fn translate<A: Family>(ct: &CtValueOf<A>, p: &Packet<A>, reason: u32) -> Verdict<A> {
     Verdict::Nat {
         to: conntrack::nat_tuple(ct, p.key.proto),
         svc_id: ct.svc_id,

@@ -3,12 +3,16 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, FlowKey, IFACE_POD, SVC_F_AFFINITY,
-    SVC_F_EXTERNAL_LOCAL, SVC_F_INTERNAL, ServiceKey, ServiceValue, port_bit, reason,
+    AffinityKeyOf, AffinityValue, BackendKey, BackendOf, FlowKeyOf, ID_NONE, IFACE_POD,
+    SVC_F_AFFINITY, SVC_F_EXTERNAL_LOCAL, SVC_F_INTERNAL, ServiceKeyOf, ServiceValue, port_bit,
+    reason,
 };
 
-use crate::clock;
-use crate::maps::{LB_AFFINITY, LB_BACKENDS, LB_IFACES, LB_PORTS, LB_SERVICES};
+use crate::{
+    clock,
+    family::Family,
+    maps::{LB_IFACES, LB_PORTS},
+};
 
 /// Whether some frontend listens on this port (network byte order): one array read,
 /// so traffic for no service leaves after it.
@@ -28,9 +32,9 @@ pub enum Origin {
 }
 
 /// What a new flow to this packet's destination gets.
-pub enum Select {
+pub enum Select<A> {
     /// A backend of service port `svc_id`.
-    Backend { svc_id: u32, backend: Backend },
+    Backend { svc_id: u32, backend: BackendOf<A> },
     /// Not a frontend, or one this origin may not use, or a slot not there: the
     /// packet is not ours (counted under the reason, a `lb_common::reason`).
     NotServed(u32),
@@ -42,15 +46,15 @@ pub enum Select {
 
 /// The frontend this packet is addressed to and the backend a new flow goes to.
 #[inline(always)]
-pub fn select(key: &FlowKey, origin: Origin, now: u64) -> Select {
-    let frontend = ServiceKey {
+pub fn select<A: Family>(key: &FlowKeyOf<A>, origin: Origin, now: u64) -> Select<A> {
+    let frontend = ServiceKeyOf {
         addr_be: key.daddr_be,
         port_be: key.dport_be,
         proto: key.proto,
         _pad: 0,
     };
     // SAFETY: service values are only replaced whole by the agent; a copy is taken.
-    let Some(svc) = unsafe { LB_SERVICES.get(frontend) }.copied() else {
+    let Some(svc) = unsafe { A::services().get(frontend) }.copied() else {
         return Select::NotServed(reason::PASS_NO_SERVICE);
     };
     let inside = match origin {
@@ -70,62 +74,69 @@ pub fn select(key: &FlowKey, origin: Origin, now: u64) -> Select {
     let backend = if svc.flags & SVC_F_AFFINITY != 0 {
         sticky(key.saddr_be, &svc, now)
     } else {
-        random(&svc).map(|(_, b)| b)
+        random(&svc).1
     };
-    match backend {
-        Some(backend) => Select::Backend {
-            svc_id: svc.svc_id,
-            backend,
-        },
-        None => Select::NotServed(reason::PASS_NO_SLOT),
+    if backend.backend_id == ID_NONE {
+        return Select::NotServed(reason::PASS_NO_SLOT);
+    }
+    Select::Backend {
+        svc_id: svc.svc_id,
+        backend,
     }
 }
 
-/// A slot chosen uniformly at random, and its backend (None: the slot is not
-/// there, the agent is rewriting the service).
+/// A slot chosen uniformly at random, and its backend (`backend_id` `ID_NONE`:
+/// the slot is not there, the agent is rewriting the service). No `Option`: a
+/// backend with every field defined on every path, so no code merging the paths
+/// ever keeps an undefined register the verifier refuses.
 #[inline(always)]
-fn random(svc: &ServiceValue) -> Option<(u32, Backend)> {
+fn random<A: Family>(svc: &ServiceValue) -> (u32, BackendOf<A>) {
     // SAFETY: a helper with no preconditions.
     let slot = unsafe { bpf_get_prandom_u32() } % svc.backend_count;
-    Some((slot, slot_backend(svc.svc_id, slot)?))
+    (slot, slot_backend(svc.svc_id, slot))
 }
 
+/// The backend in `slot` of service port `svc_id` (`backend_id` `ID_NONE`: none).
 #[inline(always)]
-fn slot_backend(svc_id: u32, slot: u32) -> Option<Backend> {
+fn slot_backend<A: Family>(svc_id: u32, slot: u32) -> BackendOf<A> {
     // SAFETY: backend values are only replaced whole by the agent; a copy is taken.
-    unsafe { LB_BACKENDS.get(BackendKey { svc_id, slot }) }.copied()
+    unsafe { A::backends().get(BackendKey { svc_id, slot }) }
+        .copied()
+        .unwrap_or_default()
 }
 
 /// ClientIP affinity: the backend this client's last new flow went to, if that was
 /// within the timeout and its slot still holds it; otherwise a random one, remembered.
 #[inline(always)]
-fn sticky(client: u32, svc: &ServiceValue, now: u64) -> Option<Backend> {
-    let key = AffinityKey {
+fn sticky<A: Family>(client: A, svc: &ServiceValue, now: u64) -> BackendOf<A> {
+    let key = AffinityKeyOf {
         client_addr_be: client,
         svc_id: svc.svc_id,
     };
     let timeout = clock::secs(svc.affinity_timeout_s as u64);
-    if let Some(a) = LB_AFFINITY.get_ptr_mut(key) {
+    if let Some(a) = A::affinity().get_ptr_mut(key) {
         // SAFETY: the pointer came from a successful lookup; the entry is plain data.
         let a = unsafe { &mut *a };
-        if now.wrapping_sub(a.last_used) <= timeout
-            && a.slot < svc.backend_count
-            && let Some(b) = slot_backend(svc.svc_id, a.slot)
-            && b.backend_id == a.backend_id
-        {
-            a.last_used = now;
-            return Some(b);
+        if now.wrapping_sub(a.last_used) <= timeout && a.slot < svc.backend_count {
+            let b = slot_backend(svc.svc_id, a.slot);
+            if b.backend_id != ID_NONE && b.backend_id == a.backend_id {
+                a.last_used = now;
+                return b;
+            }
         }
     }
-    let (slot, backend) = random(svc)?;
+    let (slot, backend) = random(svc);
+    if backend.backend_id == ID_NONE {
+        return backend;
+    }
     let remembered = AffinityValue {
         last_used: now,
         slot,
         backend_id: backend.backend_id,
     };
     // A full map only costs stickiness, never the flow.
-    let _ = LB_AFFINITY.insert(key, remembered, 0);
-    Some(backend)
+    let _ = A::affinity().insert(key, remembered, 0);
+    backend
 }
 
 /// Whether the packet entered through an interface behind which pods live.

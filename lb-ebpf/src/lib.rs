@@ -8,6 +8,7 @@ pub mod clock;
 pub mod conntrack;
 pub mod csum;
 pub mod deliver;
+pub mod family;
 pub mod flow;
 pub mod frag;
 pub mod fwd;

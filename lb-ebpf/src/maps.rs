@@ -7,10 +7,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, DEFAULT_AFFINITY,
-    DEFAULT_BACKENDS, DEFAULT_CONNTRACK, DEFAULT_FRONTENDS, FlowKey, FragKey, FragValue,
-    IfaceValue, MAX_ARP_HOLD, MAX_FRAGS, MAX_IFACES, MAX_REJECT_PEERS, MAX_SOCK_REVNAT, PORT_WORDS,
-    RateBucket, SCRATCH_LEN, ServiceKey, ServiceValue, SockRevKey, SockRevValue, reason,
+    AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, BackendKey, Counters, CtValue,
+    CtValue6, DEFAULT_AFFINITY, DEFAULT_AFFINITY6, DEFAULT_BACKENDS, DEFAULT_BACKENDS6,
+    DEFAULT_CONNTRACK, DEFAULT_CONNTRACK6, DEFAULT_FRONTENDS, DEFAULT_FRONTENDS6, FlowKey,
+    FlowKey6, FragKey, FragValue, IfaceValue, MAX_ARP_HOLD, MAX_FRAGS, MAX_IFACES,
+    MAX_REJECT_PEERS, MAX_SOCK_REVNAT, PORT_WORDS, RateBucket, SCRATCH_LEN, ServiceKey,
+    ServiceKey6, ServiceValue, SockRevKey, SockRevValue, reason,
 };
 
 #[map]
@@ -29,6 +31,33 @@ pub static LB_CT: LruHashMap<FlowKey, CtValue> = LruHashMap::with_max_entries(DE
 #[map]
 pub static LB_CT_ASSURED: HashMap<FlowKey, CtValue> =
     HashMap::with_max_entries(DEFAULT_CONNTRACK, 0);
+
+/// The IPv6 maps: as their IPv4 counterparts (see `lb_common::MAP_SERVICES6`).
+#[map]
+pub static LB6_SERVICES: HashMap<ServiceKey6, ServiceValue> =
+    HashMap::with_max_entries(DEFAULT_FRONTENDS6, 0);
+
+#[map]
+pub static LB6_BACKENDS: HashMap<BackendKey, Backend6> =
+    HashMap::with_max_entries(DEFAULT_BACKENDS6, 0);
+
+#[map]
+pub static LB6_CT: LruHashMap<FlowKey6, CtValue6> =
+    LruHashMap::with_max_entries(DEFAULT_CONNTRACK6, 0);
+
+#[map]
+pub static LB6_CT_ASSURED: HashMap<FlowKey6, CtValue6> =
+    HashMap::with_max_entries(DEFAULT_CONNTRACK6, 0);
+
+#[map]
+pub static LB6_AFFINITY: LruHashMap<AffinityKey6, AffinityValue> =
+    LruHashMap::with_max_entries(DEFAULT_AFFINITY6, 0);
+
+/// Per-CPU room for an IPv6 packet's parse and verdict (see `flow::Work6`); never
+/// pinned, never read by the agent.
+#[map]
+pub static LB6_WORK: PerCpuArray<[u64; WORK6_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+const WORK6_WORDS: usize = crate::flow::WORK6_LEN / 8;
 
 /// The clock, for the agent's sweep of expired assured flows.
 #[map]

@@ -11,13 +11,19 @@ use aya_ebpf::{
     helpers::bpf_redirect,
     programs::{TcContext, XdpContext},
 };
-use lb_common::{FlowKey, PROTO_UDP, reason};
+use lb_common::{Addr6, FlowKey, FlowKey6, PROTO_UDP, reason};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     csum::Csum,
-    parse::{Frag, IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IP_TTL_OFF, Packet, ptr_at},
+    parse::{
+        Frag, IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IP_TTL_OFF, IP6_DADDR_OFF, IP6_HOP_OFF,
+        IP6_SADDR_OFF, Ip6Hdr, Packet, ptr_at,
+    },
 };
+
+/// Where the IP header starts (lb's interfaces carry untagged Ethernet).
+const ETH_HLEN: usize = 14;
 
 /// The TTL/protocol word of the IPv4 header before and after a TTL decrement, as
 /// the checksum sees it.
@@ -95,6 +101,149 @@ pub fn rewrite_xdp(ctx: &XdpContext, p: &Packet, to: &FlowKey, hop: bool) -> Res
             }
         } else {
             *l4_check = l4_sum.finish();
+        }
+    }
+    Ok(())
+}
+
+/// [`rewrite_xdp`] for IPv6: no header checksum; the L4 checksum covers the
+/// addresses through the pseudo header. `hop`: lower the hop limit. A subprogram
+/// of its own (see `flow::Work6`).
+#[inline(never)]
+pub fn rewrite_xdp6(
+    ctx: &XdpContext,
+    p: &Packet<Addr6>,
+    to: &FlowKey6,
+    hop: bool,
+) -> Result<(), u32> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    // The offsets come back from map memory (`flow::Work6`) with no bounds the
+    // verifier knows: masked to what `parse6` gives (an Ethernet header, then the
+    // L4 header within the frame's first 16 KiB).
+    let l4_off = p.l4_off & 0x3fff;
+    let check_off = l4_off + ((p.l4_check_off() - p.l4_off) & 0x1f);
+    let ip: *mut Ip6Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(reason::PASS_MALFORMED)?;
+    let ports: *mut [u16; 2] = ptr_at(data, data_end, l4_off).ok_or(reason::PASS_MALFORMED)?;
+    let l4_check: *mut u16 = ptr_at(data, data_end, check_off).ok_or(reason::PASS_MALFORMED)?;
+    let from = &p.key;
+    // SAFETY: every pointer was bounds-checked against data_end just above, and
+    // nothing has changed the packet's size since; the header's fields are bytes.
+    unsafe {
+        let old_l4 = *l4_check;
+        let mut l4_sum = Csum::start(old_l4);
+        for i in 0..4 {
+            if from.saddr_be[i] != to.saddr_be[i] {
+                (*ip).src[i] = to.saddr_be[i].to_ne_bytes();
+                l4_sum.replace32(from.saddr_be[i], to.saddr_be[i]);
+            }
+            if from.daddr_be[i] != to.daddr_be[i] {
+                (*ip).dst[i] = to.daddr_be[i].to_ne_bytes();
+                l4_sum.replace32(from.daddr_be[i], to.daddr_be[i]);
+            }
+        }
+        if hop {
+            (*ip).hop = (*ip).hop.wrapping_sub(1);
+        }
+        if from.sport_be != to.sport_be {
+            (*ports)[0] = to.sport_be;
+            l4_sum.replace16(from.sport_be, to.sport_be);
+        }
+        if from.dport_be != to.dport_be {
+            (*ports)[1] = to.dport_be;
+            l4_sum.replace16(from.dport_be, to.dport_be);
+        }
+        // IPv6 UDP always carries a checksum; a computed 0 is sent as 0xffff.
+        let sum = l4_sum.finish();
+        *l4_check = if from.proto == PROTO_UDP && sum == 0 {
+            0xffff
+        } else {
+            sum
+        };
+    }
+    Ok(())
+}
+
+/// [`rewrite_tc`] for IPv6: the addresses' words through the L4 checksum's
+/// pseudo-header part (no header checksum), then the ports; `hop`: lower the hop
+/// limit. A subprogram of its own (see `flow::Work6`).
+#[inline(never)]
+pub fn rewrite_tc6(
+    ctx: &TcContext,
+    p: &Packet<Addr6>,
+    to: &FlowKey6,
+    hop: bool,
+) -> Result<(), u32> {
+    let from = &p.key;
+    let l4_check = p.l4_check_off();
+    let udp_flag = if from.proto == PROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
+    let err = |_| reason::PASS_MALFORMED;
+    if hop {
+        ctx.store(p.l3_off + IP6_HOP_OFF, &p.ttl.wrapping_sub(1), 0)
+            .map_err(err)?;
+    }
+    replace_addr6_tc(
+        ctx,
+        p.l3_off + IP6_SADDR_OFF,
+        l4_check,
+        udp_flag,
+        &from.saddr_be,
+        &to.saddr_be,
+    )?;
+    replace_addr6_tc(
+        ctx,
+        p.l3_off + IP6_DADDR_OFF,
+        l4_check,
+        udp_flag,
+        &from.daddr_be,
+        &to.daddr_be,
+    )?;
+    replace_port_tc(
+        ctx,
+        p.l4_off,
+        l4_check,
+        udp_flag,
+        from.sport_be,
+        to.sport_be,
+    )?;
+    replace_port_tc(
+        ctx,
+        p.l4_off + 2,
+        l4_check,
+        udp_flag,
+        from.dport_be,
+        to.dport_be,
+    )
+}
+
+/// Writes IPv6 address `to` over `from` at `off`, the L4 checksum at `l4_check`
+/// updated word by word. Nothing when they are equal.
+#[inline(always)]
+fn replace_addr6_tc(
+    ctx: &TcContext,
+    off: usize,
+    l4_check: usize,
+    udp_flag: u64,
+    from: &Addr6,
+    to: &Addr6,
+) -> Result<(), u32> {
+    if from == to {
+        return Ok(());
+    }
+    let err = |_| reason::PASS_MALFORMED;
+    ctx.store(off, to, 0).map_err(err)?;
+    for i in 0..4 {
+        if from[i] != to[i] {
+            ctx.l4_csum_replace(
+                l4_check,
+                from[i] as u64,
+                to[i] as u64,
+                BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
+            )
+            .map_err(err)?;
         }
     }
     Ok(())

@@ -3,11 +3,39 @@
 
 use core::mem::size_of;
 
-use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, reason};
+use lb_common::{Addr6, FlowKey, FlowKeyOf, PROTO_TCP, PROTO_UDP, reason};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 /// EtherType of IPv4 as it sits in the frame (network byte order).
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+/// EtherType of IPv6 as it sits in the frame (network byte order).
+const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
+/// The IPv6 header's length and where its fields are.
+pub const IP6_HLEN: usize = 40;
+pub const IP6_HOP_OFF: usize = 7;
+pub const IP6_SADDR_OFF: usize = 8;
+pub const IP6_DADDR_OFF: usize = 24;
+/// IPv6 extension headers: hop-by-hop options, routing, fragment, destination
+/// options (the others end the chain, or are not followed by TCP or UDP).
+const IP6_HOPOPTS: u8 = 0;
+const IP6_ROUTING: u8 = 43;
+const IP6_FRAGMENT: u8 = 44;
+const IP6_DSTOPTS: u8 = 60;
+/// The IPv6 header as the rewrite writes it: every field bytes, so a pointer to it
+/// needs no alignment.
+#[repr(C)]
+pub struct Ip6Hdr {
+    pub vtc_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next: u8,
+    pub hop: u8,
+    pub src: [[u8; 4]; 4],
+    pub dst: [[u8; 4]; 4],
+}
+const _: () = assert!(size_of::<Ip6Hdr>() == IP6_HLEN);
+/// How many extension headers are skipped before the L4 header, at most (as
+/// Cilium's `IPV6_MAX_HEADERS`); a longer chain is passed to the kernel.
+const IP6_MAX_EXT: usize = 4;
 /// More-fragments flag and fragment offset mask of `Ipv4Hdr::frags` (host order).
 const IP_MF: u16 = 0x2000;
 /// Don't-fragment flag of `Ipv4Hdr::frags` (host order).
@@ -50,17 +78,18 @@ pub enum Frag {
     Later,
 }
 
-/// A parsed IPv4 TCP or UDP packet: where its headers are and its 5-tuple as it
-/// arrived.
+/// A parsed IPv4 (`A` = `u32`) or IPv6 (`A` = [`Addr6`]) TCP or UDP packet: where
+/// its headers are and its 5-tuple as it arrived.
 #[derive(Clone, Copy)]
-pub struct Packet {
+pub struct Packet<A = u32> {
     pub l3_off: usize,
     pub l4_off: usize,
-    pub key: FlowKey,
+    pub key: FlowKeyOf<A>,
     /// The TCP flags byte (0 for UDP and later fragments).
     pub tcp_flags: u8,
-    /// IPv4 total length, for byte counters.
+    /// IPv4 total length (IPv6: header and payload), for byte counters.
     pub ip_len: u16,
+    /// TTL (IPv6: hop limit).
     pub ttl: u8,
     pub frag: Frag,
     /// IPv4 identification (network order): with the addresses and protocol it names
@@ -71,7 +100,7 @@ pub struct Packet {
     pub df: bool,
 }
 
-impl Packet {
+impl<A> Packet<A> {
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_check_off(&self) -> usize {
@@ -116,6 +145,158 @@ pub fn arp_sender(data: usize, data_end: usize) -> Option<u32> {
     Some(u32::from_ne_bytes([a[14], a[15], a[16], a[17]]))
 }
 
+/// The ports and TCP flags of the L4 header at `l4_off` (zeros for a later
+/// fragment), checked against what the datagram holds after the IP headers
+/// (`l4_len`): a TCP header within it, a UDP length that fits it exactly (a first
+/// fragment: that goes past it).
+#[inline(always)]
+fn l4_ports(
+    data: usize,
+    data_end: usize,
+    l4_off: usize,
+    l4_len: usize,
+    proto: u8,
+    frag: Frag,
+) -> Result<(u16, u16, u8), u32> {
+    if frag == Frag::Later {
+        return Ok((0, 0, 0));
+    }
+    if proto == PROTO_TCP {
+        let tcp: *const TcpHdr = ptr_at(data, data_end, l4_off).ok_or(reason::PASS_MALFORMED)?;
+        // SAFETY: ptr_at checked the whole TCP header; the flags and data-offset
+        // bytes lie inside it (read through the same pointer, so the verifier sees
+        // the same bounds).
+        let (sport, dport, flags, doff) = unsafe {
+            (
+                u16::from_ne_bytes((*tcp).source),
+                u16::from_ne_bytes((*tcp).dest),
+                *(tcp as *const u8).add(TCP_FLAGS_OFF),
+                (*(tcp as *const u8).add(TCP_DOFF_OFF) >> 4) as usize * 4,
+            )
+        };
+        if doff < TcpHdr::LEN || doff > l4_len {
+            return Err(reason::PASS_MALFORMED);
+        }
+        return Ok((sport, dport, flags));
+    }
+    let udp: *const UdpHdr = ptr_at(data, data_end, l4_off).ok_or(reason::PASS_MALFORMED)?;
+    // SAFETY: checked by ptr_at.
+    let (sport, dport, len) = unsafe {
+        (
+            u16::from_ne_bytes((*udp).src),
+            u16::from_ne_bytes((*udp).dst),
+            u16::from_be_bytes((*udp).len) as usize,
+        )
+    };
+    // A whole datagram holds exactly its UDP length; a first fragment holds the
+    // header and the start of a longer one.
+    let fits = match frag {
+        Frag::Whole => len <= l4_len,
+        _ => len > l4_len,
+    };
+    if len < UdpHdr::LEN || l4_len < UdpHdr::LEN || !fits {
+        return Err(reason::PASS_MALFORMED);
+    }
+    Ok((sport, dport, 0))
+}
+
+/// Which IP version an Ethernet frame carries: `Some(false)` IPv4, `Some(true)`
+/// IPv6, None anything else (or too short to say).
+#[inline(always)]
+pub fn is_ipv6(data: usize, data_end: usize) -> Option<bool> {
+    let eth: *const EthHdr = ptr_at(data, data_end, 0)?;
+    // SAFETY: ptr_at checked that the whole header lies inside the packet.
+    match unsafe { (*eth).ether_type } {
+        ETH_P_IP_BE => Some(false),
+        ETH_P_IPV6_BE => Some(true),
+        _ => None,
+    }
+}
+
+/// [`parse6`] into `out` (map memory): 0, or the reason the packet is not one lb
+/// translates. A subprogram of its own (see `flow::Work6`).
+#[inline(never)]
+pub fn parse6_into(data: usize, data_end: usize, len: usize, out: &mut Packet<Addr6>) -> u32 {
+    match parse6(data, data_end, len) {
+        Ok(p) => {
+            *out = p;
+            0
+        }
+        Err(reason) => reason,
+    }
+}
+
+/// Parses an Ethernet frame carrying IPv6 into a [`Packet`], skipping up to
+/// `IP6_MAX_EXT` extension headers, or says (as a `reason`) why the packet is not
+/// one lb translates. Fragments (a Fragment header) are not translated yet: passed.
+#[inline(always)]
+pub fn parse6(data: usize, data_end: usize, len: usize) -> Result<Packet<Addr6>, u32> {
+    let l3_off = EthHdr::LEN;
+    let ip: *const [u8; IP6_HLEN] = ptr_at(data, data_end, l3_off).ok_or(reason::PASS_MALFORMED)?;
+    // SAFETY: ptr_at checked that the whole header lies inside the packet.
+    let ip = unsafe { &*ip };
+    if ip[0] >> 4 != 6 {
+        return Err(reason::PASS_MALFORMED);
+    }
+    let payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    // The datagram lies whole in the frame (jumbograms, payload length 0, are not
+    // taken).
+    if payload == 0 || l3_off + IP6_HLEN + payload > len {
+        return Err(reason::PASS_MALFORMED);
+    }
+    let mut next = ip[6];
+    let mut off = l3_off + IP6_HLEN;
+    for _ in 0..IP6_MAX_EXT {
+        match next {
+            IP6_HOPOPTS | IP6_ROUTING | IP6_DSTOPTS => {
+                let h: *const [u8; 2] =
+                    ptr_at(data, data_end, off).ok_or(reason::PASS_MALFORMED)?;
+                // SAFETY: checked by ptr_at.
+                let h = unsafe { *h };
+                next = h[0];
+                off += (h[1] as usize + 1) * 8;
+            }
+            IP6_FRAGMENT => return Err(reason::PASS_FRAGMENT),
+            _ => break,
+        }
+    }
+    if next != PROTO_TCP && next != PROTO_UDP {
+        return Err(reason::PASS_NOT_L4);
+    }
+    let l4_off = off;
+    let end = l3_off + IP6_HLEN + payload;
+    if l4_off >= end {
+        return Err(reason::PASS_MALFORMED);
+    }
+    let (sport_be, dport_be, tcp_flags) =
+        l4_ports(data, data_end, l4_off, end - l4_off, next, Frag::Whole)?;
+    // The addresses last, so that their bytes are not held through the checks.
+    let word = |at: usize| u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
+    let saddr_be = [word(8), word(12), word(16), word(20)];
+    let daddr_be = [word(24), word(28), word(32), word(36)];
+    let hop = ip[IP6_HOP_OFF];
+    Ok(Packet {
+        l3_off,
+        l4_off,
+        key: FlowKeyOf {
+            saddr_be,
+            daddr_be,
+            sport_be,
+            dport_be,
+            proto: next,
+            _pad: 0,
+            _pad2: 0,
+        },
+        tcp_flags,
+        ip_len: (IP6_HLEN + payload) as u16,
+        ttl: hop,
+        frag: Frag::Whole,
+        ip_id_be: 0,
+        // IPv6 routers never fragment: a packet too big is answered.
+        df: true,
+    })
+}
+
 /// Parses an Ethernet frame into a [`Packet`], or says (as a `reason`) why the
 /// packet is not one lb translates. `len`: the whole frame's length (at TC a socket
 /// buffer's data may go on past `data_end`, in pages).
@@ -124,7 +305,7 @@ pub fn parse(data: usize, data_end: usize, len: usize) -> Result<Packet, u32> {
     let eth: *const EthHdr = ptr_at(data, data_end, 0).ok_or(reason::PASS_MALFORMED)?;
     // SAFETY: ptr_at checked that the whole header lies inside the packet.
     if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
-        return Err(reason::PASS_NOT_IPV4);
+        return Err(reason::PASS_NOT_IP);
     }
     let l3_off = EthHdr::LEN;
     let ip: *const Ipv4Hdr = ptr_at(data, data_end, l3_off).ok_or(reason::PASS_MALFORMED)?;
@@ -159,46 +340,7 @@ pub fn parse(data: usize, data_end: usize, len: usize) -> Result<Packet, u32> {
     // header must lie in it whole, never in the frame's padding (RFC 1858's tiny
     // fragments included).
     let l4_len = ip_len as usize - ihl;
-    let (sport_be, dport_be, tcp_flags) = if frag == Frag::Later {
-        (0, 0, 0)
-    } else if proto == PROTO_TCP {
-        let tcp: *const TcpHdr = ptr_at(data, data_end, l4_off).ok_or(reason::PASS_MALFORMED)?;
-        // SAFETY: ptr_at checked the whole TCP header; the flags and data-offset
-        // bytes lie inside it (read through the same pointer, so the verifier sees
-        // the same bounds).
-        let (sport, dport, flags, doff) = unsafe {
-            (
-                u16::from_ne_bytes((*tcp).source),
-                u16::from_ne_bytes((*tcp).dest),
-                *(tcp as *const u8).add(TCP_FLAGS_OFF),
-                (*(tcp as *const u8).add(TCP_DOFF_OFF) >> 4) as usize * 4,
-            )
-        };
-        if doff < TcpHdr::LEN || doff > l4_len {
-            return Err(reason::PASS_MALFORMED);
-        }
-        (sport, dport, flags)
-    } else {
-        let udp: *const UdpHdr = ptr_at(data, data_end, l4_off).ok_or(reason::PASS_MALFORMED)?;
-        // SAFETY: checked by ptr_at.
-        let (sport, dport, len) = unsafe {
-            (
-                u16::from_ne_bytes((*udp).src),
-                u16::from_ne_bytes((*udp).dst),
-                u16::from_be_bytes((*udp).len) as usize,
-            )
-        };
-        // A whole datagram holds exactly its UDP length; a first fragment holds the
-        // header and the start of a longer one.
-        let fits = match frag {
-            Frag::Whole => len <= l4_len,
-            _ => len > l4_len,
-        };
-        if len < UdpHdr::LEN || l4_len < UdpHdr::LEN || !fits {
-            return Err(reason::PASS_MALFORMED);
-        }
-        (sport, dport, 0)
-    };
+    let (sport_be, dport_be, tcp_flags) = l4_ports(data, data_end, l4_off, l4_len, proto, frag)?;
     Ok(Packet {
         l3_off,
         l4_off,

@@ -17,14 +17,28 @@ use lb_common::reason;
 use crate::{
     arp, conntrack, deliver,
     flow::{self, Forward, Hook, Verdict},
-    frag, fwd, icmp, nat,
+    frag, fwd, icmp, nat, parse,
     reject::{self, Answer},
     stats, verify,
 };
 
-/// Runs the pipeline on one socket buffer at `hook`; returns the TC action.
+/// Runs the pipeline of the packet's family on one socket buffer at `hook`; returns
+/// the TC action. Each family's pipeline is a function of its own (a BPF
+/// subprogram with its own stack frame: inlined together, their keys and entries
+/// would not fit one 512-byte frame).
 #[inline(always)]
 pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
+    if parse::is_ipv6(ctx.data(), ctx.data_end()) == Some(true) {
+        // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        return run6(ctx, ifindex, hook);
+    }
+    run4(ctx, hook)
+}
+
+/// The IPv4 pipeline.
+#[inline(never)]
+fn run4(ctx: &TcContext, hook: Hook) -> i32 {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if hook == Hook::Ingress
@@ -136,6 +150,72 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
                             }
                         }
                         _ => {}
+                    }
+                }
+                Err(reason) => {
+                    forget();
+                    stats::verdict(reason, p.ip_len);
+                }
+            }
+        }
+    }
+    TC_ACT_UNSPEC
+}
+
+/// The pipeline for IPv6: flows from pods (and, where no XDP runs, from outside)
+/// start at ingress, replies are translated at egress, as for IPv4; translated
+/// packets go on through the kernel's stack, hairpin ones straight back to the pod.
+/// Not yet for IPv6: SNAT to remote backends, the hand-over to pods, answers for
+/// services without endpoints (the packet goes on to the kernel), fragments and
+/// ICMPv6 errors (passed).
+#[inline(never)]
+fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
+    let len = ctx.len() as usize;
+    let Some(w) = flow::work6() else {
+        return TC_ACT_UNSPEC;
+    };
+    let not = parse::parse6_into(ctx.data(), ctx.data_end(), len, &mut w.packet);
+    if not != 0 {
+        stats::verdict(not, len as u16);
+        return TC_ACT_UNSPEC;
+    }
+    let p = &w.packet;
+    flow::decide6(p, ifindex, hook, || verify::tc6(ctx, p), &mut w.decision);
+    let d = &w.decision;
+    match d.kind {
+        flow::DECIDED_PASS => stats::verdict(d.reason, p.ip_len),
+        flow::DECIDED_REJECT => stats::verdict(reason::PASS_NO_BACKEND, p.ip_len),
+        flow::DECIDED_DROP => {
+            stats::verdict(d.reason, p.ip_len);
+            return TC_ACT_SHOT;
+        }
+        _ => {
+            let forget = || {
+                if d.new {
+                    conntrack::forget6(&p.key, &d.to);
+                }
+            };
+            let forward = d.forward();
+            if forward == Forward::Fib {
+                forget();
+                stats::verdict(reason::PASS_NO_ROUTE, p.ip_len);
+                return TC_ACT_UNSPEC;
+            }
+            let hop = forward == Forward::Back;
+            if hop && p.ttl <= 1 {
+                forget();
+                stats::verdict(reason::DROP_TTL_EXCEEDED, p.ip_len);
+                return TC_ACT_SHOT;
+            }
+            match nat::rewrite_tc6(ctx, p, &d.to, hop) {
+                Ok(()) => {
+                    stats::verdict(d.reason, p.ip_len);
+                    stats::service(d.svc_id, d.backend_id, p.ip_len);
+                    if hop {
+                        match nat::send_back_tc(ctx, ifindex) {
+                            Ok(verdict) => return verdict,
+                            Err(reason) => stats::verdict(reason, p.ip_len),
+                        }
                     }
                 }
                 Err(reason) => {

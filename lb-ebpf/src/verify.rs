@@ -25,19 +25,21 @@ use aya_ebpf::{
 use lb_common::{PROTO_TCP, SCRATCH_LEN};
 
 use crate::{
+    family::Family,
     maps::LB_SCRATCH,
     parse::{Frag, Packet, TCP_CHECK_OFF, UDP_CHECK_OFF},
 };
 
 /// Bytes read and summed at a time (`LB_SCRATCH`'s per-CPU buffer).
-const CHUNK: usize = SCRATCH_LEN;
+pub const CHUNK: usize = SCRATCH_LEN;
 const MAX_CHUNKS: usize = 32;
-/// The longest segment whose checksum is computed (16 KiB).
+/// The longest segment whose checksum is computed (16 KiB; for IPv6, see
+/// `Family::VERIFY_CHUNKS`).
 pub const MAX_LEN: usize = CHUNK * MAX_CHUNKS;
 
 /// [`l4_checksum_valid`] for an XDP frame (linear or not).
 #[inline(always)]
-pub fn xdp(ctx: &XdpContext, p: &Packet) -> bool {
+pub fn xdp<A: Family>(ctx: &XdpContext, p: &Packet<A>) -> bool {
     l4_checksum_valid(p, |off, buf, n| {
         // SAFETY: the helper copies `n` <= CHUNK bytes into the buffer and fails on
         // offsets outside the frame.
@@ -48,7 +50,7 @@ pub fn xdp(ctx: &XdpContext, p: &Packet) -> bool {
 /// [`l4_checksum_valid`] for a socket buffer, unless the kernel already
 /// verified its checksum (CHECKSUM_UNNECESSARY).
 #[inline(always)]
-pub fn tc(ctx: &TcContext, p: &Packet) -> bool {
+pub fn tc<A: Family>(ctx: &TcContext, p: &Packet<A>) -> bool {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run; the query
     // changes nothing.
     if unsafe { bpf_csum_level(ctx.skb.skb, BPF_CSUM_LEVEL_QUERY as u64) } >= 0 {
@@ -58,6 +60,18 @@ pub fn tc(ctx: &TcContext, p: &Packet) -> bool {
         // SAFETY: as for XDP; the helper reads paged data too.
         unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const c_void, off as u32, buf, n as u32) == 0 }
     })
+}
+
+/// [`xdp`] for IPv6, a subprogram of its own (see `flow::Work6`).
+#[inline(never)]
+pub fn xdp6(ctx: &XdpContext, p: &Packet<lb_common::Addr6>) -> bool {
+    xdp(ctx, p)
+}
+
+/// [`tc`] for IPv6, a subprogram of its own (see `flow::Work6`).
+#[inline(never)]
+pub fn tc6(ctx: &TcContext, p: &Packet<lb_common::Addr6>) -> bool {
+    tc(ctx, p)
 }
 
 #[inline(always)]
@@ -74,28 +88,31 @@ fn fold(mut s: u64) -> u16 {
 /// as every word is read the same way: the kernel's `bpf_csum_diff` reads them as
 /// they lie in memory, and so does the pseudo-header sum here.
 #[inline(always)]
-pub fn l4_checksum_valid(p: &Packet, load: impl Fn(usize, *mut c_void, usize) -> bool) -> bool {
+pub fn l4_checksum_valid<A: Family>(
+    p: &Packet<A>,
+    load: impl Fn(usize, *mut c_void, usize) -> bool,
+) -> bool {
     if p.frag != Frag::Whole {
         return true;
     }
     let tcp = p.key.proto == PROTO_TCP;
     let l4_len = p.ip_len as usize - (p.l4_off - p.l3_off);
-    if l4_len > MAX_LEN {
+    if l4_len > CHUNK * A::VERIFY_CHUNKS {
         return true;
     }
     let Some(buf) = LB_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    let (s, d) = (p.key.saddr_be, p.key.daddr_be);
-    let pseudo = (s & 0xffff) as u64
-        + (s >> 16) as u64
-        + (d & 0xffff) as u64
-        + (d >> 16) as u64
+    // The pseudo header: both addresses, the protocol, the L4 length (IPv6 makes
+    // the length 32 bits and the protocol's word zero-extended too: the same sum for
+    // lengths below 65536).
+    let pseudo = p.key.saddr_be.word_sum()
+        + p.key.daddr_be.word_sum()
         + u16::from_ne_bytes([0, p.key.proto]) as u64
         + (l4_len as u16).to_be() as u64;
     let mut sum = 0u32;
     let mut field = 0u16;
-    for i in 0..MAX_CHUNKS {
+    for i in 0..A::VERIFY_CHUNKS {
         let off = i * CHUNK;
         if off >= l4_len {
             break;

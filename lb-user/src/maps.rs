@@ -11,10 +11,11 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtTimeouts, CtValue, FlowKey,
-    IfaceValue, MAP_AFFINITY, MAP_ARP_HOLD, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CLOCK,
-    MAP_CONNTRACK, MAP_CT_ASSURED, MAP_IFACES, MAP_PORTS, MAP_SERVICES, MAP_STATS, MAP_SVC_STATS,
-    PORT_WORDS, PROTO_UDP, ServiceKey, ServiceValue, reason,
+    AffinityKey, AffinityValue, Backend, Backend6, BackendKey, Counters, CtTimeouts, CtValue,
+    CtValue6, FlowKey, FlowKey6, IfaceValue, MAP_AFFINITY, MAP_ARP_HOLD, MAP_BACKEND_STATS,
+    MAP_BACKENDS, MAP_BACKENDS6, MAP_CLOCK, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_CT_ASSURED,
+    MAP_CT_ASSURED6, MAP_IFACES, MAP_PORTS, MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_STATS,
+    PORT_WORDS, PROTO_UDP, ServiceKey, ServiceKey6, ServiceValue, reason,
 };
 use tracing::{info, warn};
 
@@ -108,6 +109,16 @@ pub struct Maps {
     pub arp_holds: ArpHolds,
     svc_stats: PerCpuArray<MapData, Counters>,
     backend_stats: PerCpuArray<MapData, Counters>,
+    /// The IPv6 maps (None: pins an agent of an earlier version left, without them).
+    v6: Option<Maps6>,
+}
+
+/// `LB6_SERVICES`, `LB6_BACKENDS` and IPv6 conntrack.
+struct Maps6 {
+    services: HashMap<MapData, ServiceKey6, ServiceValue>,
+    backends: HashMap<MapData, BackendKey, Backend6>,
+    conntrack: HashMap<MapData, FlowKey6, CtValue6>,
+    assured: HashMap<MapData, FlowKey6, CtValue6>,
 }
 
 /// A lookup's value, `None` for a key the map does not hold.
@@ -262,7 +273,56 @@ impl Maps {
             arp_holds: ArpHolds(typed(&mut get, MAP_ARP_HOLD)?),
             svc_stats: typed(&mut get, MAP_SVC_STATS)?,
             backend_stats: typed(&mut get, MAP_BACKEND_STATS)?,
+            v6: (|| {
+                Ok::<_, MapsError>(Maps6 {
+                    services: typed(&mut get, MAP_SERVICES6)?,
+                    backends: typed(&mut get, MAP_BACKENDS6)?,
+                    conntrack: typed(&mut get, MAP_CONNTRACK6)?,
+                    assured: typed(&mut get, MAP_CT_ASSURED6)?,
+                })
+            })()
+            .ok(),
         })
+    }
+
+    fn v6(&mut self) -> Result<&mut Maps6, MapsError> {
+        self.v6
+            .as_mut()
+            .ok_or(MapsError::Missing { map: MAP_SERVICES6 })
+    }
+
+    /// Writes an IPv6 frontend (the entries pipeline does not plan IPv6 yet: the
+    /// BPF_PROG_RUN tests write them with this).
+    pub fn put_frontend6(&mut self, key: &ServiceKey6, v: &ServiceValue) -> Result<(), MapsError> {
+        self.v6()?
+            .services
+            .insert(key, v, 0)
+            .map_err(aya_err(MAP_SERVICES6, "inserting"))
+    }
+
+    /// Writes slot `key` of an IPv6 service port.
+    pub fn put_slot6(&mut self, key: &BackendKey, b: &Backend6) -> Result<(), MapsError> {
+        self.v6()?
+            .backends
+            .insert(key, b, 0)
+            .map_err(aya_err(MAP_BACKENDS6, "inserting"))
+    }
+
+    /// Every IPv6 conntrack entry (assured ones first).
+    pub fn conntrack6(&self) -> Result<Vec<(FlowKey6, CtValue6)>, MapsError> {
+        let Some(v6) = &self.v6 else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (map, name) in [
+            (&v6.assured, MAP_CT_ASSURED6),
+            (&v6.conntrack, MAP_CONNTRACK6),
+        ] {
+            for item in map.iter() {
+                out.push(item.map_err(aya_err(name, "reading"))?);
+            }
+        }
+        Ok(out)
     }
 
     /// How many entries `LB_SERVICES` and `LB_BACKENDS` hold at most, as loaded.
@@ -508,7 +568,22 @@ impl Maps {
         for k in &expired {
             ignore_missing(self.assured.remove(k)).map_err(aya_err(MAP_CT_ASSURED, "removing"))?;
         }
-        Ok(expired.len())
+        let mut swept = expired.len();
+        if let Some(v6) = &mut self.v6 {
+            let expired: Vec<FlowKey6> = v6
+                .assured
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| v.expired(k.proto, now, ticks_per_s, timeouts))
+                .map(|(k, _)| k)
+                .collect();
+            for k in &expired {
+                ignore_missing(v6.assured.remove(k))
+                    .map_err(aya_err(MAP_CT_ASSURED6, "removing"))?;
+            }
+            swept += expired.len();
+        }
+        Ok(swept)
     }
 
     /// How many entries the flow tables (new flows, assured flows) and the affinity

@@ -2,7 +2,7 @@
 //! incrementally), so a frame the data plane rewrote can be compared byte for byte
 //! with the frame built directly with the rewritten addresses.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -81,6 +81,11 @@ impl Pkt {
     }
 
     fn l4(&self) -> Vec<u8> {
+        self.l4_with(|len| pseudo_header(self.src, self.dst, self.proto, len))
+    }
+
+    /// The TCP or UDP segment, its checksum over `pseudo(its length)` and itself.
+    fn l4_with(&self, pseudo: impl Fn(usize) -> Vec<u8>) -> Vec<u8> {
         let mut l4 = Vec::new();
         l4.extend_from_slice(&self.sport.to_be_bytes());
         l4.extend_from_slice(&self.dport.to_be_bytes());
@@ -106,10 +111,7 @@ impl Pkt {
             }
         }
         l4.extend_from_slice(&self.payload);
-        let sum = checksum(&[
-            &pseudo_header(self.src, self.dst, self.proto, l4.len()),
-            &l4,
-        ]);
+        let sum = checksum(&[&pseudo(l4.len()), &l4]);
         let at = if self.proto == PROTO_TCP { 16 } else { 6 };
         let sum = if self.proto == PROTO_UDP && self.udp_no_checksum {
             0
@@ -160,6 +162,84 @@ impl Pkt {
         let mut frame = eth(0x0800);
         frame.extend_from_slice(&iph);
         frame.extend_from_slice(l4);
+        frame
+    }
+}
+
+/// An Ethernet/IPv6/TCP|UDP frame, checksums computed from scratch as for [`Pkt`]
+/// (whose ports, flags and payload it takes).
+#[derive(Debug, Clone)]
+pub struct Pkt6 {
+    pub l4: Pkt,
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    /// A hop-by-hop options header (8 bytes of padding options) before the L4 one.
+    pub hop_by_hop: bool,
+    pub hop_limit: u8,
+}
+
+fn ip6(s: &str) -> Ipv6Addr {
+    s.parse().expect("an IPv6 address")
+}
+
+impl Pkt6 {
+    pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Self {
+        Pkt6 {
+            l4: Pkt::tcp("0.0.0.0", sport, "0.0.0.0", dport, flags),
+            src: ip6(src),
+            dst: ip6(dst),
+            hop_by_hop: false,
+            hop_limit: 64,
+        }
+    }
+
+    pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Self {
+        Pkt6 {
+            l4: Pkt::udp("0.0.0.0", sport, "0.0.0.0", dport),
+            ..Pkt6::tcp(src, sport, dst, dport, 0)
+        }
+    }
+
+    pub fn payload(mut self, p: &[u8]) -> Self {
+        self.l4.payload = p.to_vec();
+        self
+    }
+
+    /// The same packet with other addresses and ports (what NAT should produce).
+    pub fn rewritten(&self, src: &str, sport: u16, dst: &str, dport: u16) -> Self {
+        let mut p = self.clone();
+        p.src = ip6(src);
+        p.dst = ip6(dst);
+        p.l4.sport = sport;
+        p.l4.dport = dport;
+        p
+    }
+
+    /// The whole Ethernet frame.
+    pub fn build(&self) -> Vec<u8> {
+        let proto = self.l4.proto;
+        let l4 = self.l4.l4_with(|len| {
+            let mut p = Vec::new();
+            p.extend_from_slice(&self.src.octets());
+            p.extend_from_slice(&self.dst.octets());
+            p.extend_from_slice(&(len as u32).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, proto]);
+            p
+        });
+        let mut ext = Vec::new();
+        if self.hop_by_hop {
+            // Next header, length 0 (8 bytes), a PadN option of 4 bytes.
+            ext.extend_from_slice(&[proto, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        let next = if self.hop_by_hop { 0 } else { proto };
+        let mut frame = eth(0x86dd);
+        frame.extend_from_slice(&[0x60, 0, 0, 0]);
+        frame.extend_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
+        frame.extend_from_slice(&[next, self.hop_limit]);
+        frame.extend_from_slice(&self.src.octets());
+        frame.extend_from_slice(&self.dst.octets());
+        frame.extend_from_slice(&ext);
+        frame.extend_from_slice(&l4);
         frame
     }
 }

@@ -1,0 +1,138 @@
+//! The address families: what differs between IPv4 and IPv6 for the parts of the
+//! pipeline that are written once for both (`conntrack`, `lb`, `flow`, `verify`):
+//! the maps of the family and its special addresses. `u32` is an IPv4 address,
+//! [`Addr6`] an IPv6 one, both as they sit in the packet.
+
+use aya_ebpf::maps::{HashMap, LruHashMap};
+use lb_common::{
+    Addr6, AffinityKeyOf, AffinityValue, BackendKey, BackendOf, CtValueOf, FlowKeyOf,
+    HAIRPIN_SNAT_ADDR, HAIRPIN_SNAT_ADDR6, ServiceKeyOf, ServiceValue,
+};
+
+use crate::maps::{
+    LB_AFFINITY, LB_BACKENDS, LB_CT, LB_CT_ASSURED, LB_SERVICES, LB6_AFFINITY, LB6_BACKENDS,
+    LB6_CT, LB6_CT_ASSURED, LB6_SERVICES,
+};
+
+/// Set by the agent at load time (`lb_common::GLOBAL_SNAT_ADDR`): the node address
+/// flows to remote backends leave with.
+#[unsafe(no_mangle)]
+static SNAT_ADDR: u32 = 0;
+
+/// An address family, implemented by its address type.
+pub trait Family: Copy + Default + PartialEq + 'static {
+    /// The address a pod that reaches itself through a service sees as the source
+    /// (a packet from its own address to itself would never leave it).
+    const HAIRPIN: Self;
+    /// How many `verify::CHUNK`s of a segment `verify` sums, at most (longer
+    /// segments count as valid).
+    const VERIFY_CHUNKS: usize;
+
+    fn services() -> &'static HashMap<ServiceKeyOf<Self>, ServiceValue>;
+    fn backends() -> &'static HashMap<BackendKey, BackendOf<Self>>;
+    fn conntrack() -> &'static LruHashMap<FlowKeyOf<Self>, CtValueOf<Self>>;
+    fn assured() -> &'static HashMap<FlowKeyOf<Self>, CtValueOf<Self>>;
+    fn affinity() -> &'static LruHashMap<AffinityKeyOf<Self>, AffinityValue>;
+
+    /// The node address SNAT flows leave with (the default address: none).
+    fn snat_addr() -> Self;
+
+    /// The one's-complement sum of the address's 16-bit words, unfolded (its part of
+    /// a pseudo-header checksum).
+    fn word_sum(self) -> u64;
+}
+
+impl Family for u32 {
+    const HAIRPIN: u32 = u32::from_ne_bytes(HAIRPIN_SNAT_ADDR);
+    const VERIFY_CHUNKS: usize = crate::verify::MAX_LEN / crate::verify::CHUNK;
+
+    #[inline(always)]
+    fn services() -> &'static HashMap<ServiceKeyOf<u32>, ServiceValue> {
+        &LB_SERVICES
+    }
+
+    #[inline(always)]
+    fn backends() -> &'static HashMap<BackendKey, BackendOf<u32>> {
+        &LB_BACKENDS
+    }
+
+    #[inline(always)]
+    fn conntrack() -> &'static LruHashMap<FlowKeyOf<u32>, CtValueOf<u32>> {
+        &LB_CT
+    }
+
+    #[inline(always)]
+    fn assured() -> &'static HashMap<FlowKeyOf<u32>, CtValueOf<u32>> {
+        &LB_CT_ASSURED
+    }
+
+    #[inline(always)]
+    fn affinity() -> &'static LruHashMap<AffinityKeyOf<u32>, AffinityValue> {
+        &LB_AFFINITY
+    }
+
+    #[inline(always)]
+    fn snat_addr() -> u32 {
+        // SAFETY: a plain read of a global the loader set.
+        unsafe { core::ptr::read_volatile(&SNAT_ADDR) }
+    }
+
+    #[inline(always)]
+    fn word_sum(self) -> u64 {
+        (self & 0xffff) as u64 + (self >> 16) as u64
+    }
+}
+
+impl Family for Addr6 {
+    const HAIRPIN: Addr6 = addr6(HAIRPIN_SNAT_ADDR6);
+    /// One: IPv6 verifies closing segments of up to 512 bytes (a FIN or RST rarely
+    /// carries more), as a longer loop next to IPv6's lookups would take the
+    /// program past the verifier's limit of instructions processed.
+    const VERIFY_CHUNKS: usize = 1;
+
+    #[inline(always)]
+    fn services() -> &'static HashMap<ServiceKeyOf<Addr6>, ServiceValue> {
+        &LB6_SERVICES
+    }
+
+    #[inline(always)]
+    fn backends() -> &'static HashMap<BackendKey, BackendOf<Addr6>> {
+        &LB6_BACKENDS
+    }
+
+    #[inline(always)]
+    fn conntrack() -> &'static LruHashMap<FlowKeyOf<Addr6>, CtValueOf<Addr6>> {
+        &LB6_CT
+    }
+
+    #[inline(always)]
+    fn assured() -> &'static HashMap<FlowKeyOf<Addr6>, CtValueOf<Addr6>> {
+        &LB6_CT_ASSURED
+    }
+
+    #[inline(always)]
+    fn affinity() -> &'static LruHashMap<AffinityKeyOf<Addr6>, AffinityValue> {
+        &LB6_AFFINITY
+    }
+
+    /// No IPv6 SNAT yet: flows to remote IPv6 backends keep the client's address.
+    #[inline(always)]
+    fn snat_addr() -> Addr6 {
+        [0; 4]
+    }
+
+    #[inline(always)]
+    fn word_sum(self) -> u64 {
+        self[0].word_sum() + self[1].word_sum() + self[2].word_sum() + self[3].word_sum()
+    }
+}
+
+/// An IPv6 address's 16 bytes as [`Addr6`] words.
+pub const fn addr6(b: [u8; 16]) -> Addr6 {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
