@@ -1,3 +1,5 @@
+use std::net::IpAddr;
+
 use lb_common::BE_F_REMOTE;
 
 use super::*;
@@ -227,4 +229,42 @@ fn traffic_policies_and_remote_endpoints() {
         .find(|p| !p.port.ends_with("(external)"))
         .unwrap();
     assert_eq!(int.endpoints, vec![(ip("10.244.0.2"), 80)]);
+}
+
+/// Until the agent's entries carry IPv6, a service is served in the IPv4 family
+/// alone: a dual-stack service by its IPv4 clusterIP and the node's IPv4 addresses,
+/// an IPv6-only one not at all (never on an IPv4 address: kube-proxy serves a
+/// family's NodePorts on that family's node addresses only).
+#[test]
+fn a_service_is_planned_in_its_ipv4_family_only() {
+    let alloc = crate::store::alloc::Allocation {
+        service_cidrs: crate::store::alloc::parse_service_cidrs("10.96.0.0/12,fd00:10:96::/112")
+            .unwrap(),
+        ..Default::default()
+    };
+    let svc = |name: &str, families: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: NodePort\n  ipFamilyPolicy: PreferDualStack\n  ipFamilies: {families}\n  selector: {{app: web}}\n  ports:\n  - {{port: 80}}\n---\n"
+        )
+    };
+    let yaml = format!(
+        "{}{}{}",
+        svc("dual", "[IPv6, IPv4]"),
+        svc("six", "[IPv6]").replace("PreferDualStack", "SingleStack"),
+        pod("a", "10.244.0.2", "{app: web}", "[]"),
+    );
+    let s = Tracked::new(crate::store::apply::applied_in(&yaml, &alloc).into());
+    let plans = plan(&s, &node());
+    assert_eq!(plans.len(), 1, "{plans:?}");
+    let dual = &s.state.services[&ObjectKey::new("default", "dual")];
+    let ips = crate::model::cluster_ips(dual);
+    assert!(ips[0].is_ipv6() && ips[1].is_ipv4(), "{ips:?}");
+    assert_eq!(plans[0].service, ObjectKey::new("default", "dual"));
+    let v4 = crate::model::cluster_ip(dual).unwrap();
+    assert_eq!(IpAddr::V4(v4), ips[1]);
+    assert_eq!(
+        plans[0].frontends[0],
+        (frontend(v4, 80, PROTO_TCP), SVC_F_INTERNAL)
+    );
+    assert_eq!(plans[0].frontends.len(), 2);
 }

@@ -110,10 +110,15 @@ pub fn apply_taking(
 /// the default ranges), without a disk: the tests' way to a [`State`].
 #[cfg(test)]
 pub fn applied(yaml: &str) -> State {
+    applied_in(yaml, &super::Allocation::default())
+}
+
+/// [`applied`] with the ranges `alloc` (a dual-stack cluster's, say).
+#[cfg(test)]
+pub fn applied_in(yaml: &str, alloc: &Allocation) -> State {
     let mut state = State::default();
     let docs = crate::model::parse_manifest("t.yaml", yaml).expect("the test's manifest parses");
-    let alloc = super::Allocation::default();
-    apply(&mut state, &docs, &alloc, Mode::Apply, Timestamp::now(), 1)
+    apply(&mut state, &docs, alloc, Mode::Apply, Timestamp::now(), 1)
         .expect("the test's manifest applies");
     state
 }
