@@ -197,6 +197,20 @@ async fn run(
             _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {}
         }
         let want = wants.borrow().clone();
+        // An address this node may no longer announce (its endpoint moved, the
+        // service went) is let go before its lease is released in the round below:
+        // the other way round, the next holder could answer ARP while this node
+        // still does.
+        let unwanted: Vec<Ipv4Addr> = announced
+            .iter()
+            .filter(|ip| !want.contains_key(ip))
+            .copied()
+            .collect();
+        for ip in unwanted {
+            announce::let_go(&opts.iface, ip);
+            hold(&mut holds, ip, Duration::ZERO);
+            announced.remove(&ip);
+        }
         let mut leases: BTreeMap<String, Option<Preferred>> = want
             .iter()
             .map(|(ip, pref)| (lease_name(*ip), pref.clone()))
