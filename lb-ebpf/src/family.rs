@@ -85,7 +85,7 @@ impl Family for u32 {
 
 impl Family for Addr6 {
     const HAIRPIN: Addr6 = addr6(HAIRPIN_SNAT_ADDR6);
-    /// One: IPv6 verifies closing segments of up to 512 bytes (a FIN or RST rarely
+    /// One: IPv6 verifies closing segments (TCP header included) of up to 512 bytes (a FIN or RST rarely
     /// carries more), as a longer loop next to IPv6's lookups would take the
     /// program past the verifier's limit of instructions processed.
     const VERIFY_CHUNKS: usize = 1;

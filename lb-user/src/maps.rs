@@ -12,10 +12,10 @@ use aya::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Backend6, BackendKey, Counters, CtTimeouts, CtValue,
-    CtValue6, FlowKey, FlowKey6, IfaceValue, MAP_AFFINITY, MAP_ARP_HOLD, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_BACKENDS6, MAP_CLOCK, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_CT_ASSURED,
-    MAP_CT_ASSURED6, MAP_IFACES, MAP_PORTS, MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_STATS,
-    PORT_WORDS, PROTO_UDP, ServiceKey, ServiceKey6, ServiceValue, reason,
+    CtValue6, CtValueOf, FlowKey, FlowKey6, FlowKeyOf, IfaceValue, MAP_AFFINITY, MAP_ARP_HOLD,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_BACKENDS6, MAP_CLOCK, MAP_CONNTRACK, MAP_CONNTRACK6,
+    MAP_CT_ASSURED, MAP_CT_ASSURED6, MAP_IFACES, MAP_PORTS, MAP_SERVICES, MAP_SERVICES6, MAP_STATS,
+    MAP_SVC_STATS, PORT_WORDS, PROTO_UDP, ServiceKey, ServiceKey6, ServiceValue, reason,
 };
 use tracing::{info, warn};
 
@@ -119,6 +119,31 @@ struct Maps6 {
     backends: HashMap<MapData, BackendKey, Backend6>,
     conntrack: HashMap<MapData, FlowKey6, CtValue6>,
     assured: HashMap<MapData, FlowKey6, CtValue6>,
+}
+
+/// Removes the expired entries of an assured-flows map (either family); returns
+/// how many.
+fn sweep<A>(
+    map: &mut HashMap<MapData, FlowKeyOf<A>, CtValueOf<A>>,
+    name: &'static str,
+    now: u64,
+    ticks_per_s: u64,
+    timeouts: &CtTimeouts,
+) -> Result<usize, MapsError>
+where
+    FlowKeyOf<A>: Pod,
+    CtValueOf<A>: Pod,
+{
+    let expired: Vec<FlowKeyOf<A>> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| v.expired(k.proto, now, ticks_per_s, timeouts))
+        .map(|(k, _)| k)
+        .collect();
+    for k in &expired {
+        ignore_missing(map.remove(k)).map_err(aya_err(name, "removing"))?;
+    }
+    Ok(expired.len())
 }
 
 /// A lookup's value, `None` for a key the map does not hold.
@@ -558,30 +583,15 @@ impl Maps {
         ticks_per_s: u64,
         timeouts: &CtTimeouts,
     ) -> Result<usize, MapsError> {
-        let expired: Vec<FlowKey> = self
-            .assured
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| v.expired(k.proto, now, ticks_per_s, timeouts))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &expired {
-            ignore_missing(self.assured.remove(k)).map_err(aya_err(MAP_CT_ASSURED, "removing"))?;
-        }
-        let mut swept = expired.len();
+        let mut swept = sweep(
+            &mut self.assured,
+            MAP_CT_ASSURED,
+            now,
+            ticks_per_s,
+            timeouts,
+        )?;
         if let Some(v6) = &mut self.v6 {
-            let expired: Vec<FlowKey6> = v6
-                .assured
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(k, v)| v.expired(k.proto, now, ticks_per_s, timeouts))
-                .map(|(k, _)| k)
-                .collect();
-            for k in &expired {
-                ignore_missing(v6.assured.remove(k))
-                    .map_err(aya_err(MAP_CT_ASSURED6, "removing"))?;
-            }
-            swept += expired.len();
+            swept += sweep(&mut v6.assured, MAP_CT_ASSURED6, now, ticks_per_s, timeouts)?;
         }
         Ok(swept)
     }

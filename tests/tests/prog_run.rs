@@ -1623,6 +1623,96 @@ fn ipv6_flows_are_translated_as_ipv4_ones() {
     }
 }
 
+/// As `only_fins_and_rsts_whose_checksum_holds_close_a_flow`, over IPv6: a RST or a
+/// FIN whose checksum is wrong is dropped and leaves its flow as it was; a right
+/// one closes it; once closing, anything goes. IPv6 sums closing segments of up to
+/// 512 bytes, TCP header included (longer ones count as valid, see
+/// `Family::VERIFY_CHUNKS`).
+#[test]
+fn ipv6_fins_and_rsts_close_a_flow_only_when_their_checksum_holds() {
+    let mut dp = dataplane();
+    program6(&mut dp);
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let closing = |dp: &Dataplane, client: &str, sport: u16| {
+        dp.maps
+            .conntrack6()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.saddr_be == addr6(client) && k.sport_be == sport.to_be())
+            .expect("the flow")
+            .1
+            .tcp_flags
+            & lb_common::CT_TCP_CLOSING
+            != 0
+    };
+    for (prog, client, dst, dport) in [
+        (Prog::Xdp, CLIENT6, NODE6, NODE_PORT),
+        (Prog::TcIngress, POD6_CLIENT, CLUSTER_IP6, 80),
+    ] {
+        for (n, (what, flags, payload)) in [
+            ("RST", TCP_RST, 0usize),
+            ("FIN with 61 bytes (odd length)", TCP_FIN | TCP_ACK, 61),
+            (
+                "FIN with 480 bytes (a 500-byte segment)",
+                TCP_FIN | TCP_ACK,
+                480,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let sport = 43400 + n as u16 + if matches!(prog, Prog::Xdp) { 0 } else { 10 };
+            let syn = Pkt6::tcp(client, sport, dst, dport, TCP_SYN).build();
+            let (_, _, r) = run(&mut dp, prog, &syn);
+            assert_eq!(reason::NAMES[r as usize], "nat_new_flow", "{prog:?} {what}");
+            let answer = Pkt6::tcp(POD6, 80, client, sport, TCP_SYN | TCP_ACK).build();
+            let (_, _, r) = run(&mut dp, Prog::TcEgress, &answer);
+            assert_eq!(reason::NAMES[r as usize], "nat_reply", "{prog:?} {what}");
+            let body: Vec<u8> = (0..payload).map(|i| i as u8).collect();
+            let good = Pkt6::tcp(client, sport, dst, dport, flags)
+                .payload(&body)
+                .build();
+            // Corrupted in the last byte, or in the checksum field for the RST.
+            let mut bad = good.clone();
+            let at = if payload == 0 {
+                14 + 40 + 17
+            } else {
+                good.len() - 1
+            };
+            bad[at] ^= 0x5a;
+            let (ret, _, r) = run(&mut dp, prog, &bad);
+            assert_eq!(
+                reason::NAMES[r as usize],
+                "drop_bad_checksum",
+                "{prog:?} {what}: corrupted"
+            );
+            let dropped = if matches!(prog, Prog::Xdp) {
+                1
+            } else {
+                TC_ACT_SHOT
+            };
+            assert_eq!(ret, dropped, "{prog:?} {what}: dropped");
+            assert!(
+                !closing(&dp, client, sport),
+                "{prog:?} {what}: the flow stays"
+            );
+            let (_, _, r) = run(&mut dp, prog, &good);
+            assert_eq!(
+                reason::NAMES[r as usize],
+                "nat_established",
+                "{prog:?} {what}"
+            );
+            assert!(closing(&dp, client, sport), "{prog:?} {what}: closing");
+            let (_, _, r) = run(&mut dp, prog, &bad);
+            assert_eq!(
+                reason::NAMES[r as usize],
+                "nat_established",
+                "{prog:?} {what}: a retransmission once closing"
+            );
+        }
+    }
+}
+
 fn run_counted(
     dp: &mut Dataplane,
     prog: Prog,
