@@ -24,7 +24,7 @@ pub trait Family: Copy + Default + PartialEq + 'static {
     /// The address a pod that reaches itself through a service sees as the source
     /// (a packet from its own address to itself would never leave it).
     const HAIRPIN: Self;
-    /// How many `verify::CHUNK`s of a segment `verify` sums, at most (longer
+    /// How many 512-byte chunks of a segment `verify` sums, at most (longer
     /// segments count as valid).
     const VERIFY_CHUNKS: usize;
 
@@ -44,7 +44,9 @@ pub trait Family: Copy + Default + PartialEq + 'static {
 
 impl Family for u32 {
     const HAIRPIN: u32 = u32::from_ne_bytes(HAIRPIN_SNAT_ADDR);
-    const VERIFY_CHUNKS: usize = crate::verify::MAX_LEN / crate::verify::CHUNK;
+    /// 32: segments of up to 16 KiB (only GSO/GRO aggregates, which the kernel
+    /// vouches for, are longer).
+    const VERIFY_CHUNKS: usize = 32;
 
     #[inline(always)]
     fn services() -> &'static HashMap<ServiceKeyOf<u32>, ServiceValue> {

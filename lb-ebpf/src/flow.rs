@@ -1,18 +1,18 @@
 //! What happens to one packet: conntrack state first, then service and backend.
 //! Decides only; `nat` carries the decision out.
 
+use core::{cell::Cell, mem::size_of};
+
 use lb_common::{
     Addr6, BE_F_REMOTE, CT_F_HAIRPIN, CT_F_SNAT, CtValueOf, FlowKeyOf, PROTO_TCP, reason,
 };
-
-use core::{cell::Cell, mem::size_of};
 
 use crate::{
     clock,
     conntrack::{self, CtState, Snat},
     family::Family,
     lb::{self, Select},
-    maps::LB6_WORK,
+    maps::{LB6_WORK, WORK6_LEN},
     parse::{Frag, Packet, TCP_FIN, TCP_RST, opens_connection},
 };
 
@@ -224,8 +224,7 @@ impl Decision6 {
     }
 }
 
-/// Bytes of `LB6_WORK`'s value: a [`Work6`], rounded up to words.
-pub const WORK6_LEN: usize = size_of::<Work6>().next_multiple_of(8);
+const _: () = assert!(size_of::<Work6>() <= WORK6_LEN);
 
 /// This CPU's [`Work6`] (map memory, 8-byte aligned, as long as a `Work6`).
 #[inline(always)]

@@ -57,7 +57,9 @@ pub static LB6_AFFINITY: LruHashMap<AffinityKey6, AffinityValue> =
 /// pinned, never read by the agent.
 #[map]
 pub static LB6_WORK: PerCpuArray<[u64; WORK6_WORDS]> = PerCpuArray::with_max_entries(1, 0);
-const WORK6_WORDS: usize = crate::flow::WORK6_LEN / 8;
+const WORK6_WORDS: usize = 16;
+/// Bytes of `LB6_WORK`'s value (a `flow::Work6` fits, as `flow` asserts).
+pub const WORK6_LEN: usize = WORK6_WORDS * 8;
 
 /// The clock, for the agent's sweep of expired assured flows.
 #[map]

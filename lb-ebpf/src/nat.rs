@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::bpf_redirect,
     programs::{TcContext, XdpContext},
 };
-use lb_common::{Addr6, FlowKey, FlowKey6, FlowKeyOf, PROTO_UDP, reason};
+use lb_common::{Addr6, FlowKey, FlowKey6, PROTO_UDP, reason};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
@@ -193,6 +193,9 @@ pub fn rewrite_tc6(
         &from.saddr_be,
         &to.saddr_be,
     )?;
+    // The ports as `rewrite_tc` writes them, written out again: one function for
+    // both took the TC program past the verifier's 1,000,000 instructions
+    // processed under one configuration (`--to-pods xdp`).
     replace_addr6_tc(
         ctx,
         p.l3_off + IP6_DADDR_OFF,
@@ -201,18 +204,6 @@ pub fn rewrite_tc6(
         &from.daddr_be,
         &to.daddr_be,
     )?;
-    replace_ports_tc(ctx, p, to, udp_flag)
-}
-
-/// Writes `to`'s ports over `p`'s, the L4 checksum updated (either family).
-#[inline(always)]
-fn replace_ports_tc<A>(
-    ctx: &TcContext,
-    p: &Packet<A>,
-    to: &FlowKeyOf<A>,
-    udp_flag: u64,
-) -> Result<(), u32> {
-    let (from, l4_check) = (&p.key, p.l4_check_off());
     replace_port_tc(
         ctx,
         p.l4_off,
@@ -303,7 +294,22 @@ pub fn rewrite_tc(ctx: &TcContext, p: &Packet, to: &FlowKey, hop: bool) -> Resul
     if l4.is_none() {
         return Ok(());
     }
-    replace_ports_tc(ctx, p, to, udp_flag)
+    replace_port_tc(
+        ctx,
+        p.l4_off,
+        l4_check,
+        udp_flag,
+        from.sport_be,
+        to.sport_be,
+    )?;
+    replace_port_tc(
+        ctx,
+        p.l4_off + 2,
+        l4_check,
+        udp_flag,
+        from.dport_be,
+        to.dport_be,
+    )
 }
 
 /// Writes address `to` over `from` at `off` with the IPv4 checksum at `ip_check`

@@ -12,9 +12,10 @@
 //! one's-complement sum of pseudo header and segment is all ones (RFC 1071). A UDP
 //! datagram without a checksum (0) is valid; one is summed over the IPv4 payload, so
 //! bytes past its UDP length make it count as corrupt.
-//! Segments longer than [`MAX_LEN`] (only GSO/GRO aggregates, which the kernel
-//! vouches for) and fragments (the checksum covers a datagram no fragment holds
-//! whole) are not computed and count as valid.
+//! Segments longer than `CHUNK` times the family's `VERIFY_CHUNKS` (16 KiB for
+//! IPv4, beyond which only GSO/GRO aggregates come, which the kernel vouches for;
+//! 512 bytes for IPv6) and fragments (the checksum covers a datagram no fragment
+//! holds whole) are not computed and count as valid.
 
 use aya_ebpf::{
     bindings::BPF_CSUM_LEVEL_QUERY,
@@ -30,12 +31,10 @@ use crate::{
     parse::{Frag, Packet, TCP_CHECK_OFF, UDP_CHECK_OFF},
 };
 
-/// Bytes read and summed at a time (`LB_SCRATCH`'s per-CPU buffer).
-pub const CHUNK: usize = SCRATCH_LEN;
-const MAX_CHUNKS: usize = 32;
-/// The longest segment whose checksum is computed (16 KiB; for IPv6, see
-/// `Family::VERIFY_CHUNKS`).
-pub const MAX_LEN: usize = CHUNK * MAX_CHUNKS;
+/// Bytes read and summed at a time (`LB_SCRATCH`'s per-CPU buffer); a segment is
+/// summed in at most `Family::VERIFY_CHUNKS` of them (16 KiB for IPv4, 512 bytes
+/// for IPv6), and a longer one counts as valid.
+const CHUNK: usize = SCRATCH_LEN;
 
 /// [`l4_checksum_valid`] for an XDP frame (linear or not).
 #[inline(always)]
