@@ -1289,6 +1289,51 @@ fn conntrack_timeouts_are_set_at_load() {
     }
 }
 
+/// One closing segment on a fresh flow (`open`: the SYN at `prog`, the answer at
+/// egress): `bad` (its checksum wrong) is dropped and leaves the flow as it was,
+/// `sent` closes it, and `bad` then passes (nothing left to change). `closing`
+/// reads the flow's state.
+fn closes_only_when_valid(
+    dp: &mut Dataplane,
+    prog: Prog,
+    what: &str,
+    open: [&[u8]; 2],
+    bad: &[u8],
+    sent: &[u8],
+    closing: impl Fn(&Dataplane) -> bool,
+) {
+    let (_, _, r) = run(dp, prog, open[0]);
+    assert_eq!(reason::NAMES[r as usize], "nat_new_flow", "{prog:?} {what}");
+    let (_, _, r) = run(dp, Prog::TcEgress, open[1]);
+    assert_eq!(reason::NAMES[r as usize], "nat_reply", "{prog:?} {what}");
+    let (ret, _, r) = run(dp, prog, bad);
+    assert_eq!(
+        reason::NAMES[r as usize],
+        "drop_bad_checksum",
+        "{prog:?} {what}: corrupted"
+    );
+    let dropped = if matches!(prog, Prog::Xdp) {
+        1
+    } else {
+        TC_ACT_SHOT
+    };
+    assert_eq!(ret, dropped, "{prog:?} {what}: dropped");
+    assert!(!closing(dp), "{prog:?} {what}: the flow stays");
+    let (_, _, r) = run(dp, prog, sent);
+    assert_eq!(
+        reason::NAMES[r as usize],
+        "nat_established",
+        "{prog:?} {what}"
+    );
+    assert!(closing(dp), "{prog:?} {what}: closing");
+    let (_, _, r) = run(dp, prog, bad);
+    assert_eq!(
+        reason::NAMES[r as usize],
+        "nat_established",
+        "{prog:?} {what}: a retransmission once closing"
+    );
+}
+
 /// A FIN or RST closes a live flow only when its checksum holds (summed over the
 /// whole segment, in chunks; or a partial checksum's pseudo-header sum from a local
 /// sender): a corrupted one is dropped (`drop_bad_checksum`) and the flow stays
@@ -1315,11 +1360,7 @@ fn only_fins_and_rsts_whose_checksum_holds_close_a_flow() {
         {
             let sport = 43300 + n as u16 + if matches!(prog, Prog::Xdp) { 0 } else { 10 };
             let syn = Pkt::tcp(client, sport, dst, dport, TCP_SYN).build();
-            let (_, _, r) = run(&mut dp, prog, &syn);
-            assert_eq!(reason::NAMES[r as usize], "nat_new_flow", "{prog:?} {what}");
             let answer = Pkt::tcp(POD, 80, client, sport, TCP_SYN | TCP_ACK).build();
-            let (_, _, r) = run(&mut dp, Prog::TcEgress, &answer);
-            assert_eq!(reason::NAMES[r as usize], "nat_reply", "{prog:?} {what}");
             let body: Vec<u8> = (0..payload).map(|i| i as u8).collect();
             let good = Pkt::tcp(client, sport, dst, dport, flags)
                 .payload(&body)
@@ -1333,40 +1374,16 @@ fn only_fins_and_rsts_whose_checksum_holds_close_a_flow() {
                 good.len() - 1
             };
             bad[at] ^= 0x5a;
-            let (ret, _, r) = run(&mut dp, prog, &bad);
-            assert_eq!(
-                reason::NAMES[r as usize],
-                "drop_bad_checksum",
-                "{prog:?} {what}: corrupted"
-            );
-            let dropped = if matches!(prog, Prog::Xdp) {
-                1
-            } else {
-                TC_ACT_SHOT
-            };
-            assert_eq!(ret, dropped, "{prog:?} {what}: dropped");
-            assert!(!closing(&dp, &good), "{prog:?} {what}: the flow stays");
             // A local sender's partial checksum (TC) or the whole one: acted on.
             let sent = if matches!(prog, Prog::Xdp) {
-                good
+                good.clone()
             } else {
                 partial_checksum(&good)
             };
-            let (_, _, r) = run(&mut dp, prog, &sent);
-            assert_eq!(
-                reason::NAMES[r as usize],
-                "nat_established",
-                "{prog:?} {what}"
-            );
-            assert!(closing(&dp, &sent), "{prog:?} {what}: closing");
-            // Once closing, a retransmission is translated whatever its checksum
-            // (nothing left to change).
-            let (_, _, r) = run(&mut dp, prog, &bad);
-            assert_eq!(
-                reason::NAMES[r as usize],
-                "nat_established",
-                "{prog:?} {what}"
-            );
+            let open = [syn.as_slice(), answer.as_slice()];
+            closes_only_when_valid(&mut dp, prog, what, open, &bad, &sent, |dp| {
+                closing(dp, &good)
+            });
         }
     }
 }
@@ -1663,11 +1680,7 @@ fn ipv6_fins_and_rsts_close_a_flow_only_when_their_checksum_holds() {
         {
             let sport = 43400 + n as u16 + if matches!(prog, Prog::Xdp) { 0 } else { 10 };
             let syn = Pkt6::tcp(client, sport, dst, dport, TCP_SYN).build();
-            let (_, _, r) = run(&mut dp, prog, &syn);
-            assert_eq!(reason::NAMES[r as usize], "nat_new_flow", "{prog:?} {what}");
             let answer = Pkt6::tcp(POD6, 80, client, sport, TCP_SYN | TCP_ACK).build();
-            let (_, _, r) = run(&mut dp, Prog::TcEgress, &answer);
-            assert_eq!(reason::NAMES[r as usize], "nat_reply", "{prog:?} {what}");
             let body: Vec<u8> = (0..payload).map(|i| i as u8).collect();
             let good = Pkt6::tcp(client, sport, dst, dport, flags)
                 .payload(&body)
@@ -1680,35 +1693,10 @@ fn ipv6_fins_and_rsts_close_a_flow_only_when_their_checksum_holds() {
                 good.len() - 1
             };
             bad[at] ^= 0x5a;
-            let (ret, _, r) = run(&mut dp, prog, &bad);
-            assert_eq!(
-                reason::NAMES[r as usize],
-                "drop_bad_checksum",
-                "{prog:?} {what}: corrupted"
-            );
-            let dropped = if matches!(prog, Prog::Xdp) {
-                1
-            } else {
-                TC_ACT_SHOT
-            };
-            assert_eq!(ret, dropped, "{prog:?} {what}: dropped");
-            assert!(
-                !closing(&dp, client, sport),
-                "{prog:?} {what}: the flow stays"
-            );
-            let (_, _, r) = run(&mut dp, prog, &good);
-            assert_eq!(
-                reason::NAMES[r as usize],
-                "nat_established",
-                "{prog:?} {what}"
-            );
-            assert!(closing(&dp, client, sport), "{prog:?} {what}: closing");
-            let (_, _, r) = run(&mut dp, prog, &bad);
-            assert_eq!(
-                reason::NAMES[r as usize],
-                "nat_established",
-                "{prog:?} {what}: a retransmission once closing"
-            );
+            let open = [syn.as_slice(), answer.as_slice()];
+            closes_only_when_valid(&mut dp, prog, what, open, &bad, &good, |dp| {
+                closing(dp, client, sport)
+            });
         }
     }
 }
