@@ -1,7 +1,7 @@
 //! What happens to one packet: conntrack state first, then service and backend.
 //! Decides only; `nat` carries the decision out.
 
-use core::{cell::Cell, mem::size_of};
+use core::mem::size_of;
 
 use lb_common::{
     Addr6, BE_F_REMOTE, CT_F_HAIRPIN, CT_F_SNAT, CtValueOf, FlowKeyOf, PROTO_TCP, reason,
@@ -252,36 +252,18 @@ pub fn decide6(
     // a live flow, as for IPv4): inside the lookup, its stack frame would not fit
     // the lookup's call chain.
     let closing = p.key.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    let check = Cell::new(if !closing || closing_valid() {
-        Check::Valid
-    } else {
-        Check::Invalid
-    });
-    if tracked6(p, hook, now, &check, out) {
+    let valid = !closing || closing_valid();
+    if tracked6(p, hook, now, valid, out) {
         return;
     }
     new_flow6(p, ifindex, now, out);
 }
 
-/// The answer [`decide6`] found to conntrack's question "does this closing
-/// packet's checksum hold?".
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Check {
-    Valid,
-    Invalid,
-}
-
-/// [`tracked`] for IPv6; false when the packet may start a flow.
+/// [`tracked`] for IPv6, with the answer [`decide6`] found to "does this closing
+/// packet's checksum hold?"; false when the packet may start a flow.
 #[inline(never)]
-fn tracked6(
-    p: &Packet<Addr6>,
-    hook: Hook,
-    now: u64,
-    check: &Cell<Check>,
-    out: &mut Decision6,
-) -> bool {
-    let closing_valid = || check.get() == Check::Valid;
-    match tracked(p, hook, now, closing_valid) {
+fn tracked6(p: &Packet<Addr6>, hook: Hook, now: u64, valid: bool, out: &mut Decision6) -> bool {
+    match tracked(p, hook, now, || valid) {
         Some(verdict) => {
             out.set(verdict);
             true

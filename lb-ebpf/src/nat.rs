@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{Addr6, FlowKey, FlowKey6, PROTO_UDP, reason};
-use network_types::ip::Ipv4Hdr;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     csum::Csum,
@@ -21,9 +21,6 @@ use crate::{
         IP6_SADDR_OFF, Ip6Hdr, Packet, ptr_at,
     },
 };
-
-/// Where the IP header starts (lb's interfaces carry untagged Ethernet).
-const ETH_HLEN: usize = 14;
 
 /// The TTL/protocol word of the IPv4 header before and after a TTL decrement, as
 /// the checksum sees it.
@@ -122,7 +119,7 @@ pub fn rewrite_xdp6(
     // L4 header within the frame's first 16 KiB).
     let l4_off = p.l4_off & 0x3fff;
     let check_off = l4_off + ((p.l4_check_off() - p.l4_off) & 0x1f);
-    let ip: *mut Ip6Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(reason::PASS_MALFORMED)?;
+    let ip: *mut Ip6Hdr = ptr_at(data, data_end, EthHdr::LEN).ok_or(reason::PASS_MALFORMED)?;
     let ports: *mut [u16; 2] = ptr_at(data, data_end, l4_off).ok_or(reason::PASS_MALFORMED)?;
     let l4_check: *mut u16 = ptr_at(data, data_end, check_off).ok_or(reason::PASS_MALFORMED)?;
     let from = &p.key;
