@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -206,6 +206,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let node = Node {
         name: opts.node_name.clone(),
         addrs: addrs.clone(),
+        addrs6: opts
+            .ifaces
+            .iter()
+            .flat_map(|i| netif::ipv6_addrs(i))
+            .collect(),
     };
     // Store events (or, in Kubernetes mode, watch events) wake the loop at once;
     // the tick catches what events miss.
@@ -403,7 +408,7 @@ impl Agent {
         } else {
             Box::new(services.iter())
         };
-        let mut wanted: BTreeMap<&ObjectKey, (Option<u16>, BTreeSet<Ipv4Addr>)> = BTreeMap::new();
+        let mut wanted: BTreeMap<&ObjectKey, (Option<u16>, BTreeSet<IpAddr>)> = BTreeMap::new();
         for key in planned {
             let Some(svc) = state.services.get(key) else {
                 continue;
@@ -489,7 +494,7 @@ impl Agent {
                 if !seen.insert(v.svc_id) {
                     continue;
                 }
-                let number = u16::from_be(fk.port_be);
+                let number = fk.port();
                 let port = spec_ports
                     .and_then(|ports| {
                         ports.iter().find(|p| {
@@ -503,12 +508,12 @@ impl Agent {
         let mut endpoints = Vec::new();
         let mut seen = BTreeSet::new();
         for b in entries.backends.values() {
-            if seen.insert(b.backend_id) {
+            if seen.insert(b.backend_id()) {
                 endpoints.push((
-                    b.backend_id,
-                    Ipv4Addr::from(u32::from_be(b.addr_be)),
-                    u16::from_be(b.port_be),
-                    plan::proto_name(b.proto),
+                    b.backend_id(),
+                    b.addr(),
+                    b.port(),
+                    plan::proto_name(b.proto()),
                 ));
             }
         }

@@ -1,5 +1,5 @@
 //! From plans to map entries: the ids and slots of `LB_SERVICES` / `LB_BACKENDS`
-//! and the words of the `LB_PORTS` bitmap, kept in [`Programmed`] beside what the
+//! (and their IPv6 twins) and the words of the `LB_PORTS` bitmap, kept in [`Programmed`] beside what the
 //! maps hold so that a change is written without touching any other service.
 //!
 //! One update serves every case: [`Programmed::update`] takes the plans of some
@@ -8,18 +8,21 @@
 //! service. Ids come from one allocator ([`IdPool`]); port bits from one count of the
 //! frontends on each port.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+};
 
 use lb_common::{
-    BE_F_REMOTE, Backend, BackendKey, ID_NONE, MAP_BACKENDS, MAP_SERVICES, SNAT_PORT_MAX,
-    SNAT_PORT_MIN, SVC_F_AFFINITY, ServiceKey, ServiceValue, port_bit,
+    BE_F_REMOTE, BackendKey, DEFAULT_BACKENDS6, DEFAULT_FRONTENDS6, ID_NONE, SNAT_PORT_MAX,
+    SNAT_PORT_MIN, SVC_F_AFFINITY, ServiceValue, port_bit,
 };
 
 use crate::{
     model::ObjectKey,
     plan::PortPlan,
     sizes::MapSizes,
-    sync::{self, Entries, Op},
+    sync::{self, Entries, Frontend, Op, Slot},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +43,11 @@ pub struct Limits {
     pub frontends: u32,
     /// Entries of `LB_BACKENDS`; backend ids are below it.
     pub backends: u32,
+    /// Entries of `LB6_SERVICES` (IPv6 service ports take their ids from the same
+    /// space as IPv4's).
+    pub frontends6: u32,
+    /// Entries of `LB6_BACKENDS`.
+    pub backends6: u32,
 }
 
 impl From<MapSizes> for Limits {
@@ -47,7 +55,47 @@ impl From<MapSizes> for Limits {
         Limits {
             frontends: s.frontends,
             backends: s.backends,
+            frontends6: DEFAULT_FRONTENDS6,
+            backends6: DEFAULT_BACKENDS6,
         }
+    }
+}
+
+impl Limits {
+    /// Entries of the services map and of the backends map of a family (0 IPv4,
+    /// 1 IPv6), with the maps' names.
+    fn of(&self, family: usize) -> (u32, u32, &'static str, &'static str) {
+        use lb_common::{MAP_BACKENDS, MAP_BACKENDS6, MAP_SERVICES, MAP_SERVICES6};
+        if family == 0 {
+            (self.frontends, self.backends, MAP_SERVICES, MAP_BACKENDS)
+        } else {
+            (
+                self.frontends6,
+                self.backends6,
+                MAP_SERVICES6,
+                MAP_BACKENDS6,
+            )
+        }
+    }
+}
+
+/// Entries per family (index 0 IPv4, 1 IPv6).
+#[derive(Debug, Clone, Copy, Default)]
+struct PerFamily {
+    frontends: [usize; 2],
+    slots: [usize; 2],
+}
+
+impl PerFamily {
+    fn of(e: &Entries) -> Self {
+        let mut n = PerFamily::default();
+        for f in e.services.keys() {
+            n.frontends[usize::from(matches!(f, Frontend::V6(_)))] += 1;
+        }
+        for s in e.backends.values() {
+            n.slots[usize::from(matches!(s, Slot::V6(_)))] += 1;
+        }
+        n
     }
 }
 
@@ -122,8 +170,12 @@ impl IdPool {
     }
 }
 
-/// A backend by (address, port, protocol), all big-endian as in the maps.
-type BackendAddr = (u32, u16, u8);
+/// A backend by (address, port, protocol).
+type BackendAddr = (IpAddr, u16, u8);
+
+fn backend_addr(s: &Slot) -> BackendAddr {
+    (s.addr(), s.port(), s.proto())
+}
 
 /// Which services an update plans.
 #[derive(Debug, Clone, Copy)]
@@ -151,7 +203,7 @@ pub enum Update {
 pub struct Programmed {
     entries: Entries,
     /// The frontends each service's plans claim (known after the first full plan).
-    owners: HashMap<ObjectKey, BTreeSet<ServiceKey>>,
+    owners: HashMap<ObjectKey, BTreeSet<Frontend>>,
     /// Backend id by (address, port, protocol), with how many slots hold it.
     backends: HashMap<BackendAddr, (u32, u32)>,
     /// How many frontends answer on each port.
@@ -172,7 +224,7 @@ struct Admission<'p> {
     left_out: LeftOut,
     /// The entries services left out hold, kept as they are, and their frontends.
     kept: Entries,
-    kept_claims: Vec<(ObjectKey, BTreeSet<ServiceKey>)>,
+    kept_claims: Vec<(ObjectKey, BTreeSet<Frontend>)>,
 }
 
 /// The frontends an update's services claim.
@@ -181,7 +233,7 @@ struct Claims {
     /// Every service was planned: these claims replace all others.
     all: bool,
     services: Vec<ObjectKey>,
-    owners: HashMap<ObjectKey, BTreeSet<ServiceKey>>,
+    owners: HashMap<ObjectKey, BTreeSet<Frontend>>,
 }
 
 impl Default for Programmed {
@@ -286,10 +338,16 @@ impl Programmed {
     /// Room left: free frontends and backend slots (what a refused service waits
     /// for; it is retried when either grows).
     pub fn room(&self) -> (usize, usize) {
-        (
-            (self.limits.frontends as usize).saturating_sub(self.entries.services.len()),
-            (self.limits.backends as usize).saturating_sub(self.entries.backends.len()),
-        )
+        let used = PerFamily::of(&self.entries);
+        let free = |family: usize| {
+            let (f, b, ..) = self.limits.of(family);
+            (
+                (f as usize).saturating_sub(used.frontends[family]),
+                (b as usize).saturating_sub(used.slots[family]),
+            )
+        };
+        let ((f4, b4), (f6, b6)) = (free(0), free(1));
+        (f4 + f6, b4 + b6)
     }
 
     /// The plans that fit in the maps once `old` is replaced, taken service by
@@ -304,8 +362,11 @@ impl Programmed {
         // Entries: what stays plus what comes (`sync::diff` removes what goes
         // first). Ids: those in use now (one that goes is free again only once the
         // writes are recorded) plus the new ones.
-        let mut frontends = self.entries.services.len() - old.services.len();
-        let mut slots = self.entries.backends.len() - old.backends.len();
+        let (all, gone) = (PerFamily::of(&self.entries), PerFamily::of(old));
+        let mut used = PerFamily {
+            frontends: [0, 1].map(|i| all.frontends[i] - gone.frontends[i]),
+            slots: [0, 1].map(|i| all.slots[i] - gone.slots[i]),
+        };
         let mut service_ids = self.service_ids.used();
         let mut backend_ids = self.backend_ids.used();
         let mut counted: HashSet<BackendAddr> = HashSet::new();
@@ -319,15 +380,18 @@ impl Programmed {
             kept_claims: Vec::new(),
         };
         for (key, mine) in held.into_iter().chain(fresh) {
-            let f: usize = mine.iter().map(|p| p.frontends.len()).sum();
-            let s: usize = mine.iter().map(|p| p.endpoints.len()).sum();
+            let mut needs = PerFamily::default();
+            for p in &mine {
+                for (f, _) in &p.frontends {
+                    needs.frontends[usize::from(matches!(f, Frontend::V6(_)))] += 1;
+                }
+                for (a, _) in &p.endpoints {
+                    needs.slots[usize::from(a.is_ipv6())] += 1;
+                }
+            }
             let addrs: HashSet<BackendAddr> = mine
                 .iter()
-                .flat_map(|p| {
-                    p.endpoints
-                        .iter()
-                        .map(|(a, port)| (u32::from(*a).to_be(), port.to_be(), p.proto))
-                })
+                .flat_map(|p| p.endpoints.iter().map(|(a, port)| (*a, *port, p.proto)))
                 .filter(|a| !counted.contains(a) && !self.backends.contains_key(a))
                 .collect();
             let new_ids = mine
@@ -338,20 +402,28 @@ impl Programmed {
                         .any(|(f, _)| old.services.contains_key(f))
                 })
                 .count();
-            let no_room = if frontends + f > self.limits.frontends as usize {
-                Some(format!(
-                    "no room in {MAP_SERVICES}: {} frontends, {frontends} in use, it needs {f} (`lb agent --max-frontends`)",
-                    self.limits.frontends
-                ))
+            let no_room = (0..2).find_map(|i| {
+                let (f_max, s_max, f_map, s_map) = self.limits.of(i);
+                let (f_used, f) = (used.frontends[i], needs.frontends[i]);
+                let (s_used, s) = (used.slots[i], needs.slots[i]);
+                if f > 0 && f_used + f > f_max as usize {
+                    Some(format!(
+                        "no room in {f_map}: {f_max} frontends, {f_used} in use, it needs {f} (`lb agent --max-frontends`)"
+                    ))
+                } else if s > 0 && s_used + s > s_max as usize {
+                    Some(format!(
+                        "no room in {s_map}: {s_max} slots, {s_used} in use, it needs {s} (`lb agent --max-backends`)"
+                    ))
+                } else {
+                    None
+                }
+            });
+            let no_room = if no_room.is_some() {
+                no_room
             } else if service_ids + new_ids > self.service_ids.capacity() {
                 Some(format!(
                     "no free service-port id: {} in use (`lb agent --max-frontends`)",
                     self.service_ids.capacity()
-                ))
-            } else if slots + s > self.limits.backends as usize {
-                Some(format!(
-                    "no room in {MAP_BACKENDS}: {} slots, {slots} in use, it needs {s} (`lb agent --max-backends`)",
-                    self.limits.backends
                 ))
             } else if backend_ids + addrs.len() > self.backend_ids.capacity() {
                 Some(format!(
@@ -362,16 +434,21 @@ impl Programmed {
                 None
             };
             let Some(why) = no_room else {
-                frontends += f;
-                slots += s;
+                for i in 0..2 {
+                    used.frontends[i] += needs.frontends[i];
+                    used.slots[i] += needs.slots[i];
+                }
                 service_ids += new_ids;
                 backend_ids += addrs.len();
                 counted.extend(addrs);
                 continue;
             };
             let held = self.held_by(&BTreeSet::from([key.clone()]));
-            frontends += held.services.len();
-            slots += held.backends.len();
+            let kept = PerFamily::of(&held);
+            for i in 0..2 {
+                used.frontends[i] += kept.frontends[i];
+                used.slots[i] += kept.slots[i];
+            }
             if !held.services.is_empty() {
                 out.kept_claims
                     .push((key.clone(), held.services.keys().copied().collect()));
@@ -390,7 +467,7 @@ impl Programmed {
 
     /// Makes `service` claim `frontends` too (its write failed: what the maps may
     /// still hold of them is its to remove next time).
-    pub fn claim(&mut self, service: &ObjectKey, frontends: impl IntoIterator<Item = ServiceKey>) {
+    pub fn claim(&mut self, service: &ObjectKey, frontends: impl IntoIterator<Item = Frontend>) {
         self.owners
             .entry(service.clone())
             .or_default()
@@ -403,7 +480,7 @@ impl Programmed {
     }
 
     /// The frontends `service` claims.
-    pub fn owned_by(&self, service: &ObjectKey) -> impl Iterator<Item = &ServiceKey> {
+    pub fn owned_by(&self, service: &ObjectKey) -> impl Iterator<Item = &Frontend> {
         self.owners.get(service).into_iter().flatten()
     }
 
@@ -445,7 +522,7 @@ impl Programmed {
             };
             let mut backends = Vec::with_capacity(plan.endpoints.len());
             for (addr, port) in &plan.endpoints {
-                let at = (u32::from(*addr).to_be(), port.to_be(), plan.proto);
+                let at = (*addr, *port, plan.proto);
                 let backend_id = match self.backends.get(&at).map(|(id, _)| *id) {
                     Some(id) => id,
                     None => match fresh.get(&at) {
@@ -457,17 +534,12 @@ impl Programmed {
                         }
                     },
                 };
-                backends.push(Backend {
-                    addr_be: at.0,
-                    port_be: at.1,
-                    proto: plan.proto,
-                    flags: if plan.remote.contains(addr) {
-                        BE_F_REMOTE
-                    } else {
-                        0
-                    },
-                    backend_id,
-                });
+                let flags = if plan.remote.contains(addr) {
+                    BE_F_REMOTE
+                } else {
+                    0
+                };
+                backends.push(Slot::new(*addr, *port, plan.proto, flags, backend_id));
             }
             for (slot, backend) in assign_slots(svc_id, backends, old).into_iter().enumerate() {
                 let key = BackendKey {
@@ -509,9 +581,7 @@ impl Programmed {
                     .keys()
                     .filter(|f| !old.services.contains_key(f)),
             );
-        let mut words: BTreeSet<u32> = changed
-            .map(|f| port_bit(u16::from_be(f.port_be)).0)
-            .collect();
+        let mut words: BTreeSet<u32> = changed.map(|f| port_bit(f.port()).0).collect();
         let after = self.frontends_after(old, new);
         let snat_words = port_bit(SNAT_PORT_MIN).0..=port_bit(SNAT_PORT_MAX).0;
         if self.entries.services.is_empty() != (after == 0) {
@@ -520,11 +590,7 @@ impl Programmed {
         if let Scope::All = scope {
             words.extend(self.entries.ports.keys());
             words.extend(self.port_refs.keys().map(|p| port_bit(*p).0));
-            words.extend(
-                new.services
-                    .keys()
-                    .map(|f| port_bit(u16::from_be(f.port_be)).0),
-            );
+            words.extend(new.services.keys().map(|f| port_bit(f.port()).0));
             if after > 0 {
                 words.extend(snat_words);
             }
@@ -544,10 +610,10 @@ impl Programmed {
     fn bitmap(&self, words: &BTreeSet<u32>, old: &Entries, new: &mut Entries) {
         let mut delta: HashMap<u16, i64> = HashMap::new();
         for f in old.services.keys() {
-            *delta.entry(u16::from_be(f.port_be)).or_default() -= 1;
+            *delta.entry(f.port()).or_default() -= 1;
         }
         for f in new.services.keys() {
-            *delta.entry(u16::from_be(f.port_be)).or_default() += 1;
+            *delta.entry(f.port()).or_default() += 1;
         }
         let after = self.frontends_after(old, new);
         for &w in words {
@@ -579,13 +645,13 @@ impl Programmed {
                     }
                     let e = self
                         .backends
-                        .entry((v.addr_be, v.port_be, v.proto))
-                        .or_insert((v.backend_id, 0));
+                        .entry(backend_addr(v))
+                        .or_insert((v.backend_id(), 0));
                     e.1 += 1;
-                    self.backend_ids.mark_used(v.backend_id);
-                    gone.remove(&v.backend_id);
+                    self.backend_ids.mark_used(v.backend_id());
+                    gone.remove(&v.backend_id());
                 }
-                Op::DeleteBackend(k) => {
+                Op::DeleteBackend(k, _) => {
                     if let Some(old) = self.entries.backends.get(k).copied() {
                         self.release_backend(&old, &mut gone);
                     }
@@ -593,7 +659,7 @@ impl Programmed {
                 Op::PutService(k, v) => {
                     match self.entries.services.get(k).map(|o| o.svc_id) {
                         Some(id) => self.release_service(id),
-                        None => *self.port_refs.entry(u16::from_be(k.port_be)).or_default() += 1,
+                        None => *self.port_refs.entry(k.port()).or_default() += 1,
                     }
                     *self.service_refs.entry(v.svc_id).or_default() += 1;
                     self.service_ids.mark_used(v.svc_id);
@@ -601,7 +667,7 @@ impl Programmed {
                 Op::DeleteService(k) => {
                     if let Some(old) = self.entries.services.get(k).map(|o| o.svc_id) {
                         self.release_service(old);
-                        let port = u16::from_be(k.port_be);
+                        let port = k.port();
                         if let Some(n) = self.port_refs.get_mut(&port) {
                             *n -= 1;
                             if *n == 0 {
@@ -626,8 +692,8 @@ impl Programmed {
         gone
     }
 
-    fn release_backend(&mut self, b: &Backend, gone: &mut BTreeSet<u32>) {
-        let addr = (b.addr_be, b.port_be, b.proto);
+    fn release_backend(&mut self, b: &Slot, gone: &mut BTreeSet<u32>) {
+        let addr = backend_addr(b);
         if let Some((id, refs)) = self.backends.get_mut(&addr) {
             *refs -= 1;
             if *refs == 0 {
@@ -649,10 +715,8 @@ impl Programmed {
     }
 }
 
-fn owners<'p>(
-    plans: impl Iterator<Item = &'p PortPlan>,
-) -> HashMap<ObjectKey, BTreeSet<ServiceKey>> {
-    let mut out: HashMap<ObjectKey, BTreeSet<ServiceKey>> = HashMap::new();
+fn owners<'p>(plans: impl Iterator<Item = &'p PortPlan>) -> HashMap<ObjectKey, BTreeSet<Frontend>> {
+    let mut out: HashMap<ObjectKey, BTreeSet<Frontend>> = HashMap::new();
     for p in plans {
         out.entry(p.service.clone())
             .or_default()
@@ -663,9 +727,9 @@ fn owners<'p>(
 
 /// Orders `backends` into slots: a backend keeps the slot it has in `old` when that
 /// slot still exists; the others fill the remaining slots in order.
-fn assign_slots(svc_id: u32, backends: Vec<Backend>, old: &Entries) -> Vec<Backend> {
+fn assign_slots(svc_id: u32, backends: Vec<Slot>, old: &Entries) -> Vec<Slot> {
     let n = backends.len();
-    let mut slots: Vec<Option<Backend>> = vec![None; n];
+    let mut slots: Vec<Option<Slot>> = vec![None; n];
     let mut placed = vec![false; n];
     for (k, held) in old.slots(svc_id) {
         let slot = k.slot as usize;
@@ -674,7 +738,7 @@ fn assign_slots(svc_id: u32, backends: Vec<Backend>, old: &Entries) -> Vec<Backe
         }
         if let Some(i) = backends
             .iter()
-            .position(|b| b.backend_id == held.backend_id)
+            .position(|b| b.backend_id() == held.backend_id())
             && !placed[i]
             && slots[slot].is_none()
         {

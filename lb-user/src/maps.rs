@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::{
     sizes::MapSizes,
-    sync::{Entries, Op},
+    sync::{Entries, Frontend, Op, Slot},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +117,8 @@ pub struct Maps {
 struct Maps6 {
     services: HashMap<MapData, ServiceKey6, ServiceValue>,
     backends: HashMap<MapData, BackendKey, Backend6>,
+    services_fd: OwnedFd,
+    backends_fd: OwnedFd,
     conntrack: HashMap<MapData, FlowKey6, CtValue6>,
     assured: HashMap<MapData, FlowKey6, CtValue6>,
 }
@@ -299,9 +301,13 @@ impl Maps {
             svc_stats: typed(&mut get, MAP_SVC_STATS)?,
             backend_stats: typed(&mut get, MAP_BACKEND_STATS)?,
             v6: (|| {
+                let (services, services_fd) = with_fd(&mut get, MAP_SERVICES6)?;
+                let (backends, backends_fd) = with_fd(&mut get, MAP_BACKENDS6)?;
                 Ok::<_, MapsError>(Maps6 {
-                    services: typed(&mut get, MAP_SERVICES6)?,
-                    backends: typed(&mut get, MAP_BACKENDS6)?,
+                    services,
+                    backends,
+                    services_fd,
+                    backends_fd,
                     conntrack: typed(&mut get, MAP_CONNTRACK6)?,
                     assured: typed(&mut get, MAP_CT_ASSURED6)?,
                 })
@@ -314,23 +320,6 @@ impl Maps {
         self.v6
             .as_mut()
             .ok_or(MapsError::Missing { map: MAP_SERVICES6 })
-    }
-
-    /// Writes an IPv6 frontend (the entries pipeline does not plan IPv6 yet: the
-    /// BPF_PROG_RUN tests write them with this).
-    pub fn put_frontend6(&mut self, key: &ServiceKey6, v: &ServiceValue) -> Result<(), MapsError> {
-        self.v6()?
-            .services
-            .insert(key, v, 0)
-            .map_err(aya_err(MAP_SERVICES6, "inserting"))
-    }
-
-    /// Writes slot `key` of an IPv6 service port.
-    pub fn put_slot6(&mut self, key: &BackendKey, b: &Backend6) -> Result<(), MapsError> {
-        self.v6()?
-            .backends
-            .insert(key, b, 0)
-            .map_err(aya_err(MAP_BACKENDS6, "inserting"))
     }
 
     /// Every IPv6 conntrack entry (assured ones first).
@@ -367,16 +356,26 @@ impl Maps {
         ))
     }
 
-    /// Everything `LB_SERVICES`, `LB_BACKENDS` and `LB_PORTS` hold.
+    /// Everything the service maps of both families and `LB_PORTS` hold.
     pub fn read_entries(&self) -> Result<Entries, MapsError> {
         let mut e = Entries::default();
         for item in self.services.iter() {
             let (k, v) = item.map_err(aya_err(MAP_SERVICES, "reading"))?;
-            e.services.insert(k, v);
+            e.services.insert(Frontend::V4(k), v);
         }
         for item in self.backends.iter() {
             let (k, v) = item.map_err(aya_err(MAP_BACKENDS, "reading"))?;
-            e.backends.insert(k, v);
+            e.backends.insert(k, Slot::V4(v));
+        }
+        if let Some(v6) = &self.v6 {
+            for item in v6.services.iter() {
+                let (k, v) = item.map_err(aya_err(MAP_SERVICES6, "reading"))?;
+                e.services.insert(Frontend::V6(k), v);
+            }
+            for item in v6.backends.iter() {
+                let (k, v) = item.map_err(aya_err(MAP_BACKENDS6, "reading"))?;
+                e.backends.insert(k, Slot::V6(v));
+            }
         }
         for w in 0..PORT_WORDS {
             let bits = self
@@ -397,24 +396,39 @@ impl Maps {
     pub fn write(&mut self, ops: &[Op]) -> Result<(), MapsError> {
         let mut rest = ops;
         while let Some(first) = rest.first() {
-            let run = rest
-                .iter()
-                .take_while(|o| std::mem::discriminant(*o) == std::mem::discriminant(first))
-                .count();
+            let same = |o: &&Op| {
+                std::mem::discriminant(*o) == std::mem::discriminant(first)
+                    && o.map() == first.map()
+            };
+            let run = rest.iter().take_while(same).count();
             let (now, later) = rest.split_at(run);
             rest = later;
             let done = match first {
-                Op::PutBackend(..) => update_batch(
+                Op::PutBackend(_, Slot::V4(_)) => update_batch(
                     self.backends_fd.as_fd(),
                     now.iter().filter_map(|o| match o {
-                        Op::PutBackend(k, v) => Some((*k, *v)),
+                        Op::PutBackend(k, Slot::V4(v)) => Some((*k, *v)),
                         _ => None,
                     }),
                 ),
-                Op::PutService(..) => update_batch(
+                Op::PutService(Frontend::V4(_), _) => update_batch(
                     self.services_fd.as_fd(),
                     now.iter().filter_map(|o| match o {
-                        Op::PutService(k, v) => Some((*k, *v)),
+                        Op::PutService(Frontend::V4(k), v) => Some((*k, *v)),
+                        _ => None,
+                    }),
+                ),
+                Op::PutBackend(_, Slot::V6(_)) => update_batch(
+                    self.v6()?.backends_fd.as_fd(),
+                    now.iter().filter_map(|o| match o {
+                        Op::PutBackend(k, Slot::V6(v)) => Some((*k, *v)),
+                        _ => None,
+                    }),
+                ),
+                Op::PutService(Frontend::V6(_), _) => update_batch(
+                    self.v6()?.services_fd.as_fd(),
+                    now.iter().filter_map(|o| match o {
+                        Op::PutService(Frontend::V6(k), v) => Some((*k, *v)),
                         _ => None,
                     }),
                 ),
@@ -429,19 +443,36 @@ impl Maps {
 
     fn write_each(&mut self, ops: &[Op]) -> Result<(), MapsError> {
         for op in ops {
+            let map = op.map();
             match op {
-                Op::PutBackend(k, v) => self
+                Op::PutBackend(k, Slot::V4(v)) => self
                     .backends
                     .insert(k, v, 0)
-                    .map_err(aya_err(MAP_BACKENDS, "inserting"))?,
-                Op::PutService(k, v) => self
+                    .map_err(aya_err(map, "inserting"))?,
+                Op::PutBackend(k, Slot::V6(v)) => self
+                    .v6()?
+                    .backends
+                    .insert(k, v, 0)
+                    .map_err(aya_err(map, "inserting"))?,
+                Op::PutService(Frontend::V4(k), v) => self
                     .services
                     .insert(k, v, 0)
-                    .map_err(aya_err(MAP_SERVICES, "inserting"))?,
-                Op::DeleteService(k) => ignore_missing(self.services.remove(k))
-                    .map_err(aya_err(MAP_SERVICES, "removing"))?,
-                Op::DeleteBackend(k) => ignore_missing(self.backends.remove(k))
-                    .map_err(aya_err(MAP_BACKENDS, "removing"))?,
+                    .map_err(aya_err(map, "inserting"))?,
+                Op::PutService(Frontend::V6(k), v) => self
+                    .v6()?
+                    .services
+                    .insert(k, v, 0)
+                    .map_err(aya_err(map, "inserting"))?,
+                Op::DeleteService(Frontend::V4(k)) => {
+                    ignore_missing(self.services.remove(k)).map_err(aya_err(map, "removing"))?
+                }
+                Op::DeleteService(Frontend::V6(k)) => ignore_missing(self.v6()?.services.remove(k))
+                    .map_err(aya_err(map, "removing"))?,
+                Op::DeleteBackend(k, MAP_BACKENDS) => {
+                    ignore_missing(self.backends.remove(k)).map_err(aya_err(map, "removing"))?
+                }
+                Op::DeleteBackend(k, _) => ignore_missing(self.v6()?.backends.remove(k))
+                    .map_err(aya_err(map, "removing"))?,
                 Op::PutPorts(w, bits) => self
                     .ports
                     .set(*w, bits, 0)

@@ -3,7 +3,7 @@
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _},
 };
 
@@ -15,6 +15,19 @@ pub fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
     addrs
         .filter(|a| a.interface_name == iface)
         .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+        .collect()
+}
+
+/// Global IPv6 addresses of `iface` (link-local and other scoped ones are not
+/// where NodePorts answer, as kube-proxy's node address filter leaves them out).
+pub fn ipv6_addrs(iface: &str) -> Vec<Ipv6Addr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter(|a| a.interface_name == iface)
+        .filter_map(|a| a.address?.as_sockaddr_in6().map(|s| s.ip()))
+        .filter(|ip| !ip.is_unicast_link_local() && !ip.is_loopback() && !ip.is_multicast())
         .collect()
 }
 

@@ -6,28 +6,39 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
-use lb_common::{PROTO_TCP, PROTO_UDP, SVC_F_EXTERNAL_LOCAL, SVC_F_INTERNAL, ServiceKey};
+use lb_common::{PROTO_TCP, PROTO_UDP, SVC_F_EXTERNAL_LOCAL, SVC_F_INTERNAL};
 
 use crate::{
     model::{
-        ObjectKey, PodFacts, SliceFacts, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER, TYPE_NODE_PORT,
-        cluster_ip, service_type,
+        Family, ObjectKey, PodFacts, SliceFacts, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER,
+        TYPE_NODE_PORT, cluster_ips, service_type,
     },
     state::{Tracked, selector_pair},
+    sync::Frontend,
 };
 
-/// The node an agent serves: its name and the addresses NodePorts answer on.
+/// The node an agent serves: its name and the addresses NodePorts answer on, per
+/// family (a family's NodePorts answer on that family's addresses, as kube-proxy's).
 #[derive(Debug, Clone, Default)]
 pub struct Node {
     pub name: String,
     pub addrs: Vec<Ipv4Addr>,
+    pub addrs6: Vec<Ipv6Addr>,
 }
 
 impl Node {
+    /// The addresses of `family`.
+    fn addrs_of(&self, family: Family) -> Vec<IpAddr> {
+        match family {
+            Family::V4 => self.addrs.iter().map(|a| IpAddr::V4(*a)).collect(),
+            Family::V6 => self.addrs6.iter().map(|a| IpAddr::V6(*a)).collect(),
+        }
+    }
+
     /// Whether an endpoint on `node_name` is on this node. One that names no node is
     /// taken as local (a single-node store need not say where its pods run).
     pub fn hosts(&self, node_name: Option<&str>) -> bool {
@@ -35,20 +46,22 @@ impl Node {
     }
 }
 
-/// One `spec.ports[]` entry of a service as lb balances it.
+/// One `spec.ports[]` entry of a service in one of its IP families as lb balances
+/// it: its frontends and endpoints are all of that family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortPlan {
     pub service: ObjectKey,
     /// [`port_id`] of the port; " (external)" added for the external frontends of a
-    /// port whose traffic policies give them other endpoints.
+    /// port whose traffic policies give them other endpoints, " (IPv6)" for the
+    /// IPv6 family of a dual-stack service.
     pub port: String,
     pub proto: u8,
     /// Where the service answers: (frontend, `SVC_F_*` flags).
-    pub frontends: Vec<(ServiceKey, u32)>,
+    pub frontends: Vec<(Frontend, u32)>,
     /// Ready endpoints (address, target port), sorted, without duplicates.
-    pub endpoints: Vec<(Ipv4Addr, u16)>,
+    pub endpoints: Vec<(IpAddr, u16)>,
     /// Those of `endpoints`' addresses that live on another node.
-    pub remote: BTreeSet<Ipv4Addr>,
+    pub remote: BTreeSet<IpAddr>,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 for no affinity.
     pub affinity_timeout_s: u32,
 }
@@ -79,13 +92,8 @@ fn proto_number(protocol: &str) -> Option<u8> {
     }
 }
 
-pub fn frontend(addr: Ipv4Addr, port: u16, proto: u8) -> ServiceKey {
-    ServiceKey {
-        addr_be: u32::from(addr).to_be(),
-        port_be: port.to_be(),
-        proto,
-        _pad: 0,
-    }
+pub fn frontend(addr: impl Into<IpAddr>, port: u16, proto: u8) -> Frontend {
+    Frontend::new(addr.into(), port, proto)
 }
 
 /// The plans of `services` on `node` (those gone plan to nothing), in their order;
@@ -122,12 +130,13 @@ fn selected_pods<'a>(tracked: &'a Tracked, key: &ObjectKey, svc: &Service) -> Ve
         .index
         .pods_with(&pair)
         .filter_map(|k| tracked.state.pods.get(k))
-        .filter(|p| p.ready_ip.is_some() && p.selected_by(selector))
+        .filter(|p| p.ready && p.selected_by(selector))
         .collect()
 }
 
 /// The endpoints a service port without a selector takes from its EndpointSlices:
-/// the IPv4 addresses of the slice port with the same name and protocol. Ready
+/// the addresses of `family` of the slice port with the same name and protocol
+/// (slices of that `addressType`). Ready
 /// endpoints serve; when none is ready, serving endpoints that are terminating do
 /// (as kube-proxy does). Conditions left unset count as ready and serving.
 fn slice_endpoints(
@@ -135,9 +144,13 @@ fn slice_endpoints(
     port_name: &str,
     protocol: &str,
     node: &Node,
-) -> BTreeMap<(Ipv4Addr, u16), bool> {
+    family: Family,
+) -> BTreeMap<(IpAddr, u16), bool> {
     let (mut ready, mut terminating) = (BTreeMap::new(), BTreeMap::new());
-    for slice in slices.iter().filter(|s| &*s.address_type == "IPv4") {
+    for slice in slices
+        .iter()
+        .filter(|s| Family::parse(&s.address_type) == Some(family))
+    {
         let Some(port) = slice
             .ports
             .iter()
@@ -155,21 +168,46 @@ fn slice_endpoints(
                 continue;
             };
             let local = node.hosts(ep.node_name.as_deref());
-            into.extend(ep.ipv4().map(|a| ((a, port), local)));
+            let addrs = ep.addresses.iter().filter(|a| Family::of(**a) == family);
+            into.extend(addrs.map(|a| ((*a, port), local)));
         }
     }
     if ready.is_empty() { terminating } else { ready }
 }
 
 fn plan_service(tracked: &Tracked, key: &ObjectKey, svc: &Service, node: &Node) -> Vec<PortPlan> {
+    if service_type(svc) == TYPE_EXTERNAL_NAME {
+        return Vec::new();
+    }
+    let ips = cluster_ips(svc);
+    // A dual-stack service's second family is named in its ports' plans.
+    let dual = ips.len() > 1;
+    ips.into_iter()
+        .flat_map(|ip| {
+            let suffix = if dual && ip.is_ipv6() { " (IPv6)" } else { "" };
+            plan_family(tracked, key, svc, node, ip, suffix)
+        })
+        .collect()
+}
+
+/// The plans of `svc` in the family of its ClusterIP `cluster_ip`: that family's
+/// frontends (the ClusterIP, the node's addresses of the family for NodePorts, the
+/// LoadBalancer and external IPs of the family) and endpoints (the selected pods'
+/// addresses of the family, or the EndpointSlices of that `addressType`).
+fn plan_family(
+    tracked: &Tracked,
+    key: &ObjectKey,
+    svc: &Service,
+    node: &Node,
+    cluster_ip: IpAddr,
+    suffix: &str,
+) -> Vec<PortPlan> {
     let state = &tracked.state;
     let Some(spec) = &svc.spec else {
         return Vec::new();
     };
+    let family = Family::of(cluster_ip);
     let ty = service_type(svc);
-    let (Some(cluster_ip), false) = (cluster_ip(svc), ty == TYPE_EXTERNAL_NAME) else {
-        return Vec::new();
-    };
     let has_selector =
         !state.endpoints_from_slices && spec.selector.as_ref().is_some_and(|s| !s.is_empty());
     let selected = if has_selector {
@@ -202,7 +240,7 @@ fn plan_service(tracked: &Tracked, key: &ObjectKey, svc: &Service, node: &Node) 
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
     // LoadBalancer addresses and external IPs answer on the service port itself.
-    let lb_addrs: Vec<Ipv4Addr> = spec
+    let lb_addrs: Vec<IpAddr> = spec
         .external_ips
         .iter()
         .flatten()
@@ -215,7 +253,9 @@ fn plan_service(tracked: &Tracked, key: &ObjectKey, svc: &Service, node: &Node) 
                 .filter_map(|i| i.ip.clone()),
         )
         .filter_map(|a| a.parse().ok())
+        .filter(|a| Family::of(*a) == family)
         .collect();
+    let node_addrs = node.addrs_of(family);
     let mut plans = Vec::new();
     for p in spec.ports.iter().flatten() {
         let protocol = p.protocol.as_deref().unwrap_or("TCP");
@@ -227,13 +267,13 @@ fn plan_service(tracked: &Tracked, key: &ObjectKey, svc: &Service, node: &Node) 
         } else {
             0
         };
-        let mut ext_frontends: Vec<(ServiceKey, u32)> = lb_addrs
+        let mut ext_frontends: Vec<(Frontend, u32)> = lb_addrs
             .iter()
             .map(|a| (frontend(*a, port, proto), ext_flags))
             .collect();
         if external && let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()) {
             ext_frontends.extend(
-                node.addrs
+                node_addrs
                     .iter()
                     .map(|a| (frontend(*a, np, proto), ext_flags)),
             );
@@ -244,24 +284,26 @@ fn plan_service(tracked: &Tracked, key: &ObjectKey, svc: &Service, node: &Node) 
             .unwrap_or(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p.port));
         // With a selector, the pods it selects; without, the service's EndpointSlices.
         // Each with whether it lives on this node.
-        let endpoints: BTreeMap<(Ipv4Addr, u16), bool> = if has_selector {
+        let endpoints: BTreeMap<(IpAddr, u16), bool> = if has_selector {
             selected
                 .iter()
                 .filter_map(|pod| {
                     let local = node.hosts(pod.node_name.as_deref());
-                    Some(((pod.ready_ip?, pod.target_port(&target, protocol)?), local))
+                    let addr = pod.ready_addr(family)?;
+                    Some(((addr, pod.target_port(&target, protocol)?), local))
                 })
                 .collect()
         } else {
-            slice_endpoints(&slices, p.name.as_deref().unwrap_or(""), protocol, node)
+            let name = p.name.as_deref().unwrap_or("");
+            slice_endpoints(&slices, name, protocol, node, family)
         };
-        let all: Vec<(Ipv4Addr, u16)> = endpoints.keys().copied().collect();
-        let local: Vec<(Ipv4Addr, u16)> = endpoints
+        let all: Vec<(IpAddr, u16)> = endpoints.keys().copied().collect();
+        let local: Vec<(IpAddr, u16)> = endpoints
             .iter()
             .filter(|(_, local)| **local)
             .map(|(e, _)| *e)
             .collect();
-        let remote: BTreeSet<Ipv4Addr> = endpoints
+        let remote: BTreeSet<IpAddr> = endpoints
             .iter()
             .filter(|(_, local)| !**local)
             .map(|((a, _), _)| *a)
@@ -272,10 +314,10 @@ fn plan_service(tracked: &Tracked, key: &ObjectKey, svc: &Service, node: &Node) 
             all.clone()
         };
         let external_eps = if external_local { local } else { all };
-        let name = port_id(p);
+        let name = format!("{}{suffix}", port_id(p));
         let cluster = (frontend(cluster_ip, port, proto), SVC_F_INTERNAL);
         let make =
-            |port: String, frontends: Vec<(ServiceKey, u32)>, eps: Vec<(Ipv4Addr, u16)>| PortPlan {
+            |port: String, frontends: Vec<(Frontend, u32)>, eps: Vec<(IpAddr, u16)>| PortPlan {
                 service: key.clone(),
                 port,
                 proto,
@@ -293,7 +335,7 @@ fn plan_service(tracked: &Tracked, key: &ObjectKey, svc: &Service, node: &Node) 
         } else {
             plans.push(make(name.clone(), vec![cluster], internal_eps));
             plans.push(make(
-                format!("{name} (external)"),
+                format!("{} (external){suffix}", port_id(p)),
                 ext_frontends,
                 external_eps,
             ));

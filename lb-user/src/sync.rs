@@ -3,25 +3,174 @@
 //! slot that is not there: new slots before the counts that reach them, counts
 //! lowered before the slots beyond them go; and what goes entirely (frontends, the
 //! slots no frontend reaches) before anything comes, so that a full map takes a
-//! replacement.
+//! replacement. Both families go through the same entries: a frontend or a slot
+//! says which map it belongs to (`LB_*` or `LB6_*`); service-port and backend ids
+//! are one space over both, as the counters are.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use lb_common::{Backend, BackendKey, ServiceKey, ServiceValue};
+use lb_common::{
+    Addr6, Backend, Backend6, BackendKey, BackendOf, MAP_BACKENDS, MAP_BACKENDS6, MAP_PORTS,
+    MAP_SERVICES, MAP_SERVICES6, ServiceKey, ServiceKey6, ServiceKeyOf, ServiceValue,
+};
 
-/// The contents of `LB_SERVICES`, `LB_BACKENDS` and `LB_PORTS`: what we want, or
-/// what the maps hold.
+/// An IPv6 address as the maps hold it (`lb_common::Addr6`).
+pub fn addr6(ip: Ipv6Addr) -> Addr6 {
+    let o = ip.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+/// The IPv6 address an `Addr6` holds.
+pub fn ipv6(a: Addr6) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, w) in a.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+/// A frontend of either family: a key of `LB_SERVICES` or of `LB6_SERVICES`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Frontend {
+    V4(ServiceKey),
+    V6(ServiceKey6),
+}
+
+impl Frontend {
+    pub fn new(addr: IpAddr, port: u16, proto: u8) -> Self {
+        fn key<A>(addr_be: A, port: u16, proto: u8) -> ServiceKeyOf<A> {
+            ServiceKeyOf {
+                addr_be,
+                port_be: port.to_be(),
+                proto,
+                _pad: 0,
+            }
+        }
+        match addr {
+            IpAddr::V4(a) => Frontend::V4(key(u32::from(a).to_be(), port, proto)),
+            IpAddr::V6(a) => Frontend::V6(key(addr6(a), port, proto)),
+        }
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        match self {
+            Frontend::V4(k) => Ipv4Addr::from(u32::from_be(k.addr_be)).into(),
+            Frontend::V6(k) => ipv6(k.addr_be).into(),
+        }
+    }
+
+    /// The port, in host order.
+    pub fn port(&self) -> u16 {
+        match self {
+            Frontend::V4(k) => u16::from_be(k.port_be),
+            Frontend::V6(k) => u16::from_be(k.port_be),
+        }
+    }
+
+    pub fn proto(&self) -> u8 {
+        match self {
+            Frontend::V4(k) => k.proto,
+            Frontend::V6(k) => k.proto,
+        }
+    }
+
+    /// The map it is a key of.
+    pub fn map(&self) -> &'static str {
+        match self {
+            Frontend::V4(_) => MAP_SERVICES,
+            Frontend::V6(_) => MAP_SERVICES6,
+        }
+    }
+}
+
+/// What a backend slot holds, of either family: a value of `LB_BACKENDS` or of
+/// `LB6_BACKENDS` (a service port's slots are all of its frontends' family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Slot {
+    V4(Backend),
+    V6(Backend6),
+}
+
+impl Slot {
+    pub fn new(addr: IpAddr, port: u16, proto: u8, flags: u8, backend_id: u32) -> Self {
+        fn value<A>(addr_be: A, port: u16, proto: u8, flags: u8, backend_id: u32) -> BackendOf<A> {
+            BackendOf {
+                addr_be,
+                port_be: port.to_be(),
+                proto,
+                flags,
+                backend_id,
+            }
+        }
+        match addr {
+            IpAddr::V4(a) => Slot::V4(value(u32::from(a).to_be(), port, proto, flags, backend_id)),
+            IpAddr::V6(a) => Slot::V6(value(addr6(a), port, proto, flags, backend_id)),
+        }
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        match self {
+            Slot::V4(b) => Ipv4Addr::from(u32::from_be(b.addr_be)).into(),
+            Slot::V6(b) => ipv6(b.addr_be).into(),
+        }
+    }
+
+    /// The port, in host order.
+    pub fn port(&self) -> u16 {
+        match self {
+            Slot::V4(b) => u16::from_be(b.port_be),
+            Slot::V6(b) => u16::from_be(b.port_be),
+        }
+    }
+
+    pub fn proto(&self) -> u8 {
+        match self {
+            Slot::V4(b) => b.proto,
+            Slot::V6(b) => b.proto,
+        }
+    }
+
+    pub fn flags(&self) -> u8 {
+        match self {
+            Slot::V4(b) => b.flags,
+            Slot::V6(b) => b.flags,
+        }
+    }
+
+    pub fn backend_id(&self) -> u32 {
+        match self {
+            Slot::V4(b) => b.backend_id,
+            Slot::V6(b) => b.backend_id,
+        }
+    }
+
+    /// The map it is a value of.
+    pub fn map(&self) -> &'static str {
+        match self {
+            Slot::V4(_) => MAP_BACKENDS,
+            Slot::V6(_) => MAP_BACKENDS6,
+        }
+    }
+}
+
+/// The contents of the service maps of both families and of `LB_PORTS`: what we
+/// want, or what the maps hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entries {
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
-    pub backends: BTreeMap<BackendKey, Backend>,
+    pub services: BTreeMap<Frontend, ServiceValue>,
+    pub backends: BTreeMap<BackendKey, Slot>,
     /// The non-zero words of the frontend-port bitmap (`lb_common::port_bit`).
     pub ports: BTreeMap<u32, u64>,
 }
 
 impl Entries {
     /// The slots of service-port `svc_id`, in order.
-    pub fn slots(&self, svc_id: u32) -> impl Iterator<Item = (&BackendKey, &Backend)> {
+    pub fn slots(&self, svc_id: u32) -> impl Iterator<Item = (&BackendKey, &Slot)> {
         self.backends.range(
             BackendKey { svc_id, slot: 0 }..=BackendKey {
                 svc_id,
@@ -33,12 +182,25 @@ impl Entries {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    PutBackend(BackendKey, Backend),
-    PutService(ServiceKey, ServiceValue),
-    DeleteService(ServiceKey),
-    DeleteBackend(BackendKey),
+    PutBackend(BackendKey, Slot),
+    PutService(Frontend, ServiceValue),
+    DeleteService(Frontend),
+    /// A slot, in the map named (`LB_BACKENDS` or `LB6_BACKENDS`).
+    DeleteBackend(BackendKey, &'static str),
     /// One word of the frontend-port bitmap (0 clears it).
     PutPorts(u32, u64),
+}
+
+impl Op {
+    /// The map the write goes to.
+    pub fn map(&self) -> &'static str {
+        match self {
+            Op::PutBackend(_, v) => v.map(),
+            Op::PutService(k, _) | Op::DeleteService(k) => k.map(),
+            Op::DeleteBackend(_, map) => map,
+            Op::PutPorts(..) => MAP_PORTS,
+        }
+    }
 }
 
 /// The writes that turn `actual` into `desired`, in a safe order; empty when they
@@ -73,9 +235,9 @@ pub fn diff(actual: &Entries, desired: &Entries) -> Vec<Op> {
     let reached: std::collections::BTreeSet<u32> =
         desired.services.values().map(|v| v.svc_id).collect();
     let gone = |k: &BackendKey| !desired.backends.contains_key(k);
-    for k in actual.backends.keys() {
+    for (k, v) in &actual.backends {
         if gone(k) && !reached.contains(&k.svc_id) {
-            ops.push(Op::DeleteBackend(*k));
+            ops.push(Op::DeleteBackend(*k, v.map()));
         }
     }
     for (k, v) in &desired.backends {
@@ -89,9 +251,9 @@ pub fn diff(actual: &Entries, desired: &Entries) -> Vec<Op> {
         }
     }
     // Slots beyond a lowered count, once the count is lowered.
-    for k in actual.backends.keys() {
+    for (k, v) in &actual.backends {
         if gone(k) && reached.contains(&k.svc_id) {
-            ops.push(Op::DeleteBackend(*k));
+            ops.push(Op::DeleteBackend(*k, v.map()));
         }
     }
     for (w, written, d) in interim {
@@ -115,7 +277,7 @@ pub fn replay(entries: &mut Entries, ops: &[Op]) {
             Op::DeleteService(k) => {
                 entries.services.remove(&k);
             }
-            Op::DeleteBackend(k) => {
+            Op::DeleteBackend(k, _) => {
                 entries.backends.remove(&k);
             }
             Op::PutPorts(w, 0) => {
@@ -141,22 +303,22 @@ mod tests {
             affinity_timeout_s: 0,
         }
     }
-    fn be(id: u32) -> Backend {
-        Backend {
+    fn be(id: u32) -> Slot {
+        Slot::V4(Backend {
             addr_be: id,
             port_be: 80,
             proto: 6,
             flags: 0,
             backend_id: id,
-        }
+        })
     }
-    fn fk(port: u16) -> ServiceKey {
-        ServiceKey {
+    fn fk(port: u16) -> Frontend {
+        Frontend::V4(ServiceKey {
             addr_be: 1,
             port_be: port,
             proto: 6,
             _pad: 0,
-        }
+        })
     }
 
     #[test]
@@ -192,7 +354,7 @@ mod tests {
             shrink,
             vec![
                 Op::PutService(fk(80), svc(1, 1)),
-                Op::DeleteBackend(BackendKey { svc_id: 1, slot: 1 })
+                Op::DeleteBackend(BackendKey { svc_id: 1, slot: 1 }, MAP_BACKENDS)
             ]
         );
         let mut e = small.clone();
@@ -266,7 +428,7 @@ mod tests {
             ops,
             vec![
                 Op::DeleteService(fk(80)),
-                Op::DeleteBackend(BackendKey { svc_id: 1, slot: 0 }),
+                Op::DeleteBackend(BackendKey { svc_id: 1, slot: 0 }, MAP_BACKENDS),
                 Op::PutBackend(BackendKey { svc_id: 2, slot: 0 }, be(2)),
                 Op::PutService(fk(81), svc(2, 1)),
             ]
@@ -284,7 +446,7 @@ mod tests {
             ops,
             vec![
                 Op::DeleteService(fk(80)),
-                Op::DeleteBackend(BackendKey { svc_id: 1, slot: 0 })
+                Op::DeleteBackend(BackendKey { svc_id: 1, slot: 0 }, MAP_BACKENDS)
             ]
         );
     }

@@ -364,13 +364,15 @@ pub fn has_node_ports(svc: &Service) -> bool {
 /// (when the node's maps are there) the live counters of its service port and of
 /// each slot.
 pub struct PortDetail {
-    pub endpoints: Vec<(std::net::Ipv4Addr, u16)>,
-    pub traffic: Option<(lb_common::Counters, Vec<SlotTraffic>)>,
+    /// Of every family the service has, the primary's first.
+    pub endpoints: Vec<(std::net::IpAddr, u16)>,
+    /// One per family programmed.
+    pub traffic: Vec<(lb_common::Counters, Vec<SlotTraffic>)>,
 }
 
 pub struct SlotTraffic {
     pub slot: u32,
-    pub addr: std::net::Ipv4Addr,
+    pub addr: std::net::IpAddr,
     pub port: u16,
     pub counters: lb_common::Counters,
 }
@@ -409,11 +411,20 @@ pub fn describe_service(
     line(&mut out, "Labels", key_values(svc.metadata.labels.as_ref()));
     line(&mut out, "Selector", key_values(spec.selector.as_ref()));
     line(&mut out, "Type", service_type(svc).to_string());
+    if let Some(policy) = &spec.ip_family_policy {
+        line(&mut out, "IP Family Policy", policy.clone());
+    }
+    if let Some(families) = spec.ip_families.as_ref().filter(|f| !f.is_empty()) {
+        line(&mut out, "IP Families", families.join(","));
+    }
     line(
         &mut out,
         "IP",
         spec.cluster_ip.clone().unwrap_or_else(|| "<none>".into()),
     );
+    if let Some(ips) = spec.cluster_ips.as_ref().filter(|ips| !ips.is_empty()) {
+        line(&mut out, "IPs", ips.join(","));
+    }
     for (p, detail) in spec.ports.iter().flatten().zip(ports) {
         let proto = p.protocol.as_deref().unwrap_or("TCP");
         let label = p.name.clone().unwrap_or_else(|| "<unset>".into());
@@ -430,7 +441,7 @@ pub fn describe_service(
         let eps: Vec<String> = detail
             .endpoints
             .iter()
-            .map(|(a, p)| format!("{a}:{p}"))
+            .map(|(a, p)| std::net::SocketAddr::from((*a, *p)).to_string())
             .collect();
         line(
             &mut out,
@@ -441,17 +452,18 @@ pub fn describe_service(
                 eps.join(",")
             },
         );
-        if let Some((c, slots)) = &detail.traffic {
+        for (c, slots) in &detail.traffic {
             line(
                 &mut out,
                 &format!("Traffic (node {node})"),
                 format!("{} packets, {} bytes", c.packets, c.bytes),
             );
             for s in slots {
+                let at = std::net::SocketAddr::from((s.addr, s.port)).to_string();
                 let _ = writeln!(
                     out,
-                    "  slot {:<3} {}:{:<6} {} packets, {} bytes",
-                    s.slot, s.addr, s.port, s.counters.packets, s.counters.bytes
+                    "  slot {:<3} {at:<21} {} packets, {} bytes",
+                    s.slot, s.counters.packets, s.counters.bytes
                 );
             }
         }

@@ -191,7 +191,7 @@ pub struct Snapshot {
     pub services: Vec<(u32, String, String, String)>,
     /// Backend id -> endpoint address, port and protocol name (formatted only for
     /// the series shown).
-    pub endpoints: Vec<(u32, std::net::Ipv4Addr, u16, &'static str)>,
+    pub endpoints: Vec<(u32, std::net::IpAddr, u16, &'static str)>,
     /// Frontends and backend slots programmed.
     pub frontends: usize,
     pub slots: usize,

@@ -73,7 +73,7 @@ fn fill(dp: &mut Dataplane, n: u32) {
                 &format!("s{i}"),
                 PROTO_TCP,
                 vec![(frontend(fa, fp, PROTO_TCP), 0)],
-                (0..10u16).map(|slot| (addr, 8000 + slot)).collect(),
+                (0..10u16).map(|slot| (addr.into(), 8000 + slot)).collect(),
             )
         })
         .collect();

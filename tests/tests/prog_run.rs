@@ -2,13 +2,15 @@
 //! frame in, expected verdict reason, expected frame out). Output frames are compared
 //! byte for byte with frames built from scratch, so every checksum is checked.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
-    Backend6, BackendKey, CtTimeouts, CtValue, DELIVER_MAGIC, DeliverMeta, FlowKey, IFACE_EXTERNAL,
-    IFACE_F_PEER, IFACE_POD, PROG_TC_EGRESS, PROG_TC_INGRESS, SVC_F_INTERNAL, ServiceKey6,
-    ServiceValue, reason,
+    CtTimeouts, CtValue, DELIVER_MAGIC, DeliverMeta, FlowKey, IFACE_EXTERNAL, IFACE_F_PEER,
+    IFACE_POD, PROG_TC_EGRESS, PROG_TC_INGRESS, SVC_F_INTERNAL, reason,
 };
 use lb_tests::{
     Topology,
@@ -83,7 +85,8 @@ fn own_netns() {
 fn dataplane_with(cfg: &LoadConfig) -> Dataplane {
     lb_tests::require_root();
     let mut dp = Dataplane::load_with(None, cfg).expect("load lb's eBPF object");
-    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let ip = |s: &str| IpAddr::V4(s.parse().unwrap());
+    let ip6 = |s: &str| IpAddr::V6(s.parse().unwrap());
     let plans = [
         port_plan(
             "tcp",
@@ -111,6 +114,23 @@ fn dataplane_with(cfg: &LoadConfig) -> Dataplane {
                 (frontend(ip(NODE), 30009, 17), 0),
             ],
             Vec::new(),
+        ),
+        // IPv6 twins on the same ports: NodePort [NODE6]:30008/TCP and
+        // [CLUSTER_IP6]:80/TCP -> [POD6]:80; [CLUSTER_IP6]:53/UDP -> [POD6]:5353.
+        port_plan(
+            "tcp6",
+            6,
+            vec![
+                (frontend(ip6(NODE6), NODE_PORT, 6), 0),
+                (frontend(ip6(CLUSTER_IP6), 80, 6), SVC_F_INTERNAL),
+            ],
+            vec![(ip6(POD6), 80)],
+        ),
+        port_plan(
+            "udp6",
+            17,
+            vec![(frontend(ip6(CLUSTER_IP6), 53, 17), SVC_F_INTERNAL)],
+            vec![(ip6(POD6), 5353)],
         ),
     ];
     program(&mut dp.maps, &plans);
@@ -1450,56 +1470,6 @@ const POD6: &str = "fd00:244::2";
 const CLUSTER_IP6: &str = "fd00:96::10";
 const POD6_CLIENT: &str = "fd00:244::3";
 
-/// An address as the IPv6 maps hold it.
-fn addr6(s: &str) -> lb_common::Addr6 {
-    let o = s.parse::<std::net::Ipv6Addr>().unwrap().octets();
-    std::array::from_fn(|i| {
-        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
-    })
-}
-
-/// IPv6 frontends beside [`dataplane`]'s IPv4 ones (on the same ports, so the
-/// shared port filter lets them in), written directly: the agent's entries do not
-/// plan IPv6 yet. NodePort [NODE6]:30008/TCP and [CLUSTER_IP6]:80/TCP ->
-/// [POD6]:80 (service-port id 100, backend id 100); [CLUSTER_IP6]:53/UDP ->
-/// [POD6]:5353 (101, 101).
-fn program6(dp: &mut Dataplane) {
-    let front = |addr: &str, port: u16, proto: u8, svc_id: u32, flags: u32| {
-        let key = ServiceKey6 {
-            addr_be: addr6(addr),
-            port_be: port.to_be(),
-            proto,
-            _pad: 0,
-        };
-        let value = ServiceValue {
-            svc_id,
-            backend_count: 1,
-            flags,
-            affinity_timeout_s: 0,
-        };
-        (key, value)
-    };
-    for (k, v) in [
-        front(NODE6, NODE_PORT, 6, 100, 0),
-        front(CLUSTER_IP6, 80, 6, 100, SVC_F_INTERNAL),
-        front(CLUSTER_IP6, 53, 17, 101, SVC_F_INTERNAL),
-    ] {
-        dp.maps.put_frontend6(&k, &v).unwrap();
-    }
-    for (svc_id, port, proto) in [(100, 80u16, 6u8), (101, 5353, 17)] {
-        let b = Backend6 {
-            addr_be: addr6(POD6),
-            port_be: port.to_be(),
-            proto,
-            flags: 0,
-            backend_id: svc_id,
-        };
-        dp.maps
-            .put_slot6(&BackendKey { svc_id, slot: 0 }, &b)
-            .unwrap();
-    }
-}
-
 /// The IPv6 pipeline on crafted frames, as the IPv4 rows: a NodePort flow through
 /// XDP and its reply at TC egress, ClusterIP flows from a pod at TC ingress (TCP,
 /// UDP), extension headers skipped, and what is not translated (another port,
@@ -1509,7 +1479,6 @@ fn program6(dp: &mut Dataplane) {
 #[test]
 fn ipv6_flows_are_translated_as_ipv4_ones() {
     let mut dp = dataplane();
-    program6(&mut dp);
     dp.maps.set_iface(1, IFACE_POD).unwrap();
     let syn = Pkt6::tcp(CLIENT6, 40000, NODE6, NODE_PORT, TCP_SYN);
     let data = Pkt6::tcp(CLIENT6, 40000, NODE6, NODE_PORT, TCP_ACK | TCP_PSH)
@@ -1627,7 +1596,7 @@ fn ipv6_flows_are_translated_as_ipv4_ones() {
     for p in [&syn, &ext, &from_pod, &udp] {
         let built = p.build();
         let found = flows.iter().any(|(k, _)| {
-            k.saddr_be == addr6(&p.src.to_string())
+            k.saddr_be == lb_user::sync::addr6(p.src)
                 && k.sport_be == p.l4.sport.to_be()
                 && k.dport_be == p.l4.dport.to_be()
         });
@@ -1648,14 +1617,16 @@ fn ipv6_flows_are_translated_as_ipv4_ones() {
 #[test]
 fn ipv6_fins_and_rsts_close_a_flow_only_when_their_checksum_holds() {
     let mut dp = dataplane();
-    program6(&mut dp);
     dp.maps.set_iface(1, IFACE_POD).unwrap();
     let closing = |dp: &Dataplane, client: &str, sport: u16| {
         dp.maps
             .conntrack6()
             .unwrap()
             .iter()
-            .find(|(k, _)| k.saddr_be == addr6(client) && k.sport_be == sport.to_be())
+            .find(|(k, _)| {
+                k.saddr_be == lb_user::sync::addr6(client.parse().unwrap())
+                    && k.sport_be == sport.to_be()
+            })
             .expect("the flow")
             .1
             .tcp_flags
@@ -1774,9 +1745,9 @@ fn snat_flows_leave_from_the_node_and_their_answers_return_to_the_client() {
         "remote",
         6,
         vec![(frontend(ip(NODE), 30011, 6), 0)],
-        vec![(ip(REMOTE), 80)],
+        vec![(ip(REMOTE).into(), 80)],
     );
-    plan.remote = [ip(REMOTE)].into();
+    plan.remote = [ip(REMOTE).into()].into();
     program(&mut dp.maps, &[plan]);
     let snat_port = |out: &[u8]| u16::from_be_bytes([out[34], out[35]]);
     let one_hop = |p: &Pkt| {

@@ -81,7 +81,11 @@ fn laptop_curls_the_nodeport_and_gets_hello_world() {
     // The program's per-service and per-backend counters moved.
     let maps = Maps::open_pinned(&s.lb.pins("node1")).expect("the agent's pinned maps");
     let entries = maps.read_entries().unwrap();
-    let fe = frontend(NODE_IP.parse().unwrap(), 30008, PROTO_TCP);
+    let fe = frontend(
+        NODE_IP.parse::<std::net::IpAddr>().unwrap(),
+        30008,
+        PROTO_TCP,
+    );
     let svc = entries
         .services
         .get(&fe)
@@ -98,12 +102,9 @@ fn laptop_curls_the_nodeport_and_gets_hello_world() {
             slot: 0,
         })
         .expect("one backend slot");
-    assert_eq!(
-        std::net::Ipv4Addr::from(u32::from_be(slot.addr_be)).to_string(),
-        POD_IP
-    );
-    assert_eq!(u16::from_be(slot.port_be), 80);
-    let b = maps.backend_counters(slot.backend_id).unwrap();
+    assert_eq!(slot.addr().to_string(), POD_IP);
+    assert_eq!(slot.port(), 80);
+    let b = maps.backend_counters(slot.backend_id()).unwrap();
     assert!(b.packets >= 3, "backend counters: {b:?}");
 
     // The node's kernel did no NAT: no iptables or nftables rules exist. (nft first:

@@ -5,7 +5,6 @@ use anyhow::{Result, anyhow, bail};
 use clap::Args;
 
 use super::{NodeArgs, parse_kind};
-use std::net::Ipv4Addr;
 
 use crate::{
     model::{Kind, ObjectKey},
@@ -46,34 +45,41 @@ pub fn run(store: &Store, d: &DescribeArgs) -> Result<()> {
         &tracked,
         &Node {
             name: node.clone(),
-            addrs: Vec::new(),
+            ..Node::default()
         },
         [&key],
     );
     let mut ports = Vec::new();
     for p in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
-        let plan = plans.iter().find(|pl| pl.port == plan::port_id(p));
-        let mut traffic = None;
-        if let (Some(maps), Some(entries), Some(plan)) = (&maps, &entries, plan)
-            && let Some(id) = plan
-                .frontends
-                .iter()
-                .find_map(|(k, _)| entries.services.get(k))
-                .map(|v| v.svc_id)
-        {
-            let mut slots = Vec::new();
-            for (k, b) in entries.slots(id) {
-                slots.push(SlotTraffic {
-                    slot: k.slot,
-                    addr: Ipv4Addr::from(u32::from_be(b.addr_be)),
-                    port: u16::from_be(b.port_be),
-                    counters: maps.backend_counters(b.backend_id)?,
-                });
+        // The port's plan in each family (the second family's named " (IPv6)").
+        let id = plan::port_id(p);
+        let mine: Vec<_> = plans
+            .iter()
+            .filter(|pl| pl.port == id || pl.port == format!("{id} (IPv6)"))
+            .collect();
+        let mut traffic = Vec::new();
+        for plan in &mine {
+            if let (Some(maps), Some(entries)) = (&maps, &entries)
+                && let Some(id) = plan
+                    .frontends
+                    .iter()
+                    .find_map(|(k, _)| entries.services.get(k))
+                    .map(|v| v.svc_id)
+            {
+                let mut slots = Vec::new();
+                for (k, b) in entries.slots(id) {
+                    slots.push(SlotTraffic {
+                        slot: k.slot,
+                        addr: b.addr(),
+                        port: b.port(),
+                        counters: maps.backend_counters(b.backend_id())?,
+                    });
+                }
+                traffic.push((maps.service_counters(id)?, slots));
             }
-            traffic = Some((maps.service_counters(id)?, slots));
         }
         ports.push(PortDetail {
-            endpoints: plan.map(|pl| pl.endpoints.clone()).unwrap_or_default(),
+            endpoints: mine.iter().flat_map(|pl| pl.endpoints.clone()).collect(),
             traffic,
         });
     }

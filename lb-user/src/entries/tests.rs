@@ -40,6 +40,7 @@ impl Follower {
             node: Node {
                 name: "n1".into(),
                 addrs: vec![NODE.parse().unwrap()],
+                addrs6: Vec::new(),
             },
         }
     }
@@ -133,7 +134,7 @@ fn slice(name: &str, service: &str, addrs: &[&str]) -> String {
 fn touched_ids(ops: &[Op]) -> BTreeSet<u32> {
     ops.iter()
         .filter_map(|op| match op {
-            Op::PutBackend(k, _) | Op::DeleteBackend(k) => Some(k.svc_id),
+            Op::PutBackend(k, _) | Op::DeleteBackend(k, _) => Some(k.svc_id),
             Op::PutService(_, v) => Some(v.svc_id),
             _ => None,
         })
@@ -170,7 +171,7 @@ fn changes_replan_only_the_services_they_touch_and_equal_a_full_plan() {
             .entries
             .services
             .iter()
-            .find(|(k, _)| k.addr_be == u32::from(ip).to_be())
+            .find(|(k, _)| k.addr() == ip)
             .unwrap()
             .1
             .svc_id
@@ -256,8 +257,8 @@ fn the_gone_backends_are_those_no_slot_holds() {
         slice("b-1", "b", &["10.244.1.3"]),
     ));
     let id = |f: &Follower, addr: &str| {
-        let a: std::net::Ipv4Addr = addr.parse().unwrap();
-        f.programmed.backends[&(u32::from(a).to_be(), 8080u16.to_be(), lb_common::PROTO_TCP)].0
+        let a: std::net::IpAddr = addr.parse().unwrap();
+        f.programmed.backends[&(a, 8080, lb_common::PROTO_TCP)].0
     };
     let (two, three) = (id(&f, "10.244.1.2"), id(&f, "10.244.1.3"));
     // 10.244.1.3 leaves a but b still has it: only .2 is gone.
@@ -272,12 +273,16 @@ fn plan_with(endpoints: &[(u8, u16)]) -> PortPlan {
         port: "80".into(),
         proto: PROTO_TCP,
         frontends: vec![(
-            frontend("10.96.0.10".parse().unwrap(), 80, PROTO_TCP),
+            frontend(
+                "10.96.0.10".parse::<std::net::IpAddr>().unwrap(),
+                80,
+                PROTO_TCP,
+            ),
             SVC_F_INTERNAL,
         )],
         endpoints: endpoints
             .iter()
-            .map(|(last, port)| (Ipv4Addr::new(10, 244, 0, *last), *port))
+            .map(|(last, port)| (Ipv4Addr::new(10, 244, 0, *last).into(), *port))
             .collect(),
         remote: BTreeSet::new(),
         affinity_timeout_s: 0,
@@ -317,7 +322,7 @@ fn ids_and_slots_stay_put_so_a_change_touches_only_what_it_must() {
     let ids = |e: &Entries| {
         e.backends
             .values()
-            .map(|b| (b.addr_be, b.backend_id))
+            .map(|b| (b.addr(), b.backend_id()))
             .collect::<BTreeMap<_, _>>()
     };
     for (addr, id) in ids(&second) {
@@ -332,9 +337,9 @@ fn ids_and_slots_stay_put_so_a_change_touches_only_what_it_must() {
     let new_id = third
         .backends
         .values()
-        .find(|b| b.addr_be == u32::from(Ipv4Addr::new(10, 244, 0, 9)).to_be())
+        .find(|b| b.addr() == Ipv4Addr::new(10, 244, 0, 9))
         .unwrap()
-        .backend_id;
+        .backend_id();
     assert!(!ids(&second).values().any(|id| *id == new_id));
 }
 
@@ -344,7 +349,11 @@ fn a_new_service_does_not_take_an_existing_services_id() {
     let mut b = plan_with(&[(3, 80)]);
     b.service = ObjectKey::new("default", "b");
     b.frontends = vec![(
-        frontend("10.96.0.11".parse().unwrap(), 80, PROTO_TCP),
+        frontend(
+            "10.96.0.11".parse::<std::net::IpAddr>().unwrap(),
+            80,
+            PROTO_TCP,
+        ),
         SVC_F_INTERNAL,
     )];
     let mut p = Programmed::default();
@@ -383,7 +392,11 @@ fn a_refused_write_keeps_the_claims_so_the_retry_removes_what_is_left() {
     // read again (they still hold the old frontend).
     let mut moved = a.clone();
     moved.frontends = vec![(
-        frontend("10.96.0.12".parse().unwrap(), 80, PROTO_TCP),
+        frontend(
+            "10.96.0.12".parse::<std::net::IpAddr>().unwrap(),
+            80,
+            PROTO_TCP,
+        ),
         SVC_F_INTERNAL,
     )];
     let one = BTreeSet::from([key.clone()]);
@@ -399,7 +412,7 @@ fn a_refused_write_keeps_the_claims_so_the_retry_removes_what_is_left() {
         panic!()
     };
     p.record(&ops);
-    let fronts: Vec<ServiceKey> = p.entries().services.keys().copied().collect();
+    let fronts: Vec<crate::sync::Frontend> = p.entries().services.keys().copied().collect();
     assert_eq!(fronts, vec![moved.frontends[0].0]);
 }
 
@@ -420,6 +433,8 @@ fn full_maps_leave_new_services_out_and_never_take_from_programmed_ones() {
     let limits = Limits {
         frontends: 3,
         backends: 6,
+        frontends6: 3,
+        backends6: 6,
     };
     let mut p = Programmed::adopt(Entries::default(), limits);
     let a = named("a", 10, &[1, 2, 3]);

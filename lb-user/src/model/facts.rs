@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use k8s_openapi::{
@@ -16,7 +16,7 @@ use k8s_openapi::{
 
 use serde::Deserialize;
 
-use super::{candidate, ip_of, pod_ip, pod_ready, slice_service};
+use super::{Family, PodIps, candidate, ips_of, pod_ips, pod_ready, slice_service};
 
 /// What [`PodFacts::from_json`] decodes of a stored pod (every other field is
 /// skipped unread).
@@ -64,8 +64,15 @@ struct PortRow {
 struct StatusRow {
     #[serde(rename = "podIP")]
     pod_ip: Option<String>,
+    #[serde(rename = "podIPs")]
+    pod_ips: Option<Vec<PodIpRow>>,
     phase: Option<String>,
     conditions: Option<Vec<ConditionRow>>,
+}
+
+#[derive(Deserialize)]
+struct PodIpRow {
+    ip: String,
 }
 
 #[derive(Deserialize)]
@@ -83,10 +90,14 @@ pub type NamedPort = (Box<str>, Box<str>, u16);
 pub struct PodFacts {
     /// Its labels, sorted by key.
     labels: Box<[(Box<str>, Box<str>)]>,
-    /// Its address while it is an endpoint candidate ([`pod_ready`]), else None.
+    /// Its IPv4 address while it is an endpoint candidate ([`pod_ready`]), else None.
     pub ready_ip: Option<Ipv4Addr>,
-    /// Its address, ready or not (the agent follows the routes to every pod).
+    /// Its IPv4 address, ready or not (the agent follows the routes to every pod).
     pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address, ready or not.
+    pub ip6: Option<Ipv6Addr>,
+    /// Whether it is an endpoint candidate ([`pod_ready`]).
+    pub ready: bool,
     /// `spec.nodeName`.
     pub node_name: Option<Box<str>>,
     /// Its containers' named ports: (name, protocol, port), in the containers' order.
@@ -104,7 +115,7 @@ impl PodFacts {
             .flat_map(|s| s.containers.iter())
             .flat_map(|c| c.ports.iter().flatten())
             .map(|p| (p.name.as_deref(), p.protocol.as_deref(), p.container_port));
-        let ip = pod_ip(pod);
+        let ip = pod_ips(pod);
         let spec = pod.spec.as_ref();
         Self::from_parts(
             pod.metadata.labels.iter().flatten(),
@@ -121,10 +132,15 @@ impl PodFacts {
     /// whole `Pod` decoded is ~4.5 KB of mostly empty fields.
     pub fn from_json(json: &str) -> serde_json::Result<Self> {
         let row: PodRow = serde_json::from_str(json)?;
-        let ip = ip_of(row.status.as_ref().and_then(|s| s.pod_ip.as_deref()));
+        let ip = row.status.as_ref().map_or_else(PodIps::default, |s| {
+            ips_of(
+                s.pod_ip.as_deref(),
+                s.pod_ips.iter().flatten().map(|i| i.ip.as_str()),
+            )
+        });
         let ready = row.status.as_ref().is_some_and(|s| {
             candidate(
-                ip.is_some(),
+                ip.any(),
                 s.phase.as_deref(),
                 row.metadata.deletion_timestamp.is_some(),
                 s.conditions
@@ -154,7 +170,7 @@ impl PodFacts {
     /// it is ready, node, and its containers' ports (name, protocol, number).
     fn from_parts<'a>(
         labels: impl Iterator<Item = (&'a String, &'a String)>,
-        ip: Option<Ipv4Addr>,
+        ip: PodIps,
         ready: bool,
         node_name: Option<&str>,
         ports: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, i32)>,
@@ -163,8 +179,10 @@ impl PodFacts {
             labels: labels
                 .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
                 .collect(),
-            ready_ip: ip.filter(|_| ready),
-            ip,
+            ready_ip: ip.v4.filter(|_| ready),
+            ip: ip.v4,
+            ip6: ip.v6,
+            ready,
             node_name: node_name.map(Into::into),
             named_ports: ports
                 .filter_map(|(name, protocol, port)| {
@@ -176,6 +194,17 @@ impl PodFacts {
                 })
                 .collect(),
             dns_name: None,
+        }
+    }
+
+    /// Its address of `family` while it is an endpoint candidate.
+    pub fn ready_addr(&self, family: Family) -> Option<IpAddr> {
+        if !self.ready {
+            return None;
+        }
+        match family {
+            Family::V4 => self.ip.map(IpAddr::V4),
+            Family::V6 => self.ip6.map(IpAddr::V6),
         }
     }
 

@@ -5,7 +5,7 @@ mod decode;
 mod facts;
 mod validate;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::{
     api::{
@@ -877,7 +877,7 @@ pub fn pod_ready(pod: &Pod) -> bool {
         return false;
     };
     candidate(
-        pod_ip(pod).is_some(),
+        pod_ips(pod).any(),
         status.phase.as_deref(),
         pod.metadata.deletion_timestamp.is_some(),
         status
@@ -964,13 +964,46 @@ impl std::fmt::Display for Family {
     }
 }
 
-pub fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
-    ip_of(pod.status.as_ref()?.pod_ip.as_deref())
+/// A pod's addresses, one per family: `status.podIPs` (one per family, as the API
+/// server validates them), else `status.podIP` alone as older objects hold it.
+pub fn pod_ips(pod: &Pod) -> PodIps {
+    let Some(status) = pod.status.as_ref() else {
+        return PodIps::default();
+    };
+    ips_of(
+        status.pod_ip.as_deref(),
+        status.pod_ips.iter().flatten().map(|i| i.ip.as_str()),
+    )
 }
 
-/// A pod's `status.podIP` as [`pod_ip`] reads it.
-fn ip_of(pod_ip: Option<&str>) -> Option<Ipv4Addr> {
-    pod_ip?.parse().ok()
+/// A pod's address of each family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodIps {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl PodIps {
+    pub fn any(&self) -> bool {
+        self.v4.is_some() || self.v6.is_some()
+    }
+}
+
+/// [`pod_ips`] from `status.podIP` and `status.podIPs[].ip`.
+fn ips_of<'a>(pod_ip: Option<&'a str>, pod_ips: impl Iterator<Item = &'a str>) -> PodIps {
+    let mut out = PodIps::default();
+    for ip in pod_ip.into_iter().chain(pod_ips) {
+        match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => {
+                out.v4.get_or_insert(a);
+            }
+            Ok(IpAddr::V6(a)) => {
+                out.v6.get_or_insert(a);
+            }
+            Err(_) => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ fn node() -> Node {
     Node {
         name: "n1".into(),
         addrs: vec![NODE.parse().unwrap()],
+        addrs6: Vec::new(),
     }
 }
 
@@ -47,7 +48,10 @@ fn nodeport_has_a_cluster_frontend_and_one_per_node_address() {
         p.frontends,
         vec![
             (frontend(cluster_ip, 80, PROTO_TCP), SVC_F_INTERNAL),
-            (frontend(NODE.parse().unwrap(), 30008, PROTO_TCP), 0)
+            (
+                frontend(NODE.parse::<IpAddr>().unwrap(), 30008, PROTO_TCP),
+                0
+            )
         ]
     );
     assert_eq!(
@@ -131,7 +135,7 @@ fn services_without_selector_take_ready_endpoints_from_their_slices() {
         slice("other-1", "other", "- addresses: [10.244.0.9]\n"),
     ));
     let plans = plan(&s, &node());
-    let eps = |port: &str| -> Vec<(Ipv4Addr, u16)> {
+    let eps = |port: &str| -> Vec<(IpAddr, u16)> {
         plans
             .iter()
             .find(|p| p.port == port)
@@ -139,7 +143,7 @@ fn services_without_selector_take_ready_endpoints_from_their_slices() {
             .endpoints
             .clone()
     };
-    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     assert_eq!(
         eps("web"),
         vec![(ip("10.244.0.2"), 8080), (ip("10.244.0.4"), 8080)]
@@ -179,7 +183,7 @@ fn traffic_policies_and_remote_endpoints() {
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.80\n{policies}  selector: {{app: web}}\n  ports:\n  - {{port: 80, nodePort: 30080}}\n---\n{pods}"
         )
     };
-    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     // Cluster policies: one plan for every frontend; the pod on n2 is remote.
     let plans = plan(&state(&svc("")), &node());
     assert_eq!(plans.len(), 1);
@@ -195,7 +199,7 @@ fn traffic_policies_and_remote_endpoints() {
         .entries()
         .backends
         .values()
-        .map(|b| b.flags & BE_F_REMOTE)
+        .map(|b| b.flags() & BE_F_REMOTE)
         .collect();
     assert_eq!(
         remote_flags,
@@ -231,12 +235,15 @@ fn traffic_policies_and_remote_endpoints() {
     assert_eq!(int.endpoints, vec![(ip("10.244.0.2"), 80)]);
 }
 
-/// Until the agent's entries carry IPv6, a service is served in the IPv4 family
-/// alone: a dual-stack service by its IPv4 clusterIP and the node's IPv4 addresses,
-/// an IPv6-only one not at all (never on an IPv4 address: kube-proxy serves a
-/// family's NodePorts on that family's node addresses only).
+const NODE6: &str = "2001:db8::2";
+
+/// A dual-stack service is planned in each of its families, each with that
+/// family's frontends (its clusterIP, the node's addresses of the family for the
+/// NodePort) and endpoints (the pods' addresses of the family, from
+/// `status.podIPs`); an IPv6-only service only in IPv6, never on an IPv4 address
+/// (kube-proxy serves a family's NodePorts on that family's node addresses only).
 #[test]
-fn a_service_is_planned_in_its_ipv4_family_only() {
+fn a_service_is_planned_in_each_of_its_families_with_that_familys_addresses() {
     let alloc = crate::store::alloc::Allocation {
         service_cidrs: crate::store::alloc::parse_service_cidrs("10.96.0.0/12,fd00:10:96::/112")
             .unwrap(),
@@ -244,27 +251,125 @@ fn a_service_is_planned_in_its_ipv4_family_only() {
     };
     let svc = |name: &str, families: &str| {
         format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: NodePort\n  ipFamilyPolicy: PreferDualStack\n  ipFamilies: {families}\n  selector: {{app: web}}\n  ports:\n  - {{port: 80}}\n---\n"
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: NodePort\n  ipFamilyPolicy: PreferDualStack\n  ipFamilies: {families}\n  selector: {{app: web}}\n  ports:\n  - {{port: 80, nodePort: 3000{}}}\n---\n",
+            name.len()
+        )
+    };
+    let dual_pod = pod("a", "10.244.0.2", "{app: web}", "[]").replace(
+        "  podIP: 10.244.0.2\n",
+        "  podIP: 10.244.0.2\n  podIPs: [{ip: 10.244.0.2}, {ip: 'fd00:10:244::2'}]\n",
+    );
+    let yaml = format!(
+        "{}{}{}{}",
+        svc("dual", "[IPv6, IPv4]"),
+        svc("six", "[IPv6]").replace("PreferDualStack", "SingleStack"),
+        dual_pod,
+        // An IPv4-only pod: an endpoint of the IPv4 family only.
+        pod("b", "10.244.0.3", "{app: web}", "[]"),
+    );
+    let s = Tracked::new(crate::store::apply::applied_in(&yaml, &alloc).into());
+    let node = Node {
+        addrs6: vec![NODE6.parse().unwrap()],
+        ..node()
+    };
+    let plans = plan(&s, &node);
+    let names: Vec<(&str, &str)> = plans
+        .iter()
+        .map(|p| (p.service.name.as_str(), p.port.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("dual", "80 (IPv6)"), ("dual", "80"), ("six", "80")],
+        "{plans:#?}"
+    );
+    let ips = crate::model::cluster_ips(&s.state.services[&ObjectKey::new("default", "dual")]);
+    assert!(ips[0].is_ipv6() && ips[1].is_ipv4(), "{ips:?}");
+    let (v6, v4) = (&plans[0], &plans[1]);
+    let node6: IpAddr = NODE6.parse().unwrap();
+    let node4: IpAddr = NODE.parse().unwrap();
+    assert_eq!(
+        v6.frontends,
+        vec![
+            (frontend(ips[0], 80, PROTO_TCP), SVC_F_INTERNAL),
+            (frontend(node6, 30004, PROTO_TCP), 0)
+        ]
+    );
+    assert_eq!(v6.endpoints, vec![("fd00:10:244::2".parse().unwrap(), 80)]);
+    assert_eq!(
+        v4.frontends,
+        vec![
+            (frontend(ips[1], 80, PROTO_TCP), SVC_F_INTERNAL),
+            (frontend(node4, 30004, PROTO_TCP), 0)
+        ]
+    );
+    assert_eq!(
+        v4.endpoints,
+        vec![
+            ("10.244.0.2".parse().unwrap(), 80),
+            ("10.244.0.3".parse().unwrap(), 80)
+        ]
+    );
+    let six = &plans[2];
+    assert!(
+        six.frontends.iter().all(|(f, _)| f.addr().is_ipv6()),
+        "{six:?}"
+    );
+    assert_eq!(six.frontends[1].0, frontend(node6, 30003, PROTO_TCP));
+    assert_eq!(six.endpoints, v6.endpoints);
+
+    // Both families' entries in one update: one id space, each slot in its
+    // family's map.
+    let mut p = Programmed::default();
+    let Ok(Update::Writes(ops, left_out)) = p.update(Scope::All, &plans) else {
+        panic!("a full update writes")
+    };
+    assert!(left_out.is_empty());
+    p.record(&ops);
+    let e = p.entries();
+    let ids: BTreeSet<u32> = e.services.values().map(|v| v.svc_id).collect();
+    assert_eq!(ids.len(), 3, "one service-port id per plan: {e:?}");
+    for (k, slot) in &e.backends {
+        let family = e
+            .services
+            .iter()
+            .find(|(_, v)| v.svc_id == k.svc_id)
+            .map(|(f, _)| f.addr().is_ipv6());
+        assert_eq!(family, Some(slot.addr().is_ipv6()), "{k:?} {slot:?}");
+    }
+    assert!(ops.iter().any(|o| o.map() == lb_common::MAP_SERVICES6));
+    assert!(ops.iter().any(|o| o.map() == lb_common::MAP_BACKENDS6));
+}
+
+/// A service without a selector takes each family's endpoints from the
+/// EndpointSlices of that `addressType`.
+#[test]
+fn ipv6_endpoint_slices_serve_the_ipv6_family() {
+    let alloc = crate::store::alloc::Allocation {
+        service_cidrs: crate::store::alloc::parse_service_cidrs("10.96.0.0/12,fd00:10:96::/112")
+            .unwrap(),
+        ..Default::default()
+    };
+    let slice = |name: &str, ty: &str, addr: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/service-name: ext}}\naddressType: {ty}\nports: [{{port: 8080}}]\nendpoints: [{{addresses: ['{addr}']}}]\n---\n"
         )
     };
     let yaml = format!(
-        "{}{}{}",
-        svc("dual", "[IPv6, IPv4]"),
-        svc("six", "[IPv6]").replace("PreferDualStack", "SingleStack"),
-        pod("a", "10.244.0.2", "{app: web}", "[]"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\nspec:\n  ipFamilyPolicy: RequireDualStack\n  ports:\n  - {{port: 80}}\n---\n{}{}",
+        slice("ext-4", "IPv4", "10.1.0.1"),
+        slice("ext-6", "IPv6", "fd00:1::1"),
     );
     let s = Tracked::new(crate::store::apply::applied_in(&yaml, &alloc).into());
     let plans = plan(&s, &node());
-    assert_eq!(plans.len(), 1, "{plans:?}");
-    let dual = &s.state.services[&ObjectKey::new("default", "dual")];
-    let ips = crate::model::cluster_ips(dual);
-    assert!(ips[0].is_ipv6() && ips[1].is_ipv4(), "{ips:?}");
-    assert_eq!(plans[0].service, ObjectKey::new("default", "dual"));
-    let v4 = crate::model::cluster_ip(dual).unwrap();
-    assert_eq!(IpAddr::V4(v4), ips[1]);
+    let eps: Vec<(&str, Vec<(IpAddr, u16)>)> = plans
+        .iter()
+        .map(|p| (p.port.as_str(), p.endpoints.clone()))
+        .collect();
     assert_eq!(
-        plans[0].frontends[0],
-        (frontend(v4, 80, PROTO_TCP), SVC_F_INTERNAL)
+        eps,
+        vec![
+            ("80", vec![("10.1.0.1".parse().unwrap(), 8080)]),
+            ("80 (IPv6)", vec![("fd00:1::1".parse().unwrap(), 8080)]),
+        ]
     );
-    assert_eq!(plans[0].frontends.len(), 2);
 }

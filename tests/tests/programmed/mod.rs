@@ -12,6 +12,8 @@ pub fn program(maps: &mut lb_user::maps::Maps, plans: &[lb_user::plan::PortPlan]
         Limits {
             frontends,
             backends,
+            frontends6: lb_common::DEFAULT_FRONTENDS6,
+            backends6: lb_common::DEFAULT_BACKENDS6,
         },
     );
     let Ok(Update::Writes(ops, left_out)) = programmed.update(Scope::All, plans) else {
@@ -29,8 +31,8 @@ pub fn program(maps: &mut lb_user::maps::Maps, plans: &[lb_user::plan::PortPlan]
 pub fn port_plan(
     name: &str,
     proto: u8,
-    frontends: Vec<(lb_common::ServiceKey, u32)>,
-    endpoints: Vec<(std::net::Ipv4Addr, u16)>,
+    frontends: Vec<(lb_user::sync::Frontend, u32)>,
+    endpoints: Vec<(std::net::IpAddr, u16)>,
 ) -> lb_user::plan::PortPlan {
     lb_user::plan::PortPlan {
         service: lb_user::model::ObjectKey::new("default", name),
