@@ -14,7 +14,7 @@ pub mod packet;
 pub mod scale;
 pub mod topology;
 
-pub use topology::{Netns, Topology, seeds};
+pub use topology::{Netns, Topology, dual, seeds};
 
 /// Whether this process may create namespaces and load eBPF (root).
 pub fn is_root() -> bool {

@@ -485,6 +485,99 @@ pub mod seeds {
     }
 }
 
+/// The seeds' network in both families: [`seeds`]' namespaces with IPv6 addresses
+/// beside the IPv4 ones (unique-local, inside the namespaces only), as a dual-stack
+/// cluster's nodes and pods have them.
+pub mod dual {
+    use super::*;
+
+    pub const LAPTOP_IP6: &str = "fd00:192:168:1::10";
+    pub const NODE_IP6: &str = "fd00:192:168:1::2";
+    pub const POD_IP6: &str = "fd00:10:244::2";
+    pub const POD_GATEWAY6: &str = "fd00:10:244::1";
+    /// The store's ranges: IPv4 first, as a dual-stack cluster's usual order.
+    pub const SERVICE_CIDRS: &str = "10.96.0.0/12,fd00:10:96::/112";
+
+    /// [`seeds::lan`] with IPv6 on the wire (no duplicate address detection: the
+    /// addresses are usable at once) and IPv6 forwarding in the node.
+    pub fn lan(t: &mut Topology) -> Result<seeds::Seeds> {
+        let s = seeds::lan(t)?;
+        for (ns, ip) in [(&s.laptop, LAPTOP_IP6), (&s.node, NODE_IP6)] {
+            t.ip(
+                ns,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{ip}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
+        }
+        t.sysctl(&s.node, "net.ipv6.conf.all.forwarding", "1")?;
+        Ok(s)
+    }
+
+    /// [`seeds::pod`] with an IPv6 address too: a /128 with a route to the node's
+    /// gateway address on its veth, as [`seeds::pod_via`] does for IPv4.
+    pub fn pod(
+        t: &mut Topology,
+        node: &Netns,
+        short: &str,
+        host_if: &str,
+        ip: &str,
+        ip6: &str,
+    ) -> Result<Netns> {
+        let pod = seeds::pod(t, node, short, host_if, ip)?;
+        t.ip(
+            &pod,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip6}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        t.ip(&pod, &["-6", "route", "add", POD_GATEWAY6, "dev", "eth0"])?;
+        t.ip(
+            &pod,
+            &[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                POD_GATEWAY6,
+                "dev",
+                "eth0",
+            ],
+        )?;
+        // The gateway address on each host-side pod veth, as IPv4's.
+        t.ip(
+            node,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{POD_GATEWAY6}/128"),
+                "dev",
+                host_if,
+                "nodad",
+            ],
+        )?;
+        t.ip(
+            node,
+            &["-6", "route", "add", &format!("{ip6}/128"), "dev", host_if],
+        )?;
+        Ok(pod)
+    }
+}
+
 /// Several nodes on one LAN: a bridge in a namespace of its own joins the laptop
 /// (192.168.1.10) and nodes 192.168.1.2, .3, ...; node N's pods live in
 /// 10.244.N.0/24 behind it, and every node routes the other nodes' pod networks to

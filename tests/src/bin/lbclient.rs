@@ -34,6 +34,16 @@ use std::{
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The unspecified address of `addr`'s family, any port: where a client socket
+/// for `addr` binds.
+fn any(addr: SocketAddr) -> &'static str {
+    if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mode, addr) = (args.first().map(String::as_str), args.get(1));
@@ -149,7 +159,7 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
 }
 
 fn udp(addr: SocketAddr, i: u64) -> std::io::Result<String> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let s = UdpSocket::bind(any(addr))?;
     s.set_read_timeout(Some(TIMEOUT))?;
     // Connected, as resolvers are: the kernel then reports ICMP errors to the socket.
     s.connect(addr)?;
@@ -164,7 +174,7 @@ fn udp(addr: SocketAddr, i: u64) -> std::io::Result<String> {
 }
 
 fn udp_flow(addr: SocketAddr, n: u64) {
-    let s = match UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+    let s = match UdpSocket::bind(any(addr)).and_then(|s| {
         s.set_read_timeout(Some(Duration::from_millis(500)))?;
         s.connect(addr)?;
         Ok(s)
@@ -192,7 +202,7 @@ fn udp_flow(addr: SocketAddr, n: u64) {
 }
 
 fn big_udp(addr: SocketAddr, i: u64) -> std::io::Result<String> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let s = UdpSocket::bind(any(addr))?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.connect(addr)?;
     let sent: Vec<u8> = (0..4000u64).map(|b| (b * 31 + i) as u8).collect();
@@ -214,7 +224,7 @@ fn big_udp(addr: SocketAddr, i: u64) -> std::io::Result<String> {
 }
 
 fn sendto(addr: SocketAddr, i: u64) -> std::io::Result<String> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let s = UdpSocket::bind(any(addr))?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.send_to(format!("ping {i}").as_bytes(), addr)?;
     let mut buf = [0u8; 2048];

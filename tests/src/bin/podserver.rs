@@ -26,7 +26,11 @@ fn main() {
     let mut threads = Vec::new();
     for port in tcp {
         let text = text.clone();
-        let l = TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("tcp {port}: {e}"));
+        // Both families: "::" takes IPv4 too (as IPv4-mapped addresses), unless the
+        // namespace has no IPv6.
+        let l = TcpListener::bind(("::", port))
+            .or_else(|_| TcpListener::bind(("0.0.0.0", port)))
+            .unwrap_or_else(|e| panic!("tcp {port}: {e}"));
         threads.push(thread::spawn(move || {
             for conn in l.incoming().flatten() {
                 let text = text.clone();
@@ -36,7 +40,9 @@ fn main() {
     }
     for port in udp {
         let text = text.clone();
-        let s = UdpSocket::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("udp {port}: {e}"));
+        let s = UdpSocket::bind(("::", port))
+            .or_else(|_| UdpSocket::bind(("0.0.0.0", port)))
+            .unwrap_or_else(|e| panic!("udp {port}: {e}"));
         threads.push(thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
             while let Ok((n, peer)) = s.recv_from(&mut buf) {
@@ -123,7 +129,11 @@ fn serve_http(mut conn: std::net::TcpStream, text: &str) {
     // `/peer`: the text and the address the connection came from, so tests can see
     // whether a source was rewritten on the way.
     let body = match (got.starts_with(b"GET /peer"), conn.peer_addr()) {
-        (true, Ok(peer)) => format!("{text} {peer}\n"),
+        // An IPv4 client as itself, not as the IPv4-mapped address "::" gives.
+        (true, Ok(peer)) => format!(
+            "{text} {}\n",
+            std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port())
+        ),
         _ => format!("{text}\n"),
     };
     let _ = conn.write_all(

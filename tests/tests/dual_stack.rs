@@ -1,0 +1,274 @@
+//! Dual-stack services end to end, in veth namespaces on default link settings: the
+//! seeds' laptop, node and pod with IPv6 addresses beside their IPv4 ones, a store
+//! allocating from one range per family, and lb's agent in the node.
+
+use std::{net::IpAddr, time::Duration};
+
+use lb_common::PROTO_TCP;
+use lb_user::{maps::Maps, plan::frontend};
+
+use lb_tests::{
+    Netns, Topology,
+    cluster::lbclient_in,
+    dual::{self, LAPTOP_IP6, NODE_IP6, POD_IP6, SERVICE_CIDRS},
+    lbctl::{Lb, curl, podserver_bin},
+    require_root,
+    seeds::{LAPTOP_IP, NODE_IP, POD_IP},
+};
+
+/// The seeds' pod with both addresses, as a dual-stack kubelet reports them.
+const POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: myapp-pod
+  labels: {app: myapp, type: front-end}
+spec:
+  nodeName: node1
+  containers:
+  - name: nginx-container
+    image: nginx
+    ports: [{name: http, containerPort: 80}]
+status:
+  podIP: 10.244.0.2
+  podIPs: [{ip: 10.244.0.2}, {ip: 'fd00:10:244::2'}]
+";
+
+/// A client pod on the node, both families (in the store too: the agent attaches
+/// to the interfaces of the pods it knows).
+const CLIENT_IP: &str = "10.244.0.3";
+const CLIENT_IP6: &str = "fd00:10:244::3";
+const CLIENT: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: node1
+  containers: [{name: c, image: c}]
+status:
+  podIP: 10.244.0.3
+  podIPs: [{ip: 10.244.0.3}, {ip: 'fd00:10:244::3'}]
+";
+
+/// A service selecting the seeds' pod: `name`, `ipFamilyPolicy: policy`, the
+/// families asked for (`[]`: none), TCP 80 on NodePort `node_port` and UDP 53 ->
+/// 5353 on NodePort `node_port + 1000`.
+fn service(name: &str, policy: &str, families: &str, node_port: u16) -> String {
+    let families = if families == "[]" {
+        String::new()
+    } else {
+        format!("  ipFamilies: {families}\n")
+    };
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  type: NodePort
+  ipFamilyPolicy: {policy}
+{families}  selector: {{app: myapp, type: front-end}}
+  ports:
+  - {{name: http, port: 80, targetPort: 80, nodePort: {node_port}}}
+  - {{name: dns, port: 53, targetPort: 5353, protocol: UDP, nodePort: {}}}
+---
+",
+        node_port + 1000
+    )
+}
+
+struct Scenario {
+    t: Topology,
+    laptop: Netns,
+    client: Netns,
+    lb: Lb,
+}
+
+/// Laptop, node, the seeds' pod (TCP 80, UDP 5353) and a client pod, all dual-stack;
+/// a dual-stack store with `manifests` applied; the agent in the node.
+fn scenario(tag: &str, manifests: &str) -> Scenario {
+    require_root();
+    let mut t = Topology::new(tag).unwrap();
+    let s = dual::lan(&mut t).unwrap();
+    let pod = dual::pod(&mut t, &s.node, "pod", "lxc1", POD_IP, POD_IP6).unwrap();
+    let client = dual::pod(&mut t, &s.node, "client", "lxc2", CLIENT_IP, CLIENT_IP6).unwrap();
+    let server = podserver_bin().display().to_string();
+    t.spawn(&pod, "pod", &[&server, "--tcp", "80", "--udp", "5353"], &[])
+        .unwrap();
+    let lb = Lb::new(&mut t).unwrap();
+    lb.ok(&["ranges", "--service-cidr", SERVICE_CIDRS]).unwrap();
+    lb.apply(&format!("{manifests}---\n{POD}---\n{CLIENT}"))
+        .unwrap();
+    lb.start_agent(&mut t, &s.node, "node1", &["eth0"]).unwrap();
+    Scenario {
+        t,
+        laptop: s.laptop,
+        client,
+        lb,
+    }
+}
+
+impl Scenario {
+    /// The service's clusterIPs, as `lb get svc -o json` reports them.
+    fn cluster_ips(&self, name: &str) -> Vec<String> {
+        let json = self.lb.ok(&["get", "svc", name, "-o", "json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["spec"]["clusterIPs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no clusterIPs: {json}"))
+            .iter()
+            .map(|ip| ip.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// `curl URL` from `ns` until it answers (10 s at most).
+    fn fetch(&self, ns: &Netns, url: &str) -> Option<String> {
+        Topology::wait_for(Duration::from_secs(10), || curl(&self.t, ns, url))
+    }
+
+    fn must_fetch(&self, ns: &Netns, url: &str) -> String {
+        self.fetch(ns, url).unwrap_or_else(|| {
+            panic!(
+                "{url} never answered\n{}",
+                self.lb.diagnostics(&self.t, "node1")
+            )
+        })
+    }
+}
+
+/// `http://ADDR:PORT`, with an IPv6 address in brackets.
+fn url(addr: &str, port: u16, path: &str) -> String {
+    let addr: std::net::IpAddr = addr.parse().unwrap();
+    format!("http://{}{path}", std::net::SocketAddr::new(addr, port))
+}
+
+/// The seeds' scenario over IPv6: laptop -> [node]:30008 -> pod -> Hello World!, the
+/// pod seeing the laptop's own IPv6 address (a local endpoint: no SNAT); the same
+/// service still answers on the node's IPv4 address.
+#[test]
+fn laptop_curls_the_nodeport_over_ipv6_and_gets_hello_world() {
+    let s = scenario(
+        "ds-seeds",
+        &service("node-port-service", "PreferDualStack", "[]", 30008),
+    );
+    assert_eq!(
+        s.must_fetch(&s.laptop, &url(NODE_IP6, 30008, "")),
+        "Hello World!\n"
+    );
+    let peer = s.must_fetch(&s.laptop, &url(NODE_IP6, 30008, "/peer"));
+    assert!(
+        peer.starts_with(&format!("Hello World! [{LAPTOP_IP6}]:")),
+        "the pod sees the laptop's address: {peer}"
+    );
+    assert_eq!(
+        s.must_fetch(&s.laptop, &url(NODE_IP, 30008, "/peer"))
+            .split(' ')
+            .nth(2)
+            .and_then(|p| p.rsplit_once(':'))
+            .map(|(a, _)| a.to_string()),
+        Some(LAPTOP_IP.to_string())
+    );
+    // UDP over IPv6 through the NodePort, several new flows.
+    let udp = lbclient_in(
+        &s.t,
+        &s.laptop,
+        &["udp", &format!("[{NODE_IP6}]:31008"), "3"],
+    );
+    assert_eq!(
+        udp,
+        vec!["Hello World!"; 3],
+        "{}",
+        s.lb.diagnostics(&s.t, "node1")
+    );
+    // The IPv6 frontend's and its backend's counters moved: the IPv6 maps served it.
+    let maps = Maps::open_pinned(&s.lb.pins("node1")).expect("the agent's pinned maps");
+    let entries = maps.read_entries().unwrap();
+    let fe = frontend(NODE_IP6.parse::<IpAddr>().unwrap(), 30008, PROTO_TCP);
+    let svc = entries
+        .services
+        .get(&fe)
+        .expect("a frontend for [NODE_IP6]:30008/TCP");
+    assert!(maps.service_counters(svc.svc_id).unwrap().packets >= 6);
+    let slot = entries
+        .backends
+        .get(&lb_common::BackendKey {
+            svc_id: svc.svc_id,
+            slot: 0,
+        })
+        .expect("one IPv6 slot");
+    assert_eq!(slot.addr().to_string(), POD_IP6);
+    assert!(maps.backend_counters(slot.backend_id()).unwrap().packets >= 6);
+    // The pod's IPv6 address is not reachable from the laptop: only the NodePort
+    // leads to it.
+    assert_eq!(curl(&s.t, &s.laptop, &url(POD_IP6, 80, "")), None);
+}
+
+/// A pod reaches a dual-stack service's ClusterIP in both families, TCP and UDP,
+/// as `spec.clusterIPs` lists them (IPv4 first: the store's primary family).
+#[test]
+fn a_pod_reaches_a_dual_stack_clusterip_in_both_families() {
+    let s = scenario("ds-cip", &service("web", "RequireDualStack", "[]", 30010));
+    let ips = s.cluster_ips("web");
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    let (v4, v6) = (&ips[0], &ips[1]);
+    assert!(v4.parse::<std::net::Ipv4Addr>().is_ok(), "{ips:?}");
+    assert!(v6.starts_with("fd00:10:96::"), "{ips:?}");
+    for ip in [v4, v6] {
+        assert_eq!(
+            s.must_fetch(&s.client, &url(ip, 80, "/peer"))
+                .split(' ')
+                .nth(2)
+                .map(|p| p
+                    .rsplit_once(':')
+                    .unwrap()
+                    .0
+                    .trim_matches(['[', ']'])
+                    .to_string()),
+            Some(if ip == v4 { CLIENT_IP } else { CLIENT_IP6 }.to_string()),
+            "the pod sees the client pod's own address of the family"
+        );
+        let at = std::net::SocketAddr::new(ip.parse().unwrap(), 53).to_string();
+        let udp = lbclient_in(&s.t, &s.client, &["udp", &at, "3"]);
+        assert_eq!(udp, vec!["Hello World!"; 3], "UDP to {at}");
+    }
+}
+
+/// An IPv6-only service answers on the node's IPv6 address and its IPv6
+/// ClusterIP, never on IPv4 (its NodePort is not open on the node's IPv4 address);
+/// an IPv6-primary dual-stack one lists its IPv6 address first and answers on both.
+#[test]
+fn an_ipv6_only_service_answers_in_ipv6_only() {
+    let s = scenario(
+        "ds-six",
+        &format!(
+            "{}{}",
+            service("six", "SingleStack", "[IPv6]", 30020),
+            service("six-first", "PreferDualStack", "[IPv6, IPv4]", 30021),
+        ),
+    );
+    let six = s.cluster_ips("six");
+    assert_eq!(six.len(), 1, "{six:?}");
+    assert!(six[0].contains(':'), "{six:?}");
+    assert_eq!(
+        s.must_fetch(&s.laptop, &url(NODE_IP6, 30020, "")),
+        "Hello World!\n"
+    );
+    assert_eq!(
+        s.must_fetch(&s.client, &url(&six[0], 80, "")),
+        "Hello World!\n"
+    );
+    assert_eq!(
+        curl(&s.t, &s.laptop, &url(NODE_IP, 30020, "")),
+        None,
+        "an IPv6-only service's NodePort is not served on IPv4"
+    );
+    let first = s.cluster_ips("six-first");
+    assert!(
+        first[0].contains(':') && !first[1].contains(':'),
+        "{first:?}"
+    );
+    for addr in [NODE_IP6, NODE_IP] {
+        assert_eq!(
+            s.must_fetch(&s.laptop, &url(addr, 30021, "")),
+            "Hello World!\n"
+        );
+    }
+}
