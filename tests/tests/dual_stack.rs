@@ -229,6 +229,19 @@ fn a_pod_reaches_a_dual_stack_clusterip_in_both_families() {
         let udp = lbclient_in(&s.t, &s.client, &["udp", &at, "3"]);
         assert_eq!(udp, vec!["Hello World!"; 3], "UDP to {at}");
     }
+    // The service's name answers in both families from the cluster DNS (the agent's,
+    // at 10.96.0.10), and each address points back at the name.
+    let dig = |args: &[&str]| {
+        let mut argv = vec!["dig", "+tries=3", "+time=1", "+short", "@10.96.0.10"];
+        argv.extend_from_slice(args);
+        let out = s.t.run(&s.client, &argv).unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let name = "web.default.svc.cluster.local";
+    assert_eq!(dig(&["A", name]), *v4);
+    assert_eq!(dig(&["AAAA", name]), *v6);
+    assert_eq!(dig(&["-x", v6]), format!("{name}."));
+    assert_eq!(dig(&["-x", v4]), format!("{name}."));
 }
 
 /// An IPv6-only service answers on the node's IPv6 address and its IPv6

@@ -8,7 +8,7 @@ use hickory_proto::{
     op::{Edns, Message, OpCode, ResponseCode},
     rr::{
         DNSClass, Name, RData, Record, RecordType,
-        rdata::{A, CNAME, NS, PTR, SOA, SRV, TXT},
+        rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT},
     },
 };
 
@@ -112,7 +112,7 @@ pub fn answer(zone: &Zone, bytes: &[u8], recursion: bool) -> Option<(Outcome, us
             for (_, data) in &records {
                 if let Data::Srv { target, .. } = data {
                     for a in zone.addresses(target) {
-                        if let Some(r) = record(target, &Data::A(a), zone) {
+                        if let Some(r) = record(target, &a, zone) {
                             reply.add_additional(r);
                         }
                     }
@@ -160,6 +160,7 @@ fn record(owner: &str, data: &Data, zone: &Zone) -> Option<Record> {
     let name = |n: &str| Name::from_ascii(n).ok();
     let rdata = match data {
         Data::A(a) => RData::A(A(*a)),
+        Data::Aaaa(a) => RData::AAAA(AAAA(*a)),
         Data::Srv {
             priority,
             weight,

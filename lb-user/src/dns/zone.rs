@@ -2,18 +2,23 @@
 //! docs/specification.md, schema 1.1.0) gives them, from the objects the agent
 //! follows: a service's name to its ClusterIP, a headless service's to its ready
 //! endpoints (and each endpoint's own name), SRV records for named ports, PTR
-//! records back, ExternalName as a CNAME. Pure: built and changed one service at a
+//! records back, ExternalName as a CNAME. Both families: A records for IPv4
+//! addresses, AAAA for IPv6 ones (a dual-stack service has one of each), PTR
+//! records under `in-addr.arpa.` and `ip6.arpa.`. Pure: built and changed one service at a
 //! time by the agent, read by the server's lookups.
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::util::intstr::IntOrString};
 
 use crate::{
-    model::{CLUSTER_IP_NONE, ObjectKey, SliceFacts, TYPE_EXTERNAL_NAME, cluster_ip, service_type},
+    model::{
+        CLUSTER_IP_NONE, Family, ObjectKey, SliceFacts, TYPE_EXTERNAL_NAME, cluster_ips,
+        service_type,
+    },
     state::{Tracked, selector_pair},
 };
 
@@ -27,6 +32,7 @@ pub const TTL: u32 = 5;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Data {
     A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
     Srv {
         priority: u16,
         weight: u16,
@@ -63,6 +69,7 @@ impl Data {
             (self, want),
             (_, Want::Any)
                 | (Data::A(_), Want::A)
+                | (Data::Aaaa(_), Want::Aaaa)
                 | (Data::Srv { .. }, Want::Srv)
                 | (Data::Cname(_), Want::Cname)
                 | (Data::Txt(_), Want::Txt)
@@ -91,7 +98,7 @@ pub enum Lookup {
 enum Entry {
     Name(Box<str>, Data),
     /// The reverse name of an address, to the name it points at.
-    Ptr(Ipv4Addr, Box<str>),
+    Ptr(IpAddr, Box<str>),
 }
 
 /// The zone: every service's records, the addresses they point back from, and
@@ -104,7 +111,7 @@ pub struct Zone {
     dns_ip: Option<Ipv4Addr>,
     serial: u32,
     names: HashMap<Box<str>, Vec<Data>>,
-    reverse: HashMap<Ipv4Addr, Vec<Box<str>>>,
+    reverse: HashMap<IpAddr, Vec<Box<str>>>,
     /// Names below the apex that hold records' names: how many records each holds.
     parents: HashMap<Box<str>, u32>,
     of_service: HashMap<ObjectKey, Vec<Entry>>,
@@ -235,7 +242,10 @@ impl Zone {
     /// What `name` (lowercase, with the root's dot) holds for `want`.
     pub fn lookup(&self, name: &str, want: Want) -> Lookup {
         if let Some(rest) = name.strip_suffix(".in-addr.arpa.") {
-            return self.lookup_reverse(rest, want);
+            return self.lookup_reverse(rest, want, "in-addr.arpa.");
+        }
+        if let Some(rest) = name.strip_suffix(".ip6.arpa.") {
+            return self.lookup_reverse(rest, want, "ip6.arpa.");
         }
         let Some(relative) = self.relative(name) else {
             return Lookup::Outside;
@@ -267,7 +277,7 @@ impl Zone {
         }
         if let Some(pod) = relative.strip_suffix(".pod") {
             return match pod_address(pod) {
-                Some(Some(addr)) => own(vec![Data::A(addr)]),
+                Some(Some(addr)) => own(vec![address(addr)]),
                 Some(None) => Lookup::NoData,
                 None => Lookup::NxDomain,
             };
@@ -297,27 +307,41 @@ impl Zone {
         Lookup::NxDomain
     }
 
-    /// A name under `in-addr.arpa.` (`rest`: its labels before that): the names an
-    /// address points back at, or outside the zone (the rest of the reverse tree
-    /// is the upstream's).
-    fn lookup_reverse(&self, rest: &str, want: Want) -> Lookup {
-        let octets: Vec<&str> = rest.split('.').collect();
-        let addr = (octets.len() == 4)
-            .then(|| {
-                let mut o = [0u8; 4];
-                for (i, label) in octets.iter().rev().enumerate() {
-                    o[i] = label.parse().ok()?;
-                }
-                Some(Ipv4Addr::from(o))
-            })
-            .flatten();
+    /// A name under `in-addr.arpa.` or `ip6.arpa.` (`tree`; `rest`: its labels
+    /// before that): the names an address points back at, or outside the zone (the
+    /// rest of the reverse tree is the upstream's).
+    fn lookup_reverse(&self, rest: &str, want: Want, tree: &str) -> Lookup {
+        let labels: Vec<&str> = rest.split('.').collect();
+        let addr = if tree == "in-addr.arpa." {
+            (labels.len() == 4)
+                .then(|| {
+                    let mut o = [0u8; 4];
+                    for (i, label) in labels.iter().rev().enumerate() {
+                        o[i] = label.parse().ok()?;
+                    }
+                    Some(IpAddr::V4(Ipv4Addr::from(o)))
+                })
+                .flatten()
+        } else {
+            // 32 nibbles, the lowest first.
+            (labels.len() == 32)
+                .then(|| {
+                    let mut bits = 0u128;
+                    for label in labels.iter().rev() {
+                        let [c] = label.as_bytes() else { return None };
+                        bits = bits << 4 | u128::from((*c as char).to_digit(16)?);
+                    }
+                    Some(IpAddr::V6(Ipv6Addr::from(bits)))
+                })
+                .flatten()
+        };
         let Some(names) = addr.and_then(|a| self.reverse.get(&a)) else {
             return Lookup::Outside;
         };
         if !matches!(want, Want::Ptr | Want::Any) {
             return Lookup::NoData;
         }
-        let owner: Box<str> = format!("{rest}.in-addr.arpa.").into();
+        let owner: Box<str> = format!("{rest}.{tree}").into();
         let mut names = names.clone();
         names.sort();
         names.dedup();
@@ -337,16 +361,15 @@ impl Zone {
         name.strip_suffix(&*self.domain)?.strip_suffix('.')
     }
 
-    /// The address records `owner` holds (what an SRV target resolves to).
-    pub fn addresses(&self, owner: &str) -> Vec<Ipv4Addr> {
+    /// The address records `owner` holds (what an SRV target resolves to), A and
+    /// AAAA.
+    pub fn addresses(&self, owner: &str) -> Vec<Data> {
         self.names
             .get(owner)
             .into_iter()
             .flatten()
-            .filter_map(|d| match d {
-                Data::A(a) => Some(*a),
-                _ => None,
-            })
+            .filter(|d| matches!(d, Data::A(_) | Data::Aaaa(_)))
+            .cloned()
             .collect()
     }
 }
@@ -361,27 +384,39 @@ fn parents<'a>(owner: &'a str, domain: &str) -> impl Iterator<Item = &'a str> {
         .map(move |i| &owner[i..])
 }
 
-/// The address a pod name (`a-b-c-d.<namespace>`, relative to `pod.<zone>`) gives:
-/// Some(Some) for an address, Some(None) for a namespace's own name, None for
-/// neither. As kube-dns and CoreDNS's `pods insecure` answer them: from the name
-/// alone.
-fn pod_address(relative: &str) -> Option<Option<Ipv4Addr>> {
+/// The address a pod name (`a-b-c-d.<namespace>` or, IPv6, `fd00-10-244--2.<namespace>`,
+/// relative to `pod.<zone>`) gives: Some(Some) for an address, Some(None) for a
+/// namespace's own name, None for neither. As kube-dns and CoreDNS's `pods
+/// insecure` answer them: from the name alone.
+fn pod_address(relative: &str) -> Option<Option<IpAddr>> {
     let labels: Vec<&str> = relative.split('.').collect();
     match labels.as_slice() {
         [_namespace] => Some(None),
-        [dashed, _namespace] => dashed.replace('-', ".").parse().ok().map(Some),
+        [dashed, _namespace] => {
+            let v4 = dashed.replace('-', ".").parse::<Ipv4Addr>().map(IpAddr::V4);
+            let v6 = || dashed.replace('-', ":").parse::<Ipv6Addr>().map(IpAddr::V6);
+            v4.or_else(|_| v6()).ok().map(Some)
+        }
         _ => None,
     }
 }
 
-/// An address as a name's label: `10-244-0-2`.
-fn dashed(addr: Ipv4Addr) -> String {
-    addr.to_string().replace('.', "-")
+/// An address as a name's label: `10-244-0-2`, `fd00-10-244--2` (CoreDNS's).
+fn dashed(addr: IpAddr) -> String {
+    addr.to_string().replace(['.', ':'], "-")
+}
+
+/// An address's record: A or AAAA.
+fn address(addr: IpAddr) -> Data {
+    match addr {
+        IpAddr::V4(a) => Data::A(a),
+        IpAddr::V6(a) => Data::Aaaa(a),
+    }
 }
 
 /// One ready endpoint of a headless service, as its names need it.
 struct Endpoint {
-    addr: Ipv4Addr,
+    addr: IpAddr,
     hostname: Option<Box<str>>,
     /// Its port for each of the service's named ports: (name, protocol, port).
     ports: Vec<(String, String, u16)>,
@@ -410,9 +445,12 @@ fn service_entries(tracked: &Tracked, key: &ObjectKey, svc: &Service, domain: &s
         )
         .into()
     };
-    if let Some(ip) = cluster_ip(svc) {
-        out.push(Entry::Name(base.clone(), Data::A(ip)));
-        out.push(Entry::Ptr(ip, base.clone()));
+    let ips = cluster_ips(svc);
+    if !ips.is_empty() && spec.cluster_ip.as_deref() != Some(CLUSTER_IP_NONE) {
+        for ip in ips {
+            out.push(Entry::Name(base.clone(), address(ip)));
+            out.push(Entry::Ptr(ip, base.clone()));
+        }
         for p in spec.ports.iter().flatten() {
             let (Some(name), Ok(port)) = (
                 p.name.as_deref().filter(|n| !n.is_empty()),
@@ -439,7 +477,7 @@ fn service_entries(tracked: &Tracked, key: &ObjectKey, svc: &Service, domain: &s
         let mut addrs = BTreeSet::new();
         for ep in &endpoints {
             if addrs.insert(ep.addr) {
-                out.push(Entry::Name(base.clone(), Data::A(ep.addr)));
+                out.push(Entry::Name(base.clone(), address(ep.addr)));
             }
             let label = ep
                 .hostname
@@ -447,7 +485,7 @@ fn service_entries(tracked: &Tracked, key: &ObjectKey, svc: &Service, domain: &s
                 .map(str::to_ascii_lowercase)
                 .unwrap_or_else(|| dashed(ep.addr));
             let own: Box<str> = format!("{label}.{base}").into();
-            out.push(Entry::Name(own.clone(), Data::A(ep.addr)));
+            out.push(Entry::Name(own.clone(), address(ep.addr)));
             if ep.hostname.is_some() {
                 out.push(Entry::Ptr(ep.addr, own.clone()));
             }
@@ -478,6 +516,19 @@ fn headless_endpoints(tracked: &Tracked, key: &ObjectKey, svc: &Service) -> Vec<
         return Vec::new();
     };
     let unready_too = spec.publish_not_ready_addresses == Some(true);
+    // The families it lists (`spec.ipFamilies`; IPv4 when unset, as the API
+    // server defaults a single-stack cluster's).
+    let families: Vec<Family> = spec
+        .ip_families
+        .iter()
+        .flatten()
+        .filter_map(|f| Family::parse(f))
+        .collect();
+    let families = if families.is_empty() {
+        vec![Family::V4]
+    } else {
+        families
+    };
     let ports: Vec<(String, String, &IntOrString, i32)> = spec
         .ports
         .iter()
@@ -499,22 +550,27 @@ fn headless_endpoints(tracked: &Tracked, key: &ObjectKey, svc: &Service) -> Vec<
             .index
             .pods_with(&pair)
             .filter_map(|k| state.pods.get(k))
-            .filter(|p| p.selected_by(selector))
-            .filter_map(|p| {
-                let addr = if unready_too { p.ip } else { p.ready_ip }?;
-                let hostname = p.hostname_in(&key.name).map(Into::into);
-                let ports = ports
+            .filter(|p| p.selected_by(selector) && (unready_too || p.ready))
+            .flat_map(|p| {
+                // Each of the pod's addresses of the service's families.
+                let addrs = [p.ip.map(IpAddr::V4), p.ip6.map(IpAddr::V6)];
+                let hostname: Option<Box<str>> = p.hostname_in(&key.name).map(Into::into);
+                let ports: Vec<(String, String, u16)> = ports
                     .iter()
                     .filter_map(|(name, proto, target, _)| {
                         let port = p.target_port(target, proto)?;
                         Some((name.clone(), proto.clone(), port))
                     })
                     .collect();
-                Some(Endpoint {
-                    addr,
-                    hostname,
-                    ports,
-                })
+                addrs
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| families.contains(&Family::of(*a)))
+                    .map(move |addr| Endpoint {
+                        addr,
+                        hostname: hostname.clone(),
+                        ports: ports.clone(),
+                    })
             })
             .collect();
     }
@@ -522,7 +578,7 @@ fn headless_endpoints(tracked: &Tracked, key: &ObjectKey, svc: &Service) -> Vec<
         .index
         .slices_of(key)
         .filter_map(|k| state.endpoint_slices.get(k))
-        .filter(|s| &*s.address_type == "IPv4")
+        .filter(|s| Family::parse(&s.address_type).is_some_and(|f| families.contains(&f)))
         .collect();
     let mut out = Vec::new();
     for slice in slices {
@@ -533,7 +589,7 @@ fn headless_endpoints(tracked: &Tracked, key: &ObjectKey, svc: &Service) -> Vec<
             .map(|(name, proto, port)| (name.to_string(), proto.to_string(), *port))
             .collect();
         for ep in slice.endpoints.iter().filter(|e| e.ready || unready_too) {
-            for addr in ep.ipv4() {
+            for &addr in &ep.addresses {
                 out.push(Endpoint {
                     addr,
                     hostname: ep.hostname.clone(),

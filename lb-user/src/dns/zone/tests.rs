@@ -294,3 +294,79 @@ fn a_change_replaces_a_services_records_and_a_deletion_removes_every_name() {
         Lookup::Outside
     );
 }
+
+/// A dual-stack store's services: the ClusterIP service answers A with its IPv4
+/// address and AAAA with its IPv6 one, each pointing back (`in-addr.arpa.`,
+/// `ip6.arpa.`); a dual-stack headless service lists its pods' addresses of both
+/// families, each pod named by its address in either form; pod names take IPv6
+/// addresses as CoreDNS writes them.
+#[test]
+fn a_dual_stack_service_answers_a_and_aaaa_and_points_back_from_both() {
+    let alloc = crate::store::alloc::Allocation {
+        service_cidrs: crate::store::alloc::parse_service_cidrs("10.96.0.0/12,fd00:10:96::/112")
+            .unwrap(),
+        ..Default::default()
+    };
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ipFamilyPolicy: RequireDualStack\n  clusterIPs: [10.96.0.80, 'fd00:10:96::80']\n  ports:\n  - {{name: http, port: 80}}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: db\nspec:\n  clusterIP: None\n  ipFamilyPolicy: RequireDualStack\n  selector: {{app: db}}\n  ports:\n  - {{name: pg, port: 5432, targetPort: pg}}\n---\n{}",
+        pod("db-0", "10.244.0.2", "").replace(
+            "  podIP: 10.244.0.2\n",
+            "  podIP: 10.244.0.2\n  podIPs: [{ip: 10.244.0.2}, {ip: 'fd00:10:244::2'}]\n"
+        ),
+    );
+    let t = Tracked::new(crate::store::apply::applied_in(&yaml, &alloc).into());
+    let z = Zone::of("cluster.local", None, &t);
+    let web = "web.default.svc.cluster.local.";
+    assert_eq!(
+        answer(&z, web, Want::A),
+        vec![(web.into(), a("10.96.0.80"))]
+    );
+    let six: std::net::Ipv6Addr = "fd00:10:96::80".parse().unwrap();
+    assert_eq!(
+        answer(&z, web, Want::Aaaa),
+        vec![(web.into(), Data::Aaaa(six))]
+    );
+    assert_eq!(answer(&z, web, Want::Any).len(), 2);
+    let nibbles: String = format!("{:032x}", u128::from(six))
+        .chars()
+        .rev()
+        .map(|c| format!("{c}."))
+        .collect();
+    assert_eq!(
+        answer(&z, &format!("{nibbles}ip6.arpa."), Want::Ptr),
+        vec![(format!("{nibbles}ip6.arpa."), Data::Ptr(web.into()))]
+    );
+    assert_eq!(
+        answer(&z, "80.0.96.10.in-addr.arpa.", Want::Ptr)[0].1,
+        Data::Ptr(web.into())
+    );
+    // An address of the service range nobody holds is the upstream's.
+    assert_eq!(
+        z.lookup(
+            &nibbles.replacen('0', "1", 1).replace("ip6", "x"),
+            Want::Ptr
+        ),
+        Lookup::Outside
+    );
+    let db = "db.default.svc.cluster.local.";
+    assert_eq!(answer(&z, db, Want::A), vec![(db.into(), a("10.244.0.2"))]);
+    let pod6: std::net::Ipv6Addr = "fd00:10:244::2".parse().unwrap();
+    assert_eq!(
+        answer(&z, db, Want::Aaaa),
+        vec![(db.into(), Data::Aaaa(pod6))]
+    );
+    let own = format!("fd00-10-244--2.{db}");
+    assert_eq!(
+        answer(&z, &own, Want::Aaaa),
+        vec![(own.clone(), Data::Aaaa(pod6))]
+    );
+    let pod_name = "fd00-10-244--2.default.pod.cluster.local.";
+    assert_eq!(
+        answer(&z, pod_name, Want::Aaaa),
+        vec![(pod_name.into(), Data::Aaaa(pod6))]
+    );
+    // A single-stack IPv4 service has no AAAA record: NODATA, not NXDOMAIN.
+    let t4 = tracked(WEB);
+    let z4 = Zone::of("cluster.local", None, &t4);
+    assert_eq!(z4.lookup(web, Want::Aaaa), Lookup::NoData);
+}
