@@ -30,6 +30,7 @@ pub const MAP_BACKENDS6: &str = "LB6_BACKENDS";
 pub const MAP_CONNTRACK6: &str = "LB6_CT";
 pub const MAP_CT_ASSURED6: &str = "LB6_CT_ASSURED";
 pub const MAP_AFFINITY6: &str = "LB6_AFFINITY";
+pub const MAP_SOCK_REVNAT6: &str = "LB6_SOCK_REVNAT";
 /// `LB_CLOCK[0]`: the kernel side's clock, written by `lb_clock` (run by the agent
 /// with BPF_PROG_RUN to read it; never pinned).
 pub const MAP_CLOCK: &str = "LB_CLOCK";
@@ -81,7 +82,7 @@ pub const MAP_ARP_HOLD: &str = "LB_ARP_HOLD";
 pub const MAX_ARP_HOLD: u32 = 4096;
 
 /// Every map lb pins, so the agent can adopt or remove them as a set.
-pub const ALL_MAPS: [&str; 18] = [
+pub const ALL_MAPS: [&str; 19] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -100,6 +101,7 @@ pub const ALL_MAPS: [&str; 18] = [
     MAP_CONNTRACK6,
     MAP_CT_ASSURED6,
     MAP_AFFINITY6,
+    MAP_SOCK_REVNAT6,
 ];
 
 /// Settings of the benchmark-only programs, never pinned: `LB_BENCH[i]`.
@@ -156,6 +158,10 @@ pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
 pub const PROG_CONNECT4: &str = "lb_connect4";
 pub const PROG_SENDMSG4: &str = "lb_sendmsg4";
 pub const PROG_RECVMSG4: &str = "lb_recvmsg4";
+/// The same for IPv6 sockets (cgroup/connect6, sendmsg6, recvmsg6).
+pub const PROG_CONNECT6: &str = "lb_connect6";
+pub const PROG_SENDMSG6: &str = "lb_sendmsg6";
+pub const PROG_RECVMSG6: &str = "lb_recvmsg6";
 /// Global set at load time: the cookie of the network namespace the agent serves; the
 /// socket programs leave sockets of every other namespace alone.
 pub const GLOBAL_NETNS_COOKIE: &str = "NETNS_COOKIE";
@@ -321,6 +327,28 @@ pub struct SockRevValue {
     pub _pad: u16,
 }
 const _: () = assert!(size_of::<SockRevValue>() == 8);
+
+/// Key of [`MAP_SOCK_REVNAT6`]: [`SockRevKey`] with an IPv6 backend.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey6 {
+    pub cookie: u64,
+    pub backend_addr_be: Addr6,
+    pub backend_port_be: u16,
+    pub _pad: u16,
+    pub _pad2: u32,
+}
+const _: () = assert!(size_of::<SockRevKey6>() == 32);
+
+/// Value of [`MAP_SOCK_REVNAT6`]: the IPv6 service address the socket asked for.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevValue6 {
+    pub addr_be: Addr6,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<SockRevValue6>() == 20);
 
 // ---- fragments ----
 
@@ -731,6 +759,8 @@ mod pod {
     unsafe impl aya::Pod for AffinityKey6 {}
     unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for SockRevValue {}
+    unsafe impl aya::Pod for SockRevKey6 {}
+    unsafe impl aya::Pod for SockRevValue6 {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for FragKey {}

@@ -12,7 +12,7 @@ use lb_common::{
     DEFAULT_CONNTRACK, DEFAULT_CONNTRACK6, DEFAULT_FRONTENDS, DEFAULT_FRONTENDS6, FlowKey,
     FlowKey6, FragKey, FragValue, IfaceValue, MAX_ARP_HOLD, MAX_FRAGS, MAX_IFACES,
     MAX_REJECT_PEERS, MAX_SOCK_REVNAT, PORT_WORDS, RateBucket, SCRATCH_LEN, ServiceKey,
-    ServiceKey6, ServiceValue, SockRevKey, SockRevValue, reason,
+    ServiceKey6, ServiceValue, SockRevKey, SockRevKey6, SockRevValue, SockRevValue6, reason,
 };
 
 #[map]
@@ -89,6 +89,10 @@ pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 
 #[map]
 pub static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::with_max_entries(MAX_SOCK_REVNAT, 0);
+
+#[map]
+pub static LB6_SOCK_REVNAT: LruHashMap<SockRevKey6, SockRevValue6> =
     LruHashMap::with_max_entries(MAX_SOCK_REVNAT, 0);
 
 /// Ports of fragmented datagrams, from their first fragments (see `frag`).

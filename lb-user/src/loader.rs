@@ -24,8 +24,9 @@ use aya::{
 use lb_common::{
     ALL_MAPS, CtTimeouts, GLOBAL_CLOCK_HZ, GLOBAL_CT_TIMEOUTS, GLOBAL_FIB_REDIRECT,
     GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR, GLOBAL_TO_PODS, IFACE_EXTERNAL, IFACE_F_PEER,
-    IFACE_F_XDP_XMIT, IFACE_POD, PROG_CLOCK, PROG_CONNECT4, PROG_RECVMSG4, PROG_SENDMSG4,
-    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, TO_PODS_PEER, TO_PODS_STACK, TO_PODS_XDP,
+    IFACE_F_XDP_XMIT, IFACE_POD, PROG_CLOCK, PROG_CONNECT4, PROG_CONNECT6, PROG_RECVMSG4,
+    PROG_RECVMSG6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
+    TO_PODS_PEER, TO_PODS_STACK, TO_PODS_XDP,
 };
 use tracing::{info, warn};
 
@@ -313,7 +314,14 @@ fn shape(key: u32, value: u32, entries: u32, flags: u32) -> String {
     format!("key {key} B, value {value} B, {entries} entries, flags {flags:#x}")
 }
 
-const SOCK_PROGRAMS: [&str; 3] = [PROG_CONNECT4, PROG_SENDMSG4, PROG_RECVMSG4];
+const SOCK_PROGRAMS: [&str; 6] = [
+    PROG_CONNECT4,
+    PROG_SENDMSG4,
+    PROG_RECVMSG4,
+    PROG_CONNECT6,
+    PROG_SENDMSG6,
+    PROG_RECVMSG6,
+];
 
 /// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE).
 pub fn netns_cookie() -> std::io::Result<u64> {

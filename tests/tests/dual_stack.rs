@@ -78,6 +78,7 @@ spec:
 struct Scenario {
     t: Topology,
     laptop: Netns,
+    node: Netns,
     client: Netns,
     lb: Lb,
 }
@@ -101,6 +102,7 @@ fn scenario(tag: &str, manifests: &str) -> Scenario {
     Scenario {
         t,
         laptop: s.laptop,
+        node: s.node,
         client,
         lb,
     }
@@ -201,10 +203,12 @@ fn laptop_curls_the_nodeport_over_ipv6_and_gets_hello_world() {
     assert_eq!(curl(&s.t, &s.laptop, &url(POD_IP6, 80, "")), None);
 }
 
-/// A pod reaches a dual-stack service's ClusterIP in both families, TCP and UDP,
-/// as `spec.clusterIPs` lists them (IPv4 first: the store's primary family).
+/// A pod and the node's own processes (the socket programs, connect4/6, sendmsg4/6,
+/// recvmsg4/6) reach a dual-stack service's ClusterIP in both families, TCP and
+/// UDP, as `spec.clusterIPs` lists them (IPv4 first: the store's primary family);
+/// its name answers A and AAAA.
 #[test]
-fn a_pod_reaches_a_dual_stack_clusterip_in_both_families() {
+fn pods_and_the_node_reach_a_dual_stack_clusterip_in_both_families() {
     let s = scenario("ds-cip", &service("web", "RequireDualStack", "[]", 30010));
     let ips = s.cluster_ips("web");
     assert_eq!(ips.len(), 2, "{ips:?}");
@@ -228,6 +232,17 @@ fn a_pod_reaches_a_dual_stack_clusterip_in_both_families() {
         let at = std::net::SocketAddr::new(ip.parse().unwrap(), 53).to_string();
         let udp = lbclient_in(&s.t, &s.client, &["udp", &at, "3"]);
         assert_eq!(udp, vec!["Hello World!"; 3], "UDP to {at}");
+        // From the node: its sockets are sent to the pod at connect() and sendmsg(),
+        // and an unconnected socket's answers come from the service's address.
+        assert_eq!(
+            s.must_fetch(&s.node, &url(ip, 80, "")),
+            "Hello World!\n",
+            "the node to {ip}"
+        );
+        for mode in ["udp", "sendto"] {
+            let got = lbclient_in(&s.t, &s.node, &[mode, &at, "3"]);
+            assert_eq!(got, vec!["Hello World!"; 3], "{mode} from the node to {at}");
+        }
     }
     // The service's name answers in both families from the cluster DNS (the agent's,
     // at 10.96.0.10), and each address points back at the name.
