@@ -9,13 +9,16 @@
 //! endpointslice-controller.lb.io`; slices of other managers (written by hand
 //! for a service without a selector) are never touched. A service's pods are
 //! grouped by the ports their named target ports resolve to (one group, one or
-//! more slices), at most 100 endpoints a slice, named `SERVICE-lb-N`. It wakes on
+//! more slices), at most 100 endpoints a slice, named `SERVICE-lb-N`; a
+//! dual-stack service gets slices of each of its families (`addressType` IPv4 and
+//! IPv6, each pod under its address of the family), as the controller makes them. It wakes on
 //! each commit to the store (its commit marker). The store
 //! agents ignore slices of services with a selector (they select the pods), so
 //! these never count twice.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
@@ -33,8 +36,8 @@ use tracing::warn;
 
 use crate::{
     model::{
-        Document, Kind, LABEL_SERVICE_NAME, Object, ObjectKey, PodFacts, TYPE_EXTERNAL_NAME,
-        service_type,
+        Document, Family, Kind, LABEL_SERVICE_NAME, Object, ObjectKey, PodFacts,
+        TYPE_EXTERNAL_NAME, cluster_ips, service_type,
     },
     state::{Tracked, selector_pair},
     store::{self, Mode, Ranges, Store},
@@ -66,12 +69,79 @@ pub fn desired(key: &ObjectKey, svc: &Service, tracked: &Tracked) -> Vec<Endpoin
         return Vec::new();
     }
     let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
+    let mut slices = Vec::new();
+    for family in families(svc) {
+        let before = slices.len();
+        family_slices(
+            key,
+            svc,
+            tracked,
+            &pair,
+            selector,
+            family,
+            publish_not_ready,
+            &mut slices,
+        );
+        if slices.len() == before {
+            // A selector that selects nothing still gets one slice per family (no
+            // endpoints, the service's ports), as the API server's controller keeps.
+            let ports = placeholder_ports(svc);
+            let index = slices.len();
+            slices.push(slice(key, svc, index, &ports, Vec::new(), family));
+        }
+    }
+    slices
+}
+
+/// The families a service's slices are of: `spec.ipFamilies`, else its
+/// clusterIPs', else IPv4.
+fn families(svc: &Service) -> Vec<Family> {
+    let spec = svc.spec.as_ref();
+    let mut out: Vec<Family> = spec
+        .and_then(|s| s.ip_families.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|f| Family::parse(f))
+        .collect();
+    if out.is_empty() {
+        out = cluster_ips(svc).into_iter().map(Family::of).collect();
+    }
+    out.dedup();
+    if out.is_empty() {
+        out.push(Family::V4);
+    }
+    out
+}
+
+/// The slices of `family` for the pods `selector` selects (none when no pod has an
+/// address of the family), appended to `slices` (their index goes on from its
+/// length).
+#[allow(clippy::too_many_arguments)]
+fn family_slices(
+    key: &ObjectKey,
+    svc: &Service,
+    tracked: &Tracked,
+    pair: &crate::state::LabelPair,
+    selector: &std::collections::BTreeMap<String, String>,
+    family: Family,
+    publish_not_ready: bool,
+    slices: &mut Vec<EndpointSlice>,
+) {
+    let Some(spec) = &svc.spec else {
+        return;
+    };
+    let addr = |pod: &PodFacts| -> Option<IpAddr> {
+        match family {
+            Family::V4 => pod.ip.map(IpAddr::V4),
+            Family::V6 => pod.ip6.map(IpAddr::V6),
+        }
+    };
     let mut groups: BTreeMap<Vec<SlicePort>, Vec<(&ObjectKey, &PodFacts)>> = BTreeMap::new();
-    for pod_key in tracked.index.pods_with(&pair) {
+    for pod_key in tracked.index.pods_with(pair) {
         let Some(pod) = tracked.state.pods.get(pod_key) else {
             continue;
         };
-        if pod.ip.is_none() || !pod.selected_by(Some(selector)) {
+        if addr(pod).is_none() || !pod.selected_by(Some(selector)) {
             continue;
         }
         let ports: Vec<SlicePort> = spec
@@ -87,17 +157,16 @@ pub fn desired(key: &ObjectKey, svc: &Service, tracked: &Tracked) -> Vec<Endpoin
             .collect();
         groups.entry(ports).or_default().push((pod_key, pod));
     }
-    let mut slices = Vec::new();
     for (ports, mut pods) in groups {
-        pods.sort_by_key(|(k, p)| (p.ip, (*k).clone()));
+        pods.sort_by_key(|(k, p)| (addr(p), (*k).clone()));
         for chunk in pods.chunks(MAX_ENDPOINTS) {
             let endpoints = chunk
                 .iter()
                 .map(|(pod_key, pod)| {
-                    let ready = publish_not_ready || pod.ready_ip.is_some();
+                    let ready = publish_not_ready || pod.ready;
                     Endpoint {
                         addresses: vec![
-                            pod.ip
+                            addr(pod)
                                 .expect("pods without an address are left out")
                                 .to_string(),
                         ],
@@ -118,32 +187,31 @@ pub fn desired(key: &ObjectKey, svc: &Service, tracked: &Tracked) -> Vec<Endpoin
                     }
                 })
                 .collect();
-            slices.push(slice(key, svc, slices.len(), &ports, endpoints));
+            let index = slices.len();
+            slices.push(slice(key, svc, index, &ports, endpoints, family));
         }
     }
-    if slices.is_empty() {
-        // A selector that selects nothing still gets one slice (no endpoints,
-        // the service's ports), as the API server's controller keeps.
-        let ports: Vec<SlicePort> = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter(|p| matches!(p.target_port, None | Some(IntOrString::Int(_))))
-            .map(|p| {
-                let number = match p.target_port {
-                    Some(IntOrString::Int(n)) => n,
-                    _ => p.port,
-                };
-                (
-                    p.name.clone().unwrap_or_default(),
-                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                    u16::try_from(number).unwrap_or(0),
-                )
-            })
-            .collect();
-        slices.push(slice(key, svc, 0, &ports, Vec::new()));
-    }
-    slices
+}
+
+/// The ports of a slice without endpoints: the service's ports whose target port
+/// is a number (a name resolves only through a pod).
+fn placeholder_ports(svc: &Service) -> Vec<SlicePort> {
+    svc.spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .filter(|p| matches!(p.target_port, None | Some(IntOrString::Int(_))))
+        .map(|p| {
+            let number = match p.target_port {
+                Some(IntOrString::Int(n)) => n,
+                _ => p.port,
+            };
+            (
+                p.name.clone().unwrap_or_default(),
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                u16::try_from(number).unwrap_or(0),
+            )
+        })
+        .collect()
 }
 
 fn slice(
@@ -152,6 +220,7 @@ fn slice(
     index: usize,
     ports: &[SlicePort],
     endpoints: Vec<Endpoint>,
+    family: Family,
 ) -> EndpointSlice {
     let mut labels = svc.metadata.labels.clone().unwrap_or_default();
     labels.insert(LABEL_SERVICE_NAME.into(), key.name.clone());
@@ -173,7 +242,7 @@ fn slice(
             }),
             ..Default::default()
         },
-        address_type: "IPv4".into(),
+        address_type: family.name().into(),
         endpoints,
         ports: Some(
             ports
@@ -400,5 +469,62 @@ status:
             .filter_map(|s| s.metadata.name.as_deref())
             .collect();
         assert_eq!(names, ["web-lb-0", "web-lb-1", "web-lb-2"]);
+    }
+
+    /// A dual-stack service gets slices of each family, each pod under its address
+    /// of the family (a pod without one is left out of that family's); a family
+    /// with no pod gets its empty slice.
+    #[test]
+    fn a_dual_stack_service_gets_slices_of_each_family() {
+        let alloc = crate::store::alloc::Allocation {
+            service_cidrs: crate::store::alloc::parse_service_cidrs(
+                "10.96.0.0/12,fd00:10:96::/112",
+            )
+            .unwrap(),
+            ..Default::default()
+        };
+        let yaml = format!(
+            "{}{}{}",
+            SERVICE.replace("spec:\n", "spec:\n  ipFamilyPolicy: RequireDualStack\n"),
+            pod("a", "10.244.0.2", 8080, true).replace(
+                "  podIP: 10.244.0.2\n",
+                "  podIP: 10.244.0.2\n  podIPs: [{ip: 10.244.0.2}, {ip: 'fd00:10:244::2'}]\n"
+            ),
+            pod("b", "10.244.0.3", 8080, true)
+        );
+        let t = Tracked::new(crate::store::apply::applied_in(&yaml, &alloc).into());
+        let key = ObjectKey::new("default", "web");
+        let slices = desired(&key, &t.state.services[&key], &t);
+        let seen: Vec<(&str, &str, Vec<&str>)> = slices
+            .iter()
+            .map(|s| {
+                (
+                    s.metadata.name.as_deref().unwrap(),
+                    s.address_type.as_str(),
+                    s.endpoints
+                        .iter()
+                        .map(|e| e.addresses[0].as_str())
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("web-lb-0", "IPv4", vec!["10.244.0.2", "10.244.0.3"]),
+                ("web-lb-1", "IPv6", vec!["fd00:10:244::2"]),
+            ]
+        );
+        // An IPv6-only service whose pods have no IPv6 address: one empty IPv6 slice.
+        let six = format!(
+            "{}{}",
+            SERVICE.replace("spec:\n", "spec:\n  ipFamilies: [IPv6]\n"),
+            pod("b", "10.244.0.3", 8080, true)
+        );
+        let t = Tracked::new(crate::store::apply::applied_in(&six, &alloc).into());
+        let slices = desired(&key, &t.state.services[&key], &t);
+        assert_eq!(slices.len(), 1, "{slices:#?}");
+        assert_eq!(slices[0].address_type, "IPv6");
+        assert!(slices[0].endpoints.is_empty());
     }
 }
