@@ -51,7 +51,7 @@ pub struct LeaseOptions {
 
 pub struct AgentOptions {
     pub ifaces: Vec<String>,
-    pub node_ips: Vec<Ipv4Addr>,
+    pub node_ips: Vec<IpAddr>,
     pub node_name: String,
     pub store: PathBuf,
     pub bpffs: PathBuf,
@@ -183,10 +183,31 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     for iface in &opts.ifaces {
         crate::loader::ifindex(iface).with_context(|| format!("--iface {iface}"))?;
     }
-    let mut addrs = opts.node_ips.clone();
+    // Each family's addresses: those --node-ip gives of it, else the interfaces'.
+    let mut addrs: Vec<Ipv4Addr> = opts
+        .node_ips
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let mut addrs6: Vec<std::net::Ipv6Addr> = opts
+        .node_ips
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
     if addrs.is_empty() {
         for iface in &opts.ifaces {
             addrs.extend(netif::ipv4_addrs(iface));
+        }
+    }
+    if addrs6.is_empty() {
+        for iface in &opts.ifaces {
+            addrs6.extend(netif::ipv6_addrs(iface));
         }
     }
     if addrs.is_empty() {
@@ -206,11 +227,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let node = Node {
         name: opts.node_name.clone(),
         addrs: addrs.clone(),
-        addrs6: opts
-            .ifaces
-            .iter()
-            .flat_map(|i| netif::ipv6_addrs(i))
-            .collect(),
+        addrs6: addrs6.clone(),
     };
     // Store events (or, in Kubernetes mode, watch events) wake the loop at once;
     // the tick catches what events miss.
@@ -681,9 +698,19 @@ impl Agent {
                 return Ok(());
             };
             for a in kube.node_addrs(&self.node.name) {
-                if !self.node.addrs.contains(&a) {
+                let new = match a {
+                    IpAddr::V4(a) if !self.node.addrs.contains(&a) => {
+                        self.node.addrs.push(a);
+                        true
+                    }
+                    IpAddr::V6(a) if !self.node.addrs6.contains(&a) => {
+                        self.node.addrs6.push(a);
+                        true
+                    }
+                    _ => false,
+                };
+                if new {
                     info!(addr = %a, "node address from the API");
-                    self.node.addrs.push(a);
                     self.plan_all = true;
                 }
             }

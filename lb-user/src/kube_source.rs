@@ -322,8 +322,9 @@ impl KubeSource {
             .collect()
     }
 
-    /// This node's addresses as the API reports them (InternalIP, ExternalIP).
-    pub fn node_addrs(&self, name: &str) -> Vec<Ipv4Addr> {
+    /// This node's addresses as the API reports them (InternalIP, ExternalIP), both
+    /// families.
+    pub fn node_addrs(&self, name: &str) -> Vec<std::net::IpAddr> {
         self.node(name)
             .into_iter()
             .flat_map(|n| {

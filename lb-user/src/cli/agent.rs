@@ -24,9 +24,10 @@ pub struct AgentArgs {
     /// External interface(s) (the node's uplink); repeat for several.
     #[arg(long = "iface", required = true)]
     pub ifaces: Vec<String>,
-    /// Address(es) NodePorts answer on (default: the IPv4 addresses of the interfaces).
+    /// Address(es) NodePorts answer on, either family, as kubelet's `--node-ip`
+    /// (default: the interfaces' IPv4 addresses and global IPv6 ones).
     #[arg(long = "node-ip")]
-    pub node_ips: Vec<Ipv4Addr>,
+    pub node_ips: Vec<std::net::IpAddr>,
     /// This node's name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
