@@ -426,6 +426,9 @@ pub const SNAT_PORT_MAX: u16 = 65_535;
 /// the kernel's stack (0); and how XDP hands translated packets to local pods
 /// (`TO_PODS_*`, `lb agent --to-pods`).
 pub const GLOBAL_SNAT_ADDR: &str = "SNAT_ADDR";
+/// The node's IPv6 address SNAT flows to remote IPv6 backends leave with (an
+/// `Addr6`; zero: none, such flows keep the client's address).
+pub const GLOBAL_SNAT_ADDR6: &str = "SNAT_ADDR6";
 pub const GLOBAL_FIB_REDIRECT: &str = "FIB_REDIRECT";
 pub const GLOBAL_TO_PODS: &str = "TO_PODS";
 

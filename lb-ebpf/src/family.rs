@@ -19,6 +19,11 @@ use crate::maps::{
 #[unsafe(no_mangle)]
 static SNAT_ADDR: u32 = 0;
 
+/// Set by the agent at load time (`lb_common::GLOBAL_SNAT_ADDR6`): the node's IPv6
+/// address flows to remote IPv6 backends leave with.
+#[unsafe(no_mangle)]
+static SNAT_ADDR6: Addr6 = [0; 4];
+
 /// An address family, implemented by its address type.
 pub trait Family: Copy + Default + PartialEq + 'static {
     /// The address a pod that reaches itself through a service sees as the source
@@ -117,10 +122,10 @@ impl Family for Addr6 {
         &LB6_AFFINITY
     }
 
-    /// No IPv6 SNAT yet: flows to remote IPv6 backends keep the client's address.
     #[inline(always)]
     fn snat_addr() -> Addr6 {
-        [0; 4]
+        // SAFETY: a plain read of a global the loader set.
+        unsafe { core::ptr::read_volatile(&SNAT_ADDR6) }
     }
 
     #[inline(always)]

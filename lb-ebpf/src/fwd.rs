@@ -17,7 +17,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{FlowKey, TO_PODS_STACK};
+use lb_common::{FlowKey, FlowKey6, TO_PODS_STACK};
 
 use crate::parse::ptr_at;
 
@@ -32,6 +32,7 @@ static FIB_REDIRECT: u32 = 1;
 static TO_PODS: u32 = TO_PODS_STACK;
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// Whether XDP may redirect by itself.
 #[inline(always)]
@@ -195,6 +196,39 @@ pub fn lookup_tc(ctx: &TcContext, to: &FlowKey, ifindex: u32, ip_len: u16) -> Tc
         }
     } else {
         TcRoute::NONE
+    }
+}
+
+/// [`lookup_tc`] for an IPv6 flow's translated tuple: the egress interface, 0 when
+/// there is no route or the packet does not fit it (the stack then forwards it, or
+/// answers). A subprogram of its own: the request's 64 bytes of stack are not added
+/// to the IPv6 pipeline's.
+#[inline(never)]
+pub fn route_tc6(ctx: &TcContext, to: &FlowKey6, ifindex: u32, ip_len: u16) -> u32 {
+    let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
+    let r = p.as_mut_ptr();
+    let words = r.cast::<u64>();
+    // SAFETY: as in `query`: the request zeroed, then written field by field; the
+    // helper gets the program's context and a request of the size given.
+    let rc = unsafe {
+        for i in 0..size_of::<bpf_fib_lookup>() / 8 {
+            words.add(i).write_volatile(0);
+        }
+        (*r).family = AF_INET6;
+        (*r).l4_protocol = to.proto;
+        (*r).sport = to.sport_be;
+        (*r).dport = to.dport_be;
+        (*r).__bindgen_anon_1.tot_len = tc_len(ctx, ip_len);
+        (*r).ifindex = ifindex;
+        (*r).__bindgen_anon_3.ipv6_src = to.saddr_be;
+        (*r).__bindgen_anon_4.ipv6_dst = to.daddr_be;
+        fib_lookup(ctx.as_ptr(), r, size_of::<bpf_fib_lookup>() as i32, 0)
+    };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        // SAFETY: written whole above, then by the kernel.
+        unsafe { (*r).ifindex }
+    } else {
+        0
     }
 }
 

@@ -197,9 +197,32 @@ fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
             };
             let forward = d.forward();
             if forward == Forward::Fib {
-                forget();
-                stats::verdict(reason::PASS_NO_ROUTE, p.ip_len);
-                return TC_ACT_UNSPEC;
+                // An SNAT flow's packet (to a remote backend, or its reply to the
+                // client): out where the FIB sends its translated tuple, as IPv4's.
+                let out = fwd::route_tc6(ctx, &d.to, ifindex, p.ip_len);
+                if out == 0 {
+                    forget();
+                    stats::verdict(reason::PASS_NO_ROUTE, p.ip_len);
+                    return TC_ACT_UNSPEC;
+                }
+                if p.ttl <= 1 {
+                    forget();
+                    stats::verdict(reason::DROP_TTL_EXCEEDED, p.ip_len);
+                    return TC_ACT_SHOT;
+                }
+                return match nat::rewrite_tc6(ctx, p, &d.to, true) {
+                    Ok(()) => {
+                        stats::verdict(d.reason, p.ip_len);
+                        stats::verdict(reason::FWD_TC_NEIGH, p.ip_len);
+                        stats::service(d.svc_id, d.backend_id, p.ip_len);
+                        fwd::send_tc(out)
+                    }
+                    Err(reason) => {
+                        forget();
+                        stats::verdict(reason, p.ip_len);
+                        TC_ACT_UNSPEC
+                    }
+                };
             }
             let hop = forward == Forward::Back;
             if hop && p.ttl <= 1 {

@@ -255,6 +255,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     );
     let cfg = LoadConfig {
         snat_addr: addrs.first().copied(),
+        snat_addr6: addrs6.first().copied(),
         sizes,
         ..opts.load
     };

@@ -23,10 +23,10 @@ use aya::{
 };
 use lb_common::{
     ALL_MAPS, CtTimeouts, GLOBAL_CLOCK_HZ, GLOBAL_CT_TIMEOUTS, GLOBAL_FIB_REDIRECT,
-    GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR, GLOBAL_TO_PODS, IFACE_EXTERNAL, IFACE_F_PEER,
-    IFACE_F_XDP_XMIT, IFACE_POD, PROG_CLOCK, PROG_CONNECT4, PROG_CONNECT6, PROG_RECVMSG4,
-    PROG_RECVMSG6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
-    TO_PODS_PEER, TO_PODS_STACK, TO_PODS_XDP,
+    GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR, GLOBAL_SNAT_ADDR6, GLOBAL_TO_PODS, IFACE_EXTERNAL,
+    IFACE_F_PEER, IFACE_F_XDP_XMIT, IFACE_POD, PROG_CLOCK, PROG_CONNECT4, PROG_CONNECT6,
+    PROG_RECVMSG4, PROG_RECVMSG6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_TC_EGRESS, PROG_TC_INGRESS,
+    PROG_XDP, TO_PODS_PEER, TO_PODS_STACK, TO_PODS_XDP,
 };
 use tracing::{info, warn};
 
@@ -76,6 +76,8 @@ pub struct LoadConfig {
     /// The node address flows to backends on other nodes leave with (SNAT); None
     /// turns SNAT off (single node, tests).
     pub snat_addr: Option<std::net::Ipv4Addr>,
+    /// The IPv6 one (None: flows to remote IPv6 backends are not translated for).
+    pub snat_addr6: Option<std::net::Ipv6Addr>,
     /// XDP forwards translated packets itself (`bpf_fib_lookup` + redirect); false
     /// leaves them to the kernel's stack (for comparison).
     pub fib_redirect: bool,
@@ -167,6 +169,7 @@ impl Default for LoadConfig {
     fn default() -> Self {
         LoadConfig {
             snat_addr: None,
+            snat_addr6: None,
             fib_redirect: true,
             xdp: XdpUse::Auto,
             to_pods: ToPods::default(),
@@ -209,6 +212,8 @@ pub fn load(
     loader.override_global(GLOBAL_CLOCK_HZ, &hz, true);
     let snat = cfg.snat_addr.map_or(0, |a| u32::from(a).to_be());
     loader.override_global(GLOBAL_SNAT_ADDR, &snat, true);
+    let snat6: [u32; 4] = cfg.snat_addr6.map_or([0; 4], crate::sync::addr6);
+    loader.override_global(GLOBAL_SNAT_ADDR6, &snat6, true);
     let fib = u32::from(cfg.fib_redirect);
     loader.override_global(GLOBAL_FIB_REDIRECT, &fib, true);
     let to_pods = cfg.to_pods.global();

@@ -578,6 +578,72 @@ pub mod dual {
     }
 }
 
+/// [`multinode`]'s LAN in both families: the laptop and node N with IPv6 addresses
+/// beside their IPv4 ones (`fd00:192:168:1::10`, `fd00:192:168:1::(2+N)`), node N's
+/// pods at `fd00:10:244:N::(2+i)` behind it (gateway `fd00:10:244:N::1`), and every
+/// node routing the other nodes' IPv6 pod networks to them.
+pub mod multinode6 {
+    use super::*;
+
+    pub fn node_ip6(n: usize) -> String {
+        format!("fd00:192:168:1::{}", 2 + n)
+    }
+
+    pub fn pod_ip6(n: usize, i: usize) -> String {
+        format!("fd00:10:244:{n}::{}", 2 + i)
+    }
+
+    pub fn lan(t: &mut Topology, nodes: usize, pods_per_node: usize) -> Result<multinode::Lan> {
+        let lan = multinode::lan(t, nodes, pods_per_node)?;
+        let add = |ns: &Netns, cidr: &str, dev: &str| {
+            t.ip(ns, &["-6", "addr", "add", cidr, "dev", dev, "nodad"])
+        };
+        add(&lan.laptop, &format!("{}/64", dual::LAPTOP_IP6), "eth0")?;
+        for (n, node) in lan.nodes.iter().enumerate() {
+            add(node, &format!("{}/64", node_ip6(n)), "eth0")?;
+            t.sysctl(node, "net.ipv6.conf.all.forwarding", "1")?;
+            for m in (0..nodes).filter(|m| *m != n) {
+                t.ip(
+                    node,
+                    &[
+                        "-6",
+                        "route",
+                        "add",
+                        &format!("fd00:10:244:{m}::/64"),
+                        "via",
+                        &node_ip6(m),
+                    ],
+                )?;
+            }
+            let gateway = format!("fd00:10:244:{n}::1");
+            for (i, pod) in lan.pods[n].iter().enumerate() {
+                add(pod, &format!("{}/128", pod_ip6(n, i)), "eth0")?;
+                t.ip(pod, &["-6", "route", "add", &gateway, "dev", "eth0"])?;
+                t.ip(
+                    pod,
+                    &[
+                        "-6", "route", "add", "default", "via", &gateway, "dev", "eth0",
+                    ],
+                )?;
+                let host_if = format!("lxc{i}");
+                add(node, &format!("{gateway}/128"), &host_if)?;
+                t.ip(
+                    node,
+                    &[
+                        "-6",
+                        "route",
+                        "add",
+                        &format!("{}/128", pod_ip6(n, i)),
+                        "dev",
+                        &host_if,
+                    ],
+                )?;
+            }
+        }
+        Ok(lan)
+    }
+}
+
 /// Several nodes on one LAN: a bridge in a namespace of its own joins the laptop
 /// (192.168.1.10) and nodes 192.168.1.2, .3, ...; node N's pods live in
 /// 10.244.N.0/24 behind it, and every node routes the other nodes' pod networks to

@@ -14,6 +14,10 @@ use lb_tests::{
     lbctl::{Lb, curl, podserver_bin},
     require_root,
     seeds::{LAPTOP_IP, NODE_IP, POD_IP},
+    topology::{
+        multinode::pod_ip,
+        multinode6::{self, node_ip6, pod_ip6},
+    },
 };
 
 /// The seeds' pod with both addresses, as a dual-stack kubelet reports them.
@@ -299,4 +303,84 @@ fn an_ipv6_only_service_answers_in_ipv6_only() {
             "Hello World!\n"
         );
     }
+}
+
+/// Two nodes, one pod on node2: the laptop reaches it over IPv6 through either
+/// node's NodePort. Through node1 the flow is SNATed to node1's IPv6 address (the
+/// pod's answer must come back through node1, which translates it for the laptop)
+/// and both directions leave by a FIB lookup; through node2 the pod is local and
+/// sees the laptop's own address.
+#[test]
+fn an_ipv6_nodeport_reaches_a_pod_on_another_node() {
+    require_root();
+    let mut t = Topology::new("ds-multi").unwrap();
+    let lan = multinode6::lan(&mut t, 2, 1).unwrap();
+    let server = podserver_bin().display().to_string();
+    t.spawn(
+        &lan.pods[1][0],
+        "n2p0",
+        &[&server, "--text", "n2p0", "--tcp", "8080"],
+        &[],
+    )
+    .unwrap();
+    let lb = Lb::new(&mut t).unwrap();
+    lb.ok(&["ranges", "--service-cidr", SERVICE_CIDRS]).unwrap();
+    lb.apply(&format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  type: NodePort
+  ipFamilyPolicy: PreferDualStack
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30030}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: n2p0, labels: {{app: web}}}}
+spec:
+  nodeName: node2
+  containers: [{{name: c, image: app}}]
+status:
+  podIP: {}
+  podIPs: [{{ip: {}}}, {{ip: '{}'}}]
+",
+        pod_ip(1, 0),
+        pod_ip(1, 0),
+        pod_ip6(1, 0)
+    ))
+    .unwrap();
+    for (n, node) in lan.nodes.clone().iter().enumerate() {
+        lb.start_agent(&mut t, node, &format!("node{}", n + 1), &["eth0"])
+            .unwrap();
+    }
+    let peer = |node: usize| {
+        Topology::wait_for(Duration::from_secs(10), || {
+            curl(&t, &lan.laptop, &url(&node_ip6(node), 30030, "/peer"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "[{}]:30030 never answered\n{}\n{}",
+                node_ip6(node),
+                lb.diagnostics(&t, "node1"),
+                lb.diagnostics(&t, "node2")
+            )
+        })
+    };
+    let via1 = peer(0);
+    assert!(
+        via1.starts_with(&format!("n2p0 [{}]:", node_ip6(0))),
+        "through node1 the pod sees node1's address: {via1}"
+    );
+    let via2 = peer(1);
+    assert!(
+        via2.starts_with(&format!("n2p0 [{LAPTOP_IP6}]:")),
+        "through node2 (local) the pod sees the laptop's: {via2}"
+    );
+    // Several new flows through node1, each answered.
+    for _ in 0..5 {
+        assert!(peer(0).starts_with("n2p0 "));
+    }
+    let forwarded = lb.verdict("node1", "fwd_tc_neigh");
+    assert!(forwarded >= 4, "node1 forwarded {forwarded} packets by FIB");
 }

@@ -263,6 +263,7 @@ pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
         cgroup: a.cgroup,
         load: LoadConfig {
             snat_addr: None,
+            snat_addr6: None,
             fib_redirect: !a.no_xdp_redirect,
             to_pods: a.to_pods,
             xdp: a.xdp,
