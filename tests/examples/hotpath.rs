@@ -1,20 +1,22 @@
 //! Hot-path cost under BPF_PROG_RUN: ns per packet for lb_xdp on an established
 //! flow, a new flow's first packet... and on non-service traffic, beside the
 //! parse-and-pass baseline measured in the same run, at 1, 1,000, 10,000 and 100,000 services
-//! x 10 endpoints. Median of 5 runs of REPEAT packets each. Run as root:
+//! x 10 endpoints. Median of 5 runs of REPEAT packets each. A second table sets
+//! IPv6 beside IPv4: single runs of established and new flows' first packets, at
+//! the sizes IPv6's maps hold (4,096 frontends). Run as root:
 //! `cargo xtask bench` (or `cargo run --release -p lb-tests --example hotpath`).
 
 mod bench_object;
 mod report;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use lb_common::{
     CT_DIR_ORIGINAL, CtValue, FlowKey, PROG_BENCH_CT_FLOOR, PROG_XDP_BASELINE, PROTO_TCP, port_bit,
     reason,
 };
-use lb_tests::packet::{Pkt, TCP_ACK, TCP_SYN};
+use lb_tests::packet::{Pkt, Pkt6, TCP_ACK, TCP_SYN};
 use lb_user::{
     loader::{Dataplane, LoadConfig},
     plan::frontend,
@@ -149,6 +151,86 @@ fn mirror_flow(dp: &mut Dataplane, client_port: u16, service_port: u16) {
 
 const NEW_FLOWS: u16 = 5_000;
 
+/// `n` NodePort services of one family on frontend `(node, 30000 + i)` with 10
+/// endpoints each from `endpoint(i)`, through the agent's pipeline.
+fn fill_family(dp: &mut Dataplane, n: u32, node: IpAddr, endpoint: impl Fn(u32) -> IpAddr) {
+    let plans: Vec<_> = (0..n)
+        .map(|i| {
+            programmed::port_plan(
+                &format!("s{i}"),
+                PROTO_TCP,
+                vec![(frontend(node, 30_000 + i as u16, PROTO_TCP), 0)],
+                (0..10u16).map(|slot| (endpoint(i), 8000 + slot)).collect(),
+            )
+        })
+        .collect();
+    programmed::program(&mut dp.maps, &plans);
+}
+
+/// Single-run medians (ns) of a flow's first packet (SYNs of `flows` new flows) and
+/// of an established packet of each (an ACK with 64 bytes), translation only
+/// (`--no-xdp-redirect`), with the verdict counters checked: (new, established).
+fn single_runs(dp: &mut Dataplane, syns: &[Vec<u8>], acks: &[Vec<u8>]) -> (f64, f64) {
+    let count = |dp: &Dataplane, r: u32| dp.maps.verdicts().unwrap()[r as usize].packets;
+    let (new0, est0) = (
+        count(dp, reason::NAT_NEW_FLOW),
+        count(dp, reason::NAT_ESTABLISHED),
+    );
+    let new = ns_single(dp.xdp().unwrap(), syns);
+    let established = ns_single(dp.xdp().unwrap(), acks);
+    let (new1, est1) = (
+        count(dp, reason::NAT_NEW_FLOW),
+        count(dp, reason::NAT_ESTABLISHED),
+    );
+    assert_eq!(new1 - new0, syns.len() as u64, "every SYN starts a flow");
+    assert_eq!(est1 - est0, acks.len() as u64, "every ACK is established");
+    (new, established)
+}
+
+/// IPv6 beside IPv4 at `n` services: single runs of both families' new and
+/// established flows, each family alone in its maps.
+fn family_row(n: u32, flows: u16) -> (f64, f64, f64, f64) {
+    let node4: IpAddr = "192.168.1.2".parse().unwrap();
+    let node6: IpAddr = "fd00:192:168:1::2".parse().unwrap();
+    let port = 30_000 + (n - 1) as u16;
+    let mut v4 = Dataplane::load_with(None, &config(n, false)).expect("load");
+    fill_family(&mut v4, n, node4, |i| {
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 1)) + i).into()
+    });
+    let mut v6 = Dataplane::load_with(None, &config(n, false)).expect("load");
+    fill_family(&mut v6, n, node6, |i| {
+        std::net::Ipv6Addr::from(0xfd00_0010_0244_0000_0000_0000_0000_0001u128 + u128::from(i))
+            .into()
+    });
+    let frames4 = |flags: u8| -> Vec<Vec<u8>> {
+        (0..flows)
+            .map(|i| {
+                Pkt::tcp("192.168.1.10", 50000 + i, "192.168.1.2", port, flags)
+                    .payload(if flags == TCP_ACK { &[0u8; 64] } else { &[] })
+                    .build()
+            })
+            .collect()
+    };
+    let frames6 = |flags: u8| -> Vec<Vec<u8>> {
+        (0..flows)
+            .map(|i| {
+                Pkt6::tcp(
+                    "fd00:192:168:1::10",
+                    50000 + i,
+                    "fd00:192:168:1::2",
+                    port,
+                    flags,
+                )
+                .payload(if flags == TCP_ACK { &[0u8; 64] } else { &[] })
+                .build()
+            })
+            .collect()
+    };
+    let (new4, est4) = single_runs(&mut v4, &frames4(TCP_SYN), &frames4(TCP_ACK));
+    let (new6, est6) = single_runs(&mut v6, &frames6(TCP_SYN), &frames6(TCP_ACK));
+    (est4, est6, new4, new6)
+}
+
 /// ns per established-flow packet: the flow is created by one SYN, mirrored (see
 /// [`mirror_flow`]), then `ack` repeated; every repeat must count as established.
 fn established_ns(dp: &mut Dataplane, syn: &[u8], ack: &[u8], port: u16, repeat: u32) -> f64 {
@@ -266,7 +348,40 @@ fn main() {
         chart.bar(&g, "baseline, single run", baseline_single);
         chart.bar(&g, "lb new flow, single run", new_flow);
     }
-    let md = table.markdown();
+    let mut md = table.markdown();
+    // IPv6 beside IPv4, at the sizes IPv6's maps hold (4,096 frontends).
+    let mut families = Table::new(
+        "IPv6 beside IPv4 under BPF_PROG_RUN, single runs, translation only (ns, medians)",
+        &[
+            "services x 10 endpoints",
+            "IPv4 established",
+            "IPv6 established",
+            "IPv6 / IPv4",
+            "IPv4 new flow",
+            "IPv6 new flow",
+            "IPv6 / IPv4 (new)",
+        ],
+    );
+    let family_sizes: &[u32] = if quick { &[1, 100] } else { &[1, 1_000, 4_000] };
+    for &n in family_sizes {
+        let (est4, est6, new4, new6) = family_row(n, new_flows);
+        families.row(vec![
+            n.to_string(),
+            format!("{est4:.0}"),
+            format!("{est6:.0}"),
+            format!("{:.2}x", est6 / est4),
+            format!("{new4:.0}"),
+            format!("{new6:.0}"),
+            format!("{:.2}x", new6 / new4),
+        ]);
+        let g = format!("{n} svc");
+        chart.bar(&g, "IPv4 established, single run", est4);
+        chart.bar(&g, "IPv6 established, single run", est6);
+        chart.bar(&g, "IPv4 new flow, single run", new4);
+        chart.bar(&g, "IPv6 new flow, single run", new6);
+    }
+    md.push('\n');
+    md.push_str(&families.markdown());
     println!("{md}");
     report::save("hotpath", &md, &chart).expect("writing the report");
 }
