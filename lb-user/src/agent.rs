@@ -1094,8 +1094,15 @@ impl Agent {
 /// Where pods are: their addresses, and the endpoints of services without a selector.
 /// The entries `plans` take.
 fn need(plans: &[PortPlan]) -> Need {
+    let v6 = || {
+        plans
+            .iter()
+            .filter(|p| p.frontends.iter().any(|(f, _)| f.addr().is_ipv6()))
+    };
     Need {
         frontends: plans.iter().map(|p| p.frontends.len() as u64).sum(),
         backends: plans.iter().map(|p| p.endpoints.len() as u64).sum(),
+        frontends6: v6().map(|p| p.frontends.len() as u64).sum(),
+        backends6: v6().map(|p| p.endpoints.len() as u64).sum(),
     }
 }

@@ -14,8 +14,8 @@ use std::{
 };
 
 use lb_common::{
-    BE_F_REMOTE, BackendKey, DEFAULT_BACKENDS6, DEFAULT_FRONTENDS6, ID_NONE, SNAT_PORT_MAX,
-    SNAT_PORT_MIN, SVC_F_AFFINITY, ServiceValue, port_bit,
+    BE_F_REMOTE, BackendKey, ID_NONE, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_AFFINITY, ServiceValue,
+    port_bit,
 };
 
 use crate::{
@@ -55,8 +55,8 @@ impl From<MapSizes> for Limits {
         Limits {
             frontends: s.frontends,
             backends: s.backends,
-            frontends6: DEFAULT_FRONTENDS6,
-            backends6: DEFAULT_BACKENDS6,
+            frontends6: s.frontends6,
+            backends6: s.backends6,
         }
     }
 }

@@ -11,11 +11,12 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Backend6, BackendKey, Counters, CtTimeouts, CtValue,
-    CtValue6, CtValueOf, FlowKey, FlowKey6, FlowKeyOf, IfaceValue, MAP_AFFINITY, MAP_ARP_HOLD,
-    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_BACKENDS6, MAP_CLOCK, MAP_CONNTRACK, MAP_CONNTRACK6,
-    MAP_CT_ASSURED, MAP_CT_ASSURED6, MAP_IFACES, MAP_PORTS, MAP_SERVICES, MAP_SERVICES6, MAP_STATS,
-    MAP_SVC_STATS, PORT_WORDS, PROTO_UDP, ServiceKey, ServiceKey6, ServiceValue, reason,
+    AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, BackendKey, Counters, CtTimeouts,
+    CtValue, CtValue6, CtValueOf, FlowKey, FlowKey6, FlowKeyOf, IfaceValue, MAP_AFFINITY,
+    MAP_AFFINITY6, MAP_ARP_HOLD, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_BACKENDS6, MAP_CLOCK,
+    MAP_CONNTRACK, MAP_CONNTRACK6, MAP_CT_ASSURED, MAP_CT_ASSURED6, MAP_IFACES, MAP_PORTS,
+    MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_STATS, PORT_WORDS, PROTO_UDP, ServiceKey,
+    ServiceKey6, ServiceValue, reason,
 };
 use tracing::{info, warn};
 
@@ -172,6 +173,11 @@ pub fn carries_over(name: &str) -> bool {
         MAP_CONNTRACK,
         MAP_CT_ASSURED,
         MAP_AFFINITY,
+        MAP_SERVICES6,
+        MAP_BACKENDS6,
+        MAP_CONNTRACK6,
+        MAP_CT_ASSURED6,
+        MAP_AFFINITY6,
     ]
     .contains(&name)
 }
@@ -194,6 +200,16 @@ pub fn carry_over(
         })?,
         MAP_CONNTRACK | MAP_CT_ASSURED => copy_entries::<FlowKey, CtValue>(ebpf, r, |_, _| true)?,
         MAP_AFFINITY => copy_entries::<AffinityKey, AffinityValue>(ebpf, r, |_, _| true)?,
+        MAP_SERVICES6 => {
+            copy_entries::<ServiceKey6, ServiceValue>(ebpf, r, |_, v| v.svc_id < sizes.frontends)?
+        }
+        MAP_BACKENDS6 => copy_entries::<BackendKey, Backend6>(ebpf, r, |k, v| {
+            k.svc_id < sizes.frontends && v.backend_id < sizes.backends
+        })?,
+        MAP_CONNTRACK6 | MAP_CT_ASSURED6 => {
+            copy_entries::<FlowKey6, CtValue6>(ebpf, r, |_, _| true)?
+        }
+        MAP_AFFINITY6 => copy_entries::<AffinityKey6, AffinityValue>(ebpf, r, |_, _| true)?,
         _ => (0, 0),
     };
     if dropped > 0 {

@@ -4,10 +4,12 @@
 //! `lb_common`'s defaults, and never below what the store already holds.
 
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtValue, DEFAULT_AFFINITY,
-    DEFAULT_BACKENDS, DEFAULT_CONNTRACK, DEFAULT_FRONTENDS, FlowKey, MAP_AFFINITY,
-    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_CT_ASSURED, MAP_SERVICES, MAP_SVC_STATS,
-    ServiceKey, ServiceValue,
+    AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, BackendKey, Counters, CtValue,
+    CtValue6, DEFAULT_AFFINITY, DEFAULT_AFFINITY6, DEFAULT_BACKENDS, DEFAULT_BACKENDS6,
+    DEFAULT_CONNTRACK, DEFAULT_CONNTRACK6, DEFAULT_FRONTENDS, DEFAULT_FRONTENDS6, FlowKey,
+    FlowKey6, MAP_AFFINITY, MAP_AFFINITY6, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_BACKENDS6,
+    MAP_CONNTRACK, MAP_CONNTRACK6, MAP_CT_ASSURED, MAP_CT_ASSURED6, MAP_SERVICES, MAP_SERVICES6,
+    MAP_SVC_STATS, ServiceKey, ServiceKey6, ServiceValue,
 };
 
 /// The largest size lb gives a map (2^26 entries; the kernel takes up to 2^31 for
@@ -29,6 +31,15 @@ pub struct MapSizes {
     pub conntrack: u32,
     /// `LB_AFFINITY`.
     pub affinity: u32,
+    /// The IPv6 maps: `LB6_SERVICES`, `LB6_BACKENDS`, `LB6_CT` and
+    /// `LB6_CT_ASSURED` (each), `LB6_AFFINITY`. Set by the same flags as IPv4's (as
+    /// Cilium's `--bpf-lb-map-max` sizes both families), else small defaults (a node
+    /// without IPv6 services pays little for them), never below what the source's
+    /// IPv6 services need. Their ids are IPv4's (one space, the counters').
+    pub frontends6: u32,
+    pub backends6: u32,
+    pub conntrack6: u32,
+    pub affinity6: u32,
 }
 
 impl Default for MapSizes {
@@ -38,6 +49,10 @@ impl Default for MapSizes {
             backends: DEFAULT_BACKENDS,
             conntrack: DEFAULT_CONNTRACK,
             affinity: DEFAULT_AFFINITY,
+            frontends6: DEFAULT_FRONTENDS6,
+            backends6: DEFAULT_BACKENDS6,
+            conntrack6: DEFAULT_CONNTRACK6,
+            affinity6: DEFAULT_AFFINITY6,
         }
     }
 }
@@ -95,8 +110,13 @@ impl NodeMemory {
 /// What the source (the store, or the API) holds now, in entries (the maps are never made smaller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Need {
+    /// Frontends and endpoints of both families (the ids of both come from the
+    /// IPv4 maps' sizes).
     pub frontends: u64,
     pub backends: u64,
+    /// Those of the IPv6 family.
+    pub frontends6: u64,
+    pub backends6: u64,
 }
 
 /// A hash map entry: the element (list node, hash, LRU node) with its key and
@@ -120,6 +140,16 @@ fn costs(cpus: u32) -> MapSizes64 {
         // Two tables of this size: new flows and assured ones.
         conntrack: 2 * hash_entry(size_of::<FlowKey>(), size_of::<CtValue>()),
         affinity: hash_entry(size_of::<AffinityKey>(), size_of::<AffinityValue>()),
+    }
+}
+
+/// Bytes one entry of each IPv6 map costs (their counters are IPv4's).
+fn costs6() -> MapSizes64 {
+    MapSizes64 {
+        frontends: hash_entry(size_of::<ServiceKey6>(), size_of::<ServiceValue>()),
+        backends: hash_entry(size_of::<BackendKey>(), size_of::<Backend6>()),
+        conntrack: 2 * hash_entry(size_of::<FlowKey6>(), size_of::<CtValue6>()),
+        affinity: hash_entry(size_of::<AffinityKey6>(), size_of::<AffinityValue>()),
     }
 }
 
@@ -217,6 +247,25 @@ impl MapSizes {
                 cost.affinity,
                 0,
             ),
+            // IPv6: no share of memory (the flags or the defaults, raised to the need).
+            frontends6: one(
+                "frontends6",
+                flags.frontends,
+                DEFAULT_FRONTENDS6,
+                0,
+                1,
+                need.frontends6,
+            ),
+            backends6: one(
+                "backends6",
+                flags.backends,
+                DEFAULT_BACKENDS6,
+                0,
+                1,
+                need.backends6,
+            ),
+            conntrack6: one("conntrack6", flags.conntrack, DEFAULT_CONNTRACK6, 0, 1, 0),
+            affinity6: one("affinity6", flags.affinity, DEFAULT_AFFINITY6, 0, 1, 0),
         };
         (sizes, why)
     }
@@ -232,7 +281,7 @@ impl MapSizes {
     }
 
     /// Each sized map with its entries.
-    pub fn by_map(&self) -> [(&'static str, u32); 7] {
+    pub fn by_map(&self) -> [(&'static str, u32); 12] {
         [
             (MAP_SERVICES, self.frontends),
             (MAP_SVC_STATS, self.frontends),
@@ -241,16 +290,26 @@ impl MapSizes {
             (MAP_CONNTRACK, self.conntrack),
             (MAP_CT_ASSURED, self.conntrack),
             (MAP_AFFINITY, self.affinity),
+            (MAP_SERVICES6, self.frontends6),
+            (MAP_BACKENDS6, self.backends6),
+            (MAP_CONNTRACK6, self.conntrack6),
+            (MAP_CT_ASSURED6, self.conntrack6),
+            (MAP_AFFINITY6, self.affinity6),
         ]
     }
 
     /// Estimated bytes the sized maps take on a node with `cpus` CPUs.
     pub fn bytes(&self, cpus: u32) -> u64 {
         let c = costs(cpus);
+        let c6 = costs6();
         u64::from(self.frontends) * c.frontends
             + u64::from(self.backends) * c.backends
             + u64::from(self.conntrack) * c.conntrack
             + u64::from(self.affinity) * c.affinity
+            + u64::from(self.frontends6) * c6.frontends
+            + u64::from(self.backends6) * c6.backends
+            + u64::from(self.conntrack6) * c6.conntrack
+            + u64::from(self.affinity6) * c6.affinity
     }
 }
 
@@ -300,6 +359,8 @@ mod tests {
         let need = Need {
             frontends: 100_000,
             backends: 1_000_000,
+            frontends6: 5_000,
+            backends6: 0,
         };
         let (s, why) = MapSizes::choose(&flags, node(24, 2), need);
         // 100,000 frontends and a quarter more, to the next power of two.
@@ -312,5 +373,20 @@ mod tests {
         assert_eq!(s.backends, 2_000_000);
         assert_eq!(s.conntrack, 4_096);
         assert_eq!(s.affinity, DEFAULT_AFFINITY);
+        // The IPv6 maps take the same flags, raised to IPv6's own need.
+        assert_eq!(s.frontends6, 8_192, "{why:?}");
+        assert_eq!(s.backends6, 2_000_000);
+        assert_eq!(s.conntrack6, 4_096);
+        // Without flags, their small defaults, whatever the memory.
+        let (d, _) = MapSizes::choose(&SizeFlags::default(), node(24, 2), Need::default());
+        assert_eq!(
+            (d.frontends6, d.backends6, d.conntrack6, d.affinity6),
+            (
+                DEFAULT_FRONTENDS6,
+                DEFAULT_BACKENDS6,
+                DEFAULT_CONNTRACK6,
+                DEFAULT_AFFINITY6
+            )
+        );
     }
 }

@@ -130,6 +130,7 @@ fn lb(n: usize, from: Endpoints, via: Via) -> Result<LbTimes> {
     let sized = MapSizes::holding(Need {
         frontends: (n + 2) as u64,
         backends: ((n + 2) * scale::ENDPOINTS_PER_SERVICE) as u64,
+        ..Need::default()
     });
     let sizes = [
         "--max-frontends".to_string(),

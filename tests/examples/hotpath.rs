@@ -89,6 +89,7 @@ fn config(n: u32, fib_redirect: bool) -> LoadConfig {
         sizes: MapSizes::holding(Need {
             frontends: u64::from(n),
             backends: u64::from(n) * 10,
+            ..Need::default()
         }),
         ..LoadConfig::default()
     }

@@ -411,7 +411,7 @@ fn a_restart_with_other_map_sizes_carries_the_flows_over() {
     )
     .unwrap();
     let log = c.t.log("agent-node1");
-    for map in ["LB_SERVICES", "LB_CT"] {
+    for map in ["LB_SERVICES", "LB_CT", "LB6_SERVICES", "LB6_CT"] {
         assert!(
             log.lines()
                 .any(|l| l.contains("resized map: every entry carried over") && l.contains(map)),
@@ -419,7 +419,11 @@ fn a_restart_with_other_map_sizes_carries_the_flows_over() {
         );
     }
     assert!(
-        log.contains("frontends=131072 (flag)") && log.contains("conntrack=300000 (flag)"),
+        log.contains("frontends=131072 (flag)")
+            && log.contains("conntrack=300000 (flag)")
+            // The IPv6 maps take the same flags.
+            && log.contains("frontends6=131072 (flag)")
+            && log.contains("conntrack6=300000 (flag)"),
         "{log}"
     );
     let (_, lines) = finished_stream(&mut c, "long");

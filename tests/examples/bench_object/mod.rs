@@ -31,6 +31,7 @@ impl BenchObject {
             Need {
                 frontends: 0,
                 backends: 0,
+                ..Need::default()
             },
         );
         let ebpf = EbpfLoader::new()
