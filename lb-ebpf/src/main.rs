@@ -48,33 +48,33 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
 /// The node's own processes: socket-level balancing (see `sock`).
 #[cgroup_sock_addr(connect4)]
 pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
-    sock::translate(&ctx)
+    sock::translate::<u32>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::translate(&ctx)
+    sock::translate::<u32>(&ctx)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn lb_connect6(ctx: SockAddrContext) -> i32 {
-    sock::translate6(&ctx)
+    sock::translate::<lb_common::Addr6>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn lb_sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock::translate6(&ctx)
+    sock::translate::<lb_common::Addr6>(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn lb_recvmsg6(ctx: SockAddrContext) -> i32 {
-    sock::restore6(&ctx);
+    sock::restore::<lb_common::Addr6>(&ctx);
     1
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::restore(&ctx);
+    sock::restore::<u32>(&ctx);
     1
 }
 

@@ -8,6 +8,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::bpf_sock_addr,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
@@ -82,25 +83,142 @@ fn choose<A: Family>(addr_be: A, port_be: u16, proto: u8) -> Choice<A> {
     }
 }
 
-/// Counts a translated socket.
-#[inline(always)]
-fn translated(svc_id: u32, backend_id: u32) -> i32 {
-    stats::verdict(reason::SOCK_TRANSLATED, 0);
-    stats::service(svc_id, backend_id, 0);
-    1
+/// What differs between the families at the socket: where the address sits in the
+/// kernel's `bpf_sock_addr` (`user_ip4`, or `user_ip6` word by word) and which map
+/// remembers an unconnected UDP socket's service address.
+pub trait SockFamily: Family {
+    /// The address and port (network order) the call names.
+    ///
+    /// # Safety
+    /// `sa` is the program's context, whose address fields are readable.
+    unsafe fn read(sa: *const bpf_sock_addr) -> (Self, u16);
+    /// Writes the address and port the call goes to (or, recvmsg, reports).
+    ///
+    /// # Safety
+    /// `sa` is the context of a program that may write them.
+    unsafe fn write(sa: *mut bpf_sock_addr, addr: Self, port_be: u16);
+    /// Remembers that socket `cookie` sent to `front` through `backend`.
+    fn remember(cookie: u64, backend: (Self, u16), front: (Self, u16));
+    /// The service address socket `cookie` sent to through `backend`.
+    fn recall(cookie: u64, backend: (Self, u16)) -> Option<(Self, u16)>;
 }
 
-/// connect4 / sendmsg4: send the socket to a backend of the service it names.
+impl SockFamily for u32 {
+    #[inline(always)]
+    unsafe fn read(sa: *const bpf_sock_addr) -> (u32, u16) {
+        // SAFETY: the caller's.
+        unsafe { ((*sa).user_ip4, (*sa).user_port as u16) }
+    }
+
+    #[inline(always)]
+    unsafe fn write(sa: *mut bpf_sock_addr, addr: u32, port_be: u16) {
+        // SAFETY: the caller's.
+        unsafe {
+            (*sa).user_ip4 = addr;
+            (*sa).user_port = port_be as u32;
+        }
+    }
+
+    #[inline(always)]
+    fn remember(cookie: u64, backend: (u32, u16), front: (u32, u16)) {
+        let key = SockRevKey {
+            cookie,
+            backend_addr_be: backend.0,
+            backend_port_be: backend.1,
+            _pad: 0,
+        };
+        let value = SockRevValue {
+            addr_be: front.0,
+            port_be: front.1,
+            _pad: 0,
+        };
+        let _ = LB_SOCK_REVNAT.insert(key, value, 0);
+    }
+
+    #[inline(always)]
+    fn recall(cookie: u64, backend: (u32, u16)) -> Option<(u32, u16)> {
+        let key = SockRevKey {
+            cookie,
+            backend_addr_be: backend.0,
+            backend_port_be: backend.1,
+            _pad: 0,
+        };
+        // SAFETY: values are replaced whole; a copy is taken.
+        unsafe { LB_SOCK_REVNAT.get(key) }.map(|v| (v.addr_be, v.port_be))
+    }
+}
+
+impl SockFamily for Addr6 {
+    #[inline(always)]
+    unsafe fn read(sa: *const bpf_sock_addr) -> (Addr6, u16) {
+        // SAFETY: the caller's; user_ip6 is read a word at a time, as the kernel
+        // allows.
+        unsafe {
+            (
+                [
+                    (*sa).user_ip6[0],
+                    (*sa).user_ip6[1],
+                    (*sa).user_ip6[2],
+                    (*sa).user_ip6[3],
+                ],
+                (*sa).user_port as u16,
+            )
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn write(sa: *mut bpf_sock_addr, addr: Addr6, port_be: u16) {
+        // SAFETY: the caller's; written a word at a time.
+        unsafe {
+            (*sa).user_ip6[0] = addr[0];
+            (*sa).user_ip6[1] = addr[1];
+            (*sa).user_ip6[2] = addr[2];
+            (*sa).user_ip6[3] = addr[3];
+            (*sa).user_port = port_be as u32;
+        }
+    }
+
+    #[inline(always)]
+    fn remember(cookie: u64, backend: (Addr6, u16), front: (Addr6, u16)) {
+        let key = SockRevKey6 {
+            cookie,
+            backend_addr_be: backend.0,
+            backend_port_be: backend.1,
+            _pad: 0,
+            _pad2: 0,
+        };
+        let value = SockRevValue6 {
+            addr_be: front.0,
+            port_be: front.1,
+            _pad: 0,
+        };
+        let _ = LB6_SOCK_REVNAT.insert(key, value, 0);
+    }
+
+    #[inline(always)]
+    fn recall(cookie: u64, backend: (Addr6, u16)) -> Option<(Addr6, u16)> {
+        let key = SockRevKey6 {
+            cookie,
+            backend_addr_be: backend.0,
+            backend_port_be: backend.1,
+            _pad: 0,
+            _pad2: 0,
+        };
+        // SAFETY: values are replaced whole; a copy is taken.
+        unsafe { LB6_SOCK_REVNAT.get(key) }.map(|v| (v.addr_be, v.port_be))
+    }
+}
+
+/// connect4/6 / sendmsg4/6: send the socket to a backend of the service it names.
 /// Returns the program's verdict: 1 lets the call go on, 0 fails it.
 #[inline(always)]
-pub fn translate(ctx: &SockAddrContext) -> i32 {
+pub fn translate<A: SockFamily>(ctx: &SockAddrContext) -> i32 {
     if !ours(ctx) {
         return 1;
     }
     let sa = ctx.sock_addr;
     // SAFETY: the kernel's bpf_sock_addr for this call; these fields are readable.
-    let (addr_be, port_be, proto) =
-        unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
+    let ((addr_be, port_be), proto) = unsafe { (A::read(sa), (*sa).protocol as u8) };
     let (svc_id, backend) = match choose(addr_be, port_be, proto) {
         Choice::Leave => return 1,
         Choice::Refuse => return 0,
@@ -109,138 +227,30 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     if proto == PROTO_UDP {
         // SAFETY: the helper takes the program's context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        let rev = SockRevKey {
+        A::remember(
             cookie,
-            backend_addr_be: backend.addr_be,
-            backend_port_be: backend.port_be,
-            _pad: 0,
-        };
-        let front = SockRevValue {
-            addr_be,
-            port_be,
-            _pad: 0,
-        };
-        let _ = LB_SOCK_REVNAT.insert(rev, front, 0);
+            (backend.addr_be, backend.port_be),
+            (addr_be, port_be),
+        );
     }
-    // SAFETY: connect4 and sendmsg4 may write the destination.
-    unsafe {
-        (*sa).user_ip4 = backend.addr_be;
-        (*sa).user_port = backend.port_be as u32;
-    }
-    translated(svc_id, backend.backend_id)
+    // SAFETY: connect and sendmsg programs may write the destination.
+    unsafe { A::write(sa, backend.addr_be, backend.port_be) };
+    stats::verdict(reason::SOCK_TRANSLATED, 0);
+    stats::service(svc_id, backend.backend_id, 0);
+    1
 }
 
-/// connect6 / sendmsg6: [`translate`] for IPv6 sockets.
+/// recvmsg4/6: an unconnected UDP socket sees the service address it sent to.
 #[inline(always)]
-pub fn translate6(ctx: &SockAddrContext) -> i32 {
-    if !ours(ctx) {
-        return 1;
-    }
-    let sa = ctx.sock_addr;
-    // SAFETY: the kernel's bpf_sock_addr for this call; these fields are readable
-    // (user_ip6 word by word).
-    let (addr_be, port_be, proto): (Addr6, u16, u8) = unsafe {
-        (
-            [
-                (*sa).user_ip6[0],
-                (*sa).user_ip6[1],
-                (*sa).user_ip6[2],
-                (*sa).user_ip6[3],
-            ],
-            (*sa).user_port as u16,
-            (*sa).protocol as u8,
-        )
-    };
-    let (svc_id, backend) = match choose(addr_be, port_be, proto) {
-        Choice::Leave => return 1,
-        Choice::Refuse => return 0,
-        Choice::Backend(svc_id, backend) => (svc_id, backend),
-    };
-    if proto == PROTO_UDP {
-        // SAFETY: the helper takes the program's context.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        let rev = SockRevKey6 {
-            cookie,
-            backend_addr_be: backend.addr_be,
-            backend_port_be: backend.port_be,
-            _pad: 0,
-            _pad2: 0,
-        };
-        let front = SockRevValue6 {
-            addr_be,
-            port_be,
-            _pad: 0,
-        };
-        let _ = LB6_SOCK_REVNAT.insert(rev, front, 0);
-    }
-    // SAFETY: connect6 and sendmsg6 may write the destination, word by word.
-    unsafe {
-        (*sa).user_ip6[0] = backend.addr_be[0];
-        (*sa).user_ip6[1] = backend.addr_be[1];
-        (*sa).user_ip6[2] = backend.addr_be[2];
-        (*sa).user_ip6[3] = backend.addr_be[3];
-        (*sa).user_port = backend.port_be as u32;
-    }
-    translated(svc_id, backend.backend_id)
-}
-
-/// recvmsg4: an unconnected UDP socket sees the service address it sent to.
-#[inline(always)]
-pub fn restore(ctx: &SockAddrContext) {
+pub fn restore<A: SockFamily>(ctx: &SockAddrContext) {
     if !ours(ctx) {
         return;
     }
     let sa = ctx.sock_addr;
     // SAFETY: the helper takes the program's context; the fields are readable.
-    let key = unsafe {
-        SockRevKey {
-            cookie: bpf_get_socket_cookie(ctx.as_ptr()),
-            backend_addr_be: (*sa).user_ip4,
-            backend_port_be: (*sa).user_port as u16,
-            _pad: 0,
-        }
-    };
-    // SAFETY: values are replaced whole; a copy is taken.
-    if let Some(front) = unsafe { LB_SOCK_REVNAT.get(key) }.copied() {
-        // SAFETY: recvmsg4 may write the source address it reports.
-        unsafe {
-            (*sa).user_ip4 = front.addr_be;
-            (*sa).user_port = front.port_be as u32;
-        }
-    }
-}
-
-/// recvmsg6: [`restore`] for IPv6 sockets.
-#[inline(always)]
-pub fn restore6(ctx: &SockAddrContext) {
-    if !ours(ctx) {
-        return;
-    }
-    let sa = ctx.sock_addr;
-    // SAFETY: the helper takes the program's context; the fields are readable.
-    let key = unsafe {
-        SockRevKey6 {
-            cookie: bpf_get_socket_cookie(ctx.as_ptr()),
-            backend_addr_be: [
-                (*sa).user_ip6[0],
-                (*sa).user_ip6[1],
-                (*sa).user_ip6[2],
-                (*sa).user_ip6[3],
-            ],
-            backend_port_be: (*sa).user_port as u16,
-            _pad: 0,
-            _pad2: 0,
-        }
-    };
-    // SAFETY: values are replaced whole; a copy is taken.
-    if let Some(front) = unsafe { LB6_SOCK_REVNAT.get(key) }.copied() {
-        // SAFETY: recvmsg6 may write the source address it reports, word by word.
-        unsafe {
-            (*sa).user_ip6[0] = front.addr_be[0];
-            (*sa).user_ip6[1] = front.addr_be[1];
-            (*sa).user_ip6[2] = front.addr_be[2];
-            (*sa).user_ip6[3] = front.addr_be[3];
-            (*sa).user_port = front.port_be as u32;
-        }
+    let (cookie, backend) = unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), A::read(sa)) };
+    if let Some((addr, port)) = A::recall(cookie, backend) {
+        // SAFETY: recvmsg programs may write the source address they report.
+        unsafe { A::write(sa, addr, port) };
     }
 }

@@ -519,7 +519,8 @@ impl Telemetry {
                 &omitted,
                 "endpoint",
                 |(_, addr, port, proto)| EndpointLabels {
-                    endpoint: format!("{addr}:{port}"),
+                    // `[fd00::2]:80` for an IPv6 endpoint, as Go's JoinHostPort.
+                    endpoint: std::net::SocketAddr::new(*addr, *port).to_string(),
                     protocol: proto.to_string(),
                 },
             );
