@@ -303,7 +303,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         _ => None,
     };
     let actual = dp.maps.read_entries()?;
-    info!(node = %opts.node_name, addrs = ?addrs, pins = %pins.display(), adopted_frontends = actual.services.len(),
+    info!(node = %opts.node_name, addrs = ?addrs, addrs6 = ?addrs6, pins = %pins.display(), adopted_frontends = actual.services.len(),
         adopted_slots = actual.backends.len(),
         clock = %crate::loader::kernel_hz().map_or("coarse ns".to_string(), |hz| format!("jiffies, HZ={hz}")),
         "agent started");
@@ -453,9 +453,13 @@ impl Agent {
             }
         }
         for (key, (port, local)) in wanted {
-            self.local_ready.insert(key.clone(), local.len());
+            // A dual-stack pod is one endpoint with an address in each family: the
+            // count is the larger family's, not both families' together.
+            let v6 = local.iter().filter(|a| a.is_ipv6()).count();
+            let n = v6.max(local.len() - v6);
+            self.local_ready.insert(key.clone(), n);
             if let Some(port) = port {
-                self.health_checks.insert(key.clone(), (port, local.len()));
+                self.health_checks.insert(key.clone(), (port, n));
             }
         }
         if self.health_checks == before {
@@ -892,8 +896,12 @@ impl Agent {
         );
         // Recorded after the round: reading when the change was written is no part
         // of programming it.
+        // A change the API timed (an EndpointSlice's trigger time) is programmed
+        // once its round ends, whether or not it needed a write (an endpoint with
+        // no port the service names changes no entry): kube-proxy observes every
+        // change its sync took.
         let triggered = std::mem::take(&mut self.triggered);
-        if writes > 0 {
+        if writes > 0 || !triggered.is_empty() {
             let changed = self.committed_at().into_iter().chain(triggered);
             self.telemetry.synced(took, changed);
         }
