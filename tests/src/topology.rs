@@ -531,50 +531,37 @@ pub mod dual {
         ip6: &str,
     ) -> Result<Netns> {
         let pod = seeds::pod(t, node, short, host_if, ip)?;
+        add_ip6(t, node, &pod, host_if, ip6, POD_GATEWAY6)?;
+        Ok(pod)
+    }
+
+    /// Gives `pod` (behind `host_if` in `node`) the IPv6 address `ip6`: a /128, a
+    /// route to `gateway` on its veth and a default route via it; the gateway
+    /// address on the host side and a /128 route back, as IPv4's.
+    pub fn add_ip6(
+        t: &Topology,
+        node: &Netns,
+        pod: &Netns,
+        host_if: &str,
+        ip6: &str,
+        gateway: &str,
+    ) -> Result<()> {
+        let add = |ns: &Netns, cidr: &str, dev: &str| {
+            t.ip(ns, &["-6", "addr", "add", cidr, "dev", dev, "nodad"])
+        };
+        add(pod, &format!("{ip6}/128"), "eth0")?;
+        t.ip(pod, &["-6", "route", "add", gateway, "dev", "eth0"])?;
         t.ip(
-            &pod,
+            pod,
             &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{ip6}/128"),
-                "dev",
-                "eth0",
-                "nodad",
+                "-6", "route", "add", "default", "via", gateway, "dev", "eth0",
             ],
         )?;
-        t.ip(&pod, &["-6", "route", "add", POD_GATEWAY6, "dev", "eth0"])?;
-        t.ip(
-            &pod,
-            &[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                POD_GATEWAY6,
-                "dev",
-                "eth0",
-            ],
-        )?;
-        // The gateway address on each host-side pod veth, as IPv4's.
-        t.ip(
-            node,
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{POD_GATEWAY6}/128"),
-                "dev",
-                host_if,
-                "nodad",
-            ],
-        )?;
+        add(node, &format!("{gateway}/128"), host_if)?;
         t.ip(
             node,
             &["-6", "route", "add", &format!("{ip6}/128"), "dev", host_if],
-        )?;
-        Ok(pod)
+        )
     }
 }
 
@@ -617,27 +604,8 @@ pub mod multinode6 {
             }
             let gateway = format!("fd00:10:244:{n}::1");
             for (i, pod) in lan.pods[n].iter().enumerate() {
-                add(pod, &format!("{}/128", pod_ip6(n, i)), "eth0")?;
-                t.ip(pod, &["-6", "route", "add", &gateway, "dev", "eth0"])?;
-                t.ip(
-                    pod,
-                    &[
-                        "-6", "route", "add", "default", "via", &gateway, "dev", "eth0",
-                    ],
-                )?;
                 let host_if = format!("lxc{i}");
-                add(node, &format!("{gateway}/128"), &host_if)?;
-                t.ip(
-                    node,
-                    &[
-                        "-6",
-                        "route",
-                        "add",
-                        &format!("{}/128", pod_ip6(n, i)),
-                        "dev",
-                        &host_if,
-                    ],
-                )?;
+                dual::add_ip6(t, node, pod, &host_if, &pod_ip6(n, i), &gateway)?;
             }
         }
         Ok(lan)
