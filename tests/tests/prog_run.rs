@@ -1961,3 +1961,59 @@ fn arp_about_a_load_balancer_address_leaves_only_while_this_node_holds_it() {
     let (ret, _, moved) = run(&mut dp, Prog::TcEgress, &arp_frame(2, lapsed, CLIENT));
     assert_eq!((ret, moved), (TC_UNSPEC, reason::PASS_NOT_IP));
 }
+
+/// The benchmarks' and tests' counting sink (`lb_bench_sink`, on a pod's end of its
+/// veth) takes UDP only, whatever bytes sit where an IPv4 header keeps its
+/// protocol: an ARP request whose sender MAC has 17 as its second byte (once
+/// dropped as "UDP", so the node never resolved the pod: seeds'
+/// `by_default_a_pod_that_runs_xdp...` failed with the pod's neighbour INCOMPLETE)
+/// and an IPv6 packet whose source address has 17 there pass to the pod's stack.
+#[test]
+fn the_bench_sink_takes_udp_and_passes_arp_whatever_its_bytes() {
+    const XDP_DROP: u32 = 1;
+    own_netns();
+    let mut bench = aya::Ebpf::load(lb_user::loader::BENCH_ELF).unwrap();
+    let sink: &mut aya::programs::Xdp = bench
+        .program_mut(lb_common::PROG_BENCH_SINK)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    sink.load().unwrap();
+    let mut arp = arp_frame(1, NODE, POD);
+    arp[23] = 17; // the sender MAC's second byte: byte 9 of the ARP packet
+    let mut tcp6 = Pkt6::tcp("fd11::2", 40000, POD6, 80, TCP_SYN).build();
+    assert_eq!(
+        tcp6[23], 0x11,
+        "the IPv6 source's second byte sits at byte 9"
+    );
+    tcp6[23] = 17;
+    let rows = [
+        ("ARP request, sender MAC 02:11:..", arp, XDP_PASS),
+        ("IPv6 TCP from fd11::2", tcp6, XDP_PASS),
+        (
+            "IPv4 TCP",
+            Pkt::tcp(CLIENT, 40000, POD, 80, TCP_SYN).build(),
+            XDP_PASS,
+        ),
+        (
+            "IPv4 UDP",
+            Pkt::udp(CLIENT, 40000, POD, 53).build(),
+            XDP_DROP,
+        ),
+        (
+            "IPv6 UDP",
+            Pkt6::udp(CLIENT6, 40000, POD6, 53).build(),
+            XDP_DROP,
+        ),
+    ];
+    for (what, frame, want) in rows {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
+        let got = sink.test_run(opts).unwrap().return_value;
+        assert_eq!(got, want, "{what}");
+    }
+}

@@ -184,10 +184,18 @@ pub fn sink_tc(ctx: &TcContext) -> i32 {
     }
 }
 
-/// Whether the frame is IPv4 UDP, counted if so.
+/// Whether the frame is UDP (over IPv4 or IPv6), counted if so. The EtherType is
+/// read first: byte 9 of an ARP packet is its sender's MAC, and an ARP request
+/// from a MAC whose second byte is 17 was once taken for UDP and dropped (the node
+/// then never resolved the pod).
 #[inline(always)]
 fn count(data: usize, end: usize) -> bool {
-    let Some(proto) = ptr_at::<u8>(data, end, ETH_LEN + 9) else {
+    let proto_off = match parse::is_ipv6(data, end) {
+        Some(false) => ETH_LEN + 9,
+        Some(true) => ETH_LEN + 6,
+        None => return false,
+    };
+    let Some(proto) = ptr_at::<u8>(data, end, proto_off) else {
         return false;
     };
     // SAFETY: bounds-checked above.
