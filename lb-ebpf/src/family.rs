@@ -9,6 +9,7 @@ use lb_common::{
     HAIRPIN_SNAT_ADDR, HAIRPIN_SNAT_ADDR6, ServiceKeyOf, ServiceValue,
 };
 
+use crate::csum::Csum;
 use crate::maps::{
     LB_AFFINITY, LB_BACKENDS, LB_CT, LB_CT_ASSURED, LB_SERVICES, LB6_AFFINITY, LB6_BACKENDS,
     LB6_CT, LB6_CT_ASSURED, LB6_SERVICES,
@@ -29,6 +30,8 @@ pub trait Family: Copy + Default + PartialEq + 'static {
     /// The address a pod that reaches itself through a service sees as the source
     /// (a packet from its own address to itself would never leave it).
     const HAIRPIN: Self;
+    /// The family's ICMP protocol number (1, or 58 for ICMPv6).
+    const PROTO_ICMP: u8;
     /// How many 512-byte chunks of a segment `verify` sums, at most (longer
     /// segments count as valid).
     const VERIFY_CHUNKS: usize;
@@ -45,10 +48,15 @@ pub trait Family: Copy + Default + PartialEq + 'static {
     /// The one's-complement sum of the address's 16-bit words, unfolded (its part of
     /// a pseudo-header checksum).
     fn word_sum(self) -> u64;
+
+    /// Replaces this address by `new` in a checksum being updated (a no-op when
+    /// equal).
+    fn replace_in(self, new: Self, c: &mut Csum);
 }
 
 impl Family for u32 {
     const HAIRPIN: u32 = u32::from_ne_bytes(HAIRPIN_SNAT_ADDR);
+    const PROTO_ICMP: u8 = 1;
     /// 32: segments of up to 16 KiB (only GSO/GRO aggregates, which the kernel
     /// vouches for, are longer).
     const VERIFY_CHUNKS: usize = 32;
@@ -88,10 +96,16 @@ impl Family for u32 {
     fn word_sum(self) -> u64 {
         (self & 0xffff) as u64 + (self >> 16) as u64
     }
+
+    #[inline(always)]
+    fn replace_in(self, new: u32, c: &mut Csum) {
+        c.replace32(self, new);
+    }
 }
 
 impl Family for Addr6 {
     const HAIRPIN: Addr6 = addr6(HAIRPIN_SNAT_ADDR6);
+    const PROTO_ICMP: u8 = 58;
     /// One: IPv6 verifies closing segments (TCP header included) of up to 512 bytes (a FIN or RST rarely
     /// carries more), as a longer loop next to IPv6's lookups would take the
     /// program past the verifier's limit of instructions processed.
@@ -131,6 +145,13 @@ impl Family for Addr6 {
     #[inline(always)]
     fn word_sum(self) -> u64 {
         self[0].word_sum() + self[1].word_sum() + self[2].word_sum() + self[3].word_sum()
+    }
+
+    #[inline(always)]
+    fn replace_in(self, new: Addr6, c: &mut Csum) {
+        for i in 0..4 {
+            c.replace32(self[i], new[i]);
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use crate::{
     conntrack::{self, CtState, Snat},
     family::Family,
     lb::{self, Select},
-    maps::{LB6_WORK, WORK6_LEN},
+    maps::{LB6_WORK, WORK6_FLOW, WORK6_LEN},
     parse::{Frag, Packet, TCP_FIN, TCP_RST, opens_connection},
 };
 
@@ -229,7 +229,7 @@ const _: () = assert!(size_of::<Work6>() <= WORK6_LEN);
 /// This CPU's [`Work6`] (map memory, 8-byte aligned, as long as a `Work6`).
 #[inline(always)]
 pub fn work6() -> Option<&'static mut Work6> {
-    let w = LB6_WORK.get_ptr_mut(0)?;
+    let w = LB6_WORK.get_ptr_mut(WORK6_FLOW)?;
     // SAFETY: a per-CPU map value of WORK6_LEN >= size_of::<Work6>() bytes, aligned
     // to 8 (as every map value); only this CPU's program touches it while it runs,
     // and every field is written before it is read.

@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     programs::TcContext,
 };
-use lb_common::reason;
+use lb_common::{FlowKeyOf, reason};
 
 use crate::{
     arp, conntrack, deliver,
@@ -52,7 +52,13 @@ fn run4(ctx: &TcContext, hook: Hook) -> i32 {
         return verdict;
     }
     if let Some(e) = icmp::parse(ctx.data(), ctx.data_end()) {
-        return related(ctx, &e, ifindex, hook);
+        let Some(r) = icmp::decide(&e, hook) else {
+            stats::verdict(reason::PASS_NOT_L4, e.ip_len);
+            return TC_ACT_UNSPEC;
+        };
+        return related(ctx, &e, &r, |to| {
+            fwd::lookup_tc(ctx, to, ifindex, e.ip_len).ifindex
+        });
     }
     let Some(p) = frag::packet(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_UNSPEC;
@@ -164,10 +170,10 @@ fn run4(ctx: &TcContext, hook: Hook) -> i32 {
 
 /// The pipeline for IPv6: flows from pods (and, where no XDP runs, from outside)
 /// start at ingress, replies are translated at egress, as for IPv4; translated
-/// packets go on through the kernel's stack, hairpin ones straight back to the pod.
-/// Not yet for IPv6: SNAT to remote backends, the hand-over to pods, answers for
-/// services without endpoints (the packet goes on to the kernel), fragments and
-/// ICMPv6 errors (passed).
+/// packets go on through the kernel's stack, hairpin ones straight back to the pod,
+/// SNAT ones out where the FIB says; ICMPv6 errors about a flow are translated with
+/// it. Not yet for IPv6: the hand-over to pods, answers for services without
+/// endpoints (the packet goes on to the kernel), fragments (passed).
 #[inline(never)]
 fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
     let len = ctx.len() as usize;
@@ -175,6 +181,18 @@ fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
         return TC_ACT_UNSPEC;
     };
     let not = parse::parse6_into(ctx.data(), ctx.data_end(), len, &mut w.packet);
+    // Neither TCP nor UDP: an ICMPv6 error about a flow is translated as IPv4's
+    // ([`related`]), anything else passed. Decided, then rewritten and sent, in two
+    // subprograms one after the other (see `icmp::Work6`).
+    if not == reason::PASS_NOT_L4 {
+        if let Some(e) = icmp::work6()
+            && icmp::decide6_into(ctx.data(), ctx.data_end(), hook, e)
+        {
+            return related6(ctx, e, ifindex);
+        }
+        stats::verdict(reason::PASS_NOT_L4, len as u16);
+        return TC_ACT_UNSPEC;
+    }
     if not != 0 {
         stats::verdict(not, len as u16);
         return TC_ACT_UNSPEC;
@@ -251,27 +269,39 @@ fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// An ICMP error: translated with its flow and sent on as the flow's packets of its
-/// direction are (through the stack, or out where the FIB says for SNAT flows).
+/// [`related`] for an ICMPv6 error, decided into `w`.
+#[inline(never)]
+fn related6(ctx: &TcContext, w: &icmp::Work6, ifindex: u32) -> i32 {
+    let ip_len = w.error.ip_len;
+    related(ctx, &w.error, &w.related, |to| {
+        fwd::route_tc6(ctx, to, ifindex, ip_len)
+    })
+}
+
+/// An ICMP error about a flow, `r` what it becomes: translated with its flow and
+/// sent on as the flow's packets of its direction are (through the stack, or out
+/// where the FIB says for SNAT flows: `route`, the egress interface of a tuple, 0
+/// for none).
 #[inline(always)]
-fn related(ctx: &TcContext, e: &icmp::IcmpError, ifindex: u32, hook: Hook) -> i32 {
-    let Some(r) = icmp::decide(e, hook) else {
-        stats::verdict(reason::PASS_NOT_L4, e.ip_len);
-        return TC_ACT_UNSPEC;
-    };
+fn related<A: icmp::Quoting>(
+    ctx: &TcContext,
+    e: &icmp::IcmpError<A>,
+    r: &icmp::Related<A>,
+    route: impl FnOnce(&FlowKeyOf<A>) -> u32,
+) -> i32 {
     let out = match r.forward {
         Forward::Stack => 0,
         Forward::Fib => {
-            let to = lb_common::FlowKey {
+            let to = FlowKeyOf {
                 saddr_be: r.saddr_be,
                 daddr_be: r.daddr_be,
                 sport_be: 0,
                 dport_be: 0,
-                proto: 1,
+                proto: A::PROTO_ICMP,
                 _pad: 0,
                 _pad2: 0,
             };
-            match fwd::lookup_tc(ctx, &to, ifindex, e.ip_len).ifindex {
+            match route(&to) {
                 0 => {
                     stats::verdict(reason::PASS_NO_ROUTE, e.ip_len);
                     return TC_ACT_UNSPEC;
@@ -289,7 +319,7 @@ fn related(ctx: &TcContext, e: &icmp::IcmpError, ifindex: u32, hook: Hook) -> i3
             return TC_ACT_UNSPEC;
         }
     };
-    if icmp::rewrite(ctx.data(), ctx.data_end(), e, &r, out != 0).is_none() {
+    if A::rewrite(ctx.data(), ctx.data_end(), e, r, out != 0).is_none() {
         stats::verdict(reason::PASS_MALFORMED, e.ip_len);
         return TC_ACT_UNSPEC;
     }

@@ -31,7 +31,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 #[inline(never)]
 fn run4(ctx: &XdpContext) -> u32 {
     if let Some(e) = icmp::parse(ctx.data(), ctx.data_end()) {
-        return related(ctx, &e);
+        return related4(ctx, &e);
     }
     let Some(p) = frag::packet(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) else {
         return xdp_action::XDP_PASS;
@@ -96,7 +96,8 @@ fn run4(ctx: &XdpContext) -> u32 {
 /// The pipeline for IPv6: flows to NodePort and LoadBalancer frontends start and
 /// continue here, and their packets go on through the kernel's stack once
 /// rewritten (no FIB redirect or hand-over to pods for IPv6 yet); hairpin flows are
-/// TC's. Frames lb does not translate are counted under their reason.
+/// TC's; ICMPv6 errors about a flow are translated with it. Frames lb does not
+/// translate are counted under their reason.
 #[inline(never)]
 fn run6(ctx: &XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
@@ -104,6 +105,18 @@ fn run6(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let not = parse::parse6_into(ctx.data(), ctx.data_end(), len, &mut w.packet);
+    // Neither TCP nor UDP: an ICMPv6 error about a flow is translated as IPv4's
+    // ([`related`]), anything else passed. Decided, then rewritten, in two
+    // subprograms one after the other (see `icmp::Work6`).
+    if not == reason::PASS_NOT_L4 {
+        if let Some(e) = icmp::work6()
+            && icmp::decide6_into(ctx.data(), ctx.data_end(), Hook::Ingress, e)
+        {
+            return related6(ctx, e);
+        }
+        stats::verdict(reason::PASS_NOT_L4, len as u16);
+        return xdp_action::XDP_PASS;
+    }
     if not != 0 {
         stats::verdict(not, len as u16);
         return xdp_action::XDP_PASS;
@@ -150,21 +163,41 @@ fn run6(ctx: &XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// An ICMP error: translated here when its flow's packets go through the stack; an
-/// SNAT or hairpin flow's goes on untouched to TC, which forwards it.
-#[inline(always)]
-fn related(ctx: &XdpContext, e: &icmp::IcmpError) -> u32 {
+/// An ICMP error ([`related`]). A subprogram of its own: its flow lookup's
+/// frame is not added to the IPv4 pipeline's.
+#[inline(never)]
+fn related4(ctx: &XdpContext, e: &icmp::IcmpError) -> u32 {
     match icmp::decide(e, Hook::Ingress) {
-        None => stats::verdict(reason::PASS_NOT_L4, e.ip_len),
-        Some(r) if r.forward == Forward::Stack => {
-            if icmp::rewrite(ctx.data(), ctx.data_end(), e, &r, false).is_some() {
-                stats::verdict(reason::NAT_RELATED, e.ip_len);
-                stats::service(r.svc_id, r.backend_id, e.ip_len);
-            } else {
-                stats::verdict(reason::PASS_MALFORMED, e.ip_len);
-            }
+        Some(r) => related(ctx, e, &r),
+        None => {
+            stats::verdict(reason::PASS_NOT_L4, e.ip_len);
+            xdp_action::XDP_PASS
         }
-        Some(_) => stats::verdict(reason::PASS_TO_TC, e.ip_len),
+    }
+}
+
+/// [`related`] for an ICMPv6 error, decided into `w`.
+#[inline(never)]
+fn related6(ctx: &XdpContext, w: &icmp::Work6) -> u32 {
+    related(ctx, &w.error, &w.related)
+}
+
+/// An ICMP error about a flow, `r` what it becomes: translated here when the
+/// flow's packets go through the stack; an SNAT or hairpin flow's goes on
+/// untouched to TC, which forwards it.
+#[inline(always)]
+fn related<A: icmp::Quoting>(
+    ctx: &XdpContext,
+    e: &icmp::IcmpError<A>,
+    r: &icmp::Related<A>,
+) -> u32 {
+    if r.forward != Forward::Stack {
+        stats::verdict(reason::PASS_TO_TC, e.ip_len);
+    } else if A::rewrite(ctx.data(), ctx.data_end(), e, r, false).is_some() {
+        stats::verdict(reason::NAT_RELATED, e.ip_len);
+        stats::service(r.svc_id, r.backend_id, e.ip_len);
+    } else {
+        stats::verdict(reason::PASS_MALFORMED, e.ip_len);
     }
     xdp_action::XDP_PASS
 }

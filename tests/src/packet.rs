@@ -244,6 +244,32 @@ impl Pkt6 {
     }
 }
 
+/// An ICMPv6 error (`kind`: 1 unreachable, 2 packet too big, 3 time exceeded, 4
+/// parameter problem; `word`: its 32 bits after the checksum, e.g. the MTU) from
+/// `src` to `dst` quoting the IPv6 packet of `about` (an Ethernet frame) whole;
+/// checksum computed from scratch, hop limit 64.
+pub fn icmp6_error(kind: u8, code: u8, word: u32, src: &str, dst: &str, about: &[u8]) -> Vec<u8> {
+    let (src, dst) = (ip6(src), ip6(dst));
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&word.to_be_bytes());
+    icmp.extend_from_slice(&about[14..]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    let sum = checksum(&[&pseudo, &icmp]);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = eth(0x86dd);
+    frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    frame.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[58, 64]);
+    frame.extend_from_slice(&src.octets());
+    frame.extend_from_slice(&dst.octets());
+    frame.extend_from_slice(&icmp);
+    frame
+}
+
 /// An Ethernet header with the given EtherType.
 pub fn eth(ethertype: u16) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];

@@ -207,6 +207,86 @@ fn laptop_curls_the_nodeport_over_ipv6_and_gets_hello_world() {
     assert_eq!(curl(&s.t, &s.laptop, &url(POD_IP6, 80, "")), None);
 }
 
+/// Path MTU discovery through an IPv6 NodePort: a client two hops away, behind a
+/// router (the laptop) whose route to it holds 1,280 bytes. The pod's full-size
+/// answers leave the node from the NodePort; the router answers them "packet too
+/// big" about a packet from [node]:30008, which no socket of the node has. lb
+/// translates that error with its flow, so it reaches the pod about the pod's own
+/// packet: the pod's TCP lowers its segment size and 1 MiB each way goes through
+/// (IPv6 routers never fragment: untranslated, the transfer stalls).
+#[test]
+fn an_ipv6_client_behind_a_smaller_mtu_gets_a_bulk_answer_through_the_nodeport() {
+    const FAR_IP6: &str = "fd00:2::10";
+    const ROUTER_IP6: &str = "fd00:2::1";
+    let mut s = scenario(
+        "ds-pmtu",
+        &service("node-port-service", "PreferDualStack", "[]", 30008),
+    );
+    let far = s.t.netns("far").unwrap();
+    s.t.link(&far, "eth0", &s.laptop, "eth1").unwrap();
+    for (ns, dev, ip) in [(&far, "eth0", FAR_IP6), (&s.laptop, "eth1", ROUTER_IP6)] {
+        s.t.ip(
+            ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ],
+        )
+        .unwrap();
+    }
+    s.t.ip(&far, &["-6", "route", "add", "default", "via", ROUTER_IP6])
+        .unwrap();
+    // The links hold 1,500 bytes (the client announces that segment size); the
+    // router's route to the client only 1,280 (locked: a router checks what it
+    // forwards against its device's MTU, unless the route's is locked).
+    s.t.ip(
+        &s.laptop,
+        &[
+            "-6",
+            "route",
+            "add",
+            &format!("{FAR_IP6}/128"),
+            "dev",
+            "eth1",
+            "mtu",
+            "lock",
+            "1280",
+        ],
+    )
+    .unwrap();
+    s.t.sysctl(&s.laptop, "net.ipv6.conf.all.forwarding", "1")
+        .unwrap();
+    s.t.ip(
+        &s.node,
+        &["-6", "route", "add", "fd00:2::/64", "via", LAPTOP_IP6],
+    )
+    .unwrap();
+    let addr = format!("[{NODE_IP6}]:30008");
+    assert_eq!(
+        s.fetch(&far, &url(NODE_IP6, 30008, "")).as_deref(),
+        Some("Hello World!\n"),
+        "{}",
+        s.lb.diagnostics(&s.t, "node1")
+    );
+    let got = lbclient_in(&s.t, &far, &["bulk", &addr, "2"]);
+    assert_eq!(
+        got,
+        vec!["Hello World!"; 2],
+        "{}",
+        s.lb.diagnostics(&s.t, "node1")
+    );
+    assert!(
+        s.lb.verdict("node1", "nat_related") > 0,
+        "the router's packet too big was translated for the pod\n{}",
+        s.lb.diagnostics(&s.t, "node1")
+    );
+}
+
 /// A pod and the node's own processes (the socket programs, connect4/6, sendmsg4/6,
 /// recvmsg4/6) reach a dual-stack service's ClusterIP in both families, TCP and
 /// UDP, as `spec.clusterIPs` lists them (IPv4 first: the store's primary family);

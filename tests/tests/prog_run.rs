@@ -1609,6 +1609,104 @@ fn ipv6_flows_are_translated_as_ipv4_ones() {
     }
 }
 
+/// ICMPv6 errors about IPv6 flows are translated with them, as IPv4's ICMP errors
+/// (`icmp_errors_about_a_flow_are_translated_with_it`): a pod's "port unreachable"
+/// leaves about the service address, and a "packet too big" a router on the
+/// client's path sends about a reply (which left from the NodePort) reaches the pod
+/// about the reply it sent: IPv6 has no other way to learn a path's MTU.
+#[test]
+fn icmpv6_errors_about_a_flow_are_translated_with_it() {
+    const ROUTER6: &str = "fd00:1::1";
+    let mut dp = dataplane();
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let syn = Pkt6::tcp(CLIENT6, 40700, NODE6, NODE_PORT, TCP_SYN);
+    let (_, _, moved) = run(&mut dp, Prog::Xdp, &syn.build());
+    assert_eq!(reason::NAMES[moved as usize], "nat_new_flow");
+    // The pod's "port unreachable" about what it received (client -> pod).
+    let at_pod = syn.rewritten(CLIENT6, 40700, POD6, 80).build();
+    let from_pod = packet::icmp6_error(1, 4, 0, POD6, CLIENT6, &at_pod);
+    let want = packet::icmp6_error(1, 4, 0, NODE6, CLIENT6, &syn.build());
+    // A large reply of the pod as it left the node (from the NodePort), and the
+    // router's "packet too big" about it: for the pod, about what the pod sent.
+    let reply = Pkt6::tcp(POD6, 80, CLIENT6, 40700, TCP_ACK | TCP_PSH).payload(&[7; 200]);
+    let left = reply.rewritten(NODE6, NODE_PORT, CLIENT6, 40700).build();
+    let too_big = packet::icmp6_error(2, 0, 1280, ROUTER6, NODE6, &left);
+    let too_big_want = packet::icmp6_error(2, 0, 1280, ROUTER6, POD6, &reply.build());
+    // A UDP flow from a pod to the ClusterIP, and its backend's "port unreachable".
+    let udp = Pkt6::udp(POD6_CLIENT, 5000, CLUSTER_IP6, 53).payload(b"query");
+    let (_, _, moved) = run(&mut dp, Prog::TcIngress, &udp.build());
+    assert_eq!(reason::NAMES[moved as usize], "nat_new_flow");
+    let udp_at_pod = udp.rewritten(POD6_CLIENT, 5000, POD6, 5353).build();
+    let udp_from_pod = packet::icmp6_error(1, 4, 0, POD6, POD6_CLIENT, &udp_at_pod);
+    let udp_want = packet::icmp6_error(1, 4, 0, CLUSTER_IP6, POD6_CLIENT, &udp.build());
+    let unrelated = packet::icmp6_error(
+        1,
+        4,
+        0,
+        POD6,
+        CLIENT6,
+        &Pkt6::tcp(CLIENT6, 40799, POD6, 80, TCP_SYN).build(),
+    );
+    // Quoting fewer than the 8 bytes that hold the ports: not looked at.
+    let mut short = packet::icmp6_error(1, 4, 0, POD6, CLIENT6, &at_pod);
+    short.truncate(14 + 40 + 8 + 40 + 4);
+    short[18..20].copy_from_slice(&(8u16 + 40 + 4).to_be_bytes());
+    check(
+        &mut dp,
+        vec![
+            Row {
+                what: "a pod's port unreachable (TCP) at egress: about the service address",
+                prog: Prog::TcEgress,
+                input: from_pod.clone(),
+                reason: reason::NAT_RELATED,
+                output: Some(want),
+            },
+            Row {
+                what: "the same at ingress: left for egress",
+                prog: Prog::TcIngress,
+                input: from_pod,
+                reason: reason::PASS_NOT_L4,
+                output: None,
+            },
+            Row {
+                what: "packet too big about the reply, at XDP: to the pod, about its own reply",
+                prog: Prog::Xdp,
+                input: too_big.clone(),
+                reason: reason::NAT_RELATED,
+                output: Some(too_big_want.clone()),
+            },
+            Row {
+                what: "the same at TC ingress (a link without XDP)",
+                prog: Prog::TcIngress,
+                input: too_big,
+                reason: reason::NAT_RELATED,
+                output: Some(too_big_want),
+            },
+            Row {
+                what: "a pod's port unreachable (UDP, quoted checksum updated)",
+                prog: Prog::TcEgress,
+                input: udp_from_pod,
+                reason: reason::NAT_RELATED,
+                output: Some(udp_want),
+            },
+            Row {
+                what: "an error about no tracked flow: untouched",
+                prog: Prog::TcEgress,
+                input: unrelated,
+                reason: reason::PASS_NOT_L4,
+                output: None,
+            },
+            Row {
+                what: "an error quoting 4 bytes of TCP: untouched",
+                prog: Prog::TcEgress,
+                input: short,
+                reason: reason::PASS_NOT_L4,
+                output: None,
+            },
+        ],
+    );
+}
+
 /// As `only_fins_and_rsts_whose_checksum_holds_close_a_flow`, over IPv6: a RST or a
 /// FIN whose checksum is wrong is dropped and leaves its flow as it was; a right
 /// one closes it; once closing, anything goes. IPv6 sums closing segments of up to

@@ -131,11 +131,12 @@ fn bulk(addr: SocketAddr) -> std::io::Result<String> {
         return Ok("ERR no text line".into());
     };
     let line = String::from_utf8_lossy(&answer[..nl]).to_string();
-    let mut words = line.split_whitespace();
-    let text = words.next().unwrap_or("").to_string();
-    if words.next() != Some(&BULK_BYTES.to_string()) {
+    // "TEXT RECEIVED"; the pod's text may hold spaces ("Hello World!").
+    let (text, received) = line.rsplit_once(' ').unwrap_or(("", ""));
+    if received != BULK_BYTES.to_string() {
         return Ok(format!("ERR the server got not {BULK_BYTES} bytes: {line}"));
     }
+    let text = text.to_string();
     let data = &answer[nl + 1..];
     if data.len() != BULK_BYTES || data.iter().enumerate().any(|(i, b)| *b != bulk_byte(i)) {
         return Ok(format!(
