@@ -9,12 +9,17 @@
 //!
 //! Frame built in place (70 bytes):
 //! `[Ethernet 14][IPv4 20][ICMP 8][original IPv4 header 20][first 8 bytes of L4]`
+//!
+//! IPv6 likewise ([`port_unreachable6`], ICMPv6 "port unreachable", 110 bytes):
+//! `[Ethernet 14][IPv6 40][ICMPv6 8][original IPv6 header 40][first 8 bytes of L4]`
 
 use aya_ebpf::{
     helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use lb_common::Addr6;
 
 use crate::{
     parse::{Packet, ptr_at},
@@ -43,11 +48,23 @@ fn unicast_host(addr_be: u32) -> bool {
 /// Internet checksum of `N` 16-bit words at `ptr`.
 #[inline(always)]
 fn checksum<const N: usize>(ptr: *const [u8; 2]) -> u16 {
+    fold(sum::<N>(ptr))
+}
+
+/// The unfolded sum of `N` 16-bit words at `ptr`.
+#[inline(always)]
+fn sum<const N: usize>(ptr: *const [u8; 2]) -> u32 {
     let mut sum: u32 = 0;
     for i in 0..N {
         // SAFETY: the caller bounds-checked N words from ptr.
         sum += u16::from_be_bytes(unsafe { *ptr.add(i) }) as u32;
     }
+    sum
+}
+
+/// The checksum of an unfolded sum.
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
@@ -165,6 +182,104 @@ fn build(
     let ip_sum = checksum::<10>(f[ip..].as_ptr() as *const [u8; 2]);
     f[ip + 10..ip + 12].copy_from_slice(&ip_sum.to_be_bytes());
     let icmp_sum = checksum::<{ (ICMP_HDR_LEN + QUOTE) / 2 }>(f[icmp..].as_ptr() as *const [u8; 2]);
+    f[icmp + 2..icmp + 4].copy_from_slice(&icmp_sum.to_be_bytes());
+    // SAFETY: a helper taking plain values.
+    Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}
+
+const IP6_HLEN: usize = 40;
+/// Bytes inserted after the Ethernet header: the new IPv6 and ICMPv6 headers.
+const GROW6: usize = IP6_HLEN + ICMP_HDR_LEN;
+/// The quoted original: its IPv6 header and 8 bytes of L4.
+const QUOTE6: usize = IP6_HLEN + 8;
+const FRAME6: usize = EthHdr::LEN + GROW6 + QUOTE6;
+const ICMP6_DEST_UNREACH: u8 = 1;
+const ICMP6_PORT_UNREACH: u8 = 4;
+const PROTO_ICMPV6: u8 = 58;
+
+/// Whether an IPv6 source can be a host's (RFC 4443 2.4 (e)): not the unspecified
+/// address, loopback or multicast.
+#[inline(always)]
+fn unicast_host6(addr: &Addr6) -> bool {
+    let first = addr[0].to_ne_bytes()[0];
+    let low = addr[0] | addr[1] | addr[2];
+    first != 0xff && !(low == 0 && (addr[3] == 0 || addr[3] == 1u32.to_be()))
+}
+
+/// The per-client rate limit's key for an IPv6 client: its address's words folded
+/// (two clients whose folds meet share a bucket: they get fewer answers, never more).
+#[inline(always)]
+fn peer_key6(addr: &Addr6) -> u32 {
+    addr[0] ^ addr[1] ^ addr[2] ^ addr[3]
+}
+
+/// [`port_unreachable`] for IPv6: ICMPv6 "port unreachable" (as ip6tables' REJECT
+/// sends for kube-proxy), from the address the packet was sent to, within the same
+/// rate limits. Not for a packet with extension headers (left to the kernel). A
+/// subprogram of its own (see `flow::Work6`).
+#[inline(never)]
+pub fn port_unreachable6(ctx: &TcContext, p: &Packet<Addr6>) -> Answer {
+    if p.l4_off != EthHdr::LEN + IP6_HLEN {
+        return Answer::Not;
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) else {
+        return Answer::Not;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let (client_mac, our_mac) = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
+    if our_mac[0] & 1 != 0 || !unicast_host6(&p.key.saddr_be) {
+        return Answer::Not;
+    }
+    if !ratelimit::allow(peer_key6(&p.key.saddr_be)) {
+        return Answer::Limited;
+    }
+    match build6(ctx, client_mac, our_mac) {
+        Some(verdict) => Answer::Sent(verdict),
+        None => Answer::Not,
+    }
+}
+
+#[inline(always)]
+fn build6(ctx: &TcContext, client_mac: [u8; 6], our_mac: [u8; 6]) -> Option<i32> {
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: as in `build`.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, FRAME6 as u32, 0) } != 0 {
+        return None;
+    }
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let frame: *mut [u8; FRAME6] = ptr_at(data, data_end, 0)?;
+    // SAFETY: ptr_at checked that all FRAME6 bytes lie inside the packet.
+    let f = unsafe { &mut *frame };
+    let ip = EthHdr::LEN;
+    let quote_at = ip + GROW6;
+    for i in 0..QUOTE6 {
+        f[quote_at + i] = f[ip + i];
+    }
+    f[0..6].copy_from_slice(&client_mac);
+    f[6..12].copy_from_slice(&our_mac);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let payload = (ICMP_HDR_LEN + QUOTE6) as u16;
+    let [len_hi, len_lo] = payload.to_be_bytes();
+    let head = u32::from_be_bytes([0x60, 0, 0, 0]);
+    let rest = u32::from_be_bytes([len_hi, len_lo, PROTO_ICMPV6, 64]);
+    f[ip..ip + 4].copy_from_slice(&head.to_be_bytes());
+    f[ip + 4..ip + 8].copy_from_slice(&rest.to_be_bytes());
+    // The service address answers the client: the quoted packet's addresses swapped.
+    let (q_src, q_dst) = (quote_at + 8, quote_at + 24);
+    for i in 0..16 {
+        f[ip + 8 + i] = f[q_dst + i];
+        f[ip + 24 + i] = f[q_src + i];
+    }
+    let icmp = ip + IP6_HLEN;
+    let head = u32::from_be_bytes([ICMP6_DEST_UNREACH, ICMP6_PORT_UNREACH, 0, 0]);
+    f[icmp..icmp + 4].copy_from_slice(&head.to_be_bytes());
+    f[icmp + 4..icmp + 8].copy_from_slice(&0u32.to_be_bytes());
+    // Over the pseudo-header (both addresses, the length, the next header) and the
+    // message.
+    let addrs = sum::<16>(f[ip + 8..].as_ptr() as *const [u8; 2]);
+    let message = sum::<{ (ICMP_HDR_LEN + QUOTE6) / 2 }>(f[icmp..].as_ptr() as *const [u8; 2]);
+    let icmp_sum = fold(addrs + message + payload as u32 + PROTO_ICMPV6 as u32);
     f[icmp + 2..icmp + 4].copy_from_slice(&icmp_sum.to_be_bytes());
     // SAFETY: a helper taking plain values.
     Some(unsafe { bpf_redirect(ifindex, 0) } as i32)

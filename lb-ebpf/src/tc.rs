@@ -172,8 +172,8 @@ fn run4(ctx: &TcContext, hook: Hook) -> i32 {
 /// start at ingress, replies are translated at egress, as for IPv4; translated
 /// packets go on through the kernel's stack, hairpin ones straight back to the pod,
 /// SNAT ones out where the FIB says; ICMPv6 errors about a flow are translated with
-/// it. Not yet for IPv6: the hand-over to pods, answers for services without
-/// endpoints (the packet goes on to the kernel), fragments (passed).
+/// it; a service without endpoints is answered ICMPv6 "port unreachable". Not yet
+/// for IPv6: the hand-over to pods, fragments (passed).
 #[inline(never)]
 fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
     let len = ctx.len() as usize;
@@ -202,7 +202,22 @@ fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
     let d = &w.decision;
     match d.kind {
         flow::DECIDED_PASS => stats::verdict(d.reason, p.ip_len),
-        flow::DECIDED_REJECT => stats::verdict(reason::PASS_NO_BACKEND, p.ip_len),
+        // As IPv4's: no answer to a packet whose checksum is wrong.
+        flow::DECIDED_REJECT if !verify::tc6(ctx, p) => {
+            stats::verdict(reason::DROP_BAD_CHECKSUM, p.ip_len);
+            return TC_ACT_SHOT;
+        }
+        flow::DECIDED_REJECT => match reject::port_unreachable6(ctx, p) {
+            Answer::Sent(verdict) => {
+                stats::verdict(reason::REJECT_NO_BACKEND, p.ip_len);
+                return verdict;
+            }
+            Answer::Limited => {
+                stats::verdict(reason::DROP_REJECT_LIMITED, p.ip_len);
+                return TC_ACT_SHOT;
+            }
+            Answer::Not => stats::verdict(reason::PASS_NO_BACKEND, p.ip_len),
+        },
         flow::DECIDED_DROP => {
             stats::verdict(d.reason, p.ip_len);
             return TC_ACT_SHOT;

@@ -244,6 +244,24 @@ impl Pkt6 {
     }
 }
 
+/// [`port_unreachable`] for an IPv6 frame: ICMPv6 "port unreachable" from the
+/// original destination to the original source, MACs swapped, quoting the IPv6
+/// header and 8 bytes of its payload.
+pub fn port_unreachable6(frame: &[u8]) -> Vec<u8> {
+    let dst: [u8; 16] = frame[22..38].try_into().unwrap();
+    let src: [u8; 16] = frame[38..54].try_into().unwrap();
+    let (src, dst) = (
+        Ipv6Addr::from(src).to_string(),
+        Ipv6Addr::from(dst).to_string(),
+    );
+    let mut quoted = frame[..14 + 48].to_vec();
+    quoted.truncate(14 + 48);
+    let mut out = icmp6_error(1, 4, 0, &src, &dst, &quoted);
+    out[0..6].copy_from_slice(&frame[6..12]);
+    out[6..12].copy_from_slice(&frame[0..6]);
+    out
+}
+
 /// An ICMPv6 error (`kind`: 1 unreachable, 2 packet too big, 3 time exceeded, 4
 /// parameter problem; `word`: its 32 bits after the checksum, e.g. the MTU) from
 /// `src` to `dst` quoting the IPv6 packet of `about` (an Ethernet frame) whole;

@@ -287,6 +287,60 @@ fn an_ipv6_client_behind_a_smaller_mtu_gets_a_bulk_answer_through_the_nodeport()
     );
 }
 
+/// A dual-stack service without endpoints refuses a pod's connections in both
+/// families, as kube-proxy's REJECT rules do: ICMP and ICMPv6 "port unreachable"
+/// from the service address (TCP: connect fails with "connection refused" instead
+/// of hanging, at once for IPv4, at the SYN's first retransmission for IPv6, see
+/// below; UDP: the connected socket's next call fails).
+#[test]
+fn a_dual_stack_service_without_endpoints_refuses_connections_in_both_families() {
+    let s = scenario(
+        "ds-noep",
+        "apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  selector: {app: nobody}
+  ports:
+  - {name: web, port: 80}
+  - {name: dns, port: 53, protocol: UDP}
+",
+    );
+    for ip in s.cluster_ips("empty") {
+        let addr = std::net::SocketAddr::new(ip.parse().unwrap(), 80).to_string();
+        let answer = Topology::wait_for(Duration::from_secs(10), || {
+            lbclient_in(&s.t, &s.client, &["connect", &addr])
+                .first()
+                .filter(|a| a.contains("ConnectionRefused"))
+                .cloned()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{addr}: connect was never refused\n{}",
+                s.lb.diagnostics(&s.t, "node1")
+            )
+        });
+        let ms: u64 = answer.rsplit(' ').next().unwrap().parse().unwrap();
+        // IPv6: the answer to the first SYN comes back while connect() still holds
+        // its socket, and the pod's kernel drops it (TcpExtLockDroppedIcmps); the
+        // retransmitted SYN's answer, a second later, refuses the connection.
+        let bound = if addr.starts_with('[') { 1500 } else { 1000 };
+        assert!(
+            ms < bound,
+            "{addr}: refused after {ms} ms\n{}",
+            s.lb.diagnostics(&s.t, "node1")
+        );
+        let udp = std::net::SocketAddr::new(ip.parse().unwrap(), 53).to_string();
+        let got = lbclient_in(&s.t, &s.client, &["udp", &udp, "1"]);
+        assert!(
+            got[0].contains("Connection refused"),
+            "{udp}: UDP gets port unreachable: {got:?}"
+        );
+    }
+    assert!(s.lb.verdict("node1", "reject_no_backend") >= 4);
+}
+
 /// A pod and the node's own processes (the socket programs, connect4/6, sendmsg4/6,
 /// recvmsg4/6) reach a dual-stack service's ClusterIP in both families, TCP and
 /// UDP, as `spec.clusterIPs` lists them (IPv4 first: the store's primary family);

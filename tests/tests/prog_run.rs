@@ -132,6 +132,16 @@ fn dataplane_with(cfg: &LoadConfig) -> Dataplane {
             vec![(frontend(ip6(CLUSTER_IP6), 53, 17), SVC_F_INTERNAL)],
             vec![(ip6(POD6), 5353)],
         ),
+        // NodePort [NODE6]:30009 (TCP and UDP) with no endpoints.
+        port_plan(
+            "empty6",
+            6,
+            vec![
+                (frontend(ip6(NODE6), 30009, 6), 0),
+                (frontend(ip6(NODE6), 30009, 17), 0),
+            ],
+            Vec::new(),
+        ),
     ];
     program(&mut dp.maps, &plans);
     dp
@@ -469,6 +479,57 @@ fn per_service_and_per_backend_counters_count_translated_packets() {
         after.0.bytes - before.0.bytes,
         3 * 40,
         "IPv4 bytes of three bare SYNs"
+    );
+}
+
+/// As IPv4's (below), over IPv6: ICMPv6 "port unreachable" from the service
+/// address, as ip6tables' REJECT answers for kube-proxy.
+#[test]
+fn an_ipv6_service_without_endpoints_answers_icmpv6_port_unreachable_to_pods() {
+    let mut dp = dataplane();
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let syn = Pkt6::tcp(POD6_CLIENT, 41000, NODE6, 30009, TCP_SYN).build();
+    let udp = Pkt6::udp(POD6_CLIENT, 41000, NODE6, 30009)
+        .payload(&[1; 64])
+        .build();
+    let answer = packet::port_unreachable6(&syn);
+    let mut multicast = Pkt6::udp("ff02::1", 41000, NODE6, 30009).build();
+    multicast[0] = 0x33; // a multicast destination MAC too
+    check(
+        &mut dp,
+        vec![
+            Row {
+                what: "TCP SYN from a pod: ICMPv6 port unreachable from the service address",
+                prog: Prog::TcIngress,
+                input: syn,
+                reason: reason::REJECT_NO_BACKEND,
+                output: Some(answer),
+            },
+            Row {
+                what: "UDP from a pod (longer than the answer: cut): the same answer",
+                prog: Prog::TcIngress,
+                input: udp.clone(),
+                reason: reason::REJECT_NO_BACKEND,
+                output: Some(packet::port_unreachable6(&udp)),
+            },
+            Row {
+                what: "from a multicast source: no answer, passed",
+                prog: Prog::TcIngress,
+                input: multicast,
+                reason: reason::PASS_NO_BACKEND,
+                output: None,
+            },
+        ],
+    );
+    // As netfilter's REJECT: no answer to a packet whose checksum is wrong.
+    let mut bad = udp;
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    let (ret, _, moved) = run(&mut dp, Prog::TcIngress, &bad);
+    assert_eq!(
+        (ret, reason::NAMES[moved as usize]),
+        (TC_ACT_SHOT, "drop_bad_checksum"),
+        "UDP whose checksum is wrong"
     );
 }
 
