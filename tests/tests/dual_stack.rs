@@ -83,6 +83,7 @@ struct Scenario {
     t: Topology,
     laptop: Netns,
     node: Netns,
+    pod: Netns,
     client: Netns,
     lb: Lb,
 }
@@ -107,6 +108,7 @@ fn scenario(tag: &str, manifests: &str) -> Scenario {
         t,
         laptop: s.laptop,
         node: s.node,
+        pod,
         client,
         lb,
     }
@@ -395,6 +397,23 @@ fn pods_and_the_node_reach_a_dual_stack_clusterip_in_both_families() {
     assert_eq!(dig(&["AAAA", name]), *v6);
     assert_eq!(dig(&["-x", v6]), format!("{name}."));
     assert_eq!(dig(&["-x", v4]), format!("{name}."));
+    // The seeds' pod reaches itself through both clusterIPs (hairpin: answered from
+    // the hairpin address of the family, translated back to the ClusterIP).
+    for ip in &ips {
+        let to = std::net::SocketAddr::new(ip.parse().unwrap(), 80).to_string();
+        assert_eq!(
+            lbclient_in(&s.t, &s.pod, &["tcp", &to, "3"]),
+            vec!["Hello World!"; 3],
+            "{to} from the pod itself\n{}",
+            s.lb.diagnostics(&s.t, "node1")
+        );
+        let to = std::net::SocketAddr::new(ip.parse().unwrap(), 53).to_string();
+        assert_eq!(
+            lbclient_in(&s.t, &s.pod, &["udp", &to, "3"]),
+            vec!["Hello World!"; 3],
+            "{to} (UDP) from the pod itself"
+        );
+    }
 }
 
 /// An IPv6-only service answers on the node's IPv6 address and its IPv6

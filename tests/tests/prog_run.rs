@@ -1768,6 +1768,51 @@ fn icmpv6_errors_about_a_flow_are_translated_with_it() {
     );
 }
 
+/// A pod reaching itself through its IPv6 ClusterIP (hairpin), as IPv4's
+/// (`packets_lb_forwards_itself_lose_one_ttl`): the SYN goes straight back to the
+/// pod from the IPv6 hairpin address (fd6c:6200::1), one hop less; the pod's answer
+/// to that address comes back from the ClusterIP; with no hop left it is dropped.
+#[test]
+fn an_ipv6_pod_reaching_itself_through_its_cluster_ip_is_answered_from_the_hairpin_address() {
+    const HAIRPIN6: &str = "fd6c:6200::1";
+    let mut dp = dataplane();
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let swap_macs = |mut f: Vec<u8>| {
+        let macs: Vec<u8> = f[6..12].iter().chain(&f[..6]).copied().collect();
+        f[..12].copy_from_slice(&macs);
+        f
+    };
+    let syn = Pkt6::tcp(POD6, 42000, CLUSTER_IP6, 80, TCP_SYN);
+    let mut want = syn.rewritten(HAIRPIN6, 42000, POD6, 80);
+    want.hop_limit = 63;
+    let (ret, out, moved) = run(&mut dp, Prog::TcIngress, &syn.build());
+    assert_eq!(
+        (ret, reason::NAMES[moved as usize]),
+        (TC_ACT_REDIRECT, "nat_new_flow")
+    );
+    assert_eq!(out, swap_macs(want.build()), "hairpin SYN, hop limit 63");
+    let answer = Pkt6::tcp(POD6, 80, HAIRPIN6, 42000, TCP_SYN | TCP_ACK);
+    let mut want = answer.rewritten(CLUSTER_IP6, 80, POD6, 42000);
+    want.hop_limit = 63;
+    let (ret, out, moved) = run(&mut dp, Prog::TcIngress, &answer.build());
+    assert_eq!(
+        (ret, reason::NAMES[moved as usize]),
+        (TC_ACT_REDIRECT, "nat_reply")
+    );
+    assert_eq!(
+        out,
+        swap_macs(want.build()),
+        "its answer, from the ClusterIP"
+    );
+    let mut last_hop = Pkt6::tcp(POD6, 42001, CLUSTER_IP6, 80, TCP_SYN);
+    last_hop.hop_limit = 1;
+    let (ret, _, moved) = run(&mut dp, Prog::TcIngress, &last_hop.build());
+    assert_eq!(
+        (ret, reason::NAMES[moved as usize]),
+        (TC_ACT_SHOT, "drop_ttl_exceeded")
+    );
+}
+
 /// As `only_fins_and_rsts_whose_checksum_holds_close_a_flow`, over IPv6: a RST or a
 /// FIN whose checksum is wrong is dropped and leaves its flow as it was; a right
 /// one closes it; once closing, anything goes. IPv6 sums closing segments of up to
