@@ -199,12 +199,13 @@ pub fn lookup_tc(ctx: &TcContext, to: &FlowKey, ifindex: u32, ip_len: u16) -> Tc
     }
 }
 
-/// [`lookup_tc`] for an IPv6 flow's translated tuple: the egress interface, 0 when
-/// there is no route or the packet does not fit it (the stack then forwards it, or
-/// answers). A subprogram of its own: the request's 64 bytes of stack are not added
-/// to the IPv6 pipeline's.
+/// [`lookup_tc`] for an IPv6 flow's translated tuple, as one number (a subprogram
+/// returns one register): the egress interface in the low 32 bits, 0 when there is
+/// none; when the packet does not fit the way out, that way's MTU in the high bits
+/// (see [`route6_ifindex`], [`route6_mtu`]). A subprogram of its own: the request's
+/// 64 bytes of stack are not added to the IPv6 pipeline's.
 #[inline(never)]
-pub fn route_tc6(ctx: &TcContext, to: &FlowKey6, ifindex: u32, ip_len: u16) -> u32 {
+pub fn route_tc6(ctx: &TcContext, to: &FlowKey6, ifindex: u32, ip_len: u16) -> u64 {
     let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
     let r = p.as_mut_ptr();
     let words = r.cast::<u64>();
@@ -226,10 +227,26 @@ pub fn route_tc6(ctx: &TcContext, to: &FlowKey6, ifindex: u32, ip_len: u16) -> u
     };
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         // SAFETY: written whole above, then by the kernel.
-        unsafe { (*r).ifindex }
+        unsafe { (*r).ifindex as u64 }
+    } else if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        // SAFETY: the kernel writes the MTU over the length it checked.
+        (unsafe { (*r).__bindgen_anon_1.mtu_result } as u64) << 32
     } else {
         0
     }
+}
+
+/// The egress interface of a [`route_tc6`] answer (0: none).
+#[inline(always)]
+pub fn route6_ifindex(route: u64) -> u32 {
+    route as u32
+}
+
+/// The MTU of a [`route_tc6`] answer the packet does not fit (0: it fits, or no
+/// route).
+#[inline(always)]
+pub fn route6_mtu(route: u64) -> u16 {
+    (route >> 32) as u16
 }
 
 /// The length a TC FIB lookup checks: 0 (the kernel then checks the socket buffer,

@@ -10,7 +10,7 @@
 //! Frame built in place (70 bytes):
 //! `[Ethernet 14][IPv4 20][ICMP 8][original IPv4 header 20][first 8 bytes of L4]`
 //!
-//! IPv6 likewise ([`port_unreachable6`], ICMPv6 "port unreachable", 110 bytes):
+//! IPv6 likewise ([`port_unreachable6`], [`packet_too_big6`], 110 bytes):
 //! `[Ethernet 14][IPv6 40][ICMPv6 8][original IPv6 header 40][first 8 bytes of L4]`
 
 use aya_ebpf::{
@@ -195,6 +195,7 @@ const QUOTE6: usize = IP6_HLEN + 8;
 const FRAME6: usize = EthHdr::LEN + GROW6 + QUOTE6;
 const ICMP6_DEST_UNREACH: u8 = 1;
 const ICMP6_PORT_UNREACH: u8 = 4;
+const ICMP6_PKT_TOOBIG: u8 = 2;
 const PROTO_ICMPV6: u8 = 58;
 
 /// Whether an IPv6 source can be a host's (RFC 4443 2.4 (e)): not the unspecified
@@ -219,6 +220,22 @@ fn peer_key6(addr: &Addr6) -> u32 {
 /// subprogram of its own (see `flow::Work6`).
 #[inline(never)]
 pub fn port_unreachable6(ctx: &TcContext, p: &Packet<Addr6>) -> Answer {
+    unreachable6(ctx, p, ICMP6_DEST_UNREACH, ICMP6_PORT_UNREACH, 0)
+}
+
+/// ICMPv6 "packet too big" for `p`, naming `mtu` as the next hop's (as a router
+/// sends it; never rate-limited, as the kernel's `icmpv6_xrlim_allow`: path MTU
+/// discovery must work). Quotes the IPv6 header and 8 bytes of L4, which the
+/// sender's TCP and UDP need to find their socket. A subprogram of its own.
+#[inline(never)]
+pub fn packet_too_big6(ctx: &TcContext, p: &Packet<Addr6>, mtu: u16) -> Answer {
+    unreachable6(ctx, p, ICMP6_PKT_TOOBIG, 0, mtu as u32)
+}
+
+/// An ICMPv6 error of `kind` and `code` (`word`: the 32 bits after its checksum)
+/// in place of `p`, sent back out the interface it came in on.
+#[inline(always)]
+fn unreachable6(ctx: &TcContext, p: &Packet<Addr6>, kind: u8, code: u8, word: u32) -> Answer {
     if p.l4_off != EthHdr::LEN + IP6_HLEN {
         return Answer::Not;
     }
@@ -230,17 +247,24 @@ pub fn port_unreachable6(ctx: &TcContext, p: &Packet<Addr6>) -> Answer {
     if our_mac[0] & 1 != 0 || !unicast_host6(&p.key.saddr_be) {
         return Answer::Not;
     }
-    if !ratelimit::allow(peer_key6(&p.key.saddr_be)) {
+    if kind != ICMP6_PKT_TOOBIG && !ratelimit::allow(peer_key6(&p.key.saddr_be)) {
         return Answer::Limited;
     }
-    match build6(ctx, client_mac, our_mac) {
+    match build6(ctx, client_mac, our_mac, kind, code, word) {
         Some(verdict) => Answer::Sent(verdict),
         None => Answer::Not,
     }
 }
 
 #[inline(always)]
-fn build6(ctx: &TcContext, client_mac: [u8; 6], our_mac: [u8; 6]) -> Option<i32> {
+fn build6(
+    ctx: &TcContext,
+    client_mac: [u8; 6],
+    our_mac: [u8; 6],
+    kind: u8,
+    code: u8,
+    word: u32,
+) -> Option<i32> {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: as in `build`.
@@ -272,9 +296,9 @@ fn build6(ctx: &TcContext, client_mac: [u8; 6], our_mac: [u8; 6]) -> Option<i32>
         f[ip + 24 + i] = f[q_src + i];
     }
     let icmp = ip + IP6_HLEN;
-    let head = u32::from_be_bytes([ICMP6_DEST_UNREACH, ICMP6_PORT_UNREACH, 0, 0]);
+    let head = u32::from_be_bytes([kind, code, 0, 0]);
     f[icmp..icmp + 4].copy_from_slice(&head.to_be_bytes());
-    f[icmp + 4..icmp + 8].copy_from_slice(&0u32.to_be_bytes());
+    f[icmp + 4..icmp + 8].copy_from_slice(&word.to_be_bytes());
     // Over the pseudo-header (both addresses, the length, the next header) and the
     // message.
     let addrs = sum::<16>(f[ip + 8..].as_ptr() as *const [u8; 2]);

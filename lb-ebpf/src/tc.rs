@@ -232,11 +232,23 @@ fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
             if forward == Forward::Fib {
                 // An SNAT flow's packet (to a remote backend, or its reply to the
                 // client): out where the FIB sends its translated tuple, as IPv4's.
-                let out = fwd::route_tc6(ctx, &d.to, ifindex, p.ip_len);
+                let route = fwd::route_tc6(ctx, &d.to, ifindex, p.ip_len);
+                let out = fwd::route6_ifindex(route);
                 if out == 0 {
                     forget();
-                    stats::verdict(reason::PASS_NO_ROUTE, p.ip_len);
-                    return TC_ACT_UNSPEC;
+                    let mtu = fwd::route6_mtu(route);
+                    if mtu == 0 {
+                        stats::verdict(reason::PASS_NO_ROUTE, p.ip_len);
+                        return TC_ACT_UNSPEC;
+                    }
+                    // Too big for its way out: answered "packet too big" with the
+                    // MTU, as a router does (IPv6 routers never fragment).
+                    if let Answer::Sent(verdict) = reject::packet_too_big6(ctx, p, mtu) {
+                        stats::verdict(reason::REJECT_FRAG_NEEDED, p.ip_len);
+                        return verdict;
+                    }
+                    stats::verdict(reason::DROP_FRAG_NEEDED, p.ip_len);
+                    return TC_ACT_SHOT;
                 }
                 if p.ttl <= 1 {
                     forget();
@@ -289,7 +301,7 @@ fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
 fn related6(ctx: &TcContext, w: &icmp::Work6, ifindex: u32) -> i32 {
     let ip_len = w.error.ip_len;
     related(ctx, &w.error, &w.related, |to| {
-        fwd::route_tc6(ctx, to, ifindex, ip_len)
+        fwd::route6_ifindex(fwd::route_tc6(ctx, to, ifindex, ip_len))
     })
 }
 

@@ -537,3 +537,105 @@ status:
     let forwarded = lb.verdict("node1", "fwd_tc_neigh");
     assert!(forwarded >= 4, "node1 forwarded {forwarded} packets by FIB");
 }
+
+/// As IPv4's `multinode::a_packet_too_big_for_the_way_to_a_remote_pod_gets_fragmentation_needed`,
+/// over IPv6: the pod is on node 2; node 1's route to it holds 1,400 bytes, less
+/// than the laptop's link. The laptop sends full-size segments one by one (no
+/// segmentation offload). Node 1 answers them as a router does, ICMPv6 "packet too
+/// big" with the MTU, from the address they were sent to: the laptop's TCP lowers
+/// its segment size and 1 MiB each way goes through.
+#[test]
+fn a_packet_too_big_for_the_ipv6_way_to_a_remote_pod_gets_packet_too_big() {
+    require_root();
+    let mut t = Topology::new("ds-ptb").unwrap();
+    let lan = multinode6::lan(&mut t, 2, 1).unwrap();
+    let server = podserver_bin().display().to_string();
+    t.spawn(
+        &lan.pods[1][0],
+        "n2p0",
+        &[&server, "--text", "n2p0", "--tcp", "8080"],
+        &[],
+    )
+    .unwrap();
+    let lb = Lb::new(&mut t).unwrap();
+    lb.ok(&["ranges", "--service-cidr", SERVICE_CIDRS]).unwrap();
+    lb.apply(&format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  type: NodePort
+  ipFamilyPolicy: PreferDualStack
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30030}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: n2p0, labels: {{app: web}}}}
+spec:
+  nodeName: node2
+  containers: [{{name: c, image: app}}]
+status:
+  podIP: {}
+  podIPs: [{{ip: {}}}, {{ip: '{}'}}]
+",
+        pod_ip(1, 0),
+        pod_ip(1, 0),
+        pod_ip6(1, 0)
+    ))
+    .unwrap();
+    t.ip(
+        &lan.nodes[0],
+        &[
+            "-6",
+            "route",
+            "replace",
+            "fd00:10:244:1::/64",
+            "via",
+            &node_ip6(1),
+            "dev",
+            "eth0",
+            "mtu",
+            "lock",
+            "1400",
+        ],
+    )
+    .unwrap();
+    t.sh(
+        &lan.laptop,
+        &["ethtool", "-K", "eth0", "tso", "off", "gso", "off"],
+    )
+    .unwrap();
+    for (n, node) in lan.nodes.clone().iter().enumerate() {
+        lb.start_agent(&mut t, node, &format!("node{}", n + 1), &["eth0"])
+            .unwrap();
+    }
+    let addr = format!("[{}]:30030", node_ip6(0));
+    let answered = Topology::wait_for(Duration::from_secs(10), || {
+        curl(&t, &lan.laptop, &url(&node_ip6(0), 30030, "")).filter(|a| a.starts_with("n2p0"))
+    });
+    assert!(
+        answered.is_some(),
+        "{addr} never answered\n{}",
+        lb.diagnostics(&t, "node1")
+    );
+    assert_eq!(
+        lbclient_in(&t, &lan.laptop, &["bulk", &addr, "3"]),
+        vec!["n2p0"; 3],
+        "{}",
+        lb.diagnostics(&t, "node1")
+    );
+    // With GRO on node 1's uplink the segments arrive merged and are cut as the
+    // kernel forwards them (see the IPv4 test).
+    let gro = matches!(
+        lb_tests::topology::Links::from_env(),
+        lb_tests::topology::Links::GroOn | lb_tests::topology::Links::Tuned
+    );
+    if !gro {
+        assert!(
+            lb.verdict("node1", "reject_frag_needed") > 0,
+            "node 1 answered packet too big\n{}",
+            lb.diagnostics(&t, "node1")
+        );
+    }
+}
