@@ -70,17 +70,7 @@ fn run4(ctx: &TcContext, hook: Hook) -> i32 {
             stats::verdict(reason::DROP_BAD_CHECKSUM, p.ip_len);
             return TC_ACT_SHOT;
         }
-        Verdict::Reject => match reject::port_unreachable(ctx, &p) {
-            Answer::Sent(verdict) => {
-                stats::verdict(reason::REJECT_NO_BACKEND, p.ip_len);
-                return verdict;
-            }
-            Answer::Limited => {
-                stats::verdict(reason::DROP_REJECT_LIMITED, p.ip_len);
-                return TC_ACT_SHOT;
-            }
-            Answer::Not => stats::verdict(reason::PASS_NO_BACKEND, p.ip_len),
-        },
+        Verdict::Reject => return rejected(reject::port_unreachable(ctx, &p), p.ip_len),
         Verdict::Drop(reason) => {
             stats::verdict(reason, p.ip_len);
             return TC_ACT_SHOT;
@@ -207,17 +197,7 @@ fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
             stats::verdict(reason::DROP_BAD_CHECKSUM, p.ip_len);
             return TC_ACT_SHOT;
         }
-        flow::DECIDED_REJECT => match reject::port_unreachable6(ctx, p) {
-            Answer::Sent(verdict) => {
-                stats::verdict(reason::REJECT_NO_BACKEND, p.ip_len);
-                return verdict;
-            }
-            Answer::Limited => {
-                stats::verdict(reason::DROP_REJECT_LIMITED, p.ip_len);
-                return TC_ACT_SHOT;
-            }
-            Answer::Not => stats::verdict(reason::PASS_NO_BACKEND, p.ip_len),
-        },
+        flow::DECIDED_REJECT => return rejected(reject::port_unreachable6(ctx, p), p.ip_len),
         flow::DECIDED_DROP => {
             stats::verdict(d.reason, p.ip_len);
             return TC_ACT_SHOT;
@@ -294,6 +274,27 @@ fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
         }
     }
     TC_ACT_UNSPEC
+}
+
+/// The TC action and count of a "port unreachable" answer to a packet for a
+/// service without endpoints: sent, rate-limited (dropped), or not for this packet
+/// (passed to the kernel).
+#[inline(always)]
+fn rejected(answer: Answer, ip_len: u16) -> i32 {
+    match answer {
+        Answer::Sent(verdict) => {
+            stats::verdict(reason::REJECT_NO_BACKEND, ip_len);
+            verdict
+        }
+        Answer::Limited => {
+            stats::verdict(reason::DROP_REJECT_LIMITED, ip_len);
+            TC_ACT_SHOT
+        }
+        Answer::Not => {
+            stats::verdict(reason::PASS_NO_BACKEND, ip_len);
+            TC_ACT_UNSPEC
+        }
+    }
 }
 
 /// [`related`] for an ICMPv6 error, decided into `w`.

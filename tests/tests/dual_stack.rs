@@ -458,15 +458,11 @@ fn an_ipv6_only_service_answers_in_ipv6_only() {
     }
 }
 
-/// Two nodes, one pod on node2: the laptop reaches it over IPv6 through either
-/// node's NodePort. Through node1 the flow is SNATed to node1's IPv6 address (the
-/// pod's answer must come back through node1, which translates it for the laptop)
-/// and both directions leave by a FIB lookup; through node2 the pod is local and
-/// sees the laptop's own address.
-#[test]
-fn an_ipv6_nodeport_reaches_a_pod_on_another_node() {
+/// Two dual-stack nodes, the pod `n2p0` (TCP 8080) on node 2, a dual-stack NodePort
+/// service `web` on 30030 selecting it, and an agent on each node.
+fn remote_pod(tag: &str) -> (Topology, lb_tests::topology::multinode::Lan, Lb) {
     require_root();
-    let mut t = Topology::new("ds-multi").unwrap();
+    let mut t = Topology::new(tag).unwrap();
     let lan = multinode6::lan(&mut t, 2, 1).unwrap();
     let server = podserver_bin().display().to_string();
     t.spawn(
@@ -507,6 +503,17 @@ status:
         lb.start_agent(&mut t, node, &format!("node{}", n + 1), &["eth0"])
             .unwrap();
     }
+    (t, lan, lb)
+}
+
+/// Two nodes, one pod on node2: the laptop reaches it over IPv6 through either
+/// node's NodePort. Through node1 the flow is SNATed to node1's IPv6 address (the
+/// pod's answer must come back through node1, which translates it for the laptop)
+/// and both directions leave by a FIB lookup; through node2 the pod is local and
+/// sees the laptop's own address.
+#[test]
+fn an_ipv6_nodeport_reaches_a_pod_on_another_node() {
+    let (t, lan, lb) = remote_pod("ds-multi");
     let peer = |node: usize| {
         Topology::wait_for(Duration::from_secs(10), || {
             curl(&t, &lan.laptop, &url(&node_ip6(node), 30030, "/peer"))
@@ -546,44 +553,7 @@ status:
 /// its segment size and 1 MiB each way goes through.
 #[test]
 fn a_packet_too_big_for_the_ipv6_way_to_a_remote_pod_gets_packet_too_big() {
-    require_root();
-    let mut t = Topology::new("ds-ptb").unwrap();
-    let lan = multinode6::lan(&mut t, 2, 1).unwrap();
-    let server = podserver_bin().display().to_string();
-    t.spawn(
-        &lan.pods[1][0],
-        "n2p0",
-        &[&server, "--text", "n2p0", "--tcp", "8080"],
-        &[],
-    )
-    .unwrap();
-    let lb = Lb::new(&mut t).unwrap();
-    lb.ok(&["ranges", "--service-cidr", SERVICE_CIDRS]).unwrap();
-    lb.apply(&format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: web}}
-spec:
-  type: NodePort
-  ipFamilyPolicy: PreferDualStack
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080, nodePort: 30030}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: n2p0, labels: {{app: web}}}}
-spec:
-  nodeName: node2
-  containers: [{{name: c, image: app}}]
-status:
-  podIP: {}
-  podIPs: [{{ip: {}}}, {{ip: '{}'}}]
-",
-        pod_ip(1, 0),
-        pod_ip(1, 0),
-        pod_ip6(1, 0)
-    ))
-    .unwrap();
+    let (t, lan, lb) = remote_pod("ds-ptb");
     t.ip(
         &lan.nodes[0],
         &[
@@ -606,10 +576,6 @@ status:
         &["ethtool", "-K", "eth0", "tso", "off", "gso", "off"],
     )
     .unwrap();
-    for (n, node) in lan.nodes.clone().iter().enumerate() {
-        lb.start_agent(&mut t, node, &format!("node{}", n + 1), &["eth0"])
-            .unwrap();
-    }
     let addr = format!("[{}]:30030", node_ip6(0));
     let answered = Topology::wait_for(Duration::from_secs(10), || {
         curl(&t, &lan.laptop, &url(&node_ip6(0), 30030, "")).filter(|a| a.starts_with("n2p0"))
