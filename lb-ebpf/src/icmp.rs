@@ -113,10 +113,8 @@ pub fn decide6_into(data: usize, data_end: usize, hook: Hook, w: &mut Work6) -> 
     }
 }
 
-/// The family's error shape: its parse and its rewrite.
+/// The family's error rewrite.
 pub trait Quoting: Family {
-    /// The frame as an ICMP error of the family, of the shape looked at, or None.
-    fn parse(data: usize, data_end: usize) -> Option<IcmpError<Self>>;
     /// Rewrites the error as `r` says (see [`rewrite`], [`rewrite6`]).
     fn rewrite(
         data: usize,
@@ -128,11 +126,6 @@ pub trait Quoting: Family {
 }
 
 impl Quoting for u32 {
-    #[inline(always)]
-    fn parse(data: usize, data_end: usize) -> Option<IcmpError<u32>> {
-        parse(data, data_end)
-    }
-
     #[inline(always)]
     fn rewrite(
         data: usize,
@@ -146,11 +139,6 @@ impl Quoting for u32 {
 }
 
 impl Quoting for Addr6 {
-    #[inline(always)]
-    fn parse(data: usize, data_end: usize) -> Option<IcmpError<Addr6>> {
-        parse6(data, data_end)
-    }
-
     #[inline(always)]
     fn rewrite(
         data: usize,

@@ -1813,6 +1813,53 @@ fn an_ipv6_pod_reaching_itself_through_its_cluster_ip_is_answered_from_the_hairp
     );
 }
 
+/// ClientIP affinity over IPv6, through the agent's own pipeline: with
+/// `affinity_timeout_s` set, every new flow of one client lands on the backend its
+/// first one got (20 flows, 4 backends); without it, the same 20 flows spread.
+#[test]
+fn ipv6_client_ip_affinity_keeps_a_client_on_one_backend() {
+    own_netns();
+    let mut dp = Dataplane::load_with(None, &LoadConfig::default()).expect("load lb's eBPF object");
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let ip6 = |s: &str| IpAddr::V6(s.parse().unwrap());
+    let backends: Vec<(IpAddr, u16)> = (2..6)
+        .map(|i| (ip6(&format!("fd00:244::{i}")), 80))
+        .collect();
+    let mut sticky = port_plan(
+        "sticky6",
+        6,
+        vec![(frontend(ip6(CLUSTER_IP6), 80, 6), SVC_F_INTERNAL)],
+        backends.clone(),
+    );
+    sticky.affinity_timeout_s = 10800;
+    let plain = port_plan(
+        "plain6",
+        6,
+        vec![(frontend(ip6(CLUSTER_IP6), 81, 6), SVC_F_INTERNAL)],
+        backends,
+    );
+    program(&mut dp.maps, &[sticky, plain]);
+    let chosen =
+        |dp: &mut Dataplane, port: u16| -> std::collections::BTreeSet<std::net::Ipv6Addr> {
+            (0..20)
+                .map(|i| {
+                    let syn = Pkt6::tcp(POD6_CLIENT, 43000 + i, CLUSTER_IP6, port, TCP_SYN);
+                    let (_, out, moved) = run(dp, Prog::TcIngress, &syn.build());
+                    assert_eq!(reason::NAMES[moved as usize], "nat_new_flow");
+                    let dst: [u8; 16] = out[38..54].try_into().unwrap();
+                    std::net::Ipv6Addr::from(dst)
+                })
+                .collect()
+        };
+    let sticky = chosen(&mut dp, 80);
+    assert_eq!(sticky.len(), 1, "one client, one backend: {sticky:?}");
+    let spread = chosen(&mut dp, 81);
+    assert!(
+        spread.len() > 1,
+        "without affinity the flows spread: {spread:?}"
+    );
+}
+
 /// As `only_fins_and_rsts_whose_checksum_holds_close_a_flow`, over IPv6: a RST or a
 /// FIN whose checksum is wrong is dropped and leaves its flow as it was; a right
 /// one closes it; once closing, anything goes. IPv6 sums closing segments of up to
