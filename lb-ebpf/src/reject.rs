@@ -70,6 +70,31 @@ fn fold(mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
+/// The frame's (source, destination) MACs, unless it was sent to a broadcast or
+/// multicast address (never answered).
+#[inline(always)]
+fn unicast_macs(ctx: &TcContext) -> Option<([u8; 6], [u8; 6])> {
+    let eth = ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let (client_mac, our_mac) = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
+    (our_mac[0] & 1 == 0).then_some((client_mac, our_mac))
+}
+
+/// Resizes the socket buffer to an answer of `N` bytes (growing a short datagram,
+/// cutting a long one; the headers stay where they are, so a partial checksum's
+/// offsets stay valid) and gives its bytes.
+#[inline(always)]
+fn resized<const N: usize>(ctx: &TcContext) -> Option<&'static mut [u8; N]> {
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, N as u32, 0) } != 0 {
+        return None;
+    }
+    let frame: *mut [u8; N] = ptr_at(ctx.data(), ctx.data_end(), 0)?;
+    // SAFETY: ptr_at checked that all N bytes lie inside the packet, and nothing
+    // changes its size while the answer is written.
+    Some(unsafe { &mut *frame })
+}
+
 /// What became of an answer.
 pub enum Answer {
     /// Built in place of the packet and sent: the TC verdict.
@@ -102,14 +127,12 @@ fn unreachable(ctx: &TcContext, p: &Packet, code: u8, mtu: u16) -> Answer {
     if p.l4_off != EthHdr::LEN + Ipv4Hdr::LEN {
         return Answer::Not; // IPv4 options: not quoted, left to the kernel
     }
-    let Some(eth) = ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) else {
-        return Answer::Not;
-    };
-    // SAFETY: bounds-checked by ptr_at.
-    let (client_mac, our_mac) = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
     // As the kernel's icmp_send (RFC 1122): never about a frame sent to a broadcast
     // or multicast address, nor to a source that is no host's.
-    if our_mac[0] & 1 != 0 || !unicast_host(p.key.saddr_be) {
+    let Some((client_mac, our_mac)) = unicast_macs(ctx) else {
+        return Answer::Not;
+    };
+    if !unicast_host(p.key.saddr_be) {
         return Answer::Not;
     }
     if code != ICMP_FRAG_NEEDED && !ratelimit::allow(p.key.saddr_be) {
@@ -133,16 +156,7 @@ fn build(
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
 
-    // Resize to the answer's length first (growing a short datagram, cutting a long
-    // one); the headers stay where they are, so a partial checksum's offsets stay valid.
-    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, FRAME as u32, 0) } != 0 {
-        return None;
-    }
-    let (data, data_end) = (ctx.data(), ctx.data_end());
-    let frame: *mut [u8; FRAME] = ptr_at(data, data_end, 0)?;
-    // SAFETY: ptr_at checked that all FRAME bytes lie inside the packet.
-    let f = unsafe { &mut *frame };
+    let f = resized::<FRAME>(ctx)?;
     // Quote the original IPv4 header and 8 bytes of L4 where the answer carries them.
     let quote_at = EthHdr::LEN + GROW;
     for i in 0..QUOTE {
@@ -239,12 +253,10 @@ fn unreachable6(ctx: &TcContext, p: &Packet<Addr6>, kind: u8, code: u8, word: u3
     if p.l4_off != EthHdr::LEN + IP6_HLEN {
         return Answer::Not;
     }
-    let Some(eth) = ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) else {
+    let Some((client_mac, our_mac)) = unicast_macs(ctx) else {
         return Answer::Not;
     };
-    // SAFETY: bounds-checked by ptr_at.
-    let (client_mac, our_mac) = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
-    if our_mac[0] & 1 != 0 || !unicast_host6(&p.key.saddr_be) {
+    if !unicast_host6(&p.key.saddr_be) {
         return Answer::Not;
     }
     if kind != ICMP6_PKT_TOOBIG && !ratelimit::allow(peer_key6(&p.key.saddr_be)) {
@@ -267,14 +279,7 @@ fn build6(
 ) -> Option<i32> {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: as in `build`.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, FRAME6 as u32, 0) } != 0 {
-        return None;
-    }
-    let (data, data_end) = (ctx.data(), ctx.data_end());
-    let frame: *mut [u8; FRAME6] = ptr_at(data, data_end, 0)?;
-    // SAFETY: ptr_at checked that all FRAME6 bytes lie inside the packet.
-    let f = unsafe { &mut *frame };
+    let f = resized::<FRAME6>(ctx)?;
     let ip = EthHdr::LEN;
     let quote_at = ip + GROW6;
     for i in 0..QUOTE6 {
