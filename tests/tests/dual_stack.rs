@@ -1,8 +1,14 @@
 //! Dual-stack services end to end, in veth namespaces on default link settings: the
 //! seeds' laptop, node and pod with IPv6 addresses beside their IPv4 ones, a store
-//! allocating from one range per family, and lb's agent in the node.
+//! allocating from one range per family, and lb's agent in the node: following
+//! the embedded store, or (`kubernetes_mode_...`) an API server's dual-stack objects.
+
+mod fakeapi;
 
 use std::{net::IpAddr, time::Duration};
+
+use fakeapi::FakeApi;
+use serde_json::{Value, json};
 
 use lb_common::PROTO_TCP;
 use lb_user::{maps::Maps, plan::frontend};
@@ -86,11 +92,26 @@ struct Scenario {
     pod: Netns,
     client: Netns,
     lb: Lb,
+    /// The API server the agent follows, in Kubernetes mode.
+    api: Option<FakeApi>,
+}
+
+/// Where the agent reads its objects from.
+enum Source<'a> {
+    /// These manifests applied to a dual-stack embedded store (with the pods).
+    Store(&'a str),
+    /// An API server in the node serving these objects (and the node's Node).
+    Kube(&'a [Value]),
 }
 
 /// Laptop, node, the seeds' pod (TCP 80, UDP 5353) and a client pod, all dual-stack;
 /// a dual-stack store with `manifests` applied; the agent in the node.
 fn scenario(tag: &str, manifests: &str) -> Scenario {
+    scenario_from(tag, Source::Store(manifests))
+}
+
+/// [`scenario`] with the agent's objects from `source`.
+fn scenario_from(tag: &str, source: Source) -> Scenario {
     require_root();
     let mut t = Topology::new(tag).unwrap();
     let s = dual::lan(&mut t).unwrap();
@@ -100,10 +121,36 @@ fn scenario(tag: &str, manifests: &str) -> Scenario {
     t.spawn(&pod, "pod", &[&server, "--tcp", "80", "--udp", "5353"], &[])
         .unwrap();
     let lb = Lb::new(&mut t).unwrap();
-    lb.ok(&["ranges", "--service-cidr", SERVICE_CIDRS]).unwrap();
-    lb.apply(&format!("{manifests}---\n{POD}---\n{CLIENT}"))
-        .unwrap();
-    lb.start_agent(&mut t, &s.node, "node1", &["eth0"]).unwrap();
+    let api = match source {
+        Source::Store(manifests) => {
+            lb.ok(&["ranges", "--service-cidr", SERVICE_CIDRS]).unwrap();
+            lb.apply(&format!("{manifests}---\n{POD}---\n{CLIENT}"))
+                .unwrap();
+            lb.start_agent(&mut t, &s.node, "node1", &["eth0"]).unwrap();
+            None
+        }
+        Source::Kube(objects) => {
+            let api = FakeApi::start(&s.node);
+            api.put(node_object());
+            for o in objects {
+                api.put(o.clone());
+            }
+            let path = t.dir().join("kubeconfig");
+            std::fs::write(&path, api.kubeconfig()).unwrap();
+            let path = path.display().to_string();
+            let args = [
+                "--kubeconfig",
+                &path,
+                "--dns",
+                "on",
+                "--dns-upstream",
+                "none",
+            ];
+            lb.start_agent_with(&mut t, &s.node, "node1", &["eth0"], &args)
+                .unwrap();
+            Some(api)
+        }
+    };
     Scenario {
         t,
         laptop: s.laptop,
@@ -111,6 +158,7 @@ fn scenario(tag: &str, manifests: &str) -> Scenario {
         pod,
         client,
         lb,
+        api,
     }
 }
 
@@ -604,4 +652,129 @@ fn a_packet_too_big_for_the_ipv6_way_to_a_remote_pod_gets_packet_too_big() {
             lb.diagnostics(&t, "node1")
         );
     }
+}
+
+/// The dual-stack kubelet's Node: a pod network and an address per family.
+fn node_object() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "node1"},
+        "spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24", "fd00:10:244::/64"]},
+        "status": {"addresses": [
+            {"type": "InternalIP", "address": NODE_IP},
+            {"type": "InternalIP", "address": NODE_IP6},
+        ]},
+    })
+}
+
+/// The service `web` as a dual-stack API server stores it (RequireDualStack, both
+/// clusterIPs allocated, IPv6 first: an IPv6-primary cluster), NodePort 30040.
+fn api_service() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "type": "NodePort",
+            "ipFamilyPolicy": "RequireDualStack",
+            "ipFamilies": ["IPv6", "IPv4"],
+            "clusterIP": "fd00:10:96::40",
+            "clusterIPs": ["fd00:10:96::40", "10.96.0.40"],
+            "selector": {"app": "myapp"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 80, "nodePort": 30040, "protocol": "TCP"}],
+        },
+    })
+}
+
+/// The EndpointSlice the API's controller writes for `web` in `family`: the seeds'
+/// pod, ready or not.
+fn api_slice(family: &str, ready: bool) -> Value {
+    let addr = if family == "IPv6" { POD_IP6 } else { POD_IP };
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("web-{}", family.to_lowercase()),
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web"},
+        },
+        "addressType": family,
+        "endpoints": [{
+            "addresses": [addr],
+            "conditions": {"ready": ready, "serving": ready, "terminating": false},
+            "nodeName": "node1",
+        }],
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+    })
+}
+
+/// Kubernetes mode in a dual-stack cluster: the agent follows an API server's
+/// dual-stack service (IPv6 primary) and its two EndpointSlices, one per family,
+/// and serves the NodePort on the node's address of each family and both clusterIPs
+/// from a pod; its DNS answers the name in both families. When the IPv6 slice's
+/// endpoint turns not ready, IPv6 connections are refused while IPv4 goes on: each
+/// family follows its own slice, as kube-proxy's.
+#[test]
+fn kubernetes_mode_serves_a_dual_stack_service_from_its_two_endpoint_slices() {
+    let objects = [
+        api_service(),
+        api_slice("IPv4", true),
+        api_slice("IPv6", true),
+    ];
+    let s = scenario_from("ds-kube", Source::Kube(&objects));
+    for addr in [NODE_IP6, NODE_IP] {
+        assert_eq!(
+            s.must_fetch(&s.laptop, &url(addr, 30040, "")),
+            "Hello World!\n"
+        );
+    }
+    for ip in ["fd00:10:96::40", "10.96.0.40"] {
+        assert_eq!(
+            s.must_fetch(&s.client, &url(ip, 80, "")),
+            "Hello World!\n",
+            "{ip} from a pod"
+        );
+    }
+    let dig = |ty: &str| {
+        let argv = [
+            "dig",
+            "+tries=3",
+            "+time=1",
+            "+short",
+            &format!("@{NODE_IP}"),
+            ty,
+        ];
+        let mut argv: Vec<&str> = argv.to_vec();
+        argv.push("web.default.svc.cluster.local");
+        let out = s.t.run(&s.laptop, &argv).unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(dig("AAAA"), "fd00:10:96::40");
+    assert_eq!(dig("A"), "10.96.0.40");
+
+    let api = s.api.as_ref().expect("Kubernetes mode");
+    api.put(api_slice("IPv6", false));
+    let six = std::net::SocketAddr::new(NODE_IP6.parse().unwrap(), 30040).to_string();
+    let refused = Topology::wait_for(Duration::from_secs(10), || {
+        lbclient_in(&s.t, &s.laptop, &["connect", &six])
+            .first()
+            .filter(|a| a.contains("ConnectionRefused"))
+            .cloned()
+    });
+    assert!(
+        refused.is_some(),
+        "{six} still served with no ready IPv6 endpoint\n{}",
+        s.lb.diagnostics(&s.t, "node1")
+    );
+    assert_eq!(
+        s.must_fetch(&s.laptop, &url(NODE_IP, 30040, "")),
+        "Hello World!\n",
+        "IPv4 follows its own slice"
+    );
+    api.put(api_slice("IPv6", true));
+    assert_eq!(
+        s.must_fetch(&s.laptop, &url(NODE_IP6, 30040, "")),
+        "Hello World!\n"
+    );
 }
