@@ -81,8 +81,13 @@ const _: () = assert!(size_of::<RateBucket>() == 16);
 pub const MAP_ARP_HOLD: &str = "LB_ARP_HOLD";
 pub const MAX_ARP_HOLD: u32 = 4096;
 
+/// `LB_NDP_HOLD`: [`MAP_ARP_HOLD`] for IPv6 LoadBalancer addresses ([`Addr6`]):
+/// past the time, TC egress drops the node's Neighbor Advertisements about it
+/// (and Solicitations from it).
+pub const MAP_NDP_HOLD: &str = "LB_NDP_HOLD";
+
 /// Every map lb pins, so the agent can adopt or remove them as a set.
-pub const ALL_MAPS: [&str; 19] = [
+pub const ALL_MAPS: [&str; 20] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -102,6 +107,7 @@ pub const ALL_MAPS: [&str; 19] = [
     MAP_CT_ASSURED6,
     MAP_AFFINITY6,
     MAP_SOCK_REVNAT6,
+    MAP_NDP_HOLD,
 ];
 
 /// Settings of the benchmark-only programs, never pinned: `LB_BENCH[i]`.
@@ -695,7 +701,11 @@ pub mod reason {
     /// agent let its lease or heartbeat run out: crashed, frozen or cut off): dropped,
     /// so only the holder answers for it.
     pub const DROP_ARP_NOT_HOLDER: u32 = 30;
-    pub const COUNT: u32 = 31;
+    /// TC egress: a Neighbor Advertisement about (or a Solicitation from) an IPv6
+    /// LoadBalancer address this node no longer holds: dropped, as
+    /// [`DROP_ARP_NOT_HOLDER`] for IPv4.
+    pub const DROP_NDP_NOT_HOLDER: u32 = 31;
+    pub const COUNT: u32 = 32;
 
     /// Names for people, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -730,6 +740,7 @@ pub mod reason {
         "drop_bad_checksum",
         "drop_reject_limited",
         "drop_arp_not_holder",
+        "drop_ndp_not_holder",
     ];
 }
 

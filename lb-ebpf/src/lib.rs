@@ -3,7 +3,6 @@
 //! benchmarks' generator, hops and sinks, loaded only by `cargo xtask bench`).
 #![no_std]
 
-pub mod arp;
 pub mod clock;
 pub mod conntrack;
 pub mod csum;
@@ -16,6 +15,7 @@ pub mod icmp;
 pub mod lb;
 pub mod maps;
 pub mod nat;
+pub mod neigh;
 pub mod parse;
 pub mod ratelimit;
 pub mod reject;

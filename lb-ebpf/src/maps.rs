@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, BackendKey, Counters, CtValue,
-    CtValue6, DEFAULT_AFFINITY, DEFAULT_AFFINITY6, DEFAULT_BACKENDS, DEFAULT_BACKENDS6,
+    Addr6, AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, BackendKey, Counters,
+    CtValue, CtValue6, DEFAULT_AFFINITY, DEFAULT_AFFINITY6, DEFAULT_BACKENDS, DEFAULT_BACKENDS6,
     DEFAULT_CONNTRACK, DEFAULT_CONNTRACK6, DEFAULT_FRONTENDS, DEFAULT_FRONTENDS6, FlowKey,
     FlowKey6, FragKey, FragValue, IfaceValue, MAX_ARP_HOLD, MAX_FRAGS, MAX_IFACES,
     MAX_REJECT_PEERS, MAX_SOCK_REVNAT, PORT_WORDS, RateBucket, SCRATCH_LEN, ServiceKey,
@@ -73,6 +73,11 @@ pub static LB_CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 /// `lb_common::MAP_ARP_HOLD`).
 #[map]
 pub static LB_ARP_HOLD: HashMap<u32, u64> = HashMap::with_max_entries(MAX_ARP_HOLD, 0);
+
+/// Until when this node may send Neighbor Advertisements about each IPv6
+/// LoadBalancer address (see `lb_common::MAP_NDP_HOLD`).
+#[map]
+pub static LB_NDP_HOLD: HashMap<Addr6, u64> = HashMap::with_max_entries(MAX_ARP_HOLD, 0);
 
 #[map]
 pub static LB_IFACES: HashMap<u32, IfaceValue> = HashMap::with_max_entries(MAX_IFACES, 0);

@@ -145,6 +145,36 @@ pub fn arp_sender(data: usize, data_end: usize) -> Option<u32> {
     Some(u32::from_ne_bytes([a[14], a[15], a[16], a[17]]))
 }
 
+/// ICMPv6's next-header number and Neighbor Discovery's message types.
+const NEXT_ICMPV6: u8 = 58;
+const ICMPV6_NS: u8 = 135;
+const ICMPV6_NA: u8 = 136;
+
+/// The address an Ethernet frame tells the LAN is at its sender's MAC, when it is
+/// an ICMPv6 Neighbor Advertisement (its target) or Neighbor Solicitation (its
+/// source: the solicited node caches it) right after the IPv6 header, as the
+/// kernel sends them; None for anything else.
+#[inline(always)]
+pub fn nd_claim(data: usize, data_end: usize) -> Option<Addr6> {
+    // Ethernet, IPv6, then the message's type, code, checksum, flags and target.
+    let f: *const [u8; EthHdr::LEN + IP6_HLEN + 24] = ptr_at(data, data_end, 0)?;
+    // SAFETY: ptr_at checked that the bytes lie inside the packet; the address is
+    // read unaligned.
+    unsafe {
+        if u16::from_ne_bytes([(*f)[12], (*f)[13]]) != ETH_P_IPV6_BE
+            || (*f)[EthHdr::LEN + 6] != NEXT_ICMPV6
+        {
+            return None;
+        }
+        let off = match (*f)[EthHdr::LEN + IP6_HLEN] {
+            ICMPV6_NA => EthHdr::LEN + IP6_HLEN + 8,
+            ICMPV6_NS => EthHdr::LEN + IP6_SADDR_OFF,
+            _ => return None,
+        };
+        Some(core::ptr::read_unaligned((data + off) as *const Addr6))
+    }
+}
+
 /// The ports and TCP flags of the L4 header at `l4_off` (zeros for a later
 /// fragment), checked against what the datagram holds after the IP headers
 /// (`l4_len`): a TCP header within it, a UDP length that fits it exactly (a first

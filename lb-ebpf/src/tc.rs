@@ -5,8 +5,8 @@
 //! to local pods (`deliver`), finishes SNAT flows XDP could not forward, and where
 //! no XDP runs (virtual uplinks) serves NodePort and LoadBalancer flows itself. At
 //! egress it translates replies back to the service address after the kernel has
-//! routed them, and lets ARP about a LoadBalancer address out only while this node
-//! holds it (`arp`).
+//! routed them, and lets ARP and Neighbor Advertisements about a LoadBalancer
+//! address out only while this node holds it (`neigh`).
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -15,9 +15,9 @@ use aya_ebpf::{
 use lb_common::{FlowKeyOf, reason};
 
 use crate::{
-    arp, conntrack, deliver,
+    conntrack, deliver,
     flow::{self, Forward, Hook, Verdict},
-    frag, fwd, icmp, nat, parse,
+    frag, fwd, icmp, nat, neigh, parse,
     reject::{self, Answer},
     stats, verify,
 };
@@ -28,6 +28,11 @@ use crate::{
 /// would not fit one 512-byte frame).
 #[inline(always)]
 pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
+    if hook == Hook::Egress
+        && let Some(verdict) = neigh::egress(ctx)
+    {
+        return verdict;
+    }
     if parse::is_ipv6(ctx.data(), ctx.data_end()) == Some(true) {
         // SAFETY: the context pointer is the kernel's __sk_buff for this run.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -43,11 +48,6 @@ fn run4(ctx: &TcContext, hook: Hook) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if hook == Hook::Ingress
         && let Some(verdict) = deliver::take(ctx, ifindex)
-    {
-        return verdict;
-    }
-    if hook == Hook::Egress
-        && let Some(verdict) = arp::egress(ctx)
     {
         return verdict;
     }

@@ -60,7 +60,7 @@ pub struct AgentOptions {
     /// What the programs are told at load time (the SNAT address is the node's).
     pub load: LoadConfig,
     /// Address pools LoadBalancer services get their address from (network, prefix).
-    pub lb_pools: Vec<(Ipv4Addr, u8)>,
+    pub lb_pools: Vec<crate::model::Cidr>,
     /// Kubernetes mode: the API server to follow (None: the embedded store).
     pub kube: Option<kube::Config>,
     /// Kubernetes mode: where and how LoadBalancer leases are held.
@@ -151,7 +151,7 @@ struct Agent {
     /// Kubernetes mode's LoadBalancer addresses and announcements (Leases); None
     /// without `--lb-pool` (another controller's job then) or in store mode.
     kube_lb: Option<KubeLb>,
-    lb_pools: Vec<(Ipv4Addr, u8)>,
+    lb_pools: Vec<crate::model::Cidr>,
     /// Ready endpoints on this node of each LoadBalancer service with
     /// `externalTrafficPolicy: Local` (it may announce only with some).
     local_ready: BTreeMap<ObjectKey, usize>,
@@ -658,7 +658,7 @@ impl Agent {
     /// address's ranking (none when a Local service uses it: any node with an
     /// endpoint will do).
     fn lb_wants(&self, nodes: &[String]) -> kube_lb::Wants {
-        let mut by_ip: BTreeMap<Ipv4Addr, (bool, bool)> = BTreeMap::new();
+        let mut by_ip: BTreeMap<IpAddr, (bool, bool)> = BTreeMap::new();
         for (key, svc) in &self.tracked.state.services {
             if !crate::lb_ipam::is_ours(svc) {
                 continue;

@@ -7,14 +7,15 @@
 //!   conditional on the resourceVersion it planned from (a conflict is planned again
 //!   next round); a deleted service's address is free with it;
 //! - **announcements**: for each address lb gave, the holder of lease
-//!   `lb-l2-A-B-C-D` answers ARP for it (the address on the uplink) and says so
-//!   with gratuitous ARP on taking it; only nodes the agent finds eligible contend
+//!   `lb-l2-A-B-C-D` (IPv6: its eight groups, `lb-l2-fd00-0-...`) answers ARP, or
+//!   Neighbor Solicitations, for it (the address on the uplink) and says so with
+//!   gratuitous ARP, or an unsolicited Neighbor Advertisement, on taking it; only nodes the agent finds eligible contend
 //!   (with `externalTrafficPolicy: Local`, nodes with a ready endpoint of the
 //!   service), and the node `announce::owner` prefers among the cluster's nodes
 //!   contends at once, the others a lease duration later, so addresses spread.
 //!
-//! The data plane sends ARP about an address only until the lease would run out
-//! (`LB_ARP_HOLD`, renewed with it): a crashed or frozen agent's node, whose kernel
+//! The data plane sends ARP (Neighbor Advertisements) about an address only until
+//! the lease would run out (`LB_ARP_HOLD`, `LB_NDP_HOLD`, renewed with it): a crashed or frozen agent's node, whose kernel
 //! still has the address, falls silent before another node takes it.
 //!
 //! On a clean stop the addresses are let go first, then the leases released, so
@@ -22,7 +23,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -44,16 +45,23 @@ use crate::{
     announce,
     lb_ipam::{self, Assignment},
     lease::{Elector, LeaseStats, Preferred, Timing},
-    maps::ArpHolds,
-    model::ObjectKey,
+    maps::NeighHolds,
+    model::{Cidr, ObjectKey},
 };
 
 /// The lease whose holder assigns addresses.
 pub const IPAM_LEASE: &str = "lb-ipam";
 
-/// The lease for announcing `ip`.
-pub fn lease_name(ip: Ipv4Addr) -> String {
-    format!("lb-l2-{}", ip.to_string().replace('.', "-"))
+/// The lease for announcing `ip`: `lb-l2-192-168-1-240`, and for IPv6 its eight
+/// groups in hex (`lb-l2-fd00-0-0-0-0-0-0-f0`: a valid name, one per address).
+pub fn lease_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => format!("lb-l2-{}", ip.to_string().replace('.', "-")),
+        IpAddr::V6(ip) => {
+            let groups: Vec<String> = ip.segments().iter().map(|g| format!("{g:x}")).collect();
+            format!("lb-l2-{}", groups.join("-"))
+        }
+    }
 }
 
 pub struct Options {
@@ -62,19 +70,19 @@ pub struct Options {
     pub namespace: String,
     pub node: String,
     pub iface: String,
-    pub pools: Vec<(Ipv4Addr, u8)>,
+    pub pools: Vec<Cidr>,
     pub timing: Timing,
 }
 
 /// Addresses this node may announce -> the nodes preferred for them (None: no
 /// preference, every eligible node contends at once).
-pub type Wants = BTreeMap<Ipv4Addr, Option<Preferred>>;
+pub type Wants = BTreeMap<IpAddr, Option<Preferred>>;
 
 /// What the task did, for metrics.
 #[derive(Debug, Default)]
 pub struct KubeLbStats {
     pub leases: Arc<LeaseStats>,
-    /// Addresses this node answers ARP for now.
+    /// Addresses this node answers ARP (or Neighbor Solicitations) for now.
     pub announced: AtomicU64,
     /// Status writes (addresses given or taken back), and those that failed.
     pub status_writes: AtomicU64,
@@ -169,10 +177,10 @@ async fn run(
     } = sources;
     info!(namespace = %opts.namespace, lease_duration = ?opts.timing.duration, retry = ?opts.timing.retry,
         "LoadBalancer addresses and announcements through Leases");
-    let mut holds = match ArpHolds::open_pinned(&opts.pins) {
+    let mut holds = match NeighHolds::open_pinned(&opts.pins) {
         Ok(h) => Some(h),
         Err(e) => {
-            warn!(error = %e, "ARP about LoadBalancer addresses will not be cut off when a lease runs out");
+            warn!(error = %e, "answers about LoadBalancer addresses will not be cut off when a lease runs out");
             None
         }
     };
@@ -185,7 +193,7 @@ async fn run(
     );
     let mut tick = tokio::time::interval(opts.timing.retry);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut announced: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut announced: BTreeSet<IpAddr> = BTreeSet::new();
     // The services generation last planned from (None: plan next time).
     let mut planned: Option<u64> = None;
     loop {
@@ -201,7 +209,7 @@ async fn run(
         // service went) is let go before its lease is released in the round below:
         // the other way round, the next holder could answer ARP while this node
         // still does.
-        let unwanted: Vec<Ipv4Addr> = announced
+        let unwanted: Vec<IpAddr> = announced
             .iter()
             .filter(|ip| !want.contains_key(ip))
             .copied()
@@ -219,7 +227,7 @@ async fn run(
             leases.insert(IPAM_LEASE.to_string(), None);
         }
         let held = elector.round(&leases).await;
-        let mine: BTreeSet<Ipv4Addr> = want
+        let mine: BTreeSet<IpAddr> = want
             .keys()
             .copied()
             .filter(|ip| held.contains(&lease_name(*ip)))
@@ -262,11 +270,11 @@ async fn run(
     elector.release_all().await;
 }
 
-fn hold(holds: &mut Option<ArpHolds>, ip: Ipv4Addr, until: Duration) {
+fn hold(holds: &mut Option<NeighHolds>, ip: IpAddr, until: Duration) {
     if let Some(h) = holds
         && let Err(e) = h.hold(ip, until)
     {
-        warn!(%ip, error = %e, "writing the ARP hold");
+        warn!(%ip, error = %e, "writing the neighbour answer hold");
     }
 }
 
@@ -275,7 +283,7 @@ fn hold(holds: &mut Option<ArpHolds>, ip: Ipv4Addr, until: Duration) {
 async fn assign(
     client: &Client,
     services: &reflector::Store<Service>,
-    pools: &[(Ipv4Addr, u8)],
+    pools: &[Cidr],
     stats: &KubeLbStats,
 ) -> bool {
     let cached: BTreeMap<ObjectKey, Arc<Service>> = services
@@ -285,9 +293,13 @@ async fn assign(
         .collect();
     let changes = lb_ipam::plan(cached.iter().map(|(k, s)| (k, s.as_ref())), pools);
     let mut all = true;
-    for Assignment { service, ip } in changes {
+    for Assignment { service, ips } in changes {
         let rv = cached[&service].metadata.resource_version.clone();
-        let ingress = ip.map(|ip| json!([{"ip": ip.to_string(), "ipMode": "VIP"}]));
+        let ingress = (!ips.is_empty()).then(|| {
+            ips.iter()
+                .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+                .collect::<Vec<_>>()
+        });
         let patch = json!({
             "metadata": {"resourceVersion": rv},
             "status": {"loadBalancer": {"ingress": ingress}},
@@ -303,9 +315,10 @@ async fn assign(
         {
             Ok(_) => {
                 stats.status_writes.fetch_add(1, Ordering::Relaxed);
-                match ip {
-                    Some(ip) => info!(service = %service, %ip, "assigned LoadBalancer address"),
-                    None => info!(service = %service, "LoadBalancer address taken back"),
+                if ips.is_empty() {
+                    info!(service = %service, "LoadBalancer addresses taken back");
+                } else {
+                    info!(service = %service, ips = ?ips, "assigned LoadBalancer addresses");
                 }
             }
             Err(e) => {

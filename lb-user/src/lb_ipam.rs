@@ -16,12 +16,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use k8s_openapi::api::core::v1::Service;
 
-use crate::model::{ObjectKey, TYPE_LOAD_BALANCER, service_type};
+use crate::model::{Cidr, Family, ObjectKey, TYPE_LOAD_BALANCER, cluster_ips, service_type};
 
 /// The `loadBalancerClass` lb serves (besides services with none).
 pub const CLASS: &str = "lb.io/l2";
@@ -32,12 +32,12 @@ pub const SHARING_KEY: &str = "lb.io/sharing-key";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     pub service: ObjectKey,
-    /// The address it gets; None: it loses the one it has.
-    pub ip: Option<Ipv4Addr>,
+    /// Its ingress addresses from now on (none: it has no status).
+    pub ips: Vec<IpAddr>,
 }
 
 /// `status.loadBalancer.ingress` addresses.
-pub fn ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
+pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
     svc.status
         .iter()
         .flat_map(|s| s.load_balancer.iter())
@@ -56,27 +56,29 @@ pub fn is_ours(svc: &Service) -> bool {
             .is_none_or(|c| c == CLASS)
 }
 
-/// Every usable address of the pools, in order (a pool's network and broadcast
-/// addresses are skipped unless it is a /31 or /32).
-pub fn pool_addrs(pools: &[(Ipv4Addr, u8)]) -> impl Iterator<Item = Ipv4Addr> + '_ {
-    pools.iter().flat_map(|(net, len)| {
-        let host_bits = 32 - u32::from(*len).min(32);
-        let size = 1u64 << host_bits;
-        let base = u64::from(u32::from(*net) & !((size - 1) as u32));
-        let (lo, hi) = if size <= 2 { (0, size) } else { (1, size - 1) };
-        (lo..hi).map(move |i| Ipv4Addr::from((base + i) as u32))
-    })
+/// Whether `ip` is an address one of the pools gives out.
+pub fn in_pools(pools: &[Cidr], ip: IpAddr) -> bool {
+    pools.iter().any(|p| p.gives(ip))
 }
 
-/// Whether `ip` is a usable address of one of the pools.
-pub fn in_pools(pools: &[(Ipv4Addr, u8)], ip: Ipv4Addr) -> bool {
-    pools.iter().any(|(net, len)| {
-        let host_bits = 32 - u32::from(*len).min(32);
-        let mask = u32::MAX.checked_shl(host_bits).unwrap_or(0);
-        let (ip, base) = (u32::from(ip), u32::from(*net) & mask);
-        let edge = host_bits >= 2 && (ip == base || ip == base | !mask);
-        ip & mask == base && !edge
-    })
+/// The families a service has addresses in: `spec.ipFamilies`, else its clusterIPs'
+/// (IPv4 when it has neither, as a single-stack cluster's services).
+fn families(svc: &Service) -> Vec<Family> {
+    let named: Vec<Family> = svc
+        .spec
+        .iter()
+        .flat_map(|s| s.ip_families.iter().flatten())
+        .filter_map(|f| Family::parse(f))
+        .collect();
+    if !named.is_empty() {
+        return named;
+    }
+    let of_ips: Vec<Family> = cluster_ips(svc).into_iter().map(Family::of).collect();
+    if of_ips.is_empty() {
+        vec![Family::V4]
+    } else {
+        of_ips
+    }
 }
 
 fn sharing_key(svc: &Service) -> Option<&str> {
@@ -113,16 +115,21 @@ impl Holders {
     }
 }
 
-/// The changes that bring `services`' addresses in line with `pools`.
+/// The changes that bring `services`' addresses in line with `pools`: a
+/// LoadBalancer of lb's gets one address per family it has (`spec.ipFamilies`)
+/// from the pools of that family, as Cilium's LB IPAM gives them; `loadBalancerIP`
+/// asks for one address, and only its family is then given one.
 pub fn plan<'a>(
     services: impl IntoIterator<Item = (&'a ObjectKey, &'a Service)>,
-    pools: &[(Ipv4Addr, u8)],
+    pools: &[Cidr],
 ) -> Vec<Assignment> {
     let services: Vec<(&ObjectKey, &Service)> = services.into_iter().collect();
     let mut out = Vec::new();
     // What is held: every service's ingress addresses and externalIPs, except the
     // pools' addresses of services about to lose them.
-    let mut held: BTreeMap<Ipv4Addr, Holders> = BTreeMap::new();
+    let mut held: BTreeMap<IpAddr, Holders> = BTreeMap::new();
+    // Services whose pool addresses of a family they no longer have go.
+    let mut kept: BTreeMap<&ObjectKey, Vec<IpAddr>> = BTreeMap::new();
     for (key, svc) in &services {
         let externals = svc
             .spec
@@ -138,18 +145,27 @@ pub fn plan<'a>(
                 },
             );
         }
-        // A service no longer a LoadBalancer gives its pool address back (its
-        // externalIPs stay taken).
+        // A service no longer a LoadBalancer gives its pool addresses back (its
+        // externalIPs stay taken); one that no longer has a family gives back its
+        // pool address of that family.
         let ips = ingress_ips(svc);
-        if service_type(svc) != TYPE_LOAD_BALANCER && ips.iter().any(|ip| in_pools(pools, *ip)) {
-            out.push(Assignment {
-                service: (*key).clone(),
-                ip: None,
-            });
+        if service_type(svc) != TYPE_LOAD_BALANCER {
+            if ips.iter().any(|ip| in_pools(pools, *ip)) {
+                out.push(Assignment {
+                    service: (*key).clone(),
+                    ips: Vec::new(),
+                });
+            }
             continue;
         }
-        for ip in ips {
-            let h = held.entry(ip).or_insert_with(|| Holders {
+        let fams = families(svc);
+        let keep: Vec<IpAddr> = ips
+            .iter()
+            .copied()
+            .filter(|ip| fams.contains(&Family::of(*ip)) || !in_pools(pools, *ip))
+            .collect();
+        for ip in &keep {
+            let h = held.entry(*ip).or_insert_with(|| Holders {
                 key: sharing_key(svc).map(str::to_string),
                 ports: BTreeSet::new(),
             });
@@ -158,47 +174,75 @@ pub fn plan<'a>(
             }
             h.ports.extend(ports(svc));
         }
+        if keep.len() != ips.len() {
+            kept.insert(key, keep);
+        }
     }
     if pools.is_empty() {
         return out;
     }
-    // Addresses before this one are all held (held only grows below).
-    let mut free = pool_addrs(pools);
+    // Per family, addresses before the next one are all held (held only grows).
+    let mut free: BTreeMap<Family, Box<dyn Iterator<Item = IpAddr> + '_>> =
+        [Family::V4, Family::V6]
+            .into_iter()
+            .map(|f| {
+                let hosts = pools
+                    .iter()
+                    .filter(move |p| p.family() == f)
+                    .flat_map(Cidr::hosts);
+                (f, Box::new(hosts) as Box<dyn Iterator<Item = IpAddr>>)
+            })
+            .collect();
     for (key, svc) in services {
-        if !is_ours(svc) || !ingress_ips(svc).is_empty() {
+        if !is_ours(svc) {
             continue;
         }
-        let requested = svc
+        let mut ips = kept.remove(key).unwrap_or_else(|| ingress_ips(svc));
+        let changed = ips.len() != ingress_ips(svc).len();
+        let requested: Option<IpAddr> = svc
             .spec
             .as_ref()
             .and_then(|s| s.load_balancer_ip.as_deref())
-            .filter(|s| !s.is_empty());
-        let free_for = |ip: Ipv4Addr, held: &BTreeMap<Ipv4Addr, Holders>| {
-            held.get(&ip).is_none_or(|h| h.admits(svc))
-        };
-        let ip = match requested {
-            Some(r) => r
-                .parse()
-                .ok()
-                .filter(|ip| in_pools(pools, *ip) && free_for(*ip, &held)),
-            // A sharing partner's address first, then the first free one.
-            None => held
-                .iter()
-                .find(|(ip, h)| in_pools(pools, **ip) && h.admits(svc))
-                .map(|(ip, _)| *ip)
-                .or_else(|| free.find(|ip| !held.contains_key(ip))),
-        };
-        let Some(ip) = ip else {
-            continue; // stays <pending>
-        };
-        let h = held.entry(ip).or_insert_with(|| Holders {
-            key: sharing_key(svc).map(str::to_string),
-            ports: BTreeSet::new(),
+            .filter(|s| !s.is_empty())
+            .and_then(|s| s.parse().ok());
+        let wanted = families(svc).into_iter().filter(|f| {
+            requested.is_none_or(|r| Family::of(r) == *f)
+                && !ips.iter().any(|ip| Family::of(*ip) == *f)
+                && pools.iter().any(|p| p.family() == *f)
         });
-        h.ports.extend(ports(svc));
+        let mut given = Vec::new();
+        for family in wanted.collect::<Vec<_>>() {
+            let free_for = |ip: IpAddr, held: &BTreeMap<IpAddr, Holders>| {
+                held.get(&ip).is_none_or(|h| h.admits(svc))
+            };
+            let ip = match requested {
+                Some(r) => Some(r).filter(|ip| in_pools(pools, *ip) && free_for(*ip, &held)),
+                // A sharing partner's address first, then the first free one.
+                None => held
+                    .iter()
+                    .find(|(ip, h)| {
+                        Family::of(**ip) == family && in_pools(pools, **ip) && h.admits(svc)
+                    })
+                    .map(|(ip, _)| *ip)
+                    .or_else(|| free.get_mut(&family)?.find(|ip| !held.contains_key(ip))),
+            };
+            let Some(ip) = ip else {
+                continue; // this family stays <pending>
+            };
+            let h = held.entry(ip).or_insert_with(|| Holders {
+                key: sharing_key(svc).map(str::to_string),
+                ports: BTreeSet::new(),
+            });
+            h.ports.extend(ports(svc));
+            given.push(ip);
+        }
+        if given.is_empty() && !changed {
+            continue;
+        }
+        ips.extend(given);
         out.push(Assignment {
             service: key.clone(),
-            ip: Some(ip),
+            ips,
         });
     }
     out
@@ -209,11 +253,13 @@ mod tests {
     use super::*;
     use crate::store::apply::applied;
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    const POOL: [(Ipv4Addr, u8); 1] = [(Ipv4Addr::new(192, 168, 1, 240), 29)];
+    fn pool() -> [Cidr; 1] {
+        [Cidr::parse("192.168.1.240/29").unwrap()]
+    }
 
     fn services(yaml: &str) -> BTreeMap<ObjectKey, Service> {
         applied(yaml).services
@@ -225,8 +271,13 @@ mod tests {
         )
     }
 
-    fn given(out: &[Assignment]) -> Vec<(String, Option<Ipv4Addr>)> {
-        out.iter().map(|a| (a.service.name.clone(), a.ip)).collect()
+    fn given(out: &[Assignment]) -> Vec<(String, Option<IpAddr>)> {
+        out.iter()
+            .map(|a| {
+                assert!(a.ips.len() <= 1, "{a:?}");
+                (a.service.name.clone(), a.ips.first().copied())
+            })
+            .collect()
     }
 
     #[test]
@@ -244,7 +295,7 @@ mod tests {
         for n in 0..6 {
             yaml += &lb(&format!("d{n}"), "", 80);
         }
-        let out = plan(&services(&yaml), &POOL);
+        let out = plan(&services(&yaml), &pool());
         // A /29 has 6 usable addresses: .241-.246.
         assert_eq!(
             given(&out),
@@ -264,7 +315,7 @@ mod tests {
         let yaml = "apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\nspec:\n  externalIPs: [192.168.1.241]\n  selector: {app: web}\n  ports:\n  - {port: 80}\n---\n".to_string()
             + &lb("a", "", 80);
         assert_eq!(
-            given(&plan(&services(&yaml), &POOL)),
+            given(&plan(&services(&yaml), &pool())),
             vec![("a".into(), Some(ip("192.168.1.242")))]
         );
     }
@@ -279,7 +330,7 @@ mod tests {
             "  type: LoadBalancer\n  loadBalancerClass: example.com/lb\n",
         );
         assert_eq!(
-            given(&plan(&services(&yaml), &POOL)),
+            given(&plan(&services(&yaml), &pool())),
             vec![("mine".into(), Some(ip("192.168.1.241")))]
         );
     }
@@ -292,7 +343,7 @@ mod tests {
             + &lb("clash", &shared, 443)
             + &lb("alone", "", 443);
         assert_eq!(
-            given(&plan(&services(&yaml), &POOL)),
+            given(&plan(&services(&yaml), &pool())),
             vec![
                 ("alone".into(), Some(ip("192.168.1.241"))),
                 ("clash".into(), Some(ip("192.168.1.242"))),
@@ -305,17 +356,91 @@ mod tests {
     #[test]
     fn an_address_held_is_kept_and_goes_with_the_type() {
         let mut svcs = services(&(lb("a", "", 80) + &lb("b", "", 80)));
-        for a in plan(&svcs, &POOL) {
-            crate::store::alloc::set_ingress(svcs.get_mut(&a.service).unwrap(), a.ip);
+        for a in plan(&svcs, &pool()) {
+            crate::store::alloc::set_ingress(svcs.get_mut(&a.service).unwrap(), &a.ips);
         }
-        assert!(plan(&svcs, &POOL).is_empty(), "nothing more to do");
+        assert!(plan(&svcs, &pool()).is_empty(), "nothing more to do");
         let a = ObjectKey::new("default", "a");
         svcs.get_mut(&a).unwrap().spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
-        assert_eq!(given(&plan(&svcs, &POOL)), vec![("a".into(), None)]);
+        assert_eq!(given(&plan(&svcs, &pool())), vec![("a".into(), None)]);
         // An address of no pool (another controller's) is not taken away.
         let mut other = svcs[&a].clone();
-        crate::store::alloc::set_ingress(&mut other, Some(ip("203.0.113.7")));
+        crate::store::alloc::set_ingress(&mut other, &[ip("203.0.113.7")]);
         svcs.insert(a, other);
-        assert!(plan(&svcs, &POOL).is_empty());
+        assert!(plan(&svcs, &pool()).is_empty());
+    }
+
+    /// `svcs` with `spec.ipFamilies` of `name` set to `families`.
+    fn with_families(svcs: &mut BTreeMap<ObjectKey, Service>, name: &str, families: &[&str]) {
+        let spec = svcs
+            .get_mut(&ObjectKey::new("default", name))
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap();
+        spec.ip_families = Some(families.iter().map(|f| f.to_string()).collect());
+    }
+
+    fn apply(svcs: &mut BTreeMap<ObjectKey, Service>, pools: &[Cidr]) -> Vec<Assignment> {
+        let out = plan(&*svcs, pools);
+        for a in &out {
+            crate::store::alloc::set_ingress(svcs.get_mut(&a.service).unwrap(), &a.ips);
+        }
+        out
+    }
+
+    #[test]
+    fn a_service_gets_an_address_per_family_from_the_pools_of_that_family() {
+        let v4 = Cidr::parse("192.168.1.240/29").unwrap();
+        let v6 = Cidr::parse("fd00:192:168:1::f0/124").unwrap();
+        let mut svcs = services(&(lb("dual", "", 80) + &lb("six", "", 80) + &lb("four", "", 80)));
+        with_families(&mut svcs, "dual", &["IPv6", "IPv4"]);
+        with_families(&mut svcs, "six", &["IPv6"]);
+        // Only an IPv4 pool: the dual-stack service gets its IPv4 address, the
+        // IPv6-only one stays pending.
+        let ips = |svcs: &BTreeMap<ObjectKey, Service>, n: &str| -> Vec<String> {
+            ingress_ips(&svcs[&ObjectKey::new("default", n)])
+                .iter()
+                .map(IpAddr::to_string)
+                .collect()
+        };
+        apply(&mut svcs, &[v4]);
+        assert_eq!(ips(&svcs, "dual"), ["192.168.1.241"]);
+        assert_eq!(ips(&svcs, "four"), ["192.168.1.242"]);
+        assert!(ips(&svcs, "six").is_empty());
+        // An IPv6 pool added: the IPv6 addresses come, the IPv4 ones stay.
+        apply(&mut svcs, &[v4, v6]);
+        assert_eq!(ips(&svcs, "dual"), ["192.168.1.241", "fd00:192:168:1::f1"]);
+        assert_eq!(ips(&svcs, "six"), ["fd00:192:168:1::f2"]);
+        assert_eq!(ips(&svcs, "four"), ["192.168.1.242"]);
+        assert!(plan(&svcs, &[v4, v6]).is_empty(), "nothing more to do");
+        // The dual-stack service becomes IPv4-only: its IPv6 pool address goes.
+        with_families(&mut svcs, "dual", &["IPv4"]);
+        let out = apply(&mut svcs, &[v4, v6]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(ips(&svcs, "dual"), ["192.168.1.241"]);
+        // The freed address is given again.
+        let mut more = services(&lb("next", "", 80));
+        with_families(&mut more, "next", &["IPv6"]);
+        svcs.extend(more);
+        apply(&mut svcs, &[v4, v6]);
+        assert_eq!(ips(&svcs, "next"), ["fd00:192:168:1::f1"]);
+    }
+
+    #[test]
+    fn load_balancer_ip_asks_for_one_address_in_its_own_family() {
+        let pools = [
+            Cidr::parse("192.168.1.240/29").unwrap(),
+            Cidr::parse("fd00:192:168:1::f0/124").unwrap(),
+        ];
+        let yaml = lb("asks", "", 80).replace(
+            "  type: LoadBalancer\n",
+            "  type: LoadBalancer\n  loadBalancerIP: fd00:192:168:1::f7\n",
+        );
+        let mut svcs = services(&yaml);
+        with_families(&mut svcs, "asks", &["IPv4", "IPv6"]);
+        let out = plan(&svcs, &pools);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].ips, vec![ip("fd00:192:168:1::f7")]);
     }
 }

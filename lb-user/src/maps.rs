@@ -14,9 +14,9 @@ use lb_common::{
     AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, BackendKey, Counters, CtTimeouts,
     CtValue, CtValue6, CtValueOf, FlowKey, FlowKey6, FlowKeyOf, IfaceValue, MAP_AFFINITY,
     MAP_AFFINITY6, MAP_ARP_HOLD, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_BACKENDS6, MAP_CLOCK,
-    MAP_CONNTRACK, MAP_CONNTRACK6, MAP_CT_ASSURED, MAP_CT_ASSURED6, MAP_IFACES, MAP_PORTS,
-    MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_STATS, PORT_WORDS, PROTO_UDP, ServiceKey,
-    ServiceKey6, ServiceValue, reason,
+    MAP_CONNTRACK, MAP_CONNTRACK6, MAP_CT_ASSURED, MAP_CT_ASSURED6, MAP_IFACES, MAP_NDP_HOLD,
+    MAP_PORTS, MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_STATS, PORT_WORDS, PROTO_UDP,
+    ServiceKey, ServiceKey6, ServiceValue, reason,
 };
 use tracing::{info, warn};
 
@@ -51,24 +51,34 @@ fn aya_err(
     move |error| MapsError::Aya { map, action, error }
 }
 
-/// `LB_ARP_HOLD`, opened from its pin by whoever announces LoadBalancer addresses:
-/// until when this node may send ARP about each (see `lb_common::MAP_ARP_HOLD`).
-pub struct ArpHolds(HashMap<MapData, u32, u64>);
+/// `LB_ARP_HOLD` and `LB_NDP_HOLD`, opened from their pins by whoever announces
+/// LoadBalancer addresses: until when this node may answer for each (see
+/// `lb_common::MAP_ARP_HOLD`).
+pub struct NeighHolds {
+    arp: HashMap<MapData, u32, u64>,
+    /// None: pins an agent of an earlier version left, without it.
+    ndp: Option<HashMap<MapData, lb_common::Addr6, u64>>,
+}
 
-impl ArpHolds {
+impl NeighHolds {
     pub fn open_pinned(dir: &Path) -> Result<Self, MapsError> {
-        let map = MapData::from_pin(dir.join(MAP_ARP_HOLD))
-            .and_then(Map::from_map_data)
-            .map_err(aya_err(MAP_ARP_HOLD, "opening the pin"))?;
-        Ok(ArpHolds(
-            HashMap::try_from(map).map_err(aya_err(MAP_ARP_HOLD, "typing"))?,
-        ))
+        let open = |name: &'static str| {
+            MapData::from_pin(dir.join(name))
+                .and_then(Map::from_map_data)
+                .map_err(aya_err(name, "opening the pin"))
+        };
+        Ok(NeighHolds {
+            arp: HashMap::try_from(open(MAP_ARP_HOLD)?).map_err(aya_err(MAP_ARP_HOLD, "typing"))?,
+            ndp: open(MAP_NDP_HOLD)
+                .and_then(|m| HashMap::try_from(m).map_err(aya_err(MAP_NDP_HOLD, "typing")))
+                .ok(),
+        })
     }
 
-    /// This node may send ARP about `ip` until `until` from now (zero: no longer).
+    /// This node may answer for `ip` until `until` from now (zero: no longer).
     pub fn hold(
         &mut self,
-        ip: std::net::Ipv4Addr,
+        ip: std::net::IpAddr,
         until: std::time::Duration,
     ) -> Result<(), MapsError> {
         let deadline = if until.is_zero() {
@@ -76,9 +86,18 @@ impl ArpHolds {
         } else {
             monotonic_ns() + until.as_nanos() as u64
         };
-        self.0
-            .insert(u32::from_ne_bytes(ip.octets()), deadline, 0)
-            .map_err(aya_err(MAP_ARP_HOLD, "writing"))
+        match ip {
+            std::net::IpAddr::V4(ip) => self
+                .arp
+                .insert(u32::from_ne_bytes(ip.octets()), deadline, 0)
+                .map_err(aya_err(MAP_ARP_HOLD, "writing")),
+            std::net::IpAddr::V6(ip) => self
+                .ndp
+                .as_mut()
+                .ok_or(MapsError::Missing { map: MAP_NDP_HOLD })?
+                .insert(crate::sync::addr6(ip), deadline, 0)
+                .map_err(aya_err(MAP_NDP_HOLD, "writing")),
+        }
     }
 }
 
@@ -106,8 +125,9 @@ pub struct Maps {
     ports: Array<MapData, u64>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     stats: PerCpuArray<MapData, Counters>,
-    /// `LB_ARP_HOLD` (written by whoever announces LoadBalancer addresses).
-    pub arp_holds: ArpHolds,
+    /// `LB_ARP_HOLD` and `LB_NDP_HOLD` (written by whoever announces LoadBalancer
+    /// addresses).
+    pub neigh_holds: NeighHolds,
     svc_stats: PerCpuArray<MapData, Counters>,
     backend_stats: PerCpuArray<MapData, Counters>,
     /// The IPv6 maps (None: pins an agent of an earlier version left, without them).
@@ -313,7 +333,10 @@ impl Maps {
             ports: typed(&mut get, MAP_PORTS)?,
             affinity: typed(&mut get, MAP_AFFINITY)?,
             stats: typed(&mut get, MAP_STATS)?,
-            arp_holds: ArpHolds(typed(&mut get, MAP_ARP_HOLD)?),
+            neigh_holds: NeighHolds {
+                arp: typed(&mut get, MAP_ARP_HOLD)?,
+                ndp: typed(&mut get, MAP_NDP_HOLD).ok(),
+            },
             svc_stats: typed(&mut get, MAP_SVC_STATS)?,
             backend_stats: typed(&mut get, MAP_BACKEND_STATS)?,
             v6: (|| {

@@ -267,10 +267,24 @@ pub fn port_unreachable6(frame: &[u8]) -> Vec<u8> {
 /// `src` to `dst` quoting the IPv6 packet of `about` (an Ethernet frame) whole;
 /// checksum computed from scratch, hop limit 64.
 pub fn icmp6_error(kind: u8, code: u8, word: u32, src: &str, dst: &str, about: &[u8]) -> Vec<u8> {
+    icmp6(kind, code, word, src, dst, &about[14..], 64)
+}
+
+/// An ICMPv6 message of `kind` and `code` from `src` to `dst`: its 32 bits after
+/// the checksum (`word`), then `body`; checksum computed from scratch.
+pub fn icmp6(
+    kind: u8,
+    code: u8,
+    word: u32,
+    src: &str,
+    dst: &str,
+    body: &[u8],
+    hop_limit: u8,
+) -> Vec<u8> {
     let (src, dst) = (ip6(src), ip6(dst));
     let mut icmp = vec![kind, code, 0, 0];
     icmp.extend_from_slice(&word.to_be_bytes());
-    icmp.extend_from_slice(&about[14..]);
+    icmp.extend_from_slice(body);
     let mut pseudo = Vec::new();
     pseudo.extend_from_slice(&src.octets());
     pseudo.extend_from_slice(&dst.octets());
@@ -281,7 +295,7 @@ pub fn icmp6_error(kind: u8, code: u8, word: u32, src: &str, dst: &str, about: &
     let mut frame = eth(0x86dd);
     frame.extend_from_slice(&[0x60, 0, 0, 0]);
     frame.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-    frame.extend_from_slice(&[58, 64]);
+    frame.extend_from_slice(&[58, hop_limit]);
     frame.extend_from_slice(&src.octets());
     frame.extend_from_slice(&dst.octets());
     frame.extend_from_slice(&icmp);

@@ -654,6 +654,215 @@ fn a_packet_too_big_for_the_ipv6_way_to_a_remote_pod_gets_packet_too_big() {
     }
 }
 
+/// Which of `lan`'s nodes carry `ip` on their uplink (announce it), with the
+/// `ip addr` line that shows it.
+fn announcers(
+    t: &Topology,
+    lan: &lb_tests::topology::multinode::Lan,
+    ip: &str,
+) -> Vec<(usize, String)> {
+    let want = format!("inet6 {ip}/128");
+    (0..lan.nodes.len())
+        .filter_map(|n| {
+            let out = t
+                .sh(
+                    &lan.nodes[n],
+                    &["ip", "-6", "-o", "addr", "show", "dev", "eth0"],
+                )
+                .unwrap();
+            out.lines()
+                .find(|l| l.contains(&want))
+                .map(|l| (n, l.to_string()))
+        })
+        .collect()
+}
+
+/// A dual-stack LoadBalancer on two nodes: from one IPv4 and one IPv6 pool the
+/// service gets an address per family (`lb get svc` shows both, as kubectl does),
+/// and the laptop reaches the pods on both nodes through each. The IPv6 address
+/// is on one node's uplink, deprecated (so the node never sends from it) and
+/// answered there: one Neighbor Advertisement per solicitation. When that node's
+/// agent is killed (a crash: the address stays on its uplink and its kernel still
+/// answers), the other node takes the address after the heartbeat timeout, its
+/// unsolicited advertisement moves the laptop's neighbour entry, and the killed
+/// node's answers are dropped once its hold ran out: only the new node answers.
+#[test]
+fn a_dual_stack_load_balancer_is_announced_in_both_families_and_moves_when_its_agent_dies() {
+    require_root();
+    let mut t = Topology::new("ds-lb").unwrap();
+    let lan = multinode6::lan(&mut t, 2, 1).unwrap();
+    let server = podserver_bin().display().to_string();
+    let mut manifests = String::from(
+        "apiVersion: v1
+kind: Service
+metadata: {name: front}
+spec:
+  type: LoadBalancer
+  ipFamilyPolicy: RequireDualStack
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+",
+    );
+    for n in 0..2 {
+        let name = format!("n{}p0", n + 1);
+        t.spawn(
+            &lan.pods[n][0],
+            &name,
+            &[&server, "--text", &name, "--tcp", "8080"],
+            &[],
+        )
+        .unwrap();
+        manifests += &format!(
+            "---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: web}}}}
+spec:
+  nodeName: node{}
+  containers: [{{name: c, image: app}}]
+status:
+  podIP: {}
+  podIPs: [{{ip: {}}}, {{ip: '{}'}}]
+",
+            n + 1,
+            pod_ip(n, 0),
+            pod_ip(n, 0),
+            pod_ip6(n, 0)
+        );
+    }
+    let lb = Lb::new(&mut t).unwrap();
+    lb.ok(&["ranges", "--service-cidr", SERVICE_CIDRS]).unwrap();
+    lb.apply(&manifests).unwrap();
+    let pools = [
+        "--lb-pool",
+        "192.168.1.240/29",
+        "--lb-pool",
+        "fd00:192:168:1::f0/124",
+    ];
+    for (n, node) in lan.nodes.clone().iter().enumerate() {
+        lb.start_agent_with(&mut t, node, &format!("node{}", n + 1), &["eth0"], &pools)
+            .unwrap();
+    }
+    let (lb4, lb6) = ("192.168.1.241", "fd00:192:168:1::f1");
+    let shown = Topology::wait_for(Duration::from_secs(10), || {
+        let table = lb.ok(&["get", "svc", "front"]).ok()?;
+        table.contains(lb6).then_some(table)
+    })
+    .unwrap_or_else(|| panic!("no IPv6 address assigned\n{}", lb.diagnostics(&t, "node1")));
+    let row: Vec<&str> = shown.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[3], format!("{lb4},{lb6}"), "{shown}");
+
+    let tally = |addr: &str| {
+        let mut by = std::collections::BTreeMap::<String, usize>::new();
+        for a in lbclient_in(&t, &lan.laptop, &["tcp", addr, "20"]) {
+            *by.entry(a).or_default() += 1;
+        }
+        by
+    };
+    for ip in [lb4, lb6] {
+        let addr = std::net::SocketAddr::new(ip.parse().unwrap(), 80).to_string();
+        let by = Topology::wait_for(Duration::from_secs(10), || {
+            let by = tally(&addr);
+            (by.len() == 2 && by.keys().all(|k| k.starts_with('n'))).then_some(by)
+        });
+        assert!(
+            by.is_some(),
+            "{addr}: both pods answer, last {:?}\n{}",
+            tally(&addr),
+            lb.diagnostics(&t, "node1")
+        );
+    }
+    // The node every agent picks for the address once both are up (until then the
+    // first agent may hold it alone for a moment).
+    let nodes = ["node1".to_string(), "node2".to_string()];
+    let owner = lb_user::announce::owner(&nodes, lb6.parse().unwrap())
+        .and_then(|n| nodes.iter().position(|m| m == n))
+        .unwrap();
+    let line = Topology::wait_for(Duration::from_secs(10), || {
+        let a = announcers(&t, &lan, lb6);
+        (a.len() == 1 && a[0].0 == owner).then(|| a[0].1.clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "node {} alone announces {lb6}: {:?}\n{}",
+            owner + 1,
+            announcers(&t, &lan, lb6),
+            lb.diagnostics(&t, "node1")
+        )
+    });
+    assert!(
+        line.contains("deprecated"),
+        "never a source address: {line}"
+    );
+    let next = 1 - owner;
+    let macs: Vec<String> = lan
+        .nodes
+        .iter()
+        .map(|n| lb_tests::topology::mac_text(t.mac(n, "eth0").unwrap()))
+        .collect();
+    let solicit = format!("[{lb6}]:0");
+    assert_eq!(
+        lbclient_in(&t, &lan.laptop, &["arp", &solicit, "300"]),
+        vec![format!("MAC {}", macs[owner]), "END 1".to_string()],
+        "node {} alone answers for {lb6}",
+        owner + 1
+    );
+
+    // The owner's agent dies: the other node takes the address, and the laptop
+    // goes through it.
+    t.kill(&format!("agent-node{}", owner + 1));
+    let killed = std::time::Instant::now();
+    let claimed = Topology::wait_for(Duration::from_secs(10), || {
+        announcers(&t, &lan, lb6)
+            .iter()
+            .any(|(n, _)| *n == next)
+            .then_some(())
+    });
+    assert!(
+        claimed.is_some(),
+        "node {} never took {lb6}\n{}",
+        next + 1,
+        lb.diagnostics(&t, &format!("node{}", next + 1))
+    );
+    let took = killed.elapsed();
+    assert!(
+        took < lb_user::announce::HEARTBEAT_TTL + Duration::from_secs(2),
+        "taken {took:?} after the kill"
+    );
+    let addr = format!("[{lb6}]:80");
+    let node = format!("node{}", next + 1);
+    let through = Topology::wait_for(Duration::from_secs(10), || {
+        let before = lb.verdict(&node, "nat_new_flow");
+        let a = lbclient_in(&t, &lan.laptop, &["tcp", &addr, "5"]);
+        (a.iter().all(|a| a.starts_with('n')) && lb.verdict(&node, "nat_new_flow") >= before + 5)
+            .then_some(())
+    });
+    assert!(
+        through.is_some(),
+        "the laptop never got through node {}\n{}",
+        next + 1,
+        lb.diagnostics(&t, &node)
+    );
+    // The killed node still has the address, but only the new one answers for it.
+    assert_eq!(
+        lbclient_in(&t, &lan.laptop, &["arp", &solicit, "300"]),
+        vec![format!("MAC {}", macs[next]), "END 1".to_string()],
+        "node {} alone answers for {lb6} after the failover",
+        next + 1
+    );
+    assert!(
+        announcers(&t, &lan, lb6).iter().any(|(n, _)| *n == owner),
+        "the killed node's address stays on its uplink (what the hold is for)"
+    );
+    assert!(lb.verdict(&format!("node{}", owner + 1), "drop_ndp_not_holder") > 0);
+    eprintln!(
+        "IPv6 LoadBalancer failover (SIGKILL): node {} -> node {}: address in {took:?}, traffic in {:?}",
+        owner + 1,
+        next + 1,
+        killed.elapsed()
+    );
+}
+
 /// The dual-stack kubelet's Node: a pod network and an address per family.
 fn node_object() -> Value {
     json!({

@@ -2129,11 +2129,11 @@ fn arp_about_a_load_balancer_address_leaves_only_while_this_node_holds_it() {
     let mut dp = dataplane();
     let (held, lapsed) = ("192.168.1.241", "192.168.1.242");
     dp.maps
-        .arp_holds
+        .neigh_holds
         .hold(held.parse().unwrap(), Duration::from_secs(60))
         .unwrap();
     dp.maps
-        .arp_holds
+        .neigh_holds
         .hold(lapsed.parse().unwrap(), Duration::from_nanos(1))
         .unwrap();
     std::thread::sleep(Duration::from_millis(1));
@@ -2206,11 +2206,123 @@ fn arp_about_a_load_balancer_address_leaves_only_while_this_node_holds_it() {
     }
     // Held again (the agent renewed it): it leaves again.
     dp.maps
-        .arp_holds
+        .neigh_holds
         .hold(lapsed.parse().unwrap(), Duration::from_secs(60))
         .unwrap();
     let (ret, _, moved) = run(&mut dp, Prog::TcEgress, &arp_frame(2, lapsed, CLIENT));
     assert_eq!((ret, moved), (TC_UNSPEC, reason::PASS_NOT_IP));
+}
+
+/// A Neighbor Advertisement from this node's uplink about `target` (to `dst`:
+/// solicited, unicast; or unsolicited, to all nodes), with the target link-layer
+/// address option.
+fn na_frame(target: &str, dst: &str) -> Vec<u8> {
+    let solicited = if dst == "ff02::1" { 0 } else { 0x4000_0000 };
+    let mut body = target
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets()
+        .to_vec();
+    body.extend_from_slice(&[2, 1, 0x02, 0, 0, 0, 0, 0x02]);
+    packet::icmp6(136, 0, 0x2000_0000 | solicited, target, dst, &body, 255)
+}
+
+/// A Neighbor Solicitation from `src` for `target`'s address, to its
+/// solicited-node group, with the source link-layer address option.
+fn ns_frame(src: &str, target: &str) -> Vec<u8> {
+    let t = target.parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let group = format!("ff02::1:ff{:02x}:{:02x}{:02x}", t[13], t[14], t[15]);
+    let mut body = t.to_vec();
+    body.extend_from_slice(&[1, 1, 0x02, 0, 0, 0, 0, 0x02]);
+    packet::icmp6(135, 0, 0, src, &group, &body, 255)
+}
+
+/// IPv6's half of the test above: the node's Neighbor Advertisements about an
+/// IPv6 LoadBalancer address (its kernel's answers to solicitations, the agent's
+/// unsolicited one) and its solicitations from that address leave only while this
+/// node holds it (`LB_NDP_HOLD`); every other IPv6 packet goes on as before.
+#[test]
+fn neighbor_discovery_about_an_ipv6_load_balancer_address_leaves_only_while_this_node_holds_it() {
+    let mut dp = dataplane();
+    let (held, lapsed) = ("fd00:1::f1", "fd00:1::f2");
+    let holds = &mut dp.maps.neigh_holds;
+    holds
+        .hold(held.parse().unwrap(), Duration::from_secs(60))
+        .unwrap();
+    holds
+        .hold(lapsed.parse().unwrap(), Duration::from_nanos(1))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1));
+    let drop = reason::DROP_NDP_NOT_HOLDER;
+    let other = reason::PASS_NOT_L4;
+    let rows = [
+        (
+            "answer about a held address",
+            Prog::TcEgress,
+            na_frame(held, CLIENT6),
+            other,
+        ),
+        (
+            "unsolicited NA about a held address",
+            Prog::TcEgress,
+            na_frame(held, "ff02::1"),
+            other,
+        ),
+        (
+            "answer about an address whose hold ran out",
+            Prog::TcEgress,
+            na_frame(lapsed, CLIENT6),
+            drop,
+        ),
+        (
+            "unsolicited NA about it",
+            Prog::TcEgress,
+            na_frame(lapsed, "ff02::1"),
+            drop,
+        ),
+        (
+            "a solicitation from it",
+            Prog::TcEgress,
+            ns_frame(lapsed, CLIENT6),
+            drop,
+        ),
+        (
+            "a solicitation for it, from the node's own address",
+            Prog::TcEgress,
+            ns_frame(NODE6, lapsed),
+            other,
+        ),
+        (
+            "answer about the node's own address (not lb's)",
+            Prog::TcEgress,
+            na_frame(NODE6, CLIENT6),
+            other,
+        ),
+        (
+            "NA coming in about the lapsed address: not ours to stop",
+            Prog::TcIngress,
+            na_frame(lapsed, CLIENT6),
+            other,
+        ),
+    ];
+    for (what, prog, frame, want) in rows {
+        let (ret, out, moved) = run(&mut dp, prog, &frame);
+        let want_ret = if want == drop { TC_ACT_SHOT } else { TC_UNSPEC };
+        assert_eq!(ret, want_ret, "{what}: return value");
+        assert_eq!(
+            reason::NAMES[moved as usize],
+            reason::NAMES[want as usize],
+            "{what}: reason"
+        );
+        assert_eq!(out, frame, "{what}: the frame is never changed");
+    }
+    // Renewed: it leaves again. An IPv4 hold of the same bits is another address.
+    dp.maps
+        .neigh_holds
+        .hold(lapsed.parse().unwrap(), Duration::from_secs(60))
+        .unwrap();
+    let (ret, _, moved) = run(&mut dp, Prog::TcEgress, &na_frame(lapsed, CLIENT6));
+    assert_eq!((ret, moved), (TC_UNSPEC, other));
 }
 
 /// The benchmarks' and tests' counting sink (`lb_bench_sink`, on a pod's end of its

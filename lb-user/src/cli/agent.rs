@@ -60,12 +60,15 @@ pub struct AgentArgs {
     /// `off`: TC alone.
     #[arg(long, default_value = "auto", value_parser = xdp_use())]
     pub xdp: XdpUse,
-    /// Addresses LoadBalancer services are given (CIDR; repeat for several). One node
-    /// answers ARP for each address; another takes over when its agent stops.
-    #[arg(long = "lb-pool", value_parser = parse_cidr)]
-    pub lb_pools: Vec<(Ipv4Addr, u8)>,
+    /// Addresses LoadBalancer services are given (CIDR, IPv4 or IPv6; repeat for
+    /// several). A service gets one per family it has, from the pools of that
+    /// family. One node answers ARP (IPv6: Neighbor Solicitations) for each address;
+    /// another takes over when its agent stops.
+    #[arg(long = "lb-pool", value_parser = parse_pool)]
+    pub lb_pools: Vec<crate::model::Cidr>,
     /// Kubernetes mode: the namespace of the Leases that elect who assigns
-    /// LoadBalancer addresses (`lb-ipam`) and who announces each (`lb-l2-A-B-C-D`).
+    /// LoadBalancer addresses (`lb-ipam`) and who announces each (`lb-l2-A-B-C-D`,
+    /// `lb-l2-` and an IPv6 address's eight groups).
     #[arg(long, default_value = "kube-system")]
     pub lease_namespace: String,
     /// Kubernetes mode: how long an unrenewed lease lasts (whole seconds; a
@@ -167,6 +170,13 @@ pub enum DnsUse {
 }
 
 /// A DNS domain: labels of letters, digits and hyphens, 63 characters at most.
+/// A LoadBalancer pool: `A.B.C.D/N` or `IPV6/N`.
+fn parse_pool(s: &str) -> Result<crate::model::Cidr, String> {
+    crate::model::Cidr::parse(s).ok_or_else(|| {
+        format!("{s}: want a CIDR such as 192.168.1.240/28 or fd00:192:168:1::f0/124")
+    })
+}
+
 fn domain(s: &str) -> Result<String, String> {
     let d = s.trim_end_matches('.');
     let label_ok = |l: &str| {

@@ -68,11 +68,11 @@ pub fn run(store: &Store, a: &TraceArgs) -> Result<()> {
 /// port, or by nodePort.
 fn service_port(store: &Store, p: &Probe) -> Option<String> {
     let services = store.services().ok()?;
-    let (dst, port) = (*p.dst.ip(), i32::from(p.dst.port()));
+    let (dst, port) = (std::net::IpAddr::V4(*p.dst.ip()), i32::from(p.dst.port()));
     let protocol = crate::plan::proto_name(p.proto);
     services.iter().find_map(|(key, svc): (&ObjectKey, _)| {
         let spec = svc.spec.as_ref()?;
-        let addrs: Vec<Ipv4Addr> = spec
+        let addrs: Vec<std::net::IpAddr> = spec
             .cluster_ips
             .iter()
             .flatten()

@@ -1,6 +1,7 @@
 //! The objects lb serves, as Kubernetes defines them (k8s-openapi types): reading
 //! manifests, defaults and validation with the API server's field paths and words.
 
+pub mod cidr;
 mod decode;
 mod facts;
 mod validate;
@@ -16,6 +17,7 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 
+pub use cidr::Cidr;
 pub use facts::{EndpointFacts, PodFacts, SliceFacts};
 pub use validate::{
     FieldError, FieldErrorKind, validate_endpoint_slice, validate_endpoint_slice_update,

@@ -15,88 +15,13 @@ use k8s_openapi::api::core::v1::{
 use rand::Rng as _;
 
 use crate::{
+    model::cidr::number,
     model::{
-        CLUSTER_IP_NONE, Family, FieldError, ObjectKey, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER,
-        TYPE_NODE_PORT, cluster_ips, service_type,
+        CLUSTER_IP_NONE, Cidr, Family, FieldError, ObjectKey, TYPE_EXTERNAL_NAME,
+        TYPE_LOAD_BALANCER, TYPE_NODE_PORT, cluster_ips, service_type,
     },
     state::State,
 };
-
-/// An address range: an IPv4 or IPv6 network and its prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub len: u8,
-}
-
-impl Cidr {
-    /// `ADDR/LEN`, IPv4 or IPv6.
-    pub fn parse(s: &str) -> Option<Cidr> {
-        let (addr, len) = s.split_once('/')?;
-        let addr: IpAddr = addr.parse().ok()?;
-        let len: u8 = len.parse().ok()?;
-        let cidr = Cidr { addr, len };
-        (len as u32 <= cidr.width()).then_some(cidr)
-    }
-
-    pub fn family(&self) -> Family {
-        Family::of(self.addr)
-    }
-
-    fn width(&self) -> u32 {
-        match self.addr {
-            IpAddr::V4(_) => 32,
-            IpAddr::V6(_) => 128,
-        }
-    }
-
-    /// Bits of the address left to hosts.
-    fn host_bits(&self) -> u32 {
-        self.width() - self.len as u32
-    }
-
-    /// The network's first address as a number.
-    fn base(&self) -> u128 {
-        let host = self.host_bits();
-        let mask = if host >= 128 { 0 } else { u128::MAX << host };
-        number(self.addr) & mask
-    }
-
-    /// How many addresses it holds, up to 2^64 (a larger IPv6 range counts as that).
-    fn size(&self) -> u128 {
-        1u128 << self.host_bits().min(64)
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        Family::of(ip) == self.family() && number(ip) >= self.base() && {
-            let host = self.host_bits();
-            host >= 128 || (number(ip) - self.base()) >> host == 0
-        }
-    }
-
-    /// The address `offset` past the network's.
-    fn at(&self, offset: u128) -> IpAddr {
-        let n = self.base() + offset;
-        match self.addr {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(n as u32)),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(n)),
-        }
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-/// An address as a number (IPv4 in the low 32 bits).
-fn number(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u32::from(v4).into(),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
-}
 
 /// What the API server would be configured with: where ClusterIPs and nodePorts come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -825,31 +750,38 @@ fn random_cluster_ip(used: &BTreeSet<IpAddr>, cidr: &Cidr) -> Result<IpAddr, All
 /// Gives LoadBalancer services addresses from `pools` and takes them from services
 /// no longer of that type ([`crate::lb_ipam::plan`]), written to
 /// `status.loadBalancer.ingress` as a cloud controller would. Returns what was
-/// assigned (service, address).
-pub fn assign_load_balancer_ips(
-    state: &mut State,
-    pools: &[(Ipv4Addr, u8)],
-) -> Vec<(ObjectKey, Ipv4Addr)> {
+/// newly given (service, address).
+pub fn assign_load_balancer_ips(state: &mut State, pools: &[Cidr]) -> Vec<(ObjectKey, IpAddr)> {
     let changes = crate::lb_ipam::plan(&state.services, pools);
     let mut assigned = Vec::new();
     for a in changes {
         if let Some(svc) = state.services.get_mut(&a.service) {
-            set_ingress(svc, a.ip);
-            assigned.extend(a.ip.map(|ip| (a.service, ip)));
+            let before = lb_ingress_ips(svc);
+            set_ingress(svc, &a.ips);
+            assigned.extend(
+                a.ips
+                    .iter()
+                    .filter(|ip| !before.contains(ip))
+                    .map(|ip| (a.service.clone(), *ip)),
+            );
         }
     }
     assigned
 }
 
-/// Sets `status.loadBalancer.ingress` to `ip` (None: no status).
-pub fn set_ingress(svc: &mut Service, ip: Option<Ipv4Addr>) {
-    svc.status = ip.map(|ip| ServiceStatus {
+/// Sets `status.loadBalancer.ingress` to `ips` (none: no status).
+pub fn set_ingress(svc: &mut Service, ips: &[IpAddr]) {
+    svc.status = (!ips.is_empty()).then(|| ServiceStatus {
         load_balancer: Some(LoadBalancerStatus {
-            ingress: Some(vec![LoadBalancerIngress {
-                ip: Some(ip.to_string()),
-                ip_mode: Some("VIP".into()),
-                ..Default::default()
-            }]),
+            ingress: Some(
+                ips.iter()
+                    .map(|ip| LoadBalancerIngress {
+                        ip: Some(ip.to_string()),
+                        ip_mode: Some("VIP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
         }),
         ..Default::default()
     });

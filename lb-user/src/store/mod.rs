@@ -30,12 +30,12 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
 
 pub use self::{
-    alloc::{Allocation, Cidr, Ranges, lb_ingress_ips},
+    alloc::{Allocation, Ranges, lb_ingress_ips},
     apply::{ApplyError, Mode, Outcome},
     rows::{ListQuery, Page, Row as StoredRow},
 };
 use crate::{
-    model::{Document, Kind, Object, ObjectKey, PodFacts},
+    model::{Cidr, Document, Kind, Object, ObjectKey, PodFacts},
     state::{Change, Fact, FactChange, Facts, State},
 };
 
@@ -869,8 +869,8 @@ impl Store {
     /// [`alloc::assign_load_balancer_ips`]); returns what was assigned.
     pub fn assign_load_balancer_ips(
         &self,
-        pools: &[(Ipv4Addr, u8)],
-    ) -> Result<Vec<(ObjectKey, Ipv4Addr)>, StoreError> {
+        pools: &[Cidr],
+    ) -> Result<Vec<(ObjectKey, std::net::IpAddr)>, StoreError> {
         let scope = Scope {
             all_services: true,
             objects: Vec::new(),

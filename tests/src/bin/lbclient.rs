@@ -22,9 +22,11 @@
 //!                                   flow); prints each answer's first line or `ERR`
 //! lbclient connect ADDR:PORT        one connect; prints `OK` or `ERR <kind> <ms>`
 //!                                   (`ERR ConnectionRefused 3` for a RST after 3 ms)
-//! lbclient arp ADDR:0 MS            one broadcast ARP request for ADDR on eth0;
-//!                                   prints `MAC <mac>` for every reply within MS
-//!                                   milliseconds, then `END <replies>`
+//! lbclient arp ADDR:0 MS            one broadcast ARP request for ADDR on eth0 (an
+//!                                   IPv6 ADDR, `[ADDR]:0`: a Neighbor Solicitation to
+//!                                   its solicited-node group); prints `MAC <mac>` for
+//!                                   every answer within MS milliseconds, then
+//!                                   `END <answers>`
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -54,13 +56,7 @@ fn main() {
         .unwrap_or(1)
         .min(100_000);
     match mode {
-        Some("arp") => arp(
-            match addr.ip() {
-                std::net::IpAddr::V4(ip) => ip,
-                std::net::IpAddr::V6(_) => usage(),
-            },
-            Duration::from_millis(n.min(5000)),
-        ),
+        Some("arp") => arp(addr.ip(), Duration::from_millis(n.min(5000))),
         Some("tcp") => (0..n).for_each(|_| {
             println!(
                 "{}",
@@ -275,8 +271,8 @@ fn stream(addr: SocketAddr, secs: Duration) {
 
 /// Broadcasts one ARP request for `target` on `eth0` and prints the sender MAC of
 /// every reply for it within `wait`, then `END <replies>`.
-fn arp(target: std::net::Ipv4Addr, wait: Duration) {
-    match arp_replies(target, wait) {
+fn arp(target: std::net::IpAddr, wait: Duration) {
+    match neighbour_answers(target, wait) {
         Ok(macs) => {
             for m in &macs {
                 println!("MAC {m}");
@@ -287,9 +283,11 @@ fn arp(target: std::net::Ipv4Addr, wait: Duration) {
     }
 }
 
-fn arp_replies(target: std::net::Ipv4Addr, wait: Duration) -> std::io::Result<Vec<String>> {
-    const IFACE: &str = "eth0";
-    let (mut mac, mut ip) = (None, None);
+/// eth0's MAC, IPv4 address and global IPv6 address.
+type Eth0 = ([u8; 6], Option<[u8; 4]>, Option<[u8; 16]>);
+
+fn eth0() -> std::io::Result<Eth0> {
+    let (mut mac, mut ip, mut ip6) = (None, None, None);
     // SAFETY: getifaddrs' list is walked read-only and freed once.
     unsafe {
         let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -299,9 +297,7 @@ fn arp_replies(target: std::net::Ipv4Addr, wait: Duration) -> std::io::Result<Ve
         let mut cur = list;
         while !cur.is_null() {
             let a = &*cur;
-            if std::ffi::CStr::from_ptr(a.ifa_name).to_bytes() == IFACE.as_bytes()
-                && !a.ifa_addr.is_null()
-            {
+            if std::ffi::CStr::from_ptr(a.ifa_name).to_bytes() == b"eth0" && !a.ifa_addr.is_null() {
                 match i32::from((*a.ifa_addr).sa_family) {
                     libc::AF_PACKET => {
                         let ll = &*(a.ifa_addr as *const libc::sockaddr_ll);
@@ -313,6 +309,13 @@ fn arp_replies(target: std::net::Ipv4Addr, wait: Duration) -> std::io::Result<Ve
                         let sin = &*(a.ifa_addr as *const libc::sockaddr_in);
                         ip = Some(u32::from_be(sin.sin_addr.s_addr).to_be_bytes());
                     }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(a.ifa_addr as *const libc::sockaddr_in6);
+                        let a6 = sin6.sin6_addr.s6_addr;
+                        if a6[..2] != [0xfe, 0x80] {
+                            ip6 = Some(a6);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -320,40 +323,87 @@ fn arp_replies(target: std::net::Ipv4Addr, wait: Duration) -> std::io::Result<Ve
         }
         libc::freeifaddrs(list);
     }
-    let (Some(mac), Some(ip)) = (mac, ip) else {
-        return Err(std::io::Error::other("eth0 has no MAC or IPv4 address"));
+    let mac = mac.ok_or_else(|| std::io::Error::other("eth0 has no MAC"))?;
+    Ok((mac, ip, ip6))
+}
+
+/// A Neighbor Solicitation from `src` (at `mac`) for `target`, to its
+/// solicited-node group, checksummed.
+fn solicitation(mac: [u8; 6], src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+    let mut group = [0u8; 16];
+    group[..2].copy_from_slice(&[0xff, 0x02]);
+    group[11..13].copy_from_slice(&[0x01, 0xff]);
+    group[13..].copy_from_slice(&target[13..]);
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend(target);
+    icmp.extend([1, 1]);
+    icmp.extend(mac);
+    let mut sum: u32 = src
+        .chunks(2)
+        .chain(group.chunks(2))
+        .chain(icmp.chunks(2))
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>()
+        + icmp.len() as u32
+        + 58;
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let mut frame = vec![0x33, 0x33, group[12], group[13], group[14], group[15]];
+    frame.extend(mac);
+    frame.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+    frame.extend((icmp.len() as u16).to_be_bytes());
+    frame.extend([58, 255]);
+    frame.extend(src);
+    frame.extend(group);
+    frame.extend(icmp);
+    frame
+}
+
+/// The MACs that answer, within `wait`, an ARP request (IPv4) or a Neighbor
+/// Solicitation (IPv6) for `target` sent from eth0: one per answer.
+fn neighbour_answers(target: std::net::IpAddr, wait: Duration) -> std::io::Result<Vec<String>> {
+    let (mac, ip, ip6) = eth0()?;
+    let (protocol, frame, dst) = match target {
+        std::net::IpAddr::V4(target) => {
+            let ip = ip.ok_or_else(|| std::io::Error::other("eth0 has no IPv4 address"))?;
+            let mut frame = Vec::with_capacity(42);
+            frame.extend([0xff; 6]);
+            frame.extend(mac);
+            frame.extend([0x08, 0x06, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]);
+            frame.extend(mac);
+            frame.extend(ip);
+            frame.extend([0; 6]);
+            frame.extend(target.octets());
+            (0x0806u16, frame, [0xff; 6])
+        }
+        std::net::IpAddr::V6(target) => {
+            let ip6 = ip6.ok_or_else(|| std::io::Error::other("eth0 has no IPv6 address"))?;
+            let frame = solicitation(mac, ip6, target.octets());
+            let dst: [u8; 6] = frame[..6].try_into().unwrap();
+            (0x86dd, frame, dst)
+        }
     };
     // SAFETY: a NUL-terminated name.
     let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) } as i32;
     if ifindex == 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let mut frame = Vec::with_capacity(42);
-    frame.extend([0xff; 6]);
-    frame.extend(mac);
-    frame.extend([0x08, 0x06, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]);
-    frame.extend(mac);
-    frame.extend(ip);
-    frame.extend([0; 6]);
-    frame.extend(target.octets());
     let mut replies = Vec::new();
     // SAFETY: a packet socket we own and close; buffers and address structures
     // are fully initialised and their sizes passed.
     unsafe {
-        let fd = libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW,
-            i32::from(0x0806u16.to_be()),
-        );
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol.to_be()));
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = 0x0806u16.to_be();
+        sll.sll_protocol = protocol.to_be();
         sll.sll_ifindex = ifindex;
         sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        sll.sll_addr[..6].copy_from_slice(&dst);
         let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
         let bound = libc::bind(fd, (&sll as *const libc::sockaddr_ll).cast(), len);
         let sent = libc::sendto(
@@ -370,7 +420,7 @@ fn arp_replies(target: std::net::Ipv4Addr, wait: Duration) -> std::io::Result<Ve
             return Err(e);
         }
         let end = Instant::now() + wait;
-        let mut buf = [0u8; 128];
+        let mut buf = [0u8; 256];
         while let Some(left) = end.checked_duration_since(Instant::now()) {
             let tv = libc::timeval {
                 tv_sec: left.as_secs() as i64,
@@ -388,13 +438,25 @@ fn arp_replies(target: std::net::Ipv4Addr, wait: Duration) -> std::io::Result<Ve
                 break;
             }
             let f = &buf[..n as usize];
-            // An ARP reply (operation 2) whose sender address is the target.
-            if f.len() >= 42
-                && f[12..14] == [0x08, 0x06]
-                && f[20..22] == [0, 2]
-                && f[28..32] == target.octets()
-            {
-                let m = &f[22..28];
+            // An ARP reply (operation 2) whose sender address is the target, or a
+            // Neighbor Advertisement about it (the Ethernet source is the MAC).
+            let answer = match target {
+                std::net::IpAddr::V4(t) => {
+                    f.len() >= 42
+                        && f[12..14] == [0x08, 0x06]
+                        && f[20..22] == [0, 2]
+                        && f[28..32] == t.octets()
+                }
+                std::net::IpAddr::V6(t) => {
+                    f.len() >= 78 && f[20] == 58 && f[54] == 136 && f[62..78] == t.octets()
+                }
+            };
+            if answer {
+                let m = if target.is_ipv4() {
+                    &f[22..28]
+                } else {
+                    &f[6..12]
+                };
                 replies.push(
                     m.iter()
                         .map(|b| format!("{b:02x}"))

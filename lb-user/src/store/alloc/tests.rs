@@ -108,9 +108,9 @@ fn load_balancer_addresses_come_from_the_pools_and_go_with_the_type() {
     state.services.insert(key("a"), lb.clone());
     lb.spec.as_mut().unwrap().load_balancer_ip = Some("192.168.1.242".into());
     state.services.insert(key("b"), lb);
-    let pools = [("192.168.1.240".parse().unwrap(), 30)];
+    let pools = [Cidr::parse("192.168.1.240/30").unwrap()];
     let assigned = assign_load_balancer_ips(&mut state, &pools);
-    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     // b asked for .242; a gets the first free usable address (.241).
     assert_eq!(
         assigned,
