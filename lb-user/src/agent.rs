@@ -66,7 +66,7 @@ pub struct AgentOptions {
     /// Kubernetes mode: where and how LoadBalancer leases are held.
     pub leases: LeaseOptions,
     /// Pod networks: interfaces routing into them are pods' (`--cluster-cidr`).
-    pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
+    pub cluster_cidrs: Vec<crate::model::Cidr>,
     /// How big the maps are made (`--max-frontends`, ...).
     pub sizes: SizeFlags,
     /// Where `/metrics` is served (None: not served).
@@ -157,7 +157,7 @@ struct Agent {
     local_ready: BTreeMap<ObjectKey, usize>,
     /// Kubernetes mode's source (None: the embedded store is the source).
     kube: Option<KubeSource>,
-    cluster_cidrs: Vec<(Ipv4Addr, u8)>,
+    cluster_cidrs: Vec<crate::model::Cidr>,
     /// The maps' sizes as loaded.
     sizes: MapSizes,
     telemetry: Arc<Telemetry>,
@@ -783,7 +783,7 @@ impl Agent {
         if !force && routes.is_some() && routes == self.known_routes {
             return;
         }
-        let addrs: Vec<Ipv4Addr> = self.tracked.state.pod_addrs().collect();
+        let addrs: Vec<IpAddr> = self.tracked.state.pod_addrs().collect();
         self.follow_pod_interfaces(addrs.into_iter());
         self.known_routes = routes;
     }
@@ -795,7 +795,7 @@ impl Agent {
     /// out (and reported).
     fn program(
         &mut self,
-        addrs: Vec<Ipv4Addr>,
+        addrs: Vec<IpAddr>,
         mut services: BTreeSet<ObjectKey>,
         started: Instant,
     ) -> Result<()> {
@@ -1054,7 +1054,7 @@ impl Agent {
 
     /// Attaches to every interface the kernel routes a pod address to (pods are
     /// found by their declared address), and forgets attached ones that are gone.
-    fn follow_pod_interfaces(&mut self, addrs: impl Iterator<Item = Ipv4Addr>) {
+    fn follow_pod_interfaces(&mut self, addrs: impl Iterator<Item = IpAddr>) {
         let routes = match Routes::read() {
             Ok(r) => r,
             Err(e) => {
@@ -1082,11 +1082,7 @@ impl Agent {
         }
         let wanted: BTreeSet<&str> = addrs
             .filter_map(|ip| routes.iface_for(ip))
-            .chain(
-                cidrs
-                    .iter()
-                    .flat_map(|(net, p)| routes.ifaces_within(*net, *p)),
-            )
+            .chain(cidrs.iter().flat_map(|net| routes.ifaces_within(*net)))
             .collect();
         for iface in wanted {
             if iface == "lo" || self.dp.attached().contains_key(iface) {

@@ -14,7 +14,6 @@
 use std::{
     fmt::Debug,
     hash::Hash,
-    net::Ipv4Addr,
     path::Path,
     sync::{
         Arc,
@@ -307,8 +306,8 @@ impl KubeSource {
             .find(|n| n.metadata.name.as_deref() == Some(name))
     }
 
-    /// This node's pod networks (spec.podCIDRs, else spec.podCIDR), IPv4 ones.
-    pub fn pod_cidrs(&self, name: &str) -> Vec<(Ipv4Addr, u8)> {
+    /// This node's pod networks (spec.podCIDRs, else spec.podCIDR), both families.
+    pub fn pod_cidrs(&self, name: &str) -> Vec<crate::model::Cidr> {
         self.node(name)
             .into_iter()
             .filter_map(|n| n.spec.clone())

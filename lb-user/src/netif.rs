@@ -1,9 +1,10 @@
 //! What the node's network says: interface addresses and the route to an address,
 //! read from the kernel of the namespace lb runs in.
 
+use crate::model::Cidr;
 use std::{
     fs,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _},
 };
 
@@ -194,69 +195,102 @@ fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-/// The main IPv4 routing table (`/proc/net/route` of this network namespace).
+/// The routing tables of this network namespace, both families (`/proc/net/route`,
+/// `/proc/net/ipv6_route`): where the kernel sends a packet to an address, so where
+/// a pod is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Routes {
-    /// (destination, prefix length, interface), longest prefix first.
-    routes: Vec<(u32, u32, String)>,
+    /// (destination, interface), longest prefix first.
+    routes: Vec<(Cidr, String)>,
 }
+
+/// `/proc/net/ipv6_route`'s flags: a usable route, and the local table's routes
+/// to the node's own addresses (not where a pod is).
+const RTF_UP: u32 = 0x1;
+const RTF_LOCAL: u32 = 0x8000_0000;
 
 impl Routes {
     pub fn read() -> std::io::Result<Self> {
-        Ok(Self::parse(&fs::read_to_string("/proc/net/route")?))
+        let mut r = Self::parse(&fs::read_to_string("/proc/net/route")?);
+        // A kernel without IPv6 has no IPv6 table.
+        if let Ok(text) = fs::read_to_string("/proc/net/ipv6_route") {
+            r.routes.extend(Self::parse6(&text).routes);
+            r.sort();
+        }
+        Ok(r)
     }
 
-    /// Parses the table; the kernel writes addresses and masks as the hex of their
-    /// in-memory (network order) value.
+    fn sort(&mut self) {
+        self.routes.sort_by_key(|(c, _)| std::cmp::Reverse(c.len));
+    }
+
+    /// Parses the IPv4 table; the kernel writes addresses and masks as the hex of
+    /// their in-memory (network order) value.
     pub fn parse(text: &str) -> Self {
-        let mut routes: Vec<(u32, u32, String)> = text
+        let routes = text
             .lines()
             .skip(1)
             .filter_map(|line| {
                 let f: Vec<&str> = line.split_whitespace().collect();
                 let (iface, dest, flags, mask) = (f.first()?, f.get(1)?, f.get(3)?, f.get(7)?);
-                let up = u32::from_str_radix(flags, 16).ok()? & 1 != 0;
+                let up = u32::from_str_radix(flags, 16).ok()? & RTF_UP != 0;
                 let dest = u32::from_be_bytes(u32::from_str_radix(dest, 16).ok()?.to_ne_bytes());
                 let mask = u32::from_be_bytes(u32::from_str_radix(mask, 16).ok()?.to_ne_bytes());
-                up.then(|| (dest, mask, iface.to_string()))
+                let cidr = Cidr {
+                    addr: IpAddr::V4(Ipv4Addr::from(dest)),
+                    len: mask.count_ones() as u8,
+                };
+                up.then(|| (cidr, iface.to_string()))
             })
             .collect();
-        routes.sort_by_key(|r| std::cmp::Reverse(r.1.count_ones()));
-        Routes { routes }
+        let mut r = Routes { routes };
+        r.sort();
+        r
+    }
+
+    /// Parses the IPv6 table: destination and its prefix length in hex, the
+    /// source, the next hop, metric, counts, flags, interface.
+    pub fn parse6(text: &str) -> Self {
+        let routes = text
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (dest, len, flags, iface) = (f.first()?, f.get(1)?, f.get(8)?, f.get(9)?);
+                let flags = u32::from_str_radix(flags, 16).ok()?;
+                let cidr = Cidr {
+                    addr: IpAddr::V6(u128::from_str_radix(dest, 16).ok()?.into()),
+                    len: u8::from_str_radix(len, 16).ok().filter(|l| *l <= 128)?,
+                };
+                (flags & RTF_UP != 0 && flags & RTF_LOCAL == 0).then(|| (cidr, iface.to_string()))
+            })
+            .collect();
+        let mut r = Routes { routes };
+        r.sort();
+        r
     }
 
     /// The interface the kernel would send a packet to `addr` out of.
-    pub fn iface_for(&self, addr: Ipv4Addr) -> Option<&str> {
-        let a = u32::from(addr);
+    pub fn iface_for(&self, addr: IpAddr) -> Option<&str> {
         self.routes
             .iter()
-            .find(|(dest, mask, _)| a & mask == *dest & mask)
-            .map(|(_, _, i)| i.as_str())
+            .find(|(dest, _)| dest.contains(addr))
+            .map(|(_, i)| i.as_str())
     }
 
-    /// Interfaces with a route to (part of) `net`/`prefix`: where a pod network's
-    /// pods are.
-    pub fn ifaces_within(&self, net: Ipv4Addr, prefix: u8) -> Vec<&str> {
-        let m = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(prefix))
-        };
+    /// Interfaces with a route to (part of) `net`: where a pod network's pods are.
+    pub fn ifaces_within(&self, net: Cidr) -> Vec<&str> {
         self.routes
             .iter()
-            .filter(|(dest, mask, _)| {
-                mask.count_ones() >= u32::from(prefix) && dest & m == u32::from(net) & m
-            })
-            .map(|(_, _, i)| i.as_str())
+            .filter(|(dest, _)| dest.len >= net.len && net.contains(dest.addr))
+            .map(|(_, i)| i.as_str())
             .collect()
     }
 }
 
-/// `A.B.C.D/N`.
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    s.split_once('/')
-        .and_then(|(a, l)| Some((a.parse().ok()?, l.parse::<u8>().ok().filter(|l| *l <= 32)?)))
-        .ok_or_else(|| format!("{s}: want an IPv4 CIDR such as 192.168.1.240/28"))
+/// `ADDR/N`, IPv4 or IPv6 (`--cluster-cidr`, a Node's podCIDRs).
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    Cidr::parse(s)
+        .ok_or_else(|| format!("{s}: want a CIDR such as 10.244.0.0/16 or fd00:10:244::/56"))
 }
 
 #[cfg(test)]
@@ -328,8 +362,31 @@ mod tests {
             br0\t0000F40A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
             eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
         let r = Routes::parse(table);
-        assert_eq!(r.iface_for(Ipv4Addr::new(10, 244, 0, 2)), Some("veth-a"));
-        assert_eq!(r.iface_for(Ipv4Addr::new(10, 244, 0, 3)), Some("br0"));
-        assert_eq!(r.iface_for(Ipv4Addr::new(8, 8, 8, 8)), Some("eth0"));
+        let at = |a: &str| r.iface_for(a.parse().unwrap());
+        assert_eq!(at("10.244.0.2"), Some("veth-a"));
+        assert_eq!(at("10.244.0.3"), Some("br0"));
+        assert_eq!(at("8.8.8.8"), Some("eth0"));
+        let net = Cidr::parse("10.244.0.0/16").unwrap();
+        assert_eq!(r.ifaces_within(net), ["veth-a", "br0"]);
+    }
+
+    #[test]
+    fn ipv6_routes_are_read_longest_prefix_first_without_the_local_ones() {
+        // fd00:10:244::2/128 dev lxc1, fd00:10:244::/64 dev br0, default via
+        // fd00:1::1 dev eth0, and the local route to the node's own address.
+        let table = "\
+fd000010024400000000000000000002 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001     lxc1
+fd000010024400000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001      br0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000001000000000000000000000001 00000400 00000001 00000000 00000003     eth0
+fd000010024400000000000000000003 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001       lo
+";
+        let r = Routes::parse6(table);
+        let at = |a: &str| r.iface_for(a.parse().unwrap());
+        assert_eq!(at("fd00:10:244::2"), Some("lxc1"));
+        assert_eq!(at("fd00:10:244::3"), Some("br0"), "not the local route");
+        assert_eq!(at("2001:db8::1"), Some("eth0"));
+        assert_eq!(at("10.244.0.2"), None, "another family");
+        let net = Cidr::parse("fd00:10:244::/56").unwrap();
+        assert_eq!(r.ifaces_within(net), ["lxc1", "br0"]);
     }
 }

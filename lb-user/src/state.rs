@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use k8s_openapi::api::{
@@ -172,13 +172,13 @@ impl From<Change> for FactChange {
 }
 
 impl Facts {
-    /// The addresses of every pod and EndpointSlice endpoint (IPv4).
-    pub fn pod_addrs(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    /// The addresses of every pod and EndpointSlice endpoint, both families.
+    pub fn pod_addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
         let slices = self.endpoint_slices.values();
         self.pods
             .values()
-            .filter_map(|p| p.ip)
-            .chain(slices.flat_map(SliceFacts::ipv4_addrs))
+            .flat_map(PodFacts::addrs)
+            .chain(slices.flat_map(SliceFacts::ip_addrs))
     }
 
     /// Writes or removes `change`'s object.
@@ -384,7 +384,7 @@ impl Index {
 /// touches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Touched {
-    pub addrs: Vec<Ipv4Addr>,
+    pub addrs: Vec<IpAddr>,
     pub services: BTreeSet<ObjectKey>,
 }
 
@@ -434,9 +434,9 @@ impl Tracked {
                 let slice = (*kind == Kind::EndpointSlice)
                     .then(|| state.endpoint_slices.get(key))
                     .flatten();
-                pod.and_then(|p| p.ip)
-                    .into_iter()
-                    .chain(slice.into_iter().flat_map(SliceFacts::ipv4_addrs))
+                pod.into_iter()
+                    .flat_map(PodFacts::addrs)
+                    .chain(slice.into_iter().flat_map(SliceFacts::ip_addrs))
             })
             .collect();
         Touched { addrs, services }

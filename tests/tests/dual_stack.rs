@@ -465,8 +465,9 @@ fn pods_and_the_node_reach_a_dual_stack_clusterip_in_both_families() {
 }
 
 /// An IPv6-only service answers on the node's IPv6 address and its IPv6
-/// ClusterIP, never on IPv4 (its NodePort is not open on the node's IPv4 address);
-/// an IPv6-primary dual-stack one lists its IPv6 address first and answers on both.
+/// ClusterIP, never on IPv4 (its NodePort is not open on the node's IPv4 address),
+/// also to a pod with an IPv6 address alone; an IPv6-primary dual-stack one lists
+/// its IPv6 address first and answers on both.
 #[test]
 fn an_ipv6_only_service_answers_in_ipv6_only() {
     let s = scenario(
@@ -492,6 +493,42 @@ fn an_ipv6_only_service_answers_in_ipv6_only() {
         curl(&s.t, &s.laptop, &url(NODE_IP, 30020, "")),
         None,
         "an IPv6-only service's NodePort is not served on IPv4"
+    );
+    // A pod with an IPv6 address alone (an IPv6-only cluster's pod): the agent
+    // finds its interface by the IPv6 route to it, and it reaches the ClusterIP.
+    let mut s = s;
+    let only6 = s.t.netns("only6").unwrap();
+    s.t.link(&only6, "eth0", &s.node, "lxc3").unwrap();
+    dual::add_ip6(
+        &s.t,
+        &s.node,
+        &only6,
+        "lxc3",
+        "fd00:10:244::4",
+        dual::POD_GATEWAY6,
+    )
+    .unwrap();
+    s.lb.apply(
+        "apiVersion: v1
+kind: Pod
+metadata: {name: only6}
+spec:
+  nodeName: node1
+  containers: [{name: c, image: c}]
+status:
+  podIP: 'fd00:10:244::4'
+  podIPs: [{ip: 'fd00:10:244::4'}]
+",
+    )
+    .unwrap();
+    assert_eq!(
+        s.must_fetch(&only6, &url(&six[0], 80, "/peer"))
+            .split(' ')
+            .nth(2)
+            .and_then(|p| p.rsplit_once(':'))
+            .map(|(a, _)| a.to_string()),
+        Some("[fd00:10:244::4]".to_string()),
+        "the IPv6-only pod reaches the ClusterIP with its own address"
     );
     let first = s.cluster_ips("six-first");
     assert!(

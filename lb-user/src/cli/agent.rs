@@ -90,7 +90,7 @@ pub struct AgentArgs {
     /// reach ClusterIPs even when no object names them. In Kubernetes mode the
     /// node's spec.podCIDRs count too.
     #[arg(long = "cluster-cidr", value_parser = parse_cidr)]
-    pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
+    pub cluster_cidrs: Vec<crate::model::Cidr>,
     /// Frontends the maps hold (each ClusterIP port, NodePort per node address,
     /// LoadBalancer and external address is one), as Cilium's --bpf-lb-map-max.
     /// Default: from the node's memory, at least 65,536, and always at least what

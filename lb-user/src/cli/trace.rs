@@ -48,7 +48,7 @@ pub fn run(store: &Store, a: &TraceArgs) -> Result<()> {
     };
     let routes = Routes::read().ok();
     let route = |addr: Ipv4Addr| {
-        let name = routes.as_ref()?.iface_for(addr)?.to_string();
+        let name = routes.as_ref()?.iface_for(addr.into())?.to_string();
         let ifindex = crate::loader::ifindex(&name).ok()?;
         Some((name, ifindex))
     };

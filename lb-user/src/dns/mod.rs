@@ -12,7 +12,7 @@ pub mod zone;
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, RwLock, atomic::Ordering},
 };
 
@@ -89,7 +89,7 @@ impl Names {
         tracked: &Tracked,
         full: bool,
         services: &BTreeSet<ObjectKey>,
-        pods: &[Ipv4Addr],
+        pods: &[IpAddr],
     ) {
         {
             let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());

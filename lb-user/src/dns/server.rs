@@ -53,24 +53,17 @@ pub struct Listen {
 #[derive(Debug, Clone, Default)]
 pub struct Clients {
     pub node_addrs: Vec<Ipv4Addr>,
-    pub cidrs: Vec<(Ipv4Addr, u8)>,
-    pub pods: HashSet<Ipv4Addr>,
+    pub cidrs: Vec<crate::model::Cidr>,
+    pub pods: HashSet<IpAddr>,
 }
 
 impl Clients {
     /// Whether names outside the zone are forwarded for `client`.
     pub fn may_recurse(&self, client: IpAddr) -> bool {
-        let IpAddr::V4(a) = client else {
-            return client.is_loopback();
-        };
-        let within = |(net, len): &(Ipv4Addr, u8)| {
-            let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
-            u32::from(a) & mask == u32::from(*net) & mask
-        };
-        a.is_loopback()
-            || self.node_addrs.contains(&a)
-            || self.cidrs.iter().any(within)
-            || self.pods.contains(&a)
+        client.is_loopback()
+            || matches!(client, IpAddr::V4(a) if self.node_addrs.contains(&a))
+            || self.cidrs.iter().any(|c| c.contains(client))
+            || self.pods.contains(&client)
     }
 }
 
@@ -369,7 +362,7 @@ mod tests {
     fn only_the_node_its_pod_networks_and_known_pods_get_recursion() {
         let clients = Clients {
             node_addrs: vec!["192.168.1.2".parse().unwrap()],
-            cidrs: vec![("10.244.0.0".parse().unwrap(), 16)],
+            cidrs: vec![crate::model::Cidr::parse("10.244.0.0/16").unwrap()],
             pods: ["10.1.2.3".parse().unwrap()].into(),
         };
         for yes in ["127.0.0.1", "192.168.1.2", "10.244.7.9", "10.1.2.3", "::1"] {

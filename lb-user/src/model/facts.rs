@@ -108,6 +108,14 @@ pub struct PodFacts {
 }
 
 impl PodFacts {
+    /// Its addresses, both families, ready or not.
+    pub fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ip
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.ip6.map(IpAddr::V6))
+    }
+
     pub fn of(pod: &Pod) -> Self {
         let ports = pod
             .spec
@@ -337,11 +345,11 @@ impl SliceFacts {
         }
     }
 
-    /// The IPv4 addresses of its endpoints (none unless the slice is IPv4).
-    pub fn ipv4_addrs(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    /// The addresses of its endpoints (none unless the slice is IPv4 or IPv6).
+    pub fn ip_addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.endpoints
             .iter()
-            .filter(|_| &*self.address_type == "IPv4")
-            .flat_map(EndpointFacts::ipv4)
+            .filter(|_| matches!(&*self.address_type, "IPv4" | "IPv6"))
+            .flat_map(|e| e.addresses.iter().copied())
     }
 }

@@ -1,11 +1,7 @@
 //! Validation of single objects, with the API server's field paths and messages
 //! (`spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive`).
 
-use std::{
-    collections::BTreeSet,
-    fmt,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{collections::BTreeSet, fmt, net::IpAddr};
 
 use k8s_openapi::{
     api::{
@@ -874,20 +870,65 @@ pub fn validate_service(svc: &Service) -> Vec<FieldError> {
     errors
 }
 
+/// The addresses a pod declares, as the API server's `validatePodIPs` checks them:
+/// each a valid IP (`podIP` too), at most one per family, none twice.
+fn validate_pod_ips(status: &k8s_openapi::api::core::v1::PodStatus, errors: &mut Vec<FieldError>) {
+    const MSG: &str = "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)";
+    if let Some(ip) = status.pod_ip.as_deref().filter(|ip| !ip.is_empty())
+        && ip.parse::<IpAddr>().is_err()
+    {
+        errors.push(FieldError::invalid(
+            "status.podIP",
+            format!("\"{ip}\""),
+            MSG,
+        ));
+    }
+    let ips: Vec<&str> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.as_str())
+        .collect();
+    let mut parsed = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        match ip.parse::<IpAddr>() {
+            Ok(a) => parsed.push(a),
+            Err(_) => errors.push(FieldError::invalid(
+                format!("status.podIPs[{i}]"),
+                format!("\"{ip}\""),
+                MSG,
+            )),
+        }
+    }
+    if ips.len() > 1
+        && parsed.len() == ips.len()
+        && (ips.len() > 2 || parsed[0].is_ipv4() == parsed[1].is_ipv4())
+    {
+        errors.push(FieldError::invalid(
+            "status.podIPs",
+            format!("{ips:?}"),
+            "may specify no more than one IP for each IP family",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, ip) in ips.iter().enumerate() {
+        if !seen.insert(*ip) {
+            errors.push(FieldError::duplicate(
+                format!("status.podIPs[{i}]"),
+                format!("\"{ip}\""),
+            ));
+        }
+    }
+}
+
 /// A Pod as the API server checks the fields lb reads or a manifest must have:
 /// metadata, containers (name, image, ports), restartPolicy, dnsPolicy, nodeName and
 /// the declared address.
 pub fn validate_pod(pod: &Pod) -> Vec<FieldError> {
     let mut errors = Vec::new();
     validate_meta(&pod.metadata, false, &mut errors);
-    if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
-        && ip.parse::<Ipv4Addr>().is_err()
-    {
-        errors.push(FieldError::invalid(
-            "status.podIP",
-            format!("\"{ip}\""),
-            "must be a valid IPv4 address",
-        ));
+    if let Some(status) = &pod.status {
+        validate_pod_ips(status, &mut errors);
     }
     let Some(spec) = &pod.spec else {
         errors.push(FieldError::required("spec.containers"));

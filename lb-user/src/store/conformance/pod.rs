@@ -1,7 +1,8 @@
 //! TestValidatePorts (container ports) and the ValidatePodCreate basics lb reads or
 //! a manifest must have (pkg/apis/core/validation), as v1 Pods. A Pod's status
-//! is the API server's to write (a create drops it); lb reads `status.podIP` as the
-//! address a stand-in pod declares, so the PodIPs tables do not apply.
+//! is the API server's to write (a create drops it); lb reads `status.podIP` and
+//! `status.podIPs` as the addresses a stand-in pod declares, checked as
+//! TestPodIPsValidation checks a status update.
 
 use serde_json::{Value, json};
 
@@ -12,6 +13,7 @@ use super::{
 
 const PORTS: &str = "PodPorts";
 const POD: &str = "PodCreate";
+const POD_IPS: &str = "PodIPs";
 
 fn base() -> Value {
     json!({
@@ -177,6 +179,45 @@ pub fn rows() -> Vec<Row> {
             "valid nodeName",
             |s| s["spec"]["nodeName"] = json!("node-1.example"),
             Accept,
+        ),
+    ]
+    .into_iter()
+    .chain(pod_ips())
+    .collect()
+}
+
+/// TestPodIPsValidation's rows: the pod's `status.podIPs`.
+fn pod_ips() -> Vec<Row> {
+    let ips = |name: &str, ips: &[&str], want: Want| {
+        let mut v = base();
+        if !ips.is_empty() {
+            v["status"] = json!({
+                "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+            });
+        }
+        Row::create(POD_IPS, name, v, want)
+    };
+    vec![
+        ips("no ips", &[], Accept),
+        ips("single ip family (v4)", &["1.1.1.1"], Accept),
+        ips("single ip family (v6)", &["::1"], Accept),
+        ips("dual stack (v4,v6)", &["1.1.1.1", "::1"], Accept),
+        ips("dual stack (v6,v4)", &["::1", "1.1.1.1"], Accept),
+        ips("invalid ip", &["1.1.1.1.1"], Refuse("status.podIPs[0]")),
+        ips(
+            "dualstack same family",
+            &["1.1.1.1", "2.2.2.2"],
+            Refuse("status.podIPs"),
+        ),
+        ips(
+            "dualstack repeated ip family",
+            &["1.1.1.1", "::1", "2.2.2.2"],
+            Refuse("status.podIPs"),
+        ),
+        ips(
+            "dualstack repeated ip",
+            &["1.1.1.1", "1.1.1.1"],
+            Refuse("status.podIPs[1]"),
         ),
     ]
 }
