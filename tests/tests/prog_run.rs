@@ -10,7 +10,8 @@ use std::{
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
     CtTimeouts, CtValue, DELIVER_MAGIC, DeliverMeta, FlowKey, IFACE_EXTERNAL, IFACE_F_PEER,
-    IFACE_POD, PROG_TC_EGRESS, PROG_TC_INGRESS, SVC_F_INTERNAL, reason,
+    IFACE_POD, PROG_TC_EGRESS, PROG_TC_INGRESS, PROTO_TCP, SVC_F_EXTERNAL_LOCAL, SVC_F_INTERNAL,
+    reason,
 };
 use lb_tests::{
     Topology,
@@ -29,6 +30,7 @@ use lb_user::{
 mod programmed;
 use programmed::{port_plan, program};
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC as the kernel reports it back (-1).
 const TC_UNSPEC: u32 = u32::MAX;
@@ -44,7 +46,7 @@ const UDP_NODE_PORT: u16 = 30010;
 const HAIRPIN: &str = "169.254.42.1";
 const TC_ACT_SHOT: u32 = 2;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Prog {
     Xdp,
     TcIngress,
@@ -1858,6 +1860,124 @@ fn ipv6_client_ip_affinity_keeps_a_client_on_one_backend() {
         spread.len() > 1,
         "without affinity the flows spread: {spread:?}"
     );
+}
+
+/// `externalTrafficPolicy: Local` in both families, as the planner leaves it (see
+/// `plan::tests::traffic_policies_hold_in_ipv6`): a NodePort whose plan has the
+/// node's own pod alone sends every new flow there with the client's address kept
+/// (no SNAT: the pod sees the client); one with no pod on this node drops (as
+/// kube-proxy does), never answering as a service without endpoints would.
+#[test]
+fn external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_pod_in_both_families() {
+    own_netns();
+    let mut dp = Dataplane::load_with(None, &LoadConfig::default()).expect("load lb's eBPF object");
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let plans = [
+        port_plan(
+            "local4",
+            PROTO_TCP,
+            vec![(
+                frontend(ip(NODE), NODE_PORT, PROTO_TCP),
+                SVC_F_EXTERNAL_LOCAL,
+            )],
+            vec![(ip(POD), 80)],
+        ),
+        port_plan(
+            "local6",
+            PROTO_TCP,
+            vec![(
+                frontend(ip(NODE6), NODE_PORT, PROTO_TCP),
+                SVC_F_EXTERNAL_LOCAL,
+            )],
+            vec![(ip(POD6), 80)],
+        ),
+        port_plan(
+            "none4",
+            PROTO_TCP,
+            vec![(
+                frontend(ip(NODE), NODE_PORT + 1, PROTO_TCP),
+                SVC_F_EXTERNAL_LOCAL,
+            )],
+            vec![],
+        ),
+        port_plan(
+            "none6",
+            PROTO_TCP,
+            vec![(
+                frontend(ip(NODE6), NODE_PORT + 1, PROTO_TCP),
+                SVC_F_EXTERNAL_LOCAL,
+            )],
+            vec![],
+        ),
+    ];
+    program(&mut dp.maps, &plans);
+    for (prog, ports) in [(Prog::Xdp, 41000), (Prog::TcIngress, 43000)] {
+        for i in 0..10 {
+            let syn = Pkt::tcp(CLIENT, ports + i, NODE, NODE_PORT, TCP_SYN);
+            let (_, out, moved) = run(&mut dp, prog, &syn.build());
+            assert_eq!(
+                reason::NAMES[moved as usize],
+                "nat_new_flow",
+                "{prog:?} IPv4"
+            );
+            assert_eq!(
+                &out[26..30],
+                &ip4_octets(CLIENT),
+                "{prog:?}: the client's address kept"
+            );
+            assert_eq!(&out[30..34], &ip4_octets(POD), "{prog:?}: to the local pod");
+            let syn6 = Pkt6::tcp(CLIENT6, ports + i, NODE6, NODE_PORT, TCP_SYN);
+            let (_, out, moved) = run(&mut dp, prog, &syn6.build());
+            assert_eq!(
+                reason::NAMES[moved as usize],
+                "nat_new_flow",
+                "{prog:?} IPv6"
+            );
+            assert_eq!(
+                &out[22..38],
+                &ip6_octets(CLIENT6),
+                "{prog:?}: the client's address kept"
+            );
+            assert_eq!(
+                &out[38..54],
+                &ip6_octets(POD6),
+                "{prog:?}: to the local pod"
+            );
+        }
+        let (ret, _, moved) = run(
+            &mut dp,
+            prog,
+            &Pkt::tcp(CLIENT, 42000, NODE, NODE_PORT + 1, TCP_SYN).build(),
+        );
+        let dropped = if prog == Prog::Xdp {
+            XDP_DROP
+        } else {
+            TC_ACT_SHOT
+        };
+        assert_eq!(
+            (ret, reason::NAMES[moved as usize]),
+            (dropped, "drop_no_local_backend"),
+            "{prog:?} IPv4 without a local pod"
+        );
+        let (ret, _, moved) = run(
+            &mut dp,
+            prog,
+            &Pkt6::tcp(CLIENT6, 42000, NODE6, NODE_PORT + 1, TCP_SYN).build(),
+        );
+        assert_eq!(
+            (ret, reason::NAMES[moved as usize]),
+            (dropped, "drop_no_local_backend"),
+            "{prog:?} IPv6 without a local pod"
+        );
+    }
+}
+
+fn ip4_octets(s: &str) -> [u8; 4] {
+    s.parse::<Ipv4Addr>().unwrap().octets()
+}
+
+fn ip6_octets(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().unwrap().octets()
 }
 
 /// As `only_fins_and_rsts_whose_checksum_holds_close_a_flow`, over IPv6: a RST or a

@@ -373,3 +373,57 @@ fn ipv6_endpoint_slices_serve_the_ipv6_family() {
         ]
     );
 }
+
+/// Traffic policies in IPv6, as in IPv4 (`traffic_policies_and_remote_endpoints`):
+/// a dual-stack service's IPv6 NodePort with `externalTrafficPolicy: Local` has the
+/// local pod's IPv6 address alone, flagged; its IPv6 ClusterIP reaches both pods,
+/// unless `internalTrafficPolicy: Local` leaves it the local one.
+#[test]
+fn traffic_policies_hold_in_ipv6() {
+    let alloc = crate::store::alloc::Allocation {
+        service_cidrs: crate::store::alloc::parse_service_cidrs("10.96.0.0/12,fd00:10:96::/112")
+            .unwrap(),
+        ..Default::default()
+    };
+    let pod_on = |name: &str, ip: &str, ip6: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: web}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: app}}]\nstatus:\n  podIP: {ip}\n  podIPs: [{{ip: {ip}}}, {{ip: '{ip6}'}}]\n---\n"
+        )
+    };
+    let pods = pod_on("a", "10.244.0.2", "fd00:10:244::2", "n1")
+        + &pod_on("b", "10.244.1.2", "fd00:10:244:1::2", "n2");
+    let svc = |policies: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n{policies}  selector: {{app: web}}\n  ports:\n  - {{port: 80, nodePort: 30080}}\n---\n{pods}"
+        )
+    };
+    let node = Node {
+        addrs6: vec![NODE6.parse().unwrap()],
+        ..node()
+    };
+    let state = |yaml: &str| Tracked::new(crate::store::apply::applied_in(yaml, &alloc).into());
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let six = |plans: &[PortPlan], external: bool| -> PortPlan {
+        plans
+            .iter()
+            .find(|p| p.port.contains("IPv6") && p.port.contains("external") == external)
+            .unwrap_or_else(|| panic!("{plans:#?}"))
+            .clone()
+    };
+    let plans = plan(&state(&svc("  externalTrafficPolicy: Local\n")), &node);
+    let ext = six(&plans, true);
+    assert_eq!(ext.endpoints, vec![(ip("fd00:10:244::2"), 80)]);
+    assert_eq!(
+        ext.frontends,
+        vec![(frontend(ip(NODE6), 30080, PROTO_TCP), SVC_F_EXTERNAL_LOCAL)]
+    );
+    assert_eq!(
+        six(&plans, false).endpoints.len(),
+        2,
+        "the ClusterIP reaches both"
+    );
+    let plans = plan(&state(&svc("  internalTrafficPolicy: Local\n")), &node);
+    let int = six(&plans, false);
+    assert_eq!(int.endpoints, vec![(ip("fd00:10:244::2"), 80)]);
+    assert!(int.frontends.iter().all(|(f, _)| f.addr().is_ipv6()));
+}
