@@ -75,7 +75,7 @@ pub static LB_CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 pub static LB_ARP_HOLD: HashMap<u32, u64> = HashMap::with_max_entries(MAX_ARP_HOLD, 0);
 
 /// Until when this node may send Neighbor Advertisements about each IPv6
-/// LoadBalancer address (see `lb_common::MAP_NDP_HOLD`).
+/// LoadBalancer address, and Solicitations from it (see `lb_common::MAP_NDP_HOLD`).
 #[map]
 pub static LB_NDP_HOLD: HashMap<Addr6, u64> = HashMap::with_max_entries(MAX_ARP_HOLD, 0);
 

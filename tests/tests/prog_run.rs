@@ -2309,21 +2309,7 @@ fn arp_about_a_load_balancer_address_leaves_only_while_this_node_holds_it() {
             pass,
         ),
     ];
-    for (what, prog, frame, want) in rows {
-        let (ret, out, moved) = run(&mut dp, prog, &frame);
-        let want_ret = match (prog, want) {
-            (Prog::Xdp, _) => XDP_PASS,
-            (_, reason::DROP_ARP_NOT_HOLDER) => TC_ACT_SHOT,
-            _ => TC_UNSPEC,
-        };
-        assert_eq!(ret, want_ret, "{what}: return value");
-        assert_eq!(
-            reason::NAMES[moved as usize],
-            reason::NAMES[want as usize],
-            "{what}: reason"
-        );
-        assert_eq!(out, frame, "{what}: the frame is never changed");
-    }
+    check_held(&mut dp, &rows, drop);
     // Held again (the agent renewed it): it leaves again.
     dp.maps
         .neigh_holds
@@ -2331,6 +2317,26 @@ fn arp_about_a_load_balancer_address_leaves_only_while_this_node_holds_it() {
         .unwrap();
     let (ret, _, moved) = run(&mut dp, Prog::TcEgress, &arp_frame(2, lapsed, CLIENT));
     assert_eq!((ret, moved), (TC_UNSPEC, reason::PASS_NOT_IP));
+}
+
+/// Runs the rows of the two tests above (what, program, frame, reason wanted): a
+/// frame is never changed; under `drop` it is dropped at TC, else passed on.
+fn check_held(dp: &mut Dataplane, rows: &[(&str, Prog, Vec<u8>, u32)], drop: u32) {
+    for (what, prog, frame, want) in rows {
+        let (ret, out, moved) = run(dp, *prog, frame);
+        let want_ret = match prog {
+            Prog::Xdp => XDP_PASS,
+            _ if *want == drop => TC_ACT_SHOT,
+            _ => TC_UNSPEC,
+        };
+        assert_eq!(ret, want_ret, "{what}: return value");
+        assert_eq!(
+            reason::NAMES[moved as usize],
+            reason::NAMES[*want as usize],
+            "{what}: reason"
+        );
+        assert_eq!(&out, frame, "{what}: the frame is never changed");
+    }
 }
 
 /// A Neighbor Advertisement from this node's uplink about `target` (to `dst`:
@@ -2425,17 +2431,7 @@ fn neighbor_discovery_about_an_ipv6_load_balancer_address_leaves_only_while_this
             other,
         ),
     ];
-    for (what, prog, frame, want) in rows {
-        let (ret, out, moved) = run(&mut dp, prog, &frame);
-        let want_ret = if want == drop { TC_ACT_SHOT } else { TC_UNSPEC };
-        assert_eq!(ret, want_ret, "{what}: return value");
-        assert_eq!(
-            reason::NAMES[moved as usize],
-            reason::NAMES[want as usize],
-            "{what}: reason"
-        );
-        assert_eq!(out, frame, "{what}: the frame is never changed");
-    }
+    check_held(&mut dp, &rows, drop);
     // Renewed: it leaves again. An IPv4 hold of the same bits is another address.
     dp.maps
         .neigh_holds

@@ -338,18 +338,9 @@ fn solicitation(mac: [u8; 6], src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
     icmp.extend(target);
     icmp.extend([1, 1]);
     icmp.extend(mac);
-    let mut sum: u32 = src
-        .chunks(2)
-        .chain(group.chunks(2))
-        .chain(icmp.chunks(2))
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum::<u32>()
-        + icmp.len() as u32
-        + 58;
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let pseudo = [(icmp.len() as u32).to_be_bytes(), [0, 0, 0, 58]].concat();
+    let sum = lb_tests::packet::checksum(&[&src, &group, &pseudo, &icmp]);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     let mut frame = vec![0x33, 0x33, group[12], group[13], group[14], group[15]];
     frame.extend(mac);
     frame.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
