@@ -510,57 +510,18 @@ pub fn verdicts(counters: &[lb_common::Counters]) -> String {
     )
 }
 
-/// `lb conntrack`: one row per direction of each flow, as `conntrack -L` lists them.
-pub fn conntrack(flows: &[(lb_common::FlowKey, lb_common::CtValue)]) -> String {
-    use lb_common::{
-        CT_DIR_REPLY, CT_F_HAIRPIN, CT_TCP_CLOSING, CT_TCP_SEEN_FIN, CT_TCP_SEEN_REPLY,
-        CT_TCP_SEEN_RST, PROTO_TCP,
-    };
-    let ep = |addr: u32, port: u16| {
-        format!(
-            "{}:{}",
-            std::net::Ipv4Addr::from(u32::from_be(addr)),
-            u16::from_be(port)
-        )
-    };
-    let rows = flows
+/// `lb conntrack`: one row per direction of each flow, as `conntrack -L` lists them,
+/// IPv4 flows then IPv6 ones (`[ADDR]:PORT`).
+pub fn conntrack(
+    v4: &[(lb_common::FlowKey, lb_common::CtValue)],
+    v6: &[(lb_common::FlowKey6, lb_common::CtValue6)],
+) -> String {
+    let to4 = |a: u32| std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(a)));
+    let to6 = |a: lb_common::Addr6| std::net::IpAddr::V6(crate::sync::ipv6(a));
+    let rows = v4
         .iter()
-        .map(|(k, v)| {
-            let tcp_open = k.proto == PROTO_TCP && v.tcp_flags & CT_TCP_CLOSING == 0;
-            let state: Vec<&str> = [
-                (tcp_open && v.tcp_flags & CT_TCP_SEEN_REPLY == 0, "SYN_SENT"),
-                (
-                    tcp_open && v.tcp_flags & CT_TCP_SEEN_REPLY != 0,
-                    "ESTABLISHED",
-                ),
-                (v.tcp_flags & CT_TCP_SEEN_FIN != 0, "FIN"),
-                (v.tcp_flags & CT_TCP_SEEN_RST != 0, "RST"),
-                (v.flags & CT_F_HAIRPIN != 0, "HAIRPIN"),
-            ]
-            .into_iter()
-            .filter_map(|(on, word)| on.then_some(word))
-            .collect();
-            vec![
-                if k.proto == PROTO_TCP { "tcp" } else { "udp" }.to_string(),
-                if v.direction == CT_DIR_REPLY {
-                    "reply"
-                } else {
-                    "original"
-                }
-                .to_string(),
-                ep(k.saddr_be, k.sport_be),
-                ep(k.daddr_be, k.dport_be),
-                ep(v.nat_saddr_be, v.nat_sport_be),
-                ep(v.nat_daddr_be, v.nat_dport_be),
-                v.svc_id.to_string(),
-                v.backend_id.to_string(),
-                if state.is_empty() {
-                    "-".into()
-                } else {
-                    state.join(",")
-                },
-            ]
-        })
+        .map(|(k, v)| flow_row(k, v, to4))
+        .chain(v6.iter().map(|(k, v)| flow_row(k, v, to6)))
         .collect();
     render(
         [
@@ -578,6 +539,54 @@ pub fn conntrack(flows: &[(lb_common::FlowKey, lb_common::CtValue)]) -> String {
         .to_vec(),
         rows,
     )
+}
+
+/// One conntrack entry as a row of [`conntrack`]; `ip`: its family's addresses.
+fn flow_row<A: Copy>(
+    k: &lb_common::FlowKeyOf<A>,
+    v: &lb_common::CtValueOf<A>,
+    ip: impl Fn(A) -> std::net::IpAddr,
+) -> Vec<String> {
+    use lb_common::{
+        CT_DIR_REPLY, CT_F_HAIRPIN, CT_TCP_CLOSING, CT_TCP_SEEN_FIN, CT_TCP_SEEN_REPLY,
+        CT_TCP_SEEN_RST, PROTO_TCP,
+    };
+    let ep =
+        |addr: A, port: u16| std::net::SocketAddr::new(ip(addr), u16::from_be(port)).to_string();
+    let tcp_open = k.proto == PROTO_TCP && v.tcp_flags & CT_TCP_CLOSING == 0;
+    let state: Vec<&str> = [
+        (tcp_open && v.tcp_flags & CT_TCP_SEEN_REPLY == 0, "SYN_SENT"),
+        (
+            tcp_open && v.tcp_flags & CT_TCP_SEEN_REPLY != 0,
+            "ESTABLISHED",
+        ),
+        (v.tcp_flags & CT_TCP_SEEN_FIN != 0, "FIN"),
+        (v.tcp_flags & CT_TCP_SEEN_RST != 0, "RST"),
+        (v.flags & CT_F_HAIRPIN != 0, "HAIRPIN"),
+    ]
+    .into_iter()
+    .filter_map(|(on, word)| on.then_some(word))
+    .collect();
+    vec![
+        if k.proto == PROTO_TCP { "tcp" } else { "udp" }.to_string(),
+        if v.direction == CT_DIR_REPLY {
+            "reply"
+        } else {
+            "original"
+        }
+        .to_string(),
+        ep(k.saddr_be, k.sport_be),
+        ep(k.daddr_be, k.dport_be),
+        ep(v.nat_saddr_be, v.nat_sport_be),
+        ep(v.nat_daddr_be, v.nat_dport_be),
+        v.svc_id.to_string(),
+        v.backend_id.to_string(),
+        if state.is_empty() {
+            "-".into()
+        } else {
+            state.join(",")
+        },
+    ]
 }
 
 /// `lb trace`'s answer, as `kubectl describe` lays out fields.

@@ -252,6 +252,26 @@ fn laptop_curls_the_nodeport_over_ipv6_and_gets_hello_world() {
         .expect("one IPv6 slot");
     assert_eq!(slot.addr().to_string(), POD_IP6);
     assert!(maps.backend_counters(slot.backend_id()).unwrap().packets >= 6);
+    // `lb conntrack` lists the IPv6 flows as the IPv4 ones: the laptop's to the
+    // NodePort, translated to the pod.
+    let ct =
+        s.lb.ok(&[
+            "conntrack",
+            "--bpffs",
+            &s.lb.bpffs.display().to_string(),
+            "--node-name",
+            "node1",
+        ])
+        .unwrap();
+    let to_pod = format!("[{POD_IP6}]:80");
+    let nodeport = format!("[{NODE_IP6}]:30008");
+    assert!(
+        ct.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 5 && f[0] == "tcp" && f[1] == "original" && f[3] == nodeport && f[5] == to_pod
+        }),
+        "lb conntrack lists the IPv6 flow:\n{ct}"
+    );
     // The pod's IPv6 address is not reachable from the laptop: only the NodePort
     // leads to it.
     assert_eq!(curl(&s.t, &s.laptop, &url(POD_IP6, 80, "")), None);
