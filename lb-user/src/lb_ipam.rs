@@ -197,8 +197,11 @@ pub fn plan<'a>(
         if !is_ours(svc) {
             continue;
         }
-        let mut ips = kept.remove(key).unwrap_or_else(|| ingress_ips(svc));
-        let changed = ips.len() != ingress_ips(svc).len();
+        // Changed already when it gives a dropped family's address back.
+        let (mut ips, changed) = match kept.remove(key) {
+            Some(keep) => (keep, true),
+            None => (ingress_ips(svc), false),
+        };
         let requested: Option<IpAddr> = svc
             .spec
             .as_ref()

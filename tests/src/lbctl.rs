@@ -209,6 +209,19 @@ impl Lb {
             .unwrap_or_else(|| panic!("no {reason} in\n{out}"))
     }
 
+    /// `lb conntrack` of node `node_name`'s data plane: the tracked flows, a row per
+    /// direction.
+    pub fn conntrack(&self, node_name: &str) -> String {
+        self.ok(&[
+            "conntrack",
+            "--bpffs",
+            &self.bpffs.display().to_string(),
+            "--node-name",
+            node_name,
+        ])
+        .unwrap()
+    }
+
     /// Where the agent for `node_name` pins its maps.
     pub fn pins(&self, node_name: &str) -> PathBuf {
         self.bpffs.join("lb").join(node_name)

@@ -263,15 +263,7 @@ fn endpoints_change_under_a_live_stream() {
         "the agent ended the UDP flow to the removed pod"
     );
     // What conntrack holds of the removed pod: its TCP connection, no UDP flow.
-    let ct =
-        c.lb.ok(&[
-            "conntrack",
-            "--bpffs",
-            &c.lb.bpffs.display().to_string(),
-            "--node-name",
-            "node1",
-        ])
-        .unwrap();
+    let ct = c.lb.conntrack("node1");
     assert!(
         ct.lines()
             .any(|l| l.starts_with("tcp") && l.contains("10.244.0.3:8080")),

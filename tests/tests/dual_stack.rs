@@ -254,15 +254,7 @@ fn laptop_curls_the_nodeport_over_ipv6_and_gets_hello_world() {
     assert!(maps.backend_counters(slot.backend_id()).unwrap().packets >= 6);
     // `lb conntrack` lists the IPv6 flows as the IPv4 ones: the laptop's to the
     // NodePort, translated to the pod.
-    let ct =
-        s.lb.ok(&[
-            "conntrack",
-            "--bpffs",
-            &s.lb.bpffs.display().to_string(),
-            "--node-name",
-            "node1",
-        ])
-        .unwrap();
+    let ct = s.lb.conntrack("node1");
     let to_pod = format!("[{POD_IP6}]:80");
     let nodeport = format!("[{NODE_IP6}]:30008");
     assert!(
