@@ -74,43 +74,72 @@ pub struct Related<A = u32> {
     pub backend_id: u32,
 }
 
-/// An ICMPv6 error and what it becomes, kept in per-CPU map memory
-/// (`maps::LB6_WORK`, slot `WORK6_ICMP`) as the IPv6 pipeline keeps its packet
-/// (`flow::Work6`): with IPv6's addresses, the two and the flow lookup between them
-/// do not fit a 512-byte stack beside the pipeline's frame.
-pub struct Work6 {
-    pub error: IcmpError<Addr6>,
-    pub related: Related<Addr6>,
+/// An ICMP error and what it becomes, kept in per-CPU map memory (`maps::LB6_WORK`,
+/// slot `WORK6_ICMP`) as the IPv6 pipeline keeps its packet (`flow::Work6`): with
+/// IPv6's addresses, the two and the flow lookup between them do not fit a 512-byte
+/// stack beside the pipeline's frame; and read back from map memory, their fields
+/// are values the verifier no longer tells apart, so the rewrite after the decision
+/// is walked once rather than once per way the decision was reached (IPv4's ICMP
+/// path inlined in the TC pipeline cost the verifier ~450,000 instructions of its
+/// 1,000,000).
+pub struct Work<A> {
+    pub error: IcmpError<A>,
+    pub related: Related<A>,
 }
 
-const _: () = assert!(core::mem::size_of::<Work6>() <= WORK6_LEN);
+pub type Work6 = Work<Addr6>;
 
-/// This CPU's [`Work6`] (map memory, 8-byte aligned, long enough).
+const _: () = assert!(core::mem::size_of::<Work<Addr6>>() <= WORK6_LEN);
+const _: () = assert!(core::mem::size_of::<Work<u32>>() <= WORK6_LEN);
+
+/// This CPU's [`Work`] (map memory, 8-byte aligned, long enough).
 #[inline(always)]
-pub fn work6() -> Option<&'static mut Work6> {
+pub fn work<A>() -> Option<&'static mut Work<A>> {
     let w = LB6_WORK.get_ptr_mut(WORK6_ICMP)?;
-    // SAFETY: a per-CPU map value of WORK6_LEN >= size_of::<Work6>() bytes, aligned
-    // to 8 (as every map value); only this CPU's program touches it while it runs,
-    // and every field is written before it is read.
-    Some(unsafe { &mut *(w as *mut Work6) })
+    // SAFETY: a per-CPU map value of WORK6_LEN >= size_of::<Work<A>>() bytes (both
+    // families asserted above), aligned to 8 (as every map value); only this CPU's
+    // program touches it while it runs, and every field is written before it is read.
+    Some(unsafe { &mut *(w as *mut Work<A>) })
 }
 
-/// The frame as an ICMPv6 error about a flow, into `w`: [`parse6`], then
-/// [`decide`]. False if it is not one of the shape looked at or this hook does not
-/// translate its flow's packets. A subprogram of its own, with its own frame.
-#[inline(never)]
-pub fn decide6_into(data: usize, data_end: usize, hook: Hook, w: &mut Work6) -> bool {
-    let Some(e) = parse6(data, data_end) else {
-        return false;
+/// What a frame is to the ICMP path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Not an ICMP error of the shape looked at.
+    NotError,
+    /// An error, but not about a flow this hook translates: passed, as `pass_not_l4`.
+    Untranslated,
+    /// An error about a flow, decided into the [`Work`]: to be rewritten.
+    Related,
+}
+
+/// `e` (the frame as an ICMP error, if it is one) decided into `w`.
+#[inline(always)]
+fn decide_into<A: Family>(e: Option<IcmpError<A>>, hook: Hook, w: &mut Work<A>) -> Found {
+    let Some(e) = e else {
+        return Found::NotError;
     };
     w.error = e;
     match decide(&w.error, hook) {
         Some(r) => {
             w.related = r;
-            true
+            Found::Related
         }
-        None => false,
+        None => Found::Untranslated,
     }
+}
+
+/// The frame as an IPv4 ICMP error about a flow, into `w`: [`parse`], then
+/// [`decide`]. A subprogram of its own, with its own frame.
+#[inline(never)]
+pub fn decide4_into(data: usize, data_end: usize, hook: Hook, w: &mut Work<u32>) -> Found {
+    decide_into(parse(data, data_end), hook, w)
+}
+
+/// [`decide4_into`] for ICMPv6 ([`parse6`]).
+#[inline(never)]
+pub fn decide6_into(data: usize, data_end: usize, hook: Hook, w: &mut Work6) -> Found {
+    decide_into(parse6(data, data_end), hook, w)
 }
 
 /// The family's error rewrite.

@@ -54,14 +54,14 @@ pub static LB6_AFFINITY: LruHashMap<AffinityKey6, AffinityValue> =
     LruHashMap::with_max_entries(DEFAULT_AFFINITY6, 0);
 
 /// Per-CPU room for an IPv6 packet's parse and verdict (slot `WORK6_FLOW`, see
-/// `flow::Work6`) or for an ICMPv6 error's (slot `WORK6_ICMP`, see `icmp::Work6`);
+/// `flow::Work6`) or for an ICMP error's (slot `WORK6_ICMP`, see `icmp::Work`);
 /// never pinned, never read by the agent.
 #[map]
 pub static LB6_WORK: PerCpuArray<[u64; WORK6_WORDS]> = PerCpuArray::with_max_entries(2, 0);
 const WORK6_WORDS: usize = 24;
 pub const WORK6_FLOW: u32 = 0;
 pub const WORK6_ICMP: u32 = 1;
-/// Bytes of `LB6_WORK`'s value (a `flow::Work6` and an `icmp::Work6` fit, as
+/// Bytes of `LB6_WORK`'s value (a `flow::Work6` and an `icmp::Work` fit, as
 /// `flow` and `icmp` assert).
 pub const WORK6_LEN: usize = WORK6_WORDS * 8;
 

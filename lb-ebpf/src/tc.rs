@@ -51,14 +51,17 @@ fn run4(ctx: &TcContext, hook: Hook) -> i32 {
     {
         return verdict;
     }
-    if let Some(e) = icmp::parse(ctx.data(), ctx.data_end()) {
-        let Some(r) = icmp::decide(&e, hook) else {
-            stats::verdict(reason::PASS_NOT_L4, e.ip_len);
-            return TC_ACT_UNSPEC;
-        };
-        return related(ctx, &e, &r, |to| {
-            fwd::lookup_tc(ctx, to, ifindex, e.ip_len).ifindex
-        });
+    // An ICMP error about a flow: decided, then rewritten and sent, in two
+    // subprograms one after the other (see `icmp::Work`).
+    if let Some(w) = icmp::work::<u32>() {
+        match icmp::decide4_into(ctx.data(), ctx.data_end(), hook, w) {
+            icmp::Found::Related => return related4(ctx, w, ifindex),
+            icmp::Found::Untranslated => {
+                stats::verdict(reason::PASS_NOT_L4, w.error.ip_len);
+                return TC_ACT_UNSPEC;
+            }
+            icmp::Found::NotError => {}
+        }
     }
     let Some(p) = frag::packet(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_UNSPEC;
@@ -173,10 +176,10 @@ fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
     let not = parse::parse6_into(ctx.data(), ctx.data_end(), len, &mut w.packet);
     // Neither TCP nor UDP: an ICMPv6 error about a flow is translated as IPv4's
     // ([`related`]), anything else passed. Decided, then rewritten and sent, in two
-    // subprograms one after the other (see `icmp::Work6`).
+    // subprograms one after the other (see `icmp::Work`).
     if not == reason::PASS_NOT_L4 {
-        if let Some(e) = icmp::work6()
-            && icmp::decide6_into(ctx.data(), ctx.data_end(), hook, e)
+        if let Some(e) = icmp::work()
+            && icmp::decide6_into(ctx.data(), ctx.data_end(), hook, e) == icmp::Found::Related
         {
             return related6(ctx, e, ifindex);
         }
@@ -295,6 +298,15 @@ fn rejected(answer: Answer, ip_len: u16) -> i32 {
             TC_ACT_UNSPEC
         }
     }
+}
+
+/// [`related`] for an IPv4 ICMP error, decided into `w`.
+#[inline(never)]
+fn related4(ctx: &TcContext, w: &icmp::Work<u32>, ifindex: u32) -> i32 {
+    let ip_len = w.error.ip_len;
+    related(ctx, &w.error, &w.related, |to| {
+        fwd::lookup_tc(ctx, to, ifindex, ip_len).ifindex
+    })
 }
 
 /// [`related`] for an ICMPv6 error, decided into `w`.

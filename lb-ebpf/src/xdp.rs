@@ -30,8 +30,17 @@ pub fn run(ctx: &XdpContext) -> u32 {
 /// The IPv4 pipeline.
 #[inline(never)]
 fn run4(ctx: &XdpContext) -> u32 {
-    if let Some(e) = icmp::parse(ctx.data(), ctx.data_end()) {
-        return related4(ctx, &e);
+    // An ICMP error about a flow: decided, then rewritten, in two subprograms one
+    // after the other (see `icmp::Work`).
+    if let Some(w) = icmp::work::<u32>() {
+        match icmp::decide4_into(ctx.data(), ctx.data_end(), Hook::Ingress, w) {
+            icmp::Found::Related => return related4(ctx, w),
+            icmp::Found::Untranslated => {
+                stats::verdict(reason::PASS_NOT_L4, w.error.ip_len);
+                return xdp_action::XDP_PASS;
+            }
+            icmp::Found::NotError => {}
+        }
     }
     let Some(p) = frag::packet(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) else {
         return xdp_action::XDP_PASS;
@@ -107,10 +116,11 @@ fn run6(ctx: &XdpContext) -> u32 {
     let not = parse::parse6_into(ctx.data(), ctx.data_end(), len, &mut w.packet);
     // Neither TCP nor UDP: an ICMPv6 error about a flow is translated as IPv4's
     // ([`related`]), anything else passed. Decided, then rewritten, in two
-    // subprograms one after the other (see `icmp::Work6`).
+    // subprograms one after the other (see `icmp::Work`).
     if not == reason::PASS_NOT_L4 {
-        if let Some(e) = icmp::work6()
+        if let Some(e) = icmp::work()
             && icmp::decide6_into(ctx.data(), ctx.data_end(), Hook::Ingress, e)
+                == icmp::Found::Related
         {
             return related6(ctx, e);
         }
@@ -163,17 +173,10 @@ fn run6(ctx: &XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// An ICMP error ([`related`]). A subprogram of its own: its flow lookup's
-/// frame is not added to the IPv4 pipeline's.
+/// [`related`] for an IPv4 ICMP error, decided into `w`.
 #[inline(never)]
-fn related4(ctx: &XdpContext, e: &icmp::IcmpError) -> u32 {
-    match icmp::decide(e, Hook::Ingress) {
-        Some(r) => related(ctx, e, &r),
-        None => {
-            stats::verdict(reason::PASS_NOT_L4, e.ip_len);
-            xdp_action::XDP_PASS
-        }
-    }
+fn related4(ctx: &XdpContext, w: &icmp::Work<u32>) -> u32 {
+    related(ctx, &w.error, &w.related)
 }
 
 /// [`related`] for an ICMPv6 error, decided into `w`.

@@ -477,6 +477,7 @@ impl Dataplane {
             let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             p.load().map_err(prog_err(name, "loading"))?;
         }
+        log_verified(&ebpf);
         let links = pins.map(|p| p.join("links"));
         if let Some(dir) = &links {
             std::fs::create_dir_all(dir).map_err(|error| LoadError::Bpffs {
@@ -493,6 +494,13 @@ impl Dataplane {
             ct_timeouts: cfg.ct_timeouts,
             to_pods: cfg.to_pods,
         })
+    }
+
+    /// Each program's name and how many instructions the verifier walked to load it:
+    /// the headroom under the kernel's limit of 1,000,000 per program, which a
+    /// change to the kernel side, or another kernel's verifier, must not use up.
+    pub fn verified_insns(&self) -> Vec<(String, u32)> {
+        verified_insns(&self.ebpf)
     }
 
     /// The conntrack timeouts the programs were loaded with.
@@ -812,6 +820,28 @@ fn pin_link(fd: FdLink, pin: &Path) -> Result<(), LoadError> {
         what: format!("pinning {}", pin.display()),
         error: e.to_string(),
     })
+}
+
+/// Logs how many instructions the verifier walked for each program (see
+/// [`Dataplane::verified_insns`]).
+fn log_verified(ebpf: &Ebpf) {
+    for (name, n) in verified_insns(ebpf) {
+        info!(program = name, verified_insns = n, "program loaded");
+    }
+}
+
+/// Each loaded program's name and how many instructions the verifier walked for it
+/// (the kernel's `verified_insns`, by name).
+fn verified_insns(ebpf: &Ebpf) -> Vec<(String, u32)> {
+    let mut all: Vec<(String, u32)> = ebpf
+        .programs()
+        .filter_map(|(name, p)| {
+            let n = p.info().ok()?.verified_instruction_count()?;
+            Some((name.to_string(), n))
+        })
+        .collect();
+    all.sort();
+    all
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
