@@ -42,6 +42,7 @@ pub const MAP_AFFINITY: &str = "LB_AFFINITY";
 pub const MAP_SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
 pub const MAP_PORTS: &str = "LB_PORTS";
 pub const MAP_FRAGS: &str = "LB_FRAGS";
+pub const MAP_FRAGS6: &str = "LB6_FRAGS";
 /// `LB_SCRATCH[0]` (per CPU): [`SCRATCH_LEN`] bytes a program copies packet bytes to
 /// (checksum verification); never pinned, never read by the agent.
 pub const MAP_SCRATCH: &str = "LB_SCRATCH";
@@ -87,7 +88,7 @@ pub const MAX_ARP_HOLD: u32 = 4096;
 pub const MAP_NDP_HOLD: &str = "LB_NDP_HOLD";
 
 /// Every map lb pins, so the agent can adopt or remove them as a set.
-pub const ALL_MAPS: [&str; 20] = [
+pub const ALL_MAPS: [&str; 21] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -108,6 +109,7 @@ pub const ALL_MAPS: [&str; 20] = [
     MAP_AFFINITY6,
     MAP_SOCK_REVNAT6,
     MAP_NDP_HOLD,
+    MAP_FRAGS6,
 ];
 
 /// Settings of the benchmark-only programs, never pinned: `LB_BENCH[i]`.
@@ -371,7 +373,21 @@ pub struct FragKey {
 }
 const _: () = assert!(size_of::<FragKey>() == 12);
 
-/// Value of [`MAP_FRAGS`]: the datagram's ports, from its first fragment (the only
+/// Key of [`MAP_FRAGS6`]: one fragmented IPv6 datagram (RFC 8200: source,
+/// destination and the Fragment header's 32-bit identification name it; the
+/// protocol too, as for IPv4).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey6 {
+    pub saddr_be: Addr6,
+    pub daddr_be: Addr6,
+    pub id_be: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FragKey6>() == 40);
+
+/// Value of [`MAP_FRAGS`] and [`MAP_FRAGS6`]: the datagram's ports, from its first fragment (the only
 /// one that carries the L4 header), so later fragments find the flow too.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -778,6 +794,7 @@ mod pod {
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragKey6 {}
     unsafe impl aya::Pod for FragValue {}
 }
 

@@ -5,14 +5,14 @@
 
 use aya_ebpf::maps::{HashMap, LruHashMap};
 use lb_common::{
-    Addr6, AffinityKeyOf, AffinityValue, BackendKey, BackendOf, CtValueOf, FlowKeyOf,
-    HAIRPIN_SNAT_ADDR, HAIRPIN_SNAT_ADDR6, ServiceKeyOf, ServiceValue,
+    Addr6, AffinityKeyOf, AffinityValue, BackendKey, BackendOf, CtValueOf, FlowKeyOf, FragKey,
+    FragKey6, FragValue, HAIRPIN_SNAT_ADDR, HAIRPIN_SNAT_ADDR6, ServiceKeyOf, ServiceValue,
 };
 
 use crate::csum::Csum;
 use crate::maps::{
-    LB_AFFINITY, LB_BACKENDS, LB_CT, LB_CT_ASSURED, LB_SERVICES, LB6_AFFINITY, LB6_BACKENDS,
-    LB6_CT, LB6_CT_ASSURED, LB6_SERVICES,
+    LB_AFFINITY, LB_BACKENDS, LB_CT, LB_CT_ASSURED, LB_FRAGS, LB_SERVICES, LB6_AFFINITY,
+    LB6_BACKENDS, LB6_CT, LB6_CT_ASSURED, LB6_FRAGS, LB6_SERVICES,
 };
 
 /// Set by the agent at load time (`lb_common::GLOBAL_SNAT_ADDR`): the node address
@@ -41,6 +41,11 @@ pub trait Family: Copy + Default + PartialEq + 'static {
     fn conntrack() -> &'static LruHashMap<FlowKeyOf<Self>, CtValueOf<Self>>;
     fn assured() -> &'static HashMap<FlowKeyOf<Self>, CtValueOf<Self>>;
     fn affinity() -> &'static LruHashMap<AffinityKeyOf<Self>, AffinityValue>;
+    /// The key naming a fragmented datagram (`frag`): its addresses, protocol and
+    /// identification (`id_be`, as `parse::Packet::frag_id_be`).
+    type FragKey;
+    fn frag_key(key: &FlowKeyOf<Self>, id_be: u32) -> Self::FragKey;
+    fn frags() -> &'static LruHashMap<Self::FragKey, FragValue>;
 
     /// The node address SNAT flows leave with (the default address: none).
     fn snat_addr() -> Self;
@@ -84,6 +89,24 @@ impl Family for u32 {
     #[inline(always)]
     fn affinity() -> &'static LruHashMap<AffinityKeyOf<u32>, AffinityValue> {
         &LB_AFFINITY
+    }
+
+    type FragKey = FragKey;
+
+    #[inline(always)]
+    fn frag_key(key: &FlowKeyOf<u32>, id_be: u32) -> FragKey {
+        FragKey {
+            saddr_be: key.saddr_be,
+            daddr_be: key.daddr_be,
+            id_be: id_be as u16,
+            proto: key.proto,
+            _pad: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn frags() -> &'static LruHashMap<FragKey, FragValue> {
+        &LB_FRAGS
     }
 
     #[inline(always)]
@@ -134,6 +157,24 @@ impl Family for Addr6 {
     #[inline(always)]
     fn affinity() -> &'static LruHashMap<AffinityKeyOf<Addr6>, AffinityValue> {
         &LB6_AFFINITY
+    }
+
+    type FragKey = FragKey6;
+
+    #[inline(always)]
+    fn frag_key(key: &FlowKeyOf<Addr6>, id_be: u32) -> FragKey6 {
+        FragKey6 {
+            saddr_be: key.saddr_be,
+            daddr_be: key.daddr_be,
+            id_be,
+            proto: key.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    #[inline(always)]
+    fn frags() -> &'static LruHashMap<FragKey6, FragValue> {
+        &LB6_FRAGS
     }
 
     #[inline(always)]

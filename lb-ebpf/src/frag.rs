@@ -1,13 +1,14 @@
 //! Fragmented datagrams. Only the first fragment carries the L4 header; its ports are
-//! remembered under the datagram's identity (source, destination, protocol, IP id)
-//! so that later fragments find the same flow and are translated the same way (their
-//! IPv4 header only). As with Cilium's fragment tracking, a later fragment that
-//! arrives before its first finds nothing and goes to the kernel unchanged.
+//! remembered under the datagram's identity (source, destination, protocol, and the
+//! IPv4 header's or the IPv6 Fragment header's identification) so that later
+//! fragments find the same flow and are translated the same way (their IP header
+//! only). As with Cilium's fragment tracking, a later fragment that arrives before
+//! its first finds nothing and goes to the kernel unchanged.
 
-use lb_common::{FragKey, FragValue, reason};
+use lb_common::{Addr6, FragValue, reason};
 
 use crate::{
-    maps::LB_FRAGS,
+    family::Family,
     parse::{self, Frag, Packet},
     stats,
 };
@@ -32,21 +33,32 @@ pub fn packet(data: usize, data_end: usize, len: usize) -> Option<Packet> {
     Some(p)
 }
 
+/// The IPv6 [`packet`], written to `out` (map memory, see `flow::Work6`): 0, or
+/// the reason the packet is not one lb looks at (for the caller to count). A
+/// subprogram of its own.
+#[inline(never)]
+pub fn packet6_into(data: usize, data_end: usize, len: usize, out: &mut Packet<Addr6>) -> u32 {
+    match parse::parse6(data, data_end, len) {
+        Ok(p) => {
+            *out = p;
+            match resolve(out) {
+                Ok(()) => 0,
+                Err(reason) => reason,
+            }
+        }
+        Err(reason) => reason,
+    }
+}
+
 /// Fills in a later fragment's ports; records a first fragment's. Whole packets
 /// (nearly all) are not looked at. `Err(PASS_FRAGMENT)`: a later fragment whose
 /// first was not seen.
 #[inline(always)]
-pub fn resolve(p: &mut Packet) -> Result<(), u32> {
+pub fn resolve<A: Family>(p: &mut Packet<A>) -> Result<(), u32> {
     if p.frag == Frag::Whole {
         return Ok(());
     }
-    let key = FragKey {
-        saddr_be: p.key.saddr_be,
-        daddr_be: p.key.daddr_be,
-        id_be: p.ip_id_be,
-        proto: p.key.proto,
-        _pad: 0,
-    };
+    let key = A::frag_key(&p.key, p.frag_id_be);
     if p.frag == Frag::First {
         let ports = FragValue {
             sport_be: p.key.sport_be,
@@ -54,11 +66,11 @@ pub fn resolve(p: &mut Packet) -> Result<(), u32> {
         };
         // Best effort: a full (LRU) map forgets the oldest datagram, whose later
         // fragments then pass unchanged.
-        let _ = LB_FRAGS.insert(key, ports, 0);
+        let _ = A::frags().insert(&key, ports, 0);
         return Ok(());
     }
     // SAFETY: the value is read at once, not kept across helper calls.
-    match unsafe { LB_FRAGS.get(key) } {
+    match unsafe { A::frags().get(&key) } {
         Some(ports) => {
             p.key.sport_be = ports.sport_be;
             p.key.dport_be = ports.dport_be;

@@ -10,7 +10,7 @@ use lb_common::{
     Addr6, AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, BackendKey, Counters,
     CtValue, CtValue6, DEFAULT_AFFINITY, DEFAULT_AFFINITY6, DEFAULT_BACKENDS, DEFAULT_BACKENDS6,
     DEFAULT_CONNTRACK, DEFAULT_CONNTRACK6, DEFAULT_FRONTENDS, DEFAULT_FRONTENDS6, FlowKey,
-    FlowKey6, FragKey, FragValue, IfaceValue, MAX_ARP_HOLD, MAX_FRAGS, MAX_IFACES,
+    FlowKey6, FragKey, FragKey6, FragValue, IfaceValue, MAX_ARP_HOLD, MAX_FRAGS, MAX_IFACES,
     MAX_REJECT_PEERS, MAX_SOCK_REVNAT, PORT_WORDS, RateBucket, SCRATCH_LEN, ServiceKey,
     ServiceKey6, ServiceValue, SockRevKey, SockRevKey6, SockRevValue, SockRevValue6, reason,
 };
@@ -107,6 +107,9 @@ pub static LB6_SOCK_REVNAT: LruHashMap<SockRevKey6, SockRevValue6> =
 /// Ports of fragmented datagrams, from their first fragments (see `frag`).
 #[map]
 pub static LB_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
+/// [`LB_FRAGS`] for IPv6 datagrams.
+#[map]
+pub static LB6_FRAGS: LruHashMap<FragKey6, FragValue> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
 
 /// Bitmap of frontend ports (see `lb_common::PORT_WORDS`).
 #[map]

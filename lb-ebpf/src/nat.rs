@@ -7,7 +7,7 @@
 //! `bpf_l4_csum_replace` knows which, so TC uses it.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
     helpers::bpf_redirect,
     programs::{TcContext, XdpContext},
 };
@@ -104,8 +104,9 @@ pub fn rewrite_xdp(ctx: &XdpContext, p: &Packet, to: &FlowKey, hop: bool) -> Res
 }
 
 /// [`rewrite_xdp`] for IPv6: no header checksum; the L4 checksum covers the
-/// addresses through the pseudo header. `hop`: lower the hop limit. A subprogram
-/// of its own (see `flow::Work6`).
+/// addresses through the pseudo header (a later fragment, which has none, gets its
+/// addresses alone). `hop`: lower the hop limit. A subprogram of its own (see
+/// `flow::Work6`).
 #[inline(never)]
 pub fn rewrite_xdp6(
     ctx: &XdpContext,
@@ -114,6 +115,20 @@ pub fn rewrite_xdp6(
     hop: bool,
 ) -> Result<(), u32> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
+    if p.frag == Frag::Later {
+        let ip: *mut Ip6Hdr = ptr_at(data, data_end, EthHdr::LEN).ok_or(reason::PASS_MALFORMED)?;
+        // SAFETY: bounds-checked just above; the header's fields are bytes.
+        unsafe {
+            for i in 0..4 {
+                (*ip).src[i] = to.saddr_be[i].to_ne_bytes();
+                (*ip).dst[i] = to.daddr_be[i].to_ne_bytes();
+            }
+            if hop {
+                (*ip).hop = (*ip).hop.wrapping_sub(1);
+            }
+        }
+        return Ok(());
+    }
     // The offsets come back from map memory (`flow::Work6`) with no bounds the
     // verifier knows: masked to what `parse6` gives (an Ethernet header, then the
     // L4 header within the frame's first 16 KiB).
@@ -161,8 +176,9 @@ pub fn rewrite_xdp6(
 }
 
 /// [`rewrite_tc`] for IPv6: the addresses' words through the L4 checksum's
-/// pseudo-header part (no header checksum), then the ports; `hop`: lower the hop
-/// limit. A subprogram of its own (see `flow::Work6`).
+/// pseudo-header part (no header checksum), then the ports; a later fragment (no L4
+/// header) its addresses alone, the socket buffer's own checksum kept in step;
+/// `hop`: lower the hop limit. A subprogram of its own (see `flow::Work6`).
 #[inline(never)]
 pub fn rewrite_tc6(
     ctx: &TcContext,
@@ -171,13 +187,27 @@ pub fn rewrite_tc6(
     hop: bool,
 ) -> Result<(), u32> {
     let from = &p.key;
+    let err = |_| reason::PASS_MALFORMED;
+    if p.frag == Frag::Later {
+        // Nothing to keep in step but the socket buffer's own sum of its bytes
+        // (CHECKSUM_COMPLETE), which the store recomputes.
+        let flags = BPF_F_RECOMPUTE_CSUM as u64;
+        if hop {
+            ctx.store(p.l3_off + IP6_HOP_OFF, &p.ttl.wrapping_sub(1), flags)
+                .map_err(err)?;
+        }
+        ctx.store(p.l3_off + IP6_SADDR_OFF, &to.saddr_be, flags)
+            .map_err(err)?;
+        return ctx
+            .store(p.l3_off + IP6_DADDR_OFF, &to.daddr_be, flags)
+            .map_err(err);
+    }
     let l4_check = p.l4_check_off();
     let udp_flag = if from.proto == PROTO_UDP {
         BPF_F_MARK_MANGLED_0 as u64
     } else {
         0
     };
-    let err = |_| reason::PASS_MALFORMED;
     if hop {
         ctx.store(p.l3_off + IP6_HOP_OFF, &p.ttl.wrapping_sub(1), 0)
             .map_err(err)?;

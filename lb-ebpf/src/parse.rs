@@ -36,6 +36,9 @@ const _: () = assert!(size_of::<Ip6Hdr>() == IP6_HLEN);
 /// How many extension headers are skipped before the L4 header, at most (as
 /// Cilium's `IPV6_MAX_HEADERS`); a longer chain is passed to the kernel.
 const IP6_MAX_EXT: usize = 4;
+/// The Fragment header's offset mask and more-fragments flag (host order).
+const IP6_OFFSET_MASK: u16 = 0xfff8;
+const IP6_MF: u16 = 0x0001;
 /// More-fragments flag and fragment offset mask of `Ipv4Hdr::frags` (host order).
 const IP_MF: u16 = 0x2000;
 /// Don't-fragment flag of `Ipv4Hdr::frags` (host order).
@@ -92,9 +95,10 @@ pub struct Packet<A = u32> {
     /// TTL (IPv6: hop limit).
     pub ttl: u8,
     pub frag: Frag,
-    /// IPv4 identification (network order): with the addresses and protocol it names
-    /// the datagram a fragment belongs to.
-    pub ip_id_be: u16,
+    /// The datagram's identification as it lies in the packet (IPv4's 16 bits,
+    /// zero-extended; IPv6's Fragment header's 32; 0 for whole packets): with the
+    /// addresses and protocol it names the datagram a fragment belongs to.
+    pub frag_id_be: u32,
     /// Don't fragment: a packet too big for its way out is answered with ICMP
     /// "fragmentation needed", not fragmented.
     pub df: bool,
@@ -243,22 +247,10 @@ pub fn is_ipv6(data: usize, data_end: usize) -> Option<bool> {
     }
 }
 
-/// [`parse6`] into `out` (map memory): 0, or the reason the packet is not one lb
-/// translates. A subprogram of its own (see `flow::Work6`).
-#[inline(never)]
-pub fn parse6_into(data: usize, data_end: usize, len: usize, out: &mut Packet<Addr6>) -> u32 {
-    match parse6(data, data_end, len) {
-        Ok(p) => {
-            *out = p;
-            0
-        }
-        Err(reason) => reason,
-    }
-}
-
 /// Parses an Ethernet frame carrying IPv6 into a [`Packet`], skipping up to
 /// `IP6_MAX_EXT` extension headers, or says (as a `reason`) why the packet is not
-/// one lb translates. Fragments (a Fragment header) are not translated yet: passed.
+/// one lb translates. A fragment's place in its datagram comes from its Fragment
+/// header, as IPv4's from its header's offset and flags.
 #[inline(always)]
 pub fn parse6(data: usize, data_end: usize, len: usize) -> Result<Packet<Addr6>, u32> {
     let l3_off = EthHdr::LEN;
@@ -276,6 +268,8 @@ pub fn parse6(data: usize, data_end: usize, len: usize) -> Result<Packet<Addr6>,
     }
     let mut next = ip[6];
     let mut off = l3_off + IP6_HLEN;
+    let mut frag = Frag::Whole;
+    let mut frag_id_be = 0;
     for _ in 0..IP6_MAX_EXT {
         match next {
             IP6_HOPOPTS | IP6_ROUTING | IP6_DSTOPTS => {
@@ -286,7 +280,30 @@ pub fn parse6(data: usize, data_end: usize, len: usize) -> Result<Packet<Addr6>,
                 next = h[0];
                 off += (h[1] as usize + 1) * 8;
             }
-            IP6_FRAGMENT => return Err(reason::PASS_FRAGMENT),
+            // Next header, reserved, offset (13 bits, in 8 bytes) with the
+            // more-fragments flag (the lowest bit), identification. A second
+            // Fragment header is not a datagram lb looks at.
+            IP6_FRAGMENT if frag == Frag::Whole => {
+                let h: *const [u8; 8] =
+                    ptr_at(data, data_end, off).ok_or(reason::PASS_MALFORMED)?;
+                // SAFETY: checked by ptr_at.
+                let h = unsafe { *h };
+                next = h[0];
+                off += 8;
+                let offset_flags = u16::from_be_bytes([h[2], h[3]]);
+                frag_id_be = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]);
+                if offset_flags & IP6_OFFSET_MASK != 0 {
+                    // A later fragment: what follows is the datagram's middle, not
+                    // a header (its first fragment's chain named the L4 protocol).
+                    frag = Frag::Later;
+                    break;
+                }
+                // Offset 0 and more to come: the first fragment. Offset 0 and none
+                // to come is an atomic fragment (RFC 6946): a whole datagram.
+                if offset_flags & IP6_MF != 0 {
+                    frag = Frag::First;
+                }
+            }
             _ => break,
         }
     }
@@ -299,7 +316,7 @@ pub fn parse6(data: usize, data_end: usize, len: usize) -> Result<Packet<Addr6>,
         return Err(reason::PASS_MALFORMED);
     }
     let (sport_be, dport_be, tcp_flags) =
-        l4_ports(data, data_end, l4_off, end - l4_off, next, Frag::Whole)?;
+        l4_ports(data, data_end, l4_off, end - l4_off, next, frag)?;
     // The addresses last, so that their bytes are not held through the checks.
     let word = |at: usize| u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
     let saddr_be = [word(8), word(12), word(16), word(20)];
@@ -320,8 +337,8 @@ pub fn parse6(data: usize, data_end: usize, len: usize) -> Result<Packet<Addr6>,
         tcp_flags,
         ip_len: (IP6_HLEN + payload) as u16,
         ttl: hop,
-        frag: Frag::Whole,
-        ip_id_be: 0,
+        frag,
+        frag_id_be,
         // IPv6 routers never fragment: a packet too big is answered.
         df: true,
     })
@@ -387,7 +404,7 @@ pub fn parse(data: usize, data_end: usize, len: usize) -> Result<Packet, u32> {
         ip_len,
         ttl: ip.ttl,
         frag,
-        ip_id_be: u16::from_ne_bytes(ip.id),
+        frag_id_be: u16::from_ne_bytes(ip.id) as u32,
         df: frags & IP_DF != 0,
     })
 }

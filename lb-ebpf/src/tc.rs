@@ -165,15 +165,15 @@ fn run4(ctx: &TcContext, hook: Hook) -> i32 {
 /// start at ingress, replies are translated at egress, as for IPv4; translated
 /// packets go on through the kernel's stack, hairpin ones straight back to the pod,
 /// SNAT ones out where the FIB says; ICMPv6 errors about a flow are translated with
-/// it; a service without endpoints is answered ICMPv6 "port unreachable". Not yet
-/// for IPv6: the hand-over to pods, fragments (passed).
+/// it; a service without endpoints is answered ICMPv6 "port unreachable"; later
+/// fragments follow their first's flow. Not yet for IPv6: the hand-over to pods.
 #[inline(never)]
 fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
     let len = ctx.len() as usize;
     let Some(w) = flow::work6() else {
         return TC_ACT_UNSPEC;
     };
-    let not = parse::parse6_into(ctx.data(), ctx.data_end(), len, &mut w.packet);
+    let not = frag::packet6_into(ctx.data(), ctx.data_end(), len, &mut w.packet);
     // Neither TCP nor UDP: an ICMPv6 error about a flow is translated as IPv4's
     // ([`related`]), anything else passed. Decided, then rewritten and sent, in two
     // subprograms one after the other (see `icmp::Work`).

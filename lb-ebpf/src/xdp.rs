@@ -113,7 +113,7 @@ fn run6(ctx: &XdpContext) -> u32 {
     let Some(w) = flow::work6() else {
         return xdp_action::XDP_PASS;
     };
-    let not = parse::parse6_into(ctx.data(), ctx.data_end(), len, &mut w.packet);
+    let not = frag::packet6_into(ctx.data(), ctx.data_end(), len, &mut w.packet);
     // Neither TCP nor UDP: an ICMPv6 error about a flow is translated as IPv4's
     // ([`related`]), anything else passed. Decided, then rewritten, in two
     // subprograms one after the other (see `icmp::Work`).

@@ -218,28 +218,76 @@ impl Pkt6 {
     /// The whole Ethernet frame.
     pub fn build(&self) -> Vec<u8> {
         let proto = self.l4.proto;
-        let l4 = self.l4.l4_with(|len| {
+        let mut rest = Vec::new();
+        if self.hop_by_hop {
+            // Next header, length 0 (8 bytes), a PadN option of 4 bytes.
+            rest.extend_from_slice(&[proto, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        rest.extend_from_slice(&self.l4());
+        let next = if self.hop_by_hop { 0 } else { proto };
+        self.frame(next, &rest)
+    }
+
+    /// The datagram as two IPv6 fragments, each behind a Fragment header of
+    /// identification `id`: the first carrying `first_len` bytes (a multiple of 8)
+    /// of the L4 header and payload, the second the rest; the L4 checksum covers
+    /// the whole datagram, as a sender's stack computes it.
+    pub fn fragments(&self, first_len: usize, id: u32) -> [Vec<u8>; 2] {
+        assert_eq!(first_len % 8, 0, "fragment offsets are in units of 8 bytes");
+        assert!(
+            !self.hop_by_hop,
+            "fragments carry no hop-by-hop header here"
+        );
+        let l4 = self.l4();
+        assert!(
+            first_len < l4.len(),
+            "the datagram must be longer than the first fragment"
+        );
+        [
+            self.fragment(0, true, id, &l4[..first_len]),
+            self.fragment(first_len, false, id, &l4[first_len..]),
+        ]
+    }
+
+    /// The datagram whole behind a Fragment header of offset 0 and no more
+    /// fragments: an atomic fragment (RFC 6946), a whole datagram to its receiver.
+    pub fn atomic_fragment(&self, id: u32) -> Vec<u8> {
+        self.fragment(0, false, id, &self.l4())
+    }
+
+    /// A frame of `part` (bytes from `offset` of the L4 datagram) behind a
+    /// Fragment header.
+    fn fragment(&self, offset: usize, more: bool, id: u32, part: &[u8]) -> Vec<u8> {
+        let mut rest = vec![self.l4.proto, 0];
+        rest.extend_from_slice(&((offset as u16) | more as u16).to_be_bytes());
+        rest.extend_from_slice(&id.to_be_bytes());
+        rest.extend_from_slice(part);
+        self.frame(44, &rest)
+    }
+
+    /// The L4 header and payload, checksummed over the IPv6 pseudo header.
+    fn l4(&self) -> Vec<u8> {
+        let proto = self.l4.proto;
+        self.l4.l4_with(|len| {
             let mut p = Vec::new();
             p.extend_from_slice(&self.src.octets());
             p.extend_from_slice(&self.dst.octets());
             p.extend_from_slice(&(len as u32).to_be_bytes());
             p.extend_from_slice(&[0, 0, 0, proto]);
             p
-        });
-        let mut ext = Vec::new();
-        if self.hop_by_hop {
-            // Next header, length 0 (8 bytes), a PadN option of 4 bytes.
-            ext.extend_from_slice(&[proto, 0, 1, 4, 0, 0, 0, 0]);
-        }
-        let next = if self.hop_by_hop { 0 } else { proto };
+        })
+    }
+
+    /// An Ethernet frame of this packet's IPv6 header (next header `next`) and
+    /// `rest` after it.
+    fn frame(&self, next: u8, rest: &[u8]) -> Vec<u8> {
         let mut frame = eth(0x86dd);
         frame.extend_from_slice(&[0x60, 0, 0, 0]);
-        frame.extend_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
+        frame.extend_from_slice(&(rest.len() as u16).to_be_bytes());
         frame.extend_from_slice(&[next, self.hop_limit]);
         frame.extend_from_slice(&self.src.octets());
         frame.extend_from_slice(&self.dst.octets());
-        frame.extend_from_slice(&ext);
-        frame.extend_from_slice(&l4);
+        frame.extend_from_slice(rest);
         frame
     }
 }

@@ -234,6 +234,21 @@ fn laptop_curls_the_nodeport_over_ipv6_and_gets_hello_world() {
         "{}",
         s.lb.diagnostics(&s.t, "node1")
     );
+    // 4,000-byte datagrams travel as IPv6 fragments both ways (a Fragment header
+    // each): the later ones follow their first's flow (lb's IPv6 fragment map), so
+    // the echoes come back whole. Passed untranslated, the node would reassemble
+    // them for a port no socket has.
+    let big = lbclient_in(
+        &s.t,
+        &s.laptop,
+        &["bigudp", &format!("[{NODE_IP6}]:31008"), "5"],
+    );
+    assert_eq!(
+        big,
+        vec!["Hello World!"; 5],
+        "fragmented datagrams through the IPv6 NodePort echo whole\n{}",
+        s.lb.diagnostics(&s.t, "node1")
+    );
     // The IPv6 frontend's and its backend's counters moved: the IPv6 maps served it.
     let maps = Maps::open_pinned(&s.lb.pins("node1")).expect("the agent's pinned maps");
     let entries = maps.read_entries().unwrap();
@@ -432,6 +447,13 @@ fn pods_and_the_node_reach_a_dual_stack_clusterip_in_both_families() {
         let at = std::net::SocketAddr::new(ip.parse().unwrap(), 53).to_string();
         let udp = lbclient_in(&s.t, &s.client, &["udp", &at, "3"]);
         assert_eq!(udp, vec!["Hello World!"; 3], "UDP to {at}");
+        // Fragmented datagrams (IPv4 fragments, IPv6 Fragment headers) both ways.
+        let big = lbclient_in(&s.t, &s.client, &["bigudp", &at, "3"]);
+        assert_eq!(
+            big,
+            vec!["Hello World!"; 3],
+            "fragmented UDP to {at} echoes whole"
+        );
         // From the node: its sockets are sent to the pod at connect() and sendmsg(),
         // and an unconnected socket's answers come from the service's address.
         assert_eq!(

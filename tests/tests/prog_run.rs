@@ -118,7 +118,8 @@ fn dataplane_with(cfg: &LoadConfig) -> Dataplane {
             Vec::new(),
         ),
         // IPv6 twins on the same ports: NodePort [NODE6]:30008/TCP and
-        // [CLUSTER_IP6]:80/TCP -> [POD6]:80; [CLUSTER_IP6]:53/UDP -> [POD6]:5353.
+        // [CLUSTER_IP6]:80/TCP -> [POD6]:80; [CLUSTER_IP6]:53/UDP and NodePort
+        // [NODE6]:30010/UDP -> [POD6]:5353.
         port_plan(
             "tcp6",
             6,
@@ -131,7 +132,10 @@ fn dataplane_with(cfg: &LoadConfig) -> Dataplane {
         port_plan(
             "udp6",
             17,
-            vec![(frontend(ip6(CLUSTER_IP6), 53, 17), SVC_F_INTERNAL)],
+            vec![
+                (frontend(ip6(CLUSTER_IP6), 53, 17), SVC_F_INTERNAL),
+                (frontend(ip6(NODE6), UDP_NODE_PORT, 17), 0),
+            ],
             vec![(ip6(POD6), 5353)],
         ),
         // NodePort [NODE6]:30009 (TCP and UDP) with no endpoints.
@@ -1581,14 +1585,9 @@ fn ipv6_flows_are_translated_as_ipv4_ones() {
     icmp6.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 58, 64]);
     icmp6.extend_from_slice(&[0u8; 32]);
     icmp6.extend_from_slice(&[128, 0, 0, 0, 0, 0, 0, 0]);
-    // A Fragment header (44) before TCP: offset 0, more fragments.
-    let mut frag = syn.build();
-    frag[20] = 44;
-    let tail = frag.split_off(54);
-    frag.extend_from_slice(&[6, 0, 0, 1, 0, 0, 0, 7]);
-    frag.extend_from_slice(&tail);
-    let plen = (tail.len() + 8) as u16;
-    frag[18..20].copy_from_slice(&plen.to_be_bytes());
+    // A later fragment whose first never came (see
+    // `ipv6_fragments_follow_the_flow_of_their_first_fragment` for the others).
+    let [_, frag] = syn.fragments(16, 7);
     let mut truncated = syn.build();
     truncated.truncate(60);
     check(
@@ -1662,7 +1661,7 @@ fn ipv6_flows_are_translated_as_ipv4_ones() {
                 output: None,
             },
             Row {
-                what: "an IPv6 fragment: passed (IPv6 fragments are not tracked yet)",
+                what: "a later IPv6 fragment whose first never came: passed",
                 prog: Prog::Xdp,
                 input: frag,
                 reason: reason::PASS_FRAGMENT,
@@ -1694,6 +1693,131 @@ fn ipv6_flows_are_translated_as_ipv4_ones() {
             assert_ne!(w, [0; 4], "an address was left zero: {k:?} {v:?}");
         }
     }
+}
+
+/// IPv6 fragments as IPv4's (`fragments_follow_the_flow_of_their_first_fragment`):
+/// the first fragment (its Fragment header at offset 0 with more to come) carries
+/// the ports and starts or finds the flow; a later one finds the ports its first
+/// left under (addresses, protocol, the Fragment header's 32-bit identification)
+/// and gets its addresses alone rewritten, at XDP, TC ingress and egress; an
+/// atomic fragment (offset 0, no more) is a whole datagram. Frames are built from
+/// scratch, so a first fragment's L4 checksum is checked over the whole rewritten
+/// datagram.
+#[test]
+fn ipv6_fragments_follow_the_flow_of_their_first_fragment() {
+    let mut dp = dataplane();
+    dp.maps.set_iface(1, IFACE_POD).unwrap();
+    let payload: Vec<u8> = (0..1200u32).map(|i| (i * 7) as u8).collect();
+    // A 1,208-byte UDP datagram to an IPv6 NodePort, sent as 1,008 + 200 bytes.
+    let to_np = Pkt6::udp(CLIENT6, 40100, NODE6, UDP_NODE_PORT).payload(&payload);
+    let [first, later] = to_np.fragments(1008, 0x1001_0001);
+    let [first_out, later_out] = to_np
+        .rewritten(CLIENT6, 40100, POD6, 5353)
+        .fragments(1008, 0x1001_0001);
+    // The answer, fragmented too, back to the service address at egress.
+    let reply = Pkt6::udp(POD6, 5353, CLIENT6, 40100).payload(&payload);
+    let [r_first, r_later] = reply.fragments(504, 0x2002_0002);
+    let [r_first_out, r_later_out] = reply
+        .rewritten(NODE6, UDP_NODE_PORT, CLIENT6, 40100)
+        .fragments(504, 0x2002_0002);
+    // TCP from a pod to an IPv6 ClusterIP (TC ingress), 20-byte header + 580 bytes.
+    let tcp = Pkt6::tcp(POD6_CLIENT, 41500, CLUSTER_IP6, 80, TCP_SYN).payload(&payload[..580]);
+    let [t_first, t_later] = tcp.fragments(200, 0x3003_0003);
+    let [t_first_out, t_later_out] = tcp
+        .rewritten(POD6_CLIENT, 41500, POD6, 80)
+        .fragments(200, 0x3003_0003);
+    // A datagram whose first fragment started no flow (no endpoints), a later
+    // fragment whose first never came, and one with the identification of a known
+    // datagram's but its low 16 bits alone (IPv6's identification is 32 bits).
+    let no_ep = Pkt6::udp(CLIENT6, 40200, NODE6, 30009).payload(&payload);
+    let [ne_first, ne_later] = no_ep.fragments(1008, 0x4004_0004);
+    let [_, orphan_later] = to_np.fragments(1008, 0x6006_0006);
+    let [_, short_id] = to_np.fragments(1008, 0x0001);
+    // An atomic fragment: a whole datagram behind a Fragment header.
+    let atomic = Pkt6::udp(CLIENT6, 40300, NODE6, UDP_NODE_PORT).payload(&payload[..100]);
+    let atomic_out = atomic
+        .rewritten(CLIENT6, 40300, POD6, 5353)
+        .atomic_fragment(0x7007_0007);
+    let rows = vec![
+        Row {
+            what: "first IPv6 fragment to a NodePort: new flow, port and L4 checksum rewritten",
+            prog: Prog::Xdp,
+            input: first,
+            reason: reason::NAT_NEW_FLOW,
+            output: Some(first_out),
+        },
+        Row {
+            what: "its later fragment: the same flow, addresses rewritten",
+            prog: Prog::Xdp,
+            input: later,
+            reason: reason::NAT_ESTABLISHED,
+            output: Some(later_out),
+        },
+        Row {
+            what: "first fragment of the reply at egress: back to the NodePort",
+            prog: Prog::TcEgress,
+            input: r_first,
+            reason: reason::NAT_REPLY,
+            output: Some(r_first_out),
+        },
+        Row {
+            what: "later fragment of the reply at egress",
+            prog: Prog::TcEgress,
+            input: r_later,
+            reason: reason::NAT_REPLY,
+            output: Some(r_later_out),
+        },
+        Row {
+            what: "TCP first fragment from a pod to an IPv6 ClusterIP (TC)",
+            prog: Prog::TcIngress,
+            input: t_first,
+            reason: reason::NAT_NEW_FLOW,
+            output: Some(t_first_out),
+        },
+        Row {
+            what: "TCP later fragment (TC): addresses only",
+            prog: Prog::TcIngress,
+            input: t_later,
+            reason: reason::NAT_ESTABLISHED,
+            output: Some(t_later_out),
+        },
+        Row {
+            what: "first fragment to a service without endpoints: left to the kernel",
+            prog: Prog::Xdp,
+            input: ne_first,
+            reason: reason::PASS_NO_BACKEND,
+            output: None,
+        },
+        Row {
+            what: "its later fragment never starts a flow",
+            prog: Prog::Xdp,
+            input: ne_later,
+            reason: reason::PASS_FRAGMENT,
+            output: None,
+        },
+        Row {
+            what: "a later fragment before (or without) its first: passed unchanged",
+            prog: Prog::Xdp,
+            input: orphan_later,
+            reason: reason::PASS_FRAGMENT,
+            output: None,
+        },
+        Row {
+            what: "a later fragment matching a datagram's identification in 16 bits only",
+            prog: Prog::Xdp,
+            input: short_id,
+            reason: reason::PASS_FRAGMENT,
+            output: None,
+        },
+        Row {
+            what: "an atomic fragment: a whole datagram, translated",
+            prog: Prog::Xdp,
+            input: atomic.atomic_fragment(0x7007_0007),
+            reason: reason::NAT_NEW_FLOW,
+            output: Some(atomic_out),
+        },
+    ];
+    check(&mut dp, rows);
 }
 
 /// ICMPv6 errors about IPv6 flows are translated with them, as IPv4's ICMP errors
