@@ -87,15 +87,25 @@ pub fn take(ctx: &TcContext, ifindex: u32) -> Option<i32> {
 /// FIB answer yet: the stack then routes it and resolves the neighbour).
 #[inline(always)]
 pub fn peer_route(ctx: &TcContext, to: &FlowKey, ifindex: u32, ttl: u8, ip_len: u16) -> Route {
-    if fwd::to_pods() != TO_PODS_PEER || ttl <= 1 || lb::iface_role(ifindex) & IFACE_EXTERNAL == 0 {
+    if !may_hand_over(ifindex, ttl) {
         return Route::NONE;
     }
     let r = fwd::lookup_tc_full(ctx, to, ifindex, ip_len);
-    if r.found() && lb::iface_role(r.ifindex) & IFACE_F_PEER != 0 {
-        r
-    } else {
-        Route::NONE
-    }
+    if is_peer(&r) { r } else { Route::NONE }
+}
+
+/// Whether a packet translated at TC ingress of `ifindex` for the stack may be
+/// handed to a local pod instead ([`peer_route`]): `--to-pods peer`, an external
+/// interface, not the packet's last hop.
+#[inline(always)]
+pub fn may_hand_over(ifindex: u32, ttl: u8) -> bool {
+    fwd::to_pods() == TO_PODS_PEER && ttl > 1 && lb::iface_role(ifindex) & IFACE_EXTERNAL != 0
+}
+
+/// Whether `route` leads to a pod's veth the agent declared for hand-over.
+#[inline(always)]
+pub fn is_peer(route: &Route) -> bool {
+    route.found() && lb::iface_role(route.ifindex) & IFACE_F_PEER != 0
 }
 
 /// Hands the translated packet to the pod behind `route` (see [`peer_route`]).

@@ -11,6 +11,7 @@ use crate::{
     clock,
     conntrack::{self, CtState, Snat},
     family::Family,
+    fwd::Route,
     lb::{self, Select},
     maps::{LB6_WORK, WORK6_FLOW, WORK6_LEN},
     parse::{Frag, Packet, TCP_FIN, TCP_RST, opens_connection},
@@ -159,6 +160,9 @@ fn new_flow<A: Family>(p: &Packet<A>, ifindex: u32, now: u64) -> Verdict<A> {
 pub struct Work6 {
     pub packet: Packet<Addr6>,
     pub decision: Decision6,
+    /// The way a translated packet leaves, when the program sends it itself
+    /// (`fwd::lookup6_full`).
+    pub route: Route,
 }
 
 /// A [`Verdict`] as plain fields, every one written each time: an enum written to

@@ -199,6 +199,56 @@ pub fn lookup_tc(ctx: &TcContext, to: &FlowKey, ifindex: u32, ip_len: u16) -> Tc
     }
 }
 
+/// [`query`] for an IPv6 tuple.
+#[inline(always)]
+fn query6(
+    ctx: *mut c_void,
+    p: &mut MaybeUninit<bpf_fib_lookup>,
+    to: &FlowKey6,
+    ifindex: u32,
+    tot_len: u16,
+) -> i64 {
+    let r = p.as_mut_ptr();
+    let words = r.cast::<u64>();
+    // SAFETY: as in `query`: the request zeroed, then written field by field; the
+    // helper gets the program's context and a request of the size given.
+    unsafe {
+        for i in 0..size_of::<bpf_fib_lookup>() / 8 {
+            words.add(i).write_volatile(0);
+        }
+        (*r).family = AF_INET6;
+        (*r).l4_protocol = to.proto;
+        (*r).sport = to.sport_be;
+        (*r).dport = to.dport_be;
+        (*r).__bindgen_anon_1.tot_len = tot_len;
+        (*r).ifindex = ifindex;
+        (*r).__bindgen_anon_3.ipv6_src = to.saddr_be;
+        (*r).__bindgen_anon_4.ipv6_dst = to.daddr_be;
+        fib_lookup(ctx, r, size_of::<bpf_fib_lookup>() as i32, 0)
+    }
+}
+
+/// [`lookup_xdp`] / [`lookup_tc_full`] for an IPv6 tuple, written to `out` (map
+/// memory, see `flow::Work6`; `Route::NONE` without a full answer). `ctx`: the
+/// program's context; `tot_len`: as the family's lookups take it (TC: `tc_len`). A
+/// subprogram of its own: the request's 64 bytes of stack are not added to the IPv6
+/// pipeline's.
+#[inline(never)]
+pub fn lookup6_full(ctx: *mut c_void, to: &FlowKey6, ifindex: u32, tot_len: u16, out: &mut Route) {
+    let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
+    if query6(ctx, &mut p, to, ifindex, tot_len) != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        *out = Route::NONE;
+        return;
+    }
+    // SAFETY: written whole by `query6`, then by the kernel.
+    let p = unsafe { p.assume_init_ref() };
+    *out = Route {
+        ifindex: p.ifindex,
+        smac: p.smac,
+        dmac: p.dmac,
+    };
+}
+
 /// [`lookup_tc`] for an IPv6 flow's translated tuple, as one number (a subprogram
 /// returns one register): the egress interface in the low 32 bits, 0 when there is
 /// none; when the packet does not fit the way out, that way's MTU in the high bits
@@ -207,26 +257,10 @@ pub fn lookup_tc(ctx: &TcContext, to: &FlowKey, ifindex: u32, ip_len: u16) -> Tc
 #[inline(never)]
 pub fn route_tc6(ctx: &TcContext, to: &FlowKey6, ifindex: u32, ip_len: u16) -> u64 {
     let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
-    let r = p.as_mut_ptr();
-    let words = r.cast::<u64>();
-    // SAFETY: as in `query`: the request zeroed, then written field by field; the
-    // helper gets the program's context and a request of the size given.
-    let rc = unsafe {
-        for i in 0..size_of::<bpf_fib_lookup>() / 8 {
-            words.add(i).write_volatile(0);
-        }
-        (*r).family = AF_INET6;
-        (*r).l4_protocol = to.proto;
-        (*r).sport = to.sport_be;
-        (*r).dport = to.dport_be;
-        (*r).__bindgen_anon_1.tot_len = tc_len(ctx, ip_len);
-        (*r).ifindex = ifindex;
-        (*r).__bindgen_anon_3.ipv6_src = to.saddr_be;
-        (*r).__bindgen_anon_4.ipv6_dst = to.daddr_be;
-        fib_lookup(ctx.as_ptr(), r, size_of::<bpf_fib_lookup>() as i32, 0)
-    };
+    let rc = query6(ctx.as_ptr(), &mut p, to, ifindex, tc_len(ctx, ip_len));
+    let r = p.as_ptr();
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        // SAFETY: written whole above, then by the kernel.
+        // SAFETY: written whole by `query6`, then by the kernel.
         unsafe { (*r).ifindex as u64 }
     } else if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
         // SAFETY: the kernel writes the MTU over the length it checked.
@@ -250,9 +284,9 @@ pub fn route6_mtu(route: u64) -> u16 {
 }
 
 /// The length a TC FIB lookup checks: 0 (the kernel then checks the socket buffer,
-/// segments included) for a GSO one, else the IPv4 length.
+/// segments included) for a GSO one, else the IP length.
 #[inline(always)]
-fn tc_len(ctx: &TcContext, ip_len: u16) -> u16 {
+pub fn tc_len(ctx: &TcContext, ip_len: u16) -> u16 {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     if unsafe { (*ctx.skb.skb).gso_size } != 0 {
         0

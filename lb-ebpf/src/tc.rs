@@ -9,6 +9,7 @@
 //! address out only while this node holds it (`neigh`).
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     programs::TcContext,
 };
@@ -33,12 +34,28 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
     {
         return verdict;
     }
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // A frame XDP translated and marked for a local pod, of either family.
+    if hook == Hook::Ingress {
+        let verdict = take_marked(ctx, ifindex);
+        if verdict != TC_ACT_UNSPEC {
+            return verdict;
+        }
+    }
     if parse::is_ipv6(ctx.data(), ctx.data_end()) == Some(true) {
-        // SAFETY: the context pointer is the kernel's __sk_buff for this run.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         return run6(ctx, ifindex, hook);
     }
     run4(ctx, hook)
+}
+
+/// [`deliver::take`]: the TC verdict for a frame XDP marked, `TC_ACT_UNSPEC` for
+/// any other (it goes on to its family's pipeline). A subprogram of its own, so
+/// that its frame is not added to the pipelines' call chains (512 bytes of stack
+/// for all of a chain's frames).
+#[inline(never)]
+fn take_marked(ctx: &TcContext, ifindex: u32) -> i32 {
+    deliver::take(ctx, ifindex).unwrap_or(TC_ACT_UNSPEC)
 }
 
 /// The IPv4 pipeline.
@@ -46,11 +63,6 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
 fn run4(ctx: &TcContext, hook: Hook) -> i32 {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if hook == Hook::Ingress
-        && let Some(verdict) = deliver::take(ctx, ifindex)
-    {
-        return verdict;
-    }
     // An ICMP error about a flow: decided, then rewritten and sent, in two
     // subprograms one after the other (see `icmp::Work`).
     if let Some(w) = icmp::work::<u32>() {
@@ -166,7 +178,8 @@ fn run4(ctx: &TcContext, hook: Hook) -> i32 {
 /// packets go on through the kernel's stack, hairpin ones straight back to the pod,
 /// SNAT ones out where the FIB says; ICMPv6 errors about a flow are translated with
 /// it; a service without endpoints is answered ICMPv6 "port unreachable"; later
-/// fragments follow their first's flow. Not yet for IPv6: the hand-over to pods.
+/// fragments follow their first's flow; packets for local pods are handed to them
+/// (`deliver`) as IPv4's.
 #[inline(never)]
 fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
     let len = ctx.len() as usize;
@@ -252,8 +265,19 @@ fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
                     }
                 };
             }
-            let hop = forward == Forward::Back;
-            if hop && p.ttl <= 1 {
+            // A packet for a local pod may be handed to it here (no XDP before
+            // us), as IPv4's.
+            let peer = forward == Forward::Stack
+                && hook == Hook::Ingress
+                && deliver::may_hand_over(ifindex, p.ttl)
+                && {
+                    let len = fwd::tc_len(ctx, p.ip_len);
+                    fwd::lookup6_full(ctx.as_ptr(), &d.to, ifindex, len, &mut w.route);
+                    deliver::is_peer(&w.route)
+                };
+            let back = forward == Forward::Back;
+            let hop = back || peer;
+            if back && p.ttl <= 1 {
                 forget();
                 stats::verdict(reason::DROP_TTL_EXCEEDED, p.ip_len);
                 return TC_ACT_SHOT;
@@ -262,11 +286,14 @@ fn run6(ctx: &TcContext, ifindex: u32, hook: Hook) -> i32 {
                 Ok(()) => {
                     stats::verdict(d.reason, p.ip_len);
                     stats::service(d.svc_id, d.backend_id, p.ip_len);
-                    if hop {
+                    if back {
                         match nat::send_back_tc(ctx, ifindex) {
                             Ok(verdict) => return verdict,
                             Err(reason) => stats::verdict(reason, p.ip_len),
                         }
+                    } else if peer && let Some(verdict) = deliver::send_peer(ctx, &w.route) {
+                        stats::verdict(reason::FWD_TC_PEER, p.ip_len);
+                        return verdict;
                     }
                 }
                 Err(reason) => {

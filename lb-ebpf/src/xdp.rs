@@ -2,19 +2,15 @@
 //! choose the way out, rewrite, count, return the action. Starts and continues
 //! flows to NodePort and LoadBalancer frontends arriving from outside the node.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{
-    FlowKey, IFACE_F_PEER, IFACE_F_XDP_XMIT, IFACE_POD, TO_PODS_PEER, TO_PODS_XDP, reason,
-};
+use aya_ebpf::{EbpfContext as _, bindings::xdp_action, programs::XdpContext};
+use lb_common::{IFACE_F_PEER, IFACE_F_XDP_XMIT, IFACE_POD, TO_PODS_PEER, TO_PODS_XDP, reason};
 
 use crate::{
     conntrack, deliver,
     flow::{self, Forward, Hook, Verdict},
     frag,
     fwd::{self, Route},
-    icmp, lb, nat,
-    parse::{self, Packet},
-    stats, verify,
+    icmp, lb, nat, parse, stats, verify,
 };
 
 /// Runs the pipeline of the frame's family; returns the XDP action. Each family's
@@ -62,7 +58,9 @@ fn run4(ctx: &XdpContext) -> u32 {
             forward,
             new,
         } => {
-            let way = way_out(ctx, &p, &to, forward, ingress);
+            let way = way_out(ctx, p.ttl, forward, || {
+                fwd::lookup_xdp(ctx, &to, ingress, p.ip_len)
+            });
             // SNAT flows cannot go through the stack once rewritten: their packets
             // carry the node's own address (as source, or as the reply's former
             // destination), which it would drop as a martian. Without a way out here
@@ -103,10 +101,10 @@ fn run4(ctx: &XdpContext) -> u32 {
 }
 
 /// The pipeline for IPv6: flows to NodePort and LoadBalancer frontends start and
-/// continue here, and their packets go on through the kernel's stack once
-/// rewritten (no FIB redirect or hand-over to pods for IPv6 yet); hairpin flows are
-/// TC's; ICMPv6 errors about a flow are translated with it. Frames lb does not
-/// translate are counted under their reason.
+/// continue here; once rewritten their packets leave as IPv4's do ([`way_out`]:
+/// redirected by the FIB, marked for TC to hand to the pod, or through the stack);
+/// SNAT and hairpin flows are TC's; ICMPv6 errors about a flow are translated with
+/// it. Frames lb does not translate are counted under their reason.
 #[inline(never)]
 fn run6(ctx: &XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
@@ -156,10 +154,22 @@ fn run6(ctx: &XdpContext) -> u32 {
                 stats::verdict(reason::PASS_TO_TC, p.ip_len);
                 return xdp_action::XDP_PASS;
             }
-            match nat::rewrite_xdp6(ctx, p, &d.to, false) {
+            let way = way_out(ctx, p.ttl, Forward::Stack, || {
+                fwd::lookup6_full(ctx.as_ptr(), &d.to, ingress, p.ip_len, &mut w.route);
+                w.route
+            });
+            match nat::rewrite_xdp6(ctx, p, &d.to, way.route.found()) {
                 Ok(()) => {
                     stats::verdict(d.reason, p.ip_len);
                     stats::service(d.svc_id, d.backend_id, p.ip_len);
+                    if way.to_peer {
+                        deliver::mark(ctx, &way.route);
+                    } else if way.route.found()
+                        && let Some(action) = fwd::send_xdp(ctx, &way.route)
+                    {
+                        stats::verdict(reason::FWD_XDP_REDIRECT, p.ip_len);
+                        return action;
+                    }
                 }
                 Err(reason) => {
                     if d.new {
@@ -227,16 +237,17 @@ struct Way {
 /// frames). A packet on its last hop (TTL 1) is not forwarded here: the stack
 /// routes it and answers "time exceeded" (DNAT flows), or TC drops it. Hairpin
 /// (`Back`) needs a pod as the client: only TC sees those.
+/// `lookup`: the FIB's full answer for the translated tuple (the family's lookup).
 #[inline(always)]
-fn way_out(ctx: &XdpContext, p: &Packet, to: &FlowKey, forward: Forward, ingress: u32) -> Way {
+fn way_out(ctx: &XdpContext, ttl: u8, forward: Forward, lookup: impl FnOnce() -> Route) -> Way {
     let mut way = Way {
         route: Route::NONE,
         to_peer: false,
     };
-    if forward == Forward::Back || !fwd::xdp_enabled() || p.ttl <= 1 {
+    if forward == Forward::Back || !fwd::xdp_enabled() || ttl <= 1 {
         return way;
     }
-    let r = fwd::lookup_xdp(ctx, to, ingress, p.ip_len);
+    let r = lookup();
     if !r.found() {
         return way;
     }

@@ -10,7 +10,7 @@ use std::{net::IpAddr, time::Duration};
 use fakeapi::FakeApi;
 use serde_json::{Value, json};
 
-use lb_common::PROTO_TCP;
+use lb_common::{PROTO_TCP, reason};
 use lb_user::{maps::Maps, plan::frontend};
 
 use lb_tests::{
@@ -98,8 +98,9 @@ struct Scenario {
 
 /// Where the agent reads its objects from.
 enum Source<'a> {
-    /// These manifests applied to a dual-stack embedded store (with the pods).
-    Store(&'a str),
+    /// These manifests applied to a dual-stack embedded store (with the pods); the
+    /// agent started with these flags.
+    Store(&'a str, &'a [&'a str]),
     /// An API server in the node serving these objects (and the node's Node).
     Kube(&'a [Value]),
 }
@@ -107,7 +108,7 @@ enum Source<'a> {
 /// Laptop, node, the seeds' pod (TCP 80, UDP 5353) and a client pod, all dual-stack;
 /// a dual-stack store with `manifests` applied; the agent in the node.
 fn scenario(tag: &str, manifests: &str) -> Scenario {
-    scenario_from(tag, Source::Store(manifests))
+    scenario_from(tag, Source::Store(manifests, &[]))
 }
 
 /// [`scenario`] with the agent's objects from `source`.
@@ -122,11 +123,12 @@ fn scenario_from(tag: &str, source: Source) -> Scenario {
         .unwrap();
     let lb = Lb::new(&mut t).unwrap();
     let api = match source {
-        Source::Store(manifests) => {
+        Source::Store(manifests, args) => {
             lb.ok(&["ranges", "--service-cidr", SERVICE_CIDRS]).unwrap();
             lb.apply(&format!("{manifests}---\n{POD}---\n{CLIENT}"))
                 .unwrap();
-            lb.start_agent(&mut t, &s.node, "node1", &["eth0"]).unwrap();
+            lb.start_agent_with(&mut t, &s.node, "node1", &["eth0"], args)
+                .unwrap();
             None
         }
         Source::Kube(objects) => {
@@ -251,6 +253,18 @@ fn laptop_curls_the_nodeport_over_ipv6_and_gets_hello_world() {
     );
     // The IPv6 frontend's and its backend's counters moved: the IPv6 maps served it.
     let maps = Maps::open_pinned(&s.lb.pins("node1")).expect("the agent's pinned maps");
+    // Packets for the pod are handed to it at TC ingress (`bpf_redirect_peer`, as
+    // IPv4's; the veth uplink runs no XDP): one more IPv6 request moves
+    // `fwd_tc_peer` by its packets to the pod (SYN, request, ACKs, FIN).
+    let handed = |m: &Maps| m.verdicts().unwrap()[reason::FWD_TC_PEER as usize].packets;
+    let before = handed(&maps);
+    s.must_fetch(&s.laptop, &url(NODE_IP6, 30008, ""));
+    let moved = handed(&maps) - before;
+    assert!(
+        moved >= 3,
+        "fwd_tc_peer moved by {moved} for an IPv6 request\n{}",
+        s.lb.diagnostics(&s.t, "node1")
+    );
     let entries = maps.read_entries().unwrap();
     let fe = frontend(NODE_IP6.parse::<IpAddr>().unwrap(), 30008, PROTO_TCP);
     let svc = entries
@@ -282,6 +296,62 @@ fn laptop_curls_the_nodeport_over_ipv6_and_gets_hello_world() {
     // The pod's IPv6 address is not reachable from the laptop: only the NodePort
     // leads to it.
     assert_eq!(curl(&s.t, &s.laptop, &url(POD_IP6, 80, "")), None);
+}
+
+/// IPv6 on the fast path, as IPv4's (`seeds::by_default_...`, `seeds::with_to_pods_xdp_...`):
+/// with XDP on the uplink (`--xdp native`, the laptop filling in its checksums:
+/// tuned links), an IPv6 NodePort packet for a pod whose end of its veth takes no
+/// XDP frames (GRO off, as a CNI makes it) is translated by XDP, marked, and handed
+/// to the pod by TC ingress (`bpf_redirect_peer`); with `--to-pods xdp` (GRO on at
+/// the pod's end) XDP redirects it into the veth itself. Each request is answered.
+#[test]
+fn with_xdp_on_the_uplink_ipv6_nodeport_packets_are_handed_over_or_redirected() {
+    let service = service("node-port-service", "PreferDualStack", "[]", 30008);
+    for (tag, args, gro, reason, other) in [
+        (
+            "ds-xpeer",
+            &["--xdp", "native"][..],
+            "off",
+            reason::FWD_TC_PEER,
+            reason::FWD_XDP_REDIRECT,
+        ),
+        (
+            "ds-xxdp",
+            &["--xdp", "native", "--to-pods", "xdp"][..],
+            "on",
+            reason::FWD_XDP_REDIRECT,
+            reason::FWD_TC_PEER,
+        ),
+    ] {
+        let s = scenario_from(tag, Source::Store(&service, args));
+        s.t.sh(&s.pod, &["ethtool", "-K", "eth0", "gro", gro])
+            .unwrap();
+        s.t.sh(&s.laptop, &["ethtool", "-K", "eth0", "tx", "off"])
+            .unwrap();
+        for _ in 0..5 {
+            assert_eq!(
+                s.must_fetch(&s.laptop, &url(NODE_IP6, 30008, "")),
+                "Hello World!\n"
+            );
+        }
+        let maps = Maps::open_pinned(&s.lb.pins("node1")).expect("the agent's pinned maps");
+        let v = maps.verdicts().unwrap();
+        // The first packets find no neighbour entry for the pod yet and go through
+        // the stack (which resolves it); later ones take the fast path.
+        assert!(
+            v[reason as usize].packets >= 10,
+            "{tag}: IPv6 packets to the local pod went by {}: {:?}\n{}",
+            lb_common::reason::NAMES[reason as usize],
+            v[reason as usize],
+            s.lb.diagnostics(&s.t, "node1")
+        );
+        assert_eq!(
+            v[other as usize].packets,
+            0,
+            "{tag}: none by {}",
+            lb_common::reason::NAMES[other as usize]
+        );
+    }
 }
 
 /// Path MTU discovery through an IPv6 NodePort: a client two hops away, behind a

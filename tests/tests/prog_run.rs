@@ -764,10 +764,23 @@ fn packets_lb_forwards_itself_lose_one_ttl() {
 
 #[test]
 fn xdp_hands_packets_for_a_local_pod_over_as_to_pods_says() {
+    xdp_hand_over(false);
+}
+
+/// As IPv4's: an IPv6 NodePort packet for a local pod is marked for TC (peer),
+/// left to the stack, or redirected into the veth (xdp), one hop less when sent on
+/// by lb.
+#[test]
+fn xdp_hands_ipv6_packets_for_a_local_pod_over_as_to_pods_says() {
+    xdp_hand_over(true);
+}
+
+/// The hand-over cases of `--to-pods` for a NodePort SYN of the family (`ipv6`).
+fn xdp_hand_over(ipv6: bool) {
     // A node namespace whose FIB knows the pod: a route and a neighbour entry on
     // lxc0, whose peer is the pod's eth0. The NodePort's SYN enters on eth0.
     lb_tests::require_root();
-    let mut t = Topology::new("prdeliver").unwrap();
+    let mut t = Topology::new(if ipv6 { "prdeliver6" } else { "prdeliver" }).unwrap();
     let s = seeds::lan(&mut t).unwrap();
     let pod = seeds::pod(&mut t, &s.node, "pod", "lxc0", POD).unwrap();
     let (pod_mac, lxc_mac) = (
@@ -775,17 +788,41 @@ fn xdp_hands_packets_for_a_local_pod_over_as_to_pods_says() {
         t.mac(&s.node, "lxc0").unwrap(),
     );
     t.neigh(&s.node, POD, pod_mac, "lxc0").unwrap();
+    if ipv6 {
+        // IPv6 routes through the node only where it forwards IPv6 (the FIB lookup
+        // says "forwarding disabled" otherwise).
+        t.sysctl(&s.node, "net.ipv6.conf.all.forwarding", "1")
+            .unwrap();
+        t.sh(&s.node, &["ip", "-6", "route", "add", POD6, "dev", "lxc0"])
+            .unwrap();
+        t.neigh(&s.node, POD6, pod_mac, "lxc0").unwrap();
+    }
     let (eth0, lxc0) = (
         t.ifindex(&s.node, "eth0").unwrap(),
         t.ifindex(&s.node, "lxc0").unwrap(),
     );
     let _in = InNetns::enter(&s.node).unwrap();
 
-    let syn = Pkt::tcp(CLIENT, 42100, NODE, NODE_PORT, TCP_SYN);
-    let for_stack = syn.rewritten(CLIENT, 42100, POD, 80).build();
-    let mut hop = syn.rewritten(CLIENT, 42100, POD, 80);
-    hop.ttl = 63;
-    let hop = hop.build();
+    // The SYN as sent, as translated for the stack, as sent on by lb (one hop less).
+    let (syn, for_stack, hop) = if ipv6 {
+        let syn = Pkt6::tcp(CLIENT6, 42100, NODE6, NODE_PORT, TCP_SYN);
+        let mut hop = syn.rewritten(CLIENT6, 42100, POD6, 80);
+        hop.hop_limit = 63;
+        (
+            syn.build(),
+            syn.rewritten(CLIENT6, 42100, POD6, 80).build(),
+            hop.build(),
+        )
+    } else {
+        let syn = Pkt::tcp(CLIENT, 42100, NODE, NODE_PORT, TCP_SYN);
+        let mut hop = syn.rewritten(CLIENT, 42100, POD, 80);
+        hop.ttl = 63;
+        (
+            syn.build(),
+            syn.rewritten(CLIENT, 42100, POD, 80).build(),
+            hop.build(),
+        )
+    };
     let mut redirected = hop.clone();
     redirected[..6].copy_from_slice(&pod_mac);
     redirected[6..12].copy_from_slice(&lxc_mac);
@@ -834,13 +871,14 @@ fn xdp_hands_packets_for_a_local_pod_over_as_to_pods_says() {
         ),
     ];
     for (what, to_pods, role, want_ret, want_out, want_reasons) in cases {
+        let what = format!("{what} (IPv6: {ipv6})");
         let mut dp = dataplane_with(&LoadConfig {
             to_pods,
             ..LoadConfig::default()
         });
         dp.maps.set_iface(lxc0, role).unwrap();
         let before = dp.maps.verdicts().unwrap();
-        let frame = syn.build();
+        let frame = &syn;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex; no metadata in.
         let mut ctx = [0u8; 24];
@@ -851,7 +889,7 @@ fn xdp_hands_packets_for_a_local_pod_over_as_to_pods_says() {
             .xdp()
             .unwrap()
             .test_run(TestRunOptions {
-                data_in: Some(&frame),
+                data_in: Some(frame),
                 data_out: Some(&mut out),
                 ctx_in: Some(&ctx),
                 ..Default::default()
