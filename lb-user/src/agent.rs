@@ -347,11 +347,17 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         let stats = Arc::default();
         agent.telemetry.count_dns(Arc::clone(&stats));
         let clients = crate::dns::server::Clients {
-            node_addrs: addrs.clone(),
+            node_addrs: (agent.node.addrs.iter().map(|a| IpAddr::V4(*a)))
+                .chain(agent.node.addrs6.iter().map(|a| IpAddr::V6(*a)))
+                .collect(),
             cidrs: opts.cluster_cidrs.clone(),
             pods: Default::default(),
         };
-        agent.names = Some(Names::start(dns, &agent.tracked, addrs[0], stats, clients));
+        let listen: Vec<IpAddr> = dns_listeners(&agent.node, &dns.cluster_ips)
+            .into_iter()
+            .map(|(_, addr)| addr)
+            .collect();
+        agent.names = Some(Names::start(dns, &agent.tracked, &listen, stats, clients));
         agent.keep_cluster_dns();
     }
     // What an earlier agent of this node could not program is not this one's news.
@@ -569,13 +575,13 @@ impl Agent {
         let (Some(names), None) = (&mut self.names, &self.kube) else {
             return;
         };
-        let (ip, addr) = (names.opts.cluster_ip, self.node.addrs[0]);
-        let due = cluster_service::due(&self.tracked.state, ip, &self.node.name, addr);
+        let dns = dns_listeners(&self.node, &names.opts.cluster_ips);
+        let due = cluster_service::due(&self.tracked.state, &dns, &self.node.name);
         if due != cluster_service::Due::Write {
             names.refused = None;
             return;
         }
-        let manifest = cluster_service::manifest(ip, &self.node.name, addr);
+        let manifest = cluster_service::manifest(&dns, &self.node.name);
         let written = crate::model::parse_manifest("(the agent's kube-dns)", &manifest)
             .map_err(anyhow::Error::from)
             .and_then(|docs| {
@@ -587,7 +593,7 @@ impl Agent {
         match written {
             Ok(_) => {
                 names.refused = None;
-                info!(service = %format!("{}/{}", cluster_service::NAMESPACE, cluster_service::NAME), cluster_ip = %ip, endpoint = %addr, "cluster DNS service written");
+                info!(service = %format!("{}/{}", cluster_service::NAMESPACE, cluster_service::NAME), cluster_ips = ?dns.iter().map(|d| d.0).collect::<Vec<_>>(), endpoints = ?dns.iter().map(|d| d.1).collect::<Vec<_>>(), "cluster DNS service written");
             }
             Err(e) => {
                 let why = format!("{e:#}");
@@ -1109,4 +1115,20 @@ fn need(plans: &[PortPlan]) -> Need {
         frontends6: v6().map(|p| p.frontends.len() as u64).sum(),
         backends6: v6().map(|p| p.endpoints.len() as u64).sum(),
     }
+}
+
+/// Each cluster DNS address (`--cluster-dns`, one per family) with the node's
+/// address of its family the agent's DNS listens on; a family the node has no
+/// address of is left out (its pods would reach no listener).
+fn dns_listeners(node: &Node, cluster_ips: &[IpAddr]) -> Vec<(IpAddr, IpAddr)> {
+    cluster_ips
+        .iter()
+        .filter_map(|ip| {
+            let addr = match ip {
+                IpAddr::V4(_) => node.addrs.first().map(|a| IpAddr::V4(*a)),
+                IpAddr::V6(_) => node.addrs6.first().map(|a| IpAddr::V6(*a)),
+            }?;
+            Some((*ip, addr))
+        })
+        .collect()
 }

@@ -574,14 +574,14 @@ fn pods_and_the_node_reach_a_dual_stack_clusterip_in_both_families() {
 /// its IPv6 address first and answers on both.
 #[test]
 fn an_ipv6_only_service_answers_in_ipv6_only() {
-    let s = scenario(
-        "ds-six",
-        &format!(
-            "{}{}",
-            service("six", "SingleStack", "[IPv6]", 30020),
-            service("six-first", "PreferDualStack", "[IPv6, IPv4]", 30021),
-        ),
+    let manifests = format!(
+        "{}{}",
+        service("six", "SingleStack", "[IPv6]", 30020),
+        service("six-first", "PreferDualStack", "[IPv6, IPv4]", 30021),
     );
+    // The cluster DNS in both families (kubelet's --cluster-dns, dual-stack).
+    let dns_args = ["--cluster-dns", "10.96.0.10,fd00:10:96::a"];
+    let s = scenario_from("ds-six", Source::Store(&manifests, &dns_args));
     let six = s.cluster_ips("six");
     assert_eq!(six.len(), 1, "{six:?}");
     assert!(six[0].contains(':'), "{six:?}");
@@ -633,6 +633,35 @@ status:
             .map(|(a, _)| a.to_string()),
         Some("[fd00:10:244::4]".to_string()),
         "the IPv6-only pod reaches the ClusterIP with its own address"
+    );
+    // It asks the cluster DNS at its IPv6 address (the kube-dns service's IPv6
+    // clusterIP, to the agent's listener on the node's IPv6 address): the names
+    // answer, and the name server's own name has both addresses.
+    let dig = |args: &[&str]| {
+        let mut argv = vec!["dig", "+tries=3", "+time=1", "+short", "@fd00:10:96::a"];
+        argv.extend_from_slice(args);
+        let out = s.t.run(&only6, &argv).unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        dig(&["AAAA", "six.default.svc.cluster.local"]),
+        six[0],
+        "the IPv6-only pod resolves over IPv6\n{}",
+        s.lb.diagnostics(&s.t, "node1")
+    );
+    assert_eq!(
+        dig(&["AAAA", "ns.dns.cluster.local"]),
+        "fd00:10:96::a",
+        "the name server's IPv6 address"
+    );
+    let kube_dns =
+        s.lb.ok(&["get", "svc", "kube-dns", "-n", "kube-system", "-o", "json"])
+            .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&kube_dns).unwrap();
+    assert_eq!(
+        v["spec"]["clusterIPs"],
+        json!(["10.96.0.10", "fd00:10:96::a"]),
+        "the agent's kube-dns has a clusterIP per family"
     );
     let first = s.cluster_ips("six-first");
     assert!(

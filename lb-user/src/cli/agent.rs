@@ -1,7 +1,7 @@
 //! `lb agent`: the flags, turned into the agent's options.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -147,9 +147,13 @@ pub struct AgentArgs {
     /// serves it there); `on`; `off`.
     #[arg(long, value_enum, default_value_t = DnsUse::Auto)]
     pub dns: DnsUse,
-    /// The cluster DNS service's address, as kubelet's --cluster-dns.
-    #[arg(long, default_value = "10.96.0.10")]
-    pub cluster_dns: Ipv4Addr,
+    /// The cluster DNS service's addresses, as kubelet's --cluster-dns
+    /// (comma-separated, one per family, the primary first:
+    /// `10.96.0.10,fd00:10:96::a` for a dual-stack cluster, an IPv6 address alone
+    /// for an IPv6-only one); the agent's DNS listens on the node's address of each
+    /// family.
+    #[arg(long, default_value = "10.96.0.10", value_delimiter = ',')]
+    pub cluster_dns: Vec<IpAddr>,
     /// The cluster's DNS domain, as kubelet's --cluster-domain.
     #[arg(long, default_value = "cluster.local", value_parser = domain)]
     pub cluster_domain: String,
@@ -307,12 +311,21 @@ pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
         dns: None,
     };
     let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let own = [a.cluster_dns.into()];
+    if a.cluster_dns.is_empty()
+        || a.cluster_dns.len() > 2
+        || (a.cluster_dns.len() == 2 && a.cluster_dns[0].is_ipv4() == a.cluster_dns[1].is_ipv4())
+    {
+        anyhow::bail!(
+            "--cluster-dns {:?}: one address, or two of different families",
+            a.cluster_dns
+        );
+    }
+    let own = a.cluster_dns.clone();
     let upstreams = crate::dns::upstream::upstreams(&a.dns_upstream, &resolv_conf, &own)
         .map_err(anyhow::Error::msg)?;
     let dns = DnsOptions {
         domain: a.cluster_domain,
-        cluster_ip: a.cluster_dns,
+        cluster_ips: a.cluster_dns,
         upstreams,
     };
     tokio::runtime::Builder::new_current_thread()

@@ -6,7 +6,7 @@
 //! through the same apply as `lb apply` (validation, allocation); a `kube-dns` the
 //! agents did not write (a user's own DNS) is left alone.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::{model::ObjectKey, state::Facts};
 
@@ -27,15 +27,32 @@ pub enum Due {
     Foreign,
 }
 
-/// The EndpointSlice of `node`'s listener.
-fn slice_name(node: &str) -> String {
-    format!("{NAME}-{node}")
+/// The EndpointSlice of `node`'s listener of a family (IPv4's keeps the name it had
+/// before IPv6 was served).
+fn slice_name(node: &str, addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(_) => format!("{NAME}-{node}"),
+        IpAddr::V6(_) => format!("{NAME}-{node}-ipv6"),
+    }
 }
 
-/// The service and `node`'s EndpointSlice (its listener at `addr`), as a manifest.
-pub fn manifest(cluster_ip: Ipv4Addr, node: &str, addr: Ipv4Addr) -> String {
-    let slice = slice_name(node);
-    format!(
+/// The family's name as `ipFamilies` and `addressType` spell it.
+fn family(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// The service and `node`'s EndpointSlices, as a manifest: `dns` pairs each of the
+/// service's clusterIPs (primary first, one per family) with `node`'s listener of
+/// that family.
+pub fn manifest(dns: &[(IpAddr, IpAddr)], node: &str) -> String {
+    let ips: Vec<String> = dns.iter().map(|(ip, _)| format!("'{ip}'")).collect();
+    let families: Vec<&str> = dns.iter().map(|(ip, _)| family(*ip)).collect();
+    let policy = if dns.len() > 1 {
+        "RequireDualStack"
+    } else {
+        "SingleStack"
+    };
+    let mut out = format!(
         "apiVersion: v1
 kind: Service
 metadata:
@@ -43,19 +60,31 @@ metadata:
   namespace: {NAMESPACE}
   labels: {{k8s-app: kube-dns, kubernetes.io/name: lb-dns, {MANAGED_BY}: {MANAGER}}}
 spec:
-  clusterIP: {cluster_ip}
+  clusterIP: {}
+  clusterIPs: [{}]
+  ipFamilyPolicy: {policy}
+  ipFamilies: [{}]
   internalTrafficPolicy: Local
   ports:
   - {{name: dns, port: 53, targetPort: 53, protocol: UDP}}
   - {{name: dns-tcp, port: 53, targetPort: 53, protocol: TCP}}
----
+",
+        ips.first().map(String::as_str).unwrap_or("''"),
+        ips.join(", "),
+        families.join(", "),
+    );
+    for (_, addr) in dns {
+        let slice = slice_name(node, *addr);
+        let family = family(*addr);
+        out.push_str(&format!(
+            "---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
   name: {slice}
   namespace: {NAMESPACE}
   labels: {{kubernetes.io/service-name: {NAME}, endpointslice.kubernetes.io/managed-by: lb-agent, {MANAGED_BY}: {MANAGER}}}
-addressType: IPv4
+addressType: {family}
 endpoints:
 - addresses: ['{addr}']
   nodeName: '{node}'
@@ -64,12 +93,14 @@ ports:
 - {{name: dns, port: 53, protocol: UDP}}
 - {{name: dns-tcp, port: 53, protocol: TCP}}
 "
-    )
+        ));
+    }
+    out
 }
 
-/// What `state` needs for the cluster DNS service at `cluster_ip` to reach
-/// `node`'s listener at `addr`.
-pub fn due(state: &Facts, cluster_ip: Ipv4Addr, node: &str, addr: Ipv4Addr) -> Due {
+/// What `state` needs for the cluster DNS service at `dns`'s clusterIPs to reach
+/// `node`'s listeners (see [`manifest`]).
+pub fn due(state: &Facts, dns: &[(IpAddr, IpAddr)], node: &str) -> Due {
     let Some(svc) = state.services.get(&ObjectKey::new(NAMESPACE, NAME)) else {
         return Due::Write;
     };
@@ -82,17 +113,20 @@ pub fn due(state: &Facts, cluster_ip: Ipv4Addr, node: &str, addr: Ipv4Addr) -> D
     if !ours {
         return Due::Foreign;
     }
-    if crate::model::cluster_ip(svc) != Some(cluster_ip) {
+    let want: Vec<IpAddr> = dns.iter().map(|(ip, _)| *ip).collect();
+    if crate::model::cluster_ips(svc) != want {
         return Due::Write;
     }
-    let slice = state
-        .endpoint_slices
-        .get(&ObjectKey::new(NAMESPACE, &slice_name(node)));
-    let current = slice.is_some_and(|s| {
-        s.endpoints.len() == 1
-            && s.endpoints[0].ready
-            && s.endpoints[0].node_name.as_deref() == Some(node)
-            && s.endpoints[0].ipv4().eq([addr])
+    let current = dns.iter().all(|(_, addr)| {
+        let slice = state
+            .endpoint_slices
+            .get(&ObjectKey::new(NAMESPACE, &slice_name(node, *addr)));
+        slice.is_some_and(|s| {
+            s.endpoints.len() == 1
+                && s.endpoints[0].ready
+                && s.endpoints[0].node_name.as_deref() == Some(node)
+                && s.ip_addrs().eq([*addr])
+        })
     });
     if current { Due::Nothing } else { Due::Write }
 }
@@ -108,24 +142,56 @@ mod tests {
 
     #[test]
     fn the_manifest_is_valid_and_written_until_it_is_there() {
-        let ip: Ipv4Addr = "10.96.0.10".parse().unwrap();
-        let addr: Ipv4Addr = "192.168.1.2".parse().unwrap();
-        assert_eq!(due(&Facts::default(), ip, "node1", addr), Due::Write);
-        let s = facts(&manifest(ip, "node1", addr));
+        let ip: IpAddr = "10.96.0.10".parse().unwrap();
+        let addr: IpAddr = "192.168.1.2".parse().unwrap();
+        let dns = [(ip, addr)];
+        assert_eq!(due(&Facts::default(), &dns, "node1"), Due::Write);
+        let s = facts(&manifest(&dns, "node1"));
         assert_eq!(
-            crate::model::cluster_ip(&s.services[&ObjectKey::new(NAMESPACE, NAME)]),
-            Some(ip)
+            crate::model::cluster_ips(&s.services[&ObjectKey::new(NAMESPACE, NAME)]),
+            vec![ip]
         );
-        assert_eq!(due(&s, ip, "node1", addr), Due::Nothing);
+        assert_eq!(due(&s, &dns, "node1"), Due::Nothing);
         // Another node's agent writes its own slice; a moved address rewrites it.
-        assert_eq!(due(&s, ip, "node2", addr), Due::Write);
+        assert_eq!(due(&s, &dns, "node2"), Due::Write);
         assert_eq!(
-            due(&s, ip, "node1", "192.168.1.9".parse().unwrap()),
+            due(&s, &[(ip, "192.168.1.9".parse().unwrap())], "node1"),
             Due::Write
         );
         let foreign = facts(
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: kube-dns\n  namespace: kube-system\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{port: 53, protocol: UDP}]\n",
         );
-        assert_eq!(due(&foreign, ip, "node1", addr), Due::Foreign);
+        assert_eq!(due(&foreign, &dns, "node1"), Due::Foreign);
+    }
+
+    /// A dual-stack cluster DNS (`--cluster-dns 10.96.0.10,fd00:10:96::a`): one
+    /// RequireDualStack service with both clusterIPs, and a slice per family for
+    /// the node's listener of that family; adding the IPv6 address to a service
+    /// that had the IPv4 one alone rewrites it.
+    #[test]
+    fn a_dual_stack_cluster_dns_has_a_cluster_ip_and_a_slice_per_family() {
+        let v4: IpAddr = "10.96.0.10".parse().unwrap();
+        let v6: IpAddr = "fd00:10:96::a".parse().unwrap();
+        let (a4, a6): (IpAddr, IpAddr) =
+            ("192.168.1.2".parse().unwrap(), "fd00:1::2".parse().unwrap());
+        let dns = [(v4, a4), (v6, a6)];
+        let alloc = crate::store::alloc::Allocation {
+            service_cidrs: crate::store::alloc::parse_service_cidrs(
+                "10.96.0.0/12,fd00:10:96::/112",
+            )
+            .unwrap(),
+            ..Default::default()
+        };
+        let s: Facts = crate::store::apply::applied_in(&manifest(&dns, "node1"), &alloc).into();
+        assert_eq!(
+            crate::model::cluster_ips(&s.services[&ObjectKey::new(NAMESPACE, NAME)]),
+            vec![v4, v6]
+        );
+        let v6_slice = &s.endpoint_slices[&ObjectKey::new(NAMESPACE, "kube-dns-node1-ipv6")];
+        assert_eq!(&*v6_slice.address_type, "IPv6");
+        assert_eq!(v6_slice.ip_addrs().collect::<Vec<_>>(), vec![a6]);
+        assert_eq!(due(&s, &dns, "node1"), Due::Nothing);
+        let single = facts(&manifest(&[(v4, a4)], "node1"));
+        assert_eq!(due(&single, &dns, "node1"), Due::Write);
     }
 }

@@ -12,7 +12,7 @@ pub mod zone;
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{Arc, RwLock, atomic::Ordering},
 };
 
@@ -26,9 +26,10 @@ use zone::Zone;
 pub struct DnsOptions {
     /// The zone, `cluster.local` (kubelet's --cluster-domain).
     pub domain: String,
-    /// The cluster DNS service's address (kubelet's --cluster-dns): the
-    /// `kube-system/kube-dns` service the agent keeps in the embedded store.
-    pub cluster_ip: Ipv4Addr,
+    /// The cluster DNS service's addresses (kubelet's --cluster-dns), at most one per
+    /// family, the primary first: the `kube-system/kube-dns` service the agent keeps
+    /// in the embedded store.
+    pub cluster_ips: Vec<IpAddr>,
     /// Where other names are forwarded (none: refused).
     pub upstreams: Vec<SocketAddr>,
 }
@@ -44,33 +45,36 @@ pub struct Names {
 }
 
 impl Names {
-    /// The zone of `tracked`, served on `addr` port 53 (a port another process
-    /// holds costs the listener, logged, never the agent), counting in `stats`.
-    /// Names outside the zone are forwarded for `clients` only (and the pods
+    /// The zone of `tracked`, served on port 53 of each of `addrs` (the node's
+    /// address of each family served; a port another process holds costs that
+    /// listener, logged, never the agent), counting in `stats`. Names outside the
+    /// zone are forwarded for `clients` only (and the pods
     /// [`follow`](Self::follow) adds).
     pub fn start(
         opts: DnsOptions,
         tracked: &Tracked,
-        addr: Ipv4Addr,
+        addrs: &[IpAddr],
         stats: Arc<server::DnsStats>,
         clients: server::Clients,
     ) -> Names {
-        let zone = Zone::of(&opts.domain, Some(opts.cluster_ip), tracked);
+        let zone = Zone::of(&opts.domain, &opts.cluster_ips, tracked);
         stats.names.store(zone.len() as u64, Ordering::Relaxed);
         let zone = Arc::new(RwLock::new(zone));
-        let listen = server::Listen {
-            addr: SocketAddr::from((addr, 53)),
-            upstreams: opts.upstreams.clone(),
-        };
         let clients = Arc::new(RwLock::new(clients));
-        let serving = server::serve(
-            Arc::clone(&zone),
-            listen,
-            Arc::clone(&stats),
-            Arc::clone(&clients),
-        );
-        if let Err(e) = serving {
-            warn!(error = format!("{e:#}"), "DNS is not served");
+        for addr in addrs {
+            let listen = server::Listen {
+                addr: SocketAddr::new(*addr, 53),
+                upstreams: opts.upstreams.clone(),
+            };
+            let serving = server::serve(
+                Arc::clone(&zone),
+                listen,
+                Arc::clone(&stats),
+                Arc::clone(&clients),
+            );
+            if let Err(e) = serving {
+                warn!(error = format!("{e:#}"), "DNS is not served");
+            }
         }
         Names {
             zone,
@@ -100,7 +104,7 @@ impl Names {
             }
         }
         if full {
-            let fresh = Zone::of(&self.opts.domain, Some(self.opts.cluster_ip), tracked);
+            let fresh = Zone::of(&self.opts.domain, &self.opts.cluster_ips, tracked);
             self.stats
                 .names
                 .store(fresh.len() as u64, Ordering::Relaxed);

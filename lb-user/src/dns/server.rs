@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashSet,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -52,7 +52,7 @@ pub struct Listen {
 /// recursion (and amplification).
 #[derive(Debug, Clone, Default)]
 pub struct Clients {
-    pub node_addrs: Vec<Ipv4Addr>,
+    pub node_addrs: Vec<IpAddr>,
     pub cidrs: Vec<crate::model::Cidr>,
     pub pods: HashSet<IpAddr>,
 }
@@ -61,7 +61,7 @@ impl Clients {
     /// Whether names outside the zone are forwarded for `client`.
     pub fn may_recurse(&self, client: IpAddr) -> bool {
         client.is_loopback()
-            || matches!(client, IpAddr::V4(a) if self.node_addrs.contains(&a))
+            || self.node_addrs.contains(&client)
             || self.cidrs.iter().any(|c| c.contains(client))
             || self.pods.contains(&client)
     }

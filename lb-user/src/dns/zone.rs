@@ -107,8 +107,9 @@ enum Entry {
 pub struct Zone {
     /// `cluster.local.`: lowercase, with the root's dot.
     domain: Box<str>,
-    /// The cluster DNS service's address (the zone's name server, `ns.dns.<zone>`).
-    dns_ip: Option<Ipv4Addr>,
+    /// The cluster DNS service's addresses (the zone's name server, `ns.dns.<zone>`,
+    /// A and AAAA).
+    dns_ips: Vec<IpAddr>,
     serial: u32,
     names: HashMap<Box<str>, Vec<Data>>,
     reverse: HashMap<IpAddr, Vec<Box<str>>>,
@@ -127,12 +128,12 @@ pub fn fqdn(name: &str) -> String {
 }
 
 impl Zone {
-    /// An empty zone for `domain` (e.g. `cluster.local`) whose name server is
-    /// `dns_ip`.
-    pub fn new(domain: &str, dns_ip: Option<Ipv4Addr>) -> Self {
+    /// An empty zone for `domain` (e.g. `cluster.local`) whose name server is at
+    /// `dns_ips`.
+    pub fn new(domain: &str, dns_ips: &[IpAddr]) -> Self {
         Zone {
             domain: fqdn(domain).into(),
-            dns_ip,
+            dns_ips: dns_ips.to_vec(),
             ..Zone::default()
         }
     }
@@ -143,8 +144,8 @@ impl Zone {
     }
 
     /// The zone of every service `tracked` holds.
-    pub fn of(domain: &str, dns_ip: Option<Ipv4Addr>, tracked: &Tracked) -> Self {
-        let mut zone = Zone::new(domain, dns_ip);
+    pub fn of(domain: &str, dns_ips: &[IpAddr], tracked: &Tracked) -> Self {
+        let mut zone = Zone::new(domain, dns_ips);
         for key in tracked.state.services.keys() {
             zone.update(tracked, key);
         }
@@ -271,7 +272,7 @@ impl Zone {
                 return own(vec![Data::Soa(self.serial), ns]);
             }
             "dns-version" => return own(vec![Data::Txt(SCHEMA_VERSION.into())]),
-            "ns.dns" => return own(self.dns_ip.map(Data::A).into_iter().collect()),
+            "ns.dns" => return own(self.dns_ips.iter().map(|a| address(*a)).collect()),
             "dns" | "svc" | "pod" => return Lookup::NoData,
             _ => {}
         }

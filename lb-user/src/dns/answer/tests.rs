@@ -4,7 +4,7 @@ use super::*;
 use crate::{state::Tracked, store::apply::applied};
 
 fn zone(yaml: &str) -> Zone {
-    Zone::of("cluster.local", None, &Tracked::new(applied(yaml).into()))
+    Zone::of("cluster.local", &[], &Tracked::new(applied(yaml).into()))
 }
 
 const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.80\n  ports:\n  - {name: http, port: 80}\n";

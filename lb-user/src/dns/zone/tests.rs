@@ -28,7 +28,7 @@ fn a(ip: &str) -> Data {
 #[test]
 fn a_cluster_ip_service_has_its_address_srv_per_named_port_and_a_ptr() {
     let t = tracked(WEB);
-    let z = Zone::of("cluster.local", None, &t);
+    let z = Zone::of("cluster.local", &[], &t);
     let base = "web.default.svc.cluster.local.";
     assert_eq!(
         answer(&z, base, Want::A),
@@ -96,7 +96,10 @@ fn a_cluster_ip_service_has_its_address_srv_per_named_port_and_a_ptr() {
 fn the_apex_answers_soa_ns_and_the_schema_version() {
     let z = Zone::of(
         "Cluster.Local",
-        Some("10.96.0.10".parse().unwrap()),
+        &[
+            "10.96.0.10".parse().unwrap(),
+            "fd00:10:96::a".parse().unwrap(),
+        ],
         &tracked(WEB),
     );
     assert_eq!(z.domain(), "cluster.local.");
@@ -106,6 +109,14 @@ fn the_apex_answers_soa_ns_and_the_schema_version() {
     assert_eq!(
         answer(&z, "ns.dns.cluster.local.", Want::A),
         vec![("ns.dns.cluster.local.".into(), a("10.96.0.10"))]
+    );
+    // A dual-stack cluster DNS's name server answers in both families.
+    assert_eq!(
+        answer(&z, "ns.dns.cluster.local.", Want::Aaaa),
+        vec![(
+            "ns.dns.cluster.local.".into(),
+            Data::Aaaa("fd00:10:96::a".parse().unwrap())
+        )]
     );
     assert_eq!(
         answer(&z, "dns-version.cluster.local.", Want::Txt),
@@ -128,7 +139,7 @@ fn a_headless_service_lists_its_ready_endpoints_with_their_own_names() {
             "status:\n  conditions: [{type: Ready, status: 'False'}]\n"
         ),
     ));
-    let z = Zone::of("cluster.local", None, &t);
+    let z = Zone::of("cluster.local", &[], &t);
     let base = "db.default.svc.cluster.local.";
     let mut addrs = answer(&z, base, Want::A);
     addrs.sort();
@@ -180,7 +191,7 @@ fn headless_endpoints_come_from_endpoint_slices_without_a_selector() {
         "- {addresses: [10.1.0.1], hostname: one}\n",
         "- {addresses: [10.1.0.2], conditions: {ready: false}}\n",
     ));
-    let z = Zone::of("cluster.local", None, &t);
+    let z = Zone::of("cluster.local", &[], &t);
     assert_eq!(
         answer(&z, "ext.default.svc.cluster.local.", Want::A),
         vec![("ext.default.svc.cluster.local.".into(), a("10.1.0.1"))]
@@ -201,7 +212,7 @@ fn an_external_name_is_an_alias_followed_inside_the_zone() {
     let t = tracked(&format!(
         "{WEB}apiVersion: v1\nkind: Service\nmetadata:\n  name: out\nspec:\n  type: ExternalName\n  externalName: example.com\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: in\nspec:\n  type: ExternalName\n  externalName: web.default.svc.cluster.local\n"
     ));
-    let z = Zone::of("cluster.local", None, &t);
+    let z = Zone::of("cluster.local", &[], &t);
     assert_eq!(
         answer(&z, "out.default.svc.cluster.local.", Want::A),
         vec![(
@@ -223,7 +234,7 @@ fn an_external_name_is_an_alias_followed_inside_the_zone() {
 
 #[test]
 fn pod_names_answer_from_the_name_alone() {
-    let z = Zone::of("cluster.local", None, &tracked(WEB));
+    let z = Zone::of("cluster.local", &[], &tracked(WEB));
     assert_eq!(
         answer(&z, "10-244-0-9.default.pod.cluster.local.", Want::A),
         vec![(
@@ -244,7 +255,7 @@ fn pod_names_answer_from_the_name_alone() {
 #[test]
 fn a_change_replaces_a_services_records_and_a_deletion_removes_every_name() {
     let mut t = tracked(WEB);
-    let mut z = Zone::of("cluster.local", None, &t);
+    let mut z = Zone::of("cluster.local", &[], &t);
     let key = ObjectKey::new("default", "web");
     let names = z.len();
     assert!(names >= 3, "{names}");
@@ -315,7 +326,7 @@ fn a_dual_stack_service_answers_a_and_aaaa_and_points_back_from_both() {
         ),
     );
     let t = Tracked::new(crate::store::apply::applied_in(&yaml, &alloc).into());
-    let z = Zone::of("cluster.local", None, &t);
+    let z = Zone::of("cluster.local", &[], &t);
     let web = "web.default.svc.cluster.local.";
     assert_eq!(
         answer(&z, web, Want::A),
@@ -367,6 +378,6 @@ fn a_dual_stack_service_answers_a_and_aaaa_and_points_back_from_both() {
     );
     // A single-stack IPv4 service has no AAAA record: NODATA, not NXDOMAIN.
     let t4 = tracked(WEB);
-    let z4 = Zone::of("cluster.local", None, &t4);
+    let z4 = Zone::of("cluster.local", &[], &t4);
     assert_eq!(z4.lookup(web, Want::Aaaa), Lookup::NoData);
 }
