@@ -114,15 +114,20 @@ pub const ALL_MAPS: [&str; 21] = [
 
 /// Settings of the benchmark-only programs, never pinned: `LB_BENCH[i]`.
 pub const MAP_BENCH: &str = "LB_BENCH";
-pub const BENCH_SETTINGS: u32 = 2;
+pub const BENCH_SETTINGS: u32 = 3;
 /// `lb_bench_gen`: 1 gives every packet a new source port (a new flow).
 pub const BENCH_NEW_FLOWS: u32 = 0;
 /// `lb_bench_redirect`, `lb_bench_redirect_ct`, `lb_bench_redirect_peer`,
 /// `lb_bench_nat_hop`: where frames go.
 pub const BENCH_REDIRECT_IFINDEX: u32 = 1;
-/// `LB_BENCH_FRAME[i]`: Ethernet + IPv4 + UDP header templates (`BENCH_FRAME_*`).
+/// `lb_bench_gen`: 1 when its template is IPv6 (new flows then change the IPv6
+/// source address and the UDP checksum, which IPv6 requires).
+pub const BENCH_IPV6: u32 = 2;
+/// `LB_BENCH_FRAME[i]`: frame templates (`BENCH_FRAME_*`), the first
+/// `BENCH_HDR_LEN` bytes of a frame: Ethernet + IPv6 + UDP headers, or Ethernet +
+/// IPv4 + UDP headers and 20 bytes of payload.
 pub const MAP_BENCH_FRAME: &str = "LB_BENCH_FRAME";
-pub const BENCH_HDR_LEN: usize = 42;
+pub const BENCH_HDR_LEN: usize = 62;
 pub const BENCH_FRAMES: u32 = 2;
 /// The generator's frame.
 pub const BENCH_FRAME_GEN: u32 = 0;

@@ -34,18 +34,18 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
 use lb_common::{
-    BENCH_FRAME_GEN, BENCH_FRAME_HOP, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX, PROG_BENCH_GEN,
-    PROG_BENCH_NAT_HOP, PROG_BENCH_REDIRECT, PROG_BENCH_REDIRECT_CT, PROG_BENCH_REDIRECT_PEER,
-    PROG_BENCH_SINK, PROG_BENCH_SINK_TC, reason,
+    BENCH_FRAME_GEN, BENCH_FRAME_HOP, BENCH_IPV6, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX,
+    PROG_BENCH_GEN, PROG_BENCH_NAT_HOP, PROG_BENCH_REDIRECT, PROG_BENCH_REDIRECT_CT,
+    PROG_BENCH_REDIRECT_PEER, PROG_BENCH_SINK, PROG_BENCH_SINK_TC, reason,
 };
 use lb_tests::{
     Netns, Topology,
     lbctl::Lb,
-    packet::Pkt,
+    packet::{Pkt, Pkt6},
     scale::{self, MEASURED_NODE_PORT},
     seeds,
-    topology::multinode,
     topology::{InNetns, mac_text},
+    topology::{dual, multinode},
 };
 use lb_user::maps::Maps;
 
@@ -73,7 +73,8 @@ impl Traffic {
     /// Loads the bench programs; the sinks go on the pod's eth0 (`pod_xdp`: the
     /// XDP one too, so the pod takes XDP frames; else only TC's, as a pod whose
     /// end of its veth runs no XDP), the header template is a UDP frame from the
-    /// laptop to `dst`:NodePort via `dst_mac`.
+    /// laptop to `dst`:NodePort via `dst_mac` (IPv6 when `dst` is: from the
+    /// laptop's IPv6 address, with its UDP checksum, which IPv6 requires).
     fn new(
         t: &Topology,
         laptop: &Netns,
@@ -90,11 +91,20 @@ impl Traffic {
             }
             bench.attach_tc(PROG_BENCH_SINK_TC, "eth0")?;
         }
-        let mut frame = Pkt::udp(seeds::LAPTOP_IP, 40000, dst, MEASURED_NODE_PORT)
-            .payload(&[0u8; 18])
-            .clone();
-        frame.udp_no_checksum = true;
-        let mut frame = frame.build();
+        let ipv6 = dst.contains(':');
+        // 64-byte frames: headers and a payload to fill them.
+        let mut frame = if ipv6 {
+            Pkt6::udp(dual::LAPTOP_IP6, 40000, dst, MEASURED_NODE_PORT)
+                .payload(&[0u8; 2])
+                .build()
+        } else {
+            let mut p = Pkt::udp(seeds::LAPTOP_IP, 40000, dst, MEASURED_NODE_PORT)
+                .payload(&[0u8; 20])
+                .clone();
+            p.udp_no_checksum = true;
+            p.build()
+        };
+        bench.set(BENCH_IPV6, u32::from(ipv6))?;
         frame[0..6].copy_from_slice(&dst_mac);
         frame[6..12].copy_from_slice(&t.mac(laptop, "eth0")?);
         bench.set_frame(BENCH_FRAME_GEN, &frame)?;
@@ -236,12 +246,45 @@ impl Contender {
 
 /// Laptop, node and one pod holding the measured service's 10 endpoint addresses;
 /// the contender installed on the node for `services` services. Returns the pps
-/// (sent, delivered) for established and new flows.
-fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]> {
-    let mut t = Topology::new("bench")?;
-    let s = seeds::lan(&mut t)?;
-    let pod = seeds::pod(&mut t, &s.node, "pod", "lxc0", seeds::POD_IP)?;
+/// (sent, delivered) for established and new flows. `ipv6`: the traffic is IPv6
+/// (a dual-stack LAN and pod, the measured service IPv6 alone, its 10 endpoints
+/// IPv6 addresses of the pod; `services` must be 1).
+fn one_node(c: Contender, services: usize, w: Window, ipv6: bool) -> Result<[(f64, f64); 2]> {
+    let mut t = Topology::new(if ipv6 { "bench6" } else { "bench" })?;
+    let (s, pod) = if ipv6 {
+        let s = dual::lan(&mut t)?;
+        let pod = dual::pod(&mut t, &s.node, "pod", "lxc0", seeds::POD_IP, dual::POD_IP6)?;
+        (s, pod)
+    } else {
+        let s = seeds::lan(&mut t)?;
+        let pod = seeds::pod(&mut t, &s.node, "pod", "lxc0", seeds::POD_IP)?;
+        (s, pod)
+    };
     let pod_mac = t.mac(&pod, "eth0")?;
+    if ipv6 {
+        for a in scale::measured_endpoints6() {
+            let a = a.to_string();
+            if a != dual::POD_IP6 {
+                t.ip(
+                    &pod,
+                    &[
+                        "-6",
+                        "addr",
+                        "add",
+                        &format!("{a}/128"),
+                        "dev",
+                        "eth0",
+                        "nodad",
+                    ],
+                )?;
+                t.ip(
+                    &s.node,
+                    &["-6", "route", "add", &format!("{a}/128"), "dev", "lxc0"],
+                )?;
+            }
+            t.neigh(&s.node, &a, pod_mac, "lxc0")?;
+        }
+    }
     for a in scale::measured_endpoints() {
         let a = a.to_string();
         if a != seeds::POD_IP {
@@ -264,7 +307,7 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
         &s.laptop,
         &pod,
         pod_xdp,
-        seeds::NODE_IP,
+        if ipv6 { dual::NODE_IP6 } else { seeds::NODE_IP },
         t.mac(&s.node, "eth0")?,
     )?;
     let dir = t.dir().to_path_buf();
@@ -293,10 +336,17 @@ fn one_node(c: Contender, services: usize, w: Window) -> Result<[(f64, f64); 2]>
         Contender::Lb | Contender::LbTcPod | Contender::LbStack => {
             let lb = Lb::new(&mut t)?;
             // The pod is declared, so the agent knows lxc0 as a pod's interface.
+            let manifests = if ipv6 {
+                lb.ok(&["ranges", "--service-cidr", dual::SERVICE_CIDRS])?;
+                scale::lb_manifest6()
+            } else {
+                scale::lb_manifests(services)
+            };
             lb.apply(&format!(
-                "{}apiVersion: v1\nkind: Pod\nmetadata:\n  name: sink\nspec:\n  nodeName: node1\n  containers: [{{name: c, image: app}}]\nstatus:\n  podIP: {}\n",
-                scale::lb_manifests(services),
-                seeds::POD_IP
+                "{manifests}apiVersion: v1\nkind: Pod\nmetadata:\n  name: sink\nspec:\n  nodeName: node1\n  containers: [{{name: c, image: app}}]\nstatus:\n  podIP: {}\n  podIPs: [{{ip: {}}}, {{ip: '{}'}}]\n",
+                seeds::POD_IP,
+                seeds::POD_IP,
+                dual::POD_IP6
             ))?;
             // XDP on the node's veth uplink: the link is tuned for it (the generator
             // writes complete checksums; GRO gives eth0 NAPI), so the fast path is
@@ -433,7 +483,7 @@ fn remote(hop: RemoteHop, w: Window) -> Result<(f64, f64)> {
                 &multinode::pod_ip(1, 0),
                 8080,
             )
-            .payload(&[0u8; 18])
+            .payload(&[0u8; 20])
             .build();
             out[0..6].copy_from_slice(&t.mac(&node2, "eth0")?);
             out[6..12].copy_from_slice(&t.mac(&node1, "eth0")?);
@@ -460,6 +510,95 @@ fn remote(hop: RemoteHop, w: Window) -> Result<(f64, f64)> {
     expect_path(&t, "node1", &[path], delivered)?;
     drop(traffic);
     Ok(r)
+}
+
+/// The IPv6 rows: one IPv6 NodePort service (10 endpoints), lb as by default for
+/// both kinds of pod against the plain hop of its kind, and the generator's own
+/// rate, under the IPv4 rows' rules (a row within 1.4x of the generator is marked
+/// generator-bound).
+fn ipv6_rows(w: Window, chart: &mut Chart) -> Result<Table> {
+    let mut table = Table::new(
+        "Live packets over IPv6: UDP through a node to a pod, 64-byte frames, delivered packets per second",
+        &[
+            "services x 10 endpoints",
+            "contender",
+            "established flow (pps)",
+            "new flows (pps)",
+            "generator / this (established, new)",
+            "lb: this / the plain hop of its kind (established, new)",
+        ],
+    );
+    let contenders = [
+        Contender::Generator,
+        Contender::Ceiling,
+        Contender::PeerFloor,
+        Contender::Lb,
+        Contender::LbTcPod,
+    ];
+    let mut results = Vec::new();
+    for c in contenders {
+        let r = one_node(c, 1, w, true).with_context(|| format!("{c:?} over IPv6"))?;
+        eprintln!(
+            "  IPv6  {:<28} established {:>10.0} pps (sent {:>10.0})  new {:>10.0} pps (sent {:>10.0})",
+            c.label(),
+            r[0].1,
+            r[0].0,
+            r[1].1,
+            r[1].0
+        );
+        results.push((c, r));
+    }
+    let of = |want: Contender| results.iter().find(|(c, _)| *c == want).map(|(_, r)| *r);
+    let (Some(generator), Some(ceiling), Some(peer_floor)) = (
+        of(Contender::Generator),
+        of(Contender::Ceiling),
+        of(Contender::PeerFloor),
+    ) else {
+        bail!("an IPv6 baseline is missing");
+    };
+    let headroom = |pps: f64, gen_pps: f64| {
+        let x = gen_pps / pps;
+        if x < 1.4 {
+            format!("{x:.2}x (generator-bound)")
+        } else {
+            format!("{x:.2}x")
+        }
+    };
+    for (c, r) in &results {
+        let hop = match c {
+            Contender::Lb => Some(ceiling),
+            Contender::LbTcPod => Some(peer_floor),
+            _ => None,
+        };
+        table.row(vec![
+            "1".to_string(),
+            c.label().to_string(),
+            format!("{:.0}", r[0].1),
+            format!("{:.0}", r[1].1),
+            if *c == Contender::Generator {
+                "-".to_string()
+            } else {
+                format!(
+                    "{}, {}",
+                    headroom(r[0].1, generator[0].1),
+                    headroom(r[1].1, generator[1].1)
+                )
+            },
+            hop.map(|h| format!("{:.2}x, {:.2}x", r[0].1 / h[0].1, r[1].1 / h[1].1))
+                .unwrap_or_else(|| "-".to_string()),
+        ]);
+        chart.bar(
+            "IPv6, 1 svc",
+            &format!("{}, established", c.label()),
+            r[0].1 / 1e6,
+        );
+        chart.bar(
+            "IPv6, 1 svc",
+            &format!("{}, new flows", c.label()),
+            r[1].1 / 1e6,
+        );
+    }
+    Ok(table)
 }
 
 fn main() -> Result<()> {
@@ -539,7 +678,7 @@ fn main() -> Result<()> {
     for &n in &sizes {
         let mut results = Vec::new();
         for &c in contenders {
-            let r = one_node(c, n, w).with_context(|| format!("{c:?} at {n} services"))?;
+            let r = one_node(c, n, w, false).with_context(|| format!("{c:?} at {n} services"))?;
             eprintln!(
                 "{n:>6} services  {:<28} established {:>10.0} pps (sent {:>10.0})  new {:>10.0} pps (sent {:>10.0})",
                 c.label(),
@@ -625,8 +764,16 @@ fn main() -> Result<()> {
             );
         }
     }
+    let table6 = if remote_only {
+        None
+    } else {
+        Some(ipv6_rows(w, &mut chart)?)
+    };
     if lb_only {
         println!("{}", table.markdown());
+        if let Some(t6) = &table6 {
+            println!("{}", t6.markdown());
+        }
         return Ok(());
     }
     let mut rtable = Table::new(
@@ -673,7 +820,12 @@ fn main() -> Result<()> {
         println!("{}", rtable.markdown());
         return Ok(());
     }
-    let md = format!("{}\n{}", table.markdown(), rtable.markdown());
+    let md = format!(
+        "{}\n{}\n{}",
+        table.markdown(),
+        table6.map(|t| t.markdown()).unwrap_or_default(),
+        rtable.markdown()
+    );
     println!("{md}");
     report::save("live", &md, &chart)?;
     Ok(())

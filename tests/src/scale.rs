@@ -10,7 +10,10 @@
 //! other service is a ClusterIP with endpoints in 10.100.0.0/14 that no packet
 //! reaches. Like Kubernetes (one nodePort range), only one service needs a nodePort.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 pub const ENDPOINTS_PER_SERVICE: usize = 10;
 pub const SERVICE_PORT: u16 = 80;
@@ -70,6 +73,27 @@ fn service(i: usize, n: usize, selector: bool) -> String {
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: s{i}\nspec:\n  {node_port}clusterIP: {}\n  {sel}ports:\n  - {{name: web, port: {SERVICE_PORT}, protocol: UDP, targetPort: {TARGET_PORT}{np}}}\n---\n",
         cluster_ip(i)
     )
+}
+
+/// The IPv6 twins of [`measured_endpoints`]: `fd00:10:244::2` (the dual-stack
+/// pod's address) and on, all on one pod.
+pub fn measured_endpoints6() -> Vec<Ipv6Addr> {
+    (2..2 + ENDPOINTS_PER_SERVICE as u16)
+        .map(|h| Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, h))
+        .collect()
+}
+
+/// The measured NodePort service in IPv6 alone (`ipFamilies: [IPv6]`) with its
+/// IPv6 EndpointSlice of [`measured_endpoints6`], for a dual-stack store.
+pub fn lb_manifest6() -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: s6\nspec:\n  type: NodePort\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  ports:\n  - {{name: web, port: {SERVICE_PORT}, protocol: UDP, targetPort: {TARGET_PORT}, nodePort: {MEASURED_NODE_PORT}}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s6-1\n  labels: {{kubernetes.io/service-name: s6}}\naddressType: IPv6\nports:\n- {{name: web, port: {TARGET_PORT}, protocol: UDP}}\nendpoints:\n"
+    );
+    for a in measured_endpoints6() {
+        let _ = writeln!(s, "- addresses: ['{a}']");
+    }
+    s.push_str("---\n");
+    s
 }
 
 /// `n` services with their EndpointSlices, as `lb apply -f` reads them.

@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    BENCH_FRAME_GEN, BENCH_FRAME_HOP, BENCH_HDR_LEN, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX,
-    CtValue, PROTO_UDP,
+    BENCH_FRAME_GEN, BENCH_FRAME_HOP, BENCH_HDR_LEN, BENCH_IPV6, BENCH_NEW_FLOWS,
+    BENCH_REDIRECT_IFINDEX, CtValue, PROTO_UDP,
 };
 
 use lb_ebpf::{
@@ -29,6 +29,13 @@ const ETH_LEN: usize = 14;
 const UDP_SPORT_OFF: usize = ETH_LEN + 20;
 /// Offset of the UDP destination port.
 const UDP_DPORT_OFF: usize = UDP_SPORT_OFF + 2;
+/// Ethernet + IPv4 + UDP headers: what an IPv4 frame takes from its template.
+const HDR4_LEN: usize = ETH_LEN + 20 + 8;
+/// In an IPv6 template: the UDP source port, its checksum, and the last two bytes
+/// of the source address.
+const UDP6_SPORT_OFF: usize = ETH_LEN + 40;
+const UDP6_CHECK_OFF: usize = UDP6_SPORT_OFF + 6;
+const IP6_SADDR_LO_OFF: usize = ETH_LEN + 8 + 14;
 
 #[inline(always)]
 fn setting(index: u32) -> u32 {
@@ -38,8 +45,9 @@ fn setting(index: u32) -> u32 {
 /// Live-frames generator. Pages are recycled without being re-initialised and the
 /// hops downstream rewrite them, so every frame gets the template's headers anew.
 /// With `BENCH_NEW_FLOWS` every frame is a new flow: a random source port and a
-/// random last byte of the source address (the IPv4 checksum is updated; the UDP
-/// checksum is 0, so it stays valid). The frame then leaves through its interface.
+/// random last byte of the source address (IPv4: the header checksum is updated,
+/// the UDP checksum is 0, so it stays valid; IPv6, `BENCH_IPV6`: the UDP checksum,
+/// which covers both, is updated). The frame then leaves through its interface.
 #[inline(always)]
 pub fn generate(ctx: &XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
@@ -49,20 +57,38 @@ pub fn generate(ctx: &XdpContext) -> u32 {
     ) else {
         return xdp_action::XDP_ABORTED;
     };
-    // 21 two-byte words, each a plain load and store: a copy of the whole array would
+    // Two-byte words, each a plain load and store: a copy of the whole array would
     // be a call to compiler_builtins' memmove, a byte loop on the generator's CPU.
+    // The IPv4 headers' 21 words, and an IPv6 template's 10 more (not copied for
+    // IPv4: the generator's rate is the ceiling every row is read against).
     // Frames start at least 2-aligned (NET_IP_ALIGN) and map values 8-aligned.
+    let ipv6 = setting(BENCH_IPV6) != 0;
     let (dst, src) = (hdr as *mut u16, tmpl as *const u16);
-    for i in 0..BENCH_HDR_LEN / 2 {
-        // SAFETY: both bounds-checked above for BENCH_HDR_LEN bytes, 2-aligned; they
-        // do not overlap (packet vs map).
+    for i in 0..HDR4_LEN / 2 {
+        // SAFETY: both bounds-checked above for BENCH_HDR_LEN >= HDR4_LEN bytes,
+        // 2-aligned; they do not overlap (packet vs map).
         unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
     }
+    if ipv6 {
+        for i in HDR4_LEN / 2..BENCH_HDR_LEN / 2 {
+            // SAFETY: as above, within BENCH_HDR_LEN bytes.
+            unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+        }
+    }
     if setting(BENCH_NEW_FLOWS) != 0 {
+        let (sport_off, saddr_lo_off, check_off) = if ipv6 {
+            (UDP6_SPORT_OFF, IP6_SADDR_LO_OFF, UDP6_CHECK_OFF)
+        } else {
+            (
+                UDP_SPORT_OFF,
+                ETH_LEN + IP_SADDR_OFF + 2,
+                ETH_LEN + IP_CHECK_OFF,
+            )
+        };
         let (Some(sport), Some(saddr_lo), Some(check)) = (
-            ptr_at::<[u8; 2]>(data, end, UDP_SPORT_OFF),
-            ptr_at::<[u8; 2]>(data, end, ETH_LEN + IP_SADDR_OFF + 2),
-            ptr_at::<[u8; 2]>(data, end, ETH_LEN + IP_CHECK_OFF),
+            ptr_at::<[u8; 2]>(data, end, sport_off),
+            ptr_at::<[u8; 2]>(data, end, saddr_lo_off),
+            ptr_at::<[u8; 2]>(data, end, check_off),
         ) else {
             return xdp_action::XDP_ABORTED;
         };
@@ -72,12 +98,16 @@ pub fn generate(ctx: &XdpContext) -> u32 {
         let host = 11 + ((r >> 16) % 240) as u8;
         // SAFETY: all three bounds-checked just above.
         unsafe {
+            let old_port = sport.read_unaligned();
             sport.write_unaligned(port.to_be_bytes());
             let old = saddr_lo.read_unaligned();
             let new = [old[0], host];
             saddr_lo.write_unaligned(new);
             let mut c = Csum::start(u16::from_ne_bytes(check.read_unaligned()));
             c.replace16(u16::from_ne_bytes(old), u16::from_ne_bytes(new));
+            if ipv6 {
+                c.replace16(u16::from_ne_bytes(old_port), port.to_be());
+            }
             check.write_unaligned(c.finish().to_ne_bytes());
         }
     }
