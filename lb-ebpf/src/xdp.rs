@@ -79,12 +79,7 @@ fn run4(ctx: &XdpContext) -> u32 {
                 Ok(()) => {
                     stats::verdict(reason, p.ip_len);
                     stats::service(svc_id, backend_id, p.ip_len);
-                    if way.to_peer {
-                        deliver::mark(ctx, &way.route);
-                    } else if way.route.found()
-                        && let Some(action) = fwd::send_xdp(ctx, &way.route)
-                    {
-                        stats::verdict(reason::FWD_XDP_REDIRECT, p.ip_len);
+                    if let Some(action) = send(ctx, &way, p.ip_len) {
                         return action;
                     }
                 }
@@ -162,12 +157,7 @@ fn run6(ctx: &XdpContext) -> u32 {
                 Ok(()) => {
                     stats::verdict(d.reason, p.ip_len);
                     stats::service(d.svc_id, d.backend_id, p.ip_len);
-                    if way.to_peer {
-                        deliver::mark(ctx, &way.route);
-                    } else if way.route.found()
-                        && let Some(action) = fwd::send_xdp(ctx, &way.route)
-                    {
-                        stats::verdict(reason::FWD_XDP_REDIRECT, p.ip_len);
+                    if let Some(action) = send(ctx, &way, p.ip_len) {
                         return action;
                     }
                 }
@@ -221,6 +211,23 @@ fn related<A: icmp::Quoting>(
 struct Way {
     route: Route,
     to_peer: bool,
+}
+
+/// Sends a translated frame the way [`way_out`] chose: redirected
+/// (`Some(action)`), or marked for TC ingress to hand to the pod, or neither (None
+/// for both: it goes on through the stack, to TC).
+#[inline(always)]
+fn send(ctx: &XdpContext, way: &Way, ip_len: u16) -> Option<u32> {
+    if way.to_peer {
+        deliver::mark(ctx, &way.route);
+        return None;
+    }
+    if !way.route.found() {
+        return None;
+    }
+    let action = fwd::send_xdp(ctx, &way.route)?;
+    stats::verdict(reason::FWD_XDP_REDIRECT, ip_len);
+    Some(action)
 }
 
 /// The route / peer / stack choice. Translated packets leave by the FIB when it has

@@ -576,6 +576,15 @@ impl Agent {
             return;
         };
         let dns = dns_listeners(&self.node, &names.opts.cluster_ips);
+        if dns.is_empty() {
+            // Written without a clusterIP, the service would get one the store picks.
+            let why = "the node has no address of --cluster-dns's families".to_string();
+            if names.refused.as_ref() != Some(&why) {
+                warn!(error = %why, "the cluster DNS service could not be written: pods cannot reach DNS at --cluster-dns");
+                names.refused = Some(why);
+            }
+            return;
+        }
         let due = cluster_service::due(&self.tracked.state, &dns, &self.node.name);
         if due != cluster_service::Due::Write {
             names.refused = None;

@@ -512,6 +512,21 @@ fn remote(hop: RemoteHop, w: Window) -> Result<(f64, f64)> {
     Ok(r)
 }
 
+/// [`one_node`], its figures printed as they come.
+fn measured(c: Contender, n: usize, w: Window, ipv6: bool) -> Result<[(f64, f64); 2]> {
+    let family = if ipv6 { "IPv6" } else { "IPv4" };
+    let r = one_node(c, n, w, ipv6).with_context(|| format!("{c:?} at {n} services, {family}"))?;
+    eprintln!(
+        "{n:>6} services {family}  {:<28} established {:>10.0} pps (sent {:>10.0})  new {:>10.0} pps (sent {:>10.0})",
+        c.label(),
+        r[0].1,
+        r[0].0,
+        r[1].1,
+        r[1].0
+    );
+    Ok(r)
+}
+
 /// The IPv6 rows: one IPv6 NodePort service (10 endpoints), lb as by default for
 /// both kinds of pod against the plain hop of its kind, and the generator's own
 /// rate, under the IPv4 rows' rules (a row within 1.4x of the generator is marked
@@ -537,16 +552,7 @@ fn ipv6_rows(w: Window, chart: &mut Chart) -> Result<Table> {
     ];
     let mut results = Vec::new();
     for c in contenders {
-        let r = one_node(c, 1, w, true).with_context(|| format!("{c:?} over IPv6"))?;
-        eprintln!(
-            "  IPv6  {:<28} established {:>10.0} pps (sent {:>10.0})  new {:>10.0} pps (sent {:>10.0})",
-            c.label(),
-            r[0].1,
-            r[0].0,
-            r[1].1,
-            r[1].0
-        );
-        results.push((c, r));
+        results.push((c, measured(c, 1, w, true)?));
     }
     let of = |want: Contender| results.iter().find(|(c, _)| *c == want).map(|(_, r)| *r);
     let (Some(generator), Some(ceiling), Some(peer_floor)) = (
@@ -678,16 +684,7 @@ fn main() -> Result<()> {
     for &n in &sizes {
         let mut results = Vec::new();
         for &c in contenders {
-            let r = one_node(c, n, w, false).with_context(|| format!("{c:?} at {n} services"))?;
-            eprintln!(
-                "{n:>6} services  {:<28} established {:>10.0} pps (sent {:>10.0})  new {:>10.0} pps (sent {:>10.0})",
-                c.label(),
-                r[0].1,
-                r[0].0,
-                r[1].1,
-                r[1].0
-            );
-            results.push((c, r));
+            results.push((c, measured(c, n, w, false)?));
         }
         let result = |want: Contender| {
             results
