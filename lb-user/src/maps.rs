@@ -378,6 +378,22 @@ impl Maps {
         Ok(out)
     }
 
+    /// The IPv6 conntrack entry of `key` (the assured table first), if any.
+    pub fn conntrack6_entry(&self, key: &FlowKey6) -> Result<Option<CtValue6>, MapsError> {
+        let Some(v6) = &self.v6 else {
+            return Ok(None);
+        };
+        for (map, name) in [
+            (&v6.assured, MAP_CT_ASSURED6),
+            (&v6.conntrack, MAP_CONNTRACK6),
+        ] {
+            if let Some(v) = found(map.get(key, 0), name)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
     /// How many entries `LB_SERVICES` and `LB_BACKENDS` hold at most, as loaded.
     pub fn capacity(&self) -> Result<(u32, u32), MapsError> {
         let entries = |fd: &OwnedFd, map: &'static str| {

@@ -1294,6 +1294,165 @@ fn fuzzed_frames_are_counted_once_and_never_leave_a_flow_untranslated() {
     );
 }
 
+/// The IPv6 tuple a frame claims (Ethernet, IPv6 header, L4 ports right after
+/// it, or after one extension header when `ext`), if it is long enough.
+fn claimed_key6(frame: &[u8], ext: bool) -> Option<lb_common::FlowKey6> {
+    if frame.len() < 54 || frame[12..14] != [0x86, 0xdd] {
+        return None;
+    }
+    let l4 = if ext { 62 } else { 54 };
+    let word = |at: usize| u32::from_ne_bytes(frame[at..at + 4].try_into().unwrap());
+    let port = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+    };
+    let proto = if ext { *frame.get(54)? } else { frame[20] };
+    Some(lb_common::FlowKey6 {
+        saddr_be: [word(22), word(26), word(30), word(34)],
+        daddr_be: [word(38), word(42), word(46), word(50)],
+        sport_be: port(l4)?,
+        dport_be: port(l4 + 2)?,
+        proto,
+        _pad: 0,
+        _pad2: 0,
+    })
+}
+
+/// Whether a whole IPv6 TCP/UDP datagram's checksum holds (L4 header right after
+/// the IPv6 one); false for anything else.
+fn checksums_right6(frame: &[u8]) -> bool {
+    if frame.len() < 54 || frame[12..14] != [0x86, 0xdd] {
+        return false;
+    }
+    let plen = u16::from_be_bytes([frame[18], frame[19]]) as usize;
+    let next = frame[20];
+    if (next != PROTO_TCP && next != lb_common::PROTO_UDP) || plen < 8 || 54 + plen > frame.len() {
+        return false;
+    }
+    let mut pseudo = frame[22..54].to_vec();
+    pseudo.extend_from_slice(&(plen as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, next]);
+    packet::checksum(&[&pseudo, &frame[54..54 + plen]]) == 0
+}
+
+/// The IPv4 fuzzer's rules for IPv6 frames (`LB_FUZZ_FRAMES` / 10 of them, same
+/// seed): NodePort and ClusterIP flows, replies, a service without endpoints, with
+/// a hop-by-hop header or as fragments (first, later, atomic), then mutated (bits
+/// flipped in the headers, truncated, a header field set at random: payload
+/// length, next header, hop limit, the Fragment header's offset and flags, TCP
+/// offset and flags; or trailing bytes). Through XDP, TC ingress and TC egress each
+/// is counted under exactly one reason; what is passed is untouched and starts no
+/// flow; a translated whole datagram whose checksum held still holds it.
+#[test]
+fn fuzzed_ipv6_frames_are_counted_once_and_start_no_flow_untranslated() {
+    let (frames, seed) = fuzz_settings();
+    let frames = (frames / 10).max(100);
+    let mut dp = dataplane();
+    let mut rng = Rng(seed.rotate_left(17) | 1);
+    let (mut translated, mut passed, mut summed) = (0u64, 0u64, 0u64);
+    for i in 0..frames {
+        if i % 500 == 0 {
+            dp = dataplane();
+        }
+        let role = if rng.below(2) == 0 {
+            IFACE_POD
+        } else {
+            IFACE_EXTERNAL
+        };
+        dp.maps.set_iface(1, role).unwrap();
+        let sport = 1024 + rng.below(60_000) as u16;
+        let client = format!("fd00:1::{:x}", 0x100 + rng.below(4000));
+        let mut base = match rng.below(5) {
+            0 => Pkt6::tcp(&client, sport, NODE6, NODE_PORT, TCP_SYN),
+            1 => Pkt6::udp(&client, sport, CLUSTER_IP6, 53).payload(&[7u8; 40]),
+            2 => Pkt6::udp(&client, sport, NODE6, UDP_NODE_PORT).payload(b"ping"),
+            3 => Pkt6::tcp(POD6, 80, &client, sport, TCP_SYN | TCP_ACK),
+            _ => Pkt6::tcp(&client, sport, NODE6, 30009, TCP_SYN),
+        };
+        let ext = rng.below(8) == 0;
+        let mut f = match rng.below(8) {
+            0 => {
+                let payload: Vec<u8> = (0..600).map(|b| b as u8).collect();
+                let p = base.payload(&payload);
+                let id = rng.next() as u32;
+                let [first, later] = p.fragments(8 * (1 + rng.below(40)), id);
+                if rng.below(2) == 0 { first } else { later }
+            }
+            1 => base.atomic_fragment(rng.next() as u32),
+            _ => {
+                base.hop_by_hop = ext;
+                base.build()
+            }
+        };
+        let fragment = f[20] == 44;
+        let original_ok = checksums_right6(&f);
+        match rng.below(5) {
+            0 => {}
+            1 => {
+                for _ in 0..1 + rng.below(4) {
+                    let at = rng.below(f.len().min(80));
+                    f[at] ^= 1 << rng.below(8);
+                }
+            }
+            2 => {
+                let keep = 54 + rng.below(f.len() - 53);
+                f.truncate(keep);
+            }
+            3 => {
+                let v = rng.next();
+                match rng.below(6) {
+                    0 => f[18..20].copy_from_slice(&(v as u16).to_be_bytes()), // payload length
+                    1 => f[20] = [0, 6, 17, 43, 44, 58, 60, v as u8][rng.below(8)], // next header
+                    2 => f[21] = v as u8,                                      // hop limit
+                    3 if f.len() > 58 => f[56..58].copy_from_slice(&(v as u16).to_be_bytes()), // fragment offset/flags
+                    4 if f.len() > 67 => f[54 + 12] = v as u8, // TCP offset
+                    _ if f.len() > 67 => f[54 + 13] = v as u8, // TCP flags
+                    _ => {}
+                }
+            }
+            _ => f.extend((0..rng.below(40)).map(|_| rng.next() as u8)),
+        }
+        let checksums_ok = original_ok && checksums_right6(&f);
+        let claimed = claimed_key6(&f, ext || fragment);
+        for prog in [Prog::Xdp, Prog::TcIngress, Prog::TcEgress] {
+            let flow = |dp: &Dataplane| claimed.and_then(|k| dp.maps.conntrack6_entry(&k).unwrap());
+            let had_flow = flow(&dp).is_some();
+            // `run` asserts that exactly one verdict counter moved.
+            let (_, out, moved) = run(&mut dp, prog, &f);
+            let name = reason::NAMES[moved as usize];
+            if name.starts_with("nat_") {
+                translated += 1;
+                if checksums_ok {
+                    summed += 1;
+                    assert!(
+                        checksums_right6(&out),
+                        "#{i} {prog:?} {name}: checksum after the rewrite\n{f:02x?}\n{out:02x?}"
+                    );
+                }
+            } else {
+                passed += 1;
+                if name.starts_with("pass_") {
+                    assert_eq!(out, f, "#{i} {prog:?} {name}: passed untouched");
+                }
+                if !had_flow {
+                    assert!(
+                        flow(&dp).is_none(),
+                        "#{i} {prog:?} {name}: a flow from a frame not translated\n{f:02x?}"
+                    );
+                }
+            }
+        }
+    }
+    eprintln!(
+        "IPv6 fuzz (seed {seed:#x}): {frames} frames x 3 programs: {translated} translated ({summed} with their checksum checked after), {passed} passed, dropped or answered"
+    );
+    assert!(
+        translated > 100 && passed > 100 && summed > 100,
+        "both kinds were exercised, rewrites checked"
+    );
+}
+
 #[test]
 fn icmp_errors_about_a_flow_are_translated_with_it() {
     let mut dp = dataplane();

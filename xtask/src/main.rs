@@ -105,7 +105,7 @@ fn fuzz(frames: u32, seed: Option<u64>) -> Result<()> {
     run(Command::new("cargo")
         .current_dir(workspace_root())
         .args(["test", "--release", "-p", "lb-tests", "--test", "prog_run"])
-        .args(["fuzzed_frames", "--", "--nocapture"])
+        .args(["fuzzed_", "--", "--nocapture"])
         .env("LB_BIN", &lb)
         .env("LB_FUZZ_FRAMES", frames.to_string())
         .env("LB_FUZZ_SEED", seed.to_string()))
