@@ -512,6 +512,23 @@ fn remote(hop: RemoteHop, w: Window) -> Result<(f64, f64)> {
     Ok(r)
 }
 
+/// How far below the generator's own rate a row is (established, new flows); a row
+/// within 1.4x of it measures the generator, not the hop: said in the row.
+fn headroom(c: Contender, r: &[(f64, f64); 2], generator: &[(f64, f64); 2]) -> String {
+    if c == Contender::Generator {
+        return "-".to_string();
+    }
+    let x = |i: usize| {
+        let x = generator[i].1 / r[i].1;
+        if x < 1.4 {
+            format!("{x:.2}x (generator-bound)")
+        } else {
+            format!("{x:.2}x")
+        }
+    };
+    format!("{}, {}", x(0), x(1))
+}
+
 /// [`one_node`], its figures printed as they come.
 fn measured(c: Contender, n: usize, w: Window, ipv6: bool) -> Result<[(f64, f64); 2]> {
     let family = if ipv6 { "IPv6" } else { "IPv4" };
@@ -562,14 +579,6 @@ fn ipv6_rows(w: Window, chart: &mut Chart) -> Result<Table> {
     ) else {
         bail!("an IPv6 baseline is missing");
     };
-    let headroom = |pps: f64, gen_pps: f64| {
-        let x = gen_pps / pps;
-        if x < 1.4 {
-            format!("{x:.2}x (generator-bound)")
-        } else {
-            format!("{x:.2}x")
-        }
-    };
     for (c, r) in &results {
         let hop = match c {
             Contender::Lb => Some(ceiling),
@@ -581,15 +590,7 @@ fn ipv6_rows(w: Window, chart: &mut Chart) -> Result<Table> {
             c.label().to_string(),
             format!("{:.0}", r[0].1),
             format!("{:.0}", r[1].1),
-            if *c == Contender::Generator {
-                "-".to_string()
-            } else {
-                format!(
-                    "{}, {}",
-                    headroom(r[0].1, generator[0].1),
-                    headroom(r[1].1, generator[1].1)
-                )
-            },
+            headroom(*c, r, &generator),
             hop.map(|h| format!("{:.2}x, {:.2}x", r[0].1 / h[0].1, r[1].1 / h[1].1))
                 .unwrap_or_else(|| "-".to_string()),
         ]);
@@ -708,16 +709,6 @@ fn main() -> Result<()> {
             };
             format!("{:.2}x, {:.2}x", r[0].1 / hop[0].1, r[1].1 / hop[1].1)
         };
-        // A row within 1.4x of what the generator itself sends measures the
-        // generator, not the hop: said in the row.
-        let headroom = |pps: f64, gen_pps: f64| {
-            let x = gen_pps / pps;
-            if x < 1.4 {
-                format!("{x:.2}x (generator-bound)")
-            } else {
-                format!("{x:.2}x")
-            }
-        };
         // Every packet's path includes the generator, two veth hops and the sink;
         // what a contender adds is its time per packet minus the ceiling's.
         let above = |pps: f64, ceil: f64| 1e9 / pps - 1e9 / ceil;
@@ -733,15 +724,7 @@ fn main() -> Result<()> {
                 format!("{:.2}x", lb[1].1 / r[1].1),
                 format!("{:.0}", above(r[0].1, ceiling[0].1)),
                 format!("{:.0}", above(r[1].1, ceiling[1].1)),
-                if *c == Contender::Generator {
-                    "-".to_string()
-                } else {
-                    format!(
-                        "{}, {}",
-                        headroom(r[0].1, generator[0].1),
-                        headroom(r[1].1, generator[1].1)
-                    )
-                },
+                headroom(*c, r, &generator),
                 own_kind(*c, r),
                 if matches!(c, Contender::Lb | Contender::LbTcPod) {
                     format!("{:.2}x", r[1].1 / stateful[1].1)
