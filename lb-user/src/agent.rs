@@ -23,7 +23,7 @@ use crate::{
     kube_lb::{self, KubeLb},
     kube_source::KubeSource,
     loader::{Dataplane, LoadConfig},
-    model::ObjectKey,
+    model::{Family, ObjectKey},
     netif::{self, Routes},
     plan::{self, Node, PortPlan},
     sizes::{MapSizes, Need, NodeMemory, SizeFlags},
@@ -347,8 +347,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         let stats = Arc::default();
         agent.telemetry.count_dns(Arc::clone(&stats));
         let clients = crate::dns::server::Clients {
-            node_addrs: (agent.node.addrs.iter().map(|a| IpAddr::V4(*a)))
-                .chain(agent.node.addrs6.iter().map(|a| IpAddr::V6(*a)))
+            node_addrs: [Family::V4, Family::V6]
+                .into_iter()
+                .flat_map(|f| agent.node.addrs_of(f))
                 .collect(),
             cidrs: opts.cluster_cidrs.clone(),
             pods: Default::default(),
@@ -1132,12 +1133,6 @@ fn need(plans: &[PortPlan]) -> Need {
 fn dns_listeners(node: &Node, cluster_ips: &[IpAddr]) -> Vec<(IpAddr, IpAddr)> {
     cluster_ips
         .iter()
-        .filter_map(|ip| {
-            let addr = match ip {
-                IpAddr::V4(_) => node.addrs.first().map(|a| IpAddr::V4(*a)),
-                IpAddr::V6(_) => node.addrs6.first().map(|a| IpAddr::V6(*a)),
-            }?;
-            Some((*ip, addr))
-        })
+        .filter_map(|ip| Some((*ip, *node.addrs_of(Family::of(*ip)).first()?)))
         .collect()
 }

@@ -32,7 +32,7 @@ pub struct Node {
 
 impl Node {
     /// The addresses of `family`.
-    fn addrs_of(&self, family: Family) -> Vec<IpAddr> {
+    pub fn addrs_of(&self, family: Family) -> Vec<IpAddr> {
         match family {
             Family::V4 => self.addrs.iter().map(|a| IpAddr::V4(*a)).collect(),
             Family::V6 => self.addrs6.iter().map(|a| IpAddr::V6(*a)).collect(),
