@@ -122,10 +122,18 @@ pub fn lookup_tc_full(ctx: &TcContext, to: &FlowKey, ifindex: u32, ip_len: u16) 
 #[inline(always)]
 fn lookup_full(ctx: *mut c_void, to: &FlowKey, ifindex: u32, tot_len: u16) -> Route {
     let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
-    if query(ctx, &mut p, to, ifindex, tot_len) != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+    let rc = query(ctx, &mut p, to, ifindex, tot_len);
+    full_route(rc, &p)
+}
+
+/// The route of a FIB answer with code `rc` in `p` (written whole by `query` or
+/// `query6`, then by the kernel), or `Route::NONE` when it is not a full one.
+#[inline(always)]
+fn full_route(rc: i64, p: &MaybeUninit<bpf_fib_lookup>) -> Route {
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Route::NONE;
     }
-    // SAFETY: written whole by `query`, then by the kernel.
+    // SAFETY: written whole by the query, then by the kernel.
     let p = unsafe { p.assume_init_ref() };
     Route {
         ifindex: p.ifindex,
@@ -236,17 +244,8 @@ fn query6(
 #[inline(never)]
 pub fn lookup6_full(ctx: *mut c_void, to: &FlowKey6, ifindex: u32, tot_len: u16, out: &mut Route) {
     let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
-    if query6(ctx, &mut p, to, ifindex, tot_len) != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        *out = Route::NONE;
-        return;
-    }
-    // SAFETY: written whole by `query6`, then by the kernel.
-    let p = unsafe { p.assume_init_ref() };
-    *out = Route {
-        ifindex: p.ifindex,
-        smac: p.smac,
-        dmac: p.dmac,
-    };
+    let rc = query6(ctx, &mut p, to, ifindex, tot_len);
+    *out = full_route(rc, &p);
 }
 
 /// [`lookup_tc`] for an IPv6 flow's translated tuple, as one number (a subprogram
