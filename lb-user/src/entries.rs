@@ -80,7 +80,7 @@ impl Limits {
 }
 
 /// Entries per family (index 0 IPv4, 1 IPv6).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct PerFamily {
     frontends: [usize; 2],
     slots: [usize; 2],
@@ -90,13 +90,21 @@ impl PerFamily {
     fn of(e: &Entries) -> Self {
         let mut n = PerFamily::default();
         for f in e.services.keys() {
-            n.frontends[usize::from(matches!(f, Frontend::V6(_)))] += 1;
+            n.frontends[family_of_frontend(f)] += 1;
         }
         for s in e.backends.values() {
-            n.slots[usize::from(matches!(s, Slot::V6(_)))] += 1;
+            n.slots[family_of_slot(s)] += 1;
         }
         n
     }
+}
+
+fn family_of_frontend(f: &Frontend) -> usize {
+    usize::from(matches!(f, Frontend::V6(_)))
+}
+
+fn family_of_slot(s: &Slot) -> usize {
+    usize::from(matches!(s, Slot::V6(_)))
 }
 
 /// Services an update leaves out because the maps have no room for them, with why
@@ -213,6 +221,9 @@ pub struct Programmed {
     backend_ids: IdPool,
     service_ids: IdPool,
     limits: Limits,
+    /// How many entries `entries` holds per family, kept as writes are recorded (a
+    /// round of one service must not count 1,000,000 slots).
+    used: PerFamily,
     /// What the last update's plans claim, taken into `owners` when its writes are
     /// recorded (a refused write leaves the claims as they were).
     pending: Option<Claims>,
@@ -255,6 +266,7 @@ impl Programmed {
             backend_ids: IdPool::new(limits.backends, "backends", "--max-backends"),
             service_ids: IdPool::new(limits.frontends, "service ports", "--max-frontends"),
             limits,
+            used: PerFamily::default(),
             pending: None,
         };
         let ops: Vec<Op> = entries
@@ -338,7 +350,7 @@ impl Programmed {
     /// Room left: free frontends and backend slots (what a refused service waits
     /// for; it is retried when either grows).
     pub fn room(&self) -> (usize, usize) {
-        let used = PerFamily::of(&self.entries);
+        let used = self.used;
         let free = |family: usize| {
             let (f, b, ..) = self.limits.of(family);
             (
@@ -362,7 +374,7 @@ impl Programmed {
         // Entries: what stays plus what comes (`sync::diff` removes what goes
         // first). Ids: those in use now (one that goes is free again only once the
         // writes are recorded) plus the new ones.
-        let (all, gone) = (PerFamily::of(&self.entries), PerFamily::of(old));
+        let (all, gone) = (self.used, PerFamily::of(old));
         let mut used = PerFamily {
             frontends: [0, 1].map(|i| all.frontends[i] - gone.frontends[i]),
             slots: [0, 1].map(|i| all.slots[i] - gone.slots[i]),
@@ -383,7 +395,7 @@ impl Programmed {
             let mut needs = PerFamily::default();
             for p in &mine {
                 for (f, _) in &p.frontends {
-                    needs.frontends[usize::from(matches!(f, Frontend::V6(_)))] += 1;
+                    needs.frontends[family_of_frontend(f)] += 1;
                 }
                 for (a, _) in &p.endpoints {
                     needs.slots[usize::from(a.is_ipv6())] += 1;
@@ -642,7 +654,9 @@ impl Programmed {
                 Op::PutBackend(k, v) => {
                     if let Some(old) = self.entries.backends.get(k).copied() {
                         self.release_backend(&old, &mut gone);
+                        self.used.slots[family_of_slot(&old)] -= 1;
                     }
+                    self.used.slots[family_of_slot(v)] += 1;
                     let e = self
                         .backends
                         .entry(backend_addr(v))
@@ -654,12 +668,16 @@ impl Programmed {
                 Op::DeleteBackend(k, _) => {
                     if let Some(old) = self.entries.backends.get(k).copied() {
                         self.release_backend(&old, &mut gone);
+                        self.used.slots[family_of_slot(&old)] -= 1;
                     }
                 }
                 Op::PutService(k, v) => {
                     match self.entries.services.get(k).map(|o| o.svc_id) {
                         Some(id) => self.release_service(id),
-                        None => *self.port_refs.entry(k.port()).or_default() += 1,
+                        None => {
+                            *self.port_refs.entry(k.port()).or_default() += 1;
+                            self.used.frontends[family_of_frontend(k)] += 1;
+                        }
                     }
                     *self.service_refs.entry(v.svc_id).or_default() += 1;
                     self.service_ids.mark_used(v.svc_id);
@@ -667,6 +685,7 @@ impl Programmed {
                 Op::DeleteService(k) => {
                     if let Some(old) = self.entries.services.get(k).map(|o| o.svc_id) {
                         self.release_service(old);
+                        self.used.frontends[family_of_frontend(k)] -= 1;
                         let port = k.port();
                         if let Some(n) = self.port_refs.get_mut(&port) {
                             *n -= 1;
@@ -689,6 +708,7 @@ impl Programmed {
             }
             self.owners.extend(claims.owners);
         }
+        debug_assert_eq!(self.used, PerFamily::of(&self.entries));
         gone
     }
 
