@@ -198,8 +198,14 @@ impl Zone {
     fn insert(&mut self, e: Entry) {
         match e {
             Entry::Name(owner, data) => {
+                // Looked up before it is copied: most parents are there already.
                 for p in parents(&owner, &self.domain) {
-                    *self.parents.entry(p.into()).or_default() += 1;
+                    match self.parents.get_mut(p) {
+                        Some(n) => *n += 1,
+                        None => {
+                            self.parents.insert(p.into(), 1);
+                        }
+                    }
                 }
                 self.names.entry(owner).or_default().push(data);
             }
