@@ -41,6 +41,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const RESYNC: Duration = Duration::from_secs(1);
 /// How often expired assured flows are swept.
 const SWEEP: Duration = Duration::from_secs(10);
+/// The fewest changes read in one round after which the facts' maps are rebuilt
+/// full (`Facts::compact`): below it the rebuild saves too little to matter.
+const COMPACT_AFTER: usize = 10_000;
 
 /// Kubernetes mode's Leases (LoadBalancer addresses and their announcement).
 #[derive(Debug, Clone)]
@@ -762,9 +765,11 @@ impl Agent {
         // Taken a batch at a time, so a bulk write is never held whole as objects.
         let mut touched = Touched::default();
         let tracked = &mut self.tracked;
-        let Some(read) = self
-            .store
-            .fact_changes_since(seen, |batch| touched.extend(tracked.take(batch)))?
+        let mut taken = 0;
+        let Some(read) = self.store.fact_changes_since(seen, |batch| {
+            taken += batch.len();
+            touched.extend(tracked.take(batch))
+        })?
         else {
             info!(
                 seen,
@@ -774,6 +779,13 @@ impl Agent {
         };
         self.tracked.state.revision = read;
         self.seen = Some(read);
+        // A bulk write (a quarter of the store or more) leaves the maps it filled
+        // half empty: rebuilt full, before planning adds its own peak.
+        let state = &self.tracked.state;
+        let objects = state.services.len() + state.pods.len() + state.endpoint_slices.len();
+        if taken >= COMPACT_AFTER && taken * 4 >= objects {
+            self.tracked.state.compact();
+        }
         self.program(touched.addrs, touched.services, started)
     }
 

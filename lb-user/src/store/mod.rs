@@ -385,6 +385,7 @@ impl Store {
             batch.into_iter().for_each(|c| facts.apply(c))
         })?;
         facts.revision = revision;
+        facts.compact();
         Ok(facts)
     }
 
