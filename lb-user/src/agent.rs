@@ -41,9 +41,10 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const RESYNC: Duration = Duration::from_secs(1);
 /// How often expired assured flows are swept.
 const SWEEP: Duration = Duration::from_secs(10);
-/// The fewest changes read in one round after which the facts' maps are rebuilt
-/// full (`Facts::compact`): below it the rebuild saves too little to matter.
-const COMPACT_AFTER: usize = 10_000;
+/// The fewest changes in one round taken as a bulk write (the store read whole, or
+/// the facts' maps rebuilt full after them): below it either saves too little to
+/// matter.
+const BULK_CHANGES: usize = 10_000;
 
 /// Kubernetes mode's Leases (LoadBalancer addresses and their announcement).
 #[derive(Debug, Clone)]
@@ -762,6 +763,17 @@ impl Agent {
         let Some(seen) = self.seen else {
             return self.load_whole(started);
         };
+        // A bulk write of at least as many objects as the agent holds is read as a
+        // restart reads the store: whole, decoded on every core and indexed at once,
+        // then planned in one full round. Taken change by change, 1,100,000 new
+        // objects took the agent 1.3-1.6 times as long.
+        let state = &self.tracked.state;
+        let held = state.services.len() + state.pods.len() + state.endpoint_slices.len();
+        let changed = self.store.changed_since(seen)? as usize;
+        if changed >= BULK_CHANGES && changed >= held {
+            info!(changed, held, "a bulk write: reading the store whole");
+            return self.load_whole(started);
+        }
         // Taken a batch at a time, so a bulk write is never held whole as objects.
         let mut touched = Touched::default();
         let tracked = &mut self.tracked;
@@ -783,7 +795,7 @@ impl Agent {
         // half empty: rebuilt full, before planning adds its own peak.
         let state = &self.tracked.state;
         let objects = state.services.len() + state.pods.len() + state.endpoint_slices.len();
-        if taken >= COMPACT_AFTER && taken * 4 >= objects {
+        if taken >= BULK_CHANGES && taken * 4 >= objects {
             self.tracked.state.compact();
         }
         self.program(touched.addrs, touched.services, started)

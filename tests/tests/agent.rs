@@ -150,6 +150,82 @@ fn a_restarted_agent_breaks_no_stream() {
     assert_eq!(tally(&c, &after).values().sum::<usize>(), 20);
 }
 
+/// `n` more ClusterIP services (`bulk-I`, 10.97.x.y:80) selecting the same
+/// `app: web` pods.
+fn bulk_services(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: bulk-{i}\nspec:\n  clusterIP: 10.97.{}.{}\n  selector: {{app: web}}\n  ports:\n  - {{port: 80, targetPort: 8080}}\n---\n",
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_bulk_write_is_read_whole_and_breaks_no_stream() {
+    let tcp: &[&str] = &["--tcp", "8080"];
+    let mut c = cluster("bulk", &[tcp, tcp], &format!("{WEB}{}", pods(2)));
+    ready(&c, &c.client, "tcp", "10.96.0.80:80");
+    let client = c.client.clone();
+    start_stream(&mut c, &client, "stream", "10.96.0.80:80", 6);
+    std::thread::sleep(Duration::from_secs(1));
+    // 10,000 services at once, more than the agent holds: read as a restart reads
+    // the store, in one full round, while the stream runs.
+    let n = 10_000;
+    c.lb.apply(&bulk_services(n)).unwrap();
+    // With web and the cluster DNS service.
+    let want = format!("services={} ", n + 2);
+    let line = Topology::wait_for(Duration::from_secs(60), || {
+        let log = c.t.log("agent-node1");
+        let line = log
+            .lines()
+            .find(|l| l.contains("reconciled") && l.contains(&want))?
+            .to_string();
+        Some((log, line))
+    });
+    let (log, line) = line.unwrap_or_else(|| {
+        panic!(
+            "the bulk write never reached the maps\n{}",
+            c.lb.diagnostics(&c.t, "node1")
+        )
+    });
+    assert!(
+        log.lines()
+            .any(|l| l.contains("a bulk write: reading the store whole")
+                && l.contains(&format!("changed={n} "))),
+        "{log}"
+    );
+    assert!(
+        line.contains("full=true") && line.contains("flows_ended=0"),
+        "{line}"
+    );
+    // The last of them answers from the pods; the stream lost nothing.
+    let last = format!("10.97.{}.{}:80", (n - 1) / 250, (n - 1) % 250 + 1);
+    let answers = lbclient(&c, &c.client, &["tcp", &last, "10"]);
+    assert_eq!(tally(&c, &answers).values().sum::<usize>(), 10);
+    let (_, lines) = finished_stream(&mut c, "stream");
+    assert!(lines >= 80, "the stream kept flowing: {lines} lines");
+    let gap = largest_gap(&c, "stream");
+    assert!(gap < 1000, "the stream stalled for {gap} ms");
+    // A change after it is taken as a change again: one service, not a full round.
+    c.lb.ok(&["delete", "svc", "bulk-0"]).unwrap();
+    let want = format!("services={} ", n + 1);
+    let line = Topology::wait_for(Duration::from_secs(10), || {
+        c.t.log("agent-node1")
+            .lines()
+            .find(|l| l.contains("reconciled") && l.contains(&want))
+            .map(String::from)
+    })
+    .expect("the deletion reached the maps");
+    assert!(
+        line.contains("full=false") && line.contains("planned=1 "),
+        "{line}"
+    );
+}
+
 /// ClusterIP 10.96.0.80 with TCP 80 and UDP 53 for the `app: web` pods.
 const WEB_TCP_UDP: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.80\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}\n---\n";
 

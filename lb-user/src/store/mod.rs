@@ -526,6 +526,20 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// How many objects were written or deleted after revision `after` (an index
+    /// count: no row is read).
+    pub fn changed_since(&self, after: u64) -> Result<u64, StoreError> {
+        let read = self.read(|tx| {
+            tx.query_row(
+                "SELECT COUNT(*) FROM objects WHERE rev > ?1",
+                [after as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(self.db("counting the changes"))
+        })?;
+        Ok(read.unwrap_or(0) as u64)
+    }
+
     /// When revision `rev` was written, if it is still the store's latest (a
     /// store written before this was recorded: None).
     pub fn written_at(&self, rev: u64) -> Result<Option<std::time::SystemTime>, StoreError> {
