@@ -767,8 +767,7 @@ impl Agent {
         // restart reads the store: whole, decoded on every core and indexed at once,
         // then planned in one full round. Taken change by change, 1,100,000 new
         // objects took the agent 1.3-1.6 times as long.
-        let state = &self.tracked.state;
-        let held = state.services.len() + state.pods.len() + state.endpoint_slices.len();
+        let held = self.tracked.state.objects();
         let changed = self.store.changed_since(seen)? as usize;
         if changed >= BULK_CHANGES && changed >= held {
             info!(changed, held, "a bulk write: reading the store whole");
@@ -793,9 +792,7 @@ impl Agent {
         self.seen = Some(read);
         // A bulk write (a quarter of the store or more) leaves the maps it filled
         // half empty: rebuilt full, before planning adds its own peak.
-        let state = &self.tracked.state;
-        let objects = state.services.len() + state.pods.len() + state.endpoint_slices.len();
-        if taken >= BULK_CHANGES && taken * 4 >= objects {
+        if taken >= BULK_CHANGES && taken * 4 >= self.tracked.state.objects() {
             self.tracked.state.compact();
         }
         self.program(touched.addrs, touched.services, started)
