@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashSet,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -54,7 +54,49 @@ pub struct Listen {
 pub struct Clients {
     pub node_addrs: Vec<IpAddr>,
     pub cidrs: Vec<crate::model::Cidr>,
-    pub pods: HashSet<IpAddr>,
+    pub pods: Addrs,
+}
+
+/// A set of addresses kept by family: an IPv4 address takes 4 bytes of its set,
+/// not an `IpAddr`'s 17 (1,000,000 endpoints: ~10 MB instead of ~38).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addrs {
+    v4: HashSet<Ipv4Addr>,
+    v6: HashSet<Ipv6Addr>,
+}
+
+impl Addrs {
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => self.v4.contains(&a),
+            IpAddr::V6(a) => self.v6.contains(&a),
+        }
+    }
+}
+
+impl Extend<IpAddr> for Addrs {
+    fn extend<I: IntoIterator<Item = IpAddr>>(&mut self, addrs: I) {
+        for addr in addrs {
+            match addr {
+                IpAddr::V4(a) => drop(self.v4.insert(a)),
+                IpAddr::V6(a) => drop(self.v6.insert(a)),
+            }
+        }
+    }
+}
+
+impl<'a> Extend<&'a IpAddr> for Addrs {
+    fn extend<I: IntoIterator<Item = &'a IpAddr>>(&mut self, addrs: I) {
+        self.extend(addrs.into_iter().copied());
+    }
+}
+
+impl FromIterator<IpAddr> for Addrs {
+    fn from_iter<I: IntoIterator<Item = IpAddr>>(addrs: I) -> Self {
+        let mut set = Addrs::default();
+        set.extend(addrs);
+        set
+    }
 }
 
 impl Clients {
@@ -63,7 +105,7 @@ impl Clients {
         client.is_loopback()
             || self.node_addrs.contains(&client)
             || self.cidrs.iter().any(|c| c.contains(client))
-            || self.pods.contains(&client)
+            || self.pods.contains(client)
     }
 }
 
@@ -363,9 +405,21 @@ mod tests {
         let clients = Clients {
             node_addrs: vec!["192.168.1.2".parse().unwrap()],
             cidrs: vec![crate::model::Cidr::parse("10.244.0.0/16").unwrap()],
-            pods: ["10.1.2.3".parse().unwrap()].into(),
+            pods: [
+                "10.1.2.3".parse().unwrap(),
+                "fd00:10:244::3".parse().unwrap(),
+            ]
+            .into_iter()
+            .collect(),
         };
-        for yes in ["127.0.0.1", "192.168.1.2", "10.244.7.9", "10.1.2.3", "::1"] {
+        for yes in [
+            "127.0.0.1",
+            "192.168.1.2",
+            "10.244.7.9",
+            "10.1.2.3",
+            "::1",
+            "fd00:10:244::3",
+        ] {
             assert!(clients.may_recurse(yes.parse().unwrap()), "{yes}");
         }
         for no in ["192.168.1.10", "10.245.0.1", "10.1.2.4", "fd00::1"] {
