@@ -1147,6 +1147,44 @@ impl Rng {
 
 /// Frames and seed of the fuzz test: `LB_FUZZ_FRAMES` and `LB_FUZZ_SEED` (set by
 /// `cargo xtask fuzz` for longer runs), else 30,000 frames of a fixed seed.
+/// One fuzzed frame `f` (#`i`) through `prog`: exactly one verdict counter moves
+/// (`run` asserts it); a translated frame whose checksums held (`checksums_ok`)
+/// still holds them (`checksums_right`); a passed one is untouched; a frame not
+/// translated starts no flow (`has_flow`). Returns the verdict's name and whether
+/// the frame was translated. Both families' fuzzers check each frame this way.
+fn fuzz_verdict(
+    dp: &mut Dataplane,
+    prog: Prog,
+    i: u32,
+    f: &[u8],
+    checksums_ok: bool,
+    checksums_right: fn(&[u8]) -> bool,
+    has_flow: &dyn Fn(&Dataplane) -> bool,
+) -> (&'static str, bool) {
+    let had_flow = has_flow(dp);
+    let (_, out, moved) = run(dp, prog, f);
+    let name = reason::NAMES[moved as usize];
+    if name.starts_with("nat_") {
+        if checksums_ok {
+            assert!(
+                checksums_right(&out),
+                "#{i} {prog:?} {name}: checksums after the rewrite\n{f:02x?}\n{out:02x?}"
+            );
+        }
+        return (name, true);
+    }
+    if name.starts_with("pass_") {
+        assert_eq!(out, f, "#{i} {prog:?} {name}: passed untouched");
+    }
+    if !had_flow {
+        assert!(
+            !has_flow(dp),
+            "#{i} {prog:?} {name}: a flow from a frame not translated\n{f:02x?}"
+        );
+    }
+    (name, false)
+}
+
 fn fuzz_settings() -> (u32, u64) {
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     (
@@ -1247,29 +1285,20 @@ fn fuzzed_frames_are_counted_once_and_never_leave_a_flow_untranslated() {
         }
         let checksums_ok = original_ok && checksums_right(&f);
         for prog in [Prog::Xdp, Prog::TcIngress, Prog::TcEgress] {
-            let had_flow = flow_of(&dp, &f).is_some();
-            // `run` asserts that exactly one verdict counter moved.
-            let (_, out, moved) = run(&mut dp, prog, &f);
-            let name = reason::NAMES[moved as usize];
-            if name.starts_with("nat_") {
+            let has_flow = |dp: &Dataplane| flow_of(dp, &f).is_some();
+            let (name, nat) = fuzz_verdict(
+                &mut dp,
+                prog,
+                i,
+                &f,
+                checksums_ok,
+                checksums_right,
+                &has_flow,
+            );
+            if nat {
                 translated += 1;
-                if checksums_ok {
-                    assert!(
-                        checksums_right(&out),
-                        "#{i} {prog:?} {name}: checksums after the rewrite\n{f:02x?}\n{out:02x?}"
-                    );
-                }
             } else {
                 passed += 1;
-                if name.starts_with("pass_") {
-                    assert_eq!(out, f, "#{i} {prog:?} {name}: passed untouched");
-                }
-                if !had_flow {
-                    assert!(
-                        flow_of(&dp, &f).is_none(),
-                        "#{i} {prog:?} {name}: a flow from a frame not translated\n{f:02x?}"
-                    );
-                }
             }
             // A whole datagram's checksum covers it: one that does not hold never
             // closes a flow (a fragment's cannot be checked, and is not).
@@ -1416,31 +1445,23 @@ fn fuzzed_ipv6_frames_are_counted_once_and_start_no_flow_untranslated() {
         let checksums_ok = original_ok && checksums_right6(&f);
         let claimed = claimed_key6(&f, ext || fragment);
         for prog in [Prog::Xdp, Prog::TcIngress, Prog::TcEgress] {
-            let flow = |dp: &Dataplane| claimed.and_then(|k| dp.maps.conntrack6_entry(&k).unwrap());
-            let had_flow = flow(&dp).is_some();
-            // `run` asserts that exactly one verdict counter moved.
-            let (_, out, moved) = run(&mut dp, prog, &f);
-            let name = reason::NAMES[moved as usize];
-            if name.starts_with("nat_") {
+            let has_flow = |dp: &Dataplane| {
+                claimed.is_some_and(|k| dp.maps.conntrack6_entry(&k).unwrap().is_some())
+            };
+            let (_, nat) = fuzz_verdict(
+                &mut dp,
+                prog,
+                i,
+                &f,
+                checksums_ok,
+                checksums_right6,
+                &has_flow,
+            );
+            if nat {
                 translated += 1;
-                if checksums_ok {
-                    summed += 1;
-                    assert!(
-                        checksums_right6(&out),
-                        "#{i} {prog:?} {name}: checksum after the rewrite\n{f:02x?}\n{out:02x?}"
-                    );
-                }
+                summed += u64::from(checksums_ok);
             } else {
                 passed += 1;
-                if name.starts_with("pass_") {
-                    assert_eq!(out, f, "#{i} {prog:?} {name}: passed untouched");
-                }
-                if !had_flow {
-                    assert!(
-                        flow(&dp).is_none(),
-                        "#{i} {prog:?} {name}: a flow from a frame not translated\n{f:02x?}"
-                    );
-                }
             }
         }
     }
