@@ -1147,6 +1147,34 @@ impl Rng {
 
 /// Frames and seed of the fuzz test: `LB_FUZZ_FRAMES` and `LB_FUZZ_SEED` (set by
 /// `cargo xtask fuzz` for longer runs), else 30,000 frames of a fixed seed.
+/// Mutates a fuzzed frame one way of five, drawn from `rng`: as built; up to four
+/// bits flipped in its first `flip_within` bytes; truncated to no fewer than
+/// `min_len`; a header field set at random (`set_field`, the family's fields); or
+/// trailing bytes added. Both families' fuzzers mutate this way.
+fn mutate(
+    rng: &mut Rng,
+    f: &mut Vec<u8>,
+    flip_within: usize,
+    min_len: usize,
+    set_field: impl FnOnce(&mut Rng, &mut Vec<u8>),
+) {
+    match rng.below(5) {
+        0 => {} // as built
+        1 => {
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(f.len().min(flip_within));
+                f[at] ^= 1 << rng.below(8);
+            }
+        }
+        2 => {
+            let keep = min_len + rng.below(f.len() - (min_len - 1));
+            f.truncate(keep);
+        }
+        3 => set_field(rng, f),
+        _ => f.extend((0..rng.below(40)).map(|_| rng.next() as u8)), // trailing bytes
+    }
+}
+
 /// One fuzzed frame `f` (#`i`) through `prog`: exactly one verdict counter moves
 /// (`run` asserts it); a translated frame whose checksums held (`checksums_ok`)
 /// still holds them (`checksums_right`); a passed one is untouched; a frame not
@@ -1251,38 +1279,24 @@ fn fuzzed_frames_are_counted_once_and_never_leave_a_flow_untranslated() {
             f = packet::port_unreachable(&f);
         }
         let original_ok = checksums_right(&f);
-        match rng.below(5) {
-            0 => {} // as built
-            1 => {
-                for _ in 0..1 + rng.below(4) {
-                    let at = rng.below(f.len().min(64));
-                    f[at] ^= 1 << rng.below(8);
-                }
+        // BPF_PROG_RUN takes no IPv4 frame shorter than its Ethernet and IPv4
+        // headers at TC (shorter ones are rows of their own).
+        mutate(&mut rng, &mut f, 64, 34, |rng, f| {
+            let field = rng.below(7);
+            let v = rng.next();
+            match field {
+                0 => f[14] = 0x40 | (v as u8 & 0x0f), // IHL
+                1 => f[16..18].copy_from_slice(&(v as u16).to_be_bytes()), // total length
+                2 => f[20..22].copy_from_slice(&(v as u16).to_be_bytes()), // flags/offset
+                3 => f[22] = v as u8,                 // TTL
+                4 if f.len() > 14 + 20 + 13 => f[14 + 20 + 12] = v as u8, // TCP offset
+                5 if f.len() > 14 + 20 + 13 => f[14 + 20 + 13] = v as u8, // TCP flags
+                _ if f.len() > 14 + 20 + 6 => {
+                    f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&(v as u16).to_be_bytes())
+                } // UDP length
+                _ => {}
             }
-            2 => {
-                // BPF_PROG_RUN takes no IPv4 frame shorter than its Ethernet and
-                // IPv4 headers at TC (shorter ones are rows of their own).
-                let keep = 34 + rng.below(f.len() - 33);
-                f.truncate(keep);
-            }
-            3 => {
-                let field = rng.below(7);
-                let v = rng.next();
-                match field {
-                    0 => f[14] = 0x40 | (v as u8 & 0x0f), // IHL
-                    1 => f[16..18].copy_from_slice(&(v as u16).to_be_bytes()), // total length
-                    2 => f[20..22].copy_from_slice(&(v as u16).to_be_bytes()), // flags/offset
-                    3 => f[22] = v as u8,                 // TTL
-                    4 if f.len() > 14 + 20 + 13 => f[14 + 20 + 12] = v as u8, // TCP offset
-                    5 if f.len() > 14 + 20 + 13 => f[14 + 20 + 13] = v as u8, // TCP flags
-                    _ if f.len() > 14 + 20 + 6 => {
-                        f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&(v as u16).to_be_bytes())
-                    } // UDP length
-                    _ => {}
-                }
-            }
-            _ => f.extend((0..rng.below(40)).map(|_| rng.next() as u8)), // trailing bytes
-        }
+        });
         let checksums_ok = original_ok && checksums_right(&f);
         for prog in [Prog::Xdp, Prog::TcIngress, Prog::TcEgress] {
             let has_flow = |dp: &Dataplane| flow_of(dp, &f).is_some();
@@ -1416,32 +1430,18 @@ fn fuzzed_ipv6_frames_are_counted_once_and_start_no_flow_untranslated() {
         };
         let fragment = f[20] == 44;
         let original_ok = checksums_right6(&f);
-        match rng.below(5) {
-            0 => {}
-            1 => {
-                for _ in 0..1 + rng.below(4) {
-                    let at = rng.below(f.len().min(80));
-                    f[at] ^= 1 << rng.below(8);
-                }
+        mutate(&mut rng, &mut f, 80, 54, |rng, f| {
+            let v = rng.next();
+            match rng.below(6) {
+                0 => f[18..20].copy_from_slice(&(v as u16).to_be_bytes()), // payload length
+                1 => f[20] = [0, 6, 17, 43, 44, 58, 60, v as u8][rng.below(8)], // next header
+                2 => f[21] = v as u8,                                      // hop limit
+                3 if f.len() > 58 => f[56..58].copy_from_slice(&(v as u16).to_be_bytes()), // fragment offset/flags
+                4 if f.len() > 67 => f[54 + 12] = v as u8, // TCP offset
+                _ if f.len() > 67 => f[54 + 13] = v as u8, // TCP flags
+                _ => {}
             }
-            2 => {
-                let keep = 54 + rng.below(f.len() - 53);
-                f.truncate(keep);
-            }
-            3 => {
-                let v = rng.next();
-                match rng.below(6) {
-                    0 => f[18..20].copy_from_slice(&(v as u16).to_be_bytes()), // payload length
-                    1 => f[20] = [0, 6, 17, 43, 44, 58, 60, v as u8][rng.below(8)], // next header
-                    2 => f[21] = v as u8,                                      // hop limit
-                    3 if f.len() > 58 => f[56..58].copy_from_slice(&(v as u16).to_be_bytes()), // fragment offset/flags
-                    4 if f.len() > 67 => f[54 + 12] = v as u8, // TCP offset
-                    _ if f.len() > 67 => f[54 + 13] = v as u8, // TCP flags
-                    _ => {}
-                }
-            }
-            _ => f.extend((0..rng.below(40)).map(|_| rng.next() as u8)),
-        }
+        });
         let checksums_ok = original_ok && checksums_right6(&f);
         let claimed = claimed_key6(&f, ext || fragment);
         for prog in [Prog::Xdp, Prog::TcIngress, Prog::TcEgress] {
