@@ -229,6 +229,18 @@ enum Contender {
 }
 
 impl Contender {
+    const ALL: [Contender; 9] = [
+        Contender::Generator,
+        Contender::Ceiling,
+        Contender::CeilingCt,
+        Contender::PeerFloor,
+        Contender::Lb,
+        Contender::LbTcPod,
+        Contender::LbStack,
+        Contender::Iptables,
+        Contender::Nftables,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Contender::Generator => "generator (XDP drop on the node's uplink)",
@@ -638,6 +650,27 @@ fn main() -> Result<()> {
     }
     let lb_only = std::env::args().any(|a| a == "--lb-only");
     let remote_only = std::env::args().any(|a| a == "--remote-only");
+    // `--only=Lb,PeerFloor`: these contenders alone (their figures printed, no
+    // table), `--secs=N` windows of N seconds: to look at one path under `perf`.
+    let w = match std::env::args().find_map(|a| a.strip_prefix("--secs=").map(String::from)) {
+        Some(s) => Window {
+            duration: Duration::from_secs(s.parse()?),
+            ..w
+        },
+        None => w,
+    };
+    if let Some(list) = std::env::args().find_map(|a| a.strip_prefix("--only=").map(String::from)) {
+        for name in list.split(',') {
+            let c = Contender::ALL
+                .into_iter()
+                .find(|c| format!("{c:?}") == name)
+                .with_context(|| format!("no contender {name}: {:?}", Contender::ALL))?;
+            for &n in &sizes {
+                measured(c, n, w, false)?;
+            }
+        }
+        return Ok(());
+    }
     if remote_only {
         sizes.clear();
     }
@@ -651,17 +684,7 @@ fn main() -> Result<()> {
             Contender::LbTcPod,
         ]
     } else {
-        &[
-            Contender::Generator,
-            Contender::Ceiling,
-            Contender::CeilingCt,
-            Contender::PeerFloor,
-            Contender::Lb,
-            Contender::LbTcPod,
-            Contender::LbStack,
-            Contender::Iptables,
-            Contender::Nftables,
-        ]
+        &Contender::ALL
     };
     let mut table = Table::new(
         "Live packets: UDP through a node to a pod, 64-byte frames, delivered packets per second",
