@@ -424,6 +424,42 @@ pub type FlowKey6 = FlowKeyOf<Addr6>;
 const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<FlowKey6>() == 40);
 
+/// Value of `LB_ROUTES` / `LB6_ROUTES` (per CPU, kernel side only, never pinned):
+/// the FIB's full answer for one translated tuple arriving on one interface, so
+/// that a flow's packets ask the FIB once per [`ROUTE_TTL_MS`], not once each.
+/// Slots are direct-mapped by a hash of the tuple; a slot holds the last tuple
+/// asked there.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteSlotOf<A> {
+    /// When the FIB answered, in the kernel side's clock ticks; 0: empty.
+    pub stamp: u64,
+    /// The translated tuple asked about (every field the FIB lookup takes).
+    pub key: FlowKeyOf<A>,
+    /// Where the packet came in (the lookup's `ifindex`).
+    pub in_ifindex: u32,
+    /// The way out: its interface, the role the agent gave it (`IFACE_*`), MACs.
+    pub ifindex: u32,
+    pub role: u32,
+    /// The longest IP length the route took (the FIB checks the MTU): a longer
+    /// packet asks again.
+    pub fits: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: u16,
+    pub _pad2: u32,
+}
+pub type RouteSlot = RouteSlotOf<u32>;
+pub type RouteSlot6 = RouteSlotOf<Addr6>;
+const _: () = assert!(size_of::<RouteSlot>() == 56);
+const _: () = assert!(size_of::<RouteSlot6>() == 80);
+/// Slots of `LB_ROUTES` and `LB6_ROUTES`, per CPU (a power of two).
+pub const ROUTE_SLOTS: u32 = 1024;
+/// How long a FIB answer is used, at most: a route, neighbour or interface role
+/// changed meanwhile reaches the programs' forwarding within this time (the
+/// kernel's own stack at once).
+pub const ROUTE_TTL_MS: u64 = 100;
+
 /// The entry is for the original direction (client -> service).
 pub const CT_DIR_ORIGINAL: u8 = 0;
 /// The entry is for the reply direction (backend -> client).
@@ -458,6 +494,11 @@ pub const GLOBAL_SNAT_ADDR: &str = "SNAT_ADDR";
 pub const GLOBAL_SNAT_ADDR6: &str = "SNAT_ADDR6";
 pub const GLOBAL_FIB_REDIRECT: &str = "FIB_REDIRECT";
 pub const GLOBAL_TO_PODS: &str = "TO_PODS";
+/// A random non-zero number per load, which XDP writes in the marks it leaves for TC
+/// ([`DeliverMeta::key`]) and TC checks: a mark with any other key (another
+/// program's metadata, an earlier load's) is not taken. It stands for the checks of
+/// the interfaces' roles a mark would otherwise cost TC (two hash lookups a packet).
+pub const GLOBAL_DELIVER_KEY: &str = "DELIVER_KEY";
 
 /// Packets to local pods go on through the kernel's stack (routing, netfilter, the
 /// veth's transmit and the pod's backlog), as without lb.
@@ -476,15 +517,16 @@ pub const TO_PODS_XDP: u32 = 2;
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DeliverMeta {
-    /// [`DELIVER_MAGIC`]: metadata another program left is not taken for ours.
-    pub magic: u32,
-    /// The pod's veth on the node (its peer is the pod's interface).
+    /// The key the agent gave this load of the programs ([`GLOBAL_DELIVER_KEY`]):
+    /// metadata another program left is not taken for ours.
+    pub key: u64,
+    /// The pod's veth on the node (its peer is the pod's interface), which XDP found
+    /// declared for hand-over (`IFACE_F_PEER`).
     pub ifindex: u32,
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
 }
-const _: () = assert!(size_of::<DeliverMeta>() == 20);
-pub const DELIVER_MAGIC: u32 = 0x6c62_7065; // "lbpe"
+const _: () = assert!(size_of::<DeliverMeta>() == 24);
 
 /// TCP state bits kept in [`CtValue::tcp_flags`].
 pub const CT_TCP_SEEN_FIN: u8 = 1 << 0;

@@ -13,9 +13,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect_peer, bpf_xdp_adjust_meta},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{
-    DELIVER_MAGIC, DeliverMeta, FlowKey, IFACE_EXTERNAL, IFACE_F_PEER, TO_PODS_PEER, reason,
-};
+use lb_common::{DeliverMeta, FlowKey, IFACE_EXTERNAL, IFACE_F_PEER, TO_PODS_PEER, reason};
 
 use crate::{
     fwd::{self, Route},
@@ -23,6 +21,16 @@ use crate::{
     parse::ptr_at,
     stats,
 };
+
+/// Set by the agent at load time (`lb_common::GLOBAL_DELIVER_KEY`): random, never 0.
+#[unsafe(no_mangle)]
+static DELIVER_KEY: u64 = 0;
+
+#[inline(always)]
+fn key() -> u64 {
+    // SAFETY: a plain read of a global the loader set.
+    unsafe { core::ptr::read_volatile(&DELIVER_KEY) }
+}
 
 /// Makes room for the mark in front of the frame, still unset; false when the driver
 /// keeps no metadata (the packet then goes through the stack). Called before the
@@ -38,16 +46,17 @@ pub fn reserve(ctx: &XdpContext) -> bool {
     };
     // Headroom is recycled: an old mark must not be read as this frame's.
     // SAFETY: bounds-checked against the start of the frame just above.
-    unsafe { (*meta).magic = 0 };
+    unsafe { (*meta).key = 0 };
     true
 }
 
-/// Marks the (translated) frame for delivery through `route`'s veth.
+/// Marks the (translated) frame for delivery through `route`'s veth (one the agent
+/// declared for hand-over: the caller checked `route.role`).
 #[inline(always)]
 pub fn mark(ctx: &XdpContext, route: &Route) {
     if let Some(meta) = ptr_at::<DeliverMeta>(ctx.metadata(), ctx.metadata_end(), 0) {
         let m = DeliverMeta {
-            magic: DELIVER_MAGIC,
+            key: key(),
             ifindex: route.ifindex,
             dmac: route.dmac,
             smac: route.smac,
@@ -57,22 +66,20 @@ pub fn mark(ctx: &XdpContext, route: &Route) {
     }
 }
 
-/// At TC ingress of an external interface: a frame XDP marked goes to its pod's
-/// interface now (`Some(TC verdict)`); anything else goes on (`None`). Marks are only
-/// taken on external interfaces, whose frames only lb's XDP program marks, and only
-/// towards a veth the agent declared (`IFACE_F_PEER`).
+/// At TC ingress: a frame lb's XDP marked on this interface goes to its pod's
+/// interface now (`Some(TC verdict)`); anything else goes on (`None`). A mark is
+/// lb's when it carries this load's key: only lb's XDP program, on the external
+/// interfaces, writes it, and only towards a veth the agent declared
+/// (`IFACE_F_PEER`), so no lookup of either interface's role is needed here.
 #[inline(always)]
-pub fn take(ctx: &TcContext, ifindex: u32) -> Option<i32> {
+pub fn take(ctx: &TcContext) -> Option<i32> {
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
     let meta = ptr_at::<DeliverMeta>(meta, data, 0)?;
     // SAFETY: bounds-checked against the start of the frame just above.
     let m = unsafe { meta.read_unaligned() };
-    if m.magic != DELIVER_MAGIC
-        || lb::iface_role(ifindex) & IFACE_EXTERNAL == 0
-        || lb::iface_role(m.ifindex) & IFACE_F_PEER == 0
-    {
+    if m.key != key() || m.key == 0 {
         return None;
     }
     fwd::write_macs(ctx.data(), ctx.data_end(), &m.dmac, &m.smac)?;
@@ -105,7 +112,7 @@ pub fn may_hand_over(ifindex: u32, ttl: u8) -> bool {
 /// Whether `route` leads to a pod's veth the agent declared for hand-over.
 #[inline(always)]
 pub fn is_peer(route: &Route) -> bool {
-    route.found() && lb::iface_role(route.ifindex) & IFACE_F_PEER != 0
+    route.found() && route.role & IFACE_F_PEER != 0
 }
 
 /// Hands the translated packet to the pod behind `route` (see [`peer_route`]).

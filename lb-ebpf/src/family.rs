@@ -3,16 +3,17 @@
 //! the maps of the family and its special addresses. `u32` is an IPv4 address,
 //! [`Addr6`] an IPv6 one, both as they sit in the packet.
 
-use aya_ebpf::maps::{HashMap, LruHashMap};
+use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray};
 use lb_common::{
     Addr6, AffinityKeyOf, AffinityValue, BackendKey, BackendOf, CtValueOf, FlowKeyOf, FragKey,
-    FragKey6, FragValue, HAIRPIN_SNAT_ADDR, HAIRPIN_SNAT_ADDR6, ServiceKeyOf, ServiceValue,
+    FragKey6, FragValue, HAIRPIN_SNAT_ADDR, HAIRPIN_SNAT_ADDR6, RouteSlotOf, ServiceKeyOf,
+    ServiceValue,
 };
 
 use crate::csum::Csum;
 use crate::maps::{
-    LB_AFFINITY, LB_BACKENDS, LB_CT, LB_CT_ASSURED, LB_FRAGS, LB_SERVICES, LB6_AFFINITY,
-    LB6_BACKENDS, LB6_CT, LB6_CT_ASSURED, LB6_FRAGS, LB6_SERVICES,
+    LB_AFFINITY, LB_BACKENDS, LB_CT, LB_CT_ASSURED, LB_FRAGS, LB_ROUTES, LB_SERVICES, LB6_AFFINITY,
+    LB6_BACKENDS, LB6_CT, LB6_CT_ASSURED, LB6_FRAGS, LB6_ROUTES, LB6_SERVICES,
 };
 
 /// Set by the agent at load time (`lb_common::GLOBAL_SNAT_ADDR`): the node address
@@ -46,6 +47,8 @@ pub trait Family: Copy + Default + PartialEq + 'static {
     type FragKey;
     fn frag_key(key: &FlowKeyOf<Self>, id_be: u32) -> Self::FragKey;
     fn frags() -> &'static LruHashMap<Self::FragKey, FragValue>;
+    /// The per-CPU cache of the FIB's answers (`fwd`).
+    fn routes() -> &'static PerCpuArray<RouteSlotOf<Self>>;
 
     /// The node address SNAT flows leave with (the default address: none).
     fn snat_addr() -> Self;
@@ -107,6 +110,11 @@ impl Family for u32 {
     #[inline(always)]
     fn frags() -> &'static LruHashMap<FragKey, FragValue> {
         &LB_FRAGS
+    }
+
+    #[inline(always)]
+    fn routes() -> &'static PerCpuArray<RouteSlotOf<u32>> {
+        &LB_ROUTES
     }
 
     #[inline(always)]
@@ -175,6 +183,11 @@ impl Family for Addr6 {
     #[inline(always)]
     fn frags() -> &'static LruHashMap<FragKey6, FragValue> {
         &LB6_FRAGS
+    }
+
+    #[inline(always)]
+    fn routes() -> &'static PerCpuArray<RouteSlotOf<Addr6>> {
+        &LB6_ROUTES
     }
 
     #[inline(always)]

@@ -1,7 +1,13 @@
 //! Forwarding a translated packet without the kernel's stack: a FIB lookup for the
 //! tuple it now carries, then XDP_REDIRECT (XDP) or bpf_redirect_neigh (TC).
 //! Used for SNAT flows, whose replies the stack would take for itself, and for their
-//! original packets towards another node.
+//! original packets towards another node, and for packets to local pods.
+//!
+//! A full answer (route, neighbour, the way out's role) is kept per CPU for its
+//! tuple (`LB_ROUTES`, `LB6_ROUTES`) and used for that tuple's packets for up to
+//! `ROUTE_TTL_MS`: in the live path a lookup costs about a tenth of a packet's
+//! whole way through the node. A change of route, neighbour or role reaches
+//! the programs within that time.
 
 use core::{
     ffi::c_void,
@@ -17,9 +23,9 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{FlowKey, FlowKey6, TO_PODS_STACK};
+use lb_common::{FlowKey, FlowKey6, FlowKeyOf, ROUTE_SLOTS, ROUTE_TTL_MS, TO_PODS_STACK};
 
-use crate::parse::ptr_at;
+use crate::{clock, family::Family, lb, parse::ptr_at};
 
 /// Set by the agent at load time (`lb_common::GLOBAL_FIB_REDIRECT`): 1 lets XDP send
 /// packets on itself; 0 leaves forwarding to the kernel's stack (for comparison).
@@ -48,12 +54,14 @@ pub fn to_pods() -> u32 {
     unsafe { core::ptr::read_volatile(&TO_PODS) }
 }
 
-/// Where the FIB sends `to`: the egress interface and the MACs to write. A plain
+/// Where the FIB sends `to`: the egress interface, the role the agent gave it
+/// (`IFACE_*`, 0 for one lb is not attached to) and the MACs to write. A plain
 /// struct, never an `Option`: ifindex 0 is "no route" (an `Option`'s undefined
 /// payload may be spilled to the stack, which the verifier refuses to read back).
 #[derive(Clone, Copy)]
 pub struct Route {
     pub ifindex: u32,
+    pub role: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
 }
@@ -61,6 +69,7 @@ pub struct Route {
 impl Route {
     pub const NONE: Route = Route {
         ifindex: 0,
+        role: 0,
         smac: [0; 6],
         dmac: [0; 6],
     };
@@ -121,9 +130,73 @@ pub fn lookup_tc_full(ctx: &TcContext, to: &FlowKey, ifindex: u32, ip_len: u16) 
 
 #[inline(always)]
 fn lookup_full(ctx: *mut c_void, to: &FlowKey, ifindex: u32, tot_len: u16) -> Route {
-    let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
-    let rc = query(ctx, &mut p, to, ifindex, tot_len);
-    full_route(rc, &p)
+    let mut route = Route::NONE;
+    cached(to, ifindex, tot_len, &mut route, |out| {
+        let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
+        let rc = query(ctx, &mut p, to, ifindex, tot_len);
+        *out = full_route(rc, &p);
+    });
+    route
+}
+
+/// The full route for `to` arriving on `ifindex` with IP length `tot_len`, into
+/// `out`: from this CPU's cache when it holds the same tuple and interface, asked
+/// less than `ROUTE_TTL_MS` ago and for a packet at least as long; else `ask`
+/// writes the FIB's answer, which a full one is then kept for. A length of 0 (a
+/// GSO socket buffer, which the kernel checks itself) always asks.
+#[inline(always)]
+fn cached<A: Family>(
+    to: &FlowKeyOf<A>,
+    ifindex: u32,
+    tot_len: u16,
+    out: &mut Route,
+    ask: impl FnOnce(&mut Route),
+) {
+    let now = clock::now();
+    let Some(slot) = A::routes().get_ptr_mut(slot_of(to, ifindex)) else {
+        ask(out);
+        return;
+    };
+    // SAFETY: the pointer came from a successful lookup of this CPU's slot, which
+    // only this CPU's programs touch, one at a time.
+    let s = unsafe { &mut *slot };
+    if s.stamp != 0
+        && now.wrapping_sub(s.stamp) < clock::secs(1) * ROUTE_TTL_MS / 1000
+        && tot_len != 0
+        && tot_len <= s.fits
+        && s.in_ifindex == ifindex
+        && s.key == *to
+    {
+        out.ifindex = s.ifindex;
+        out.role = s.role;
+        out.smac = s.smac;
+        out.dmac = s.dmac;
+        return;
+    }
+    ask(out);
+    if !out.found() || tot_len == 0 {
+        return;
+    }
+    s.stamp = now;
+    s.key = *to;
+    s.in_ifindex = ifindex;
+    s.ifindex = out.ifindex;
+    s.role = out.role;
+    s.fits = tot_len;
+    s.smac = out.smac;
+    s.dmac = out.dmac;
+}
+
+/// The cache slot of `to` arriving on `ifindex`: a multiplicative hash of the
+/// tuple's words, its top bits.
+#[inline(always)]
+fn slot_of<A: Family>(to: &FlowKeyOf<A>, ifindex: u32) -> u32 {
+    let words = A::word_sum(to.saddr_be)
+        .wrapping_add(A::word_sum(to.daddr_be).rotate_left(17))
+        .wrapping_add((u64::from(to.sport_be) << 16 | u64::from(to.dport_be)) << 32)
+        .wrapping_add(u64::from(ifindex) << 8 | u64::from(to.proto));
+    let h = words.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> (64 - ROUTE_SLOTS.trailing_zeros())) as u32
 }
 
 /// The route of a FIB answer with code `rc` in `p` (written whole by `query` or
@@ -137,6 +210,7 @@ fn full_route(rc: i64, p: &MaybeUninit<bpf_fib_lookup>) -> Route {
     let p = unsafe { p.assume_init_ref() };
     Route {
         ifindex: p.ifindex,
+        role: lb::iface_role(p.ifindex),
         smac: p.smac,
         dmac: p.dmac,
     }
@@ -243,9 +317,11 @@ fn query6(
 /// pipeline's.
 #[inline(never)]
 pub fn lookup6_full(ctx: *mut c_void, to: &FlowKey6, ifindex: u32, tot_len: u16, out: &mut Route) {
-    let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
-    let rc = query6(ctx, &mut p, to, ifindex, tot_len);
-    *out = full_route(rc, &p);
+    cached(to, ifindex, tot_len, out, |out| {
+        let mut p = MaybeUninit::<bpf_fib_lookup>::uninit();
+        let rc = query6(ctx, &mut p, to, ifindex, tot_len);
+        *out = full_route(rc, &p);
+    });
 }
 
 /// [`lookup_tc`] for an IPv6 flow's translated tuple, as one number (a subprogram

@@ -11,8 +11,9 @@ use lb_common::{
     CtValue, CtValue6, DEFAULT_AFFINITY, DEFAULT_AFFINITY6, DEFAULT_BACKENDS, DEFAULT_BACKENDS6,
     DEFAULT_CONNTRACK, DEFAULT_CONNTRACK6, DEFAULT_FRONTENDS, DEFAULT_FRONTENDS6, FlowKey,
     FlowKey6, FragKey, FragKey6, FragValue, IfaceValue, MAX_ARP_HOLD, MAX_FRAGS, MAX_IFACES,
-    MAX_REJECT_PEERS, MAX_SOCK_REVNAT, PORT_WORDS, RateBucket, SCRATCH_LEN, ServiceKey,
-    ServiceKey6, ServiceValue, SockRevKey, SockRevKey6, SockRevValue, SockRevValue6, reason,
+    MAX_REJECT_PEERS, MAX_SOCK_REVNAT, PORT_WORDS, ROUTE_SLOTS, RateBucket, RouteSlot, RouteSlot6,
+    SCRATCH_LEN, ServiceKey, ServiceKey6, ServiceValue, SockRevKey, SockRevKey6, SockRevValue,
+    SockRevValue6, reason,
 };
 
 #[map]
@@ -64,6 +65,13 @@ pub const WORK6_ICMP: u32 = 1;
 /// Bytes of `LB6_WORK`'s value (a `flow::Work6` and an `icmp::Work` fit, as
 /// `flow` and `icmp` assert).
 pub const WORK6_LEN: usize = WORK6_WORDS * 8;
+
+/// Per-CPU caches of the FIB's answers for translated tuples (`fwd`); never pinned,
+/// never read by the agent.
+#[map]
+pub static LB_ROUTES: PerCpuArray<RouteSlot> = PerCpuArray::with_max_entries(ROUTE_SLOTS, 0);
+#[map]
+pub static LB6_ROUTES: PerCpuArray<RouteSlot6> = PerCpuArray::with_max_entries(ROUTE_SLOTS, 0);
 
 /// The clock, for the agent's sweep of expired assured flows.
 #[map]

@@ -38,7 +38,7 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // A frame XDP translated and marked for a local pod, of either family.
     if hook == Hook::Ingress {
-        let verdict = take_marked(ctx, ifindex);
+        let verdict = take_marked(ctx);
         if verdict != TC_ACT_UNSPEC {
             return verdict;
         }
@@ -54,8 +54,8 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
 /// that its frame is not added to the pipelines' call chains (512 bytes of stack
 /// for all of a chain's frames).
 #[inline(never)]
-fn take_marked(ctx: &TcContext, ifindex: u32) -> i32 {
-    deliver::take(ctx, ifindex).unwrap_or(TC_ACT_UNSPEC)
+fn take_marked(ctx: &TcContext) -> i32 {
+    deliver::take(ctx).unwrap_or(TC_ACT_UNSPEC)
 }
 
 /// The IPv4 pipeline.

@@ -10,7 +10,7 @@ use crate::{
     flow::{self, Forward, Hook, Verdict},
     frag,
     fwd::{self, Route},
-    icmp, lb, nat, parse, stats, verify,
+    icmp, nat, parse, stats, verify,
 };
 
 /// Runs the pipeline of the frame's family; returns the XDP action. Each family's
@@ -258,7 +258,7 @@ fn way_out(ctx: &XdpContext, ttl: u8, forward: Forward, lookup: impl FnOnce() ->
     if !r.found() {
         return way;
     }
-    let role = lb::iface_role(r.ifindex);
+    let role = r.role;
     if role & IFACE_POD == 0 || forward == Forward::Fib {
         if role & IFACE_F_XDP_XMIT != 0 {
             way.route = r;

@@ -22,11 +22,11 @@ use aya::{
     },
 };
 use lb_common::{
-    ALL_MAPS, CtTimeouts, GLOBAL_CLOCK_HZ, GLOBAL_CT_TIMEOUTS, GLOBAL_FIB_REDIRECT,
-    GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR, GLOBAL_SNAT_ADDR6, GLOBAL_TO_PODS, IFACE_EXTERNAL,
-    IFACE_F_PEER, IFACE_F_XDP_XMIT, IFACE_POD, PROG_CLOCK, PROG_CONNECT4, PROG_CONNECT6,
-    PROG_RECVMSG4, PROG_RECVMSG6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_TC_EGRESS, PROG_TC_INGRESS,
-    PROG_XDP, TO_PODS_PEER, TO_PODS_STACK, TO_PODS_XDP,
+    ALL_MAPS, CtTimeouts, GLOBAL_CLOCK_HZ, GLOBAL_CT_TIMEOUTS, GLOBAL_DELIVER_KEY,
+    GLOBAL_FIB_REDIRECT, GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR, GLOBAL_SNAT_ADDR6, GLOBAL_TO_PODS,
+    IFACE_EXTERNAL, IFACE_F_PEER, IFACE_F_XDP_XMIT, IFACE_POD, PROG_CLOCK, PROG_CONNECT4,
+    PROG_CONNECT6, PROG_RECVMSG4, PROG_RECVMSG6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, PROG_XDP, TO_PODS_PEER, TO_PODS_STACK, TO_PODS_XDP,
 };
 use tracing::{info, warn};
 
@@ -183,11 +183,12 @@ impl Default for LoadConfig {
 /// pinned there by name and adopted if already pinned with this shape (entries
 /// survive agent restarts); a pinned map of another size is replaced by one of the
 /// new size and its entries carried over as far as they fit (returned, to be copied
-/// once the object is loaded). Without pins, maps are private (tests).
+/// once the object is loaded). Without pins, maps are private (tests). Also returns
+/// the key this load's XDP marks its frames for TC with (`GLOBAL_DELIVER_KEY`).
 pub fn load(
     pins: Option<&Path>,
     cfg: &LoadConfig,
-) -> Result<(Ebpf, Vec<maps::Resized>), LoadError> {
+) -> Result<(Ebpf, Vec<maps::Resized>, u64), LoadError> {
     let resized = match pins {
         Some(dir) => retire_changed_pins(dir, &cfg.sizes)?,
         None => Vec::new(),
@@ -219,13 +220,15 @@ pub fn load(
     let to_pods = cfg.to_pods.global();
     loader.override_global(GLOBAL_TO_PODS, &to_pods, true);
     loader.override_global(GLOBAL_CT_TIMEOUTS, &cfg.ct_timeouts, true);
+    let deliver_key: u64 = rand::random::<u64>() | 1;
+    loader.override_global(GLOBAL_DELIVER_KEY, &deliver_key, true);
     let ebpf = loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
         pins: pins
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "nowhere".into()),
         error: Box::new(error),
     })?;
-    Ok((ebpf, resized))
+    Ok((ebpf, resized, deliver_key))
 }
 
 /// Pinned maps whose shape (type, key and value size, entries, flags) is not the one
@@ -446,6 +449,7 @@ pub struct Dataplane {
     xdp_use: XdpUse,
     ct_timeouts: CtTimeouts,
     to_pods: ToPods,
+    deliver_key: u64,
 }
 
 impl Dataplane {
@@ -460,7 +464,7 @@ impl Dataplane {
                 error,
             })?;
         }
-        let (mut ebpf, resized) = load(pins, cfg)?;
+        let (mut ebpf, resized, deliver_key) = load(pins, cfg)?;
         for r in resized {
             maps::carry_over(&mut ebpf, r, &cfg.sizes)?;
         }
@@ -493,7 +497,14 @@ impl Dataplane {
             xdp_use: cfg.xdp,
             ct_timeouts: cfg.ct_timeouts,
             to_pods: cfg.to_pods,
+            deliver_key,
         })
+    }
+
+    /// The key this load's XDP program marks frames for TC with (see
+    /// `lb_common::DeliverMeta`).
+    pub fn deliver_key(&self) -> u64 {
+        self.deliver_key
     }
 
     /// Each program's name and how many instructions the verifier walked to load it:

@@ -9,8 +9,8 @@ use std::{
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
-    CtTimeouts, CtValue, DELIVER_MAGIC, DeliverMeta, FlowKey, IFACE_EXTERNAL, IFACE_F_PEER,
-    IFACE_POD, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, PROTO_TCP, SVC_F_EXTERNAL_LOCAL,
+    CtTimeouts, CtValue, DeliverMeta, FlowKey, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_POD,
+    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, PROTO_TCP, ROUTE_TTL_MS, SVC_F_EXTERNAL_LOCAL,
     SVC_F_INTERNAL, reason,
 };
 use lb_tests::{
@@ -826,23 +826,27 @@ fn xdp_hand_over(ipv6: bool) {
     let mut redirected = hop.clone();
     redirected[..6].copy_from_slice(&pod_mac);
     redirected[6..12].copy_from_slice(&lxc_mac);
-    let mark = DeliverMeta {
-        magic: DELIVER_MAGIC,
-        ifindex: lxc0,
-        dmac: pod_mac,
-        smac: lxc_mac,
+    // The mark in front of the frame, with the key of the load that wrote it.
+    let marked = |key: u64| -> Vec<u8> {
+        let mark = DeliverMeta {
+            key,
+            ifindex: lxc0,
+            dmac: pod_mac,
+            smac: lxc_mac,
+        };
+        // SAFETY: plain repr(C) data without padding (24 bytes, checked in lb-common).
+        let mark: [u8; 24] = unsafe { std::mem::transmute(mark) };
+        mark.iter().chain(&hop).copied().collect()
     };
-    // SAFETY: plain repr(C) data without padding (20 bytes, checked in lb-common).
-    let mark: [u8; 20] = unsafe { std::mem::transmute(mark) };
-    let marked: Vec<u8> = mark.iter().chain(&hop).copied().collect();
     const XDP_REDIRECT: u32 = 4;
+    // The output wanted: None for the frame marked for TC.
     let cases = [
         (
             "peer, a veth with its peer in the pod: translated, one hop less, marked for TC",
             ToPods::Peer,
             IFACE_POD | IFACE_F_PEER,
             XDP_PASS,
-            marked,
+            None,
             &[reason::NAT_NEW_FLOW][..],
         ),
         (
@@ -850,7 +854,7 @@ fn xdp_hand_over(ipv6: bool) {
             ToPods::Peer,
             IFACE_POD,
             XDP_PASS,
-            for_stack.clone(),
+            Some(for_stack.clone()),
             &[reason::NAT_NEW_FLOW][..],
         ),
         (
@@ -858,7 +862,7 @@ fn xdp_hand_over(ipv6: bool) {
             ToPods::Stack,
             IFACE_POD | IFACE_F_PEER,
             XDP_PASS,
-            for_stack,
+            Some(for_stack),
             &[reason::NAT_NEW_FLOW][..],
         ),
         (
@@ -866,7 +870,7 @@ fn xdp_hand_over(ipv6: bool) {
             ToPods::Xdp,
             IFACE_POD | IFACE_F_PEER,
             XDP_REDIRECT,
-            redirected,
+            Some(redirected),
             &[reason::NAT_NEW_FLOW, reason::FWD_XDP_REDIRECT][..],
         ),
     ];
@@ -898,6 +902,7 @@ fn xdp_hand_over(ipv6: bool) {
         // The kernel returns the metadata in front of the frame.
         out.truncate(res.data_size_out as usize);
         assert_eq!(res.return_value, want_ret, "{what}: return value");
+        let want_out = want_out.unwrap_or_else(|| marked(dp.deliver_key()));
         assert_eq!(out, want_out, "{what}: output (metadata, frame)");
         let after = dp.maps.verdicts().unwrap();
         let moved: Vec<&str> = (0..reason::COUNT as usize)
@@ -910,6 +915,100 @@ fn xdp_hand_over(ipv6: bool) {
             .collect();
         assert_eq!(moved, want, "{what}: counters");
     }
+}
+
+/// XDP keeps the FIB's answer for a flow's translated tuple (per CPU, `LB_ROUTES`)
+/// for at most `ROUTE_TTL_MS`, and only for frames no longer than one the route
+/// took: a neighbour that moves to another MAC is written into the flow's frames
+/// once that time is past, and a frame longer than the way out's MTU is never
+/// redirected on a kept answer (the FIB's MTU check is asked again: it goes to the
+/// stack, which answers or fragments as a router does).
+#[test]
+fn xdp_asks_the_fib_again_after_its_answer_ages_or_for_a_longer_frame() {
+    lb_tests::require_root();
+    let mut t = Topology::new("prroutes").unwrap();
+    let s = seeds::lan(&mut t).unwrap();
+    let pod = seeds::pod(&mut t, &s.node, "pod", "lxc0", POD).unwrap();
+    let (pod_mac, lxc_mac) = (
+        t.mac(&pod, "eth0").unwrap(),
+        t.mac(&s.node, "lxc0").unwrap(),
+    );
+    t.neigh(&s.node, POD, pod_mac, "lxc0").unwrap();
+    t.sh(&s.node, &["ip", "link", "set", "lxc0", "mtu", "1000"])
+        .unwrap();
+    let (eth0, lxc0) = (
+        t.ifindex(&s.node, "eth0").unwrap(),
+        t.ifindex(&s.node, "lxc0").unwrap(),
+    );
+    let mut dp = {
+        let _in = InNetns::enter(&s.node).unwrap();
+        dataplane_with(&LoadConfig {
+            to_pods: ToPods::Xdp,
+            ..LoadConfig::default()
+        })
+    };
+    dp.maps.set_iface(lxc0, IFACE_POD | IFACE_F_PEER).unwrap();
+    // (return value, frame out) of XDP on the node's eth0.
+    let xdp = |dp: &mut Dataplane, frame: &[u8]| -> (u32, Vec<u8>) {
+        let _in = InNetns::enter(&s.node).unwrap();
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&eth0.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = dp
+            .xdp()
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_RUN");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    };
+    const XDP_REDIRECT: u32 = 4;
+    let syn = Pkt::tcp(CLIENT, 42200, NODE, NODE_PORT, TCP_SYN).build();
+    let ack = Pkt::tcp(CLIENT, 42200, NODE, NODE_PORT, TCP_ACK).build();
+    let (ret, out) = xdp(&mut dp, &syn);
+    assert_eq!(
+        ret, XDP_REDIRECT,
+        "the SYN is redirected into the pod's veth"
+    );
+    assert_eq!(out[..6], pod_mac, "to the pod's MAC");
+    assert_eq!(out[6..12], lxc_mac, "from the veth's");
+    let asked = std::time::Instant::now();
+
+    // A frame longer than lxc0's MTU (1,000): the kept answer took 40 bytes only.
+    let long = Pkt::tcp(CLIENT, 42200, NODE, NODE_PORT, TCP_ACK)
+        .payload(&[7u8; 1200])
+        .build();
+    let (ret, out) = xdp(&mut dp, &long);
+    assert_eq!(
+        ret, XDP_PASS,
+        "a frame too big for the way out goes to the stack, translated"
+    );
+    assert_eq!(out[30..34], POD.parse::<Ipv4Addr>().unwrap().octets());
+
+    // The pod's neighbour entry moves to another MAC.
+    let moved = [0x02, 0, 0, 0, 0, 0x99];
+    t.neigh(&s.node, POD, moved, "lxc0").unwrap();
+    let (ret, out) = xdp(&mut dp, &ack);
+    assert_eq!(ret, XDP_REDIRECT);
+    // Within half the time the answer is kept, the kept one is used (when the
+    // machine was too slow to get here by then, nothing is said about this frame).
+    if asked.elapsed() < Duration::from_millis(ROUTE_TTL_MS / 2) {
+        assert_eq!(out[..6], pod_mac, "within its time, the kept answer");
+    }
+    std::thread::sleep(Duration::from_millis(ROUTE_TTL_MS + 20));
+    let (ret, out) = xdp(&mut dp, &ack);
+    assert_eq!(ret, XDP_REDIRECT);
+    assert_eq!(
+        out[..6],
+        moved,
+        "past {ROUTE_TTL_MS} ms, the FIB's answer of now: the neighbour's new MAC"
+    );
 }
 
 #[test]
