@@ -675,14 +675,8 @@ fn main() -> Result<()> {
         sizes.clear();
     }
     let contenders: &[Contender] = if lb_only {
-        &[
-            Contender::Generator,
-            Contender::Ceiling,
-            Contender::CeilingCt,
-            Contender::PeerFloor,
-            Contender::Lb,
-            Contender::LbTcPod,
-        ]
+        // The generator, the plain hops and lb as by default (the first six).
+        &Contender::ALL[..6]
     } else {
         &Contender::ALL
     };

@@ -775,6 +775,30 @@ fn xdp_hands_ipv6_packets_for_a_local_pod_over_as_to_pods_says() {
     xdp_hand_over(true);
 }
 
+/// XDP's return value and what it leaves (any metadata in front of the frame) for
+/// `frame` arriving on interface `ingress` (of the namespace the thread is in).
+fn xdp_from(dp: &mut Dataplane, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex; no metadata in.
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+    let mut out = vec![0u8; frame.len() + 256];
+    let res = dp
+        .xdp()
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_RUN");
+    // The kernel returns the metadata in front of the frame.
+    out.truncate(res.data_size_out as usize);
+    (res.return_value, out)
+}
+
 /// The hand-over cases of `--to-pods` for a NodePort SYN of the family (`ipv6`).
 fn xdp_hand_over(ipv6: bool) {
     // A node namespace whose FIB knows the pod: a route and a neighbour entry on
@@ -882,26 +906,8 @@ fn xdp_hand_over(ipv6: bool) {
         });
         dp.maps.set_iface(lxc0, role).unwrap();
         let before = dp.maps.verdicts().unwrap();
-        let frame = &syn;
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex; no metadata in.
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&eth0.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 256];
-        let res = dp
-            .xdp()
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_RUN");
-        // The kernel returns the metadata in front of the frame.
-        out.truncate(res.data_size_out as usize);
-        assert_eq!(res.return_value, want_ret, "{what}: return value");
+        let (ret, out) = xdp_from(&mut dp, &syn, eth0);
+        assert_eq!(ret, want_ret, "{what}: return value");
         let want_out = want_out.unwrap_or_else(|| marked(dp.deliver_key()));
         assert_eq!(out, want_out, "{what}: output (metadata, frame)");
         let after = dp.maps.verdicts().unwrap();
@@ -951,22 +957,7 @@ fn xdp_asks_the_fib_again_after_its_answer_ages_or_for_a_longer_frame() {
     // (return value, frame out) of XDP on the node's eth0.
     let xdp = |dp: &mut Dataplane, frame: &[u8]| -> (u32, Vec<u8>) {
         let _in = InNetns::enter(&s.node).unwrap();
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&eth0.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 256];
-        let res = dp
-            .xdp()
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        xdp_from(dp, frame, eth0)
     };
     const XDP_REDIRECT: u32 = 4;
     let syn = Pkt::tcp(CLIENT, 42200, NODE, NODE_PORT, TCP_SYN).build();
