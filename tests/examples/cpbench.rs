@@ -206,20 +206,29 @@ fn lb(n: usize, from: Endpoints, via: Via) -> Result<LbTimes> {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // One more service into the store of n.
-    let seen = reconciles(&t).len();
-    let start = SystemTime::now();
-    lb.apply(&scale::lb_one_more(n, from == Endpoints::Pods))?;
-    let want = format!("services={} ", base + n + 1);
-    let line = wait_reconcile(&t, seen, |l| l.contains(&want))?;
-    let one_more = since(logged_at(&line)?, start)?;
-    eprintln!("agent: {line}");
+    // One more service into the store of n, CHANGES times (each another new one,
+    // the store one bigger each time): the median.
+    let mut one_more = Vec::new();
+    for k in 0..CHANGES {
+        let seen = reconciles(&t).len();
+        let start = SystemTime::now();
+        lb.apply(&scale::lb_one_more(n + k, from == Endpoints::Pods))?;
+        let want = format!("services={} ", base + n + k + 1);
+        let line = wait_reconcile(&t, seen, |l| l.contains(&want))?;
+        one_more.push(since(logged_at(&line)?, start)?);
+        eprintln!("agent: {line}");
+        eprintln!(
+            "  one more service #{k}: {:?} from lb apply",
+            one_more.last().copied().unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let agent_peak = t
         .pid(AGENT)
         .and_then(lbctl::peak_rss)
         .context("the agent's peak memory")?;
     Ok(LbTimes {
-        one_more,
+        one_more: median(one_more),
         agent_peak,
         cli_peak,
         apply,
@@ -338,7 +347,7 @@ fn main() -> Result<()> {
             "one endpoint change (ms)",
             "full load: this / lb",
             "lb: agent's reconcile full / change; store commit -> maps (ms)",
-            "lb: one more service (ms)",
+            "lb: one more service, median of 5 (ms)",
             "lb: peak memory, agent / CLI (MiB)",
         ],
     );
