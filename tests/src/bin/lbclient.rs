@@ -429,17 +429,26 @@ fn neighbour_answers(target: std::net::IpAddr, wait: Duration) -> std::io::Resul
                 break;
             }
             let f = &buf[..n as usize];
-            // An ARP reply (operation 2) whose sender address is the target, or a
-            // Neighbor Advertisement about it (the Ethernet source is the MAC).
+            // An answer to this request: an ARP reply (operation 2) whose sender
+            // address is the target and whose target is this host, or a solicited
+            // Neighbor Advertisement about it (the Ethernet source is the MAC). A
+            // node's own announcements (gratuitous ARP, unsolicited advertisements)
+            // are not answers: a new holder's, sent just after the old holder
+            // answered and let go, would read as two nodes answering at once.
             let answer = match target {
                 std::net::IpAddr::V4(t) => {
                     f.len() >= 42
                         && f[12..14] == [0x08, 0x06]
                         && f[20..22] == [0, 2]
                         && f[28..32] == t.octets()
+                        && Some(&f[38..42]) == ip.as_ref().map(|a| &a[..])
                 }
                 std::net::IpAddr::V6(t) => {
-                    f.len() >= 78 && f[20] == 58 && f[54] == 136 && f[62..78] == t.octets()
+                    f.len() >= 78
+                        && f[20] == 58
+                        && f[54] == 136
+                        && f[58] & 0x40 != 0
+                        && f[62..78] == t.octets()
                 }
             };
             if answer {
