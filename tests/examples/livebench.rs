@@ -620,6 +620,11 @@ fn ipv6_rows(w: Window, chart: &mut Chart) -> Result<Table> {
     Ok(table)
 }
 
+/// The value of the command-line argument `PREFIX=VALUE` (`prefix` with its `=`).
+fn arg_value(prefix: &str) -> Option<String> {
+    std::env::args().find_map(|a| a.strip_prefix(prefix).map(String::from))
+}
+
 fn main() -> Result<()> {
     assert!(lb_tests::is_root(), "run as root (namespaces, eBPF)");
 
@@ -644,22 +649,21 @@ fn main() -> Result<()> {
     // For work on lb (e.g. under `perf record`): `--sizes=N,M` only these sizes;
     // `--lb-only`: the two plain hops and lb as by default (both kinds of pod), no
     // other contender, no remote pod; `--remote-only`: the remote-pod rows alone.
-    if let Some(list) = std::env::args().find_map(|a| a.strip_prefix("--sizes=").map(String::from))
-    {
+    if let Some(list) = arg_value("--sizes=") {
         sizes = list.split(',').map(str::parse).collect::<Result<_, _>>()?;
     }
     let lb_only = std::env::args().any(|a| a == "--lb-only");
     let remote_only = std::env::args().any(|a| a == "--remote-only");
     // `--only=Lb,PeerFloor`: these contenders alone (their figures printed, no
     // table), `--secs=N` windows of N seconds: to look at one path under `perf`.
-    let w = match std::env::args().find_map(|a| a.strip_prefix("--secs=").map(String::from)) {
+    let w = match arg_value("--secs=") {
         Some(s) => Window {
             duration: Duration::from_secs(s.parse()?),
             ..w
         },
         None => w,
     };
-    if let Some(list) = std::env::args().find_map(|a| a.strip_prefix("--only=").map(String::from)) {
+    if let Some(list) = arg_value("--only=") {
         for name in list.split(',') {
             let c = Contender::ALL
                 .into_iter()
