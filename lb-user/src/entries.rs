@@ -232,6 +232,8 @@ pub struct Programmed {
 /// What fits of an update ([`Programmed::admit`]).
 struct Admission<'p> {
     plans: Vec<&'p PortPlan>,
+    /// How many backends the plans add (addresses no slot holds yet).
+    new_backends: usize,
     left_out: LeftOut,
     /// The entries services left out hold, kept as they are, and their frontends.
     kept: Entries,
@@ -243,6 +245,8 @@ struct Admission<'p> {
 struct Claims {
     /// Every service was planned: these claims replace all others.
     all: bool,
+    /// How many backends the update adds (room made for them at once).
+    new_backends: usize,
     services: Vec<ObjectKey>,
     owners: HashMap<ObjectKey, BTreeSet<Frontend>>,
 }
@@ -322,7 +326,7 @@ impl Programmed {
         };
         let mut old = old;
         let admission = self.admit(plans, &old);
-        let mut new = self.build(&admission.plans, &old)?;
+        let mut new = self.build(&admission, &old)?;
         let mut claims = owners(admission.plans.iter().copied());
         // A service left out keeps what it holds, as it is.
         for (key, frontends) in admission.kept_claims {
@@ -338,6 +342,7 @@ impl Programmed {
             .collect();
         self.pending = Some(Claims {
             all: matches!(scope, Scope::All),
+            new_backends: admission.new_backends,
             services: match scope {
                 Scope::All => Vec::new(),
                 Scope::Services(s) => s.iter().cloned().collect(),
@@ -387,6 +392,7 @@ impl Programmed {
             .partition(|(k, _)| self.owners.contains_key(*k));
         let mut out = Admission {
             plans: Vec::new(),
+            new_backends: 0,
             left_out: LeftOut::new(),
             kept: Entries::default(),
             kept_claims: Vec::new(),
@@ -470,6 +476,7 @@ impl Programmed {
             out.left_out.insert(key.clone(), why);
         }
         // The admitted plans in the order given (ids are handed out in it).
+        out.new_backends = counted.len();
         out.plans = plans
             .iter()
             .filter(|p| !out.left_out.contains_key(&p.service))
@@ -512,9 +519,10 @@ impl Programmed {
         old
     }
 
-    /// The frontends and slots of `plans` (no port bitmap): each plan keeps the id
+    /// The frontends and slots of the admitted plans (no port bitmap): each plan keeps the id
     /// a frontend of it has in `old` (once per id), each backend its id and slot.
-    fn build(&mut self, plans: &[&PortPlan], old: &Entries) -> Result<Entries, EntriesError> {
+    fn build(&mut self, admission: &Admission, old: &Entries) -> Result<Entries, EntriesError> {
+        let plans = &admission.plans;
         let mut claimed = BTreeSet::new();
         let kept: Vec<Option<u32>> = plans
             .iter()
@@ -525,7 +533,9 @@ impl Programmed {
                     .find(|id| claimed.insert(*id))
             })
             .collect();
-        let mut fresh: HashMap<BackendAddr, u32> = HashMap::new();
+        // Sized once (as `record` sizes `backends`): grown by doubling, the table of
+        // a bulk round's 1,000,000 new backends held its last two sizes at once.
+        let mut fresh: HashMap<BackendAddr, u32> = HashMap::with_capacity(admission.new_backends);
         let mut out = Entries::default();
         for (plan, kept) in plans.iter().zip(kept) {
             let svc_id = match kept {
@@ -649,6 +659,9 @@ impl Programmed {
     /// more (their flows should end).
     pub fn record(&mut self, ops: &[Op]) -> BTreeSet<u32> {
         let mut gone = BTreeSet::new();
+        if let Some(claims) = &self.pending {
+            self.backends.reserve(claims.new_backends);
+        }
         for op in ops {
             match op {
                 Op::PutBackend(k, v) => {

@@ -16,7 +16,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 
-use crate::model::{Kind, Object, ObjectKey, PodFacts, SliceFacts};
+use crate::model::{Kind, Object, ObjectKey, PodFacts, SliceFacts, trim_service};
 
 /// Everything a source (the store, or the cluster's API) holds.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -124,7 +124,14 @@ impl From<State> for Facts {
     fn from(state: State) -> Self {
         Facts {
             revision: state.revision,
-            services: state.services,
+            services: state
+                .services
+                .into_iter()
+                .map(|(k, mut s)| {
+                    trim_service(&mut s);
+                    (k, s)
+                })
+                .collect(),
             pods: state
                 .pods
                 .iter()
@@ -163,7 +170,10 @@ impl From<Change> for FactChange {
             kind: change.kind,
             key: change.key,
             fact: change.object.map(|o| match o {
-                Object::Service(s) => Fact::Service(s),
+                Object::Service(mut s) => {
+                    trim_service(&mut s);
+                    Fact::Service(s)
+                }
                 Object::Pod(p) => Fact::Pod(PodFacts::of(&p)),
                 Object::EndpointSlice(s) => Fact::EndpointSlice(SliceFacts::of(&s)),
             }),

@@ -10,13 +10,50 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::{core::v1::Pod, discovery::v1::EndpointSlice},
+    api::{
+        core::v1::{Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
 use serde::Deserialize;
 
 use super::{Family, PodIps, candidate, ips_of, pod_ips, pod_ready, slice_service};
+
+/// Makes a service as the agent keeps it: the object whole (planning, DNS, LoadBalancer
+/// addresses and the EndpointSlice controller read most of it), less what none of
+/// them reads (`managedFields`), and without the room decoding leaves spare in its
+/// lists (a one-port service's `ports` had room for four). About 0.5 KB less per
+/// service: 50 MB of an agent holding 100,000.
+pub fn trim_service(svc: &mut Service) {
+    let meta = &mut svc.metadata;
+    meta.managed_fields = None;
+    shrink(&mut meta.finalizers);
+    shrink(&mut meta.owner_references);
+    if let Some(spec) = &mut svc.spec {
+        shrink(&mut spec.ports);
+        shrink(&mut spec.cluster_ips);
+        shrink(&mut spec.ip_families);
+        shrink(&mut spec.external_ips);
+        shrink(&mut spec.load_balancer_source_ranges);
+    }
+    if let Some(status) = &mut svc.status {
+        shrink(&mut status.conditions);
+        if let Some(lb) = &mut status.load_balancer {
+            shrink(&mut lb.ingress);
+            for ingress in lb.ingress.iter_mut().flatten() {
+                shrink(&mut ingress.ports);
+            }
+        }
+    }
+}
+
+fn shrink<T>(list: &mut Option<Vec<T>>) {
+    if let Some(list) = list {
+        list.shrink_to_fit();
+    }
+}
 
 /// What [`PodFacts::from_json`] decodes of a stored pod (every other field is
 /// skipped unread).

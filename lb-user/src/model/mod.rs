@@ -18,7 +18,7 @@ use k8s_openapi::{
 use serde_json::Value;
 
 pub use cidr::Cidr;
-pub use facts::{EndpointFacts, PodFacts, SliceFacts};
+pub use facts::{EndpointFacts, PodFacts, SliceFacts, trim_service};
 pub use validate::{
     FieldError, FieldErrorKind, validate_endpoint_slice, validate_endpoint_slice_update,
     validate_pod, validate_service, validate_service_update,

@@ -587,3 +587,40 @@ fn a_stored_pod_decoded_for_its_facts_has_the_facts_of_the_whole_pod() {
     assert_eq!(escaped.node_name.as_deref(), Some("n1"));
     assert_eq!(escaped.ready_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
 }
+
+#[test]
+fn a_service_as_the_agent_keeps_it_is_the_service_less_managed_fields_and_spare_room() {
+    let stored = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"web","namespace":"default",
+        "managedFields":[{"manager":"kubectl","operation":"Apply"}]},
+        "spec":{"type":"LoadBalancer","ports":[{"name":"http","port":80,"targetPort":8080}],
+        "clusterIP":"10.96.0.10","clusterIPs":["10.96.0.10"],"ipFamilies":["IPv4"],
+        "selector":{"app":"web"},"externalIPs":["192.0.2.9"]},
+        "status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.1","ports":[{"port":80,"protocol":"TCP"}]}]}}}"#;
+    let mut svc: Service = serde_json::from_str(stored).unwrap();
+    let spec = svc.spec.as_ref().unwrap();
+    // Decoding leaves room in its lists (what there is to take back).
+    assert!(spec.ports.as_ref().unwrap().capacity() > 1);
+    let mut want = svc.clone();
+    want.metadata.managed_fields = None;
+    trim_service(&mut svc);
+    assert_eq!(svc, want);
+    let spec = svc.spec.as_ref().unwrap();
+    let ingress = &svc
+        .status
+        .as_ref()
+        .unwrap()
+        .load_balancer
+        .as_ref()
+        .unwrap()
+        .ingress;
+    let ingress = ingress.as_ref().unwrap();
+    let room = [
+        spec.ports.as_ref().unwrap().capacity(),
+        spec.cluster_ips.as_ref().unwrap().capacity(),
+        spec.ip_families.as_ref().unwrap().capacity(),
+        spec.external_ips.as_ref().unwrap().capacity(),
+        ingress.capacity(),
+        ingress[0].ports.as_ref().unwrap().capacity(),
+    ];
+    assert_eq!(room, [1; 6]);
+}
