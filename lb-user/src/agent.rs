@@ -839,7 +839,7 @@ impl Agent {
         let loaded = started.elapsed();
         // Names change in the round that reads the change, before the maps are
         // written.
-        if let Some(names) = &self.names {
+        if let Some(names) = &mut self.names {
             names.follow(&self.tracked, self.plan_all, &services, &addrs);
         }
         if self.plan_all {

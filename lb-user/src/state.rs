@@ -9,6 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use k8s_openapi::api::{
@@ -482,17 +483,34 @@ impl Touched {
 pub struct Tracked {
     pub state: Facts,
     pub index: Index,
+    /// See [`Tracked::generation`].
+    generation: u64,
 }
+
+/// The last generation handed out (see [`Tracked::generation`]).
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
 
 impl Tracked {
     pub fn new(state: Facts) -> Self {
         let index = Index::of(&state);
-        Tracked { state, index }
+        Tracked {
+            state,
+            index,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    /// Which facts these are: another number for every `Tracked` made and after
+    /// every [`take`](Self::take), the same for a clone. What was built from the
+    /// facts of one generation (the DNS zone) needs no rebuilding while it lasts.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Takes `changes` into the state and its index; returns what they named and the
     /// services whose entries they can change (affected before or after the changes).
     pub fn take<C: Into<FactChange>>(&mut self, changes: Vec<C>) -> Touched {
+        self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1;
         let changes: Vec<FactChange> = changes.into_iter().map(Into::into).collect();
         let named: Vec<(Kind, ObjectKey)> =
             changes.iter().map(|c| (c.kind, c.key.clone())).collect();
