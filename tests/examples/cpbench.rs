@@ -59,6 +59,23 @@ fn wait_reconcile(t: &Topology, seen: usize, ok: impl Fn(&str) -> bool) -> Resul
     }
 }
 
+/// Applies `manifest` and waits for the reconcile line `ok` recognises: that line,
+/// and the time from `lb apply` until the agent logged it.
+fn apply_timed(
+    t: &Topology,
+    lb: &Lb,
+    manifest: &str,
+    ok: impl Fn(&str) -> bool,
+) -> Result<(String, Duration)> {
+    let seen = reconciles(t).len();
+    let start = SystemTime::now();
+    lb.apply(manifest)?;
+    let line = wait_reconcile(t, seen, ok)?;
+    eprintln!("agent: {line}");
+    let took = since(logged_at(&line)?, start)?;
+    Ok((line, took))
+}
+
 const AGENT: &str = "agent-node1";
 
 struct LbTimes {
@@ -183,12 +200,10 @@ fn lb(n: usize, from: Endpoints, via: Via) -> Result<LbTimes> {
     // One endpoint change, CHANGES times (each another new endpoint): the medians.
     let (mut change, mut reconcile_us, mut commit_to_maps) = (Vec::new(), Vec::new(), Vec::new());
     for k in 0..CHANGES {
-        let seen = reconciles(&t).len();
-        let start = SystemTime::now();
-        lb.apply(&change_of(k))?;
-        let line = wait_reconcile(&t, seen, |l| field(l, "writes").unwrap_or(0) > 0)?;
-        change.push(since(logged_at(&line)?, start)?);
-        eprintln!("agent: {line}");
+        let (line, took) = apply_timed(&t, &lb, &change_of(k), |l| {
+            field(l, "writes").unwrap_or(0) > 0
+        })?;
+        change.push(took);
         reconcile_us.push(field(&line, "took_us").unwrap_or(0));
         // The store's commit marker: `REVISION UNIX_NS`, written as the commit returns.
         let marker = std::fs::read_to_string(lb.store.join("revision"))?;
@@ -210,13 +225,10 @@ fn lb(n: usize, from: Endpoints, via: Via) -> Result<LbTimes> {
     // the store one bigger each time): the median.
     let mut one_more = Vec::new();
     for k in 0..CHANGES {
-        let seen = reconciles(&t).len();
-        let start = SystemTime::now();
-        lb.apply(&scale::lb_one_more(n + k, from == Endpoints::Pods))?;
         let want = format!("services={} ", base + n + k + 1);
-        let line = wait_reconcile(&t, seen, |l| l.contains(&want))?;
-        one_more.push(since(logged_at(&line)?, start)?);
-        eprintln!("agent: {line}");
+        let more = scale::lb_one_more(n + k, from == Endpoints::Pods);
+        let (_, took) = apply_timed(&t, &lb, &more, |l| l.contains(&want))?;
+        one_more.push(took);
         eprintln!(
             "  one more service #{k}: {:?} from lb apply",
             one_more.last().copied().unwrap_or_default()
