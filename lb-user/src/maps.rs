@@ -394,8 +394,10 @@ impl Maps {
         Ok(None)
     }
 
-    /// How many entries `LB_SERVICES` and `LB_BACKENDS` hold at most, as loaded.
-    pub fn capacity(&self) -> Result<(u32, u32), MapsError> {
+    /// How many entries `LB_SERVICES`, `LB_BACKENDS`, `LB6_SERVICES` and
+    /// `LB6_BACKENDS` hold at most, as loaded (the IPv6 ones 0 when pins left by an
+    /// earlier version have none).
+    pub fn capacity(&self) -> Result<[u32; 4], MapsError> {
         let entries = |fd: &OwnedFd, map: &'static str| {
             let fd = fd
                 .try_clone()
@@ -405,10 +407,19 @@ impl Maps {
                 .map(|i| i.max_entries())
                 .map_err(aya_err(map, "reading its size"))
         };
-        Ok((
+        let (services6, backends6) = match &self.v6 {
+            Some(v6) => (
+                entries(&v6.services_fd, MAP_SERVICES6)?,
+                entries(&v6.backends_fd, MAP_BACKENDS6)?,
+            ),
+            None => (0, 0),
+        };
+        Ok([
             entries(&self.services_fd, MAP_SERVICES)?,
             entries(&self.backends_fd, MAP_BACKENDS)?,
-        ))
+            services6,
+            backends6,
+        ])
     }
 
     /// Everything the service maps of both families and `LB_PORTS` hold.

@@ -6,14 +6,14 @@
 /// order from 1, backend ids the endpoints' first appearance from 1.
 pub fn program(maps: &mut lb_user::maps::Maps, plans: &[lb_user::plan::PortPlan]) {
     use lb_user::entries::{Limits, Programmed, Scope, Update};
-    let (frontends, backends) = maps.capacity().expect("map sizes");
+    let [frontends, backends, frontends6, backends6] = maps.capacity().expect("map sizes");
     let mut programmed = Programmed::adopt(
         Default::default(),
         Limits {
             frontends,
             backends,
-            frontends6: lb_common::DEFAULT_FRONTENDS6,
-            backends6: lb_common::DEFAULT_BACKENDS6,
+            frontends6,
+            backends6,
         },
     );
     let Ok(Update::Writes(ops, left_out)) = programmed.update(Scope::All, plans) else {
