@@ -475,8 +475,8 @@ impl Programmed {
             out.kept.backends.extend(held.backends);
             out.left_out.insert(key.clone(), why);
         }
-        // The admitted plans in the order given (ids are handed out in it).
         out.new_backends = counted.len();
+        // The admitted plans in the order given (ids are handed out in it).
         out.plans = plans
             .iter()
             .filter(|p| !out.left_out.contains_key(&p.service))
@@ -519,8 +519,9 @@ impl Programmed {
         old
     }
 
-    /// The frontends and slots of the admitted plans (no port bitmap): each plan keeps the id
-    /// a frontend of it has in `old` (once per id), each backend its id and slot.
+    /// The frontends and slots of the admitted plans (no port bitmap): each plan
+    /// keeps the id a frontend of it has in `old` (once per id), each backend its id
+    /// and slot.
     fn build(&mut self, admission: &Admission, old: &Entries) -> Result<Entries, EntriesError> {
         let plans = &admission.plans;
         let mut claimed = BTreeSet::new();
