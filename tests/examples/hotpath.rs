@@ -240,9 +240,10 @@ fn family_row(n: u32, flows: u16) -> (f64, f64, f64, f64) {
 }
 
 /// A namespace whose routes answer lb's FIB lookups as a node's would: the backends
-/// (10.244.0.1 and up, past 10.245 at 100,000 services) and the frontends and clients (192.168.0.0/16) through `up0`, to
-/// a neighbour with a fixed MAC, forwarding on. (Where no route leads to the backend,
-/// the lookup ends early and costs a third of a full answer.)
+/// (10.244.0.1 and up, past 10.245 at 100,000 services: 10.0.0.0/8) and the
+/// frontends and clients (192.168.0.0/16) through `up0`, to a neighbour with a fixed
+/// MAC, forwarding on. (Where no route leads to the backend, the lookup ends early
+/// and costs a third of a full answer.)
 struct Routed {
     _t: Topology,
     node: Netns,
@@ -269,7 +270,7 @@ fn routed() -> Routed {
 }
 
 /// Single-run medians (ns) with lb's own forwarding: the SYNs of new flows (each
-/// a flow, a full FIB answer kept), and `runs` times the ACK of the one flow `syn`
+/// a flow, a full FIB answer kept), and as many times the ACK of the one flow `syn`
 /// starts (its FIB answer kept). Every frame must be translated and redirected by
 /// XDP: (new, established).
 fn forwarded_runs(dp: &mut Dataplane, syns: &[Vec<u8>], syn: &[u8], ack: &[u8]) -> (f64, f64) {
