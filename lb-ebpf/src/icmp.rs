@@ -129,6 +129,16 @@ fn decide_into<A: Family>(e: Option<IcmpError<A>>, hook: Hook, w: &mut Work<A>) 
     }
 }
 
+/// Whether an IPv4 frame carries ICMP at all: the one byte every IPv4 frame is
+/// tested on before the ICMP path's work slot and subprogram are touched (most
+/// frames are TCP or UDP and leave here).
+#[inline(always)]
+pub fn is_icmp4(data: usize, data_end: usize) -> bool {
+    ptr_at::<[u8; ICMP]>(data, data_end, 0)
+        // SAFETY: bounds-checked by ptr_at: the Ethernet and IPv4 headers.
+        .is_some_and(|head| unsafe { (*head)[OUTER + 9] } == PROTO_ICMP)
+}
+
 /// The frame as an IPv4 ICMP error about a flow, into `w`: [`parse`], then
 /// [`decide`]. A subprogram of its own, with its own frame.
 #[inline(never)]

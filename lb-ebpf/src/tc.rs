@@ -65,7 +65,9 @@ fn run4(ctx: &TcContext, hook: Hook) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // An ICMP error about a flow: decided, then rewritten and sent, in two
     // subprograms one after the other (see `icmp::Work`).
-    if let Some(w) = icmp::work::<u32>() {
+    if icmp::is_icmp4(ctx.data(), ctx.data_end())
+        && let Some(w) = icmp::work::<u32>()
+    {
         match icmp::decide4_into(ctx.data(), ctx.data_end(), hook, w) {
             icmp::Found::Related => return related4(ctx, w, ifindex),
             icmp::Found::Untranslated => {

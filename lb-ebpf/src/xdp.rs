@@ -28,7 +28,9 @@ pub fn run(ctx: &XdpContext) -> u32 {
 fn run4(ctx: &XdpContext) -> u32 {
     // An ICMP error about a flow: decided, then rewritten, in two subprograms one
     // after the other (see `icmp::Work`).
-    if let Some(w) = icmp::work::<u32>() {
+    if icmp::is_icmp4(ctx.data(), ctx.data_end())
+        && let Some(w) = icmp::work::<u32>()
+    {
         match icmp::decide4_into(ctx.data(), ctx.data_end(), Hook::Ingress, w) {
             icmp::Found::Related => return related4(ctx, w),
             icmp::Found::Untranslated => {
