@@ -455,6 +455,16 @@ const _: () = assert!(size_of::<RouteSlot>() == 56);
 const _: () = assert!(size_of::<RouteSlot6>() == 80);
 /// Slots of `LB_ROUTES` and `LB6_ROUTES`, per CPU (a power of two).
 pub const ROUTE_SLOTS: u32 = 1024;
+/// `LB_ROUTING[0]`, written by the agent each round: bits saying, per family,
+/// that the node's routes depend on the destination alone (no rule by source or
+/// port, no source-specific or multipath route: `netif::RoutedByDestination`).
+/// Then `LB_ROUTES` keeps a FIB answer per destination and incoming interface,
+/// shared by every flow to it (a new flow asks the FIB only for a destination not
+/// asked within `ROUTE_TTL_MS`); else per translated tuple. 0 until the agent
+/// has looked.
+pub const MAP_ROUTING: &str = "LB_ROUTING";
+pub const ROUTED_BY_DST4: u32 = 1 << 0;
+pub const ROUTED_BY_DST6: u32 = 1 << 1;
 /// How long a FIB answer is used, at most: a route, neighbour or interface role
 /// changed meanwhile reaches the programs' forwarding within this time (the
 /// kernel's own stack at once).

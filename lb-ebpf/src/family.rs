@@ -6,8 +6,8 @@
 use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray};
 use lb_common::{
     Addr6, AffinityKeyOf, AffinityValue, BackendKey, BackendOf, CtValueOf, FlowKeyOf, FragKey,
-    FragKey6, FragValue, HAIRPIN_SNAT_ADDR, HAIRPIN_SNAT_ADDR6, RouteSlotOf, ServiceKeyOf,
-    ServiceValue,
+    FragKey6, FragValue, HAIRPIN_SNAT_ADDR, HAIRPIN_SNAT_ADDR6, ROUTED_BY_DST4, ROUTED_BY_DST6,
+    RouteSlotOf, ServiceKeyOf, ServiceValue,
 };
 
 use crate::csum::Csum;
@@ -31,6 +31,8 @@ pub trait Family: Copy + Default + PartialEq + 'static {
     /// The address a pod that reaches itself through a service sees as the source
     /// (a packet from its own address to itself would never leave it).
     const HAIRPIN: Self;
+    /// This family's bit of `LB_ROUTING` (`lb_common::MAP_ROUTING`).
+    const ROUTED_BY_DST: u32;
     /// The family's ICMP protocol number (1, or 58 for ICMPv6).
     const PROTO_ICMP: u8;
     /// How many 512-byte chunks of a segment `verify` sums, at most (longer
@@ -64,6 +66,7 @@ pub trait Family: Copy + Default + PartialEq + 'static {
 
 impl Family for u32 {
     const HAIRPIN: u32 = u32::from_ne_bytes(HAIRPIN_SNAT_ADDR);
+    const ROUTED_BY_DST: u32 = ROUTED_BY_DST4;
     const PROTO_ICMP: u8 = 1;
     /// 32: segments of up to 16 KiB (only GSO/GRO aggregates, which the kernel
     /// vouches for, are longer).
@@ -136,6 +139,7 @@ impl Family for u32 {
 
 impl Family for Addr6 {
     const HAIRPIN: Addr6 = addr6(HAIRPIN_SNAT_ADDR6);
+    const ROUTED_BY_DST: u32 = ROUTED_BY_DST6;
     const PROTO_ICMP: u8 = 58;
     /// One: IPv6 verifies closing segments (TCP header included) of up to 512 bytes (a FIN or RST rarely
     /// carries more), as a longer loop next to IPv6's lookups would take the

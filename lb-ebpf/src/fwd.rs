@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use lb_common::{FlowKey, FlowKey6, FlowKeyOf, ROUTE_SLOTS, ROUTE_TTL_MS, TO_PODS_STACK};
 
-use crate::{clock, family::Family, lb, parse::ptr_at};
+use crate::{clock, family::Family, lb, maps::LB_ROUTING, parse::ptr_at};
 
 /// Set by the agent at load time (`lb_common::GLOBAL_FIB_REDIRECT`): 1 lets XDP send
 /// packets on itself; 0 leaves forwarding to the kernel's stack (for comparison).
@@ -153,6 +153,19 @@ fn cached<A: Family>(
     ask: impl FnOnce(&mut Route),
 ) {
     let now = clock::now();
+    // Routes by destination alone: one answer for every flow to it.
+    let by_dst = LB_ROUTING.get(0).is_some_and(|r| r & A::ROUTED_BY_DST != 0);
+    let key = if by_dst {
+        FlowKeyOf {
+            saddr_be: A::default(),
+            sport_be: 0,
+            dport_be: 0,
+            ..*to
+        }
+    } else {
+        *to
+    };
+    let to = &key;
     let Some(slot) = A::routes().get_ptr_mut(slot_of(to, ifindex)) else {
         ask(out);
         return;

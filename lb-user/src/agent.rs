@@ -383,6 +383,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 agent.reconcile(true)?;
                 agent.keep_cluster_dns();
                 agent.refresh_pod_roles();
+                agent.follow_routing();
                 agent.announce();
                 agent.sweep_flows();
                 agent.telemetry.round();
@@ -626,6 +627,19 @@ impl Agent {
             let has_address = !crate::store::lb_ingress_ips(s).is_empty();
             is_lb != has_address
         })
+    }
+
+    /// Tells the data plane whether the node's routes depend on the destination
+    /// alone (each round: a rule or a multipath route may come or go); when they
+    /// cannot be read, the programs key their FIB answers by the whole tuple.
+    fn follow_routing(&mut self) {
+        let by_dst = crate::netif::RoutedByDestination::read().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the routing rules and routes: FIB answers kept per flow");
+            crate::netif::RoutedByDestination::default()
+        });
+        if let Err(e) = self.dp.set_routing(by_dst) {
+            warn!(error = %e, "cannot tell the data plane how routes are chosen");
+        }
     }
 
     /// Removes the assured flows that expired (nothing evicts them), every

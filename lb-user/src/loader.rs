@@ -32,6 +32,7 @@ use tracing::{info, warn};
 
 use crate::{
     maps::{self, Maps, MapsError},
+    netif::RoutedByDestination,
     sizes::MapSizes,
 };
 
@@ -450,6 +451,9 @@ pub struct Dataplane {
     ct_timeouts: CtTimeouts,
     to_pods: ToPods,
     deliver_key: u64,
+    /// What `LB_ROUTING` was last told (None: nothing yet, the programs key their
+    /// FIB answers by the whole tuple).
+    routing: Option<RoutedByDestination>,
 }
 
 impl Dataplane {
@@ -498,6 +502,7 @@ impl Dataplane {
             ct_timeouts: cfg.ct_timeouts,
             to_pods: cfg.to_pods,
             deliver_key,
+            routing: None,
         })
     }
 
@@ -521,6 +526,18 @@ impl Dataplane {
 
     /// The kernel side's clock now (`lb_clock` run once with BPF_PROG_RUN), in its
     /// ticks.
+    /// Tells the programs whether the node's routes depend on the destination
+    /// alone (`netif::RoutedByDestination`): written when it changed, so that
+    /// every round may ask.
+    pub fn set_routing(&mut self, by_dst: RoutedByDestination) -> Result<(), LoadError> {
+        if self.routing == Some(by_dst) {
+            return Ok(());
+        }
+        maps::write_routing(&mut self.ebpf, by_dst.bits())?;
+        self.routing = Some(by_dst);
+        Ok(())
+    }
+
     pub fn kernel_now(&mut self) -> Result<u64, LoadError> {
         use aya::programs::TestRun as _;
         let clock: &mut Xdp = program(&mut self.ebpf, PROG_CLOCK)?;

@@ -15,8 +15,8 @@ use lb_common::{
     CtValue, CtValue6, CtValueOf, FlowKey, FlowKey6, FlowKeyOf, IfaceValue, MAP_AFFINITY,
     MAP_AFFINITY6, MAP_ARP_HOLD, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_BACKENDS6, MAP_CLOCK,
     MAP_CONNTRACK, MAP_CONNTRACK6, MAP_CT_ASSURED, MAP_CT_ASSURED6, MAP_IFACES, MAP_NDP_HOLD,
-    MAP_PORTS, MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_STATS, PORT_WORDS, PROTO_UDP,
-    ServiceKey, ServiceKey6, ServiceValue, reason,
+    MAP_PORTS, MAP_ROUTING, MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_STATS, PORT_WORDS,
+    PROTO_UDP, ServiceKey, ServiceKey6, ServiceValue, reason,
 };
 use tracing::{info, warn};
 
@@ -813,4 +813,17 @@ pub fn read_clock(ebpf: &aya::Ebpf) -> Result<u64, MapsError> {
         .ok_or(MapsError::Missing { map: MAP_CLOCK })?;
     let clock: Array<&MapData, u64> = Array::try_from(map).map_err(aya_err(MAP_CLOCK, "typing"))?;
     clock.get(&0, 0).map_err(aya_err(MAP_CLOCK, "reading"))
+}
+
+/// Writes `LB_ROUTING[0]`: whether the node's routes depend on the destination
+/// alone, per family (`netif::RoutedByDestination::bits`).
+pub fn write_routing(ebpf: &mut aya::Ebpf, bits: u32) -> Result<(), MapsError> {
+    let map = ebpf
+        .map_mut(MAP_ROUTING)
+        .ok_or(MapsError::Missing { map: MAP_ROUTING })?;
+    let mut routing: Array<&mut MapData, u32> =
+        Array::try_from(map).map_err(aya_err(MAP_ROUTING, "typing"))?;
+    routing
+        .set(0, bits, 0)
+        .map_err(aya_err(MAP_ROUTING, "writing"))
 }

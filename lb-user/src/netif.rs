@@ -195,6 +195,128 @@ fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
+/// Whether the kernel's route to an address depends on the destination alone, per
+/// family: no routing rule selects by source address, IP protocol or port
+/// (`ip rule ... from`, `ipproto`, `sport`, `dport`), no route is
+/// source-specific (IPv6 `from`) and none has several next hops (multipath, or a
+/// nexthop object, which may be a group: the kernel hashes the source, and maybe
+/// the ports, to pick one). Then the data plane may keep one FIB answer per
+/// destination and incoming interface for every flow to it, not one per flow
+/// (`lb_common::MAP_ROUTING`). Rules by destination, incoming interface, mark or
+/// TOS do not count: the data plane's lookups always ask with the same mark and
+/// TOS, and its answers are kept per incoming interface. Read by rtnetlink dumps
+/// of the rules and routes (RTM_GETRULE, RTM_GETROUTE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoutedByDestination {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl RoutedByDestination {
+    pub fn read() -> std::io::Result<Self> {
+        Ok(Self {
+            v4: by_destination(libc::AF_INET as u8)?,
+            v6: by_destination(libc::AF_INET6 as u8)?,
+        })
+    }
+
+    /// The bits of `lb_common::MAP_ROUTING`.
+    pub fn bits(self) -> u32 {
+        (u32::from(self.v4) * lb_common::ROUTED_BY_DST4)
+            | (u32::from(self.v6) * lb_common::ROUTED_BY_DST6)
+    }
+}
+
+const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
+const RTM_NEWRULE: u16 = 32;
+const RTM_GETRULE: u16 = 34;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+/// struct fib_rule_hdr and struct rtmsg: 12 bytes each, the source prefix length
+/// at byte 2 of both.
+const RULE_OR_ROUTE_HDR_LEN: usize = 12;
+const FRA_IP_PROTO: u16 = 22;
+const FRA_SPORT_RANGE: u16 = 23;
+const FRA_DPORT_RANGE: u16 = 24;
+const RTA_MULTIPATH: u16 = 9;
+const RTA_NH_ID: u16 = 30;
+
+fn by_destination(family: u8) -> std::io::Result<bool> {
+    let rules = dump(RTM_GETRULE, RTM_NEWRULE, family)?;
+    let rule_by_dst = |m: &[u8]| {
+        m.get(2) == Some(&0)
+            && !attrs(m.get(RULE_OR_ROUTE_HDR_LEN..).unwrap_or_default())
+                .any(|(ty, _)| matches!(ty, FRA_IP_PROTO | FRA_SPORT_RANGE | FRA_DPORT_RANGE))
+    };
+    if !rules.iter().all(|m| rule_by_dst(m)) {
+        return Ok(false);
+    }
+    let routes = dump(RTM_GETROUTE, RTM_NEWROUTE, family)?;
+    let route_by_dst = |m: &[u8]| {
+        m.get(2) == Some(&0)
+            && !attrs(m.get(RULE_OR_ROUTE_HDR_LEN..).unwrap_or_default())
+                .any(|(ty, _)| matches!(ty, RTA_MULTIPATH | RTA_NH_ID))
+    };
+    Ok(routes.iter().all(|m| route_by_dst(m)))
+}
+
+/// An rtnetlink dump of `family`'s `ask` (RTM_GETRULE, RTM_GETROUTE): each
+/// `answer` message's payload (its header struct and attributes).
+fn dump(ask: u16, answer: u16, family: u8) -> std::io::Result<Vec<Vec<u8>>> {
+    let err = std::io::Error::last_os_error;
+    // SAFETY: plain socket(2); the descriptor is owned (and closed) below.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err());
+    }
+    // SAFETY: a descriptor we just opened and nobody else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut req = [0u8; NLMSG_HDR_LEN + RULE_OR_ROUTE_HDR_LEN];
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    req[4..6].copy_from_slice(&ask.to_ne_bytes());
+    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence
+    req[NLMSG_HDR_LEN] = family;
+    // SAFETY: the buffer is valid for its length; a null address means the kernel.
+    let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if sent != req.len() as isize {
+        return Err(err());
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: the buffer is valid for its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = usize::try_from(n).map_err(|_| err())?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut msgs = &buf[..n];
+        while msgs.len() >= NLMSG_HDR_LEN {
+            let len = u32::from_ne_bytes(msgs[0..4].try_into().unwrap_or_default()) as usize;
+            let ty = u16::from_ne_bytes([msgs[4], msgs[5]]);
+            if len < NLMSG_HDR_LEN || len > msgs.len() {
+                return Err(std::io::ErrorKind::InvalidData.into());
+            }
+            match ty {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let code = msgs
+                        .get(NLMSG_HDR_LEN..NLMSG_HDR_LEN + 4)
+                        .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap_or_default()));
+                    return Err(std::io::Error::from_raw_os_error(-code));
+                }
+                t if t == answer => out.push(msgs[NLMSG_HDR_LEN..len].to_vec()),
+                _ => {}
+            }
+            msgs = msgs.get(len.next_multiple_of(4)..).unwrap_or_default();
+        }
+    }
+}
+
 /// The routing tables of this network namespace, both families (`/proc/net/route`,
 /// `/proc/net/ipv6_route`): where the kernel sends a packet to an address, so where
 /// a pod is.

@@ -368,6 +368,10 @@ fn main() {
         dp.maps
             .set_iface(routed.up, IFACE_EXTERNAL | IFACE_F_XDP_XMIT)
             .expect("up0 takes XDP frames");
+        // As the agent tells it each round: this namespace's routes go by
+        // destination, so new flows to one backend share its FIB answer.
+        let routing = lb_user::netif::RoutedByDestination::read().expect("read the routing");
+        dp.set_routing(routing).expect("tell the programs");
         fill(&mut dp, n);
         // The last service inserted.
         let (addr, port) = frontend_of(n - 1);

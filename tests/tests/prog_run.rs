@@ -1002,6 +1002,146 @@ fn xdp_asks_the_fib_again_after_its_answer_ages_or_for_a_longer_frame() {
     );
 }
 
+/// XDP keeps one FIB answer per destination for every flow to it only while the
+/// node's routes depend on the destination alone (`LB_ROUTING`, as the agent
+/// reads the rules and routes each round). A rule that routes one client's
+/// traffic to the pod another way makes the agent's reading false, and then each
+/// new flow asks the FIB for its own tuple: the second client's SYN leaves by its
+/// own route, not by the answer kept for the first one's. Told (wrongly) that
+/// routes go by destination, it takes the first one's kept answer: the sharing
+/// the reading guards.
+#[test]
+fn xdp_shares_a_fib_answer_between_flows_only_while_routes_go_by_destination() {
+    use lb_user::netif::RoutedByDestination;
+    lb_tests::require_root();
+    let mut t = Topology::new("prbydst").unwrap();
+    let s = seeds::lan(&mut t).unwrap();
+    let pod = seeds::pod(&mut t, &s.node, "pod", "lxc0", POD).unwrap();
+    seeds::pod(&mut t, &s.node, "pod2", "lxc1", "10.244.0.3").unwrap();
+    let pod_mac = t.mac(&pod, "eth0").unwrap();
+    t.neigh(&s.node, POD, pod_mac, "lxc0").unwrap();
+    let (eth0, lxc0, lxc1) = (
+        t.ifindex(&s.node, "eth0").unwrap(),
+        t.ifindex(&s.node, "lxc0").unwrap(),
+        t.ifindex(&s.node, "lxc1").unwrap(),
+    );
+    let read = || {
+        let _in = InNetns::enter(&s.node).unwrap();
+        RoutedByDestination::read().expect("rtnetlink dumps of rules and routes")
+    };
+    assert_eq!(
+        read(),
+        RoutedByDestination { v4: true, v6: true },
+        "a node with the default rules and single-path routes routes by destination"
+    );
+    // A second way to the pod's address, for one client alone.
+    const OTHER: &str = "192.168.1.77";
+    let other_mac = [0x02, 0, 0, 0, 0, 0x77];
+    for argv in [
+        &["ip", "route", "add", POD, "dev", "lxc1", "table", "100"][..],
+        &["ip", "rule", "add", "from", OTHER, "table", "100"][..],
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            POD,
+            "lladdr",
+            "02:00:00:00:00:77",
+            "dev",
+            "lxc1",
+        ][..],
+    ] {
+        t.sh(&s.node, argv).unwrap();
+    }
+    let by_rule = read();
+    assert_eq!(
+        by_rule,
+        RoutedByDestination {
+            v4: false,
+            v6: true
+        },
+        "a rule by source: IPv4 routes depend on more than the destination"
+    );
+    const XDP_REDIRECT: u32 = 4;
+    let syn = |client: &str, port: u16| Pkt::tcp(client, port, NODE, NODE_PORT, TCP_SYN).build();
+    for (told, second_mac, what) in [
+        (by_rule, other_mac, "as read: its own route, by the rule"),
+        (
+            RoutedByDestination { v4: true, v6: true },
+            pod_mac,
+            "told routes go by destination: the first client's kept answer",
+        ),
+    ] {
+        let mut dp = {
+            let _in = InNetns::enter(&s.node).unwrap();
+            dataplane_with(&LoadConfig {
+                to_pods: ToPods::Xdp,
+                ..LoadConfig::default()
+            })
+        };
+        for ifindex in [lxc0, lxc1] {
+            dp.maps
+                .set_iface(ifindex, IFACE_POD | IFACE_F_PEER)
+                .unwrap();
+        }
+        dp.set_routing(told).unwrap();
+        let xdp = |dp: &mut Dataplane, frame: &[u8]| -> (u32, Vec<u8>) {
+            let _in = InNetns::enter(&s.node).unwrap();
+            xdp_from(dp, frame, eth0)
+        };
+        let (ret, out) = xdp(&mut dp, &syn(CLIENT, 42300));
+        assert_eq!(
+            ret, XDP_REDIRECT,
+            "{what}: the first client's SYN is redirected"
+        );
+        assert_eq!(
+            out[..6],
+            pod_mac,
+            "{what}: the first client's SYN, by the main table"
+        );
+        let (ret, out) = xdp(&mut dp, &syn(OTHER, 42301));
+        assert_eq!(
+            ret, XDP_REDIRECT,
+            "{what}: the second client's SYN is redirected"
+        );
+        assert_eq!(out[..6], second_mac, "{what}: the second client's SYN");
+    }
+    t.sh(
+        &s.node,
+        &["ip", "rule", "del", "from", OTHER, "table", "100"],
+    )
+    .unwrap();
+    assert_eq!(
+        read(),
+        RoutedByDestination { v4: true, v6: true },
+        "the rule gone"
+    );
+    t.sh(
+        &s.node,
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.250.0.0/24",
+            "nexthop",
+            "dev",
+            "lxc0",
+            "nexthop",
+            "dev",
+            "lxc1",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        read(),
+        RoutedByDestination {
+            v4: false,
+            v6: true
+        },
+        "a multipath route: the kernel picks its next hop by a hash of the source"
+    );
+}
+
 #[test]
 fn only_a_local_pod_landing_on_itself_is_a_hairpin() {
     // A packet from outside the node (a pod of another node, through its NodePort)
