@@ -73,10 +73,10 @@ pub static LB_ROUTES: PerCpuArray<RouteSlot> = PerCpuArray::with_max_entries(ROU
 #[map]
 pub static LB6_ROUTES: PerCpuArray<RouteSlot6> = PerCpuArray::with_max_entries(ROUTE_SLOTS, 0);
 
-/// The clock, for the agent's sweep of expired assured flows.
 /// `lb_common::MAP_ROUTING`.
 #[map]
 pub static LB_ROUTING: Array<u32> = Array::with_max_entries(1, 0);
+/// The clock, for the agent's sweep of expired assured flows.
 #[map]
 pub static LB_CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 

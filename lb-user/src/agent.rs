@@ -144,6 +144,8 @@ struct Agent {
     room_when_left: (usize, usize),
     /// When expired assured flows were last swept.
     swept: Instant,
+    /// The last round could not read the rules and routes (said once).
+    routing_unread: bool,
     /// What the status file says (None: not written yet by this agent).
     published: Option<BTreeMap<ObjectKey, String>>,
     store_dir: PathBuf,
@@ -326,6 +328,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         left_for_room: BTreeSet::new(),
         room_when_left: (usize::MAX, usize::MAX),
         swept: Instant::now(),
+        routing_unread: false,
         published: None,
         store_dir: opts.store.clone(),
         known_routes: None,
@@ -633,10 +636,14 @@ impl Agent {
     /// alone (each round: a rule or a multipath route may come or go); when they
     /// cannot be read, the programs key their FIB answers by the whole tuple.
     fn follow_routing(&mut self) {
-        let by_dst = crate::netif::RoutedByDestination::read().unwrap_or_else(|e| {
+        let read = crate::netif::RoutedByDestination::read();
+        if let Err(e) = &read
+            && !self.routing_unread
+        {
             warn!(error = %e, "cannot read the routing rules and routes: FIB answers kept per flow");
-            crate::netif::RoutedByDestination::default()
-        });
+        }
+        self.routing_unread = read.is_err();
+        let by_dst = read.unwrap_or_default();
         if let Err(e) = self.dp.set_routing(by_dst) {
             warn!(error = %e, "cannot tell the data plane how routes are chosen");
         }

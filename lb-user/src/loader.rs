@@ -524,8 +524,6 @@ impl Dataplane {
         self.ct_timeouts
     }
 
-    /// The kernel side's clock now (`lb_clock` run once with BPF_PROG_RUN), in its
-    /// ticks.
     /// Tells the programs whether the node's routes depend on the destination
     /// alone (`netif::RoutedByDestination`): written when it changed, so that
     /// every round may ask.
@@ -538,6 +536,8 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The kernel side's clock now (`lb_clock` run once with BPF_PROG_RUN), in its
+    /// ticks.
     pub fn kernel_now(&mut self) -> Result<u64, LoadError> {
         use aya::programs::TestRun as _;
         let clock: &mut Xdp = program(&mut self.ebpf, PROG_CLOCK)?;

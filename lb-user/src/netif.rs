@@ -244,27 +244,36 @@ const RTA_MULTIPATH: u16 = 9;
 const RTA_NH_ID: u16 = 30;
 
 fn by_destination(family: u8) -> std::io::Result<bool> {
-    let rules = dump(RTM_GETRULE, RTM_NEWRULE, family)?;
-    let rule_by_dst = |m: &[u8]| {
-        m.get(2) == Some(&0)
-            && !attrs(m.get(RULE_OR_ROUTE_HDR_LEN..).unwrap_or_default())
-                .any(|(ty, _)| matches!(ty, FRA_IP_PROTO | FRA_SPORT_RANGE | FRA_DPORT_RANGE))
+    let by_dst = |selectors: &'static [u16]| {
+        move |m: &[u8]| {
+            m.get(2) == Some(&0)
+                && !attrs(m.get(RULE_OR_ROUTE_HDR_LEN..).unwrap_or_default())
+                    .any(|(ty, _)| selectors.contains(&ty))
+        }
     };
-    if !rules.iter().all(|m| rule_by_dst(m)) {
-        return Ok(false);
-    }
-    let routes = dump(RTM_GETROUTE, RTM_NEWROUTE, family)?;
-    let route_by_dst = |m: &[u8]| {
-        m.get(2) == Some(&0)
-            && !attrs(m.get(RULE_OR_ROUTE_HDR_LEN..).unwrap_or_default())
-                .any(|(ty, _)| matches!(ty, RTA_MULTIPATH | RTA_NH_ID))
-    };
-    Ok(routes.iter().all(|m| route_by_dst(m)))
+    Ok(dump(
+        RTM_GETRULE,
+        RTM_NEWRULE,
+        family,
+        by_dst(&[FRA_IP_PROTO, FRA_SPORT_RANGE, FRA_DPORT_RANGE]),
+    )? && dump(
+        RTM_GETROUTE,
+        RTM_NEWROUTE,
+        family,
+        by_dst(&[RTA_MULTIPATH, RTA_NH_ID]),
+    )?)
 }
 
-/// An rtnetlink dump of `family`'s `ask` (RTM_GETRULE, RTM_GETROUTE): each
-/// `answer` message's payload (its header struct and attributes).
-fn dump(ask: u16, answer: u16, family: u8) -> std::io::Result<Vec<Vec<u8>>> {
+/// An rtnetlink dump of `family`'s `ask` (RTM_GETRULE, RTM_GETROUTE): whether
+/// `each` holds for every `answer` message's payload (its header struct and
+/// attributes), read one receive at a time and left at the first it does not hold
+/// for (a node's routes may be many).
+fn dump(
+    ask: u16,
+    answer: u16,
+    family: u8,
+    mut each: impl FnMut(&[u8]) -> bool,
+) -> std::io::Result<bool> {
     let err = std::io::Error::last_os_error;
     // SAFETY: plain socket(2); the descriptor is owned (and closed) below.
     let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -285,7 +294,6 @@ fn dump(ask: u16, answer: u16, family: u8) -> std::io::Result<Vec<Vec<u8>>> {
     if sent != req.len() as isize {
         return Err(err());
     }
-    let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: the buffer is valid for its length.
@@ -302,14 +310,14 @@ fn dump(ask: u16, answer: u16, family: u8) -> std::io::Result<Vec<Vec<u8>>> {
                 return Err(std::io::ErrorKind::InvalidData.into());
             }
             match ty {
-                NLMSG_DONE => return Ok(out),
+                NLMSG_DONE => return Ok(true),
                 NLMSG_ERROR => {
                     let code = msgs
                         .get(NLMSG_HDR_LEN..NLMSG_HDR_LEN + 4)
                         .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap_or_default()));
                     return Err(std::io::Error::from_raw_os_error(-code));
                 }
-                t if t == answer => out.push(msgs[NLMSG_HDR_LEN..len].to_vec()),
+                t if t == answer && !each(&msgs[NLMSG_HDR_LEN..len]) => return Ok(false),
                 _ => {}
             }
             msgs = msgs.get(len.next_multiple_of(4)..).unwrap_or_default();
