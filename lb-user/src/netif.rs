@@ -116,13 +116,6 @@ fn link_info(iface: &str) -> Option<LinkInfo> {
 /// RTM_GETLINK for `index` in this namespace, or in the one this namespace numbers
 /// `netnsid`.
 fn getlink(index: u32, netnsid: Option<i32>) -> Option<LinkInfo> {
-    // SAFETY: plain socket(2); the descriptor is owned (and closed) below.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a descriptor we just opened and nobody else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     // The header, struct ifinfomsg and, to ask another namespace, one attribute.
     let mut req = vec![0u8; NLMSG_HDR_LEN + IFINFO_LEN];
     if let Some(id) = netnsid {
@@ -130,22 +123,38 @@ fn getlink(index: u32, netnsid: Option<i32>) -> Option<LinkInfo> {
         req.extend(IFLA_TARGET_NETNSID.to_ne_bytes());
         req.extend(id.to_ne_bytes());
     }
-    let len = req.len() as u32;
-    req[0..4].copy_from_slice(&len.to_ne_bytes());
-    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
-    req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence
     req[NLMSG_HDR_LEN] = libc::AF_UNSPEC as u8;
     req[NLMSG_HDR_LEN + 4..NLMSG_HDR_LEN + 8].copy_from_slice(&(index as i32).to_ne_bytes());
-    // SAFETY: the buffer is valid for its length; a null address means the kernel.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if sent != req.len() as isize {
-        return None;
-    }
+    let fd = ask_kernel(&mut req, RTM_GETLINK, NLM_F_REQUEST).ok()?;
     let mut buf = vec![0u8; 64 * 1024];
     // SAFETY: the buffer is valid for its length.
     let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
     parse_link(buf.get(..usize::try_from(n).ok()?)?)
+}
+
+/// Sends `req` (a netlink header's room, then the message's body) to the kernel's
+/// rtnetlink as message `ty` with `flags`, its header filled in here; the socket,
+/// for the answer.
+fn ask_kernel(req: &mut [u8], ty: u16, flags: u16) -> std::io::Result<std::os::fd::OwnedFd> {
+    let err = std::io::Error::last_os_error;
+    // SAFETY: plain socket(2); the descriptor is owned (and closed) below.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err());
+    }
+    // SAFETY: a descriptor we just opened and nobody else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    req[4..6].copy_from_slice(&ty.to_ne_bytes());
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence
+    // SAFETY: the buffer is valid for its length; a null address means the kernel.
+    let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if sent != req.len() as isize {
+        return Err(err());
+    }
+    Ok(fd)
 }
 
 /// The link message's kind and whether it names the peer's namespace.
@@ -275,25 +284,9 @@ fn dump(
     mut each: impl FnMut(&[u8]) -> bool,
 ) -> std::io::Result<bool> {
     let err = std::io::Error::last_os_error;
-    // SAFETY: plain socket(2); the descriptor is owned (and closed) below.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(err());
-    }
-    // SAFETY: a descriptor we just opened and nobody else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     let mut req = [0u8; NLMSG_HDR_LEN + RULE_OR_ROUTE_HDR_LEN];
-    let len = req.len() as u32;
-    req[0..4].copy_from_slice(&len.to_ne_bytes());
-    req[4..6].copy_from_slice(&ask.to_ne_bytes());
-    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence
     req[NLMSG_HDR_LEN] = family;
-    // SAFETY: the buffer is valid for its length; a null address means the kernel.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if sent != req.len() as isize {
-        return Err(err());
-    }
+    let fd = ask_kernel(&mut req, ask, NLM_F_REQUEST | NLM_F_DUMP)?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: the buffer is valid for its length.
