@@ -647,6 +647,45 @@ pub const fn port_bit(port: u16) -> (u32, u64) {
     ((port / 64) as u32, 1u64 << (port % 64))
 }
 
+// ---- backend choice ----
+
+/// The slot (of `count`, > 0) a new flow's backend is taken from: a hash of the
+/// flow's tuple, so every packet of a flow picks the same slot while the service's
+/// slots stay as they are (`conntrack` writes a flow's original-direction entry
+/// only from its second packet or first answer on, and finds the flow until then
+/// by the reply entry this choice names). `addrs`: the family's fold of the source
+/// and destination addresses (`fold4`, `fold6`); ports in network byte order, as
+/// in the packet. Uniform over slots (the top bits of a mixed 64-bit word scaled
+/// to `count`, no division), the same in the kernel and in `lb trace`.
+#[inline(always)]
+pub const fn flow_slot(addrs: u64, sport_be: u16, dport_be: u16, proto: u8, count: u32) -> u32 {
+    let mut x = addrs
+        ^ ((sport_be as u64) << 48 | (dport_be as u64) << 32 | (proto as u64) << 8).rotate_left(7);
+    // MurmurHash3's 64-bit finalizer: every input bit reaches every output bit.
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    (((x >> 32) * count as u64) >> 32) as u32
+}
+
+/// An IPv4 flow's address pair for [`flow_slot`] (addresses as in the packet).
+#[inline(always)]
+pub const fn fold4(saddr_be: u32, daddr_be: u32) -> u64 {
+    (saddr_be as u64) << 32 | daddr_be as u64
+}
+
+/// An IPv6 flow's address pair for [`flow_slot`]: each address's words folded into
+/// 32 bits, rotated apart so no word cancels another's.
+#[inline(always)]
+pub const fn fold6(saddr_be: &Addr6, daddr_be: &Addr6) -> u64 {
+    const fn one(a: &Addr6) -> u32 {
+        a[0] ^ a[1].rotate_left(8) ^ a[2].rotate_left(16) ^ a[3].rotate_left(24)
+    }
+    fold4(one(saddr_be), one(daddr_be))
+}
+
 // ---- interfaces ----
 
 /// An interface facing the outside (uplink): NodePort and LoadBalancer are served,

@@ -2,13 +2,23 @@
 //! tuple (client -> service) and one by the reply tuple (backend -> client), each
 //! holding the tuple its packets are rewritten to.
 //!
+//! A new flow whose source stays (no SNAT port) is written with its reply entry
+//! alone: its backend is a hash of its tuple (`lb::select`), so a later packet of
+//! it picks the same backend and finds the flow by that reply entry. Its original
+//! entry is written then (a second packet before any answer: from there on the
+//! flow keeps its backend whatever the service's slots become) or at its first
+//! answer, derived from the reply entry (which holds everything it says). A new
+//! flow costs one map write instead of two, and a flood of one-packet flows
+//! (scans, SYN floods) fills the table half as fast. SNAT flows, whose reply tuple
+//! carries a port chosen at random, are written with both entries at once.
+//!
 //! A new flow's entries go to `LB_CT` (LRU: a flood of new flows evicts the least
 //! recently used of them); once the backend answers, both move to `LB_CT_ASSURED`,
 //! which nothing evicts, so a flood never takes a live connection's entries (as
 //! netfilter's early drop spares assured connections). Lookups try the assured
 //! table first: an established flow costs one lookup.
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use lb_common::{
     BackendOf, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_SNAT, CT_TCP_CLOSING,
     CT_TCP_SEEN_FIN, CT_TCP_SEEN_REPLY, CT_TCP_SEEN_RST, CtTimeouts, CtValueOf, FlowKeyOf,
@@ -101,25 +111,50 @@ fn retire<A: Family>(key: &FlowKeyOf<A>, entry: &CtValueOf<A>) {
     let _ = A::assured().remove(peer_key(&nat_tuple(entry, key.proto)));
 }
 
+/// The original-direction entry of the flow whose reply entry is `entry` under
+/// `key`: the reply tuple reversed is what originals are rewritten to.
+#[inline(always)]
+fn original_of<A: Family>(key: &FlowKeyOf<A>, entry: &CtValueOf<A>) -> CtValueOf<A> {
+    CtValueOf {
+        nat_saddr_be: key.daddr_be,
+        nat_daddr_be: key.saddr_be,
+        nat_sport_be: key.dport_be,
+        nat_dport_be: key.sport_be,
+        direction: CT_DIR_ORIGINAL,
+        ..*entry
+    }
+}
+
 /// Moves a flow whose backend just answered (`key` is its reply entry, `entry` as
-/// now written) to the assured table. With no room there it stays where it is and
-/// is tried again at its next refresh.
+/// now written) to the assured table, its original entry with it (derived from the
+/// reply entry when the flow had none yet). With no room there it stays where it
+/// is, its original entry written if it had none (the client's next packets need
+/// it), and is tried again at its next refresh.
 #[inline(always)]
 fn assure<A: Family>(key: &FlowKeyOf<A>, entry: &CtValueOf<A>) {
     let peer = peer_key(&nat_tuple(entry, key.proto));
     // SAFETY: the value is copied at once.
-    let Some(original) = (unsafe { A::conntrack().get(peer) }).copied() else {
-        return;
+    let (original, kept) = match unsafe { A::conntrack().get(peer) } {
+        Some(o) => (*o, true),
+        None => (original_of(key, entry), false),
     };
     if A::assured().insert(peer, original, 0).is_err() {
+        if !kept {
+            let _ = A::conntrack().insert(peer, original, 0);
+        }
         return;
     }
     if A::assured().insert(key, *entry, 0).is_err() {
         let _ = A::assured().remove(peer);
+        if !kept {
+            let _ = A::conntrack().insert(peer, original, 0);
+        }
         return;
     }
     let _ = A::conntrack().remove(key);
-    let _ = A::conntrack().remove(peer);
+    if kept {
+        let _ = A::conntrack().remove(peer);
+    }
 }
 
 /// What conntrack knows of a packet's tuple (as Cilium's `ct_status`).
@@ -284,12 +319,41 @@ pub enum Snat {
     Node,
 }
 
+/// How [`create`] may record a flow.
+#[derive(Clone, Copy)]
+pub struct Start<A> {
+    pub snat: Snat,
+    /// The address of `Snat::Node`.
+    pub node_addr: A,
+    /// None when the packet may start a flow; otherwise the reason it may not
+    /// (`PASS_FRAGMENT`, `PASS_TCP_NOT_SYN`): it may only continue one.
+    pub refused: Option<u32>,
+}
+
 /// How many SNAT ports a new flow tries before giving up.
 const SNAT_TRIES: u32 = 8;
 
-/// Records a new flow from `key` (client -> frontend) to `backend`, both directions,
-/// and returns the tuple the packet is rewritten to and the flow's `CT_F_*` flags;
-/// `Err(reason)` when it cannot. `node_addr`: the address of `Snat::Node`.
+/// How [`create`] recorded a packet's flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// A new flow: its entries were written for this packet.
+    New,
+    /// A later packet of a flow no answer has established yet, found by its reply
+    /// entry: its original entry was written now.
+    Continued,
+    /// A FIN or RST that would close such a flow, whose checksum does not hold:
+    /// nothing was written (as `CtState::Corrupt`).
+    Corrupt,
+}
+
+/// Records the flow from `key` (client -> frontend) to `backend` (both directions
+/// for a SNAT flow, the reply entry alone otherwise: see the module's notes) and
+/// returns the tuple the packet is rewritten to, the flow's `CT_F_*` flags and
+/// `Created::New`; or, for a later packet of a flow written with its reply entry
+/// alone, writes its original entry from that one and returns `Created::Continued`
+/// (or `Created::Corrupt`: `closing_valid` as for [`lookup`]). `Err(reason)` when
+/// it can do neither (`how.refused`'s reason: a packet that may not start a flow
+/// and continues none).
 #[inline(always)]
 pub fn create<A: Family>(
     key: &FlowKeyOf<A>,
@@ -297,9 +361,14 @@ pub fn create<A: Family>(
     backend: &BackendOf<A>,
     tcp_flags: u8,
     now: u64,
-    snat: Snat,
-    node_addr: A,
-) -> Result<(FlowKeyOf<A>, u8), u32> {
+    how: Start<A>,
+    closing_valid: impl FnOnce() -> bool,
+) -> Result<(FlowKeyOf<A>, u8, Created), u32> {
+    let Start {
+        snat,
+        node_addr,
+        refused,
+    } = how;
     let closing = if key.proto == PROTO_TCP {
         closing_bits(tcp_flags)
     } else {
@@ -308,40 +377,116 @@ pub fn create<A: Family>(
     let (nat_saddr_be, nat_sport_be, flags) = match snat {
         Snat::Hairpin => (A::HAIRPIN, key.sport_be, CT_F_HAIRPIN),
         Snat::None => (key.saddr_be, key.sport_be, 0),
+        Snat::Node if let Some(reason) = refused => return Err(reason),
         Snat::Node => (
             node_addr,
             free_snat_port(node_addr, backend, key.proto)?,
             CT_F_SNAT,
         ),
     };
-    let original = CtValueOf {
-        last_seen: now,
-        nat_saddr_be,
-        nat_daddr_be: backend.addr_be,
-        nat_sport_be,
-        nat_dport_be: backend.port_be,
-        svc_id,
-        backend_id: backend.backend_id,
-        direction: CT_DIR_ORIGINAL,
-        tcp_flags: closing,
-        flags,
+    let nat = FlowKeyOf {
+        saddr_be: nat_saddr_be,
+        daddr_be: backend.addr_be,
+        sport_be: nat_sport_be,
+        dport_be: backend.port_be,
+        proto: key.proto,
         _pad: 0,
+        _pad2: 0,
     };
-    let nat = nat_tuple(&original, key.proto);
+    let reply_key = peer_key(&nat);
     let reply = CtValueOf {
+        last_seen: now,
         nat_saddr_be: key.daddr_be,
         nat_daddr_be: key.saddr_be,
         nat_sport_be: key.dport_be,
         nat_dport_be: key.sport_be,
+        svc_id,
+        backend_id: backend.backend_id,
         direction: CT_DIR_REPLY,
-        ..original
+        tcp_flags: closing,
+        flags,
+        _pad: 0,
     };
     let full = |_| reason::PASS_CT_FULL;
+    // The original entry, only where it is written: built from the reply entry, so
+    // the two never sit on the stack at once (IPv6's verifier stack is tight).
+    if snat == Snat::Node {
+        A::conntrack().insert(reply_key, reply, 0).map_err(full)?;
+        let original = original_of(&reply_key, &reply);
+        A::conntrack().insert(key, original, 0).map_err(full)?;
+        return Ok((nat, flags, Created::New));
+    }
+    // A new flow's one write, which also says whether the reply entry is there
+    // already (no lookup before it: a lookup misses the cache as the write does).
+    if refused.is_none() {
+        match A::conntrack().insert(reply_key, reply, BPF_NOEXIST as u64) {
+            Ok(()) => return Ok((nat, flags, Created::New)),
+            Err(e) if e != -EEXIST => return Err(reason::PASS_CT_FULL),
+            Err(_) => {}
+        }
+    }
+    if let Some(created) = continued(&reply_key, key, svc_id, tcp_flags, now, closing_valid)? {
+        return Ok((nat, flags, created));
+    }
+    if let Some(reason) = refused {
+        return Err(reason);
+    }
+    // Another flow's reply entry, or a dead one's: this flow's takes its place.
+    A::conntrack().insert(reply_key, reply, 0).map_err(full)?;
+    Ok((nat, flags, Created::New))
+}
+
+/// `EEXIST`: a map write with `BPF_NOEXIST` found the key there.
+const EEXIST: i32 = 17;
+
+/// If `reply_key` holds the live reply entry of the flow `key` (client ->
+/// frontend) of service port `svc_id` started, a flow written with its reply entry
+/// alone: its original entry written now, from that one (the flow's state, not
+/// this packet's), and the packet's FIN or RST marks both as [`lookup`] would
+/// (`Created::Corrupt` when its checksum does not hold: nothing written). None
+/// when there is no such flow; a bare SYN on a closing flow's tuple starts a new
+/// one, as in [`lookup`].
+#[inline(always)]
+fn continued<A: Family>(
+    reply_key: &FlowKeyOf<A>,
+    key: &FlowKeyOf<A>,
+    svc_id: u32,
+    tcp_flags: u8,
+    now: u64,
+    closing_valid: impl FnOnce() -> bool,
+) -> Result<Option<Created>, u32> {
+    let Some(r) = A::conntrack().get_ptr_mut(reply_key) else {
+        return Ok(None);
+    };
+    // SAFETY: the pointer came from a successful lookup; the entry is read and
+    // marked in place (no copy on the stack); a torn read at worst takes a flow
+    // for new.
+    let r = unsafe { &mut *r };
+    let tcp = key.proto == PROTO_TCP;
+    let reopened = tcp && opens_connection(tcp_flags) && r.tcp_flags & CT_TCP_CLOSING != 0;
+    let ours = r.direction == CT_DIR_REPLY
+        && r.svc_id == svc_id
+        && r.nat_saddr_be == key.daddr_be
+        && r.nat_sport_be == key.dport_be
+        && r.nat_daddr_be == key.saddr_be
+        && r.nat_dport_be == key.sport_be
+        && !reopened
+        && !expired(r, key.proto, now);
+    if !ours {
+        return Ok(None);
+    }
+    let bits = if tcp { closing_bits(tcp_flags) } else { 0 };
+    if bits & !r.tcp_flags != 0 {
+        if !closing_valid() {
+            return Ok(Some(Created::Corrupt));
+        }
+        r.tcp_flags |= bits;
+        r.last_seen = now;
+    }
     A::conntrack()
-        .insert(peer_key(&nat), reply, 0)
-        .map_err(full)?;
-    A::conntrack().insert(key, original, 0).map_err(full)?;
-    Ok((nat, flags))
+        .insert(key, original_of(reply_key, r), 0)
+        .map_err(|_| reason::PASS_CT_FULL)?;
+    Ok(Some(Created::Continued))
 }
 
 /// A source port (network byte order) no live flow from `addr` to `backend` uses:

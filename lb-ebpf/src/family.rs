@@ -59,6 +59,9 @@ pub trait Family: Copy + Default + PartialEq + 'static {
     /// a pseudo-header checksum).
     fn word_sum(self) -> u64;
 
+    /// A flow's source and destination for `lb_common::flow_slot`.
+    fn fold(saddr: Self, daddr: Self) -> u64;
+
     /// Replaces this address by `new` in a checksum being updated (a no-op when
     /// equal).
     fn replace_in(self, new: Self, c: &mut Csum);
@@ -129,6 +132,11 @@ impl Family for u32 {
     #[inline(always)]
     fn word_sum(self) -> u64 {
         (self & 0xffff) as u64 + (self >> 16) as u64
+    }
+
+    #[inline(always)]
+    fn fold(saddr: u32, daddr: u32) -> u64 {
+        lb_common::fold4(saddr, daddr)
     }
 
     #[inline(always)]
@@ -203,6 +211,11 @@ impl Family for Addr6 {
     #[inline(always)]
     fn word_sum(self) -> u64 {
         self[0].word_sum() + self[1].word_sum() + self[2].word_sum() + self[3].word_sum()
+    }
+
+    #[inline(always)]
+    fn fold(saddr: Addr6, daddr: Addr6) -> u64 {
+        lb_common::fold6(&saddr, &daddr)
     }
 
     #[inline(always)]

@@ -9,7 +9,7 @@ use lb_common::{
 
 use crate::{
     clock,
-    conntrack::{self, CtState, Snat},
+    conntrack::{self, Created, CtState, Snat},
     family::Family,
     fwd::Route,
     lb::{self, Select},
@@ -69,12 +69,12 @@ pub fn decide<A: Family>(
     p: &Packet<A>,
     ifindex: u32,
     hook: Hook,
-    closing_valid: impl FnOnce() -> bool,
+    closing_valid: impl FnOnce() -> bool + Copy,
 ) -> Verdict<A> {
     let now = clock::now();
     match tracked(p, hook, now, closing_valid) {
         Some(verdict) => verdict,
-        None => new_flow(p, ifindex, now),
+        None => new_flow(p, ifindex, now, closing_valid),
     }
 }
 
@@ -110,19 +110,30 @@ fn tracked<A: Family>(
 }
 
 /// The second half of [`decide`]: a packet that may start a flow gets a backend
-/// and its conntrack entries, or the reason it does not.
+/// and its conntrack entries, or the reason it does not. A later packet of a flow
+/// written with its reply entry alone (`conntrack`'s notes) comes here too, picks
+/// the same backend and continues the flow (`closing_valid` as for [`decide`]).
 #[inline(always)]
-fn new_flow<A: Family>(p: &Packet<A>, ifindex: u32, now: u64) -> Verdict<A> {
+fn new_flow<A: Family>(
+    p: &Packet<A>,
+    ifindex: u32,
+    now: u64,
+    closing_valid: impl FnOnce() -> bool,
+) -> Verdict<A> {
     // A flow starts with a whole packet or a first fragment, never a later one; a TCP
-    // flow with a SYN (a stray ACK, FIN or RST is the kernel's to answer).
-    if p.frag == Frag::Later {
-        return Verdict::Pass(reason::PASS_FRAGMENT);
-    }
-    if p.key.proto == PROTO_TCP && !opens_connection(p.tcp_flags) {
-        return Verdict::Pass(reason::PASS_TCP_NOT_SYN);
-    }
-    let (svc_id, backend) = match lb::select(&p.key, lb::Origin::Iface(ifindex), now) {
+    // flow with a SYN (a stray ACK, FIN or RST is the kernel's to answer). Those may
+    // only continue a flow lb has not seen answered yet.
+    let refused = if p.frag == Frag::Later {
+        Some(reason::PASS_FRAGMENT)
+    } else if p.key.proto == PROTO_TCP && !opens_connection(p.tcp_flags) {
+        Some(reason::PASS_TCP_NOT_SYN)
+    } else {
+        None
+    };
+    let selected = lb::select(&p.key, lb::Origin::Iface(ifindex), now, refused.is_none());
+    let (svc_id, backend) = match selected {
         Select::Backend { svc_id, backend } => (svc_id, backend),
+        _ if let Some(reason) = refused => return Verdict::Pass(reason),
         Select::NoBackend => return Verdict::Reject,
         Select::NoLocalBackend => return Verdict::Drop(reason::DROP_NO_LOCAL_BACKEND),
         Select::NotServed(reason) => return Verdict::Pass(reason),
@@ -140,16 +151,33 @@ fn new_flow<A: Family>(p: &Packet<A>, ifindex: u32, now: u64) -> Verdict<A> {
     } else {
         Snat::None
     };
-    match conntrack::create(&p.key, svc_id, &backend, p.tcp_flags, now, snat, node_addr) {
-        Ok((to, flags)) => Verdict::Nat {
-            to,
-            svc_id,
-            backend_id: backend.backend_id,
-            reason: reason::NAT_NEW_FLOW,
-            forward: forward(flags),
-            new: true,
-        },
-        Err(reason) => Verdict::Pass(reason),
+    let how = conntrack::Start {
+        snat,
+        node_addr,
+        refused,
+    };
+    let created = conntrack::create(
+        &p.key,
+        svc_id,
+        &backend,
+        p.tcp_flags,
+        now,
+        how,
+        closing_valid,
+    );
+    let (to, flags, reason) = match created {
+        Ok((to, flags, Created::New)) => (to, flags, reason::NAT_NEW_FLOW),
+        Ok((to, flags, Created::Continued)) => (to, flags, reason::NAT_ESTABLISHED),
+        Ok((_, _, Created::Corrupt)) => return Verdict::Drop(reason::DROP_BAD_CHECKSUM),
+        Err(reason) => return Verdict::Pass(reason),
+    };
+    Verdict::Nat {
+        to,
+        svc_id,
+        backend_id: backend.backend_id,
+        reason,
+        forward: forward(flags),
+        new: reason == reason::NAT_NEW_FLOW,
     }
 }
 
@@ -260,7 +288,7 @@ pub fn decide6(
     if tracked6(p, hook, now, valid, out) {
         return;
     }
-    new_flow6(p, ifindex, now, out);
+    new_flow6(p, ifindex, now, valid, out);
 }
 
 /// [`tracked`] for IPv6, with the answer [`decide6`] found to "does this closing
@@ -276,10 +304,11 @@ fn tracked6(p: &Packet<Addr6>, hook: Hook, now: u64, valid: bool, out: &mut Deci
     }
 }
 
-/// [`new_flow`] for IPv6.
+/// [`new_flow`] for IPv6, with [`decide6`]'s answer to "does this closing packet's
+/// checksum hold?".
 #[inline(never)]
-fn new_flow6(p: &Packet<Addr6>, ifindex: u32, now: u64, out: &mut Decision6) {
-    out.set(new_flow(p, ifindex, now));
+fn new_flow6(p: &Packet<Addr6>, ifindex: u32, now: u64, valid: bool, out: &mut Decision6) {
+    out.set(new_flow(p, ifindex, now, || valid));
 }
 
 /// The flow's entry if its packet in `state` is translated at `hook`: originals at

@@ -1,11 +1,10 @@
 //! Service lookup and backend selection. Reads maps (and remembers affinity choices),
 //! never writes the packet.
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
     AffinityKeyOf, AffinityValue, BackendKey, BackendOf, FlowKeyOf, ID_NONE, IFACE_POD,
-    SVC_F_AFFINITY, SVC_F_EXTERNAL_LOCAL, SVC_F_INTERNAL, ServiceKeyOf, ServiceValue, port_bit,
-    reason,
+    SVC_F_AFFINITY, SVC_F_EXTERNAL_LOCAL, SVC_F_INTERNAL, ServiceKeyOf, ServiceValue, flow_slot,
+    port_bit, reason,
 };
 
 use crate::{
@@ -45,8 +44,10 @@ pub enum Select<A> {
 }
 
 /// The frontend this packet is addressed to and the backend a new flow goes to.
+/// `starts`: whether the packet may start a flow (a ClientIP affinity choice is
+/// remembered only then).
 #[inline(always)]
-pub fn select<A: Family>(key: &FlowKeyOf<A>, origin: Origin, now: u64) -> Select<A> {
+pub fn select<A: Family>(key: &FlowKeyOf<A>, origin: Origin, now: u64, starts: bool) -> Select<A> {
     let frontend = ServiceKeyOf {
         addr_be: key.daddr_be,
         port_be: key.dport_be,
@@ -72,9 +73,9 @@ pub fn select<A: Family>(key: &FlowKeyOf<A>, origin: Origin, now: u64) -> Select
         };
     }
     let backend = if svc.flags & SVC_F_AFFINITY != 0 {
-        sticky(key.saddr_be, &svc, now)
+        sticky(key, &svc, now, starts)
     } else {
-        random(&svc).1
+        hashed(key, &svc).1
     };
     if backend.backend_id == ID_NONE {
         return Select::NotServed(reason::PASS_NO_SLOT);
@@ -85,14 +86,21 @@ pub fn select<A: Family>(key: &FlowKeyOf<A>, origin: Origin, now: u64) -> Select
     }
 }
 
-/// A slot chosen uniformly at random, and its backend (`backend_id` `ID_NONE`:
-/// the slot is not there, the agent is rewriting the service). No `Option`: a
-/// backend with every field defined on every path, so no code merging the paths
-/// ever keeps an undefined register the verifier refuses.
+/// The slot the flow's tuple hashes to (uniform over the slots, the same for every
+/// packet of the flow while the slots stay: `lb_common::flow_slot`), and its
+/// backend (`backend_id` `ID_NONE`: the slot is not there, the agent is rewriting
+/// the service). No `Option`: a backend with every field defined on every path, so
+/// no code merging the paths ever keeps an undefined register the verifier refuses.
 #[inline(always)]
-fn random<A: Family>(svc: &ServiceValue) -> (u32, BackendOf<A>) {
-    // SAFETY: a helper with no preconditions.
-    let slot = unsafe { bpf_get_prandom_u32() } % svc.backend_count;
+fn hashed<A: Family>(key: &FlowKeyOf<A>, svc: &ServiceValue) -> (u32, BackendOf<A>) {
+    let addrs = A::fold(key.saddr_be, key.daddr_be);
+    let slot = flow_slot(
+        addrs,
+        key.sport_be,
+        key.dport_be,
+        key.proto,
+        svc.backend_count,
+    );
     (slot, slot_backend(svc.svc_id, slot))
 }
 
@@ -106,11 +114,17 @@ fn slot_backend<A: Family>(svc_id: u32, slot: u32) -> BackendOf<A> {
 }
 
 /// ClientIP affinity: the backend this client's last new flow went to, if that was
-/// within the timeout and its slot still holds it; otherwise a random one, remembered.
+/// within the timeout and its slot still holds it; otherwise the flow's hashed one,
+/// remembered when `remember`.
 #[inline(always)]
-fn sticky<A: Family>(client: A, svc: &ServiceValue, now: u64) -> BackendOf<A> {
+fn sticky<A: Family>(
+    flow: &FlowKeyOf<A>,
+    svc: &ServiceValue,
+    now: u64,
+    remember: bool,
+) -> BackendOf<A> {
     let key = AffinityKeyOf {
-        client_addr_be: client,
+        client_addr_be: flow.saddr_be,
         svc_id: svc.svc_id,
     };
     let timeout = clock::secs(svc.affinity_timeout_s as u64);
@@ -125,8 +139,8 @@ fn sticky<A: Family>(client: A, svc: &ServiceValue, now: u64) -> BackendOf<A> {
             }
         }
     }
-    let (slot, backend) = random(svc);
-    if backend.backend_id == ID_NONE {
+    let (slot, backend) = hashed(flow, svc);
+    if backend.backend_id == ID_NONE || !remember {
         return backend;
     }
     let remembered = AffinityValue {

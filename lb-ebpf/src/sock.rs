@@ -9,7 +9,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
 use lb_common::{
@@ -62,16 +62,22 @@ fn choose<A: Family>(addr_be: A, port_be: u16, proto: u8) -> Choice<A> {
     if proto != PROTO_TCP && proto != PROTO_UDP || !lb::frontend_port(port_be) {
         return Choice::Leave;
     }
+    // A socket's flow has no source port yet: each call draws one for the choice
+    // (`lb::select` hashes the tuple), so sockets spread as random choices do. The
+    // source address stays the unspecified one, ClientIP affinity's key for the
+    // node's own sockets.
+    // SAFETY: a helper with no preconditions.
+    let draw = unsafe { bpf_get_prandom_u32() } as u16;
     let key = FlowKeyOf {
         saddr_be: A::default(),
         daddr_be: addr_be,
-        sport_be: 0,
+        sport_be: draw,
         dport_be: port_be,
         proto,
         _pad: 0,
         _pad2: 0,
     };
-    match lb::select(&key, Origin::Host, clock::now()) {
+    match lb::select(&key, Origin::Host, clock::now(), true) {
         Select::Backend { svc_id, backend } => Choice::Backend(svc_id, backend),
         Select::NoBackend => {
             stats::verdict(reason::REJECT_NO_BACKEND, 0);

@@ -252,8 +252,20 @@ pub fn trace(
             })
             .collect(),
     };
-    // The source as `flow::decide` rewrites it, for the likeliest backend.
-    let b = chosen.unwrap_or(slots[0].0);
+    // Without affinity, the slot the flow's tuple hashes to, as the kernel side
+    // picks it (`lb_common::flow_slot`).
+    let slot = lb_common::flow_slot(
+        lb_common::fold4(key.saddr_be, key.daddr_be),
+        key.sport_be,
+        key.dport_be,
+        key.proto,
+        svc.backend_count,
+    );
+    let Some(b) = chosen.or(view.slot(svc.svc_id, slot)?) else {
+        t.verdict = reason::NAMES[reason::PASS_NO_SLOT as usize];
+        return Ok(t);
+    };
+    // The source as `flow::decide` rewrites it.
     let (snat, flags, src) = if from_pod && b.addr_be == key.saddr_be {
         (
             "hairpin",
@@ -269,6 +281,31 @@ pub fn trace(
     t.translated = Some(format!("{src} -> {}", ep(b.addr_be, b.port_be)));
     t.verdict = reason::NAMES[reason::NAT_NEW_FLOW as usize];
     t.forward = forward(view, &route, b.addr_be, flags)?;
+    // A flow lb has not seen answered is known by its reply entry alone until its
+    // second packet (`conntrack`'s notes): this packet would continue it.
+    if flags & CT_F_SNAT == 0 {
+        let nat_saddr_be = if flags & CT_F_HAIRPIN != 0 {
+            u32::from_ne_bytes(HAIRPIN_SNAT_ADDR)
+        } else {
+            key.saddr_be
+        };
+        let reply_key = FlowKey {
+            saddr_be: b.addr_be,
+            daddr_be: nat_saddr_be,
+            sport_be: b.port_be,
+            dport_be: key.sport_be,
+            ..key
+        };
+        if let Some((ct, _)) = view.flow(&reply_key)?
+            && ct.direction == CT_DIR_REPLY
+            && ct.svc_id == svc.svc_id
+            && (ct.nat_saddr_be, ct.nat_sport_be) == (key.daddr_be, key.dport_be)
+            && (ct.nat_daddr_be, ct.nat_dport_be) == (key.saddr_be, key.sport_be)
+        {
+            t.flow = Some("original (known by its reply entry)");
+            t.verdict = reason::NAMES[reason::NAT_ESTABLISHED as usize];
+        }
+    }
     Ok(t)
 }
 
@@ -423,6 +460,60 @@ mod tests {
             ]
         );
         assert!(t.forward.contains("bpf_redirect_peer"), "{}", t.forward);
+    }
+
+    /// The backend a new flow gets is the one the kernel side picks (the slot its
+    /// tuple hashes to), and a packet of a flow known by its reply entry alone
+    /// continues it.
+    #[test]
+    fn a_new_flow_goes_where_its_tuple_hashes_and_its_reply_entry_continues_it() {
+        let mut f = node();
+        let mut local_port = None;
+        for port in 40000u16..40060 {
+            let p = probe(&format!("192.168.1.10:{port}"), "192.168.1.2:30080");
+            let t = trace(&f, &p, route).unwrap();
+            let slot = lb_common::flow_slot(
+                lb_common::fold4(be("192.168.1.10"), be("192.168.1.2")),
+                port.to_be(),
+                30080u16.to_be(),
+                PROTO_TCP,
+                3,
+            );
+            let want = addr(f.slots[&(7, slot)].addr_be);
+            let to = t.translated.unwrap();
+            assert!(
+                to.ends_with(&format!("-> {want}:8080")),
+                "port {port}: {to}"
+            );
+            if slot == 0 {
+                local_port.get_or_insert(port);
+            }
+        }
+        let port = local_port.expect("some flow hashes to slot 0");
+        f.flows.push((
+            FlowKey {
+                saddr_be: be("10.244.0.2"),
+                daddr_be: be("192.168.1.10"),
+                sport_be: 8080u16.to_be(),
+                dport_be: port.to_be(),
+                proto: PROTO_TCP,
+                _pad: 0,
+                _pad2: 0,
+            },
+            CtValue {
+                nat_saddr_be: be("192.168.1.2"),
+                nat_daddr_be: be("192.168.1.10"),
+                nat_sport_be: 30080u16.to_be(),
+                nat_dport_be: port.to_be(),
+                svc_id: 7,
+                direction: CT_DIR_REPLY,
+                ..Default::default()
+            },
+        ));
+        let p = probe(&format!("192.168.1.10:{port}"), "192.168.1.2:30080");
+        let t = trace(&f, &p, route).unwrap();
+        assert_eq!(t.verdict, "nat_established");
+        assert_eq!(t.flow, Some("original (known by its reply entry)"));
     }
 
     #[test]

@@ -311,14 +311,18 @@ fn forwarded_runs(dp: &mut Dataplane, syns: &[Vec<u8>], syn: &[u8], ack: &[u8]) 
 /// [`mirror_flow`]), then `ack` repeated; every repeat must count as established.
 fn established_ns(dp: &mut Dataplane, syn: &[u8], ack: &[u8], port: u16, repeat: u32) -> f64 {
     let mut out = vec![0u8; syn.len() + 64];
-    dp.xdp()
-        .unwrap()
-        .test_run(TestRunOptions {
-            data_in: Some(syn),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .unwrap();
+    // Twice: the first SYN writes the flow's reply entry, its retransmission the
+    // original one (`conntrack`'s notes), which `mirror_flow` reads.
+    for _ in 0..2 {
+        dp.xdp()
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(syn),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap();
+    }
     mirror_flow(dp, 40000, port);
     let before = dp.maps.verdicts().unwrap()[reason::NAT_ESTABLISHED as usize].packets;
     let ns = ns_per_packet(dp.xdp().unwrap(), ack, repeat);

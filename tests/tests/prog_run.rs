@@ -1280,7 +1280,11 @@ fn tcp_flows_start_with_a_syn_and_packets_not_sent_on_leave_no_flow() {
             .map(|(_, v)| v.tcp_flags & lb_common::CT_TCP_SEEN_REPLY != 0)
             .collect()
     };
-    assert_eq!(established(&dp), [false, false], "SYN_SENT both ways");
+    assert_eq!(
+        established(&dp),
+        [false],
+        "SYN_SENT, the reply entry alone (the original comes with the answer)"
+    );
     let reply = Pkt::tcp(POD, 80, CLIENT, 40501, TCP_SYN | TCP_ACK).build();
     let (_, _, moved) = run(&mut dp, Prog::TcEgress, &reply);
     assert_eq!(reason::NAMES[moved as usize], "nat_reply");
@@ -1761,6 +1765,113 @@ fn icmp_errors_about_a_flow_are_translated_with_it() {
     );
 }
 
+/// A new flow costs one map write: its reply entry alone, its backend a hash of its
+/// tuple, so its second packet picks the same backend, finds the flow by that entry
+/// and writes the original one; from there the flow keeps its backend whatever the
+/// service's slots become. Before it, a flow whose slot changed starts again where
+/// the hash now points (nothing had answered it). The choice spreads flows evenly.
+#[test]
+fn a_new_flow_writes_its_reply_entry_alone_and_keeps_its_backend_from_its_second_packet() {
+    own_netns();
+    let mut dp = Dataplane::load_with(None, &LoadConfig::default()).expect("load lb's eBPF object");
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    const PORT: u16 = 30200;
+    let plan = |n: u8| {
+        port_plan(
+            "spread",
+            lb_common::PROTO_UDP,
+            vec![(frontend(ip(NODE), PORT, lb_common::PROTO_UDP), 0)],
+            (0..n)
+                .map(|i| (ip(&format!("10.244.7.{}", i + 2)), 8080))
+                .collect(),
+        )
+    };
+    program(&mut dp.maps, &[plan(4)]);
+    let first = |sport: u16| Pkt::udp(CLIENT, sport, NODE, PORT).payload(b"one").build();
+    let second = |sport: u16| Pkt::udp(CLIENT, sport, NODE, PORT).payload(b"two").build();
+    let dst =
+        |out: &[u8]| -> std::net::Ipv4Addr { <[u8; 4]>::try_from(&out[30..34]).unwrap().into() };
+    // 400 one-packet flows: 400 entries, every one a reply entry; 100 a backend, give
+    // or take what a uniform choice gives.
+    let mut chosen = std::collections::BTreeMap::new();
+    let mut per_backend = std::collections::BTreeMap::<_, u32>::new();
+    for sport in 20000..20400 {
+        let (_, out, moved) = run(&mut dp, Prog::Xdp, &first(sport));
+        assert_eq!(
+            reason::NAMES[moved as usize],
+            "nat_new_flow",
+            "port {sport}"
+        );
+        chosen.insert(sport, dst(&out));
+        *per_backend.entry(dst(&out)).or_default() += 1;
+    }
+    let entries = dp.maps.conntrack().unwrap();
+    assert_eq!(entries.len(), 400, "one entry per new flow");
+    assert!(
+        entries
+            .iter()
+            .all(|(_, v)| v.direction == lb_common::CT_DIR_REPLY),
+        "each the flow's reply entry"
+    );
+    assert_eq!(
+        per_backend.len(),
+        4,
+        "every backend chosen: {per_backend:?}"
+    );
+    assert!(
+        per_backend.values().all(|n| (70..=130).contains(n)),
+        "an even spread: {per_backend:?}"
+    );
+    // A second packet: the same backend, taken as the flow's (not a new flow), and
+    // the original entry written.
+    for sport in 20000..20010 {
+        let (_, out, moved) = run(&mut dp, Prog::Xdp, &second(sport));
+        assert_eq!(
+            reason::NAMES[moved as usize],
+            "nat_established",
+            "port {sport}"
+        );
+        assert_eq!(dst(&out), chosen[&sport], "port {sport}: the same backend");
+        assert!(
+            flow_of(&dp, &second(sport)).is_some(),
+            "port {sport}: its original entry"
+        );
+    }
+    assert_eq!(dp.maps.conntrack().unwrap().len(), 410);
+    // A fifth backend moves a fifth of the choices. Flows past their second packet
+    // keep theirs; a one-packet flow whose choice moved starts anew there.
+    program(&mut dp.maps, &[plan(5)]);
+    for sport in 20000..20010 {
+        let (_, out, moved) = run(&mut dp, Prog::Xdp, &second(sport));
+        assert_eq!(
+            reason::NAMES[moved as usize],
+            "nat_established",
+            "port {sport}"
+        );
+        assert_eq!(dst(&out), chosen[&sport], "port {sport}: kept");
+    }
+    let (mut kept, mut moved_on) = (0, 0);
+    for sport in 20010..20400 {
+        let (_, out, moved) = run(&mut dp, Prog::Xdp, &second(sport));
+        if dst(&out) == chosen[&sport] {
+            assert_eq!(
+                reason::NAMES[moved as usize],
+                "nat_established",
+                "port {sport}"
+            );
+            kept += 1;
+        } else {
+            assert_eq!(
+                reason::NAMES[moved as usize],
+                "nat_new_flow",
+                "port {sport}"
+            );
+            moved_on += 1;
+        }
+    }
+    assert!(kept > 0 && moved_on > 0, "kept {kept}, moved {moved_on}");
+}
+
 /// A flow the backend answered moves to the assured table; the agent's sweep
 /// removes assured entries whose timeout passed (nothing evicts them) and keeps the
 /// live ones.
@@ -1770,6 +1881,9 @@ fn answered_flows_are_assured_and_swept_once_expired() {
     let syn = Pkt::tcp(CLIENT, 43000, NODE, NODE_PORT, TCP_SYN).build();
     let (_, _, r) = run(&mut dp, Prog::Xdp, &syn);
     assert_eq!(r, reason::NAT_NEW_FLOW);
+    // Its retransmission writes the original entry (the first wrote the reply's).
+    let (_, _, r) = run(&mut dp, Prog::Xdp, &syn);
+    assert_eq!(r, reason::NAT_ESTABLISHED);
     let key = claimed_key(&syn).unwrap();
     let ct = dp.maps.conntrack_entry(&key).unwrap().expect("the flow");
     let now = dp.kernel_now().unwrap();
@@ -2129,15 +2243,19 @@ fn ipv6_flows_are_translated_as_ipv4_ones() {
             },
         ],
     );
-    // Both directions of each translated flow are tracked in the IPv6 tables.
+    // Each translated flow is tracked in the IPv6 tables by its reply entry; a
+    // second packet or an answer writes its original one: both entries for the
+    // NodePort flow and the UDP one, which were answered, one for the other two.
     let flows = dp.maps.conntrack6().unwrap();
-    assert_eq!(flows.len(), 8, "4 flows x 2 entries: {flows:?}");
+    assert_eq!(flows.len(), 6, "2 flows x 2 entries + 2 x 1: {flows:?}");
     for p in [&syn, &ext, &from_pod, &udp] {
         let built = p.build();
-        let found = flows.iter().any(|(k, _)| {
-            k.saddr_be == lb_user::sync::addr6(p.src)
-                && k.sport_be == p.l4.sport.to_be()
-                && k.dport_be == p.l4.dport.to_be()
+        let found = flows.iter().any(|(k, v)| {
+            v.nat_daddr_be == lb_user::sync::addr6(p.src)
+                && k.dport_be == v.nat_dport_be
+                && v.nat_dport_be == p.l4.sport.to_be()
+                && v.nat_sport_be == p.l4.dport.to_be()
+                && v.direction == lb_common::CT_DIR_REPLY
         });
         assert!(found, "no entry for {p:?} ({} bytes)", built.len());
     }
@@ -2296,6 +2414,10 @@ fn icmpv6_errors_about_a_flow_are_translated_with_it() {
     let left = reply.rewritten(NODE6, NODE_PORT, CLIENT6, 40700).build();
     let too_big = packet::icmp6_error(2, 0, 1280, ROUTER6, NODE6, &left);
     let too_big_want = packet::icmp6_error(2, 0, 1280, ROUTER6, POD6, &reply.build());
+    // The reply passes lb on its way out (as every reply the router can have seen).
+    let (_, out, moved) = run(&mut dp, Prog::TcEgress, &reply.build());
+    assert_eq!(reason::NAMES[moved as usize], "nat_reply");
+    assert_eq!(out, left, "the reply as it left");
     // A UDP flow from a pod to the ClusterIP, and its backend's "port unreachable".
     let udp = Pkt6::udp(POD6_CLIENT, 5000, CLUSTER_IP6, 53).payload(b"query");
     let (_, _, moved) = run(&mut dp, Prog::TcIngress, &udp.build());
