@@ -418,6 +418,9 @@ pub fn create<A: Family>(
     }
     // A new flow's one write, which also says whether the reply entry is there
     // already (no lookup before it: a lookup misses the cache as the write does).
+    // When it is (a later packet), the failed write may have cost the table its
+    // least recently used entry (the kernel takes a free node before it looks):
+    // once per flow, at its second packet.
     if refused.is_none() {
         match A::conntrack().insert(reply_key, reply, BPF_NOEXIST as u64) {
             Ok(()) => return Ok((nat, flags, Created::New)),

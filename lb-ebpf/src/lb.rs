@@ -114,8 +114,9 @@ fn slot_backend<A: Family>(svc_id: u32, slot: u32) -> BackendOf<A> {
 }
 
 /// ClientIP affinity: the backend this client's last new flow went to, if that was
-/// within the timeout and its slot still holds it; otherwise the flow's hashed one,
-/// remembered when `remember`.
+/// within the timeout and its slot still holds it; otherwise the flow's hashed one.
+/// `remember`: a new flow, which renews or writes the client's choice (a packet that
+/// may only continue a flow changes nothing).
 #[inline(always)]
 fn sticky<A: Family>(
     flow: &FlowKeyOf<A>,
@@ -134,7 +135,9 @@ fn sticky<A: Family>(
         if now.wrapping_sub(a.last_used) <= timeout && a.slot < svc.backend_count {
             let b = slot_backend(svc.svc_id, a.slot);
             if b.backend_id != ID_NONE && b.backend_id == a.backend_id {
-                a.last_used = now;
+                if remember {
+                    a.last_used = now;
+                }
                 return b;
             }
         }

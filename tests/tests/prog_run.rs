@@ -1795,6 +1795,7 @@ fn a_new_flow_writes_its_reply_entry_alone_and_keeps_its_backend_from_its_second
     // or take what a uniform choice gives.
     let mut chosen = std::collections::BTreeMap::new();
     let mut per_backend = std::collections::BTreeMap::<_, u32>::new();
+    let key = claimed_key(&first(20000)).unwrap();
     for sport in 20000..20400 {
         let (_, out, moved) = run(&mut dp, Prog::Xdp, &first(sport));
         assert_eq!(
@@ -1804,6 +1805,20 @@ fn a_new_flow_writes_its_reply_entry_alone_and_keeps_its_backend_from_its_second
         );
         chosen.insert(sport, dst(&out));
         *per_backend.entry(dst(&out)).or_default() += 1;
+        // The slot `lb trace` names for the tuple (the same function), service 1.
+        let slot = lb_common::flow_slot(
+            lb_common::fold4(key.saddr_be, key.daddr_be),
+            sport.to_be(),
+            key.dport_be,
+            key.proto,
+            4,
+        );
+        let b = dp.maps.slot(1, slot).unwrap().expect("the slot");
+        assert_eq!(
+            dst(&out),
+            Ipv4Addr::from(u32::from_be(b.addr_be)),
+            "port {sport}: the slot its tuple hashes to"
+        );
     }
     let entries = dp.maps.conntrack().unwrap();
     assert_eq!(entries.len(), 400, "one entry per new flow");
