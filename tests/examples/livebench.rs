@@ -5,8 +5,9 @@
 //! chooses per pod: XDP redirects into the veth of a pod that runs XDP, and for a
 //! pod that does not XDP translates and TC ingress hands the packet to the pod's end
 //! of its veth; each against the plain hop of its kind, and its new flows against
-//! the XDP hop with the flow state any stateful hop keeps (a lookup per packet, two
-//! LRU entries per new flow, the table sized as the agent sizes its own); and with
+//! the XDP hop with the flow state any stateful NAT hop keeps (a lookup per packet,
+//! one LRU entry per new flow, the one its replies need, as lb writes; the table
+//! sized as the agent sizes its own); and with
 //! `--to-pods stack` (the kernel's stack delivers); (c) kube-proxy's iptables DNAT
 //! rules; (d) kube-proxy's nftables rules; for one established flow and for new flows (every
 //! packet a new source address and port), at 1, 1,000 and 10,000 services x 10
@@ -215,8 +216,8 @@ enum Contender {
     /// uplink, no hop at all. Every other row is bound by it.
     Generator,
     Ceiling,
-    /// The ceiling plus the flow state any stateful hop keeps (a lookup per packet,
-    /// two LRU entries per new flow): the floor of new flows.
+    /// The ceiling plus the flow state any stateful NAT hop keeps (a lookup per
+    /// packet, one LRU entry per new flow): the floor of new flows.
     CeilingCt,
     PeerFloor,
     /// lb as by default, the pod running XDP on its end: XDP redirects into it.
@@ -245,7 +246,7 @@ impl Contender {
         match self {
             Contender::Generator => "generator (XDP drop on the node's uplink)",
             Contender::Ceiling => "XDP_REDIRECT hop (ceiling; pod runs XDP)",
-            Contender::CeilingCt => "XDP_REDIRECT hop + flow state (2 LRU entries per new flow)",
+            Contender::CeilingCt => "XDP_REDIRECT hop + flow state (1 LRU entry per new flow)",
             Contender::PeerFloor => "TC bpf_redirect_peer hop (pod without XDP)",
             Contender::Lb => "lb NodePort (pod runs XDP)",
             Contender::LbTcPod => "lb NodePort (pod without XDP)",

@@ -123,8 +123,9 @@ pub fn redirect() -> u32 {
 
 /// The floor of any hop that keeps per-flow NAT state in BPF LRU maps: the ceiling
 /// plus, per packet, the parse and the flow lookup, and for a packet of a new flow
-/// the two entries every such hop writes (the flow and the reply it expects, as lb,
-/// Cilium and Katran do), in a `LB_CT` sized as the agent sizes its own.
+/// the one entry every such hop writes (the reply it expects, which the reverse
+/// translation needs; lb writes the original direction's at the flow's second
+/// packet or answer), in a `LB_CT` sized as the agent sizes its own.
 #[inline(always)]
 pub fn redirect_ct(ctx: &XdpContext) -> u32 {
     let Ok(p) = parse::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) else {
@@ -132,13 +133,11 @@ pub fn redirect_ct(ctx: &XdpContext) -> u32 {
     };
     if !conntrack::peek(&p.key) {
         let k = &p.key;
-        let reply = conntrack::peer_key(k);
         let value = CtValue {
             nat_daddr_be: k.saddr_be,
             nat_dport_be: k.sport_be,
             ..CtValue::default()
         };
-        let _ = LB_CT.insert(reply, value, 0);
         let _ = LB_CT.insert(k, value, 0);
     }
     redirect()
