@@ -69,8 +69,13 @@ pub fn peer_key<A: Family>(nat: &FlowKeyOf<A>) -> FlowKeyOf<A> {
     }
 }
 
+/// The `CT_TCP_SEEN_*` closing bits a packet of protocol `proto` with `tcp_flags`
+/// carries (none but for TCP).
 #[inline(always)]
-fn closing_bits(tcp_flags: u8) -> u8 {
+fn closing_bits(proto: u8, tcp_flags: u8) -> u8 {
+    if proto != PROTO_TCP {
+        return 0;
+    }
     let mut bits = 0;
     if tcp_flags & TCP_FIN != 0 {
         bits |= CT_TCP_SEEN_FIN;
@@ -79,6 +84,13 @@ fn closing_bits(tcp_flags: u8) -> u8 {
         bits |= CT_TCP_SEEN_RST;
     }
     bits
+}
+
+/// Whether a packet with `tcp_flags` starts a new connection on the tuple of a
+/// closing one (a bare SYN while the entry, `entry_flags`, is closing).
+#[inline(always)]
+fn reopens(proto: u8, tcp_flags: u8, entry_flags: u8) -> bool {
+    proto == PROTO_TCP && opens_connection(tcp_flags) && entry_flags & CT_TCP_CLOSING != 0
 }
 
 #[inline(always)]
@@ -211,19 +223,14 @@ fn live<A: Family>(
     if expired(entry, key.proto, now) {
         return Live::None;
     }
-    let bare_syn = opens_connection(tcp_flags);
-    if key.proto == PROTO_TCP && bare_syn && entry.tcp_flags & CT_TCP_CLOSING != 0 {
+    if reopens(key.proto, tcp_flags, entry.tcp_flags) {
         // A new connection on a closing one's tuple: the old one's entries go.
         if assured {
             retire(key, entry);
         }
         return Live::None;
     }
-    let mut bits = if key.proto == PROTO_TCP {
-        closing_bits(tcp_flags)
-    } else {
-        0
-    };
+    let mut bits = closing_bits(key.proto, tcp_flags);
     if bits & !entry.tcp_flags != 0 && !closing_valid() {
         return Live::Corrupt;
     }
@@ -369,11 +376,7 @@ pub fn create<A: Family>(
         node_addr,
         refused,
     } = how;
-    let closing = if key.proto == PROTO_TCP {
-        closing_bits(tcp_flags)
-    } else {
-        0
-    };
+    let closing = closing_bits(key.proto, tcp_flags);
     let (nat_saddr_be, nat_sport_be, flags) = match snat {
         Snat::Hairpin => (A::HAIRPIN, key.sport_be, CT_F_HAIRPIN),
         Snat::None => (key.saddr_be, key.sport_be, 0),
@@ -465,20 +468,18 @@ fn continued<A: Family>(
     // marked in place (no copy on the stack); a torn read at worst takes a flow
     // for new.
     let r = unsafe { &mut *r };
-    let tcp = key.proto == PROTO_TCP;
-    let reopened = tcp && opens_connection(tcp_flags) && r.tcp_flags & CT_TCP_CLOSING != 0;
     let ours = r.direction == CT_DIR_REPLY
         && r.svc_id == svc_id
         && r.nat_saddr_be == key.daddr_be
         && r.nat_sport_be == key.dport_be
         && r.nat_daddr_be == key.saddr_be
         && r.nat_dport_be == key.sport_be
-        && !reopened
+        && !reopens(key.proto, tcp_flags, r.tcp_flags)
         && !expired(r, key.proto, now);
     if !ours {
         return Ok(None);
     }
-    let bits = if tcp { closing_bits(tcp_flags) } else { 0 };
+    let bits = closing_bits(key.proto, tcp_flags);
     if bits & !r.tcp_flags != 0 {
         if !closing_valid() {
             return Ok(Some(Created::Corrupt));
