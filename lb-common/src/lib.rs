@@ -596,6 +596,23 @@ impl<A> CtValueOf<A> {
     }
 }
 
+impl<A: Copy + PartialEq> CtValueOf<A> {
+    /// Whether this is the reply entry of the flow `key` (client -> frontend) of
+    /// service port `svc_id` started: its replies are rewritten to come from the
+    /// frontend `key` addressed, to the client. How a later packet of a flow written
+    /// with its reply entry alone finds it (the kernel side's `conntrack`, and
+    /// `lb trace`).
+    #[inline(always)]
+    pub fn is_reply_of(&self, key: &FlowKeyOf<A>, svc_id: u32) -> bool {
+        self.direction == CT_DIR_REPLY
+            && self.svc_id == svc_id
+            && self.nat_saddr_be == key.daddr_be
+            && self.nat_sport_be == key.dport_be
+            && self.nat_daddr_be == key.saddr_be
+            && self.nat_dport_be == key.sport_be
+    }
+}
+
 /// Idle timeouts (seconds) after which a conntrack entry no longer holds a flow: the
 /// global [`GLOBAL_CT_TIMEOUTS`], set by the agent at load (`lb agent
 /// --ct-timeout-tcp` and the others, as Cilium's `--bpf-ct-timeout-regular-*`) and

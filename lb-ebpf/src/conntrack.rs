@@ -468,12 +468,7 @@ fn continued<A: Family>(
     // marked in place (no copy on the stack); a torn read at worst takes a flow
     // for new.
     let r = unsafe { &mut *r };
-    let ours = r.direction == CT_DIR_REPLY
-        && r.svc_id == svc_id
-        && r.nat_saddr_be == key.daddr_be
-        && r.nat_sport_be == key.dport_be
-        && r.nat_daddr_be == key.saddr_be
-        && r.nat_dport_be == key.sport_be
+    let ours = r.is_reply_of(key, svc_id)
         && !reopens(key.proto, tcp_flags, r.tcp_flags)
         && !expired(r, key.proto, now);
     if !ours {

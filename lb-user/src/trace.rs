@@ -297,10 +297,7 @@ pub fn trace(
             ..key
         };
         if let Some((ct, _)) = view.flow(&reply_key)?
-            && ct.direction == CT_DIR_REPLY
-            && ct.svc_id == svc.svc_id
-            && (ct.nat_saddr_be, ct.nat_sport_be) == (key.daddr_be, key.dport_be)
-            && (ct.nat_daddr_be, ct.nat_dport_be) == (key.saddr_be, key.sport_be)
+            && ct.is_reply_of(&key, svc.svc_id)
         {
             t.flow = Some("original (known by its reply entry)");
             t.verdict = reason::NAMES[reason::NAT_ESTABLISHED as usize];
