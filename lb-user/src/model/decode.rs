@@ -10,7 +10,7 @@
 //! ([`Read::json_at_most`]): only a document that could be over the API server's
 //! request limit is then measured exactly.
 //!
-//! After a value is typed, [`unknown_fields`] names the fields the type does not
+//! While a value is typed, [`unknown_field`] names each field the type does not
 //! know (`spec.ports[0].targetPortt`): kubectl's strict field validation.
 
 use std::{cell::Cell, fmt};
@@ -188,44 +188,51 @@ impl<'de> Visitor<'de> for Seed<'_> {
     }
 }
 
-/// The fields of `input` that `known` (the same object typed, then serialized
-/// again) does not have, as paths (`spec.ports[0].targetPortt`). Nulls are not
-/// fields.
-pub fn unknown_fields(input: &Value, known: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    walk(input, known, &mut String::new(), &mut out);
-    out
+/// The field `input` holds at `path`, which a type's decoding passed over
+/// (`serde_ignored`), named as kubectl names it (`spec.ports[0].targetPortt`); None
+/// when its value is null (a null is no field).
+pub fn unknown_field(input: &Value, path: &serde_ignored::Path) -> Option<String> {
+    let mut steps = Vec::new();
+    let mut at = path;
+    loop {
+        match at {
+            serde_ignored::Path::Root => break,
+            serde_ignored::Path::Seq { parent, index } => {
+                steps.push(Step::Index(*index));
+                at = parent;
+            }
+            serde_ignored::Path::Map { parent, key } => {
+                steps.push(Step::Key(key));
+                at = parent;
+            }
+            serde_ignored::Path::Some { parent }
+            | serde_ignored::Path::NewtypeStruct { parent }
+            | serde_ignored::Path::NewtypeVariant { parent } => at = parent,
+        }
+    }
+    let (mut name, mut value) = (String::new(), Some(input));
+    for step in steps.iter().rev() {
+        match step {
+            Step::Key(key) => {
+                if !name.is_empty() {
+                    name.push('.');
+                }
+                name.push_str(key);
+                value = value.and_then(|v| v.get(key));
+            }
+            Step::Index(n) => {
+                name.push_str(&format!("[{n}]"));
+                value = value.and_then(|v| v.get(n));
+            }
+        }
+    }
+    (!value.is_some_and(Value::is_null)).then_some(name)
 }
 
-fn walk(input: &Value, known: &Value, path: &mut String, out: &mut Vec<String>) {
-    match (input, known) {
-        (Value::Object(i), Value::Object(k)) => {
-            for (key, v) in i {
-                if v.is_null() {
-                    continue;
-                }
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(key);
-                match k.get(key) {
-                    Some(kv) => walk(v, kv, path, out),
-                    None => out.push(path.clone()),
-                }
-                path.truncate(len);
-            }
-        }
-        (Value::Array(i), Value::Array(k)) => {
-            for (n, (v, kv)) in i.iter().zip(k).enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{n}]"));
-                walk(v, kv, path, out);
-                path.truncate(len);
-            }
-        }
-        _ => {}
-    }
+/// One step of a field's path from the document's root.
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
 }
 
 #[cfg(test)]
@@ -320,13 +327,29 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named_by_their_path() {
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Port {
+            port: u16,
+        }
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Spec {
+            ports: Vec<Port>,
+        }
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Object {
+            spec: Option<Spec>,
+        }
         let input = serde_json::json!({
-            "spec": {"ports": [{"port": 80, "targetPortt": 8080}], "typo": 1, "type": null}
+            "spec": {"ports": [{"port": 80}, {"port": 81, "targetPortt": 8080}], "typo": 1, "type": null}
         });
-        let known = serde_json::json!({"spec": {"ports": [{"port": 80}]}});
-        assert_eq!(
-            unknown_fields(&input, &known),
-            ["spec.ports[0].targetPortt", "spec.typo"]
-        );
+        let mut unknown = Vec::new();
+        let _: Object = serde_ignored::deserialize(&input, |path| {
+            unknown.extend(unknown_field(&input, &path));
+        })
+        .unwrap();
+        assert_eq!(unknown, ["spec.ports[1].targetPortt", "spec.typo"]);
     }
 }

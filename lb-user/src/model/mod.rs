@@ -721,14 +721,19 @@ fn parse_object(
 }
 
 /// Deserializes with the path of the field that failed (`spec.ports[0].port: ...`);
-/// adds to `unknown` the fields of `value` the type does not know.
-fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
+/// adds to `unknown` the fields of `value` the type does not know, named as they
+/// are passed over.
+fn typed<T: serde::de::DeserializeOwned>(
     value: &Value,
     unknown: &mut Vec<String>,
 ) -> Result<T, String> {
     // Decoded plainly first; only a value that fails is decoded again, tracking
     // the path its error is at (a third of the cost of every good object).
-    let t: T = match T::deserialize(value) {
+    let mut passed_over = Vec::new();
+    let decoded = serde_ignored::deserialize(value, |path| {
+        passed_over.extend(decode::unknown_field(value, &path));
+    });
+    let t: T = match decoded {
         Ok(t) => t,
         Err(_) => serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
@@ -739,8 +744,7 @@ fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
             }
         })?,
     };
-    let known = serde_json::to_value(&t).map_err(|e| e.to_string())?;
-    unknown.extend(decode::unknown_fields(value, &known));
+    unknown.extend(passed_over);
     Ok(t)
 }
 
