@@ -206,7 +206,7 @@ fn lb(n: usize, from: Endpoints, via: Via) -> Result<LbTimes> {
         change.push(took);
         reconcile_us.push(field(&line, "took_us").unwrap_or(0));
         // The store's commit marker: `REVISION UNIX_NS`, written as the commit returns.
-        let marker = std::fs::read_to_string(lb.store.join("revision"))?;
+        let marker = std::fs::read_to_string(lb.store.join("commit").join("revision"))?;
         let ns: u64 = marker
             .split_whitespace()
             .nth(1)

@@ -43,6 +43,15 @@ pub const DEFAULT_STORE_DIR: &str = "/var/lib/lb";
 const DB_FILE: &str = "store.db";
 /// Rewritten after every commit (`REVISION UNIX_NS`), for watchers.
 const COMMIT_MARKER: &str = "revision";
+/// The commit marker's directory, which holds nothing else: watchers are told of
+/// its writes alone, not of the database's (a bulk write changes the log some
+/// hundred thousand times before it commits).
+const COMMIT_DIR: &str = "commit";
+
+/// The store's commit marker in `dir`.
+fn marker_path(dir: &Path) -> PathBuf {
+    dir.join(COMMIT_DIR).join(COMMIT_MARKER)
+}
 /// Deletions are remembered (as tombstones) for this many revisions.
 pub const TOMBSTONE_REVISIONS: u64 = 10_000;
 /// Writers prune tombstones every this many revisions.
@@ -111,7 +120,7 @@ pub enum StoreError {
 /// The latest revision committed to the store in `dir`, and when (from its commit
 /// marker; None without one).
 pub fn last_commit(dir: &Path) -> Option<(u64, std::time::SystemTime)> {
-    let text = std::fs::read_to_string(dir.join(COMMIT_MARKER)).ok()?;
+    let text = std::fs::read_to_string(marker_path(dir)).ok()?;
     let (rev, ns) = text.trim().split_once(' ')?;
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.parse().ok()?);
     Some((rev.parse().ok()?, at))
@@ -124,18 +133,25 @@ pub fn is_commit_marker(path: &Path) -> bool {
 
 /// Calls `wake` each time a writer commits to the store in `dir` (its commit
 /// marker changes; the database's own files change many times within a
-/// transaction, before it is visible), for as long as the returned watcher lives.
+/// transaction, before it is visible, and are not watched), for as long as the
+/// returned watcher lives. The marker's directory is made if the store has none
+/// yet.
 pub fn on_commit(
     dir: &Path,
     wake: impl Fn() + Send + 'static,
 ) -> notify::Result<notify::RecommendedWatcher> {
     use notify::Watcher as _;
+    let commits = dir.join(COMMIT_DIR);
+    files::refuse_symlink(&commits).map_err(notify::Error::io)?;
+    if dir.is_dir() {
+        files::private_dir(&commits).map_err(notify::Error::io)?;
+    }
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if ev.is_ok_and(|ev| ev.paths.iter().any(|p| is_commit_marker(p))) {
             wake();
         }
     })?;
-    watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+    watcher.watch(&commits, notify::RecursiveMode::NonRecursive)?;
     Ok(watcher)
 }
 
@@ -286,14 +302,22 @@ impl Store {
     /// nothing was ever written to); a reader opens it read-only. A symbolic link in
     /// place of any of its files is refused.
     fn open(&self, create: bool) -> Result<Option<Connection>, StoreError> {
-        for name in [DB_FILE, "store.db-wal", "store.db-shm", COMMIT_MARKER] {
-            files::refuse_symlink(&self.dir.join(name)).map_err(self.io("checking its files"))?;
+        for path in [
+            self.dir.join(DB_FILE),
+            self.dir.join("store.db-wal"),
+            self.dir.join("store.db-shm"),
+            self.dir.join(COMMIT_DIR),
+            marker_path(&self.dir),
+        ] {
+            files::refuse_symlink(&path).map_err(self.io("checking its files"))?;
         }
         if !create && !self.db_path().exists() {
             return Ok(None);
         }
         let conn = if create {
             files::private_dir(&self.dir).map_err(self.io("creating the directory"))?;
+            files::private_dir(&self.dir.join(COMMIT_DIR))
+                .map_err(self.io("creating the directory"))?;
             files::create_private(&self.db_path()).map_err(self.io("creating store.db"))?;
             Connection::open(self.db_path())
         } else {
@@ -751,10 +775,7 @@ impl Store {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        let _ = files::write_private(
-            &self.dir.join(COMMIT_MARKER),
-            format!("{rev} {at}\n").as_bytes(),
-        );
+        let _ = files::write_private(&marker_path(&self.dir), format!("{rev} {at}\n").as_bytes());
     }
 
     /// What every service holds (clusterIPs, nodePorts), from the index kept beside

@@ -312,7 +312,8 @@ fn a_store_is_private_refuses_links_and_a_missing_one_is_an_error() {
     store.require().unwrap();
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(store.dir()), 0o700);
-    for f in ["store.db", "revision"] {
+    assert_eq!(mode(&store.dir().join("commit")), 0o700);
+    for f in ["store.db", "commit/revision"] {
         assert_eq!(mode(&store.dir().join(f)), 0o600, "{f}");
     }
     // Another program's file linked in as the database: refused, left as it was.
@@ -330,6 +331,23 @@ fn a_store_is_private_refuses_links_and_a_missing_one_is_an_error() {
     assert!(err.contains("is a symbolic link"), "{err}");
     assert!(linked.load().is_err(), "readers refuse it too");
     assert_eq!(fs::read(&victim).unwrap(), b"not lb's");
+    // Another directory linked in as the commit marker's: refused, nothing written
+    // into it.
+    let marked = Store::new(other.dir().join("marked"));
+    fs::create_dir_all(marked.dir()).unwrap();
+    let elsewhere = other.dir().join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, marked.dir().join("commit")).unwrap();
+    let err = marked
+        .apply(&docs(&svc("a", "")), &Ranges::default(), Mode::Apply)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert!(
+        on_commit(marked.dir(), || {}).is_err(),
+        "watchers refuse it too"
+    );
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
 
 #[test]
