@@ -437,7 +437,7 @@ pub fn read_manifest_each<E: From<ManifestError>>(
     } else {
         let chunks = yaml_documents(text);
         for batch in chunks.chunks(VALUE_BATCH) {
-            let parsed = crate::par::in_parallel(batch.to_vec(), |(line, doc)| {
+            let parsed = crate::par::in_parallel(runs(text, batch), |(line, doc)| {
                 let mut values = Vec::new();
                 for d in serde_yaml_ng::Deserializer::from_str(doc) {
                     let read = decode::value(d, doc.len()).map_err(|e| yaml_error(e, line))?;
@@ -580,23 +580,70 @@ fn yaml_documents(text: &str) -> Vec<(usize, &str)> {
     docs
 }
 
+/// A batch's documents as runs of consecutive ones (each a slice of `text` a
+/// parser reads through), as many as the batch's cores can share: one parser per
+/// document spent more setting up than reading a small one.
+fn runs<'t>(text: &'t str, docs: &[(usize, &'t str)]) -> Vec<(usize, &'t str)> {
+    let per_run = (docs.len() / RUNS_PER_BATCH).clamp(1, DOCS_PER_RUN);
+    docs.chunks(per_run)
+        .map(|run| {
+            let (line, first) = run[0];
+            let last = run[run.len() - 1].1;
+            let start = first.as_ptr() as usize - text.as_ptr() as usize;
+            let end = last.as_ptr() as usize - text.as_ptr() as usize + last.len();
+            (line, &text[start..end])
+        })
+        .collect()
+}
+
+/// At most this many documents read by one parser.
+const DOCS_PER_RUN: usize = 32;
+/// At least this many runs in a batch (when it has as many documents), for the cores
+/// to share.
+const RUNS_PER_BATCH: usize = 128;
+
 /// A YAML error with its line in the whole file (`first_line`: where its document starts).
 fn yaml_error(e: serde_yaml_ng::Error, first_line: usize) -> String {
     match e.location() {
         Some(l) => {
             let text = e.to_string();
-            // serde_yaml_ng ends its message with " at line L column C": say the file's line.
+            // serde_yaml_ng ends its message with " at line L column C": say the file's
+            // line, first, and in any mark left inside the message (libyaml's
+            // problem mark), counted from where the parser began too.
             let text = text
                 .rsplit_once(" at line ")
                 .map_or(text.as_str(), |(head, _)| head);
             format!(
-                "line {} column {}: {text}",
+                "line {} column {}: {}",
                 first_line + l.line() - 1,
-                l.column()
+                l.column(),
+                file_lines(text, first_line)
             )
         }
         None => e.to_string(),
     }
+}
+
+/// `text` with every mark in it ("at line N column C") made a line of the file, for
+/// a parser that began on `first_line`.
+fn file_lines(text: &str, first_line: usize) -> String {
+    const MARK: &str = "at line ";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(MARK) {
+        let (head, tail) = rest.split_at(at + MARK.len());
+        out.push_str(head);
+        let digits = tail.len() - tail.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        match tail[..digits].parse::<usize>() {
+            Ok(n) if n > 0 && tail[digits..].starts_with(" column ") => {
+                out.push_str(&(first_line + n - 1).to_string());
+            }
+            _ => out.push_str(&tail[..digits]),
+        }
+        rest = &tail[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn parse_object(

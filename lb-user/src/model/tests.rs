@@ -66,6 +66,51 @@ fn the_seeds_manifest_reads_as_written() {
 }
 
 #[test]
+fn a_large_manifest_is_read_in_order_and_its_errors_name_the_file_line() {
+    // Enough documents that parsers read runs of them (and the cores share runs),
+    // with empty documents and a comment-only one among them.
+    let doc = |i: usize| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s{i}\nspec:\n  ports: [{{port: 80}}]\n"
+        )
+    };
+    let mut text = String::new();
+    for i in 0..1_000 {
+        text.push_str(&doc(i));
+        text.push_str(match i % 97 {
+            5 => "---\n---\n",
+            6 => "---\n# nothing here\n---\n",
+            _ => "---\n",
+        });
+    }
+    let docs = parse_manifest("big.yaml", &text).unwrap();
+    let names: Vec<String> = docs.iter().map(|d| d.object.key().name).collect();
+    assert_eq!(
+        names,
+        (0..1_000).map(|i| format!("s{i}")).collect::<Vec<_>>()
+    );
+    assert!(docs.windows(2).all(|w| w[0].index < w[1].index));
+    // A syntax error deep in the file: its line in the whole file, whichever run
+    // holds it.
+    let bad = text.replacen("  name: s777\n", "  name: [s777\n", 1);
+    let line = bad.lines().position(|l| l == "  name: [s777").unwrap() + 1;
+    let err = parse_manifest("big.yaml", &bad).unwrap_err().to_string();
+    let named = (line..line + 3).any(|l| err.contains(&format!("line {l} ")));
+    assert!(named, "line {line}: {err}");
+    // Every mark in the message is a line of the file, none counted from where its
+    // parser began.
+    let marks: Vec<usize> = err
+        .split("line ")
+        .skip(1)
+        .filter_map(|t| t.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        !marks.is_empty() && marks.iter().all(|m| (line..line + 3).contains(m)),
+        "line {line}: {err}"
+    );
+}
+
+#[test]
 fn port_is_the_only_required_port_field() {
     let svc = one_service(
         "apiVersion: v1\nkind: Service\nmetadata: {name: backend}\nspec:\n  ports:\n  - port: 8080\n",
