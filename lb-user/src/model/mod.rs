@@ -602,7 +602,8 @@ const DOCS_PER_RUN: usize = 32;
 /// to share.
 const RUNS_PER_BATCH: usize = 128;
 
-/// A YAML error with its line in the whole file (`first_line`: where its document starts).
+/// A YAML error with its line in the whole file (`first_line`: where its parser
+/// began, the first line of a run of documents).
 fn yaml_error(e: serde_yaml_ng::Error, first_line: usize) -> String {
     match e.location() {
         Some(l) => {

@@ -47,11 +47,6 @@ const COMMIT_MARKER: &str = "revision";
 /// its writes alone, not of the database's (a bulk write changes the log some
 /// hundred thousand times before it commits).
 const COMMIT_DIR: &str = "commit";
-
-/// The store's commit marker in `dir`.
-fn marker_path(dir: &Path) -> PathBuf {
-    dir.join(COMMIT_DIR).join(COMMIT_MARKER)
-}
 /// Deletions are remembered (as tombstones) for this many revisions.
 pub const TOMBSTONE_REVISIONS: u64 = 10_000;
 /// Writers prune tombstones every this many revisions.
@@ -60,6 +55,12 @@ const PRUNE_EVERY: u64 = 256;
 const LOAD_BATCH: usize = 4096;
 /// How long a writer waits for another one to commit.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The store's commit marker in `dir`.
+fn marker_path(dir: &Path) -> PathBuf {
+    dir.join(COMMIT_DIR).join(COMMIT_MARKER)
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
     kind TEXT NOT NULL,
