@@ -321,28 +321,26 @@ fn a_store_is_private_refuses_links_and_a_missing_one_is_an_error() {
     fs::create_dir_all(other.dir()).unwrap();
     let victim = other.dir().join("victim.db");
     fs::write(&victim, b"not lb's").unwrap();
-    let linked = Store::new(other.dir().join("linked"));
-    fs::create_dir_all(linked.dir()).unwrap();
-    std::os::unix::fs::symlink(&victim, linked.dir().join("store.db")).unwrap();
-    let err = linked
-        .apply(&docs(&svc("a", "")), &Ranges::default(), Mode::Apply)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("is a symbolic link"), "{err}");
+    // A store beside it whose `file` is a link to `target`: writing to it is refused.
+    let with_link = |name: &str, file: &str, target: &Path| {
+        let store = Store::new(other.dir().join(name));
+        fs::create_dir_all(store.dir()).unwrap();
+        std::os::unix::fs::symlink(target, store.dir().join(file)).unwrap();
+        let err = store
+            .apply(&docs(&svc("a", "")), &Ranges::default(), Mode::Apply)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a symbolic link"), "{file}: {err}");
+        store
+    };
+    let linked = with_link("linked", "store.db", &victim);
     assert!(linked.load().is_err(), "readers refuse it too");
     assert_eq!(fs::read(&victim).unwrap(), b"not lb's");
     // Another directory linked in as the commit marker's: refused, nothing written
     // into it.
-    let marked = Store::new(other.dir().join("marked"));
-    fs::create_dir_all(marked.dir()).unwrap();
     let elsewhere = other.dir().join("elsewhere");
     fs::create_dir_all(&elsewhere).unwrap();
-    std::os::unix::fs::symlink(&elsewhere, marked.dir().join("commit")).unwrap();
-    let err = marked
-        .apply(&docs(&svc("a", "")), &Ranges::default(), Mode::Apply)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("is a symbolic link"), "{err}");
+    let marked = with_link("marked", "commit", &elsewhere);
     assert!(
         on_commit(marked.dir(), || {}).is_err(),
         "watchers refuse it too"
