@@ -859,9 +859,13 @@ impl Agent {
     ) -> Result<()> {
         let loaded = started.elapsed();
         // Names change in the round that reads the change, before the maps are
-        // written.
-        if let Some(names) = &mut self.names {
-            names.follow(&self.tracked, self.plan_all, &services, &addrs);
+        // written. A zone built whole (a full round's) is built on a thread of its
+        // own while this one plans and works out the entries (at 100,000 services,
+        // ~0.4 s beside the entries' ~1.3 s on one core).
+        let zone_due =
+            (self.names.as_ref()).is_some_and(|n| n.zone_due(&self.tracked, self.plan_all));
+        if !zone_due && let Some(names) = &mut self.names {
+            names.follow(&self.tracked, self.plan_all, &services, &addrs, None);
         }
         if self.plan_all {
             self.follow_known_pod_interfaces(true);
@@ -880,11 +884,23 @@ impl Agent {
                 .cloned(),
         );
         let mut full = self.plan_all || !self.programmed.knows_owners();
-        let mut plans = self.plans(full, &services);
-        let mut update = self.programmed.update(self.scope(full, &services), &plans);
+        let start_plans = self.start_plans.take();
+        let (tracked, node, programmed) = (&self.tracked, &self.node, &mut self.programmed);
+        let (mut plans, mut update, zone) = std::thread::scope(|threads| {
+            let zone = (self.names.as_ref())
+                .filter(|_| zone_due)
+                .map(|n| threads.spawn(move || n.build(tracked)));
+            let plans = Self::plans(tracked, node, start_plans, full, &services);
+            let update = programmed.update(scope(full, &services), &plans);
+            let zone = zone.map(|z| z.join().expect("building the DNS zone panicked"));
+            (plans, update, zone)
+        });
+        if let (Some(zone), Some(names)) = (zone, &mut self.names) {
+            names.follow(&self.tracked, true, &services, &[], Some(zone));
+        }
         if let Ok(Update::Collides) = update {
             full = true;
-            plans = self.plans(full, &services);
+            plans = Self::plans(&self.tracked, &self.node, None, full, &services);
             update = self.programmed.update(Scope::All, &plans);
         }
         let planned = started.elapsed();
@@ -966,25 +982,25 @@ impl Agent {
         Ok(())
     }
 
-    fn plans(&mut self, full: bool, services: &BTreeSet<ObjectKey>) -> Vec<PortPlan> {
-        if let Some((revision, plans)) = self.start_plans.take()
+    /// The plans of `services` (every service when `full`): `start`'s, the plans
+    /// made at start, when they are of the facts as they are.
+    fn plans(
+        tracked: &Tracked,
+        node: &Node,
+        start: Option<(u64, Vec<PortPlan>)>,
+        full: bool,
+        services: &BTreeSet<ObjectKey>,
+    ) -> Vec<PortPlan> {
+        if let Some((revision, plans)) = start
             && full
-            && revision == self.tracked.state.revision
+            && revision == tracked.state.revision
         {
             return plans;
         }
         if full {
-            plan::plan_all(&self.tracked, &self.node)
+            plan::plan_all(tracked, node)
         } else {
-            plan::plan(&self.tracked, &self.node, services)
-        }
-    }
-
-    fn scope<'a>(&self, full: bool, services: &'a BTreeSet<ObjectKey>) -> Scope<'a> {
-        if full {
-            Scope::All
-        } else {
-            Scope::Services(services)
+            plan::plan(tracked, node, services)
         }
     }
 
@@ -1166,6 +1182,15 @@ fn need(plans: &[PortPlan]) -> Need {
         backends: plans.iter().map(|p| p.endpoints.len() as u64).sum(),
         frontends6: v6().map(|p| p.frontends.len() as u64).sum(),
         backends6: v6().map(|p| p.endpoints.len() as u64).sum(),
+    }
+}
+
+/// The entries a round updates: every service's when `full`, else `services`'.
+fn scope(full: bool, services: &BTreeSet<ObjectKey>) -> Scope<'_> {
+    if full {
+        Scope::All
+    } else {
+        Scope::Services(services)
     }
 }
 

@@ -89,15 +89,29 @@ impl Names {
         }
     }
 
+    /// Whether a [`follow`](Self::follow) of `tracked` builds the zone whole (a
+    /// `full` one of facts the zone is not of yet): [`build`](Self::build) can
+    /// build it beforehand, on another thread.
+    pub fn zone_due(&self, tracked: &Tracked, full: bool) -> bool {
+        full && tracked.generation() != self.built
+    }
+
+    /// The zone of `tracked`, built whole, for [`follow`](Self::follow).
+    pub fn build(&self, tracked: &Tracked) -> Zone {
+        built_zone(&self.opts, tracked)
+    }
+
     /// Brings the names of `services` (every service when `full`) in line with
     /// `tracked`, in the round that programs them; `pods`: addresses of pods the
-    /// round brought (every pod's when `full`), whose queries are forwarded.
+    /// round brought (every pod's when `full`), whose queries are forwarded;
+    /// `built`: the zone of `tracked` when [`build`](Self::build) built it already.
     pub fn follow(
         &mut self,
         tracked: &Tracked,
         full: bool,
         services: &BTreeSet<ObjectKey>,
         pods: &[IpAddr],
+        built: Option<Zone>,
     ) {
         {
             let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
@@ -117,7 +131,7 @@ impl Names {
         }
         self.built = tracked.generation();
         if full {
-            let fresh = built_zone(&self.opts, tracked);
+            let fresh = built.unwrap_or_else(|| built_zone(&self.opts, tracked));
             self.stats
                 .names
                 .store(fresh.len() as u64, Ordering::Relaxed);
@@ -177,10 +191,19 @@ mod tests {
         // Marked: a rebuild would put web's names back.
         *names.zone.write().unwrap() = Zone::new("cluster.local", &[]);
         let none = BTreeSet::new();
-        names.follow(&tracked, true, &none, &[]);
+        names.follow(&tracked, true, &none, &[], None);
         assert_eq!(zone_len(&names), 0, "the facts it was built from: kept");
+        assert!(!names.zone_due(&tracked, true));
         tracked.take(Vec::<crate::state::FactChange>::new());
-        names.follow(&tracked, true, &none, &[]);
+        names.follow(&tracked, true, &none, &[], None);
         assert!(zone_len(&names) > 0, "facts taken since: built again");
+        // Built beforehand (the agent builds it while it plans): the same.
+        *names.zone.write().unwrap() = Zone::new("cluster.local", &[]);
+        tracked.take(Vec::<crate::state::FactChange>::new());
+        assert!(names.zone_due(&tracked, true) && !names.zone_due(&tracked, false));
+        let built = names.build(&tracked);
+        names.follow(&tracked, true, &none, &[], Some(built));
+        assert!(zone_len(&names) > 0, "the zone built beforehand");
+        assert!(!names.zone_due(&tracked, true), "of these facts now");
     }
 }
