@@ -36,7 +36,7 @@ pub use self::{
 };
 use crate::{
     model::{Cidr, Document, Kind, Object, ObjectKey, PodFacts},
-    state::{Change, Fact, FactChange, Facts, State},
+    state::{Change, Fact, FactChange, Facts, State, WholeFacts},
 };
 
 pub const DEFAULT_STORE_DIR: &str = "/var/lib/lb";
@@ -405,13 +405,11 @@ impl Store {
     /// the whole store as objects: 1,000,000 pods are ~10 GB as objects, ~0.3 GB as
     /// facts).
     pub fn load_facts(&self) -> Result<Facts, StoreError> {
-        let mut facts = Facts::default();
+        let mut whole = WholeFacts::default();
         let revision = self.load_each_as(&fact_change, |batch| {
-            batch.into_iter().for_each(|c| facts.apply(c))
+            batch.into_iter().for_each(|c| whole.add(c))
         })?;
-        facts.revision = revision;
-        facts.compact();
-        Ok(facts)
+        Ok(whole.facts(revision))
     }
 
     /// Every stored service (no pod or EndpointSlice is read).

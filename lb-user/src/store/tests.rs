@@ -485,6 +485,22 @@ fn a_store_read_whole_or_followed_comes_in_batches_that_add_up_to_it() {
         .unwrap();
     assert_eq!((followed, seen.len()), (Some(revision), n));
     assert_eq!(store.load().unwrap().endpoint_slices.len(), n);
+    // Read whole as facts (the agent's way): the facts of the objects read whole.
+    let pods: String = (0..3)
+        .map(|i| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, labels: {{app: web}}}}\nspec: {{containers: [{{name: c, image: i}}]}}\nstatus: {{podIP: 10.244.1.{i}}}\n---\n"))
+        .chain([svc("web", "  selector: {app: web}\n")])
+        .collect();
+    store
+        .apply(&docs(&pods), &Ranges::default(), Mode::Apply)
+        .unwrap();
+    let facts = store.load_facts().unwrap();
+    assert_eq!(facts, Facts::from(store.load().unwrap()));
+    let counts = (
+        facts.services.len(),
+        facts.pods.len(),
+        facts.endpoint_slices.len(),
+    );
+    assert_eq!((counts, facts.revision), ((1, 3, n), revision + 1));
 }
 
 #[test]
