@@ -366,15 +366,27 @@ impl Index {
     /// The index of every object of `state`.
     pub fn of(state: &Facts) -> Self {
         let mut index = Index::default();
-        for kind in Kind::ALL {
-            let keys: Vec<&ObjectKey> = match kind {
-                Kind::Service => state.services.keys().collect(),
-                Kind::Pod => state.pods.keys().collect(),
-                Kind::EndpointSlice => state.endpoint_slices.keys().collect(),
+        for key in state.services.keys() {
+            index.update(state, Kind::Service, key, true);
+        }
+        for key in state.endpoint_slices.keys() {
+            index.update(state, Kind::EndpointSlice, key, true);
+        }
+        // The pods' labels grouped by sorting them (borrowed), each entry made once:
+        // a lookup per label, with its pair made first, took ~0.5 s of the agent's
+        // start at 1,000,000 pods. Stable: a label's pods stay in key order.
+        let mut labelled: Vec<(&str, &str, &str, &ObjectKey)> = (state.pods.iter())
+            .flat_map(|(key, pod)| pod.labels().map(move |(k, v)| (&*key.namespace, k, v, key)))
+            .collect();
+        labelled.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        for group in labelled.chunk_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2)) {
+            let (namespace, k, v, _) = group[0];
+            let keys = match group {
+                [(.., one)] => Keys::One((*one).clone()),
+                many => Keys::Many(many.iter().map(|(.., key)| (*key).clone()).collect()),
             };
-            for key in keys {
-                index.update(state, kind, key, true);
-            }
+            let pair = (namespace.to_string(), k.to_string(), v.to_string());
+            index.pods.insert(pair, keys);
         }
         index
     }
@@ -661,6 +673,41 @@ mod tests {
         let names: Vec<&str> = touched.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(names, ["web"]);
         assert_eq!(t.index, Index::of(&t.state));
+    }
+
+    #[test]
+    fn the_index_built_whole_is_the_index_built_object_by_object() {
+        let mut yaml = format!("{WEB}---\n{DB}---\n");
+        for i in 0..40 {
+            let labels = match i % 4 {
+                0 => "{app: web}".to_string(),
+                1 => "{app: web, tier: fe}".to_string(),
+                2 => format!("{{app: db, id: i{i}}}"),
+                _ => "{}".to_string(),
+            };
+            let namespace = if i % 3 == 0 { " namespace: other," } else { "" };
+            let name = format!("name: p{i},{namespace}");
+            yaml.push_str(&pod(&labels).replace("name: p,", &name));
+            yaml.push_str("---\n");
+        }
+        let facts = state(&yaml);
+        let mut one_by_one = Index::default();
+        for kind in Kind::ALL {
+            let keys: Vec<ObjectKey> = match kind {
+                Kind::Service => facts.services.keys().cloned().collect(),
+                Kind::Pod => facts.pods.keys().cloned().collect(),
+                Kind::EndpointSlice => facts.endpoint_slices.keys().cloned().collect(),
+            };
+            for key in keys.iter().rev() {
+                one_by_one.update(&facts, kind, key, true);
+            }
+        }
+        let whole = Index::of(&facts);
+        assert_eq!(whole, one_by_one);
+        let web = ("default".to_string(), "app".to_string(), "web".to_string());
+        assert_eq!(whole.pods_with(&web).count(), 13, "one entry, many keys");
+        let one = ("other".to_string(), "id".to_string(), "i6".to_string());
+        assert_eq!(whole.pods_with(&one).count(), 1);
     }
 
     #[test]
