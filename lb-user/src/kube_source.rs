@@ -281,13 +281,18 @@ impl KubeSource {
             .state()
             .into_iter()
             .filter(|s| served_here(s))
-            .map(|s| (ObjectKey::of(&s.metadata), Service::clone(&s)))
+            .map(|s| (ObjectKey::of(&s.metadata), Box::new(Service::clone(&s))))
             .collect();
         let endpoint_slices = self
             .slices
             .state()
             .into_iter()
-            .map(|s| (ObjectKey::of(&s.metadata), EndpointSlice::clone(&s)))
+            .map(|s| {
+                (
+                    ObjectKey::of(&s.metadata),
+                    Box::new(EndpointSlice::clone(&s)),
+                )
+            })
             .collect();
         State {
             revision: 0,

@@ -265,7 +265,9 @@ mod tests {
     }
 
     fn services(yaml: &str) -> BTreeMap<ObjectKey, Service> {
-        applied(yaml).services
+        (applied(yaml).services.into_iter())
+            .map(|(k, s)| (k, *s))
+            .collect()
     }
 
     fn lb(name: &str, extra: &str, port: u16) -> String {

@@ -24,9 +24,9 @@ use crate::model::{Kind, Object, ObjectKey, PodFacts, SliceFacts, trim_service};
 pub struct State {
     /// Bumped by every write; becomes the objects' resourceVersion.
     pub revision: u64,
-    pub services: BTreeMap<ObjectKey, Service>,
-    pub pods: BTreeMap<ObjectKey, Pod>,
-    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    pub services: BTreeMap<ObjectKey, Box<Service>>,
+    pub pods: BTreeMap<ObjectKey, Box<Pod>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Box<EndpointSlice>>,
     /// Every service takes its endpoints from its EndpointSlices, selector or not
     /// (Kubernetes mode: the cluster's EndpointSlice controller made them). The
     /// embedded store has no such controller: selectors select its pods.
@@ -63,15 +63,9 @@ impl State {
     /// The object of `kind` under `key`, taken out.
     pub fn take(&mut self, kind: Kind, key: &ObjectKey) -> Option<Object> {
         match kind {
-            Kind::Service => self
-                .services
-                .remove(key)
-                .map(|o| Object::Service(Box::new(o))),
-            Kind::Pod => self.pods.remove(key).map(|o| Object::Pod(Box::new(o))),
-            Kind::EndpointSlice => self
-                .endpoint_slices
-                .remove(key)
-                .map(|o| Object::EndpointSlice(Box::new(o))),
+            Kind::Service => self.services.remove(key).map(Object::Service),
+            Kind::Pod => self.pods.remove(key).map(Object::Pod),
+            Kind::EndpointSlice => self.endpoint_slices.remove(key).map(Object::EndpointSlice),
         }
     }
 
@@ -79,9 +73,9 @@ impl State {
     pub fn insert(&mut self, object: Object) {
         let key = object.key();
         match object {
-            Object::Service(o) => drop(self.services.insert(key, *o)),
-            Object::Pod(o) => drop(self.pods.insert(key, *o)),
-            Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, *o)),
+            Object::Service(o) => drop(self.services.insert(key, o)),
+            Object::Pod(o) => drop(self.pods.insert(key, o)),
+            Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, o)),
         }
     }
 
@@ -163,7 +157,7 @@ impl From<State> for Facts {
                 .into_iter()
                 .map(|(k, mut s)| {
                     trim_service(&mut s);
-                    (k, s)
+                    (k, *s)
                 })
                 .collect(),
             pods: state
@@ -261,7 +255,7 @@ impl Facts {
     /// whose facts did not change is no change to planning).
     pub fn changes_to(&self, after: State) -> Vec<Change> {
         let mut out = Vec::new();
-        changed(&mut out, &self.services, after.services, |a, b| a == b);
+        changed(&mut out, &self.services, after.services, |a, b| *a == **b);
         changed(&mut out, &self.pods, after.pods, |f, p| {
             *f == PodFacts::of(p)
         });
@@ -281,24 +275,24 @@ trait Wrapped: Sized {
     fn wrap(self) -> Object;
 }
 
-impl Wrapped for Service {
+impl Wrapped for Box<Service> {
     const KIND: Kind = Kind::Service;
     fn wrap(self) -> Object {
-        Object::Service(Box::new(self))
+        Object::Service(self)
     }
 }
 
-impl Wrapped for Pod {
+impl Wrapped for Box<Pod> {
     const KIND: Kind = Kind::Pod;
     fn wrap(self) -> Object {
-        Object::Pod(Box::new(self))
+        Object::Pod(self)
     }
 }
 
-impl Wrapped for EndpointSlice {
+impl Wrapped for Box<EndpointSlice> {
     const KIND: Kind = Kind::EndpointSlice;
     fn wrap(self) -> Object {
-        Object::EndpointSlice(Box::new(self))
+        Object::EndpointSlice(self)
     }
 }
 

@@ -41,13 +41,14 @@ pub struct GetArgs {
 /// how many. As kubectl prints them: one named object alone, else a `List` at
 /// the store's `revision`.
 fn listed<T: Serialize + Metadata<Ty = ObjectMeta>>(
-    objects: &BTreeMap<ObjectKey, T>,
+    objects: &BTreeMap<ObjectKey, Box<T>>,
     g: &GetArgs,
     revision: u64,
     table: impl FnOnce(&[&T]) -> String,
 ) -> Result<(String, usize)> {
     let items: Vec<&T> = objects
         .values()
+        .map(|o| &**o)
         .filter(|o| {
             let key = ObjectKey::of(o.metadata());
             (g.all_namespaces || key.namespace == g.namespace)

@@ -752,7 +752,7 @@ fn random_cluster_ip(used: &BTreeSet<IpAddr>, cidr: &Cidr) -> Result<IpAddr, All
 /// `status.loadBalancer.ingress` as a cloud controller would. Returns what was
 /// newly given (service, address).
 pub fn assign_load_balancer_ips(state: &mut State, pools: &[Cidr]) -> Vec<(ObjectKey, IpAddr)> {
-    let changes = crate::lb_ipam::plan(&state.services, pools);
+    let changes = crate::lb_ipam::plan(state.services.iter().map(|(k, s)| (k, &**s)), pools);
     let mut assigned = Vec::new();
     for a in changes {
         if let Some(svc) = state.services.get_mut(&a.service) {

@@ -158,7 +158,7 @@ fn apply_one(
     let (object, outcome) = match doc.object {
         Object::Service(svc) => {
             let old = state.services.remove(&key);
-            let mut svc = *svc;
+            let mut svc = svc;
             // Status is the cluster's to write (the agents assign LoadBalancer
             // addresses), never the manifest's: as with the API server's status
             // subresource, apply keeps what is there.
@@ -179,7 +179,7 @@ fn apply_one(
                     errors,
                 }))
             };
-            let refusal = match allocate(taken, &mut svc, old.as_ref(), alloc) {
+            let refusal = match allocate(taken, &mut svc, old.as_deref(), alloc) {
                 Err(AllocError::Field(error)) => Some(invalid(vec![error])),
                 Err(AllocError::Exhausted { what, range }) => {
                     Some(ApplyError::Exhausted { what, range })
@@ -201,12 +201,12 @@ fn apply_one(
             }
             taken.hold(&svc);
             let (svc, outcome) = stamp(svc, old, now, revision, |s| &mut s.metadata);
-            (Object::Service(Box::new(svc)), outcome)
+            (Object::Service(svc), outcome)
         }
         Object::Pod(pod) => {
             let old = state.pods.remove(&key);
-            let (pod, outcome) = stamp(*pod, old, now, revision, |p| &mut p.metadata);
-            (Object::Pod(Box::new(pod)), outcome)
+            let (pod, outcome) = stamp(pod, old, now, revision, |p| &mut p.metadata);
+            (Object::Pod(pod), outcome)
         }
         Object::EndpointSlice(slice) => {
             if let Some(old) = state.endpoint_slices.get(&key) {
@@ -222,8 +222,8 @@ fn apply_one(
                 }
             }
             let old = state.endpoint_slices.remove(&key);
-            let (slice, outcome) = stamp(*slice, old, now, revision, |e| &mut e.metadata);
-            (Object::EndpointSlice(Box::new(slice)), outcome)
+            let (slice, outcome) = stamp(slice, old, now, revision, |e| &mut e.metadata);
+            (Object::EndpointSlice(slice), outcome)
         }
     };
     state.insert(object);

@@ -415,7 +415,7 @@ impl Store {
     /// Every stored service (no pod or EndpointSlice is read).
     pub fn services(
         &self,
-    ) -> Result<BTreeMap<ObjectKey, k8s_openapi::api::core::v1::Service>, StoreError> {
+    ) -> Result<BTreeMap<ObjectKey, Box<k8s_openapi::api::core::v1::Service>>, StoreError> {
         let read = self.read(|tx| {
             let rows = self.rows(
                 tx,

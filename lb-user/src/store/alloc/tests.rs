@@ -105,9 +105,9 @@ fn load_balancer_addresses_come_from_the_pools_and_go_with_the_type() {
     let mut state = State::default();
     let key = |n: &str| ObjectKey::new("default", n);
     let mut lb = svc(TYPE_LOAD_BALANCER, Some("10.96.0.9"), Some(30001));
-    state.services.insert(key("a"), lb.clone());
+    state.services.insert(key("a"), Box::new(lb.clone()));
     lb.spec.as_mut().unwrap().load_balancer_ip = Some("192.168.1.242".into());
-    state.services.insert(key("b"), lb);
+    state.services.insert(key("b"), Box::new(lb));
     let pools = [Cidr::parse("192.168.1.240/30").unwrap()];
     let assigned = assign_load_balancer_ips(&mut state, &pools);
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
