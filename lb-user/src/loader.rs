@@ -475,15 +475,15 @@ impl Dataplane {
         let maps = Maps::take(&mut ebpf)?;
         for name in [PROG_XDP, PROG_CLOCK] {
             let xdp: &mut Xdp = program(&mut ebpf, name)?;
-            xdp.load().map_err(prog_err(name, "loading"))?;
+            retrying(|| xdp.load()).map_err(prog_err(name, "loading"))?;
         }
         for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
             let p: &mut SchedClassifier = program(&mut ebpf, name)?;
-            p.load().map_err(prog_err(name, "loading"))?;
+            retrying(|| p.load()).map_err(prog_err(name, "loading"))?;
         }
         for name in SOCK_PROGRAMS {
             let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            p.load().map_err(prog_err(name, "loading"))?;
+            retrying(|| p.load()).map_err(prog_err(name, "loading"))?;
         }
         log_verified(&ebpf);
         let links = pins.map(|p| p.join("links"));
@@ -884,6 +884,42 @@ where
     p.try_into().map_err(prog_err(name, "typing"))
 }
 
+/// How many times a program's load is tried (libbpf's `PROG_LOAD_ATTEMPTS`).
+const LOAD_ATTEMPTS: usize = 5;
+
+/// `load`, tried again (up to [`LOAD_ATTEMPTS`] times in all) while the kernel
+/// answers EAGAIN: the verifier gives up so when a signal reaches the loading
+/// thread during its work (tens of milliseconds for the TC programs), as one did
+/// in a test process; libbpf tries again the same way.
+fn retrying(
+    load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    retrying_while(load, |e| {
+        matches!(e, aya::programs::ProgramError::LoadError { io_error, .. }
+            if io_error.kind() == std::io::ErrorKind::WouldBlock)
+    })
+}
+
+/// [`retrying`], with `interrupted` saying which errors are tried again.
+fn retrying_while<E>(
+    mut load: impl FnMut() -> Result<(), E>,
+    interrupted: impl Fn(&E) -> bool,
+) -> Result<(), E> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(e) if interrupted(&e) && attempt < LOAD_ATTEMPTS => {
+                warn!(
+                    attempt,
+                    "the verifier was interrupted (EAGAIN): loading again"
+                );
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn prog_err(
     program: &'static str,
     action: impl Into<String>,
@@ -901,4 +937,42 @@ pub fn ifindex(iface: &str) -> Result<u32, LoadError> {
         iface: iface.to_string(),
         error: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_the_verifier_gave_up_on_is_tried_again_a_bounded_number_of_times() {
+        let eagain = || std::io::Error::from_raw_os_error(11);
+        let interrupted = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
+        let mut calls = 0;
+        let loaded = retrying_while(
+            || {
+                calls += 1;
+                if calls < 3 { Err(eagain()) } else { Ok(()) }
+            },
+            interrupted,
+        );
+        assert!(loaded.is_ok() && calls == 3, "loaded at the third try");
+        calls = 0;
+        let given_up = retrying_while(
+            || {
+                calls += 1;
+                Err(eagain())
+            },
+            interrupted,
+        );
+        assert!(given_up.is_err() && calls == LOAD_ATTEMPTS, "{calls} tries");
+        calls = 0;
+        let refused = retrying_while(
+            || {
+                calls += 1;
+                Err(std::io::Error::from_raw_os_error(13))
+            },
+            interrupted,
+        );
+        assert!(refused.is_err() && calls == 1, "any other error at once");
+    }
 }

@@ -197,7 +197,8 @@ mod tests {
         tracked.take(Vec::<crate::state::FactChange>::new());
         names.follow(&tracked, true, &none, &[], None);
         assert!(zone_len(&names) > 0, "facts taken since: built again");
-        // Built beforehand (the agent builds it while it plans): the same.
+        // Built beforehand (the agent builds it while it works out its entries):
+        // the same.
         *names.zone.write().unwrap() = Zone::new("cluster.local", &[]);
         tracked.take(Vec::<crate::state::FactChange>::new());
         assert!(names.zone_due(&tracked, true) && !names.zone_due(&tracked, false));
