@@ -684,6 +684,10 @@ mod tests {
             yaml.push_str(&pod(&labels).replace("name: p,", &name));
             yaml.push_str("---\n");
         }
+        // The same pair on both sides of a namespace's end (other's last, prod's
+        // first): two entries.
+        yaml.push_str(&pod("{tier: fe}").replace("name: p,", "name: q, namespace: prod,"));
+        yaml.push_str("---\n");
         let facts = state(&yaml);
         let mut one_by_one = Index::default();
         for kind in Kind::ALL {
