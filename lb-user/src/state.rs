@@ -224,10 +224,11 @@ impl Facts {
         self.services.len() + self.pods.len() + self.endpoint_slices.len()
     }
 
-    /// Rebuilds the maps with full nodes. A map filled in key order (a store read
-    /// whole, a bulk write taken change by change) is left with its nodes a little
-    /// over half full: at 1,000,000 pods that is ~130 MB more than the same map
-    /// built at once (measured with heaptrack).
+    /// Rebuilds the maps with full nodes. A map filled in key order (a bulk write
+    /// taken change by change; a store read whole is built at once, see
+    /// [`WholeFacts`]) is left with its nodes a little over half full: at
+    /// 1,000,000 pods that is ~130 MB more than the same map built at once
+    /// (measured with heaptrack).
     pub fn compact(&mut self) {
         self.services = std::mem::take(&mut self.services).into_iter().collect();
         self.pods = std::mem::take(&mut self.pods).into_iter().collect();
