@@ -37,8 +37,12 @@ use crate::{
 /// Default root of the bpffs lb pins its maps under (`ROOT/lb/NODE-NAME/`).
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-/// How often routes (new pod interfaces) and the store are looked at without an event.
+/// How often the store is looked at without an event (and refused services tried
+/// again); also how often routes are read when rtnetlink's notifications cannot be.
 const RESYNC: Duration = Duration::from_secs(1);
+/// How long the agent waits after a route, rule or link notification for the rest
+/// of its burst (a CNI plugin adds a pod's veth, then its address and route).
+const ROUTE_SETTLE: Duration = Duration::from_millis(20);
 /// How often expired assured flows are swept.
 const SWEEP: Duration = Duration::from_secs(10);
 /// The fewest changes in one round taken as a bulk write (the store read whole, or
@@ -79,6 +83,8 @@ pub struct AgentOptions {
     pub healthz_addr: Option<SocketAddr>,
     /// The cluster DNS the agent serves (None: none).
     pub dns: Option<DnsOptions>,
+    /// How often routes and rules are read whole besides their notifications.
+    pub routes_resync: Duration,
 }
 
 /// When the EndpointSlice change `c` was made, as its controller recorded it.
@@ -95,6 +101,28 @@ fn trigger_time(c: &crate::state::Change) -> Option<SystemTime> {
         .parse()
         .ok()?;
     Some(SystemTime::from(at))
+}
+
+/// Waits for notifications of route, rule or link changes (forever without a
+/// subscription), lets the rest of their burst come ([`ROUTE_SETTLE`]) and takes
+/// every one waiting: Ok once some came or were lost, so routes are to be read.
+async fn routes_changed(
+    events: Option<&tokio::io::unix::AsyncFd<crate::netif::RouteEvents>>,
+) -> std::io::Result<()> {
+    let Some(events) = events else {
+        return std::future::pending().await;
+    };
+    loop {
+        let mut ready = events.readable().await?;
+        tokio::time::sleep(ROUTE_SETTLE).await;
+        // Read until the socket said EAGAIN: its readiness is cleared (a
+        // notification after that raises it again).
+        let any = events.get_ref().drain()?;
+        ready.clear_ready();
+        if any {
+            return Ok(());
+        }
+    }
 }
 
 /// Where the agent for `node_name` pins its maps.
@@ -146,6 +174,11 @@ struct Agent {
     swept: Instant,
     /// The last round could not read the rules and routes (said once).
     routing_unread: bool,
+    /// How often routes and rules are read whole: every [`RESYNC`] without
+    /// rtnetlink's notifications, else `--routes-resync-period` (a safety net).
+    routes_resync: Duration,
+    /// When routes and rules were last read whole.
+    routes_read: Instant,
     /// What the status file says (None: not written yet by this agent).
     published: Option<BTreeMap<ObjectKey, String>>,
     store_dir: PathBuf,
@@ -313,6 +346,22 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         adopted_slots = actual.backends.len(),
         clock = %crate::loader::kernel_hz().map_or("coarse ns".to_string(), |hz| format!("jiffies, HZ={hz}")),
         "agent started");
+    // Subscribed before routes are first read, so that no change falls between.
+    let subscribed = crate::netif::RouteEvents::subscribe().and_then(|events| {
+        // SAFETY: `RouteEvents` owns its descriptor, which stays open and the same
+        // until it is dropped with the AsyncFd.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
+        }
+        .map_err(std::io::Error::from)
+    });
+    let mut route_events = match subscribed {
+        Ok(events) => Some(events),
+        Err(e) => {
+            warn!(error = %e, "cannot follow rtnetlink's route notifications: routes read every second");
+            None
+        }
+    };
     let mut agent = Agent {
         dp,
         store,
@@ -329,6 +378,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         room_when_left: (usize::MAX, usize::MAX),
         swept: Instant::now(),
         routing_unread: false,
+        routes_resync: if route_events.is_some() {
+            opts.routes_resync
+        } else {
+            RESYNC
+        },
+        routes_read: Instant::now(),
         published: None,
         store_dir: opts.store.clone(),
         known_routes: None,
@@ -373,8 +428,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(RESYNC);
     agent.reconcile(true)?;
+    agent.follow_routes();
     agent.telemetry.round();
     loop {
+        let mut events_failed = None;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
@@ -382,15 +439,26 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             Some(ask) = asked.recv() => {
                 let _ = ask.send(agent.snapshot());
             }
+            changed = routes_changed(route_events.as_ref()) => match changed {
+                Ok(()) => agent.follow_routes(),
+                Err(e) => events_failed = Some(e),
+            },
             _ = tick.tick() => {
                 agent.reconcile(true)?;
+                if agent.routes_due() {
+                    agent.follow_routes();
+                }
                 agent.keep_cluster_dns();
                 agent.refresh_pod_roles();
-                agent.follow_routing();
                 agent.announce();
                 agent.sweep_flows();
                 agent.telemetry.round();
             }
+        }
+        if let Some(e) = events_failed {
+            warn!(error = %e, "rtnetlink's route notifications failed: routes read every second");
+            route_events = None;
+            agent.routes_resync = RESYNC;
         }
     }
     match &mut agent.kube_lb {
@@ -403,9 +471,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 }
 
 impl Agent {
-    /// Brings the maps in line with the store. `routes`: also look for new pod interfaces.
-    fn reconcile(&mut self, routes: bool) -> Result<()> {
-        self.sync_maps(routes)?;
+    /// Brings the maps in line with the store. `retry`: services refused before are
+    /// tried again even when the store did not change (the periodic round).
+    fn reconcile(&mut self, retry: bool) -> Result<()> {
+        self.sync_maps(retry)?;
         if !self.lb_pools.is_empty() && self.kube.is_none() && self.lb_addresses_due() {
             let assigned = self.store.assign_load_balancer_ips(&self.lb_pools)?;
             for (svc, ip) in &assigned {
@@ -632,9 +701,23 @@ impl Agent {
         })
     }
 
+    /// Follows the node's routes and rules as they are now (on their
+    /// notifications, and every `routes_resync`): interfaces routed to pods
+    /// attached, and whether routes go by destination alone told to the data plane.
+    fn follow_routes(&mut self) {
+        self.routes_read = Instant::now();
+        self.follow_known_pod_interfaces(false);
+        self.follow_routing();
+    }
+
+    /// Whether routes and rules are due to be read whole (the periodic round).
+    fn routes_due(&self) -> bool {
+        self.routes_read.elapsed() >= self.routes_resync
+    }
+
     /// Tells the data plane whether the node's routes depend on the destination
-    /// alone (each round: a rule or a multipath route may come or go); when they
-    /// cannot be read, the programs key their FIB answers by the whole tuple.
+    /// alone (a rule or a multipath route may come or go); when they cannot be
+    /// read, the programs key their FIB answers by the whole tuple.
     fn follow_routing(&mut self) {
         let read = crate::netif::RoutedByDestination::read();
         if let Err(e) = &read
@@ -644,8 +727,14 @@ impl Agent {
         }
         self.routing_unread = read.is_err();
         let by_dst = read.unwrap_or_default();
-        if let Err(e) = self.dp.set_routing(by_dst) {
-            warn!(error = %e, "cannot tell the data plane how routes are chosen");
+        match self.dp.set_routing(by_dst) {
+            Ok(true) => info!(
+                ipv4 = by_dst.v4,
+                ipv6 = by_dst.v6,
+                "routes go by destination alone (FIB answers shared by a destination's flows): told the data plane"
+            ),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "cannot tell the data plane how routes are chosen"),
         }
     }
 
@@ -734,13 +823,10 @@ impl Agent {
             .collect()
     }
 
-    fn sync_maps(&mut self, routes: bool) -> Result<()> {
+    fn sync_maps(&mut self, retry: bool) -> Result<()> {
         let started = Instant::now();
         if let Some(kube) = &self.kube {
             let Some(taken) = kube.changed() else {
-                if routes {
-                    self.follow_known_pod_interfaces(false);
-                }
                 return Ok(());
             };
             for a in kube.node_addrs(&self.node.name) {
@@ -773,11 +859,8 @@ impl Agent {
         }
         let revision = self.store.revision()?;
         if self.seen == Some(revision) {
-            if routes {
-                self.follow_known_pod_interfaces(false);
-                if !self.refused.is_empty() || self.plan_all {
-                    self.program(Vec::new(), BTreeSet::new(), started)?;
-                }
+            if retry && (!self.refused.is_empty() || self.plan_all) {
+                self.program(Vec::new(), BTreeSet::new(), started)?;
             }
             return Ok(());
         }

@@ -526,14 +526,14 @@ impl Dataplane {
 
     /// Tells the programs whether the node's routes depend on the destination
     /// alone (`netif::RoutedByDestination`): written when it changed, so that
-    /// every round may ask.
-    pub fn set_routing(&mut self, by_dst: RoutedByDestination) -> Result<(), LoadError> {
+    /// every round may ask; whether it changed.
+    pub fn set_routing(&mut self, by_dst: RoutedByDestination) -> Result<bool, LoadError> {
         if self.routing == Some(by_dst) {
-            return Ok(());
+            return Ok(false);
         }
         maps::write_routing(&mut self.ebpf, by_dst.bits())?;
         self.routing = Some(by_dst);
-        Ok(())
+        Ok(true)
     }
 
     /// The kernel side's clock now (`lb_clock` run once with BPF_PROG_RUN), in its

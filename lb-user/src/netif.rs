@@ -318,6 +318,89 @@ fn dump(
     }
 }
 
+/// rtnetlink's multicast groups of link, route and rule changes (linux/rtnetlink.h:
+/// bit `RTNLGRP_x - 1` of `nl_groups`): RTNLGRP_LINK 1, RTNLGRP_IPV4_ROUTE 7,
+/// RTNLGRP_IPV4_RULE 8, RTNLGRP_IPV6_ROUTE 11, RTNLGRP_IPV6_RULE 19.
+const ROUTE_GROUPS: u32 = 1 << 0 | 1 << 6 | 1 << 7 | 1 << 10 | 1 << 18;
+
+/// The kernel's notifications of this namespace's link, route and rule changes
+/// (an rtnetlink socket in their multicast groups, as `ip monitor` opens): a new
+/// pod's veth and its route, a rule by source or a multipath route are followed
+/// as they come, not at the next read of every route.
+#[derive(Debug)]
+pub struct RouteEvents {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl RouteEvents {
+    pub fn subscribe() -> std::io::Result<Self> {
+        let err = std::io::Error::last_os_error;
+        // SAFETY: plain socket(2); the descriptor is owned (and closed) below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(err());
+        }
+        // SAFETY: a descriptor we just opened and nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is plain data; zeroed is its "any port" value.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = ROUTE_GROUPS;
+        // SAFETY: the address is a valid sockaddr_nl of the length given.
+        let bound = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if bound != 0 {
+            return Err(err());
+        }
+        Ok(Self { fd })
+    }
+
+    /// Reads every notification waiting, without blocking: whether any came, or
+    /// some were lost (the socket's buffer overran: ENOBUFS), either way the
+    /// routes are to be read again.
+    pub fn drain(&self) -> std::io::Result<bool> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut any = false;
+        loop {
+            // SAFETY: the buffer is valid for its length.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                any = true;
+                continue;
+            }
+            if n == 0 {
+                return Ok(any);
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(any),
+                Some(libc::EINTR) => {}
+                // Notifications were lost: what they said is read whole.
+                Some(libc::ENOBUFS) => any = true,
+                _ => return Err(e),
+            }
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for RouteEvents {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 /// The routing tables of this network namespace, both families (`/proc/net/route`,
 /// `/proc/net/ipv6_route`): where the kernel sends a packet to an address, so where
 /// a pod is.

@@ -601,3 +601,102 @@ fn lb_reset_removes_what_a_stopped_agent_left() {
     assert!(log.contains("adopted_frontends=0"), "{log}");
     ready(&c, &c.laptop, "tcp", "192.168.1.2:30080");
 }
+
+/// A pod whose interface comes up after the agent started is served once the
+/// kernel announces its route (rtnetlink's notification), and a rule by source
+/// address is followed the same way (the data plane stops sharing FIB answers
+/// between a destination's flows): the agent runs with an hour between its own
+/// reads of every route, so nothing but the notifications can tell it.
+#[test]
+fn a_new_pod_interface_and_a_rule_are_followed_as_the_kernel_announces_them() {
+    let tcp: &[&str] = &["--tcp", "8080"];
+    // Both pods declared from the start; only pod0's namespace exists yet.
+    let mut c = cluster_with("rtnl", &[tcp], |_, _, lb| {
+        lb.apply(&format!(
+            "{WEB}{}{}",
+            pods(2),
+            pod_yaml("client", CLIENT_IP, "client", &[])
+        ))
+        .unwrap();
+        vec!["--routes-resync-period".into(), "1h".into()]
+    });
+    let log = |c: &Cluster| c.t.log("agent-node1");
+    let attached = |c: &Cluster, iface: &str| {
+        log(c)
+            .lines()
+            .any(|l| l.contains("attached to pod interface") && l.contains(iface))
+    };
+    assert!(
+        Topology::wait_for(Duration::from_secs(10), || attached(&c, "lxc0")
+            .then_some(()))
+        .is_some(),
+        "the agent attached to the pods there at start\n{}",
+        log(&c)
+    );
+    assert!(!attached(&c, "lxc1"), "{}", log(&c));
+
+    // pod1 comes up: its veth, address and route, as a CNI plugin adds them.
+    let node = c.node.clone();
+    let pod1 = lb_tests::seeds::pod(&mut c.t, &node, "pod1", "lxc1", "10.244.0.3").unwrap();
+    let server = podserver_bin().display().to_string();
+    c.t.spawn(
+        &pod1,
+        "pod1",
+        &[&server, "--text", "pod-1", "--tcp", "8080"],
+        &[],
+    )
+    .unwrap();
+    assert!(
+        Topology::wait_for(Duration::from_secs(10), || attached(&c, "lxc1")
+            .then_some(()))
+        .is_some(),
+        "the new pod's interface was not attached on its route's notification\n{}",
+        c.lb.diagnostics(&c.t, "node1")
+    );
+    // Its answers are translated back (its interface's programs are attached):
+    // both pods serve the ClusterIP, every request answered.
+    let both = Topology::wait_for(Duration::from_secs(10), || {
+        let by = tally(
+            &c,
+            &lbclient(&c, &c.client, &["tcp", "10.96.0.80:80", "40"]),
+        );
+        (by.len() == 2).then_some(by)
+    });
+    assert!(
+        both.is_some(),
+        "both pods serve\n{}",
+        c.lb.diagnostics(&c.t, "node1")
+    );
+
+    // A rule by source address: IPv4 routes no longer go by destination alone.
+    let told = |c: &Cluster, v4: bool| {
+        log(c)
+            .lines()
+            .filter(|l| {
+                l.contains("routes go by destination alone") && l.contains(&format!("ipv4={v4}"))
+            })
+            .count()
+    };
+    assert_eq!(told(&c, true), 1, "told once at start\n{}", log(&c));
+    let rule = ["rule", "add", "from", "192.168.1.77", "table", "100"];
+    c.t.ip(&node, &rule).unwrap();
+    assert!(
+        Topology::wait_for(Duration::from_secs(10), || (told(&c, false) == 1)
+            .then_some(()))
+        .is_some(),
+        "the rule was not followed on its notification\n{}",
+        log(&c)
+    );
+    c.t.ip(
+        &node,
+        &["rule", "del", "from", "192.168.1.77", "table", "100"],
+    )
+    .unwrap();
+    assert!(
+        Topology::wait_for(Duration::from_secs(10), || (told(&c, true) == 2)
+            .then_some(()))
+        .is_some(),
+        "the rule's removal was not followed on its notification\n{}",
+        log(&c)
+    );
+}

@@ -91,6 +91,12 @@ pub struct AgentArgs {
     /// node's spec.podCIDRs count too.
     #[arg(long = "cluster-cidr", value_parser = parse_cidr)]
     pub cluster_cidrs: Vec<crate::model::Cidr>,
+    /// How often the node's routes and routing rules are read whole besides
+    /// rtnetlink's notifications of their changes, which are followed as they come
+    /// (a safety net for a lost one, as kube-proxy's --iptables-sync-period; a
+    /// duration: 30s, 5m). Without notifications: every second.
+    #[arg(long, default_value = "30s", value_parser = seconds)]
+    pub routes_resync_period: u32,
     /// Frontends the maps hold (each ClusterIP port, NodePort per node address,
     /// LoadBalancer and external address is one), as Cilium's --bpf-lb-map-max.
     /// Default: from the node's memory, at least 65,536, and always at least what
@@ -235,8 +241,8 @@ fn seconds(s: &str) -> Result<u32, String> {
         total = total.saturating_add(digits.parse::<u64>().map_err(|_| bad())?);
     }
     match total {
-        0 => Err(format!("{s}: a timeout is at least one second")),
-        t if t > 366 * 86_400 => Err(format!("{s}: a timeout is at most a year")),
+        0 => Err(format!("{s}: want at least one second")),
+        t if t > 366 * 86_400 => Err(format!("{s}: want at most a year")),
         t => Ok(t as u32),
     }
 }
@@ -309,6 +315,7 @@ pub fn run(a: AgentArgs, store: PathBuf) -> Result<()> {
         metrics_addr: a.metrics_bind_address.0,
         healthz_addr: a.healthz_bind_address.0,
         dns: None,
+        routes_resync: Duration::from_secs(a.routes_resync_period.into()),
     };
     let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     if a.cluster_dns.is_empty()
