@@ -43,6 +43,9 @@ const RESYNC: Duration = Duration::from_secs(1);
 /// How long the agent waits after a route, rule or link notification for the rest
 /// of its burst (a CNI plugin adds a pod's veth, then its address and route).
 const ROUTE_SETTLE: Duration = Duration::from_millis(20);
+/// The shortest time between two reads of every route on notifications: a node
+/// whose routes churn (a BGP feed) costs the agent at most a few reads a second.
+const ROUTES_MIN_GAP: Duration = Duration::from_millis(200);
 /// How often expired assured flows are swept.
 const SWEEP: Duration = Duration::from_secs(10);
 /// The fewest changes in one round taken as a bulk write (the store read whole, or
@@ -104,17 +107,20 @@ fn trigger_time(c: &crate::state::Change) -> Option<SystemTime> {
 }
 
 /// Waits for notifications of route, rule or link changes (forever without a
-/// subscription), lets the rest of their burst come ([`ROUTE_SETTLE`]) and takes
-/// every one waiting: Ok once some came or were lost, so routes are to be read.
+/// subscription), lets the rest of their burst come ([`ROUTE_SETTLE`], and at
+/// least until `not_before`) and takes every one waiting: Ok once some came or
+/// were lost, so routes are to be read.
 async fn routes_changed(
     events: Option<&tokio::io::unix::AsyncFd<crate::netif::RouteEvents>>,
+    not_before: Instant,
 ) -> std::io::Result<()> {
     let Some(events) = events else {
         return std::future::pending().await;
     };
     loop {
         let mut ready = events.readable().await?;
-        tokio::time::sleep(ROUTE_SETTLE).await;
+        let settled = Instant::now() + ROUTE_SETTLE;
+        tokio::time::sleep_until(settled.max(not_before).into()).await;
         // Read until the socket said EAGAIN: its readiness is cleared (a
         // notification after that raises it again).
         let any = events.get_ref().drain()?;
@@ -439,7 +445,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             Some(ask) = asked.recv() => {
                 let _ = ask.send(agent.snapshot());
             }
-            changed = routes_changed(route_events.as_ref()) => match changed {
+            changed = routes_changed(route_events.as_ref(), agent.routes_read + ROUTES_MIN_GAP) => match changed {
                 Ok(()) => agent.follow_routes(),
                 Err(e) => events_failed = Some(e),
             },
