@@ -50,13 +50,13 @@ pub fn value<'de, D: Deserializer<'de>>(d: D, len: usize) -> Result<Read, D::Err
 
 /// The most bytes a string of `len` bytes takes in JSON: its quotes and every byte
 /// escaped as `\u00XX`.
-fn json_string_at_most(len: usize) -> usize {
+pub(super) fn json_string_at_most(len: usize) -> usize {
     len.saturating_mul(6).saturating_add(2)
 }
 
 /// The most bytes a number, a boolean or null takes in JSON
 /// (`-1.7976931348623157e308` is 23).
-const SCALAR_JSON_AT_MOST: usize = 24;
+pub(super) const SCALAR_JSON_AT_MOST: usize = 24;
 
 #[derive(Clone, Copy)]
 struct Seed<'a> {

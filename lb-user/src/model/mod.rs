@@ -1,6 +1,7 @@
 //! The objects lb serves, as Kubernetes defines them (k8s-openapi types): reading
 //! manifests, defaults and validation with the API server's field paths and words.
 
+mod block_yaml;
 pub mod cidr;
 mod decode;
 mod facts;
@@ -438,6 +439,14 @@ pub fn read_manifest_each<E: From<ManifestError>>(
         let chunks = yaml_documents(text);
         for batch in chunks.chunks(VALUE_BATCH) {
             let parsed = crate::par::in_parallel(runs(text, batch), |(line, doc)| {
+                // The YAML manifests are mostly written in is read straight into
+                // values; any other (and any error) by libyaml, in its words.
+                if let Some(docs) = block_yaml::documents(doc) {
+                    return Ok(docs
+                        .into_iter()
+                        .map(|r| (r.value, r.json_at_most))
+                        .collect());
+                }
                 let mut values = Vec::new();
                 for d in serde_yaml_ng::Deserializer::from_str(doc) {
                     let read = decode::value(d, doc.len()).map_err(|e| yaml_error(e, line))?;

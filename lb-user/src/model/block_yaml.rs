@@ -1,0 +1,583 @@
+//! The YAML manifests are mostly written in, read straight into values: block
+//! mappings and sequences, flow collections on one line, plain scalars and quoted
+//! ones without escapes, comments; ASCII text, spaces for indentation. That is
+//! what kubectl prints, Helm renders and people write; read here ~10 times as fast
+//! as libyaml's events through serde. Anything else (anchors, aliases, tags, block
+//! scalars, a scalar or flow over several lines, escapes, tabs, non-ASCII text,
+//! duplicate keys, any error) is not read here: the caller reads the text with
+//! libyaml as before, so errors keep libyaml's words and lines.
+//!
+//! The values are the ones [`super::decode::value`] reads through libyaml: plain
+//! scalars resolved as serde_yaml_ng resolves them (null, booleans, integers in
+//! four bases, floats, else strings), keys as written, and the same bound of their
+//! length as JSON.
+
+use serde_json::{Map, Value};
+
+use super::decode::{MAX_DEPTH, Read, SCALAR_JSON_AT_MOST, json_string_at_most};
+
+/// The documents of `text` (separated by `---` lines), each as libyaml reads it;
+/// None when some part of it is not the common YAML read here.
+pub fn documents(text: &str) -> Option<Vec<Read>> {
+    // Control characters, tabs, carriage returns and non-ASCII text: libyaml's.
+    if !text
+        .bytes()
+        .all(|b| b == b'\n' || (0x20..0x7f).contains(&b))
+    {
+        return None;
+    }
+    let mut docs = Vec::new();
+    let mut lines = Vec::new();
+    let mut marked = false;
+    for line in text.split('\n') {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let rest = &line[indent..];
+        if rest.is_empty() || rest.starts_with('#') {
+            continue;
+        }
+        if indent == 0 && (rest.starts_with("---") || rest.starts_with("...")) {
+            // A marker with content after it, or a document end: libyaml's.
+            if rest != "---" {
+                return None;
+            }
+            if marked || !lines.is_empty() {
+                docs.push(Parser::document(std::mem::take(&mut lines))?);
+            }
+            marked = true;
+            continue;
+        }
+        if indent == 0 && rest.starts_with('%') {
+            return None; // a directive
+        }
+        lines.push(Line { indent, text: rest });
+    }
+    // (A text without content is one empty document too.)
+    if marked || !lines.is_empty() || docs.is_empty() {
+        docs.push(Parser::document(lines)?);
+    }
+    Some(docs)
+}
+
+/// A line with content: its indentation and the rest.
+#[derive(Clone, Copy)]
+struct Line<'a> {
+    indent: usize,
+    text: &'a str,
+}
+
+struct Parser<'a> {
+    lines: Vec<Line<'a>>,
+    at: usize,
+    /// The bound of the document's length as JSON, counted as `decode` counts it.
+    json: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn document(lines: Vec<Line<'a>>) -> Option<Read> {
+        let mut p = Parser {
+            lines,
+            at: 0,
+            json: 0,
+        };
+        let value = match p.lines.first() {
+            None => p.scalar(Value::Null),
+            Some(first) => {
+                let v = p.node(first.indent, 0)?;
+                // Anything after the root node (a line less indented than it).
+                if p.at < p.lines.len() {
+                    return None;
+                }
+                v
+            }
+        };
+        Some(Read {
+            value,
+            json_at_most: p.json,
+        })
+    }
+
+    fn line(&self) -> Option<Line<'a>> {
+        self.lines.get(self.at).copied()
+    }
+
+    /// One value more, which takes at most `json` bytes as JSON.
+    fn spend(&mut self, json: usize) {
+        self.json = self.json.saturating_add(json).saturating_add(1);
+    }
+
+    fn scalar(&mut self, v: Value) -> Value {
+        self.spend(match &v {
+            Value::String(s) => json_string_at_most(s.len()),
+            _ => SCALAR_JSON_AT_MOST,
+        });
+        v
+    }
+
+    fn key(&mut self, key: &str) {
+        self.json = self
+            .json
+            .saturating_add(json_string_at_most(key.len()))
+            .saturating_add(1);
+    }
+
+    /// The node starting on the current line, indented `indent`, at `depth`.
+    fn node(&mut self, indent: usize, depth: usize) -> Option<Value> {
+        let line = self.line()?;
+        if is_item(line.text) {
+            return self.sequence(indent, depth);
+        }
+        if split_key(line.text).is_some() {
+            return self.mapping(indent, depth);
+        }
+        // A value alone on its line(s).
+        self.at += 1;
+        let v = self.inline(line.text, depth)?;
+        self.ends_with_line(indent)?;
+        Some(v)
+    }
+
+    /// None when the next line is more indented than `indent`: it would continue
+    /// the value just read (a scalar over several lines) or be an error.
+    fn ends_with_line(&self, indent: usize) -> Option<()> {
+        match self.line() {
+            Some(next) if next.indent > indent => None,
+            _ => Some(()),
+        }
+    }
+
+    /// A block mapping whose keys are indented `indent`.
+    fn mapping(&mut self, indent: usize, depth: usize) -> Option<Value> {
+        if depth >= MAX_DEPTH - 1 {
+            return None;
+        }
+        self.spend(2);
+        let mut map = Map::new();
+        while let Some(line) = self.line() {
+            if line.indent < indent {
+                break;
+            }
+            if line.indent > indent || is_item(line.text) {
+                return None;
+            }
+            let (key, rest) = split_key(line.text)?;
+            self.key(&key);
+            self.at += 1;
+            let rest = rest.trim_start_matches(' ');
+            let value = if rest.is_empty() || rest.starts_with('#') {
+                match self.line() {
+                    Some(next) if next.indent > indent => self.node(next.indent, depth + 1)?,
+                    // A sequence may sit at its key's indentation.
+                    Some(next) if next.indent == indent && is_item(next.text) => {
+                        self.sequence(indent, depth + 1)?
+                    }
+                    _ => self.scalar(Value::Null),
+                }
+            } else {
+                let v = self.inline(rest, depth + 1)?;
+                self.ends_with_line(indent)?;
+                v
+            };
+            if map.insert(key, value).is_some() {
+                return None; // a duplicate key: decode's error
+            }
+        }
+        Some(Value::Object(map))
+    }
+
+    /// A block sequence whose dashes are indented `indent`.
+    fn sequence(&mut self, indent: usize, depth: usize) -> Option<Value> {
+        if depth >= MAX_DEPTH - 1 {
+            return None;
+        }
+        self.spend(2);
+        let mut items = Vec::new();
+        while let Some(line) = self.line() {
+            if line.indent < indent || (line.indent == indent && !is_item(line.text)) {
+                break;
+            }
+            if line.indent > indent {
+                return None;
+            }
+            let after = &line.text[1..];
+            let content = after.trim_start_matches(' ');
+            let column = indent + 1 + (after.len() - content.len());
+            let item = if content.is_empty() || content.starts_with('#') {
+                self.at += 1;
+                match self.line() {
+                    Some(next) if next.indent > indent => self.node(next.indent, depth + 1)?,
+                    _ => self.scalar(Value::Null),
+                }
+            } else if is_item(content) {
+                return None; // a sequence in a sequence on one line: libyaml's
+            } else if split_key(content).is_some() {
+                // A mapping starting on the dash's line: its keys are at the
+                // column of the first one.
+                self.lines[self.at] = Line {
+                    indent: column,
+                    text: content,
+                };
+                self.mapping(column, depth + 1)?
+            } else {
+                self.at += 1;
+                let v = self.inline(content, depth + 1)?;
+                self.ends_with_line(indent)?;
+                v
+            };
+            items.push(item);
+        }
+        Some(Value::Array(items))
+    }
+
+    /// A value written on the rest of a line (after `key: ` or `- `): a flow
+    /// collection, a quoted or a plain scalar, then maybe a comment.
+    fn inline(&mut self, text: &str, depth: usize) -> Option<Value> {
+        let b = text.as_bytes();
+        match b.first()? {
+            b'{' | b'[' | b'"' | b'\'' => {
+                let mut at = 0;
+                let v = self.flow(b, &mut at, depth)?;
+                // After it: nothing, or a comment.
+                let rest = &text[at..];
+                let trimmed = rest.trim_start_matches(' ');
+                (trimmed.is_empty() || (trimmed.starts_with('#') && trimmed.len() < rest.len()))
+                    .then_some(v)
+            }
+            _ => {
+                if !plain_start(b) {
+                    return None;
+                }
+                let end = text.find(" #").unwrap_or(text.len());
+                let s = text[..end].trim_end_matches(' ');
+                if s.contains(": ") || s.ends_with(':') {
+                    return None; // a mapping where a scalar may not start one
+                }
+                let v = resolve(s)?;
+                Some(self.scalar(v))
+            }
+        }
+    }
+
+    /// A value in a flow collection (or a flow collection or quoted scalar on a
+    /// block line), from `b[*at]`, leaving `*at` after it.
+    fn flow(&mut self, b: &[u8], at: &mut usize, depth: usize) -> Option<Value> {
+        skip_spaces(b, at);
+        match *b.get(*at)? {
+            b'[' => {
+                if depth >= MAX_DEPTH - 1 {
+                    return None;
+                }
+                *at += 1;
+                self.spend(2);
+                let mut items = Vec::new();
+                skip_spaces(b, at);
+                if b.get(*at) == Some(&b']') {
+                    *at += 1;
+                    return Some(Value::Array(items));
+                }
+                loop {
+                    items.push(self.flow(b, at, depth + 1)?);
+                    skip_spaces(b, at);
+                    match *b.get(*at)? {
+                        b',' => *at += 1,
+                        b']' => {
+                            *at += 1;
+                            return Some(Value::Array(items));
+                        }
+                        _ => return None, // a pair in a sequence, or an error
+                    }
+                    skip_spaces(b, at);
+                    if matches!(b.get(*at), Some(b']' | b',')) {
+                        return None; // a trailing comma
+                    }
+                }
+            }
+            b'{' => {
+                if depth >= MAX_DEPTH - 1 {
+                    return None;
+                }
+                *at += 1;
+                self.spend(2);
+                let mut map = Map::new();
+                skip_spaces(b, at);
+                if b.get(*at) == Some(&b'}') {
+                    *at += 1;
+                    return Some(Value::Object(map));
+                }
+                loop {
+                    let key = match *b.get(*at)? {
+                        b'"' | b'\'' => {
+                            let k = quoted(b, at)?;
+                            skip_spaces(b, at);
+                            (b.get(*at) == Some(&b':')).then_some(())?;
+                            *at += 1;
+                            k
+                        }
+                        _ => {
+                            let start = *at;
+                            if !flow_plain_start(&b[start..]) {
+                                return None;
+                            }
+                            while !flow_end(b, *at) {
+                                *at += 1;
+                            }
+                            // `key: `: a colon and a space.
+                            (b.get(*at) == Some(&b':') && b.get(*at + 1) == Some(&b' '))
+                                .then_some(())?;
+                            let k = std::str::from_utf8(&b[start..*at]).ok()?;
+                            if k.ends_with(' ') {
+                                return None;
+                            }
+                            *at += 1;
+                            k.to_string()
+                        }
+                    };
+                    skip_spaces(b, at);
+                    if matches!(b.get(*at), None | Some(b',' | b'}')) {
+                        return None; // a key without a value
+                    }
+                    self.key(&key);
+                    let v = self.flow(b, at, depth + 1)?;
+                    if map.insert(key, v).is_some() {
+                        return None;
+                    }
+                    skip_spaces(b, at);
+                    match *b.get(*at)? {
+                        b',' => *at += 1,
+                        b'}' => {
+                            *at += 1;
+                            return Some(Value::Object(map));
+                        }
+                        _ => return None,
+                    }
+                    skip_spaces(b, at);
+                    if matches!(b.get(*at), Some(b'}' | b',')) {
+                        return None;
+                    }
+                }
+            }
+            b'"' | b'\'' => {
+                let s = quoted(b, at)?;
+                Some(self.scalar(Value::String(s)))
+            }
+            _ => {
+                let start = *at;
+                if !flow_plain_start(&b[start..]) {
+                    return None;
+                }
+                while !flow_end(b, *at) {
+                    *at += 1;
+                }
+                if b.get(*at) == Some(&b'#') {
+                    return None; // a comment inside a flow collection
+                }
+                let s = std::str::from_utf8(&b[start..*at]).ok()?;
+                let v = resolve(s.trim_end_matches(' '))?;
+                Some(self.scalar(v))
+            }
+        }
+    }
+}
+
+/// The longest key read here (libyaml's simple keys end within 1,024 characters).
+const MAX_KEY: usize = 1000;
+
+/// A block sequence's entry: a dash, then a space or the line's end.
+fn is_item(text: &str) -> bool {
+    text == "-" || text.starts_with("- ")
+}
+
+/// A block mapping's entry `key: rest` (or `key:`): the key as written and the
+/// rest; None when the line is no such entry (or its key is not read here).
+fn split_key(text: &str) -> Option<(String, &str)> {
+    let b = text.as_bytes();
+    if matches!(b.first(), Some(b'"' | b'\'')) {
+        let mut at = 0;
+        let key = quoted(b, &mut at)?;
+        if at > MAX_KEY {
+            return None;
+        }
+        let rest = text[at..].strip_prefix(':')?;
+        return (rest.is_empty() || rest.starts_with(' ')).then_some((key, rest));
+    }
+    if !plain_start(b) {
+        return None;
+    }
+    let colon = text
+        .match_indices(':')
+        .map(|(i, _)| i)
+        .find(|&i| matches!(b.get(i + 1), None | Some(b' ')))?;
+    let key = &text[..colon];
+    // (libyaml looks for a key's colon within 1,024 characters.)
+    if key.contains(" #") || key.ends_with(' ') || key.len() > MAX_KEY {
+        return None;
+    }
+    Some((key.to_string(), &text[colon + 1..]))
+}
+
+/// Whether a plain scalar may start with these bytes (YAML's indicators may not
+/// begin one; `-`, `?` and `:` may when a non-space follows).
+fn plain_start(b: &[u8]) -> bool {
+    match b.first() {
+        None => false,
+        Some(b'-' | b'?' | b':') => !matches!(
+            b.get(1),
+            None | Some(b' ' | b',' | b'[' | b']' | b'{' | b'}')
+        ),
+        Some(c) => !b",[]{}#&*!|>'\"%@`".contains(c),
+    }
+}
+
+/// Whether a plain scalar in a flow collection may start with these bytes (one
+/// starting with `-`, `?` or `:` is left to libyaml).
+fn flow_plain_start(b: &[u8]) -> bool {
+    plain_start(b) && !matches!(b.first(), Some(b'-' | b'?' | b':'))
+}
+
+/// Where a plain scalar in a flow collection ends: a flow indicator, a colon
+/// before a space or an indicator, a comment, the line's end.
+fn flow_end(b: &[u8], at: usize) -> bool {
+    match b.get(at) {
+        None => true,
+        Some(b',' | b'[' | b']' | b'{' | b'}') => true,
+        // (`:` before `?` too: libyaml refuses it in a flow collection.)
+        Some(b':') => matches!(
+            b.get(at + 1),
+            None | Some(b' ' | b',' | b'?' | b'[' | b']' | b'{' | b'}')
+        ),
+        Some(b'#') => at > 0 && b[at - 1] == b' ',
+        Some(_) => false,
+    }
+}
+
+fn skip_spaces(b: &[u8], at: &mut usize) {
+    while b.get(*at) == Some(&b' ') {
+        *at += 1;
+    }
+}
+
+/// A quoted scalar on one line from `b[*at]` (its opening quote), leaving `*at`
+/// after the closing one: `'it''s'` is `it's`; a double-quoted one with an escape
+/// is libyaml's.
+fn quoted(b: &[u8], at: &mut usize) -> Option<String> {
+    let q = *b.get(*at)?;
+    let mut out = Vec::new();
+    let mut i = *at + 1;
+    loop {
+        let c = *b.get(i)?;
+        if c == q {
+            if q == b'\'' && b.get(i + 1) == Some(&b'\'') {
+                out.push(b'\'');
+                i += 2;
+                continue;
+            }
+            *at = i + 1;
+            return String::from_utf8(out).ok();
+        }
+        if q == b'"' && c == b'\\' {
+            return None;
+        }
+        out.push(c);
+        i += 1;
+    }
+}
+
+/// A plain scalar's value as serde_yaml_ng resolves it (`visit_untagged_scalar`):
+/// empty or `null`, `Null`, `NULL`, `~`: null; `true`/`false` in three cases;
+/// integers (decimal, `0x`, `0o`, `0b`, signed); finite floats and `.inf`,
+/// `.nan` forms; else a string. An integer past 64 bits (which `decode` refuses)
+/// is left to it (None).
+fn resolve(s: &str) -> Option<Value> {
+    match s {
+        "" | "null" | "Null" | "NULL" | "~" => return Some(Value::Null),
+        "true" | "True" | "TRUE" => return Some(Value::Bool(true)),
+        "false" | "False" | "FALSE" => return Some(Value::Bool(false)),
+        _ => {}
+    }
+    // A letter first: never a number (Rust's float parser takes `inf` and `nan`,
+    // which serde_yaml_ng refuses as not finite).
+    if s.as_bytes()[0].is_ascii_alphabetic() || s.starts_with('/') || s.starts_with('_') {
+        return Some(Value::String(s.to_string()));
+    }
+    if let Some(u) = unsigned_int(s, u64::from_str_radix) {
+        return Some(Value::from(u));
+    }
+    if let Some(i) = negative_int(s, i64::from_str_radix) {
+        return Some(Value::from(i));
+    }
+    if unsigned_int(s, u128::from_str_radix).is_some()
+        || negative_int(s, i128::from_str_radix).is_some()
+    {
+        return None;
+    }
+    if !digits_but_not_number(s)
+        && let Some(f) = float(s)
+    {
+        return Some(serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number));
+    }
+    Some(Value::String(s.to_string()))
+}
+
+fn unsigned_int<T>(
+    s: &str,
+    radix: fn(&str, u32) -> Result<T, std::num::ParseIntError>,
+) -> Option<T> {
+    let unpositive = s.strip_prefix('+').unwrap_or(s);
+    for (prefix, base) in [("0x", 16), ("0o", 8), ("0b", 2)] {
+        if let Some(rest) = unpositive.strip_prefix(prefix) {
+            if rest.starts_with(['+', '-']) {
+                return None;
+            }
+            if let Ok(n) = radix(rest, base) {
+                return Some(n);
+            }
+        }
+    }
+    if unpositive.starts_with(['+', '-']) || digits_but_not_number(s) {
+        return None;
+    }
+    radix(unpositive, 10).ok()
+}
+
+fn negative_int<T>(
+    s: &str,
+    radix: fn(&str, u32) -> Result<T, std::num::ParseIntError>,
+) -> Option<T> {
+    for (prefix, base) in [("-0x", 16), ("-0o", 8), ("-0b", 2)] {
+        if let Some(rest) = s.strip_prefix(prefix)
+            && let Ok(n) = radix(&format!("-{rest}"), base)
+        {
+            return Some(n);
+        }
+    }
+    if digits_but_not_number(s) {
+        return None;
+    }
+    radix(s, 10).ok()
+}
+
+fn float(s: &str) -> Option<f64> {
+    let unpositive = match s.strip_prefix('+') {
+        Some(u) if u.starts_with(['+', '-']) => return None,
+        Some(u) => u,
+        None => s,
+    };
+    if let ".inf" | ".Inf" | ".INF" = unpositive {
+        return Some(f64::INFINITY);
+    }
+    if let "-.inf" | "-.Inf" | "-.INF" = s {
+        return Some(f64::NEG_INFINITY);
+    }
+    if let ".nan" | ".NaN" | ".NAN" = s {
+        return Some(f64::NAN);
+    }
+    unpositive.parse::<f64>().ok().filter(|f| f.is_finite())
+}
+
+/// Leading zeros before digits: a string in YAML 1.2 (`0123`).
+fn digits_but_not_number(s: &str) -> bool {
+    let s = s.strip_prefix(['-', '+']).unwrap_or(s);
+    s.len() > 1 && s.starts_with('0') && s[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests;
