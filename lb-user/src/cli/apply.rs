@@ -1,7 +1,7 @@
 //! `lb apply` and `lb create`: manifests into the store, every object or none.
 
 use std::{
-    io::Read as _,
+    io::{Read as _, Write as _},
     path::{Path, PathBuf},
 };
 
@@ -100,9 +100,13 @@ pub fn run(store: &Store, a: &ApplyArgs, mode: Mode) -> Result<()> {
             }
         );
     }
+    // One write for many lines (standard output is line-buffered: 1,100,000
+    // objects were as many writes).
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (resource, name, outcome) in applied {
-        println!("{resource}/{name} {}", outcome.as_str());
+        writeln!(out, "{resource}/{name} {}", outcome.as_str())?;
     }
+    out.flush()?;
     Ok(())
 }
 

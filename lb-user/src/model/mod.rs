@@ -572,18 +572,30 @@ enum Parsed {
 /// content), so that they can be parsed apart. A stream with directives (`%YAML`)
 /// stays whole.
 fn yaml_documents(text: &str) -> Vec<(usize, &str)> {
-    let is_marker = |l: &str| l == "---" || l.starts_with("--- ") || l.starts_with("---\t");
-    if text.lines().any(|l| l.starts_with('%')) {
+    if text.starts_with('%') || text.contains("\n%") {
         return vec![(1, text)];
     }
+    let is_marker = |l: &str| l == "---" || l.starts_with("--- ") || l.starts_with("---\t");
     let mut docs = Vec::new();
-    let (mut start, mut start_line, mut offset) = (0, 1, 0);
-    for (n, line) in text.split_inclusive('\n').enumerate() {
-        if is_marker(line.trim_end_matches(['\n', '\r'])) && offset > start {
-            docs.push((start_line, &text[start..offset]));
-            (start, start_line) = (offset, n + 1);
+    let (mut start, mut start_line) = (0, 1);
+    // Lines are counted up to each marker only (`counted`: the offset counted to).
+    let (mut counted, mut line) = (0, 1);
+    // A marker's candidates: `---` first in the text or after a line break.
+    let candidates = (text.starts_with("---").then_some(0))
+        .into_iter()
+        .chain(text.match_indices("\n---").map(|(i, _)| i + 1));
+    for at in candidates {
+        let end = text[at..].find('\n').map_or(text.len(), |e| at + e);
+        if at == start || !is_marker(text[at..end].trim_end_matches('\r')) {
+            continue;
         }
-        offset += line.len();
+        line += text.as_bytes()[counted..at]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        counted = at;
+        docs.push((start_line, &text[start..at]));
+        (start, start_line) = (at, line);
     }
     docs.push((start_line, &text[start..]));
     docs

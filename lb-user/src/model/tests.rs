@@ -669,3 +669,40 @@ fn a_service_as_the_agent_keeps_it_is_the_service_less_managed_fields_and_spare_
     ];
     assert_eq!(room, [1; 6]);
 }
+
+#[test]
+fn documents_split_at_their_markers_with_their_first_lines() {
+    // Line by line, as the split was first written: a marker line (`---` alone or
+    // before a blank) starts a document, except as the text's very first.
+    let by_line = |text: &str| -> Vec<(usize, String)> {
+        let is_marker = |l: &str| l == "---" || l.starts_with("--- ") || l.starts_with("---\t");
+        let mut docs = Vec::new();
+        let (mut start, mut start_line, mut offset) = (0, 1, 0);
+        for (n, line) in text.split_inclusive('\n').enumerate() {
+            if is_marker(line.trim_end_matches(['\n', '\r'])) && offset > start {
+                docs.push((start_line, text[start..offset].to_string()));
+                (start, start_line) = (offset, n + 1);
+            }
+            offset += line.len();
+        }
+        docs.push((start_line, text[start..].to_string()));
+        docs
+    };
+    for text in [
+        "",
+        "a: 1\n",
+        "---\na: 1\n---\nb: 2\n",
+        "a: 1\n---\n---\nb: 2\n---\n",
+        "a: 1\r\n---\r\nb: 2\r\n--- # c\r\nc: 3",
+        "a: 1\n----\nb: 2\n --- \nc: ---\n---x\n--- |\n  t\n---\tz\n---",
+        "\n\n---\n\na\n---",
+        "---",
+    ] {
+        let split: Vec<(usize, String)> = yaml_documents(text)
+            .into_iter()
+            .map(|(l, d)| (l, d.to_string()))
+            .collect();
+        assert_eq!(split, by_line(text), "{text:?}");
+    }
+    assert_eq!(yaml_documents("a: 1\n%YAML 1.2\n---\nb: 2\n").len(), 1);
+}

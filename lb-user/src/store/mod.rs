@@ -175,6 +175,10 @@ pub struct BulkApply<'s> {
     now: k8s_openapi::jiff::Timestamp,
     /// Some batch wrote an object.
     changed: bool,
+    /// When the store held no object at the start: a hash of each object's kind
+    /// and key this apply named so far, which alone may be there to read (a
+    /// first apply of 1,100,000 objects looked each up in vain: ~0.6 s).
+    named: Option<std::collections::HashSet<u64>>,
 }
 
 impl BulkApply<'_> {
@@ -185,12 +189,23 @@ impl BulkApply<'_> {
         // The named objects only: what every other service holds comes from the
         // index of taken values, so one more service in a store of 100,000 reads
         // 100,000 integers, not 100,000 services.
+        let mut objects: Vec<(Kind, ObjectKey)> = docs
+            .iter()
+            .map(|d| (d.object.kind(), d.object.key()))
+            .collect();
+        if let Some(named) = &mut self.named {
+            // Named before (or a hash shared with one that was): read.
+            objects.retain(|(kind, key)| {
+                use std::hash::BuildHasher as _;
+                let hash = named
+                    .hasher()
+                    .hash_one((kind.as_str(), &key.namespace, &key.name));
+                !named.insert(hash)
+            });
+        }
         let scope = Scope {
             all_services: false,
-            objects: docs
-                .iter()
-                .map(|d| (d.object.kind(), d.object.key()))
-                .collect(),
+            objects,
         };
         // Only services allocate (and hold) clusterIPs and nodePorts.
         if self.taken.is_none() && docs.iter().any(|d| d.object.kind() == Kind::Service) {
@@ -862,6 +877,7 @@ impl Store {
             rev: 0,
             now: k8s_openapi::jiff::Timestamp::now(),
             changed: false,
+            named: None,
         };
         let stored = stored_ranges(&bulk.conn).map_err(self.db("reading the ranges"))?;
         bulk.alloc = ranges
@@ -874,6 +890,15 @@ impl Store {
             set_ranges(&bulk.conn, &bulk.alloc).map_err(self.db("writing the ranges"))?;
         }
         bulk.rev = revision(&bulk.conn).map_err(self.db("reading the revision"))? + 1;
+        let empty: bool = bulk
+            .conn
+            .query_row(
+                "SELECT NOT EXISTS (SELECT 1 FROM objects WHERE body IS NOT NULL)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.db("reading the objects"))?;
+        bulk.named = empty.then(std::collections::HashSet::new);
         Ok(bulk)
     }
 
