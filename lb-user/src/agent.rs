@@ -735,9 +735,9 @@ impl Agent {
         let by_dst = read.unwrap_or_default();
         match self.dp.set_routing(by_dst) {
             Ok(true) => info!(
-                ipv4 = by_dst.v4,
-                ipv6 = by_dst.v6,
-                "routes go by destination alone (FIB answers shared by a destination's flows): told the data plane"
+                by_destination_ipv4 = by_dst.v4,
+                by_destination_ipv6 = by_dst.v6,
+                "told the data plane whether routes go by destination alone (then a destination's flows share its FIB answers)"
             ),
             Ok(false) => {}
             Err(e) => warn!(error = %e, "cannot tell the data plane how routes are chosen"),

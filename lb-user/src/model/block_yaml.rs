@@ -276,18 +276,9 @@ impl<'a> Parser<'a> {
                 }
                 loop {
                     items.push(self.flow(b, at, depth + 1)?);
-                    skip_spaces(b, at);
-                    match *b.get(*at)? {
-                        b',' => *at += 1,
-                        b']' => {
-                            *at += 1;
-                            return Some(Value::Array(items));
-                        }
-                        _ => return None, // a pair in a sequence, or an error
-                    }
-                    skip_spaces(b, at);
-                    if matches!(b.get(*at), Some(b']' | b',')) {
-                        return None; // a trailing comma
+                    // (A pair in a sequence, `[a: b]`, is libyaml's.)
+                    if entry_ends(b, at, b']')? {
+                        return Some(Value::Array(items));
                     }
                 }
             }
@@ -340,18 +331,8 @@ impl<'a> Parser<'a> {
                     if map.insert(key, v).is_some() {
                         return None;
                     }
-                    skip_spaces(b, at);
-                    match *b.get(*at)? {
-                        b',' => *at += 1,
-                        b'}' => {
-                            *at += 1;
-                            return Some(Value::Object(map));
-                        }
-                        _ => return None,
-                    }
-                    skip_spaces(b, at);
-                    if matches!(b.get(*at), Some(b'}' | b',')) {
-                        return None;
+                    if entry_ends(b, at, b'}')? {
+                        return Some(Value::Object(map));
                     }
                 }
             }
@@ -447,6 +428,23 @@ fn flow_end(b: &[u8], at: usize) -> bool {
         Some(b'#') => at > 0 && b[at - 1] == b' ',
         Some(_) => false,
     }
+}
+
+/// After an entry of a flow collection closed by `close`: whether it closed
+/// (`*at` after it), or a comma came and another entry follows; None for
+/// anything else, a trailing comma included (libyaml's).
+fn entry_ends(b: &[u8], at: &mut usize, close: u8) -> Option<bool> {
+    skip_spaces(b, at);
+    let c = *b.get(*at)?;
+    *at += 1;
+    if c == close {
+        return Some(true);
+    }
+    if c != b',' {
+        return None;
+    }
+    skip_spaces(b, at);
+    (!matches!(b.get(*at), Some(b']' | b'}' | b','))).then_some(false)
 }
 
 fn skip_spaces(b: &[u8], at: &mut usize) {
