@@ -120,6 +120,11 @@ impl<'a> Parser<'a> {
             .saturating_add(1);
     }
 
+    /// One collection more at `depth`; None past the depth decode allows.
+    fn collection(&mut self, depth: usize) -> Option<()> {
+        (depth < MAX_DEPTH - 1).then(|| self.spend(2))
+    }
+
     /// The node starting on the current line, indented `indent`, at `depth`.
     fn node(&mut self, indent: usize, depth: usize) -> Option<Value> {
         let line = self.line()?;
@@ -147,10 +152,7 @@ impl<'a> Parser<'a> {
 
     /// A block mapping whose keys are indented `indent`.
     fn mapping(&mut self, indent: usize, depth: usize) -> Option<Value> {
-        if depth >= MAX_DEPTH - 1 {
-            return None;
-        }
-        self.spend(2);
+        self.collection(depth)?;
         let mut map = Map::new();
         while let Some(line) = self.line() {
             if line.indent < indent {
@@ -186,10 +188,7 @@ impl<'a> Parser<'a> {
 
     /// A block sequence whose dashes are indented `indent`.
     fn sequence(&mut self, indent: usize, depth: usize) -> Option<Value> {
-        if depth >= MAX_DEPTH - 1 {
-            return None;
-        }
-        self.spend(2);
+        self.collection(depth)?;
         let mut items = Vec::new();
         while let Some(line) = self.line() {
             if line.indent < indent || (line.indent == indent && !is_item(line.text)) {
@@ -257,44 +256,38 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Opens the flow collection at `b[*at]` that `close` closes: whether it is
+    /// empty (`*at` after it then); None past the depth allowed.
+    fn opens(&mut self, b: &[u8], at: &mut usize, depth: usize, close: u8) -> Option<bool> {
+        self.collection(depth)?;
+        *at += 1;
+        skip_spaces(b, at);
+        let empty = b.get(*at) == Some(&close);
+        if empty {
+            *at += 1;
+        }
+        Some(empty)
+    }
+
     /// A value in a flow collection (or a flow collection or quoted scalar on a
     /// block line), from `b[*at]`, leaving `*at` after it.
     fn flow(&mut self, b: &[u8], at: &mut usize, depth: usize) -> Option<Value> {
         skip_spaces(b, at);
         match *b.get(*at)? {
             b'[' => {
-                if depth >= MAX_DEPTH - 1 {
-                    return None;
-                }
-                *at += 1;
-                self.spend(2);
                 let mut items = Vec::new();
-                skip_spaces(b, at);
-                if b.get(*at) == Some(&b']') {
-                    *at += 1;
-                    return Some(Value::Array(items));
-                }
-                loop {
+                let mut closed = self.opens(b, at, depth, b']')?;
+                while !closed {
                     items.push(self.flow(b, at, depth + 1)?);
                     // (A pair in a sequence, `[a: b]`, is libyaml's.)
-                    if entry_ends(b, at, b']')? {
-                        return Some(Value::Array(items));
-                    }
+                    closed = entry_ends(b, at, b']')?;
                 }
+                Some(Value::Array(items))
             }
             b'{' => {
-                if depth >= MAX_DEPTH - 1 {
-                    return None;
-                }
-                *at += 1;
-                self.spend(2);
                 let mut map = Map::new();
-                skip_spaces(b, at);
-                if b.get(*at) == Some(&b'}') {
-                    *at += 1;
-                    return Some(Value::Object(map));
-                }
-                loop {
+                let mut closed = self.opens(b, at, depth, b'}')?;
+                while !closed {
                     let key = match *b.get(*at)? {
                         b'"' | b'\'' => {
                             let k = quoted(b, at)?;
@@ -331,10 +324,9 @@ impl<'a> Parser<'a> {
                     if map.insert(key, v).is_some() {
                         return None;
                     }
-                    if entry_ends(b, at, b'}')? {
-                        return Some(Value::Object(map));
-                    }
+                    closed = entry_ends(b, at, b'}')?;
                 }
+                Some(Value::Object(map))
             }
             b'"' | b'\'' => {
                 let s = quoted(b, at)?;
