@@ -137,13 +137,7 @@ fn getlink(index: u32, netnsid: Option<i32>) -> Option<LinkInfo> {
 /// for the answer.
 fn ask_kernel(req: &mut [u8], ty: u16, flags: u16) -> std::io::Result<std::os::fd::OwnedFd> {
     let err = std::io::Error::last_os_error;
-    // SAFETY: plain socket(2); the descriptor is owned (and closed) below.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(err());
-    }
-    // SAFETY: a descriptor we just opened and nobody else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let fd = rtnetlink_socket(0)?;
     let len = req.len() as u32;
     req[0..4].copy_from_slice(&len.to_ne_bytes());
     req[4..6].copy_from_slice(&ty.to_ne_bytes());
@@ -155,6 +149,23 @@ fn ask_kernel(req: &mut [u8], ty: u16, flags: u16) -> std::io::Result<std::os::f
         return Err(err());
     }
     Ok(fd)
+}
+
+/// A new rtnetlink socket (`flags` beside SOCK_RAW | SOCK_CLOEXEC).
+fn rtnetlink_socket(flags: libc::c_int) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain socket(2); the descriptor is owned (and closed) below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor we just opened and nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// The link message's kind and whether it names the peer's namespace.
@@ -334,20 +345,7 @@ pub struct RouteEvents {
 
 impl RouteEvents {
     pub fn subscribe() -> std::io::Result<Self> {
-        let err = std::io::Error::last_os_error;
-        // SAFETY: plain socket(2); the descriptor is owned (and closed) below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(err());
-        }
-        // SAFETY: a descriptor we just opened and nobody else owns.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let fd = rtnetlink_socket(libc::SOCK_NONBLOCK)?;
         // SAFETY: sockaddr_nl is plain data; zeroed is its "any port" value.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
@@ -361,7 +359,7 @@ impl RouteEvents {
             )
         };
         if bound != 0 {
-            return Err(err());
+            return Err(std::io::Error::last_os_error());
         }
         Ok(Self { fd })
     }

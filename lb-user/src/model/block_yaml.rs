@@ -12,6 +12,8 @@
 //! four bases, floats, else strings), keys as written, and the same bound of their
 //! length as JSON.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use super::decode::{MAX_DEPTH, Read, SCALAR_JSON_AT_MOST, json_string_at_most};
@@ -179,7 +181,7 @@ impl<'a> Parser<'a> {
                 self.ends_with_line(indent)?;
                 v
             };
-            if map.insert(key, value).is_some() {
+            if map.insert(key.into_owned(), value).is_some() {
                 return None; // a duplicate key: decode's error
             }
         }
@@ -297,17 +299,10 @@ impl<'a> Parser<'a> {
                             k
                         }
                         _ => {
-                            let start = *at;
-                            if !flow_plain_start(&b[start..]) {
-                                return None;
-                            }
-                            while !flow_end(b, *at) {
-                                *at += 1;
-                            }
+                            let k = flow_plain(b, at)?;
                             // `key: `: a colon and a space.
                             (b.get(*at) == Some(&b':') && b.get(*at + 1) == Some(&b' '))
                                 .then_some(())?;
-                            let k = std::str::from_utf8(&b[start..*at]).ok()?;
                             if k.ends_with(' ') {
                                 return None;
                             }
@@ -333,17 +328,10 @@ impl<'a> Parser<'a> {
                 Some(self.scalar(Value::String(s)))
             }
             _ => {
-                let start = *at;
-                if !flow_plain_start(&b[start..]) {
-                    return None;
-                }
-                while !flow_end(b, *at) {
-                    *at += 1;
-                }
+                let s = flow_plain(b, at)?;
                 if b.get(*at) == Some(&b'#') {
                     return None; // a comment inside a flow collection
                 }
-                let s = std::str::from_utf8(&b[start..*at]).ok()?;
                 let v = resolve(s.trim_end_matches(' '))?;
                 Some(self.scalar(v))
             }
@@ -359,9 +347,10 @@ fn is_item(text: &str) -> bool {
     text == "-" || text.starts_with("- ")
 }
 
-/// A block mapping's entry `key: rest` (or `key:`): the key as written and the
-/// rest; None when the line is no such entry (or its key is not read here).
-fn split_key(text: &str) -> Option<(String, &str)> {
+/// A block mapping's entry `key: rest` (or `key:`): the key as written (a plain
+/// one borrowed: lines are asked whether they are entries before they are read)
+/// and the rest; None when the line is no such entry (or its key is not read here).
+fn split_key(text: &str) -> Option<(Cow<'_, str>, &str)> {
     let b = text.as_bytes();
     if matches!(b.first(), Some(b'"' | b'\'')) {
         let mut at = 0;
@@ -370,7 +359,7 @@ fn split_key(text: &str) -> Option<(String, &str)> {
             return None;
         }
         let rest = text[at..].strip_prefix(':')?;
-        return (rest.is_empty() || rest.starts_with(' ')).then_some((key, rest));
+        return (rest.is_empty() || rest.starts_with(' ')).then_some((Cow::Owned(key), rest));
     }
     if !plain_start(b) {
         return None;
@@ -384,7 +373,7 @@ fn split_key(text: &str) -> Option<(String, &str)> {
     if key.contains(" #") || key.ends_with(' ') || key.len() > MAX_KEY {
         return None;
     }
-    Some((key.to_string(), &text[colon + 1..]))
+    Some((Cow::Borrowed(key), &text[colon + 1..]))
 }
 
 /// Whether a plain scalar may start with these bytes (YAML's indicators may not
@@ -404,6 +393,19 @@ fn plain_start(b: &[u8]) -> bool {
 /// starting with `-`, `?` or `:` is left to libyaml).
 fn flow_plain_start(b: &[u8]) -> bool {
     plain_start(b) && !matches!(b.first(), Some(b'-' | b'?' | b':'))
+}
+
+/// A plain scalar in a flow collection from `b[*at]` as written (spaces before
+/// its end kept), leaving `*at` where it ends; None when one may not start there.
+fn flow_plain<'b>(b: &'b [u8], at: &mut usize) -> Option<&'b str> {
+    let start = *at;
+    if !flow_plain_start(&b[start..]) {
+        return None;
+    }
+    while !flow_end(b, *at) {
+        *at += 1;
+    }
+    std::str::from_utf8(&b[start..*at]).ok()
 }
 
 /// Where a plain scalar in a flow collection ends: a flow indicator, a colon

@@ -357,13 +357,13 @@ impl Store {
                 .map_err(self.db("opening store.db"))?;
             return Ok(ready.then_some(conn));
         }
-        // WAL: readers (agents, `lb get`) never wait for a writer; FULL: a commit is
-        // on disk when `lb apply` returns.
         // 16 KiB pages (a new database's; one made before keeps its own): a
         // bulk apply of 1,100,000 objects splits and logs a quarter as many pages
         // as with 4 KiB ones (`lb apply` 0.93x the time, the agent's read 0.9x).
         conn.pragma_update(None, "page_size", 16384)
             .map_err(self.db("setting the page size"))?;
+        // WAL: readers (agents, `lb get`) never wait for a writer; FULL: a commit is
+        // on disk when `lb apply` returns.
         enable_wal(&conn).map_err(self.db("enabling WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(self.db("setting synchronous"))?;
