@@ -13,9 +13,17 @@ pub const PROTO_UDP: u8 = 17;
 // ---- map names (the ELF symbol names; also the pin file names on bpffs) ----
 pub const MAP_SERVICES: &str = "LB_SERVICES";
 pub const MAP_BACKENDS: &str = "LB_BACKENDS";
-/// New flows, and any the assured table has no room for: LRU, so a flood of new
-/// flows makes room by evicting the least recently used of them.
+/// New flows, and any the assured table has no room for: a set-associative table
+/// of [`CtSlot`]s (an array, [`CT_WAYS`] slots a set), so a new flow's entry is a
+/// write to its set, no allocation and no lock, and a flood of new flows makes room
+/// by overwriting the least recently seen entry of a set.
 pub const MAP_CONNTRACK: &str = "LB_CT";
+/// `LB_CT_SEED[0]`: the random key of the new-flow tables' hashes (which set a
+/// tuple goes to, each slot's check), drawn by the agent that made the tables and
+/// kept with them, so a restarted agent finds their flows where they are and a
+/// sender cannot aim its tuples at another flow's set. The programs take it as a
+/// global ([`GLOBAL_CT_SEED`]).
+pub const MAP_CT_SEED: &str = "LB_CT_SEED";
 /// Flows whose backend answered (as netfilter's "assured"): a plain hash nothing
 /// evicts, so no flood of new flows takes a live one's entries; expired entries
 /// leave when a packet finds them or the agent's sweep does.
@@ -88,10 +96,11 @@ pub const MAX_ARP_HOLD: u32 = 4096;
 pub const MAP_NDP_HOLD: &str = "LB_NDP_HOLD";
 
 /// Every map lb pins, so the agent can adopt or remove them as a set.
-pub const ALL_MAPS: [&str; 21] = [
+pub const ALL_MAPS: [&str; 22] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
+    MAP_CT_SEED,
     MAP_CT_ASSURED,
     MAP_IFACES,
     MAP_STATS,
@@ -650,6 +659,123 @@ impl Default for CtTimeouts {
 
 /// Global set at load time: the [`CtTimeouts`] the kernel side applies.
 pub const GLOBAL_CT_TIMEOUTS: &str = "CT_TIMEOUTS";
+
+// ---- the new-flow table ----
+
+/// Slots of a set of `LB_CT` ([`MAP_CONNTRACK`], an array of
+/// [`CtSetOf`]): a tuple's entry goes in one of the slots of the set its hash
+/// names, so a set holds up to this many flows whose tuples hash alike before one
+/// of them (the least recently seen) is overwritten.
+pub const CT_WAYS: u32 = 4;
+
+/// Globals set at load time: the sets of `LB_CT` (the array's entries), as the
+/// agent sized it ([`ct_sets`]), and the table's seed (as [`MAP_CT_SEED`] keeps
+/// it).
+pub const GLOBAL_CT_SETS: &str = "CT_SETS";
+pub const GLOBAL_CT_SEED: &str = "CT_SEED";
+
+/// The sets of a new-flow table of `slots` slots (at least one): the entries of
+/// its array.
+#[inline(always)]
+pub const fn ct_sets(slots: u32) -> u32 {
+    let sets = slots / CT_WAYS;
+    if sets == 0 { 1 } else { sets }
+}
+
+/// One slot of `LB_CT`: an entry keyed by `key`, valid while `check`
+/// is [`ct_check`] of it (0: empty). Writers write the entry, then `check`;
+/// readers read `check` first and take the entry only if it holds, so an entry
+/// two writers tore, or one being written, reads as no entry. Only
+/// `value.last_seen` and `value.tcp_flags` change in place (not in the check); an
+/// emptied slot is last seen at 0.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CtSlotOf<A> {
+    pub key: FlowKeyOf<A>,
+    pub value: CtValueOf<A>,
+    pub check: u32,
+    /// The slot's place in its set, written with every entry: the kernel side
+    /// names a found slot by this value read from memory, which the verifier
+    /// does not know, so the code after a lookup is walked once rather than once
+    /// per slot of the set.
+    pub way: u32,
+}
+pub type CtSlot = CtSlotOf<u32>;
+const _: () = assert!(size_of::<CtSlot>() == 56);
+
+/// One entry of `LB_CT`: a set's slots, read with one lookup.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CtSetOf<A> {
+    pub slots: [CtSlotOf<A>; CT_WAYS as usize],
+}
+pub type CtSet = CtSetOf<u32>;
+const _: () = assert!(size_of::<CtSet>() == CT_WAYS as usize * 56);
+
+/// An address the new-flow tables hash ([`ct_hash`]).
+pub trait CtAddr: Copy + PartialEq {
+    /// `h` with the address's words mixed in.
+    fn mix_into(self, h: u64) -> u64;
+}
+
+impl CtAddr for u32 {
+    #[inline(always)]
+    fn mix_into(self, h: u64) -> u64 {
+        ct_mix(h, self as u64)
+    }
+}
+
+impl CtAddr for Addr6 {
+    #[inline(always)]
+    fn mix_into(self, h: u64) -> u64 {
+        let h = ct_mix(h, (self[0] as u64) << 32 | self[1] as u64);
+        ct_mix(h, (self[2] as u64) << 32 | self[3] as u64)
+    }
+}
+
+/// One step of the tables' hash: a word folded in, multiplied, its high bits
+/// folded down.
+#[inline(always)]
+const fn ct_mix(h: u64, w: u64) -> u64 {
+    let x = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^ (x >> 29)
+}
+
+/// The hash of a tuple under `seed` ([`MAP_CT_SEED`]): [`ct_set`] takes its set
+/// from it, [`ct_check`] starts from it.
+#[inline(always)]
+pub fn ct_hash<A: CtAddr>(key: &FlowKeyOf<A>, seed: u64) -> u64 {
+    let h = key.saddr_be.mix_into(seed);
+    let h = key.daddr_be.mix_into(h);
+    ct_mix(
+        h,
+        (key.sport_be as u64) << 24 | (key.dport_be as u64) << 8 | key.proto as u64,
+    )
+}
+
+/// The set (of `sets`) of a tuple whose [`ct_hash`] is `hash`: uniform over the
+/// sets (the high bits scaled, no division).
+#[inline(always)]
+pub const fn ct_set(hash: u64, sets: u32) -> u32 {
+    (((hash >> 32) * sets as u64) >> 32) as u32
+}
+
+/// The check of a slot holding `value` under a key whose [`ct_hash`] is `hash`:
+/// the key and every field of the entry that never changes in place, never 0.
+#[inline(always)]
+pub fn ct_check<A: CtAddr>(hash: u64, value: &CtValueOf<A>) -> u32 {
+    let h = value.nat_saddr_be.mix_into(hash ^ 0x5bd1_e995_c3a5_c85c);
+    let h = value.nat_daddr_be.mix_into(h);
+    let h = ct_mix(
+        h,
+        (value.nat_sport_be as u64) << 48 | (value.nat_dport_be as u64) << 32 | value.svc_id as u64,
+    );
+    let h = ct_mix(
+        h,
+        (value.backend_id as u64) << 32 | (value.direction as u64) << 8 | value.flags as u64,
+    );
+    ((h >> 32) as u32 ^ h as u32) | 1
+}
 
 // ---- frontend ports ----
 

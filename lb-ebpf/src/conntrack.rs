@@ -27,6 +27,7 @@ use lb_common::{
 
 use crate::{
     clock,
+    ct_table::{self, NewFlows},
     family::Family,
     parse::{TCP_FIN, TCP_RST, opens_connection},
 };
@@ -427,7 +428,7 @@ pub fn create<A: Family>(
     if refused.is_none() {
         match A::conntrack().insert(reply_key, reply, BPF_NOEXIST as u64) {
             Ok(()) => return Ok((nat, flags, Created::New)),
-            Err(e) if e != -EEXIST => return Err(reason::PASS_CT_FULL),
+            Err(e) if e != ct_table::EEXIST => return Err(reason::PASS_CT_FULL),
             Err(_) => {}
         }
     }
@@ -441,9 +442,6 @@ pub fn create<A: Family>(
     A::conntrack().insert(reply_key, reply, 0).map_err(full)?;
     Ok((nat, flags, Created::New))
 }
-
-/// `EEXIST`: a map write with `BPF_NOEXIST` found the key there.
-const EEXIST: i32 = 17;
 
 /// If `reply_key` holds the live reply entry of the flow `key` (client ->
 /// frontend) of service port `svc_id` started, a flow written with its reply entry

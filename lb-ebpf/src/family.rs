@@ -5,14 +5,15 @@
 
 use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray};
 use lb_common::{
-    Addr6, AffinityKeyOf, AffinityValue, BackendKey, BackendOf, CtValueOf, FlowKeyOf, FragKey,
-    FragKey6, FragValue, HAIRPIN_SNAT_ADDR, HAIRPIN_SNAT_ADDR6, ROUTED_BY_DST4, ROUTED_BY_DST6,
-    RouteSlotOf, ServiceKeyOf, ServiceValue,
+    Addr6, AffinityKeyOf, AffinityValue, BackendKey, BackendOf, CtAddr, CtValue6, CtValueOf,
+    FlowKey6, FlowKeyOf, FragKey, FragKey6, FragValue, HAIRPIN_SNAT_ADDR, HAIRPIN_SNAT_ADDR6,
+    ROUTED_BY_DST4, ROUTED_BY_DST6, RouteSlotOf, ServiceKeyOf, ServiceValue,
 };
 
 use crate::csum::Csum;
+use crate::ct_table::{CtTable, NewFlows};
 use crate::maps::{
-    LB_AFFINITY, LB_BACKENDS, LB_CT, LB_CT_ASSURED, LB_FRAGS, LB_ROUTES, LB_SERVICES, LB6_AFFINITY,
+    LB_AFFINITY, LB_BACKENDS, LB_CT_ASSURED, LB_FRAGS, LB_ROUTES, LB_SERVICES, LB6_AFFINITY,
     LB6_BACKENDS, LB6_CT, LB6_CT_ASSURED, LB6_FRAGS, LB6_ROUTES, LB6_SERVICES,
 };
 
@@ -27,7 +28,7 @@ static SNAT_ADDR: u32 = 0;
 static SNAT_ADDR6: Addr6 = [0; 4];
 
 /// An address family, implemented by its address type.
-pub trait Family: Copy + Default + PartialEq + 'static {
+pub trait Family: Copy + Default + PartialEq + CtAddr + 'static {
     /// The address a pod that reaches itself through a service sees as the source
     /// (a packet from its own address to itself would never leave it).
     const HAIRPIN: Self;
@@ -41,7 +42,8 @@ pub trait Family: Copy + Default + PartialEq + 'static {
 
     fn services() -> &'static HashMap<ServiceKeyOf<Self>, ServiceValue>;
     fn backends() -> &'static HashMap<BackendKey, BackendOf<Self>>;
-    fn conntrack() -> &'static LruHashMap<FlowKeyOf<Self>, CtValueOf<Self>>;
+    type NewFlows: NewFlows<Self>;
+    fn conntrack() -> Self::NewFlows;
     fn assured() -> &'static HashMap<FlowKeyOf<Self>, CtValueOf<Self>>;
     fn affinity() -> &'static LruHashMap<AffinityKeyOf<Self>, AffinityValue>;
     /// The key naming a fragmented datagram (`frag`): its addresses, protocol and
@@ -68,6 +70,7 @@ pub trait Family: Copy + Default + PartialEq + 'static {
 }
 
 impl Family for u32 {
+    type NewFlows = CtTable;
     const HAIRPIN: u32 = u32::from_ne_bytes(HAIRPIN_SNAT_ADDR);
     const ROUTED_BY_DST: u32 = ROUTED_BY_DST4;
     const PROTO_ICMP: u8 = 1;
@@ -86,8 +89,8 @@ impl Family for u32 {
     }
 
     #[inline(always)]
-    fn conntrack() -> &'static LruHashMap<FlowKeyOf<u32>, CtValueOf<u32>> {
-        &LB_CT
+    fn conntrack() -> CtTable {
+        CtTable
     }
 
     #[inline(always)]
@@ -146,6 +149,7 @@ impl Family for u32 {
 }
 
 impl Family for Addr6 {
+    type NewFlows = &'static LruHashMap<FlowKey6, CtValue6>;
     const HAIRPIN: Addr6 = addr6(HAIRPIN_SNAT_ADDR6);
     const ROUTED_BY_DST: u32 = ROUTED_BY_DST6;
     const PROTO_ICMP: u8 = 58;
@@ -165,7 +169,7 @@ impl Family for Addr6 {
     }
 
     #[inline(always)]
-    fn conntrack() -> &'static LruHashMap<FlowKeyOf<Addr6>, CtValueOf<Addr6>> {
+    fn conntrack() -> &'static LruHashMap<FlowKey6, CtValue6> {
         &LB6_CT
     }
 

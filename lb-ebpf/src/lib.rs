@@ -6,6 +6,7 @@
 pub mod clock;
 pub mod conntrack;
 pub mod csum;
+pub mod ct_table;
 pub mod deliver;
 pub mod family;
 pub mod flow;

@@ -3,17 +3,18 @@
 //! them by name so they outlive it.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     Addr6, AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, BackendKey, Counters,
-    CtValue, CtValue6, DEFAULT_AFFINITY, DEFAULT_AFFINITY6, DEFAULT_BACKENDS, DEFAULT_BACKENDS6,
-    DEFAULT_CONNTRACK, DEFAULT_CONNTRACK6, DEFAULT_FRONTENDS, DEFAULT_FRONTENDS6, FlowKey,
-    FlowKey6, FragKey, FragKey6, FragValue, IfaceValue, MAX_ARP_HOLD, MAX_FRAGS, MAX_IFACES,
-    MAX_REJECT_PEERS, MAX_SOCK_REVNAT, PORT_WORDS, ROUTE_SLOTS, RateBucket, RouteSlot, RouteSlot6,
-    SCRATCH_LEN, ServiceKey, ServiceKey6, ServiceValue, SockRevKey, SockRevKey6, SockRevValue,
-    SockRevValue6, reason,
+    CtSet, CtValue, CtValue6, DEFAULT_AFFINITY, DEFAULT_AFFINITY6, DEFAULT_BACKENDS,
+    DEFAULT_BACKENDS6, DEFAULT_CONNTRACK, DEFAULT_CONNTRACK6, DEFAULT_FRONTENDS,
+    DEFAULT_FRONTENDS6, FlowKey, FlowKey6, FragKey, FragKey6, FragValue, IfaceValue, MAX_ARP_HOLD,
+    MAX_FRAGS, MAX_IFACES, MAX_REJECT_PEERS, MAX_SOCK_REVNAT, PORT_WORDS, ROUTE_SLOTS, RateBucket,
+    RouteSlot, RouteSlot6, SCRATCH_LEN, ServiceKey, ServiceKey6, ServiceValue, SockRevKey,
+    SockRevKey6, SockRevValue, SockRevValue6, ct_sets, reason,
 };
 
 #[map]
@@ -24,9 +25,15 @@ pub static LB_SERVICES: HashMap<ServiceKey, ServiceValue> =
 pub static LB_BACKENDS: HashMap<BackendKey, Backend> =
     HashMap::with_max_entries(DEFAULT_BACKENDS, 0);
 
-/// New flows (see `lb_common::MAP_CONNTRACK`).
+/// New flows (see `lb_common::MAP_CONNTRACK`, `ct_table`): mappable, so the agent
+/// reads and carries them over as memory.
 #[map]
-pub static LB_CT: LruHashMap<FlowKey, CtValue> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK, 0);
+pub static LB_CT: Array<CtSet> =
+    Array::with_max_entries(ct_sets(DEFAULT_CONNTRACK), BPF_F_MMAPABLE);
+
+/// The new-flow tables' seed (see `lb_common::MAP_CT_SEED`).
+#[map]
+pub static LB_CT_SEED: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Flows whose backend answered (see `lb_common::MAP_CT_ASSURED`).
 #[map]

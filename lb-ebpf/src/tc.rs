@@ -46,7 +46,30 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
     if parse::is_ipv6(ctx.data(), ctx.data_end()) == Some(true) {
         return run6(ctx, ifindex, hook);
     }
+    if icmp::is_icmp4(ctx.data(), ctx.data_end())
+        && let Some(verdict) = icmp4(ctx, hook, ifindex)
+    {
+        return verdict;
+    }
     run4(ctx, hook)
+}
+
+/// An IPv4 ICMP error about a flow: decided, then rewritten and sent, in two
+/// subprograms one after the other (see `icmp::Work`); None for ICMP that is no
+/// error. A subprogram apart from [`run4`], so that its chain of calls does not
+/// carry the IPv4 pipeline's frame (512 bytes of stack for all of a chain's
+/// frames).
+#[inline(never)]
+fn icmp4(ctx: &TcContext, hook: Hook, ifindex: u32) -> Option<i32> {
+    let w = icmp::work::<u32>()?;
+    match icmp::decide4_into(ctx.data(), ctx.data_end(), hook, w) {
+        icmp::Found::Related => Some(related4(ctx, w, ifindex)),
+        icmp::Found::Untranslated => {
+            stats::verdict(reason::PASS_NOT_L4, w.error.ip_len);
+            Some(TC_ACT_UNSPEC)
+        }
+        icmp::Found::NotError => None,
+    }
 }
 
 /// [`deliver::take`]: the TC verdict for a frame XDP marked, `TC_ACT_UNSPEC` for
@@ -63,20 +86,6 @@ fn take_marked(ctx: &TcContext) -> i32 {
 fn run4(ctx: &TcContext, hook: Hook) -> i32 {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // An ICMP error about a flow: decided, then rewritten and sent, in two
-    // subprograms one after the other (see `icmp::Work`).
-    if icmp::is_icmp4(ctx.data(), ctx.data_end())
-        && let Some(w) = icmp::work::<u32>()
-    {
-        match icmp::decide4_into(ctx.data(), ctx.data_end(), hook, w) {
-            icmp::Found::Related => return related4(ctx, w, ifindex),
-            icmp::Found::Untranslated => {
-                stats::verdict(reason::PASS_NOT_L4, w.error.ip_len);
-                return TC_ACT_UNSPEC;
-            }
-            icmp::Found::NotError => {}
-        }
-    }
     let Some(p) = frag::packet(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_UNSPEC;
     };

@@ -20,26 +20,34 @@ pub fn run(ctx: &XdpContext) -> u32 {
     if parse::is_ipv6(ctx.data(), ctx.data_end()) == Some(true) {
         return run6(ctx);
     }
+    if icmp::is_icmp4(ctx.data(), ctx.data_end())
+        && let Some(action) = icmp4(ctx)
+    {
+        return action;
+    }
     run4(ctx)
+}
+
+/// An IPv4 ICMP error about a flow: decided, then rewritten, in two subprograms
+/// one after the other (see `icmp::Work`); None for ICMP that is no error. A
+/// subprogram apart from [`run4`], so that its chain of calls does not carry the
+/// IPv4 pipeline's frame (512 bytes of stack for all of a chain's frames).
+#[inline(never)]
+fn icmp4(ctx: &XdpContext) -> Option<u32> {
+    let w = icmp::work::<u32>()?;
+    match icmp::decide4_into(ctx.data(), ctx.data_end(), Hook::Ingress, w) {
+        icmp::Found::Related => Some(related4(ctx, w)),
+        icmp::Found::Untranslated => {
+            stats::verdict(reason::PASS_NOT_L4, w.error.ip_len);
+            Some(xdp_action::XDP_PASS)
+        }
+        icmp::Found::NotError => None,
+    }
 }
 
 /// The IPv4 pipeline.
 #[inline(never)]
 fn run4(ctx: &XdpContext) -> u32 {
-    // An ICMP error about a flow: decided, then rewritten, in two subprograms one
-    // after the other (see `icmp::Work`).
-    if icmp::is_icmp4(ctx.data(), ctx.data_end())
-        && let Some(w) = icmp::work::<u32>()
-    {
-        match icmp::decide4_into(ctx.data(), ctx.data_end(), Hook::Ingress, w) {
-            icmp::Found::Related => return related4(ctx, w),
-            icmp::Found::Untranslated => {
-                stats::verdict(reason::PASS_NOT_L4, w.error.ip_len);
-                return xdp_action::XDP_PASS;
-            }
-            icmp::Found::NotError => {}
-        }
-    }
     let Some(p) = frag::packet(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) else {
         return xdp_action::XDP_PASS;
     };

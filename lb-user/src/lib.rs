@@ -14,6 +14,7 @@ pub mod agent;
 pub mod announce;
 pub mod api;
 pub mod cli;
+pub mod ct_table;
 pub mod dns;
 pub mod entries;
 pub mod kube_lb;

@@ -22,11 +22,12 @@ use aya::{
     },
 };
 use lb_common::{
-    ALL_MAPS, CtTimeouts, GLOBAL_CLOCK_HZ, GLOBAL_CT_TIMEOUTS, GLOBAL_DELIVER_KEY,
-    GLOBAL_FIB_REDIRECT, GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR, GLOBAL_SNAT_ADDR6, GLOBAL_TO_PODS,
-    IFACE_EXTERNAL, IFACE_F_PEER, IFACE_F_XDP_XMIT, IFACE_POD, PROG_CLOCK, PROG_CONNECT4,
-    PROG_CONNECT6, PROG_RECVMSG4, PROG_RECVMSG6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, PROG_XDP, TO_PODS_PEER, TO_PODS_STACK, TO_PODS_XDP,
+    ALL_MAPS, CtTimeouts, GLOBAL_CLOCK_HZ, GLOBAL_CT_SEED, GLOBAL_CT_SETS, GLOBAL_CT_TIMEOUTS,
+    GLOBAL_DELIVER_KEY, GLOBAL_FIB_REDIRECT, GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR,
+    GLOBAL_SNAT_ADDR6, GLOBAL_TO_PODS, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_F_XDP_XMIT, IFACE_POD,
+    PROG_CLOCK, PROG_CONNECT4, PROG_CONNECT6, PROG_RECVMSG4, PROG_RECVMSG6, PROG_SENDMSG4,
+    PROG_SENDMSG6, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, TO_PODS_PEER, TO_PODS_STACK,
+    TO_PODS_XDP, ct_sets,
 };
 use tracing::{info, warn};
 
@@ -221,6 +222,10 @@ pub fn load(
     let to_pods = cfg.to_pods.global();
     loader.override_global(GLOBAL_TO_PODS, &to_pods, true);
     loader.override_global(GLOBAL_CT_TIMEOUTS, &cfg.ct_timeouts, true);
+    let sets = ct_sets(cfg.sizes.conntrack);
+    loader.override_global(GLOBAL_CT_SETS, &sets, true);
+    let seed = maps::ct_seed_for(pins);
+    loader.override_global(GLOBAL_CT_SEED, &seed, true);
     let deliver_key: u64 = rand::random::<u64>() | 1;
     loader.override_global(GLOBAL_DELIVER_KEY, &deliver_key, true);
     let ebpf = loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
@@ -229,6 +234,8 @@ pub fn load(
             .unwrap_or_else(|| "nowhere".into()),
         error: Box::new(error),
     })?;
+    let mut ebpf = ebpf;
+    maps::keep_ct_seed(&mut ebpf, seed)?;
     Ok((ebpf, resized, deliver_key))
 }
 

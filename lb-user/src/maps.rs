@@ -11,16 +11,17 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, BackendKey, Counters, CtTimeouts,
-    CtValue, CtValue6, CtValueOf, FlowKey, FlowKey6, FlowKeyOf, IfaceValue, MAP_AFFINITY,
-    MAP_AFFINITY6, MAP_ARP_HOLD, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_BACKENDS6, MAP_CLOCK,
-    MAP_CONNTRACK, MAP_CONNTRACK6, MAP_CT_ASSURED, MAP_CT_ASSURED6, MAP_IFACES, MAP_NDP_HOLD,
-    MAP_PORTS, MAP_ROUTING, MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_STATS, PORT_WORDS,
-    PROTO_UDP, ServiceKey, ServiceKey6, ServiceValue, reason,
+    AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, BackendKey, Counters, CtAddr,
+    CtTimeouts, CtValue, CtValue6, CtValueOf, FlowKey, FlowKey6, FlowKeyOf, IfaceValue,
+    MAP_AFFINITY, MAP_AFFINITY6, MAP_ARP_HOLD, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_BACKENDS6,
+    MAP_CLOCK, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_CT_ASSURED, MAP_CT_ASSURED6, MAP_CT_SEED,
+    MAP_IFACES, MAP_NDP_HOLD, MAP_PORTS, MAP_ROUTING, MAP_SERVICES, MAP_SERVICES6, MAP_STATS,
+    MAP_SVC_STATS, PORT_WORDS, PROTO_UDP, ServiceKey, ServiceKey6, ServiceValue, reason,
 };
 use tracing::{info, warn};
 
 use crate::{
+    ct_table::CtTable,
     sizes::MapSizes,
     sync::{Entries, Frontend, Op, Slot},
 };
@@ -36,6 +37,8 @@ pub enum MapsError {
     },
     #[error("map {map}: not a hash map")]
     NotHash { map: &'static str },
+    #[error("map {map}: not an array")]
+    NotArray { map: &'static str },
     #[error("map {map}: {action}: {error}")]
     Aya {
         map: &'static str,
@@ -119,8 +122,11 @@ pub struct Maps {
     services_fd: OwnedFd,
     backends_fd: OwnedFd,
     ifaces: HashMap<MapData, u32, IfaceValue>,
-    /// New flows (LRU) and answered ones (never evicted).
-    conntrack: HashMap<MapData, FlowKey, CtValue>,
+    /// New flows (a set-associative array, mapped) and answered ones (never
+    /// evicted).
+    conntrack: NewFlows<u32>,
+    /// `LB_CT_SEED`, held open (the programs were loaded against its descriptor).
+    _ct_seed: Map,
     assured: HashMap<MapData, FlowKey, CtValue>,
     ports: Array<MapData, u64>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
@@ -218,7 +224,8 @@ pub fn carry_over(
         MAP_BACKENDS => copy_entries::<BackendKey, Backend>(ebpf, r, |k, v| {
             k.svc_id < sizes.frontends && v.backend_id < sizes.backends
         })?,
-        MAP_CONNTRACK | MAP_CT_ASSURED => copy_entries::<FlowKey, CtValue>(ebpf, r, |_, _| true)?,
+        MAP_CONNTRACK => copy_flows::<u32>(ebpf, r)?,
+        MAP_CT_ASSURED => copy_entries::<FlowKey, CtValue>(ebpf, r, |_, _| true)?,
         MAP_AFFINITY => copy_entries::<AffinityKey, AffinityValue>(ebpf, r, |_, _| true)?,
         MAP_SERVICES6 => {
             copy_entries::<ServiceKey6, ServiceValue>(ebpf, r, |_, v| v.svc_id < sizes.frontends)?
@@ -269,6 +276,111 @@ fn copy_entries<K: Pod + Eq + std::hash::Hash, V: Pod>(
     }
     let held = new.keys().filter(Result::is_ok).count();
     Ok((held, seen - held.min(seen)))
+}
+
+/// Copies the valid entries of an old new-flow table (`r.old`) into the new one of
+/// that name, each to its set in the new size (sets that overflow keep their most
+/// recently seen entries): (copied, dropped).
+fn copy_flows<A: CtAddr>(ebpf: &mut aya::Ebpf, r: Resized) -> Result<(usize, usize), MapsError> {
+    let name = r.name;
+    let new = new_flow_table::<A>(ebpf, name)?;
+    let old = mapped_table::<A>(&r.old, name, new.seed())?;
+    let mut flows = old.entries();
+    // The least recently seen first, so a full set keeps the latest.
+    flows.sort_by_key(|(_, v)| v.last_seen);
+    for (k, v) in &flows {
+        new.insert(k, v);
+    }
+    let held = new.len();
+    Ok((held, flows.len() - held.min(flows.len())))
+}
+
+/// The new-flow tables' seed (`LB_CT_SEED[0]`; 0 until an agent drew one).
+fn read_ct_seed(map: &Map) -> Result<u64, MapsError> {
+    let seed: Array<&MapData, u64> =
+        Array::try_from(map).map_err(aya_err(MAP_CT_SEED, "typing"))?;
+    seed.get(&0, 0).map_err(aya_err(MAP_CT_SEED, "reading"))
+}
+
+/// The seed an earlier agent left pinned in `dir` with its new-flow tables (None:
+/// none there, or none drawn).
+pub fn pinned_ct_seed(dir: &Path) -> Option<u64> {
+    let map = MapData::from_pin(dir.join(MAP_CT_SEED))
+        .and_then(Map::from_map_data)
+        .ok()?;
+    read_ct_seed(&map).ok().filter(|&s| s != 0)
+}
+
+/// The seed for a load: the pinned one if there is one (its tables' flows were
+/// placed by it), else a new random one.
+pub fn ct_seed_for(pins: Option<&Path>) -> u64 {
+    pins.and_then(pinned_ct_seed)
+        .unwrap_or_else(|| rand::random::<u64>() | 1)
+}
+
+/// Keeps the seed the programs were loaded with (`GLOBAL_CT_SEED`) in the loaded
+/// object's `LB_CT_SEED`, for whatever reads the tables and for the next agent.
+/// Before anything reads or carries over the tables.
+pub fn keep_ct_seed(ebpf: &mut aya::Ebpf, seed: u64) -> Result<(), MapsError> {
+    let map = ebpf
+        .map_mut(MAP_CT_SEED)
+        .ok_or(MapsError::Missing { map: MAP_CT_SEED })?;
+    let mut a: Array<&mut MapData, u64> =
+        Array::try_from(map).map_err(aya_err(MAP_CT_SEED, "typing"))?;
+    a.set(0, seed, 0).map_err(aya_err(MAP_CT_SEED, "writing"))
+}
+
+/// A new-flow table, mapped (see `ct_table`).
+fn mapped_table<A: CtAddr>(
+    data: &MapData,
+    name: &'static str,
+    seed: u64,
+) -> Result<CtTable<A>, MapsError> {
+    let sets = data
+        .info()
+        .map_err(aya_err(name, "reading its size"))?
+        .max_entries();
+    CtTable::map(data.fd().as_fd(), sets, seed)
+        .map_err(|error| MapsError::Descriptor { map: name, error })
+}
+
+/// The new-flow table `name` (`LB_CT`) of a loaded object, mapped, under
+/// its `LB_CT_SEED` (for the benchmarks' own object, which holds them too).
+pub fn new_flow_table<A: CtAddr>(
+    ebpf: &aya::Ebpf,
+    name: &'static str,
+) -> Result<CtTable<A>, MapsError> {
+    let seed = read_ct_seed(
+        ebpf.map(MAP_CT_SEED)
+            .ok_or(MapsError::Missing { map: MAP_CT_SEED })?,
+    )?;
+    match ebpf.map(name).ok_or(MapsError::Missing { map: name })? {
+        Map::Array(d) => mapped_table(d, name, seed),
+        _ => Err(MapsError::NotArray { map: name }),
+    }
+}
+
+/// A new-flow table, mapped, and its map (whose descriptor the programs were
+/// loaded against: it stays open as long as the table).
+struct NewFlows<A> {
+    table: CtTable<A>,
+    _map: Map,
+}
+
+impl<A> std::ops::Deref for NewFlows<A> {
+    type Target = CtTable<A>;
+    fn deref(&self) -> &CtTable<A> {
+        &self.table
+    }
+}
+
+/// A new-flow table from `map`, mapped.
+fn mapped_ct<A: CtAddr>(map: Map, name: &'static str, seed: u64) -> Result<NewFlows<A>, MapsError> {
+    let table = match &map {
+        Map::Array(d) => mapped_table(d, name, seed)?,
+        _ => return Err(MapsError::NotArray { map: name }),
+    };
+    Ok(NewFlows { table, _map: map })
 }
 
 /// A counter summed over CPUs.
@@ -322,13 +434,16 @@ impl Maps {
         }
         let (services, services_fd) = with_fd(&mut get, MAP_SERVICES)?;
         let (backends, backends_fd) = with_fd(&mut get, MAP_BACKENDS)?;
+        let ct_seed = get(MAP_CT_SEED)?;
+        let seed = read_ct_seed(&ct_seed)?;
         Ok(Maps {
+            _ct_seed: ct_seed,
             services,
             backends,
             services_fd,
             backends_fd,
             ifaces: typed(&mut get, MAP_IFACES)?,
-            conntrack: typed(&mut get, MAP_CONNTRACK)?,
+            conntrack: mapped_ct(get(MAP_CONNTRACK)?, MAP_CONNTRACK, seed)?,
             assured: typed(&mut get, MAP_CT_ASSURED)?,
             ports: typed(&mut get, MAP_PORTS)?,
             affinity: typed(&mut get, MAP_AFFINITY)?,
@@ -565,25 +680,21 @@ impl Maps {
         // entry once (the assured one, which lookups find first).
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        for (map, name) in self.ct_tables() {
-            for item in map.iter() {
-                match item {
-                    Err(aya::maps::MapError::KeyNotFound) => continue,
-                    Err(e) => return Err(aya_err(name, "reading")(e)),
-                    Ok((k, v)) if seen.insert(k) => out.push((k, v)),
-                    Ok(_) => {}
-                }
+        for item in self.assured.iter() {
+            match item {
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(aya_err(MAP_CT_ASSURED, "reading")(e)),
+                Ok((k, v)) if seen.insert(k) => out.push((k, v)),
+                Ok(_) => {}
             }
         }
+        out.extend(
+            self.conntrack
+                .entries()
+                .into_iter()
+                .filter(|(k, _)| seen.insert(*k)),
+        );
         Ok(out)
-    }
-
-    /// The two conntrack tables with their names, in the order lookups try them.
-    fn ct_tables(&self) -> [(&HashMap<MapData, FlowKey, CtValue>, &'static str); 2] {
-        [
-            (&self.assured, MAP_CT_ASSURED),
-            (&self.conntrack, MAP_CONNTRACK),
-        ]
     }
 
     /// The frontend `key`, if programmed.
@@ -626,17 +737,21 @@ impl Maps {
         self.conntrack_entry_where(key).map(|e| e.map(|(v, _)| v))
     }
 
+    /// The set of `LB_CT` an entry for `key` goes to (of `CT_WAYS` slots: a full
+    /// set gives way to its least recently seen entry).
+    pub fn new_flow_set(&self, key: &FlowKey) -> u32 {
+        self.conntrack.set_of(key)
+    }
+
     /// The same, with whether it is in the assured table.
     pub fn conntrack_entry_where(
         &self,
         key: &FlowKey,
     ) -> Result<Option<(CtValue, bool)>, MapsError> {
-        for (map, name) in self.ct_tables() {
-            if let Some(v) = found(map.get(key, 0), name)? {
-                return Ok(Some((v, name == MAP_CT_ASSURED)));
-            }
+        if let Some(v) = found(self.assured.get(key, 0), MAP_CT_ASSURED)? {
+            return Ok(Some((v, true)));
         }
-        Ok(None)
+        Ok(self.conntrack.get(key).map(|v| (v, false)))
     }
 
     /// Writes an answered flow's entry (the assured table), for benches and tests.
@@ -668,7 +783,8 @@ impl Maps {
     /// Removes a tuple's entries from both tables.
     pub fn remove_conntrack(&mut self, key: &FlowKey) -> Result<(), MapsError> {
         ignore_missing(self.assured.remove(key)).map_err(aya_err(MAP_CT_ASSURED, "removing"))?;
-        ignore_missing(self.conntrack.remove(key)).map_err(aya_err(MAP_CONNTRACK, "removing"))
+        self.conntrack.remove(key);
+        Ok(())
     }
 
     /// Removes the assured entries that expired by `now` (the kernel side's clock,
@@ -694,7 +810,7 @@ impl Maps {
     }
 
     /// How many entries the flow tables (new flows, assured flows) and the affinity
-    /// table hold: a walk over their keys.
+    /// table hold: a walk over their keys (the new flows' slots).
     pub fn flow_entries(&self) -> Result<(usize, usize, usize), MapsError> {
         fn count<K: Pod, V: Pod>(
             map: &HashMap<MapData, K, V>,
@@ -708,7 +824,7 @@ impl Maps {
             Ok(n)
         }
         Ok((
-            count(&self.conntrack, MAP_CONNTRACK)?,
+            self.conntrack.len(),
             count(&self.assured, MAP_CT_ASSURED)?,
             count(&self.affinity, MAP_AFFINITY)?,
         ))

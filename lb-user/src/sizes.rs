@@ -4,12 +4,12 @@
 //! `lb_common`'s defaults, and never below what the store already holds.
 
 use lb_common::{
-    AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, BackendKey, Counters, CtValue,
-    CtValue6, DEFAULT_AFFINITY, DEFAULT_AFFINITY6, DEFAULT_BACKENDS, DEFAULT_BACKENDS6,
+    AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, BackendKey, Counters, CtSlot,
+    CtValue, CtValue6, DEFAULT_AFFINITY, DEFAULT_AFFINITY6, DEFAULT_BACKENDS, DEFAULT_BACKENDS6,
     DEFAULT_CONNTRACK, DEFAULT_CONNTRACK6, DEFAULT_FRONTENDS, DEFAULT_FRONTENDS6, FlowKey,
     FlowKey6, MAP_AFFINITY, MAP_AFFINITY6, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_BACKENDS6,
     MAP_CONNTRACK, MAP_CONNTRACK6, MAP_CT_ASSURED, MAP_CT_ASSURED6, MAP_SERVICES, MAP_SERVICES6,
-    MAP_SVC_STATS, ServiceKey, ServiceKey6, ServiceValue,
+    MAP_SVC_STATS, ServiceKey, ServiceKey6, ServiceValue, ct_sets,
 };
 
 /// The largest size lb gives a map (2^26 entries; the kernel takes up to 2^31 for
@@ -137,8 +137,9 @@ fn costs(cpus: u32) -> MapSizes64 {
             + per_cpu(counters, cpus),
         backends: hash_entry(size_of::<BackendKey>(), size_of::<Backend>())
             + per_cpu(counters, cpus),
-        // Two tables of this size: new flows and assured ones.
-        conntrack: 2 * hash_entry(size_of::<FlowKey>(), size_of::<CtValue>()),
+        // Two tables of this size: new flows (slots of an array) and assured ones.
+        conntrack: size_of::<CtSlot>() as u64
+            + hash_entry(size_of::<FlowKey>(), size_of::<CtValue>()),
         affinity: hash_entry(size_of::<AffinityKey>(), size_of::<AffinityValue>()),
     }
 }
@@ -287,7 +288,8 @@ impl MapSizes {
             (MAP_SVC_STATS, self.frontends),
             (MAP_BACKENDS, self.backends),
             (MAP_BACKEND_STATS, self.backends),
-            (MAP_CONNTRACK, self.conntrack),
+            // The IPv4 new-flow table's entries are sets of slots.
+            (MAP_CONNTRACK, ct_sets(self.conntrack)),
             (MAP_CT_ASSURED, self.conntrack),
             (MAP_AFFINITY, self.affinity),
             (MAP_SERVICES6, self.frontends6),

@@ -1889,6 +1889,117 @@ fn a_new_flow_writes_its_reply_entry_alone_and_keeps_its_backend_from_its_second
     );
 }
 
+/// The new-flow table is a set-associative array (`lb_common::CT_WAYS` slots a set):
+/// a new flow whose set is full takes the slot of the set's least recently seen
+/// entry, whose flow then starts anew at its next packet (on the backend its hash
+/// names); the set's other flows keep theirs, and nothing outside the set moves.
+#[test]
+fn a_full_set_of_the_new_flow_table_gives_way_to_its_least_recently_seen_flow() {
+    own_netns();
+    let mut dp = Dataplane::load_with(None, &LoadConfig::default()).expect("load lb's eBPF object");
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    const PORT: u16 = 30300;
+    program(
+        &mut dp.maps,
+        &[port_plan(
+            "sets",
+            lb_common::PROTO_UDP,
+            vec![(frontend(ip(NODE), PORT, lb_common::PROTO_UDP), 0)],
+            vec![(ip(POD), 8080)],
+        )],
+    );
+    // Flows from many clients (an address and a port each), as a set's flows are.
+    type Flow = (std::net::Ipv4Addr, u16);
+    let packet = |(client, sport): Flow| {
+        Pkt::udp(&client.to_string(), sport, NODE, PORT)
+            .payload(b"x")
+            .build()
+    };
+    let pod: std::net::Ipv4Addr = POD.parse().unwrap();
+    let reply_key = |(client, sport): Flow| FlowKey {
+        saddr_be: u32::from(pod).to_be(),
+        daddr_be: u32::from(client).to_be(),
+        sport_be: 8080u16.to_be(),
+        dport_be: sport.to_be(),
+        proto: lb_common::PROTO_UDP,
+        _pad: 0,
+        _pad2: 0,
+    };
+    // One more flow than a set holds, all of whose reply entries (the one entry a
+    // new flow writes) go to one set.
+    let ways = lb_common::CT_WAYS as usize;
+    let mut by_set = std::collections::HashMap::<u32, Vec<Flow>>::new();
+    let flows = (0..u32::MAX)
+        .map(|i| {
+            let client =
+                std::net::Ipv4Addr::new(192, 168, 2 + (i / 250 % 250) as u8, 1 + (i % 250) as u8);
+            (client, 10_000 + (i / 62_500) as u16)
+        })
+        .find_map(|f| {
+            let same = by_set
+                .entry(dp.maps.new_flow_set(&reply_key(f)))
+                .or_default();
+            same.push(f);
+            (same.len() == ways + 1).then(|| same.clone())
+        })
+        .expect("a set's worth of flows");
+    let elsewhere = (std::net::Ipv4Addr::new(192, 168, 1, 10), 9_999);
+    assert_ne!(
+        dp.maps.new_flow_set(&reply_key(elsewhere)),
+        dp.maps.new_flow_set(&reply_key(flows[0]))
+    );
+    let (_, _, r) = run(&mut dp, Prog::Xdp, &packet(elsewhere));
+    assert_eq!(r, reason::NAT_NEW_FLOW);
+    // The first `ways` flows fill the set, each seen later than the one before (the
+    // kernel side's clock moves by jiffies).
+    for &f in &flows[..ways] {
+        std::thread::sleep(Duration::from_millis(20));
+        let (_, _, r) = run(&mut dp, Prog::Xdp, &packet(f));
+        assert_eq!(r, reason::NAT_NEW_FLOW, "{f:?}");
+    }
+    for &f in &flows[..ways] {
+        assert!(
+            dp.maps.conntrack_entry(&reply_key(f)).unwrap().is_some(),
+            "{f:?}"
+        );
+    }
+    // One more: the least recently seen (the first) gives way.
+    std::thread::sleep(Duration::from_millis(20));
+    let (_, _, r) = run(&mut dp, Prog::Xdp, &packet(flows[ways]));
+    assert_eq!(r, reason::NAT_NEW_FLOW);
+    assert!(
+        dp.maps
+            .conntrack_entry(&reply_key(flows[0]))
+            .unwrap()
+            .is_none(),
+        "the least recently seen flow gave way"
+    );
+    for &f in &flows[1..] {
+        assert!(
+            dp.maps.conntrack_entry(&reply_key(f)).unwrap().is_some(),
+            "{f:?} kept"
+        );
+    }
+    assert!(
+        dp.maps
+            .conntrack_entry(&reply_key(elsewhere))
+            .unwrap()
+            .is_some(),
+        "another set's flow kept"
+    );
+    assert_eq!(dp.maps.conntrack().unwrap().len(), ways + 1);
+    // The set's other flows go on as established (their second packet writes their
+    // original entry); the one that gave way starts anew, on the same backend.
+    for &f in &flows[1..] {
+        let (_, out, r) = run(&mut dp, Prog::Xdp, &packet(f));
+        assert_eq!(r, reason::NAT_ESTABLISHED, "{f:?}");
+        assert_eq!(out[30..34], pod.octets());
+    }
+    let (_, out, r) = run(&mut dp, Prog::Xdp, &packet(flows[0]));
+    assert_eq!(r, reason::NAT_NEW_FLOW);
+    assert_eq!(out[30..34], pod.octets());
+}
+
 /// A flow the backend answered moves to the assured table; the agent's sweep
 /// removes assured entries whose timeout passed (nothing evicts them) and keeps the
 /// live ones.

@@ -8,12 +8,12 @@
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
 use lb_common::{
-    BENCH_HDR_LEN, Counters, CtValue, FlowKey, MAP_BENCH, MAP_BENCH_FRAME, MAP_BENCH_SINK,
-    MAP_CONNTRACK, MAP_STATS,
+    BENCH_HDR_LEN, Counters, CtValue, FlowKey, GLOBAL_CT_SEED, GLOBAL_CT_SETS, MAP_BENCH,
+    MAP_BENCH_FRAME, MAP_BENCH_SINK, MAP_CONNTRACK, MAP_STATS, ct_sets,
 };
 use lb_user::sizes::{MapSizes, Need, NodeMemory, SizeFlags};
 
@@ -34,10 +34,15 @@ impl BenchObject {
                 ..Need::default()
             },
         );
-        let ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_CONNTRACK, sizes.conntrack)
+        let sets = ct_sets(sizes.conntrack);
+        let seed = lb_user::maps::ct_seed_for(None);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_CONNTRACK, sets)
+            .override_global(GLOBAL_CT_SETS, &sets, true)
+            .override_global(GLOBAL_CT_SEED, &seed, true)
             .load(lb_user::loader::BENCH_ELF)
             .context("loading the lb-bench object")?;
+        lb_user::maps::keep_ct_seed(&mut ebpf, seed)?;
         Ok(BenchObject { ebpf })
     }
 
@@ -110,8 +115,8 @@ impl BenchObject {
 
     /// Writes a flow into the object's own conntrack (for the floor program).
     pub fn put_conntrack(&mut self, key: &FlowKey, value: &CtValue) -> Result<()> {
-        let mut ct: HashMap<_, FlowKey, CtValue> = HashMap::try_from(self.map(MAP_CONNTRACK)?)?;
-        Ok(ct.insert(key, value, 0)?)
+        lb_user::maps::new_flow_table::<u32>(&self.ebpf, MAP_CONNTRACK)?.insert(key, value);
+        Ok(())
     }
 
     /// Packets counted under verdict `reason` by the object's programs, all CPUs.

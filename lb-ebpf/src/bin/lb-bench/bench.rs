@@ -18,7 +18,8 @@ use lb_common::{
 use lb_ebpf::{
     conntrack,
     csum::Csum,
-    maps::LB_CT,
+    ct_table::NewFlows,
+    family::Family,
     parse::{self, IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, ptr_at},
 };
 
@@ -138,7 +139,7 @@ pub fn redirect_ct(ctx: &XdpContext) -> u32 {
             nat_dport_be: k.sport_be,
             ..CtValue::default()
         };
-        let _ = LB_CT.insert(k, value, 0);
+        let _ = <u32 as Family>::conntrack().insert(k, value, 0);
     }
     redirect()
 }
