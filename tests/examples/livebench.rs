@@ -6,8 +6,8 @@
 //! pod that does not XDP translates and TC ingress hands the packet to the pod's end
 //! of its veth; each against the plain hop of its kind, and its new flows against
 //! the XDP hop with the flow state any stateful NAT hop keeps (a lookup per packet,
-//! one LRU entry per new flow, the one its replies need, as lb writes; the table
-//! sized as the agent sizes its own); and with
+//! one entry per new flow, the one its replies need, as lb writes, in lb's own
+//! IPv4 flow table sized as the agent sizes it); and with
 //! `--to-pods stack` (the kernel's stack delivers); (c) kube-proxy's iptables DNAT
 //! rules; (d) kube-proxy's nftables rules; for one established flow and for new flows (every
 //! packet a new source address and port), at 1, 1,000 and 10,000 services x 10
@@ -217,7 +217,7 @@ enum Contender {
     Generator,
     Ceiling,
     /// The ceiling plus the flow state any stateful NAT hop keeps (a lookup per
-    /// packet, one LRU entry per new flow): the floor of new flows.
+    /// packet, one entry per new flow in lb's flow table): the floor of new flows.
     CeilingCt,
     PeerFloor,
     /// lb as by default, the pod running XDP on its end: XDP redirects into it.
@@ -246,7 +246,7 @@ impl Contender {
         match self {
             Contender::Generator => "generator (XDP drop on the node's uplink)",
             Contender::Ceiling => "XDP_REDIRECT hop (ceiling; pod runs XDP)",
-            Contender::CeilingCt => "XDP_REDIRECT hop + flow state (1 LRU entry per new flow)",
+            Contender::CeilingCt => "XDP_REDIRECT hop + flow state (1 entry per new flow)",
             Contender::PeerFloor => "TC bpf_redirect_peer hop (pod without XDP)",
             Contender::Lb => "lb NodePort (pod runs XDP)",
             Contender::LbTcPod => "lb NodePort (pod without XDP)",

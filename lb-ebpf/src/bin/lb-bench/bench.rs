@@ -122,11 +122,12 @@ pub fn redirect() -> u32 {
     unsafe { bpf_redirect(setting(BENCH_REDIRECT_IFINDEX), 0) as u32 }
 }
 
-/// The floor of any hop that keeps per-flow NAT state in BPF LRU maps: the ceiling
-/// plus, per packet, the parse and the flow lookup, and for a packet of a new flow
-/// the one entry every such hop writes (the reply it expects, which the reverse
+/// The floor of any hop that keeps per-flow NAT state: the ceiling plus, per
+/// packet, the parse and the flow lookup, and for a packet of a new flow the one
+/// entry every such hop writes (the reply it expects, which the reverse
 /// translation needs; lb writes the original direction's at the flow's second
-/// packet or answer), in a `LB_CT` sized as the agent sizes its own.
+/// packet or answer), in lb's own `LB_CT` (`ct_table`) sized as the agent sizes
+/// its own.
 #[inline(always)]
 pub fn redirect_ct(ctx: &XdpContext) -> u32 {
     let Ok(p) = parse::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) else {

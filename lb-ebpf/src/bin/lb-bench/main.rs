@@ -75,7 +75,7 @@ pub fn lb_bench_redirect(_ctx: XdpContext) -> u32 {
 }
 
 /// Benchmarks only: the plain redirect hop plus the flow state every stateful hop
-/// keeps (one LRU entry per new flow).
+/// keeps (one entry per new flow, in lb's flow table).
 #[xdp]
 pub fn lb_bench_redirect_ct(ctx: XdpContext) -> u32 {
     bench::redirect_ct(&ctx)
