@@ -8,14 +8,10 @@
 
 use core::{borrow::Borrow, ptr};
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    cty::c_long,
-    maps::{Array, LruHashMap},
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, cty::c_long, maps::LruHashMap};
 use lb_common::{
-    Addr6, CT_WAYS, CtAddr, CtSetOf, CtSlotOf, CtValue, CtValue6, CtValueOf, DEFAULT_CONNTRACK,
-    FlowKey, FlowKey6, FlowKeyOf, ct_check, ct_hash, ct_set, ct_sets,
+    Addr6, CT_WAYS, CtSet, CtSlot, CtValue, CtValue6, CtValueOf, DEFAULT_CONNTRACK, FlowKey,
+    FlowKey6, FlowKeyOf, ct_check, ct_hash, ct_set, ct_sets,
 };
 
 use crate::maps::LB_CT;
@@ -75,7 +71,7 @@ impl NewFlows<u32> for CtTable {
     #[inline(always)]
     fn get_ptr_mut(&self, key: impl Borrow<FlowKey>) -> Option<*mut CtValue> {
         // SAFETY: a field of a slot of the array.
-        find(&LB_CT, sets4(), key.borrow()).map(|slot| unsafe { &raw mut (*slot).value })
+        find(key.borrow()).map(|slot| unsafe { &raw mut (*slot).value })
     }
 
     #[inline(always)]
@@ -92,7 +88,7 @@ impl NewFlows<u32> for CtTable {
         value: impl Borrow<CtValue>,
         flags: u64,
     ) -> Result<(), c_long> {
-        match insert(&LB_CT, sets4(), key.borrow(), value.borrow(), flags) {
+        match insert(key.borrow(), value.borrow(), flags) {
             0 => Ok(()),
             e => Err(e),
         }
@@ -100,7 +96,7 @@ impl NewFlows<u32> for CtTable {
 
     #[inline(always)]
     fn remove(&self, key: impl Borrow<FlowKey>) -> Result<(), c_long> {
-        let slot = find(&LB_CT, sets4(), key.borrow()).ok_or(ENOENT)?;
+        let slot = find(key.borrow()).ok_or(ENOENT)?;
         // SAFETY: a slot of the array: a cleared check empties it, and it was
         // last seen at 0 (the first a write takes).
         unsafe {
@@ -139,21 +135,17 @@ impl NewFlows<Addr6> for &'static LruHashMap<FlowKey6, CtValue6> {
     }
 }
 
-/// A tuple's set and its hash.
+/// A tuple's set of `LB_CT` and its hash.
 #[inline(always)]
-fn place<A: CtAddr>(
-    sets: &'static Array<CtSetOf<A>>,
-    count: u32,
-    key: &FlowKeyOf<A>,
-) -> Option<(*mut CtSetOf<A>, u64)> {
+fn place(key: &FlowKey) -> Option<(*mut CtSet, u64)> {
     // SAFETY: a plain read of a global the loader set.
     let hash = ct_hash(key, unsafe { ptr::read_volatile(&CT_SEED) });
-    Some((sets.get_ptr_mut(ct_set(hash, count))?, hash))
+    Some((LB_CT.get_ptr_mut(ct_set(hash, sets4()))?, hash))
 }
 
 /// Slot `w` of `set`.
 #[inline(always)]
-fn slot<A>(set: *mut CtSetOf<A>, w: usize) -> *mut CtSlotOf<A> {
+fn slot(set: *mut CtSet, w: usize) -> *mut CtSlot {
     // SAFETY: a field of a map value (w < CT_WAYS, the loops' bound).
     unsafe { &raw mut (*set).slots[w] }
 }
@@ -161,10 +153,10 @@ fn slot<A>(set: *mut CtSetOf<A>, w: usize) -> *mut CtSlotOf<A> {
 /// Whether `key` and the key at `at` differ: their words compared without a branch
 /// (each branch is a path the verifier walks).
 #[inline(always)]
-fn differ<A>(at: *const FlowKeyOf<A>, key: &FlowKeyOf<A>) -> bool {
-    let (a, b) = (at as *const u32, key as *const FlowKeyOf<A> as *const u32);
+fn differ(at: *const FlowKey, key: &FlowKey) -> bool {
+    let (a, b) = (at as *const u32, key as *const FlowKey as *const u32);
     let mut diff = 0;
-    for i in 0..size_of::<FlowKeyOf<A>>() / 4 {
+    for i in 0..size_of::<FlowKey>() / 4 {
         // SAFETY: both are keys (a multiple of 4 bytes, 4-aligned); `at` in a map
         // value. Both read anew (volatile): nothing of the key is kept in
         // registers across the lookups, which would spill it to the stack.
@@ -175,7 +167,7 @@ fn differ<A>(at: *const FlowKeyOf<A>, key: &FlowKeyOf<A>) -> bool {
 
 /// Whether `slot` holds a valid entry for `key` (whose hash is `hash`).
 #[inline(always)]
-fn holds<A: CtAddr>(slot: *mut CtSlotOf<A>, key: &FlowKeyOf<A>, hash: u64) -> bool {
+fn holds(slot: *mut CtSlot, key: &FlowKey, hash: u64) -> bool {
     // SAFETY: a slot of the array; the check is read before the entry (see
     // `CtSlotOf`): a torn or half-written entry fails it, an empty one's (0) is
     // never a check.
@@ -185,16 +177,12 @@ fn holds<A: CtAddr>(slot: *mut CtSlotOf<A>, key: &FlowKeyOf<A>, hash: u64) -> bo
         && ct_check(hash, unsafe { &(*slot).value }) == check
 }
 
-/// The slot of `sets` (`count` of them) holding a valid entry for `key`. A
-/// subprogram of its own, as [`insert`]: inlined, their registers spill into the
-/// frames of the programs' IPv4 paths, which have no room left.
+/// The slot of `LB_CT` holding a valid entry for `key`. A subprogram of its own,
+/// as [`insert`]: inlined, their registers spill into the frames of the programs'
+/// IPv4 paths, which have no room left.
 #[inline(never)]
-pub fn find<A: CtAddr>(
-    sets: &'static Array<CtSetOf<A>>,
-    count: u32,
-    key: &FlowKeyOf<A>,
-) -> Option<*mut CtSlotOf<A>> {
-    let (set, hash) = place(sets, count, key)?;
+fn find(key: &FlowKey) -> Option<*mut CtSlot> {
+    let (set, hash) = place(key)?;
     for w in 0..CT_WAYS as usize {
         let s = slot(set, w);
         if holds(s, key, hash) {
@@ -207,18 +195,12 @@ pub fn find<A: CtAddr>(
     None
 }
 
-/// Writes `key`'s entry in `sets` (see `NewFlows::insert`): over its own, else over
-/// the set's least recently seen (an empty slot was last seen at 0). 0, or the
-/// error.
+/// Writes `key`'s entry in `LB_CT` (see `NewFlows::insert`): over its own, else
+/// over the set's least recently seen (an empty slot was last seen at 0). 0, or
+/// the error.
 #[inline(never)]
-pub fn insert<A: CtAddr>(
-    sets: &'static Array<CtSetOf<A>>,
-    count: u32,
-    key: &FlowKeyOf<A>,
-    value: &CtValueOf<A>,
-    flags: u64,
-) -> c_long {
-    let Some((set, hash)) = place(sets, count, key) else {
+fn insert(key: &FlowKey, value: &CtValue, flags: u64) -> c_long {
+    let Some((set, hash)) = place(key) else {
         return ENOENT;
     };
     let mut target = CT_WAYS as usize;
