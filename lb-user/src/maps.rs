@@ -322,12 +322,18 @@ pub fn ct_seed_for(pins: Option<&Path>) -> u64 {
 /// object's `LB_CT_SEED`, for whatever reads the tables and for the next agent.
 /// Before anything reads or carries over the tables.
 pub fn keep_ct_seed(ebpf: &mut aya::Ebpf, seed: u64) -> Result<(), MapsError> {
-    let map = ebpf
-        .map_mut(MAP_CT_SEED)
-        .ok_or(MapsError::Missing { map: MAP_CT_SEED })?;
-    let mut a: Array<&mut MapData, u64> =
-        Array::try_from(map).map_err(aya_err(MAP_CT_SEED, "typing"))?;
-    a.set(0, seed, 0).map_err(aya_err(MAP_CT_SEED, "writing"))
+    write_first(ebpf, MAP_CT_SEED, seed)
+}
+
+/// Writes entry 0 of the array `name` of a loaded object.
+fn write_first<V: Pod>(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    value: V,
+) -> Result<(), MapsError> {
+    let map = ebpf.map_mut(name).ok_or(MapsError::Missing { map: name })?;
+    let mut a: Array<&mut MapData, V> = Array::try_from(map).map_err(aya_err(name, "typing"))?;
+    a.set(0, value, 0).map_err(aya_err(name, "writing"))
 }
 
 /// A new-flow table, mapped (see `ct_table`).
@@ -934,12 +940,5 @@ pub fn read_clock(ebpf: &aya::Ebpf) -> Result<u64, MapsError> {
 /// Writes `LB_ROUTING[0]`: whether the node's routes depend on the destination
 /// alone, per family (`netif::RoutedByDestination::bits`).
 pub fn write_routing(ebpf: &mut aya::Ebpf, bits: u32) -> Result<(), MapsError> {
-    let map = ebpf
-        .map_mut(MAP_ROUTING)
-        .ok_or(MapsError::Missing { map: MAP_ROUTING })?;
-    let mut routing: Array<&mut MapData, u32> =
-        Array::try_from(map).map_err(aya_err(MAP_ROUTING, "typing"))?;
-    routing
-        .set(0, bits, 0)
-        .map_err(aya_err(MAP_ROUTING, "writing"))
+    write_first(ebpf, MAP_ROUTING, bits)
 }
