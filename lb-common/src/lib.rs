@@ -725,14 +725,6 @@ impl CtAddr for u32 {
     }
 }
 
-impl CtAddr for Addr6 {
-    #[inline(always)]
-    fn mix_into(self, h: u64) -> u64 {
-        let h = ct_mix(h, (self[0] as u64) << 32 | self[1] as u64);
-        ct_mix(h, (self[2] as u64) << 32 | self[3] as u64)
-    }
-}
-
 /// One step of the tables' hash: a word folded in, multiplied, its high bits
 /// folded down.
 #[inline(always)]

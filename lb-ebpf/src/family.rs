@@ -5,9 +5,9 @@
 
 use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray};
 use lb_common::{
-    Addr6, AffinityKeyOf, AffinityValue, BackendKey, BackendOf, CtAddr, CtValue6, CtValueOf,
-    FlowKey6, FlowKeyOf, FragKey, FragKey6, FragValue, HAIRPIN_SNAT_ADDR, HAIRPIN_SNAT_ADDR6,
-    ROUTED_BY_DST4, ROUTED_BY_DST6, RouteSlotOf, ServiceKeyOf, ServiceValue,
+    Addr6, AffinityKeyOf, AffinityValue, BackendKey, BackendOf, CtValue6, CtValueOf, FlowKey6,
+    FlowKeyOf, FragKey, FragKey6, FragValue, HAIRPIN_SNAT_ADDR, HAIRPIN_SNAT_ADDR6, ROUTED_BY_DST4,
+    ROUTED_BY_DST6, RouteSlotOf, ServiceKeyOf, ServiceValue,
 };
 
 use crate::csum::Csum;
@@ -28,7 +28,7 @@ static SNAT_ADDR: u32 = 0;
 static SNAT_ADDR6: Addr6 = [0; 4];
 
 /// An address family, implemented by its address type.
-pub trait Family: Copy + Default + PartialEq + CtAddr + 'static {
+pub trait Family: Copy + Default + PartialEq + 'static {
     /// The address a pod that reaches itself through a service sees as the source
     /// (a packet from its own address to itself would never leave it).
     const HAIRPIN: Self;

@@ -71,10 +71,6 @@ impl<A: CtAddr> CtTable<A> {
         })
     }
 
-    pub fn slots(&self) -> u32 {
-        self.slots
-    }
-
     pub fn seed(&self) -> u64 {
         self.seed
     }

@@ -228,13 +228,12 @@ pub fn load(
     loader.override_global(GLOBAL_CT_SEED, &seed, true);
     let deliver_key: u64 = rand::random::<u64>() | 1;
     loader.override_global(GLOBAL_DELIVER_KEY, &deliver_key, true);
-    let ebpf = loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
+    let mut ebpf = loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
         pins: pins
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "nowhere".into()),
         error: Box::new(error),
     })?;
-    let mut ebpf = ebpf;
     maps::keep_ct_seed(&mut ebpf, seed)?;
     Ok((ebpf, resized, deliver_key))
 }
