@@ -51,7 +51,12 @@ pub fn run(store: &Store, a: &ApplyArgs, mode: Mode) -> Result<()> {
         let names: Vec<(&str, String)> = m
             .docs
             .iter()
-            .map(|d| (d.object.kind().resource(), d.object.key().name))
+            .map(|d| {
+                (
+                    d.object.kind().resource(),
+                    d.object.meta().name.clone().unwrap_or_default(),
+                )
+            })
             .collect();
         let bulk = match &mut bulk {
             Some(b) => b,

@@ -370,7 +370,11 @@ fn split_key(text: &str) -> Option<(Cow<'_, str>, &str)> {
         .find(|&i| matches!(b.get(i + 1), None | Some(b' ')))?;
     let key = &text[..colon];
     // (libyaml looks for a key's colon within 1,024 characters.)
-    if key.contains(" #") || key.ends_with(' ') || key.len() > MAX_KEY {
+    let comment = key
+        .as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b' ' && w[1] == b'#');
+    if comment || key.ends_with(' ') || key.len() > MAX_KEY {
         return None;
     }
     Some((Cow::Borrowed(key), &text[colon + 1..]))

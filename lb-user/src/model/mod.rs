@@ -685,7 +685,8 @@ fn parse_object(
         .unwrap_or("");
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
     let name = value
-        .pointer("/metadata/name")
+        .get("metadata")
+        .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
@@ -695,7 +696,11 @@ fn parse_object(
             // The API server's own words for a port without `port`, before serde says
             // "missing field".
             let mut missing = Vec::new();
-            if let Some(ports) = value.pointer("/spec/ports").and_then(Value::as_array) {
+            if let Some(ports) = value
+                .get("spec")
+                .and_then(|s| s.get("ports"))
+                .and_then(Value::as_array)
+            {
                 for (i, p) in ports.iter().enumerate() {
                     if p.get("port").is_none() {
                         missing.push(FieldError::required(format!("spec.ports[{i}].port")));

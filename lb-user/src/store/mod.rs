@@ -35,7 +35,7 @@ pub use self::{
     rows::{ListQuery, Page, Row as StoredRow},
 };
 use crate::{
-    model::{Cidr, Document, Kind, Object, ObjectKey, PodFacts},
+    model::{Cidr, DEFAULT_NAMESPACE, Document, Kind, Object, ObjectKey, PodFacts},
     state::{Change, Fact, FactChange, Facts, State, WholeFacts},
 };
 
@@ -189,20 +189,24 @@ impl BulkApply<'_> {
         // The named objects only: what every other service holds comes from the
         // index of taken values, so one more service in a store of 100,000 reads
         // 100,000 integers, not 100,000 services.
-        let mut objects: Vec<(Kind, ObjectKey)> = docs
+        let objects: Vec<(Kind, ObjectKey)> = docs
             .iter()
+            .filter(|d| {
+                let Some(named) = &mut self.named else {
+                    return true;
+                };
+                // Named before (or a hash shared with one that was): read.
+                use std::hash::BuildHasher as _;
+                let meta = d.object.meta();
+                let hash = named.hasher().hash_one((
+                    d.object.kind().as_str(),
+                    meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+                    meta.name.as_deref().unwrap_or_default(),
+                ));
+                !named.insert(hash)
+            })
             .map(|d| (d.object.kind(), d.object.key()))
             .collect();
-        if let Some(named) = &mut self.named {
-            // Named before (or a hash shared with one that was): read.
-            objects.retain(|(kind, key)| {
-                use std::hash::BuildHasher as _;
-                let hash = named
-                    .hasher()
-                    .hash_one((kind.as_str(), &key.namespace, &key.name));
-                !named.insert(hash)
-            });
-        }
         let scope = Scope {
             all_services: false,
             objects,

@@ -230,3 +230,26 @@ fn a_local_load_balancer_holds_a_health_check_node_port() {
     apply_to(&mut state, &svc("a", &local.replace("Local", "Cluster"))).unwrap();
     assert_eq!(stored(&state, "a").health_check_node_port, None);
 }
+
+#[test]
+fn uids_are_random_version_4_uuids_in_their_text_form() {
+    let uids: std::collections::HashSet<String> = (0..1000).map(|_| new_uid()).collect();
+    assert_eq!(uids.len(), 1000);
+    for u in &uids {
+        let b = u.as_bytes();
+        assert_eq!(b.len(), 36, "{u}");
+        for (i, c) in b.iter().enumerate() {
+            match i {
+                8 | 13 | 18 | 23 => assert_eq!(*c, b'-', "{u}"),
+                _ => assert!(c.is_ascii_digit() || (b'a'..=b'f').contains(c), "{u}"),
+            }
+        }
+        assert_eq!(b[14], b'4', "version 4: {u}");
+        assert!(b"89ab".contains(&b[19]), "variant 10: {u}");
+    }
+    // Every hex digit outside the version and variant varies.
+    for i in (0..36).filter(|i| ![8, 13, 14, 18, 23].contains(i)) {
+        let seen: std::collections::HashSet<u8> = uids.iter().map(|u| u.as_bytes()[i]).collect();
+        assert!(seen.len() >= 4, "position {i}: {seen:?}");
+    }
+}
