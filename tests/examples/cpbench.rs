@@ -4,7 +4,8 @@
 //! change (the median of 5) at each size for each. lb runs twice: endpoints from
 //! EndpointSlices (what kube-proxy reads) and from pods its services select (lb
 //! without Kubernetes). Run as root: `cargo xtask bench`
-//! (`--quick` for a smoke run; `--sizes=10000 --lb-only` to measure lb alone).
+//! (`--quick` for a smoke run; `--sizes=10000 --lb-only` to measure lb alone,
+//! `--endpoints=pods` or `=slices` for one of its two runs).
 
 mod report;
 
@@ -60,7 +61,7 @@ fn wait_reconcile(t: &Topology, seen: usize, ok: impl Fn(&str) -> bool) -> Resul
 }
 
 /// Applies `manifest` and waits for the reconcile line `ok` recognises: that line,
-/// and the time from `lb apply` until the agent logged it.
+/// and the time from `lb apply` (its manifest written) until the agent logged it.
 fn apply_timed(
     t: &Topology,
     lb: &Lb,
@@ -68,8 +69,8 @@ fn apply_timed(
     ok: impl Fn(&str) -> bool,
 ) -> Result<(String, Duration)> {
     let seen = reconciles(t).len();
-    let start = SystemTime::now();
-    lb.apply(manifest)?;
+    let mut start = SystemTime::now();
+    lb.apply_peak_with(manifest, || start = SystemTime::now())?;
     let line = wait_reconcile(t, seen, ok)?;
     eprintln!("agent: {line}");
     let took = since(logged_at(&line)?, start)?;
@@ -182,8 +183,8 @@ fn lb(n: usize, from: Endpoints, via: Via) -> Result<LbTimes> {
     // Until the agent logs that the maps hold it (its log line's timestamp), not
     // until this loop notices after `lb apply` has exited: the CLI's housekeeping
     // after the commit (a log checkpoint) delays no map.
-    let start = SystemTime::now();
-    let (_, cli_peak) = lb.apply_peak(&manifests)?;
+    let mut start = SystemTime::now();
+    let (_, cli_peak) = lb.apply_peak_with(&manifests, || start = SystemTime::now())?;
     drop(manifests);
     // Every service and every endpoint: through the API, services and their
     // slices arrive as separate watch events, over several reconciles.
@@ -326,6 +327,9 @@ fn main() -> Result<()> {
             None => vec![1_000, 10_000, 30_000, 100_000],
         };
     let lb_only = std::env::args().any(|a| a == "--lb-only");
+    // `--endpoints=slices` or `=pods`: lb's runs with endpoints from that source only.
+    let endpoints = std::env::args().find_map(|a| a.strip_prefix("--endpoints=").map(String::from));
+    let runs = |from: &str| endpoints.as_deref().is_none_or(|e| e == from);
     let kernel = [
         KernelRules {
             short: "iptables-restore",
@@ -393,13 +397,25 @@ fn main() -> Result<()> {
         ]
     };
     for &n in &sizes {
-        let l = lb(n, Endpoints::Slices, Via::Store).with_context(|| format!("lb at {n}"))?;
-        table.row(lb_row(n, "lb (`lb apply` -> agent -> maps)", &l, &l));
-        chart.bar(&format!("{n} svc"), "lb", l.apply.as_secs_f64());
-        let p =
-            lb(n, Endpoints::Pods, Via::Store).with_context(|| format!("lb with pods at {n}"))?;
-        table.row(lb_row(n, "lb, endpoints from pods' selectors", &p, &l));
-        chart.bar(&format!("{n} svc"), "lb, pods", p.apply.as_secs_f64());
+        let slices = runs("slices")
+            .then(|| lb(n, Endpoints::Slices, Via::Store).with_context(|| format!("lb at {n}")))
+            .transpose()?;
+        if let Some(l) = &slices {
+            table.row(lb_row(n, "lb (`lb apply` -> agent -> maps)", l, l));
+            chart.bar(&format!("{n} svc"), "lb", l.apply.as_secs_f64());
+        }
+        if runs("pods") {
+            let p = lb(n, Endpoints::Pods, Via::Store)
+                .with_context(|| format!("lb with pods at {n}"))?;
+            table.row(lb_row(
+                n,
+                "lb, endpoints from pods' selectors",
+                &p,
+                slices.as_ref().unwrap_or(&p),
+            ));
+            chart.bar(&format!("{n} svc"), "lb, pods", p.apply.as_secs_f64());
+        }
+        let Some(l) = slices else { continue };
         // The agent following the store through `lb api-server` instead (as an
         // agent on another machine would), up to API_MAX services.
         if n <= API_MAX {

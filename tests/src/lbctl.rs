@@ -81,6 +81,12 @@ impl Lb {
 
     /// [`apply`](Self::apply), with the CLI's peak resident memory (bytes).
     pub fn apply_peak(&self, manifest: &str) -> Result<(String, u64)> {
+        self.apply_peak_with(manifest, || ())
+    }
+
+    /// [`apply_peak`](Self::apply_peak), calling `started` once the manifest is
+    /// written, just before `lb apply` starts (a bench times lb from there).
+    pub fn apply_peak_with(&self, manifest: &str, started: impl FnOnce()) -> Result<(String, u64)> {
         // One file per call: tests of one process apply in parallel.
         static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -89,6 +95,7 @@ impl Lb {
             .with_file_name(format!("manifest-{}-{n}", std::process::id()));
         let [path, out_path, err_path] = ["yaml", "out", "err"].map(|ext| base.with_extension(ext));
         std::fs::write(&path, manifest)?;
+        started();
         let result = (|| {
             let child = Command::new(lb_bin())
                 .arg("--store")
