@@ -8,8 +8,9 @@
 //! service. Ids come from one allocator ([`IdPool`]); port bits from one count of the
 //! frontends on each port.
 
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 

@@ -6,8 +6,9 @@
 //! services by selector. [`Tracked`] keeps facts and their index in step and says
 //! which services a batch of changes touches; the planner reads both.
 
+use foldhash::HashMap;
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::atomic::{AtomicU64, Ordering},
 };

@@ -7,8 +7,9 @@
 //! records under `in-addr.arpa.` and `ip6.arpa.`. Pure: built and changed one service at a
 //! time by the agent, read by the server's lookups.
 
+use foldhash::HashMap;
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
