@@ -218,13 +218,18 @@ impl ObjectKey {
     }
 
     pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
-        ObjectKey {
-            namespace: meta
-                .namespace
-                .clone()
-                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
-            name: meta.name.clone().unwrap_or_default(),
-        }
+        let (namespace, name) = Self::parts(meta);
+        ObjectKey::new(namespace, name)
+    }
+
+    /// The namespace and name `meta` is keyed by (no namespace: `default`), borrowed.
+    pub fn parts(
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> (&str, &str) {
+        (
+            meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+            meta.name.as_deref().unwrap_or_default(),
+        )
     }
 }
 

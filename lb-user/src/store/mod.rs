@@ -35,7 +35,7 @@ pub use self::{
     rows::{ListQuery, Page, Row as StoredRow},
 };
 use crate::{
-    model::{Cidr, DEFAULT_NAMESPACE, Document, Kind, Object, ObjectKey, PodFacts},
+    model::{Cidr, Document, Kind, Object, ObjectKey, PodFacts},
     state::{Change, Fact, FactChange, Facts, State, WholeFacts},
 };
 
@@ -197,12 +197,10 @@ impl BulkApply<'_> {
                 };
                 // Named before (or a hash shared with one that was): read.
                 use std::hash::BuildHasher as _;
-                let meta = d.object.meta();
-                let hash = named.hasher().hash_one((
-                    d.object.kind().as_str(),
-                    meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
-                    meta.name.as_deref().unwrap_or_default(),
-                ));
+                let (namespace, name) = ObjectKey::parts(d.object.meta());
+                let hash = named
+                    .hasher()
+                    .hash_one((d.object.kind().as_str(), namespace, name));
                 !named.insert(hash)
             })
             .map(|d| (d.object.kind(), d.object.key()))
