@@ -32,11 +32,22 @@ fn key() -> u64 {
     unsafe { core::ptr::read_volatile(&DELIVER_KEY) }
 }
 
-/// Makes room for the mark in front of the frame, still unset; false when the driver
-/// keeps no metadata (the packet then goes through the stack). Called before the
-/// frame is rewritten: once rewritten for the pod, it must be delivered this way.
+/// Set by the agent at load time (`lb_common::GLOBAL_XDP_META`): 1 where the kernel
+/// has `bpf_xdp_adjust_meta` for XDP.
+#[unsafe(no_mangle)]
+static XDP_META: u32 = 0;
+
+/// Makes room for the mark in front of the frame, still unset; false when the kernel
+/// or the driver keeps no metadata (the packet then goes on untranslated, and TC
+/// ingress translates it and hands it over itself). Called before the frame is
+/// rewritten: once rewritten for the pod, it must be delivered this way.
 #[inline(always)]
 pub fn reserve(ctx: &XdpContext) -> bool {
+    // SAFETY: a plain read of a global the loader set. A constant of the load: where
+    // it is 0 the verifier never sees the helper's call below.
+    if unsafe { core::ptr::read_volatile(&XDP_META) } == 0 {
+        return false;
+    }
     // SAFETY: the program's own context; the helper checks the headroom.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<DeliverMeta>() as i32)) } != 0 {
         return false;

@@ -77,8 +77,9 @@ fn run4(ctx: &XdpContext) -> u32 {
             // (no full FIB answer, or an interface that takes no XDP frames) they go
             // on untouched, and TC ingress, whose bpf_redirect_neigh resolves the
             // neighbour and takes any interface, finishes them.
-            // A flow created here is forgotten: TC starts it anew.
-            if forward == Forward::Fib && !way.route.found() {
+            // A flow created here is forgotten: TC starts it anew. So do packets for
+            // a local pod XDP cannot mark for TC (`Way::to_tc`).
+            if (forward == Forward::Fib && !way.route.found()) || way.to_tc {
                 if new {
                     conntrack::forget(&p.key, &to);
                 }
@@ -163,6 +164,13 @@ fn run6(ctx: &XdpContext) -> u32 {
                 fwd::lookup6_full(ctx.as_ptr(), &d.to, ingress, p.ip_len, &mut w.route);
                 w.route
             });
+            if way.to_tc {
+                if d.new {
+                    conntrack::forget6(&p.key, &d.to);
+                }
+                stats::verdict(reason::PASS_TO_TC, p.ip_len);
+                return xdp_action::XDP_PASS;
+            }
             match nat::rewrite_xdp6(ctx, p, &d.to, way.route.found()) {
                 Ok(()) => {
                     stats::verdict(d.reason, p.ip_len);
@@ -217,10 +225,14 @@ fn related<A: icmp::Quoting>(
 
 /// How a translated frame leaves: redirected by the FIB's route (`route` found), or
 /// marked for TC ingress to hand to the pod (`to_peer`), or on through the stack
-/// (no route). A plain struct, never an enum with a payload (see `fwd::Route`).
+/// (no route); or it is not translated here at all (`to_tc`: for a local pod's veth
+/// where no mark can be left, the kernel or the driver keeping no XDP metadata, TC
+/// ingress translates it and hands it over itself, as on a virtual uplink). A plain
+/// struct, never an enum with a payload (see `fwd::Route`).
 struct Way {
     route: Route,
     to_peer: bool,
+    to_tc: bool,
 }
 
 /// Sends a translated frame the way [`way_out`] chose: redirected
@@ -249,7 +261,8 @@ fn send(ctx: &XdpContext, way: &Way, ip_len: u16) -> Option<u32> {
 /// the stack once rewritten. Towards a local pod's veth it depends on `--to-pods`:
 /// by default (peer) XDP redirects it to a pod whose end runs a native-mode XDP
 /// program (`IFACE_F_XDP_XMIT`, set by the agent per pod), and for any other pod
-/// the frame is marked and TC ingress hands it over (`deliver`); with `--to-pods
+/// the frame is marked and TC ingress hands it over (`deliver`), or, where no mark
+/// can be left, it goes on untranslated for TC to translate and hand over; with `--to-pods
 /// xdp` XDP redirects every one (the agent was told the pods' ends take XDP
 /// frames). A packet on its last hop (TTL 1) is not forwarded here: the stack
 /// routes it and answers "time exceeded" (DNAT flows), or TC drops it. Hairpin
@@ -260,6 +273,7 @@ fn way_out(ctx: &XdpContext, ttl: u8, forward: Forward, lookup: impl FnOnce() ->
     let mut way = Way {
         route: Route::NONE,
         to_peer: false,
+        to_tc: false,
     };
     if forward == Forward::Back || !fwd::xdp_enabled() || ttl <= 1 {
         return way;
@@ -279,9 +293,13 @@ fn way_out(ctx: &XdpContext, ttl: u8, forward: Forward, lookup: impl FnOnce() ->
         TO_PODS_XDP => way.route = r,
         // The pod's end runs native XDP (the agent saw it): it takes redirected frames.
         TO_PODS_PEER if role & IFACE_F_XDP_XMIT != 0 => way.route = r,
-        TO_PODS_PEER if role & IFACE_F_PEER != 0 && deliver::reserve(ctx) => {
-            way.route = r;
-            way.to_peer = true;
+        TO_PODS_PEER if role & IFACE_F_PEER != 0 => {
+            if deliver::reserve(ctx) {
+                way.route = r;
+                way.to_peer = true;
+            } else {
+                way.to_tc = true;
+            }
         }
         _ => {}
     }

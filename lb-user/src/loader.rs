@@ -24,10 +24,10 @@ use aya::{
 use lb_common::{
     ALL_MAPS, CtTimeouts, GLOBAL_CLOCK_HZ, GLOBAL_CT_SEED, GLOBAL_CT_SETS, GLOBAL_CT_TIMEOUTS,
     GLOBAL_DELIVER_KEY, GLOBAL_FIB_REDIRECT, GLOBAL_NETNS_COOKIE, GLOBAL_SNAT_ADDR,
-    GLOBAL_SNAT_ADDR6, GLOBAL_TO_PODS, IFACE_EXTERNAL, IFACE_F_PEER, IFACE_F_XDP_XMIT, IFACE_POD,
-    PROG_CLOCK, PROG_CONNECT4, PROG_CONNECT6, PROG_RECVMSG4, PROG_RECVMSG6, PROG_SENDMSG4,
-    PROG_SENDMSG6, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, TO_PODS_PEER, TO_PODS_STACK,
-    TO_PODS_XDP, ct_sets,
+    GLOBAL_SNAT_ADDR6, GLOBAL_TO_PODS, GLOBAL_XDP_META, IFACE_EXTERNAL, IFACE_F_PEER,
+    IFACE_F_XDP_XMIT, IFACE_POD, PROG_CLOCK, PROG_CONNECT4, PROG_CONNECT6, PROG_RECVMSG4,
+    PROG_RECVMSG6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
+    TO_PODS_PEER, TO_PODS_STACK, TO_PODS_XDP, ct_sets,
 };
 use tracing::{info, warn};
 
@@ -228,6 +228,8 @@ pub fn load(
     loader.override_global(GLOBAL_CT_SEED, &seed, true);
     let deliver_key: u64 = rand::random::<u64>() | 1;
     loader.override_global(GLOBAL_DELIVER_KEY, &deliver_key, true);
+    let xdp_meta = u32::from(xdp_metadata());
+    loader.override_global(GLOBAL_XDP_META, &xdp_meta, true);
     let mut ebpf = loader.load(EBPF_ELF).map_err(|error| LoadError::Load {
         pins: pins
             .map(|p| p.display().to_string())
@@ -236,6 +238,25 @@ pub fn load(
     })?;
     maps::keep_ct_seed(&mut ebpf, seed)?;
     Ok((ebpf, resized, deliver_key))
+}
+
+/// Whether this kernel lets XDP programs keep metadata in front of a frame
+/// (`bpf_xdp_adjust_meta`; kernels can be built without it), asked once per process
+/// as libbpf asks: by loading a minimal XDP program that calls the helper.
+pub fn xdp_metadata() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        match aya::sys::is_helper_supported(
+            aya::programs::ProgramType::Xdp,
+            aya::sys::BpfHelper::BPF_FUNC_xdp_adjust_meta,
+        ) {
+            Ok(has) => has,
+            Err(error) => {
+                warn!(%error, "probing bpf_xdp_adjust_meta failed: taken as missing");
+                false
+            }
+        }
+    })
 }
 
 /// Pinned maps whose shape (type, key and value size, entries, flags) is not the one
@@ -475,6 +496,13 @@ impl Dataplane {
             })?;
         }
         let (mut ebpf, resized, deliver_key) = load(pins, cfg)?;
+        if cfg.to_pods == ToPods::Peer && cfg.xdp != XdpUse::Off && !xdp_metadata() {
+            warn!(
+                "this kernel keeps no XDP metadata (bpf_xdp_adjust_meta): XDP leaves \
+                 packets for local pods untranslated, and TC ingress translates them and \
+                 hands them over (--to-pods peer)"
+            );
+        }
         for r in resized {
             maps::carry_over(&mut ebpf, r, &cfg.sizes)?;
         }

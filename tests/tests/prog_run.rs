@@ -767,9 +767,9 @@ fn xdp_hands_packets_for_a_local_pod_over_as_to_pods_says() {
     xdp_hand_over(false);
 }
 
-/// As IPv4's: an IPv6 NodePort packet for a local pod is marked for TC (peer),
-/// left to the stack, or redirected into the veth (xdp), one hop less when sent on
-/// by lb.
+/// As IPv4's: an IPv6 NodePort packet for a local pod is marked for TC (peer,
+/// where the kernel keeps XDP metadata), left to the stack, or redirected into the
+/// veth (xdp), one hop less when sent on by lb.
 #[test]
 fn xdp_hands_ipv6_packets_for_a_local_pod_over_as_to_pods_says() {
     xdp_hand_over(true);
@@ -863,15 +863,32 @@ fn xdp_hand_over(ipv6: bool) {
         mark.iter().chain(&hop).copied().collect()
     };
     const XDP_REDIRECT: u32 = 4;
+    // A kernel built without bpf_xdp_adjust_meta for XDP keeps no mark: the frame
+    // goes on untouched (its flow forgotten), for TC ingress to translate and hand over.
+    let peer = if lb_user::loader::xdp_metadata() {
+        (
+            "peer, a veth with its peer in the pod: translated, one hop less, marked for TC",
+            None,
+            reason::NAT_NEW_FLOW,
+        )
+    } else {
+        (
+            "peer, a veth with its peer in the pod, on a kernel without XDP metadata: \
+             untouched, for TC",
+            Some(syn.clone()),
+            reason::PASS_TO_TC,
+        )
+    };
+    let peer_reasons = [peer.2];
     // The output wanted: None for the frame marked for TC.
     let cases = [
         (
-            "peer, a veth with its peer in the pod: translated, one hop less, marked for TC",
+            peer.0,
             ToPods::Peer,
             IFACE_POD | IFACE_F_PEER,
             XDP_PASS,
-            None,
-            &[reason::NAT_NEW_FLOW][..],
+            peer.1,
+            &peer_reasons[..],
         ),
         (
             "peer, a pod interface that is no such veth: left to the stack, unmarked",
@@ -920,6 +937,13 @@ fn xdp_hand_over(ipv6: bool) {
             .map(|r| reason::NAMES[*r as usize])
             .collect();
         assert_eq!(moved, want, "{what}: counters");
+        if !ipv6 {
+            assert_eq!(
+                !dp.maps.conntrack().unwrap().is_empty(),
+                want_reasons != [reason::PASS_TO_TC],
+                "{what}: a flow only where XDP translated (TC starts the others anew)"
+            );
+        }
     }
 }
 
