@@ -123,7 +123,7 @@ pub const ALL_MAPS: [&str; 22] = [
 
 /// Settings of the benchmark-only programs, never pinned: `LB_BENCH[i]`.
 pub const MAP_BENCH: &str = "LB_BENCH";
-pub const BENCH_SETTINGS: u32 = 3;
+pub const BENCH_SETTINGS: u32 = 4;
 /// `lb_bench_gen`: 1 gives every packet a new source port (a new flow).
 pub const BENCH_NEW_FLOWS: u32 = 0;
 /// `lb_bench_redirect`, `lb_bench_redirect_ct`, `lb_bench_redirect_peer`,
@@ -132,6 +132,8 @@ pub const BENCH_REDIRECT_IFINDEX: u32 = 1;
 /// `lb_bench_gen`: 1 when its template is IPv6 (new flows then change the IPv6
 /// source address and the UDP checksum, which IPv6 requires).
 pub const BENCH_IPV6: u32 = 2;
+/// `lb_bench_gen_tc`: the interface its clones leave by (the sender's uplink).
+pub const BENCH_GEN_IFINDEX: u32 = 3;
 /// `LB_BENCH_FRAME[i]`: frame templates (`BENCH_FRAME_*`), the first
 /// `BENCH_HDR_LEN` bytes of a frame: Ethernet + IPv6 + UDP headers, or Ethernet +
 /// IPv4 + UDP headers and 20 bytes of payload.
@@ -154,6 +156,9 @@ pub const PROG_CLOCK: &str = "lb_clock";
 pub const PROG_XDP_BASELINE: &str = "lb_xdp_baseline";
 /// Benchmarks only: live-frames generator and plain redirect hop.
 pub const PROG_BENCH_GEN: &str = "lb_bench_gen";
+/// The generator where the kernel refuses live frames: a TC program run by
+/// BPF_PROG_RUN on one socket buffer, sending a clone of it per run.
+pub const PROG_BENCH_GEN_TC: &str = "lb_bench_gen_tc";
 pub const PROG_BENCH_REDIRECT: &str = "lb_bench_redirect";
 pub const PROG_BENCH_SINK: &str = "lb_bench_sink";
 /// The plain redirect hop plus per-flow state: a flow lookup per packet and, for a

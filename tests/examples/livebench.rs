@@ -16,7 +16,10 @@
 //! NAT hop to the other node (fixed translation, XDP_REDIRECT).
 //!
 //! The traffic is made by BPF_PROG_RUN in live-frames mode (`lb_bench_gen`, run in
-//! the laptop namespace: it sends each frame out of the laptop's eth0); the pod
+//! the laptop namespace: it sends each frame out of the laptop's eth0), or, where
+//! the kernel refuses live frames, by BPF_PROG_RUN of a TC program that sends a
+//! clone of one socket buffer per run out of the same eth0 (`lb_bench_gen_tc`;
+//! the report says which); the pod
 //! counts what arrives with an XDP sink (`lb_bench_sink`) and, for packets handed
 //! over as socket buffers, which pass no XDP hook, a TC ingress sink. The first row
 //! is the generator's own rate (frames dropped by XDP on the node's uplink): a row
@@ -35,9 +38,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
 use lb_common::{
-    BENCH_FRAME_GEN, BENCH_FRAME_HOP, BENCH_IPV6, BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX,
-    PROG_BENCH_GEN, PROG_BENCH_NAT_HOP, PROG_BENCH_REDIRECT, PROG_BENCH_REDIRECT_CT,
-    PROG_BENCH_REDIRECT_PEER, PROG_BENCH_SINK, PROG_BENCH_SINK_TC, reason,
+    BENCH_FRAME_GEN, BENCH_FRAME_HOP, BENCH_GEN_IFINDEX, BENCH_IPV6, BENCH_NEW_FLOWS,
+    BENCH_REDIRECT_IFINDEX, PROG_BENCH_GEN, PROG_BENCH_GEN_TC, PROG_BENCH_NAT_HOP,
+    PROG_BENCH_REDIRECT, PROG_BENCH_REDIRECT_CT, PROG_BENCH_REDIRECT_PEER, PROG_BENCH_SINK,
+    PROG_BENCH_SINK_TC, reason,
 };
 use lb_tests::{
     Netns, Topology,
@@ -68,6 +72,47 @@ struct Traffic {
     bench: BenchObject,
     laptop: Netns,
     laptop_ifindex: u32,
+    /// The template frame (the TC generator's socket buffer starts as it).
+    frame: Vec<u8>,
+    /// How frames are made: live frames, or clones of a socket buffer.
+    generator: Generator,
+}
+
+/// How the generator makes frames. BPF_PROG_RUN's live-frames mode (an XDP program
+/// whose frames leave by XDP_TX) where the kernel allows it; some kernels refuse it
+/// (EPERM, seen on this project's CI machine on 2026-12-05): there a TC program run
+/// by BPF_PROG_RUN sends a clone of one socket buffer per run (`bpf_clone_redirect`
+/// out of the laptop's eth0). Either is measured as the first row: every figure is
+/// read against the generator the run had.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Generator {
+    LiveFrames,
+    Clones,
+}
+
+/// The generator this run's kernel allowed (the first `Traffic` finds out).
+static GENERATOR: std::sync::OnceLock<Generator> = std::sync::OnceLock::new();
+
+/// The report's line on how frames were made.
+fn made_by() -> String {
+    format!(
+        "Frames made by {}.\n",
+        GENERATOR.get().map_or("-", |g| g.describe())
+    )
+}
+
+impl Generator {
+    fn describe(self) -> &'static str {
+        match self {
+            Generator::LiveFrames => "BPF_PROG_RUN live frames (XDP_TX)",
+            Generator::Clones => {
+                "BPF_PROG_RUN of a TC program sending a clone of one socket buffer per run (this kernel refuses live frames). \
+                 Such frames reach the node as socket buffers whose head a veth running XDP copies into a page first: \
+                 the XDP rows (the generator's own among them) pay that copy, the TC rows do not, \
+                 so read XDP against XDP and TC against TC"
+            }
+        }
+    }
 }
 
 impl Traffic {
@@ -110,33 +155,63 @@ impl Traffic {
         frame[6..12].copy_from_slice(&t.mac(laptop, "eth0")?);
         bench.set_frame(BENCH_FRAME_GEN, &frame)?;
         bench.xdp(PROG_BENCH_GEN)?;
-        Ok(Traffic {
+        let laptop_ifindex = t.ifindex(laptop, "eth0")?;
+        bench.set(BENCH_GEN_IFINDEX, laptop_ifindex)?;
+        let mut traffic = Traffic {
             bench,
             laptop: laptop.clone(),
-            laptop_ifindex: t.ifindex(laptop, "eth0")?,
-        })
+            laptop_ifindex,
+            frame,
+            generator: Generator::LiveFrames,
+        };
+        // One frame tells whether the kernel takes live frames (asked once a run).
+        if let Some(g) = GENERATOR.get() {
+            traffic.generator = *g;
+        } else if let Err(e) = traffic.send(1, 1) {
+            eprintln!("live frames refused ({e:#}): frames are sent as clones of a socket buffer");
+            traffic.generator = Generator::Clones;
+            traffic.send(1, 1)?;
+        }
+        GENERATOR.get_or_init(|| traffic.generator);
+        Ok(traffic)
     }
 
     fn send(&mut self, frames: u32, chunk: u32) -> Result<()> {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex.
-        let frame = [0u8; 64]; // headers come from the template; 64-byte frames
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&self.laptop_ifindex.to_ne_bytes());
         let _in = InNetns::enter(&self.laptop)?;
-        let prog = self.bench.xdp(PROG_BENCH_GEN)?;
         let mut left = frames;
         while left > 0 {
             let n = left.min(chunk);
-            prog.test_run(TestRunOptions {
-                data_in: Some(&frame),
-                ctx_in: Some(&ctx),
-                repeat: n,
-                attrs: TestRunAttrs::new().xdp_live_frames(64),
-                ..Default::default()
-            })
-            .context("BPF_PROG_RUN live frames")?;
+            match self.generator {
+                Generator::LiveFrames => {
+                    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+                    // rx_queue_index, egress_ifindex.
+                    let frame = [0u8; 64]; // headers come from the template; 64-byte frames
+                    let mut ctx = [0u8; 24];
+                    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+                    ctx[12..16].copy_from_slice(&self.laptop_ifindex.to_ne_bytes());
+                    self.bench
+                        .xdp(PROG_BENCH_GEN)?
+                        .test_run(TestRunOptions {
+                            data_in: Some(&frame),
+                            ctx_in: Some(&ctx),
+                            repeat: n,
+                            attrs: TestRunAttrs::new().xdp_live_frames(64),
+                            ..Default::default()
+                        })
+                        .context("BPF_PROG_RUN live frames")?;
+                }
+                Generator::Clones => {
+                    let frame = self.frame.clone();
+                    self.bench
+                        .tc(PROG_BENCH_GEN_TC)?
+                        .test_run(TestRunOptions {
+                            data_in: Some(&frame),
+                            repeat: n,
+                            ..Default::default()
+                        })
+                        .context("BPF_PROG_RUN of the TC generator")?;
+                }
+            }
             left -= n;
         }
         Ok(())
@@ -772,6 +847,7 @@ fn main() -> Result<()> {
         Some(ipv6_rows(w, &mut chart)?)
     };
     if lb_only {
+        println!("{}", made_by());
         println!("{}", table.markdown());
         if let Some(t6) = &table6 {
             println!("{}", t6.markdown());
@@ -819,11 +895,13 @@ fn main() -> Result<()> {
         chart.bar("remote pod", label, r.1 / 1e6);
     }
     if remote_only {
+        println!("{}", made_by());
         println!("{}", rtable.markdown());
         return Ok(());
     }
     let md = format!(
-        "{}\n{}\n{}",
+        "{}\n{}\n{}\n{}",
+        made_by(),
         table.markdown(),
         table6.map(|t| t.markdown()).unwrap_or_default(),
         rtable.markdown()

@@ -66,6 +66,15 @@ impl BenchObject {
             .try_into()?)
     }
 
+    /// A TC program of the object, loaded on first use (not attached).
+    pub fn tc(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        let p: &mut SchedClassifier = self.program(name)?;
+        if p.fd().is_err() {
+            p.load().with_context(|| format!("loading {name}"))?;
+        }
+        Ok(p)
+    }
+
     /// Attaches an XDP program (native mode) for as long as the object lives.
     pub fn attach_xdp(&mut self, name: &str, iface: &str) -> Result<()> {
         self.xdp(name)?
@@ -76,10 +85,7 @@ impl BenchObject {
 
     /// Attaches a TC program to `iface`'s ingress for as long as the object lives.
     pub fn attach_tc(&mut self, name: &str, iface: &str) -> Result<()> {
-        let p: &mut SchedClassifier = self.program(name)?;
-        if p.fd().is_err() {
-            p.load().with_context(|| format!("loading {name}"))?;
-        }
+        let p = self.tc(name)?;
         let _ = tc::qdisc_add_clsact(iface);
         p.attach(iface, TcAttachType::Ingress)
             .with_context(|| format!("attaching {name} to {iface}"))?;

@@ -7,12 +7,12 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    helpers::{bpf_get_prandom_u32, bpf_redirect, bpf_redirect_peer},
+    helpers::{bpf_clone_redirect, bpf_get_prandom_u32, bpf_redirect, bpf_redirect_peer},
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    BENCH_FRAME_GEN, BENCH_FRAME_HOP, BENCH_HDR_LEN, BENCH_IPV6, BENCH_NEW_FLOWS,
-    BENCH_REDIRECT_IFINDEX, CtValue, PROTO_UDP,
+    BENCH_FRAME_GEN, BENCH_FRAME_HOP, BENCH_GEN_IFINDEX, BENCH_HDR_LEN, BENCH_IPV6,
+    BENCH_NEW_FLOWS, BENCH_REDIRECT_IFINDEX, CtValue, PROTO_UDP,
 };
 
 use lb_ebpf::{
@@ -51,12 +51,37 @@ fn setting(index: u32) -> u32 {
 /// which covers both, is updated). The frame then leaves through its interface.
 #[inline(always)]
 pub fn generate(ctx: &XdpContext) -> u32 {
-    let (data, end) = (ctx.data(), ctx.data_end());
+    if write_frame(ctx.data(), ctx.data_end()) {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_ABORTED
+    }
+}
+
+/// The generator where the kernel refuses live frames (it answers EPERM): run by
+/// BPF_PROG_RUN on one socket buffer, `repeat` times in the kernel, each run writes
+/// the frame as [`generate`] does and sends a clone of it out of
+/// `BENCH_GEN_IFINDEX` (`bpf_clone_redirect`, egress: the device transmits it as
+/// any sent packet). The write unclones the buffer first (the verifier's prologue
+/// for programs that write packets), so a clone still queued keeps its own frame.
+#[inline(always)]
+pub fn generate_tc(ctx: &TcContext) -> i32 {
+    if write_frame(ctx.data(), ctx.data_end()) {
+        // SAFETY: the program's own socket buffer; the helper checks the ifindex.
+        unsafe { bpf_clone_redirect(ctx.skb.skb, setting(BENCH_GEN_IFINDEX), 0) };
+    }
+    TC_ACT_SHOT
+}
+
+/// The generators' frame, written over `data..end`: false when it is shorter than
+/// the template's headers.
+#[inline(always)]
+fn write_frame(data: usize, end: usize) -> bool {
     let (Some(hdr), Some(tmpl)) = (
         ptr_at::<[u8; BENCH_HDR_LEN]>(data, end, 0),
         LB_BENCH_FRAME.get_ptr(BENCH_FRAME_GEN),
     ) else {
-        return xdp_action::XDP_ABORTED;
+        return false;
     };
     // Two-byte words, each a plain load and store: a copy of the whole array would
     // be a call to compiler_builtins' memmove, a byte loop on the generator's CPU.
@@ -91,7 +116,7 @@ pub fn generate(ctx: &XdpContext) -> u32 {
             ptr_at::<[u8; 2]>(data, end, saddr_lo_off),
             ptr_at::<[u8; 2]>(data, end, check_off),
         ) else {
-            return xdp_action::XDP_ABORTED;
+            return false;
         };
         // SAFETY: a helper with no preconditions.
         let r = unsafe { bpf_get_prandom_u32() };
@@ -112,7 +137,7 @@ pub fn generate(ctx: &XdpContext) -> u32 {
             check.write_unaligned(c.finish().to_ne_bytes());
         }
     }
-    xdp_action::XDP_TX
+    true
 }
 
 /// The ceiling: every frame redirected to `BENCH_REDIRECT_IFINDEX` untouched.

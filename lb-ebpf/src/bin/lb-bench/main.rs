@@ -1,6 +1,7 @@
 //! The benchmarks' own object, loaded only by `cargo xtask bench` (never by the
 //! agent): the parse-and-pass baseline and the conntrack floor the hot path is
-//! compared with, a traffic generator for BPF_PROG_RUN's live-frames mode, a plain
+//! compared with, traffic generators for BPF_PROG_RUN (live frames, or clones of a
+//! socket buffer where the kernel refuses live frames), a plain
 //! redirect hop (the ceiling), a plain hand-over at TC (the floor of delivering
 //! socket buffers), a plain NAT hop to another node and counting sinks for the pod (XDP and TC ingress).
 #![no_std]
@@ -66,6 +67,12 @@ pub fn lb_bench_ct_floor(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_bench_gen(ctx: XdpContext) -> u32 {
     bench::generate(&ctx)
+}
+
+/// Benchmarks only: the generator where live frames are refused (see `bench`).
+#[classifier]
+pub fn lb_bench_gen_tc(ctx: TcContext) -> i32 {
+    bench::generate_tc(&ctx)
 }
 
 /// Benchmarks only: a plain redirect hop, the ceiling lb is compared with.
