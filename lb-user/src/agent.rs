@@ -163,6 +163,10 @@ struct Agent {
     programmed: Programmed,
     /// The store revision `tracked` is at (None: read it whole).
     seen: Option<u64>,
+    /// The revision whose log the agent last copied into the store's database
+    /// (`copy_store_log`), and the copy under way.
+    log_copied: Option<u64>,
+    log_copy: Option<tokio::task::JoinHandle<()>>,
     /// The source's objects as last read, with their indexes.
     tracked: Tracked,
     /// Every service's plans as made to size the maps, with the store revision
@@ -374,6 +378,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         node,
         programmed: Programmed::adopt(actual, sizes.into()),
         seen: kube.is_none().then_some(tracked.state.revision),
+        log_copied: None,
+        log_copy: None,
         start_plans: kube
             .is_none()
             .then_some((tracked.state.revision, start_plans)),
@@ -458,6 +464,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 agent.refresh_pod_roles();
                 agent.announce();
                 agent.sweep_flows();
+                agent.copy_store_log();
                 agent.telemetry.round();
             }
         }
@@ -742,6 +749,26 @@ impl Agent {
             Ok(false) => {}
             Err(e) => warn!(error = %e, "cannot tell the data plane how routes are chosen"),
         }
+    }
+
+    /// Copies the store's log into its database once per revision the maps took
+    /// (a bulk `lb apply` leaves that to the agents: done at once it would share the
+    /// node with their reading of it), in a quiet second, on a thread of its own so
+    /// that no round waits for it; a copy that finds nothing left is a few reads.
+    fn copy_store_log(&mut self) {
+        if self.kube.is_some() || self.log_copy.as_ref().is_some_and(|c| !c.is_finished()) {
+            return;
+        }
+        if self.seen.is_none() || self.log_copied == self.seen {
+            return;
+        }
+        self.log_copied = self.seen;
+        let store = Store::new(self.store.dir().to_path_buf());
+        self.log_copy = Some(tokio::task::spawn_blocking(move || {
+            if let Err(error) = store.checkpoint() {
+                warn!(%error, "copying the store's log into its database (the next write does it)");
+            }
+        }));
     }
 
     /// Removes the assured flows that expired (nothing evicts them), every

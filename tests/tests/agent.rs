@@ -172,10 +172,19 @@ fn a_bulk_write_is_read_whole_and_breaks_no_stream() {
     let client = c.client.clone();
     start_stream(&mut c, &client, "stream", "10.96.0.80:80", 6);
     std::thread::sleep(Duration::from_secs(1));
-    // 10,000 services at once, more than the agent holds: read as a restart reads
-    // the store, in one full round, while the stream runs.
-    let n = 10_000;
+    // 10,001 services at once, more than the agent holds: read as a restart reads
+    // the store, in one full round, while the stream runs. (Past 10,000 objects
+    // `lb apply` leaves copying its log into the database to the agent.)
+    let n = 10_001;
+    let db = c.lb.store.join("store.db");
+    let db_size = || std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    let db_before = db_size();
     c.lb.apply(&bulk_services(n)).unwrap();
+    assert_eq!(
+        db_size(),
+        db_before,
+        "the bulk apply left its log uncopied (the agent reads it meanwhile)"
+    );
     // With web and the cluster DNS service.
     let want = format!("services={} ", n + 2);
     let line = Topology::wait_for(Duration::from_secs(60), || {
@@ -201,6 +210,16 @@ fn a_bulk_write_is_read_whole_and_breaks_no_stream() {
     assert!(
         line.contains("full=true") && line.contains("flows_ended=0"),
         "{line}"
+    );
+    // The agent copies the log into the database in a quiet second after its round
+    // (nothing else writes the store meanwhile).
+    let copied = Topology::wait_for(Duration::from_secs(5), || {
+        (db_size() > db_before + 1024 * 1024).then_some(())
+    });
+    assert!(
+        copied.is_some(),
+        "the agent copied the store's log into its database: {db_before} -> {} bytes",
+        db_size()
     );
     // The last of them answers from the pods; the stream lost nothing.
     let last = format!("10.97.{}.{}:80", (n - 1) / 250, (n - 1) % 250 + 1);

@@ -108,7 +108,7 @@ impl Store {
         set_meta(&tx, REVISION, rev).map_err(self.db("writing the revision"))?;
         tx.commit().map_err(self.db("committing"))?;
         // (No agent follows these objects: nothing to wake, the log to copy.)
-        self.committed(&conn, None);
+        self.committed(&conn, None, true);
         Ok(written)
     }
 }

@@ -573,3 +573,65 @@ fn writers_copy_the_log_into_the_database_while_a_reader_stays_open() {
     }
     assert!(wal() < 512 * 1024, "the log holds {} bytes", wal());
 }
+
+/// A bulk commit leaves copying its log into the database for later (the agents
+/// read it meanwhile): `Store::checkpoint` (the agent's quiet second) or the next
+/// commit copies it, so the log never holds more than one bulk write.
+#[test]
+fn a_bulk_commit_leaves_its_log_to_the_next_copy() {
+    let store = tmp_store("bulklog");
+    let ranges = Ranges::default();
+    let size = |file: &str| fs::metadata(store.dir().join(file)).unwrap().len();
+    let pods: String = (0..=super::LOG_LEFT_FOR_LATER)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\n  labels: {{app: a}}\nspec:\n  containers: [{{name: c, image: app}}]\nstatus:\n  podIP: 10.1.{}.{}\n---\n",
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect();
+    // A reader that keeps its connection open, as an agent does (the last
+    // connection to close copies the log itself).
+    store
+        .apply(&docs(&svc("first", "")), &ranges, Mode::Apply)
+        .unwrap();
+    let reader = Store::new(store.dir());
+    assert_eq!(reader.revision().unwrap(), 1);
+    let before = size("store.db");
+    let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
+    bulk.apply(docs(&pods)).unwrap();
+    bulk.commit().unwrap();
+    let db = size("store.db");
+    assert!(
+        size("store.db-wal") > 1024 * 1024 && db == before,
+        "the commit's pages stay in the log: log {} bytes, database {before} -> {db}",
+        size("store.db-wal")
+    );
+    assert_eq!(reader.load().unwrap().pods.len(), pods_len(&pods));
+    store.checkpoint().unwrap();
+    assert!(
+        size("store.db") > 1024 * 1024,
+        "copied: database {} bytes",
+        size("store.db")
+    );
+    // Without an agent, the next write's commit copies it.
+    let again = tmp_store("bulklog2");
+    again
+        .apply(&docs(&svc("first", "")), &ranges, Mode::Apply)
+        .unwrap();
+    let reader = Store::new(again.dir());
+    assert_eq!(reader.revision().unwrap(), 1);
+    let mut bulk = again.bulk_apply(&ranges, Mode::Apply).unwrap();
+    bulk.apply(docs(&pods)).unwrap();
+    bulk.commit().unwrap();
+    again
+        .apply(&docs(&svc("one", "")), &ranges, Mode::Apply)
+        .unwrap();
+    let copied = fs::metadata(again.dir().join("store.db")).unwrap().len();
+    assert!(copied > 1024 * 1024, "copied: database {copied} bytes");
+}
+
+fn pods_len(yaml: &str) -> usize {
+    yaml.matches("kind: Pod").count()
+}
