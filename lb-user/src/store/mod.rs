@@ -809,8 +809,9 @@ impl Store {
     /// revision committed when (Unix ns); then, if `copy_log`, copies the log into
     /// the database (a passive checkpoint: it waits for no reader, and what readers
     /// still use is copied by a later one). A bulk commit leaves the copy for later
-    /// ([`LOG_LEFT_FOR_LATER`]): the next commit's copy or [`Store::checkpoint`]
-    /// makes it, so the log never grows past one bulk write.
+    /// ([`LOG_LEFT_FOR_LATER`]): the next ordinary commit's copy or
+    /// [`Store::checkpoint`] makes it, so the log holds at most the bulk commits
+    /// since the last copy.
     fn committed(&self, conn: &Connection, rev: Option<u64>, copy_log: bool) {
         if let Some(rev) = rev {
             let at = std::time::SystemTime::now()
