@@ -526,8 +526,9 @@ pub const GLOBAL_DELIVER_KEY: &str = "DELIVER_KEY";
 /// 1 where the kernel lets XDP programs call `bpf_xdp_adjust_meta` (the agent
 /// probes it before loading), 0 where it does not (kernels built without it): XDP
 /// then never marks frames for TC, and leaves `TO_PODS_PEER` packets for local
-/// pods untranslated to TC ingress, which translates them and hands them over. A constant of the load, so the verifier drops the helper's
-/// call where it is 0 (a program calling a helper its kernel lacks is refused whole).
+/// pods untranslated to TC ingress, which translates them and hands them over. A
+/// constant of the load, so the verifier drops the helper's call where it is 0 (a
+/// program calling a helper its kernel lacks is refused whole).
 pub const GLOBAL_XDP_META: &str = "XDP_META";
 
 /// Packets to local pods go on through the kernel's stack (routing, netfilter, the

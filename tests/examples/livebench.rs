@@ -177,22 +177,28 @@ impl Traffic {
     }
 
     fn send(&mut self, frames: u32, chunk: u32) -> Result<()> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let live = [0u8; 64]; // headers come from the template; 64-byte frames
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(live.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&self.laptop_ifindex.to_ne_bytes());
         let _in = InNetns::enter(&self.laptop)?;
+        let Traffic {
+            bench,
+            frame,
+            generator,
+            ..
+        } = self;
         let mut left = frames;
         while left > 0 {
             let n = left.min(chunk);
-            match self.generator {
+            match generator {
                 Generator::LiveFrames => {
-                    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-                    // rx_queue_index, egress_ifindex.
-                    let frame = [0u8; 64]; // headers come from the template; 64-byte frames
-                    let mut ctx = [0u8; 24];
-                    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-                    ctx[12..16].copy_from_slice(&self.laptop_ifindex.to_ne_bytes());
-                    self.bench
+                    bench
                         .xdp(PROG_BENCH_GEN)?
                         .test_run(TestRunOptions {
-                            data_in: Some(&frame),
+                            data_in: Some(&live),
                             ctx_in: Some(&ctx),
                             repeat: n,
                             attrs: TestRunAttrs::new().xdp_live_frames(64),
@@ -201,11 +207,10 @@ impl Traffic {
                         .context("BPF_PROG_RUN live frames")?;
                 }
                 Generator::Clones => {
-                    let frame = self.frame.clone();
-                    self.bench
+                    bench
                         .tc(PROG_BENCH_GEN_TC)?
                         .test_run(TestRunOptions {
-                            data_in: Some(&frame),
+                            data_in: Some(frame),
                             repeat: n,
                             ..Default::default()
                         })

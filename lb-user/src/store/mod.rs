@@ -822,7 +822,7 @@ impl Store {
             let _ = files::write_private(&marker_path(&self.dir), marker.as_bytes());
         }
         if copy_log {
-            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            let _ = copy_log_into_database(conn);
         }
     }
 
@@ -834,8 +834,7 @@ impl Store {
             return Ok(());
         }
         let conn = self.open(true)?.expect("created");
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            .map_err(self.db("copying the log into the database"))
+        copy_log_into_database(&conn).map_err(self.db("copying the log into the database"))
     }
 
     /// What every service holds (clusterIPs, nodePorts), from the index kept beside
@@ -995,6 +994,12 @@ impl Store {
         };
         self.update(&scope, |state, _| Ok(apply::delete(state, targets)?))
     }
+}
+
+/// A passive checkpoint on `conn`: what the log holds is copied into the database
+/// as far as no reader still uses it; it waits for nobody.
+fn copy_log_into_database(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
 /// Puts the database in WAL mode (kept in the file: once is enough). Switching
