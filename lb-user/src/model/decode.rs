@@ -235,6 +235,81 @@ enum Step<'a> {
     Index(usize),
 }
 
+/// How many shapes each thread remembers as decoding with no field passed over.
+const CLEAN_SHAPES: usize = 64;
+/// A document whose shape is longer than this is never remembered.
+const SHAPE_AT_MOST: usize = 4096;
+
+thread_local! {
+    static CLEAN: std::cell::RefCell<std::collections::HashSet<Box<[u8]>>> =
+        Default::default();
+}
+
+/// What decides which fields of a document a type passes over: the type, and the
+/// document's keys at every depth with the kind of each value (object, array,
+/// null or another scalar); never the other values. A type's decoding picks its
+/// fields by name alone, so two documents of one shape pass over the same fields
+/// (a null is no field, so nulls have a shape of their own). Manifests at scale
+/// come from templates: 1,000,000 pods have a handful of shapes, and a shape
+/// decoded once with no field passed over ([`Shape::remember_clean`]) needs no
+/// tracking again ([`Shape::known_clean`]) on this thread.
+pub struct Shape(Option<Vec<u8>>);
+
+impl Shape {
+    /// The shape of `value` decoded as `T` (none when too long to remember).
+    pub fn of<T>(value: &Value) -> Shape {
+        let mut bytes = Vec::with_capacity(256);
+        bytes.extend_from_slice(std::any::type_name::<T>().as_bytes());
+        bytes.push(0);
+        write_shape(value, &mut bytes);
+        Shape((bytes.len() <= SHAPE_AT_MOST).then_some(bytes))
+    }
+
+    /// A document of this shape was decoded on this thread with no field passed over.
+    pub fn known_clean(&self) -> bool {
+        self.0
+            .as_deref()
+            .is_some_and(|b| CLEAN.with(|c| c.borrow().contains(b)))
+    }
+
+    /// Remembers that a document of this shape passed over no field.
+    pub fn remember_clean(self) {
+        let Some(bytes) = self.0 else { return };
+        CLEAN.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() < CLEAN_SHAPES {
+                c.insert(bytes.into_boxed_slice());
+            }
+        });
+    }
+}
+
+/// Writes the shape of `value`: each key with its length (so no two shapes read the
+/// same), `{`..`}` around an object's keys, `[`..`]` around an array's items, `n`
+/// for a null and `.` for any other scalar.
+fn write_shape(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.push(b'n'),
+        Value::Object(map) => {
+            out.push(b'{');
+            for (k, v) in map {
+                out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                out.extend_from_slice(k.as_bytes());
+                write_shape(v, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for v in items {
+                write_shape(v, out);
+            }
+            out.push(b']');
+        }
+        _ => out.push(b'.'),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

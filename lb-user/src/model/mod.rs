@@ -266,6 +266,18 @@ pub enum ManifestError {
     Invalid(#[from] Box<Invalid>),
 }
 
+impl ManifestError {
+    /// The same error, about document `index` of its file.
+    fn numbered(mut self, index: usize) -> Self {
+        match &mut self {
+            ManifestError::Document { index: i, .. } => *i = index,
+            ManifestError::Invalid(invalid) => invalid.index = index,
+            ManifestError::Read { .. } | ManifestError::Syntax { .. } => {}
+        }
+        self
+    }
+}
+
 /// `s` as lb prints user data: control characters escaped (an ANSI escape or a
 /// newline in a label must not forge output), and cut after `max` characters with
 /// how much was left out.
@@ -436,26 +448,36 @@ pub fn read_manifest_each<E: From<ManifestError>>(
         // Each item is no longer than the whole.
         let at_most = read.json_at_most;
         let values = match read.value {
-            Value::Array(items) => items.into_iter().map(|v| (v, at_most)).collect(),
-            v => vec![(v, at_most)],
+            Value::Array(items) => items
+                .into_iter()
+                .map(|v| Taken::Value(v, at_most))
+                .collect(),
+            v => vec![Taken::Value(v, at_most)],
         };
         each(objects.take(values)?)?;
     } else {
-        let chunks = yaml_documents(text);
-        for batch in chunks.chunks(VALUE_BATCH) {
-            let parsed = crate::par::in_parallel(runs(text, batch), |(line, doc)| {
+        let mut docs = yaml_documents(text);
+        loop {
+            let batch: Vec<(usize, &str)> = docs.by_ref().take(VALUE_BATCH).collect();
+            if batch.is_empty() {
+                break;
+            }
+            // Each document is made an object on the core that read it, while its
+            // tree is fresh in that core's cache (numbered once the batch is in).
+            let parsed = crate::par::in_parallel(runs(text, &batch), |(line, doc)| {
+                let made = |(value, at_most)| Objects::make(source, validation, value, at_most);
                 // The YAML manifests are mostly written in is read straight into
                 // values; any other (and any error) by libyaml, in its words.
                 if let Some(docs) = block_yaml::documents(doc) {
                     return Ok(docs
                         .into_iter()
-                        .map(|r| (r.value, r.json_at_most))
+                        .map(|r| made((r.value, r.json_at_most)))
                         .collect());
                 }
                 let mut values = Vec::new();
                 for d in serde_yaml_ng::Deserializer::from_str(doc) {
                     let read = decode::value(d, doc.len()).map_err(|e| yaml_error(e, line))?;
-                    values.push((read.value, read.json_at_most));
+                    values.push(made((read.value, read.json_at_most)));
                 }
                 Ok::<_, String>(values)
             });
@@ -480,16 +502,44 @@ struct Objects<'a> {
     next_index: usize,
 }
 
+/// A parsed document as [`Objects::take`] takes it: already made an object (or
+/// refused) where it was parsed, numbered only once its place is known; or a
+/// value for `take` to make one of (a `kind: List`, an empty document, one that
+/// could be over the size limit, a JSON manifest's), with an upper bound of its
+/// length as JSON.
+enum Taken {
+    Made(Result<Parsed, ManifestError>),
+    Value(Value, usize),
+}
+
 impl Objects<'_> {
-    /// Takes parsed documents, each with an upper bound of its length as JSON: a
-    /// `kind: List` gives its items, each numbered in turn and made an object (on
-    /// every core).
-    fn take(&mut self, values: Vec<(Value, usize)>) -> Result<Manifest, ManifestError> {
+    /// `value` made an object where it was parsed, numbered 0 until
+    /// [`Objects::take`] knows its place (a document's number only labels what is
+    /// made of it); a value whose number is not its own (the items of a `kind:
+    /// List`, or none at all) or that may be over the size limit is left to `take`.
+    fn make(source: &str, validation: FieldValidation, value: Value, at_most: usize) -> Taken {
+        let is_list = || value.get("kind").and_then(Value::as_str) == Some("List");
+        if value.is_null() || is_list() || at_most > MAX_OBJECT_BYTES {
+            return Taken::Value(value, at_most);
+        }
+        Taken::Made(parse_object(source, 0, value, validation))
+    }
+
+    /// Takes parsed documents: a `kind: List` gives its items, each numbered in
+    /// turn and made an object (on every core) unless it was made where parsed.
+    fn take(&mut self, values: Vec<Taken>) -> Result<Manifest, ManifestError> {
         let (source, validation) = (self.source, self.validation);
         let next_index = &mut self.next_index;
         let mut manifest = Manifest::default();
         let mut items = Vec::new();
-        for (value, at_most) in values {
+        for taken in values {
+            let (value, at_most) = match taken {
+                Taken::Made(made) => {
+                    items.push(Taken::Made(made));
+                    continue;
+                }
+                Taken::Value(value, at_most) => (value, at_most),
+            };
             if value.is_null() {
                 continue; // an empty document (a trailing `---`)
             }
@@ -502,30 +552,42 @@ impl Objects<'_> {
                         .cloned()
                         .unwrap_or_default()
                         .into_iter()
-                        .map(|v| (v, at_most)),
+                        .map(|v| Taken::Value(v, at_most)),
                 );
             } else {
-                items.push((value, at_most));
+                items.push(Taken::Value(value, at_most));
             }
         }
         let first = *next_index;
         *next_index += items.len();
-        let numbered: Vec<(usize, (Value, usize))> = items
+        let to_make = items.iter().any(|t| matches!(t, Taken::Value(..)));
+        let numbered: Vec<(usize, Taken)> = items
             .into_iter()
             .enumerate()
             .map(|(i, v)| (first + i, v))
             .collect();
-        for parsed in crate::par::in_parallel(numbered, |(index, (value, at_most))| {
-            // Measured only when it could be over the limit.
-            if at_most > MAX_OBJECT_BYTES && json_longer_than(&value, MAX_OBJECT_BYTES) {
-                return Err(ManifestError::Document {
-                    file: source.to_string(),
-                    index,
-                    error: format!("Request entity too large: limit is {MAX_OBJECT_BYTES}"),
-                });
+        let make = |(index, taken)| match taken {
+            Taken::Made(made) => made
+                .map(|p| p.numbered(index))
+                .map_err(|e| e.numbered(index)),
+            Taken::Value(value, at_most) => {
+                // Measured only when it could be over the limit.
+                if at_most > MAX_OBJECT_BYTES && json_longer_than(&value, MAX_OBJECT_BYTES) {
+                    return Err(ManifestError::Document {
+                        file: source.to_string(),
+                        index,
+                        error: format!("Request entity too large: limit is {MAX_OBJECT_BYTES}"),
+                    });
+                }
+                parse_object(source, index, value, validation)
             }
-            parse_object(source, index, value, validation)
-        }) {
+        };
+        let parsed: Vec<_> = if to_make {
+            crate::par::in_parallel(numbered, make)
+        } else {
+            numbered.into_iter().map(make).collect()
+        };
+        for parsed in parsed {
             match parsed? {
                 Parsed::Served(doc, warnings) => {
                     manifest.warnings.extend(
@@ -572,38 +634,55 @@ enum Parsed {
     Skipped(Skipped),
 }
 
+impl Parsed {
+    /// The same, as document `index` of its source.
+    fn numbered(mut self, index: usize) -> Self {
+        match &mut self {
+            Parsed::Served(doc, _) => doc.index = index,
+            Parsed::Skipped(s) => s.index = index,
+        }
+        self
+    }
+}
+
 /// The documents of a YAML stream with the line each starts on, split at the
 /// document markers (`---` at the start of a line, which YAML forbids inside any
-/// content), so that they can be parsed apart. A stream with directives (`%YAML`)
-/// stays whole.
-fn yaml_documents(text: &str) -> Vec<(usize, &str)> {
-    if text.starts_with('%') || text.contains("\n%") {
-        return vec![(1, text)];
-    }
+/// content), so that they can be parsed apart; found as they are taken (the first
+/// batch is parsed while the markers of a 200 MB manifest are still to be found).
+/// A stream with directives (`%YAML`) stays whole.
+fn yaml_documents(text: &str) -> impl Iterator<Item = (usize, &str)> {
     let is_marker = |l: &str| l == "---" || l.starts_with("--- ") || l.starts_with("---\t");
-    let mut docs = Vec::new();
+    let whole = text.starts_with('%') || text.contains("\n%");
+    // A marker's candidates: `---` first in the text or after a line break.
+    let mut candidates = (!whole)
+        .then(|| {
+            (text.starts_with("---").then_some(0))
+                .into_iter()
+                .chain(text.match_indices("\n---").map(|(i, _)| i + 1))
+        })
+        .into_iter()
+        .flatten();
     let (mut start, mut start_line) = (0, 1);
     // Lines are counted up to each marker only (`counted`: the offset counted to).
     let (mut counted, mut line) = (0, 1);
-    // A marker's candidates: `---` first in the text or after a line break.
-    let candidates = (text.starts_with("---").then_some(0))
-        .into_iter()
-        .chain(text.match_indices("\n---").map(|(i, _)| i + 1));
-    for at in candidates {
-        let end = text[at..].find('\n').map_or(text.len(), |e| at + e);
-        if at == start || !is_marker(text[at..end].trim_end_matches('\r')) {
-            continue;
+    let mut last_taken = false;
+    std::iter::from_fn(move || {
+        for at in candidates.by_ref() {
+            let end = text[at..].find('\n').map_or(text.len(), |e| at + e);
+            if at == start || !is_marker(text[at..end].trim_end_matches('\r')) {
+                continue;
+            }
+            line += text.as_bytes()[counted..at]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            counted = at;
+            let doc = (start_line, &text[start..at]);
+            (start, start_line) = (at, line);
+            return Some(doc);
         }
-        line += text.as_bytes()[counted..at]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
-        counted = at;
-        docs.push((start_line, &text[start..at]));
-        (start, start_line) = (at, line);
-    }
-    docs.push((start_line, &text[start..]));
-    docs
+        (!std::mem::replace(&mut last_taken, true)).then(|| (start_line, &text[start..]))
+    })
 }
 
 /// A batch's documents as runs of consecutive ones (each a slice of `text` a
@@ -806,6 +885,14 @@ fn typed<T: serde::de::DeserializeOwned>(
     value: &Value,
     unknown: &mut Vec<String>,
 ) -> Result<T, String> {
+    // A shape decoded before with no field passed over is decoded plainly (tracking
+    // every field's path costs half as much again as decoding).
+    let shape = decode::Shape::of::<T>(value);
+    if shape.known_clean()
+        && let Ok(t) = T::deserialize(value)
+    {
+        return Ok(t);
+    }
     // Decoded plainly first; only a value that fails is decoded again, tracking
     // the path its error is at (a third of the cost of every good object).
     let mut passed_over = Vec::new();
@@ -823,6 +910,9 @@ fn typed<T: serde::de::DeserializeOwned>(
             }
         })?,
     };
+    if passed_over.is_empty() {
+        shape.remember_clean();
+    }
     unknown.extend(passed_over);
     Ok(t)
 }

@@ -586,6 +586,57 @@ fn documents_are_numbered_across_batches_and_lists() {
 }
 
 #[test]
+fn documents_of_one_shape_still_have_each_unknown_field_found() {
+    // A document decoded with no field passed over lets others of its shape (its
+    // keys and the kinds of its values) be decoded plainly; one whose shape differs
+    // (here only by a null, which is no field, becoming a value) is checked again.
+    let pod = |i: usize, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\n  labels: {{app: a{i}}}\nspec:\n  nodeName: n1\n{extra}  containers: [{{name: c, image: i}}]\n---\n"
+        )
+    };
+    let few: String = [
+        pod(1, ""),
+        pod(2, "  nodeNamee: null\n"),
+        pod(3, "  nodeNamee: null\n"),
+        pod(4, "  nodeNamee: n4\n"),
+        pod(5, "  nodeNamee: n5\n"),
+        pod(6, ""),
+    ]
+    .concat();
+    let m = read_manifest_with("m.yaml", &few, FieldValidation::Warn).unwrap();
+    assert_eq!(m.docs.len(), 6);
+    assert_eq!(
+        m.warnings,
+        [
+            "m.yaml (document 4): unknown field \"spec.nodeNamee\"",
+            "m.yaml (document 5): unknown field \"spec.nodeNamee\""
+        ]
+    );
+    // As many as several batches on every core: each document keeps its number,
+    // in a warning, a refusal and a skipped kind alike.
+    let mut many: String = (0..5_000).map(|i| pod(i, "")).collect();
+    many.push_str(&few);
+    let m = read_manifest_with("m.yaml", &many, FieldValidation::Warn).unwrap();
+    assert_eq!(m.docs.len(), 5_006);
+    assert_eq!(
+        m.warnings,
+        [
+            "m.yaml (document 5004): unknown field \"spec.nodeNamee\"",
+            "m.yaml (document 5005): unknown field \"spec.nodeNamee\""
+        ]
+    );
+    let err = parse_manifest("m.yaml", &many).unwrap_err().to_string();
+    assert!(
+        err.starts_with("m.yaml (document 5004): Pod in version \"v1\" cannot be handled as a Pod: strict decoding error: unknown field \"spec.nodeNamee\""),
+        "{err}"
+    );
+    many.push_str("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n");
+    let m = read_manifest_with("m.yaml", &many, FieldValidation::Ignore).unwrap();
+    assert_eq!((m.docs.len(), m.skipped[0].index), (5_006, 5_007));
+}
+
+#[test]
 fn a_stored_pod_decoded_for_its_facts_has_the_facts_of_the_whole_pod() {
     let pods = [
         "metadata: {name: p}\nspec: {containers: [{name: c, image: i}]}\n",
@@ -699,10 +750,9 @@ fn documents_split_at_their_markers_with_their_first_lines() {
         "---",
     ] {
         let split: Vec<(usize, String)> = yaml_documents(text)
-            .into_iter()
             .map(|(l, d)| (l, d.to_string()))
             .collect();
         assert_eq!(split, by_line(text), "{text:?}");
     }
-    assert_eq!(yaml_documents("a: 1\n%YAML 1.2\n---\nb: 2\n").len(), 1);
+    assert_eq!(yaml_documents("a: 1\n%YAML 1.2\n---\nb: 2\n").count(), 1);
 }
