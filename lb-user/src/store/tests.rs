@@ -632,6 +632,64 @@ fn a_bulk_commit_leaves_its_log_to_the_next_copy() {
     assert!(copied > 1024 * 1024, "copied: database {copied} bytes");
 }
 
+#[test]
+fn a_bulk_write_larger_than_the_store_builds_its_change_feed_index_at_the_commit() {
+    let store = tmp_store("revindex");
+    let ranges = Ranges::default();
+    let pods = |label: &str| -> String {
+        (0..super::REV_INDEX_LATER_PAST)
+            .map(|i| {
+                format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\n  labels: {{app: {label}}}\nspec:\n  containers: [{{name: c, image: app}}]\n---\n"
+                )
+            })
+            .collect()
+    };
+    let has_index = |conn: &rusqlite::Connection| -> bool {
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'objects_by_rev'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            == 1
+    };
+    let outside = || rusqlite::Connection::open(store.dir().join("store.db")).unwrap();
+    store
+        .apply(&docs(&svc("first", "")), &ranges, Mode::Apply)
+        .unwrap();
+    // 10,000 objects into a store of one: written without the index, which the
+    // commit builds; other connections never see it gone.
+    let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
+    bulk.apply(docs(&pods("a"))).unwrap();
+    assert!(!has_index(&bulk.conn), "left to the commit");
+    assert!(has_index(&outside()), "readers keep it");
+    bulk.commit().unwrap();
+    assert!(has_index(&outside()), "built again");
+    let mut changed = 0;
+    store
+        .fact_changes_since(1, |batch| changed += batch.len())
+        .unwrap();
+    assert_eq!(changed, super::REV_INDEX_LATER_PAST);
+    // As many again into a store that holds more: kept up to date row by row.
+    let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
+    bulk.apply(docs(&pods("b"))).unwrap();
+    assert!(has_index(&bulk.conn), "kept");
+    bulk.commit().unwrap();
+    // A bulk write refused after it dropped the index leaves the store as it was.
+    let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
+    let mut more: String = (0..2 * super::REV_INDEX_LATER_PAST + 10)
+        .map(|i| format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: q{i}\nspec:\n  containers: [{{name: c, image: app}}]\n---\n"))
+        .collect();
+    bulk.apply(docs(&more)).unwrap();
+    assert!(!has_index(&bulk.conn));
+    more = svc("bad", "  clusterIP: 10.0.0.1\n");
+    assert!(bulk.apply(docs(&more)).is_err());
+    drop(bulk);
+    assert!(has_index(&outside()));
+    assert_eq!(store.revision().unwrap(), 3);
+}
+
 fn pods_len(yaml: &str) -> usize {
     yaml.matches("kind: Pod").count()
 }
