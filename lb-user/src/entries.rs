@@ -660,6 +660,16 @@ impl Programmed {
     /// Records `ops` (written to the maps); returns the backend ids no slot holds any
     /// more (their flows should end).
     pub fn record(&mut self, ops: &[Op]) -> BTreeSet<u32> {
+        let gone = self.record_writes(ops);
+        self.take_claims();
+        gone
+    }
+
+    /// [`Programmed::record`] but for the update's claims, which stay pending: the
+    /// entries while the maps are still being written, as if they took them. Should
+    /// they refuse, [`Programmed::resync`] reads the entries again and keeps the
+    /// claims as they were.
+    pub fn record_writes(&mut self, ops: &[Op]) -> BTreeSet<u32> {
         let mut gone = BTreeSet::new();
         if let Some(claims) = &self.pending {
             self.backends.reserve(claims.new_backends);
@@ -714,6 +724,12 @@ impl Programmed {
             }
             sync::replay(&mut self.entries, std::slice::from_ref(op));
         }
+        debug_assert_eq!(self.used, PerFamily::of(&self.entries));
+        gone
+    }
+
+    /// Takes the last update's claims (once the maps took its writes).
+    pub fn take_claims(&mut self) {
         if let Some(claims) = self.pending.take() {
             if claims.all {
                 self.owners.clear();
@@ -723,8 +739,6 @@ impl Programmed {
             }
             self.owners.extend(claims.owners);
         }
-        debug_assert_eq!(self.used, PerFamily::of(&self.entries));
-        gone
     }
 
     fn release_backend(&mut self, b: &Slot, gone: &mut BTreeSet<u32>) {

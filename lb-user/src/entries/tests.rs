@@ -416,6 +416,48 @@ fn a_refused_write_keeps_the_claims_so_the_retry_removes_what_is_left() {
     assert_eq!(fronts, vec![moved.frontends[0].0]);
 }
 
+#[test]
+fn writes_recorded_while_the_maps_refuse_them_leave_nothing_after_the_resync() {
+    // A large round records its writes while the maps take them: when the maps
+    // refuse, the entries read again replace what was recorded, and the update's
+    // claims were never taken; the retry plans as if nothing had been recorded.
+    let a = plan_with(&[(2, 80), (3, 80)]);
+    let one = BTreeSet::from([a.service.clone()]);
+    let mut moved = plan_with(&[(4, 80)]);
+    moved.frontends = vec![(
+        frontend(
+            "10.96.0.12".parse::<std::net::IpAddr>().unwrap(),
+            80,
+            PROTO_TCP,
+        ),
+        SVC_F_INTERNAL,
+    )];
+    let (mut p, mut untouched) = (Programmed::default(), Programmed::default());
+    let held = full(&mut p, std::slice::from_ref(&a));
+    full(&mut untouched, std::slice::from_ref(&a));
+    let Ok(Update::Writes(ops, _)) = p.update(Scope::Services(&one), std::slice::from_ref(&moved))
+    else {
+        panic!("the move writes")
+    };
+    p.record_writes(&ops);
+    assert_ne!(p.entries(), &held, "recorded as if the maps took them");
+    p.resync(held.clone());
+    assert_eq!(p.entries(), &held);
+    let retry = p.update(Scope::Services(&one), std::slice::from_ref(&moved));
+    assert_eq!(
+        retry,
+        untouched.update(Scope::Services(&one), std::slice::from_ref(&moved))
+    );
+    let Ok(Update::Writes(ops, _)) = retry else {
+        panic!("the retry writes")
+    };
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, Op::DeleteService(f) if *f == a.frontends[0].0)),
+        "the retry removes the old frontend: {ops:?}"
+    );
+}
+
 /// Service `name` on cluster IP 10.96.0.`ip` with endpoints 10.244.0.`e` for e in `endpoints`.
 fn named(name: &str, ip: u8, endpoints: &[u8]) -> PortPlan {
     let mut p = plan_with(&endpoints.iter().map(|e| (*e, 80)).collect::<Vec<_>>());
