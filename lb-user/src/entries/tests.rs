@@ -289,6 +289,15 @@ fn plan_with(endpoints: &[(u8, u16)]) -> PortPlan {
     }
 }
 
+/// `plan` answering on cluster IP `ip`, port 80, instead.
+fn on(mut plan: PortPlan, ip: &str) -> PortPlan {
+    plan.frontends = vec![(
+        frontend(ip.parse::<std::net::IpAddr>().unwrap(), 80, PROTO_TCP),
+        SVC_F_INTERNAL,
+    )];
+    plan
+}
+
 /// The entries a full update of `plans` leaves in `p`.
 fn full(p: &mut Programmed, plans: &[PortPlan]) -> Entries {
     let Ok(Update::Writes(ops, _)) = p.update(Scope::All, plans) else {
@@ -346,16 +355,8 @@ fn ids_and_slots_stay_put_so_a_change_touches_only_what_it_must() {
 #[test]
 fn a_new_service_does_not_take_an_existing_services_id() {
     let a = plan_with(&[(2, 80)]);
-    let mut b = plan_with(&[(3, 80)]);
+    let mut b = on(plan_with(&[(3, 80)]), "10.96.0.11");
     b.service = ObjectKey::new("default", "b");
-    b.frontends = vec![(
-        frontend(
-            "10.96.0.11".parse::<std::net::IpAddr>().unwrap(),
-            80,
-            PROTO_TCP,
-        ),
-        SVC_F_INTERNAL,
-    )];
     let mut p = Programmed::default();
     let only_b = full(&mut p, std::slice::from_ref(&b));
     let both = full(&mut p, &[a, b.clone()]);
@@ -390,15 +391,7 @@ fn a_refused_write_keeps_the_claims_so_the_retry_removes_what_is_left() {
     let held = full(&mut p, std::slice::from_ref(&a));
     // The service moves to another address; the write is refused, and the maps are
     // read again (they still hold the old frontend).
-    let mut moved = a.clone();
-    moved.frontends = vec![(
-        frontend(
-            "10.96.0.12".parse::<std::net::IpAddr>().unwrap(),
-            80,
-            PROTO_TCP,
-        ),
-        SVC_F_INTERNAL,
-    )];
+    let moved = on(a.clone(), "10.96.0.12");
     let one = BTreeSet::from([key.clone()]);
     assert!(matches!(
         p.update(Scope::Services(&one), std::slice::from_ref(&moved)),
@@ -423,15 +416,7 @@ fn writes_recorded_while_the_maps_refuse_them_leave_nothing_after_the_resync() {
     // claims were never taken; the retry plans as if nothing had been recorded.
     let a = plan_with(&[(2, 80), (3, 80)]);
     let one = BTreeSet::from([a.service.clone()]);
-    let mut moved = plan_with(&[(4, 80)]);
-    moved.frontends = vec![(
-        frontend(
-            "10.96.0.12".parse::<std::net::IpAddr>().unwrap(),
-            80,
-            PROTO_TCP,
-        ),
-        SVC_F_INTERNAL,
-    )];
+    let moved = on(plan_with(&[(4, 80)]), "10.96.0.12");
     let (mut p, mut untouched) = (Programmed::default(), Programmed::default());
     let held = full(&mut p, std::slice::from_ref(&a));
     full(&mut untouched, std::slice::from_ref(&a));
