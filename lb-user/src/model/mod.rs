@@ -518,8 +518,7 @@ impl Objects<'_> {
     /// made of it); a value whose number is not its own (the items of a `kind:
     /// List`, or none at all) or that may be over the size limit is left to `take`.
     fn make(source: &str, validation: FieldValidation, value: Value, at_most: usize) -> Taken {
-        let is_list = || value.get("kind").and_then(Value::as_str) == Some("List");
-        if value.is_null() || is_list() || at_most > MAX_OBJECT_BYTES {
+        if value.is_null() || is_list(&value) || at_most > MAX_OBJECT_BYTES {
             return Taken::Value(value, at_most);
         }
         Taken::Made(parse_object(source, 0, value, validation))
@@ -543,7 +542,7 @@ impl Objects<'_> {
             if value.is_null() {
                 continue; // an empty document (a trailing `---`)
             }
-            if value.get("kind").and_then(Value::as_str) == Some("List") {
+            if is_list(&value) {
                 // An item is no longer than its list.
                 items.extend(
                     value
@@ -602,6 +601,11 @@ impl Objects<'_> {
         }
         Ok(manifest)
     }
+}
+
+/// Whether a parsed document is a `kind: List` (its items are the objects).
+fn is_list(value: &Value) -> bool {
+    value.get("kind").and_then(Value::as_str) == Some("List")
 }
 
 /// Whether `value` written as JSON is longer than `limit` bytes: counted as it

@@ -576,7 +576,7 @@ fn writers_copy_the_log_into_the_database_while_a_reader_stays_open() {
 
 /// A bulk commit leaves copying its log into the database for later (the agents
 /// read it meanwhile): `Store::checkpoint` (the agent's quiet second) or the next
-/// commit copies it, so the log never holds more than one bulk write.
+/// commit copies it, so the log holds at most the bulk commits since the last copy.
 #[test]
 fn a_bulk_commit_leaves_its_log_to_the_next_copy() {
     let store = tmp_store("bulklog");
