@@ -137,13 +137,42 @@ impl WholeFacts {
         }
     }
 
-    /// The facts, at `revision` (each map sorted by `from_iter`).
+    /// The facts, at `revision` (each map sorted by `from_iter`). Past
+    /// [`INDEX_APART_PAST`] pods, the services' and EndpointSlices' maps are built
+    /// on a thread of their own beside the pods' (at 100,000 services and
+    /// 1,000,000 pods, ~70 ms and ~125 ms of a core).
     pub fn facts(self, revision: u64) -> Facts {
+        let apart = self.pods.len() > INDEX_APART_PAST;
+        self.facts_apart(revision, apart)
+    }
+
+    /// [`WholeFacts::facts`], on two threads if `apart`.
+    fn facts_apart(self, revision: u64, apart: bool) -> Facts {
+        let WholeFacts {
+            services,
+            pods,
+            endpoint_slices,
+        } = self;
+        let others = move || -> (BTreeMap<_, _>, BTreeMap<_, _>) {
+            (
+                services.into_iter().collect(),
+                endpoint_slices.into_iter().collect(),
+            )
+        };
+        let ((services, endpoint_slices), pods) = if apart {
+            std::thread::scope(|threads| {
+                let others = threads.spawn(others);
+                let pods = pods.into_iter().collect();
+                (others.join().expect("building the facts panicked"), pods)
+            })
+        } else {
+            (others(), pods.into_iter().collect())
+        };
         Facts {
             revision,
-            services: self.services.into_iter().collect(),
-            pods: self.pods.into_iter().collect(),
-            endpoint_slices: self.endpoint_slices.into_iter().collect(),
+            services,
+            pods,
+            endpoint_slices,
             ..Facts::default()
         }
     }
@@ -361,7 +390,8 @@ fn slice_owner(key: &ObjectKey, slice: &SliceFacts) -> Option<ObjectKey> {
 /// A pod's label as [`Index::of`] sorts them: namespace, label, value, the pod.
 type Labelled<'a> = (&'a str, &'a str, &'a str, &'a ObjectKey);
 
-/// Past this many pods, [`Index::of`] is made on several threads.
+/// Past this many pods, [`Index::of`] and [`WholeFacts::facts`] are made on
+/// several threads.
 const INDEX_APART_PAST: usize = 10_000;
 
 /// The entries of the pods' label index for `labelled`, sorted so that `same`
@@ -787,6 +817,37 @@ mod tests {
                 .count();
             assert_eq!(apart.pods_with(&fe).count(), fe_pods);
         }
+    }
+
+    #[test]
+    fn facts_gathered_whole_are_the_facts_of_the_state_on_one_thread_or_two() {
+        let mut yaml = format!("{WEB}---\n{DB}---\n");
+        for i in 0..5 {
+            yaml.push_str(&pod("{app: web}").replace("name: p,", &format!("name: p{i},")));
+            yaml.push_str("---\n");
+        }
+        yaml.push_str("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: db-1, labels: {kubernetes.io/service-name: db}}\naddressType: IPv4\nendpoints: [{addresses: [10.244.0.9]}]\n");
+        let state = crate::store::apply::applied(&yaml);
+        let want = Facts::from(state.clone());
+        for apart in [false, true] {
+            let mut whole = WholeFacts::default();
+            for c in State::default().changes_to(state.clone()) {
+                whole.add(c.into());
+            }
+            assert_eq!(
+                whole.facts_apart(state.revision, apart),
+                want,
+                "apart: {apart}"
+            );
+        }
+        assert_eq!(
+            (
+                want.services.len(),
+                want.pods.len(),
+                want.endpoint_slices.len()
+            ),
+            (2, 5, 1)
+        );
     }
 
     #[test]
