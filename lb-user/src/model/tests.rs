@@ -667,14 +667,23 @@ fn a_stored_pod_decoded_for_its_facts_has_the_facts_of_the_whole_pod() {
         ready,
         [false, true, false, true, false, false, false, false]
     );
-    // Strings with JSON escapes are read unescaped.
+    // Strings with JSON escapes are read unescaped, in every field the facts read.
     let escaped = PodFacts::from_json(
-        r#"{"metadata":{"labels":{"a\u0070p":"w\u0065b"}},"spec":{"nodeName":"n\u0031"},"status":{"podIP":"10.0.0.\u0031"}}"#,
+        r#"{"metadata":{"labels":{"a\u0070p":"w\u0065b","tier":"fe"}},"spec":{"nodeName":"n\u0031","hostname":"h\u0031","subdomain":"w\u0065b",
+        "containers":[{"ports":[{"name":"htt\u0070","protocol":"UD\u0050","containerPort":53}]}]},
+        "status":{"podIP":"10.0.0.\u0031","phase":"Runnin\u0067","conditions":[{"type":"R\u0065ady","status":"Fals\u0065"}]}}"#,
     )
     .unwrap();
-    assert_eq!(escaped.labels().collect::<Vec<_>>(), [("app", "web")]);
+    assert_eq!(
+        escaped.labels().collect::<Vec<_>>(),
+        [("app", "web"), ("tier", "fe")]
+    );
     assert_eq!(escaped.node_name.as_deref(), Some("n1"));
-    assert_eq!(escaped.ready_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
+    assert_eq!(escaped.ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
+    assert_eq!(escaped.hostname_in("web"), Some("h1"));
+    let http = IntOrString::String("http".into());
+    assert_eq!(escaped.target_port(&http, "UDP"), Some(53));
+    assert_eq!(escaped.ready_ip, None, "its Ready condition is False");
 }
 
 #[test]
