@@ -10,17 +10,86 @@
 //! The values are the ones [`super::decode::value`] reads through libyaml: plain
 //! scalars resolved as serde_yaml_ng resolves them (null, booleans, integers in
 //! four bases, floats, else strings), keys as written, and the same bound of their
-//! length as JSON.
+//! length as JSON. They are read into [`Node`]s, which borrow their strings from
+//! the text and keep each mapping's keys in the order written: a [`Node`] is
+//! typed straight from ([`super::node`]) or made the `Value` libyaml reads.
 
 use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
-use super::decode::{MAX_DEPTH, Read, SCALAR_JSON_AT_MOST, json_string_at_most};
+#[cfg(test)]
+use super::decode::Read;
+use super::decode::{MAX_DEPTH, SCALAR_JSON_AT_MOST, json_string_at_most};
+
+/// A value as read here: strings borrowed from the text where they can be, a
+/// mapping's entries in the order written (no key twice).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node<'a> {
+    Str(Cow<'a, str>),
+    /// Null, a boolean or a number.
+    Scalar(Value),
+    Map(Vec<(Cow<'a, str>, Node<'a>)>),
+    Seq(Vec<Node<'a>>),
+}
+
+impl Node<'_> {
+    /// The value libyaml reads.
+    pub fn into_value(self) -> Value {
+        match self {
+            Node::Str(s) => Value::String(s.into_owned()),
+            Node::Scalar(v) => v,
+            Node::Map(entries) => Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.into_owned(), v.into_value()))
+                    .collect::<Map<String, Value>>(),
+            ),
+            Node::Seq(items) => Value::Array(items.into_iter().map(Node::into_value).collect()),
+        }
+    }
+
+    /// The value of `key` in a mapping.
+    pub fn get(&self, key: &str) -> Option<&Self> {
+        match self {
+            Node::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// A string's text (as `Value::as_str`: None for any other value).
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Node::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// A document read here, with an upper bound of its length as compact JSON.
+#[derive(Debug)]
+pub struct Tree<'a> {
+    pub node: Node<'a>,
+    pub json_at_most: usize,
+}
 
 /// The documents of `text` (separated by `---` lines), each as libyaml reads it;
 /// None when some part of it is not the common YAML read here.
+#[cfg(test)]
 pub fn documents(text: &str) -> Option<Vec<Read>> {
+    Some(
+        trees(text)?
+            .into_iter()
+            .map(|t| Read {
+                value: t.node.into_value(),
+                json_at_most: t.json_at_most,
+            })
+            .collect(),
+    )
+}
+
+/// The documents of `text` as [`documents`] reads them, as [`Node`]s.
+pub fn trees(text: &str) -> Option<Vec<Tree<'_>>> {
     // Control characters, tabs, carriage returns and non-ASCII text: libyaml's.
     if !text
         .bytes()
@@ -74,15 +143,36 @@ struct Parser<'a> {
     json: usize,
 }
 
+/// Mappings with more keys than this are checked for a key written twice by
+/// sorting their keys, not by comparing each with those before it.
+const KEYS_COMPARED: usize = 16;
+
+/// Whether `key` is the key of an entry of `entries` (a mapping being read: up to
+/// [`KEYS_COMPARED`] keys, past them [`key_twice`] looks once it is whole).
+fn has_key(entries: &[(Cow<'_, str>, Node<'_>)], key: &str) -> bool {
+    entries.len() <= KEYS_COMPARED && entries.iter().any(|(k, _)| k == key)
+}
+
+/// Whether a whole mapping has a key twice (one of more than [`KEYS_COMPARED`]
+/// keys; smaller ones were checked by [`has_key`] as they were read).
+fn key_twice(entries: &[(Cow<'_, str>, Node<'_>)]) -> bool {
+    if entries.len() <= KEYS_COMPARED {
+        return false;
+    }
+    let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_ref()).collect();
+    keys.sort_unstable();
+    keys.windows(2).any(|w| w[0] == w[1])
+}
+
 impl<'a> Parser<'a> {
-    fn document(lines: Vec<Line<'a>>) -> Option<Read> {
+    fn document(lines: Vec<Line<'a>>) -> Option<Tree<'a>> {
         let mut p = Parser {
             lines,
             at: 0,
             json: 0,
         };
         let value = match p.lines.first() {
-            None => p.scalar(Value::Null),
+            None => p.scalar(Node::Scalar(Value::Null)),
             Some(first) => {
                 let v = p.node(first.indent, 0)?;
                 // Anything after the root node (a line less indented than it).
@@ -92,8 +182,8 @@ impl<'a> Parser<'a> {
                 v
             }
         };
-        Some(Read {
-            value,
+        Some(Tree {
+            node: value,
             json_at_most: p.json,
         })
     }
@@ -107,9 +197,9 @@ impl<'a> Parser<'a> {
         self.json = self.json.saturating_add(json).saturating_add(1);
     }
 
-    fn scalar(&mut self, v: Value) -> Value {
+    fn scalar(&mut self, v: Node<'a>) -> Node<'a> {
         self.spend(match &v {
-            Value::String(s) => json_string_at_most(s.len()),
+            Node::Str(s) => json_string_at_most(s.len()),
             _ => SCALAR_JSON_AT_MOST,
         });
         v
@@ -128,7 +218,7 @@ impl<'a> Parser<'a> {
     }
 
     /// The node starting on the current line, indented `indent`, at `depth`.
-    fn node(&mut self, indent: usize, depth: usize) -> Option<Value> {
+    fn node(&mut self, indent: usize, depth: usize) -> Option<Node<'a>> {
         let line = self.line()?;
         if is_item(line.text) {
             return self.sequence(indent, depth);
@@ -153,9 +243,9 @@ impl<'a> Parser<'a> {
     }
 
     /// A block mapping whose keys are indented `indent`.
-    fn mapping(&mut self, indent: usize, depth: usize) -> Option<Value> {
+    fn mapping(&mut self, indent: usize, depth: usize) -> Option<Node<'a>> {
         self.collection(depth)?;
-        let mut map = Map::new();
+        let mut map = Vec::new();
         while let Some(line) = self.line() {
             if line.indent < indent {
                 break;
@@ -174,22 +264,23 @@ impl<'a> Parser<'a> {
                     Some(next) if next.indent == indent && is_item(next.text) => {
                         self.sequence(indent, depth + 1)?
                     }
-                    _ => self.scalar(Value::Null),
+                    _ => self.scalar(Node::Scalar(Value::Null)),
                 }
             } else {
                 let v = self.inline(rest, depth + 1)?;
                 self.ends_with_line(indent)?;
                 v
             };
-            if map.insert(key.into_owned(), value).is_some() {
+            if has_key(&map, &key) {
                 return None; // a duplicate key: decode's error
             }
+            map.push((key, value));
         }
-        Some(Value::Object(map))
+        (!key_twice(&map)).then_some(Node::Map(map))
     }
 
     /// A block sequence whose dashes are indented `indent`.
-    fn sequence(&mut self, indent: usize, depth: usize) -> Option<Value> {
+    fn sequence(&mut self, indent: usize, depth: usize) -> Option<Node<'a>> {
         self.collection(depth)?;
         let mut items = Vec::new();
         while let Some(line) = self.line() {
@@ -206,7 +297,7 @@ impl<'a> Parser<'a> {
                 self.at += 1;
                 match self.line() {
                     Some(next) if next.indent > indent => self.node(next.indent, depth + 1)?,
-                    _ => self.scalar(Value::Null),
+                    _ => self.scalar(Node::Scalar(Value::Null)),
                 }
             } else if is_item(content) {
                 return None; // a sequence in a sequence on one line: libyaml's
@@ -226,12 +317,12 @@ impl<'a> Parser<'a> {
             };
             items.push(item);
         }
-        Some(Value::Array(items))
+        Some(Node::Seq(items))
     }
 
     /// A value written on the rest of a line (after `key: ` or `- `): a flow
     /// collection, a quoted or a plain scalar, then maybe a comment.
-    fn inline(&mut self, text: &str, depth: usize) -> Option<Value> {
+    fn inline(&mut self, text: &'a str, depth: usize) -> Option<Node<'a>> {
         let b = text.as_bytes();
         match b.first()? {
             b'{' | b'[' | b'"' | b'\'' => {
@@ -260,7 +351,7 @@ impl<'a> Parser<'a> {
 
     /// Opens the flow collection at `b[*at]` that `close` closes: whether it is
     /// empty (`*at` after it then); None past the depth allowed.
-    fn opens(&mut self, b: &[u8], at: &mut usize, depth: usize, close: u8) -> Option<bool> {
+    fn opens(&mut self, b: &'a [u8], at: &mut usize, depth: usize, close: u8) -> Option<bool> {
         self.collection(depth)?;
         *at += 1;
         skip_spaces(b, at);
@@ -273,7 +364,7 @@ impl<'a> Parser<'a> {
 
     /// A value in a flow collection (or a flow collection or quoted scalar on a
     /// block line), from `b[*at]`, leaving `*at` after it.
-    fn flow(&mut self, b: &[u8], at: &mut usize, depth: usize) -> Option<Value> {
+    fn flow(&mut self, b: &'a [u8], at: &mut usize, depth: usize) -> Option<Node<'a>> {
         skip_spaces(b, at);
         match *b.get(*at)? {
             b'[' => {
@@ -284,10 +375,10 @@ impl<'a> Parser<'a> {
                     // (A pair in a sequence, `[a: b]`, is libyaml's.)
                     closed = entry_ends(b, at, b']')?;
                 }
-                Some(Value::Array(items))
+                Some(Node::Seq(items))
             }
             b'{' => {
-                let mut map = Map::new();
+                let mut map = Vec::new();
                 let mut closed = self.opens(b, at, depth, b'}')?;
                 while !closed {
                     let key = match *b.get(*at)? {
@@ -307,7 +398,7 @@ impl<'a> Parser<'a> {
                                 return None;
                             }
                             *at += 1;
-                            k.to_string()
+                            Cow::Borrowed(k)
                         }
                     };
                     skip_spaces(b, at);
@@ -316,16 +407,17 @@ impl<'a> Parser<'a> {
                     }
                     self.key(&key);
                     let v = self.flow(b, at, depth + 1)?;
-                    if map.insert(key, v).is_some() {
+                    if has_key(&map, &key) {
                         return None;
                     }
+                    map.push((key, v));
                     closed = entry_ends(b, at, b'}')?;
                 }
-                Some(Value::Object(map))
+                (!key_twice(&map)).then_some(Node::Map(map))
             }
             b'"' | b'\'' => {
                 let s = quoted(b, at)?;
-                Some(self.scalar(Value::String(s)))
+                Some(self.scalar(Node::Str(s)))
             }
             _ => {
                 let s = flow_plain(b, at)?;
@@ -359,7 +451,7 @@ fn split_key(text: &str) -> Option<(Cow<'_, str>, &str)> {
             return None;
         }
         let rest = text[at..].strip_prefix(':')?;
-        return (rest.is_empty() || rest.starts_with(' ')).then_some((Cow::Owned(key), rest));
+        return (rest.is_empty() || rest.starts_with(' ')).then_some((key, rest));
     }
     if !plain_start(b) {
         return None;
@@ -452,27 +544,34 @@ fn skip_spaces(b: &[u8], at: &mut usize) {
 }
 
 /// A quoted scalar on one line from `b[*at]` (its opening quote), leaving `*at`
-/// after the closing one: `'it''s'` is `it's`; a double-quoted one with an escape
-/// is libyaml's.
-fn quoted(b: &[u8], at: &mut usize) -> Option<String> {
+/// after the closing one: `'it''s'` is `it's` (the only one not borrowed from the
+/// text); a double-quoted one with an escape is libyaml's.
+fn quoted<'b>(b: &'b [u8], at: &mut usize) -> Option<Cow<'b, str>> {
     let q = *b.get(*at)?;
-    let mut out = Vec::new();
-    let mut i = *at + 1;
+    let start = *at + 1;
+    let mut i = start;
+    // What is written between the quotes, up to the first doubled quote (borrowed).
+    let mut out: Option<Vec<u8>> = None;
     loop {
         let c = *b.get(i)?;
         if c == q {
             if q == b'\'' && b.get(i + 1) == Some(&b'\'') {
-                out.push(b'\'');
+                out.get_or_insert_with(|| b[start..i].to_vec()).push(b'\'');
                 i += 2;
                 continue;
             }
             *at = i + 1;
-            return String::from_utf8(out).ok();
+            return match out {
+                None => std::str::from_utf8(&b[start..i]).ok().map(Cow::Borrowed),
+                Some(out) => String::from_utf8(out).ok().map(Cow::Owned),
+            };
         }
         if q == b'"' && c == b'\\' {
             return None;
         }
-        out.push(c);
+        if let Some(out) = &mut out {
+            out.push(c);
+        }
         i += 1;
     }
 }
@@ -482,23 +581,24 @@ fn quoted(b: &[u8], at: &mut usize) -> Option<String> {
 /// integers (decimal, `0x`, `0o`, `0b`, signed); finite floats and `.inf`,
 /// `.nan` forms; else a string. An integer past 64 bits (which `decode` refuses)
 /// is left to it (None).
-fn resolve(s: &str) -> Option<Value> {
+fn resolve(s: &str) -> Option<Node<'_>> {
+    let scalar = |v| Some(Node::Scalar(v));
     match s {
-        "" | "null" | "Null" | "NULL" | "~" => return Some(Value::Null),
-        "true" | "True" | "TRUE" => return Some(Value::Bool(true)),
-        "false" | "False" | "FALSE" => return Some(Value::Bool(false)),
+        "" | "null" | "Null" | "NULL" | "~" => return scalar(Value::Null),
+        "true" | "True" | "TRUE" => return scalar(Value::Bool(true)),
+        "false" | "False" | "FALSE" => return scalar(Value::Bool(false)),
         _ => {}
     }
     // A letter first: never a number (Rust's float parser takes `inf` and `nan`,
     // which serde_yaml_ng refuses as not finite).
     if s.as_bytes()[0].is_ascii_alphabetic() || s.starts_with('/') || s.starts_with('_') {
-        return Some(Value::String(s.to_string()));
+        return Some(Node::Str(Cow::Borrowed(s)));
     }
     if let Some(u) = unsigned_int(s, u64::from_str_radix) {
-        return Some(Value::from(u));
+        return scalar(Value::from(u));
     }
     if let Some(i) = negative_int(s, i64::from_str_radix) {
-        return Some(Value::from(i));
+        return scalar(Value::from(i));
     }
     if unsigned_int(s, u128::from_str_radix).is_some()
         || negative_int(s, i128::from_str_radix).is_some()
@@ -508,9 +608,9 @@ fn resolve(s: &str) -> Option<Value> {
     if !digits_but_not_number(s)
         && let Some(f) = float(s)
     {
-        return Some(serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number));
+        return scalar(serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number));
     }
-    Some(Value::String(s.to_string()))
+    Some(Node::Str(Cow::Borrowed(s)))
 }
 
 fn unsigned_int<T>(

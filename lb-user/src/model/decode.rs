@@ -18,6 +18,8 @@ use std::{cell::Cell, fmt};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use super::block_yaml::Node;
+
 /// Values a document may hold at least (a larger one: as many as it has bytes, which
 /// only aliases can exceed).
 pub const MAX_NODES: usize = 1_000_000;
@@ -258,10 +260,21 @@ pub struct Shape(Option<Vec<u8>>);
 impl Shape {
     /// The shape of `value` decoded as `T` (none when too long to remember).
     pub fn of<T>(value: &Value) -> Shape {
+        Self::written::<T>(|bytes| write_shape(value, bytes))
+    }
+
+    /// The shape of `node` decoded as `T`: its keys in the order written, so the
+    /// same bytes as [`Shape::of`] its value only when that order is sorted (and
+    /// then the same shape).
+    pub fn of_node<T>(node: &Node) -> Shape {
+        Self::written::<T>(|bytes| write_node_shape(node, bytes))
+    }
+
+    fn written<T>(write: impl FnOnce(&mut Vec<u8>)) -> Shape {
         let mut bytes = Vec::with_capacity(256);
         bytes.extend_from_slice(std::any::type_name::<T>().as_bytes());
         bytes.push(0);
-        write_shape(value, &mut bytes);
+        write(&mut bytes);
         Shape((bytes.len() <= SHAPE_AT_MOST).then_some(bytes))
     }
 
@@ -307,6 +320,30 @@ fn write_shape(value: &Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         _ => out.push(b'.'),
+    }
+}
+
+/// [`write_shape`] of a [`Node`], its keys in the order written.
+fn write_node_shape(node: &Node, out: &mut Vec<u8>) {
+    match node {
+        Node::Scalar(Value::Null) => out.push(b'n'),
+        Node::Map(entries) => {
+            out.push(b'{');
+            for (k, v) in entries {
+                out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                out.extend_from_slice(k.as_bytes());
+                write_node_shape(v, out);
+            }
+            out.push(b'}');
+        }
+        Node::Seq(items) => {
+            out.push(b'[');
+            for v in items {
+                write_node_shape(v, out);
+            }
+            out.push(b']');
+        }
+        Node::Str(_) | Node::Scalar(_) => out.push(b'.'),
     }
 }
 

@@ -758,3 +758,135 @@ fn documents_split_at_their_markers_with_their_first_lines() {
     }
     assert_eq!(yaml_documents("a: 1\n%YAML 1.2\n---\nb: 2\n").count(), 1);
 }
+
+/// `value` with every mapping's keys in reverse order (as YAML keeps them).
+fn reversed(value: &Value) -> serde_yaml_ng::Value {
+    use serde_yaml_ng::Value as Yaml;
+    match value {
+        Value::Object(map) => Yaml::Mapping(
+            map.iter()
+                .rev()
+                .map(|(k, v)| (Yaml::String(k.clone()), reversed(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Yaml::Sequence(items.iter().map(reversed).collect()),
+        scalar => serde_yaml_ng::to_value(scalar).expect("a scalar"),
+    }
+}
+
+/// `yaml` (one document) read by `parse_node` under `validation` (None: left to
+/// `parse_object`), after checking that what it reads is what `parse_object`
+/// reads from the document's value: the object, its warnings or the error.
+fn read_from_nodes(
+    yaml: &str,
+    validation: FieldValidation,
+) -> Option<Result<Parsed, ManifestError>> {
+    let trees = block_yaml::trees(yaml)?;
+    let [tree] = &trees[..] else {
+        panic!("one document: {yaml}");
+    };
+    let got = parse_node("t.yaml", &tree.node, validation)?;
+    let want = parse_object("t.yaml", 0, tree.node.clone().into_value(), validation);
+    assert_eq!(format!("{got:?}"), format!("{want:?}"), "{yaml}");
+    Some(got)
+}
+
+const VALIDATIONS: [FieldValidation; 3] = [
+    FieldValidation::Strict,
+    FieldValidation::Warn,
+    FieldValidation::Ignore,
+];
+
+#[test]
+fn documents_typed_from_their_nodes_are_what_their_values_are_typed_as() {
+    // Every object of Kubernetes' validation tables (valid and not, all three
+    // kinds), as YAML with its keys sorted and reversed, with an unknown field
+    // and without, read under each field validation twice (the second time its
+    // shape is known clean).
+    let mut objects = crate::store::conformance::objects();
+    let with_unknown: Vec<Value> = objects
+        .iter()
+        .filter_map(|o| {
+            let mut o = o.clone();
+            o.get_mut("spec")?
+                .as_object_mut()?
+                .insert("fancy".into(), Value::from(1));
+            Some(o)
+        })
+        .collect();
+    objects.extend(with_unknown);
+    let (mut from_nodes, mut refused) = (0, 0);
+    for object in &objects {
+        for yaml in [
+            serde_yaml_ng::to_string(object).unwrap(),
+            serde_yaml_ng::to_string(&reversed(object)).unwrap(),
+        ] {
+            for validation in VALIDATIONS {
+                for _ in 0..2 {
+                    if let Some(got) = read_from_nodes(&yaml, validation) {
+                        from_nodes += 1;
+                        refused += usize::from(got.is_err());
+                    }
+                }
+            }
+        }
+    }
+    // Most are read straight from their nodes, those refused by validation too.
+    assert!(
+        from_nodes > 6 * objects.len() && refused > 1000,
+        "{from_nodes} read from nodes ({refused} refused) of {} objects",
+        objects.len()
+    );
+    // Edges the tables do not write: nulls for optional fields (read from the
+    // nodes), a port without `port` (which types as 0), values of the wrong type,
+    // flow collections, quoted keys and values.
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n";
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n";
+    let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: e\n  labels: {kubernetes.io/service-name: s}\naddressType: IPv4\n";
+    let with_nulls = [
+        format!(
+            "{svc}  labels: null\nspec:\n  clusterIP: null\n  selector: null\n  ports:\n  - {{port: 80, name: null, targetPort: null}}\n"
+        ),
+        format!(
+            "{svc}  annotations: ~\nspec:\n  type: NodePort\n  externalIPs:\n  ports:\n  - port: 80\n    nodePort: null\n"
+        ),
+        format!(
+            "{pod}  labels: {{app: a}}\nspec:\n  nodeName: ~\n  containers:\n  - name: c\n    image: i\n    ports: null\nstatus:\n  podIP: null\n"
+        ),
+        format!(
+            "{slice}endpoints:\n- addresses: [10.0.0.1]\n  conditions: {{ready: null}}\n  nodeName: null\nports: null\n"
+        ),
+    ];
+    for yaml in &with_nulls {
+        for validation in VALIDATIONS {
+            let got = read_from_nodes(yaml, validation);
+            assert!(
+                got.is_some_and(|g| g.is_ok()),
+                "not read from its nodes: {yaml}"
+            );
+        }
+    }
+    let others = [
+        format!("{svc}spec:\n  ports:\n  - targetPort: 80\n"),
+        format!("{svc}spec:\n  ports:\n  - {{name: a, port: 80}}\n  - name: b\n"),
+        format!("{svc}spec:\n  ports:\n  - port: \"80\"\n"),
+        format!("{svc}spec:\n  ports: {{port: 80}}\n"),
+        format!("{svc}spec:\n  'type': \"NodePort\"\n  ports: [{{port: 80, 'nodePort': 30080}}]\n"),
+        format!(
+            "{pod}spec:\n  containers: [{{name: c, image: i, ports: [{{containerPort: 8080, protocol: ''}}]}}]\n"
+        ),
+        format!("{pod}spec:\n  containers: c\n"),
+        format!(
+            "{pod}status:\n  podIP: 10.0.0.1\n  conditions:\n  - {{type: Ready, status: 'True'}}\n"
+        ),
+        format!("{slice}endpoints:\n- addresses: 10.0.0.1\n"),
+        format!("{slice}endpoints: []\nports:\n- {{port: 80, protocol: UDP, name: ''}}\n"),
+    ];
+    for yaml in others.iter().chain(&with_nulls) {
+        for validation in VALIDATIONS {
+            for _ in 0..2 {
+                read_from_nodes(yaml, validation);
+            }
+        }
+    }
+}

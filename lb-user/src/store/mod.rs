@@ -1259,4 +1259,4 @@ fn fact_change(kind: Kind, key: ObjectKey, body: Option<&str>) -> serde_json::Re
 mod tests;
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;

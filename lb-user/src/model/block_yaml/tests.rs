@@ -13,7 +13,8 @@ fn libyaml(text: &str) -> Result<Vec<(Value, usize)>, String> {
         .collect()
 }
 
-/// Whether `documents` read `text`; when it did, it read what libyaml reads.
+/// Whether `documents` read `text`; when it did, it read what libyaml reads, and
+/// its nodes deserialize (as any value, through `node`) to that value.
 fn same(text: &str) -> bool {
     let Some(docs) = documents(text) else {
         return false;
@@ -22,6 +23,13 @@ fn same(text: &str) -> bool {
         .into_iter()
         .map(|r| (r.value, r.json_at_most))
         .collect();
+    let deserialized: Vec<Value> = trees(text)
+        .expect("read as documents were")
+        .iter()
+        .map(|t| serde::Deserialize::deserialize(&t.node).expect("a value"))
+        .collect();
+    let values: Vec<&Value> = ours.iter().map(|(v, _)| v).collect();
+    assert_eq!(deserialized.iter().collect::<Vec<_>>(), values, "{text:?}");
     assert_eq!(Ok(ours), libyaml(text), "{text:?}");
     true
 }
@@ -276,6 +284,23 @@ fn structures_are_read_as_libyaml_reads_them_or_left_to_it() {
     same(&deep);
     let long_key = format!("{}: v\n", "k".repeat(1500));
     assert!(!same(&long_key) || libyaml(&long_key).is_ok());
+    // Mappings past the keys compared one by one: a key twice anywhere in them
+    // is libyaml's (its error); without, they are read here.
+    for n in [KEYS_COMPARED, KEYS_COMPARED + 1, 40] {
+        let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+        let block: String = keys.iter().map(|k| format!("{k}: 1\n")).collect();
+        let flow = format!("a: {{{}}}\n", keys.join(": 1, ") + ": 1");
+        for text in [&block, &flow] {
+            assert!(same(text), "{text}");
+        }
+        for twice in [0, n / 2, n - 1] {
+            let block = format!("{block}{}: 2\n", keys[twice]);
+            let flow = flow.replace("}", &format!(", {}: 2}}", keys[twice]));
+            for text in [block, flow] {
+                assert!(!same(&text) && libyaml(&text).is_err(), "{text}");
+            }
+        }
+    }
 }
 
 /// The manifests lb's own users write (the examples, the deployment, the

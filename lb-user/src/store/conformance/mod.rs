@@ -91,6 +91,16 @@ impl Row {
     }
 }
 
+/// Every object of the tables (old and new), for tests of reading manifests.
+pub(crate) fn objects() -> Vec<Value> {
+    service::rows()
+        .into_iter()
+        .chain(endpoint_slice::rows())
+        .chain(pod::rows())
+        .flat_map(|r| r.old.into_iter().chain([r.new]))
+        .collect()
+}
+
 /// lb's answer: `Ok` stored, `Err` the error it printed.
 fn answer(row: &Row, alloc: &Allocation) -> Result<(), String> {
     let mut state = State::default();
