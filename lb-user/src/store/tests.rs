@@ -455,7 +455,8 @@ fn what_is_taken_is_indexed_through_every_write_and_built_for_an_older_store() {
 #[test]
 fn a_store_read_whole_or_followed_comes_in_batches_that_add_up_to_it() {
     let store = tmp_store("batches");
-    let n = LOAD_BATCH + 3;
+    // Several batches, decoded on as many threads as there are cores.
+    let n = 3 * LOAD_BATCH + 3;
     let slices: String = (0..n)
         .map(|i| {
             format!(
@@ -466,11 +467,24 @@ fn a_store_read_whole_or_followed_comes_in_batches_that_add_up_to_it() {
     store
         .apply(&docs(&slices), &Ranges::default(), Mode::Apply)
         .unwrap();
-    let mut sizes = Vec::new();
+    let (mut sizes, mut keys) = (Vec::new(), Vec::new());
     let revision = store
-        .load_each(|c| c, |batch| sizes.push(batch.len()))
+        .load_each(
+            |c| c,
+            |batch| {
+                sizes.push(batch.len());
+                keys.extend(batch.into_iter().map(|c| c.key));
+            },
+        )
         .unwrap();
-    assert_eq!(sizes, [LOAD_BATCH, 3], "never more than a batch at a time");
+    assert_eq!(
+        sizes,
+        [LOAD_BATCH, LOAD_BATCH, LOAD_BATCH, 3],
+        "never more than a batch at a time"
+    );
+    // Handed over in the order read (the store's key order), whichever thread
+    // decoded each batch first.
+    assert!(keys.is_sorted(), "batches out of order");
     assert_eq!(revision, store.revision().unwrap());
     let mut seen = std::collections::BTreeSet::new();
     let followed = store
