@@ -832,7 +832,7 @@ impl Store {
         changes: Vec<Change>,
         rev: u64,
     ) -> Result<(), StoreError> {
-        let bodies = crate::par::in_parallel(changes, |mut c| {
+        let mut bodies = crate::par::in_parallel(changes, |mut c| {
             // Every write gives the object the revision it was written under (a
             // status write too), as the API server's resourceVersion.
             if let Some(o) = &mut c.object {
@@ -850,6 +850,10 @@ impl Store {
             };
             (c.kind, c.key.to_string(), body, taken)
         });
+        // Written in the table's key order (kind, key as SQLite compares them): a
+        // batch of a manifest's objects lands on runs of neighbouring pages, not
+        // all over the table.
+        bodies.sort_unstable_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
         let mut put = conn
             .prepare_cached(
                 "INSERT INTO objects (kind, key, rev, body) VALUES (?1, ?2, ?3, ?4)
