@@ -769,17 +769,22 @@ fn file_lines(text: &str, first_line: usize) -> String {
     out
 }
 
+/// An error of document `index` of `source`, in `error`'s words.
+fn document_error(source: &str, index: usize) -> impl Fn(String) -> ManifestError + '_ {
+    move |error| ManifestError::Document {
+        file: source.to_string(),
+        index,
+        error,
+    }
+}
+
 fn parse_object(
     source: &str,
     index: usize,
     value: Value,
     validation: FieldValidation,
 ) -> Result<Parsed, ManifestError> {
-    let doc_err = |error: String| ManifestError::Document {
-        file: source.to_string(),
-        index,
-        error,
-    };
+    let doc_err = document_error(source, index);
     let api_version = value
         .get("apiVersion")
         .and_then(Value::as_str)
@@ -932,11 +937,7 @@ fn finish(
     unknown: &[String],
     validation: FieldValidation,
 ) -> Result<Parsed, ManifestError> {
-    let doc_err = |error: String| ManifestError::Document {
-        file: source.to_string(),
-        index,
-        error,
-    };
+    let doc_err = document_error(source, index);
     let mut warnings = Vec::new();
     if !unknown.is_empty() {
         let fields: Vec<String> = unknown
