@@ -914,17 +914,14 @@ fn parse_node(
 /// `node` decoded as `T` with no field passed over; None when a field would be or
 /// on any error.
 fn typed_node<T: serde::de::DeserializeOwned>(node: &block_yaml::Node) -> Option<T> {
-    let shape = decode::Shape::of_node::<T>(node);
-    if shape.known_clean() {
-        return T::deserialize(node).ok();
-    }
     let mut passed_over = false;
-    let t = serde_ignored::deserialize(node, |_| passed_over = true).ok()?;
-    if passed_over {
-        return None;
-    }
-    shape.remember_clean();
-    Some(t)
+    let t = decode::Shape::of_node::<T>(node)
+        .decode(node, |_| {
+            passed_over = true;
+            true
+        })
+        .ok()?;
+    (!passed_over).then_some(t)
 }
 
 /// A typed object checked as the API server checks it: its unknown fields refused
@@ -987,20 +984,16 @@ fn typed<T: serde::de::DeserializeOwned>(
     value: &Value,
     unknown: &mut Vec<String>,
 ) -> Result<T, String> {
-    // A shape decoded before with no field passed over is decoded plainly (tracking
-    // every field's path costs half as much again as decoding).
-    let shape = decode::Shape::of::<T>(value);
-    if shape.known_clean()
-        && let Ok(t) = T::deserialize(value)
-    {
-        return Ok(t);
-    }
-    // Decoded plainly first; only a value that fails is decoded again, tracking
-    // the path its error is at (a third of the cost of every good object).
     let mut passed_over = Vec::new();
-    let decoded = serde_ignored::deserialize(value, |path| {
-        passed_over.extend(decode::unknown_field(value, &path));
+    let decoded = decode::Shape::of::<T>(value).decode(value, |path| {
+        // (A null is no field: passed over, it does not count.)
+        let field = decode::unknown_field(value, &path);
+        let counts = field.is_some();
+        passed_over.extend(field);
+        counts
     });
+    // Decoded without paths first; only a value that fails is decoded again,
+    // tracking the path its error is at (a third of the cost of every good object).
     let t: T = match decoded {
         Ok(t) => t,
         Err(_) => serde_path_to_error::deserialize(value).map_err(|e| {
@@ -1012,9 +1005,6 @@ fn typed<T: serde::de::DeserializeOwned>(
             }
         })?,
     };
-    if passed_over.is_empty() {
-        shape.remember_clean();
-    }
     unknown.extend(passed_over);
     Ok(t)
 }

@@ -46,7 +46,9 @@ macro_rules! or_scalar {
     };
 }
 
-macro_rules! number {
+/// Methods only a null, a boolean or a number answers (as `&Value`'s); any other
+/// node is refused.
+macro_rules! scalar_only {
     ($($method:ident)*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
             or_scalar!(self, visitor, $method, {})
@@ -66,7 +68,7 @@ impl<'de, 'a: 'de> Deserializer<'de> for &'de Node<'a> {
         }
     }
 
-    number! {
+    scalar_only! {
         deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64 deserialize_i128
         deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_u128
         deserialize_f32 deserialize_f64 deserialize_bool deserialize_unit
