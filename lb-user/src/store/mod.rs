@@ -571,7 +571,31 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut stmt = conn.prepare_cached(sql).map_err(self.db("reading"))?;
         let mut rows = stmt.query(args).map_err(self.db("reading"))?;
+        // Up to a batch of rows, and whether they are the last.
+        let mut read_batch = || -> Result<(Vec<Row>, bool), StoreError> {
+            let mut batch = Vec::with_capacity(LOAD_BATCH);
+            while batch.len() < LOAD_BATCH {
+                let Some(r) = rows.next().map_err(self.db("reading"))? else {
+                    return Ok((batch, true));
+                };
+                batch.push((
+                    r.get(0).map_err(self.db("reading"))?,
+                    r.get(1).map_err(self.db("reading"))?,
+                    r.get(2).map_err(self.db("reading"))?,
+                ));
+            }
+            Ok((batch, false))
+        };
         let dir = self.dir.as_path();
+        let (mut batch, mut last) = read_batch()?;
+        if last {
+            // A read of one batch at most (a round's changes, mostly) is decoded
+            // here: no decoding thread is started for it.
+            if !batch.is_empty() {
+                each(decode_as(dir, batch, decode)?);
+            }
+            return Ok(());
+        }
         let decoders = std::thread::available_parallelism().map_or(1, |n| n.get());
         // Batches numbered as read; decoded ones come back in any order.
         let (raw, to_decode) = std::sync::mpsc::sync_channel::<(usize, Vec<Row>)>(decoders);
@@ -626,28 +650,18 @@ impl Store {
                 }
             };
             let mut sent = 0;
-            let mut batch = Vec::with_capacity(LOAD_BATCH);
             loop {
-                let row = rows.next().map_err(self.db("reading"))?;
-                let last = row.is_none();
-                if let Some(r) = row {
-                    batch.push((
-                        r.get(0).map_err(self.db("reading"))?,
-                        r.get(1).map_err(self.db("reading"))?,
-                        r.get(2).map_err(self.db("reading"))?,
-                    ));
-                }
-                if batch.len() == LOAD_BATCH || (last && !batch.is_empty()) {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
-                    // The decoders end only when `raw` is dropped.
-                    let _ = raw.send((sent, full));
+                if !batch.is_empty() {
+                    let _ = raw.send((sent, batch));
                     sent += 1;
                     take(false, sent)?;
                 }
                 if last {
+                    // The decoders end once `raw` is dropped.
                     drop(raw);
                     return take(true, sent);
                 }
+                (batch, last) = read_batch()?;
             }
         })
     }
