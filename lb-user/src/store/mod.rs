@@ -67,6 +67,15 @@ const LOG_LEFT_FOR_LATER: usize = 10_000;
 /// objects took ~2.2 s of SQLite's time with the index kept up to date (a random
 /// insert per row), ~1.5 s without it, and ~0.3 s more to build it.
 const REV_INDEX_LATER_PAST: usize = 10_000;
+/// A bulk write that has named this many objects, into a store that held some,
+/// reads which objects the store holds (if at most [`KEYS_READ_AT_MOST`]) and
+/// from then on looks up only those and the ones it named before: 1,100,000
+/// objects applied into a store holding a few (an agent's cluster DNS service)
+/// were looked up one by one, each in vain (~0.8 s of the store's thread); the
+/// keys of 75,000 rows read in ~10 ms.
+const KEYS_READ_PAST: usize = 10_000;
+/// See [`KEYS_READ_PAST`]: a store holding more is looked up object by object.
+const KEYS_READ_AT_MOST: usize = 65_536;
 
 /// The store's commit marker in `dir`.
 fn marker_path(dir: &Path) -> PathBuf {
@@ -189,12 +198,17 @@ pub struct BulkApply<'s> {
     changed: bool,
     /// How many objects the batches wrote.
     written: usize,
-    /// When the store held no object at the start: a hash of each object's kind
-    /// and key this apply named so far, which alone may be there to read (a
-    /// first apply of 1,100,000 objects looked each up in vain: ~0.6 s). Hashed
-    /// with foldhash: with std's SipHash, hashing and inserting took ~0.5 s of the
-    /// store's thread for 1,100,000 objects.
+    /// Once known (the store held no object at the start, or its keys were read
+    /// past [`KEYS_READ_PAST`]): a hash of the kind and key of each object the
+    /// store held then and each one this apply named since, which alone may be
+    /// there to read (a first apply of 1,100,000 objects looked each up in vain:
+    /// ~0.6 s). Hashed with foldhash: with std's SipHash, hashing and inserting
+    /// took ~0.5 s of the store's thread for 1,100,000 objects.
     named: Option<foldhash::HashSet<u64>>,
+    /// How many objects the batches named (each counted each time).
+    named_count: usize,
+    /// The store's keys were read, or found too many to read.
+    keys_read: bool,
     /// How many objects the batches written so far created.
     created: usize,
     /// How many rows the store held at the start, once the batches wrote
@@ -209,6 +223,12 @@ impl BulkApply<'_> {
     /// outcome of each, or the first refusal.
     pub fn apply(&mut self, docs: Vec<Document>) -> Result<Vec<Outcome>, StoreError> {
         let store = self.store;
+        self.named_count += docs.len();
+        if self.named.is_none() && !self.keys_read && self.named_count >= KEYS_READ_PAST {
+            self.keys_read = true;
+            // The rows this apply wrote so far are read with the others.
+            self.named = store.key_hashes(&self.conn, KEYS_READ_AT_MOST + self.written)?;
+        }
         // The named objects only: what every other service holds comes from the
         // index of taken values, so one more service in a store of 100,000 reads
         // 100,000 integers, not 100,000 services.
@@ -218,13 +238,9 @@ impl BulkApply<'_> {
                 let Some(named) = &mut self.named else {
                     return true;
                 };
-                // Named before (or a hash shared with one that was): read.
-                use std::hash::BuildHasher as _;
+                // Stored, named before, or a hash shared with one that is: read.
                 let (namespace, name) = ObjectKey::parts(d.object.meta());
-                let hash = named
-                    .hasher()
-                    .hash_one((d.object.kind().as_str(), namespace, name));
-                !named.insert(hash)
+                !named.insert(key_hash(named, d.object.kind().as_str(), namespace, name))
             })
             .map(|d| (d.object.kind(), d.object.key()))
             .collect();
@@ -788,6 +804,37 @@ impl Store {
     }
 
     /// What `scope` names, read inside the writer's transaction.
+    /// A hash ([`key_hash`]) of each stored object's kind and key, if the store
+    /// holds at most `most` objects.
+    fn key_hashes(
+        &self,
+        conn: &Connection,
+        most: usize,
+    ) -> Result<Option<foldhash::HashSet<u64>>, StoreError> {
+        let mut stmt = conn
+            .prepare("SELECT kind, key FROM objects WHERE body IS NOT NULL LIMIT ?1")
+            .map_err(self.db("reading the keys"))?;
+        let mut rows = stmt
+            .query([most as i64 + 1])
+            .map_err(self.db("reading the keys"))?;
+        let mut hashes = foldhash::HashSet::default();
+        let mut held = 0;
+        while let Some(row) = rows.next().map_err(self.db("reading the keys"))? {
+            held += 1;
+            if held > most {
+                return Ok(None);
+            }
+            let text = |i| -> rusqlite::Result<&str> { Ok(row.get_ref(i)?.as_str()?) };
+            let (kind, key) = text(0)
+                .and_then(|kind| Ok((kind, text(1)?)))
+                .map_err(self.db("reading the keys"))?;
+            // A stored key is `namespace/name`; a namespace holds no `/`.
+            let (namespace, name) = key.split_once('/').unwrap_or((key, ""));
+            hashes.insert(key_hash(&hashes, kind, namespace, name));
+        }
+        Ok(Some(hashes))
+    }
+
     fn read_scope(&self, conn: &Connection, scope: &Scope) -> Result<State, StoreError> {
         let mut rows = Vec::new();
         if scope.all_services {
@@ -1024,6 +1071,8 @@ impl Store {
             changed: false,
             written: 0,
             named: None,
+            named_count: 0,
+            keys_read: false,
             created: 0,
             held_at_start: None,
             rev_index_later: false,
@@ -1302,6 +1351,12 @@ fn object_change(kind: Kind, key: ObjectKey, body: Option<&str>) -> serde_json::
 }
 
 /// A stored row as the agent keeps it: a pod decoded only as far as its facts.
+/// The hash `named` keeps of an object (its kind, namespace and name).
+fn key_hash(named: &foldhash::HashSet<u64>, kind: &str, namespace: &str, name: &str) -> u64 {
+    use std::hash::BuildHasher as _;
+    named.hasher().hash_one((kind, namespace, name))
+}
+
 fn fact_change(kind: Kind, key: ObjectKey, body: Option<&str>) -> serde_json::Result<FactChange> {
     match (kind, body) {
         (Kind::Pod, Some(b)) => Ok(FactChange {

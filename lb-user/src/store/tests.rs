@@ -707,3 +707,61 @@ fn a_bulk_write_larger_than_the_store_builds_its_change_feed_index_at_the_commit
 fn pods_len(yaml: &str) -> usize {
     yaml.matches("kind: Pod").count()
 }
+
+/// Past `KEYS_READ_PAST` objects, a bulk write into a store that holds a few reads
+/// their keys and looks up only those and what it named itself: each of them is
+/// still found (applied again, unchanged; created again, refused).
+#[test]
+fn a_bulk_apply_past_the_keys_read_finds_every_stored_object_and_its_own() {
+    let store = tmp_store("keysread");
+    let ranges = Ranges::default();
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: ns1\nspec:\n  containers: [{{name: c, image: app}}]\n---\n"
+        )
+    };
+    let before = format!("{}---\n{}", svc("kept", ""), pod("old"));
+    store.apply(&docs(&before), &ranges, Mode::Apply).unwrap();
+    let new: String = (0..super::KEYS_READ_PAST)
+        .map(|i| pod(&format!("p{i}")))
+        .collect();
+    let again = format!(
+        "{}---\n{}{}{}",
+        svc("kept", ""),
+        pod("old"),
+        pod("p7"),
+        pod("fresh")
+    );
+    let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
+    bulk.apply(docs(&new)).unwrap();
+    assert!(bulk.named.is_some(), "the store's keys were read");
+    assert_eq!(
+        bulk.apply(docs(&again)).unwrap(),
+        [
+            Outcome::Unchanged,
+            Outcome::Unchanged,
+            Outcome::Unchanged,
+            Outcome::Created
+        ]
+    );
+    bulk.commit().unwrap();
+    assert_eq!(store.load().unwrap().pods.len(), super::KEYS_READ_PAST + 2);
+    let mut bulk = store.bulk_apply(&ranges, Mode::Create).unwrap();
+    bulk.apply(docs(&new.replace("name: p", "name: q")))
+        .unwrap();
+    assert!(bulk.named.is_some());
+    assert!(
+        matches!(
+            bulk.apply(docs(&svc("kept", ""))),
+            Err(StoreError::Apply(ApplyError::AlreadyExists { .. }))
+        ),
+        "created again"
+    );
+    // A store holding more than asked for is not read.
+    let conn = &bulk.conn;
+    assert_eq!(store.key_hashes(conn, 1).unwrap(), None);
+    assert_eq!(
+        store.key_hashes(conn, 100_000).unwrap().map(|h| h.len()),
+        Some(2 * super::KEYS_READ_PAST + 3)
+    );
+}
