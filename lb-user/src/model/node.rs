@@ -194,14 +194,16 @@ fn visit_seq<'de, 'a: 'de, V: Visitor<'de>>(
     visitor: V,
 ) -> Result<V::Value, Error> {
     let mut access = Items(items.iter());
-    let seq = visitor.visit_seq(&mut access)?;
-    match access.0.len() {
-        0 => Ok(seq),
-        _ => Err(de::Error::invalid_length(
+    // Returned as the visitor made it: a typed value (a `Container` is ~2 KB) is
+    // not moved out of its `Result` and into another.
+    let seq = visitor.visit_seq(&mut access);
+    if seq.is_ok() && access.0.len() != 0 {
+        return Err(de::Error::invalid_length(
             items.len(),
             &"fewer elements in array",
-        )),
+        ));
     }
+    seq
 }
 
 struct Items<'de, 'a>(std::slice::Iter<'de, Node<'a>>);
@@ -213,7 +215,10 @@ impl<'de, 'a: 'de> SeqAccess<'de> for Items<'de, 'a> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Error> {
-        self.0.next().map(|n| seed.deserialize(n)).transpose()
+        match self.0.next() {
+            Some(n) => seed.deserialize(n).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -231,14 +236,15 @@ fn visit_map<'de, 'a: 'de, V: Visitor<'de>>(
         entries: entries.iter(),
         value: None,
     };
-    let map = visitor.visit_map(&mut access)?;
-    match access.entries.len() {
-        0 => Ok(map),
-        _ => Err(de::Error::invalid_length(
+    // Returned as the visitor made it (see `visit_seq`).
+    let map = visitor.visit_map(&mut access);
+    if map.is_ok() && access.entries.len() != 0 {
+        return Err(de::Error::invalid_length(
             entries.len(),
             &"fewer elements in map",
-        )),
+        ));
     }
+    map
 }
 
 struct Entries<'de, 'a> {
