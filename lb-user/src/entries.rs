@@ -373,6 +373,12 @@ impl Programmed {
     /// programmed one), then the others, each group in name order. A service that
     /// does not fit is left out, and keeps what it holds.
     fn admit<'p>(&self, plans: &'p [PortPlan], old: &Entries) -> Admission<'p> {
+        self.admit_all(plans, old)
+            .unwrap_or_else(|| self.weigh(plans, old))
+    }
+
+    /// [`admit`](Self::admit), service by service.
+    fn weigh<'p>(&self, plans: &'p [PortPlan], old: &Entries) -> Admission<'p> {
         let mut by_service: BTreeMap<&ObjectKey, Vec<&PortPlan>> = BTreeMap::new();
         for p in plans {
             by_service.entry(&p.service).or_default().push(p);
@@ -483,6 +489,47 @@ impl Programmed {
             .filter(|p| !out.left_out.contains_key(&p.service))
             .collect();
         out
+    }
+
+    /// Every plan, if all of them fit at once with each of their endpoints
+    /// counted a new backend (as many as they can add: at least as many as
+    /// [`admit`](Self::admit) counts); else None, and they are weighed service by
+    /// service. Each service admitted in turn fits whenever all fit: a bulk
+    /// round's 1,000,000 endpoints need no set of the addresses counted so far.
+    fn admit_all<'p>(&self, plans: &'p [PortPlan], old: &Entries) -> Option<Admission<'p>> {
+        let (all, gone) = (self.used, PerFamily::of(old));
+        let mut used = PerFamily {
+            frontends: [0, 1].map(|i| all.frontends[i] - gone.frontends[i]),
+            slots: [0, 1].map(|i| all.slots[i] - gone.slots[i]),
+        };
+        let (mut new_ids, mut new_backends) = (0, 0);
+        for p in plans {
+            for (f, _) in &p.frontends {
+                used.frontends[family_of_frontend(f)] += 1;
+            }
+            for (a, port) in &p.endpoints {
+                used.slots[usize::from(a.is_ipv6())] += 1;
+                new_backends += usize::from(!self.backends.contains_key(&(*a, *port, p.proto)));
+            }
+            new_ids += usize::from(
+                !p.frontends
+                    .iter()
+                    .any(|(f, _)| old.services.contains_key(f)),
+            );
+        }
+        let room = (0..2).all(|i| {
+            let (f_max, s_max, ..) = self.limits.of(i);
+            used.frontends[i] <= f_max as usize && used.slots[i] <= s_max as usize
+        });
+        let ids = self.service_ids.used() + new_ids <= self.service_ids.capacity()
+            && self.backend_ids.used() + new_backends <= self.backend_ids.capacity();
+        (room && ids).then(|| Admission {
+            plans: plans.iter().collect(),
+            new_backends,
+            left_out: LeftOut::new(),
+            kept: Entries::default(),
+            kept_claims: Vec::new(),
+        })
     }
 
     /// Makes `service` claim `frontends` too (its write failed: what the maps may

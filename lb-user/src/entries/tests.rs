@@ -522,3 +522,44 @@ fn full_maps_leave_new_services_out_and_never_take_from_programmed_ones() {
     let held: BTreeSet<u32> = p.entries().services.values().map(|v| v.svc_id).collect();
     assert_eq!(held.len(), 2);
 }
+
+/// When every plan fits with each endpoint counted a new backend, all are admitted
+/// at once, as weighing them service by service admits them; when only the count
+/// of distinct backends fits, they are weighed (and still all admitted).
+#[test]
+fn plans_that_all_fit_are_admitted_at_once_as_weighing_them_would() {
+    // Maps of 3 frontends and 6 slots (ids below them: 2 service ports, 5 backends).
+    let limits = Limits {
+        frontends: 3,
+        backends: 6,
+        frontends6: 3,
+        backends6: 6,
+    };
+    let p = Programmed::adopt(Entries::default(), limits);
+    let old = Entries::default();
+    let names = |a: &Admission<'_>| -> Vec<ObjectKey> {
+        a.plans.iter().map(|p| p.service.clone()).collect()
+    };
+    // 5 endpoints, 4 addresses: within 5 backend ids either way.
+    let (a, b) = (named("a", 10, &[1, 2, 3]), named("b", 11, &[3, 4]));
+    let plans = [a, b];
+    let all = p.admit_all(&plans, &old).expect("all fit");
+    let weighed = p.weigh(&plans, &old);
+    assert_eq!(names(&all), names(&weighed));
+    assert!(all.left_out.is_empty() && weighed.left_out.is_empty());
+    assert_eq!((all.new_backends, weighed.new_backends), (5, 4));
+    // 6 endpoints, 3 addresses: the count is over 5 ids, the addresses are not.
+    let plans = [named("a", 10, &[1, 2, 3]), named("b", 11, &[1, 2, 3])];
+    assert!(p.admit_all(&plans, &old).is_none());
+    let weighed = p.admit(&plans, &old);
+    assert_eq!(weighed.plans.len(), 2, "{:?}", weighed.left_out);
+    assert_eq!(weighed.new_backends, 3);
+    // A third service: no third service-port id, weighed and left out.
+    let plans = [
+        named("a", 10, &[1]),
+        named("b", 11, &[2]),
+        named("c", 12, &[3]),
+    ];
+    assert!(p.admit_all(&plans, &old).is_none());
+    assert_eq!(p.admit(&plans, &old).left_out.len(), 1);
+}
