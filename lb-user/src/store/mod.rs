@@ -61,12 +61,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
 /// done at once, the agents' reads of the same commit would share the node with
 /// (their round 4.6 s without it, 5.1-5.4 s with it, paired runs).
 const LOG_LEFT_FOR_LATER: usize = 10_000;
-/// A bulk write that has written this many objects, and more than the store held
-/// at its start, writes the rest without the change feed's index (rows by
-/// revision) and builds it again at its commit: into an empty store, 1,100,000
-/// objects took ~2.2 s of SQLite's time with the index kept up to date (a random
-/// insert per row), ~1.5 s without it, and ~0.3 s more to build it.
-const REV_INDEX_LATER_PAST: usize = 10_000;
 /// A bulk write that has named this many objects, into a store that held some,
 /// reads which objects the store holds (if at most [`KEYS_READ_AT_MOST`]) and
 /// from then on looks up only those and the ones it named before: 1,100,000
@@ -209,13 +203,6 @@ pub struct BulkApply<'s> {
     named_count: usize,
     /// The store's keys were read, or found too many to read.
     keys_read: bool,
-    /// How many objects the batches written so far created.
-    created: usize,
-    /// How many rows the store held at the start, once the batches wrote
-    /// [`REV_INDEX_LATER_PAST`] objects.
-    held_at_start: Option<usize>,
-    /// The change feed's index is left to the commit ([`REV_INDEX_LATER_PAST`]).
-    rev_index_later: bool,
 }
 
 impl BulkApply<'_> {
@@ -268,54 +255,15 @@ impl BulkApply<'_> {
         let changes = before.changes_to(state);
         if !changes.is_empty() {
             self.written += changes.len();
-            self.leave_rev_index_to_commit()?;
             store.write_changes(&self.conn, changes, self.rev)?;
-            self.created += outcomes.iter().filter(|o| **o == Outcome::Created).count();
             self.changed = true;
         }
         Ok(outcomes)
     }
 
-    /// Drops the change feed's index (rows by revision) for the rest of the
-    /// transaction once the batches have written more objects than the store held
-    /// at the start, and at least [`REV_INDEX_LATER_PAST`]; [`BulkApply::commit`]
-    /// builds it again. Readers never see the store without it.
-    fn leave_rev_index_to_commit(&mut self) -> Result<(), StoreError> {
-        if self.rev_index_later || self.written < REV_INDEX_LATER_PAST {
-            return Ok(());
-        }
-        let held_at_start = match self.held_at_start {
-            Some(n) => n,
-            None => {
-                let rows: i64 = self
-                    .conn
-                    .query_row("SELECT count(*) FROM objects", [], |r| r.get(0))
-                    .map_err(self.store.db("counting the objects"))?;
-                // The rows counted now hold those the batches before created.
-                *self
-                    .held_at_start
-                    .insert((rows as usize).saturating_sub(self.created))
-            }
-        };
-        if self.written > held_at_start {
-            self.conn
-                .execute_batch("DROP INDEX objects_by_rev")
-                .map_err(self.store.db("writing the index"))?;
-            self.rev_index_later = true;
-        }
-        Ok(())
-    }
-
     /// Commits every batch under one new revision (none if nothing changed).
     pub fn commit(mut self) -> Result<(), StoreError> {
         let store = self.store;
-        if self.rev_index_later {
-            // The schema whole again: its one missing index (before the revision's
-            // pruning reads by revision).
-            self.conn
-                .execute_batch(SCHEMA)
-                .map_err(store.db("writing the index"))?;
-        }
         if self.changed {
             store.set_revision(&self.conn, self.rev)?;
         }
@@ -1073,9 +1021,6 @@ impl Store {
             named: None,
             named_count: 0,
             keys_read: false,
-            created: 0,
-            held_at_start: None,
-            rev_index_later: false,
         };
         let stored = stored_ranges(&bulk.conn).map_err(self.db("reading the ranges"))?;
         bulk.alloc = ranges

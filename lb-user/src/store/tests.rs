@@ -647,14 +647,14 @@ fn a_bulk_commit_leaves_its_log_to_the_next_copy() {
 }
 
 #[test]
-fn a_bulk_write_larger_than_the_store_builds_its_change_feed_index_at_the_commit() {
+fn a_bulk_write_keeps_the_change_feed_index_and_lists_its_rows_there() {
     let store = tmp_store("revindex");
     let ranges = Ranges::default();
-    let pods = |label: &str| -> String {
-        (0..super::REV_INDEX_LATER_PAST)
+    let pods = |prefix: &str, n: usize| -> String {
+        (0..n)
             .map(|i| {
                 format!(
-                    "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\n  labels: {{app: {label}}}\nspec:\n  containers: [{{name: c, image: app}}]\n---\n"
+                    "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {prefix}{i}\nspec:\n  containers: [{{name: c, image: app}}]\n---\n"
                 )
             })
             .collect()
@@ -672,36 +672,38 @@ fn a_bulk_write_larger_than_the_store_builds_its_change_feed_index_at_the_commit
     store
         .apply(&docs(&svc("first", "")), &ranges, Mode::Apply)
         .unwrap();
-    // 10,000 objects into a store of one: written without the index, which the
-    // commit builds; other connections never see it gone.
+    // 10,000 objects into a store of one, in two batches: the index is kept as
+    // the rows are written, and the change feed lists each of them once.
     let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
-    bulk.apply(docs(&pods("a"))).unwrap();
-    assert!(!has_index(&bulk.conn), "left to the commit");
-    assert!(has_index(&outside()), "readers keep it");
+    bulk.apply(docs(&pods("p", 5_000))).unwrap();
+    bulk.apply(docs(&pods("q", 5_000))).unwrap();
+    assert!(has_index(&bulk.conn) && has_index(&outside()));
     bulk.commit().unwrap();
-    assert!(has_index(&outside()), "built again");
-    let mut changed = 0;
+    assert!(has_index(&outside()));
+    let mut changed = Vec::new();
     store
-        .fact_changes_since(1, |batch| changed += batch.len())
+        .fact_changes_since(1, |batch| changed.extend(batch.into_iter().map(|c| c.key)))
         .unwrap();
-    assert_eq!(changed, super::REV_INDEX_LATER_PAST);
-    // As many again into a store that holds more: kept up to date row by row.
+    assert_eq!(changed.len(), 10_000);
+    assert_eq!(
+        changed
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        10_000
+    );
+    assert_eq!(store.changed_since(1).unwrap(), 10_000);
+    // A bulk write refused after some batches leaves the store as it was.
     let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
-    bulk.apply(docs(&pods("b"))).unwrap();
-    assert!(has_index(&bulk.conn), "kept");
-    bulk.commit().unwrap();
-    // A bulk write refused after it dropped the index leaves the store as it was.
-    let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
-    let mut more: String = (0..2 * super::REV_INDEX_LATER_PAST + 10)
-        .map(|i| format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: q{i}\nspec:\n  containers: [{{name: c, image: app}}]\n---\n"))
-        .collect();
-    bulk.apply(docs(&more)).unwrap();
-    assert!(!has_index(&bulk.conn));
-    more = svc("bad", "  clusterIP: 10.0.0.1\n");
-    assert!(bulk.apply(docs(&more)).is_err());
+    bulk.apply(docs(&pods("r", 2_000))).unwrap();
+    assert!(
+        bulk.apply(docs(&svc("bad", "  clusterIP: 10.0.0.1\n")))
+            .is_err()
+    );
     drop(bulk);
     assert!(has_index(&outside()));
-    assert_eq!(store.revision().unwrap(), 3);
+    assert_eq!(store.revision().unwrap(), 2);
+    assert_eq!(store.changed_since(2).unwrap(), 0);
 }
 
 fn pods_len(yaml: &str) -> usize {
