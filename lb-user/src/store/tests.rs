@@ -517,6 +517,52 @@ fn a_store_read_whole_or_followed_comes_in_batches_that_add_up_to_it() {
     assert_eq!((counts, facts.revision), ((1, 3, n), revision + 1));
 }
 
+/// A stored row that does not decode fails the read, named, whether the read is
+/// one batch (decoded where it is read) or several (on the decoding threads).
+#[test]
+fn a_row_that_does_not_decode_fails_the_read_naming_it() {
+    let store = tmp_store("corrupt");
+    store
+        .apply(&docs(&svc("web", "")), &Ranges::default(), Mode::Apply)
+        .unwrap();
+    let raw = rusqlite::Connection::open(store.dir().join("store.db")).unwrap();
+    let put = |kind: &str, key: &str, body: &str| {
+        raw.execute(
+            "INSERT OR REPLACE INTO objects (kind, key, rev, body) VALUES (?1, ?2, 1, ?3)",
+            [kind, key, body],
+        )
+        .unwrap();
+    };
+    let named = |e: StoreError| match e {
+        StoreError::Corrupt {
+            kind, key, error, ..
+        } => (kind, key, error),
+        other => panic!("{other}"),
+    };
+    put("Pod", "default/broken", "{");
+    let (kind, key, _) = named(store.load_facts().unwrap_err());
+    assert_eq!((kind.as_str(), key.as_str()), ("Pod", "default/broken"));
+    // Past one batch: the broken pod is in the second (rows are read in kind and
+    // key order, the slices first).
+    let slices: String = (0..LOAD_BATCH)
+        .map(|i| format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}}}\naddressType: IPv4\nendpoints: []\n---\n"))
+        .collect();
+    raw.execute("DELETE FROM objects WHERE kind = 'Pod'", [])
+        .unwrap();
+    store
+        .apply(&docs(&slices), &Ranges::default(), Mode::Apply)
+        .unwrap();
+    put("Pod", "default/broken", "{");
+    let (kind, key, _) = named(store.load_facts().unwrap_err());
+    assert_eq!((kind.as_str(), key.as_str()), ("Pod", "default/broken"));
+    raw.execute("DELETE FROM objects WHERE kind = 'Pod'", [])
+        .unwrap();
+    put("Gadget", "default/g", "{}");
+    let (kind, key, error) = named(store.load().unwrap_err());
+    assert_eq!((kind.as_str(), key.as_str()), ("Gadget", "default/g"));
+    assert!(error.contains("unknown kind Gadget"), "{error}");
+}
+
 #[test]
 fn a_bulk_apply_sees_its_own_batches_and_stores_nothing_unless_committed() {
     let store = tmp_store("bulk");
