@@ -938,7 +938,7 @@ impl Agent {
     /// Reads the store whole and plans every service (at start, or when the store
     /// no longer has the changes since what was last read).
     fn load_whole(&mut self, started: Instant) -> Result<()> {
-        self.tracked = Tracked::new(self.store.load_facts()?);
+        self.tracked = crate::freed::kept_while(|| self.store.load_facts().map(Tracked::new))?;
         self.seen = Some(self.tracked.state.revision);
         self.plan_all = true;
         self.program(Vec::new(), BTreeSet::new(), started)

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod ct_table;
 pub mod dns;
 pub mod entries;
+pub mod freed;
 pub mod kube_lb;
 pub mod kube_source;
 pub mod lb_ipam;

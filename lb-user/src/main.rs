@@ -8,10 +8,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser as _;
 
-/// mimalloc's `mi_option_purge_delay` (its header's enum; the Rust bindings leave
-/// such options unnamed on purpose).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
 /// How long memory the agent freed stays committed before mimalloc gives it back
 /// to the system, in milliseconds. Its default is 1,000: an agent planning 100,000
 /// services frees and allocates hundreds of MB within that second, and the freed
@@ -28,7 +24,12 @@ fn main() {
     if matches!(cli.command, lb_user::cli::Command::Agent(_)) {
         // SAFETY: set before any other thread exists; an option, not memory.
         // `MIMALLOC_PURGE_DELAY` in the environment still decides when set.
-        unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+        unsafe {
+            libmimalloc_sys::mi_option_set_default(
+                lb_user::freed::MI_OPTION_PURGE_DELAY,
+                PURGE_DELAY_MS,
+            )
+        };
     }
     tracing_subscriber::fmt()
         .with_env_filter(
