@@ -368,16 +368,18 @@ impl Programmed {
         (f4 + f6, b4 + b6)
     }
 
-    /// The plans that fit in the maps once `old` is replaced, taken service by
-    /// service: those that hold entries first (a new service never pushes out a
-    /// programmed one), then the others, each group in name order. A service that
-    /// does not fit is left out, and keeps what it holds.
+    /// The plans that fit in the maps once `old` is replaced: all at once when
+    /// all fit ([`admit_all`](Self::admit_all)), else taken service by service
+    /// ([`weigh`](Self::weigh)).
     fn admit<'p>(&self, plans: &'p [PortPlan], old: &Entries) -> Admission<'p> {
         self.admit_all(plans, old)
             .unwrap_or_else(|| self.weigh(plans, old))
     }
 
-    /// [`admit`](Self::admit), service by service.
+    /// The plans that fit, taken service by service: those that hold entries
+    /// first (a new service never pushes out a programmed one), then the others,
+    /// each group in name order. A service that does not fit is left out, and
+    /// keeps what it holds.
     fn weigh<'p>(&self, plans: &'p [PortPlan], old: &Entries) -> Admission<'p> {
         let mut by_service: BTreeMap<&ObjectKey, Vec<&PortPlan>> = BTreeMap::new();
         for p in plans {

@@ -20,7 +20,11 @@ pub fn kept_while<T>(f: impl FnOnce() -> T) -> T {
     // collecting frees nothing in use. Both are harmless where mimalloc is linked
     // but not the global allocator (the unit tests).
     let set = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, set.max(KEPT_MS)) };
+    if !(0..KEPT_MS).contains(&set) {
+        // Never given back (a negative delay), or kept as long already.
+        return f();
+    }
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, KEPT_MS) };
     let out = f();
     unsafe {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, set);
@@ -39,9 +43,11 @@ mod tests {
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10) };
         assert_eq!(kept_while(get), KEPT_MS);
         assert_eq!(get(), 10);
-        // A delay set longer stays as it is.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 5_000) };
-        assert_eq!(kept_while(get), 5_000);
-        assert_eq!(get(), 5_000);
+        // A delay set longer, or none (never given back), stays as it is.
+        for set in [5_000, -1] {
+            unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, set) };
+            assert_eq!(kept_while(get), set);
+            assert_eq!(get(), set);
+        }
     }
 }

@@ -767,7 +767,6 @@ impl Store {
         decode_as(&self.dir, rows, &object_change)
     }
 
-    /// What `scope` names, read inside the writer's transaction.
     /// A hash ([`key_hash`]) of each stored object's kind and key, if the store
     /// holds at most `most` objects.
     fn key_hashes(
@@ -799,6 +798,7 @@ impl Store {
         Ok(Some(hashes))
     }
 
+    /// What `scope` names, read inside the writer's transaction.
     fn read_scope(&self, conn: &Connection, scope: &Scope) -> Result<State, StoreError> {
         let mut rows = Vec::new();
         if scope.all_services {
@@ -1345,13 +1345,13 @@ fn object_change(kind: Kind, key: ObjectKey, body: Option<&str>) -> serde_json::
     Ok(Change { kind, key, object })
 }
 
-/// A stored row as the agent keeps it: a pod decoded only as far as its facts.
 /// The hash `named` keeps of an object (its kind, namespace and name).
 fn key_hash(named: &foldhash::HashSet<u64>, kind: &str, namespace: &str, name: &str) -> u64 {
     use std::hash::BuildHasher as _;
     named.hasher().hash_one((kind, namespace, name))
 }
 
+/// A stored row as the agent keeps it: a pod decoded only as far as its facts.
 fn fact_change(kind: Kind, key: ObjectKey, body: Option<&str>) -> serde_json::Result<FactChange> {
     match (kind, body) {
         (Kind::Pod, Some(b)) => Ok(FactChange {
