@@ -202,8 +202,6 @@ pub struct BulkApply<'s> {
     named: Option<foldhash::HashSet<u64>>,
     /// How many objects the batches named (each counted each time).
     named_count: usize,
-    /// The store's keys were read, or found too many to read.
-    keys_read: bool,
 }
 
 impl BulkApply<'_> {
@@ -211,9 +209,13 @@ impl BulkApply<'_> {
     /// outcome of each, or the first refusal.
     pub fn apply(&mut self, docs: Vec<Document>) -> Result<Vec<Outcome>, StoreError> {
         let store = self.store;
+        let named_before = self.named_count;
         self.named_count += docs.len();
-        if self.named.is_none() && !self.keys_read && self.named_count >= KEYS_READ_PAST {
-            self.keys_read = true;
+        // Once, in the batch that takes the count past KEYS_READ_PAST.
+        if self.named.is_none()
+            && named_before < KEYS_READ_PAST
+            && self.named_count >= KEYS_READ_PAST
+        {
             // The rows this apply wrote so far are read with the others.
             self.named = store.key_hashes(&self.conn, KEYS_READ_AT_MOST + self.written)?;
         }
@@ -475,10 +477,12 @@ impl Store {
         &self,
     ) -> Result<BTreeMap<ObjectKey, Box<k8s_openapi::api::core::v1::Service>>, StoreError> {
         let read = self.read(|tx| {
-            let rows = self.rows(
+            let mut rows = Batch::default();
+            self.rows(
                 tx,
                 "SELECT kind, key, body FROM objects WHERE kind = ?1 AND body IS NOT NULL",
                 [Kind::Service.as_str()],
+                &mut rows,
             )?;
             Ok(self.state_of(tx, rows)?.services)
         })?;
@@ -543,17 +547,7 @@ impl Store {
                 let Some(r) = rows.next().map_err(self.db("reading"))? else {
                     return Ok((batch, true));
                 };
-                // Borrowed from SQLite's row: copied once, into the batch's text.
-                let row = || -> rusqlite::Result<(&str, &str, Option<&str>)> {
-                    let text = |i| r.get_ref(i);
-                    Ok((
-                        text(0)?.as_str()?,
-                        text(1)?.as_str()?,
-                        text(2)?.as_str_or_null()?,
-                    ))
-                };
-                let (kind, key, body) = row().map_err(self.db("reading"))?;
-                batch.push(kind, key, body);
+                batch.push_row(r).map_err(self.db("reading"))?;
             }
             Ok((batch, false))
         };
@@ -563,12 +557,7 @@ impl Store {
             // A read of one batch at most (a round's changes, mostly) is decoded
             // here: no decoding thread is started for it.
             if !batch.rows.is_empty() {
-                let Batch { text, rows } = batch;
-                let decoded = crate::par::in_parallel(rows, |row| {
-                    let (kind, key, body) = Batch::texts(&text, &row);
-                    decode_row(dir, kind, key, body, decode)
-                });
-                each(decoded.into_iter().collect::<Result<_, _>>()?);
+                each(batch.decode_all(dir, decode)?);
             }
             return Ok(());
         }
@@ -590,10 +579,7 @@ impl Store {
                         let rows: Result<Vec<T>, StoreError> = batch
                             .rows
                             .iter()
-                            .map(|row| {
-                                let (kind, key, body) = Batch::texts(&batch.text, row);
-                                decode_row(dir, kind, key, body, decode)
-                            })
+                            .map(|row| batch.decode_row(row, dir, decode))
                             .collect();
                         if decoded_tx.send((n, rows)).is_err() {
                             return;
@@ -647,16 +633,12 @@ impl Store {
     }
 
     /// The state `rows` (read on `conn`) make, at the store's revision.
-    fn state_of(
-        &self,
-        conn: &Connection,
-        rows: Vec<(String, String, Option<String>)>,
-    ) -> Result<State, StoreError> {
+    fn state_of(&self, conn: &Connection, rows: Batch) -> Result<State, StoreError> {
         let mut state = State {
             revision: revision(conn).map_err(self.db("reading the revision"))?,
             ..Default::default()
         };
-        for change in self.decode(rows)? {
+        for change in rows.decode_all(&self.dir, &object_change)? {
             state.apply_change(change);
         }
         Ok(state)
@@ -747,24 +729,20 @@ impl Store {
         Ok(read.unwrap_or(Some(0)))
     }
 
+    /// The rows `sql` selects (kind, key, body), added to `into`.
     fn rows(
         &self,
         conn: &Connection,
         sql: &str,
         args: impl rusqlite::Params,
-    ) -> Result<Vec<(String, String, Option<String>)>, StoreError> {
+        into: &mut Batch,
+    ) -> Result<(), StoreError> {
         let mut stmt = conn.prepare_cached(sql).map_err(self.db("reading"))?;
-        let rows = stmt
-            .query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(self.db("reading"))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.db("reading"))?;
-        Ok(rows)
-    }
-
-    /// Rows to changes, the JSON parsed on every core.
-    fn decode(&self, rows: Vec<Row>) -> Result<Vec<Change>, StoreError> {
-        decode_as(&self.dir, rows, &object_change)
+        let mut rows = stmt.query(args).map_err(self.db("reading"))?;
+        while let Some(r) = rows.next().map_err(self.db("reading"))? {
+            into.push_row(r).map_err(self.db("reading"))?;
+        }
+        Ok(())
     }
 
     /// A hash ([`key_hash`]) of each stored object's kind and key, if the store
@@ -800,23 +778,25 @@ impl Store {
 
     /// What `scope` names, read inside the writer's transaction.
     fn read_scope(&self, conn: &Connection, scope: &Scope) -> Result<State, StoreError> {
-        let mut rows = Vec::new();
+        let mut rows = Batch::default();
         if scope.all_services {
-            rows.extend(self.rows(
+            self.rows(
                 conn,
                 "SELECT kind, key, body FROM objects WHERE kind = ?1 AND body IS NOT NULL",
                 [Kind::Service.as_str()],
-            )?);
+                &mut rows,
+            )?;
         }
         for (kind, key) in &scope.objects {
             if scope.all_services && *kind == Kind::Service {
                 continue;
             }
-            rows.extend(self.rows(
+            self.rows(
                 conn,
                 "SELECT kind, key, body FROM objects WHERE kind = ?1 AND key = ?2 AND body IS NOT NULL",
                 params![kind.as_str(), key.to_string()],
-            )?);
+                &mut rows,
+            )?;
         }
         self.state_of(conn, rows)
     }
@@ -1036,7 +1016,6 @@ impl Store {
             written: 0,
             named: None,
             named_count: 0,
-            keys_read: false,
         };
         let stored = stored_ranges(&bulk.conn).map_err(self.db("reading the ranges"))?;
         bulk.alloc = ranges
@@ -1263,12 +1242,9 @@ fn meta_set(conn: &Connection, name: &str) -> rusqlite::Result<Option<u64>> {
     .map(|v| v.map(|v| v as u64))
 }
 
-/// A stored row as read: kind, key, body (None: a deletion's tombstone).
-type Row = (String, String, Option<String>);
-
-/// Rows read at a time, their kinds, keys and bodies in one text (a row holds
-/// their places in it): reading 1,100,000 rows makes a few allocations per
-/// batch, not three per row.
+/// Rows read at a time, their kinds, keys and bodies (None: a deletion's
+/// tombstone) in one text (a row holds their places in it): reading 1,100,000
+/// rows makes a few allocations per batch, not three per row.
 #[derive(Default)]
 struct Batch {
     text: String,
@@ -1279,7 +1255,15 @@ struct Batch {
 type RowAt = (Range<usize>, Range<usize>, Option<Range<usize>>);
 
 impl Batch {
-    fn push(&mut self, kind: &str, key: &str, body: Option<&str>) {
+    /// Adds SQLite's row `r` (kind, key, body), borrowed from it: copied once,
+    /// into the text.
+    fn push_row(&mut self, r: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
+        let text = |i| r.get_ref(i);
+        let (kind, key, body) = (
+            text(0)?.as_str()?,
+            text(1)?.as_str()?,
+            text(2)?.as_str_or_null()?,
+        );
         let mut put = |s: &str| {
             let at = self.text.len();
             self.text.push_str(s);
@@ -1287,49 +1271,44 @@ impl Batch {
         };
         let row = (put(kind), put(key), body.map(&mut put));
         self.rows.push(row);
+        Ok(())
     }
 
-    /// A row's kind, key and body.
-    fn texts<'t>(text: &'t str, (kind, key, body): &RowAt) -> (&'t str, &'t str, Option<&'t str>) {
-        let at = |r: &Range<usize>| &text[r.clone()];
-        (at(kind), at(key), body.as_ref().map(at))
+    /// Every row decoded by `decode`, on every core (past a few rows).
+    fn decode_all<T: Send>(
+        mut self,
+        dir: &Path,
+        decode: &(impl Fn(Kind, ObjectKey, Option<&str>) -> serde_json::Result<T> + Sync),
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = std::mem::take(&mut self.rows);
+        crate::par::in_parallel(rows, |row| self.decode_row(&row, dir, decode))
+            .into_iter()
+            .collect()
     }
-}
 
-/// Rows of the store in `dir` decoded by `decode`, on every core.
-fn decode_as<T: Send>(
-    dir: &Path,
-    rows: Vec<Row>,
-    decode: &(impl Fn(Kind, ObjectKey, Option<&str>) -> serde_json::Result<T> + Sync),
-) -> Result<Vec<T>, StoreError> {
-    crate::par::in_parallel(rows, |(kind, key, body)| {
-        decode_row(dir, &kind, &key, body.as_deref(), decode)
-    })
-    .into_iter()
-    .collect()
-}
-
-/// One row (kind, key, body) decoded by `decode`.
-fn decode_row<T>(
-    dir: &Path,
-    kind: &str,
-    key: &str,
-    body: Option<&str>,
-    decode: &impl Fn(Kind, ObjectKey, Option<&str>) -> serde_json::Result<T>,
-) -> Result<T, StoreError> {
-    let corrupt = |error: String| StoreError::Corrupt {
-        dir: dir.to_path_buf(),
-        kind: kind.to_string(),
-        key: key.to_string(),
-        error,
-    };
-    let Some(known) = Kind::from_kind(kind) else {
-        return Err(corrupt(format!("unknown kind {kind}")));
-    };
-    let Some(object_key) = ObjectKey::from_row(key) else {
-        return Err(corrupt("a key that is not namespace/name".into()));
-    };
-    decode(known, object_key, body).map_err(|e| corrupt(e.to_string()))
+    /// One row decoded by `decode` (a row of the store in `dir`, for an error).
+    fn decode_row<T>(
+        &self,
+        (kind, key, body): &RowAt,
+        dir: &Path,
+        decode: &impl Fn(Kind, ObjectKey, Option<&str>) -> serde_json::Result<T>,
+    ) -> Result<T, StoreError> {
+        let at = |r: &Range<usize>| &self.text[r.clone()];
+        let (kind, key, body) = (at(kind), at(key), body.as_ref().map(at));
+        let corrupt = |error: String| StoreError::Corrupt {
+            dir: dir.to_path_buf(),
+            kind: kind.to_string(),
+            key: key.to_string(),
+            error,
+        };
+        let Some(known) = Kind::from_kind(kind) else {
+            return Err(corrupt(format!("unknown kind {kind}")));
+        };
+        let Some(object_key) = ObjectKey::from_row(key) else {
+            return Err(corrupt("a key that is not namespace/name".into()));
+        };
+        decode(known, object_key, body).map_err(|e| corrupt(e.to_string()))
+    }
 }
 
 /// A stored row as the change of its whole object (None: a deletion's tombstone).
