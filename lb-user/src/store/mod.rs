@@ -16,6 +16,7 @@
 
 pub mod alloc;
 pub mod apply;
+mod bulk;
 pub mod files;
 pub mod kept;
 pub mod rows;
@@ -33,6 +34,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavio
 pub use self::{
     alloc::{Allocation, Ranges, lb_ingress_ips},
     apply::{ApplyError, Mode, Outcome},
+    bulk::BulkApply,
     rows::{ListQuery, Page, Row as StoredRow},
 };
 use crate::{
@@ -62,15 +64,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
 /// done at once, the agents' reads of the same commit would share the node with
 /// (their round 4.6 s without it, 5.1-5.4 s with it, paired runs).
 const LOG_LEFT_FOR_LATER: usize = 10_000;
-/// A bulk write that has named this many objects, into a store that held some,
-/// reads which objects the store holds (if at most [`KEYS_READ_AT_MOST`]) and
-/// from then on looks up only those and the ones it named before: 1,100,000
-/// objects applied into a store holding a few (an agent's cluster DNS service)
-/// were looked up one by one, each in vain (~0.8 s of the store's thread); the
-/// keys of 75,000 rows read in ~10 ms.
-const KEYS_READ_PAST: usize = 10_000;
-/// See [`KEYS_READ_PAST`]: a store holding more is looked up object by object.
-const KEYS_READ_AT_MOST: usize = 65_536;
 
 /// The store's commit marker in `dir`.
 fn marker_path(dir: &Path) -> PathBuf {
@@ -170,125 +163,6 @@ pub fn on_commit(
     })?;
     watcher.watch(&commits, notify::RecursiveMode::NonRecursive)?;
     Ok(watcher)
-}
-
-/// A bulk apply ([`Store::bulk_apply`]): each batch of documents is checked and
-/// written inside one write transaction as it comes, so a manifest of 1,000,000
-/// objects is never held whole; [`commit`](Self::commit) stores every batch under
-/// one revision, dropping it (an error in any batch) stores none.
-pub struct BulkApply<'s> {
-    store: &'s Store,
-    conn: Connection,
-    /// The transaction is still open (rolled back on drop).
-    in_transaction: bool,
-    alloc: Allocation,
-    mode: Mode,
-    /// What every service holds, read from the index once a batch holds a service,
-    /// then kept up to date by every document applied.
-    taken: Option<alloc::Taken>,
-    /// The revision the batches are written under.
-    rev: u64,
-    now: k8s_openapi::jiff::Timestamp,
-    /// Some batch wrote an object.
-    changed: bool,
-    /// How many objects the batches wrote.
-    written: usize,
-    /// Once known (the store held no object at the start, or its keys were read
-    /// past [`KEYS_READ_PAST`]): a hash of the kind and key of each object the
-    /// store held then and each one this apply named since, which alone may be
-    /// there to read (a first apply of 1,100,000 objects looked each up in vain:
-    /// ~0.6 s). Hashed with foldhash: with std's SipHash, hashing and inserting
-    /// took ~0.5 s of the store's thread for 1,100,000 objects.
-    named: Option<foldhash::HashSet<u64>>,
-    /// How many objects the batches named (each counted each time).
-    named_count: usize,
-}
-
-impl BulkApply<'_> {
-    /// Applies one batch of documents (after those of the batches before it): the
-    /// outcome of each, or the first refusal.
-    pub fn apply(&mut self, docs: Vec<Document>) -> Result<Vec<Outcome>, StoreError> {
-        let store = self.store;
-        let named_before = self.named_count;
-        self.named_count += docs.len();
-        // Once, in the batch that takes the count past KEYS_READ_PAST.
-        if self.named.is_none()
-            && named_before < KEYS_READ_PAST
-            && self.named_count >= KEYS_READ_PAST
-        {
-            // The rows this apply wrote so far are read with the others.
-            self.named = store.key_hashes(&self.conn, KEYS_READ_AT_MOST + self.written)?;
-        }
-        // The named objects only: what every other service holds comes from the
-        // index of taken values, so one more service in a store of 100,000 reads
-        // 100,000 integers, not 100,000 services.
-        let objects: Vec<(Kind, ObjectKey)> = docs
-            .iter()
-            .filter(|d| {
-                let Some(named) = &mut self.named else {
-                    return true;
-                };
-                // Stored, named before, or a hash shared with one that is: read.
-                let (namespace, name) = ObjectKey::parts(d.object.meta());
-                !named.insert(key_hash(named, d.object.kind().as_str(), namespace, name))
-            })
-            .map(|d| (d.object.kind(), d.object.key()))
-            .collect();
-        let scope = Scope {
-            all_services: false,
-            objects,
-        };
-        // Only services allocate (and hold) clusterIPs and nodePorts.
-        if self.taken.is_none() && docs.iter().any(|d| d.object.kind() == Kind::Service) {
-            self.taken = Some(store.taken(&self.conn, &self.alloc)?);
-        }
-        let mut nothing = alloc::Taken::from_rows([], &self.alloc);
-        let taken = self.taken.as_mut().unwrap_or(&mut nothing);
-        let before = store.read_scope(&self.conn, &scope)?;
-        let mut state = before.clone();
-        let outcomes = apply::apply_taking(
-            &mut state,
-            taken,
-            docs,
-            &self.alloc,
-            self.mode,
-            self.now,
-            self.rev,
-        )?;
-        let changes = before.changes_to(state);
-        if !changes.is_empty() {
-            self.written += changes.len();
-            store.write_changes(&self.conn, changes, self.rev)?;
-            self.changed = true;
-        }
-        Ok(outcomes)
-    }
-
-    /// Commits every batch under one new revision (none if nothing changed).
-    pub fn commit(mut self) -> Result<(), StoreError> {
-        let store = self.store;
-        if self.changed {
-            store.set_revision(&self.conn, self.rev)?;
-        }
-        self.conn
-            .execute_batch("COMMIT")
-            .map_err(store.db("committing"))?;
-        self.in_transaction = false;
-        store.committed(
-            &self.conn,
-            self.changed.then_some(self.rev),
-            self.written <= LOG_LEFT_FOR_LATER,
-        );
-        Ok(())
-    }
-}
-
-impl Drop for BulkApply<'_> {
-    fn drop(&mut self) {
-        if self.in_transaction {
-            let _ = self.conn.execute_batch("ROLLBACK");
-        }
-    }
 }
 
 /// What a write needs to read first: every service (allocation looks at them all),
@@ -745,37 +619,6 @@ impl Store {
         Ok(())
     }
 
-    /// A hash ([`key_hash`]) of each stored object's kind and key, if the store
-    /// holds at most `most` objects.
-    fn key_hashes(
-        &self,
-        conn: &Connection,
-        most: usize,
-    ) -> Result<Option<foldhash::HashSet<u64>>, StoreError> {
-        let mut stmt = conn
-            .prepare("SELECT kind, key FROM objects WHERE body IS NOT NULL LIMIT ?1")
-            .map_err(self.db("reading the keys"))?;
-        let mut rows = stmt
-            .query([most as i64 + 1])
-            .map_err(self.db("reading the keys"))?;
-        let mut hashes = foldhash::HashSet::default();
-        let mut held = 0;
-        while let Some(row) = rows.next().map_err(self.db("reading the keys"))? {
-            held += 1;
-            if held > most {
-                return Ok(None);
-            }
-            let text = |i| -> rusqlite::Result<&str> { Ok(row.get_ref(i)?.as_str()?) };
-            let (kind, key) = text(0)
-                .and_then(|kind| Ok((kind, text(1)?)))
-                .map_err(self.db("reading the keys"))?;
-            // A stored key is `namespace/name`; a namespace holds no `/`.
-            let (namespace, name) = key.split_once('/').unwrap_or((key, ""));
-            hashes.insert(key_hash(&hashes, kind, namespace, name));
-        }
-        Ok(Some(hashes))
-    }
-
     /// What `scope` names, read inside the writer's transaction.
     fn read_scope(&self, conn: &Connection, scope: &Scope) -> Result<State, StoreError> {
         let mut rows = Batch::default();
@@ -994,50 +837,6 @@ impl Store {
         let outcomes = bulk.apply(docs)?;
         bulk.commit()?;
         Ok(outcomes)
-    }
-
-    /// Starts a bulk apply: documents applied batch after batch in one write
-    /// transaction, all stored by [`BulkApply::commit`] or none.
-    pub fn bulk_apply(&self, ranges: &Ranges, mode: Mode) -> Result<BulkApply<'_>, StoreError> {
-        let conn = self.open(true)?.expect("created");
-        conn.execute_batch("BEGIN IMMEDIATE")
-            .map_err(self.db("locking"))?;
-        // From here on, dropping `bulk` rolls the transaction back.
-        let mut bulk = BulkApply {
-            store: self,
-            conn,
-            in_transaction: true,
-            alloc: Allocation::default(),
-            mode,
-            taken: None,
-            rev: 0,
-            now: k8s_openapi::jiff::Timestamp::now(),
-            changed: false,
-            written: 0,
-            named: None,
-            named_count: 0,
-        };
-        let stored = stored_ranges(&bulk.conn).map_err(self.db("reading the ranges"))?;
-        bulk.alloc = ranges
-            .resolve(stored.as_ref())
-            .map_err(|error| StoreError::Ranges {
-                dir: self.dir.clone(),
-                error,
-            })?;
-        if stored.is_none() {
-            set_ranges(&bulk.conn, &bulk.alloc).map_err(self.db("writing the ranges"))?;
-        }
-        bulk.rev = revision(&bulk.conn).map_err(self.db("reading the revision"))? + 1;
-        let empty: bool = bulk
-            .conn
-            .query_row(
-                "SELECT NOT EXISTS (SELECT 1 FROM objects WHERE body IS NOT NULL)",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(self.db("reading the objects"))?;
-        bulk.named = empty.then(foldhash::HashSet::default);
-        Ok(bulk)
     }
 
     /// The ranges the store allocates from (None: nothing was written yet).
@@ -1322,12 +1121,6 @@ fn object_change(kind: Kind, key: ObjectKey, body: Option<&str>) -> serde_json::
         }),
     };
     Ok(Change { kind, key, object })
-}
-
-/// The hash `named` keeps of an object (its kind, namespace and name).
-fn key_hash(named: &foldhash::HashSet<u64>, kind: &str, namespace: &str, name: &str) -> u64 {
-    use std::hash::BuildHasher as _;
-    named.hasher().hash_one((kind, namespace, name))
 }
 
 /// A stored row as the agent keeps it: a pod decoded only as far as its facts.

@@ -770,7 +770,7 @@ fn a_bulk_apply_past_the_keys_read_finds_every_stored_object_and_its_own() {
     };
     let before = format!("{}---\n{}", svc("kept", ""), pod("old"));
     store.apply(&docs(&before), &ranges, Mode::Apply).unwrap();
-    let new: String = (0..super::KEYS_READ_PAST)
+    let new: String = (0..super::bulk::KEYS_READ_PAST)
         .map(|i| pod(&format!("p{i}")))
         .collect();
     let again = format!(
@@ -793,7 +793,10 @@ fn a_bulk_apply_past_the_keys_read_finds_every_stored_object_and_its_own() {
         ]
     );
     bulk.commit().unwrap();
-    assert_eq!(store.load().unwrap().pods.len(), super::KEYS_READ_PAST + 2);
+    assert_eq!(
+        store.load().unwrap().pods.len(),
+        super::bulk::KEYS_READ_PAST + 2
+    );
     let mut bulk = store.bulk_apply(&ranges, Mode::Create).unwrap();
     bulk.apply(docs(&new.replace("name: p", "name: q")))
         .unwrap();
@@ -810,6 +813,6 @@ fn a_bulk_apply_past_the_keys_read_finds_every_stored_object_and_its_own() {
     assert_eq!(store.key_hashes(conn, 1).unwrap(), None);
     assert_eq!(
         store.key_hashes(conn, 100_000).unwrap().map(|h| h.len()),
-        Some(2 * super::KEYS_READ_PAST + 3)
+        Some(2 * super::bulk::KEYS_READ_PAST + 3)
     );
 }
