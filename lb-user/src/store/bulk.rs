@@ -4,10 +4,13 @@
 use rusqlite::Connection;
 
 use super::{
-    Allocation, LOG_LEFT_FOR_LATER, Mode, Outcome, Ranges, Scope, Store, StoreError, alloc, apply,
-    revision, set_ranges, stored_ranges,
+    Allocation, Encoded, LOG_LEFT_FOR_LATER, Mode, Outcome, Ranges, Scope, Store, StoreError,
+    alloc, apply, revision, set_ranges, stored_ranges, write_encoded,
 };
-use crate::model::{Document, Kind, ObjectKey};
+use crate::{
+    model::{Document, Kind, ObjectKey},
+    state::State,
+};
 
 /// A bulk write that has named this many objects, into a store that held some,
 /// reads which objects the store holds (if at most [`KEYS_READ_AT_MOST`]) and
@@ -25,7 +28,11 @@ const KEYS_READ_AT_MOST: usize = 65_536;
 /// one revision, dropping it (an error in any batch) stores none.
 pub struct BulkApply<'s> {
     store: &'s Store,
-    pub(super) conn: Connection,
+    /// The transaction's connection, when not the writer's (None while it is).
+    conn: Option<Connection>,
+    /// Writes the batches after the first (while the next ones are checked and
+    /// encoded), until [`BulkApply::conn`] takes the connection back.
+    writer: Option<Writer>,
     /// The transaction is still open (rolled back on drop).
     in_transaction: bool,
     alloc: Allocation,
@@ -51,10 +58,27 @@ pub struct BulkApply<'s> {
     named_count: usize,
 }
 
+/// The thread that writes a bulk apply's batches into its transaction.
+struct Writer {
+    batches: std::sync::mpsc::SyncSender<Vec<Encoded>>,
+    /// Gives the connection back, with the first error of a write (the batches
+    /// after it are not written).
+    thread: std::thread::JoinHandle<(Connection, Result<(), StoreError>)>,
+}
+
 impl BulkApply<'_> {
     /// Applies one batch of documents (after those of the batches before it): the
-    /// outcome of each, or the first refusal.
+    /// outcome of each, or the first refusal (a write of an earlier batch that
+    /// failed comes first).
     pub fn apply(&mut self, docs: Vec<Document>) -> Result<Vec<Outcome>, StoreError> {
+        let applied = self.apply_batch(docs);
+        if applied.is_err() {
+            self.conn()?;
+        }
+        applied
+    }
+
+    fn apply_batch(&mut self, docs: Vec<Document>) -> Result<Vec<Outcome>, StoreError> {
         let store = self.store;
         let named_before = self.named_count;
         self.named_count += docs.len();
@@ -64,7 +88,8 @@ impl BulkApply<'_> {
             && self.named_count >= KEYS_READ_PAST
         {
             // The rows this apply wrote so far are read with the others.
-            self.named = store.key_hashes(&self.conn, KEYS_READ_AT_MOST + self.written)?;
+            let most = KEYS_READ_AT_MOST + self.written;
+            self.named = store.key_hashes(self.conn()?, most)?;
         }
         // The named objects only: what every other service holds comes from the
         // index of taken values, so one more service in a store of 100,000 reads
@@ -87,11 +112,21 @@ impl BulkApply<'_> {
         };
         // Only services allocate (and hold) clusterIPs and nodePorts.
         if self.taken.is_none() && docs.iter().any(|d| d.object.kind() == Kind::Service) {
-            self.taken = Some(store.taken(&self.conn, &self.alloc)?);
+            let alloc = self.alloc.clone();
+            self.taken = Some(store.taken(self.conn()?, &alloc)?);
         }
+        // Nothing to read (objects neither stored nor named before): the writer
+        // writes on.
+        let before = if scope.objects.is_empty() {
+            State {
+                revision: self.rev - 1,
+                ..State::default()
+            }
+        } else {
+            self.read_scope(&scope)?
+        };
         let mut nothing = alloc::Taken::from_rows([], &self.alloc);
         let taken = self.taken.as_mut().unwrap_or(&mut nothing);
-        let before = store.read_scope(&self.conn, &scope)?;
         let mut state = before.clone();
         let outcomes = apply::apply_taking(
             &mut state,
@@ -105,27 +140,83 @@ impl BulkApply<'_> {
         let changes = before.changes_to(state);
         if !changes.is_empty() {
             self.written += changes.len();
-            store.write_changes(&self.conn, changes, self.rev)?;
+            let rows = store.encode(changes, self.rev)?;
+            self.write(rows)?;
             self.changed = true;
         }
         Ok(outcomes)
     }
 
+    /// What `scope` names, as this apply left it so far.
+    pub(super) fn read_scope(&mut self, scope: &Scope) -> Result<State, StoreError> {
+        let store = self.store;
+        store.read_scope(self.conn()?, scope)
+    }
+
+    /// Writes `rows`: the first batch here (an apply of one batch starts no
+    /// thread), the ones after it on the writer's thread, which writes one batch
+    /// while the next is checked and encoded (SQLite's inserts were ~2 s of one
+    /// core's time for 1,100,000 objects, during which the store's thread made
+    /// nothing else).
+    fn write(&mut self, rows: Vec<Encoded>) -> Result<(), StoreError> {
+        let (dir, rev) = (self.store.dir.clone(), self.rev);
+        if !self.changed {
+            return write_encoded(&dir, self.conn()?, &rows, rev);
+        }
+        if self.writer.is_none() {
+            let conn = self
+                .conn
+                .take()
+                .expect("the connection is here without a writer");
+            // One batch waits while one is written.
+            let (batches, to_write) = std::sync::mpsc::sync_channel::<Vec<Encoded>>(1);
+            let thread = std::thread::Builder::new()
+                .name("store writer".into())
+                .spawn(move || {
+                    let written = to_write
+                        .iter()
+                        .try_for_each(|rows| write_encoded(&dir, &conn, &rows, rev));
+                    (conn, written)
+                })
+                .map_err(self.store.io("starting the writer"))?;
+            self.writer = Some(Writer { batches, thread });
+        }
+        let writer = self.writer.as_ref().expect("started");
+        if writer.batches.send(rows).is_err() {
+            // It stopped at an error: that one.
+            self.conn()?;
+        }
+        Ok(())
+    }
+
+    /// The transaction's connection, once the writer wrote every batch handed to
+    /// it (its error, if a write failed: the connection is back all the same).
+    pub(super) fn conn(&mut self) -> Result<&Connection, StoreError> {
+        if let Some(Writer { batches, thread }) = self.writer.take() {
+            drop(batches);
+            let (conn, written) = match thread.join() {
+                Ok(joined) => joined,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            self.conn = Some(conn);
+            written?;
+        }
+        Ok(self.conn.as_ref().expect("the connection is back"))
+    }
+
     /// Commits every batch under one new revision (none if nothing changed).
     pub fn commit(mut self) -> Result<(), StoreError> {
         let store = self.store;
-        if self.changed {
-            store.set_revision(&self.conn, self.rev)?;
+        let (changed, rev) = (self.changed, self.rev);
+        let copy_log = self.written <= LOG_LEFT_FOR_LATER;
+        let conn = self.conn()?;
+        if changed {
+            store.set_revision(conn, rev)?;
         }
-        self.conn
-            .execute_batch("COMMIT")
+        conn.execute_batch("COMMIT")
             .map_err(store.db("committing"))?;
+        store.committed(conn, changed.then_some(rev), copy_log);
         self.in_transaction = false;
-        store.committed(
-            &self.conn,
-            self.changed.then_some(self.rev),
-            self.written <= LOG_LEFT_FOR_LATER,
-        );
         Ok(())
     }
 }
@@ -133,7 +224,11 @@ impl BulkApply<'_> {
 impl Drop for BulkApply<'_> {
     fn drop(&mut self) {
         if self.in_transaction {
-            let _ = self.conn.execute_batch("ROLLBACK");
+            // The writer's error (if any) was the apply's.
+            let _ = self.conn();
+            if let Some(conn) = &self.conn {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
         }
     }
 }
@@ -148,7 +243,8 @@ impl Store {
         // From here on, dropping `bulk` rolls the transaction back.
         let mut bulk = BulkApply {
             store: self,
-            conn,
+            conn: Some(conn),
+            writer: None,
             in_transaction: true,
             alloc: Allocation::default(),
             mode,
@@ -160,25 +256,27 @@ impl Store {
             named: None,
             named_count: 0,
         };
-        let stored = stored_ranges(&bulk.conn).map_err(self.db("reading the ranges"))?;
-        bulk.alloc = ranges
+        let conn = bulk.conn.as_ref().expect("no writer yet");
+        let stored = stored_ranges(conn).map_err(self.db("reading the ranges"))?;
+        let alloc = ranges
             .resolve(stored.as_ref())
             .map_err(|error| StoreError::Ranges {
                 dir: self.dir.clone(),
                 error,
             })?;
         if stored.is_none() {
-            set_ranges(&bulk.conn, &bulk.alloc).map_err(self.db("writing the ranges"))?;
+            set_ranges(conn, &alloc).map_err(self.db("writing the ranges"))?;
         }
-        bulk.rev = revision(&bulk.conn).map_err(self.db("reading the revision"))? + 1;
-        let empty: bool = bulk
-            .conn
+        let rev = revision(conn).map_err(self.db("reading the revision"))? + 1;
+        let empty: bool = conn
             .query_row(
                 "SELECT NOT EXISTS (SELECT 1 FROM objects WHERE body IS NOT NULL)",
                 [],
                 |r| r.get(0),
             )
             .map_err(self.db("reading the objects"))?;
+        bulk.alloc = alloc;
+        bulk.rev = rev;
         bulk.named = empty.then(foldhash::HashSet::default);
         Ok(bulk)
     }

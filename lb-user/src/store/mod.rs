@@ -680,7 +680,15 @@ impl Store {
         changes: Vec<Change>,
         rev: u64,
     ) -> Result<(), StoreError> {
-        let mut bodies = crate::par::in_parallel(changes, |mut c| {
+        write_encoded(&self.dir, conn, &self.encode(changes, rev)?, rev)
+    }
+
+    /// `changes` as they are written (objects stamped with `rev`), encoded on
+    /// every core, in the table's key order (kind, key as SQLite compares them): a
+    /// batch of a manifest's objects lands on runs of neighbouring pages, not all
+    /// over the table.
+    fn encode(&self, changes: Vec<Change>, rev: u64) -> Result<Vec<Encoded>, StoreError> {
+        let mut rows = crate::par::in_parallel(changes, |mut c| {
             // Every write gives the object the revision it was written under (a
             // status write too), as the API server's resourceVersion.
             if let Some(o) = &mut c.object {
@@ -698,34 +706,23 @@ impl Store {
             };
             (c.kind, c.key.to_string(), body, taken)
         });
-        // Written in the table's key order (kind, key as SQLite compares them): a
-        // batch of a manifest's objects lands on runs of neighbouring pages, not
-        // all over the table.
-        bodies.sort_unstable_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
-        let mut put = conn
-            .prepare_cached(
-                "INSERT INTO objects (kind, key, rev, body) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (kind, key) DO UPDATE SET rev = ?3, body = ?4",
-            )
-            .map_err(self.db("writing"))?;
-        for (kind, key, body, _) in &bodies {
-            let body = body.as_ref().map_err(|e| StoreError::Corrupt {
-                dir: self.dir.clone(),
-                kind: kind.to_string(),
-                key: key.clone(),
-                error: e.to_string(),
-            })?;
-            put.execute(params![kind.as_str(), key, rev as i64, body])
-                .map_err(self.db("writing"))?;
-        }
-        if taken_indexed(conn).map_err(self.db("reading the index"))? {
-            for (kind, key, _, rows) in &bodies {
-                if *kind == Kind::Service {
-                    set_taken(conn, key, rows).map_err(self.db("writing the index"))?;
-                }
-            }
-        }
-        Ok(())
+        rows.sort_unstable_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
+        rows.into_iter()
+            .map(|(kind, key, body, taken)| match body {
+                Ok(body) => Ok(Encoded {
+                    kind,
+                    key,
+                    body,
+                    taken,
+                }),
+                Err(e) => Err(StoreError::Corrupt {
+                    dir: self.dir.clone(),
+                    kind: kind.to_string(),
+                    key,
+                    error: e.to_string(),
+                }),
+            })
+            .collect()
     }
 
     /// Records `rev` as the store's revision (and prunes old deletions every
@@ -990,6 +987,49 @@ fn set_ranges(conn: &Connection, a: &Allocation) -> rusqlite::Result<()> {
     }
     set_meta(conn, "node_port_min", u64::from(*a.node_ports.start()))?;
     set_meta(conn, "node_port_max", u64::from(*a.node_ports.end()))
+}
+
+/// A change as the store writes it: the object's kind and key, its JSON (None:
+/// a deletion's tombstone) and what it takes (a service's clusterIPs and
+/// nodePorts).
+struct Encoded {
+    kind: Kind,
+    key: String,
+    body: Option<String>,
+    taken: Vec<(i64, i64)>,
+}
+
+/// Writes `rows` under `rev` in the transaction of `conn` (on the store in
+/// `dir`), and keeps the index of what services take in step.
+fn write_encoded(
+    dir: &Path,
+    conn: &Connection,
+    rows: &[Encoded],
+    rev: u64,
+) -> Result<(), StoreError> {
+    let db = |action| {
+        move |error| StoreError::Db {
+            dir: dir.to_path_buf(),
+            action,
+            error,
+        }
+    };
+    let mut put = conn
+        .prepare_cached(
+            "INSERT INTO objects (kind, key, rev, body) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (kind, key) DO UPDATE SET rev = ?3, body = ?4",
+        )
+        .map_err(db("writing"))?;
+    for row in rows {
+        put.execute(params![row.kind.as_str(), row.key, rev as i64, row.body])
+            .map_err(db("writing"))?;
+    }
+    if taken_indexed(conn).map_err(db("reading the index"))? {
+        for row in rows.iter().filter(|r| r.kind == Kind::Service) {
+            set_taken(conn, &row.key, &row.taken).map_err(db("writing the index"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether the index of taken values is kept (built at the first apply that needs it).

@@ -229,10 +229,10 @@ impl Store {
             all_services: false,
             objects: vec![(kind, key.clone())],
         };
-        let current = self.read_scope(&bulk.conn, &scope)?.take(kind, key);
+        let current = bulk.read_scope(&scope)?.take(kind, key);
         let doc = make(current.as_ref())?;
         let outcome = bulk.apply(vec![doc])?.remove(0);
-        let mut stored = self.read_scope(&bulk.conn, &scope)?;
+        let mut stored = bulk.read_scope(&scope)?;
         let mut object = stored
             .take(kind, key)
             .expect("the object just applied is stored");

@@ -595,6 +595,84 @@ fn a_bulk_apply_sees_its_own_batches_and_stores_nothing_unless_committed() {
     );
 }
 
+/// The batches after a bulk apply's first are written on a thread of their own:
+/// a later batch still reads what an earlier one wrote (and what it took), and a
+/// write that fails there fails the apply, which then stores nothing.
+#[test]
+fn batches_written_on_the_writers_thread_are_read_back_and_their_errors_fail_the_apply() {
+    let store = tmp_store("writer");
+    let ranges = Ranges::default();
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers: [{{name: c, image: app}}]\n---\n"
+        )
+    };
+    let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
+    bulk.apply(docs(&svc("a", ""))).unwrap();
+    // Handed to the writer, then named again: read back once written.
+    let second = format!("{}{}", svc("b", ""), pod("p"));
+    assert_eq!(
+        bulk.apply(docs(&second)).unwrap(),
+        [Outcome::Created, Outcome::Created]
+    );
+    assert_eq!(
+        bulk.apply(docs(&format!("{}{}", pod("p"), svc("b", ""))))
+            .unwrap(),
+        [Outcome::Unchanged, Outcome::Unchanged]
+    );
+    let node_port = |name: &str, state: &State| {
+        node_ports(&State {
+            services: state
+                .services
+                .iter()
+                .filter(|(k, _)| k.name == name)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ..State::default()
+        })
+    };
+    let held = bulk.read_scope(&super::Scope {
+        all_services: false,
+        objects: vec![(Kind::Service, ObjectKey::new("default", "b"))],
+    });
+    let b_port = node_port("b", &held.unwrap());
+    // What b took is taken: c gets another nodePort.
+    bulk.apply(docs(&svc("c", ""))).unwrap();
+    bulk.commit().unwrap();
+    let state = store.load().unwrap();
+    assert_eq!(state.services.len(), 3);
+    assert_eq!(state.pods.len(), 1);
+    assert_eq!(node_port("b", &state), b_port);
+    assert_ne!(node_port("c", &state), b_port);
+    // The store refuses one row (a trigger): the batch that holds it is written
+    // on the writer's thread, and its error ends the apply.
+    rusqlite::Connection::open(store.dir().join("store.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON objects WHEN NEW.key = 'default/bad'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
+    let applied = (move || {
+        bulk.apply(docs(&pod("first")))?;
+        bulk.apply(docs(&format!("{}{}", pod("ok"), pod("bad"))))?;
+        bulk.apply(docs(&pod("after")))?;
+        bulk.commit()
+    })();
+    let error = applied
+        .expect_err("the refused row fails the apply")
+        .to_string();
+    assert!(error.contains("refused by the test"), "{error}");
+    let after = store.load().unwrap();
+    assert_eq!(
+        after.pods.len(),
+        1,
+        "nothing of the refused apply is stored"
+    );
+    assert_eq!(store.revision().unwrap(), 1);
+}
+
 #[test]
 fn writers_copy_the_log_into_the_database_while_a_reader_stays_open() {
     let store = tmp_store("checkpoint");
@@ -723,7 +801,7 @@ fn a_bulk_write_keeps_the_change_feed_index_and_lists_its_rows_there() {
     let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
     bulk.apply(docs(&pods("p", 5_000))).unwrap();
     bulk.apply(docs(&pods("q", 5_000))).unwrap();
-    assert!(has_index(&bulk.conn) && has_index(&outside()));
+    assert!(has_index(bulk.conn().unwrap()) && has_index(&outside()));
     bulk.commit().unwrap();
     assert!(has_index(&outside()));
     let mut changed = Vec::new();
@@ -809,7 +887,7 @@ fn a_bulk_apply_past_the_keys_read_finds_every_stored_object_and_its_own() {
         "created again"
     );
     // A store holding more than asked for is not read.
-    let conn = &bulk.conn;
+    let conn = bulk.conn().unwrap();
     assert_eq!(store.key_hashes(conn, 1).unwrap(), None);
     assert_eq!(
         store.key_hashes(conn, 100_000).unwrap().map(|h| h.len()),
