@@ -823,16 +823,19 @@ fn parse_object(
                 })
                 .into());
             }
-            let svc: Service = typed(&value, &mut unknown).map_err(doc_err)?;
-            Object::Service(Box::new(default_service(svc)))
+            let mut svc: Box<Service> = typed(&value, &mut unknown).map_err(doc_err)?;
+            default_service(&mut svc);
+            Object::Service(svc)
         }
         ("v1", "Pod") => {
-            let pod: Pod = typed(&value, &mut unknown).map_err(doc_err)?;
-            Object::Pod(Box::new(default_pod(pod)))
+            let mut pod: Box<Pod> = typed(&value, &mut unknown).map_err(doc_err)?;
+            default_pod(&mut pod);
+            Object::Pod(pod)
         }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            let slice: EndpointSlice = typed(&value, &mut unknown).map_err(doc_err)?;
-            Object::EndpointSlice(Box::new(default_endpoint_slice(slice)))
+            let mut slice: Box<EndpointSlice> = typed(&value, &mut unknown).map_err(doc_err)?;
+            default_endpoint_slice(&mut slice);
+            Object::EndpointSlice(slice)
         }
         ("", _) | (_, "") => {
             return Err(doc_err(format!(
@@ -893,11 +896,19 @@ fn parse_node(
             {
                 return None;
             }
-            Object::Service(Box::new(default_service(typed_node(node)?)))
+            let mut svc: Box<Service> = typed_node(node)?;
+            default_service(&mut svc);
+            Object::Service(svc)
         }
-        ("v1", "Pod") => Object::Pod(Box::new(default_pod(typed_node(node)?))),
+        ("v1", "Pod") => {
+            let mut pod: Box<Pod> = typed_node(node)?;
+            default_pod(&mut pod);
+            Object::Pod(pod)
+        }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            Object::EndpointSlice(Box::new(default_endpoint_slice(typed_node(node)?)))
+            let mut slice: Box<EndpointSlice> = typed_node(node)?;
+            default_endpoint_slice(&mut slice);
+            Object::EndpointSlice(slice)
         }
         _ => return None,
     };
@@ -1045,7 +1056,7 @@ pub fn externally_accessible(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> 
 /// sessionAffinity None (which drops sessionAffinityConfig), traffic policies
 /// Cluster, allocateLoadBalancerNodePorts true for LoadBalancer, namespace default;
 /// an empty string counts as unset.
-pub fn default_service(mut svc: Service) -> Service {
+pub fn default_service(svc: &mut Service) {
     default_namespace(&mut svc.metadata);
     let spec = svc.spec.get_or_insert_with(Default::default);
     default_str(&mut spec.type_, TYPE_CLUSTER_IP);
@@ -1094,10 +1105,9 @@ pub fn default_service(mut svc: Service) -> Service {
             port.target_port = Some(IntOrString::Int(port.port));
         }
     }
-    svc
 }
 
-pub fn default_pod(mut pod: Pod) -> Pod {
+pub fn default_pod(pod: &mut Pod) {
     default_namespace(&mut pod.metadata);
     if let Some(spec) = pod.spec.as_mut() {
         for c in &mut spec.containers {
@@ -1106,16 +1116,14 @@ pub fn default_pod(mut pod: Pod) -> Pod {
             }
         }
     }
-    pod
 }
 
 /// The API server's defaults for an EndpointSlice: namespace, port protocol TCP.
-pub fn default_endpoint_slice(mut slice: EndpointSlice) -> EndpointSlice {
+pub fn default_endpoint_slice(slice: &mut EndpointSlice) {
     default_namespace(&mut slice.metadata);
     for p in slice.ports.iter_mut().flatten() {
         default_str(&mut p.protocol, "TCP");
     }
-    slice
 }
 
 /// The service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).

@@ -246,7 +246,8 @@ fn selectors_readiness_and_named_ports() {
         "status": {"podIP": "10.244.0.5"}
     }))
     .unwrap();
-    let pod = default_pod(pod);
+    let mut pod = pod;
+    default_pod(&mut pod);
     let sel = |pairs: &[(&str, &str)]| {
         pairs
             .iter()
