@@ -500,23 +500,15 @@ impl Agent {
         Ok(())
     }
 
-    /// Brings the healthCheckNodePorts in line with the services just planned (every
-    /// service when `full`): each LoadBalancer service with `externalTrafficPolicy:
-    /// Local` and a healthCheckNodePort answers with its ready endpoints on this node.
-    fn follow_health_checks(
-        &mut self,
+    /// Each LoadBalancer service with `externalTrafficPolicy: Local` among those
+    /// just planned (every service when `full`): its healthCheckNodePort (if any)
+    /// and how many of its ready endpoints are on this node, as `plans` has them.
+    fn local_endpoints(
+        &self,
         full: bool,
         services: &BTreeSet<ObjectKey>,
         plans: &[PortPlan],
-    ) {
-        let before = self.health_checks.clone();
-        if full {
-            self.health_checks.clear();
-            self.local_ready.clear();
-        } else {
-            self.health_checks.retain(|k, _| !services.contains(k));
-            self.local_ready.retain(|k, _| !services.contains(k));
-        }
+    ) -> Vec<(ObjectKey, Option<u16>, usize)> {
         let state = &self.tracked.state;
         let planned: Box<dyn Iterator<Item = &ObjectKey>> = if full {
             Box::new(state.services.keys())
@@ -549,15 +541,40 @@ impl Agent {
                 }
             }
         }
-        for (key, (port, local)) in wanted {
-            // A dual-stack pod is one endpoint with an address in each family: the
-            // count is the larger family's, not both families' together.
-            let v6 = local.iter().filter(|a| a.is_ipv6()).count();
-            let n = v6.max(local.len() - v6);
-            self.local_ready.insert(key.clone(), n);
+        wanted
+            .into_iter()
+            .map(|(key, (port, local))| {
+                // A dual-stack pod is one endpoint with an address in each family:
+                // the count is the larger family's, not both families' together.
+                let v6 = local.iter().filter(|a| a.is_ipv6()).count();
+                (key.clone(), port, v6.max(local.len() - v6))
+            })
+            .collect()
+    }
+
+    /// Brings the healthCheckNodePorts in line with the services just planned (every
+    /// service when `full`): each LoadBalancer service with `externalTrafficPolicy:
+    /// Local` and a healthCheckNodePort answers with its ready endpoints on this node
+    /// (`local`, from [`Agent::local_endpoints`]).
+    fn follow_health_checks(
+        &mut self,
+        full: bool,
+        services: &BTreeSet<ObjectKey>,
+        local: Vec<(ObjectKey, Option<u16>, usize)>,
+    ) {
+        let before = self.health_checks.clone();
+        if full {
+            self.health_checks.clear();
+            self.local_ready.clear();
+        } else {
+            self.health_checks.retain(|k, _| !services.contains(k));
+            self.local_ready.retain(|k, _| !services.contains(k));
+        }
+        for (key, port, n) in local {
             if let Some(port) = port {
                 self.health_checks.insert(key.clone(), (port, n));
             }
+            self.local_ready.insert(key, n);
         }
         if self.health_checks == before {
             return;
@@ -1022,8 +1039,12 @@ impl Agent {
         }
         let planned = started.elapsed();
         let refused_before = self.refused.len();
+        let local = self.local_endpoints(full, &services, &plans);
         let (writes, gone) = match update {
             Ok(Update::Writes(ops, left_out)) => {
+                // The writes need the plans no more (at 100,000 services x 10
+                // endpoints ~45 MB, held at the agent's peak), unless refused.
+                drop(plans);
                 match write_and_record(&mut self.dp.maps, &mut self.programmed, &ops) {
                     Ok(gone) => {
                         if full {
@@ -1040,6 +1061,7 @@ impl Agent {
                     Err(e) => {
                         self.telemetry.refused_write();
                         warn!(error = %e, "the maps refused a write: writing service by service");
+                        let plans = Self::plans(&self.tracked, &self.node, None, full, &services);
                         self.one_by_one(full, &services, &plans)?
                     }
                 }
@@ -1052,7 +1074,7 @@ impl Agent {
             }
         };
         self.publish_refused();
-        self.follow_health_checks(full, &services, &plans);
+        self.follow_health_checks(full, &services, local);
         // A refusal healed: one full plan takes whatever the retries left behind.
         self.plan_all = refused_before > 0 && self.refused.is_empty() && !full;
         // UDP flows to endpoints that are gone end: their conntrack entries go, so
