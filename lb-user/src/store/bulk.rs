@@ -159,11 +159,12 @@ impl BulkApply<'_> {
     /// core's time for 1,100,000 objects, during which the store's thread made
     /// nothing else).
     fn write(&mut self, rows: Vec<Encoded>) -> Result<(), StoreError> {
-        let (dir, rev) = (self.store.dir.clone(), self.rev);
+        let (store, rev) = (self.store, self.rev);
         if !self.changed {
-            return write_encoded(&dir, self.conn()?, &rows, rev);
+            return write_encoded(&store.dir, self.conn()?, &rows, rev);
         }
         if self.writer.is_none() {
+            let dir = store.dir.clone();
             let conn = self
                 .conn
                 .take()
@@ -178,7 +179,7 @@ impl BulkApply<'_> {
                         .try_for_each(|rows| write_encoded(&dir, &conn, &rows, rev));
                     (conn, written)
                 })
-                .map_err(self.store.io("starting the writer"))?;
+                .map_err(store.io("starting the writer"))?;
             self.writer = Some(Writer { batches, thread });
         }
         let writer = self.writer.as_ref().expect("started");

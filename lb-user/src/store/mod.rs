@@ -214,11 +214,7 @@ impl Store {
     }
 
     fn db(&self, action: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        move |error| StoreError::Db {
-            dir: self.dir.clone(),
-            action,
-            error,
-        }
+        db_error(&self.dir, action)
     }
 
     /// The database, created with its schema if missing (the directory 0700, the
@@ -414,10 +410,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut stmt = conn.prepare_cached(sql).map_err(self.db("reading"))?;
         let mut rows = stmt.query(args).map_err(self.db("reading"))?;
-        // Up to a batch of rows, and whether they are the last.
         // Each batch after the first made as large as the one before: grown row by
         // row, a batch's text of ~1.4 MB copied itself a dozen times.
         let mut sized = (0, 0);
+        // Up to a batch of rows, and whether they are the last.
         let mut read_batch = || -> Result<(Batch, bool), StoreError> {
             let mut batch = Batch {
                 text: String::with_capacity(sized.0),
@@ -996,6 +992,19 @@ fn set_ranges(conn: &Connection, a: &Allocation) -> rusqlite::Result<()> {
     set_meta(conn, "node_port_max", u64::from(*a.node_ports.end()))
 }
 
+/// A database error of `action` on the store in `dir` ([`Store::db`], for code
+/// that holds no `Store`: the bulk apply's writer thread).
+fn db_error<'d>(
+    dir: &'d Path,
+    action: &'static str,
+) -> impl Fn(rusqlite::Error) -> StoreError + 'd {
+    move |error| StoreError::Db {
+        dir: dir.to_path_buf(),
+        action,
+        error,
+    }
+}
+
 /// A change as the store writes it: the object's kind and key, its JSON (None:
 /// a deletion's tombstone) and what it takes (a service's clusterIPs and
 /// nodePorts).
@@ -1014,13 +1023,7 @@ fn write_encoded(
     rows: &[Encoded],
     rev: u64,
 ) -> Result<(), StoreError> {
-    let db = |action| {
-        move |error| StoreError::Db {
-            dir: dir.to_path_buf(),
-            action,
-            error,
-        }
-    };
+    let db = |action| db_error(dir, action);
     let mut put = conn
         .prepare_cached(
             "INSERT INTO objects (kind, key, rev, body) VALUES (?1, ?2, ?3, ?4)
