@@ -206,7 +206,13 @@ impl Op {
 /// The writes that turn `actual` into `desired`, in a safe order; empty when they
 /// are equal.
 pub fn diff(actual: &Entries, desired: &Entries) -> Vec<Op> {
-    let mut ops = Vec::new();
+    // At least one put for each key `desired` holds beyond `actual`'s count, made
+    // room for at once: grown write by write, the 1,100,000 writes of a store read
+    // whole copied themselves ~20 times and faulted in twice their pages (~0.25 s
+    // of the round, on one core).
+    let new_keys = desired.backends.len().saturating_sub(actual.backends.len())
+        + desired.services.len().saturating_sub(actual.services.len());
+    let mut ops = Vec::with_capacity(new_keys);
     // Port bits a new frontend needs go in first (as the union of old and new, so no
     // frontend that still exists loses its bit); the final words after the deletes.
     let words: std::collections::BTreeSet<u32> = actual
