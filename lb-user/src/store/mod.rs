@@ -415,8 +415,9 @@ impl Store {
         let mut sized = (0, 0);
         // Up to a batch of rows, and whether they are the last.
         let mut read_batch = || -> Result<(Batch, bool), StoreError> {
+            // (With an eighth more text: a batch's rows are not all as long.)
             let mut batch = Batch {
-                text: String::with_capacity(sized.0),
+                text: String::with_capacity(sized.0 + sized.0 / 8),
                 rows: Vec::with_capacity(sized.1),
             };
             while batch.rows.len() < LOAD_BATCH {
@@ -453,11 +454,17 @@ impl Store {
                         let Ok(Ok((n, batch))) = next else {
                             return; // no more batches
                         };
+                        // Sized at once: collected from a fallible iterator, the
+                        // vector grew by doubling.
+                        let mut rows = Vec::with_capacity(batch.rows.len());
                         let rows: Result<Vec<T>, StoreError> = batch
                             .rows
                             .iter()
-                            .map(|row| batch.decode_row(row, dir, decode))
-                            .collect();
+                            .try_for_each(|row| {
+                                rows.push(batch.decode_row(row, dir, decode)?);
+                                Ok(())
+                            })
+                            .map(|()| rows);
                         if decoded_tx.send((n, rows)).is_err() {
                             return;
                         }
