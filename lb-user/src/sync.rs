@@ -208,7 +208,7 @@ impl Op {
 pub fn diff(actual: &Entries, desired: &Entries) -> Vec<Op> {
     // At least one put for each key `desired` holds beyond `actual`'s count, made
     // room for at once: grown write by write, the 1,100,000 writes of a store read
-    // whole copied themselves ~20 times and faulted in twice their pages (~0.25 s
+    // whole copied themselves ~20 times and faulted in twice their pages (~0.1 s
     // of the round, on one core).
     let new_keys = desired.backends.len().saturating_sub(actual.backends.len())
         + desired.services.len().saturating_sub(actual.services.len());

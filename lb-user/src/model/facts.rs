@@ -134,8 +134,8 @@ struct ConditionRow<'a> {
 
 /// A string of a stored row: borrowed from the row's text, or copied where JSON
 /// escapes it. Decoded as `String`s, each of a pod's strings (its labels, node,
-/// address) was allocated only to be copied into its facts: ~0.1 s of the
-/// agent's cores for 1,000,000 pods.
+/// address) was allocated only to be copied into its facts (~36 ns of a pod's
+/// ~0.79 us).
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Text<'a>(std::borrow::Cow<'a, str>);
 
