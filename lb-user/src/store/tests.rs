@@ -40,6 +40,13 @@ fn svc(name: &str, extra: &str) -> String {
     )
 }
 
+/// A pod named `name` (`meta`: more metadata lines, indented as `name` is).
+fn pod(name: &str, meta: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n{meta}spec:\n  containers: [{{name: c, image: app}}]\n---\n"
+    )
+}
+
 fn node_ports(state: &State) -> Vec<i32> {
     state
         .services
@@ -602,21 +609,16 @@ fn a_bulk_apply_sees_its_own_batches_and_stores_nothing_unless_committed() {
 fn batches_written_on_the_writers_thread_are_read_back_and_their_errors_fail_the_apply() {
     let store = tmp_store("writer");
     let ranges = Ranges::default();
-    let pod = |name: &str| {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers: [{{name: c, image: app}}]\n---\n"
-        )
-    };
     let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
     bulk.apply(docs(&svc("a", ""))).unwrap();
     // Handed to the writer, then named again: read back once written.
-    let second = format!("{}{}", svc("b", ""), pod("p"));
+    let second = format!("{}{}", svc("b", ""), pod("p", ""));
     assert_eq!(
         bulk.apply(docs(&second)).unwrap(),
         [Outcome::Created, Outcome::Created]
     );
     assert_eq!(
-        bulk.apply(docs(&format!("{}{}", pod("p"), svc("b", ""))))
+        bulk.apply(docs(&format!("{}{}", pod("p", ""), svc("b", ""))))
             .unwrap(),
         [Outcome::Unchanged, Outcome::Unchanged]
     );
@@ -655,9 +657,9 @@ fn batches_written_on_the_writers_thread_are_read_back_and_their_errors_fail_the
         .unwrap();
     let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
     let applied = (move || {
-        bulk.apply(docs(&pod("first")))?;
-        bulk.apply(docs(&format!("{}{}", pod("ok"), pod("bad"))))?;
-        bulk.apply(docs(&pod("after")))?;
+        bulk.apply(docs(&pod("first", "")))?;
+        bulk.apply(docs(&format!("{}{}", pod("ok", ""), pod("bad", ""))))?;
+        bulk.apply(docs(&pod("after", "")))?;
         bulk.commit()
     })();
     let error = applied
@@ -775,13 +777,7 @@ fn a_bulk_write_keeps_the_change_feed_index_and_lists_its_rows_there() {
     let store = tmp_store("revindex");
     let ranges = Ranges::default();
     let pods = |prefix: &str, n: usize| -> String {
-        (0..n)
-            .map(|i| {
-                format!(
-                    "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {prefix}{i}\nspec:\n  containers: [{{name: c, image: app}}]\n---\n"
-                )
-            })
-            .collect()
+        (0..n).map(|i| pod(&format!("{prefix}{i}"), "")).collect()
     };
     let has_index = |conn: &rusqlite::Connection| -> bool {
         conn.query_row(
@@ -841,22 +837,18 @@ fn pods_len(yaml: &str) -> usize {
 fn a_bulk_apply_past_the_keys_read_finds_every_stored_object_and_its_own() {
     let store = tmp_store("keysread");
     let ranges = Ranges::default();
-    let pod = |name: &str| {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: ns1\nspec:\n  containers: [{{name: c, image: app}}]\n---\n"
-        )
-    };
-    let before = format!("{}---\n{}", svc("kept", ""), pod("old"));
+    let in_ns1 = |name: &str| pod(name, "  namespace: ns1\n");
+    let before = format!("{}---\n{}", svc("kept", ""), in_ns1("old"));
     store.apply(&docs(&before), &ranges, Mode::Apply).unwrap();
     let new: String = (0..super::bulk::KEYS_READ_PAST)
-        .map(|i| pod(&format!("p{i}")))
+        .map(|i| in_ns1(&format!("p{i}")))
         .collect();
     let again = format!(
         "{}---\n{}{}{}",
         svc("kept", ""),
-        pod("old"),
-        pod("p7"),
-        pod("fresh")
+        in_ns1("old"),
+        in_ns1("p7"),
+        in_ns1("fresh")
     );
     let mut bulk = store.bulk_apply(&ranges, Mode::Apply).unwrap();
     bulk.apply(docs(&new)).unwrap();
